@@ -1,0 +1,148 @@
+# cdisk — hand-written, non-recursive.  `make`, `make check`, `make install`.
+# `make V=1` shows the commands; `make O=dir` builds elsewhere.
+
+VERSION := 0.1.0
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+PKG_CONFIG ?= pkg-config
+SCDOC ?= scdoc
+
+O ?= build
+CFLAGS ?= -O2 -g
+SANITIZE ?=
+
+override CFLAGS += -std=gnu11 -fPIC -Wall -Wextra -Wformat=2 -Wshadow \
+	-Wstrict-prototypes -Wmissing-prototypes -Wold-style-definition \
+	-Wno-unused-result -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -MMD -MP -Ilib
+ifneq ($(SANITIZE),)
+override CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined \
+	-fno-omit-frame-pointer
+override LDFLAGS += -fsanitize=address,undefined
+endif
+
+POPT_LIBS := $(shell $(PKG_CONFIG) --libs popt 2>/dev/null || echo -lpopt)
+JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
+CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
+LIB_LIBS := -lm
+
+ifeq ($(V),1)
+Q :=
+else
+Q := @
+endif
+
+LIB_SRCS := $(filter-out %-test.c,$(wildcard lib/*.c))
+LIB_OBJS := $(LIB_SRCS:%.c=$(O)/%.o)
+UNIT_SRCS := $(wildcard lib/*-test.c)
+UNIT_BINS := $(UNIT_SRCS:lib/%.c=$(O)/tests/unit/%)
+PROGRAMS := $(patsubst cmd/%.c,%,$(wildcard cmd/cdisk-*.c))
+PROGRAM_BINS := $(PROGRAMS:%=$(O)/bin/%)
+TEST_TOOLS := $(patsubst tests/%.c,$(O)/tests/%,$(wildcard tests/*.c))
+MAN_SRCS := $(wildcard man/*.scd)
+MAN_PAGES := $(MAN_SRCS:man/%.scd=$(O)/man/%)
+SONAME := libcdisk.so.0
+SHLIB := $(O)/lib/$(SONAME)
+
+all: $(PROGRAM_BINS) $(SHLIB) $(O)/lib/libcdisk.a $(O)/lib/cdisk.pc $(MAN_PAGES)
+
+$(O)/%.o: %.c
+	@mkdir -p $(dir $@)
+	@echo "  CC      $<" $(if $(Q),,>/dev/null)
+	$(Q)$(CC) $(CFLAGS) -c -o $@ $<
+
+$(O)/lib/libcdisk.a: $(LIB_OBJS)
+	@mkdir -p $(dir $@)
+	$(Q)rm -f $@ && ar rcs $@ $^
+
+$(SHLIB): $(LIB_OBJS) lib/libcdisk.syms
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -shared -Wl,-soname,$(SONAME) \
+		-Wl,--version-script=lib/libcdisk.syms -o $@ $(LIB_OBJS) $(LIB_LIBS)
+	$(Q)ln -sf $(SONAME) $(O)/lib/libcdisk.so
+
+# Programs find the library next to them in the tree and once installed.
+$(O)/bin/%: $(O)/cmd/%.o $(O)/cmd/cli.o $(SHLIB)
+	@mkdir -p $(dir $@)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(O)/cmd/cli.o -L$(O)/lib -lcdisk \
+		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS)
+
+$(O)/cmd/%.o: override CFLAGS += -Icmd
+
+# Unit tests and test tools see the library's internals: link the archive.
+$(O)/tests/unit/%: $(O)/lib/%.o $(O)/lib/libcdisk.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(O)/lib/libcdisk.a $(CMOCKA_LIBS) $(LIB_LIBS)
+
+$(O)/tests/%: $(O)/tests/%.o $(O)/lib/libcdisk.a
+	@mkdir -p $(dir $@)
+	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(O)/lib/libcdisk.a $(LIB_LIBS)
+
+$(O)/man/%: man/%.scd
+	@mkdir -p $(dir $@)
+	$(Q)$(SCDOC) < $< > $@
+
+$(O)/lib/cdisk.pc: lib/cdisk.pc.in Makefile
+	@mkdir -p $(dir $@)
+	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
+		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
+
+deps:
+	$(Q)scripts/install-deps.sh
+
+test-build: $(PROGRAM_BINS) $(UNIT_BINS) $(TEST_TOOLS) $(MAN_PAGES)
+
+# The suite runs against a sanitizer build of its own, kept apart from
+# the normal one.
+check: deps
+	$(Q)$(MAKE) --no-print-directory O=build/check SANITIZE=1 test-build
+	$(Q)tests/run-tests.sh build/check
+
+demo: deps all $(TEST_TOOLS)
+	$(Q)scripts/demo.sh $(O)
+
+install: all
+	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) \
+		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
+		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(MANDIR)/man1 \
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7
+	install -m 0755 $(PROGRAM_BINS) $(DESTDIR)$(BINDIR)/
+	install -m 0755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
+	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libcdisk.so
+	install -m 0644 $(O)/lib/libcdisk.a $(DESTDIR)$(LIBDIR)/
+	install -m 0644 lib/cdisk.h $(DESTDIR)$(INCLUDEDIR)/
+	install -m 0644 $(O)/lib/cdisk.pc $(DESTDIR)$(PKGCONFIGDIR)/
+	for page in $(MAN_PAGES); do \
+		sec=$${page##*.}; install -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$sec/; \
+	done
+	install -m 0644 completions/cdisk $(DESTDIR)$(BASHCOMPDIR)/cdisk
+	for p in $(PROGRAMS); do ln -sf cdisk $(DESTDIR)$(BASHCOMPDIR)/$$p; done
+
+uninstall:
+	rm -f $(PROGRAMS:%=$(DESTDIR)$(BINDIR)/%) $(DESTDIR)$(LIBDIR)/$(SONAME) \
+		$(DESTDIR)$(LIBDIR)/libcdisk.so $(DESTDIR)$(LIBDIR)/libcdisk.a \
+		$(DESTDIR)$(INCLUDEDIR)/cdisk.h $(DESTDIR)$(PKGCONFIGDIR)/cdisk.pc \
+		$(DESTDIR)$(BASHCOMPDIR)/cdisk $(PROGRAMS:%=$(DESTDIR)$(BASHCOMPDIR)/%)
+	for page in $(MAN_PAGES); do \
+		p=$${page##*/}; rm -f $(DESTDIR)$(MANDIR)/man$${p##*.}/$$p; done
+
+clean:
+	rm -rf build
+
+help:
+	@echo "make            build programs, library, man pages into $(O)/"
+	@echo "make check      install test dependencies, build with ASan+UBSan, run every test"
+	@echo "make demo       run the main job on a local file standing in for the server"
+	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
+	@echo "make deps       install the Debian packages the build and tests need"
+
+.PHONY: all check test-build deps demo install uninstall clean help
+.SECONDARY:
+
+-include $(shell find $(O) -name '*.d' 2>/dev/null)

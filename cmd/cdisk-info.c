@@ -1,0 +1,182 @@
+/* cdisk-info: what a disk is, what it holds, and whether it is sound. */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+#include "cli.h"
+
+static const struct cli_program program = {
+	.name = "cdisk-info",
+	.args = "NAME.cdisk",
+	.summary = "show a cdisk's configuration, state and metadata health",
+};
+
+static int check, no_repair;
+
+static struct poptOption options[] = {
+	{ "check", 'c', POPT_ARG_NONE, &check, 0,
+	  "Verify every checksum and the overlay against its records; repair "
+	  "what can be repaired", NULL },
+	{ "no-repair", 'n', POPT_ARG_NONE, &no_repair, 0,
+	  "With --check: change nothing, only report", NULL },
+	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
+	  "Print the result as JSON", NULL },
+	CLI_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static const char *sb_state(const struct cdisk_info *i, int slot)
+{
+	return i->sb_valid[slot] ? "good" : "damaged";
+}
+
+static void print_human(const char *path, const struct cdisk_info *i,
+			const struct cdisk_check_report *rep)
+{
+	char a[32], b[32];
+
+	printf("disk:            %s\n", path);
+	printf("uuid:            %s\n", i->uuid);
+	printf("format:          cdisk version %u\n", i->format_version);
+	printf("size:            %s (%" PRIu64 " bytes)\n",
+	       cdisk_format_size(i->size, a, sizeof(a)), i->size);
+	printf("block size:      %u\n", i->block_size);
+	printf("blocks:          %" PRIu64 " (%" PRIu64 " present, %" PRIu64 " dirty)\n",
+	       i->blocks, i->blocks_present, i->blocks_dirty);
+	printf("overlay:         %s present, %s not yet on the base\n",
+	       cdisk_format_size(i->blocks_present * i->block_size, a, sizeof(a)),
+	       cdisk_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
+	if (!i->base[0])
+		printf("base:            none\n");
+	else if (i->base_reachable)
+		printf("base:            %s (%s, reachable)\n", i->base,
+		       cdisk_format_size(i->base_size, a, sizeof(a)));
+	else
+		printf("base:            %s (unreachable: %s)\n", i->base, i->base_error_msg);
+	printf("mirror:          %s\n", i->mirror[0] ? i->mirror : "none");
+	printf("metadata backup: %s\n", i->meta_backup[0] ? i->meta_backup : "none");
+	printf("cache mode:      writeback\n");
+	printf("superblocks:     A %s, B %s (sequence %" PRIu64 ")\n",
+	       sb_state(i, 0), sb_state(i, 1), i->sb_seq);
+	printf("last close:      %s\n", i->closed_cleanly ? "clean" :
+	       "not clean (recovered at open)");
+	printf("host space:      %s\n", cdisk_format_size(i->file_bytes, a, sizeof(a)));
+	if (rep) {
+		printf("check:\n");
+		for (unsigned n = 0; n < rep->nlines; n++)
+			printf("  %s\n", rep->lines[n]);
+		printf("check result:    %u errors, %u repaired, %u warnings\n",
+		       rep->errors, rep->repaired, rep->warnings);
+	}
+}
+
+static json_t *check_json(const struct cdisk_check_report *rep)
+{
+	json_t *lines = json_array();
+
+	for (unsigned n = 0; n < rep->nlines; n++)
+		json_array_append_new(lines, json_string(rep->lines[n]));
+	return json_pack("{s:i, s:i, s:i, s:o}", "errors", rep->errors,
+			 "repaired", rep->repaired, "warnings", rep->warnings,
+			 "findings", lines);
+}
+
+static int print_json(const char *path, const struct cdisk_info *i,
+		      const struct cdisk_check_report *rep)
+{
+	json_t *base = i->base[0] ?
+		json_pack("{s:s, s:b, s:I, s:s?}", "uri", i->base,
+			  "reachable", i->base_reachable, "size", (json_int_t)i->base_size,
+			  "error", i->base_reachable ? NULL : i->base_error_msg) :
+		json_null();
+	json_t *j = json_pack(
+		"{s:i, s:s, s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:o, s:s?, s:s?, s:s,"
+		" s:{s:b, s:b, s:I}, s:b, s:I, s:I, s:I}",
+		"schema_version", 1, "disk", path, "uuid", i->uuid,
+		"format_version", (int)i->format_version, "size", (json_int_t)i->size,
+		"block_size", (int)i->block_size, "blocks", (json_int_t)i->blocks,
+		"blocks_present", (json_int_t)i->blocks_present,
+		"blocks_dirty", (json_int_t)i->blocks_dirty, "base", base,
+		"mirror", i->mirror[0] ? i->mirror : NULL,
+		"meta_backup", i->meta_backup[0] ? i->meta_backup : NULL,
+		"cache_mode", "writeback",
+		"superblocks", "a_valid", i->sb_valid[0], "b_valid", i->sb_valid[1],
+		"sequence", (json_int_t)i->sb_seq,
+		"closed_cleanly", i->closed_cleanly,
+		"journal_records_replayed", (json_int_t)i->journal_records,
+		"recovered_blocks", (json_int_t)i->recovered_blocks,
+		"host_bytes", (json_int_t)i->file_bytes);
+
+	if (!j)
+		return -ENOMEM;
+	if (rep)
+		json_object_set_new(j, "check", check_json(rep));
+	/* Written whole or not at all: a reader never sees half a document. */
+	char *text = json_dumps(j, JSON_INDENT(2));
+	json_decref(j);
+	if (!text)
+		return -ENOMEM;
+	fputs(text, stdout);
+	putchar('\n');
+	free(text);
+	return 0;
+}
+
+static int open_disk(struct cdisk_ctx *ctx, const char *path, struct cdisk **disk)
+{
+	int r;
+
+	if (!check || no_repair)
+		return cdisk_open(ctx, path, CDISK_OPEN_RDONLY, disk);
+	/* Repairs need write access; without it, check what can be read. */
+	r = cdisk_open(ctx, path, 0, disk);
+	if (r == -EACCES || r == -EROFS || r == -EPERM)
+		r = cdisk_open(ctx, path, CDISK_OPEN_RDONLY, disk);
+	return r;
+}
+
+/* Gather, check when asked, and print.  A check with problems left
+ * still prints its report before the error. */
+static int show(struct cdisk *disk, const char *path)
+{
+	struct cdisk_check_report report = { 0 };
+	struct cdisk_info info;
+	int r = 0, checked = 0;
+
+	if (check)
+		checked = cdisk_check(disk, !no_repair, &report);
+	if (checked < 0 && checked != -EUCLEAN)
+		r = checked;
+	if (r == 0)
+		r = cdisk_get_info(disk, &info);
+	if (r == 0 && cli.json)
+		r = print_json(path, &info, check ? &report : NULL);
+	else if (r == 0)
+		print_human(path, &info, check ? &report : NULL);
+	cdisk_check_report_free(&report);
+	return r < 0 ? r : checked;
+}
+
+int main(int argc, char **argv)
+{
+	struct cdisk_ctx *ctx;
+	struct cdisk *disk;
+	const char **args;
+	int r, closed;
+
+	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
+	ctx = cli_context();
+	r = open_disk(ctx, args[0], &disk);
+	if (r == 0) {
+		r = show(disk, args[0]);
+		closed = cdisk_close(disk);
+		if (r == 0)
+			r = closed;
+	}
+	r = cli_exit_code(ctx, r);
+	cdisk_ctx_free(ctx);
+	return r;
+}

@@ -1,0 +1,222 @@
+/* Shared command-line machinery.  Each program's main() parses, calls
+ * the library, and returns cli_exit_code(). */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+struct cli_common cli;
+
+static const struct cli_program *program;
+static poptContext popt_ctx;
+static const struct poptOption *program_options;
+
+enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS };
+
+static void help_callback(poptContext con, enum poptCallbackReason reason,
+			  const struct poptOption *opt, const char *arg, void *data);
+
+struct poptOption cli_common_options[] = {
+	{ "quiet", 'q', POPT_ARG_NONE, &cli.quiet, 0,
+	  "Print only errors", NULL },
+	{ "verbose", 'v', POPT_ARG_NONE, &cli.verbose, 0,
+	  "Print what is being done", NULL },
+	POPT_TABLEEND
+};
+
+struct poptOption cli_help_options[] = {
+	{ NULL, '\0', POPT_ARG_CALLBACK, (void *)help_callback, 0, NULL, NULL },
+	{ "help", 'h', POPT_ARG_NONE, NULL, OPT_HELP, "Show this help and exit", NULL },
+	{ "usage", '\0', POPT_ARG_NONE, NULL, OPT_USAGE, "Show a short usage and exit", NULL },
+	{ "version", 'V', POPT_ARG_NONE, NULL, OPT_VERSION, "Show the version and exit", NULL },
+	{ "long-options", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
+	  OPT_LONG_OPTIONS, "List long options (for completion)", NULL },
+	{ "short-options", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
+	  OPT_SHORT_OPTIONS, "List short options (for completion)", NULL },
+	POPT_TABLEEND
+};
+
+static void list_options(const struct poptOption *t, bool long_names)
+{
+	for (; t->longName || t->shortName || t->arg; t++) {
+		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_INCLUDE_TABLE) {
+			list_options(t->arg, long_names);
+			continue;
+		}
+		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_CALLBACK)
+			continue;
+		if (t->argInfo & POPT_ARGFLAG_DOC_HIDDEN)
+			continue;
+		if (long_names && t->longName)
+			printf("--%s\n", t->longName);
+		else if (!long_names && t->shortName)
+			printf("-%c\n", t->shortName);
+	}
+}
+
+static void help_callback(poptContext con, enum poptCallbackReason reason,
+			  const struct poptOption *opt, const char *arg, void *data)
+{
+	(void)reason;
+	(void)arg;
+	(void)data;
+	switch (opt->val) {
+	case OPT_HELP:
+		printf("%s - %s\n\n", program->name, program->summary);
+		poptPrintHelp(con, stdout, 0);
+		printf("\nExit status: 0 success, 1 failure, 2 usage error, 3 unreachable,\n"
+		       "4 busy, 5 permission denied, 6 not found, 7 corrupt metadata,\n"
+		       "8 try later, 9 unhealthy.  See %s(1).\n", program->name);
+		break;
+	case OPT_USAGE:
+		poptPrintUsage(con, stdout, 0);
+		break;
+	case OPT_VERSION:
+		printf("%s %s\n", program->name, CDISK_VERSION_STRING);
+		break;
+	case OPT_LONG_OPTIONS:
+		list_options(program_options, true);
+		break;
+	case OPT_SHORT_OPTIONS:
+		list_options(program_options, false);
+		break;
+	}
+	if (fflush(stdout) != 0 || ferror(stdout))
+		exit(CDISK_EXIT_FAILURE);
+	poptFreeContext(con);
+	exit(CDISK_EXIT_OK);
+}
+
+static void vmessage(FILE *f, const char *prefix, const char *fmt, va_list ap)
+{
+	fprintf(f, "%s: %s", program ? program->name : "cdisk", prefix);
+	vfprintf(f, fmt, ap);
+	fputc('\n', f);
+}
+
+void cli_usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vmessage(stderr, "", fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "Try '%s --help' for more information.\n", program->name);
+	if (popt_ctx)
+		poptFreeContext(popt_ctx);
+	exit(CDISK_EXIT_USAGE);
+}
+
+void cli_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vmessage(stderr, "", fmt, ap);
+	va_end(ap);
+}
+
+void cli_message(const char *fmt, ...)
+{
+	va_list ap;
+
+	if (cli.quiet)
+		return;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+}
+
+const char **cli_parse(const struct cli_program *prog, int argc, const char **argv,
+		       const struct poptOption *options, int nargs_min, int nargs_max)
+{
+	static char other_help[128];
+	const char **args;
+	int r, n = 0;
+
+	program = prog;
+	program_options = options;
+	/* Never poptReadDefaultConfig(): /etc/popt aliases must not change
+	 * what a cron job or an Ansible task does. */
+	popt_ctx = poptGetContext(prog->name, argc, argv, options, 0);
+	snprintf(other_help, sizeof(other_help), "[OPTION...] %s", prog->args);
+	poptSetOtherOptionHelp(popt_ctx, other_help);
+	while ((r = poptGetNextOpt(popt_ctx)) > 0)
+		;
+	if (r < -1)
+		cli_usage_error("%s '%s'", poptStrerror(r),
+				poptBadOption(popt_ctx, POPT_BADOPTION_NOALIAS));
+	args = poptGetArgs(popt_ctx);
+	while (args && args[n])
+		n++;
+	if (n < nargs_min)
+		cli_usage_error("missing argument: %s", prog->args);
+	if (n > nargs_max)
+		cli_usage_error("unexpected argument '%s'", args[nargs_max]);
+	return args;
+}
+
+static void log_to_stderr(void *opaque, enum cdisk_log_level level, const char *msg)
+{
+	static const char *const prefix[] = {
+		[CDISK_LOG_ERROR] = "error: ", [CDISK_LOG_WARNING] = "warning: ",
+		[CDISK_LOG_INFO] = "", [CDISK_LOG_DEBUG] = "debug: ",
+	};
+
+	(void)opaque;
+	if (level == CDISK_LOG_DEBUG && cli.verbose < 2)
+		return;
+	if (level == CDISK_LOG_INFO && (cli.quiet || !cli.verbose) )
+		return;
+	if (level == CDISK_LOG_WARNING && cli.quiet)
+		return;
+	fprintf(stderr, "%s: %s%s\n", program->name, prefix[level], msg);
+}
+
+struct cdisk_ctx *cli_context(void)
+{
+	struct cdisk_ctx *ctx = cdisk_ctx_new();
+
+	if (!ctx) {
+		cli_error("out of memory");
+		exit(CDISK_EXIT_FAILURE);
+	}
+	cdisk_ctx_set_log(ctx, log_to_stderr, NULL);
+	return ctx;
+}
+
+int cli_exit_code(struct cdisk_ctx *ctx, int r)
+{
+	if (r < 0)
+		cli_error("%s", cdisk_ctx_error(ctx)[0] ? cdisk_ctx_error(ctx) : strerror(-r));
+	/* Output that could not be written is a failure, not a success. */
+	if (fflush(stdout) != 0 && r >= 0) {
+		cli_error("cannot write output: %s", strerror(errno));
+		r = -EIO;
+	}
+	if (popt_ctx) {
+		poptFreeContext(popt_ctx);
+		popt_ctx = NULL;
+	}
+	return cdisk_exit_code(r < 0 ? r : 0);
+}
+
+uint64_t cli_parse_size(const char *option, const char *value)
+{
+	uint64_t v;
+
+	if (cdisk_parse_size(value, &v) < 0)
+		cli_usage_error("invalid %s '%s': expected a number of bytes with an "
+				"optional K, M, G, T or P suffix", option, value);
+	return v;
+}
+
+bool cli_show_progress(void)
+{
+	return !cli.quiet && isatty(STDERR_FILENO);
+}

@@ -1,0 +1,55 @@
+/* What every cdisk program shares: options, messages, exit codes. */
+#ifndef CDISK_CLI_H
+#define CDISK_CLI_H
+
+#include <popt.h>
+#include <stdbool.h>
+#include <stdnoreturn.h>
+
+#include "cdisk.h"
+
+struct cli_program {
+	const char *name;        /* "cdisk-info" */
+	const char *args;        /* "NAME.cdisk" */
+	const char *summary;     /* one line for --help */
+};
+
+struct cli_common {
+	int quiet;
+	int verbose;
+	int json;
+};
+
+extern struct cli_common cli;
+
+/* Tables to include in each program's popt table. */
+extern struct poptOption cli_common_options[];
+extern struct poptOption cli_help_options[];
+
+#define CLI_COMMON_OPTIONS \
+	{ NULL, '\0', POPT_ARG_INCLUDE_TABLE, cli_common_options, 0, \
+	  "Common options:", NULL }, \
+	{ NULL, '\0', POPT_ARG_INCLUDE_TABLE, cli_help_options, 0, \
+	  "Help options:", NULL }
+
+/* Parse the command line; on a usage error print one line plus a hint
+ * and exit with CDISK_EXIT_USAGE.  Returns the remaining arguments. */
+const char **cli_parse(const struct cli_program *prog, int argc, const char **argv,
+		       const struct poptOption *options, int nargs_min, int nargs_max);
+
+noreturn void cli_usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void cli_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* A library context whose log goes to stderr, filtered by -q/-v. */
+struct cdisk_ctx *cli_context(void);
+/* Print the context's message when r < 0 and return the exit code. */
+int cli_exit_code(struct cdisk_ctx *ctx, int r);
+
+/* Option value parsers for sizes: print and exit on bad input. */
+uint64_t cli_parse_size(const char *option, const char *value);
+
+/* Whether progress bars may be drawn (stderr is a terminal, not quiet). */
+bool cli_show_progress(void);
+
+#endif

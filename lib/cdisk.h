@@ -1,0 +1,167 @@
+/* libcdisk: virtual disks that stay available when their storage is remote.
+ *
+ * Conventions, held everywhere in this library:
+ *  - functions named for an action return 0 on success or a negative errno;
+ *  - on failure a one-line human-readable message is kept on the context
+ *    (cdisk_ctx_error()), naming the thing that failed and the reason;
+ *  - the library never prints and never exits; it logs through the
+ *    callback set with cdisk_ctx_set_log().
+ */
+#ifndef CDISK_H
+#define CDISK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdarg.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define CDISK_VERSION_STRING "0.1.0"
+
+/* Exit codes shared by every cdisk program.  Never renumber. */
+enum cdisk_exit {
+	CDISK_EXIT_OK = 0,
+	CDISK_EXIT_FAILURE = 1,      /* anything not listed below */
+	CDISK_EXIT_USAGE = 2,        /* bad option or argument; nothing changed */
+	CDISK_EXIT_UNREACHABLE = 3,  /* a target cannot be reached */
+	CDISK_EXIT_BUSY = 4,         /* the disk is in use by another process */
+	CDISK_EXIT_PERMISSION = 5,   /* permission or authentication denied */
+	CDISK_EXIT_NOT_FOUND = 6,    /* a file, disk, image or object is missing */
+	CDISK_EXIT_CORRUPT = 7,      /* metadata damaged, not a cdisk, unsupported format */
+	CDISK_EXIT_TRY_LATER = 8,    /* temporary failure (timeout, server busy) */
+	CDISK_EXIT_UNHEALTHY = 9,    /* a health verdict said no */
+};
+
+/* Map a negative errno from this library to an exit code. */
+int cdisk_exit_code(int err);
+/* A short name for an exit code ("busy", "corrupt metadata", ...). */
+const char *cdisk_exit_name(int code);
+
+enum cdisk_log_level {
+	CDISK_LOG_ERROR,
+	CDISK_LOG_WARNING,
+	CDISK_LOG_INFO,
+	CDISK_LOG_DEBUG,
+};
+
+struct cdisk_ctx;
+struct cdisk;
+
+typedef void (*cdisk_log_fn)(void *opaque, enum cdisk_log_level level,
+			     const char *msg);
+
+struct cdisk_ctx *cdisk_ctx_new(void);
+void cdisk_ctx_free(struct cdisk_ctx *ctx);
+void cdisk_ctx_set_log(struct cdisk_ctx *ctx, cdisk_log_fn fn, void *opaque);
+/* The message of the last failure on this context, or "" if none. */
+const char *cdisk_ctx_error(const struct cdisk_ctx *ctx);
+
+/* Block size limits (bytes, powers of two). */
+#define CDISK_MIN_BLOCK_SIZE 512u
+#define CDISK_MAX_BLOCK_SIZE (1u << 20)
+#define CDISK_DEFAULT_BLOCK_SIZE 4096u
+/* Largest virtual size: 256 TiB. */
+#define CDISK_MAX_SIZE (UINT64_C(1) << 48)
+#define CDISK_MAX_URI 1023
+
+/* How writes reach the base.  Format version 1 defines writeback only;
+ * other values are refused at open as an unsupported format. */
+enum cdisk_cache_mode {
+	/* Writes stay in the overlay until cdisk-sync sends them. */
+	CDISK_CACHE_WRITEBACK = 0,
+};
+
+struct cdisk_create_opts {
+	uint64_t size;           /* 0: take it from the base */
+	uint32_t block_size;     /* 0: CDISK_DEFAULT_BLOCK_SIZE */
+	const char *base;        /* NULL: no base, unwritten blocks read as zeros */
+	const char *mirror;      /* NULL: no mirror */
+	const char *meta_backup; /* NULL: no metadata backup path recorded */
+	enum cdisk_cache_mode cache_mode;
+};
+
+/* Create a disk.  Returns 0 when created, 1 when a disk with the same
+ * configuration already exists ("unchanged"), or a negative errno
+ * (-EEXIST when a different disk or another file is in the way). */
+int cdisk_create(struct cdisk_ctx *ctx, const char *path,
+		 const struct cdisk_create_opts *opts);
+
+#define CDISK_OPEN_RDONLY   (1u << 0)  /* no writes, no recovery written back */
+#define CDISK_OPEN_NO_BASE  (1u << 1)  /* do not open the base target */
+
+int cdisk_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
+	       struct cdisk **out);
+/* Flush and release.  Returns the flush result; the handle is freed
+ * either way. */
+int cdisk_close(struct cdisk *disk);
+
+/* Data path.  Offsets and lengths must be multiples of the block size. */
+int cdisk_pread(struct cdisk *disk, void *buf, size_t len, uint64_t offset);
+int cdisk_pwrite(struct cdisk *disk, const void *buf, size_t len,
+		 uint64_t offset);
+/* Make every completed write durable: data, then metadata. */
+int cdisk_flush(struct cdisk *disk);
+/* Both leave the range reading as zeros and release its space. */
+int cdisk_discard(struct cdisk *disk, size_t len, uint64_t offset);
+int cdisk_write_zeroes(struct cdisk *disk, size_t len, uint64_t offset);
+
+/* What a disk is and holds. */
+struct cdisk_info {
+	char uuid[37];
+	uint32_t format_version;
+	uint64_t size;
+	uint32_t block_size;
+	uint64_t blocks;
+	uint64_t blocks_present;  /* held by the overlay */
+	uint64_t blocks_dirty;    /* held by the overlay, not yet on the base */
+	char base[CDISK_MAX_URI + 1];
+	char mirror[CDISK_MAX_URI + 1];
+	char meta_backup[CDISK_MAX_URI + 1];
+	enum cdisk_cache_mode cache_mode;
+	uint64_t compat, incompat, ro_compat;
+	uint64_t created;         /* unix seconds */
+	uint64_t sb_seq;          /* sequence number of the live superblock */
+	int sb_valid[2];          /* each superblock copy passed its checks */
+	bool closed_cleanly;      /* the last writer closed the disk */
+	uint64_t journal_records; /* records replayed at open */
+	uint64_t recovered_blocks;/* blocks marked dirty by activity-log recovery */
+	uint64_t file_bytes;      /* space the file takes on the host */
+	uint64_t data_offset;
+	bool base_reachable;      /* only meaningful when the base was opened */
+	uint64_t base_size;
+	int base_error;           /* negative errno when the base could not be opened */
+	char base_error_msg[512];
+};
+
+int cdisk_get_info(struct cdisk *disk, struct cdisk_info *info);
+struct cdisk_ctx *cdisk_get_ctx(struct cdisk *disk);
+
+/* One finding of a check. */
+struct cdisk_check_report {
+	unsigned errors;     /* problems that remain */
+	unsigned repaired;   /* problems that were repaired */
+	unsigned warnings;
+	char (*lines)[160];  /* one line per finding */
+	unsigned nlines;
+};
+
+/* Verify every checksum and the overlay against its records.  With
+ * repair set (and the disk open read-write), fix what can be fixed.
+ * Returns 0 when the disk is sound (after repairs), -EUCLEAN when
+ * problems remain. */
+int cdisk_check(struct cdisk *disk, bool repair,
+		struct cdisk_check_report *report);
+void cdisk_check_report_free(struct cdisk_check_report *report);
+
+/* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
+int cdisk_parse_size(const char *s, uint64_t *out);
+/* Format a byte count as "1.5 GiB". */
+const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,187 @@
+/* cdisk_check: verify what open did not already prove, and repair what
+ * can be repaired without guessing. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+static void add_line(struct cdisk_check_report *rep, const char *fmt, ...) CD_PRINTF(2, 3);
+
+static void add_line(struct cdisk_check_report *rep, const char *fmt, ...)
+{
+	char (*lines)[160] = realloc(rep->lines, (rep->nlines + 1) * sizeof(*lines));
+	va_list ap;
+
+	if (!lines)
+		return;
+	rep->lines = lines;
+	va_start(ap, fmt);
+	vsnprintf(rep->lines[rep->nlines++], sizeof(*lines), fmt, ap);
+	va_end(ap);
+}
+
+void cdisk_check_report_free(struct cdisk_check_report *rep)
+{
+	free(rep->lines);
+	memset(rep, 0, sizeof(*rep));
+}
+
+static void check_superblocks(struct cdisk *d, bool repair,
+			      struct cdisk_check_report *rep)
+{
+	for (int i = 0; i < 2; i++) {
+		if (!d->sb_bad_at_open[i])
+			continue;
+		if (d->sb_valid[i]) {
+			/* Opening for writing rewrote the damaged copy. */
+			rep->repaired++;
+			add_line(rep, "superblock %c was damaged: rewritten from copy %c",
+				 'A' + i, 'A' + (1 - i));
+		} else if (repair && !d->readonly && cd_sb_write(d) == 0) {
+			rep->repaired++;
+			add_line(rep, "superblock %c was damaged: rewritten from copy %c",
+				 'A' + i, 'A' + (1 - i));
+		} else {
+			rep->errors++;
+			add_line(rep, "superblock %c is damaged; copy %c is intact%s",
+				 'A' + i, 'A' + (1 - i),
+				 d->readonly ? " (open for writing to repair)" : "");
+		}
+	}
+}
+
+/* Dirty means "held by the overlay and newer than the base": a dirty
+ * block that is not present would read stale data from the base. */
+static int check_dirty_subset(struct cdisk *d, bool repair,
+			      struct cdisk_check_report *rep)
+{
+	uint64_t bad = 0;
+
+	for (uint64_t b = cd_bitmap_find(&d->dirty, 0, true); b < d->nblocks;
+	     b = cd_bitmap_find(&d->dirty, b + 1, true)) {
+		if (cd_bitmap_get(&d->present, b))
+			continue;
+		bad++;
+		if (repair && !d->readonly) {
+			int r = cd_bitmap_assign(&d->present, b, 1, true);
+			if (r == 0)
+				r = cd_journal_add_run(d, b, 1, CD_RUN_DIRTY);
+			if (r < 0)
+				return r;
+		}
+	}
+	if (!bad)
+		return 0;
+	if (repair && !d->readonly) {
+		rep->repaired++;
+		add_line(rep, "%llu dirty blocks were not marked present: marked present",
+			 (unsigned long long)bad);
+		d->unflushed = true;
+	} else {
+		rep->errors++;
+		add_line(rep, "%llu dirty blocks are not marked present",
+			 (unsigned long long)bad);
+	}
+	return 0;
+}
+
+/* Data the records do not claim is left by writes that a crash cut off
+ * before their flush; it is never read, only wasted space.  With blocks
+ * smaller than the filesystem's, neighbours share allocation, so only
+ * filesystem blocks that hold no present block at all count. */
+static uint64_t release_stray(struct cdisk *d, uint64_t first, uint64_t last,
+			      uint64_t group, bool repair)
+{
+	uint64_t count = 0;
+
+	for (uint64_t b = cd_bitmap_find(&d->present, first, false); b < last;) {
+		uint64_t stop = cd_bitmap_find(&d->present, b, true);
+		uint64_t lo = cd_round_up(b, group), hi;
+
+		if (stop > last)
+			stop = last;
+		hi = stop / group * group;
+		if (hi > lo) {
+			count += hi - lo;
+			if (repair && !d->readonly)
+				fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+					  (off_t)(d->sb.data_offset + (lo << d->block_shift)),
+					  (off_t)((hi - lo) << d->block_shift));
+		}
+		b = cd_bitmap_find(&d->present, stop, false);
+	}
+	return count;
+}
+
+static int check_stray_data(struct cdisk *d, bool repair,
+			    struct cdisk_check_report *rep)
+{
+	uint64_t base = d->sb.data_offset, end = base + d->sb.size;
+	uint64_t stray = 0, pos = base, group = 1;
+	struct stat st;
+
+	if (fstat(d->fd, &st) == 0 && (uint64_t)st.st_blksize > d->block_size)
+		group = (uint64_t)st.st_blksize / d->block_size;
+	while (pos < end) {
+		off_t data = lseek(d->fd, (off_t)pos, SEEK_DATA), hole;
+		if (data < 0 || (uint64_t)data >= end)
+			break;
+		hole = lseek(d->fd, data, SEEK_HOLE);
+		if (hole < 0)
+			break;
+		uint64_t stop = (uint64_t)hole < end ? (uint64_t)hole : end;
+		stray += release_stray(d, ((uint64_t)data - base) >> d->block_shift,
+				       cd_div_round_up(stop - base, d->block_size),
+				       group, repair);
+		pos = stop;
+	}
+	if (stray) {
+		if (repair && !d->readonly) {
+			rep->repaired++;
+			add_line(rep, "%llu blocks held unflushed data from an earlier crash: "
+				 "space released", (unsigned long long)stray);
+		} else {
+			rep->warnings++;
+			add_line(rep, "%llu blocks hold unflushed data from an earlier crash "
+				 "(harmless; repair releases the space)",
+				 (unsigned long long)stray);
+		}
+	}
+	return 0;
+}
+
+int cdisk_check(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
+{
+	int r;
+
+	memset(rep, 0, sizeof(*rep));
+	add_line(rep, "superblock %c is live (sequence %llu), checksum good",
+		 'A' + d->sb_live, (unsigned long long)d->sb.seq);
+	check_superblocks(d, repair, rep);
+	add_line(rep, "checkpoint %c: directory and %u bitmap pages pass their checksums",
+		 'A' + d->sb.cp_active,
+		 (unsigned)(d->present.npages + d->dirty.npages));
+	add_line(rep, "journal: %llu records replayed%s", (unsigned long long)d->j_replayed,
+		 d->j_torn ? ", a torn last record ignored (a crash during a write)" : "");
+	if (d->recovered_blocks)
+		add_line(rep, "activity log: %llu blocks marked dirty after an unclean close",
+			 (unsigned long long)d->recovered_blocks);
+	r = check_dirty_subset(d, repair, rep);
+	if (r == 0)
+		r = check_stray_data(d, repair, rep);
+	if (r == 0 && repair && !d->readonly)
+		r = cdisk_flush(d);
+	if (r < 0)
+		return r;
+	if (rep->errors && (!repair || d->readonly))
+		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problems (not repaired: %s)",
+				d->path, rep->errors, repair ? "no write access" : "--no-repair");
+	if (rep->errors)
+		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problems that could not "
+				"be repaired", d->path, rep->errors);
+	return 0;
+}

@@ -1,0 +1,261 @@
+/* Creating a disk: checked, atomic, idempotent, and never over anything
+ * that is already there. */
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* Paths are stored absolute: the disk is used from other directories. */
+static int absolute_path(struct cdisk_ctx *ctx, const char *what,
+			 const char *path, bool must_exist, char *out)
+{
+	char cwd[PATH_MAX];
+
+	if (must_exist) {
+		char *real = realpath(path, NULL);
+		if (!real)
+			return cd_error(ctx, -errno, "cannot use %s '%s': %s", what, path,
+					strerror(errno));
+		if (strlen(real) > CDISK_MAX_URI) {
+			free(real);
+			return cd_error(ctx, -ENAMETOOLONG, "%s '%s' is too long", what, path);
+		}
+		strcpy(out, real);
+		free(real);
+		return 0;
+	}
+	if (path[0] == '/') {
+		snprintf(out, CDISK_MAX_URI + 1, "%s", path);
+		return 0;
+	}
+	if (!getcwd(cwd, sizeof(cwd)))
+		return cd_error(ctx, -errno, "cannot resolve %s '%s': %s", what, path,
+				strerror(errno));
+	if ((size_t)snprintf(out, CDISK_MAX_URI + 1, "%s/%s", cwd, path) > CDISK_MAX_URI)
+		return cd_error(ctx, -ENAMETOOLONG, "%s '%s' is too long", what, path);
+	return 0;
+}
+
+/* Local file URIs become absolute paths; others are kept as written. */
+static int normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
+			 bool must_exist, char *out)
+{
+	struct cd_uri u;
+	int r = cd_uri_parse(ctx, uri, &u);
+
+	if (r < 0)
+		return r;
+	if (u.scheme == CD_SCHEME_FILE)
+		r = absolute_path(ctx, what, u.path, must_exist, out);
+	else
+		snprintf(out, CDISK_MAX_URI + 1, "%s", uri);
+	cd_uri_clear(&u);
+	return r;
+}
+
+static int build_superblock(struct cdisk_ctx *ctx, const char *path,
+			    const struct cdisk_create_opts *o,
+			    struct cd_superblock *sb)
+{
+	char buf[32];
+	int r;
+
+	memset(sb, 0, sizeof(*sb));
+	sb->version = CD_FORMAT_VERSION;
+	sb->block_size = o->block_size ? o->block_size : CDISK_DEFAULT_BLOCK_SIZE;
+	sb->cache_mode = o->cache_mode;
+	if (sb->block_size < CDISK_MIN_BLOCK_SIZE || sb->block_size > CDISK_MAX_BLOCK_SIZE ||
+	    sb->block_size & (sb->block_size - 1))
+		return cd_error(ctx, -EINVAL, "cannot create '%s': block size %u is not "
+				"a power of two from 512 to 1048576", path, sb->block_size);
+	if (o->cache_mode != CDISK_CACHE_WRITEBACK)
+		return cd_error(ctx, -EINVAL, "cannot create '%s': unknown cache mode %d",
+				path, (int)o->cache_mode);
+	if (o->base && (r = normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
+		return r;
+	if (o->mirror && (r = normalize_uri(ctx, "mirror", o->mirror, false, sb->mirror)) < 0)
+		return r;
+	if (o->meta_backup &&
+	    (r = absolute_path(ctx, "metadata backup path", o->meta_backup, false,
+			       sb->meta_backup)) < 0)
+		return r;
+	sb->size = o->size;
+	if (sb->base[0]) {
+		struct cd_target *t;
+		r = cd_target_open(ctx, sb->base, true, &t);
+		if (r < 0)
+			return r;
+		if (!sb->size)
+			sb->size = t->size;
+		cd_target_close(t);
+		if (sb->size == 0)
+			return cd_error(ctx, -EINVAL, "cannot create '%s': base '%s' is "
+					"empty; give --size", path, sb->base);
+	}
+	if (sb->size == 0)
+		return cd_error(ctx, -EINVAL, "cannot create '%s': size is zero "
+				"(give --size or a base)", path);
+	if (sb->size % sb->block_size)
+		return cd_error(ctx, -EINVAL, "cannot create '%s': size %llu is not a "
+				"multiple of the block size %u", path,
+				(unsigned long long)sb->size, sb->block_size);
+	if (sb->size > CDISK_MAX_SIZE)
+		return cd_error(ctx, -EFBIG, "cannot create '%s': size %s is larger than "
+				"the limit of 256 TiB", path,
+				cdisk_format_size(sb->size, buf, sizeof(buf)));
+	return cd_layout(sb);
+}
+
+static int same_config(struct cdisk_ctx *ctx, const char *path,
+		       const struct cd_superblock *want, const struct cd_superblock *have)
+{
+	char a[32], b[32];
+	const char *what = NULL;
+
+	if (have->size != want->size)
+		what = "size";
+	else if (have->block_size != want->block_size)
+		what = "block size";
+	else if (strcmp(have->base, want->base))
+		what = "base";
+	else if (strcmp(have->mirror, want->mirror))
+		what = "mirror";
+	else if (strcmp(have->meta_backup, want->meta_backup))
+		what = "metadata backup path";
+	else if (have->cache_mode != want->cache_mode)
+		what = "cache mode";
+	if (!what)
+		return 1;
+	if (have->size != want->size)
+		return cd_error(ctx, -EEXIST, "'%s' already exists with a different size "
+				"(%s, not %s); it was not changed", path,
+				cdisk_format_size(have->size, a, sizeof(a)),
+				cdisk_format_size(want->size, b, sizeof(b)));
+	return cd_error(ctx, -EEXIST, "'%s' already exists with a different %s; it "
+			"was not changed", path, what);
+}
+
+static int compare_existing(struct cdisk_ctx *ctx, const char *path,
+			    const struct cd_superblock *want)
+{
+	struct cdisk *d;
+	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
+
+	if (r == -ENOMSG)
+		return cd_error(ctx, -EEXIST, "'%s' exists and is not a cdisk; it was "
+				"not changed", path);
+	if (r < 0)
+		return r;
+	r = same_config(ctx, path, want, &d->sb);
+	cd_disk_free(d);
+	return r;
+}
+
+static int write_new_file(struct cdisk_ctx *ctx, int fd, const char *path,
+			  struct cd_superblock *sb)
+{
+	uint32_t pages = 2 * cd_bitmap_pages(sb->size / sb->block_size);
+	uint64_t dlen = sb->cp_size - (uint64_t)pages * CD_PAGE_SIZE;
+	uint8_t *zero_dir = calloc(1, dlen), buf[CD_SB_SIZE];
+	int r = 0;
+
+	if (!zero_dir)
+		return cd_error(ctx, -ENOMEM, "cannot create '%s': out of memory", path);
+	/* An all-zero directory says every bitmap page is empty; the file is
+	 * sparse, so it is already written. */
+	sb->cp_dir_crc = cd_crc32c(0, zero_dir, dlen);
+	free(zero_dir);
+	if (ftruncate(fd, (off_t)(sb->data_offset + sb->size)) < 0)
+		return cd_error(ctx, -errno, "cannot create '%s': %s", path,
+				errno == EFBIG ? "too large for this filesystem" :
+				strerror(errno));
+	for (int slot = 0; slot < 2 && r == 0; slot++) {
+		sb->seq = (uint64_t)slot + 1;
+		cd_sb_encode(sb, buf);
+		r = cd_pwrite_full(fd, buf, sizeof(buf), (uint64_t)slot * CD_SB_SIZE);
+	}
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r < 0)
+		return cd_error(ctx, r, "cannot create '%s': %s", path, strerror(-r));
+	return 0;
+}
+
+static int sync_dir_of(const char *path)
+{
+	char *copy = strdup(path);
+	int fd, r = 0;
+
+	if (!copy)
+		return -ENOMEM;
+	fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		r = -errno;
+	if (fd >= 0)
+		close(fd);
+	free(copy);
+	return r;
+}
+
+int cdisk_create(struct cdisk_ctx *ctx, const char *path,
+		 const struct cdisk_create_opts *opts)
+{
+	struct cd_superblock sb;
+	char *tmp = NULL, *copy = NULL;
+	struct stat st;
+	int fd = -1, r;
+
+	ctx->error[0] = 0;
+	r = build_superblock(ctx, path, opts, &sb);
+	if (r < 0)
+		return r;
+	if (lstat(path, &st) == 0)
+		return compare_existing(ctx, path, &sb);
+	if (getrandom(sb.uuid, sizeof(sb.uuid), 0) != sizeof(sb.uuid))
+		return cd_error(ctx, -errno, "cannot create '%s': no random bytes: %s",
+				path, strerror(errno));
+	sb.uuid[6] = (uint8_t)((sb.uuid[6] & 0x0f) | 0x40);
+	sb.uuid[8] = (uint8_t)((sb.uuid[8] & 0x3f) | 0x80);
+	sb.created = (uint64_t)time(NULL);
+
+	copy = strdup(path);
+	if (!copy || asprintf(&tmp, "%s/.cdisk-create.XXXXXX", dirname(copy)) < 0) {
+		tmp = NULL;
+		r = cd_error(ctx, -ENOMEM, "cannot create '%s': out of memory", path);
+		goto out;
+	}
+	/* Disks hold users' data: private unless the admin opens them up. */
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		r = cd_error(ctx, -errno, "cannot create '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	r = write_new_file(ctx, fd, path, &sb);
+	if (r < 0)
+		goto out;
+	/* link() never replaces: a disk created meanwhile wins and is compared. */
+	if (link(tmp, path) < 0) {
+		r = errno == EEXIST ? compare_existing(ctx, path, &sb) :
+		    cd_error(ctx, -errno, "cannot create '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	r = sync_dir_of(path);
+	if (r < 0)
+		r = cd_error(ctx, r, "cannot create '%s': sync of its directory failed: %s",
+			     path, strerror(-r));
+out:
+	if (fd >= 0)
+		close(fd);
+	if (tmp && fd >= 0)
+		unlink(tmp);
+	free(tmp);
+	free(copy);
+	return r;
+}

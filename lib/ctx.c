@@ -1,0 +1,114 @@
+/* Contexts: where errors are kept and log messages go. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+struct cdisk_ctx *cdisk_ctx_new(void)
+{
+	return calloc(1, sizeof(struct cdisk_ctx));
+}
+
+void cdisk_ctx_free(struct cdisk_ctx *ctx)
+{
+	free(ctx);
+}
+
+void cdisk_ctx_set_log(struct cdisk_ctx *ctx, cdisk_log_fn fn, void *opaque)
+{
+	ctx->log_fn = fn;
+	ctx->log_opaque = opaque;
+}
+
+const char *cdisk_ctx_error(const struct cdisk_ctx *ctx)
+{
+	return ctx->error;
+}
+
+int cd_error(struct cdisk_ctx *ctx, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(ctx->error, sizeof(ctx->error), fmt, ap);
+	va_end(ap);
+	cd_log(ctx, CDISK_LOG_DEBUG, "error: %s", ctx->error);
+	return err;
+}
+
+void cd_log(struct cdisk_ctx *ctx, enum cdisk_log_level level,
+	    const char *fmt, ...)
+{
+	char msg[1024];
+	va_list ap;
+
+	if (!ctx->log_fn)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	ctx->log_fn(ctx->log_opaque, level, msg);
+}
+
+int cdisk_exit_code(int err)
+{
+	switch (err) {
+	case 0:
+		return CDISK_EXIT_OK;
+	case -EINVAL:
+	case -ERANGE:
+	case -EFBIG:
+	case -ENAMETOOLONG:
+		return CDISK_EXIT_USAGE;
+	case -ECONNREFUSED:
+	case -EHOSTUNREACH:
+	case -ENETUNREACH:
+	case -EHOSTDOWN:
+	case -ENETDOWN:
+	case -ECONNRESET:
+	case -ENXIO:
+		return CDISK_EXIT_UNREACHABLE;
+	case -EBUSY:
+	case -EWOULDBLOCK:
+		return CDISK_EXIT_BUSY;
+	case -EACCES:
+	case -EPERM:
+	case -EROFS:
+	case -EKEYREJECTED:
+		return CDISK_EXIT_PERMISSION;
+	case -ENOENT:
+	case -ENOTDIR:
+		return CDISK_EXIT_NOT_FOUND;
+	case -EUCLEAN:
+	case -ENOMSG:
+	case -EPROTONOSUPPORT:
+	case -EBADMSG:
+		return CDISK_EXIT_CORRUPT;
+	case -ETIMEDOUT:
+	case -EINTR:
+		return CDISK_EXIT_TRY_LATER;
+	default:
+		return CDISK_EXIT_FAILURE;
+	}
+}
+
+const char *cdisk_exit_name(int code)
+{
+	static const char *const names[] = {
+		[CDISK_EXIT_OK] = "success",
+		[CDISK_EXIT_FAILURE] = "failure",
+		[CDISK_EXIT_USAGE] = "usage error",
+		[CDISK_EXIT_UNREACHABLE] = "unreachable",
+		[CDISK_EXIT_BUSY] = "busy",
+		[CDISK_EXIT_PERMISSION] = "permission denied",
+		[CDISK_EXIT_NOT_FOUND] = "not found",
+		[CDISK_EXIT_CORRUPT] = "corrupt metadata",
+		[CDISK_EXIT_TRY_LATER] = "try later",
+		[CDISK_EXIT_UNHEALTHY] = "unhealthy",
+	};
+
+	if (code < 0 || (size_t)code >= CD_ARRAY_SIZE(names) || !names[code])
+		return "unknown";
+	return names[code];
+}

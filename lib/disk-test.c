@@ -1,0 +1,293 @@
+/* Unit tests for the open disk: every path of read, write, flush,
+ * discard and zeroes, edges of the disk, the activity log and journal
+ * under pressure, and ownership. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "../tests/pattern.h"
+
+struct fixture {
+	char dir[64];
+	char disk[128];
+	char base[128];
+	struct cdisk_ctx *ctx;
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof(*f));
+
+	strcpy(f->dir, "/tmp/cdisk-unit-XXXXXX");
+	if (!mkdtemp(f->dir))
+		return -1;
+	snprintf(f->disk, sizeof(f->disk), "%s/d.cdisk", f->dir);
+	snprintf(f->base, sizeof(f->base), "%s/base.img", f->dir);
+	f->ctx = cdisk_ctx_new();
+	*state = f;
+	return 0;
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+	char cmd[160];
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s'", f->dir);
+	system(cmd);
+	cdisk_ctx_free(f->ctx);
+	free(f);
+	return 0;
+}
+
+static void make_base(struct fixture *f, uint64_t size)
+{
+	int fd = open(f->base, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	uint8_t *buf = malloc(size);
+
+	pattern_fill(buf, size, 0, 1);
+	assert_int_equal(cd_pwrite_full(fd, buf, size, 0), 0);
+	close(fd);
+	free(buf);
+}
+
+static struct cdisk *create_open(struct fixture *f, uint64_t size, uint32_t bs,
+				 bool with_base)
+{
+	struct cdisk_create_opts o = { .size = size, .block_size = bs,
+				       .base = with_base ? f->base : NULL };
+	struct cdisk *d;
+
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	return d;
+}
+
+static void expect(struct cdisk *d, uint64_t off, size_t len, uint64_t seed)
+{
+	uint8_t *buf = malloc(len);
+
+	assert_int_equal(cdisk_pread(d, buf, len, off), 0);
+	if (!pattern_check(buf, len, off, seed))
+		fail_msg("content at %llu+%zu is not seed %llu", (unsigned long long)off,
+			 len, (unsigned long long)seed);
+	free(buf);
+}
+
+static void put(struct cdisk *d, uint64_t off, size_t len, uint64_t seed)
+{
+	uint8_t *buf = malloc(len);
+
+	pattern_fill(buf, len, off, seed);
+	assert_int_equal(cdisk_pwrite(d, buf, len, off), 0);
+	free(buf);
+}
+
+static struct cdisk *reopen(struct fixture *f, struct cdisk *d)
+{
+	assert_int_equal(cdisk_close(d), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	return d;
+}
+
+static void test_read_mixes_overlay_and_base(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d;
+
+	make_base(f, 1 << 20);
+	d = create_open(f, 1 << 20, 4096, true);
+	expect(d, 0, 1 << 20, 1);
+	put(d, 4096, 8192, 2);
+	put(d, (1 << 20) - 4096, 4096, 3);   /* the last block */
+	expect(d, 0, 4096, 1);
+	expect(d, 4096, 8192, 2);
+	expect(d, 12288, (1 << 20) - 16384, 1);
+	expect(d, (1 << 20) - 4096, 4096, 3);
+	d = reopen(f, d);
+	expect(d, 4096, 8192, 2);
+	expect(d, (1 << 20) - 4096, 4096, 3);
+	assert_int_equal(d->present.count, 3);
+	assert_int_equal(d->dirty.count, 3);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+static void test_odd_sizes_and_edges(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 3 * 512, 512, false);
+	uint8_t buf[2048];
+
+	expect(d, 0, 1536, 0);
+	put(d, 1024, 512, 9);
+	assert_int_equal(cdisk_pread(d, buf, 512, 1536), -EINVAL);
+	assert_int_equal(cdisk_pwrite(d, buf, 1024, 1024), -EINVAL);
+	assert_int_equal(cdisk_pwrite(d, buf, 512, 100), -EINVAL);
+	assert_int_equal(cdisk_pwrite(d, buf, 0, 1536), 0);
+	assert_int_equal(cdisk_pread(d, buf, 0, 0), 0);
+	assert_int_equal(cdisk_flush(d), 0);
+	d = reopen(f, d);
+	expect(d, 1024, 512, 9);
+	expect(d, 0, 1024, 0);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+static void test_discard_and_zeroes(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d;
+
+	make_base(f, 256 << 10);
+	d = create_open(f, 256 << 10, 4096, true);
+	put(d, 0, 64 << 10, 2);
+	assert_int_equal(cdisk_write_zeroes(d, 8192, 4096), 0);
+	assert_int_equal(cdisk_discard(d, 16384, 128 << 10), 0);
+	expect(d, 0, 4096, 2);
+	expect(d, 4096, 8192, 0);
+	expect(d, 12288, (64 << 10) - 12288, 2);
+	expect(d, 64 << 10, 64 << 10, 1);
+	expect(d, 128 << 10, 16384, 0);      /* over base data */
+	assert_int_equal(cdisk_discard(d, 4096, 250 << 10), -EINVAL);
+	d = reopen(f, d);
+	expect(d, 128 << 10, 16384, 0);
+	expect(d, 4096, 8192, 0);
+	assert_int_equal(d->dirty.count, 16 + 4);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+static void test_readonly_refuses_writes(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 1 << 20, 4096, false), *ro;
+	uint8_t buf[4096] = { 0 };
+
+	put(d, 0, 4096, 5);
+	assert_int_equal(cdisk_close(d), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, CDISK_OPEN_RDONLY, &ro), 0);
+	assert_int_equal(cdisk_pwrite(ro, buf, 4096, 0), -EROFS);
+	assert_int_equal(cdisk_write_zeroes(ro, 4096, 0), -EROFS);
+	expect(ro, 0, 4096, 5);
+	assert_int_equal(cdisk_close(ro), 0);
+}
+
+static void test_second_opener_is_busy(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 1 << 20, 4096, false), *d2;
+
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d2), -EBUSY);
+	assert_non_null(strstr(cdisk_ctx_error(f->ctx), "in use by pid"));
+	assert_int_equal(cdisk_open(f->ctx, f->disk, CDISK_OPEN_RDONLY, &d2), -EBUSY);
+	assert_int_equal(cdisk_close(d), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, CDISK_OPEN_RDONLY, &d), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, CDISK_OPEN_RDONLY, &d2), 0);
+	assert_int_equal(cdisk_close(d2), 0);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+/* More hot extents than the activity log holds: old ones are evicted
+ * once flushed, and nothing is lost. */
+static void test_activity_log_overflow(void **state)
+{
+	struct fixture *f = *state;
+	uint64_t extents = CD_AL_CAPACITY + 200, ext = CD_AL_EXTENT_BYTES;
+	struct cdisk *d = create_open(f, extents * ext, 4096, false);
+
+	for (uint64_t e = 0; e < extents; e++)
+		put(d, e * ext, 4096, 2);
+	assert_int_equal(cdisk_flush(d), 0);
+	assert_int_equal(cd_mark_clean(d, 0, d->nblocks), 0);
+	assert_int_equal(cdisk_flush(d), 0);
+	assert_int_equal(d->dirty.count, 0);
+	for (uint64_t e = 0; e < extents; e++)
+		put(d, e * ext, 4096, 3);
+	assert_true(d->al.count <= CD_AL_CAPACITY);
+	assert_int_equal(d->dirty.count, extents);
+	assert_int_equal(cdisk_flush(d), 0);
+	d = reopen(f, d);
+	for (uint64_t e = 0; e < extents; e += 97)
+		expect(d, e * ext, 4096, 3);
+	assert_int_equal(d->dirty.count, extents);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+/* So many scattered writes before one flush that a journal record cannot
+ * hold them: the flush writes a checkpoint instead. */
+static void test_journal_overflow_checkpoints(void **state)
+{
+	struct fixture *f = *state;
+	uint64_t n = 70000, bs = 512;
+	struct cdisk *d = create_open(f, n * 2 * bs, (uint32_t)bs, false);
+	uint64_t seq_before = d->sb.seq;
+
+	for (uint64_t i = 0; i < n; i++)
+		put(d, i * 2 * bs, bs, 4);
+	assert_true(d->runs_overflow);
+	assert_int_equal(cdisk_flush(d), 0);
+	assert_false(d->runs_overflow);
+	assert_true(d->sb.seq > seq_before);
+	d = reopen(f, d);
+	assert_int_equal(d->present.count, n);
+	expect(d, (n - 1) * 2 * bs, bs, 4);
+	expect(d, bs, bs, 0);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+static void test_create_is_idempotent_and_safe(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk_create_opts o = { .size = 1 << 20 };
+
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 1);
+	o.size = 2 << 20;
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), -EEXIST);
+	o.size = 1 << 20;
+	o.block_size = 3000;
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), -EINVAL);
+	o.block_size = 0;
+	o.size = 1000;
+	assert_int_equal(cdisk_create(f->ctx, "/nonexistent/dir/x.cdisk", &o), -EINVAL);
+	o.size = 4096;
+	assert_int_equal(cdisk_create(f->ctx, "/nonexistent/dir/x.cdisk", &o), -ENOENT);
+}
+
+static void test_info_counts(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 1 << 20, 4096, false);
+	struct cdisk_info info;
+
+	put(d, 0, 3 * 4096, 5);
+	assert_int_equal(cd_mark_clean(d, 0, 1), 0);
+	assert_int_equal(cdisk_get_info(d, &info), 0);
+	assert_int_equal(info.blocks, 256);
+	assert_int_equal(info.blocks_present, 3);
+	assert_int_equal(info.blocks_dirty, 2);
+	assert_int_equal(strlen(info.uuid), 36);
+	assert_int_equal(info.uuid[14], '4');
+	assert_int_equal(cdisk_close(d), 0);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_read_mixes_overlay_and_base, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_odd_sizes_and_edges, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_discard_and_zeroes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_readonly_refuses_writes, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_second_opener_is_busy, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_activity_log_overflow, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_journal_overflow_checkpoints, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_create_is_idempotent_and_safe, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

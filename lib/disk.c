@@ -1,0 +1,644 @@
+/* An open disk: ownership, recovery at open, and the data path.
+ *
+ * The overlay's data is direct-mapped: block N lives at data_offset +
+ * N * block_size in the same file, so a write is one pwrite plus bitmap
+ * bits in memory, and a flush is at most one journal record plus one
+ * fdatasync. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* ---- ownership ---- */
+
+static int lock_file(struct cdisk *d)
+{
+	struct flock fl = {
+		.l_type = d->readonly ? F_RDLCK : F_WRLCK,
+		.l_whence = SEEK_SET,
+		.l_start = 0,
+		.l_len = 1,
+	};
+	uint8_t buf[CD_SB_SIZE];
+	uint32_t pid = 0;
+
+	/* Open-file-description locks: released when the owner dies, and not
+	 * dropped when some other descriptor of the process closes the file. */
+	if (fcntl(d->fd, F_OFD_SETLK, &fl) == 0)
+		return 0;
+	if (errno != EAGAIN && errno != EACCES)
+		return cd_error(d->ctx, -errno, "cannot lock '%s': %s", d->path,
+				strerror(errno));
+	for (int slot = 0; slot < 2; slot++) {
+		struct cd_superblock sb;
+		const char *why;
+		if (cd_pread_full(d->fd, buf, sizeof(buf), (uint64_t)slot * CD_SB_SIZE) == 0 &&
+		    cd_sb_decode(buf, &sb, &why) == 0 && sb.flags & CD_SB_FLAG_OPEN &&
+		    sb.seq >= d->sb.seq) {
+			d->sb.seq = sb.seq;
+			pid = sb.owner_pid;
+		}
+	}
+	if (pid)
+		return cd_error(d->ctx, -EBUSY, "'%s' is busy: in use by pid %u",
+				d->path, pid);
+	return cd_error(d->ctx, -EBUSY, "'%s' is busy: in use by another process",
+			d->path);
+}
+
+/* ---- superblocks ---- */
+
+static int read_one_sb(struct cdisk *d, int slot, struct cd_superblock *sb,
+		       const char **why, bool *magic)
+{
+	uint8_t buf[CD_SB_SIZE] = { 0 };
+	ssize_t n;
+
+	do
+		n = pread(d->fd, buf, sizeof(buf), (off_t)slot * CD_SB_SIZE);
+	while (n < 0 && errno == EINTR);
+	if (n < 0)
+		return cd_error(d->ctx, -errno, "cannot read '%s': %s", d->path,
+				strerror(errno));
+	*magic = n >= 8 && memcmp(buf, CD_MAGIC, 8) == 0;
+	if (n < (ssize_t)sizeof(buf)) {
+		*why = "file is truncated";
+		return *magic ? -EUCLEAN : -ENOMSG;
+	}
+	return cd_sb_decode(buf, sb, why);
+}
+
+static int read_superblocks(struct cdisk *d, uint64_t file_size)
+{
+	struct cd_superblock sb[2];
+	int res[2];
+	bool magic[2];
+	const char *why[2];
+
+	for (int i = 0; i < 2; i++) {
+		why[i] = NULL;
+		res[i] = read_one_sb(d, i, &sb[i], &why[i], &magic[i]);
+		if (res[i] < 0 && !why[i])
+			return res[i];
+		d->sb_valid[i] = res[i] == 0;
+		d->sb_bad_at_open[i] = res[i] < 0;
+	}
+	/* A copy this version cannot read may be the newest: never fall
+	 * back to an older one behind its back. */
+	for (int i = 0; i < 2; i++)
+		if (res[i] == -EPROTONOSUPPORT)
+			return cd_error(d->ctx, -EPROTONOSUPPORT, "cannot open '%s': %s",
+					d->path, why[i]);
+	if (res[0] < 0 && res[1] < 0) {
+		if (!magic[0] && !magic[1])
+			return cd_error(d->ctx, -ENOMSG, "'%s' is not a cdisk (%s)",
+					d->path, file_size < 8 ? "too short" : "bad magic");
+		return cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: both superblocks "
+				"fail their checks (A: %s; B: %s)", d->path, why[0], why[1]);
+	}
+	d->sb_live = res[0] < 0 ? 1 : res[1] < 0 ? 0 : sb[1].seq > sb[0].seq;
+	d->sb = sb[d->sb_live];
+	if (res[1 - d->sb_live] < 0)
+		snprintf(d->sb_damage, sizeof(d->sb_damage), "superblock %c is damaged "
+			 "(%s); using copy %c", 'A' + (1 - d->sb_live),
+			 why[1 - d->sb_live], 'A' + d->sb_live);
+	if (file_size < d->sb.data_offset)
+		return cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: file is truncated "
+				"(%llu bytes, metadata needs %llu)", d->path,
+				(unsigned long long)file_size,
+				(unsigned long long)d->sb.data_offset);
+	if (!d->readonly && (d->sb.ro_compat & ~CD_FEATURE_RO_COMPAT_SUPP))
+		return cd_error(d->ctx, -EROFS, "cannot open '%s' for writing: unknown "
+				"read-only-compatible features 0x%llx", d->path,
+				(unsigned long long)(d->sb.ro_compat & ~CD_FEATURE_RO_COMPAT_SUPP));
+	return 0;
+}
+
+/* ---- activity log ---- */
+
+static uint64_t blocks_per_extent(const struct cdisk *d)
+{
+	uint64_t n = CD_AL_EXTENT_BYTES / d->block_size;
+	return n ? n : 1;
+}
+
+static int al_find(const struct cdisk *d, uint64_t extent)
+{
+	for (uint32_t i = d->al.count; i-- > 0;)
+		if (d->al.extents[i] == extent)
+			return (int)i;
+	return -1;
+}
+
+/* A crash may have left unflushed writes in any hot extent: their blocks
+ * that the records call clean may hold newer data than the base. */
+static int al_recover(struct cdisk *d)
+{
+	uint64_t per = blocks_per_extent(d);
+
+	for (uint32_t i = 0; i < d->al.count; i++) {
+		uint64_t first = d->al.extents[i] * per;
+		uint64_t end = first + per < d->nblocks ? first + per : d->nblocks;
+		uint64_t b = cd_bitmap_find(&d->present, first, true);
+
+		while (b < end) {
+			uint64_t stop = cd_bitmap_find(&d->present, b, false);
+			uint64_t before = d->dirty.count;
+			int r;
+
+			if (stop > end)
+				stop = end;
+			r = cd_bitmap_assign(&d->dirty, b, stop - b, true);
+			if (r < 0)
+				return cd_error(d->ctx, r, "'%s': out of memory", d->path);
+			d->recovered_blocks += d->dirty.count - before;
+			b = cd_bitmap_find(&d->present, stop, true);
+		}
+	}
+	return 0;
+}
+
+static bool range_has_clean_block(const struct cdisk *d, uint64_t first,
+				  uint64_t end)
+{
+	for (uint64_t b = cd_bitmap_find(&d->present, first, true); b < end;
+	     b = cd_bitmap_find(&d->present, b + 1, true))
+		if (!cd_bitmap_get(&d->dirty, b))
+			return true;
+	return false;
+}
+
+static int flush_locked(struct cdisk *d);
+
+static bool al_evict_flushed(struct cdisk *d)
+{
+	for (uint32_t i = 0; i < d->al.count; i++) {
+		if (!d->al.flushed[i])
+			continue;
+		memmove(&d->al.extents[i], &d->al.extents[i + 1],
+			(d->al.count - i - 1) * sizeof(*d->al.extents));
+		memmove(&d->al.flushed[i], &d->al.flushed[i + 1],
+			(d->al.count - i - 1) * sizeof(*d->al.flushed));
+		d->al.count--;
+		return true;
+	}
+	return false;
+}
+
+static int al_make_room(struct cdisk *d)
+{
+	int r;
+
+	if (d->al.count < d->al.capacity || al_evict_flushed(d))
+		return 0;
+	/* Every hot extent has unflushed writes: a flush frees them all. */
+	r = flush_locked(d);
+	if (r < 0)
+		return r;
+	if (d->al.count < d->al.capacity || al_evict_flushed(d))
+		return 0;
+	return cd_error(d->ctx, -EIO, "'%s': activity log is full", d->path);
+}
+
+/* Before a write changes a block the records call clean, its extent must
+ * be in the durable activity log, or a crash would leave newer data
+ * under a "clean" record and the base would never get it. */
+static int al_protect(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	uint64_t per = blocks_per_extent(d);
+
+	for (uint64_t e = first / per; e <= (first + count - 1) / per; e++) {
+		uint64_t lo = e * per > first ? e * per : first;
+		uint64_t hi = (e + 1) * per < first + count ? (e + 1) * per : first + count;
+		int idx = al_find(d, e), r;
+
+		if (idx >= 0) {
+			d->al.flushed[idx] = false;
+			continue;
+		}
+		if (!range_has_clean_block(d, lo, hi))
+			continue;
+		for (int attempt = 0; attempt < 2; attempt++) {
+			if ((r = al_make_room(d)) < 0)
+				return r;
+			d->al.extents[d->al.count] = e;
+			d->al.flushed[d->al.count] = false;
+			d->al.count++;
+			r = cd_journal_commit(d, true);
+			if (r < 0)
+				return r;
+			/* A checkpoint empties the log; add the extent again. */
+			if (al_find(d, e) >= 0)
+				break;
+		}
+	}
+	return 0;
+}
+
+/* ---- open and close ---- */
+
+static void disk_free(struct cdisk *d)
+{
+	if (!d)
+		return;
+	cd_target_close(d->base);
+	if (d->fd >= 0)
+		close(d->fd);
+	cd_bitmap_free(&d->present);
+	cd_bitmap_free(&d->dirty);
+	free(d->cp_crc);
+	free(d->runs);
+	free(d->al.extents);
+	free(d->al.flushed);
+	free(d->path);
+	free(d);
+}
+
+static int init_state(struct cdisk *d)
+{
+	uint32_t pages;
+
+	d->block_size = d->sb.block_size;
+	d->block_shift = (uint32_t)__builtin_ctz(d->sb.block_size);
+	d->nblocks = d->sb.size >> d->block_shift;
+	pages = cd_bitmap_pages(d->nblocks);
+	d->al.capacity = CD_AL_CAPACITY;
+	d->al.extents = calloc(CD_AL_CAPACITY, sizeof(*d->al.extents));
+	d->al.flushed = calloc(CD_AL_CAPACITY, sizeof(*d->al.flushed));
+	d->cp_crc = calloc((size_t)pages * 2 + 1, sizeof(*d->cp_crc));
+	if (!d->al.extents || !d->al.flushed || !d->cp_crc ||
+	    cd_bitmap_init(&d->present, d->nblocks) < 0 ||
+	    cd_bitmap_init(&d->dirty, d->nblocks) < 0)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	return 0;
+}
+
+static void open_base(struct cdisk *d)
+{
+	char saved[sizeof(d->ctx->error)];
+
+	if (!d->sb.base[0])
+		return;
+	/* A missing base must not stop the disk: the overlay still serves
+	 * what it holds.  Reads that need the base report this error. */
+	memcpy(saved, d->ctx->error, sizeof(saved));
+	d->base_error = cd_target_open(d->ctx, d->sb.base, true, &d->base);
+	if (d->base_error < 0) {
+		snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s",
+			 d->ctx->error);
+		cd_log(d->ctx, CDISK_LOG_WARNING, "%s", d->ctx->error);
+	}
+	memcpy(d->ctx->error, saved, sizeof(saved));
+}
+
+static int recover_and_own(struct cdisk *d)
+{
+	int r;
+
+	d->was_open = d->sb.flags & CD_SB_FLAG_OPEN;
+	r = al_recover(d);
+	if (r < 0 || d->readonly)
+		return r;
+	if (d->recovered_blocks || d->j_replayed || d->was_open)
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s' was not closed cleanly: replayed %llu "
+		       "journal records, %llu blocks from the activity log marked for sync",
+		       d->path, (unsigned long long)d->j_replayed,
+		       (unsigned long long)d->recovered_blocks);
+	d->sb.flags |= CD_SB_FLAG_OPEN;
+	d->sb.owner_pid = (uint32_t)getpid();
+	/* Start from a fresh checkpoint when anything was recovered, so the
+	 * recovered state is durable before the first new write. */
+	if (d->j_replayed || d->recovered_blocks)
+		return cd_checkpoint(d);
+	return cd_sb_write(d);
+}
+
+int cdisk_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
+	       struct cdisk **out)
+{
+	struct cdisk *d = calloc(1, sizeof(*d));
+	struct stat st;
+	int r;
+
+	if (!d)
+		return cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
+	d->ctx = ctx;
+	d->fd = -1;
+	d->readonly = flags & (CDISK_OPEN_RDONLY | CDISK_OPEN_CONFIG_ONLY);
+	d->path = strdup(path);
+	if (!d->path) {
+		r = cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
+		goto fail;
+	}
+	ctx->error[0] = 0;
+	d->fd = open(path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (d->fd < 0) {
+		r = cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
+		goto fail;
+	}
+	if (fstat(d->fd, &st) < 0) {
+		r = cd_error(ctx, -errno, "cannot stat '%s': %s", path, strerror(errno));
+		goto fail;
+	}
+	if (!S_ISREG(st.st_mode)) {
+		r = cd_error(ctx, -ENOMSG, "'%s' is not a cdisk (not a regular file)",
+			     path);
+		goto fail;
+	}
+	r = flags & CDISK_OPEN_CONFIG_ONLY ? 0 : lock_file(d);
+	if (r == 0)
+		r = read_superblocks(d, (uint64_t)st.st_size);
+	if (r == 0 && (flags & CDISK_OPEN_CONFIG_ONLY)) {
+		*out = d;
+		return 0;
+	}
+	if (r == 0)
+		r = init_state(d);
+	if (r == 0)
+		r = cd_checkpoint_load(d);
+	if (r == 0)
+		r = cd_journal_replay(d);
+	if (r == 0)
+		r = recover_and_own(d);
+	if (r < 0)
+		goto fail;
+	/* Said once the disk is known to open: before, it is noise. */
+	if (d->sb_damage[0])
+		cd_log(ctx, CDISK_LOG_WARNING, "'%s': %s", path, d->sb_damage);
+	if (!(flags & CDISK_OPEN_NO_BASE))
+		open_base(d);
+	*out = d;
+	return 0;
+fail:
+	disk_free(d);
+	return r;
+}
+
+void cd_disk_free(struct cdisk *d)
+{
+	disk_free(d);
+}
+
+int cdisk_close(struct cdisk *d)
+{
+	int r = 0;
+
+	if (!d)
+		return 0;
+	if (!d->readonly) {
+		r = flush_locked(d);
+		if (r == 0) {
+			d->sb.flags &= ~CD_SB_FLAG_OPEN;
+			d->sb.owner_pid = 0;
+			r = cd_checkpoint(d);
+		}
+	}
+	disk_free(d);
+	return r;
+}
+
+struct cdisk_ctx *cdisk_get_ctx(struct cdisk *d)
+{
+	return d->ctx;
+}
+
+/* ---- data path ---- */
+
+static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
+{
+	uint64_t mask = d->block_size - 1;
+
+	if ((off | len) & mask)
+		return cd_error(d->ctx, -EINVAL, "'%s': request at %llu+%zu is not "
+				"aligned to the block size %llu", d->path,
+				(unsigned long long)off, len,
+				(unsigned long long)d->block_size);
+	if (off > d->sb.size || len > d->sb.size - off)
+		return cd_error(d->ctx, -EINVAL, "'%s': request at %llu+%zu is past "
+				"the end of the disk (%llu bytes)", d->path,
+				(unsigned long long)off, len,
+				(unsigned long long)d->sb.size);
+	if (write && d->readonly)
+		return cd_error(d->ctx, -EROFS, "'%s' is open read-only", d->path);
+	return 0;
+}
+
+static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
+{
+	size_t have = len;
+
+	if (!d->sb.base[0]) {
+		memset(buf, 0, len);
+		return 0;
+	}
+	if (!d->base) {
+		open_base(d);
+		if (!d->base)
+			return cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
+	}
+	/* A base shorter than the disk reads as zeros past its end. */
+	if (off >= d->base->size)
+		have = 0;
+	else if (d->base->size - off < len)
+		have = (size_t)(d->base->size - off);
+	memset(buf + have, 0, len - have);
+	if (!have)
+		return 0;
+	return cd_target_pread(d->base, buf, have, off);
+}
+
+int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	uint64_t b = off >> d->block_shift, end = (off + len) >> d->block_shift;
+	int r = check_io(d, len, off, false);
+
+	while (r == 0 && b < end) {
+		bool present = cd_bitmap_get(&d->present, b);
+		uint64_t stop = cd_bitmap_find(&d->present, b, !present);
+		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
+		size_t n;
+
+		if (stop > end)
+			stop = end;
+		n = (size_t)((stop - b) << d->block_shift);
+		if (present) {
+			r = cd_pread_full(d->fd, p, n, d->sb.data_offset + (b << d->block_shift));
+			if (r == -ENODATA)
+				r = -EUCLEAN;
+			if (r < 0)
+				r = cd_error(d->ctx, r, "cannot read '%s' at %llu: %s", d->path,
+					     (unsigned long long)(b << d->block_shift),
+					     strerror(-r));
+		} else {
+			r = read_base(d, p, n, b << d->block_shift);
+		}
+		b = stop;
+	}
+	return r;
+}
+
+static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	int r = cd_bitmap_assign(&d->present, first, count, true);
+
+	if (r == 0)
+		r = cd_bitmap_assign(&d->dirty, first, count, true);
+	if (r < 0)
+		return cd_error(d->ctx, r, "'%s': out of memory", d->path);
+	d->unflushed = true;
+	return cd_journal_add_run(d, first, count, CD_RUN_DIRTY);
+}
+
+int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	int r = check_io(d, len, off, true);
+
+	if (r < 0 || len == 0)
+		return r;
+	r = al_protect(d, first, count);
+	if (r < 0)
+		return r;
+	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
+				(unsigned long long)off, strerror(-r));
+	return mark_written(d, first, count);
+}
+
+static int zero_range(struct cdisk *d, size_t len, uint64_t off)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	int r = check_io(d, len, off, true);
+
+	if (r < 0 || len == 0)
+		return r;
+	r = al_protect(d, first, count);
+	if (r < 0)
+		return r;
+	/* Present-and-zero costs no space: the hole reads as zeros, and the
+	 * block stays dirty so the base is zeroed at the next sync. */
+	if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+		      (off_t)(d->sb.data_offset + off), (off_t)len) < 0) {
+		uint8_t zeros[65536] = { 0 };
+		if (errno != EOPNOTSUPP)
+			return cd_error(d->ctx, -errno, "cannot zero '%s' at %llu: %s",
+					d->path, (unsigned long long)off, strerror(errno));
+		for (size_t done = 0; done < len && r == 0;) {
+			size_t n = len - done < sizeof(zeros) ? len - done : sizeof(zeros);
+			r = cd_pwrite_full(d->fd, zeros, n, d->sb.data_offset + off + done);
+			done += n;
+		}
+		if (r < 0)
+			return cd_error(d->ctx, r, "cannot zero '%s' at %llu: %s", d->path,
+					(unsigned long long)off, strerror(-r));
+	}
+	return mark_written(d, first, count);
+}
+
+int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
+{
+	return zero_range(d, len, off);
+}
+
+int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
+{
+	return zero_range(d, len, off);
+}
+
+static int flush_locked(struct cdisk *d)
+{
+	int r;
+
+	if (d->readonly)
+		return 0;
+	if (d->unflushed || d->nruns || d->runs_overflow) {
+		r = cd_journal_commit(d, true);
+		if (r < 0)
+			return r;
+		d->unflushed = false;
+	}
+	/* Every completed write is durable and recorded now. */
+	for (uint32_t i = 0; i < d->al.count; i++)
+		d->al.flushed[i] = true;
+	return 0;
+}
+
+int cdisk_flush(struct cdisk *d)
+{
+	return flush_locked(d);
+}
+
+/* Record that the base durably holds blocks [first, first + count) as the
+ * overlay has them.  The caller (sync) must have flushed the base.  Only
+ * present blocks change: the others already read from the base. */
+int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	uint64_t end = first + count;
+
+	if (first > d->nblocks || count > d->nblocks - first)
+		return cd_error(d->ctx, -EINVAL, "'%s': blocks %llu+%llu past the end",
+				d->path, (unsigned long long)first,
+				(unsigned long long)count);
+	for (uint64_t b = cd_bitmap_find(&d->present, first, true); b < end;) {
+		uint64_t stop = cd_bitmap_find(&d->present, b, false);
+		int r;
+
+		if (stop > end)
+			stop = end;
+		r = cd_bitmap_assign(&d->dirty, b, stop - b, false);
+		if (r < 0)
+			return cd_error(d->ctx, r, "'%s': out of memory", d->path);
+		r = cd_journal_add_run(d, b, stop - b, CD_RUN_CLEAN);
+		if (r < 0)
+			return r;
+		b = cd_bitmap_find(&d->present, stop, true);
+	}
+	return 0;
+}
+
+/* ---- information ---- */
+
+int cdisk_get_info(struct cdisk *d, struct cdisk_info *info)
+{
+	const uint8_t *u = d->sb.uuid;
+	struct stat st;
+
+	memset(info, 0, sizeof(*info));
+	snprintf(info->uuid, sizeof(info->uuid),
+		 "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+		 u[0], u[1], u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10],
+		 u[11], u[12], u[13], u[14], u[15]);
+	info->format_version = d->sb.version;
+	info->size = d->sb.size;
+	info->block_size = d->sb.block_size;
+	info->blocks = d->nblocks;
+	info->blocks_present = d->present.count;
+	info->blocks_dirty = d->dirty.count;
+	memcpy(info->base, d->sb.base, sizeof(info->base));
+	memcpy(info->mirror, d->sb.mirror, sizeof(info->mirror));
+	memcpy(info->meta_backup, d->sb.meta_backup, sizeof(info->meta_backup));
+	info->cache_mode = (enum cdisk_cache_mode)d->sb.cache_mode;
+	info->compat = d->sb.compat;
+	info->incompat = d->sb.incompat;
+	info->ro_compat = d->sb.ro_compat;
+	info->created = d->sb.created;
+	info->sb_seq = d->sb.seq;
+	info->sb_valid[0] = d->sb_valid[0];
+	info->sb_valid[1] = d->sb_valid[1];
+	info->closed_cleanly = !d->was_open;
+	info->journal_records = d->j_replayed;
+	info->recovered_blocks = d->recovered_blocks;
+	info->data_offset = d->sb.data_offset;
+	if (fstat(d->fd, &st) == 0)
+		info->file_bytes = (uint64_t)st.st_blocks * 512;
+	info->base_reachable = d->base != NULL;
+	info->base_size = d->base ? d->base->size : 0;
+	info->base_error = d->base_error;
+	snprintf(info->base_error_msg, sizeof(info->base_error_msg), "%s",
+		 d->base_error_msg);
+	return 0;
+}

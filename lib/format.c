@@ -1,0 +1,191 @@
+/* The cdisk format, version 1: superblocks and layout.  Byte offsets are
+ * specified in cdisk(5) and docs/DESIGN.md; keep the three in step. */
+#include <stdio.h>
+
+#include "internal.h"
+
+enum {
+	SB_MAGIC = 0, SB_VERSION = 8, SB_SIZE = 12, SB_SEQ = 16,
+	SB_COMPAT = 24, SB_INCOMPAT = 32, SB_RO_COMPAT = 40, SB_UUID = 48,
+	SB_DISK_SIZE = 64, SB_BLOCK_SIZE = 72, SB_CACHE_MODE = 76,
+	SB_FLAGS = 80, SB_OWNER_PID = 84, SB_JOURNAL_OFFSET = 88,
+	SB_JOURNAL_SIZE = 96, SB_CP_OFFSET0 = 104, SB_CP_OFFSET1 = 112,
+	SB_CP_SIZE = 120, SB_DATA_OFFSET = 128, SB_CP_ACTIVE = 136,
+	SB_CP_DIR_CRC = 140, SB_CP_SEQ = 144, SB_JOURNAL_HEAD = 152,
+	SB_CREATED = 160, SB_BASE = 512, SB_MIRROR = 1536,
+	SB_META_BACKUP = 2560,
+};
+
+#define JOURNAL_SIZE (UINT64_C(8) << 20)
+#define DATA_ALIGN (UINT64_C(1) << 20)
+
+uint32_t cd_bitmap_pages(uint64_t nblocks)
+{
+	return (uint32_t)cd_div_round_up(nblocks, CD_PAGE_BITS);
+}
+
+static uint64_t dir_bytes(uint32_t total_pages)
+{
+	return cd_round_up((uint64_t)total_pages * 8, CD_PAGE_SIZE);
+}
+
+int cd_layout(struct cd_superblock *sb)
+{
+	uint64_t nblocks = sb->size / sb->block_size;
+	uint32_t total = 2 * cd_bitmap_pages(nblocks);
+	uint64_t align = sb->block_size > DATA_ALIGN ? sb->block_size : DATA_ALIGN;
+
+	sb->journal_offset = CD_JOURNAL_OFFSET;
+	sb->journal_size = JOURNAL_SIZE;
+	sb->cp_size = dir_bytes(total) + (uint64_t)total * CD_PAGE_SIZE;
+	sb->cp_offset[0] = sb->journal_offset + sb->journal_size;
+	sb->cp_offset[1] = sb->cp_offset[0] + sb->cp_size;
+	sb->data_offset = cd_round_up(sb->cp_offset[1] + sb->cp_size, align);
+	return 0;
+}
+
+static void put_string(uint8_t *buf, const char *s)
+{
+	size_t n = strnlen(s, CDISK_MAX_URI);
+
+	memset(buf, 0, CDISK_MAX_URI + 1);
+	memcpy(buf, s, n);
+}
+
+void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
+{
+	memset(buf, 0, CD_SB_SIZE);
+	memcpy(buf + SB_MAGIC, CD_MAGIC, 8);
+	cd_put_le32(buf + SB_VERSION, sb->version);
+	cd_put_le32(buf + SB_SIZE, CD_SB_SIZE);
+	cd_put_le64(buf + SB_SEQ, sb->seq);
+	cd_put_le64(buf + SB_COMPAT, sb->compat);
+	cd_put_le64(buf + SB_INCOMPAT, sb->incompat);
+	cd_put_le64(buf + SB_RO_COMPAT, sb->ro_compat);
+	memcpy(buf + SB_UUID, sb->uuid, 16);
+	cd_put_le64(buf + SB_DISK_SIZE, sb->size);
+	cd_put_le32(buf + SB_BLOCK_SIZE, sb->block_size);
+	cd_put_le32(buf + SB_CACHE_MODE, sb->cache_mode);
+	cd_put_le32(buf + SB_FLAGS, sb->flags);
+	cd_put_le32(buf + SB_OWNER_PID, sb->owner_pid);
+	cd_put_le64(buf + SB_JOURNAL_OFFSET, sb->journal_offset);
+	cd_put_le64(buf + SB_JOURNAL_SIZE, sb->journal_size);
+	cd_put_le64(buf + SB_CP_OFFSET0, sb->cp_offset[0]);
+	cd_put_le64(buf + SB_CP_OFFSET1, sb->cp_offset[1]);
+	cd_put_le64(buf + SB_CP_SIZE, sb->cp_size);
+	cd_put_le64(buf + SB_DATA_OFFSET, sb->data_offset);
+	cd_put_le32(buf + SB_CP_ACTIVE, sb->cp_active);
+	cd_put_le32(buf + SB_CP_DIR_CRC, sb->cp_dir_crc);
+	cd_put_le64(buf + SB_CP_SEQ, sb->cp_seq);
+	cd_put_le64(buf + SB_JOURNAL_HEAD, sb->journal_head);
+	cd_put_le64(buf + SB_CREATED, sb->created);
+	put_string(buf + SB_BASE, sb->base);
+	put_string(buf + SB_MIRROR, sb->mirror);
+	put_string(buf + SB_META_BACKUP, sb->meta_backup);
+	cd_put_le32(buf + CD_SB_CRC_OFFSET, cd_crc32c(0, buf, CD_SB_CRC_OFFSET));
+}
+
+static bool get_string(const uint8_t *buf, char *out)
+{
+	if (!memchr(buf, 0, CDISK_MAX_URI + 1))
+		return false;
+	memcpy(out, buf, CDISK_MAX_URI + 1);
+	return true;
+}
+
+static bool is_pow2(uint64_t v)
+{
+	return v && !(v & (v - 1));
+}
+
+/* Everything a valid checksum cannot promise: a writer with a bug or a
+ * crafted file must not lead us to index outside our tables. */
+static const char *sb_sanity(const struct cd_superblock *sb)
+{
+	struct cd_superblock want = *sb;
+
+	if (!is_pow2(sb->block_size) || sb->block_size < CDISK_MIN_BLOCK_SIZE ||
+	    sb->block_size > CDISK_MAX_BLOCK_SIZE)
+		return "block size is not a power of two from 512 B to 1 MiB";
+	if (sb->size == 0 || sb->size % sb->block_size || sb->size > CDISK_MAX_SIZE)
+		return "size is zero, too large or not a multiple of the block size";
+	cd_layout(&want);
+	if (want.journal_offset != sb->journal_offset ||
+	    want.journal_size != sb->journal_size ||
+	    want.cp_offset[0] != sb->cp_offset[0] ||
+	    want.cp_offset[1] != sb->cp_offset[1] ||
+	    want.cp_size != sb->cp_size || want.data_offset != sb->data_offset)
+		return "layout fields do not match the size and block size";
+	if (sb->cp_active > 1)
+		return "active checkpoint area is not 0 or 1";
+	if (sb->journal_head % CD_JR_ALIGN || sb->journal_head >= sb->journal_size)
+		return "journal head outside the journal";
+	return NULL;
+}
+
+int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
+		 const char **why)
+{
+	static char reason[96];
+
+	memset(sb, 0, sizeof(*sb));
+	if (memcmp(buf + SB_MAGIC, CD_MAGIC, 8) != 0) {
+		*why = "bad magic";
+		return -ENOMSG;
+	}
+	if (cd_get_le32(buf + CD_SB_CRC_OFFSET) != cd_crc32c(0, buf, CD_SB_CRC_OFFSET)) {
+		*why = "checksum mismatch";
+		return -EUCLEAN;
+	}
+	sb->version = cd_get_le32(buf + SB_VERSION);
+	if (sb->version != CD_FORMAT_VERSION) {
+		snprintf(reason, sizeof(reason), "format version %u is not supported "
+			 "(this cdisk reads version %u)", sb->version, CD_FORMAT_VERSION);
+		*why = reason;
+		return -EPROTONOSUPPORT;
+	}
+	if (cd_get_le32(buf + SB_SIZE) != CD_SB_SIZE) {
+		*why = "superblock size is not 4096";
+		return -EUCLEAN;
+	}
+	sb->seq = cd_get_le64(buf + SB_SEQ);
+	sb->compat = cd_get_le64(buf + SB_COMPAT);
+	sb->incompat = cd_get_le64(buf + SB_INCOMPAT);
+	sb->ro_compat = cd_get_le64(buf + SB_RO_COMPAT);
+	memcpy(sb->uuid, buf + SB_UUID, 16);
+	sb->size = cd_get_le64(buf + SB_DISK_SIZE);
+	sb->block_size = cd_get_le32(buf + SB_BLOCK_SIZE);
+	sb->cache_mode = cd_get_le32(buf + SB_CACHE_MODE);
+	sb->flags = cd_get_le32(buf + SB_FLAGS);
+	sb->owner_pid = cd_get_le32(buf + SB_OWNER_PID);
+	sb->journal_offset = cd_get_le64(buf + SB_JOURNAL_OFFSET);
+	sb->journal_size = cd_get_le64(buf + SB_JOURNAL_SIZE);
+	sb->cp_offset[0] = cd_get_le64(buf + SB_CP_OFFSET0);
+	sb->cp_offset[1] = cd_get_le64(buf + SB_CP_OFFSET1);
+	sb->cp_size = cd_get_le64(buf + SB_CP_SIZE);
+	sb->data_offset = cd_get_le64(buf + SB_DATA_OFFSET);
+	sb->cp_active = cd_get_le32(buf + SB_CP_ACTIVE);
+	sb->cp_dir_crc = cd_get_le32(buf + SB_CP_DIR_CRC);
+	sb->cp_seq = cd_get_le64(buf + SB_CP_SEQ);
+	sb->journal_head = cd_get_le64(buf + SB_JOURNAL_HEAD);
+	sb->created = cd_get_le64(buf + SB_CREATED);
+	if (!get_string(buf + SB_BASE, sb->base) ||
+	    !get_string(buf + SB_MIRROR, sb->mirror) ||
+	    !get_string(buf + SB_META_BACKUP, sb->meta_backup)) {
+		*why = "unterminated string field";
+		return -EUCLEAN;
+	}
+	if (sb->incompat & ~CD_FEATURE_INCOMPAT_SUPP) {
+		snprintf(reason, sizeof(reason), "unknown incompatible features 0x%llx",
+			 (unsigned long long)(sb->incompat & ~CD_FEATURE_INCOMPAT_SUPP));
+		*why = reason;
+		return -EPROTONOSUPPORT;
+	}
+	if (sb->cache_mode != CDISK_CACHE_WRITEBACK) {
+		snprintf(reason, sizeof(reason), "unknown cache mode %u", sb->cache_mode);
+		*why = reason;
+		return -EPROTONOSUPPORT;
+	}
+	*why = sb_sanity(sb);
+	return *why ? -EUCLEAN : 0;
+}

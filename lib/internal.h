@@ -1,0 +1,327 @@
+/* Internal interfaces of libcdisk.  Nothing here is installed. */
+#ifndef CDISK_INTERNAL_H
+#define CDISK_INTERNAL_H
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "cdisk.h"
+
+#define CD_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#define CD_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+static inline uint64_t cd_div_round_up(uint64_t n, uint64_t d)
+{
+	return (n + d - 1) / d;
+}
+
+static inline uint64_t cd_round_up(uint64_t n, uint64_t align)
+{
+	return cd_div_round_up(n, align) * align;
+}
+
+/* ---- context: errors and logging (ctx.c) ---- */
+
+struct cdisk_ctx {
+	char error[512];
+	cdisk_log_fn log_fn;
+	void *log_opaque;
+};
+
+/* Keep a message on ctx and return err (a negative errno). */
+int cd_error(struct cdisk_ctx *ctx, int err, const char *fmt, ...) CD_PRINTF(3, 4);
+void cd_log(struct cdisk_ctx *ctx, enum cdisk_log_level level,
+	    const char *fmt, ...) CD_PRINTF(3, 4);
+
+/* ---- little-endian fields and checksums (util.c, crc32c.c) ---- */
+
+static inline void cd_put_le16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static inline void cd_put_le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline void cd_put_le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static inline uint16_t cd_get_le16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static inline uint32_t cd_get_le32(const uint8_t *p)
+{
+	uint32_t v = 0;
+	for (int i = 3; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static inline uint64_t cd_get_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+uint32_t cd_crc32c(uint32_t crc, const void *buf, size_t len);
+
+/* Bits set in a word, without needing the POPCNT instruction (the Debian
+ * x86-64 baseline lacks it and the libgcc fallback is a slow call). */
+static inline uint32_t cd_popcount64(uint64_t v)
+{
+	v -= (v >> 1) & 0x5555555555555555ull;
+	v = (v & 0x3333333333333333ull) + ((v >> 2) & 0x3333333333333333ull);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0full;
+	return (uint32_t)((v * 0x0101010101010101ull) >> 56);
+}
+
+/* Whole-buffer I/O that retries short transfers and EINTR.  Return 0 or
+ * -errno; a read past the end of file returns -ENODATA. */
+int cd_pread_full(int fd, void *buf, size_t len, uint64_t off);
+int cd_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
+bool cd_is_zero(const void *buf, size_t len);
+
+/* ---- URIs (uri.c) ---- */
+
+enum cd_scheme {
+	CD_SCHEME_FILE,
+	CD_SCHEME_ISCSI,
+	CD_SCHEME_RBD,
+	CD_SCHEME_NBD,
+	CD_SCHEME_NBDS,
+	CD_SCHEME_NBD_UNIX,
+	CD_SCHEME_HTTP,
+	CD_SCHEME_HTTPS,
+	CD_SCHEME_S3,
+};
+
+struct cd_uri {
+	enum cd_scheme scheme;
+	char *path;     /* file: the path; http: the path and query */
+	char *host;
+	int port;       /* 0: the scheme's default */
+	char *user;
+	char *target;   /* iscsi: iqn; nbd: export; rbd: image; s3: bucket */
+	char *pool;     /* rbd */
+	char *ns;       /* rbd namespace */
+	char *snap;     /* rbd snapshot */
+	char *prefix;   /* s3 */
+	char *socket;   /* nbd+unix */
+	int lun;        /* iscsi */
+};
+
+int cd_uri_parse(struct cdisk_ctx *ctx, const char *text, struct cd_uri *uri);
+void cd_uri_clear(struct cd_uri *uri);
+const char *cd_scheme_name(enum cd_scheme scheme);
+
+/* ---- targets (target.c, target-file.c) ---- */
+
+struct cd_target;
+
+struct cd_target_ops {
+	const char *name;
+	int (*open)(struct cd_target *t, const struct cd_uri *uri);
+	int (*pread)(struct cd_target *t, void *buf, size_t len, uint64_t off);
+	int (*pwrite)(struct cd_target *t, const void *buf, size_t len,
+		      uint64_t off);
+	int (*flush)(struct cd_target *t);
+	int (*zero)(struct cd_target *t, size_t len, uint64_t off);
+	void (*close)(struct cd_target *t);
+};
+
+struct cd_target {
+	const struct cd_target_ops *ops;
+	struct cdisk_ctx *ctx;
+	char *uri;
+	uint64_t size;
+	bool readonly;
+	bool can_flush;
+	bool can_zero;
+	void *priv;
+};
+
+int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+		   struct cd_target **out);
+int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off);
+int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
+		     uint64_t off);
+int cd_target_flush(struct cd_target *t);
+int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
+void cd_target_close(struct cd_target *t);
+
+extern const struct cd_target_ops cd_file_target_ops;
+
+/* ---- block-state bitmaps (bitmap.c) ----
+ * Pages of 4096 bytes (32768 bits); a page that was never set is not
+ * allocated, so an empty 1 TiB disk costs a pointer array and nothing else. */
+
+#define CD_PAGE_SIZE 4096u
+#define CD_PAGE_BITS (CD_PAGE_SIZE * 8u)
+
+struct cd_bitmap {
+	uint64_t nbits;
+	uint32_t npages;
+	uint8_t **pages;
+	uint32_t *page_count;   /* bits set in each page */
+	uint8_t *page_changed;  /* bit 0/1: differs from checkpoint area 0/1 */
+	uint64_t count;         /* bits set in all */
+};
+
+int cd_bitmap_init(struct cd_bitmap *bm, uint64_t nbits);
+void cd_bitmap_free(struct cd_bitmap *bm);
+bool cd_bitmap_get(const struct cd_bitmap *bm, uint64_t bit);
+/* Set or clear [first, first + count).  Returns -ENOMEM when a page
+ * cannot be allocated; the bits before it are already changed. */
+int cd_bitmap_assign(struct cd_bitmap *bm, uint64_t first, uint64_t count,
+		     bool value);
+/* First bit >= from with the given value, or nbits. */
+uint64_t cd_bitmap_find(const struct cd_bitmap *bm, uint64_t from, bool value);
+/* Replace one page from an on-disk image (NULL: all zeros). */
+/* Install a malloc'd page read from disk with count bits set; the bitmap
+ * owns it after. */
+void cd_bitmap_adopt_page(struct cd_bitmap *bm, uint32_t page, uint8_t *data,
+			  uint32_t count);
+
+/* ---- on-disk format (format.c) ---- */
+
+#define CD_MAGIC "CDISK\r\n\x1a"
+#define CD_FORMAT_VERSION 1u
+#define CD_SB_SIZE 4096u
+#define CD_SB_CRC_OFFSET (CD_SB_SIZE - 4)
+#define CD_SB_FLAG_OPEN 1u        /* a writer has the disk open */
+
+/* Feature masks.  v1 defines none; unknown incompat bits refuse the
+ * open, unknown ro_compat bits refuse writing. */
+#define CD_FEATURE_COMPAT_SUPP 0ull
+#define CD_FEATURE_INCOMPAT_SUPP 0ull
+#define CD_FEATURE_RO_COMPAT_SUPP 0ull
+
+#define CD_JOURNAL_OFFSET (2 * CD_SB_SIZE)
+#define CD_AL_EXTENT_BYTES (UINT64_C(4) << 20)
+
+struct cd_superblock {
+	uint32_t version;
+	uint64_t seq;
+	uint64_t compat, incompat, ro_compat;
+	uint8_t uuid[16];
+	uint64_t size;
+	uint32_t block_size;
+	uint32_t cache_mode;
+	uint32_t flags;
+	uint32_t owner_pid;
+	uint64_t journal_offset, journal_size;
+	uint64_t cp_offset[2];
+	uint64_t cp_size;
+	uint64_t data_offset;
+	uint32_t cp_active;
+	uint32_t cp_dir_crc;
+	uint64_t cp_seq;        /* journal seq covered by the checkpoint */
+	uint64_t journal_head;  /* where the first record after it goes */
+	uint64_t created;
+	char base[CDISK_MAX_URI + 1];
+	char mirror[CDISK_MAX_URI + 1];
+	char meta_backup[CDISK_MAX_URI + 1];
+};
+
+void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE]);
+/* Returns 0, -EUCLEAN (damaged) or -ENOMSG (not a cdisk: bad magic).
+ * why receives a short reason on failure. */
+int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
+		 const char **why);
+/* Compute layout fields (journal, checkpoint areas, data offset). */
+int cd_layout(struct cd_superblock *sb);
+uint32_t cd_bitmap_pages(uint64_t nblocks);
+
+/* ---- the open disk (disk.c, journal.c, checkpoint.c) ---- */
+
+enum cd_run_op {
+	CD_RUN_DIRTY = 1,   /* present and dirty */
+	CD_RUN_CLEAN = 2,   /* present, the base has it */
+	CD_RUN_DROP = 3,    /* not present: read from the base */
+};
+
+struct cd_run {
+	uint64_t first;
+	uint32_t count;
+	uint32_t op;
+};
+
+struct cd_al {
+	uint64_t *extents;      /* hot extents, most recent last */
+	bool *flushed;          /* no write since the last flush */
+	uint32_t count;
+	uint32_t capacity;
+};
+
+struct cdisk {
+	struct cdisk_ctx *ctx;
+	char *path;
+	int fd;
+	bool readonly;
+	struct cd_superblock sb;
+	int sb_valid[2];
+	bool sb_bad_at_open[2];
+	char sb_damage[128];    /* what open found wrong with a superblock */
+	int sb_live;            /* slot holding sb */
+	bool was_open;          /* found with CD_SB_FLAG_OPEN set */
+	uint64_t nblocks;
+	uint32_t block_shift;
+	struct cd_bitmap present;
+	struct cd_bitmap dirty;
+	uint32_t (*cp_crc)[2];  /* crc of each bitmap page in each area */
+
+	/* journal */
+	uint64_t j_seq;         /* last record written or replayed */
+	uint64_t j_pos;         /* byte offset in the journal of the next record */
+	uint64_t j_used;        /* bytes since the checkpoint */
+	uint64_t j_replayed;
+	bool j_torn;            /* replay ignored a torn last record */
+	struct cd_run *runs;    /* changes since the last record */
+	size_t nruns, runs_cap;
+	bool runs_overflow;     /* too many: the next flush checkpoints */
+	bool unflushed;         /* data written since the last fdatasync */
+	struct cd_al al;
+	uint64_t recovered_blocks;
+
+	struct cd_target *base;
+	int base_error;
+	char base_error_msg[512];
+	uint64_t block_size;
+};
+
+/* Open only far enough to read the configuration: no lock, no state. */
+#define CDISK_OPEN_CONFIG_ONLY (1u << 30)
+
+void cd_disk_free(struct cdisk *d);
+int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
+int cd_journal_replay(struct cdisk *d);
+int cd_journal_commit(struct cdisk *d, bool sync);
+int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,
+		       enum cd_run_op op);
+int cd_checkpoint(struct cdisk *d);
+int cd_checkpoint_load(struct cdisk *d);
+int cd_sb_write(struct cdisk *d);
+uint64_t cd_journal_record_max(const struct cdisk *d);
+
+#define CD_JR_MAGIC 0x524a4443u   /* "CDJR" */
+#define CD_JR_HEADER 48u
+#define CD_JR_ALIGN 4096u
+#define CD_AL_CAPACITY 1024u
+#define CD_BATCH_PAGES 256u     /* pages per preadv/pwritev (1 MiB) */
+
+#endif

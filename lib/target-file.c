@@ -1,0 +1,134 @@
+/* The file target: a regular file or a block device on this host. */
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+struct file_priv {
+	int fd;
+	bool is_blockdev;
+};
+
+static int file_open(struct cd_target *t, const struct cd_uri *uri)
+{
+	struct file_priv *f = calloc(1, sizeof(*f));
+	struct stat st;
+	int r;
+
+	if (!f)
+		return cd_error(t->ctx, -ENOMEM, "cannot open '%s': out of memory", t->uri);
+	f->fd = open(uri->path, (t->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (f->fd < 0) {
+		r = cd_error(t->ctx, -errno, "cannot open '%s': %s", t->uri, strerror(errno));
+		goto fail;
+	}
+	if (fstat(f->fd, &st) < 0) {
+		r = cd_error(t->ctx, -errno, "cannot stat '%s': %s", t->uri, strerror(errno));
+		goto fail;
+	}
+	if (S_ISBLK(st.st_mode)) {
+		uint64_t size;
+		if (ioctl(f->fd, BLKGETSIZE64, &size) < 0) {
+			r = cd_error(t->ctx, -errno, "cannot size '%s': %s", t->uri,
+				     strerror(errno));
+			goto fail;
+		}
+		t->size = size;
+		f->is_blockdev = true;
+	} else if (S_ISREG(st.st_mode)) {
+		t->size = (uint64_t)st.st_size;
+	} else {
+		r = cd_error(t->ctx, -EINVAL, "cannot use '%s': not a regular file or "
+			     "block device", t->uri);
+		goto fail;
+	}
+	t->can_flush = true;
+	t->can_zero = true;
+	t->priv = f;
+	return 0;
+fail:
+	if (f->fd >= 0)
+		close(f->fd);
+	free(f);
+	return r;
+}
+
+static int file_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
+{
+	struct file_priv *f = t->priv;
+	int r = cd_pread_full(f->fd, buf, len, off);
+
+	/* The file may have shrunk under us; what is gone reads as zeros,
+	 * as a hole would. */
+	if (r == -ENODATA) {
+		struct stat st;
+		if (fstat(f->fd, &st) == 0 && (uint64_t)st.st_size < off + len) {
+			uint64_t have = (uint64_t)st.st_size > off ?
+					(uint64_t)st.st_size - off : 0;
+			memset((uint8_t *)buf + have, 0, len - have);
+			r = have ? cd_pread_full(f->fd, buf, have, off) : 0;
+		}
+	}
+	if (r < 0)
+		return cd_error(t->ctx, r, "cannot read '%s' at %llu: %s", t->uri,
+				(unsigned long long)off, strerror(-r));
+	return 0;
+}
+
+static int file_pwrite(struct cd_target *t, const void *buf, size_t len,
+		       uint64_t off)
+{
+	struct file_priv *f = t->priv;
+	int r = cd_pwrite_full(f->fd, buf, len, off);
+
+	if (r < 0)
+		return cd_error(t->ctx, r, "cannot write '%s' at %llu: %s", t->uri,
+				(unsigned long long)off, strerror(-r));
+	return 0;
+}
+
+static int file_flush(struct cd_target *t)
+{
+	struct file_priv *f = t->priv;
+
+	if (fdatasync(f->fd) < 0)
+		return cd_error(t->ctx, -errno, "cannot flush '%s': %s", t->uri,
+				strerror(errno));
+	return 0;
+}
+
+static int file_zero(struct cd_target *t, size_t len, uint64_t off)
+{
+	struct file_priv *f = t->priv;
+	int mode = f->is_blockdev ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE :
+				    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
+
+	if (fallocate(f->fd, mode, (off_t)off, (off_t)len) == 0)
+		return 0;
+	if (errno == EOPNOTSUPP || errno == ENOSYS)
+		return -EOPNOTSUPP;
+	return cd_error(t->ctx, -errno, "cannot zero '%s' at %llu: %s", t->uri,
+			(unsigned long long)off, strerror(errno));
+}
+
+static void file_close(struct cd_target *t)
+{
+	struct file_priv *f = t->priv;
+
+	close(f->fd);
+	free(f);
+}
+
+const struct cd_target_ops cd_file_target_ops = {
+	.name = "file",
+	.open = file_open,
+	.pread = file_pread,
+	.pwrite = file_pwrite,
+	.flush = file_flush,
+	.zero = file_zero,
+	.close = file_close,
+};

@@ -1,0 +1,47 @@
+#!/bin/bash
+# The main job on an embedded default: a local file stands in for the
+# storage server.  It grows with every capability cdisk gains.
+set -euo pipefail
+O=${1:-build}
+top=$(cd "$(dirname "$0")/.." && pwd)
+PATH="$top/$O/bin:$top/$O/tests:$PATH"
+work=$(mktemp -d /tmp/cdisk-demo.XXXXXX)
+cd "$work"
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "a 256 MiB golden image stands in for the storage server"
+patfile server.img w 0 256M 1
+ls -l server.img
+
+step "cdisk-create: a desktop disk as an overlay over it (size taken from the base)"
+cdisk-create --base server.img desk.cdisk
+cdisk-create --base server.img desk.cdisk    # again: unchanged, for Ansible
+
+step "the VM writes 16 MiB and flushes: only the overlay is written"
+cdisk-io desk.cdisk w:0:16M:2 f
+patfile server.img r 0 256M 1 && echo "server image unchanged"
+cdisk-info desk.cdisk
+
+step "the server goes away: what the overlay holds still reads and writes"
+mv server.img server.away
+cdisk-io desk.cdisk r:0:16M:2 w:16M:4M:3 f && echo "read 16 MiB and wrote 4 MiB with the server down"
+mv server.away server.img
+
+step "kill -9 in the middle of writing: the next open recovers by itself"
+cdisk-io desk.cdisk w:32M:8M:4 f w:48M:8M:5 "touch:$work/held" hold:60 &
+pid=$!
+while [ ! -e "$work/held" ]; do sleep 0.05; done
+kill -9 "$pid"
+wait "$pid" 2>/dev/null || true
+cdisk-info -v desk.cdisk | grep -E "last close|blocks:"
+cdisk-io desk.cdisk r:32M:8M:4 r:0:16M:2 r:16M:4M:3 && echo "every flushed write read back"
+
+step "cdisk-info --check: every checksum, and the overlay against its records"
+cdisk-info --check desk.cdisk | sed -n '/^check:/,$p'
+
+step "a 1 TiB disk opens and reports in milliseconds"
+cdisk-create --size 1T big.cdisk
+time cdisk-info --json big.cdisk >/dev/null
+
+printf '\ndemo files are in %s\n' "$work"

@@ -1,0 +1,29 @@
+#!/bin/sh
+# Install the Debian packages that cdisk's build and tests need, when any
+# is missing.  Safe to run again: it does nothing when all are present.
+set -eu
+
+PACKAGES="
+	build-essential pkg-config make gcc
+	libpopt-dev libjansson-dev libcmocka-dev
+	scdoc bats bats-assert bats-support
+	jq xxd coreutils util-linux bash-completion
+"
+
+missing=""
+for p in $PACKAGES; do
+	if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed"; then
+		missing="$missing $p"
+	fi
+done
+[ -z "$missing" ] && exit 0
+
+if [ "$(id -u)" != 0 ]; then
+	echo "install-deps: missing packages:$missing (run as root to install them)" >&2
+	exit 1
+fi
+echo "install-deps: installing$missing" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# shellcheck disable=SC2086
+apt-get install -y -qq --no-install-recommends $missing >/dev/null

@@ -1,0 +1,116 @@
+/* cdisk-io: drive libcdisk from test scripts.  Not installed.
+ *
+ *   cdisk-io DISK OP...
+ *     w:OFF:LEN:SEED   write a pattern        r:OFF:LEN:SEED  verify a pattern
+ *     z:OFF:LEN        write zeroes           d:OFF:LEN       discard
+ *     f                flush                  hold:SECONDS    sleep holding the disk
+ *     clean:OFF:LEN    mark blocks clean (as a sync would)
+ *     touch:PATH       create PATH (tells a test we got this far)
+ *
+ * Numbers accept K/M/G suffixes.  Exit codes are cdisk's. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "pattern.h"
+
+static int parse_args(const char *op, uint64_t *v, int n)
+{
+	const char *p = strchr(op, ':');
+
+	for (int i = 0; i < n; i++) {
+		char tmp[64];
+		const char *end;
+		size_t len;
+
+		if (!p)
+			return -EINVAL;
+		p++;
+		end = strchr(p, ':');
+		len = end ? (size_t)(end - p) : strlen(p);
+		if (len >= sizeof(tmp))
+			return -EINVAL;
+		memcpy(tmp, p, len);
+		tmp[len] = 0;
+		if (cdisk_parse_size(tmp, &v[i]) < 0)
+			return -EINVAL;
+		p = end;
+	}
+	return p ? -EINVAL : 0;
+}
+
+static int run_op(struct cdisk *d, const char *op)
+{
+	uint64_t v[3];
+	void *buf = NULL;
+	int r;
+
+	if (strcmp(op, "f") == 0)
+		return cdisk_flush(d);
+	if (strncmp(op, "touch:", 6) == 0) {
+		FILE *f = fopen(op + 6, "w");
+		return f && fclose(f) == 0 ? 0 : -errno;
+	}
+	if (strncmp(op, "hold:", 5) == 0) {
+		sleep((unsigned)atoi(op + 5));
+		return 0;
+	}
+	if ((op[0] == 'w' || op[0] == 'r') && op[1] == ':') {
+		if (parse_args(op, v, 3) < 0 || !(buf = malloc(v[1] ? v[1] : 1)))
+			return -EINVAL;
+		if (op[0] == 'w') {
+			pattern_fill(buf, v[1], v[0], v[2]);
+			r = cdisk_pwrite(d, buf, v[1], v[0]);
+		} else {
+			r = cdisk_pread(d, buf, v[1], v[0]);
+			if (r == 0 && !pattern_check(buf, v[1], v[0], v[2])) {
+				fprintf(stderr, "cdisk-io: %s: content differs\n", op);
+				r = -EILSEQ;
+			}
+		}
+		free(buf);
+		return r;
+	}
+	if ((op[0] == 'z' || op[0] == 'd') && op[1] == ':') {
+		if (parse_args(op, v, 2) < 0)
+			return -EINVAL;
+		return op[0] == 'z' ? cdisk_write_zeroes(d, v[1], v[0]) :
+				      cdisk_discard(d, v[1], v[0]);
+	}
+	if (strncmp(op, "clean:", 6) == 0) {
+		if (parse_args(op, v, 2) < 0)
+			return -EINVAL;
+		return cd_mark_clean(d, v[0] / d->block_size, v[1] / d->block_size);
+	}
+	return -EINVAL;
+}
+
+int main(int argc, char **argv)
+{
+	struct cdisk_ctx *ctx = cdisk_ctx_new();
+	struct cdisk *d = NULL;
+	int r;
+
+	if (argc < 2) {
+		fprintf(stderr, "usage: cdisk-io DISK OP...\n");
+		return CDISK_EXIT_USAGE;
+	}
+	r = cdisk_open(ctx, argv[1], 0, &d);
+	if (r < 0)
+		d = NULL;
+	for (int i = 2; r == 0 && i < argc; i++) {
+		r = run_op(d, argv[i]);
+		if (r == -EINVAL && !cdisk_ctx_error(ctx)[0])
+			fprintf(stderr, "cdisk-io: bad operation '%s'\n", argv[i]);
+	}
+	if (d) {
+		int closed = cdisk_close(d);
+		if (r == 0)
+			r = closed;
+	}
+	if (r < 0 && r != -EILSEQ && cdisk_ctx_error(ctx)[0])
+		fprintf(stderr, "cdisk-io: %s\n", cdisk_ctx_error(ctx));
+	cdisk_ctx_free(ctx);
+	return r == -EILSEQ ? 10 : cdisk_exit_code(r);
+}

@@ -1,0 +1,98 @@
+# Shared helpers for cdisk's BATS tests.  Load with `load helpers` from
+# setup().  Every command runs under a timeout; its output is shown only
+# when the test fails.
+
+_cdisk_setup() {
+	bats_load_library bats-support
+	bats_load_library bats-assert
+	: "${CDISK_BUILD:=$BATS_TEST_DIRNAME/../build/check}"
+	PATH="$CDISK_BUILD/bin:$CDISK_BUILD/tests:$PATH"
+	TOP="$BATS_TEST_DIRNAME/.."
+	export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+	cd "$BATS_TEST_TMPDIR" || return 1
+}
+
+# run_cdisk [EXPECTED_STATUS|?] COMMAND [ARGS...]
+# Runs COMMAND with a timeout, stdout in $output, stderr in $stderr, and
+# fails the test unless the exit status is EXPECTED_STATUS (default 0).
+run_cdisk() {
+	local expected=0
+	case "$1" in
+	[0-9] | [0-9][0-9] | [0-9][0-9][0-9]) expected=$1; shift ;;
+	'?') expected=; shift ;;
+	esac
+	run --separate-stderr timeout --kill-after=5 "${CDISK_TIMEOUT:-60}" "$@" 3>&-
+	printf '$ %s  (status %s)\n--- stdout\n%s\n--- stderr\n%s\n' \
+		"$*" "$status" "$output" "$stderr"
+	if [ -n "$expected" ] && [ "$status" -ne "$expected" ]; then
+		fail "exit status is $status; expected $expected"
+	fi
+}
+
+# assert_error PROGRAM REGEX: stderr is exactly one line, starting with
+# "PROGRAM: " and matching REGEX.
+assert_error() {
+	local prog=$1 regex=$2
+	if [ "${#stderr_lines[@]}" -ne 1 ]; then
+		fail "expected one line on stderr, got ${#stderr_lines[@]}"
+	fi
+	if [[ "${stderr_lines[0]}" != "$prog: "* ]]; then
+		fail "stderr does not start with '$prog: ': ${stderr_lines[0]}"
+	fi
+	if ! [[ "${stderr_lines[0]}" =~ $regex ]]; then
+		fail "stderr '${stderr_lines[0]}' does not match '$regex'"
+	fi
+}
+
+# assert_usage_error PROGRAM REGEX: the one-line message plus the hint.
+assert_usage_error() {
+	local prog=$1 regex=$2
+	[ "$status" -eq 2 ] || fail "exit status is $status; expected 2"
+	if [ "${#stderr_lines[@]}" -ne 2 ]; then
+		fail "expected a message and a hint on stderr, got ${#stderr_lines[@]} lines"
+	fi
+	[[ "${stderr_lines[0]}" == "$prog: "* ]] || fail "bad prefix: ${stderr_lines[0]}"
+	[[ "${stderr_lines[0]}" =~ $regex ]] || fail "'${stderr_lines[0]}' !~ '$regex'"
+	[ "${stderr_lines[1]}" = "Try '$prog --help' for more information." ] ||
+		fail "bad hint: ${stderr_lines[1]}"
+}
+
+# json_get FILTER: apply a jq filter to $output.
+json_get() {
+	jq -er "$1" <<<"$output"
+}
+
+# Run cdisk-io OPS on DISK in the background, and return once it has done
+# them and holds the disk; sets HOLD_PID.  kill_holder kills it with -9.
+hold_disk() {
+	local disk=$1 i
+	shift
+	rm -f "$BATS_TEST_TMPDIR/held"
+	cdisk-io "$disk" "$@" "touch:$BATS_TEST_TMPDIR/held" hold:120 3>&- &
+	HOLD_PID=$!
+	for i in $(seq 200); do
+		[ -e "$BATS_TEST_TMPDIR/held" ] && return 0
+		kill -0 "$HOLD_PID" 2>/dev/null || fail "cdisk-io $disk $* exited early"
+		sleep 0.05
+	done
+	fail "cdisk-io $disk $* never got to hold the disk"
+}
+
+kill_holder() {
+	if [ -n "${HOLD_PID:-}" ]; then
+		kill -9 "$HOLD_PID" 2>/dev/null || true
+		wait "$HOLD_PID" 2>/dev/null || true
+		HOLD_PID=
+	fi
+	return 0
+}
+
+sha() {
+	sha256sum "$1" | cut -d' ' -f1
+}
+
+# A base file with a known pattern (seed 1): make_base PATH SIZE
+make_base() {
+	truncate -s "$2" "$1"
+	patfile "$1" w 0 "$2" 1
+}
