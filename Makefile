@@ -28,7 +28,8 @@ endif
 POPT_LIBS := $(shell $(PKG_CONFIG) --libs popt 2>/dev/null || echo -lpopt)
 JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
-LIB_LIBS := -lm
+INIH_LIBS := $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
+LIB_LIBS := -lm $(INIH_LIBS)
 
 ifeq ($(V),1)
 Q :=

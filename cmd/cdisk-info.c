@@ -79,9 +79,14 @@ static json_t *check_json(const struct cdisk_check_report *rep)
 
 	for (unsigned n = 0; n < rep->nlines; n++)
 		json_array_append_new(lines, json_string(rep->lines[n]));
-	return json_pack("{s:i, s:i, s:i, s:o}", "errors", rep->errors,
+	json_t *backup = rep->backup_path[0] ?
+		json_pack("{s:s, s:I, s:b}", "path", rep->backup_path,
+			  "age_seconds", (json_int_t)rep->backup_age,
+			  "matches", rep->backup_matches) : json_null();
+
+	return json_pack("{s:i, s:i, s:i, s:o, s:o}", "errors", rep->errors,
 			 "repaired", rep->repaired, "warnings", rep->warnings,
-			 "findings", lines);
+			 "findings", lines, "metadata_backup", backup);
 }
 
 static int print_json(const char *path, const struct cdisk_info *i,

@@ -187,6 +187,12 @@ struct cdisk_ctx *cli_context(void)
 		exit(CDISK_EXIT_FAILURE);
 	}
 	cdisk_ctx_set_log(ctx, log_to_stderr, NULL);
+	int r = cdisk_ctx_load_config(ctx, NULL);
+	if (r < 0) {
+		r = cli_exit_code(ctx, r);
+		cdisk_ctx_free(ctx);
+		exit(r);
+	}
 	return ctx;
 }
 

@@ -56,6 +56,9 @@ typedef void (*cdisk_log_fn)(void *opaque, enum cdisk_log_level level,
 struct cdisk_ctx *cdisk_ctx_new(void);
 void cdisk_ctx_free(struct cdisk_ctx *ctx);
 void cdisk_ctx_set_log(struct cdisk_ctx *ctx, cdisk_log_fn fn, void *opaque);
+/* Read the configuration file: path, or $CDISK_CONFIG, or
+ * /etc/cdisk/cdisk.conf when it exists (see cdisk(7)). */
+int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path);
 /* The message of the last failure on this context, or "" if none. */
 const char *cdisk_ctx_error(const struct cdisk_ctx *ctx);
 
@@ -91,6 +94,7 @@ int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 
 #define CDISK_OPEN_RDONLY   (1u << 0)  /* no writes, no recovery written back */
 #define CDISK_OPEN_NO_BASE  (1u << 1)  /* do not open the base target */
+#define CDISK_OPEN_NO_REPAIR (1u << 2) /* never rebuild from the metadata backup */
 
 int cdisk_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	       struct cdisk **out);
@@ -146,6 +150,9 @@ struct cdisk_check_report {
 	unsigned warnings;
 	char (*lines)[160];  /* one line per finding */
 	unsigned nlines;
+	char backup_path[4096]; /* "" when no backup is configured */
+	uint64_t backup_age;    /* seconds */
+	bool backup_matches;
 };
 
 /* Verify every checksum and the overlay against its records.  With
@@ -155,6 +162,24 @@ struct cdisk_check_report {
 int cdisk_check(struct cdisk *disk, bool repair,
 		struct cdisk_check_report *report);
 void cdisk_check_report_free(struct cdisk_check_report *report);
+
+struct cdisk_restore_report {
+	bool restored;             /* false: the metadata was sound, nothing done */
+	bool exact;                /* the journal covered everything since the backup */
+	char backup[4096];
+	uint64_t backup_age;       /* seconds between the backup and the restore */
+	uint64_t records_replayed; /* journal records applied after the backup */
+	uint64_t blocks_reconciled;/* found in the data area, marked present and dirty */
+	uint64_t blocks_marked_dirty; /* present blocks marked dirty to be resent */
+};
+
+/* Rebuild a disk's metadata from its backup (from, or where the disk says,
+ * or found by the disk's path) when its own is damaged.  A sound disk is
+ * left alone unless force; force also accepts a backup older than the
+ * disk's last checkpoint. */
+int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path,
+			   const char *from, bool force,
+			   struct cdisk_restore_report *rep);
 
 /* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
 int cdisk_parse_size(const char *s, uint64_t *out);

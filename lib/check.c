@@ -154,6 +154,61 @@ static int check_stray_data(struct cdisk *d, bool repair,
 	return 0;
 }
 
+static const char *age_text(uint64_t s, char *buf, size_t len)
+{
+	if (s < 120)
+		snprintf(buf, len, "%llu s", (unsigned long long)s);
+	else if (s < 7200)
+		snprintf(buf, len, "%llu min", (unsigned long long)(s / 60));
+	else if (s < 172800)
+		snprintf(buf, len, "%llu h", (unsigned long long)(s / 3600));
+	else
+		snprintf(buf, len, "%llu days", (unsigned long long)(s / 86400));
+	return buf;
+}
+
+/* The backup is the disk's second life: where it is, how old, and
+ * whether it matches.  A missing, damaged or foreign backup is refreshed
+ * when repairing: the disk itself is sound at this point. */
+static void check_backup(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
+{
+	struct cd_backup_status st;
+	char age[32];
+	bool fix = repair && !d->readonly;
+
+	if (cd_backup_status(d, &st) < 0) {
+		rep->warnings++;
+		add_line(rep, "metadata backup: none configured (see backup_dir in cdisk(7))");
+		return;
+	}
+	snprintf(rep->backup_path, sizeof(rep->backup_path), "%s", st.path);
+	if (st.valid && st.same_disk) {
+		rep->backup_age = st.age;
+		rep->backup_matches = st.matches;
+		if (st.matches)
+			add_line(rep, "metadata backup %.80s: taken %s ago, matches the disk",
+				 st.path, age_text(st.age, age, sizeof(age)));
+		else
+			add_line(rep, "metadata backup %.80s: taken %s ago, %llu journal "
+				 "records behind (the journal holds them)", st.path,
+				 age_text(st.age, age, sizeof(age)),
+				 (unsigned long long)(d->j_seq - st.jseq));
+		return;
+	}
+	if (fix && cd_backup_write(d) == 0) {
+		rep->repaired++;
+		rep->backup_matches = true;
+		add_line(rep, "metadata backup %.60s was %s: written anew", st.path,
+			 !st.valid && st.error == -ENOENT ? "missing" :
+			 !st.valid ? "damaged" : "of another disk");
+		return;
+	}
+	rep->warnings++;
+	add_line(rep, "metadata backup %.60s is %s", st.path,
+		 !st.valid && st.error == -ENOENT ? "missing" :
+		 !st.valid ? "damaged" : "of another disk (UUID differs)");
+}
+
 int cdisk_check(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
 {
 	int r;
@@ -175,6 +230,8 @@ int cdisk_check(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
 		r = check_stray_data(d, repair, rep);
 	if (r == 0 && repair && !d->readonly)
 		r = cdisk_flush(d);
+	if (r == 0)
+		check_backup(d, repair, rep);
 	if (r < 0)
 		return r;
 	if (rep->errors && (!repair || d->readonly))

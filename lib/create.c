@@ -204,6 +204,16 @@ static int sync_dir_of(const char *path)
 	return r;
 }
 
+/* A disk has a metadata backup from its first moment: opening it for
+ * writing and closing it takes a checkpoint, which writes one. */
+static int write_first_backup(struct cdisk_ctx *ctx, const char *path)
+{
+	struct cdisk *d;
+	int r = cdisk_open(ctx, path, CDISK_OPEN_NO_BASE, &d);
+
+	return r < 0 ? r : cdisk_close(d);
+}
+
 int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 		 const struct cdisk_create_opts *opts)
 {
@@ -247,9 +257,12 @@ int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 		goto out;
 	}
 	r = sync_dir_of(path);
-	if (r < 0)
+	if (r < 0) {
 		r = cd_error(ctx, r, "cannot create '%s': sync of its directory failed: %s",
 			     path, strerror(-r));
+		goto out;
+	}
+	r = write_first_backup(ctx, path);
 out:
 	if (fd >= 0)
 		close(fd);

@@ -7,7 +7,11 @@
 
 struct cdisk_ctx *cdisk_ctx_new(void)
 {
-	return calloc(1, sizeof(struct cdisk_ctx));
+	struct cdisk_ctx *ctx = calloc(1, sizeof(struct cdisk_ctx));
+
+	if (ctx)
+		cd_config_defaults(&ctx->cfg);
+	return ctx;
 }
 
 void cdisk_ctx_free(struct cdisk_ctx *ctx)

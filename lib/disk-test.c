@@ -31,6 +31,7 @@ static int setup(void **state)
 	snprintf(f->disk, sizeof(f->disk), "%s/d.cdisk", f->dir);
 	snprintf(f->base, sizeof(f->base), "%s/base.img", f->dir);
 	f->ctx = cdisk_ctx_new();
+	snprintf(f->ctx->cfg.backup_dir, sizeof(f->ctx->cfg.backup_dir), "%s/meta", f->dir);
 	*state = f;
 	return 0;
 }

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -101,6 +102,7 @@ static int read_superblocks(struct cdisk *d, uint64_t file_size)
 	}
 	d->sb_live = res[0] < 0 ? 1 : res[1] < 0 ? 0 : sb[1].seq > sb[0].seq;
 	d->sb = sb[d->sb_live];
+	d->sb_loaded = true;
 	if (res[1 - d->sb_live] < 0)
 		snprintf(d->sb_damage, sizeof(d->sb_damage), "superblock %c is damaged "
 			 "(%s); using copy %c", 'A' + (1 - d->sb_live),
@@ -135,7 +137,7 @@ static int al_find(const struct cdisk *d, uint64_t extent)
 
 /* A crash may have left unflushed writes in any hot extent: their blocks
  * that the records call clean may hold newer data than the base. */
-static int al_recover(struct cdisk *d)
+int cd_al_recover(struct cdisk *d)
 {
 	uint64_t per = blocks_per_extent(d);
 
@@ -240,6 +242,24 @@ static int al_protect(struct cdisk *d, uint64_t first, uint64_t count)
 
 /* ---- open and close ---- */
 
+void cd_disk_reset_state(struct cdisk *d)
+{
+	cd_bitmap_free(&d->present);
+	cd_bitmap_free(&d->dirty);
+	free(d->cp_crc);
+	free(d->runs);
+	free(d->al.extents);
+	free(d->al.flushed);
+	d->cp_crc = NULL;
+	d->runs = NULL;
+	d->nruns = d->runs_cap = 0;
+	d->runs_overflow = false;
+	memset(&d->al, 0, sizeof(d->al));
+	d->j_seq = d->j_pos = d->j_used = d->j_replayed = 0;
+	d->j_torn = false;
+	d->recovered_blocks = 0;
+}
+
 static void disk_free(struct cdisk *d)
 {
 	if (!d)
@@ -247,17 +267,12 @@ static void disk_free(struct cdisk *d)
 	cd_target_close(d->base);
 	if (d->fd >= 0)
 		close(d->fd);
-	cd_bitmap_free(&d->present);
-	cd_bitmap_free(&d->dirty);
-	free(d->cp_crc);
-	free(d->runs);
-	free(d->al.extents);
-	free(d->al.flushed);
+	cd_disk_reset_state(d);
 	free(d->path);
 	free(d);
 }
 
-static int init_state(struct cdisk *d)
+int cd_disk_init_state(struct cdisk *d)
 {
 	uint32_t pages;
 
@@ -299,25 +314,92 @@ static int recover_and_own(struct cdisk *d)
 	int r;
 
 	d->was_open = d->sb.flags & CD_SB_FLAG_OPEN;
-	r = al_recover(d);
+	r = cd_al_recover(d);
 	if (r < 0 || d->readonly)
 		return r;
-	if (d->recovered_blocks || d->j_replayed || d->was_open)
+	if (!d->restore.restored && (d->recovered_blocks || d->j_replayed || d->was_open))
 		cd_log(d->ctx, CDISK_LOG_INFO, "'%s' was not closed cleanly: replayed %llu "
 		       "journal records, %llu blocks from the activity log marked for sync",
 		       d->path, (unsigned long long)d->j_replayed,
 		       (unsigned long long)d->recovered_blocks);
 	d->sb.flags |= CD_SB_FLAG_OPEN;
 	d->sb.owner_pid = (uint32_t)getpid();
+	/* The last checkpoint left a current backup; the interval runs from now. */
+	d->backup_time = (uint64_t)time(NULL);
 	/* Start from a fresh checkpoint when anything was recovered, so the
 	 * recovered state is durable before the first new write. */
+	if (d->restore.restored) {
+		/* Both superblock copies and a checkpoint, from scratch. */
+		r = cd_checkpoint(d);
+		return r < 0 ? r : cd_sb_write(d);
+	}
 	if (d->j_replayed || d->recovered_blocks)
 		return cd_checkpoint(d);
 	return cd_sb_write(d);
 }
 
+static int load_metadata(struct cdisk *d)
+{
+	int r = cd_disk_init_state(d);
+
+	if (r == 0)
+		r = cd_checkpoint_load(d);
+	if (r == 0)
+		r = cd_journal_replay(d);
+	return r;
+}
+
+/* Damaged metadata that the disk's own redundancy could not repair:
+ * rebuild it from the backup, when allowed.  On failure the original
+ * error stands, with what stopped the rebuild. */
+static int repair_from_backup(struct cdisk *d, int err, unsigned flags,
+			      const char *from)
+{
+	char original[sizeof(d->ctx->error)];
+	bool asked = flags & (CD_OPEN_RESTORE | CD_OPEN_FORCE_RESTORE);
+	int r;
+
+	if (d->readonly && err < 0 && cd_backup_exists(d)) {
+		size_t n = strlen(d->ctx->error);
+		snprintf(d->ctx->error + n, sizeof(d->ctx->error) - n, "; a metadata "
+			 "backup exists: run cdisk-restore --metadata");
+	}
+	if (d->readonly || (!asked && (!d->ctx->cfg.auto_repair ||
+				       (flags & CDISK_OPEN_NO_REPAIR))))
+		return err;
+	memcpy(original, d->ctx->error, sizeof(original));
+	d->ctx->error[0] = 0;
+	r = cd_backup_restore(d, from, d->sb_loaded, flags & CD_OPEN_FORCE_RESTORE);
+	if (r < 0) {
+		/* Not a cdisk and no backup claims it: just not a cdisk. */
+		if (err == -ENOMSG && r == -ENOENT && !from) {
+			memcpy(d->ctx->error, original, sizeof(original));
+			return err;
+		}
+		if (err == 0 || err == -ENOMSG)
+			return r;
+		char why[sizeof(d->ctx->error)];
+		memcpy(why, d->ctx->error, sizeof(why));
+		return cd_error(d->ctx, err, "%s; %s", original, why);
+	}
+	cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': metadata rebuilt from backup '%s' "
+	       "(taken %llu s before): %llu journal records replayed, %llu blocks "
+	       "reconciled from the data area%s", d->path, d->restore.backup,
+	       (unsigned long long)d->restore.backup_age,
+	       (unsigned long long)d->restore.records_replayed,
+	       (unsigned long long)d->restore.blocks_reconciled,
+	       d->restore.exact ? "" : ", every present block marked for sync");
+	return 0;
+}
+
 int cdisk_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	       struct cdisk **out)
+{
+	return cd_open(ctx, path, flags, NULL, out);
+}
+
+int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
+	    const char *from, struct cdisk **out)
 {
 	struct cdisk *d = calloc(1, sizeof(*d));
 	struct stat st;
@@ -356,11 +438,9 @@ int cdisk_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 		return 0;
 	}
 	if (r == 0)
-		r = init_state(d);
-	if (r == 0)
-		r = cd_checkpoint_load(d);
-	if (r == 0)
-		r = cd_journal_replay(d);
+		r = load_metadata(d);
+	if (r == -EUCLEAN || r == -ENOMSG || (r == 0 && (flags & CD_OPEN_FORCE_RESTORE)))
+		r = repair_from_backup(d, r, flags, from);
 	if (r == 0)
 		r = recover_and_own(d);
 	if (r < 0)
@@ -564,6 +644,8 @@ static int flush_locked(struct cdisk *d)
 	/* Every completed write is durable and recorded now. */
 	for (uint32_t i = 0; i < d->al.count; i++)
 		d->al.flushed[i] = true;
+	if ((uint64_t)time(NULL) >= d->backup_time + d->ctx->cfg.backup_interval)
+		cd_backup_write(d);
 	return 0;
 }
 

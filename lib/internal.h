@@ -26,8 +26,19 @@ static inline uint64_t cd_round_up(uint64_t n, uint64_t align)
 
 /* ---- context: errors and logging (ctx.c) ---- */
 
+#define CD_DEFAULT_BACKUP_DIR "/var/lib/cdisk/meta"
+
+struct cd_config {
+	char backup_dir[CDISK_MAX_URI + 1];   /* "": no backups by default */
+	uint32_t backup_interval;             /* seconds */
+	bool auto_repair;
+};
+
+void cd_config_defaults(struct cd_config *cfg);
+
 struct cdisk_ctx {
 	char error[512];
+	struct cd_config cfg;
 	cdisk_log_fn log_fn;
 	void *log_opaque;
 };
@@ -268,6 +279,37 @@ struct cd_al {
 	uint32_t capacity;
 };
 
+/* ---- metadata backups (backup.c) ---- */
+
+struct cd_backup {
+	char path[4096];
+	uint64_t seq, jseq, taken;
+	uint8_t uuid[16];
+	char disk_path[CDISK_MAX_URI + 1];
+	uint32_t total, stored;
+	struct cd_superblock sb;
+	uint8_t *dir;
+	uint8_t *pages;
+};
+
+struct cd_restore_result {
+	bool restored;
+	bool exact;                 /* the journal covered everything since */
+	char backup[4096];
+	uint64_t backup_age;
+	uint64_t records_replayed;
+	uint64_t blocks_reconciled;
+	uint64_t blocks_marked_dirty;
+};
+
+struct cd_backup_status {
+	bool configured, valid, same_disk, matches;
+	char path[4096];
+	int error;
+	char why[512];
+	uint64_t age, jseq;
+};
+
 struct cdisk {
 	struct cdisk_ctx *ctx;
 	char *path;
@@ -298,6 +340,11 @@ struct cdisk {
 	struct cd_al al;
 	uint64_t recovered_blocks;
 
+	bool sb_loaded;         /* a superblock passed its checks */
+	bool journal_damaged;   /* replay found damage in the middle */
+	uint64_t backup_time;   /* when this handle last wrote a backup */
+	struct cd_restore_result restore;
+
 	struct cd_target *base;
 	int base_error;
 	char base_error_msg[512];
@@ -306,8 +353,28 @@ struct cdisk {
 
 /* Open only far enough to read the configuration: no lock, no state. */
 #define CDISK_OPEN_CONFIG_ONLY (1u << 30)
+/* Rebuild from the backup if the metadata is damaged, even with
+ * auto_repair off; and with FORCE, even when it is sound or older. */
+#define CD_OPEN_RESTORE (1u << 28)
+#define CD_OPEN_FORCE_RESTORE (1u << 29)
+
+int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
+	    const char *from, struct cdisk **out);
 
 void cd_disk_free(struct cdisk *d);
+int cd_disk_init_state(struct cdisk *d);
+void cd_disk_reset_state(struct cdisk *d);
+int cd_journal_replay_after(struct cdisk *d, uint64_t jseq, bool *complete,
+			    uint64_t *chain_end);
+int cd_al_recover(struct cdisk *d);
+int cd_backup_path(const struct cd_config *cfg, const struct cd_superblock *sb,
+		   char *out, size_t len);
+int cd_backup_write(struct cdisk *d);
+int cd_backup_read(struct cdisk_ctx *ctx, const char *path, struct cd_backup *b);
+void cd_backup_free(struct cd_backup *b);
+int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool force);
+int cd_backup_status(struct cdisk *d, struct cd_backup_status *st);
+bool cd_backup_exists(struct cdisk *d);
 int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
 int cd_journal_replay(struct cdisk *d);
 int cd_journal_commit(struct cdisk *d, bool sync);

@@ -293,6 +293,10 @@ int cd_checkpoint(struct cdisk *d)
 	d->nruns = 0;
 	d->runs_overflow = false;
 	d->unflushed = false;
+	/* Every checkpoint has a backup: the records after the newest backup
+	 * are then always still in the ring.  A failed backup is a warning:
+	 * the disk itself is sound. */
+	cd_backup_write(d);
 	/* Every completed write is now in the bitmaps: none needs the
 	 * activity log's protection any more. */
 	d->al.count = 0;
@@ -551,13 +555,20 @@ int cd_journal_replay(struct cdisk *d)
 		pos = (pos + len) % d->sb.journal_size;
 		seq++;
 	}
-	if (st == REC_BAD) {
+	/* A clean end is trusted after a clean close; after a crash, look for
+	 * records beyond it: a zeroed or damaged record in the middle would
+	 * otherwise hide flushed state. */
+	if (st == REC_BAD || (d->sb.flags & CD_SB_FLAG_OPEN)) {
 		uint64_t later = count_later_records(d, seq);
+		d->journal_damaged = later != 0;
 		if (later)
 			return cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: journal record "
-					"%llu fails its checksum and %llu later records "
-					"cannot be replayed", d->path,
-					(unsigned long long)seq, (unsigned long long)later);
+					"%llu %s and %llu later records cannot be replayed",
+					d->path, (unsigned long long)seq,
+					st == REC_BAD ? "fails its checksum" : "is missing",
+					(unsigned long long)later);
+	}
+	if (st == REC_BAD) {
 		d->j_torn = true;
 		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': ignored a torn journal record "
 		       "%llu (a write cut short by a crash)", d->path,
@@ -567,4 +578,80 @@ int cd_journal_replay(struct cdisk *d)
 	d->j_pos = pos;
 	d->j_used = used;
 	return 0;
+}
+
+/* ---- replay for a restore from backup ---- */
+
+struct found_record {
+	uint64_t seq, pos;
+};
+
+static int by_seq(const void *a, const void *b)
+{
+	const struct found_record *x = a, *y = b;
+	return x->seq < y->seq ? -1 : x->seq > y->seq;
+}
+
+/* Replay whatever records follow jseq, wherever they are in the ring (the
+ * superblock that knew the head may be gone).  *complete says whether
+ * they form one unbroken chain from jseq + 1 with nothing valid beyond;
+ * *chain_end is the last sequence number that chain reached. */
+int cd_journal_replay_after(struct cdisk *d, uint64_t jseq, bool *complete,
+			    uint64_t *chain_end)
+{
+	size_t n = 0, cap = 64, i;
+	struct found_record *found = malloc(cap * sizeof(*found));
+	uint64_t max_seq = jseq;
+	int r = 0;
+
+	if (!found)
+		return -ENOMEM;
+	d->al.count = 0;
+	d->j_replayed = 0;
+	for (uint64_t pos = 0; pos + CD_JR_ALIGN <= d->sb.journal_size; pos += CD_JR_ALIGN) {
+		uint8_t hdr[CD_JR_HEADER], *rec;
+		uint64_t len, seq;
+
+		if (cd_pread_full(d->fd, hdr, sizeof(hdr), d->sb.journal_offset + pos) < 0)
+			break;
+		seq = cd_get_le64(hdr + JR_SEQ);
+		if (cd_get_le32(hdr + JR_MAGIC) != CD_JR_MAGIC ||
+		    cd_get_le64(hdr + JR_TAG) != uuid_tag(d) || seq <= jseq ||
+		    read_record(d, pos, seq, &rec, &len) != REC_OK)
+			continue;
+		free(rec);
+		if (n == cap) {
+			struct found_record *more = realloc(found, 2 * cap * sizeof(*found));
+			if (!more) {
+				free(found);
+				return -ENOMEM;
+			}
+			found = more;
+			cap *= 2;
+		}
+		found[n++] = (struct found_record){ seq, pos };
+		if (seq > max_seq)
+			max_seq = seq;
+	}
+	qsort(found, n, sizeof(*found), by_seq);
+	for (i = 0; i < n && r == 0 && found[i].seq == jseq + 1 + i; i++) {
+		uint8_t *rec;
+		uint64_t len;
+
+		if (read_record(d, found[i].pos, found[i].seq, &rec, &len) != REC_OK) {
+			r = -EIO;
+			break;
+		}
+		r = apply_record(d, rec);
+		free(rec);
+		d->j_replayed++;
+	}
+	*complete = r == 0 && i == n;
+	*chain_end = jseq + d->j_replayed;
+	free(found);
+	/* New records must not collide with any that is still in the ring. */
+	d->j_seq = max_seq;
+	d->j_pos = 0;
+	d->j_used = 0;
+	return r == -EUCLEAN || r == -EIO ? 0 : r;
 }

@@ -5,7 +5,7 @@ set -eu
 
 PACKAGES="
 	build-essential pkg-config make gcc
-	libpopt-dev libjansson-dev libcmocka-dev
+	libpopt-dev libjansson-dev libcmocka-dev libinih-dev
 	scdoc bats bats-assert bats-support
 	jq xxd coreutils util-linux bash-completion
 "

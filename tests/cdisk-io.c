@@ -86,9 +86,22 @@ static int run_op(struct cdisk *d, const char *op)
 	return -EINVAL;
 }
 
+static void log_stderr(void *opaque, enum cdisk_log_level level, const char *msg)
+{
+	(void)opaque;
+	if (level <= CDISK_LOG_WARNING)
+		fprintf(stderr, "cdisk-io: %s\n", msg);
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_ctx *ctx = cdisk_ctx_new();
+
+	cdisk_ctx_set_log(ctx, log_stderr, NULL);
+	if (cdisk_ctx_load_config(ctx, NULL) < 0) {
+		fprintf(stderr, "%s\n", cdisk_ctx_error(ctx));
+		return 2;
+	}
 	struct cdisk *d = NULL;
 	int r;
 

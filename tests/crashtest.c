@@ -111,7 +111,7 @@ static void child(void)
 	int base_fd = open(base_path, O_RDWR);
 	uint8_t *buf = malloc((size_t)(64 + 4 * per_block) * bs);
 
-	if (cdisk_open(ctx, disk_path, 0, &d) < 0)
+	if (cdisk_ctx_load_config(ctx, NULL) < 0 || cdisk_open(ctx, disk_path, 0, &d) < 0)
 		die("child open", ctx);
 	for (;;) {
 		uint32_t nblk = m->nblocks / per_block;
@@ -234,6 +234,8 @@ int main(int argc, char **argv)
 	per_block = block_size / bs;
 	nblocks *= per_block;
 	seed = argc > 5 ? (unsigned)atoi(argv[5]) : (unsigned)time(NULL);
+	if (cdisk_ctx_load_config(ctx, NULL) < 0)
+		die("config", ctx);
 	srandom(seed);
 	snprintf(path, sizeof(path), "%s/crash.cdisk", argv[1]);
 	snprintf(bpath, sizeof(bpath), "%s/crash-base.img", argv[1]);

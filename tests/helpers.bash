@@ -9,6 +9,9 @@ _cdisk_setup() {
 	PATH="$CDISK_BUILD/bin:$CDISK_BUILD/tests:$PATH"
 	TOP="$BATS_TEST_DIRNAME/.."
 	export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1}
+	# Metadata backups go to this test's own folder, never /var/lib.
+	export CDISK_CONFIG=$BATS_TEST_TMPDIR/cdisk.conf
+	printf '[metadata]\nbackup_dir = %s/meta\n' "$BATS_TEST_TMPDIR" >"$CDISK_CONFIG"
 	cd "$BATS_TEST_TMPDIR" || return 1
 }
 
@@ -95,4 +98,16 @@ sha() {
 make_base() {
 	truncate -s "$2" "$1"
 	patfile "$1" w 0 "$2" 1
+}
+
+# The live checkpoint area's offset in a disk, read from its live
+# superblock (cdisk(5): sequence at 16, cp_offset[] at 104, active at 136).
+live_checkpoint() {
+	local seq_a seq_b slot active
+	seq_a=$(od -An -t u8 -j 16 -N 8 "$1" | tr -d ' ')
+	seq_b=$(od -An -t u8 -j $((4096 + 16)) -N 8 "$1" | tr -d ' ')
+	slot=0
+	[ "$seq_b" -gt "$seq_a" ] && slot=4096
+	active=$(od -An -t u4 -j $((slot + 136)) -N 4 "$1" | tr -d ' ')
+	od -An -t u8 -j $((slot + 104 + 8 * active)) -N 8 "$1" | tr -d ' '
 }

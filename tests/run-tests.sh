@@ -13,7 +13,11 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 
 passed=0 failed=0 skipped=0
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+scratch=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$scratch"' EXIT
+# Nothing a test does may write to /var/lib/cdisk.
+export CDISK_CONFIG=$scratch/cdisk.conf
+printf '[metadata]\nbackup_dir = %s/meta\n' "$scratch" >"$CDISK_CONFIG"
 
 # Count TAP lines from one command; a crash without a "not ok" is a failure.
 tally() {

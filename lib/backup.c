@@ -1,0 +1,574 @@
+/* Metadata backups: a copy of a disk's superblock and block state kept in
+ * a second place on the host, and the rebuild of damaged metadata from it.
+ *
+ * A backup is written at every checkpoint (so every clean close) and, on
+ * flush, when the configured interval has passed.  Because a checkpoint
+ * always comes with a backup, the journal records written after the
+ * newest backup are still in the ring: a restore replays them and loses
+ * nothing, zeroed blocks included.  Only when the journal is damaged too
+ * does it fall back to the data area's own allocation (SEEK_DATA). */
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define BK_MAGIC "CDISKBAK"
+#define BK_VERSION 1u
+#define BK_HEADER 4096u
+
+enum {
+	BK_SEQ = 16, BK_UUID = 24, BK_JSEQ = 40, BK_TAKEN = 48, BK_TOTAL = 56,
+	BK_STORED = 60, BK_LENGTH = 64, BK_DIR_CRC = 72, BK_PAGES_CRC = 76,
+	BK_PATH = 512,
+};
+
+/* ---- where ---- */
+
+int cd_backup_path(const struct cd_config *cfg, const struct cd_superblock *sb,
+		   char *out, size_t len)
+{
+	const uint8_t *u = sb->uuid;
+
+	if (sb->meta_backup[0]) {
+		snprintf(out, len, "%s", sb->meta_backup);
+		return 0;
+	}
+	if (!cfg->backup_dir[0])
+		return -ENOENT;
+	snprintf(out, len, "%s/%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+		 "%02x%02x%02x%02x%02x%02x.meta", cfg->backup_dir, u[0], u[1], u[2],
+		 u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13],
+		 u[14], u[15]);
+	return 0;
+}
+
+static int mkdir_parents(char *path)
+{
+	for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
+		*p = 0;
+		int r = mkdir(path, 0700);
+		*p = '/';
+		if (r < 0 && errno != EEXIST)
+			return -errno;
+	}
+	return 0;
+}
+
+/* ---- writing ---- */
+
+static int write_iov(int fd, struct iovec *iov, size_t n, uint64_t off)
+{
+	while (n) {
+		int cnt = n > 1024 ? 1024 : (int)n;
+		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		off += (uint64_t)w;
+		while (n && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (w) {
+			iov->iov_base = (uint8_t *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+static void page_at(struct cdisk *d, uint32_t i, struct cd_bitmap **bm, uint32_t *p)
+{
+	if (i < d->present.npages) {
+		*bm = &d->present;
+		*p = i;
+	} else {
+		*bm = &d->dirty;
+		*p = i - d->present.npages;
+	}
+}
+
+/* Write a backup of the state as it is now.  The caller guarantees that
+ * the state is durable (right after an fdatasync). */
+int cd_backup_write(struct cdisk *d)
+{
+	uint32_t total = d->present.npages + d->dirty.npages, stored = 0;
+	uint64_t dlen = cd_round_up((uint64_t)total * 8, 4096);
+	uint8_t *head = calloc(1, BK_HEADER + CD_SB_SIZE + dlen);
+	struct iovec *iov = calloc((size_t)total + 1, sizeof(*iov));
+	char path[PATH_MAX], tmp[PATH_MAX + 32], real[PATH_MAX];
+	uint32_t pages_crc = 0;
+	int fd = -1, r;
+
+	r = cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path));
+	if (r < 0)
+		goto out;
+	if (!head || !iov) {
+		r = -ENOMEM;
+		goto out;
+	}
+	uint8_t *dir = head + BK_HEADER + CD_SB_SIZE;
+	for (uint32_t i = 0; i < total; i++) {
+		struct cd_bitmap *bm;
+		uint32_t p;
+
+		page_at(d, i, &bm, &p);
+		if (!bm->pages[p])
+			continue;
+		uint32_t crc = cd_crc32c(0, bm->pages[p], CD_PAGE_SIZE);
+		cd_put_le32(dir + (uint64_t)i * 8, bm->page_count[p]);
+		cd_put_le32(dir + (uint64_t)i * 8 + 4, crc);
+		pages_crc = cd_crc32c(pages_crc, bm->pages[p], CD_PAGE_SIZE);
+		iov[1 + stored++] = (struct iovec){ bm->pages[p], CD_PAGE_SIZE };
+	}
+	cd_sb_encode(&d->sb, head + BK_HEADER);
+	memcpy(head, BK_MAGIC, 8);
+	cd_put_le32(head + 8, BK_VERSION);
+	cd_put_le32(head + 12, BK_HEADER);
+	cd_put_le64(head + BK_SEQ, d->sb.seq);
+	memcpy(head + BK_UUID, d->sb.uuid, 16);
+	cd_put_le64(head + BK_JSEQ, d->j_seq);
+	cd_put_le64(head + BK_TAKEN, (uint64_t)time(NULL));
+	cd_put_le32(head + BK_TOTAL, total);
+	cd_put_le32(head + BK_STORED, stored);
+	cd_put_le64(head + BK_LENGTH, BK_HEADER + CD_SB_SIZE + dlen +
+		    (uint64_t)stored * CD_PAGE_SIZE);
+	cd_put_le32(head + BK_DIR_CRC, cd_crc32c(0, dir, dlen));
+	cd_put_le32(head + BK_PAGES_CRC, pages_crc);
+	/* Where the disk lives, to find this backup when both superblocks are
+	 * gone; a path too long to record leaves the UUID as the only key. */
+	if (realpath(d->path, real) && strlen(real) <= CDISK_MAX_URI)
+		memcpy(head + BK_PATH, real, strlen(real));
+	cd_put_le32(head + BK_HEADER - 4, cd_crc32c(0, head, BK_HEADER - 4));
+	iov[0] = (struct iovec){ head, BK_HEADER + CD_SB_SIZE + dlen };
+
+	/* Write aside, sync, rename over, sync the directory: a reader sees
+	 * the old backup or the new one, never half of one. */
+	r = mkdir_parents(path);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+	fd = r < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (r == 0 && fd < 0)
+		r = -errno;
+	if (r == 0)
+		r = write_iov(fd, iov, (size_t)stored + 1, 0);
+	if (r == 0 && fsync(fd) < 0)
+		r = -errno;
+	if (r == 0 && rename(tmp, path) < 0)
+		r = -errno;
+	if (r == 0) {
+		char *slash = strrchr(path, '/');
+		*slash = 0;
+		int dfd = open(*path ? path : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		*slash = '/';
+		if (dfd >= 0) {
+			fsync(dfd);
+			close(dfd);
+		}
+		d->backup_time = (uint64_t)time(NULL);
+	}
+out:
+	if (fd >= 0) {
+		close(fd);
+		if (r < 0)
+			unlink(tmp);
+	}
+	free(head);
+	free(iov);
+	if (r < 0 && r != -ENOENT)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot write the metadata backup "
+		       "'%s': %s", d->path, path, strerror(-r));
+	return r;
+}
+
+/* ---- reading ---- */
+
+void cd_backup_free(struct cd_backup *b)
+{
+	free(b->dir);
+	free(b->pages);
+	memset(b, 0, sizeof(*b));
+}
+
+static int bk_bad(struct cdisk_ctx *ctx, const char *path, const char *why)
+{
+	return cd_error(ctx, -EUCLEAN, "metadata backup '%s' is damaged: %s", path, why);
+}
+
+int cd_backup_read(struct cdisk_ctx *ctx, const char *path, struct cd_backup *b)
+{
+	uint8_t head[BK_HEADER], sbbuf[CD_SB_SIZE];
+	const char *why;
+	struct stat st;
+	uint64_t dlen, len;
+	int fd, r;
+
+	memset(b, 0, sizeof(*b));
+	snprintf(b->path, sizeof(b->path), "%s", path);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT)
+		return cd_error(ctx, -ENOENT, "no metadata backup at '%s'", path);
+	if (fd < 0)
+		return cd_error(ctx, -errno, "cannot open metadata backup '%s': %s", path,
+				strerror(errno));
+	r = fstat(fd, &st) < 0 ? -errno : 0;
+	if (r == 0 && cd_pread_full(fd, head, sizeof(head), 0) < 0) {
+		r = bk_bad(ctx, path, "file is truncated");
+		goto out;
+	}
+	if (memcmp(head, BK_MAGIC, 8) != 0) {
+		r = bk_bad(ctx, path, "not a cdisk metadata backup (bad magic)");
+		goto out;
+	}
+	if (cd_get_le32(head + BK_HEADER - 4) != cd_crc32c(0, head, BK_HEADER - 4)) {
+		r = bk_bad(ctx, path, "header checksum mismatch");
+		goto out;
+	}
+	if (cd_get_le32(head + 8) != BK_VERSION) {
+		r = cd_error(ctx, -EPROTONOSUPPORT, "metadata backup '%s' has version %u, "
+			     "which this cdisk cannot read", path, cd_get_le32(head + 8));
+		goto out;
+	}
+	b->seq = cd_get_le64(head + BK_SEQ);
+	b->jseq = cd_get_le64(head + BK_JSEQ);
+	b->taken = cd_get_le64(head + BK_TAKEN);
+	b->total = cd_get_le32(head + BK_TOTAL);
+	b->stored = cd_get_le32(head + BK_STORED);
+	memcpy(b->uuid, head + BK_UUID, 16);
+	memcpy(b->disk_path, head + BK_PATH, CDISK_MAX_URI);
+	len = cd_get_le64(head + BK_LENGTH);
+	if ((uint64_t)st.st_size < len) {
+		r = bk_bad(ctx, path, "file is truncated");
+		goto out;
+	}
+	if (cd_pread_full(fd, sbbuf, sizeof(sbbuf), BK_HEADER) < 0 ||
+	    cd_sb_decode(sbbuf, &b->sb, &why) < 0) {
+		r = bk_bad(ctx, path, "its superblock copy fails its checks");
+		goto out;
+	}
+	dlen = cd_round_up((uint64_t)b->total * 8, 4096);
+	if (b->total != 2 * cd_bitmap_pages(b->sb.size / b->sb.block_size) ||
+	    b->stored > b->total || memcmp(b->uuid, b->sb.uuid, 16) != 0 ||
+	    len != BK_HEADER + CD_SB_SIZE + dlen + (uint64_t)b->stored * CD_PAGE_SIZE) {
+		r = bk_bad(ctx, path, "its sizes do not agree");
+		goto out;
+	}
+	b->dir = malloc(dlen);
+	b->pages = malloc((size_t)b->stored * CD_PAGE_SIZE + 1);
+	if (!b->dir || !b->pages) {
+		r = cd_error(ctx, -ENOMEM, "metadata backup '%s': out of memory", path);
+		goto out;
+	}
+	if (cd_pread_full(fd, b->dir, dlen, BK_HEADER + CD_SB_SIZE) < 0 ||
+	    cd_pread_full(fd, b->pages, (size_t)b->stored * CD_PAGE_SIZE,
+			  BK_HEADER + CD_SB_SIZE + dlen) < 0) {
+		r = bk_bad(ctx, path, "file is truncated");
+		goto out;
+	}
+	if (cd_crc32c(0, b->dir, dlen) != cd_get_le32(head + BK_DIR_CRC) ||
+	    cd_crc32c(0, b->pages, (size_t)b->stored * CD_PAGE_SIZE) !=
+	    cd_get_le32(head + BK_PAGES_CRC)) {
+		r = bk_bad(ctx, path, "bitmap checksum mismatch");
+		goto out;
+	}
+	r = 0;
+out:
+	close(fd);
+	if (r < 0)
+		cd_backup_free(b);
+	return r;
+}
+
+/* A disk whose superblocks are gone is found by the path its backups
+ * recorded. */
+static int find_by_disk_path(struct cdisk *d, char *out, size_t len)
+{
+	char real[PATH_MAX], candidate[PATH_MAX];
+	const char *dirpath = d->ctx->cfg.backup_dir;
+	uint64_t best = 0;
+	struct dirent *e;
+	DIR *dir;
+
+	if (!dirpath[0] || !realpath(d->path, real) || !(dir = opendir(dirpath)))
+		return -ENOENT;
+	while ((e = readdir(dir))) {
+		size_t n = strlen(e->d_name);
+		uint8_t head[BK_HEADER];
+		int fd;
+
+		if (n < 6 || strcmp(e->d_name + n - 5, ".meta") != 0)
+			continue;
+		snprintf(candidate, sizeof(candidate), "%s/%s", dirpath, e->d_name);
+		fd = open(candidate, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			continue;
+		if (cd_pread_full(fd, head, sizeof(head), 0) == 0 &&
+		    memcmp(head, BK_MAGIC, 8) == 0 &&
+		    cd_get_le32(head + BK_HEADER - 4) == cd_crc32c(0, head, BK_HEADER - 4) &&
+		    strncmp((char *)head + BK_PATH, real, CDISK_MAX_URI) == 0 &&
+		    cd_get_le64(head + BK_TAKEN) >= best) {
+			best = cd_get_le64(head + BK_TAKEN);
+			snprintf(out, len, "%s", candidate);
+		}
+		close(fd);
+	}
+	closedir(dir);
+	return best ? 0 : -ENOENT;
+}
+
+/* ---- restoring ---- */
+
+static int load_backup_bitmaps(struct cdisk *d, const struct cd_backup *b)
+{
+	const uint8_t *page = b->pages;
+
+	for (uint32_t i = 0; i < b->total; i++) {
+		uint32_t bits = cd_get_le32(b->dir + (uint64_t)i * 8), p;
+		struct cd_bitmap *bm;
+		uint8_t *copy;
+
+		page_at(d, i, &bm, &p);
+		bm->page_changed[p] = 3;
+		if (!bits)
+			continue;
+		if (bits > CD_PAGE_BITS || page + CD_PAGE_SIZE > b->pages +
+		    (size_t)b->stored * CD_PAGE_SIZE ||
+		    cd_crc32c(0, page, CD_PAGE_SIZE) != cd_get_le32(b->dir + (uint64_t)i * 8 + 4))
+			return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' is damaged: "
+					"bitmap page %u fails its checksum", b->path, i);
+		copy = malloc(CD_PAGE_SIZE);
+		if (!copy)
+			return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+		memcpy(copy, page, CD_PAGE_SIZE);
+		cd_bitmap_adopt_page(bm, p, copy, bits);
+		page += CD_PAGE_SIZE;
+	}
+	return 0;
+}
+
+/* Blocks the data area holds that the state does not claim were written
+ * after what the backup and journal recorded: present and dirty.  With
+ * blocks smaller than the filesystem's, an allocated neighbour reads as
+ * zeros, so only blocks with data count there. */
+static int reconcile_data_area(struct cdisk *d, uint64_t *count)
+{
+	uint64_t base = d->sb.data_offset, end = base + d->sb.size, pos = base;
+	uint8_t *buf = malloc(d->block_size);
+	struct stat st;
+	bool small = fstat(d->fd, &st) == 0 && (uint64_t)st.st_blksize > d->block_size;
+	int r = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	while (pos < end && r == 0) {
+		off_t data = lseek(d->fd, (off_t)pos, SEEK_DATA), hole;
+		if (data < 0 || (uint64_t)data >= end)
+			break;
+		hole = lseek(d->fd, data, SEEK_HOLE);
+		if (hole < 0)
+			break;
+		uint64_t stop = (uint64_t)hole < end ? (uint64_t)hole : end;
+		uint64_t last = cd_div_round_up(stop - base, d->block_size);
+		for (uint64_t b = ((uint64_t)data - base) >> d->block_shift; b < last && r == 0;) {
+			b = cd_bitmap_find(&d->present, b, false);
+			if (b >= last)
+				break;
+			if (small && (r = cd_pread_full(d->fd, buf, d->block_size,
+							base + (b << d->block_shift))) == 0 &&
+			    cd_is_zero(buf, d->block_size)) {
+				b++;
+				continue;
+			}
+			if (r == 0)
+				r = cd_bitmap_assign(&d->present, b, 1, true);
+			if (r == 0)
+				r = cd_bitmap_assign(&d->dirty, b, 1, true);
+			(*count)++;
+			b++;
+		}
+		pos = stop;
+	}
+	free(buf);
+	return r;
+}
+
+static int mark_all_present_dirty(struct cdisk *d, uint64_t *count)
+{
+	for (uint64_t b = cd_bitmap_find(&d->present, 0, true); b < d->nblocks;) {
+		uint64_t stop = cd_bitmap_find(&d->present, b, false);
+		uint64_t before = d->dirty.count;
+		int r = cd_bitmap_assign(&d->dirty, b, stop - b, true);
+		if (r < 0)
+			return r;
+		*count += d->dirty.count - before;
+		b = cd_bitmap_find(&d->present, stop, true);
+	}
+	return 0;
+}
+
+static int locate(struct cdisk *d, const char *from, bool sb_known, char *path,
+		  size_t len)
+{
+	if (from) {
+		snprintf(path, len, "%s", from);
+		return 0;
+	}
+	if (sb_known && cd_backup_path(&d->ctx->cfg, &d->sb, path, len) == 0)
+		return 0;
+	if (find_by_disk_path(d, path, len) == 0)
+		return 0;
+	return -ENOENT;
+}
+
+int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool force)
+{
+	struct cd_restore_result *res = &d->restore;
+	struct cd_superblock disk_sb = d->sb;
+	struct cd_backup b;
+	struct stat st;
+	char path[PATH_MAX];
+	uint64_t chain_end = 0;
+	int r;
+
+	if (locate(d, from, sb_known, path, sizeof(path)) < 0) {
+		if (sb_known && cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path)) == 0)
+			return cd_error(d->ctx, -ENOENT, "no metadata backup at '%s'", path);
+		return cd_error(d->ctx, -ENOENT, "no metadata backup of '%s' was found",
+				d->path);
+	}
+	r = cd_backup_read(d->ctx, path, &b);
+	if (r < 0)
+		return r;
+	if (sb_known && memcmp(b.uuid, disk_sb.uuid, 16) != 0) {
+		cd_backup_free(&b);
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to another "
+				"disk (UUID differs)", path);
+	}
+	if (fstat(d->fd, &st) < 0 || (uint64_t)st.st_size < b.sb.data_offset) {
+		cd_backup_free(&b);
+		return cd_error(d->ctx, -EUCLEAN, "'%s' is truncated: it cannot be "
+				"rebuilt from its metadata backup", d->path);
+	}
+	cd_disk_reset_state(d);
+	d->sb = b.sb;
+	r = cd_disk_init_state(d);
+	if (r == 0)
+		r = load_backup_bitmaps(d, &b);
+	if (r == 0)
+		r = cd_journal_replay_after(d, b.jseq, &res->exact, &chain_end);
+	/* The records after the backup must reach the disk's last checkpoint:
+	 * if the ring no longer holds them, the backup is older than the
+	 * journal and restoring it could lose flushed writes.  Nothing has
+	 * been written yet, so refusing leaves both files as they were. */
+	if (r == 0 && sb_known && chain_end < disk_sb.cp_seq && !force) {
+		cd_backup_free(&b);
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' is older than the "
+				"journal of '%s' (the backup and the journal reach record "
+				"%llu, the disk's last checkpoint is at %llu); restoring it "
+				"could lose flushed writes: use --force to restore it anyway",
+				path, d->path, (unsigned long long)chain_end,
+				(unsigned long long)disk_sb.cp_seq);
+	}
+	/* Exact only with proof that nothing after the backup is missing: the
+	 * superblock survived, the records form one chain, and either some
+	 * followed the backup or the disk was closed cleanly right at it.
+	 * Otherwise every present block is resent: never a silent loss. */
+	res->exact = res->exact && sb_known && !d->journal_damaged &&
+		     chain_end >= disk_sb.cp_seq &&
+		     (d->j_replayed || (!(disk_sb.flags & CD_SB_FLAG_OPEN) &&
+					b.jseq == disk_sb.cp_seq));
+	if (r == 0)
+		r = cd_al_recover(d);
+	if (r == 0 && !res->exact)
+		r = mark_all_present_dirty(d, &res->blocks_marked_dirty);
+	if (r == 0)
+		r = reconcile_data_area(d, &res->blocks_reconciled);
+	if (r < 0) {
+		cd_backup_free(&b);
+		return d->ctx->error[0] ? r : cd_error(d->ctx, r, "cannot rebuild '%s': %s",
+							d->path, strerror(-r));
+	}
+	res->restored = true;
+	res->records_replayed = d->j_replayed;
+	res->backup_age = (uint64_t)time(NULL) > b.taken ? (uint64_t)time(NULL) - b.taken : 0;
+	snprintf(res->backup, sizeof(res->backup), "%s", path);
+	cd_backup_free(&b);
+	return 0;
+}
+
+/* ---- status, for cdisk-info --check ---- */
+
+int cd_backup_status(struct cdisk *d, struct cd_backup_status *st)
+{
+	struct cd_backup b;
+	struct cdisk_ctx quiet = { .cfg = d->ctx->cfg };
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	if (cd_backup_path(&d->ctx->cfg, &d->sb, st->path, sizeof(st->path)) < 0)
+		return -ENOENT;
+	st->configured = true;
+	r = cd_backup_read(&quiet, st->path, &b);
+	if (r < 0) {
+		st->error = r;
+		snprintf(st->why, sizeof(st->why), "%s", quiet.error);
+		return 0;
+	}
+	st->valid = true;
+	st->age = (uint64_t)time(NULL) > b.taken ? (uint64_t)time(NULL) - b.taken : 0;
+	st->jseq = b.jseq;
+	st->same_disk = memcmp(b.uuid, d->sb.uuid, 16) == 0;
+	st->matches = st->same_disk && b.jseq == d->j_seq;
+	for (uint32_t i = 0, k = 0; st->matches && i < b.total; i++) {
+		uint32_t bits = cd_get_le32(b.dir + (uint64_t)i * 8), p;
+		struct cd_bitmap *bm;
+
+		page_at(d, i, &bm, &p);
+		if (bits != bm->page_count[p] ||
+		    (bits && memcmp(b.pages + (size_t)k++ * CD_PAGE_SIZE, bm->pages[p],
+				    CD_PAGE_SIZE) != 0))
+			st->matches = false;
+	}
+	cd_backup_free(&b);
+	return 0;
+}
+
+bool cd_backup_exists(struct cdisk *d)
+{
+	char path[PATH_MAX];
+
+	return locate(d, NULL, d->sb_loaded, path, sizeof(path)) == 0 &&
+	       access(path, R_OK) == 0;
+}
+
+/* ---- public: cdisk-restore --metadata ---- */
+
+int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path, const char *from,
+			   bool force, struct cdisk_restore_report *rep)
+{
+	struct cdisk *d;
+	unsigned flags = CD_OPEN_RESTORE | CDISK_OPEN_NO_BASE |
+			 (force ? CD_OPEN_FORCE_RESTORE : 0);
+	int r;
+
+	memset(rep, 0, sizeof(*rep));
+	r = cd_open(ctx, path, flags, from, &d);
+	if (r < 0)
+		return r;
+	rep->restored = d->restore.restored;
+	rep->exact = d->restore.exact;
+	snprintf(rep->backup, sizeof(rep->backup), "%s", d->restore.backup);
+	rep->backup_age = d->restore.backup_age;
+	rep->records_replayed = d->restore.records_replayed;
+	rep->blocks_reconciled = d->restore.blocks_reconciled;
+	rep->blocks_marked_dirty = d->restore.blocks_marked_dirty;
+	return cdisk_close(d);
+}

@@ -1,0 +1,108 @@
+/* The configuration file: host-wide defaults an administrator sets once.
+ *
+ *   [metadata]
+ *   backup_dir = /var/lib/cdisk/meta   ; "none" turns backups off
+ *   backup_interval = 300              ; seconds between refreshes
+ *   auto_repair = yes                  ; rebuild damaged metadata at open
+ */
+#include <ini.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define DEFAULT_CONFIG "/etc/cdisk/cdisk.conf"
+
+void cd_config_defaults(struct cd_config *cfg)
+{
+	snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s", CD_DEFAULT_BACKUP_DIR);
+	cfg->backup_interval = 300;
+	cfg->auto_repair = true;
+}
+
+struct parse_state {
+	struct cd_config cfg;
+	char bad[160];
+};
+
+static bool parse_bool(const char *v, bool *out)
+{
+	if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "1")) {
+		*out = true;
+		return true;
+	}
+	if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "0")) {
+		*out = false;
+		return true;
+	}
+	return false;
+}
+
+static int on_entry(void *user, const char *section, const char *name,
+		    const char *value)
+{
+	struct parse_state *st = user;
+	struct cd_config *cfg = &st->cfg;
+
+	if (strcmp(section, "metadata") != 0) {
+		snprintf(st->bad, sizeof(st->bad), "unknown section [%.60s]", section);
+		return 0;
+	}
+	if (!strcmp(name, "backup_dir")) {
+		if (strcmp(value, "none") && value[0] != '/') {
+			snprintf(st->bad, sizeof(st->bad), "backup_dir must be an absolute "
+				 "path or 'none'");
+			return 0;
+		}
+		snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s",
+			 strcmp(value, "none") ? value : "");
+	} else if (!strcmp(name, "backup_interval")) {
+		char *end;
+		long v = strtol(value, &end, 10);
+		if (*end || end == value || v < 1 || v > 86400 * 7) {
+			snprintf(st->bad, sizeof(st->bad), "backup_interval must be seconds "
+				 "from 1 to 604800");
+			return 0;
+		}
+		cfg->backup_interval = (uint32_t)v;
+	} else if (!strcmp(name, "auto_repair")) {
+		if (!parse_bool(value, &cfg->auto_repair)) {
+			snprintf(st->bad, sizeof(st->bad), "auto_repair must be yes or no");
+			return 0;
+		}
+	} else {
+		snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s'", name);
+		return 0;
+	}
+	return 1;
+}
+
+int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path)
+{
+	struct parse_state st = { 0 };
+	bool must_exist = path != NULL;
+	int line;
+
+	if (!path)
+		path = getenv("CDISK_CONFIG");
+	if (path)
+		must_exist = true;
+	else
+		path = DEFAULT_CONFIG;
+	if (!must_exist && access(path, F_OK) != 0)
+		return 0;
+	cd_config_defaults(&st.cfg);
+	line = ini_parse(path, on_entry, &st);
+	if (line == -1)
+		return cd_error(ctx, errno == ENOENT ? -ENOENT : -EACCES,
+				"cannot read configuration '%s': %s", path, strerror(errno));
+	if (line == -2)
+		return cd_error(ctx, -ENOMEM, "cannot read configuration '%s': out of memory",
+				path);
+	if (line > 0)
+		return cd_error(ctx, -EINVAL, "configuration '%s', line %d: %s", path, line,
+				st.bad[0] ? st.bad : "syntax error");
+	ctx->cfg = st.cfg;
+	return 0;
+}
