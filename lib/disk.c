@@ -382,7 +382,9 @@ static int repair_from_backup(struct cdisk *d, int err, unsigned flags,
 		memcpy(why, d->ctx->error, sizeof(why));
 		return cd_error(d->ctx, err, "%s; %s", original, why);
 	}
-	cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': metadata rebuilt from backup '%s' "
+	/* Asked for, the caller reports it; found at open, say it here. */
+	if (!asked)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': metadata rebuilt from backup '%s' "
 	       "(taken %llu s before): %llu journal records replayed, %llu blocks "
 	       "reconciled from the data area%s", d->path, d->restore.backup,
 	       (unsigned long long)d->restore.backup_age,

@@ -7,6 +7,9 @@ top=$(cd "$(dirname "$0")/.." && pwd)
 PATH="$top/$O/bin:$top/$O/tests:$PATH"
 work=$(mktemp -d /tmp/cdisk-demo.XXXXXX)
 cd "$work"
+# Keep the demo's metadata backups with the demo, not in /var/lib/cdisk.
+export CDISK_CONFIG=$work/cdisk.conf
+printf '[metadata]\nbackup_dir = %s/meta\n' "$work" >"$CDISK_CONFIG"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -39,6 +42,12 @@ cdisk-io desk.cdisk r:32M:8M:4 r:0:16M:2 r:16M:4M:3 && echo "every flushed write
 
 step "cdisk-info --check: every checksum, and the overlay against its records"
 cdisk-info --check desk.cdisk | sed -n '/^check:/,$p'
+
+step "the metadata is destroyed: it comes back from its backup on the host"
+dd if=/dev/zero of=desk.cdisk bs=4096 count=2 conv=notrunc status=none
+cdisk-info desk.cdisk || true
+cdisk-restore --metadata desk.cdisk
+cdisk-io desk.cdisk r:32M:8M:4 r:0:16M:2 && echo "every flushed write read back"
 
 step "a 1 TiB disk opens and reports in milliseconds"
 cdisk-create --size 1T big.cdisk
