@@ -9,6 +9,7 @@ INCLUDEDIR ?= $(PREFIX)/include
 MANDIR ?= $(PREFIX)/share/man
 BASHCOMPDIR ?= $(PREFIX)/share/bash-completion/completions
 PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
 PKG_CONFIG ?= pkg-config
 SCDOC ?= scdoc
 
@@ -29,7 +30,7 @@ POPT_LIBS := $(shell $(PKG_CONFIG) --libs popt 2>/dev/null || echo -lpopt)
 JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
 INIH_LIBS := $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
-LIB_LIBS := -lm $(INIH_LIBS)
+LIB_LIBS := -lm -lpthread $(INIH_LIBS) $(JANSSON_LIBS)
 
 ifeq ($(V),1)
 Q :=
@@ -49,7 +50,8 @@ MAN_PAGES := $(MAN_SRCS:man/%.scd=$(O)/man/%)
 SONAME := libcdisk.so.0
 SHLIB := $(O)/lib/$(SONAME)
 
-all: $(PROGRAM_BINS) $(SHLIB) $(O)/lib/libcdisk.a $(O)/lib/cdisk.pc $(MAN_PAGES)
+all: $(PROGRAM_BINS) $(SHLIB) $(O)/lib/libcdisk.a $(O)/lib/cdisk.pc $(MAN_PAGES) \
+	$(O)/systemd/cdisk-serve@.service
 
 $(O)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -94,6 +96,10 @@ $(O)/lib/cdisk.pc: lib/cdisk.pc.in Makefile
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
+$(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile
+	@mkdir -p $(dir $@)
+	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|' $< > $@
+
 deps:
 	$(Q)scripts/install-deps.sh
 
@@ -112,7 +118,8 @@ install: all
 	install -d -m 0755 $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) \
 		$(DESTDIR)$(INCLUDEDIR) $(DESTDIR)$(PKGCONFIGDIR) \
 		$(DESTDIR)$(BASHCOMPDIR) $(DESTDIR)$(MANDIR)/man1 \
-		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7
+		$(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7 \
+		$(DESTDIR)$(SYSTEMDUNITDIR)
 	install -m 0755 $(PROGRAM_BINS) $(DESTDIR)$(BINDIR)/
 	install -m 0755 $(SHLIB) $(DESTDIR)$(LIBDIR)/
 	ln -sf $(SONAME) $(DESTDIR)$(LIBDIR)/libcdisk.so
@@ -122,6 +129,7 @@ install: all
 	for page in $(MAN_PAGES); do \
 		sec=$${page##*.}; install -m 0644 $$page $(DESTDIR)$(MANDIR)/man$$sec/; \
 	done
+	install -m 0644 $(O)/systemd/cdisk-serve@.service $(DESTDIR)$(SYSTEMDUNITDIR)/
 	install -m 0644 completions/cdisk $(DESTDIR)$(BASHCOMPDIR)/cdisk
 	for p in $(PROGRAMS); do ln -sf cdisk $(DESTDIR)$(BASHCOMPDIR)/$$p; done
 
@@ -129,7 +137,8 @@ uninstall:
 	rm -f $(PROGRAMS:%=$(DESTDIR)$(BINDIR)/%) $(DESTDIR)$(LIBDIR)/$(SONAME) \
 		$(DESTDIR)$(LIBDIR)/libcdisk.so $(DESTDIR)$(LIBDIR)/libcdisk.a \
 		$(DESTDIR)$(INCLUDEDIR)/cdisk.h $(DESTDIR)$(PKGCONFIGDIR)/cdisk.pc \
-		$(DESTDIR)$(BASHCOMPDIR)/cdisk $(PROGRAMS:%=$(DESTDIR)$(BASHCOMPDIR)/%)
+		$(DESTDIR)$(BASHCOMPDIR)/cdisk $(PROGRAMS:%=$(DESTDIR)$(BASHCOMPDIR)/%) \
+		$(DESTDIR)$(SYSTEMDUNITDIR)/cdisk-serve@.service
 	for page in $(MAN_PAGES); do \
 		p=$${page##*/}; rm -f $(DESTDIR)$(MANDIR)/man$${p##*.}/$$p; done
 

@@ -165,6 +165,18 @@ static int show(struct cdisk *disk, const char *path)
 	return r < 0 ? r : checked;
 }
 
+/* A disk in use is described by the process that owns it. */
+static int show_from_owner(struct cdisk_ctx *ctx, const char *path)
+{
+	struct cdisk_info info;
+	int r = cdisk_info_from_owner(ctx, path, &info);
+
+	if (r < 0)
+		return r;
+	return cli.json ? print_json(path, &info, NULL) :
+			  (print_human(path, &info, NULL), 0);
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_ctx *ctx;
@@ -175,7 +187,9 @@ int main(int argc, char **argv)
 	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
 	ctx = cli_context();
 	r = open_disk(ctx, args[0], &disk);
-	if (r == 0) {
+	if (r == -EBUSY && !check)
+		r = show_from_owner(ctx, args[0]);
+	else if (r == 0) {
 		r = show(disk, args[0]);
 		closed = cdisk_close(disk);
 		if (r == 0)

@@ -59,6 +59,8 @@ void cdisk_ctx_set_log(struct cdisk_ctx *ctx, cdisk_log_fn fn, void *opaque);
 /* Read the configuration file: path, or $CDISK_CONFIG, or
  * /etc/cdisk/cdisk.conf when it exists (see cdisk(7)). */
 int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path);
+/* Where serving processes put their sockets (configuration [serve]). */
+const char *cdisk_ctx_runtime_dir(const struct cdisk_ctx *ctx);
 /* The message of the last failure on this context, or "" if none. */
 const char *cdisk_ctx_error(const struct cdisk_ctx *ctx);
 
@@ -111,6 +113,27 @@ int cdisk_flush(struct cdisk *disk);
 /* Both leave the range reading as zeros and release its space. */
 int cdisk_discard(struct cdisk *disk, size_t len, uint64_t offset);
 int cdisk_write_zeroes(struct cdisk *disk, size_t len, uint64_t offset);
+
+/* The same for any offset and length: partial blocks at the edges are
+ * read, merged and written whole (for NBD clients that send requests
+ * smaller than the block size). */
+int cdisk_pread_unaligned(struct cdisk *disk, void *buf, size_t len, uint64_t offset);
+int cdisk_pwrite_unaligned(struct cdisk *disk, const void *buf, size_t len,
+			   uint64_t offset);
+int cdisk_write_zeroes_unaligned(struct cdisk *disk, size_t len, uint64_t offset);
+
+/* Allocation from offset: up to max runs, each data or zeros. */
+struct cdisk_extent {
+	uint64_t length;
+	bool zero;      /* reads as zeros and takes no space */
+};
+int cdisk_block_status(struct cdisk *disk, uint64_t offset, uint64_t length,
+		       struct cdisk_extent *extents, size_t max, size_t *count);
+
+uint64_t cdisk_size(const struct cdisk *disk);
+uint32_t cdisk_block_size(const struct cdisk *disk);
+bool cdisk_readonly(const struct cdisk *disk);
+const char *cdisk_path(const struct cdisk *disk);
 
 /* What a disk is and holds. */
 struct cdisk_info {
@@ -180,6 +203,35 @@ struct cdisk_restore_report {
 int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path,
 			   const char *from, bool force,
 			   struct cdisk_restore_report *rep);
+
+/* ---- serving (cdisk-serve) ---- */
+
+struct cdisk_server;
+
+int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out);
+/* Open a disk and offer it under a name. */
+int cdisk_server_add_export(struct cdisk_server *server, const char *name,
+			    const char *path, bool readonly);
+int cdisk_server_listen_unix(struct cdisk_server *server, const char *path,
+			     unsigned mode);
+int cdisk_server_listen_tcp(struct cdisk_server *server, const char *host,
+			    const char *port);
+int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
+				unsigned mode);
+/* Serve until stop_fd is readable, then finish what connections sent,
+ * flush and close every disk.  Returns the first close error. */
+int cdisk_server_run(struct cdisk_server *server, int stop_fd);
+void cdisk_server_free(struct cdisk_server *server);
+
+/* The control socket of the process serving a disk: where it is, and
+ * what it says about the disk (instead of "busy"). */
+int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
+			      size_t len);
+int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
+			  struct cdisk_info *info);
+/* Send one JSON request line, return the reply line (malloc'd). */
+int cdisk_control_call(struct cdisk_ctx *ctx, const char *socket_path,
+		       const char *request, char **response);
 
 /* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
 int cdisk_parse_size(const char *s, uint64_t *out);

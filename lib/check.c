@@ -209,7 +209,17 @@ static void check_backup(struct cdisk *d, bool repair, struct cdisk_check_report
 		 !st.valid ? "damaged" : "of another disk (UUID differs)");
 }
 
+static int check_locked(struct cdisk *d, bool repair, struct cdisk_check_report *rep);
+
 int cdisk_check(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
+{
+	pthread_mutex_lock(&d->lock);
+	int r = check_locked(d, repair, rep);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+static int check_locked(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
 {
 	int r;
 
@@ -229,7 +239,7 @@ int cdisk_check(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
 	if (r == 0)
 		r = check_stray_data(d, repair, rep);
 	if (r == 0 && repair && !d->readonly)
-		r = cdisk_flush(d);
+		r = cd_flush_locked(d);
 	if (r == 0)
 		check_backup(d, repair, rep);
 	if (r < 0)

@@ -4,6 +4,9 @@
  *   backup_dir = /var/lib/cdisk/meta   ; "none" turns backups off
  *   backup_interval = 300              ; seconds between refreshes
  *   auto_repair = yes                  ; rebuild damaged metadata at open
+ *
+ *   [serve]
+ *   runtime_dir = /run/cdisk           ; sockets of serving processes
  */
 #include <ini.h>
 #include <stdio.h>
@@ -17,6 +20,7 @@
 void cd_config_defaults(struct cd_config *cfg)
 {
 	snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s", CD_DEFAULT_BACKUP_DIR);
+	snprintf(cfg->runtime_dir, sizeof(cfg->runtime_dir), "%s", CD_DEFAULT_RUNTIME_DIR);
 	cfg->backup_interval = 300;
 	cfg->auto_repair = true;
 }
@@ -45,6 +49,18 @@ static int on_entry(void *user, const char *section, const char *name,
 	struct parse_state *st = user;
 	struct cd_config *cfg = &st->cfg;
 
+	if (!strcmp(section, "serve")) {
+		if (strcmp(name, "runtime_dir") != 0) {
+			snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s'", name);
+			return 0;
+		}
+		if (value[0] != '/') {
+			snprintf(st->bad, sizeof(st->bad), "runtime_dir must be an absolute path");
+			return 0;
+		}
+		snprintf(cfg->runtime_dir, sizeof(cfg->runtime_dir), "%s", value);
+		return 1;
+	}
 	if (strcmp(section, "metadata") != 0) {
 		snprintf(st->bad, sizeof(st->bad), "unknown section [%.60s]", section);
 		return 0;

@@ -25,6 +25,11 @@ void cdisk_ctx_set_log(struct cdisk_ctx *ctx, cdisk_log_fn fn, void *opaque)
 	ctx->log_opaque = opaque;
 }
 
+const char *cdisk_ctx_runtime_dir(const struct cdisk_ctx *ctx)
+{
+	return ctx->cfg.runtime_dir;
+}
+
 const char *cdisk_ctx_error(const struct cdisk_ctx *ctx)
 {
 	return ctx->error;

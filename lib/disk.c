@@ -175,6 +175,11 @@ static bool range_has_clean_block(const struct cdisk *d, uint64_t first,
 
 static int flush_locked(struct cdisk *d);
 
+int cd_flush_locked(struct cdisk *d)
+{
+	return flush_locked(d);
+}
+
 static bool al_evict_flushed(struct cdisk *d)
 {
 	for (uint32_t i = 0; i < d->al.count; i++) {
@@ -268,6 +273,7 @@ static void disk_free(struct cdisk *d)
 	if (d->fd >= 0)
 		close(d->fd);
 	cd_disk_reset_state(d);
+	pthread_mutex_destroy(&d->lock);
 	free(d->path);
 	free(d);
 }
@@ -409,6 +415,7 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 
 	if (!d)
 		return cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
+	pthread_mutex_init(&d->lock, NULL);
 	d->ctx = ctx;
 	d->fd = -1;
 	d->readonly = flags & (CDISK_OPEN_RDONLY | CDISK_OPEN_CONFIG_ONLY);
@@ -532,7 +539,7 @@ static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 	return cd_target_pread(d->base, buf, have, off);
 }
 
-int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
+static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
 {
 	uint64_t b = off >> d->block_shift, end = (off + len) >> d->block_shift;
 	int r = check_io(d, len, off, false);
@@ -574,7 +581,7 @@ static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 	return cd_journal_add_run(d, first, count, CD_RUN_DIRTY);
 }
 
-int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
 	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
 	int r = check_io(d, len, off, true);
@@ -621,15 +628,6 @@ static int zero_range(struct cdisk *d, size_t len, uint64_t off)
 	return mark_written(d, first, count);
 }
 
-int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
-{
-	return zero_range(d, len, off);
-}
-
-int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
-{
-	return zero_range(d, len, off);
-}
 
 static int flush_locked(struct cdisk *d)
 {
@@ -651,9 +649,193 @@ static int flush_locked(struct cdisk *d)
 	return 0;
 }
 
+/* ---- the public data path: each call under the disk's lock ---- */
+
+#define LOCKED(d, call)                                 \
+	({                                              \
+		pthread_mutex_lock(&(d)->lock);         \
+		int locked_r_ = (call);                 \
+		pthread_mutex_unlock(&(d)->lock);       \
+		locked_r_;                              \
+	})
+
+int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	return LOCKED(d, pread_locked(d, buf, len, off));
+}
+
+int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	return LOCKED(d, pwrite_locked(d, buf, len, off));
+}
+
 int cdisk_flush(struct cdisk *d)
 {
-	return flush_locked(d);
+	return LOCKED(d, flush_locked(d));
+}
+
+int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
+{
+	return LOCKED(d, zero_range(d, len, off));
+}
+
+int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
+{
+	return LOCKED(d, zero_range(d, len, off));
+}
+
+/* ---- requests not aligned to blocks ----
+ * NBD lets a server ask for at most 64 KiB alignment, and some clients
+ * ask for none: the edges of such a request are read, merged and written
+ * back whole, under the lock so that two of them cannot interleave. */
+
+static void block_span(const struct cdisk *d, uint64_t off, size_t len,
+		       uint64_t *first, uint64_t *end)
+{
+	*first = off & ~(d->block_size - 1);
+	*end = cd_round_up(off + len, d->block_size);
+}
+
+static int rmw_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	uint64_t first, end;
+	uint8_t *tmp;
+	int r;
+
+	if (len == 0 || off > d->sb.size || len > d->sb.size - off)
+		return check_io(d, len, off, true);
+	block_span(d, off, len, &first, &end);
+	tmp = malloc(end - first);
+	if (!tmp)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	/* Only the partial blocks at the edges need their old content. */
+	r = pread_locked(d, tmp, d->block_size, first);
+	if (r == 0 && end - d->block_size > first)
+		r = pread_locked(d, tmp + (end - d->block_size - first), d->block_size,
+				 end - d->block_size);
+	if (r == 0) {
+		if (buf)
+			memcpy(tmp + (off - first), buf, len);
+		else
+			memset(tmp + (off - first), 0, len);
+		r = pwrite_locked(d, tmp, end - first, first);
+	}
+	free(tmp);
+	return r;
+}
+
+static int pread_any_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	uint64_t first, end;
+	uint8_t *tmp;
+	int r;
+
+	if (((off | len) & (d->block_size - 1)) == 0)
+		return pread_locked(d, buf, len, off);
+	if (off > d->sb.size || len > d->sb.size - off)
+		return check_io(d, len, off, false);
+	block_span(d, off, len, &first, &end);
+	tmp = malloc(end - first ? end - first : 1);
+	if (!tmp)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	r = pread_locked(d, tmp, end - first, first);
+	if (r == 0)
+		memcpy(buf, tmp + (off - first), len);
+	free(tmp);
+	return r;
+}
+
+int cdisk_pread_unaligned(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	return LOCKED(d, pread_any_locked(d, buf, len, off));
+}
+
+int cdisk_pwrite_unaligned(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	if (((off | len) & (d->block_size - 1)) == 0)
+		return cdisk_pwrite(d, buf, len, off);
+	return LOCKED(d, rmw_locked(d, buf, len, off));
+}
+
+int cdisk_write_zeroes_unaligned(struct cdisk *d, size_t len, uint64_t off)
+{
+	if (((off | len) & (d->block_size - 1)) == 0)
+		return cdisk_write_zeroes(d, len, off);
+	return LOCKED(d, rmw_locked(d, NULL, len, off));
+}
+
+/* Where the disk holds data and where it reads as zeros without storing
+ * any, as runs from off: a present block is data unless the data area
+ * has a hole there; an absent one is the base's data, or zeros when
+ * there is no base. */
+static int status_locked(struct cdisk *d, uint64_t off, uint64_t len,
+			 struct cdisk_extent *ext, size_t max, size_t *n)
+{
+	uint64_t end = off + len > d->sb.size ? d->sb.size : off + len;
+
+	*n = 0;
+	while (off < end && *n < max) {
+		uint64_t b = off >> d->block_shift;
+		bool present = cd_bitmap_get(&d->present, b);
+		uint64_t stop = cd_bitmap_find(&d->present, b, !present) << d->block_shift;
+		bool zero = !present && !d->sb.base[0];
+
+		if (stop > end)
+			stop = end;
+		if (present) {
+			off_t pos = (off_t)(d->sb.data_offset + off);
+			off_t data = lseek(d->fd, pos, SEEK_DATA);
+			if (data < 0 || (uint64_t)data > d->sb.data_offset + off) {
+				/* A hole from here to the next data. */
+				zero = true;
+				if (data >= 0 && (uint64_t)data - d->sb.data_offset < stop)
+					stop = cd_round_up((uint64_t)data - d->sb.data_offset,
+							   d->block_size);
+			} else {
+				off_t hole = lseek(d->fd, pos, SEEK_HOLE);
+				if (hole > pos && (uint64_t)hole - d->sb.data_offset < stop)
+					stop = cd_round_up((uint64_t)hole - d->sb.data_offset,
+							   d->block_size);
+			}
+		}
+		if (*n && ext[*n - 1].zero == zero) {
+			ext[*n - 1].length += stop - off;
+		} else {
+			ext[*n].length = stop - off;
+			ext[*n].zero = zero;
+			(*n)++;
+		}
+		off = stop;
+	}
+	return 0;
+}
+
+int cdisk_block_status(struct cdisk *d, uint64_t off, uint64_t len,
+		       struct cdisk_extent *ext, size_t max, size_t *n)
+{
+	if (off >= d->sb.size || max == 0)
+		return cd_error(d->ctx, -EINVAL, "'%s': status past the end", d->path);
+	return LOCKED(d, status_locked(d, off, len, ext, max, n));
+}
+
+uint64_t cdisk_size(const struct cdisk *d)
+{
+	return d->sb.size;
+}
+
+uint32_t cdisk_block_size(const struct cdisk *d)
+{
+	return d->sb.block_size;
+}
+
+bool cdisk_readonly(const struct cdisk *d)
+{
+	return d->readonly;
+}
+
+const char *cdisk_path(const struct cdisk *d)
+{
+	return d->path;
 }
 
 /* Record that the base durably holds blocks [first, first + count) as the
@@ -686,7 +868,7 @@ int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count)
 
 /* ---- information ---- */
 
-int cdisk_get_info(struct cdisk *d, struct cdisk_info *info)
+static int info_locked(struct cdisk *d, struct cdisk_info *info)
 {
 	const uint8_t *u = d->sb.uuid;
 	struct stat st;
@@ -725,4 +907,9 @@ int cdisk_get_info(struct cdisk *d, struct cdisk_info *info)
 	snprintf(info->base_error_msg, sizeof(info->base_error_msg), "%s",
 		 d->base_error_msg);
 	return 0;
+}
+
+int cdisk_get_info(struct cdisk *d, struct cdisk_info *info)
+{
+	return LOCKED(d, info_locked(d, info));
 }

@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <pthread.h>
 #include <sys/types.h>
 
 #include "cdisk.h"
@@ -28,8 +29,11 @@ static inline uint64_t cd_round_up(uint64_t n, uint64_t align)
 
 #define CD_DEFAULT_BACKUP_DIR "/var/lib/cdisk/meta"
 
+#define CD_DEFAULT_RUNTIME_DIR "/run/cdisk"
+
 struct cd_config {
 	char backup_dir[CDISK_MAX_URI + 1];   /* "": no backups by default */
+	char runtime_dir[CDISK_MAX_URI + 1];  /* sockets of serving processes */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;
 };
@@ -311,6 +315,9 @@ struct cd_backup_status {
 };
 
 struct cdisk {
+	/* Every public call on a disk holds this: a disk may be used by many
+	 * threads (cdisk-serve's connections) at once. */
+	pthread_mutex_t lock;
 	struct cdisk_ctx *ctx;
 	char *path;
 	int fd;
@@ -376,6 +383,9 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 int cd_backup_status(struct cdisk *d, struct cd_backup_status *st);
 bool cd_backup_exists(struct cdisk *d);
 int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
+int cd_flush_locked(struct cdisk *d);
+int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out,
+			    size_t len);
 int cd_journal_replay(struct cdisk *d);
 int cd_journal_commit(struct cdisk *d, bool sync);
 int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,

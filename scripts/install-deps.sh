@@ -7,7 +7,8 @@ PACKAGES="
 	build-essential pkg-config make gcc
 	libpopt-dev libjansson-dev libcmocka-dev libinih-dev
 	scdoc bats bats-assert bats-support
-	jq xxd coreutils util-linux bash-completion
+	jq xxd coreutils util-linux bash-completion socat
+	qemu-utils libnbd-bin nbdkit fio
 "
 
 missing=""

@@ -12,6 +12,14 @@ programs() {
 	ls "$CDISK_BUILD/bin"
 }
 
+# Programs that take exactly one disk, as their own --usage says.
+single_disk_programs() {
+	local p
+	for p in $(programs); do
+		"$p" --usage | grep -q 'NAME\.cdisk\.\.\.' || echo "$p"
+	done
+}
+
 @test "every program prints --help and -h on stdout and exits 0" {
 	for p in $(programs); do
 		for opt in --help -h; do
@@ -49,14 +57,14 @@ programs() {
 }
 
 @test "a missing argument is a usage error" {
-	for p in $(programs); do
+	for p in $(single_disk_programs); do
 		run_cdisk 2 "$p"
 		assert_usage_error "$p" "missing argument: NAME.cdisk"
 	done
 }
 
 @test "an extra argument is a usage error" {
-	for p in $(programs); do
+	for p in $(single_disk_programs); do
 		run_cdisk 2 "$p" a.cdisk b.cdisk
 		assert_usage_error "$p" "unexpected argument 'b.cdisk'"
 	done

@@ -17,7 +17,7 @@ programs() {
 		run_cdisk 0 bash -c "scdoc <'$TOP/man/$p.1.scd' >/dev/null"
 		[ -z "$stderr" ] || fail "scdoc warns on $p.1.scd: $stderr"
 	done
-	for page in cdisk.5 cdisk.7; do
+	for page in cdisk.5 cdisk.7 cdisk-protocol.7; do
 		run_cdisk 0 bash -c "scdoc <'$TOP/man/$page.scd' >/dev/null"
 	done
 }
@@ -92,9 +92,12 @@ complete_line() {
 		include/cdisk.h lib/pkgconfig/cdisk.pc share/man/man1/cdisk-create.1 \
 		share/man/man5/cdisk.5 share/man/man7/cdisk.7 \
 		share/bash-completion/completions/cdisk \
-		share/bash-completion/completions/cdisk-info; do
+		share/bash-completion/completions/cdisk-info \
+		lib/systemd/system/cdisk-serve@.service; do
 		[ -e "$dest/usr/local/$f" ] || fail "missing $f"
 	done
+	grep -q "^ExecStart=/usr/local/bin/cdisk-serve " \
+		"$dest/usr/local/lib/systemd/system/cdisk-serve@.service"
 	# The installed program runs against the installed library.
 	run_cdisk 0 "$dest/usr/local/bin/cdisk-create" --version
 	# The library exports only its public API.

@@ -111,3 +111,35 @@ live_checkpoint() {
 	active=$(od -An -t u4 -j $((slot + 136)) -N 4 "$1" | tr -d ' ')
 	od -An -t u8 -j $((slot + 104 + 8 * active)) -N 8 "$1" | tr -d ' '
 }
+
+# Start cdisk-serve in the background with ARGS; waits until its NBD socket
+# answers.  Sets SERVE_PID and NBD (a URI for the first export, named by
+# SERVE_EXPORT, default "d").  The runtime directory is the test's own.
+start_serve() {
+	local i
+	export SERVE_RUN=$BATS_TEST_TMPDIR/run
+	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
+		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
+	SERVE_SOCK=$SERVE_RUN/${SERVE_EXPORT:-d}.sock
+	cdisk-serve "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
+	SERVE_PID=$!
+	for i in $(seq 200); do
+		[ -S "$SERVE_SOCK" ] && nbdinfo --size "nbd+unix:///${SERVE_EXPORT:-d}?socket=$SERVE_SOCK" \
+			>/dev/null 2>&1 && break
+		kill -0 "$SERVE_PID" 2>/dev/null ||
+			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+		sleep 0.05
+	done
+	[ -S "$SERVE_SOCK" ] || fail "cdisk-serve never listened on '$SERVE_SOCK'"
+	NBD="nbd+unix:///${SERVE_EXPORT:-d}?socket=$SERVE_SOCK"
+}
+
+# Stop it with SIGTERM (or the given signal) and return its exit status.
+stop_serve() {
+	local sig=${1:-TERM} rc=0
+	[ -n "${SERVE_PID:-}" ] || return 0
+	kill -"$sig" "$SERVE_PID" 2>/dev/null || true
+	wait "$SERVE_PID" || rc=$?
+	SERVE_PID=
+	return $rc
+}

@@ -1,0 +1,218 @@
+/* cdisk-serve: export cdisks over NBD to QEMU and other clients, in the
+ * foreground, with a control socket for the other programs. */
+#include <errno.h>
+#include <grp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const struct cli_program program = {
+	.name = "cdisk-serve",
+	.args = "[NAME.cdisk...]",
+	.summary = "export cdisks over NBD, with a control socket",
+};
+
+static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
+static int readonly;
+
+static struct poptOption options[] = {
+	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
+	  "Serve a disk under a name (repeatable)", "NAME=PATH" },
+	{ "socket", 's', POPT_ARG_STRING, &socket_arg, 0,
+	  "NBD unix socket (default: RUNTIME_DIR/NAME.sock)", "PATH" },
+	{ "tcp", 't', POPT_ARG_STRING, &tcp_arg, 0,
+	  "Also listen on TCP, unencrypted: only on trusted networks", "[HOST:]PORT" },
+	{ "control", '\0', POPT_ARG_STRING, &control_arg, 0,
+	  "Control socket (default: RUNTIME_DIR/cdisk-serve.PID.ctl)", "PATH" },
+	{ "group", 'g', POPT_ARG_STRING, &group_arg, 0,
+	  "Make the sockets 0660 with this group (default 0600)", "GROUP" },
+	{ "read-only", 'r', POPT_ARG_NONE, &readonly, 0,
+	  "Refuse writes to every export", NULL },
+	CLI_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+/* An export from NAME=PATH, or from a bare PATH named by its file name. */
+static void split_export(const char *arg, char *name, size_t nlen, const char **path)
+{
+	const char *eq = strchr(arg, '=');
+	const char *base;
+
+	if (eq) {
+		if ((size_t)(eq - arg) >= nlen || eq == arg || !eq[1])
+			cli_usage_error("invalid export '%s': expected NAME=PATH", arg);
+		memcpy(name, arg, (size_t)(eq - arg));
+		name[eq - arg] = 0;
+		*path = eq + 1;
+		return;
+	}
+	base = strrchr(arg, '/') ? strrchr(arg, '/') + 1 : arg;
+	snprintf(name, nlen, "%s", base);
+	if (strlen(name) > 6 && !strcmp(name + strlen(name) - 6, ".cdisk"))
+		name[strlen(name) - 6] = 0;
+	*path = arg;
+}
+
+static int add_exports(struct cdisk_server *srv, const char **args, char *first,
+		       size_t flen)
+{
+	const char *all[256];
+	size_t n = 0;
+
+	for (size_t i = 0; export_args && export_args[i] && n < 256; i++)
+		all[n++] = export_args[i];
+	for (size_t i = 0; args && args[i] && n < 256; i++)
+		all[n++] = args[i];
+	if (n == 0)
+		cli_usage_error("nothing to serve: give NAME.cdisk or --export NAME=PATH");
+	for (size_t i = 0; i < n; i++) {
+		char name[256];
+		const char *path;
+		int r;
+
+		split_export(all[i], name, sizeof(name), &path);
+		r = cdisk_server_add_export(srv, name, path, readonly);
+		if (r < 0)
+			return r;
+		if (i == 0)
+			snprintf(first, flen, "%s", name);
+	}
+	return 0;
+}
+
+static unsigned socket_mode(void)
+{
+	return group_arg ? 0660 : 0600;
+}
+
+static int give_to_group(struct cdisk_ctx *ctx, const char *path)
+{
+	struct group *g;
+
+	if (!group_arg)
+		return 0;
+	g = getgrnam(group_arg);
+	if (!g) {
+		cli_error("unknown group '%s'", group_arg);
+		return -EINVAL;
+	}
+	if (chown(path, (uid_t)-1, g->gr_gid) < 0) {
+		cli_error("cannot give '%s' to group '%s': %s", path, group_arg,
+			  strerror(errno));
+		return -errno;
+	}
+	(void)ctx;
+	return 0;
+}
+
+static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
+		      const char *runtime_dir, const char *first, char *nbd_path,
+		      size_t len)
+{
+	char control[4096];
+	int r;
+
+	if (socket_arg)
+		snprintf(nbd_path, len, "%s", socket_arg);
+	else if ((size_t)snprintf(nbd_path, len, "%s/%s.sock", runtime_dir, first) >= len)
+		return -ENAMETOOLONG;
+	if (!control_arg) {
+		r = cdisk_control_socket_path(ctx, (unsigned)getpid(), control, sizeof(control));
+		if (r < 0)
+			return r;
+	} else {
+		snprintf(control, sizeof(control), "%s", control_arg);
+	}
+	r = cdisk_server_listen_unix(srv, nbd_path, socket_mode());
+	if (r == 0)
+		r = give_to_group(ctx, nbd_path);
+	if (r == 0)
+		r = cdisk_server_listen_control(srv, control, socket_mode());
+	if (r == 0)
+		r = give_to_group(ctx, control);
+	if (r == 0 && tcp_arg) {
+		char host[256] = "", *colon = strrchr(tcp_arg, ':');
+		const char *port = tcp_arg;
+		if (colon) {
+			snprintf(host, sizeof(host), "%.*s", (int)(colon - tcp_arg), tcp_arg);
+			port = colon + 1;
+		}
+		r = cdisk_server_listen_tcp(srv, host[0] ? host : NULL, port);
+	}
+	return r;
+}
+
+/* systemd's readiness protocol, Type=notify: one datagram to
+ * $NOTIFY_SOCKET once we accept connections. */
+static void notify_ready(void)
+{
+	const char *path = getenv("NOTIFY_SOCKET");
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd;
+
+	if (!path || (path[0] != '/' && path[0] != '@') || strlen(path) >= sizeof(a.sun_path))
+		return;
+	memcpy(a.sun_path, path, strlen(path));
+	if (a.sun_path[0] == '@')
+		a.sun_path[0] = 0;
+	fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	sendto(fd, "READY=1", 7, MSG_NOSIGNAL, (struct sockaddr *)&a,
+	       (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(path)));
+	close(fd);
+}
+
+static int stop_signals(void)
+{
+	sigset_t set;
+
+	signal(SIGPIPE, SIG_IGN);
+	sigemptyset(&set);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGINT);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	return signalfd(-1, &set, SFD_CLOEXEC);
+}
+
+int main(int argc, char **argv)
+{
+	struct cdisk_server *srv = NULL;
+	struct cdisk_ctx *ctx;
+	char first[256], nbd_path[4096];
+	const char **args;
+	int r, stop_fd;
+
+	args = cli_parse(&program, argc, (const char **)argv, options, 0, 256);
+	ctx = cli_context();
+	stop_fd = stop_signals();
+	r = cdisk_server_new(ctx, &srv);
+	if (r == 0)
+		r = add_exports(srv, args, first, sizeof(first));
+	if (r == 0) {
+		mkdir(cdisk_ctx_runtime_dir(ctx), 0755);
+		r = listen_all(ctx, srv, cdisk_ctx_runtime_dir(ctx), first, nbd_path,
+			       sizeof(nbd_path));
+	}
+	if (r == 0) {
+		if (tcp_arg)
+			cli_error("warning: TCP on '%s' is not encrypted", tcp_arg);
+		if (!cli.quiet)
+			cli_error("serving on '%s'", nbd_path);
+		notify_ready();
+		r = cdisk_server_run(srv, stop_fd);
+	}
+	cdisk_server_free(srv);
+	close(stop_fd);
+	r = cli_exit_code(ctx, r);
+	cdisk_ctx_free(ctx);
+	return r;
+}

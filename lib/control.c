@@ -1,0 +1,382 @@
+/* The control socket of a serving process (cdisk-protocol(7)): one JSON
+ * object per line in, one per line out, one request per connection.  The
+ * other programs reach a disk in use through it instead of saying busy. */
+#include <jansson.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "server.h"
+
+#define CONTROL_MAX_LINE (64u * 1024)
+#define CONTROL_TIMEOUT_MS 5000
+#define SCHEMA_VERSION 1
+
+/* ---- the runtime directory and socket names ---- */
+
+int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out,
+			    size_t len)
+{
+	int n = snprintf(out, len, "%s/cdisk-serve.%u.ctl", cfg->runtime_dir, pid);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
+			      size_t len)
+{
+	if (cd_control_path_for_pid(&ctx->cfg, pid, out, len) < 0)
+		return cd_error(ctx, -ENAMETOOLONG, "runtime directory '%s' is too long",
+				ctx->cfg.runtime_dir);
+	return 0;
+}
+
+/* ---- info as JSON, both ways ---- */
+
+static json_t *info_to_json(const struct cdisk_info *i)
+{
+	return json_pack("{s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:s, s:s, s:s, s:b, s:b, "
+			 "s:I, s:b, s:I, s:I, s:I, s:b, s:I, s:s}",
+			 "uuid", i->uuid, "format_version", (int)i->format_version,
+			 "size", (json_int_t)i->size, "block_size", (int)i->block_size,
+			 "blocks", (json_int_t)i->blocks,
+			 "blocks_present", (json_int_t)i->blocks_present,
+			 "blocks_dirty", (json_int_t)i->blocks_dirty, "base", i->base,
+			 "mirror", i->mirror, "meta_backup", i->meta_backup,
+			 "a_valid", i->sb_valid[0] != 0, "b_valid", i->sb_valid[1] != 0,
+			 "sequence", (json_int_t)i->sb_seq,
+			 "closed_cleanly", i->closed_cleanly,
+			 "journal_records_replayed", (json_int_t)i->journal_records,
+			 "recovered_blocks", (json_int_t)i->recovered_blocks,
+			 "host_bytes", (json_int_t)i->file_bytes,
+			 "base_reachable", i->base_reachable,
+			 "base_size", (json_int_t)i->base_size,
+			 "base_error", i->base_error_msg);
+}
+
+static void copy_string(json_t *o, const char *key, char *out, size_t len)
+{
+	const char *v = json_string_value(json_object_get(o, key));
+	snprintf(out, len, "%s", v ? v : "");
+}
+
+static uint64_t get_u64(json_t *o, const char *key)
+{
+	json_int_t v = json_integer_value(json_object_get(o, key));
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+static void info_from_json(json_t *o, struct cdisk_info *i)
+{
+	memset(i, 0, sizeof(*i));
+	copy_string(o, "uuid", i->uuid, sizeof(i->uuid));
+	copy_string(o, "base", i->base, sizeof(i->base));
+	copy_string(o, "mirror", i->mirror, sizeof(i->mirror));
+	copy_string(o, "meta_backup", i->meta_backup, sizeof(i->meta_backup));
+	copy_string(o, "base_error", i->base_error_msg, sizeof(i->base_error_msg));
+	i->format_version = (uint32_t)get_u64(o, "format_version");
+	i->size = get_u64(o, "size");
+	i->block_size = (uint32_t)get_u64(o, "block_size");
+	i->blocks = get_u64(o, "blocks");
+	i->blocks_present = get_u64(o, "blocks_present");
+	i->blocks_dirty = get_u64(o, "blocks_dirty");
+	i->sb_valid[0] = json_is_true(json_object_get(o, "a_valid"));
+	i->sb_valid[1] = json_is_true(json_object_get(o, "b_valid"));
+	i->sb_seq = get_u64(o, "sequence");
+	i->closed_cleanly = json_is_true(json_object_get(o, "closed_cleanly"));
+	i->journal_records = get_u64(o, "journal_records_replayed");
+	i->recovered_blocks = get_u64(o, "recovered_blocks");
+	i->file_bytes = get_u64(o, "host_bytes");
+	i->base_reachable = json_is_true(json_object_get(o, "base_reachable"));
+	i->base_size = get_u64(o, "base_size");
+}
+
+/* ---- server side ---- */
+
+int cdisk_server_listen_control(struct cdisk_server *s, const char *path,
+				unsigned mode)
+{
+	int fd, r = cd_listen_unix(s->ctx, path, (mode_t)mode, &fd);
+
+	if (r < 0)
+		return r;
+	s->control_fd = fd;
+	s->control_path = strdup(path);
+	return 0;
+}
+
+static json_t *error_reply(int err, const char *fmt, ...) CD_PRINTF(2, 3);
+
+static json_t *error_reply(int err, const char *fmt, ...)
+{
+	char msg[512];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return json_pack("{s:i, s:b, s:s, s:i}", "schema_version", SCHEMA_VERSION,
+			 "ok", 0, "error", msg, "exit_code", cdisk_exit_code(err));
+}
+
+static json_t *ok_reply(void)
+{
+	return json_pack("{s:i, s:b}", "schema_version", SCHEMA_VERSION, "ok", 1);
+}
+
+static json_t *export_status(const struct cd_export *e)
+{
+	struct cdisk_info i;
+
+	cdisk_get_info(e->disk, &i);
+	return json_pack("{s:s, s:s, s:I, s:i, s:b, s:i, s:I, s:I, s:I, s:s}",
+			 "name", e->name, "disk", e->path, "size", (json_int_t)i.size,
+			 "block_size", (int)i.block_size, "read_only", e->readonly,
+			 "connections", (int)__atomic_load_n(&e->connections, __ATOMIC_RELAXED),
+			 "requests", (json_int_t)__atomic_load_n(&e->requests, __ATOMIC_RELAXED),
+			 "blocks_present", (json_int_t)i.blocks_present,
+			 "blocks_dirty", (json_int_t)i.blocks_dirty, "base", i.base);
+}
+
+static json_t *cmd_status(struct cdisk_server *s)
+{
+	json_t *list = json_array(), *r = ok_reply();
+
+	for (size_t i = 0; i < s->nexports; i++)
+		json_array_append_new(list, export_status(&s->exports[i]));
+	json_object_set_new(r, "pid", json_integer(getpid()));
+	json_object_set_new(r, "exports", list);
+	return r;
+}
+
+/* The export serving a disk, by the disk's path as any opener names it. */
+static struct cd_export *export_for_disk(struct cdisk_server *s, const char *path)
+{
+	char want[4096], have[4096];
+
+	if (!realpath(path, want))
+		return NULL;
+	for (size_t i = 0; i < s->nexports; i++)
+		if (realpath(s->exports[i].path, have) && strcmp(want, have) == 0)
+			return &s->exports[i];
+	return NULL;
+}
+
+static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
+{
+	const char *name = json_string_value(json_object_get(req, "export"));
+
+	for (size_t i = 0; i < s->nexports; i++) {
+		struct cd_export *e = &s->exports[i];
+		if (name && strcmp(e->name, name) != 0)
+			continue;
+		int r = cdisk_flush(e->disk);
+		if (r < 0)
+			return error_reply(r, "%s", cdisk_ctx_error(s->ctx));
+		if (name)
+			return ok_reply();
+	}
+	return name ? error_reply(-ENOENT, "no export named '%s'", name) : ok_reply();
+}
+
+static json_t *cmd_info(struct cdisk_server *s, json_t *req)
+{
+	const char *disk = json_string_value(json_object_get(req, "disk"));
+	struct cd_export *e = disk ? export_for_disk(s, disk) : NULL;
+	struct cdisk_info info;
+	json_t *r;
+
+	if (!disk)
+		return error_reply(-EINVAL, "'info' needs \"disk\"");
+	if (!e)
+		return error_reply(-ENOENT, "'%s' is not served here", disk);
+	cdisk_get_info(e->disk, &info);
+	r = ok_reply();
+	json_object_set_new(r, "export", json_string(e->name));
+	json_object_set_new(r, "info", info_to_json(&info));
+	return r;
+}
+
+static json_t *dispatch(struct cdisk_server *s, const char *line)
+{
+	json_error_t jerr;
+	json_t *req = json_loads(line, 0, &jerr), *reply;
+	const char *command;
+
+	if (!req || !json_is_object(req)) {
+		json_decref(req);
+		return error_reply(-EINVAL, "request is not a JSON object: %s",
+				   req ? "wrong type" : jerr.text);
+	}
+	command = json_string_value(json_object_get(req, "command"));
+	if (!command)
+		reply = error_reply(-EINVAL, "request has no \"command\"");
+	else if (!strcmp(command, "status"))
+		reply = cmd_status(s);
+	else if (!strcmp(command, "flush"))
+		reply = cmd_flush(s, req);
+	else if (!strcmp(command, "info"))
+		reply = cmd_info(s, req);
+	else
+		reply = error_reply(-EINVAL, "unknown command '%.100s'", command);
+	json_decref(req);
+	return reply;
+}
+
+/* Read one line, with a deadline: a silent or endless client gets an
+ * error, not our attention forever. */
+static int read_line(int fd, char *buf, size_t max)
+{
+	size_t have = 0;
+
+	while (have < max - 1) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, CONTROL_TIMEOUT_MS) <= 0)
+			return -ETIMEDOUT;
+		n = recv(fd, buf + have, max - 1 - have, 0);
+		if (n <= 0)
+			return have ? (buf[have] = 0, 0) : -ECONNRESET;
+		have += (size_t)n;
+		buf[have] = 0;
+		if (memchr(buf, '\n', have))
+			return 0;
+	}
+	return -E2BIG;
+}
+
+static void send_json(int fd, json_t *j)
+{
+	char *text = json_dumps(j, JSON_COMPACT);
+
+	if (text) {
+		size_t n = strlen(text);
+		text[n] = '\n';
+		send(fd, text, n + 1, MSG_NOSIGNAL);
+		free(text);
+	}
+	json_decref(j);
+}
+
+void cd_control_serve_one(struct cdisk_server *s)
+{
+	int fd = accept4(s->control_fd, NULL, NULL, SOCK_CLOEXEC);
+	char *line = malloc(CONTROL_MAX_LINE);
+	int r;
+
+	if (fd < 0 || !line) {
+		if (fd >= 0)
+			close(fd);
+		free(line);
+		return;
+	}
+	r = read_line(fd, line, CONTROL_MAX_LINE);
+	if (r == -E2BIG)
+		send_json(fd, error_reply(-EINVAL, "request longer than %u bytes",
+					  CONTROL_MAX_LINE));
+	else if (r == 0)
+		send_json(fd, dispatch(s, line));
+	close(fd);
+	free(line);
+}
+
+/* ---- client side ---- */
+
+static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		json_t **out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char *text = json_dumps(req, JSON_COMPACT), *line = malloc(CONTROL_MAX_LINE);
+	int fd = -1, r;
+	json_error_t jerr;
+
+	if (!text || !line || strlen(socket_path) >= sizeof(a.sun_path)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(a.sun_path, socket_path, strlen(socket_path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		r = -errno;
+		goto out;
+	}
+	size_t n = strlen(text);
+	text[n] = '\n';
+	if (send(fd, text, n + 1, MSG_NOSIGNAL) != (ssize_t)(n + 1)) {
+		r = -EIO;
+		goto out;
+	}
+	r = read_line(fd, line, CONTROL_MAX_LINE);
+	if (r < 0)
+		goto out;
+	*out = json_loads(line, 0, &jerr);
+	r = *out ? 0 : -EBADMSG;
+out:
+	if (r < 0 && r != -ENOMEM)
+		cd_error(ctx, r, "control socket '%s': %s", socket_path, strerror(-r));
+	if (fd >= 0)
+		close(fd);
+	free(text);
+	free(line);
+	return r;
+}
+
+int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
+			  struct cdisk_info *info)
+{
+	char busy[sizeof(ctx->error)], sock[4096];
+	struct cdisk *d;
+	json_t *req, *reply = NULL;
+	unsigned pid;
+	int r;
+
+	memcpy(busy, ctx->error, sizeof(busy));
+	r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
+	if (r < 0)
+		goto busy;
+	pid = d->sb.owner_pid;
+	cd_disk_free(d);
+	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, sizeof(sock)) < 0)
+		goto busy;
+	req = json_pack("{s:s, s:s}", "command", "info", "disk", path);
+	r = call(ctx, sock, req, &reply);
+	json_decref(req);
+	if (r < 0)
+		goto busy;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		json_decref(reply);
+		r = cd_error(ctx, -EBUSY, "'%s' is busy: in use by pid %u, which says: %s",
+			     path, pid, e ? e : "(no message)");
+		return r;
+	}
+	info_from_json(json_object_get(reply, "info"), info);
+	json_decref(reply);
+	return 0;
+busy:
+	/* No owner to ask: the original "busy" stands. */
+	memcpy(ctx->error, busy, sizeof(busy));
+	return -EBUSY;
+}
+
+int cdisk_control_call(struct cdisk_ctx *ctx, const char *socket_path,
+		       const char *request, char **response)
+{
+	json_error_t jerr;
+	json_t *req = json_loads(request, 0, &jerr), *reply = NULL;
+	int r;
+
+	if (!req)
+		return cd_error(ctx, -EINVAL, "request is not JSON: %s", jerr.text);
+	r = call(ctx, socket_path, req, &reply);
+	json_decref(req);
+	if (r < 0)
+		return r;
+	*response = json_dumps(reply, JSON_COMPACT);
+	json_decref(reply);
+	return *response ? 0 : -ENOMEM;
+}

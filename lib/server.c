@@ -1,0 +1,1111 @@
+/* cdisk-serve's engine: cdisks exported over NBD (fixed newstyle, as the
+ * NBD project documents the protocol).
+ *
+ * Each connection has a reader thread, which does the handshake and then
+ * reads requests, and a few workers that carry them out and reply, in
+ * whatever order they finish.  The queue between them is bounded in
+ * requests and in bytes, so a client that sends faster than the disk
+ * takes, or never reads its replies, is slowed by TCP, not by our memory.
+ * Every export is one shared disk handle, so a flush on any connection
+ * covers the writes of all of them: multi-conn is safe and advertised. */
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "internal.h"
+#include "nbd.h"
+#include "server.h"
+
+#define WORKERS 4
+#define QUEUE_REQUESTS 64
+#define QUEUE_BYTES (64u << 20)
+#define HANDSHAKE_TIMEOUT 30
+#define SEND_TIMEOUT 60
+
+struct request {
+	uint16_t flags, type;
+	uint64_t cookie, offset;
+	uint32_t length;
+	uint8_t *data;          /* a write's payload */
+	struct request *next;
+};
+
+struct conn {
+	struct cdisk_server *srv;
+	int fd;
+	pthread_t reader;
+	struct cd_export *exp;
+	bool structured, meta_alloc;
+	bool done;              /* reader finished; joinable */
+	pthread_mutex_t send_lock;
+	pthread_mutex_t qlock;
+	pthread_cond_t qcond, qspace;
+	struct request *qhead, *qtail;
+	unsigned qlen;
+	uint64_t qbytes;
+	bool closing;           /* no more requests will be queued */
+	bool broken;            /* a send failed: stop replying */
+	pthread_t workers[WORKERS];
+	struct conn *next;
+};
+
+/* ---- wire helpers ---- */
+
+static void put_be16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)(v >> 8);
+	p[1] = (uint8_t)v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (24 - 8 * i));
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (56 - 8 * i));
+}
+
+static uint16_t get_be16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] << 8 | p[1]);
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+	return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	return (uint64_t)get_be32(p) << 32 | get_be32(p + 4);
+}
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int send_iov(int fd, struct iovec *iov, int n)
+{
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+
+	while (msg.msg_iovlen) {
+		ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		while (msg.msg_iovlen && (size_t)w >= msg.msg_iov->iov_len) {
+			w -= (ssize_t)msg.msg_iov->iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		if (w) {
+			msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + w;
+			msg.msg_iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+static int send_all(int fd, const void *buf, size_t len)
+{
+	struct iovec iov = { (void *)buf, len };
+
+	return send_iov(fd, &iov, 1);
+}
+
+/* ---- exports ---- */
+
+struct cd_export *cd_server_find_export(struct cdisk_server *srv, const char *name)
+{
+	if (!*name && srv->nexports)
+		return &srv->exports[0];
+	for (size_t i = 0; i < srv->nexports; i++)
+		if (strcmp(srv->exports[i].name, name) == 0)
+			return &srv->exports[i];
+	return NULL;
+}
+
+static uint16_t export_flags(const struct cd_export *e)
+{
+	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
+		     NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_DF;
+
+	if (e->readonly)
+		f |= NBD_FLAG_READ_ONLY;
+	else
+		f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
+		     NBD_FLAG_SEND_FAST_ZERO;
+	return f;
+}
+
+/* NBD allows at most 64 KiB as the minimum block size; larger blocks
+ * take smaller requests by read-modify-write. */
+static uint32_t min_block(const struct cd_export *e)
+{
+	uint32_t bs = cdisk_block_size(e->disk);
+	return bs > 65536 ? 65536 : bs;
+}
+
+/* ---- handshake ---- */
+
+static int opt_reply(struct conn *c, uint32_t opt, uint32_t type,
+		     const void *data, uint32_t len)
+{
+	uint8_t h[20];
+	struct iovec iov[2] = { { h, sizeof(h) }, { (void *)data, len } };
+
+	put_be64(h, NBD_REP_MAGIC);
+	put_be32(h + 8, opt);
+	put_be32(h + 12, type);
+	put_be32(h + 16, len);
+	return send_iov(c->fd, iov, len ? 2 : 1);
+}
+
+static int opt_error(struct conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+	CD_PRINTF(4, 5);
+
+static int opt_error(struct conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
+{
+	char msg[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	return opt_reply(c, opt, type, msg, (uint32_t)strlen(msg));
+}
+
+static int send_info_export(struct conn *c, uint32_t opt, const struct cd_export *e)
+{
+	uint8_t b[12];
+
+	put_be16(b, NBD_INFO_EXPORT);
+	put_be64(b + 2, cdisk_size(e->disk));
+	put_be16(b + 10, export_flags(e));
+	return opt_reply(c, opt, NBD_REP_INFO, b, sizeof(b));
+}
+
+static int send_info_block_size(struct conn *c, uint32_t opt, const struct cd_export *e)
+{
+	uint8_t b[14];
+	uint32_t pref = cdisk_block_size(e->disk) < 4096 ? 4096 : cdisk_block_size(e->disk);
+
+	put_be16(b, NBD_INFO_BLOCK_SIZE);
+	put_be32(b + 2, min_block(e));
+	put_be32(b + 6, pref);
+	put_be32(b + 10, NBD_MAX_PAYLOAD);
+	return opt_reply(c, opt, NBD_REP_INFO, b, sizeof(b));
+}
+
+static int send_info_name(struct conn *c, uint32_t opt, const struct cd_export *e)
+{
+	size_t n = strlen(e->name);
+	uint8_t *b = malloc(2 + n);
+	int r;
+
+	if (!b)
+		return -ENOMEM;
+	put_be16(b, NBD_INFO_NAME);
+	memcpy(b + 2, e->name, n);
+	r = opt_reply(c, opt, NBD_REP_INFO, b, (uint32_t)(2 + n));
+	free(b);
+	return r;
+}
+
+/* A name (u32 length, bytes) inside an option's payload. */
+static bool take_string(const uint8_t **p, const uint8_t *end, char *out, size_t max)
+{
+	uint32_t n;
+
+	if (end - *p < 4)
+		return false;
+	n = get_be32(*p);
+	*p += 4;
+	if (n > (uint64_t)(end - *p) || n >= max || memchr(*p, 0, n))
+		return false;
+	memcpy(out, *p, n);
+	out[n] = 0;
+	*p += n;
+	return true;
+}
+
+/* NBD_OPT_INFO and NBD_OPT_GO.  Returns 1 when GO succeeded. */
+static int opt_info_go(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
+{
+	const uint8_t *end = p + len;
+	char name[NBD_MAX_STRING + 1];
+	struct cd_export *e;
+	bool want_name = false;
+	uint16_t nreq;
+	int r;
+
+	if (!take_string(&p, end, name, sizeof(name)) || end - p < 2)
+		return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
+	nreq = get_be16(p);
+	p += 2;
+	if ((size_t)(end - p) != (size_t)nreq * 2)
+		return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
+	for (uint16_t i = 0; i < nreq; i++)
+		if (get_be16(p + 2 * i) == NBD_INFO_NAME)
+			want_name = true;
+	e = cd_server_find_export(c->srv, name);
+	if (!e)
+		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
+	/* Block sizes are always sent: our minimum is the disk's block. */
+	r = send_info_export(c, opt, e);
+	if (r == 0)
+		r = send_info_block_size(c, opt, e);
+	if (r == 0 && want_name)
+		r = send_info_name(c, opt, e);
+	if (r == 0)
+		r = opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+	if (r < 0 || opt == NBD_OPT_INFO)
+		return r;
+	c->exp = e;
+	return 1;
+}
+
+static int opt_list(struct conn *c, uint32_t len)
+{
+	if (len)
+		return opt_error(c, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "LIST takes no data");
+	for (size_t i = 0; i < c->srv->nexports; i++) {
+		const char *name = c->srv->exports[i].name;
+		size_t n = strlen(name);
+		uint8_t *b = malloc(4 + n);
+		int r;
+
+		if (!b)
+			return -ENOMEM;
+		put_be32(b, (uint32_t)n);
+		memcpy(b + 4, name, n);
+		r = opt_reply(c, NBD_OPT_LIST, NBD_REP_SERVER, b, (uint32_t)(4 + n));
+		free(b);
+		if (r < 0)
+			return r;
+	}
+	return opt_reply(c, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+}
+
+static int send_meta_context(struct conn *c, uint32_t opt)
+{
+	uint8_t b[4 + sizeof(NBD_META_BASE_ALLOCATION) - 1];
+
+	put_be32(b, NBD_META_ID_ALLOCATION);
+	memcpy(b + 4, NBD_META_BASE_ALLOCATION, sizeof(NBD_META_BASE_ALLOCATION) - 1);
+	return opt_reply(c, opt, NBD_REP_META_CONTEXT, b, sizeof(b));
+}
+
+/* NBD_OPT_LIST_META_CONTEXT and NBD_OPT_SET_META_CONTEXT: the one context
+ * we have is base:allocation. */
+static int opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t len)
+{
+	const uint8_t *end = p + len;
+	char name[NBD_MAX_STRING + 1], query[NBD_MAX_STRING + 1];
+	bool found = false;
+	uint32_t nq;
+	int r = 0;
+
+	if (opt == NBD_OPT_SET_META_CONTEXT && !c->structured)
+		return opt_error(c, opt, NBD_REP_ERR_INVALID,
+				 "structured replies must be negotiated first");
+	if (!take_string(&p, end, name, sizeof(name)) || end - p < 4)
+		return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
+	nq = get_be32(p);
+	p += 4;
+	if (!cd_server_find_export(c->srv, name))
+		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
+	if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
+		found = true;
+	for (uint32_t i = 0; i < nq; i++) {
+		if (!take_string(&p, end, query, sizeof(query)))
+			return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
+		if (!strcmp(query, NBD_META_BASE_ALLOCATION) ||
+		    (opt == NBD_OPT_LIST_META_CONTEXT && !strcmp(query, "base:")))
+			found = true;
+	}
+	if (p != end)
+		return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
+	if (opt == NBD_OPT_SET_META_CONTEXT)
+		c->meta_alloc = found;
+	if (found)
+		r = send_meta_context(c, opt);
+	return r < 0 ? r : opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+}
+
+static int opt_export_name(struct conn *c, const uint8_t *p, uint32_t len,
+			   bool no_zeroes)
+{
+	char name[NBD_MAX_STRING + 1];
+	uint8_t b[10 + 124] = { 0 };
+
+	if (len > NBD_MAX_STRING || memchr(p, 0, len))
+		return -EINVAL;
+	memcpy(name, p, len);
+	name[len] = 0;
+	/* This old option has no way to say no: the connection just ends. */
+	c->exp = cd_server_find_export(c->srv, name);
+	if (!c->exp)
+		return -ENOENT;
+	put_be64(b, cdisk_size(c->exp->disk));
+	put_be16(b + 8, export_flags(c->exp));
+	return send_all(c->fd, b, no_zeroes ? 10 : sizeof(b)) < 0 ? -EIO : 1;
+}
+
+/* Returns 1 when the connection enters transmission, 0 or < 0 to close. */
+static int handshake(struct conn *c)
+{
+	uint8_t hello[18], cf[4], oh[16];
+	uint32_t client_flags;
+	int r;
+
+	put_be64(hello, NBD_MAGIC);
+	put_be64(hello + 8, NBD_IHAVEOPT);
+	put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
+	if (send_all(c->fd, hello, sizeof(hello)) < 0 || recv_all(c->fd, cf, 4) < 0)
+		return -EIO;
+	client_flags = get_be32(cf);
+	if (!(client_flags & NBD_FLAG_C_FIXED_NEWSTYLE) ||
+	    client_flags & ~(uint32_t)(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES))
+		return -EPROTO;
+	for (;;) {
+		uint32_t opt, len;
+		uint8_t *data = NULL;
+
+		if (recv_all(c->fd, oh, sizeof(oh)) < 0)
+			return -EIO;
+		if (get_be64(oh) != NBD_IHAVEOPT)
+			return -EPROTO;
+		opt = get_be32(oh + 8);
+		len = get_be32(oh + 12);
+		if (len > NBD_MAX_OPTION) {
+			/* Refuse without reading a huge payload we would only drop. */
+			opt_error(c, opt, NBD_REP_ERR_TOO_BIG, "option too long");
+			return -EPROTO;
+		}
+		if (len && (!(data = malloc(len)) || recv_all(c->fd, data, len) < 0)) {
+			free(data);
+			return -EIO;
+		}
+		switch (opt) {
+		case NBD_OPT_EXPORT_NAME:
+			r = opt_export_name(c, data, len, client_flags & NBD_FLAG_C_NO_ZEROES);
+			free(data);
+			return r;
+		case NBD_OPT_ABORT:
+			opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+			free(data);
+			return 0;
+		case NBD_OPT_LIST:
+			r = opt_list(c, len);
+			break;
+		case NBD_OPT_INFO:
+		case NBD_OPT_GO:
+			r = opt_info_go(c, opt, data, len);
+			break;
+		case NBD_OPT_STRUCTURED_REPLY:
+			if (len) {
+				r = opt_error(c, opt, NBD_REP_ERR_INVALID, "takes no data");
+				break;
+			}
+			c->structured = true;
+			r = opt_reply(c, opt, NBD_REP_ACK, NULL, 0);
+			break;
+		case NBD_OPT_LIST_META_CONTEXT:
+		case NBD_OPT_SET_META_CONTEXT:
+			r = opt_meta_context(c, opt, data, len);
+			break;
+		case NBD_OPT_STARTTLS:
+			r = opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not offered on "
+				      "this socket");
+			break;
+		default:
+			r = opt_error(c, opt, NBD_REP_ERR_UNSUP, "option %u is not supported", opt);
+			break;
+		}
+		free(data);
+		if (r != 0)
+			return r;
+	}
+}
+
+/* ---- transmission ---- */
+
+static uint32_t nbd_errno(int err)
+{
+	switch (-err) {
+	case 0:
+		return 0;
+	case EPERM:
+	case EACCES:
+	case EROFS:
+		return NBD_EPERM;
+	case EINVAL:
+	case ERANGE:
+		return NBD_EINVAL;
+	case ENOSPC:
+	case EFBIG:
+		return NBD_ENOSPC;
+	case ENOMEM:
+		return NBD_ENOMEM;
+	case ENOTSUP:
+		return NBD_ENOTSUP;
+	case ESHUTDOWN:
+		return NBD_ESHUTDOWN;
+	case EOVERFLOW:
+		return NBD_EOVERFLOW;
+	default:
+		return NBD_EIO;
+	}
+}
+
+/* Replies are whole messages: one sender at a time on a connection. */
+static int send_reply(struct conn *c, struct iovec *iov, int n)
+{
+	pthread_mutex_lock(&c->send_lock);
+	int r = send_iov(c->fd, iov, n);
+	pthread_mutex_unlock(&c->send_lock);
+	return r;
+}
+
+static int reply_simple(struct conn *c, const struct request *q, uint32_t err,
+			const void *data, size_t len)
+{
+	uint8_t h[16];
+	struct iovec iov[2] = { { h, sizeof(h) }, { (void *)data, len } };
+
+	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
+	put_be32(h + 4, err);
+	put_be64(h + 8, q->cookie);
+	return send_reply(c, iov, len && !err ? 2 : 1);
+}
+
+static int reply_chunk(struct conn *c, const struct request *q, uint16_t type,
+		       const void *pre, size_t prelen, const void *data, size_t len)
+{
+	uint8_t h[20];
+	struct iovec iov[3] = { { h, sizeof(h) }, { (void *)pre, prelen },
+				{ (void *)data, len } };
+
+	put_be32(h, NBD_STRUCTURED_REPLY_MAGIC);
+	put_be16(h + 4, NBD_REPLY_FLAG_DONE);
+	put_be16(h + 6, type);
+	put_be64(h + 8, q->cookie);
+	put_be32(h + 16, (uint32_t)(prelen + len));
+	return send_reply(c, iov, len ? 3 : prelen ? 2 : 1);
+}
+
+static int reply_error(struct conn *c, const struct request *q, int err,
+		       const char *msg)
+{
+	uint8_t pre[6];
+	size_t n = msg ? strnlen(msg, 1024) : 0;
+
+	if (!c->structured)
+		return reply_simple(c, q, nbd_errno(err), NULL, 0);
+	put_be32(pre, nbd_errno(err));
+	put_be16(pre + 4, (uint16_t)n);
+	return reply_chunk(c, q, NBD_REPLY_TYPE_ERROR, pre, sizeof(pre), msg, n);
+}
+
+static int reply_ok(struct conn *c, const struct request *q)
+{
+	return c->structured ? reply_chunk(c, q, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0)
+			     : reply_simple(c, q, 0, NULL, 0);
+}
+
+static bool aligned(const struct cdisk *d, uint64_t off, uint64_t len)
+{
+	return ((off | len) & (cdisk_block_size(d) - 1)) == 0;
+}
+
+static int do_read(struct conn *c, const struct request *q)
+{
+	struct cdisk *d = c->exp->disk;
+	uint8_t *buf, pre[8];
+	int r;
+
+	if (q->length > NBD_MAX_PAYLOAD)
+		return reply_error(c, q, -EINVAL, "read larger than 32 MiB");
+	buf = malloc(q->length ? q->length : 1);
+	if (!buf)
+		return reply_error(c, q, -ENOMEM, "out of memory");
+	r = aligned(d, q->offset, q->length) ? cdisk_pread(d, buf, q->length, q->offset)
+					     : cdisk_pread_unaligned(d, buf, q->length, q->offset);
+	if (r < 0) {
+		free(buf);
+		return reply_error(c, q, r, cdisk_ctx_error(c->srv->ctx));
+	}
+	if (c->structured) {
+		put_be64(pre, q->offset);
+		r = reply_chunk(c, q, NBD_REPLY_TYPE_OFFSET_DATA, pre, 8, buf, q->length);
+	} else {
+		r = reply_simple(c, q, 0, buf, q->length);
+	}
+	free(buf);
+	return r;
+}
+
+static int write_zeroes_nohole(struct cdisk *d, uint64_t off, uint32_t len)
+{
+	size_t chunk = len < (1u << 20) ? len : (1u << 20);
+	uint8_t *zeros = calloc(1, chunk ? chunk : 1);
+	int r = zeros ? 0 : -ENOMEM;
+
+	for (uint64_t done = 0; r == 0 && done < len; done += chunk) {
+		size_t n = len - done < chunk ? (size_t)(len - done) : chunk;
+		r = cdisk_pwrite_unaligned(d, zeros, n, off + done);
+	}
+	free(zeros);
+	return r;
+}
+
+static int do_trim(struct cdisk *d, uint64_t off, uint32_t len)
+{
+	/* Trim is advice: only whole blocks are released. */
+	uint64_t bs = cdisk_block_size(d);
+	uint64_t first = cd_round_up(off, bs), end = (off + len) / bs * bs;
+
+	return end > first ? cdisk_discard(d, (size_t)(end - first), first) : 0;
+}
+
+static int do_block_status(struct conn *c, const struct request *q)
+{
+	size_t max = q->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : 512, n = 0;
+	struct cdisk_extent ext[512];
+	uint8_t *b;
+	int r;
+
+	if (!c->meta_alloc)
+		return reply_error(c, q, -EINVAL, "no metadata context was negotiated");
+	r = cdisk_block_status(c->exp->disk, q->offset, q->length, ext, max, &n);
+	if (r < 0)
+		return reply_error(c, q, r, cdisk_ctx_error(c->srv->ctx));
+	b = malloc(4 + 8 * n);
+	if (!b)
+		return reply_error(c, q, -ENOMEM, "out of memory");
+	put_be32(b, NBD_META_ID_ALLOCATION);
+	for (size_t i = 0; i < n; i++) {
+		uint64_t l = ext[i].length > 0xfffff000u ? 0xfffff000u : ext[i].length;
+		put_be32(b + 4 + 8 * i, (uint32_t)l);
+		put_be32(b + 8 + 8 * i, ext[i].zero ? NBD_STATE_HOLE | NBD_STATE_ZERO : 0);
+	}
+	r = reply_chunk(c, q, NBD_REPLY_TYPE_BLOCK_STATUS, b, 4 + 8 * n, NULL, 0);
+	free(b);
+	return r;
+}
+
+/* Checks every request must pass, in the protocol's terms. */
+static int validate(struct conn *c, const struct request *q, const char **why)
+{
+	struct cd_export *e = c->exp;
+	uint16_t allowed = NBD_CMD_FLAG_FUA;
+
+	switch (q->type) {
+	case NBD_CMD_READ:
+		allowed |= NBD_CMD_FLAG_DF;
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		allowed |= NBD_CMD_FLAG_NO_HOLE | NBD_CMD_FLAG_FAST_ZERO;
+		break;
+	case NBD_CMD_BLOCK_STATUS:
+		allowed |= NBD_CMD_FLAG_REQ_ONE;
+		break;
+	case NBD_CMD_WRITE:
+	case NBD_CMD_TRIM:
+	case NBD_CMD_FLUSH:
+		break;
+	default:
+		*why = "unknown command";
+		return -EINVAL;
+	}
+	if (q->flags & ~allowed) {
+		*why = "unknown or misplaced flags";
+		return -EINVAL;
+	}
+	if (q->type == NBD_CMD_FLUSH)
+		return q->offset || q->length ? (*why = "flush takes no range", -EINVAL) : 0;
+	if (q->length == 0 || q->offset > cdisk_size(e->disk) ||
+	    q->length > cdisk_size(e->disk) - q->offset) {
+		*why = "request outside the export";
+		return q->type == NBD_CMD_WRITE || q->type == NBD_CMD_WRITE_ZEROES ?
+		       -ENOSPC : -EINVAL;
+	}
+	if (e->readonly && q->type != NBD_CMD_READ && q->type != NBD_CMD_BLOCK_STATUS) {
+		*why = "the export is read-only";
+		return -EPERM;
+	}
+	if ((q->offset | q->length) & (min_block(e) - 1) && q->type != NBD_CMD_TRIM) {
+		*why = "request not aligned to the minimum block size";
+		return -EINVAL;
+	}
+	return 0;
+}
+
+static int execute(struct conn *c, struct request *q)
+{
+	struct cdisk *d = c->exp->disk;
+	const char *why = NULL;
+	int r = validate(c, q, &why);
+
+	if (r < 0)
+		return reply_error(c, q, r, why);
+	switch (q->type) {
+	case NBD_CMD_READ:
+		return do_read(c, q);
+	case NBD_CMD_BLOCK_STATUS:
+		return do_block_status(c, q);
+	case NBD_CMD_WRITE:
+		r = aligned(d, q->offset, q->length) ?
+		    cdisk_pwrite(d, q->data, q->length, q->offset) :
+		    cdisk_pwrite_unaligned(d, q->data, q->length, q->offset);
+		break;
+	case NBD_CMD_WRITE_ZEROES:
+		r = q->flags & NBD_CMD_FLAG_NO_HOLE ? write_zeroes_nohole(d, q->offset, q->length)
+						    : cdisk_write_zeroes_unaligned(d, q->length,
+										  q->offset);
+		break;
+	case NBD_CMD_TRIM:
+		r = do_trim(d, q->offset, q->length);
+		break;
+	case NBD_CMD_FLUSH:
+		r = cdisk_flush(d);
+		break;
+	}
+	if (r == 0 && q->flags & NBD_CMD_FLAG_FUA)
+		r = cdisk_flush(d);
+	__atomic_add_fetch(&c->exp->requests, 1, __ATOMIC_RELAXED);
+	if (r < 0)
+		return reply_error(c, q, r, cdisk_ctx_error(c->srv->ctx));
+	return reply_ok(c, q);
+}
+
+static void *worker(void *arg)
+{
+	struct conn *c = arg;
+
+	for (;;) {
+		struct request *q;
+
+		pthread_mutex_lock(&c->qlock);
+		while (!c->qhead && !c->closing)
+			pthread_cond_wait(&c->qcond, &c->qlock);
+		q = c->qhead;
+		if (!q) {
+			pthread_mutex_unlock(&c->qlock);
+			return NULL;
+		}
+		c->qhead = q->next;
+		if (!c->qhead)
+			c->qtail = NULL;
+		c->qlen--;
+		c->qbytes -= q->type == NBD_CMD_WRITE ? q->length : 0;
+		pthread_cond_signal(&c->qspace);
+		pthread_mutex_unlock(&c->qlock);
+
+		if (!__atomic_load_n(&c->broken, __ATOMIC_RELAXED)) {
+			int r = execute(c, q);
+			if (r < 0) {
+				__atomic_store_n(&c->broken, true, __ATOMIC_RELAXED);
+				shutdown(c->fd, SHUT_RDWR);
+			}
+		}
+		free(q->data);
+		free(q);
+	}
+}
+
+static void enqueue(struct conn *c, struct request *q)
+{
+	pthread_mutex_lock(&c->qlock);
+	while (c->qlen >= QUEUE_REQUESTS || c->qbytes > QUEUE_BYTES)
+		pthread_cond_wait(&c->qspace, &c->qlock);
+	if (c->qtail)
+		c->qtail->next = q;
+	else
+		c->qhead = q;
+	c->qtail = q;
+	c->qlen++;
+	c->qbytes += q->type == NBD_CMD_WRITE ? q->length : 0;
+	pthread_cond_signal(&c->qcond);
+	pthread_mutex_unlock(&c->qlock);
+}
+
+/* Read requests until the client disconnects, says goodbye, or breaks
+ * the protocol badly enough that the stream cannot be followed. */
+static void transmission(struct conn *c)
+{
+	uint8_t h[28];
+
+	for (;;) {
+		struct request *q;
+
+		if (recv_all(c->fd, h, sizeof(h)) < 0 || get_be32(h) != NBD_REQUEST_MAGIC)
+			return;
+		q = calloc(1, sizeof(*q));
+		if (!q)
+			return;
+		q->flags = get_be16(h + 4);
+		q->type = get_be16(h + 6);
+		q->cookie = get_be64(h + 8);
+		q->offset = get_be64(h + 16);
+		q->length = get_be32(h + 24);
+		if (q->type == NBD_CMD_DISC) {
+			free(q);
+			return;
+		}
+		if (q->type == NBD_CMD_WRITE) {
+			/* A payload we will not hold: the stream is lost. */
+			if (q->length > NBD_MAX_PAYLOAD || !(q->data = malloc(q->length ? q->length : 1)) ||
+			    recv_all(c->fd, q->data, q->length) < 0) {
+				free(q->data);
+				free(q);
+				return;
+			}
+		}
+		enqueue(c, q);
+	}
+}
+
+static void set_timeouts(int fd, int recv_seconds, int send_seconds)
+{
+	struct timeval rt = { .tv_sec = recv_seconds }, st = { .tv_sec = send_seconds };
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof(rt));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
+}
+
+static void *connection(void *arg)
+{
+	struct conn *c = arg;
+	int workers = 0;
+
+	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
+	if (handshake(c) == 1) {
+		__atomic_add_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
+		/* An idle client may stay as long as it likes. */
+		set_timeouts(c->fd, 0, SEND_TIMEOUT);
+		for (; workers < WORKERS; workers++)
+			if (pthread_create(&c->workers[workers], NULL, worker, c) != 0)
+				break;
+		if (workers)
+			transmission(c);
+		pthread_mutex_lock(&c->qlock);
+		c->closing = true;
+		pthread_cond_broadcast(&c->qcond);
+		pthread_mutex_unlock(&c->qlock);
+		for (int i = 0; i < workers; i++)
+			pthread_join(c->workers[i], NULL);
+		__atomic_sub_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_lock(&c->srv->lock);
+	close(c->fd);
+	c->fd = -1;
+	c->done = true;
+	pthread_mutex_unlock(&c->srv->lock);
+	return NULL;
+}
+
+/* ---- the server ---- */
+
+int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
+{
+	struct cdisk_server *s = calloc(1, sizeof(*s));
+
+	if (!s)
+		return cd_error(ctx, -ENOMEM, "out of memory");
+	s->ctx = ctx;
+	s->control_fd = -1;
+	pthread_mutex_init(&s->lock, NULL);
+	*out = s;
+	return 0;
+}
+
+int cdisk_server_add_export(struct cdisk_server *s, const char *name,
+			    const char *path, bool readonly)
+{
+	struct cd_export *e;
+	struct cdisk *d;
+	int r;
+
+	if (!*name || strlen(name) > 255 || strchr(name, '/'))
+		return cd_error(s->ctx, -EINVAL, "invalid export name '%s': 1 to 255 "
+				"characters, no '/'", name);
+	if (cd_server_find_export(s, name) && s->nexports &&
+	    strcmp(cd_server_find_export(s, name)->name, name) == 0)
+		return cd_error(s->ctx, -EINVAL, "export '%s' is given twice", name);
+	r = cdisk_open(s->ctx, path, readonly ? CDISK_OPEN_RDONLY : 0, &d);
+	if (r < 0)
+		return r;
+	e = realloc(s->exports, (s->nexports + 1) * sizeof(*e));
+	if (!e) {
+		cdisk_close(d);
+		return cd_error(s->ctx, -ENOMEM, "out of memory");
+	}
+	s->exports = e;
+	e = &s->exports[s->nexports++];
+	memset(e, 0, sizeof(*e));
+	e->name = strdup(name);
+	e->path = strdup(path);
+	e->disk = d;
+	e->readonly = readonly;
+	return 0;
+}
+
+/* A socket file left by a dead server may be replaced; one a live server
+ * answers on may not. */
+static int claim_socket_path(struct cdisk_ctx *ctx, const char *path)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	struct stat st;
+	int fd, r;
+
+	if (lstat(path, &st) < 0)
+		return 0;
+	if (!S_ISSOCK(st.st_mode))
+		return cd_error(ctx, -EEXIST, "cannot listen on '%s': it exists and is "
+				"not a socket", path);
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	r = connect(fd, (struct sockaddr *)&a, sizeof(a));
+	close(fd);
+	if (r == 0)
+		return cd_error(ctx, -EBUSY, "cannot listen on '%s': another server is "
+				"listening there", path);
+	unlink(path);
+	return 0;
+}
+
+int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	int fd, r;
+
+	if (strlen(path) >= sizeof(a.sun_path))
+		return cd_error(ctx, -ENAMETOOLONG, "socket path '%s' is too long", path);
+	r = claim_socket_path(ctx, path);
+	if (r < 0)
+		return r;
+	memcpy(a.sun_path, path, strlen(path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return cd_error(ctx, -errno, "cannot create a socket: %s", strerror(errno));
+	/* Tight from the first moment: bind under a umask, then set the mode. */
+	mode_t old = umask(0177);
+	r = bind(fd, (struct sockaddr *)&a, sizeof(a));
+	umask(old);
+	if (r == 0 && chmod(path, mode) < 0)
+		r = -1;
+	if (r == 0 && listen(fd, 128) < 0)
+		r = -1;
+	if (r < 0) {
+		r = cd_error(ctx, -errno, "cannot listen on '%s': %s", path, strerror(errno));
+		close(fd);
+		return r;
+	}
+	*out = fd;
+	return 0;
+}
+
+static int add_listener(struct cdisk_server *s, int fd, const char *unix_path, bool tcp)
+{
+	if (s->nlisten == CD_ARRAY_SIZE(s->listen)) {
+		close(fd);
+		return cd_error(s->ctx, -EINVAL, "too many listening sockets");
+	}
+	s->listen[s->nlisten].fd = fd;
+	s->listen[s->nlisten].unix_path = unix_path ? strdup(unix_path) : NULL;
+	s->listen[s->nlisten].tcp = tcp;
+	s->nlisten++;
+	return 0;
+}
+
+int cdisk_server_listen_unix(struct cdisk_server *s, const char *path, unsigned mode)
+{
+	int fd, r = cd_listen_unix(s->ctx, path, (mode_t)mode, &fd);
+
+	return r < 0 ? r : add_listener(s, fd, path, false);
+}
+
+int cdisk_server_listen_tcp(struct cdisk_server *s, const char *host, const char *port)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE }, *res, *ai;
+	int r = getaddrinfo(host, port, &hints, &res), added = 0;
+
+	if (r != 0)
+		return cd_error(s->ctx, -EINVAL, "cannot listen on '%s:%s': %s",
+				host ? host : "*", port, gai_strerror(r));
+	for (ai = res; ai; ai = ai->ai_next) {
+		int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, 0), on = 1;
+		if (fd < 0)
+			continue;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
+		if (ai->ai_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
+			r = -errno;
+			close(fd);
+			continue;
+		}
+		if (add_listener(s, fd, NULL, true) == 0)
+			added++;
+	}
+	freeaddrinfo(res);
+	if (!added)
+		return cd_error(s->ctx, r ? r : -EADDRNOTAVAIL, "cannot listen on '%s:%s': %s",
+				host ? host : "*", port, strerror(r ? -r : EADDRNOTAVAIL));
+	return 0;
+}
+
+static void reap_connections(struct cdisk_server *s, bool all)
+{
+	struct conn **pp = &s->conns;
+
+	while (*pp) {
+		struct conn *c = *pp;
+		pthread_mutex_lock(&s->lock);
+		bool done = c->done;
+		pthread_mutex_unlock(&s->lock);
+		if (!done && !all) {
+			pp = &c->next;
+			continue;
+		}
+		pthread_join(c->reader, NULL);
+		*pp = c->next;
+		pthread_mutex_destroy(&c->send_lock);
+		pthread_mutex_destroy(&c->qlock);
+		pthread_cond_destroy(&c->qcond);
+		pthread_cond_destroy(&c->qspace);
+		free(c);
+	}
+}
+
+static void accept_one(struct cdisk_server *s, int lfd, bool tcp)
+{
+	int fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC), on = 1;
+	struct conn *c;
+
+	if (fd < 0)
+		return;
+	if (tcp)
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
+	c = calloc(1, sizeof(*c));
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_mutex_init(&c->qlock, NULL);
+	pthread_cond_init(&c->qcond, NULL);
+	pthread_cond_init(&c->qspace, NULL);
+	if (pthread_create(&c->reader, NULL, connection, c) != 0) {
+		close(fd);
+		free(c);
+		return;
+	}
+	c->next = s->conns;
+	s->conns = c;
+}
+
+/* Serve until stop_fd becomes readable; then stop accepting, let every
+ * connection finish what it has read, flush and close the disks. */
+int cdisk_server_run(struct cdisk_server *s, int stop_fd)
+{
+	int r = 0;
+
+	for (;;) {
+		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 2];
+		size_t n = 0;
+
+		p[n++] = (struct pollfd){ .fd = stop_fd, .events = POLLIN };
+		if (s->control_fd >= 0)
+			p[n++] = (struct pollfd){ .fd = s->control_fd, .events = POLLIN };
+		for (size_t i = 0; i < s->nlisten; i++)
+			p[n++] = (struct pollfd){ .fd = s->listen[i].fd, .events = POLLIN };
+		if (poll(p, n, 1000) < 0 && errno != EINTR)
+			break;
+		reap_connections(s, false);
+		if (p[0].revents)
+			break;
+		for (size_t i = 1; i < n; i++) {
+			if (!(p[i].revents & POLLIN))
+				continue;
+			if (p[i].fd == s->control_fd)
+				cd_control_serve_one(s);
+			else
+				accept_one(s, p[i].fd, s->listen[i - (s->control_fd >= 0 ? 2 : 1)].tcp);
+		}
+	}
+	/* Stop reading new requests; what was read is still answered. */
+	pthread_mutex_lock(&s->lock);
+	for (struct conn *c = s->conns; c; c = c->next)
+		if (c->fd >= 0)
+			shutdown(c->fd, SHUT_RD);
+	pthread_mutex_unlock(&s->lock);
+	reap_connections(s, true);
+	for (size_t i = 0; i < s->nexports; i++) {
+		int rc = cdisk_close(s->exports[i].disk);
+		s->exports[i].disk = NULL;
+		if (rc < 0 && r == 0)
+			r = rc;
+	}
+	return r;
+}
+
+void cdisk_server_free(struct cdisk_server *s)
+{
+	if (!s)
+		return;
+	reap_connections(s, true);
+	for (size_t i = 0; i < s->nlisten; i++) {
+		close(s->listen[i].fd);
+		if (s->listen[i].unix_path)
+			unlink(s->listen[i].unix_path);
+		free(s->listen[i].unix_path);
+	}
+	if (s->control_fd >= 0) {
+		close(s->control_fd);
+		unlink(s->control_path);
+	}
+	free(s->control_path);
+	for (size_t i = 0; i < s->nexports; i++) {
+		if (s->exports[i].disk)
+			cdisk_close(s->exports[i].disk);
+		free(s->exports[i].name);
+		free(s->exports[i].path);
+	}
+	free(s->exports);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
