@@ -183,12 +183,14 @@ int cd_flush_locked(struct cdisk *d)
 static bool al_evict_flushed(struct cdisk *d)
 {
 	for (uint32_t i = 0; i < d->al.count; i++) {
-		if (!d->al.flushed[i])
+		if (!d->al.flushed[i] || d->al.inflight[i])
 			continue;
 		memmove(&d->al.extents[i], &d->al.extents[i + 1],
 			(d->al.count - i - 1) * sizeof(*d->al.extents));
 		memmove(&d->al.flushed[i], &d->al.flushed[i + 1],
 			(d->al.count - i - 1) * sizeof(*d->al.flushed));
+		memmove(&d->al.inflight[i], &d->al.inflight[i + 1],
+			(d->al.count - i - 1) * sizeof(*d->al.inflight));
 		d->al.count--;
 		return true;
 	}
@@ -233,6 +235,7 @@ static int al_protect(struct cdisk *d, uint64_t first, uint64_t count)
 				return r;
 			d->al.extents[d->al.count] = e;
 			d->al.flushed[d->al.count] = false;
+			d->al.inflight[d->al.count] = 0;
 			d->al.count++;
 			r = cd_journal_commit(d, true);
 			if (r < 0)
@@ -245,6 +248,34 @@ static int al_protect(struct cdisk *d, uint64_t first, uint64_t count)
 	return 0;
 }
 
+/* Wait, under the lock, until no write the log protects is under way;
+ * new ones wait meanwhile, so a busy disk cannot starve a checkpoint. */
+void cd_al_drain(struct cdisk *d)
+{
+	d->al.draining = true;
+	while (d->al.inflight_total)
+		pthread_cond_wait(&d->drained, &d->lock);
+	d->al.draining = false;
+	pthread_cond_broadcast(&d->resumed);
+}
+
+/* Count a write against the log's extents it touches, so none of them is
+ * evicted, or the log emptied, before its data is down. */
+static void al_pin(struct cdisk *d, uint64_t first, uint64_t count, int delta)
+{
+	uint64_t per = blocks_per_extent(d);
+
+	for (uint64_t e = first / per; e <= (first + count - 1) / per; e++) {
+		int idx = al_find(d, e);
+		if (idx < 0)
+			continue;
+		d->al.inflight[idx] += (uint32_t)delta;
+		d->al.inflight_total += (uint32_t)delta;
+	}
+	if (delta < 0 && d->al.inflight_total == 0)
+		pthread_cond_broadcast(&d->drained);
+}
+
 /* ---- open and close ---- */
 
 void cd_disk_reset_state(struct cdisk *d)
@@ -255,6 +286,7 @@ void cd_disk_reset_state(struct cdisk *d)
 	free(d->runs);
 	free(d->al.extents);
 	free(d->al.flushed);
+	free(d->al.inflight);
 	d->cp_crc = NULL;
 	d->runs = NULL;
 	d->nruns = d->runs_cap = 0;
@@ -274,6 +306,8 @@ static void disk_free(struct cdisk *d)
 		close(d->fd);
 	cd_disk_reset_state(d);
 	pthread_mutex_destroy(&d->lock);
+	pthread_cond_destroy(&d->drained);
+	pthread_cond_destroy(&d->resumed);
 	free(d->path);
 	free(d);
 }
@@ -289,8 +323,9 @@ int cd_disk_init_state(struct cdisk *d)
 	d->al.capacity = CD_AL_CAPACITY;
 	d->al.extents = calloc(CD_AL_CAPACITY, sizeof(*d->al.extents));
 	d->al.flushed = calloc(CD_AL_CAPACITY, sizeof(*d->al.flushed));
+	d->al.inflight = calloc(CD_AL_CAPACITY, sizeof(*d->al.inflight));
 	d->cp_crc = calloc((size_t)pages * 2 + 1, sizeof(*d->cp_crc));
-	if (!d->al.extents || !d->al.flushed || !d->cp_crc ||
+	if (!d->al.extents || !d->al.flushed || !d->al.inflight || !d->cp_crc ||
 	    cd_bitmap_init(&d->present, d->nblocks) < 0 ||
 	    cd_bitmap_init(&d->dirty, d->nblocks) < 0)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
@@ -416,6 +451,8 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	if (!d)
 		return cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
 	pthread_mutex_init(&d->lock, NULL);
+	pthread_cond_init(&d->drained, NULL);
+	pthread_cond_init(&d->resumed, NULL);
 	d->ctx = ctx;
 	d->fd = -1;
 	d->readonly = flags & (CDISK_OPEN_RDONLY | CDISK_OPEN_CONFIG_ONLY);
@@ -641,9 +678,11 @@ static int flush_locked(struct cdisk *d)
 			return r;
 		d->unflushed = false;
 	}
-	/* Every completed write is durable and recorded now. */
+	/* Every completed write is durable and recorded now; one still under
+	 * way is not. */
 	for (uint32_t i = 0; i < d->al.count; i++)
-		d->al.flushed[i] = true;
+		if (!d->al.inflight[i])
+			d->al.flushed[i] = true;
 	if ((uint64_t)time(NULL) >= d->backup_time + d->ctx->cfg.backup_interval)
 		cd_backup_write(d);
 	return 0;
@@ -659,14 +698,88 @@ static int flush_locked(struct cdisk *d)
 		locked_r_;                              \
 	})
 
-int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
+/* The next run of blocks from b that all read from the same place,
+ * looked up under the lock; the I/O itself is done without it, so that
+ * many requests read at once. */
+static int next_run(struct cdisk *d, uint64_t b, uint64_t end, bool *present,
+		    uint64_t *stop)
 {
-	return LOCKED(d, pread_locked(d, buf, len, off));
+	int r = 0;
+
+	pthread_mutex_lock(&d->lock);
+	*present = cd_bitmap_get(&d->present, b);
+	*stop = cd_bitmap_find(&d->present, b, !*present);
+	if (*stop > end)
+		*stop = end;
+	if (!*present && d->sb.base[0] && !d->base) {
+		open_base(d);
+		if (!d->base)
+			r = cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return r;
 }
 
+int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	uint64_t b = off >> d->block_shift, end = (off + len) >> d->block_shift;
+	int r = LOCKED(d, check_io(d, len, off, false));
+
+	while (r == 0 && b < end) {
+		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
+		uint64_t stop;
+		bool present;
+		size_t n;
+
+		r = next_run(d, b, end, &present, &stop);
+		if (r < 0)
+			break;
+		n = (size_t)((stop - b) << d->block_shift);
+		if (present) {
+			r = cd_pread_full(d->fd, p, n, d->sb.data_offset + (b << d->block_shift));
+			if (r < 0)
+				r = cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
+					     "cannot read '%s' at %llu: %s", d->path,
+					     (unsigned long long)(b << d->block_shift),
+					     r == -ENODATA ? "file is truncated" : strerror(-r));
+		} else {
+			r = read_base(d, p, n, b << d->block_shift);
+		}
+		b = stop;
+	}
+	return r;
+}
+
+/* Metadata under the lock, data without it: the activity log is made
+ * durable first and pinned until the data is down. */
 int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
-	return LOCKED(d, pwrite_locked(d, buf, len, off));
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	int r;
+
+	pthread_mutex_lock(&d->lock);
+	while (d->al.draining)
+		pthread_cond_wait(&d->resumed, &d->lock);
+	r = check_io(d, len, off, true);
+	if (r == 0 && len)
+		r = al_protect(d, first, count);
+	if (r == 0 && len)
+		al_pin(d, first, count, 1);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0 || len == 0)
+		return r;
+
+	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
+
+	pthread_mutex_lock(&d->lock);
+	al_pin(d, first, count, -1);
+	if (r < 0)
+		r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
+			     (unsigned long long)off, strerror(-r));
+	else
+		r = mark_written(d, first, count);
+	pthread_mutex_unlock(&d->lock);
+	return r;
 }
 
 int cdisk_flush(struct cdisk *d)

@@ -279,8 +279,11 @@ struct cd_run {
 struct cd_al {
 	uint64_t *extents;      /* hot extents, most recent last */
 	bool *flushed;          /* no write since the last flush */
+	uint32_t *inflight;     /* writes it protects that are under way */
 	uint32_t count;
 	uint32_t capacity;
+	uint32_t inflight_total;
+	bool draining;          /* a checkpoint waits for inflight_total == 0 */
 };
 
 /* ---- metadata backups (backup.c) ---- */
@@ -318,6 +321,8 @@ struct cdisk {
 	/* Every public call on a disk holds this: a disk may be used by many
 	 * threads (cdisk-serve's connections) at once. */
 	pthread_mutex_t lock;
+	pthread_cond_t drained;  /* al.inflight_total reached 0 */
+	pthread_cond_t resumed;  /* a checkpoint finished draining */
 	struct cdisk_ctx *ctx;
 	char *path;
 	int fd;
@@ -391,6 +396,7 @@ int cd_journal_commit(struct cdisk *d, bool sync);
 int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,
 		       enum cd_run_op op);
 int cd_checkpoint(struct cdisk *d);
+void cd_al_drain(struct cdisk *d);
 int cd_checkpoint_load(struct cdisk *d);
 int cd_sb_write(struct cdisk *d);
 uint64_t cd_journal_record_max(const struct cdisk *d);

@@ -263,9 +263,13 @@ int cd_checkpoint(struct cdisk *d)
 {
 	uint32_t area = 1 - d->sb.cp_active;
 	uint64_t dlen = dir_len(d);
-	uint8_t *dir = calloc(1, dlen);
+	uint8_t *dir;
 	int r;
 
+	/* The log is emptied below: no write it protects may still be under
+	 * way, or its data could land under a "clean" record. */
+	cd_al_drain(d);
+	dir = calloc(1, dlen);
 	if (!dir)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
 	/* State may only claim data that is durable. */

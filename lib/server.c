@@ -1,11 +1,9 @@
 /* cdisk-serve's engine: cdisks exported over NBD (fixed newstyle, as the
  * NBD project documents the protocol).
  *
- * Each connection has a reader thread, which does the handshake and then
- * reads requests, and a few workers that carry them out and reply, in
- * whatever order they finish.  The queue between them is bounded in
- * requests and in bytes, so a client that sends faster than the disk
- * takes, or never reads its replies, is slowed by TCP, not by our memory.
+ * Each connection has a thread for the handshake, then a few workers that
+ * take turns reading a request and carry it out and reply, in whatever
+ * order they finish.
  * Every export is one shared disk handle, so a flush on any connection
  * covers the writes of all of them: multi-conn is safe and advertised. */
 #include <arpa/inet.h>
@@ -27,9 +25,7 @@
 #include "nbd.h"
 #include "server.h"
 
-#define WORKERS 4
-#define QUEUE_REQUESTS 64
-#define QUEUE_BYTES (64u << 20)
+#define WORKERS 8
 #define HANDSHAKE_TIMEOUT 30
 #define SEND_TIMEOUT 60
 
@@ -38,27 +34,84 @@ struct request {
 	uint64_t cookie, offset;
 	uint32_t length;
 	uint8_t *data;          /* a write's payload */
-	struct request *next;
 };
+
+/* Payload buffers are reused: a fresh megabyte from malloc is a fresh
+ * mmap, 256 page faults and an munmap per request. */
+struct pooled {
+	struct pooled *next;
+	size_t cap;
+};
+
+#define POOL_KEEP 32
 
 struct conn {
 	struct cdisk_server *srv;
 	int fd;
+	pthread_mutex_t pool_lock;
+	struct pooled *pool;
+	unsigned pooled;
 	pthread_t reader;
 	struct cd_export *exp;
 	bool structured, meta_alloc;
-	bool done;              /* reader finished; joinable */
+	bool done;              /* all threads finished; joinable */
 	pthread_mutex_t send_lock;
-	pthread_mutex_t qlock;
-	pthread_cond_t qcond, qspace;
-	struct request *qhead, *qtail;
-	unsigned qlen;
-	uint64_t qbytes;
-	bool closing;           /* no more requests will be queued */
-	bool broken;            /* a send failed: stop replying */
+	pthread_mutex_t recv_lock;  /* one worker reads the next request */
+	bool closing;           /* no more requests will be read */
 	pthread_t workers[WORKERS];
 	struct conn *next;
 };
+
+/* ---- buffers ---- */
+
+static void *buf_get(struct conn *c, size_t len)
+{
+	struct pooled **pp, *b;
+
+	pthread_mutex_lock(&c->pool_lock);
+	for (pp = &c->pool; *pp; pp = &(*pp)->next) {
+		if ((*pp)->cap >= len) {
+			b = *pp;
+			*pp = b->next;
+			c->pooled--;
+			pthread_mutex_unlock(&c->pool_lock);
+			return b + 1;
+		}
+	}
+	pthread_mutex_unlock(&c->pool_lock);
+	b = malloc(sizeof(*b) + (len < 65536 ? 65536 : len));
+	if (!b)
+		return NULL;
+	b->cap = len < 65536 ? 65536 : len;
+	return b + 1;
+}
+
+static void buf_put(struct conn *c, void *p)
+{
+	struct pooled *b;
+
+	if (!p)
+		return;
+	b = (struct pooled *)p - 1;
+	pthread_mutex_lock(&c->pool_lock);
+	if (c->pooled < POOL_KEEP) {
+		b->next = c->pool;
+		c->pool = b;
+		c->pooled++;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&c->pool_lock);
+	free(b);
+}
+
+static void pool_free(struct conn *c)
+{
+	while (c->pool) {
+		struct pooled *b = c->pool;
+		c->pool = b->next;
+		free(b);
+	}
+}
 
 /* ---- wire helpers ---- */
 
@@ -555,13 +608,13 @@ static int do_read(struct conn *c, const struct request *q)
 
 	if (q->length > NBD_MAX_PAYLOAD)
 		return reply_error(c, q, -EINVAL, "read larger than 32 MiB");
-	buf = malloc(q->length ? q->length : 1);
+	buf = buf_get(c, q->length);
 	if (!buf)
 		return reply_error(c, q, -ENOMEM, "out of memory");
 	r = aligned(d, q->offset, q->length) ? cdisk_pread(d, buf, q->length, q->offset)
 					     : cdisk_pread_unaligned(d, buf, q->length, q->offset);
 	if (r < 0) {
-		free(buf);
+		buf_put(c, buf);
 		return reply_error(c, q, r, cdisk_ctx_error(c->srv->ctx));
 	}
 	if (c->structured) {
@@ -570,7 +623,7 @@ static int do_read(struct conn *c, const struct request *q)
 	} else {
 		r = reply_simple(c, q, 0, buf, q->length);
 	}
-	free(buf);
+	buf_put(c, buf);
 	return r;
 }
 
@@ -708,90 +761,62 @@ static int execute(struct conn *c, struct request *q)
 	return reply_ok(c, q);
 }
 
-static void *worker(void *arg)
-{
-	struct conn *c = arg;
-
-	for (;;) {
-		struct request *q;
-
-		pthread_mutex_lock(&c->qlock);
-		while (!c->qhead && !c->closing)
-			pthread_cond_wait(&c->qcond, &c->qlock);
-		q = c->qhead;
-		if (!q) {
-			pthread_mutex_unlock(&c->qlock);
-			return NULL;
-		}
-		c->qhead = q->next;
-		if (!c->qhead)
-			c->qtail = NULL;
-		c->qlen--;
-		c->qbytes -= q->type == NBD_CMD_WRITE ? q->length : 0;
-		pthread_cond_signal(&c->qspace);
-		pthread_mutex_unlock(&c->qlock);
-
-		if (!__atomic_load_n(&c->broken, __ATOMIC_RELAXED)) {
-			int r = execute(c, q);
-			if (r < 0) {
-				__atomic_store_n(&c->broken, true, __ATOMIC_RELAXED);
-				shutdown(c->fd, SHUT_RDWR);
-			}
-		}
-		free(q->data);
-		free(q);
-	}
-}
-
-static void enqueue(struct conn *c, struct request *q)
-{
-	pthread_mutex_lock(&c->qlock);
-	while (c->qlen >= QUEUE_REQUESTS || c->qbytes > QUEUE_BYTES)
-		pthread_cond_wait(&c->qspace, &c->qlock);
-	if (c->qtail)
-		c->qtail->next = q;
-	else
-		c->qhead = q;
-	c->qtail = q;
-	c->qlen++;
-	c->qbytes += q->type == NBD_CMD_WRITE ? q->length : 0;
-	pthread_cond_signal(&c->qcond);
-	pthread_mutex_unlock(&c->qlock);
-}
-
-/* Read requests until the client disconnects, says goodbye, or breaks
- * the protocol badly enough that the stream cannot be followed. */
-static void transmission(struct conn *c)
+/* Read one request, payload included.  Returns 1 for a request, 0 when
+ * the client said goodbye or the stream cannot be followed. */
+static int read_request(struct conn *c, struct request *q)
 {
 	uint8_t h[28];
 
-	for (;;) {
-		struct request *q;
+	if (c->closing || recv_all(c->fd, h, sizeof(h)) < 0 ||
+	    get_be32(h) != NBD_REQUEST_MAGIC)
+		return 0;
+	q->flags = get_be16(h + 4);
+	q->type = get_be16(h + 6);
+	q->cookie = get_be64(h + 8);
+	q->offset = get_be64(h + 16);
+	q->length = get_be32(h + 24);
+	q->data = NULL;
+	if (q->type == NBD_CMD_DISC)
+		return 0;
+	if (q->type == NBD_CMD_WRITE) {
+		/* A payload we will not hold: the stream is lost. */
+		if (q->length > NBD_MAX_PAYLOAD || !(q->data = buf_get(c, q->length)) ||
+		    recv_all(c->fd, q->data, q->length) < 0) {
+			buf_put(c, q->data);
+			return 0;
+		}
+	}
+	return 1;
+}
 
-		if (recv_all(c->fd, h, sizeof(h)) < 0 || get_be32(h) != NBD_REQUEST_MAGIC)
-			return;
-		q = calloc(1, sizeof(*q));
-		if (!q)
-			return;
-		q->flags = get_be16(h + 4);
-		q->type = get_be16(h + 6);
-		q->cookie = get_be64(h + 8);
-		q->offset = get_be64(h + 16);
-		q->length = get_be32(h + 24);
-		if (q->type == NBD_CMD_DISC) {
-			free(q);
-			return;
+/* Leader and followers: each worker takes its turn reading the next
+ * request, then carries it out and replies while another reads.  No
+ * hand-off between threads, and at most WORKERS requests (and their
+ * payloads) in hand per connection: a client that sends faster than the
+ * disk takes, or never reads its replies, is slowed by the socket. */
+static void *worker(void *arg)
+{
+	struct conn *c = arg;
+	struct request q;
+
+	for (;;) {
+		pthread_mutex_lock(&c->recv_lock);
+		int got = read_request(c, &q);
+		if (!got && !c->closing) {
+			c->closing = true;
+			/* Wake the others blocked in recv, if the client left. */
+			shutdown(c->fd, SHUT_RD);
 		}
-		if (q->type == NBD_CMD_WRITE) {
-			/* A payload we will not hold: the stream is lost. */
-			if (q->length > NBD_MAX_PAYLOAD || !(q->data = malloc(q->length ? q->length : 1)) ||
-			    recv_all(c->fd, q->data, q->length) < 0) {
-				free(q->data);
-				free(q);
-				return;
-			}
+		pthread_mutex_unlock(&c->recv_lock);
+		if (!got)
+			return NULL;
+		if (execute(c, &q) < 0) {
+			pthread_mutex_lock(&c->recv_lock);
+			c->closing = true;
+			pthread_mutex_unlock(&c->recv_lock);
+			shutdown(c->fd, SHUT_RDWR);
 		}
-		enqueue(c, q);
+		buf_put(c, q.data);
 	}
 }
 
@@ -813,15 +838,10 @@ static void *connection(void *arg)
 		__atomic_add_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
 		/* An idle client may stay as long as it likes. */
 		set_timeouts(c->fd, 0, SEND_TIMEOUT);
-		for (; workers < WORKERS; workers++)
+		for (; workers < WORKERS - 1; workers++)
 			if (pthread_create(&c->workers[workers], NULL, worker, c) != 0)
 				break;
-		if (workers)
-			transmission(c);
-		pthread_mutex_lock(&c->qlock);
-		c->closing = true;
-		pthread_cond_broadcast(&c->qcond);
-		pthread_mutex_unlock(&c->qlock);
+		worker(c);
 		for (int i = 0; i < workers; i++)
 			pthread_join(c->workers[i], NULL);
 		__atomic_sub_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
@@ -1001,10 +1021,10 @@ static void reap_connections(struct cdisk_server *s, bool all)
 		}
 		pthread_join(c->reader, NULL);
 		*pp = c->next;
+		pool_free(c);
 		pthread_mutex_destroy(&c->send_lock);
-		pthread_mutex_destroy(&c->qlock);
-		pthread_cond_destroy(&c->qcond);
-		pthread_cond_destroy(&c->qspace);
+		pthread_mutex_destroy(&c->pool_lock);
+		pthread_mutex_destroy(&c->recv_lock);
 		free(c);
 	}
 }
@@ -1026,9 +1046,8 @@ static void accept_one(struct cdisk_server *s, int lfd, bool tcp)
 	c->srv = s;
 	c->fd = fd;
 	pthread_mutex_init(&c->send_lock, NULL);
-	pthread_mutex_init(&c->qlock, NULL);
-	pthread_cond_init(&c->qcond, NULL);
-	pthread_cond_init(&c->qspace, NULL);
+	pthread_mutex_init(&c->pool_lock, NULL);
+	pthread_mutex_init(&c->recv_lock, NULL);
 	if (pthread_create(&c->reader, NULL, connection, c) != 0) {
 		close(fd);
 		free(c);
