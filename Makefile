@@ -100,10 +100,21 @@ $(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile
 	@mkdir -p $(dir $@)
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|' $< > $@
 
+# Fuzz targets (libFuzzer): the library's sources built in, with clang.
+FUZZ_CC ?= clang
+FUZZ_BINS := $(patsubst fuzz/%.c,$(O)/fuzz/%,$(wildcard fuzz/*.c))
+$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h)
+	@mkdir -p $(dir $@)
+	@echo "  FUZZ    $@"
+	$(Q)$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
+		-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib -o $@ $< $(LIB_SRCS) $(LIB_LIBS)
+
+fuzz: $(FUZZ_BINS)
+
 deps:
 	$(Q)scripts/install-deps.sh
 
-test-build: $(PROGRAM_BINS) $(UNIT_BINS) $(TEST_TOOLS) $(MAN_PAGES)
+test-build: $(PROGRAM_BINS) $(UNIT_BINS) $(TEST_TOOLS) $(MAN_PAGES) $(FUZZ_BINS)
 
 # The suite runs against a sanitizer build of its own, kept apart from
 # the normal one.
@@ -152,7 +163,7 @@ help:
 	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
 	@echo "make deps       install the Debian packages the build and tests need"
 
-.PHONY: all check test-build deps demo install uninstall clean help
+.PHONY: all check test-build fuzz deps demo install uninstall clean help
 .SECONDARY:
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

@@ -226,6 +226,15 @@ static json_t *dispatch(struct cdisk_server *s, const char *line)
 	return reply;
 }
 
+char *cd_control_answer(struct cdisk_server *s, const char *line)
+{
+	json_t *reply = dispatch(s, line);
+	char *text = json_dumps(reply, JSON_COMPACT);
+
+	json_decref(reply);
+	return text;
+}
+
 /* Read one line, with a deadline: a silent or endless client gets an
  * error, not our attention forever. */
 static int read_line(int fd, char *buf, size_t max)

@@ -464,7 +464,9 @@ static int handshake(struct conn *c)
 			opt_error(c, opt, NBD_REP_ERR_TOO_BIG, "option too long");
 			return -EPROTO;
 		}
-		if (len && (!(data = malloc(len)) || recv_all(c->fd, data, len) < 0)) {
+		/* Never NULL, even empty: the parsers do pointer arithmetic on it. */
+		data = malloc(len + 1);
+		if (!data || (len && recv_all(c->fd, data, len) < 0)) {
 			free(data);
 			return -EIO;
 		}
@@ -826,6 +828,31 @@ static void set_timeouts(int fd, int recv_seconds, int send_seconds)
 
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof(rt));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
+}
+
+static void *connection(void *arg);
+
+/* Serve one already-accepted connection in this thread (the fuzzers use
+ * this: a socketpair in, everything the protocol allows out). */
+void cd_server_serve_fd(struct cdisk_server *s, int fd)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		close(fd);
+		return;
+	}
+	c->srv = s;
+	c->fd = fd;
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_mutex_init(&c->pool_lock, NULL);
+	pthread_mutex_init(&c->recv_lock, NULL);
+	connection(c);
+	pool_free(c);
+	pthread_mutex_destroy(&c->send_lock);
+	pthread_mutex_destroy(&c->pool_lock);
+	pthread_mutex_destroy(&c->recv_lock);
+	free(c);
 }
 
 static void *connection(void *arg)

@@ -36,5 +36,8 @@ struct cdisk_server {
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 void cd_control_serve_one(struct cdisk_server *s);
+void cd_server_serve_fd(struct cdisk_server *s, int fd);
+/* One control request line, answered as the socket would (fuzzers). */
+char *cd_control_answer(struct cdisk_server *s, const char *line);
 
 #endif

@@ -8,7 +8,7 @@ PACKAGES="
 	libpopt-dev libjansson-dev libcmocka-dev libinih-dev
 	scdoc bats bats-assert bats-support
 	jq xxd coreutils util-linux bash-completion socat
-	qemu-utils libnbd-bin nbdkit fio
+	qemu-utils libnbd-bin nbdkit fio clang libclang-rt-14-dev
 "
 
 missing=""
