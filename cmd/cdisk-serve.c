@@ -21,11 +21,14 @@ static const struct cli_program program = {
 };
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
+static char *config_arg;
 static int readonly;
 
 static struct poptOption options[] = {
 	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
 	  "Serve a disk under a name (repeatable)", "NAME=PATH" },
+	{ "config", 'c', POPT_ARG_STRING, &config_arg, 0,
+	  "Exports from a file of [export NAME] sections", "FILE" },
 	{ "socket", 's', POPT_ARG_STRING, &socket_arg, 0,
 	  "NBD unix socket (default: RUNTIME_DIR/NAME.sock)", "PATH" },
 	{ "tcp", 't', POPT_ARG_STRING, &tcp_arg, 0,
@@ -40,7 +43,8 @@ static struct poptOption options[] = {
 	POPT_TABLEEND
 };
 
-/* An export from NAME=PATH, or from a bare PATH named by its file name. */
+/* An export from NAME=PATH, or from a bare PATH named by its file name.
+ * Exports from --config come first, then --export, then bare paths. */
 static void split_export(const char *arg, char *name, size_t nlen, const char **path)
 {
 	const char *eq = strchr(arg, '=');
@@ -71,8 +75,14 @@ static int add_exports(struct cdisk_server *srv, const char **args, char *first,
 		all[n++] = export_args[i];
 	for (size_t i = 0; args && args[i] && n < 256; i++)
 		all[n++] = args[i];
-	if (n == 0)
-		cli_usage_error("nothing to serve: give NAME.cdisk or --export NAME=PATH");
+	if (n == 0 && !config_arg)
+		cli_usage_error("nothing to serve: give NAME.cdisk, --export NAME=PATH "
+				"or --config FILE");
+	if (config_arg) {
+		int r = cdisk_server_load_exports(srv, config_arg, readonly);
+		if (r < 0)
+			return r;
+	}
 	for (size_t i = 0; i < n; i++) {
 		char name[256];
 		const char *path;
@@ -82,10 +92,9 @@ static int add_exports(struct cdisk_server *srv, const char **args, char *first,
 		r = cdisk_server_add_export(srv, name, path, readonly);
 		if (r < 0)
 			return r;
-		if (i == 0)
-			snprintf(first, flen, "%s", name);
 	}
-	return 0;
+	/* The first export is the default one and names the socket. */
+	return cdisk_server_first_export(srv, first, flen);
 }
 
 static unsigned socket_mode(void)

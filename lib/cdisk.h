@@ -212,6 +212,11 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out);
 /* Open a disk and offer it under a name. */
 int cdisk_server_add_export(struct cdisk_server *server, const char *name,
 			    const char *path, bool readonly);
+/* Exports from an INI file of [export NAME] sections (cdisk-serve(1)). */
+int cdisk_server_load_exports(struct cdisk_server *server, const char *path,
+			      bool read_only);
+/* The name of the first export (the default one). */
+int cdisk_server_first_export(struct cdisk_server *server, char *out, size_t len);
 int cdisk_server_listen_unix(struct cdisk_server *server, const char *path,
 			     unsigned mode);
 int cdisk_server_listen_tcp(struct cdisk_server *server, const char *host,

@@ -906,9 +906,9 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 	if (!*name || strlen(name) > 255 || strchr(name, '/'))
 		return cd_error(s->ctx, -EINVAL, "invalid export name '%s': 1 to 255 "
 				"characters, no '/'", name);
-	if (cd_server_find_export(s, name) && s->nexports &&
-	    strcmp(cd_server_find_export(s, name)->name, name) == 0)
-		return cd_error(s->ctx, -EINVAL, "export '%s' is given twice", name);
+	for (size_t i = 0; i < s->nexports; i++)
+		if (strcmp(s->exports[i].name, name) == 0)
+			return cd_error(s->ctx, -EINVAL, "export '%s' is given twice", name);
 	r = cdisk_open(s->ctx, path, readonly ? CDISK_OPEN_RDONLY : 0, &d);
 	if (r < 0)
 		return r;
@@ -924,6 +924,14 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 	e->path = strdup(path);
 	e->disk = d;
 	e->readonly = readonly;
+	return 0;
+}
+
+int cdisk_server_first_export(struct cdisk_server *s, char *out, size_t len)
+{
+	if (!s->nexports)
+		return cd_error(s->ctx, -EINVAL, "no exports");
+	snprintf(out, len, "%s", s->exports[0].name);
 	return 0;
 }
 

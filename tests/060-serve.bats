@@ -233,3 +233,58 @@ teardown() {
 	start_serve d.cdisk
 	CDISK_TIMEOUT=60 run_cdisk 0 nbd-evil "$SERVE_SOCK" handshake-stall
 }
+
+@test "exports from a configuration file, and its errors" {
+	run_cdisk 0 cdisk-create --size 16M a.cdisk
+	run_cdisk 0 cdisk-create --size 8M g.cdisk
+	cat >exports.conf <<-CONF
+	[export d]
+	disk = $BATS_TEST_TMPDIR/a.cdisk
+
+	[export golden]
+	disk = $BATS_TEST_TMPDIR/g.cdisk
+	read_only = yes
+	CONF
+	start_serve --config exports.conf
+	run_cdisk 0 nbdinfo --list --json "nbd+unix://?socket=$SERVE_SOCK"
+	[ "$(json_get '[.exports[]."export-name"] | sort | join(",")')" = d,golden ]
+	[ "$(json_get '.exports[] | select(."export-name" == "golden") | .is_read_only')" = true ]
+	stop_serve TERM
+	printf '[export x]\nread_only = yes\n' >bad.conf
+	run_cdisk 2 cdisk-serve --config bad.conf
+	assert_error cdisk-serve "'bad.conf': export 'x' has no disk"
+	printf '[exports]\ndisk = a.cdisk\n' >bad.conf
+	run_cdisk 2 cdisk-serve --config bad.conf
+	assert_error cdisk-serve "'bad.conf', line 2: sections are \[export NAME\], not \[exports\]"
+	printf '[export x]\ndisk = a.cdisk\ncolour = red\n' >bad.conf
+	run_cdisk 2 cdisk-serve --config bad.conf
+	assert_error cdisk-serve "'bad.conf', line 3: unknown key 'colour'"
+	run_cdisk 6 cdisk-serve --config nothere.conf
+	assert_error cdisk-serve "cannot read 'nothere.conf': No such file or directory"
+	run_cdisk 2 cdisk-serve --export d=a.cdisk --export d=g.cdisk
+	assert_error cdisk-serve "export 'd' is given twice"
+}
+
+@test "TCP: served on loopback, with a warning that it is not encrypted" {
+	run_cdisk 0 cdisk-create --size 16M d.cdisk
+	port=$((20000 + RANDOM % 20000))
+	start_serve --tcp "127.0.0.1:$port" d.cdisk
+	grep -q "warning: TCP on '127.0.0.1:$port' is not encrypted" serve.log
+	run_cdisk 0 qemu-io -f raw -c "write -P 4 0 1M" -c flush "nbd://127.0.0.1:$port/d"
+	run_cdisk 0 qemu-io -f raw -c "read -P 4 0 1M" "$NBD"
+	refute_output --partial "Pattern verification failed"
+	run_cdisk 0 cdisk-create --size 16M e.cdisk
+	run_cdisk 2 cdisk-serve --tcp "256.1.1.1:$port" --socket other.sock e.cdisk
+	assert_error cdisk-serve "cannot listen on '256.1.1.1:$port': "
+}
+
+@test "readiness is announced to systemd (Type=notify) once it listens" {
+	run_cdisk 0 cdisk-create --size 16M d.cdisk
+	socat -u "UNIX-RECV:$BATS_TEST_TMPDIR/notify" "OPEN:$BATS_TEST_TMPDIR/notified,creat" 3>&- &
+	listener=$!
+	for _ in $(seq 100); do [ -S notify ] && break; sleep 0.05; done
+	NOTIFY_SOCKET=$BATS_TEST_TMPDIR/notify start_serve d.cdisk
+	for _ in $(seq 100); do [ -s notified ] && break; sleep 0.05; done
+	kill "$listener" 2>/dev/null || true
+	[ "$(cat notified)" = "READY=1" ]
+}
