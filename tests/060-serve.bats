@@ -182,7 +182,7 @@ teardown() {
 
 @test "bad arguments: nothing to serve, bad export, missing disk, busy disk" {
 	run_cdisk 2 cdisk-serve
-	assert_usage_error cdisk-serve "nothing to serve: give NAME.cdisk or --export NAME=PATH"
+	assert_usage_error cdisk-serve "nothing to serve: give NAME.cdisk, --export NAME=PATH or --config FILE"
 	run_cdisk 2 cdisk-serve --export =x.cdisk
 	assert_usage_error cdisk-serve "invalid export '=x.cdisk': expected NAME=PATH"
 	run_cdisk 6 cdisk-serve nothere.cdisk
