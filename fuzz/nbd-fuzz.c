@@ -7,7 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "server.h"
+#include "common.h"
 
 static struct cdisk_server *srv;
 
@@ -21,30 +21,11 @@ static void *drain(void *arg)
 	return NULL;
 }
 
-static void setup(void)
-{
-	struct cdisk_ctx *ctx = cdisk_ctx_new();
-	struct cdisk_create_opts o = { .size = 1 << 20, .block_size = 512 };
-	char dir[] = "/tmp/cdisk-fuzz-XXXXXX", path[64];
-
-	if (!mkdtemp(dir))
-		abort();
-	snprintf(path, sizeof(path), "%s/f.cdisk", dir);
-	snprintf(ctx->cfg.backup_dir, sizeof(ctx->cfg.backup_dir), "%s/meta", dir);
-	if (cdisk_create(ctx, path, &o) < 0 || cdisk_server_new(ctx, &srv) < 0 ||
-	    cdisk_server_add_export(srv, "f", path, false) < 0)
-		abort();
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Set up once, outside any input, so nothing of it counts as a leak. */
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	setup();
+	srv = fuzz_server("f", 512);
 	return 0;
 }
 

@@ -4,34 +4,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "server.h"
+#include "common.h"
 
 static struct cdisk_server *srv;
 
-static void setup(void)
-{
-	struct cdisk_ctx *ctx = cdisk_ctx_new();
-	struct cdisk_create_opts o = { .size = 1 << 20 };
-	char dir[] = "/tmp/cdisk-fuzz-XXXXXX", path[64];
-
-	if (!mkdtemp(dir))
-		abort();
-	snprintf(path, sizeof(path), "%s/p.cdisk", dir);
-	snprintf(ctx->cfg.backup_dir, sizeof(ctx->cfg.backup_dir), "%s/meta", dir);
-	if (cdisk_create(ctx, path, &o) < 0 || cdisk_server_new(ctx, &srv) < 0 ||
-	    cdisk_server_add_export(srv, "p", path, false) < 0)
-		abort();
-}
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* Set up once, outside any input, so nothing of it counts as a leak. */
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
 	(void)argc;
 	(void)argv;
-	setup();
+	srv = fuzz_server("p", 0);
 	return 0;
 }
 

@@ -358,45 +358,49 @@ static int load_backup_bitmaps(struct cdisk *d, const struct cd_backup *b)
  * after what the backup and journal recorded: present and dirty.  With
  * blocks smaller than the filesystem's, an allocated neighbour reads as
  * zeros, so only blocks with data count there. */
-static int reconcile_data_area(struct cdisk *d, uint64_t *count)
+struct reconcile_walk {
+	uint8_t *buf;
+	bool small;
+	uint64_t count;
+};
+
+static int reconcile_run(struct cdisk *d, uint64_t first, uint64_t last, void *opaque)
 {
-	uint64_t base = d->sb.data_offset, end = base + d->sb.size, pos = base;
-	uint8_t *buf = malloc(d->block_size);
-	struct stat st;
-	bool small = fstat(d->fd, &st) == 0 && (uint64_t)st.st_blksize > d->block_size;
+	struct reconcile_walk *w = opaque;
 	int r = 0;
 
-	if (!buf)
-		return -ENOMEM;
-	while (pos < end && r == 0) {
-		off_t data = lseek(d->fd, (off_t)pos, SEEK_DATA), hole;
-		if (data < 0 || (uint64_t)data >= end)
-			break;
-		hole = lseek(d->fd, data, SEEK_HOLE);
-		if (hole < 0)
-			break;
-		uint64_t stop = (uint64_t)hole < end ? (uint64_t)hole : end;
-		uint64_t last = cd_div_round_up(stop - base, d->block_size);
-		for (uint64_t b = ((uint64_t)data - base) >> d->block_shift; b < last && r == 0;) {
-			b = cd_bitmap_find(&d->present, b, false);
-			if (b >= last)
-				break;
-			if (small && (r = cd_pread_full(d->fd, buf, d->block_size,
-							base + (b << d->block_shift))) == 0 &&
-			    cd_is_zero(buf, d->block_size)) {
-				b++;
+	for (uint64_t b = cd_bitmap_find(&d->present, first, false); b < last && r == 0;
+	     b = cd_bitmap_find(&d->present, b + 1, false)) {
+		if (w->small) {
+			r = cd_pread_full(d->fd, w->buf, d->block_size,
+					  d->sb.data_offset + (b << d->block_shift));
+			if (r < 0 || cd_is_zero(w->buf, d->block_size))
 				continue;
-			}
-			if (r == 0)
-				r = cd_bitmap_assign(&d->present, b, 1, true);
-			if (r == 0)
-				r = cd_bitmap_assign(&d->dirty, b, 1, true);
-			(*count)++;
-			b++;
 		}
-		pos = stop;
+		r = cd_bitmap_assign(&d->present, b, 1, true);
+		if (r == 0)
+			r = cd_bitmap_assign(&d->dirty, b, 1, true);
+		w->count++;
 	}
-	free(buf);
+	return r;
+}
+
+/* Blocks the data area holds that the state does not claim were written
+ * after what the backup and journal recorded: present and dirty.  With
+ * blocks smaller than the filesystem's, an allocated neighbour reads as
+ * zeros, so only blocks with data count there. */
+static int reconcile_data_area(struct cdisk *d, uint64_t *count)
+{
+	struct reconcile_walk w = { .buf = malloc(d->block_size) };
+	struct stat st;
+	int r;
+
+	if (!w.buf)
+		return -ENOMEM;
+	w.small = fstat(d->fd, &st) == 0 && (uint64_t)st.st_blksize > d->block_size;
+	r = cd_for_each_allocated(d, reconcile_run, &w);
+	*count += w.count;
+	free(w.buf);
 	return r;
 }
 

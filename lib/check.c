@@ -117,38 +117,38 @@ static uint64_t release_stray(struct cdisk *d, uint64_t first, uint64_t last,
 	return count;
 }
 
+struct stray_walk {
+	uint64_t group, count;
+	bool repair;
+};
+
+static int count_stray(struct cdisk *d, uint64_t first, uint64_t last, void *opaque)
+{
+	struct stray_walk *w = opaque;
+
+	w->count += release_stray(d, first, last, w->group, w->repair);
+	return 0;
+}
+
 static int check_stray_data(struct cdisk *d, bool repair,
 			    struct cdisk_check_report *rep)
 {
-	uint64_t base = d->sb.data_offset, end = base + d->sb.size;
-	uint64_t stray = 0, pos = base, group = 1;
+	struct stray_walk w = { .group = 1, .repair = repair && !d->readonly };
 	struct stat st;
 
 	if (fstat(d->fd, &st) == 0 && (uint64_t)st.st_blksize > d->block_size)
-		group = (uint64_t)st.st_blksize / d->block_size;
-	while (pos < end) {
-		off_t data = lseek(d->fd, (off_t)pos, SEEK_DATA), hole;
-		if (data < 0 || (uint64_t)data >= end)
-			break;
-		hole = lseek(d->fd, data, SEEK_HOLE);
-		if (hole < 0)
-			break;
-		uint64_t stop = (uint64_t)hole < end ? (uint64_t)hole : end;
-		stray += release_stray(d, ((uint64_t)data - base) >> d->block_shift,
-				       cd_div_round_up(stop - base, d->block_size),
-				       group, repair);
-		pos = stop;
-	}
-	if (stray) {
-		if (repair && !d->readonly) {
+		w.group = (uint64_t)st.st_blksize / d->block_size;
+	cd_for_each_allocated(d, count_stray, &w);
+	if (w.count) {
+		if (w.repair) {
 			rep->repaired++;
 			add_line(rep, "%llu blocks held unflushed data from an earlier crash: "
-				 "space released", (unsigned long long)stray);
+				 "space released", (unsigned long long)w.count);
 		} else {
 			rep->warnings++;
 			add_line(rep, "%llu blocks hold unflushed data from an earlier crash "
 				 "(harmless; repair releases the space)",
-				 (unsigned long long)stray);
+				 (unsigned long long)w.count);
 		}
 	}
 	return 0;

@@ -30,19 +30,6 @@ struct parse_state {
 	char bad[160];
 };
 
-static bool parse_bool(const char *v, bool *out)
-{
-	if (!strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "1")) {
-		*out = true;
-		return true;
-	}
-	if (!strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "0")) {
-		*out = false;
-		return true;
-	}
-	return false;
-}
-
 static int on_entry(void *user, const char *section, const char *name,
 		    const char *value)
 {
@@ -83,7 +70,7 @@ static int on_entry(void *user, const char *section, const char *name,
 		}
 		cfg->backup_interval = (uint32_t)v;
 	} else if (!strcmp(name, "auto_repair")) {
-		if (!parse_bool(value, &cfg->auto_repair)) {
+		if (!cd_parse_bool(value, &cfg->auto_repair)) {
 			snprintf(st->bad, sizeof(st->bad), "auto_repair must be yes or no");
 			return 0;
 		}

@@ -576,6 +576,19 @@ static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 	return cd_target_pread(d->base, buf, have, off);
 }
 
+/* Read n bytes of present blocks from the data area. */
+static int read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
+{
+	int r = cd_pread_full(d->fd, p, n, d->sb.data_offset + off);
+
+	if (r < 0)
+		return cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
+				"cannot read '%s' at %llu: %s", d->path,
+				(unsigned long long)off,
+				r == -ENODATA ? "file is truncated" : strerror(-r));
+	return 0;
+}
+
 static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
 {
 	uint64_t b = off >> d->block_shift, end = (off + len) >> d->block_shift;
@@ -590,17 +603,8 @@ static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
 		if (stop > end)
 			stop = end;
 		n = (size_t)((stop - b) << d->block_shift);
-		if (present) {
-			r = cd_pread_full(d->fd, p, n, d->sb.data_offset + (b << d->block_shift));
-			if (r == -ENODATA)
-				r = -EUCLEAN;
-			if (r < 0)
-				r = cd_error(d->ctx, r, "cannot read '%s' at %llu: %s", d->path,
-					     (unsigned long long)(b << d->block_shift),
-					     strerror(-r));
-		} else {
-			r = read_base(d, p, n, b << d->block_shift);
-		}
+		r = present ? read_present(d, p, n, b << d->block_shift)
+			    : read_base(d, p, n, b << d->block_shift);
 		b = stop;
 	}
 	return r;
@@ -618,16 +622,24 @@ static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 	return cd_journal_add_run(d, first, count, CD_RUN_DIRTY);
 }
 
-static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+/* What every write does before its data: checks, and the activity log.
+ * Returns 1 when there is nothing to write. */
+static int begin_write(struct cdisk *d, size_t len, uint64_t off)
 {
-	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
 	int r = check_io(d, len, off, true);
 
 	if (r < 0 || len == 0)
-		return r;
-	r = al_protect(d, first, count);
-	if (r < 0)
-		return r;
+		return r < 0 ? r : 1;
+	return al_protect(d, off >> d->block_shift, len >> d->block_shift);
+}
+
+static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	int r = begin_write(d, len, off);
+
+	if (r != 0)
+		return r < 0 ? r : 0;
 	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 	if (r < 0)
 		return cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
@@ -638,13 +650,10 @@ static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t 
 static int zero_range(struct cdisk *d, size_t len, uint64_t off)
 {
 	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
-	int r = check_io(d, len, off, true);
+	int r = begin_write(d, len, off);
 
-	if (r < 0 || len == 0)
-		return r;
-	r = al_protect(d, first, count);
-	if (r < 0)
-		return r;
+	if (r != 0)
+		return r < 0 ? r : 0;
 	/* Present-and-zero costs no space: the hole reads as zeros, and the
 	 * block stays dirty so the base is zeroed at the next sync. */
 	if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
@@ -735,16 +744,8 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 		if (r < 0)
 			break;
 		n = (size_t)((stop - b) << d->block_shift);
-		if (present) {
-			r = cd_pread_full(d->fd, p, n, d->sb.data_offset + (b << d->block_shift));
-			if (r < 0)
-				r = cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
-					     "cannot read '%s' at %llu: %s", d->path,
-					     (unsigned long long)(b << d->block_shift),
-					     r == -ENODATA ? "file is truncated" : strerror(-r));
-		} else {
-			r = read_base(d, p, n, b << d->block_shift);
-		}
+		r = present ? read_present(d, p, n, b << d->block_shift)
+			    : read_base(d, p, n, b << d->block_shift);
 		b = stop;
 	}
 	return r;
@@ -760,14 +761,12 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 	pthread_mutex_lock(&d->lock);
 	while (d->al.draining)
 		pthread_cond_wait(&d->resumed, &d->lock);
-	r = check_io(d, len, off, true);
-	if (r == 0 && len)
-		r = al_protect(d, first, count);
-	if (r == 0 && len)
+	r = begin_write(d, len, off);
+	if (r == 0)
 		al_pin(d, first, count, 1);
 	pthread_mutex_unlock(&d->lock);
-	if (r < 0 || len == 0)
-		return r;
+	if (r != 0)
+		return r < 0 ? r : 0;
 
 	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 
@@ -977,6 +976,31 @@ int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count)
 		b = cd_bitmap_find(&d->present, stop, true);
 	}
 	return 0;
+}
+
+/* Call fn for each run of blocks [first, last) that the data area has
+ * allocated, as the filesystem reports it (SEEK_DATA/SEEK_HOLE). */
+int cd_for_each_allocated(struct cdisk *d,
+			  int (*fn)(struct cdisk *d, uint64_t first, uint64_t last,
+				    void *opaque),
+			  void *opaque)
+{
+	uint64_t base = d->sb.data_offset, end = base + d->sb.size, pos = base;
+	int r = 0;
+
+	while (pos < end && r == 0) {
+		off_t data = lseek(d->fd, (off_t)pos, SEEK_DATA), hole;
+		if (data < 0 || (uint64_t)data >= end)
+			break;
+		hole = lseek(d->fd, data, SEEK_HOLE);
+		if (hole < 0)
+			break;
+		uint64_t stop = (uint64_t)hole < end ? (uint64_t)hole : end;
+		r = fn(d, ((uint64_t)data - base) >> d->block_shift,
+		       cd_div_round_up(stop - base, d->block_size), opaque);
+		pos = stop;
+	}
+	return r;
 }
 
 /* ---- information ---- */

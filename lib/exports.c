@@ -49,11 +49,7 @@ static int on_entry(void *user, const char *section, const char *key,
 	if (!strcmp(key, "disk")) {
 		snprintf(p->disk, sizeof(p->disk), "%s", value);
 	} else if (!strcmp(key, "read_only")) {
-		if (!strcmp(value, "yes") || !strcmp(value, "true"))
-			p->read_only = true;
-		else if (!strcmp(value, "no") || !strcmp(value, "false"))
-			p->read_only = false;
-		else {
+		if (!cd_parse_bool(value, &p->read_only)) {
 			snprintf(st->bad, sizeof(st->bad), "read_only must be yes or no");
 			return 0;
 		}

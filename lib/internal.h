@@ -389,6 +389,11 @@ int cd_backup_status(struct cdisk *d, struct cd_backup_status *st);
 bool cd_backup_exists(struct cdisk *d);
 int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
 int cd_flush_locked(struct cdisk *d);
+int cd_for_each_allocated(struct cdisk *d,
+			  int (*fn)(struct cdisk *d, uint64_t first, uint64_t last,
+				    void *opaque),
+			  void *opaque);
+bool cd_parse_bool(const char *value, bool *out);
 int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out,
 			    size_t len);
 int cd_journal_replay(struct cdisk *d);

@@ -834,25 +834,39 @@ static void *connection(void *arg);
 
 /* Serve one already-accepted connection in this thread (the fuzzers use
  * this: a socketpair in, everything the protocol allows out). */
-void cd_server_serve_fd(struct cdisk_server *s, int fd)
+static struct conn *conn_new(struct cdisk_server *s, int fd)
 {
 	struct conn *c = calloc(1, sizeof(*c));
 
 	if (!c) {
 		close(fd);
-		return;
+		return NULL;
 	}
 	c->srv = s;
 	c->fd = fd;
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->pool_lock, NULL);
 	pthread_mutex_init(&c->recv_lock, NULL);
-	connection(c);
+	return c;
+}
+
+static void conn_free(struct conn *c)
+{
 	pool_free(c);
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_mutex_destroy(&c->pool_lock);
 	pthread_mutex_destroy(&c->recv_lock);
 	free(c);
+}
+
+void cd_server_serve_fd(struct cdisk_server *s, int fd)
+{
+	struct conn *c = conn_new(s, fd);
+
+	if (c) {
+		connection(c);
+		conn_free(c);
+	}
 }
 
 static void *connection(void *arg)
@@ -1056,11 +1070,7 @@ static void reap_connections(struct cdisk_server *s, bool all)
 		}
 		pthread_join(c->reader, NULL);
 		*pp = c->next;
-		pool_free(c);
-		pthread_mutex_destroy(&c->send_lock);
-		pthread_mutex_destroy(&c->pool_lock);
-		pthread_mutex_destroy(&c->recv_lock);
-		free(c);
+		conn_free(c);
 	}
 }
 
@@ -1073,19 +1083,12 @@ static void accept_one(struct cdisk_server *s, int lfd, bool tcp)
 		return;
 	if (tcp)
 		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on));
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		close(fd);
+	c = conn_new(s, fd);
+	if (!c)
 		return;
-	}
-	c->srv = s;
-	c->fd = fd;
-	pthread_mutex_init(&c->send_lock, NULL);
-	pthread_mutex_init(&c->pool_lock, NULL);
-	pthread_mutex_init(&c->recv_lock, NULL);
 	if (pthread_create(&c->reader, NULL, connection, c) != 0) {
 		close(fd);
-		free(c);
+		conn_free(c);
 		return;
 	}
 	c->next = s->conns;
