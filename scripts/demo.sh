@@ -9,7 +9,8 @@ work=$(mktemp -d /tmp/cdisk-demo.XXXXXX)
 cd "$work"
 # Keep the demo's metadata backups with the demo, not in /var/lib/cdisk.
 export CDISK_CONFIG=$work/cdisk.conf
-printf '[metadata]\nbackup_dir = %s/meta\n' "$work" >"$CDISK_CONFIG"
+printf '[metadata]\nbackup_dir = %s/meta\n[serve]\nruntime_dir = %s/run\n' \
+	"$work" "$work" >"$CDISK_CONFIG"
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -48,6 +49,20 @@ dd if=/dev/zero of=desk.cdisk bs=4096 count=2 conv=notrunc status=none
 cdisk-info desk.cdisk || true
 cdisk-restore --metadata desk.cdisk
 cdisk-io desk.cdisk r:32M:8M:4 r:0:16M:2 && echo "every flushed write read back"
+
+step "cdisk-serve: the disk served over NBD, as QEMU would use it"
+cdisk-serve -q desk.cdisk 3>&- &
+serve=$!
+sock=$work/run/desk.sock
+while [ ! -S "$sock" ]; do sleep 0.05; done
+qemu-io -f raw -c "write -P 0x5a 64M 4M" -c "read -P 0x5a 64M 4M" -c flush \
+	"nbd+unix:///desk?socket=$sock" | grep -v "ops/sec"
+nbdinfo "nbd+unix:///desk?socket=$sock" | grep -E "export-size|block_size_minimum|can_multi_conn"
+echo "cdisk-info on the served disk asks the server:"
+cdisk-info desk.cdisk | grep -E "^blocks:"
+kill -TERM "$serve"
+wait "$serve"
+cdisk-info desk.cdisk | grep -E "last close"
 
 step "a 1 TiB disk opens and reports in milliseconds"
 cdisk-create --size 1T big.cdisk
