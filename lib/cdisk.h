@@ -132,7 +132,6 @@ int cdisk_block_status(struct cdisk *disk, uint64_t offset, uint64_t length,
 
 uint64_t cdisk_size(const struct cdisk *disk);
 uint32_t cdisk_block_size(const struct cdisk *disk);
-bool cdisk_readonly(const struct cdisk *disk);
 const char *cdisk_path(const struct cdisk *disk);
 
 /* What a disk is and holds. */
@@ -234,9 +233,6 @@ int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
 			      size_t len);
 int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 			  struct cdisk_info *info);
-/* Send one JSON request line, return the reply line (malloc'd). */
-int cdisk_control_call(struct cdisk_ctx *ctx, const char *socket_path,
-		       const char *request, char **response);
 
 /* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
 int cdisk_parse_size(const char *s, uint64_t *out);

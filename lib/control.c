@@ -371,21 +371,3 @@ busy:
 	memcpy(ctx->error, busy, sizeof(busy));
 	return -EBUSY;
 }
-
-int cdisk_control_call(struct cdisk_ctx *ctx, const char *socket_path,
-		       const char *request, char **response)
-{
-	json_error_t jerr;
-	json_t *req = json_loads(request, 0, &jerr), *reply = NULL;
-	int r;
-
-	if (!req)
-		return cd_error(ctx, -EINVAL, "request is not JSON: %s", jerr.text);
-	r = call(ctx, socket_path, req, &reply);
-	json_decref(req);
-	if (r < 0)
-		return r;
-	*response = json_dumps(reply, JSON_COMPACT);
-	json_decref(reply);
-	return *response ? 0 : -ENOMEM;
-}

@@ -940,11 +940,6 @@ uint32_t cdisk_block_size(const struct cdisk *d)
 	return d->sb.block_size;
 }
 
-bool cdisk_readonly(const struct cdisk *d)
-{
-	return d->readonly;
-}
-
 const char *cdisk_path(const struct cdisk *d)
 {
 	return d->path;
