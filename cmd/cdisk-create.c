@@ -30,7 +30,7 @@ static struct poptOption options[] = {
 	POPT_TABLEEND
 };
 
-static void report(const char *path, int result, const struct cdisk_create_opts *o)
+static void report(const char *path, int result)
 {
 	bool changed = result == 0;
 
@@ -47,7 +47,6 @@ static void report(const char *path, int result, const struct cdisk_create_opts 
 		cli_message("created '%s'", path);
 	else
 		cli_message("'%s' unchanged", path);
-	(void)o;
 }
 
 int main(int argc, char **argv)
@@ -76,7 +75,7 @@ int main(int argc, char **argv)
 	ctx = cli_context();
 	r = cdisk_create(ctx, args[0], &opts);
 	if (r >= 0)
-		report(args[0], r, &opts);
+		report(args[0], r);
 	r = cli_exit_code(ctx, r < 0 ? r : 0);
 	cdisk_ctx_free(ctx);
 	return r;

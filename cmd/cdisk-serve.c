@@ -102,7 +102,7 @@ static unsigned socket_mode(void)
 	return group_arg ? 0660 : 0600;
 }
 
-static int give_to_group(struct cdisk_ctx *ctx, const char *path)
+static int give_to_group(const char *path)
 {
 	struct group *g;
 
@@ -118,7 +118,6 @@ static int give_to_group(struct cdisk_ctx *ctx, const char *path)
 			  strerror(errno));
 		return -errno;
 	}
-	(void)ctx;
 	return 0;
 }
 
@@ -142,11 +141,11 @@ static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
 	}
 	r = cdisk_server_listen_unix(srv, nbd_path, socket_mode());
 	if (r == 0)
-		r = give_to_group(ctx, nbd_path);
+		r = give_to_group(nbd_path);
 	if (r == 0)
 		r = cdisk_server_listen_control(srv, control, socket_mode());
 	if (r == 0)
-		r = give_to_group(ctx, control);
+		r = give_to_group(control);
 	if (r == 0 && tcp_arg) {
 		char host[256] = "", *colon = strrchr(tcp_arg, ':');
 		const char *port = tcp_arg;

@@ -170,6 +170,13 @@ static const char *age_text(uint64_t s, char *buf, size_t len)
 /* The backup is the disk's second life: where it is, how old, and
  * whether it matches.  A missing, damaged or foreign backup is refreshed
  * when repairing: the disk itself is sound at this point. */
+static const char *backup_problem(const struct cd_backup_status *st)
+{
+	if (!st->valid)
+		return st->error == -ENOENT ? "missing" : "damaged";
+	return "of another disk (UUID differs)";
+}
+
 static void check_backup(struct cdisk *d, bool repair, struct cdisk_check_report *rep)
 {
 	struct cd_backup_status st;
@@ -199,14 +206,11 @@ static void check_backup(struct cdisk *d, bool repair, struct cdisk_check_report
 		rep->repaired++;
 		rep->backup_matches = true;
 		add_line(rep, "metadata backup %.60s was %s: written anew", st.path,
-			 !st.valid && st.error == -ENOENT ? "missing" :
-			 !st.valid ? "damaged" : "of another disk");
+			 backup_problem(&st));
 		return;
 	}
 	rep->warnings++;
-	add_line(rep, "metadata backup %.60s is %s", st.path,
-		 !st.valid && st.error == -ENOENT ? "missing" :
-		 !st.valid ? "damaged" : "of another disk (UUID differs)");
+	add_line(rep, "metadata backup %.60s is %s", st.path, backup_problem(&st));
 }
 
 static int check_locked(struct cdisk *d, bool repair, struct cdisk_check_report *rep);

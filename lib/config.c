@@ -17,6 +17,27 @@
 
 #define DEFAULT_CONFIG "/etc/cdisk/cdisk.conf"
 
+/* Read an INI file with handler; bad is where the handler explains a line
+ * it refused.  One message naming the file (after what: "configuration "
+ * or "") and the line, for every failure. */
+int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
+		int (*handler)(void *, const char *, const char *, const char *),
+		void *user, const char *bad)
+{
+	int line = ini_parse(path, handler, user);
+
+	if (line == -1)
+		return cd_error(ctx, errno == ENOENT ? -ENOENT : -EACCES,
+				"cannot read %s'%s': %s", what, path, strerror(errno));
+	if (line == -2)
+		return cd_error(ctx, -ENOMEM, "cannot read %s'%s': out of memory",
+				what, path);
+	if (line > 0)
+		return cd_error(ctx, -EINVAL, "%s'%s', line %d: %s", what, path, line,
+				bad[0] ? bad : "syntax error");
+	return 0;
+}
+
 void cd_config_defaults(struct cd_config *cfg)
 {
 	snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s", CD_DEFAULT_BACKUP_DIR);
@@ -85,7 +106,7 @@ int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path)
 {
 	struct parse_state st = { 0 };
 	bool must_exist = path != NULL;
-	int line;
+	int r;
 
 	if (!path)
 		path = getenv("CDISK_CONFIG");
@@ -96,16 +117,9 @@ int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path)
 	if (!must_exist && access(path, F_OK) != 0)
 		return 0;
 	cd_config_defaults(&st.cfg);
-	line = ini_parse(path, on_entry, &st);
-	if (line == -1)
-		return cd_error(ctx, errno == ENOENT ? -ENOENT : -EACCES,
-				"cannot read configuration '%s': %s", path, strerror(errno));
-	if (line == -2)
-		return cd_error(ctx, -ENOMEM, "cannot read configuration '%s': out of memory",
-				path);
-	if (line > 0)
-		return cd_error(ctx, -EINVAL, "configuration '%s', line %d: %s", path, line,
-				st.bad[0] ? st.bad : "syntax error");
+	r = cd_ini_load(ctx, "configuration ", path, on_entry, &st, st.bad);
+	if (r < 0)
+		return r;
 	ctx->cfg = st.cfg;
 	return 0;
 }

@@ -4,7 +4,6 @@
  *   disk = /var/lib/cdisk/alice.cdisk
  *   read_only = no
  */
-#include <ini.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -63,17 +62,9 @@ static int on_entry(void *user, const char *section, const char *key,
 int cdisk_server_load_exports(struct cdisk_server *s, const char *path, bool read_only)
 {
 	struct parse_state st = { 0 };
-	int line = ini_parse(path, on_entry, &st), r = 0;
+	int r = cd_ini_load(s->ctx, "", path, on_entry, &st, st.bad);
 
-	if (line == -1)
-		r = cd_error(s->ctx, errno == ENOENT ? -ENOENT : -EACCES,
-			     "cannot read '%s': %s", path, strerror(errno));
-	else if (line == -2)
-		r = cd_error(s->ctx, -ENOMEM, "cannot read '%s': out of memory", path);
-	else if (line > 0)
-		r = cd_error(s->ctx, -EINVAL, "'%s', line %d: %s", path, line,
-			     st.bad[0] ? st.bad : "syntax error");
-	else if (st.n == 0)
+	if (r == 0 && st.n == 0)
 		r = cd_error(s->ctx, -EINVAL, "'%s' defines no [export NAME] section", path);
 	for (size_t i = 0; r == 0 && i < st.n; i++) {
 		if (!st.list[i].disk[0])

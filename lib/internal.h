@@ -39,6 +39,9 @@ struct cd_config {
 };
 
 void cd_config_defaults(struct cd_config *cfg);
+int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
+		int (*handler)(void *, const char *, const char *, const char *),
+		void *user, const char *bad);
 
 struct cdisk_ctx {
 	char error[512];

@@ -1103,11 +1103,12 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 
 	for (;;) {
 		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 2];
-		size_t n = 0;
+		size_t n = 0, first_listener;
 
 		p[n++] = (struct pollfd){ .fd = stop_fd, .events = POLLIN };
 		if (s->control_fd >= 0)
 			p[n++] = (struct pollfd){ .fd = s->control_fd, .events = POLLIN };
+		first_listener = n;
 		for (size_t i = 0; i < s->nlisten; i++)
 			p[n++] = (struct pollfd){ .fd = s->listen[i].fd, .events = POLLIN };
 		if (poll(p, n, 1000) < 0 && errno != EINTR)
@@ -1115,14 +1116,11 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		reap_connections(s, false);
 		if (p[0].revents)
 			break;
-		for (size_t i = 1; i < n; i++) {
-			if (!(p[i].revents & POLLIN))
-				continue;
-			if (p[i].fd == s->control_fd)
-				cd_control_serve_one(s);
-			else
-				accept_one(s, p[i].fd, s->listen[i - (s->control_fd >= 0 ? 2 : 1)].tcp);
-		}
+		if (first_listener > 1 && p[1].revents & POLLIN)
+			cd_control_serve_one(s);
+		for (size_t i = 0; i < s->nlisten; i++)
+			if (p[first_listener + i].revents & POLLIN)
+				accept_one(s, s->listen[i].fd, s->listen[i].tcp);
 	}
 	/* Stop reading new requests; what was read is still answered. */
 	pthread_mutex_lock(&s->lock);
