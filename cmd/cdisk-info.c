@@ -54,6 +54,8 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	else if (i->base_reachable)
 		printf("base:            %s (%s, reachable)\n", i->base,
 		       cdisk_format_size(i->base_size, a, sizeof(a)));
+	else if (i->base_error == 0)
+		printf("base:            %s (not opened yet)\n", i->base);
 	else
 		printf("base:            %s (unreachable: %s)\n", i->base, i->base_error_msg);
 	printf("mirror:          %s\n", i->mirror[0] ? i->mirror : "none");
@@ -95,7 +97,8 @@ static int print_json(const char *path, const struct cdisk_info *i,
 	json_t *base = i->base[0] ?
 		json_pack("{s:s, s:b, s:I, s:s?}", "uri", i->base,
 			  "reachable", i->base_reachable, "size", (json_int_t)i->base_size,
-			  "error", i->base_reachable ? NULL : i->base_error_msg) :
+			  "error", i->base_reachable || !i->base_error ? NULL
+							       : i->base_error_msg) :
 		json_null();
 	json_t *j = json_pack(
 		"{s:i, s:s, s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:o, s:s?, s:s?, s:s,"

@@ -1,10 +1,12 @@
 /* libFuzzer target for cdisk's other parsers: the first byte picks one.
  *   0: a URI            1: a superblock (4096 bytes)
- *   2: a control socket request line */
+ *   2: a control socket request line   3: an S3 manifest
+ *   4: an HTTP header line               5: an S3 error body */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "common.h"
+#include "http.h"
 
 static struct cdisk_server *srv;
 
@@ -26,7 +28,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text = malloc(size);
 	memcpy(text, data + 1, size - 1);
 	text[size - 1] = 0;
-	switch (data[0] % 3) {
+	switch (data[0] % 6) {
 	case 0: {
 		struct cd_uri u;
 		if (cd_uri_parse(&ctx, text, &u) == 0)
@@ -44,9 +46,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		cd_sb_decode(sb, &out, &why);
 		break;
 	}
-	default:
+	case 2:
 		free(cd_control_answer(srv, text));
 		break;
+	case 3: {
+		uint64_t disk_size;
+		uint32_t chunk;
+		cd_s3_parse_manifest(&ctx, "s3://b/p", (const char *)data + 1, size - 1,
+				     &disk_size, &chunk);
+		break;
+	}
+	case 4: {
+		struct cd_http_reply reply = { 0 };
+		cd_http_parse_header((const char *)data + 1, size - 1, &reply);
+		break;
+	}
+	default: {
+		char code[64];
+		cd_s3_error_code(text, code, sizeof(code));
+		break;
+	}
 	}
 	free(text);
 	return 0;

@@ -1,14 +1,7 @@
 /* The configuration file: host-wide defaults an administrator sets once.
- *
- *   [metadata]
- *   backup_dir = /var/lib/cdisk/meta   ; "none" turns backups off
- *   backup_interval = 300              ; seconds between refreshes
- *   auto_repair = yes                  ; rebuild damaged metadata at open
- *
- *   [serve]
- *   runtime_dir = /run/cdisk           ; sockets of serving processes
- */
+ * Every key is described in cdisk(7). */
 #include <ini.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -40,10 +33,15 @@ int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
 
 void cd_config_defaults(struct cd_config *cfg)
 {
+	memset(cfg, 0, sizeof(*cfg));
 	snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s", CD_DEFAULT_BACKUP_DIR);
 	snprintf(cfg->runtime_dir, sizeof(cfg->runtime_dir), "%s", CD_DEFAULT_RUNTIME_DIR);
 	cfg->backup_interval = 300;
 	cfg->auto_repair = true;
+	cfg->timeout = 30;
+	cfg->retries = 3;
+	cfg->connections = 16;
+	cfg->s3_chunk_size = 4u << 20;
 }
 
 struct parse_state {
@@ -51,29 +49,109 @@ struct parse_state {
 	char bad[160];
 };
 
+/* Keys that hold text: where each goes and whether it must be a path. */
+static const struct text_key {
+	const char *section, *name;
+	size_t offset, size;
+	bool path;
+} text_keys[] = {
+#define TEXT(sec, key, field, is_path) \
+	{ sec, key, offsetof(struct cd_config, field), \
+	  sizeof(((struct cd_config *)0)->field), is_path }
+	TEXT("serve", "runtime_dir", runtime_dir, true),
+	TEXT("iscsi", "initiator", iscsi_initiator, false),
+	TEXT("iscsi", "chap_secret_file", iscsi_secret_file, true),
+	TEXT("rbd", "conf", rbd_conf, true),
+	TEXT("rbd", "id", rbd_id, false),
+	TEXT("rbd", "keyring", rbd_keyring, true),
+	TEXT("s3", "endpoint", s3_endpoint, false),
+	TEXT("s3", "region", s3_region, false),
+	TEXT("s3", "credentials_file", s3_credentials, true),
+	TEXT("s3", "profile", s3_profile, false),
+	TEXT("http", "ca_file", ca_file, true),
+#undef TEXT
+};
+
+/* Keys that hold whole numbers, with their bounds. */
+static const struct number_key {
+	const char *section, *name;
+	size_t offset;
+	long min, max;
+	const char *unit;
+} number_keys[] = {
+	{ "metadata", "backup_interval", offsetof(struct cd_config, backup_interval),
+	  1, 86400 * 7, "seconds" },
+	{ "target", "timeout", offsetof(struct cd_config, timeout), 1, 3600, "seconds" },
+	{ "target", "retries", offsetof(struct cd_config, retries), 0, 20, "retries" },
+	{ "target", "connections", offsetof(struct cd_config, connections), 1, 256,
+	  "connections" },
+	{ "s3", "chunk_size", offsetof(struct cd_config, s3_chunk_size), 65536,
+	  1L << 30, "bytes" },
+};
+
+static bool set_text(struct parse_state *st, const struct text_key *k,
+		     const char *value)
+{
+	if (k->path && value[0] != '/') {
+		snprintf(st->bad, sizeof(st->bad), "%s must be an absolute path", k->name);
+		return false;
+	}
+	if (strlen(value) >= k->size) {
+		snprintf(st->bad, sizeof(st->bad), "%s is too long", k->name);
+		return false;
+	}
+	memcpy((char *)&st->cfg + k->offset, value, strlen(value) + 1);
+	return true;
+}
+
+static bool set_number(struct parse_state *st, const struct number_key *k,
+		       const char *value)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(value, &end, 10);
+	if (errno || *end || end == value || v < k->min || v > k->max) {
+		snprintf(st->bad, sizeof(st->bad), "%s must be %s from %ld to %ld",
+			 k->name, k->unit, k->min, k->max);
+		return false;
+	}
+	*(uint32_t *)((char *)&st->cfg + k->offset) = (uint32_t)v;
+	return true;
+}
+
+static bool known_section(const char *section)
+{
+	static const char *const sections[] = {
+		"metadata", "serve", "target", "iscsi", "rbd", "s3", "http",
+	};
+
+	for (size_t i = 0; i < CD_ARRAY_SIZE(sections); i++)
+		if (!strcmp(section, sections[i]))
+			return true;
+	return false;
+}
+
 static int on_entry(void *user, const char *section, const char *name,
 		    const char *value)
 {
 	struct parse_state *st = user;
 	struct cd_config *cfg = &st->cfg;
 
-	if (!strcmp(section, "serve")) {
-		if (strcmp(name, "runtime_dir") != 0) {
-			snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s'", name);
-			return 0;
-		}
-		if (value[0] != '/') {
-			snprintf(st->bad, sizeof(st->bad), "runtime_dir must be an absolute path");
-			return 0;
-		}
-		snprintf(cfg->runtime_dir, sizeof(cfg->runtime_dir), "%s", value);
-		return 1;
-	}
-	if (strcmp(section, "metadata") != 0) {
+	if (!known_section(section)) {
 		snprintf(st->bad, sizeof(st->bad), "unknown section [%.60s]", section);
 		return 0;
 	}
-	if (!strcmp(name, "backup_dir")) {
+	for (size_t i = 0; i < CD_ARRAY_SIZE(text_keys); i++)
+		if (!strcmp(section, text_keys[i].section) &&
+		    !strcmp(name, text_keys[i].name))
+			return set_text(st, &text_keys[i], value);
+	for (size_t i = 0; i < CD_ARRAY_SIZE(number_keys); i++)
+		if (!strcmp(section, number_keys[i].section) &&
+		    !strcmp(name, number_keys[i].name))
+			return set_number(st, &number_keys[i], value);
+	if (!strcmp(section, "metadata") && !strcmp(name, "backup_dir")) {
 		if (strcmp(value, "none") && value[0] != '/') {
 			snprintf(st->bad, sizeof(st->bad), "backup_dir must be an absolute "
 				 "path or 'none'");
@@ -81,25 +159,17 @@ static int on_entry(void *user, const char *section, const char *name,
 		}
 		snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s",
 			 strcmp(value, "none") ? value : "");
-	} else if (!strcmp(name, "backup_interval")) {
-		char *end;
-		long v = strtol(value, &end, 10);
-		if (*end || end == value || v < 1 || v > 86400 * 7) {
-			snprintf(st->bad, sizeof(st->bad), "backup_interval must be seconds "
-				 "from 1 to 604800");
-			return 0;
-		}
-		cfg->backup_interval = (uint32_t)v;
-	} else if (!strcmp(name, "auto_repair")) {
+		return 1;
+	}
+	if (!strcmp(section, "metadata") && !strcmp(name, "auto_repair")) {
 		if (!cd_parse_bool(value, &cfg->auto_repair)) {
 			snprintf(st->bad, sizeof(st->bad), "auto_repair must be yes or no");
 			return 0;
 		}
-	} else {
-		snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s'", name);
-		return 0;
+		return 1;
 	}
-	return 1;
+	snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s' in [%.40s]", name, section);
+	return 0;
 }
 
 int cdisk_ctx_load_config(struct cdisk_ctx *ctx, const char *path)

@@ -9,13 +9,17 @@ struct cdisk_ctx *cdisk_ctx_new(void)
 {
 	struct cdisk_ctx *ctx = calloc(1, sizeof(struct cdisk_ctx));
 
-	if (ctx)
+	if (ctx) {
+		pthread_mutex_init(&ctx->error_lock, NULL);
 		cd_config_defaults(&ctx->cfg);
+	}
 	return ctx;
 }
 
 void cdisk_ctx_free(struct cdisk_ctx *ctx)
 {
+	if (ctx)
+		pthread_mutex_destroy(&ctx->error_lock);
 	free(ctx);
 }
 
@@ -37,12 +41,16 @@ const char *cdisk_ctx_error(const struct cdisk_ctx *ctx)
 
 int cd_error(struct cdisk_ctx *ctx, int err, const char *fmt, ...)
 {
+	char msg[sizeof(ctx->error)];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(ctx->error, sizeof(ctx->error), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	cd_log(ctx, CDISK_LOG_DEBUG, "error: %s", ctx->error);
+	pthread_mutex_lock(&ctx->error_lock);
+	memcpy(ctx->error, msg, sizeof(msg));
+	pthread_mutex_unlock(&ctx->error_lock);
+	cd_log(ctx, CDISK_LOG_DEBUG, "error: %s", msg);
 	return err;
 }
 

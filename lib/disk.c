@@ -306,6 +306,7 @@ static void disk_free(struct cdisk *d)
 		close(d->fd);
 	cd_disk_reset_state(d);
 	pthread_mutex_destroy(&d->lock);
+	pthread_mutex_destroy(&d->base_lock);
 	pthread_cond_destroy(&d->drained);
 	pthread_cond_destroy(&d->resumed);
 	free(d->path);
@@ -332,11 +333,14 @@ int cd_disk_init_state(struct cdisk *d)
 	return 0;
 }
 
+#define CD_BASE_RETRY_MS 5000
+
+/* Under base_lock. */
 static void open_base(struct cdisk *d)
 {
 	char saved[sizeof(d->ctx->error)];
 
-	if (!d->sb.base[0])
+	if (!d->sb.base[0] || d->base || cd_now_ms() < d->base_retry_at)
 		return;
 	/* A missing base must not stop the disk: the overlay still serves
 	 * what it holds.  Reads that need the base report this error. */
@@ -345,9 +349,24 @@ static void open_base(struct cdisk *d)
 	if (d->base_error < 0) {
 		snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s",
 			 d->ctx->error);
+		d->base_retry_at = cd_now_ms() + CD_BASE_RETRY_MS;
 		cd_log(d->ctx, CDISK_LOG_WARNING, "%s", d->ctx->error);
 	}
 	memcpy(d->ctx->error, saved, sizeof(saved));
+}
+
+/* The base, opened now if need be; an error when it cannot be. */
+static int get_base(struct cdisk *d, struct cd_target **out)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&d->base_lock);
+	open_base(d);
+	*out = d->base;
+	if (!d->base)
+		r = cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
+	pthread_mutex_unlock(&d->base_lock);
+	return r;
 }
 
 static int recover_and_own(struct cdisk *d)
@@ -451,6 +470,7 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	if (!d)
 		return cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
 	pthread_mutex_init(&d->lock, NULL);
+	pthread_mutex_init(&d->base_lock, NULL);
 	pthread_cond_init(&d->drained, NULL);
 	pthread_cond_init(&d->resumed, NULL);
 	d->ctx = ctx;
@@ -495,7 +515,7 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	if (d->sb_damage[0])
 		cd_log(ctx, CDISK_LOG_WARNING, "'%s': %s", path, d->sb_damage);
 	if (!(flags & CDISK_OPEN_NO_BASE))
-		open_base(d);
+		open_base(d);   /* nobody else has d yet */
 	*out = d;
 	return 0;
 fail:
@@ -554,26 +574,26 @@ static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
 
 static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 {
+	struct cd_target *base;
 	size_t have = len;
+	int r;
 
 	if (!d->sb.base[0]) {
 		memset(buf, 0, len);
 		return 0;
 	}
-	if (!d->base) {
-		open_base(d);
-		if (!d->base)
-			return cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
-	}
+	r = get_base(d, &base);
+	if (r < 0)
+		return r;
 	/* A base shorter than the disk reads as zeros past its end. */
-	if (off >= d->base->size)
+	if (off >= base->size)
 		have = 0;
-	else if (d->base->size - off < len)
-		have = (size_t)(d->base->size - off);
+	else if (base->size - off < len)
+		have = (size_t)(base->size - off);
 	memset(buf + have, 0, len - have);
 	if (!have)
 		return 0;
-	return cd_target_pread(d->base, buf, have, off);
+	return cd_target_pread(base, buf, have, off);
 }
 
 /* Read n bytes of present blocks from the data area. */
@@ -720,11 +740,6 @@ static int next_run(struct cdisk *d, uint64_t b, uint64_t end, bool *present,
 	*stop = cd_bitmap_find(&d->present, b, !*present);
 	if (*stop > end)
 		*stop = end;
-	if (!*present && d->sb.base[0] && !d->base) {
-		open_base(d);
-		if (!d->base)
-			r = cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
-	}
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
@@ -1034,11 +1049,13 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 	info->data_offset = d->sb.data_offset;
 	if (fstat(d->fd, &st) == 0)
 		info->file_bytes = (uint64_t)st.st_blocks * 512;
+	pthread_mutex_lock(&d->base_lock);
 	info->base_reachable = d->base != NULL;
 	info->base_size = d->base ? d->base->size : 0;
 	info->base_error = d->base_error;
 	snprintf(info->base_error_msg, sizeof(info->base_error_msg), "%s",
 		 d->base_error_msg);
+	pthread_mutex_unlock(&d->base_lock);
 	return 0;
 }
 

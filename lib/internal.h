@@ -36,6 +36,25 @@ struct cd_config {
 	char runtime_dir[CDISK_MAX_URI + 1];  /* sockets of serving processes */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;
+	/* [target] */
+	uint32_t timeout;                     /* seconds per request */
+	uint32_t retries;
+	uint32_t connections;                 /* sessions per target */
+	/* [iscsi] */
+	char iscsi_initiator[224];
+	char iscsi_secret_file[CDISK_MAX_URI + 1];
+	/* [rbd] */
+	char rbd_conf[CDISK_MAX_URI + 1];
+	char rbd_id[64];
+	char rbd_keyring[CDISK_MAX_URI + 1];
+	/* [s3] */
+	char s3_endpoint[CDISK_MAX_URI + 1];
+	char s3_region[64];
+	char s3_credentials[CDISK_MAX_URI + 1];
+	char s3_profile[64];
+	uint32_t s3_chunk_size;
+	/* [http] */
+	char ca_file[CDISK_MAX_URI + 1];
 };
 
 void cd_config_defaults(struct cd_config *cfg);
@@ -44,6 +63,7 @@ int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
 		void *user, const char *bad);
 
 struct cdisk_ctx {
+	pthread_mutex_t error_lock;   /* threads of one target report at once */
 	char error[512];
 	struct cd_config cfg;
 	cdisk_log_fn log_fn;
@@ -147,42 +167,96 @@ int cd_uri_parse(struct cdisk_ctx *ctx, const char *text, struct cd_uri *uri);
 void cd_uri_clear(struct cd_uri *uri);
 const char *cd_scheme_name(enum cd_scheme scheme);
 
-/* ---- targets (target.c, target-file.c) ---- */
+/* ---- targets (target.c, target-*.c) ----
+ * Every call is blocking and may come from many threads at once; that is
+ * how callers keep many requests in flight.  A kind whose connection
+ * carries one request at a time (iSCSI, NBD, HTTP, S3) gives connect and
+ * disconnect, and target.c keeps a pool of such sessions, grown on demand
+ * up to [target] connections.  The others (file, rbd) are shared as is. */
 
 struct cd_target;
 
 struct cd_target_ops {
 	const char *name;
+	/* Learn the size and capabilities; may use a first session. */
 	int (*open)(struct cd_target *t, const struct cd_uri *uri);
-	int (*pread)(struct cd_target *t, void *buf, size_t len, uint64_t off);
-	int (*pwrite)(struct cd_target *t, const void *buf, size_t len,
+	int (*connect)(struct cd_target *t, void **session);
+	void (*disconnect)(struct cd_target *t, void *session);
+	int (*pread)(struct cd_target *t, void *s, void *buf, size_t len,
+		     uint64_t off);
+	int (*pwrite)(struct cd_target *t, void *s, const void *buf, size_t len,
 		      uint64_t off);
-	int (*flush)(struct cd_target *t);
-	int (*zero)(struct cd_target *t, size_t len, uint64_t off);
+	int (*flush)(struct cd_target *t, void *s);
+	/* -EOPNOTSUPP: target.c writes zeros instead. */
+	int (*zero)(struct cd_target *t, void *s, size_t len, uint64_t off);
+	int (*trim)(struct cd_target *t, void *s, size_t len, uint64_t off);
 	void (*close)(struct cd_target *t);
 };
+
+struct cd_session_pool {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	void **idle;
+	unsigned nidle;
+	unsigned nsessions;   /* idle + lent + being connected */
+	unsigned max;
+	bool flushing;        /* a flush waits for every session */
+};
+
+#define CD_RMW_STRIPES 64
 
 struct cd_target {
 	const struct cd_target_ops *ops;
 	struct cdisk_ctx *ctx;
 	char *uri;
 	uint64_t size;
+	uint32_t align;          /* requests must be multiples of this */
+	uint32_t max_request;    /* bytes per request; 0: any */
+	uint32_t timeout_ms;     /* every request and connection */
+	uint32_t retries;
 	bool readonly;
 	bool can_flush;
 	bool can_zero;
+	bool can_trim;
+	bool flush_every_session;  /* flush only covers its own connection */
+	struct cd_session_pool pool;
+	pthread_mutex_t rmw_lock[CD_RMW_STRIPES];
 	void *priv;
 };
 
+/* Kinds and their names; false when this build lacks one. */
+bool cd_target_supported(enum cd_scheme scheme);
 int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
 		   struct cd_target **out);
+/* The same with the kind given (unit tests give one of their own). */
+int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
+			const struct cd_uri *u, const struct cd_target_ops *ops,
+			bool readonly, struct cd_target **out);
 int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off);
 int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
 		     uint64_t off);
 int cd_target_flush(struct cd_target *t);
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
+int cd_target_trim(struct cd_target *t, size_t len, uint64_t off);
 void cd_target_close(struct cd_target *t);
+/* Make a new, empty store of size bytes where the kind can (file, rbd, s3). */
+int cd_target_create(struct cdisk_ctx *ctx, const char *uri, uint64_t size);
+
+/* For the kinds: whether an error is a broken connection or a timeout,
+ * after which the session is dropped and a safe request is retried. */
+bool cd_target_error_transient(int err);
+/* Milliseconds left until deadline (CLOCK_MONOTONIC ms), at least 0. */
+uint64_t cd_now_ms(void);
 
 extern const struct cd_target_ops cd_file_target_ops;
+extern const struct cd_target_ops cd_nbd_target_ops;
+extern const struct cd_target_ops cd_iscsi_target_ops;
+extern const struct cd_target_ops cd_rbd_target_ops;
+extern const struct cd_target_ops cd_http_target_ops;
+extern const struct cd_target_ops cd_s3_target_ops;
+int cd_rbd_create(struct cdisk_ctx *ctx, const struct cd_uri *u, uint64_t size);
+int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
+		 uint64_t size);
 
 /* ---- block-state bitmaps (bitmap.c) ----
  * Pages of 4096 bytes (32768 bits); a page that was never set is not
@@ -360,8 +434,13 @@ struct cdisk {
 	uint64_t backup_time;   /* when this handle last wrote a backup */
 	struct cd_restore_result restore;
 
+	/* The base opens on first need, outside the disk's lock: a server
+	 * that is down must not stall I/O the overlay can serve.  After a
+	 * failure it is not tried again for CD_BASE_RETRY_MS. */
+	pthread_mutex_t base_lock;
 	struct cd_target *base;
 	int base_error;
+	uint64_t base_retry_at;   /* cd_now_ms() */
 	char base_error_msg[512];
 	uint64_t block_size;
 };

@@ -923,7 +923,10 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 	for (size_t i = 0; i < s->nexports; i++)
 		if (strcmp(s->exports[i].name, name) == 0)
 			return cd_error(s->ctx, -EINVAL, "export '%s' is given twice", name);
-	r = cdisk_open(s->ctx, path, readonly ? CDISK_OPEN_RDONLY : 0, &d);
+	/* The base opens when a read first needs it: a remote base that is
+	 * down must not keep the overlay from being served. */
+	r = cdisk_open(s->ctx, path, CDISK_OPEN_NO_BASE |
+		       (readonly ? CDISK_OPEN_RDONLY : 0), &d);
 	if (r < 0)
 		return r;
 	e = realloc(s->exports, (s->nexports + 1) * sizeof(*e));

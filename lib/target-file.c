@@ -48,6 +48,7 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 	}
 	t->can_flush = true;
 	t->can_zero = true;
+	t->can_trim = !f->is_blockdev;
 	t->priv = f;
 	return 0;
 fail:
@@ -57,11 +58,13 @@ fail:
 	return r;
 }
 
-static int file_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
+static int file_pread(struct cd_target *t, void *s, void *buf, size_t len,
+		      uint64_t off)
 {
 	struct file_priv *f = t->priv;
 	int r = cd_pread_full(f->fd, buf, len, off);
 
+	(void)s;
 	/* The file may have shrunk under us; what is gone reads as zeros,
 	 * as a hole would. */
 	if (r == -ENODATA) {
@@ -79,34 +82,37 @@ static int file_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 	return 0;
 }
 
-static int file_pwrite(struct cd_target *t, const void *buf, size_t len,
-		       uint64_t off)
+static int file_pwrite(struct cd_target *t, void *s, const void *buf,
+		       size_t len, uint64_t off)
 {
 	struct file_priv *f = t->priv;
 	int r = cd_pwrite_full(f->fd, buf, len, off);
 
+	(void)s;
 	if (r < 0)
 		return cd_error(t->ctx, r, "cannot write '%s' at %llu: %s", t->uri,
 				(unsigned long long)off, strerror(-r));
 	return 0;
 }
 
-static int file_flush(struct cd_target *t)
+static int file_flush(struct cd_target *t, void *s)
 {
 	struct file_priv *f = t->priv;
 
+	(void)s;
 	if (fdatasync(f->fd) < 0)
 		return cd_error(t->ctx, -errno, "cannot flush '%s': %s", t->uri,
 				strerror(errno));
 	return 0;
 }
 
-static int file_zero(struct cd_target *t, size_t len, uint64_t off)
+static int file_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
 {
 	struct file_priv *f = t->priv;
 	int mode = f->is_blockdev ? FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE :
 				    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE;
 
+	(void)s;
 	if (fallocate(f->fd, mode, (off_t)off, (off_t)len) == 0)
 		return 0;
 	if (errno == EOPNOTSUPP || errno == ENOSYS)
@@ -130,5 +136,6 @@ const struct cd_target_ops cd_file_target_ops = {
 	.pwrite = file_pwrite,
 	.flush = file_flush,
 	.zero = file_zero,
+	.trim = file_zero,
 	.close = file_close,
 };

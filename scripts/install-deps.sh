@@ -9,6 +9,9 @@ PACKAGES="
 	scdoc bats bats-assert bats-support
 	jq xxd coreutils util-linux bash-completion socat
 	qemu-utils libnbd-bin nbdkit fio clang libclang-rt-14-dev
+	libnbd-dev libiscsi-dev libiscsi-bin librbd-dev librados-dev
+	libcurl4-openssl-dev curl
+	tgt ceph-mon ceph-osd ceph-common radosgw nginx-light qemu-block-extra
 "
 
 missing=""

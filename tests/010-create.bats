@@ -143,9 +143,10 @@ setup() {
 	done
 }
 
-@test "a remote base this version cannot open is refused with its scheme" {
-	run_cdisk 1 cdisk-create --base iscsi://127.0.0.1/iqn.2001-04.com.example:d/0 d.cdisk
-	assert_error cdisk-create "cannot open 'iscsi://.*': iscsi targets are not supported by this version of cdisk"
+@test "a remote base that cannot be reached is refused; nothing is created" {
+	printf '[target]\ntimeout = 2\nretries = 0\n' >>"$CDISK_CONFIG"
+	run_cdisk 3 cdisk-create --base iscsi://127.0.0.1:1/iqn.2001-04.com.example:d/0 d.cdisk
+	assert_error cdisk-create "cannot reach 'iscsi://127.0.0.1:1/.*': Connection refused"
 	[ ! -e d.cdisk ]
 }
 

@@ -143,3 +143,91 @@ stop_serve() {
 	SERVE_PID=
 	return $rc
 }
+
+# ---- real servers (tests/servers.sh) ----
+
+# use_server NAME: start NAME once for the whole run and load its
+# variables.  run-tests.sh stops every server when the run ends.
+use_server() {
+	: "${CDISK_SERVERS:=$BATS_RUN_TMPDIR/servers}"
+	export CDISK_SERVERS
+	timeout 180 "$TOP/tests/servers.sh" start "$1" 3>&- ||
+		fail "cannot start the $1 server"
+	# shellcheck disable=SC1090
+	. "$CDISK_SERVERS/$1.env"
+}
+
+# Short timeouts, so that tests of unreachable servers end quickly.
+quick_timeouts() {
+	printf '[target]\ntimeout = %s\nretries = %s\n' "${1:-2}" "${2:-1}" >>"$CDISK_CONFIG"
+}
+
+# tgt_new_lun SIZE [tgtadm LUN params]: a new iSCSI target with one
+# file-backed LUN 1, open to every initiator; sets TGT_URI, TGT_TID, TGT_IQN.
+tgt_new_lun() {
+	local size=$1 params=${2:-thin_provisioning=1}
+	local adm=(tgtadm -C "$TGT_CONTROL" --lld iscsi)
+	exec 8>"$CDISK_SERVERS/tgt.tid.lock"
+	flock 8
+	TGT_TID=$(($(cat "$CDISK_SERVERS/tgt.tid" 2>/dev/null || echo 0) + 1))
+	echo "$TGT_TID" >"$CDISK_SERVERS/tgt.tid"
+	exec 8>&-
+	TGT_IQN=iqn.2026-11.org.cdisk.test:t$TGT_TID
+	truncate -s "$size" "$BATS_TEST_TMPDIR/lun$TGT_TID.img"
+	"${adm[@]}" --op new --mode target --tid "$TGT_TID" -T "$TGT_IQN"
+	"${adm[@]}" --op new --mode logicalunit --tid "$TGT_TID" --lun 1 \
+		-b "$BATS_TEST_TMPDIR/lun$TGT_TID.img"
+	[ -z "$params" ] || "${adm[@]}" --op update --mode logicalunit --tid "$TGT_TID" \
+		--lun 1 --params "$params"
+	"${adm[@]}" --op bind --mode target --tid "$TGT_TID" -I ALL
+	TGT_URI=iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/1
+}
+
+tgt_delete_lun() {
+	tgtadm -C "$TGT_CONTROL" --lld iscsi --op delete --force --mode target \
+		--tid "$1" 2>/dev/null || true
+}
+
+# s3_env: the S3 variables for radosgw, and a bucket of this test's own.
+s3_env() {
+	use_server rgw
+	export AWS_ENDPOINT_URL=$RGW_ENDPOINT AWS_ACCESS_KEY_ID=$RGW_KEY
+	export AWS_SECRET_ACCESS_KEY=$RGW_SECRET AWS_REGION=us-east-1
+	BUCKET=cdisk-$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-12)
+	s3_curl -X PUT "$RGW_ENDPOINT/$BUCKET" >/dev/null
+}
+
+s3_curl() {
+	curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RGW_KEY:$RGW_SECRET" \
+		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
+}
+
+# A listener that accepts connections and never answers: a host that
+# does not respond.  Sets SILENT_PORT and SILENT_PID.
+start_silent_server() {
+	SILENT_PORT=$((40000 + RANDOM % 20000))
+	socat TCP-LISTEN:"$SILENT_PORT",bind=127.0.0.1,reuseaddr,fork EXEC:'sleep 600' \
+		3>&- &
+	SILENT_PID=$!
+	local i
+	for i in $(seq 50); do
+		ss -Hltn "sport = :$SILENT_PORT" | grep -q . && return 0
+		sleep 0.1
+	done
+	fail "socat did not listen"
+}
+
+stop_silent_server() {
+	[ -n "${SILENT_PID:-}" ] || return 0
+	pkill -P "$SILENT_PID" 2>/dev/null || true
+	kill "$SILENT_PID" 2>/dev/null || true
+}
+
+# A file of LEN random bytes, made once per run and shared.
+random_file() {
+	local f=$BATS_RUN_TMPDIR/random-$1
+	if [ ! -f "$f" ]; then
+		head -c "$1" /dev/urandom >"$f.tmp" && mv -f "$f.tmp" "$f"
+	fi
+	echo "$f"
+}

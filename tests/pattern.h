@@ -39,4 +39,37 @@ static inline int pattern_check(const void *buf, size_t len, uint64_t offset,
 	return 1;
 }
 
+/* Byte-granular forms, for requests at odd offsets and sizes. */
+static inline uint8_t pattern_byte(uint64_t seed, uint64_t offset)
+{
+	return seed ? (uint8_t)(pattern_word(seed, offset / 8) >> (8 * (offset % 8))) : 0;
+}
+
+static inline void pattern_fill_any(void *buf, size_t len, uint64_t offset,
+				    uint64_t seed)
+{
+	uint8_t *b = buf;
+
+	if (offset % 8 == 0 && len % 8 == 0) {
+		pattern_fill(buf, len, offset, seed);
+		return;
+	}
+	for (size_t i = 0; i < len; i++)
+		b[i] = pattern_byte(seed, offset + i);
+}
+
+/* The offset of the first byte that differs, or -1. */
+static inline int64_t pattern_find_any(const void *buf, size_t len, uint64_t offset,
+				       uint64_t seed)
+{
+	const uint8_t *b = buf;
+
+	if (offset % 8 == 0 && len % 8 == 0 && pattern_check(buf, len, offset, seed))
+		return -1;
+	for (size_t i = 0; i < len; i++)
+		if (b[i] != pattern_byte(seed, offset + i))
+			return (int64_t)(offset + i);
+	return -1;
+}
+
 #endif

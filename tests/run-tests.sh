@@ -14,7 +14,10 @@ export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 passed=0 failed=0 skipped=0
 log=$(mktemp)
 scratch=$(mktemp -d)
-trap 'rm -f "$log"; rm -rf "$scratch"' EXIT
+# Real servers (tests/servers.sh) are started by the first test that needs
+# them, reused by the rest, and stopped here whatever happens.
+export CDISK_SERVERS=$scratch/servers
+trap '"$top"/tests/servers.sh stop-all; rm -f "$log"; rm -rf "$scratch"' EXIT
 # Nothing a test does may write to /var/lib/cdisk.
 export CDISK_CONFIG=$scratch/cdisk.conf
 printf '[metadata]\nbackup_dir = %s/meta\n' "$scratch" >"$CDISK_CONFIG"

@@ -1,0 +1,532 @@
+/* iSCSI targets through libiscsi: iscsi://[user@]host[:port]/iqn/lun.
+ * One libiscsi context (one iSCSI session) is one pool session, driven
+ * with libiscsi's asynchronous calls and our own poll loop so that every
+ * command, the login included, has a deadline. */
+#include <iscsi/iscsi.h>
+#include <iscsi/scsi-lowlevel.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define ISCSI_DEFAULT_PORT 3260
+#define ISCSI_MAX_REQUEST (4u << 20)
+
+struct iscsi_priv {
+	char portal[300];
+	char iqn[224];
+	char initiator[224];
+	char user[128];
+	char password[256];
+	int lun;
+	uint32_t block;
+};
+
+/* What the callback leaves for the waiter. */
+struct wait {
+	bool done;
+	int status;
+	struct scsi_task *task;
+};
+
+static void on_done(struct iscsi_context *iscsi, int status, void *data,
+		    void *opaque)
+{
+	struct wait *w = opaque;
+
+	(void)iscsi;
+	w->done = true;
+	w->status = status;
+	if (data && status != SCSI_STATUS_ERROR && status != SCSI_STATUS_CANCELLED)
+		w->task = data;
+}
+
+/* Run the context's event loop until w is done or the deadline passes. */
+static int drive(struct cd_target *t, struct iscsi_context *iscsi, struct wait *w)
+{
+	uint64_t deadline = cd_now_ms() + t->timeout_ms;
+	int sock_err = 0;
+
+	while (!w->done) {
+		struct pollfd pfd = { iscsi_get_fd(iscsi), (short)iscsi_which_events(iscsi), 0 };
+		uint64_t now = cd_now_ms();
+		int n;
+
+		if (now >= deadline)
+			return -ETIMEDOUT;
+		n = poll(&pfd, 1, (int)(deadline - now < 1000 ? deadline - now : 1000));
+		if (n < 0 && errno != EINTR)
+			return -errno;
+		/* Keep why a connection failed ("refused"), which libiscsi's own
+		 * message after the fact does not say; libiscsi still handles
+		 * the failure itself, so that it frees what it holds. */
+		if (n > 0 && (pfd.revents & (POLLERR | POLLHUP))) {
+			socklen_t len = sizeof(sock_err);
+			if (getsockopt(pfd.fd, SOL_SOCKET, SO_ERROR, &sock_err, &len) < 0)
+				sock_err = 0;
+		}
+		if (iscsi_service(iscsi, n > 0 ? pfd.revents : 0) < 0 && !w->done)
+			return sock_err ? -sock_err : -ECONNRESET;
+		if (sock_err)
+			return -sock_err;
+	}
+	return 0;
+}
+
+/* A login failure, from libiscsi's words, as an errno. */
+static int login_errno(const char *msg)
+{
+	if (strstr(msg, "refused"))
+		return -ECONNREFUSED;
+	if (strstr(msg, "uthentication") || strstr(msg, "uthorization"))
+		return -EACCES;
+	if (strstr(msg, "not found") || strstr(msg, "NOT_SUPPORTED") ||
+	    strstr(msg, "Not Found"))
+		return -ENOENT;
+	if (strstr(msg, "unreachable"))
+		return -EHOSTUNREACH;
+	return -ECONNRESET;
+}
+
+/* One connection step (TCP connect or login) driven to its end. */
+static int step(struct cd_target *t, struct iscsi_context *iscsi, struct wait *w,
+		const char *what)
+{
+	int r = drive(t, iscsi, w);
+
+	if (r == -ETIMEDOUT)
+		return cd_error(t->ctx, r, "%s '%s': no answer within %u s", what, t->uri,
+				t->timeout_ms / 1000);
+	if (r < 0 && r != -ECONNRESET)
+		return cd_error(t->ctx, r, "%s '%s': %s", what, t->uri, strerror(-r));
+	if (r < 0 || w->status != SCSI_STATUS_GOOD) {
+		const char *msg = iscsi_get_error(iscsi);
+		return cd_error(t->ctx, r < 0 ? r : login_errno(msg), "%s '%s': %s", what,
+				t->uri, msg && *msg ? msg : "connection lost");
+	}
+	return 0;
+}
+
+static int finish(struct cd_target *t, struct iscsi_context *iscsi,
+		  struct scsi_task *task, struct wait *w, const char *what,
+		  uint64_t off, struct scsi_task **out);
+
+/* A fresh session first reports a unit attention (the target's "reset");
+ * TEST UNIT READY takes it, and tells a LUN that is not there. */
+static int test_unit_ready(struct cd_target *t, struct iscsi_context *iscsi)
+{
+	struct iscsi_priv *p = t->priv;
+	int r = 0;
+
+	for (int i = 0; i < 3; i++) {
+		struct wait w = { 0 };
+		struct scsi_task *task = iscsi_testunitready_task(iscsi, p->lun, on_done, &w);
+
+		r = finish(t, iscsi, task, &w, "use", 0, NULL);
+		if (r != -EAGAIN)
+			break;
+	}
+	if (r == -ENOENT)
+		r = cd_error(t->ctx, r, "cannot use '%s': the target has no LUN %d (%s)",
+			     t->uri, p->lun, "LOGICAL_UNIT_NOT_SUPPORTED");
+	return r;
+}
+
+static int iscsi_session_connect(struct cd_target *t, void **session)
+{
+	struct iscsi_priv *p = t->priv;
+	struct iscsi_context *iscsi = iscsi_create_context(p->initiator);
+	struct wait w = { 0 };
+	int r;
+
+	if (!iscsi)
+		return cd_error(t->ctx, -ENOMEM, "cannot reach '%s': out of memory", t->uri);
+	/* Several sessions from one initiator each need their own ISID, or the
+	 * target would take each login for a restart of the last. */
+	iscsi_set_isid_random(iscsi, (uint32_t)random(), 0);
+	iscsi_set_targetname(iscsi, p->iqn);
+	iscsi_set_session_type(iscsi, ISCSI_SESSION_NORMAL);
+	iscsi_set_header_digest(iscsi, ISCSI_HEADER_DIGEST_NONE_CRC32C);
+	/* A lost connection is an error for the pool to handle, not a
+	 * reconnect hidden inside libiscsi with requests replayed. */
+	iscsi_set_noautoreconnect(iscsi, 1);
+	if (p->user[0] &&
+	    iscsi_set_initiator_username_pwd(iscsi, p->user, p->password) < 0) {
+		r = cd_error(t->ctx, -EINVAL, "cannot log in to '%s': %s", t->uri,
+			     iscsi_get_error(iscsi));
+		goto fail;
+	}
+	/* Connect, log in and test the unit as steps of our own rather than
+	 * libiscsi's full connect, whose state leaks when it is given up. */
+	if (iscsi_connect_async(iscsi, p->portal, on_done, &w) < 0) {
+		r = login_errno(iscsi_get_error(iscsi));
+		r = cd_error(t->ctx, r, "cannot reach '%s': %s", t->uri,
+			     iscsi_get_error(iscsi));
+		goto fail;
+	}
+	r = step(t, iscsi, &w, "cannot reach");
+	if (r < 0)
+		goto fail;
+	memset(&w, 0, sizeof(w));
+	if (iscsi_login_async(iscsi, on_done, &w) < 0) {
+		r = cd_error(t->ctx, -ECONNRESET, "cannot log in to '%s': %s", t->uri,
+			     iscsi_get_error(iscsi));
+		goto fail;
+	}
+	r = step(t, iscsi, &w, "cannot log in to");
+	if (r < 0)
+		goto fail;
+	r = test_unit_ready(t, iscsi);
+	if (r < 0)
+		goto fail;
+	*session = iscsi;
+	return 0;
+fail:
+	iscsi_destroy_context(iscsi);
+	return r;
+}
+
+static void iscsi_session_close(struct cd_target *t, void *session)
+{
+	(void)t;
+	iscsi_destroy_context(session);
+}
+
+/* The SCSI answer as an errno: what the caller can do about it. */
+static int sense_errno(const struct scsi_sense *s)
+{
+	switch (s->key) {
+	case SCSI_SENSE_ILLEGAL_REQUEST:
+		if (s->ascq == SCSI_SENSE_ASCQ_INVALID_OPERATION_CODE ||
+		    s->ascq == SCSI_SENSE_ASCQ_INVALID_FIELD_IN_CDB)
+			return -EOPNOTSUPP;
+		if (s->ascq == SCSI_SENSE_ASCQ_LOGICAL_UNIT_NOT_SUPPORTED)
+			return -ENOENT;
+		return -EINVAL;
+	case SCSI_SENSE_DATA_PROTECTION:
+		return -EROFS;
+	case SCSI_SENSE_NOT_READY:
+	case SCSI_SENSE_UNIT_ATTENTION:
+		return -EAGAIN;
+	default:
+		return -EIO;
+	}
+}
+
+/* Wait for task; on success hand it back (the caller frees it). */
+static int finish(struct cd_target *t, struct iscsi_context *iscsi,
+		  struct scsi_task *task, struct wait *w, const char *what,
+		  uint64_t off, struct scsi_task **out)
+{
+	int r;
+
+	if (!task)
+		return cd_error(t->ctx, -ECONNRESET, "cannot %s '%s': %s", what, t->uri,
+				iscsi_get_error(iscsi));
+	r = drive(t, iscsi, w);
+	if (r < 0) {
+		/* The callback must not run later on a waiter that is gone. */
+		if (!w->done)
+			iscsi_scsi_cancel_task(iscsi, task);
+		scsi_free_scsi_task(task);
+		if (r == -ETIMEDOUT)
+			return cd_error(t->ctx, r, "cannot %s '%s' at %llu: no answer "
+					"within %u s", what, t->uri, (unsigned long long)off,
+					t->timeout_ms / 1000);
+		return cd_error(t->ctx, r, "cannot %s '%s' at %llu: connection lost",
+				what, t->uri, (unsigned long long)off);
+	}
+	switch (w->status) {
+	case SCSI_STATUS_GOOD:
+		r = 0;
+		break;
+	case SCSI_STATUS_CHECK_CONDITION:
+		r = sense_errno(&task->sense);
+		r = cd_error(t->ctx, r, "cannot %s '%s' at %llu: SCSI %s (%s)", what,
+			     t->uri, (unsigned long long)off,
+			     scsi_sense_key_str(task->sense.key),
+			     scsi_sense_ascq_str(task->sense.ascq));
+		break;
+	case SCSI_STATUS_BUSY:
+	case SCSI_STATUS_TASK_SET_FULL:
+		r = cd_error(t->ctx, -EAGAIN, "cannot %s '%s' at %llu: target is busy "
+			     "(%s)", what, t->uri, (unsigned long long)off,
+			     w->status == SCSI_STATUS_BUSY ? "BUSY" : "TASK SET FULL");
+		break;
+	default:
+		r = cd_error(t->ctx, -ECONNRESET, "cannot %s '%s' at %llu: %s", what,
+			     t->uri, (unsigned long long)off, iscsi_get_error(iscsi));
+	}
+	if (r < 0 || !out)
+		scsi_free_scsi_task(task);
+	else
+		*out = task;
+	return r;
+}
+
+static int iscsi_read(struct cd_target *t, void *s, void *buf, size_t len,
+		      uint64_t off)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = iscsi_read16_task(s, p->lun, off / p->block,
+						   (uint32_t)len, (int)p->block, 0, 0,
+						   0, 0, 0, on_done, &w);
+	int r = finish(t, s, task, &w, "read", off, &task);
+
+	if (r < 0)
+		return r;
+	if (task->datain.size != (int)len) {
+		r = cd_error(t->ctx, -EIO, "cannot read '%s' at %llu: %d bytes came "
+			     "back, not %zu", t->uri, (unsigned long long)off,
+			     task->datain.size, len);
+	} else {
+		memcpy(buf, task->datain.data, len);
+	}
+	scsi_free_scsi_task(task);
+	return r;
+}
+
+static int iscsi_write(struct cd_target *t, void *s, const void *buf, size_t len,
+		       uint64_t off)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = iscsi_write16_task(s, p->lun, off / p->block,
+						    (unsigned char *)buf, (uint32_t)len,
+						    (int)p->block, 0, 0, 0, 0, 0,
+						    on_done, &w);
+
+	return finish(t, s, task, &w, "write", off, NULL);
+}
+
+static int iscsi_flush(struct cd_target *t, void *s)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = iscsi_synchronizecache16_task(s, p->lun, 0, 0, 0, 0,
+							       on_done, &w);
+
+	return finish(t, s, task, &w, "flush", 0, NULL);
+}
+
+/* WRITE SAME(16) of a zero block, without the unmap bit: the range reads
+ * as zeros afterwards on every LUN that accepts it. */
+static int iscsi_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	struct iscsi_priv *p = t->priv;
+	unsigned char *zeros = calloc(1, p->block);
+	struct wait w = { 0 };
+	struct scsi_task *task;
+	int r;
+
+	if (!zeros)
+		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+	task = iscsi_writesame16_task(s, p->lun, off / p->block, zeros, p->block,
+				      (uint32_t)(len / p->block), 0, 0, 0, 0,
+				      on_done, &w);
+	r = finish(t, s, task, &w, "zero", off, NULL);
+	free(zeros);
+	return r;
+}
+
+static int iscsi_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	struct iscsi_priv *p = t->priv;
+	struct unmap_list range = { off / p->block, (uint32_t)(len / p->block) };
+	struct wait w = { 0 };
+	struct scsi_task *task = iscsi_unmap_task(s, p->lun, 0, 0, &range, 1,
+						  on_done, &w);
+
+	return finish(t, s, task, &w, "discard", off, NULL);
+}
+
+/* ---- opening: names, secrets, and what the LUN can do ---- */
+
+static int read_secret_file(struct cd_target *t, const char *path, char *out,
+			    size_t size)
+{
+	FILE *f = fopen(path, "re");
+	size_t n;
+
+	if (!f)
+		return cd_error(t->ctx, -errno, "cannot read the CHAP secret file '%s': %s",
+				path, strerror(errno));
+	n = fread(out, 1, size - 1, f);
+	fclose(f);
+	out[n] = '\0';
+	out[strcspn(out, "\r\n")] = '\0';
+	if (!out[0])
+		return cd_error(t->ctx, -EINVAL, "the CHAP secret file '%s' is empty", path);
+	return 0;
+}
+
+static int find_password(struct cd_target *t, struct iscsi_priv *p)
+{
+	const char *env = getenv("CDISK_ISCSI_PASSWORD");
+
+	if (!env)
+		env = getenv("LIBISCSI_CHAP_PASSWORD");
+	if (env && *env) {
+		snprintf(p->password, sizeof(p->password), "%s", env);
+		return 0;
+	}
+	if (t->ctx->cfg.iscsi_secret_file[0])
+		return read_secret_file(t, t->ctx->cfg.iscsi_secret_file, p->password,
+					sizeof(p->password));
+	return cd_error(t->ctx, -EACCES, "cannot log in to '%s' as '%s': no CHAP "
+			"secret (set CDISK_ISCSI_PASSWORD or [iscsi] chap_secret_file)",
+			t->uri, p->user);
+}
+
+static void default_initiator(struct cd_target *t, struct iscsi_priv *p)
+{
+	const char *env = getenv("CDISK_ISCSI_INITIATOR");
+	char host[64] = "localhost";
+
+	if (env && *env) {
+		snprintf(p->initiator, sizeof(p->initiator), "%s", env);
+		return;
+	}
+	if (t->ctx->cfg.iscsi_initiator[0]) {
+		snprintf(p->initiator, sizeof(p->initiator), "%s",
+			 t->ctx->cfg.iscsi_initiator);
+		return;
+	}
+	gethostname(host, sizeof(host) - 1);
+	snprintf(p->initiator, sizeof(p->initiator), "iqn.2026-11.org.cdisk:%s", host);
+}
+
+static int run_task(struct cd_target *t, struct iscsi_context *iscsi,
+		    struct scsi_task *task, struct wait *w, const char *what,
+		    struct scsi_task **out)
+{
+	return finish(t, iscsi, task, w, what, 0, out);
+}
+
+static int read_capacity(struct cd_target *t, struct iscsi_context *iscsi)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = NULL;
+	struct scsi_readcapacity16 *rc;
+	int r = run_task(t, iscsi, iscsi_readcapacity16_task(iscsi, p->lun, on_done, &w),
+			 &w, "size", &task);
+
+	if (r < 0)
+		return r;
+	rc = scsi_datain_unmarshall(task);
+	if (!rc || rc->block_length < 512 || rc->block_length > 65536 ||
+	    (rc->block_length & (rc->block_length - 1))) {
+		scsi_free_scsi_task(task);
+		return cd_error(t->ctx, -EIO, "cannot size '%s': unusable READ CAPACITY "
+				"answer", t->uri);
+	}
+	p->block = rc->block_length;
+	t->size = (rc->returned_lba + 1) * rc->block_length;
+	scsi_free_scsi_task(task);
+	return 0;
+}
+
+/* Optional pages: a LUN that does not have them keeps the defaults. */
+static void read_limits(struct cd_target *t, struct iscsi_context *iscsi)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = NULL;
+
+	if (run_task(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
+			SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, 255, on_done, &w),
+		     &w, "inquire", &task) == 0) {
+		struct scsi_inquiry_block_limits *bl = scsi_datain_unmarshall(task);
+		if (bl && bl->max_xfer_len &&
+		    (uint64_t)bl->max_xfer_len * p->block < t->max_request)
+			t->max_request = bl->max_xfer_len * p->block;
+		scsi_free_scsi_task(task);
+	}
+	memset(&w, 0, sizeof(w));
+	if (run_task(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
+			SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING, 255,
+			on_done, &w), &w, "inquire", &task) == 0) {
+		struct scsi_inquiry_logical_block_provisioning *lbp =
+			scsi_datain_unmarshall(task);
+		t->can_trim = lbp && lbp->lbpu;
+		scsi_free_scsi_task(task);
+	}
+	memset(&w, 0, sizeof(w));
+	if (run_task(t, iscsi, iscsi_modesense6_task(iscsi, p->lun, 1,
+			SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0,
+			255, on_done, &w), &w, "inquire", &task) == 0) {
+		struct scsi_mode_sense *ms = scsi_datain_unmarshall(task);
+		if (ms && (ms->device_specific_parameter & 0x80))
+			t->readonly = true;
+		scsi_free_scsi_task(task);
+	}
+}
+
+static int iscsi_open(struct cd_target *t, const struct cd_uri *u)
+{
+	struct iscsi_priv *p = calloc(1, sizeof(*p));
+	struct iscsi_context *iscsi;
+	int r;
+
+	if (!p)
+		return cd_error(t->ctx, -ENOMEM, "cannot open '%s': out of memory", t->uri);
+	t->priv = p;
+	snprintf(p->portal, sizeof(p->portal), strchr(u->host, ':') ? "[%s]:%d" : "%s:%d",
+		 u->host, u->port ? u->port : ISCSI_DEFAULT_PORT);
+	snprintf(p->iqn, sizeof(p->iqn), "%s", u->target);
+	p->lun = u->lun;
+	default_initiator(t, p);
+	if (u->user) {
+		snprintf(p->user, sizeof(p->user), "%s", u->user);
+		r = find_password(t, p);
+		if (r < 0)
+			goto fail;
+	}
+	r = iscsi_session_connect(t, (void **)&iscsi);
+	if (r < 0)
+		goto fail;
+	t->max_request = ISCSI_MAX_REQUEST;
+	r = read_capacity(t, iscsi);
+	if (r < 0) {
+		iscsi_destroy_context(iscsi);
+		goto fail;
+	}
+	t->align = p->block;
+	t->can_flush = true;
+	t->can_zero = true;
+	read_limits(t, iscsi);
+	t->pool.idle[t->pool.nidle++] = iscsi;
+	t->pool.nsessions = 1;
+	return 0;
+fail:
+	free(p);
+	t->priv = NULL;
+	return r;
+}
+
+static void iscsi_close(struct cd_target *t)
+{
+	struct iscsi_priv *p = t->priv;
+
+	if (p)
+		explicit_bzero(p->password, sizeof(p->password));
+	free(p);
+}
+
+const struct cd_target_ops cd_iscsi_target_ops = {
+	.name = "iscsi",
+	.open = iscsi_open,
+	.connect = iscsi_session_connect,
+	.disconnect = iscsi_session_close,
+	.pread = iscsi_read,
+	.pwrite = iscsi_write,
+	.flush = iscsi_flush,
+	.zero = iscsi_zero,
+	.trim = iscsi_trim,
+	.close = iscsi_close,
+};

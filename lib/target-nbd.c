@@ -1,0 +1,179 @@
+/* NBD targets through libnbd: nbd://, nbds:// and nbd+unix://.  One
+ * libnbd handle is one session; every command goes out with libnbd's
+ * asynchronous calls so that it can be given up after the timeout. */
+#include <libnbd.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* libnbd refuses requests above 64 MiB; servers often want 32 MiB. */
+#define NBD_DEFAULT_MAX_REQUEST (32u << 20)
+
+static int nbd_fail(struct cd_target *t, const char *what, int fallback)
+{
+	int err = nbd_get_errno();
+
+	if (err <= 0)
+		err = fallback;
+	return cd_error(t->ctx, -err, "%s '%s': %s", what, t->uri,
+			nbd_get_error() ? nbd_get_error() : strerror(err));
+}
+
+static int timed_out(struct cd_target *t, const char *what)
+{
+	return cd_error(t->ctx, -ETIMEDOUT, "%s '%s': no answer within %u s", what,
+			t->uri, t->timeout_ms / 1000);
+}
+
+/* Drive the handle until pred(h) holds, the handle dies, or time runs out. */
+static int run_until(struct cd_target *t, struct nbd_handle *h,
+		     int (*pred)(struct nbd_handle *, int64_t), int64_t arg,
+		     const char *what)
+{
+	uint64_t deadline = cd_now_ms() + t->timeout_ms;
+
+	for (;;) {
+		uint64_t now;
+		int r = pred(h, arg);
+
+		if (r > 0)
+			return 0;
+		if (r < 0)
+			return nbd_fail(t, what, EIO);
+		if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
+			return nbd_fail(t, what, ECONNRESET);
+		now = cd_now_ms();
+		if (now >= deadline)
+			return timed_out(t, what);
+		if (nbd_poll(h, (int)(deadline - now)) < 0)
+			return nbd_fail(t, what, ECONNRESET);
+	}
+}
+
+static int is_ready(struct nbd_handle *h, int64_t unused)
+{
+	(void)unused;
+	if (nbd_aio_is_ready(h))
+		return 1;
+	return nbd_aio_is_dead(h) || nbd_aio_is_closed(h) ? -1 : 0;
+}
+
+static int is_completed(struct nbd_handle *h, int64_t cookie)
+{
+	return nbd_aio_command_completed(h, (uint64_t)cookie);
+}
+
+static int wait_for(struct cd_target *t, struct nbd_handle *h, int64_t cookie,
+		    const char *what)
+{
+	if (cookie < 0)
+		return nbd_fail(t, what, EIO);
+	return run_until(t, h, is_completed, cookie, what);
+}
+
+static int nbd_connect(struct cd_target *t, void **session)
+{
+	struct nbd_handle *h = nbd_create();
+	int r;
+
+	if (!h)
+		return nbd_fail(t, "cannot reach", ENOMEM);
+	if (nbd_aio_connect_uri(h, t->uri) < 0) {
+		r = nbd_fail(t, "cannot reach", ECONNREFUSED);
+		/* A unix socket that is not there is a server that is not there. */
+		if (r == -ENOENT)
+			r = -ECONNREFUSED;
+		goto fail;
+	}
+	r = run_until(t, h, is_ready, 0, "cannot reach");
+	if (r < 0)
+		goto fail;
+	*session = h;
+	return 0;
+fail:
+	nbd_close(h);
+	return r;
+}
+
+static void nbd_disconnect(struct cd_target *t, void *session)
+{
+	(void)t;
+	nbd_close(session);
+}
+
+static int nbd_open(struct cd_target *t, const struct cd_uri *uri)
+{
+	struct nbd_handle *h;
+	int64_t size, max;
+	int r;
+
+	(void)uri;
+	r = nbd_connect(t, (void **)&h);
+	if (r < 0)
+		return r;
+	size = nbd_get_size(h);
+	if (size < 0) {
+		r = nbd_fail(t, "cannot size", EIO);
+		nbd_close(h);
+		return r;
+	}
+	t->size = (uint64_t)size;
+	t->readonly = t->readonly || nbd_is_read_only(h) == 1;
+	t->can_flush = nbd_can_flush(h) == 1;
+	t->can_zero = nbd_can_zero(h) == 1;
+	t->can_trim = nbd_can_trim(h) == 1;
+	t->flush_every_session = nbd_can_multi_conn(h) != 1;
+	max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
+	t->max_request = max > 0 && max < NBD_DEFAULT_MAX_REQUEST ? (uint32_t)max
+								  : NBD_DEFAULT_MAX_REQUEST;
+	if (nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) > 1)
+		t->align = (uint32_t)nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
+	/* The first session goes into the pool for the first request. */
+	t->pool.idle[t->pool.nidle++] = h;
+	t->pool.nsessions = 1;
+	return 0;
+}
+
+static int nbd_read(struct cd_target *t, void *s, void *buf, size_t len,
+		    uint64_t off)
+{
+	return wait_for(t, s, nbd_aio_pread(s, buf, len, off, NBD_NULL_COMPLETION, 0),
+			"cannot read");
+}
+
+static int nbd_write(struct cd_target *t, void *s, const void *buf, size_t len,
+		     uint64_t off)
+{
+	return wait_for(t, s, nbd_aio_pwrite(s, buf, len, off, NBD_NULL_COMPLETION, 0),
+			"cannot write");
+}
+
+static int nbd_do_flush(struct cd_target *t, void *s)
+{
+	return wait_for(t, s, nbd_aio_flush(s, NBD_NULL_COMPLETION, 0),
+			"cannot flush");
+}
+
+static int nbd_do_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	return wait_for(t, s, nbd_aio_zero(s, len, off, NBD_NULL_COMPLETION, 0),
+			"cannot zero");
+}
+
+static int nbd_do_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	return wait_for(t, s, nbd_aio_trim(s, len, off, NBD_NULL_COMPLETION, 0),
+			"cannot discard");
+}
+
+const struct cd_target_ops cd_nbd_target_ops = {
+	.name = "nbd",
+	.open = nbd_open,
+	.connect = nbd_connect,
+	.disconnect = nbd_disconnect,
+	.pread = nbd_read,
+	.pwrite = nbd_write,
+	.flush = nbd_do_flush,
+	.zero = nbd_do_zero,
+	.trim = nbd_do_trim,
+};

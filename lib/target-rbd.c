@@ -1,0 +1,236 @@
+/* Ceph RBD targets through librados and librbd: rbd:pool[/ns]/image[@snap].
+ * librbd takes calls from many threads at once, so there is no session
+ * pool: one image handle is shared.  Ceph's own settings apply as Ceph
+ * users know them (ceph.conf, CEPH_CONF, CEPH_ARGS), and cdisk's [rbd]
+ * keys name the configuration file, the client id and the keyring. */
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "internal.h"
+
+struct rbd_priv {
+	rados_t cluster;
+	rados_ioctx_t io;
+	rbd_image_t image;
+};
+
+static int rbd_fail(struct cd_target *t, int r, const char *what, uint64_t off)
+{
+	if (r == -ETIMEDOUT)
+		return cd_error(t->ctx, r, "cannot %s '%s' at %llu: no answer within %u s",
+				what, t->uri, (unsigned long long)off, t->timeout_ms / 1000);
+	return cd_error(t->ctx, r, "cannot %s '%s' at %llu: %s", what, t->uri,
+			(unsigned long long)off, strerror(-r));
+}
+
+/* Connect to the cluster with the user's Ceph settings and our timeouts. */
+static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,
+			   rados_t *out)
+{
+	const struct cd_config *cfg = &ctx->cfg;
+	char seconds[16];
+	rados_t cluster;
+	int r = rados_create(&cluster, cfg->rbd_id[0] ? cfg->rbd_id : NULL);
+
+	if (r < 0)
+		return cd_error(ctx, r, "cannot reach '%s': %s", uri, strerror(-r));
+	r = rados_conf_read_file(cluster, cfg->rbd_conf[0] ? cfg->rbd_conf : NULL);
+	if (r < 0 && cfg->rbd_conf[0]) {
+		r = cd_error(ctx, r, "cannot read the Ceph configuration '%s': %s",
+			     cfg->rbd_conf, strerror(-r));
+		goto fail;
+	}
+	r = rados_conf_parse_env(cluster, NULL);
+	if (r < 0) {
+		r = cd_error(ctx, r, "cannot use CEPH_ARGS: %s", strerror(-r));
+		goto fail;
+	}
+	if (cfg->rbd_keyring[0])
+		rados_conf_set(cluster, "keyring", cfg->rbd_keyring);
+	snprintf(seconds, sizeof(seconds), "%u", timeout_s);
+	rados_conf_set(cluster, "client_mount_timeout", seconds);
+	rados_conf_set(cluster, "rados_mon_op_timeout", seconds);
+	rados_conf_set(cluster, "rados_osd_op_timeout", seconds);
+	/* Ceph's log goes to its own file, not into our stderr. */
+	rados_conf_set(cluster, "log_to_stderr", "false");
+	rados_conf_set(cluster, "err_to_stderr", "false");
+	r = rados_connect(cluster);
+	if (r < 0) {
+		r = r == -ETIMEDOUT || r == -EINTR ? -ETIMEDOUT : r;
+		r = cd_error(ctx, r == -ENOENT ? -ENXIO : r, "cannot reach '%s': %s", uri,
+			     r == -ETIMEDOUT ? "no monitor answered in time" : strerror(-r));
+		goto fail;
+	}
+	*out = cluster;
+	return 0;
+fail:
+	rados_shutdown(cluster);
+	return r;
+}
+
+static int open_pool(struct cdisk_ctx *ctx, const char *uri, rados_t cluster,
+		     const struct cd_uri *u, rados_ioctx_t *io)
+{
+	int r = rados_ioctx_create(cluster, u->pool, io);
+
+	if (r < 0)
+		return cd_error(ctx, r, "cannot open '%s': %s", uri,
+				r == -ENOENT ? "no such pool" : strerror(-r));
+	if (u->ns)
+		rados_ioctx_set_namespace(*io, u->ns);
+	return 0;
+}
+
+static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
+{
+	struct rbd_priv *p = calloc(1, sizeof(*p));
+	rbd_image_info_t info;
+	uint64_t features = 0;
+	int r;
+
+	if (!p)
+		return cd_error(t->ctx, -ENOMEM, "cannot open '%s': out of memory", t->uri);
+	r = cluster_connect(t->ctx, t->uri, t->timeout_ms / 1000 ? t->timeout_ms / 1000 : 1,
+			    &p->cluster);
+	if (r < 0)
+		goto fail;
+	r = open_pool(t->ctx, t->uri, p->cluster, u, &p->io);
+	if (r < 0)
+		goto fail;
+	/* A snapshot never changes: it is read-only whatever was asked. */
+	if (u->snap)
+		t->readonly = true;
+	r = t->readonly ? rbd_open_read_only(p->io, u->target, &p->image, u->snap)
+			: rbd_open(p->io, u->target, &p->image, NULL);
+	if (r < 0) {
+		r = cd_error(t->ctx, r, "cannot open '%s': %s", t->uri,
+			     r == -ENOENT ? (u->snap ? "no such image or snapshot"
+						     : "no such image") : strerror(-r));
+		goto fail;
+	}
+	r = rbd_stat(p->image, &info, sizeof(info));
+	if (r < 0) {
+		r = cd_error(t->ctx, r, "cannot size '%s': %s", t->uri, strerror(-r));
+		goto fail;
+	}
+	rbd_get_features(p->image, &features);
+	t->size = info.size;
+	t->can_flush = true;
+	t->can_zero = true;
+	t->can_trim = true;
+	t->max_request = 64u << 20;
+	t->priv = p;
+	return 0;
+fail:
+	if (p->image)
+		rbd_close(p->image);
+	if (p->io)
+		rados_ioctx_destroy(p->io);
+	if (p->cluster)
+		rados_shutdown(p->cluster);
+	free(p);
+	return r;
+}
+
+static int rbd_target_read(struct cd_target *t, void *s, void *buf, size_t len,
+		    uint64_t off)
+{
+	struct rbd_priv *p = t->priv;
+	ssize_t n = rbd_read2(p->image, off, len, buf, 0);
+
+	(void)s;
+	if (n < 0)
+		return rbd_fail(t, (int)n, "read", off);
+	if ((size_t)n < len)
+		memset((uint8_t *)buf + n, 0, len - (size_t)n);
+	return 0;
+}
+
+static int rbd_target_write(struct cd_target *t, void *s, const void *buf, size_t len,
+		     uint64_t off)
+{
+	struct rbd_priv *p = t->priv;
+	ssize_t n = rbd_write2(p->image, off, len, buf, 0);
+
+	(void)s;
+	if (n < 0)
+		return rbd_fail(t, (int)n, "write", off);
+	if ((size_t)n != len)
+		return cd_error(t->ctx, -EIO, "cannot write '%s' at %llu: only %zd of "
+				"%zu bytes taken", t->uri, (unsigned long long)off, n, len);
+	return 0;
+}
+
+static int rbd_do_flush(struct cd_target *t, void *s)
+{
+	struct rbd_priv *p = t->priv;
+	int r = rbd_flush(p->image);
+
+	(void)s;
+	return r < 0 ? rbd_fail(t, r, "flush", 0) : 0;
+}
+
+static int rbd_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	struct rbd_priv *p = t->priv;
+	ssize_t n = rbd_write_zeroes(p->image, off, len, 0, 0);
+
+	(void)s;
+	return n < 0 ? rbd_fail(t, (int)n, "zero", off) : 0;
+}
+
+static int rbd_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
+{
+	struct rbd_priv *p = t->priv;
+	int r = rbd_discard(p->image, off, len);
+
+	(void)s;
+	return r < 0 ? rbd_fail(t, r, "discard", off) : 0;
+}
+
+static void rbd_target_close(struct cd_target *t)
+{
+	struct rbd_priv *p = t->priv;
+
+	rbd_close(p->image);
+	rados_ioctx_destroy(p->io);
+	rados_shutdown(p->cluster);
+	free(p);
+}
+
+int cd_rbd_create(struct cdisk_ctx *ctx, const struct cd_uri *u, uint64_t size)
+{
+	char uri[CDISK_MAX_URI + 1];
+	rados_t cluster;
+	rados_ioctx_t io;
+	int order = 22;   /* 4 MiB objects, as the rbd tool makes them */
+	int r;
+
+	snprintf(uri, sizeof(uri), "rbd:%s/%s", u->pool, u->target);
+	r = cluster_connect(ctx, uri, ctx->cfg.timeout ? ctx->cfg.timeout : 30, &cluster);
+	if (r < 0)
+		return r;
+	r = open_pool(ctx, uri, cluster, u, &io);
+	if (r == 0) {
+		r = rbd_create(io, u->target, size, &order);
+		if (r < 0)
+			r = cd_error(ctx, r, "cannot create '%s': %s", uri,
+				     r == -EEXIST ? "it exists" : strerror(-r));
+		rados_ioctx_destroy(io);
+	}
+	rados_shutdown(cluster);
+	return r;
+}
+
+const struct cd_target_ops cd_rbd_target_ops = {
+	.name = "rbd",
+	.open = rbd_target_open,
+	.pread = rbd_target_read,
+	.pwrite = rbd_target_write,
+	.flush = rbd_do_flush,
+	.zero = rbd_zero,
+	.trim = rbd_trim,
+	.close = rbd_target_close,
+};
