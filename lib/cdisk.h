@@ -12,6 +12,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdarg.h>
 
@@ -242,4 +243,66 @@ const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len);
 #ifdef __cplusplus
 }
 #endif
+/* ---- sync: the overlay's changes to the base ---- */
+
+struct cdisk_sync_opts {
+	unsigned depth;             /* requests in flight; 0: 16 */
+	uint64_t rate;              /* bytes per second; 0: no limit */
+	uint32_t max_seconds;       /* stop starting work after this; 0: none */
+	uint64_t min_dirty;         /* bytes: with less, do nothing */
+	bool dry_run;               /* count, send nothing, change nothing */
+	uint64_t range_offset;      /* pull: bytes from here ... */
+	uint64_t range_length;      /* ... this many; 0: to the end */
+	bool verify;                /* read what was sent back from the base */
+	/* Called now and then from the calling thread: bytes sent and to send. */
+	void (*progress)(void *opaque, uint64_t done, uint64_t total);
+	void *opaque;
+	/* When set to nonzero (say, by a signal handler), the owner is asked
+	 * to stop a sync it runs for cdisk_sync_via_owner. */
+	volatile sig_atomic_t *stop;
+};
+
+struct cdisk_sync_stats {
+	uint64_t dirty_bytes;       /* when the sync started */
+	uint64_t blocks;            /* blocks now clean */
+	uint64_t bytes;             /* bytes sent */
+	uint64_t requests;          /* write and zero requests sent */
+	uint64_t zero_requests;
+	uint64_t flushes;
+	uint64_t verified_bytes;
+	uint64_t left_bytes;        /* still dirty at the end */
+	uint64_t pulled_bytes;      /* pull: base data stored in the overlay */
+	uint64_t released_bytes;    /* close: overlay data let go */
+	double seconds;
+	bool below_min;             /* nothing done: less than min_dirty */
+	bool stopped;               /* max_seconds or a stop request ended it */
+};
+
+/* Send every dirty block to the base, flush the base, and only then record
+ * the blocks clean, in batches, so an interrupted sync resumes where it
+ * stopped.  A block written while it was being sent stays dirty.  Safe
+ * while other threads write to the disk. */
+int cdisk_sync(struct cdisk *disk, const struct cdisk_sync_opts *opts,
+	       struct cdisk_sync_stats *stats);
+/* Pull: fetch the base's data for blocks the overlay does not hold (in
+ * the range, or all), so that the disk keeps working without the network.
+ * Blocks written meanwhile are left as written. */
+int cdisk_pull(struct cdisk *disk, const struct cdisk_sync_opts *opts,
+	       struct cdisk_sync_stats *stats);
+/* Close: sync everything and verify it, then let every clean block read
+ * from the base again and free its space in the overlay.  Blocks written
+ * meanwhile stay, dirty. */
+int cdisk_sync_close(struct cdisk *disk, const struct cdisk_sync_opts *opts,
+		     struct cdisk_sync_stats *stats);
+/* The same for a disk another process (cdisk-serve) owns: it runs the sync
+ * and this waits for the end, reporting progress.  -EBUSY when there is no
+ * owner to ask. */
+enum cdisk_sync_mode { CDISK_SYNC_PUSH, CDISK_SYNC_PULL, CDISK_SYNC_CLOSE };
+int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
+			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *opts,
+			 struct cdisk_sync_stats *stats);
+/* Ask a running cdisk_sync on disk (from another thread or a signal
+ * handler) to stop after the requests in flight. */
+void cdisk_sync_stop(struct cdisk *disk);
+
 #endif

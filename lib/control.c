@@ -200,6 +200,188 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 	return r;
 }
 
+/* ---- sync, run by the server for a disk it serves ---- */
+
+static void job_progress(void *opaque, uint64_t done, uint64_t total)
+{
+	struct cd_sync_job *job = opaque;
+
+	job->done = done;
+	job->total = total;
+}
+
+struct job_start {
+	struct cdisk_server *s;
+	struct cd_export *e;
+};
+
+static void *sync_thread(void *opaque)
+{
+	struct job_start *js = opaque;
+	struct cdisk_server *s = js->s;
+	struct cd_export *e = js->e;
+	struct cdisk_sync_stats st;
+	int r;
+
+	free(js);
+	switch (e->sync.mode) {
+	case CDISK_SYNC_PULL:
+		r = cdisk_pull(e->disk, &e->sync.opts, &st);
+		break;
+	case CDISK_SYNC_CLOSE:
+		r = cdisk_sync_close(e->disk, &e->sync.opts, &st);
+		break;
+	default:
+		r = cdisk_sync(e->disk, &e->sync.opts, &st);
+	}
+	pthread_mutex_lock(&s->lock);
+	e->sync.stats = st;
+	e->sync.result = r;
+	if (r < 0)
+		snprintf(e->sync.error, sizeof(e->sync.error), "%s", cdisk_ctx_error(s->ctx));
+	e->sync.running = false;
+	pthread_mutex_unlock(&s->lock);
+	cd_log(s->ctx, r < 0 ? CDISK_LOG_WARNING : CDISK_LOG_INFO,
+	       "export '%s': sync %s: %llu bytes sent, %llu left", e->name,
+	       r < 0 ? "failed" : "done", (unsigned long long)st.bytes,
+	       (unsigned long long)st.left_bytes);
+	return NULL;
+}
+
+static struct cd_export *export_of_request(struct cdisk_server *s, json_t *req,
+					   json_t **error)
+{
+	const char *disk = json_string_value(json_object_get(req, "disk"));
+	struct cd_export *e = disk ? export_for_disk(s, disk) : NULL;
+
+	if (!disk)
+		*error = error_reply(-EINVAL, "request needs \"disk\"");
+	else if (!e)
+		*error = error_reply(-ENOENT, "'%s' is not served here", disk);
+	return e;
+}
+
+static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL, *o = json_object_get(req, "options");
+	struct cd_export *e = export_of_request(s, req, &err);
+	struct cdisk_sync_opts opts = { 0 };
+	struct job_start *js;
+	json_int_t depth = 16, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
+	const char *mode = "push";
+	int verify = 0;
+
+	if (!e)
+		return err;
+	if (o && json_unpack(o, "{s?s, s?I, s?I, s?I, s?I, s?I, s?I, s?b}", "mode", &mode,
+			     "depth", &depth, "rate", &rate, "max_seconds", &max_seconds,
+			     "min_dirty", &min_dirty, "offset", &offset, "length", &length,
+			     "verify", &verify) < 0)
+		return error_reply(-EINVAL, "bad sync options");
+	if (depth < 1 || depth > 256 || rate < 0 || max_seconds < 0 || min_dirty < 0 ||
+	    offset < 0 || length < 0)
+		return error_reply(-EINVAL, "sync options out of range");
+	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close"))
+		return error_reply(-EINVAL, "sync mode must be push, pull or close");
+	if (e->readonly)
+		return error_reply(-EROFS, "export '%s' is read-only", e->name);
+	opts.depth = (unsigned)depth;
+	opts.rate = (uint64_t)rate;
+	opts.max_seconds = (uint32_t)max_seconds;
+	opts.min_dirty = (uint64_t)min_dirty;
+	opts.verify = verify;
+	opts.range_offset = (uint64_t)offset;
+	opts.range_length = (uint64_t)length;
+	pthread_mutex_lock(&s->lock);
+	if (e->sync.running) {
+		pthread_mutex_unlock(&s->lock);
+		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
+	}
+	if (e->sync.started)
+		pthread_join(e->sync.thread, NULL);
+	memset(&e->sync, 0, sizeof(e->sync));
+	e->sync.opts = opts;
+	e->sync.mode = !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
+		       !strcmp(mode, "close") ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH;
+	e->sync.opts.progress = job_progress;
+	e->sync.opts.opaque = &e->sync;
+	js = malloc(sizeof(*js));
+	if (js) {
+		js->s = s;
+		js->e = e;
+	}
+	if (!js || pthread_create(&e->sync.thread, NULL, sync_thread, js) != 0) {
+		free(js);
+		pthread_mutex_unlock(&s->lock);
+		return error_reply(-ENOMEM, "cannot start a sync");
+	}
+	e->sync.started = e->sync.running = true;
+	pthread_mutex_unlock(&s->lock);
+	return ok_reply();
+}
+
+static json_t *stats_to_json(const struct cdisk_sync_stats *st)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b}",
+			 "pulled_bytes", (json_int_t)st->pulled_bytes,
+			 "released_bytes", (json_int_t)st->released_bytes,
+			 "dirty_bytes", (json_int_t)st->dirty_bytes,
+			 "blocks", (json_int_t)st->blocks, "bytes", (json_int_t)st->bytes,
+			 "requests", (json_int_t)st->requests,
+			 "zero_requests", (json_int_t)st->zero_requests,
+			 "flushes", (json_int_t)st->flushes,
+			 "verified_bytes", (json_int_t)st->verified_bytes,
+			 "left_bytes", (json_int_t)st->left_bytes, "seconds", st->seconds,
+			 "below_min_dirty", st->below_min, "stopped", st->stopped);
+}
+
+static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL, *r;
+	struct cd_export *e = export_of_request(s, req, &err);
+
+	if (!e)
+		return err;
+	r = ok_reply();
+	pthread_mutex_lock(&s->lock);
+	json_object_set_new(r, "running", json_boolean(e->sync.running));
+	json_object_set_new(r, "started", json_boolean(e->sync.started));
+	json_object_set_new(r, "done_bytes", json_integer((json_int_t)e->sync.done));
+	json_object_set_new(r, "total_bytes", json_integer((json_int_t)e->sync.total));
+	if (e->sync.started && !e->sync.running) {
+		json_object_set_new(r, "result", stats_to_json(&e->sync.stats));
+		json_object_set_new(r, "errno", json_integer(-e->sync.result));
+		if (e->sync.result < 0)
+			json_object_set_new(r, "error", json_string(e->sync.error));
+	}
+	pthread_mutex_unlock(&s->lock);
+	return r;
+}
+
+static json_t *cmd_sync_stop(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL;
+	struct cd_export *e = export_of_request(s, req, &err);
+
+	if (!e)
+		return err;
+	cdisk_sync_stop(e->disk);
+	return ok_reply();
+}
+
+void cd_control_stop_syncs(struct cdisk_server *s)
+{
+	for (size_t i = 0; i < s->nexports; i++) {
+		struct cd_export *e = &s->exports[i];
+
+		if (!e->sync.started || !e->disk)
+			continue;
+		cdisk_sync_stop(e->disk);
+		pthread_join(e->sync.thread, NULL);
+		e->sync.started = false;
+	}
+}
+
 static json_t *dispatch(struct cdisk_server *s, const char *line)
 {
 	json_error_t jerr;
@@ -220,6 +402,12 @@ static json_t *dispatch(struct cdisk_server *s, const char *line)
 		reply = cmd_flush(s, req);
 	else if (!strcmp(command, "info"))
 		reply = cmd_info(s, req);
+	else if (!strcmp(command, "sync"))
+		reply = cmd_sync(s, req);
+	else if (!strcmp(command, "sync-status"))
+		reply = cmd_sync_status(s, req);
+	else if (!strcmp(command, "sync-stop"))
+		reply = cmd_sync_stop(s, req);
 	else
 		reply = error_reply(-EINVAL, "unknown command '%.100s'", command);
 	json_decref(req);
@@ -370,4 +558,139 @@ busy:
 	/* No owner to ask: the original "busy" stands. */
 	memcpy(ctx->error, busy, sizeof(busy));
 	return -EBUSY;
+}
+
+/* ---- asking the owner to sync ---- */
+
+static int owner_socket(struct cdisk_ctx *ctx, const char *path, char *sock, size_t size,
+			unsigned *pid_out)
+{
+	struct cdisk *d;
+	unsigned pid;
+	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
+
+	if (r < 0)
+		return r;
+	pid = d->sb.owner_pid;
+	cd_disk_free(d);
+	*pid_out = pid;
+	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, size) < 0)
+		return -ENOENT;
+	return 0;
+}
+
+static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
+		      unsigned pid, json_t *req, json_t **reply)
+{
+	int r = call(ctx, sock, req, reply);
+
+	json_decref(req);
+	if (r < 0)
+		return r;
+	if (!json_is_true(json_object_get(*reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(*reply, "error"));
+		json_int_t code = json_integer_value(json_object_get(*reply, "exit_code"));
+		r = cd_error(ctx, code == CDISK_EXIT_BUSY ? -EBUSY : -EIO,
+			     "'%s' is in use by pid %u, which says: %s", path, pid,
+			     e ? e : "(no message)");
+		json_decref(*reply);
+		*reply = NULL;
+	}
+	return r;
+}
+
+static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
+{
+	json_int_t v[10] = { 0 };
+	double secs = 0;
+	int below = 0, stopped = 0;
+
+	json_unpack(j, "{s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?F, s?b, s?b}",
+		    "pulled_bytes", &v[8], "released_bytes", &v[9],
+		    "dirty_bytes", &v[0], "blocks", &v[1], "bytes", &v[2],
+		    "requests", &v[3], "zero_requests", &v[4], "flushes", &v[5],
+		    "verified_bytes", &v[6], "left_bytes", &v[7], "seconds", &secs,
+		    "below_min_dirty", &below, "stopped", &stopped);
+	st->dirty_bytes = (uint64_t)v[0];
+	st->blocks = (uint64_t)v[1];
+	st->bytes = (uint64_t)v[2];
+	st->requests = (uint64_t)v[3];
+	st->zero_requests = (uint64_t)v[4];
+	st->flushes = (uint64_t)v[5];
+	st->verified_bytes = (uint64_t)v[6];
+	st->left_bytes = (uint64_t)v[7];
+	st->pulled_bytes = (uint64_t)v[8];
+	st->released_bytes = (uint64_t)v[9];
+	st->seconds = secs;
+	st->below_min = below;
+	st->stopped = stopped;
+}
+
+int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
+			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o,
+			 struct cdisk_sync_stats *st)
+{
+	char busy[sizeof(ctx->error)], sock[4096];
+	json_t *reply = NULL;
+	unsigned pid = 0;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	memcpy(busy, ctx->error, sizeof(busy));
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0) {
+		memcpy(ctx->error, busy, sizeof(busy));
+		return -EBUSY;
+	}
+	r = owner_call(ctx, sock, path, pid,
+		       json_pack("{s:s, s:s, s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b}}",
+				 "command", "sync", "disk", path, "options",
+				 "mode", mode == CDISK_SYNC_PULL ? "pull" :
+					 mode == CDISK_SYNC_CLOSE ? "close" : "push",
+				 "offset", (json_int_t)o->range_offset,
+				 "length", (json_int_t)o->range_length,
+				 "depth", (json_int_t)(o->depth ? o->depth : 16),
+				 "rate", (json_int_t)o->rate, "max_seconds",
+				 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
+				 "verify", o->verify), &reply);
+	if (r < 0 && r != -EBUSY && r != -EIO) {
+		/* No server behind the socket (another cdisk-sync, say): busy. */
+		memcpy(ctx->error, busy, sizeof(busy));
+		return -EBUSY;
+	}
+	if (r < 0)
+		return r;
+	json_decref(reply);
+	for (bool stop_sent = false;;) {
+		bool running;
+
+		usleep(100 * 1000);
+		r = owner_call(ctx, sock, path, pid,
+			       json_pack("{s:s, s:s}", "command", "sync-status", "disk", path),
+			       &reply);
+		if (r < 0)
+			return r;
+		running = json_is_true(json_object_get(reply, "running"));
+		if (running && o->stop && *o->stop && !stop_sent) {
+			json_t *ignored = NULL;
+			stop_sent = owner_call(ctx, sock, path, pid,
+					       json_pack("{s:s, s:s}", "command", "sync-stop",
+							 "disk", path), &ignored) == 0;
+			json_decref(ignored);
+		}
+		if (o->progress)
+			o->progress(o->opaque,
+				    (uint64_t)json_integer_value(json_object_get(reply, "done_bytes")),
+				    (uint64_t)json_integer_value(json_object_get(reply, "total_bytes")));
+		if (!running)
+			break;
+		json_decref(reply);
+	}
+	stats_from_json(json_object_get(reply, "result"), st);
+	r = -(int)json_integer_value(json_object_get(reply, "errno"));
+	if (r < 0) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		cd_error(ctx, r, "%s", e ? e : "the owner's sync failed");
+	}
+	json_decref(reply);
+	return r;
 }

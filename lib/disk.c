@@ -282,6 +282,7 @@ void cd_disk_reset_state(struct cdisk *d)
 {
 	cd_bitmap_free(&d->present);
 	cd_bitmap_free(&d->dirty);
+	cd_bitmap_free(&d->syncing);
 	free(d->cp_crc);
 	free(d->runs);
 	free(d->al.extents);
@@ -308,6 +309,7 @@ static void disk_free(struct cdisk *d)
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->base_lock);
 	pthread_cond_destroy(&d->drained);
+	pthread_cond_destroy(&d->writing_slot);
 	pthread_cond_destroy(&d->resumed);
 	free(d->path);
 	free(d);
@@ -328,7 +330,8 @@ int cd_disk_init_state(struct cdisk *d)
 	d->cp_crc = calloc((size_t)pages * 2 + 1, sizeof(*d->cp_crc));
 	if (!d->al.extents || !d->al.flushed || !d->al.inflight || !d->cp_crc ||
 	    cd_bitmap_init(&d->present, d->nblocks) < 0 ||
-	    cd_bitmap_init(&d->dirty, d->nblocks) < 0)
+	    cd_bitmap_init(&d->dirty, d->nblocks) < 0 ||
+	    cd_bitmap_init(&d->syncing, d->nblocks) < 0)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
 	return 0;
 }
@@ -472,6 +475,7 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_mutex_init(&d->base_lock, NULL);
 	pthread_cond_init(&d->drained, NULL);
+	pthread_cond_init(&d->writing_slot, NULL);
 	pthread_cond_init(&d->resumed, NULL);
 	d->ctx = ctx;
 	d->fd = -1;
@@ -630,12 +634,16 @@ static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	return r;
 }
 
+/* Called when a write's data is down (never before): a sync that read
+ * these blocks earlier must not call them clean. */
 static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 {
 	int r = cd_bitmap_assign(&d->present, first, count, true);
 
 	if (r == 0)
 		r = cd_bitmap_assign(&d->dirty, first, count, true);
+	if (r == 0 && d->syncing.count)
+		r = cd_bitmap_assign(&d->syncing, first, count, false);
 	if (r < 0)
 		return cd_error(d->ctx, r, "'%s': out of memory", d->path);
 	d->unflushed = true;
@@ -774,12 +782,18 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
 	int r;
 
+	unsigned slot;
+
 	pthread_mutex_lock(&d->lock);
-	while (d->al.draining)
-		pthread_cond_wait(&d->resumed, &d->lock);
+	while (d->al.draining || d->nwriting == CD_MAX_WRITING)
+		pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot, &d->lock);
 	r = begin_write(d, len, off);
-	if (r == 0)
+	if (r == 0) {
 		al_pin(d, first, count, 1);
+		slot = d->nwriting++;
+		d->writing[slot].first = first;
+		d->writing[slot].count = count;
+	}
 	pthread_mutex_unlock(&d->lock);
 	if (r != 0)
 		return r < 0 ? r : 0;
@@ -787,6 +801,11 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 
 	pthread_mutex_lock(&d->lock);
+	for (slot = 0; slot < d->nwriting; slot++)
+		if (d->writing[slot].first == first && d->writing[slot].count == count)
+			break;
+	d->writing[slot] = d->writing[--d->nwriting];
+	pthread_cond_broadcast(&d->writing_slot);
 	al_pin(d, first, count, -1);
 	if (r < 0)
 		r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
@@ -959,6 +978,102 @@ uint32_t cdisk_block_size(const struct cdisk *d)
 const char *cdisk_path(const struct cdisk *d)
 {
 	return d->path;
+}
+
+static bool being_written(const struct cdisk *d, uint64_t b)
+{
+	for (unsigned i = 0; i < d->nwriting; i++)
+		if (b >= d->writing[i].first && b - d->writing[i].first < d->writing[i].count)
+			return true;
+	return false;
+}
+
+/* The next run from b of blocks that are absent (present == false) or
+ * present and clean (present == true), and not being written. */
+static uint64_t run_end(const struct cdisk *d, uint64_t b, uint64_t end, bool present)
+{
+	while (b < end && cd_bitmap_get(&d->present, b) == present &&
+	       (!present || !cd_bitmap_get(&d->dirty, b)) && !being_written(d, b))
+		b++;
+	return b;
+}
+
+int cd_fill_locked(struct cdisk *d, uint64_t first, uint64_t count, const uint8_t *data)
+{
+	uint64_t end = first + count;
+
+	for (uint64_t b = first; b < end;) {
+		uint64_t stop = run_end(d, b, end, false);
+		int r;
+
+		if (stop == b) {
+			b++;
+			continue;
+		}
+		r = cd_pwrite_full(d->fd, data + ((b - first) << d->block_shift),
+				   (size_t)((stop - b) << d->block_shift),
+				   d->sb.data_offset + (b << d->block_shift));
+		if (r < 0)
+			return cd_error(d->ctx, r, "cannot write '%s': %s", d->path, strerror(-r));
+		r = cd_bitmap_assign(&d->present, b, stop - b, true);
+		if (r < 0)
+			return cd_error(d->ctx, r, "'%s': out of memory", d->path);
+		d->unflushed = true;
+		r = cd_journal_add_run(d, b, stop - b, CD_RUN_CLEAN);
+		if (r < 0)
+			return r;
+		b = stop;
+	}
+	return 0;
+}
+
+/* Punch the runs' data out, once their drop is durable. */
+static int punch_runs(struct cdisk *d, const uint64_t (*runs)[2], unsigned n)
+{
+	int r = n ? cd_flush_locked(d) : 0;
+
+	for (unsigned i = 0; i < n && r == 0; i++)
+		if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+			      (off_t)(d->sb.data_offset + (runs[i][0] << d->block_shift)),
+			      (off_t)(runs[i][1] << d->block_shift)) < 0 && errno != EOPNOTSUPP)
+			r = cd_error(d->ctx, -errno, "cannot free space in '%s': %s", d->path,
+				     strerror(errno));
+	return r;
+}
+
+int cd_release_locked(struct cdisk *d, uint64_t first, uint64_t count, uint64_t *released)
+{
+	uint64_t end = first + count, runs[64][2];
+	unsigned n = 0;
+	int r = 0;
+
+	/* The records first, made durable, then the data: a crash between
+	 * leaves data that is no longer claimed, never a claim on data that
+	 * is gone.  All under the lock, so no write can land in between. */
+	for (uint64_t b = first; b < end && r == 0;) {
+		uint64_t stop = run_end(d, b, end, true);
+
+		if (stop == b) {
+			b++;
+			continue;
+		}
+		r = cd_bitmap_assign(&d->present, b, stop - b, false);
+		if (r == 0)
+			r = cd_journal_add_run(d, b, stop - b, CD_RUN_DROP);
+		if (r < 0)
+			break;
+		runs[n][0] = b;
+		runs[n][1] = stop - b;
+		*released += stop - b;
+		if (++n == CD_ARRAY_SIZE(runs)) {
+			r = punch_runs(d, (const uint64_t (*)[2])runs, n);
+			n = 0;
+		}
+		b = stop;
+	}
+	if (r == 0)
+		r = punch_runs(d, (const uint64_t (*)[2])runs, n);
+	return r;
 }
 
 /* Record that the base durably holds blocks [first, first + count) as the

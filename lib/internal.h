@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/types.h>
 
 #include "cdisk.h"
@@ -394,6 +395,8 @@ struct cd_backup_status {
 	uint64_t age, jseq;
 };
 
+#define CD_MAX_WRITING 128
+
 struct cdisk {
 	/* Every public call on a disk holds this: a disk may be used by many
 	 * threads (cdisk-serve's connections) at once. */
@@ -414,6 +417,18 @@ struct cdisk {
 	uint32_t block_shift;
 	struct cd_bitmap present;
 	struct cd_bitmap dirty;
+	/* Blocks a sync has read to send.  A write that completes clears its
+	 * blocks here, so the sync will not call them clean: they go again.
+	 * In memory only; a crash forgets it, and nothing is clean yet. */
+	struct cd_bitmap syncing;
+	volatile sig_atomic_t sync_stop;
+	bool sync_running;
+	/* Writes whose data is on its way to the data area (cdisk_pwrite
+	 * writes it without the lock): pull and release leave those blocks
+	 * alone, or they could overwrite newer data or punch it out. */
+	struct { uint64_t first, count; } writing[CD_MAX_WRITING];
+	unsigned nwriting;
+	pthread_cond_t writing_slot;
 	uint32_t (*cp_crc)[2];  /* crc of each bitmap page in each area */
 
 	/* journal */
@@ -470,6 +485,12 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 int cd_backup_status(struct cdisk *d, struct cd_backup_status *st);
 bool cd_backup_exists(struct cdisk *d);
 int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
+/* Under the lock: store base data for blocks [first, first + count) that
+ * are absent and not being written, present and clean (pull). */
+int cd_fill_locked(struct cdisk *d, uint64_t first, uint64_t count, const uint8_t *data);
+/* Under the lock: let clean blocks in the range read from the base again
+ * and free their space (close).  Returns the blocks released. */
+int cd_release_locked(struct cdisk *d, uint64_t first, uint64_t count, uint64_t *released);
 int cd_flush_locked(struct cdisk *d);
 int cd_for_each_allocated(struct cdisk *d,
 			  int (*fn)(struct cdisk *d, uint64_t first, uint64_t last,

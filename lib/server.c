@@ -1132,6 +1132,7 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			shutdown(c->fd, SHUT_RD);
 	pthread_mutex_unlock(&s->lock);
 	reap_connections(s, true);
+	cd_control_stop_syncs(s);
 	for (size_t i = 0; i < s->nexports; i++) {
 		int rc = cdisk_close(s->exports[i].disk);
 		s->exports[i].disk = NULL;
@@ -1157,6 +1158,7 @@ void cdisk_server_free(struct cdisk_server *s)
 		unlink(s->control_path);
 	}
 	free(s->control_path);
+	cd_control_stop_syncs(s);
 	for (size_t i = 0; i < s->nexports; i++) {
 		if (s->exports[i].disk)
 			cdisk_close(s->exports[i].disk);

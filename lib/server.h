@@ -4,6 +4,18 @@
 
 #include "internal.h"
 
+/* A sync run by the server for one export (control "sync"). */
+struct cd_sync_job {
+	pthread_t thread;
+	bool started, running;
+	enum cdisk_sync_mode mode;
+	struct cdisk_sync_opts opts;
+	struct cdisk_sync_stats stats;
+	uint64_t done, total;      /* progress */
+	int result;
+	char error[512];
+};
+
 struct cd_export {
 	char *name;
 	char *path;
@@ -11,6 +23,7 @@ struct cd_export {
 	bool readonly;
 	unsigned connections;
 	uint64_t requests;
+	struct cd_sync_job sync;   /* under the server's lock */
 };
 
 struct cd_listener {
@@ -37,6 +50,8 @@ struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 void cd_control_serve_one(struct cdisk_server *s);
 void cd_server_serve_fd(struct cdisk_server *s, int fd);
+/* Stop every export's sync and wait for it (before the disks close). */
+void cd_control_stop_syncs(struct cdisk_server *s);
 /* One control request line, answered as the socket would (fuzzers). */
 char *cd_control_answer(struct cdisk_server *s, const char *line);
 

@@ -6,8 +6,12 @@
  *     f                flush                  hold:SECONDS    sleep holding the disk
  *     clean:OFF:LEN    mark blocks clean (as a sync would)
  *     touch:PATH       create PATH (tells a test we got this far)
+ *     dump:PATH        write what the whole disk shows into PATH
+ *     check-clean      every block recorded clean equals the base (exit 10
+ *                      and the first block that differs when not)
  *
  * Numbers accept K/M/G suffixes.  Exit codes are cdisk's. */
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -40,6 +44,64 @@ static int parse_args(const char *op, uint64_t *v, int n)
 	return p ? -EINVAL : 0;
 }
 
+static int dump(struct cdisk *d, const char *path)
+{
+	size_t chunk = 1u << 20;
+	uint8_t *buf = malloc(chunk);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644), r = 0;
+
+	if (!buf || fd < 0)
+		r = -errno;
+	for (uint64_t off = 0; r == 0 && off < d->sb.size; off += chunk) {
+		size_t n = d->sb.size - off < chunk ? (size_t)(d->sb.size - off) : chunk;
+		r = cdisk_pread(d, buf, n, off);
+		if (r == 0)
+			r = cd_pwrite_full(fd, buf, n, off);
+	}
+	if (fd >= 0)
+		close(fd);
+	free(buf);
+	return r;
+}
+
+/* The property sync must keep: a block the disk calls clean is on the
+ * base as the overlay has it.  Compared in runs of up to 1 MiB. */
+static int check_clean(struct cdisk *d)
+{
+	uint64_t per = (1u << 20) >> d->block_shift ? (1u << 20) >> d->block_shift : 1;
+	uint8_t *a = malloc(per << d->block_shift), *b = malloc(per << d->block_shift);
+	struct cd_target *base = NULL;
+	int r = cd_target_open(d->ctx, d->sb.base, true, &base);
+
+	for (uint64_t blk = 0; r == 0 && blk < d->nblocks;) {
+		uint64_t n = 0;
+
+		while (blk + n < d->nblocks && n < per && cd_bitmap_get(&d->present, blk + n) &&
+		       !cd_bitmap_get(&d->dirty, blk + n))
+			n++;
+		if (n == 0) {
+			blk++;
+			continue;
+		}
+		r = cdisk_pread(d, a, n << d->block_shift, blk << d->block_shift);
+		if (r == 0)
+			r = cd_target_pread(base, b, n << d->block_shift, blk << d->block_shift);
+		for (uint64_t i = 0; r == 0 && i < n; i++)
+			if (memcmp(a + (i << d->block_shift), b + (i << d->block_shift),
+				   d->block_size) != 0) {
+				fprintf(stderr, "cdisk-io: block %llu is recorded clean but the "
+					"base differs\n", (unsigned long long)(blk + i));
+				r = -EILSEQ;
+			}
+		blk += n;
+	}
+	if (base)
+		cd_target_close(base);
+	free(a);
+	free(b);
+	return r;
+}
+
 static int run_op(struct cdisk *d, const char *op)
 {
 	uint64_t v[3];
@@ -52,6 +114,10 @@ static int run_op(struct cdisk *d, const char *op)
 		FILE *f = fopen(op + 6, "w");
 		return f && fclose(f) == 0 ? 0 : -errno;
 	}
+	if (strncmp(op, "dump:", 5) == 0)
+		return dump(d, op + 5);
+	if (strcmp(op, "check-clean") == 0)
+		return check_clean(d);
 	if (strncmp(op, "hold:", 5) == 0) {
 		sleep((unsigned)atoi(op + 5));
 		return 0;

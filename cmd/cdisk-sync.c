@@ -1,0 +1,222 @@
+/* cdisk-sync: send a disk's changes to its base, safely and resumably.
+ * A disk served by cdisk-serve is synced by the server itself, asked
+ * through its control socket; the same engine runs either way. */
+#include <errno.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const struct cli_program program = {
+	.name = "cdisk-sync",
+	.args = "NAME.cdisk",
+	.summary = "send a cdisk's changes to its base; nothing is called clean "
+		   "before the base has it",
+};
+
+static char *min_dirty_arg, *rate_arg, *range_arg;
+static int max_time, depth = 16, dry_run, verify, pull, close_disk;
+
+static struct poptOption options[] = {
+	{ "pull", '\0', POPT_ARG_NONE, &pull, 0,
+	  "Fetch the base's data the overlay lacks, so the disk works offline", NULL },
+	{ "range", '\0', POPT_ARG_STRING, &range_arg, 0,
+	  "With --pull: only OFFSET:LENGTH of the disk (K/M/G suffixes)",
+	  "OFFSET:LENGTH" },
+	{ "close", '\0', POPT_ARG_NONE, &close_disk, 0,
+	  "Sync and verify everything, then free the overlay: the disk reads from "
+	  "its base again", NULL },
+	{ "min-dirty", '\0', POPT_ARG_STRING, &min_dirty_arg, 0,
+	  "Do nothing unless at least SIZE is waiting", "SIZE" },
+	{ "rate", '\0', POPT_ARG_STRING, &rate_arg, 0,
+	  "Send at most RATE bytes per second (K/M/G suffixes)", "RATE" },
+	{ "max-time", '\0', POPT_ARG_INT, &max_time, 0,
+	  "Start no new work after SECONDS; what was sent is kept (exit 8 if "
+	  "changes are left)", "SECONDS" },
+	{ "depth", 'd', POPT_ARG_INT, &depth, 0,
+	  "Requests in flight to the base (default 16)", "N" },
+	{ "dry-run", 'n', POPT_ARG_NONE, &dry_run, 0,
+	  "Say what would be sent; send and change nothing", NULL },
+	{ "verify", '\0', POPT_ARG_NONE, &verify, 0,
+	  "Read what was sent back from the base and compare", NULL },
+	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
+	  "Print the result as JSON", NULL },
+	CLI_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+static struct cdisk *running;
+static volatile sig_atomic_t interrupted;
+
+/* Stop after the requests in flight; what the base has is kept. */
+static void on_signal(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+	if (running)
+		cdisk_sync_stop(running);
+}
+
+static void show_progress(void *opaque, uint64_t done, uint64_t total)
+{
+	char a[32], b[32];
+
+	(void)opaque;
+	fprintf(stderr, "\rcdisk-sync: %s of %s sent   ",
+		cdisk_format_size(done, a, sizeof(a)), cdisk_format_size(total, b, sizeof(b)));
+}
+
+static const char *mode_name(void)
+{
+	return pull ? "pull" : close_disk ? "close" : "push";
+}
+
+static void report(const char *path, const struct cdisk_sync_stats *st)
+{
+	char a[32], b[32];
+	uint64_t moved = pull ? st->pulled_bytes : st->bytes;
+	double mib_s = st->seconds > 0 ? (double)moved / 1048576.0 / st->seconds : 0;
+
+	if (cli.json) {
+		json_t *j = json_pack("{s:i, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
+				      "s:I, s:I, s:f, s:f, s:b, s:b, s:b}",
+				      "schema_version", 1, "disk", path, "mode", mode_name(),
+				      "dry_run", dry_run != 0,
+				      "pulled_bytes", (json_int_t)st->pulled_bytes,
+				      "released_bytes", (json_int_t)st->released_bytes,
+				      "dirty_bytes", (json_int_t)st->dirty_bytes,
+				      "blocks", (json_int_t)st->blocks,
+				      "bytes", (json_int_t)st->bytes,
+				      "requests", (json_int_t)st->requests,
+				      "flushes", (json_int_t)st->flushes,
+				      "verified_bytes", (json_int_t)st->verified_bytes,
+				      "left_bytes", (json_int_t)st->left_bytes,
+				      "seconds", st->seconds, "mib_per_second", mib_s,
+				      "below_min_dirty", st->below_min, "stopped", st->stopped,
+				      "clean", st->left_bytes == 0);
+		char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+		if (text)
+			printf("%s\n", text);
+		free(text);
+		json_decref(j);
+		return;
+	}
+	if (pull && dry_run)
+		cli_message("'%s': would fetch %s", path,
+			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+	else if (pull)
+		cli_message("'%s': %s fetched from the base in %.1f s (%.0f MiB/s)", path,
+			    cdisk_format_size(st->pulled_bytes, a, sizeof(a)), st->seconds, mib_s);
+	else if (st->below_min)
+		cli_message("'%s': %s waiting, below --min-dirty; nothing sent", path,
+			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+	else if (dry_run)
+		cli_message("'%s': would send %s", path,
+			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+	else
+		cli_message("'%s': %s sent in %llu requests, %.1f s (%.0f MiB/s); %s left%s",
+			    path, cdisk_format_size(st->bytes, a, sizeof(a)),
+			    (unsigned long long)st->requests, st->seconds, mib_s,
+			    cdisk_format_size(st->left_bytes, b, sizeof(b)),
+			    st->verified_bytes ? "; verified" : "");
+	if (close_disk && !dry_run && !st->below_min)
+		cli_message("'%s': %s of overlay released; the disk reads from its base",
+			    path, cdisk_format_size(st->released_bytes, a, sizeof(a)));
+}
+
+static void parse_range(struct cdisk_sync_opts *o)
+{
+	char *colon = range_arg ? strchr(range_arg, ':') : NULL;
+
+	if (!range_arg)
+		return;
+	if (!pull)
+		cli_usage_error("--range goes with --pull");
+	if (!colon)
+		cli_usage_error("--range must be OFFSET:LENGTH, not '%s'", range_arg);
+	*colon = '\0';
+	o->range_offset = cli_parse_size("--range", range_arg);
+	o->range_length = cli_parse_size("--range", colon + 1);
+	if (o->range_length == 0)
+		cli_usage_error("--range: the length must not be 0");
+}
+
+static int run(struct cdisk *d, const struct cdisk_sync_opts *o,
+	       struct cdisk_sync_stats *st)
+{
+	if (pull)
+		return cdisk_pull(d, o, st);
+	if (close_disk)
+		return cdisk_sync_close(d, o, st);
+	return cdisk_sync(d, o, st);
+}
+
+int main(int argc, char **argv)
+{
+	struct cdisk_sync_opts o = { 0 };
+	struct cdisk_sync_stats st = { 0 };
+	struct cdisk_ctx *ctx;
+	struct cdisk *d = NULL;
+	const char **args;
+	int r;
+
+	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
+	if (depth < 1 || depth > 256)
+		cli_usage_error("--depth must be from 1 to 256");
+	if (max_time < 0)
+		cli_usage_error("--max-time must not be negative");
+	if (pull && close_disk)
+		cli_usage_error("--pull and --close go in opposite directions; give one");
+	parse_range(&o);
+	o.depth = (unsigned)depth;
+	o.max_seconds = (uint32_t)max_time;
+	o.min_dirty = min_dirty_arg ? cli_parse_size("--min-dirty", min_dirty_arg) : 0;
+	o.rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
+	o.dry_run = dry_run;
+	o.verify = verify;
+	o.stop = &interrupted;
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+	if (cli_show_progress() && !cli.json)
+		o.progress = show_progress;
+
+	ctx = cli_context();
+	r = cdisk_open(ctx, args[0], dry_run ? CDISK_OPEN_RDONLY | CDISK_OPEN_NO_BASE
+					     : CDISK_OPEN_NO_BASE, &d);
+	if (r == 0) {
+		running = d;
+		r = run(d, &o, &st);
+		running = NULL;
+		if (o.progress)
+			fputc('\n', stderr);
+		if (r == 0)
+			report(args[0], &st);
+		{
+			int c = cdisk_close(d);
+			if (r == 0)
+				r = c;
+		}
+	} else if (r == -EBUSY && !dry_run) {
+		/* Served: the server syncs, with the VM still writing. */
+		r = cdisk_sync_via_owner(ctx, args[0], pull ? CDISK_SYNC_PULL :
+					 close_disk ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH, &o, &st);
+		if (o.progress)
+			fputc('\n', stderr);
+		if (r == 0)
+			report(args[0], &st);
+	}
+	if (r == 0 && st.stopped) {
+		char left[32];
+		cli_error("'%s': stopped with %s left; run again to go on", args[0],
+			  cdisk_format_size(st.left_bytes, left, sizeof(left)));
+		r = CDISK_EXIT_TRY_LATER;
+	} else {
+		r = cli_exit_code(ctx, r);
+	}
+	cdisk_ctx_free(ctx);
+	return r;
+}

@@ -1,0 +1,295 @@
+#!/usr/bin/env bats
+# cdisk-sync: changes to the base, crash-safe, resumable, and correct while
+# the disk is served and written to.
+
+bats_require_minimum_version 1.8.0
+
+setup() {
+	load helpers
+	_cdisk_setup
+}
+
+teardown() {
+	[ -z "${SERVE_PID:-}" ] || stop_serve
+	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
+	if [ -n "${NBDKIT_PID:-}" ]; then
+		kill -9 "$NBDKIT_PID" 2>/dev/null || true
+		wait "$NBDKIT_PID" 2>/dev/null || true
+	fi
+}
+
+# Scattered changes: whole blocks, runs, zeroes, odd corners.
+scatter() {
+	run_cdisk cdisk-io "$1" w:0:4K:2 w:1M:1M:3 w:5M:4K:4 w:7M:12K:5 z:9M:1M \
+		w:15M:1M:6 w:16380K:4K:7 f
+}
+
+# The base, read through its own kind, equals what the disk shows.
+assert_base_equals_disk() {   # DISK BASE-URI
+	run_cdisk cdisk-io "$1" dump:"$BATS_TEST_TMPDIR/disk.img"
+	run_cdisk target-io -d 8 "$2" get:"$BATS_TEST_TMPDIR/base.img"
+	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/base.img" ||
+		fail "the base differs from the disk"
+}
+
+dirty_bytes() {
+	cdisk-info --json "$1" | jq -r '.blocks_dirty * .block_size'
+}
+
+@test "sync: a file base ends equal to the disk; nothing is left dirty" {
+	make_base base.raw 16M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	scatter d.cdisk
+	run_cdisk cdisk-sync --json --verify d.cdisk
+	[ "$(json_get .left_bytes)" = 0 ]
+	[ "$(json_get .clean)" = true ]
+	[ "$(json_get .verified_bytes)" = "$(json_get .bytes)" ]
+	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	assert_base_equals_disk d.cdisk "$PWD/base.raw"
+	run_cdisk cdisk-io d.cdisk check-clean
+	# a second run has nothing to send
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" = 0 ]
+}
+
+@test "sync: --dry-run and --min-dirty change nothing" {
+	make_base base.raw 16M
+	cp base.raw before.raw
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	scatter d.cdisk
+	local dirty
+	dirty=$(dirty_bytes d.cdisk)
+	run_cdisk cdisk-sync --dry-run d.cdisk
+	assert_output --partial "would send"
+	run_cdisk cdisk-sync --min-dirty 1G --json d.cdisk
+	[ "$(json_get .below_min_dirty)" = true ]
+	cmp base.raw before.raw
+	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+}
+
+@test "sync: --max-time stops early, keeps what was sent, and the next run goes on" {
+	make_base base.raw 64M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
+	run_cdisk 8 cdisk-sync --rate 8M --max-time 1 --depth 1 d.cdisk
+	assert_error cdisk-sync "stopped with .* left; run again"
+	local left
+	left=$(dirty_bytes d.cdisk)
+	[ "$left" -gt 0 ] && [ "$left" -lt 67108864 ] || fail "left: $left"
+	run_cdisk cdisk-io d.cdisk check-clean
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" = "$left" ] || fail "sent again what was clean"
+	assert_base_equals_disk d.cdisk "$PWD/base.raw"
+}
+
+@test "sync: bad bases: read-only, smaller than the disk, unreachable" {
+	use_server nginx
+	make_base "$NGINX_ROOT/ro-$$" 4M
+	run_cdisk cdisk-create --base "$NGINX_URL/ro-$$" ro.cdisk
+	run_cdisk cdisk-io ro.cdisk w:0:4K:2 f
+	run_cdisk 5 cdisk-sync ro.cdisk
+	assert_error cdisk-sync "its base '.*' is read-only"
+	rm -f "$NGINX_ROOT/ro-$$"
+
+	make_base small.raw 4M
+	run_cdisk cdisk-create --base small.raw --size 8M small.cdisk
+	run_cdisk cdisk-io small.cdisk w:6M:4K:2 f
+	run_cdisk 1 cdisk-sync small.cdisk
+	assert_error cdisk-sync "its base '.*small.raw' holds 4194304 bytes, the disk 8388608"
+
+	quick_timeouts 2 0
+	printf '[target]\nconnections = 4\n' >>"$CDISK_CONFIG"
+	run_cdisk cdisk-create --size 8M --base "$PWD/small.raw" gone.cdisk
+	run_cdisk cdisk-io gone.cdisk w:0:4K:2 f
+	mv small.raw elsewhere.raw
+	local dirty
+	dirty=$(dirty_bytes gone.cdisk)
+	run_cdisk 6 cdisk-sync gone.cdisk
+	assert_error cdisk-sync "cannot open '.*small.raw'"
+	[ "$(dirty_bytes gone.cdisk)" = "$dirty" ]
+}
+
+@test "sync: a base that fails writes (nbdkit error filter) marks nothing clean" {
+	truncate -s 16M base.raw
+	nbdkit --exit-with-parent -f -U "$BATS_TEST_TMPDIR/e.sock" --filter=error file base.raw \
+		error-pwrite-rate=1 error-pwrite=EIO error-zero-rate=1 error-zero=EIO 3>&- &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do [ -S "$BATS_TEST_TMPDIR/e.sock" ] && break; sleep 0.05; done
+	run_cdisk cdisk-create --base "nbd+unix:///?socket=$BATS_TEST_TMPDIR/e.sock" d.cdisk
+	scatter d.cdisk
+	local dirty
+	dirty=$(dirty_bytes d.cdisk)
+	run_cdisk 1 cdisk-sync d.cdisk
+	assert_error cdisk-sync "cannot write 'nbd\+unix:.*Input/output error"
+	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+}
+
+@test "sync: the server killed mid-sync, then back: the next run completes" {
+	quick_timeouts 3 0
+	make_base base.raw 32M
+	local sock=$BATS_TEST_TMPDIR/s.sock
+	nbdkit --exit-with-parent -f -U "$sock" --filter=delay file base.raw wdelay=300ms 3>&- &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
+	run_cdisk cdisk-io d.cdisk w:0:32M:9 f
+	cdisk-sync --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
+	local pid=$! rc=0
+	sleep 1
+	kill -9 "$NBDKIT_PID"
+	wait "$NBDKIT_PID" 2>/dev/null || true
+	wait "$pid" || rc=$?
+	[ "$rc" -ne 0 ] || fail "the sync did not notice"
+	grep -q "^cdisk-sync: cannot " "$BATS_TEST_TMPDIR/err" || fail "$(cat "$BATS_TEST_TMPDIR/err")"
+	rm -f "$sock"
+	nbdkit --exit-with-parent -f -U "$sock" file base.raw 3>&- &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	run_cdisk cdisk-io d.cdisk check-clean
+	run_cdisk cdisk-sync d.cdisk
+	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	patfile base.raw r 0 32M 9
+}
+
+@test "sync: two at once on one disk: the second is busy" {
+	make_base base.raw 64M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
+	cdisk-sync --rate 16M --depth 1 d.cdisk 3>&- 2>/dev/null &
+	local pid=$!
+	sleep 0.5
+	run_cdisk 4 cdisk-sync d.cdisk
+	assert_error cdisk-sync "busy|in use"
+	kill -INT "$pid"
+	wait "$pid" || true
+	run_cdisk cdisk-io d.cdisk check-clean
+}
+
+@test "sync: Ctrl-C stops after the requests in flight; the rest is still dirty" {
+	make_base base.raw 64M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
+	cdisk-sync --rate 16M --depth 2 d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/err" &
+	local pid=$! rc=0
+	sleep 1
+	kill -INT "$pid"
+	wait "$pid" || rc=$?
+	[ "$rc" -eq 8 ] || fail "exit $rc: $(cat "$BATS_TEST_TMPDIR/err")"
+	run_cdisk cdisk-io d.cdisk check-clean
+	local left
+	left=$(dirty_bytes d.cdisk)
+	[ "$left" -gt 0 ] && [ "$left" -lt 67108864 ]
+}
+
+@test "sync: kill -9 at random moments never leaves a false 'clean' record" {
+	make_base base.raw 32M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	for round in $(seq 1 12); do
+		run_cdisk cdisk-io d.cdisk "w:$(((round * 3 % 29) << 20)):3M:$((round + 10))" \
+			"w:$(((round * 7 % 31) << 20)):4K:$((round + 30))" f
+		cdisk-sync --rate 32M --depth 4 d.cdisk 3>&- 2>/dev/null &
+		local pid=$!
+		sleep "0.$((RANDOM % 4))$((RANDOM % 10))"
+		kill -9 "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		run_cdisk cdisk-io d.cdisk check-clean
+	done
+	run_cdisk cdisk-sync d.cdisk
+	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	assert_base_equals_disk d.cdisk "$PWD/base.raw"
+}
+
+@test "sync: a served disk is synced by its server while fio writes to it" {
+	make_base base.raw 64M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	start_serve --export d=d.cdisk
+	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
+		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
+	local fio=$!
+	sleep 1
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" -gt 0 ]
+	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	# everything fio wrote is still what it reads back
+	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
+		--verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
+	local tries=0
+	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
+		tries=$((tries + 1))
+		[ "$tries" -lt 5 ] || fail "never clean"
+	done
+	stop_serve
+	run_cdisk cdisk-io d.cdisk check-clean
+	assert_base_equals_disk d.cdisk "$PWD/base.raw"
+}
+
+@test "sync: a damaged disk is refused" {
+	make_base base.raw 4M
+	run_cdisk cdisk-create --base base.raw d.cdisk
+	printf 'garbage' | dd of=d.cdisk bs=1 seek=100 conv=notrunc status=none
+	printf 'garbage' | dd of=d.cdisk bs=1 seek=4196 conv=notrunc status=none
+	printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
+	run_cdisk 7 cdisk-sync d.cdisk
+	assert_error cdisk-sync "d.cdisk"
+}
+
+@test "sync --pull: the disk keeps working with the base gone" {
+	make_base base.raw 16M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	run_cdisk cdisk-io d.cdisk w:1M:64K:2 f
+	run_cdisk cdisk-sync --pull --range 0:4M --json d.cdisk
+	[ "$(json_get .pulled_bytes)" = $((4 * 1048576 - 65536)) ]
+	[ "$(json_get .mode)" = pull ]
+	mv base.raw away.raw
+	run_cdisk cdisk-io d.cdisk r:0:1M:1 r:1M:64K:2 r:1088K:2944K:1
+	run_cdisk 6 cdisk-io d.cdisk r:4M:4K:1
+	mv away.raw base.raw
+	run_cdisk cdisk-sync --pull d.cdisk
+	assert_output --partial "fetched from the base"
+	mv base.raw away.raw
+	run_cdisk cdisk-io d.cdisk r:0:1M:1 r:1M:64K:2 r:1088K:15296K:1
+	mv away.raw base.raw
+	# pulled blocks are clean: nothing to send but the write
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" = 65536 ]
+}
+
+@test "sync --pull on a served disk, while it is written" {
+	make_base base.raw 16M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	start_serve --export d=d.cdisk
+	run_cdisk qemu-io -f raw -c "write -P 0x55 2M 1M" "$NBD"
+	run_cdisk cdisk-sync --pull --json d.cdisk
+	[ "$(json_get .pulled_bytes)" -ge $((15 * 1048576)) ]
+	run_cdisk qemu-io -f raw -c "read -P 0x55 2M 1M" "$NBD"
+	stop_serve
+	mv base.raw away.raw
+	run_cdisk cdisk-io d.cdisk r:0:2M:1 r:3M:13M:1
+}
+
+@test "sync --close: everything sent and checked, then the overlay is let go" {
+	make_base base.raw 16M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	scatter d.cdisk
+	run_cdisk cdisk-sync --pull d.cdisk
+	run_cdisk cdisk-io d.cdisk dump:"$BATS_TEST_TMPDIR/before.img"
+	run_cdisk cdisk-sync --close --json d.cdisk
+	[ "$(json_get .clean)" = true ]
+	[ "$(json_get .verified_bytes)" -gt 0 ]
+	[ "$(json_get .released_bytes)" = 16777216 ]
+	run_cdisk cdisk-info --json d.cdisk
+	[ "$(json_get .blocks_present)" = 0 ]
+	cmp "$BATS_TEST_TMPDIR/before.img" base.raw
+	run_cdisk cdisk-io d.cdisk dump:"$BATS_TEST_TMPDIR/after.img"
+	cmp "$BATS_TEST_TMPDIR/before.img" "$BATS_TEST_TMPDIR/after.img"
+}
+
+@test "sync: --range needs --pull; --pull and --close exclude each other" {
+	run_cdisk 2 cdisk-sync --range 0:1M d.cdisk
+	assert_usage_error cdisk-sync "--range goes with --pull"
+	run_cdisk 2 cdisk-sync --pull --close d.cdisk
+	assert_usage_error cdisk-sync "opposite directions"
+	run_cdisk 2 cdisk-sync --pull --range 1M d.cdisk
+	assert_usage_error cdisk-sync "OFFSET:LENGTH"
+}
