@@ -275,17 +275,21 @@ static int iscsi_read(struct cd_target *t, void *s, void *buf, size_t len,
 	struct scsi_task *task = iscsi_read16_task(s, p->lun, off / p->block,
 						   (uint32_t)len, (int)p->block, 0, 0,
 						   0, 0, 0, on_done, &w);
-	int r = finish(t, s, task, &w, "read", off, &task);
+	int r;
 
+	/* The data lands in buf directly: the task is only sent when the
+	 * loop runs, so the buffer is in place before any of it arrives. */
+	if (task && scsi_task_add_data_in_buffer(task, (int)len, buf) < 0) {
+		iscsi_scsi_cancel_task(s, task);
+		scsi_free_scsi_task(task);
+		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+	}
+	r = finish(t, s, task, &w, "read", off, &task);
 	if (r < 0)
 		return r;
-	if (task->datain.size != (int)len) {
-		r = cd_error(t->ctx, -EIO, "cannot read '%s' at %llu: %d bytes came "
-			     "back, not %zu", t->uri, (unsigned long long)off,
-			     task->datain.size, len);
-	} else {
-		memcpy(buf, task->datain.data, len);
-	}
+	if (task->residual_status == SCSI_RESIDUAL_UNDERFLOW && task->residual)
+		r = cd_error(t->ctx, -EIO, "cannot read '%s' at %llu: %zu bytes short",
+			     t->uri, (unsigned long long)off, task->residual);
 	scsi_free_scsi_task(task);
 	return r;
 }

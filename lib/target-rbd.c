@@ -53,6 +53,9 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	rados_conf_set(cluster, "client_mount_timeout", seconds);
 	rados_conf_set(cluster, "rados_mon_op_timeout", seconds);
 	rados_conf_set(cluster, "rados_osd_op_timeout", seconds);
+	/* Every durable point cdisk relies on is a flush it sends, so librbd's
+	 * cache may take writes before the first one. */
+	rados_conf_set(cluster, "rbd_cache_writethrough_until_flush", "false");
 	/* Ceph's log goes to its own file, not into our stderr. */
 	rados_conf_set(cluster, "log_to_stderr", "false");
 	rados_conf_set(cluster, "err_to_stderr", "false");
