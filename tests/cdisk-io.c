@@ -17,32 +17,8 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "ops.h"
 #include "pattern.h"
-
-static int parse_args(const char *op, uint64_t *v, int n)
-{
-	const char *p = strchr(op, ':');
-
-	for (int i = 0; i < n; i++) {
-		char tmp[64];
-		const char *end;
-		size_t len;
-
-		if (!p)
-			return -EINVAL;
-		p++;
-		end = strchr(p, ':');
-		len = end ? (size_t)(end - p) : strlen(p);
-		if (len >= sizeof(tmp))
-			return -EINVAL;
-		memcpy(tmp, p, len);
-		tmp[len] = 0;
-		if (cdisk_parse_size(tmp, &v[i]) < 0)
-			return -EINVAL;
-		p = end;
-	}
-	return p ? -EINVAL : 0;
-}
 
 static int dump(struct cdisk *d, const char *path)
 {
@@ -123,7 +99,7 @@ static int run_op(struct cdisk *d, const char *op)
 		return 0;
 	}
 	if ((op[0] == 'w' || op[0] == 'r') && op[1] == ':') {
-		if (parse_args(op, v, 3) < 0 || !(buf = malloc(v[1] ? v[1] : 1)))
+		if (op_numbers(op, v, 3) < 0 || !(buf = malloc(v[1] ? v[1] : 1)))
 			return -EINVAL;
 		if (op[0] == 'w') {
 			pattern_fill(buf, v[1], v[0], v[2]);
@@ -139,13 +115,13 @@ static int run_op(struct cdisk *d, const char *op)
 		return r;
 	}
 	if ((op[0] == 'z' || op[0] == 'd') && op[1] == ':') {
-		if (parse_args(op, v, 2) < 0)
+		if (op_numbers(op, v, 2) < 0)
 			return -EINVAL;
 		return op[0] == 'z' ? cdisk_write_zeroes(d, v[1], v[0]) :
 				      cdisk_discard(d, v[1], v[0]);
 	}
 	if (strncmp(op, "clean:", 6) == 0) {
-		if (parse_args(op, v, 2) < 0)
+		if (op_numbers(op, v, 2) < 0)
 			return -EINVAL;
 		return cd_mark_clean(d, v[0] / d->block_size, v[1] / d->block_size);
 	}

@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "ops.h"
 #include "pattern.h"
 
 #define PIECE (1u << 20)
@@ -145,31 +146,6 @@ static int do_get(struct job *j, uint64_t off, size_t len, uint8_t *buf)
 	return r < 0 ? r : cd_pwrite_full(j->fd, buf, len, off);
 }
 
-static int parse_numbers(const char *op, uint64_t *v, int n)
-{
-	const char *p = strchr(op, ':');
-
-	for (int i = 0; i < n; i++) {
-		char tmp[64];
-		const char *end;
-		size_t len;
-
-		if (!p)
-			return -EINVAL;
-		p++;
-		end = strchr(p, ':');
-		len = end ? (size_t)(end - p) : strlen(p);
-		if (len >= sizeof(tmp))
-			return -EINVAL;
-		memcpy(tmp, p, len);
-		tmp[len] = 0;
-		if (cdisk_parse_size(tmp, &v[i]) < 0)
-			return -EINVAL;
-		p = end;
-	}
-	return p ? -EINVAL : 0;
-}
-
 static double seconds_since(const struct timespec *a)
 {
 	struct timespec b;
@@ -219,7 +195,7 @@ static int bench(struct cd_target *t, const char *op, bool write)
 	double secs;
 	int r;
 
-	if (parse_numbers(op, v, 2) < 0 || v[1] == 0 || v[1] > (64u << 20))
+	if (op_numbers(op, v, 2) < 0 || v[1] == 0 || v[1] > (64u << 20))
 		return -EINVAL;
 	j.len = v[0] < t->size ? v[0] : t->size;
 	j.piece = (size_t)v[1];
@@ -248,7 +224,7 @@ static int run_op(struct cdisk_ctx *ctx, struct cd_target *t, const char *op)
 	if (!strncmp(op, "bench-read:", 11) || !strncmp(op, "bench-write:", 12))
 		return bench(t, op, op[6] == 'w');
 	if ((op[0] == 'w' || op[0] == 'r') && op[1] == ':') {
-		if (parse_numbers(op, v, 3) < 0)
+		if (op_numbers(op, v, 3) < 0)
 			return cd_error(ctx, -EINVAL, "bad operation '%s'", op);
 		j.start = v[0];
 		j.len = v[1];
@@ -261,7 +237,7 @@ static int run_op(struct cdisk_ctx *ctx, struct cd_target *t, const char *op)
 		return r;
 	}
 	if ((op[0] == 'z' || op[0] == 'd') && op[1] == ':') {
-		if (parse_numbers(op, v, 2) < 0)
+		if (op_numbers(op, v, 2) < 0)
 			return cd_error(ctx, -EINVAL, "bad operation '%s'", op);
 		return op[0] == 'z' ? cd_target_zero(t, (size_t)v[1], v[0])
 				    : cd_target_trim(t, (size_t)v[1], v[0]);
