@@ -21,8 +21,8 @@ static const struct cli_program program = {
 };
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
-static char *config_arg;
-static int readonly;
+static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg;
+static int readonly, sync_every, sync_max_time;
 
 static struct poptOption options[] = {
 	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
@@ -37,6 +37,15 @@ static struct poptOption options[] = {
 	  "Control socket (default: RUNTIME_DIR/cdisk-serve.PID.ctl)", "PATH" },
 	{ "group", 'g', POPT_ARG_STRING, &group_arg, 0,
 	  "Make the sockets 0660 with this group (default 0600)", "GROUP" },
+	{ "sync-every", '\0', POPT_ARG_INT, &sync_every, 0,
+	  "Push each export's changes to its base every SECONDS (as cdisk-sync)",
+	  "SECONDS" },
+	{ "sync-min-dirty", '\0', POPT_ARG_STRING, &sync_min_dirty_arg, 0,
+	  "With --sync-every: only when at least SIZE waits", "SIZE" },
+	{ "sync-rate", '\0', POPT_ARG_STRING, &sync_rate_arg, 0,
+	  "With --sync-every: at most RATE bytes per second", "RATE" },
+	{ "sync-max-time", '\0', POPT_ARG_INT, &sync_max_time, 0,
+	  "With --sync-every: start no new request after SECONDS", "SECONDS" },
 	{ "read-only", 'r', POPT_ARG_NONE, &readonly, 0,
 	  "Refuse writes to every export", NULL },
 	CLI_COMMON_OPTIONS,
@@ -191,6 +200,18 @@ static int stop_signals(void)
 	return signalfd(-1, &set, SFD_CLOEXEC);
 }
 
+/* The options cron would give cdisk-sync, run by the server itself. */
+static int set_sync_policy(struct cdisk_server *srv)
+{
+	struct cdisk_sync_opts o = { .depth = 16 };
+
+	o.min_dirty = sync_min_dirty_arg ? cli_parse_size("--sync-min-dirty",
+							  sync_min_dirty_arg) : 0;
+	o.rate = sync_rate_arg ? cli_parse_size("--sync-rate", sync_rate_arg) : 0;
+	o.max_seconds = (uint32_t)sync_max_time;
+	return cdisk_server_set_sync_policy(srv, (uint32_t)sync_every, &o);
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_server *srv = NULL;
@@ -200,11 +221,18 @@ int main(int argc, char **argv)
 	int r, stop_fd;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 0, 256);
+	if (sync_every < 0 || sync_max_time < 0)
+		cli_usage_error("--sync-every and --sync-max-time must not be negative");
+	if (!sync_every && (sync_min_dirty_arg || sync_rate_arg || sync_max_time))
+		cli_usage_error("--sync-min-dirty, --sync-rate and --sync-max-time go with "
+				"--sync-every");
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);
 	if (r == 0)
 		r = add_exports(srv, args, first, sizeof(first));
+	if (r == 0 && sync_every)
+		r = set_sync_policy(srv);
 	if (r == 0) {
 		mkdir(cdisk_ctx_runtime_dir(ctx), 0755);
 		r = listen_all(ctx, srv, cdisk_ctx_runtime_dir(ctx), first, nbd_path,

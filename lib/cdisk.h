@@ -225,6 +225,12 @@ int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
 				unsigned mode);
 /* Serve until stop_fd is readable, then finish what connections sent,
  * flush and close every disk.  Returns the first close error. */
+struct cdisk_sync_opts;
+/* Push every export's changes to its base every every_seconds, with the
+ * policy in opts (min_dirty, rate, max_seconds, depth), as cdisk-sync
+ * would; a sync already running is left to finish. */
+int cdisk_server_set_sync_policy(struct cdisk_server *server, uint32_t every_seconds,
+				 const struct cdisk_sync_opts *opts);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);
 

@@ -261,12 +261,66 @@ static struct cd_export *export_of_request(struct cdisk_server *s, json_t *req,
 	return e;
 }
 
+/* Start a sync of e in a thread of its own, unless one runs. */
+static int start_job(struct cdisk_server *s, struct cd_export *e,
+		     enum cdisk_sync_mode mode, const struct cdisk_sync_opts *opts)
+{
+	struct job_start *js;
+
+	pthread_mutex_lock(&s->lock);
+	if (e->sync.running) {
+		pthread_mutex_unlock(&s->lock);
+		return -EBUSY;
+	}
+	if (e->sync.started)
+		pthread_join(e->sync.thread, NULL);
+	memset(&e->sync, 0, sizeof(e->sync));
+	e->sync.opts = *opts;
+	e->sync.mode = mode;
+	e->sync.opts.progress = job_progress;
+	e->sync.opts.opaque = &e->sync;
+	js = malloc(sizeof(*js));
+	if (js) {
+		js->s = s;
+		js->e = e;
+	}
+	if (!js || pthread_create(&e->sync.thread, NULL, sync_thread, js) != 0) {
+		free(js);
+		pthread_mutex_unlock(&s->lock);
+		return -ENOMEM;
+	}
+	e->sync.started = e->sync.running = true;
+	pthread_mutex_unlock(&s->lock);
+	return 0;
+}
+
+/* The timer's policy: every interval, a push for each writable export with
+ * a base, unless one runs (the policy's min_dirty decides whether it sends). */
+void cd_control_policy_tick(struct cdisk_server *s)
+{
+	uint64_t now = cd_now_ms();
+
+	if (!s->policy_every_ms || now < s->policy_next_ms)
+		return;
+	s->policy_next_ms = now + s->policy_every_ms;
+	for (size_t i = 0; i < s->nexports; i++) {
+		struct cd_export *e = &s->exports[i];
+		struct cdisk_info info;
+
+		if (e->readonly || !e->disk)
+			continue;
+		cdisk_get_info(e->disk, &info);
+		if (!info.base[0] || !info.blocks_dirty)
+			continue;
+		start_job(s, e, CDISK_SYNC_PUSH, &s->policy);
+	}
+}
+
 static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 {
 	json_t *err = NULL, *o = json_object_get(req, "options");
 	struct cd_export *e = export_of_request(s, req, &err);
 	struct cdisk_sync_opts opts = { 0 };
-	struct job_start *js;
 	json_int_t depth = 16, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
 	const char *mode = "push";
 	int verify = 0;
@@ -278,8 +332,8 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 			     "min_dirty", &min_dirty, "offset", &offset, "length", &length,
 			     "verify", &verify) < 0)
 		return error_reply(-EINVAL, "bad sync options");
-	if (depth < 1 || depth > 256 || rate < 0 || max_seconds < 0 || min_dirty < 0 ||
-	    offset < 0 || length < 0)
+	if (depth < 1 || depth > 256 || rate < 0 || max_seconds < 0 ||
+	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0)
 		return error_reply(-EINVAL, "sync options out of range");
 	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close"))
 		return error_reply(-EINVAL, "sync mode must be push, pull or close");
@@ -292,32 +346,15 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 	opts.verify = verify;
 	opts.range_offset = (uint64_t)offset;
 	opts.range_length = (uint64_t)length;
-	pthread_mutex_lock(&s->lock);
-	if (e->sync.running) {
-		pthread_mutex_unlock(&s->lock);
+	switch (start_job(s, e, !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
+			  !strcmp(mode, "close") ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH, &opts)) {
+	case -EBUSY:
 		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
-	}
-	if (e->sync.started)
-		pthread_join(e->sync.thread, NULL);
-	memset(&e->sync, 0, sizeof(e->sync));
-	e->sync.opts = opts;
-	e->sync.mode = !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
-		       !strcmp(mode, "close") ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH;
-	e->sync.opts.progress = job_progress;
-	e->sync.opts.opaque = &e->sync;
-	js = malloc(sizeof(*js));
-	if (js) {
-		js->s = s;
-		js->e = e;
-	}
-	if (!js || pthread_create(&e->sync.thread, NULL, sync_thread, js) != 0) {
-		free(js);
-		pthread_mutex_unlock(&s->lock);
+	case 0:
+		return ok_reply();
+	default:
 		return error_reply(-ENOMEM, "cannot start a sync");
 	}
-	e->sync.started = e->sync.running = true;
-	pthread_mutex_unlock(&s->lock);
-	return ok_reply();
 }
 
 static json_t *stats_to_json(const struct cdisk_sync_stats *st)

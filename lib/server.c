@@ -1119,6 +1119,7 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		reap_connections(s, false);
 		if (p[0].revents)
 			break;
+		cd_control_policy_tick(s);
 		if (first_listener > 1 && p[1].revents & POLLIN)
 			cd_control_serve_one(s);
 		for (size_t i = 0; i < s->nlisten; i++)
@@ -1140,6 +1141,19 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			r = rc;
 	}
 	return r;
+}
+
+int cdisk_server_set_sync_policy(struct cdisk_server *s, uint32_t every_seconds,
+				 const struct cdisk_sync_opts *opts)
+{
+	if (!every_seconds)
+		return cd_error(s->ctx, -EINVAL, "the sync interval must be at least 1 s");
+	s->policy = *opts;
+	s->policy.progress = NULL;
+	s->policy.stop = NULL;
+	s->policy_every_ms = every_seconds * 1000ull;
+	s->policy_next_ms = cd_now_ms() + s->policy_every_ms;
+	return 0;
 }
 
 void cdisk_server_free(struct cdisk_server *s)

@@ -44,12 +44,17 @@ struct cdisk_server {
 	int control_fd;
 	char *control_path;
 	struct conn *conns;
+	/* cdisk_server_set_sync_policy: a push of every export this often */
+	uint64_t policy_every_ms, policy_next_ms;
+	struct cdisk_sync_opts policy;
 };
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 void cd_control_serve_one(struct cdisk_server *s);
 void cd_server_serve_fd(struct cdisk_server *s, int fd);
+/* Start the policy's syncs when their time has come (the accept loop). */
+void cd_control_policy_tick(struct cdisk_server *s);
 /* Stop every export's sync and wait for it (before the disks close). */
 void cd_control_stop_syncs(struct cdisk_server *s);
 /* One control request line, answered as the socket would (fuzzers). */

@@ -293,3 +293,57 @@ dirty_bytes() {
 	run_cdisk 2 cdisk-sync --pull --range 1M d.cdisk
 	assert_usage_error cdisk-sync "OFFSET:LENGTH"
 }
+
+@test "cdisk-serve --sync-every pushes each export's changes on a timer" {
+	make_base base.raw 16M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	start_serve --export d=d.cdisk --sync-every 1 --sync-min-dirty 512K
+	run_cdisk qemu-io -f raw -c "write -P 0x33 4M 64K" "$NBD"
+	sleep 3
+	run_cdisk cdisk-info --json d.cdisk
+	[ "$(json_get .blocks_dirty)" -gt 0 ] || fail "synced below --sync-min-dirty"
+	run_cdisk qemu-io -f raw -c "write -P 0x44 8M 1M" "$NBD"
+	local i
+	for i in $(seq 50); do
+		cdisk-info --json d.cdisk | jq -e '.blocks_dirty == 0' >/dev/null && break
+		sleep 0.2
+	done
+	run_cdisk cdisk-info --json d.cdisk
+	[ "$(json_get .blocks_dirty)" = 0 ] || fail "the timer did not sync"
+	stop_serve
+	run_cdisk cdisk-io d.cdisk check-clean
+	cmp -n 1048576 -i 8388608:0 base.raw <(head -c 1048576 /dev/zero | tr '\0' '\104')
+}
+
+@test "cdisk-serve: the sync policy options go with --sync-every" {
+	run_cdisk 2 cdisk-serve --sync-rate 1M d.cdisk
+	assert_usage_error cdisk-serve "go with --sync-every"
+}
+
+@test "the control socket's sync requests: bad ones are named, good ones report" {
+	make_base base.raw 4M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	start_serve --export d=d.cdisk
+	local ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<'{"command":"sync"}'
+	[ "$(json_get .exit_code)" = 2 ]
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<'{"command":"sync","disk":"/nope.cdisk"}'
+	[ "$(json_get .exit_code)" = 6 ]
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"mode\":\"sideways\"}}"
+	json_get .error | grep -q "push, pull or close"
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":0}}"
+	json_get .error | grep -q "out of range"
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":\"many\"}}"
+	json_get .error | grep -q "bad sync options"
+	run_cdisk qemu-io -f raw -c "write -P 0x21 0 64K" "$NBD"
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\"}"
+	[ "$(json_get .ok)" = true ]
+	local i
+	for i in $(seq 50); do
+		run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync-status\",\"disk\":\"$PWD/d.cdisk\"}"
+		[ "$(json_get .running)" = false ] && break
+		sleep 0.1
+	done
+	[ "$(json_get .result.bytes)" = 65536 ]
+	[ "$(json_get .errno)" = 0 ]
+}
