@@ -347,3 +347,24 @@ dirty_bytes() {
 	[ "$(json_get .result.bytes)" = 65536 ]
 	[ "$(json_get .errno)" = 0 ]
 }
+
+@test "sync: a network base that is down at the start: unreachable, nothing changed" {
+	quick_timeouts 2 0
+	make_base base.raw 16M
+	local sock=$BATS_TEST_TMPDIR/n.sock
+	nbdkit --exit-with-parent -f -U "$sock" file base.raw 3>&- &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
+	scatter d.cdisk
+	kill -9 "$NBDKIT_PID"
+	wait "$NBDKIT_PID" 2>/dev/null || true
+	NBDKIT_PID=
+	cp base.raw before.raw
+	local dirty
+	dirty=$(dirty_bytes d.cdisk)
+	run_cdisk 3 cdisk-sync d.cdisk
+	assert_error cdisk-sync "cannot reach 'nbd\+unix:"
+	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+	cmp base.raw before.raw
+}
