@@ -122,15 +122,7 @@ static int print_json(const char *path, const struct cdisk_info *i,
 		return -ENOMEM;
 	if (rep)
 		json_object_set_new(j, "check", check_json(rep));
-	/* Written whole or not at all: a reader never sees half a document. */
-	char *text = json_dumps(j, JSON_INDENT(2));
-	json_decref(j);
-	if (!text)
-		return -ENOMEM;
-	fputs(text, stdout);
-	putchar('\n');
-	free(text);
-	return 0;
+	return cli_print_json(j);
 }
 
 static int open_disk(struct cdisk_ctx *ctx, const char *path, struct cdisk **disk)

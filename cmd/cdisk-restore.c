@@ -42,11 +42,7 @@ static void report(const char *path, const struct cdisk_restore_report *rep)
 				      "blocks_reconciled", (json_int_t)rep->blocks_reconciled,
 				      "blocks_marked_dirty", (json_int_t)rep->blocks_marked_dirty,
 				      "exact", rep->exact);
-		char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-		if (text)
-			printf("%s\n", text);
-		free(text);
-		json_decref(j);
+		cli_print_json(j);
 		return;
 	}
 	if (!rep->restored) {

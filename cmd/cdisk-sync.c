@@ -98,11 +98,7 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 				      "seconds", st->seconds, "mib_per_second", mib_s,
 				      "below_min_dirty", st->below_min, "stopped", st->stopped,
 				      "clean", st->left_bytes == 0);
-		char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
-		if (text)
-			printf("%s\n", text);
-		free(text);
-		json_decref(j);
+		cli_print_json(j);
 		return;
 	}
 	if (pull && dry_run)

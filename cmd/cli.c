@@ -226,3 +226,15 @@ bool cli_show_progress(void)
 {
 	return !cli.quiet && isatty(STDERR_FILENO);
 }
+
+int cli_print_json(json_t *j)
+{
+	char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+
+	json_decref(j);
+	if (!text)
+		return -ENOMEM;
+	printf("%s\n", text);
+	free(text);
+	return 0;
+}

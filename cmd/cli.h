@@ -2,6 +2,7 @@
 #ifndef CDISK_CLI_H
 #define CDISK_CLI_H
 
+#include <jansson.h>
 #include <popt.h>
 #include <stdbool.h>
 #include <stdnoreturn.h>
@@ -48,6 +49,10 @@ int cli_exit_code(struct cdisk_ctx *ctx, int r);
 
 /* Option value parsers for sizes: print and exit on bad input. */
 uint64_t cli_parse_size(const char *option, const char *value);
+
+/* Print a JSON document on stdout, whole or not at all (a reader never
+ * sees half of one), and free it.  0, or -ENOMEM when it could not be. */
+int cli_print_json(json_t *j);
 
 /* Whether progress bars may be drawn (stderr is a terminal, not quiet). */
 bool cli_show_progress(void);
