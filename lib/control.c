@@ -559,22 +559,34 @@ out:
 	return r;
 }
 
+/* The control socket of the process that owns path; -ENOENT if none. */
+static int owner_socket(struct cdisk_ctx *ctx, const char *path, char *sock, size_t size,
+			unsigned *pid_out)
+{
+	struct cdisk *d;
+	unsigned pid;
+	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
+
+	if (r < 0)
+		return r;
+	pid = d->sb.owner_pid;
+	cd_disk_free(d);
+	*pid_out = pid;
+	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, size) < 0)
+		return -ENOENT;
+	return 0;
+}
+
 int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 			  struct cdisk_info *info)
 {
 	char busy[sizeof(ctx->error)], sock[4096];
-	struct cdisk *d;
 	json_t *req, *reply = NULL;
-	unsigned pid;
+	unsigned pid = 0;
 	int r;
 
 	memcpy(busy, ctx->error, sizeof(busy));
-	r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
-	if (r < 0)
-		goto busy;
-	pid = d->sb.owner_pid;
-	cd_disk_free(d);
-	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, sizeof(sock)) < 0)
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
 		goto busy;
 	req = json_pack("{s:s, s:s}", "command", "info", "disk", path);
 	r = call(ctx, sock, req, &reply);
@@ -598,23 +610,6 @@ busy:
 }
 
 /* ---- asking the owner to sync ---- */
-
-static int owner_socket(struct cdisk_ctx *ctx, const char *path, char *sock, size_t size,
-			unsigned *pid_out)
-{
-	struct cdisk *d;
-	unsigned pid;
-	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
-
-	if (r < 0)
-		return r;
-	pid = d->sb.owner_pid;
-	cd_disk_free(d);
-	*pid_out = pid;
-	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, size) < 0)
-		return -ENOENT;
-	return 0;
-}
 
 static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 		      unsigned pid, json_t *req, json_t **reply)

@@ -738,18 +738,15 @@ static int flush_locked(struct cdisk *d)
 /* The next run of blocks from b that all read from the same place,
  * looked up under the lock; the I/O itself is done without it, so that
  * many requests read at once. */
-static int next_run(struct cdisk *d, uint64_t b, uint64_t end, bool *present,
-		    uint64_t *stop)
+static void next_run(struct cdisk *d, uint64_t b, uint64_t end, bool *present,
+		     uint64_t *stop)
 {
-	int r = 0;
-
 	pthread_mutex_lock(&d->lock);
 	*present = cd_bitmap_get(&d->present, b);
 	*stop = cd_bitmap_find(&d->present, b, !*present);
 	if (*stop > end)
 		*stop = end;
 	pthread_mutex_unlock(&d->lock);
-	return r;
 }
 
 int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
@@ -764,9 +761,7 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 		bool present;
 		size_t n;
 
-		r = next_run(d, b, end, &present, &stop);
-		if (r < 0)
-			break;
+		next_run(d, b, end, &present, &stop);
 		n = (size_t)((stop - b) << d->block_shift);
 		r = present ? read_present(d, p, n, b << d->block_shift)
 			    : read_base(d, p, n, b << d->block_shift);

@@ -31,8 +31,9 @@ struct cd_http_reply {
 	size_t error_len;
 };
 
-/* A new handle with our defaults: timeouts, no signals, TLS checks. */
-CURL *cd_http_handle(struct cd_target *t);
+/* A session (a libcurl handle), for the kinds' connect and disconnect. */
+int cd_http_connect(struct cd_target *t, void **session);
+void cd_http_disconnect(struct cd_target *t, void *session);
 /* 0 when an answer came (any status), or a negative errno with a message
  * on t->ctx naming what and the URI. */
 int cd_http_perform(struct cd_target *t, CURL *c, const struct cd_http_request *q,

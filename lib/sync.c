@@ -315,7 +315,7 @@ static void clear_syncing(struct cdisk *d, struct extent *ext, size_t from, size
 /* One batch: mark, send, flush the base, record. */
 static int run_batch(struct engine *e, size_t from, size_t to)
 {
-	int r = mark_syncing(e->d, e->ext + from, to - from);
+	int r = mark_syncing(e->d, e->ext + from, to - from), f;
 
 	if (r < 0)
 		return r;
@@ -324,18 +324,14 @@ static int run_batch(struct engine *e, size_t from, size_t to)
 	r = run_workers(e);
 	/* What was sent before an error is flushed and recorded all the same:
 	 * the next run need not send it again. */
-	{
-		int f = cd_target_flush(e->base);
-		if (f < 0) {
-			clear_syncing(e->d, e->ext, from, to);
-			return r < 0 ? r : f;
-		}
-		e->st->flushes++;
+	f = cd_target_flush(e->base);
+	if (f < 0) {
+		clear_syncing(e->d, e->ext, from, to);
+		return r < 0 ? r : f;
 	}
-	{
-		int c = record_clean(e, from, to);
-		return r < 0 ? r : c;
-	}
+	e->st->flushes++;
+	f = record_clean(e, from, to);
+	return r < 0 ? r : f;
 }
 
 /* ---- checking ---- */

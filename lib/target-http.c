@@ -31,15 +31,21 @@ static void set_defaults(struct cd_target *t, CURL *c)
 		curl_easy_setopt(c, CURLOPT_CAINFO, ca);
 }
 
-CURL *cd_http_handle(struct cd_target *t)
+/* A session: one libcurl handle, keeping its connection alive.  Its
+ * options are set by each request (cd_http_perform). */
+int cd_http_connect(struct cd_target *t, void **session)
 {
-	CURL *c;
-
 	pthread_once(&curl_once, curl_init_once);
-	c = curl_easy_init();
-	if (c)
-		set_defaults(t, c);
-	return c;
+	*session = curl_easy_init();
+	if (!*session)
+		return cd_error(t->ctx, -ENOMEM, "cannot reach '%s': out of memory", t->uri);
+	return 0;
+}
+
+void cd_http_disconnect(struct cd_target *t, void *session)
+{
+	(void)t;
+	curl_easy_cleanup(session);
 }
 
 const char *cd_http_reason(long status)
@@ -279,22 +285,6 @@ static int http_status_error(struct cd_target *t, long status, const char *what)
 			"server answered HTTP %ld", what, t->uri, status);
 }
 
-static int http_connect(struct cd_target *t, void **session)
-{
-	CURL *c = cd_http_handle(t);
-
-	if (!c)
-		return cd_error(t->ctx, -ENOMEM, "cannot reach '%s': out of memory", t->uri);
-	*session = c;
-	return 0;
-}
-
-static void http_disconnect(struct cd_target *t, void *session)
-{
-	(void)t;
-	curl_easy_cleanup(session);
-}
-
 /* The size: HEAD when the server says it serves ranges, else the total
  * in the Content-Range of a one-byte GET. */
 static int http_size(struct cd_target *t, CURL *c)
@@ -342,7 +332,7 @@ static int http_open(struct cd_target *t, const struct cd_uri *u)
 	int r;
 
 	(void)u;
-	r = http_connect(t, (void **)&c);
+	r = cd_http_connect(t, (void **)&c);
 	if (r < 0)
 		return r;
 	r = http_size(t, c);
@@ -406,8 +396,8 @@ static int http_flush(struct cd_target *t, void *s)
 const struct cd_target_ops cd_http_target_ops = {
 	.name = "http",
 	.open = http_open,
-	.connect = http_connect,
-	.disconnect = http_disconnect,
+	.connect = cd_http_connect,
+	.disconnect = cd_http_disconnect,
 	.pread = http_read,
 	.pwrite = http_write,
 	.flush = http_flush,

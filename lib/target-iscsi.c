@@ -404,21 +404,13 @@ static void default_initiator(struct cd_target *t, struct iscsi_priv *p)
 	snprintf(p->initiator, sizeof(p->initiator), "iqn.2026-11.org.cdisk:%s", host);
 }
 
-static int run_task(struct cd_target *t, struct iscsi_context *iscsi,
-		    struct scsi_task *task, struct wait *w, const char *what,
-		    struct scsi_task **out)
-{
-	return finish(t, iscsi, task, w, what, 0, out);
-}
-
 static int read_capacity(struct cd_target *t, struct iscsi_context *iscsi)
 {
 	struct iscsi_priv *p = t->priv;
 	struct wait w = { 0 };
 	struct scsi_task *task = NULL;
 	struct scsi_readcapacity16 *rc;
-	int r = run_task(t, iscsi, iscsi_readcapacity16_task(iscsi, p->lun, on_done, &w),
-			 &w, "size", &task);
+	int r = finish(t, iscsi, iscsi_readcapacity16_task(iscsi, p->lun, on_done, &w), &w, "size", 0, &task);
 
 	if (r < 0)
 		return r;
@@ -442,9 +434,8 @@ static void read_limits(struct cd_target *t, struct iscsi_context *iscsi)
 	struct wait w = { 0 };
 	struct scsi_task *task = NULL;
 
-	if (run_task(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
-			SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, 255, on_done, &w),
-		     &w, "inquire", &task) == 0) {
+	if (finish(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
+			SCSI_INQUIRY_PAGECODE_BLOCK_LIMITS, 255, on_done, &w), &w, "inquire", 0, &task) == 0) {
 		struct scsi_inquiry_block_limits *bl = scsi_datain_unmarshall(task);
 		if (bl && bl->max_xfer_len &&
 		    (uint64_t)bl->max_xfer_len * p->block < t->max_request)
@@ -452,18 +443,18 @@ static void read_limits(struct cd_target *t, struct iscsi_context *iscsi)
 		scsi_free_scsi_task(task);
 	}
 	memset(&w, 0, sizeof(w));
-	if (run_task(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
+	if (finish(t, iscsi, iscsi_inquiry_task(iscsi, p->lun, 1,
 			SCSI_INQUIRY_PAGECODE_LOGICAL_BLOCK_PROVISIONING, 255,
-			on_done, &w), &w, "inquire", &task) == 0) {
+			on_done, &w), &w, "inquire", 0, &task) == 0) {
 		struct scsi_inquiry_logical_block_provisioning *lbp =
 			scsi_datain_unmarshall(task);
 		t->can_trim = lbp && lbp->lbpu;
 		scsi_free_scsi_task(task);
 	}
 	memset(&w, 0, sizeof(w));
-	if (run_task(t, iscsi, iscsi_modesense6_task(iscsi, p->lun, 1,
+	if (finish(t, iscsi, iscsi_modesense6_task(iscsi, p->lun, 1,
 			SCSI_MODESENSE_PC_CURRENT, SCSI_MODEPAGE_RETURN_ALL_PAGES, 0,
-			255, on_done, &w), &w, "inquire", &task) == 0) {
+			255, on_done, &w), &w, "inquire", 0, &task) == 0) {
 		struct scsi_mode_sense *ms = scsi_datain_unmarshall(task);
 		if (ms && (ms->device_specific_parameter & 0x80))
 			t->readonly = true;

@@ -432,22 +432,6 @@ static int read_manifest(struct cd_target *t, CURL *c)
 			"%ld%s%s", t->uri, a.status, code[0] ? " " : "", code);
 }
 
-static int s3_connect(struct cd_target *t, void **session)
-{
-	CURL *c = cd_http_handle(t);
-
-	if (!c)
-		return cd_error(t->ctx, -ENOMEM, "cannot reach '%s': out of memory", t->uri);
-	*session = c;
-	return 0;
-}
-
-static void s3_disconnect(struct cd_target *t, void *session)
-{
-	(void)t;
-	curl_easy_cleanup(session);
-}
-
 static int s3_open(struct cd_target *t, const struct cd_uri *u)
 {
 	struct s3_priv *p = calloc(1, sizeof(*p));
@@ -459,7 +443,7 @@ static int s3_open(struct cd_target *t, const struct cd_uri *u)
 	t->priv = p;
 	r = s3_setup(t->ctx, t->uri, u, p);
 	if (r == 0)
-		r = s3_connect(t, (void **)&c);
+		r = cd_http_connect(t, (void **)&c);
 	if (r == 0)
 		r = read_manifest(t, c);
 	if (r < 0) {
@@ -502,11 +486,9 @@ int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 	r = s3_setup(ctx, uri, u, &p);
 	if (r < 0)
 		goto out;
-	c = cd_http_handle(&t);
-	if (!c) {
-		r = cd_error(ctx, -ENOMEM, "cannot create '%s': out of memory", uri);
+	r = cd_http_connect(&t, (void **)&c);
+	if (r < 0)
 		goto out;
-	}
 	r = read_manifest(&t, c);
 	if (r == 0) {
 		r = cd_error(ctx, -EEXIST, "cannot create '%s': a disk is there already", uri);
@@ -541,8 +523,8 @@ out:
 const struct cd_target_ops cd_s3_target_ops = {
 	.name = "s3",
 	.open = s3_open,
-	.connect = s3_connect,
-	.disconnect = s3_disconnect,
+	.connect = cd_http_connect,
+	.disconnect = cd_http_disconnect,
 	.pread = s3_read,
 	.pwrite = s3_write,
 	.flush = s3_flush,
