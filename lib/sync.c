@@ -388,8 +388,6 @@ static int open_base_for_writing(struct cdisk *d, struct cd_target **out)
 {
 	int r;
 
-	if (!d->sb.base[0])
-		return cd_error(d->ctx, -EINVAL, "'%s' has no base to sync to", d->path);
 	if (d->readonly)
 		return cd_error(d->ctx, -EROFS, "'%s' is open read-only", d->path);
 	r = cd_target_open(d->ctx, d->sb.base, false, out);
@@ -466,6 +464,8 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	int r;
 
 	memset(st, 0, sizeof(*st));
+	if (!d->sb.base[0])
+		return cd_error(d->ctx, -EINVAL, "'%s' has no base to sync to", d->path);
 	r = begin(d);
 	if (r < 0)
 		return r;

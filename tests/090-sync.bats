@@ -368,3 +368,17 @@ dirty_bytes() {
 	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
 	cmp base.raw before.raw
 }
+
+@test "sync: a disk without a base, and a pull range that is not whole blocks" {
+	run_cdisk cdisk-create --size 4M plain.cdisk
+	run_cdisk 2 cdisk-sync plain.cdisk
+	assert_error cdisk-sync "'plain.cdisk' has no base to sync to"
+	run_cdisk 2 cdisk-sync --pull plain.cdisk
+	assert_error cdisk-sync "'plain.cdisk' has no base to pull from"
+	make_base base.raw 4M
+	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
+	run_cdisk 2 cdisk-sync --pull --range 100:4K d.cdisk
+	assert_error cdisk-sync "the range must be whole blocks of 4096 bytes within the disk"
+	run_cdisk 2 cdisk-sync --pull --range 0:8M d.cdisk
+	assert_error cdisk-sync "the range must be whole blocks"
+}
