@@ -22,7 +22,7 @@ static const struct cli_program program = {
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg;
-static int readonly, sync_every, sync_max_time;
+static int readonly, sync_every, sync_max_time, sync_if_healthy;
 
 static struct poptOption options[] = {
 	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
@@ -46,6 +46,8 @@ static struct poptOption options[] = {
 	  "With --sync-every: at most RATE bytes per second", "RATE" },
 	{ "sync-max-time", '\0', POPT_ARG_INT, &sync_max_time, 0,
 	  "With --sync-every: start no new request after SECONDS", "SECONDS" },
+	{ "sync-if-healthy", '\0', POPT_ARG_NONE, &sync_if_healthy, 0,
+	  "With --sync-every: only when the base probes healthy", NULL },
 	{ "read-only", 'r', POPT_ARG_NONE, &readonly, 0,
 	  "Refuse writes to every export", NULL },
 	CLI_COMMON_OPTIONS,
@@ -209,6 +211,7 @@ static int set_sync_policy(struct cdisk_server *srv)
 							  sync_min_dirty_arg) : 0;
 	o.rate = sync_rate_arg ? cli_parse_size("--sync-rate", sync_rate_arg) : 0;
 	o.max_seconds = (uint32_t)sync_max_time;
+	o.if_healthy = sync_if_healthy;
 	return cdisk_server_set_sync_policy(srv, (uint32_t)sync_every, &o);
 }
 
@@ -223,9 +226,10 @@ int main(int argc, char **argv)
 	args = cli_parse(&program, argc, (const char **)argv, options, 0, 256);
 	if (sync_every < 0 || sync_max_time < 0)
 		cli_usage_error("--sync-every and --sync-max-time must not be negative");
-	if (!sync_every && (sync_min_dirty_arg || sync_rate_arg || sync_max_time))
-		cli_usage_error("--sync-min-dirty, --sync-rate and --sync-max-time go with "
-				"--sync-every");
+	if (!sync_every && (sync_min_dirty_arg || sync_rate_arg || sync_max_time ||
+			    sync_if_healthy))
+		cli_usage_error("--sync-min-dirty, --sync-rate, --sync-max-time and "
+				"--sync-if-healthy go with --sync-every");
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -19,7 +20,8 @@ static const struct cli_program program = {
 };
 
 static char *min_dirty_arg, *rate_arg, *range_arg;
-static int max_time, depth = 16, dry_run, verify, pull, close_disk;
+static int max_time, depth = 16, dry_run, verify, pull, close_disk, if_healthy;
+static int target_delay;
 
 static struct poptOption options[] = {
 	{ "pull", '\0', POPT_ARG_NONE, &pull, 0,
@@ -43,6 +45,12 @@ static struct poptOption options[] = {
 	  "Say what would be sent; send and change nothing", NULL },
 	{ "verify", '\0', POPT_ARG_NONE, &verify, 0,
 	  "Read what was sent back from the base and compare", NULL },
+	{ "if-healthy", '\0', POPT_ARG_NONE, &if_healthy, 0,
+	  "Probe the base first (cdisk-probe's thresholds); unless it is healthy, "
+	  "change nothing and exit 8 (3 if unreachable)", NULL },
+	{ "target-delay", '\0', POPT_ARG_INT, &target_delay, 0,
+	  "Slow down when the base's round trip rises this far over its baseline "
+	  "(default 25; -1: never)", "MS" },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
 	  "Print the result as JSON", NULL },
 	CLI_COMMON_OPTIONS,
@@ -61,13 +69,33 @@ static void on_signal(int sig)
 		cdisk_sync_stop(running);
 }
 
-static void show_progress(void *opaque, uint64_t done, uint64_t total)
+/* One line, redrawn: bytes done and left, the rate, the time left, and
+ * the limit the sync holds itself to when the base is busy. */
+static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
 {
-	char a[32], b[32];
+	static uint64_t start_ms;
+	char done[32], left[32], limit[48] = "";
+	uint64_t now = (uint64_t)time(NULL) * 1000;
+	double secs, rate;
 
 	(void)opaque;
-	fprintf(stderr, "\rcdisk-sync: %s of %s sent   ",
-		cdisk_format_size(done, a, sizeof(a)), cdisk_format_size(total, b, sizeof(b)));
+	if (!start_ms)
+		start_ms = now ? now : 1;
+	secs = (double)(now - start_ms) / 1000.0;
+	rate = secs > 0 ? (double)p->done / secs : 0;
+	if (p->rate_limit) {
+		char r[32];
+		snprintf(limit, sizeof(limit), ", held to %s/s",
+			 cdisk_format_size(p->rate_limit, r, sizeof(r)));
+	}
+	cdisk_format_size(p->done, done, sizeof(done));
+	cdisk_format_size(p->total > p->done ? p->total - p->done : 0, left, sizeof(left));
+	if (rate > 0)
+		fprintf(stderr, "\rcdisk-sync: %s sent, %s left, %.1f MiB/s, %.0f s to go%s   ",
+			done, left, rate / 1048576,
+			(double)(p->total > p->done ? p->total - p->done : 0) / rate, limit);
+	else
+		fprintf(stderr, "\rcdisk-sync: %s sent, %s left%s   ", done, left, limit);
 }
 
 static const char *mode_name(void)
@@ -83,7 +111,7 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 
 	if (cli.json) {
 		json_t *j = json_pack("{s:i, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-				      "s:I, s:I, s:f, s:f, s:b, s:b, s:b}",
+				      "s:I, s:I, s:f, s:f, s:b, s:b, s:b, s:o, s:I, s:f, s:f}",
 				      "schema_version", 1, "disk", path, "mode", mode_name(),
 				      "dry_run", dry_run != 0,
 				      "pulled_bytes", (json_int_t)st->pulled_bytes,
@@ -97,7 +125,11 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 				      "left_bytes", (json_int_t)st->left_bytes,
 				      "seconds", st->seconds, "mib_per_second", mib_s,
 				      "below_min_dirty", st->below_min, "stopped", st->stopped,
-				      "clean", st->left_bytes == 0);
+				      "clean", st->left_bytes == 0,
+				      "rate_limit", st->rate_limit ? json_integer((json_int_t)st->rate_limit)
+								   : json_null(),
+				      "slowdowns", (json_int_t)st->slowdowns,
+				      "delay_ms", st->delay_ms, "base_delay_ms", st->base_delay_ms);
 		cli_print_json(j);
 		return;
 	}
@@ -119,6 +151,13 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 			    (unsigned long long)st->requests, st->seconds, mib_s,
 			    cdisk_format_size(st->left_bytes, b, sizeof(b)),
 			    st->verified_bytes ? "; verified" : "");
+	if (st->slowdowns && !dry_run)
+		cli_message("'%s': slowed down %u time%s for the base's round trip (%.1f ms "
+			    "over a %.1f ms baseline at the end)%s%s%s", path, st->slowdowns,
+			    st->slowdowns == 1 ? "" : "s", st->delay_ms - st->base_delay_ms,
+			    st->base_delay_ms, st->rate_limit ? "; held to " : "",
+			    st->rate_limit ? cdisk_format_size(st->rate_limit, a, sizeof(a)) : "",
+			    st->rate_limit ? "/s" : "");
 	if (close_disk && !dry_run && !st->below_min)
 		cli_message("'%s': %s of overlay released; the disk reads from its base",
 			    path, cdisk_format_size(st->released_bytes, a, sizeof(a)));
@@ -165,6 +204,8 @@ int main(int argc, char **argv)
 		cli_usage_error("--depth must be from 1 to 256");
 	if (max_time < 0)
 		cli_usage_error("--max-time must not be negative");
+	if (target_delay < -1 || target_delay > 10000)
+		cli_usage_error("--target-delay must be from 1 to 10000 milliseconds, or -1");
 	if (pull && close_disk)
 		cli_usage_error("--pull and --close go in opposite directions; give one");
 	parse_range(&o);
@@ -174,6 +215,8 @@ int main(int argc, char **argv)
 	o.rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
 	o.dry_run = dry_run;
 	o.verify = verify;
+	o.if_healthy = if_healthy;
+	o.target_delay_ms = target_delay;
 	o.stop = &interrupted;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);

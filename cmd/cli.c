@@ -132,6 +132,18 @@ void cli_message(const char *fmt, ...)
 	putchar('\n');
 }
 
+/* popt names the bad value of "--pings 0x", not the option; name both. */
+static noreturn void bad_option(int argc, const char **argv, int r)
+{
+	const char *bad = poptBadOption(popt_ctx, POPT_BADOPTION_NOALIAS);
+
+	if ((r == POPT_ERROR_BADNUMBER || r == POPT_ERROR_OVERFLOW) && !strchr(bad, '='))
+		for (int i = 2; i < argc; i++)
+			if (argv[i] == bad || !strcmp(argv[i], bad))
+				cli_usage_error("%s for %s: '%s'", poptStrerror(r), argv[i - 1], bad);
+	cli_usage_error("%s '%s'", poptStrerror(r), bad);
+}
+
 const char **cli_parse(const struct cli_program *prog, int argc, const char **argv,
 		       const struct poptOption *options, int nargs_min, int nargs_max)
 {
@@ -149,8 +161,7 @@ const char **cli_parse(const struct cli_program *prog, int argc, const char **ar
 	while ((r = poptGetNextOpt(popt_ctx)) > 0)
 		;
 	if (r < -1)
-		cli_usage_error("%s '%s'", poptStrerror(r),
-				poptBadOption(popt_ctx, POPT_BADOPTION_NOALIAS));
+		bad_option(argc, argv, r);
 	args = poptGetArgs(popt_ctx);
 	while (args && args[n])
 		n++;

@@ -1,7 +1,8 @@
 /* libFuzzer target for cdisk's other parsers: the first byte picks one.
  *   0: a URI            1: a superblock (4096 bytes)
  *   2: a control socket request line   3: an S3 manifest
- *   4: an HTTP header line               5: an S3 error body */
+ *   4: an HTTP header line               5: an S3 error body
+ *   6: a configuration file */
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -28,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text = malloc(size);
 	memcpy(text, data + 1, size - 1);
 	text[size - 1] = 0;
-	switch (data[0] % 6) {
+	switch (data[0] % 7) {
 	case 0: {
 		struct cd_uri u;
 		if (cd_uri_parse(&ctx, text, &u) == 0)
@@ -61,6 +62,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		cd_http_parse_header((const char *)data + 1, size - 1, &reply);
 		break;
 	}
+	case 6:
+		cd_config_parse_text(&ctx, text);
+		break;
 	default: {
 		char code[64];
 		cd_s3_error_code(text, code, sizeof(code));

@@ -249,7 +249,81 @@ const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len);
 #ifdef __cplusplus
 }
 #endif
+/* ---- probe: the network to a target and the server's load ---- */
+
+enum cdisk_verdict {
+	CDISK_HEALTHY,
+	CDISK_DEGRADED,      /* a figure is past its threshold */
+	CDISK_UNREACHABLE,   /* no connection, or no answer at all */
+};
+
+/* How much to measure; 0 takes the configuration's [probe] value. */
+struct cdisk_probe_opts {
+	unsigned pings;            /* round trips to time (20) */
+	uint32_t interval_ms;      /* between pings (20) */
+	uint32_t timeout_s;        /* each connection and request (5) */
+	uint32_t max_seconds;      /* the whole probe, plus one timeout (10) */
+	uint64_t read_bytes;       /* the bounded read (16 MiB) */
+	bool no_read;              /* no throughput, no load test */
+	unsigned depth;            /* reads in flight (4) */
+	/* The target is scratch: also time writes over its first read_bytes.
+	 * Never set this for a disk's base. */
+	bool write_scratch;
+};
+
+/* Thresholds; a negative number means no limit. */
+struct cdisk_probe_limits {
+	double max_rtt_ms;         /* mean round trip */
+	double max_jitter_ms;
+	double max_loss;           /* fraction of pings lost, 0..1 */
+	double max_busy;           /* fraction answered "busy", 0..1 */
+	double min_read_rate;      /* bytes per second */
+	double max_load_delay_ms;  /* mean round trip under load minus idle */
+	double max_osd_latency_ms; /* Ceph: the slowest OSD's write or read latency */
+	int ceph_health;           /* worst accepted: 0 HEALTH_OK, 1 WARN, 2 ERR */
+};
+
+struct cdisk_probe_result {
+	enum cdisk_verdict verdict;
+	char reason[768];          /* why not healthy, "; " between findings */
+	unsigned sent, answered, lost, busy;
+	double rtt_min_ms, rtt_mean_ms, rtt_p95_ms, rtt_max_ms, jitter_ms;
+	double loss, busy_fraction;
+	uint32_t retry_after;      /* seconds a busy server asked for; 0: none */
+	bool read_measured, write_measured, load_measured;
+	uint64_t read_bytes, write_bytes;
+	double read_rate, write_rate;        /* bytes per second */
+	double loaded_rtt_mean_ms, load_delay_ms;
+	bool ceph;
+	char ceph_health[16];
+	unsigned osds;
+	double osd_write_ms, osd_read_ms;   /* the slowest OSD's, during the probe */
+	double seconds;
+};
+
+/* Thresholds from the configuration ([probe]), or the defaults. */
+void cdisk_probe_limits_default(struct cdisk_ctx *ctx, struct cdisk_probe_limits *l);
+/* Measure uri and judge it.  0 whenever a verdict was reached (even
+ * "unreachable"); a negative errno when the question itself is wrong: a
+ * bad URI, no such image, permission denied. */
+int cdisk_probe(struct cdisk_ctx *ctx, const char *uri, const struct cdisk_probe_opts *o,
+		const struct cdisk_probe_limits *l, struct cdisk_probe_result *res);
+/* The same for the base of the disk at path (its URI goes to base). */
+int cdisk_probe_disk(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_probe_opts *o, const struct cdisk_probe_limits *l,
+		     struct cdisk_probe_result *res, char *base, size_t base_len);
+/* The exit code a verdict maps to (0, CDISK_EXIT_UNHEALTHY, ..._UNREACHABLE). */
+int cdisk_verdict_exit_code(enum cdisk_verdict v);
+const char *cdisk_verdict_name(enum cdisk_verdict v);
+
 /* ---- sync: the overlay's changes to the base ---- */
+
+struct cdisk_sync_progress {
+	uint64_t done, total;       /* bytes sent (or fetched), and in all */
+	uint64_t rate_limit;        /* bytes/s the sync holds itself to; 0: none */
+	double delay_ms;            /* the base's round trip now ... */
+	double base_delay_ms;       /* ... and its baseline; 0: not measured */
+};
 
 struct cdisk_sync_opts {
 	unsigned depth;             /* requests in flight; 0: 16 */
@@ -260,8 +334,16 @@ struct cdisk_sync_opts {
 	uint64_t range_offset;      /* pull: bytes from here ... */
 	uint64_t range_length;      /* ... this many; 0: to the end */
 	bool verify;                /* read what was sent back from the base */
-	/* Called now and then from the calling thread: bytes sent and to send. */
-	void (*progress)(void *opaque, uint64_t done, uint64_t total);
+	/* Probe the base first (cdisk_probe, [probe] thresholds): when it is
+	 * not healthy, fail with -EAGAIN (unreachable: -EHOSTUNREACH) and
+	 * change nothing. */
+	bool if_healthy;
+	/* How far the base's round trip may rise over its baseline before the
+	 * sync slows down, so that others' traffic comes first (a delay-based
+	 * controller, as LEDBAT).  0: [sync] target_delay (25); -1: never. */
+	int target_delay_ms;
+	/* Called about five times a second from the calling thread. */
+	void (*progress)(void *opaque, const struct cdisk_sync_progress *p);
 	void *opaque;
 	/* When set to nonzero (say, by a signal handler), the owner is asked
 	 * to stop a sync it runs for cdisk_sync_via_owner. */
@@ -280,6 +362,9 @@ struct cdisk_sync_stats {
 	uint64_t pulled_bytes;      /* pull: base data stored in the overlay */
 	uint64_t released_bytes;    /* close: overlay data let go */
 	double seconds;
+	uint64_t rate_limit;        /* the rate the controller settled on; 0: none */
+	unsigned slowdowns;         /* times the base's delay made it slow down */
+	double delay_ms, base_delay_ms;
 	bool below_min;             /* nothing done: less than min_dirty */
 	bool stopped;               /* max_seconds or a stop request ended it */
 };

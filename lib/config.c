@@ -42,6 +42,16 @@ void cd_config_defaults(struct cd_config *cfg)
 	cfg->retries = 3;
 	cfg->connections = 16;
 	cfg->s3_chunk_size = 4u << 20;
+	cfg->probe = (struct cd_probe_config){
+		.pings = 20, .depth = 4, .interval_ms = 20, .timeout_s = 5,
+		.max_seconds = 10, .read_bytes = 16u << 20,
+		.limits = {
+			.max_rtt_ms = 100, .max_jitter_ms = 30, .max_loss = 0.05,
+			.max_busy = 0, .min_read_rate = -1, .max_load_delay_ms = 200,
+			.max_osd_latency_ms = 500, .ceph_health = 1,
+		},
+	};
+	cfg->sync_target_delay_ms = 25;
 }
 
 struct parse_state {
@@ -87,6 +97,33 @@ static const struct number_key {
 	  "connections" },
 	{ "s3", "chunk_size", offsetof(struct cd_config, s3_chunk_size), 65536,
 	  1L << 30, "bytes" },
+	{ "probe", "pings", offsetof(struct cd_config, probe.pings), 1, 10000, "a count" },
+	{ "probe", "depth", offsetof(struct cd_config, probe.depth), 1, 64, "a count" },
+	{ "probe", "interval", offsetof(struct cd_config, probe.interval_ms), 1, 60000,
+	  "milliseconds" },
+	{ "probe", "timeout", offsetof(struct cd_config, probe.timeout_s), 1, 3600, "seconds" },
+	{ "probe", "max_time", offsetof(struct cd_config, probe.max_seconds), 1, 3600,
+	  "seconds" },
+	{ "sync", "target_delay", offsetof(struct cd_config, sync_target_delay_ms), 0, 10000,
+	  "milliseconds" },
+};
+
+/* Thresholds: a number in their unit, or "none" for no limit. */
+static const struct limit_key {
+	const char *name;
+	size_t offset;
+	double scale, max;          /* value * scale is stored */
+	const char *unit;
+} limit_keys[] = {
+#define LIMIT(key, field, scale, max, unit) \
+	{ key, offsetof(struct cdisk_probe_limits, field), scale, max, unit }
+	LIMIT("max_rtt", max_rtt_ms, 1, 3600000, "milliseconds"),
+	LIMIT("max_jitter", max_jitter_ms, 1, 3600000, "milliseconds"),
+	LIMIT("max_loss", max_loss, 0.01, 100, "a percentage"),
+	LIMIT("max_busy", max_busy, 0.01, 100, "a percentage"),
+	LIMIT("max_load_delay", max_load_delay_ms, 1, 3600000, "milliseconds"),
+	LIMIT("max_osd_latency", max_osd_latency_ms, 1, 3600000, "milliseconds"),
+#undef LIMIT
 };
 
 static bool set_text(struct parse_state *st, const struct text_key *k,
@@ -121,10 +158,76 @@ static bool set_number(struct parse_state *st, const struct number_key *k,
 	return true;
 }
 
+static bool set_limit(struct parse_state *st, const struct limit_key *k,
+		      const char *value)
+{
+	double *field = (double *)((char *)&st->cfg.probe.limits + k->offset);
+	char *end;
+	double v;
+
+	if (!strcmp(value, "none")) {
+		*field = -1;
+		return true;
+	}
+	errno = 0;
+	v = strtod(value, &end);
+	if (errno || *end || end == value || !(v >= 0 && v <= k->max)) {
+		snprintf(st->bad, sizeof(st->bad), "%s must be %s from 0 to %.0f, or none",
+			 k->name, k->unit, k->max);
+		return false;
+	}
+	*field = v * k->scale;
+	return true;
+}
+
+/* The [probe] keys that are not whole numbers. */
+static int on_probe_entry(struct parse_state *st, const char *name, const char *value)
+{
+	struct cdisk_probe_limits *l = &st->cfg.probe.limits;
+	uint64_t bytes;
+
+	for (size_t i = 0; i < CD_ARRAY_SIZE(limit_keys); i++)
+		if (!strcmp(name, limit_keys[i].name))
+			return set_limit(st, &limit_keys[i], value);
+	if (!strcmp(name, "min_read_rate")) {
+		if (!strcmp(value, "none")) {
+			l->min_read_rate = -1;
+			return 1;
+		}
+		if (cdisk_parse_size(value, &bytes) < 0) {
+			snprintf(st->bad, sizeof(st->bad), "min_read_rate must be bytes per "
+				 "second (K, M, G suffixes), or none");
+			return 0;
+		}
+		l->min_read_rate = (double)bytes;
+		return 1;
+	}
+	if (!strcmp(name, "read_size")) {
+		if (cdisk_parse_size(value, &bytes) < 0 || bytes == 0 || bytes > (1ull << 40)) {
+			snprintf(st->bad, sizeof(st->bad), "read_size must be bytes (K, M, G "
+				 "suffixes), from 1 to 1T");
+			return 0;
+		}
+		st->cfg.probe.read_bytes = bytes;
+		return 1;
+	}
+	if (!strcmp(name, "ceph_health")) {
+		static const char *const ranks[] = { "ok", "warn", "err" };
+		for (int i = 0; i < 3; i++)
+			if (!strcmp(value, ranks[i])) {
+				l->ceph_health = i;
+				return 1;
+			}
+		snprintf(st->bad, sizeof(st->bad), "ceph_health must be ok, warn or err");
+		return 0;
+	}
+	return -1;
+}
+
 static bool known_section(const char *section)
 {
 	static const char *const sections[] = {
-		"metadata", "serve", "target", "iscsi", "rbd", "s3", "http",
+		"metadata", "serve", "target", "iscsi", "rbd", "s3", "http", "probe", "sync",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(sections); i++)
@@ -151,6 +254,11 @@ static int on_entry(void *user, const char *section, const char *name,
 		if (!strcmp(section, number_keys[i].section) &&
 		    !strcmp(name, number_keys[i].name))
 			return set_number(st, &number_keys[i], value);
+	if (!strcmp(section, "probe")) {
+		int r = on_probe_entry(st, name, value);
+		if (r >= 0)
+			return r;
+	}
 	if (!strcmp(section, "metadata") && !strcmp(name, "backup_dir")) {
 		if (strcmp(value, "none") && value[0] != '/') {
 			snprintf(st->bad, sizeof(st->bad), "backup_dir must be an absolute "
@@ -169,6 +277,20 @@ static int on_entry(void *user, const char *section, const char *name,
 		return 1;
 	}
 	snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s' in [%.40s]", name, section);
+	return 0;
+}
+
+int cd_config_parse_text(struct cdisk_ctx *ctx, const char *text)
+{
+	struct parse_state st = { 0 };
+	int line;
+
+	cd_config_defaults(&st.cfg);
+	line = ini_parse_string(text, on_entry, &st);
+	if (line != 0)
+		return cd_error(ctx, -EINVAL, "configuration, line %d: %s", line,
+				st.bad[0] ? st.bad : "syntax error");
+	ctx->cfg = st.cfg;
 	return 0;
 }
 

@@ -202,12 +202,13 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 
 /* ---- sync, run by the server for a disk it serves ---- */
 
-static void job_progress(void *opaque, uint64_t done, uint64_t total)
+static void job_progress(void *opaque, const struct cdisk_sync_progress *p)
 {
 	struct cd_sync_job *job = opaque;
 
-	job->done = done;
-	job->total = total;
+	pthread_mutex_lock(&job->server->lock);
+	job->progress = *p;
+	pthread_mutex_unlock(&job->server->lock);
 }
 
 struct job_start {
@@ -279,6 +280,7 @@ static int start_job(struct cdisk_server *s, struct cd_export *e,
 	e->sync.mode = mode;
 	e->sync.opts.progress = job_progress;
 	e->sync.opts.opaque = &e->sync;
+	e->sync.server = s;
 	js = malloc(sizeof(*js));
 	if (js) {
 		js->s = s;
@@ -322,18 +324,21 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 	struct cd_export *e = export_of_request(s, req, &err);
 	struct cdisk_sync_opts opts = { 0 };
 	json_int_t depth = 16, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
+	json_int_t target_delay = 0;
 	const char *mode = "push";
-	int verify = 0;
+	int verify = 0, if_healthy = 0;
 
 	if (!e)
 		return err;
-	if (o && json_unpack(o, "{s?s, s?I, s?I, s?I, s?I, s?I, s?I, s?b}", "mode", &mode,
-			     "depth", &depth, "rate", &rate, "max_seconds", &max_seconds,
+	if (o && json_unpack(o, "{s?s, s?I, s?I, s?I, s?I, s?I, s?I, s?b, s?b, s?I}", "mode",
+			     &mode, "depth", &depth, "rate", &rate, "max_seconds", &max_seconds,
 			     "min_dirty", &min_dirty, "offset", &offset, "length", &length,
-			     "verify", &verify) < 0)
+			     "verify", &verify, "if_healthy", &if_healthy,
+			     "target_delay_ms", &target_delay) < 0)
 		return error_reply(-EINVAL, "bad sync options");
 	if (depth < 1 || depth > 256 || rate < 0 || max_seconds < 0 ||
-	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0)
+	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0 ||
+	    target_delay < -1 || target_delay > 10000)
 		return error_reply(-EINVAL, "sync options out of range");
 	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close"))
 		return error_reply(-EINVAL, "sync mode must be push, pull or close");
@@ -344,6 +349,8 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 	opts.max_seconds = (uint32_t)max_seconds;
 	opts.min_dirty = (uint64_t)min_dirty;
 	opts.verify = verify;
+	opts.if_healthy = if_healthy;
+	opts.target_delay_ms = (int)target_delay;
 	opts.range_offset = (uint64_t)offset;
 	opts.range_length = (uint64_t)length;
 	switch (start_job(s, e, !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
@@ -359,7 +366,8 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 
 static json_t *stats_to_json(const struct cdisk_sync_stats *st)
 {
-	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b}",
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b, "
+			 "s:I, s:I, s:f, s:f}",
 			 "pulled_bytes", (json_int_t)st->pulled_bytes,
 			 "released_bytes", (json_int_t)st->released_bytes,
 			 "dirty_bytes", (json_int_t)st->dirty_bytes,
@@ -369,7 +377,10 @@ static json_t *stats_to_json(const struct cdisk_sync_stats *st)
 			 "flushes", (json_int_t)st->flushes,
 			 "verified_bytes", (json_int_t)st->verified_bytes,
 			 "left_bytes", (json_int_t)st->left_bytes, "seconds", st->seconds,
-			 "below_min_dirty", st->below_min, "stopped", st->stopped);
+			 "below_min_dirty", st->below_min, "stopped", st->stopped,
+			 "rate_limit", (json_int_t)st->rate_limit,
+			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
+			 "base_delay_ms", st->base_delay_ms);
 }
 
 static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
@@ -383,8 +394,12 @@ static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
 	pthread_mutex_lock(&s->lock);
 	json_object_set_new(r, "running", json_boolean(e->sync.running));
 	json_object_set_new(r, "started", json_boolean(e->sync.started));
-	json_object_set_new(r, "done_bytes", json_integer((json_int_t)e->sync.done));
-	json_object_set_new(r, "total_bytes", json_integer((json_int_t)e->sync.total));
+	json_object_set_new(r, "done_bytes", json_integer((json_int_t)e->sync.progress.done));
+	json_object_set_new(r, "total_bytes", json_integer((json_int_t)e->sync.progress.total));
+	json_object_set_new(r, "rate_limit",
+			    json_integer((json_int_t)e->sync.progress.rate_limit));
+	json_object_set_new(r, "delay_ms", json_real(e->sync.progress.delay_ms));
+	json_object_set_new(r, "base_delay_ms", json_real(e->sync.progress.base_delay_ms));
 	if (e->sync.started && !e->sync.running) {
 		json_object_set_new(r, "result", stats_to_json(&e->sync.stats));
 		json_object_set_new(r, "errno", json_integer(-e->sync.result));
@@ -633,16 +648,21 @@ static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 
 static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 {
-	json_int_t v[10] = { 0 };
+	json_int_t v[12] = { 0 };
 	double secs = 0;
 	int below = 0, stopped = 0;
 
-	json_unpack(j, "{s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?F, s?b, s?b}",
+	json_unpack(j, "{s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?F, s?b, s?b, "
+		    "s?I, s?I, s?F, s?F}",
 		    "pulled_bytes", &v[8], "released_bytes", &v[9],
 		    "dirty_bytes", &v[0], "blocks", &v[1], "bytes", &v[2],
 		    "requests", &v[3], "zero_requests", &v[4], "flushes", &v[5],
 		    "verified_bytes", &v[6], "left_bytes", &v[7], "seconds", &secs,
-		    "below_min_dirty", &below, "stopped", &stopped);
+		    "below_min_dirty", &below, "stopped", &stopped,
+		    "rate_limit", &v[10], "slowdowns", &v[11], "delay_ms", &st->delay_ms,
+		    "base_delay_ms", &st->base_delay_ms);
+	st->rate_limit = (uint64_t)v[10];
+	st->slowdowns = (unsigned)v[11];
 	st->dirty_bytes = (uint64_t)v[0];
 	st->blocks = (uint64_t)v[1];
 	st->bytes = (uint64_t)v[2];
@@ -674,7 +694,7 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		return -EBUSY;
 	}
 	r = owner_call(ctx, sock, path, pid,
-		       json_pack("{s:s, s:s, s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b}}",
+		       json_pack("{s:s, s:s, s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:I}}",
 				 "command", "sync", "disk", path, "options",
 				 "mode", mode == CDISK_SYNC_PULL ? "pull" :
 					 mode == CDISK_SYNC_CLOSE ? "close" : "push",
@@ -683,7 +703,8 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 				 "depth", (json_int_t)(o->depth ? o->depth : 16),
 				 "rate", (json_int_t)o->rate, "max_seconds",
 				 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
-				 "verify", o->verify), &reply);
+				 "verify", o->verify, "if_healthy", o->if_healthy,
+				 "target_delay_ms", (json_int_t)o->target_delay_ms), &reply);
 	if (r < 0 && r != -EBUSY && r != -EIO) {
 		/* No server behind the socket (another cdisk-sync, say): busy. */
 		memcpy(ctx->error, busy, sizeof(busy));
@@ -710,9 +731,13 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 			json_decref(ignored);
 		}
 		if (o->progress)
-			o->progress(o->opaque,
-				    (uint64_t)json_integer_value(json_object_get(reply, "done_bytes")),
-				    (uint64_t)json_integer_value(json_object_get(reply, "total_bytes")));
+			o->progress(o->opaque, &(struct cdisk_sync_progress){
+				.done = (uint64_t)json_integer_value(json_object_get(reply, "done_bytes")),
+				.total = (uint64_t)json_integer_value(json_object_get(reply, "total_bytes")),
+				.rate_limit = (uint64_t)json_integer_value(json_object_get(reply, "rate_limit")),
+				.delay_ms = json_number_value(json_object_get(reply, "delay_ms")),
+				.base_delay_ms = json_number_value(json_object_get(reply, "base_delay_ms")),
+			});
 		if (!running)
 			break;
 		json_decref(reply);

@@ -87,7 +87,6 @@ int cdisk_exit_code(int err)
 	case -ENXIO:
 		return CDISK_EXIT_UNREACHABLE;
 	case -EBUSY:
-	case -EWOULDBLOCK:
 		return CDISK_EXIT_BUSY;
 	case -EACCES:
 	case -EPERM:
@@ -104,6 +103,7 @@ int cdisk_exit_code(int err)
 		return CDISK_EXIT_CORRUPT;
 	case -ETIMEDOUT:
 	case -EINTR:
+	case -EAGAIN:   /* a server busy, or a verdict that says not now */
 		return CDISK_EXIT_TRY_LATER;
 	default:
 		return CDISK_EXIT_FAILURE;

@@ -27,6 +27,7 @@ struct cd_http_reply {
 	uint64_t total;            /* from Content-Range or Content-Length; 0 unknown */
 	bool total_known;
 	bool ranges;               /* Accept-Ranges: bytes */
+	uint32_t retry_after;      /* Retry-After, in seconds; 0: none */
 	char error_body[1024];     /* the start of a non-2xx body */
 	size_t error_len;
 };
@@ -38,7 +39,8 @@ void cd_http_disconnect(struct cd_target *t, void *session);
  * on t->ctx naming what and the URI. */
 int cd_http_perform(struct cd_target *t, CURL *c, const struct cd_http_request *q,
 		    struct cd_http_reply *out, const char *what);
-/* One header line: Content-Range and Accept-Ranges go into out. */
+/* One header line: Content-Range, Accept-Ranges and Retry-After go
+ * into out. */
 void cd_http_parse_header(const char *line, size_t len, struct cd_http_reply *out);
 /* The S3 manifest, checked; and the <Code> of an S3 error body ("" if none). */
 int cd_s3_parse_manifest(struct cdisk_ctx *ctx, const char *uri, const char *text,
@@ -46,6 +48,12 @@ int cd_s3_parse_manifest(struct cdisk_ctx *ctx, const char *uri, const char *tex
 void cd_s3_error_code(const char *body, char *out, size_t size);
 /* errno for an HTTP status (e.g. 404: -ENOENT, 503: -EAGAIN). */
 int cd_http_status_errno(long status);
+/* HEAD of url: 0 for 2xx, -EAGAIN (t->retry_after set) when the server
+ * answers 429 or 503, -EOPNOTSUPP (no message) for 405 or 501, else an
+ * error naming the status. */
+int cd_http_ping(struct cd_target *t, CURL *c, const char *url,
+		 const char *sigv4, const char *user, const char *secret,
+		 const char *token);
 /* "404 Not Found" and the like. */
 const char *cd_http_reason(long status);
 

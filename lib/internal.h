@@ -32,6 +32,13 @@ static inline uint64_t cd_round_up(uint64_t n, uint64_t align)
 
 #define CD_DEFAULT_RUNTIME_DIR "/run/cdisk"
 
+struct cd_probe_config {
+	unsigned pings, depth;
+	uint32_t interval_ms, timeout_s, max_seconds;
+	uint64_t read_bytes;
+	struct cdisk_probe_limits limits;
+};
+
 struct cd_config {
 	char backup_dir[CDISK_MAX_URI + 1];   /* "": no backups by default */
 	char runtime_dir[CDISK_MAX_URI + 1];  /* sockets of serving processes */
@@ -56,9 +63,14 @@ struct cd_config {
 	uint32_t s3_chunk_size;
 	/* [http] */
 	char ca_file[CDISK_MAX_URI + 1];
+	/* [probe], and [sync] target_delay */
+	struct cd_probe_config probe;
+	uint32_t sync_target_delay_ms;        /* 0: never slow down */
 };
 
 void cd_config_defaults(struct cd_config *cfg);
+/* The configuration from text (the fuzzer's way in). */
+int cd_config_parse_text(struct cdisk_ctx *ctx, const char *text);
 int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
 		int (*handler)(void *, const char *, const char *, const char *),
 		void *user, const char *bad);
@@ -191,6 +203,10 @@ struct cd_target_ops {
 	/* -EOPNOTSUPP: target.c writes zeros instead. */
 	int (*zero)(struct cd_target *t, void *s, size_t len, uint64_t off);
 	int (*trim)(struct cd_target *t, void *s, size_t len, uint64_t off);
+	/* The cheapest request that changes nothing and crosses the network
+	 * (TEST UNIT READY, HEAD); -EAGAIN when the server says it is busy.
+	 * NULL: the smallest read at offset 0. */
+	int (*ping)(struct cd_target *t, void *s);
 	void (*close)(struct cd_target *t);
 };
 
@@ -220,6 +236,7 @@ struct cd_target {
 	bool can_zero;
 	bool can_trim;
 	bool flush_every_session;  /* flush only covers its own connection */
+	uint32_t retry_after;      /* seconds a busy server last asked for; 0: none */
 	struct cd_session_pool pool;
 	pthread_mutex_t rmw_lock[CD_RMW_STRIPES];
 	void *priv;
@@ -240,6 +257,57 @@ int cd_target_flush(struct cd_target *t);
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off);
 void cd_target_close(struct cd_target *t);
+/* One ping, never retried; *rtt_us is the request's own time, without
+ * making a new connection.  -EAGAIN: the server answered busy. */
+int cd_target_ping(struct cd_target *t, uint64_t *rtt_us);
+/* Pacing a sync by the base's round trip (pace.c). */
+#define CD_PACE_FILTER 4
+#define CD_PACE_MINUTES 10
+#define CD_PACE_MIN_RATE (256u << 10)
+
+struct cd_pace {
+	double target_ms;            /* queueing delay allowed */
+	double recent[CD_PACE_FILTER];
+	unsigned nrecent;
+	double minute_min[CD_PACE_MINUTES];
+	unsigned minute, nminutes;
+	uint64_t minute_start_ms;
+	double current, base;        /* ms: the filtered delay, the baseline */
+	uint64_t sent_bytes, sent_ms;
+	double measured_rate;        /* bytes/s actually sent, smoothed */
+	uint64_t rate_limit;         /* bytes/s; 0: none */
+	unsigned slowdowns;
+	unsigned clear_ticks;        /* adjustments in a row with little queueing */
+};
+
+enum cd_pace_change { CD_PACE_SAME, CD_PACE_SLOWED, CD_PACE_FREED };
+
+void cd_pace_init(struct cd_pace *p, double target_ms);
+void cd_pace_sample(struct cd_pace *p, double rtt_ms, uint64_t now_ms);
+/* The bytes sent so far, for the rate actually achieved. */
+void cd_pace_sent(struct cd_pace *p, uint64_t bytes_so_far, uint64_t now_ms);
+/* After each ping (answered: it came back in time and not busy). */
+enum cd_pace_change cd_pace_adjust(struct cd_pace *p, bool answered);
+
+/* A read-only target for pings: the probe's timeout, no retries. */
+int cd_probe_open(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,
+		  struct cd_target **t);
+/* Ceph's view of its own load, for targets on a Ceph cluster: the
+ * monitors' health, and each OSD's own operation counters. */
+#define CD_CEPH_MAX_OSDS 32
+struct cd_ceph_load {
+	char health[16];           /* "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR" */
+	unsigned osds;
+	struct {
+		double write_sum, read_sum;        /* seconds */
+		uint64_t writes, reads;
+	} osd[CD_CEPH_MAX_OSDS];
+	double write_ms_max, read_ms_max;      /* the slowest OSD's */
+};
+/* With before (an earlier reading), latencies are over the time between;
+ * without, since each OSD started. */
+int cd_rbd_cluster_load(struct cd_target *t, const struct cd_ceph_load *before,
+			struct cd_ceph_load *out);
 /* Make a new, empty store of size bytes where the kind can (file, rbd, s3). */
 int cd_target_create(struct cdisk_ctx *ctx, const char *uri, uint64_t size);
 

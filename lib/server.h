@@ -6,12 +6,13 @@
 
 /* A sync run by the server for one export (control "sync"). */
 struct cd_sync_job {
+	struct cdisk_server *server;
 	pthread_t thread;
 	bool started, running;
 	enum cdisk_sync_mode mode;
 	struct cdisk_sync_opts opts;
 	struct cdisk_sync_stats stats;
-	uint64_t done, total;      /* progress */
+	struct cdisk_sync_progress progress;
 	int result;
 	char error[512];
 };

@@ -38,10 +38,17 @@ struct engine {
 	struct extent *ext;
 	size_t next, end;        /* the batch: ext[next..end) */
 	uint64_t start_ms;
-	uint64_t rate_next_us;   /* when the rate lets the next byte go */
-	uint64_t sent_bytes;
+	uint64_t sent_bytes, total_bytes;
 	int error;
+	unsigned running;        /* workers not yet done */
 	pthread_mutex_t lock;
+	pthread_cond_t done;
+	/* the rate: a token bucket that may go into debt by one request */
+	double tokens;
+	uint64_t tokens_us;
+	/* the delay-based controller; pinger is NULL when it is off */
+	struct cd_target *pinger;
+	struct cd_pace pace;
 };
 
 static uint64_t now_us(void)
@@ -108,21 +115,48 @@ static int collect(struct cdisk *d, const struct cd_bitmap *bm, bool value,
 
 /* ---- sending ---- */
 
-static void throttle(struct engine *e, size_t bytes)
-{
-	uint64_t wait_until, now;
+static bool out_of_time(const struct engine *e);
 
-	if (!e->o->rate)
-		return;
-	pthread_mutex_lock(&e->lock);
-	now = now_us();
-	if (e->rate_next_us < now)
-		e->rate_next_us = now;
-	wait_until = e->rate_next_us;
-	e->rate_next_us += bytes * 1000000 / e->o->rate;
-	pthread_mutex_unlock(&e->lock);
-	if (wait_until > now)
-		usleep((useconds_t)(wait_until - now));
+/* Under e->lock: the user's --rate or the controller's, the lower. */
+static uint64_t effective_rate(const struct engine *e)
+{
+	uint64_t user = e->o->rate, ours = e->pace.rate_limit;
+
+	if (!user || !ours)
+		return user ? user : ours;
+	return user < ours ? user : ours;
+}
+
+/* Wait until the rate lets bytes go.  The wait is taken in short naps, so
+ * a rate that rises, or a stop, takes effect at once.  False: stopped. */
+static bool throttle(struct engine *e, size_t bytes)
+{
+	for (;;) {
+		uint64_t rate, now, nap;
+
+		pthread_mutex_lock(&e->lock);
+		rate = effective_rate(e);
+		now = now_us();
+		if (rate) {
+			double burst = (double)rate / 10;
+			e->tokens += (double)(now - e->tokens_us) * (double)rate / 1e6;
+			if (e->tokens > burst)
+				e->tokens = burst;
+		}
+		e->tokens_us = now;
+		if (!rate || e->tokens >= 0) {
+			e->tokens -= rate ? (double)bytes : 0;
+			pthread_mutex_unlock(&e->lock);
+			return true;
+		}
+		if (out_of_time(e)) {
+			pthread_mutex_unlock(&e->lock);
+			return false;
+		}
+		nap = (uint64_t)(-e->tokens * 1e6 / (double)rate);
+		pthread_mutex_unlock(&e->lock);
+		usleep((useconds_t)(nap < 50000 ? nap + 1 : 50000));
+	}
 }
 
 static bool all_zero(const uint8_t *p, size_t len)
@@ -177,9 +211,8 @@ static int send_extent(struct engine *e, struct extent *x, uint8_t *buf)
 	/* Another thread's write may land any time after this read; it then
 	 * clears the syncing bits, and the block goes again next time. */
 	r = read_extent(e, x, buf);
-	if (r < 0)
+	if (r < 0 || !throttle(e, len))
 		return r;
-	throttle(e, len);
 	zero = all_zero(buf, len);
 	r = zero ? cd_target_zero(e->base, len, off) : cd_target_pwrite(e->base, buf, len, off);
 	if (r < 0)
@@ -226,7 +259,133 @@ static void *worker(void *opaque)
 		}
 	}
 	free(buf);
+	pthread_mutex_lock(&e->lock);
+	e->running--;
+	pthread_cond_broadcast(&e->done);
+	pthread_mutex_unlock(&e->lock);
 	return NULL;
+}
+
+/* ---- pacing by the base's round trip ---- */
+
+#define TICK_MS 200
+
+/* One tick: time a ping to the base beside the sync's own requests, and
+ * steer the rate by how far the round trip rose over its baseline. */
+static void control_tick(struct engine *e)
+{
+	struct cdisk *d = e->d;
+	uint64_t us;
+	int r = cd_target_ping(e->pinger, &us);
+
+	pthread_mutex_lock(&e->lock);
+	cd_pace_sent(&e->pace, e->sent_bytes, cd_now_ms());
+	if (r == 0)
+		cd_pace_sample(&e->pace, (double)us / 1000.0, cd_now_ms());
+	switch (cd_pace_adjust(&e->pace, r == 0)) {
+	case CD_PACE_SLOWED:
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': the base's round trip is %.1f ms over "
+		       "its %.1f ms baseline; slowing down", d->path,
+		       r == 0 ? e->pace.current - e->pace.base : 2 * e->pace.target_ms,
+		       e->pace.base);
+		break;
+	case CD_PACE_FREED:
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': the base's round trip is back near "
+		       "its baseline; full speed", d->path);
+		break;
+	case CD_PACE_SAME:
+		break;
+	}
+	pthread_mutex_unlock(&e->lock);
+}
+
+static void report_progress(struct engine *e)
+{
+	struct cdisk_sync_progress p;
+
+	if (!e->o->progress)
+		return;
+	pthread_mutex_lock(&e->lock);
+	p = (struct cdisk_sync_progress){
+		.done = e->sent_bytes, .total = e->total_bytes, .rate_limit = effective_rate(e),
+		.delay_ms = e->pace.current, .base_delay_ms = e->pace.base,
+	};
+	pthread_mutex_unlock(&e->lock);
+	e->o->progress(e->o->opaque, &p);
+}
+
+static bool base_is_local(struct cdisk *d)
+{
+	struct cd_uri u;
+	bool local;
+
+	if (cd_uri_parse(d->ctx, d->sb.base, &u) < 0)
+		return true;
+	local = u.scheme == CD_SCHEME_FILE;
+	cd_uri_clear(&u);
+	return local;
+}
+
+/* The controller pings on a connection of its own, so that its samples
+ * wait in the network's queues, not behind our own requests in the pool.
+ * A local file has no one to share with: no controller. */
+static void start_controller(struct engine *e)
+{
+	struct cdisk *d = e->d;
+	int target = e->o->target_delay_ms ? e->o->target_delay_ms
+					   : (int)d->ctx->cfg.sync_target_delay_ms;
+
+	if (target <= 0 || base_is_local(d))
+		return;
+	if (cd_probe_open(d->ctx, d->sb.base, d->ctx->cfg.probe.timeout_s, &e->pinger) < 0) {
+		cd_log(d->ctx, CDISK_LOG_WARNING, "%s; the sync will not slow down for "
+		       "others", d->ctx->error);
+		return;
+	}
+	cd_pace_init(&e->pace, target);
+	for (int i = 0; i < 5; i++) {
+		uint64_t us;
+		if (cd_target_ping(e->pinger, &us) == 0)
+			cd_pace_sample(&e->pace, (double)us / 1000.0, cd_now_ms());
+	}
+	if (!e->pace.nrecent) {
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': its base does not answer pings; the "
+		       "sync will not slow down for others", d->path);
+		cd_target_close(e->pinger);
+		e->pinger = NULL;
+	}
+}
+
+static bool workers_running(struct engine *e)
+{
+	bool running;
+
+	pthread_mutex_lock(&e->lock);
+	running = e->running > 0;
+	pthread_mutex_unlock(&e->lock);
+	return running;
+}
+
+/* Until the workers are done: steer the rate, report progress. */
+static void watch_workers(struct engine *e)
+{
+	while (workers_running(e)) {
+		struct timespec until;
+		uint64_t tick_end = cd_now_ms() + TICK_MS;
+
+		if (e->pinger)
+			control_tick(e);
+		report_progress(e);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_nsec += (long)(tick_end > cd_now_ms() ? tick_end - cd_now_ms() : 0) *
+				 1000000;
+		until.tv_sec += until.tv_nsec / 1000000000;
+		until.tv_nsec %= 1000000000;
+		pthread_mutex_lock(&e->lock);
+		if (e->running)
+			pthread_cond_timedwait(&e->done, &e->lock, &until);
+		pthread_mutex_unlock(&e->lock);
+	}
 }
 
 static int run_workers(struct engine *e)
@@ -237,12 +396,25 @@ static int run_workers(struct engine *e)
 
 	if (n > 256)
 		n = 256;
-	while (started < n && pthread_create(&th[started], NULL, worker, e) == 0)
-		started++;
-	if (!started)
+	for (; started < n; started++) {
+		pthread_mutex_lock(&e->lock);
+		e->running++;
+		pthread_mutex_unlock(&e->lock);
+		if (pthread_create(&th[started], NULL, worker, e) != 0) {
+			pthread_mutex_lock(&e->lock);
+			e->running--;
+			pthread_mutex_unlock(&e->lock);
+			break;
+		}
+	}
+	if (!started) {
+		e->running = 1;
 		worker(e);
+	}
+	watch_workers(e);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	report_progress(e);
 	return e->error;
 }
 
@@ -445,13 +617,56 @@ static int sync_all(struct engine *e, size_t n)
 		while (to < n && bytes < SYNC_BATCH)
 			bytes += e->ext[to++].count << d->block_shift;
 		r = run_batch(e, from, to);
-		if (e->o->progress)
-			e->o->progress(e->o->opaque, e->sent_bytes, e->st->dirty_bytes);
 		from = to;
 	}
 	if (r == 0 && e->o->verify)
 		r = verify(e, n);
 	return r;
+}
+
+/* --if-healthy: the probe's verdict decides; nothing is touched on a no. */
+static int check_health(struct cdisk *d, const struct cdisk_sync_opts *o)
+{
+	struct cdisk_probe_opts po = { 0 };
+	struct cdisk_probe_limits limits;
+	struct cdisk_probe_result res;
+	int r;
+
+	if (!o->if_healthy)
+		return 0;
+	cdisk_probe_limits_default(d->ctx, &limits);
+	r = cdisk_probe(d->ctx, d->sb.base, &po, &limits, &res);
+	if (r < 0)
+		return r;
+	if (res.verdict == CDISK_UNREACHABLE)
+		return cd_error(d->ctx, -EHOSTUNREACH, "'%s': its base '%s' is unreachable: %s",
+				d->path, d->sb.base, res.reason);
+	if (res.verdict == CDISK_DEGRADED)
+		return cd_error(d->ctx, -EAGAIN, "'%s': not now, the base '%s' is degraded: "
+				"%s; try later", d->path, d->sb.base, res.reason);
+	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': the base is healthy (round trip %.2f ms)",
+	       d->path, res.rtt_mean_ms);
+	return 0;
+}
+
+static void engine_start(struct engine *e)
+{
+	pthread_mutex_init(&e->lock, NULL);
+	pthread_cond_init(&e->done, NULL);
+	e->tokens_us = now_us();
+	start_controller(e);
+}
+
+static void engine_stop(struct engine *e)
+{
+	e->st->rate_limit = e->pace.rate_limit;
+	e->st->slowdowns = e->pace.slowdowns;
+	e->st->delay_ms = e->pace.current;
+	e->st->base_delay_ms = e->pace.base;
+	cd_target_close(e->pinger);
+	e->pinger = NULL;
+	pthread_cond_destroy(&e->done);
+	pthread_mutex_destroy(&e->lock);
 }
 
 int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
@@ -482,12 +697,15 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	}
 	if (o->dry_run || n == 0)
 		goto out;
-	r = open_base_for_writing(d, &e.base);
+	r = check_health(d, o);
+	if (r == 0)
+		r = open_base_for_writing(d, &e.base);
 	if (r < 0)
 		goto out;
-	pthread_mutex_init(&e.lock, NULL);
+	e.total_bytes = st->dirty_bytes;
+	engine_start(&e);
 	r = sync_all(&e, n);
-	pthread_mutex_destroy(&e.lock);
+	engine_stop(&e);
 out:
 	pthread_mutex_lock(&d->lock);
 	st->left_bytes = d->dirty.count << d->block_shift;
@@ -509,9 +727,8 @@ static int fetch_extent(struct engine *e, struct extent *x, uint8_t *buf)
 	size_t len = (size_t)(x->count << d->block_shift);
 	int r = cdisk_pread(d, buf, len, x->first << d->block_shift);
 
-	if (r < 0)
+	if (r < 0 || !throttle(e, len))
 		return r;
-	throttle(e, len);
 	pthread_mutex_lock(&d->lock);
 	r = cd_fill_locked(d, x->first, x->count, buf);
 	pthread_mutex_unlock(&d->lock);
@@ -569,7 +786,11 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 		st->dirty_bytes = r < 0 ? 0 : blocks << d->block_shift;
 		goto out;
 	}
-	pthread_mutex_init(&e.lock, NULL);
+	r = check_health(d, o);
+	if (r < 0)
+		goto out;
+	e.total_bytes = blocks << d->block_shift;
+	engine_start(&e);
 	for (size_t from = 0; from < n && r == 0 && !out_of_time(&e);) {
 		uint64_t bytes = 0;
 		size_t to = from;
@@ -584,11 +805,9 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 			if (r == 0)
 				r = f;
 		}
-		if (o->progress)
-			o->progress(o->opaque, e.sent_bytes, blocks << d->block_shift);
 		from = to;
 	}
-	pthread_mutex_destroy(&e.lock);
+	engine_stop(&e);
 	st->stopped = r == 0 && out_of_time(&e) && e.sent_bytes < (blocks << d->block_shift);
 out:
 	pthread_mutex_lock(&d->lock);

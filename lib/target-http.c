@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <time.h>
 
 #include "http.h"
 
@@ -139,6 +140,31 @@ static size_t on_upload(char *buf, size_t size, size_t n, void *opaque)
 	return take;
 }
 
+/* Retry-After is either seconds or an HTTP date; a day at most, so a
+ * confused server cannot park a cron job for a year. */
+static uint32_t retry_after_seconds(const char *value)
+{
+	char *end;
+	unsigned long n;
+	time_t when;
+
+	while (*value == ' ' || *value == '\t')
+		value++;
+	errno = 0;
+	n = strtoul(value, &end, 10);
+	if (end != value && !errno) {
+		while (*end == ' ' || *end == '\t' || *end == '\r' || *end == '\n')
+			end++;
+		if (!*end)
+			return n > 86400 ? 86400 : n ? (uint32_t)n : 1;
+	}
+	when = curl_getdate(value, NULL);
+	if (when <= 0)
+		return 0;
+	when -= time(NULL);
+	return when > 86400 ? 86400 : when > 0 ? (uint32_t)when : 1;
+}
+
 void cd_http_parse_header(const char *line, size_t len, struct cd_http_reply *out)
 {
 	char text[256];
@@ -155,6 +181,8 @@ void cd_http_parse_header(const char *line, size_t len, struct cd_http_reply *ou
 		out->total_known = true;
 	} else if (!strncasecmp(text, "Accept-Ranges:", 14) && strstr(text + 14, "bytes")) {
 		out->ranges = true;
+	} else if (!strncasecmp(text, "Retry-After:", 12)) {
+		out->retry_after = retry_after_seconds(text + 12);
 	}
 }
 
@@ -393,6 +421,34 @@ static int http_flush(struct cd_target *t, void *s)
 	return http_refuse(t);
 }
 
+int cd_http_ping(struct cd_target *t, CURL *c, const char *url,
+		 const char *sigv4, const char *user, const char *secret,
+		 const char *token)
+{
+	struct cd_http_request q = { .method = "HEAD", .url = url, .sigv4 = sigv4,
+				     .user = user, .secret = secret,
+				     .session_token = token };
+	struct cd_http_reply a;
+	int r = cd_http_perform(t, c, &q, &a, "ping");
+
+	if (r < 0)
+		return r;
+	if (a.status == 429 || a.status == 503)
+		t->retry_after = a.retry_after;
+	if (a.status == 405 || a.status == 501)
+		return -EOPNOTSUPP;
+	return a.status >= 200 && a.status < 300 ? 0 : http_status_error(t, a.status, "ping");
+}
+
+/* A server that does not answer HEAD gets the one-byte read it sized by. */
+static int http_ping(struct cd_target *t, void *s)
+{
+	int r = cd_http_ping(t, s, t->uri, NULL, NULL, NULL, NULL);
+	uint8_t byte;
+
+	return r == -EOPNOTSUPP ? http_read(t, s, &byte, 1, 0) : r;
+}
+
 const struct cd_target_ops cd_http_target_ops = {
 	.name = "http",
 	.open = http_open,
@@ -401,4 +457,5 @@ const struct cd_target_ops cd_http_target_ops = {
 	.pread = http_read,
 	.pwrite = http_write,
 	.flush = http_flush,
+	.ping = http_ping,
 };

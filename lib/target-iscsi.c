@@ -513,6 +513,16 @@ static void iscsi_close(struct cd_target *t)
 	free(p);
 }
 
+/* TEST UNIT READY: a round trip to the LUN that moves no data. */
+static int iscsi_ping(struct cd_target *t, void *s)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = iscsi_testunitready_task(s, p->lun, on_done, &w);
+
+	return finish(t, s, task, &w, "ping", 0, NULL);
+}
+
 const struct cd_target_ops cd_iscsi_target_ops = {
 	.name = "iscsi",
 	.open = iscsi_open,
@@ -523,5 +533,6 @@ const struct cd_target_ops cd_iscsi_target_ops = {
 	.flush = iscsi_flush,
 	.zero = iscsi_zero,
 	.trim = iscsi_trim,
+	.ping = iscsi_ping,
 	.close = iscsi_close,
 };

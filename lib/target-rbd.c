@@ -3,6 +3,7 @@
  * pool: one image handle is shared.  Ceph's own settings apply as Ceph
  * users know them (ceph.conf, CEPH_CONF, CEPH_ARGS), and cdisk's [rbd]
  * keys name the configuration file, the client id and the keyring. */
+#include <jansson.h>
 #include <rados/librados.h>
 #include <rbd/librbd.h>
 #include <stdio.h>
@@ -14,6 +15,7 @@ struct rbd_priv {
 	rados_t cluster;
 	rados_ioctx_t io;
 	rbd_image_t image;
+	char header[128];   /* the image's header object, for pings */
 };
 
 static int rbd_fail(struct cd_target *t, int r, const char *what, uint64_t off)
@@ -203,6 +205,130 @@ static void rbd_target_close(struct cd_target *t)
 	free(p);
 }
 
+/* A stat of the image's header object: one round trip to its OSD, which
+ * librbd's cache cannot answer for it the way it can a read. */
+static int rbd_ping(struct cd_target *t, void *s)
+{
+	struct rbd_priv *p = t->priv;
+	uint64_t size;
+	time_t mtime;
+	int r;
+
+	(void)s;
+	if (!p->header[0]) {
+		char id[96];
+		r = rbd_get_id(p->image, id, sizeof(id));
+		if (r < 0)
+			return rbd_fail(t, r, "ping", 0);
+		snprintf(p->header, sizeof(p->header), "rbd_header.%s", id);
+	}
+	r = rados_stat(p->io, p->header, &size, &mtime);
+	return r < 0 ? rbd_fail(t, r, "ping", 0) : 0;
+}
+
+/* One monitor command (osd < 0) or OSD command's JSON answer, parsed. */
+static int ceph_command(struct cd_target *t, int osd, const char *cmd, json_t **out)
+{
+	struct rbd_priv *p = t->priv;
+	char *reply = NULL, *status = NULL;
+	size_t reply_len = 0, status_len = 0;
+	const char *argv[] = { cmd };
+	json_error_t err;
+	int r = osd < 0 ? rados_mon_command(p->cluster, argv, 1, "", 0, &reply, &reply_len,
+					    &status, &status_len)
+			: rados_osd_command(p->cluster, osd, argv, 1, "", 0, &reply, &reply_len,
+					    &status, &status_len);
+
+	if (r < 0) {
+		r = cd_error(t->ctx, r, "'%s': %s did not answer %s: %.*s", t->uri,
+			     osd < 0 ? "the monitors" : "an OSD", cmd,
+			     status_len ? (int)status_len : 64,
+			     status_len ? status : strerror(-r));
+		goto out;
+	}
+	*out = json_loadb(reply, reply_len, 0, &err);
+	if (!*out)
+		r = cd_error(t->ctx, -EPROTO, "'%s': the answer to %s is not JSON: %s",
+			     t->uri, cmd, err.text);
+out:
+	rados_buffer_free(reply);
+	rados_buffer_free(status);
+	return r;
+}
+
+static void counter(json_t *osd, const char *name, double *sum, uint64_t *count)
+{
+	json_t *c = json_object_get(osd, name);
+
+	*sum = json_number_value(json_object_get(c, "sum"));
+	*count = (uint64_t)json_integer_value(json_object_get(c, "avgcount"));
+}
+
+static double latency_ms(double sum, uint64_t count, double sum0, uint64_t count0)
+{
+	if (count > count0)
+		return (sum - sum0) * 1000.0 / (double)(count - count0);
+	return count ? sum * 1000.0 / (double)count : 0;
+}
+
+/* Each OSD's write (to commit) and read latency, from its own counters:
+ * "osd perf" would need a manager daemon and waits without one. */
+static int osd_latencies(struct cd_target *t, const struct cd_ceph_load *before,
+			 struct cd_ceph_load *out)
+{
+	json_t *ids = NULL, *id;
+	size_t i;
+	int r = ceph_command(t, -1, "{\"prefix\": \"osd ls\", \"format\": \"json\"}", &ids);
+
+	json_array_foreach(ids, i, id) {
+		json_t *perf = NULL, *osd;
+		unsigned n = out->osds;
+
+		if (r < 0 || n == CD_CEPH_MAX_OSDS)
+			break;
+		r = ceph_command(t, (int)json_integer_value(id),
+				 "{\"prefix\": \"perf dump\", \"format\": \"json\"}", &perf);
+		if (r < 0)
+			break;
+		osd = json_object_get(perf, "osd");
+		counter(osd, "op_w_latency", &out->osd[n].write_sum, &out->osd[n].writes);
+		counter(osd, "op_r_latency", &out->osd[n].read_sum, &out->osd[n].reads);
+		json_decref(perf);
+		{
+			double w = latency_ms(out->osd[n].write_sum, out->osd[n].writes,
+					      before ? before->osd[n].write_sum : 0,
+					      before ? before->osd[n].writes : 0);
+			double rd = latency_ms(out->osd[n].read_sum, out->osd[n].reads,
+					       before ? before->osd[n].read_sum : 0,
+					       before ? before->osd[n].reads : 0);
+			if (w > out->write_ms_max)
+				out->write_ms_max = w;
+			if (rd > out->read_ms_max)
+				out->read_ms_max = rd;
+		}
+		out->osds++;
+	}
+	json_decref(ids);
+	return r;
+}
+
+int cd_rbd_cluster_load(struct cd_target *t, const struct cd_ceph_load *before,
+			struct cd_ceph_load *out)
+{
+	json_t *health = NULL;
+	const char *status;
+	int r;
+
+	memset(out, 0, sizeof(*out));
+	r = ceph_command(t, -1, "{\"prefix\": \"health\", \"format\": \"json\"}", &health);
+	if (r < 0)
+		return r;
+	status = json_string_value(json_object_get(health, "status"));
+	snprintf(out->health, sizeof(out->health), "%s", status ? status : "unknown");
+	json_decref(health);
+	return osd_latencies(t, before, out);
+}
+
 int cd_rbd_create(struct cdisk_ctx *ctx, const struct cd_uri *u, uint64_t size)
 {
 	char uri[CDISK_MAX_URI + 1];
@@ -235,5 +361,6 @@ const struct cd_target_ops cd_rbd_target_ops = {
 	.flush = rbd_do_flush,
 	.zero = rbd_zero,
 	.trim = rbd_trim,
+	.ping = rbd_ping,
 	.close = rbd_target_close,
 };

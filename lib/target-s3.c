@@ -468,6 +468,17 @@ static void s3_close(struct cd_target *t)
 	free(t->priv);
 }
 
+/* HEAD of the manifest: signed like every request, no data moved. */
+static int s3_ping(struct cd_target *t, void *s)
+{
+	const struct s3_priv *p = t->priv;
+	char url[S3_URL_MAX];
+
+	object_url(p, MANIFEST_NAME, url, sizeof(url));
+	return cd_http_ping(t, s, url, p->sigv4, p->key_id, p->secret,
+			    p->token[0] ? p->token : NULL);
+}
+
 /* A new disk is only a manifest: every chunk starts as zeros. */
 int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 		 uint64_t size)
@@ -530,5 +541,6 @@ const struct cd_target_ops cd_s3_target_ops = {
 	.flush = s3_flush,
 	.zero = s3_zero,
 	.trim = s3_zero,
+	.ping = s3_ping,
 	.close = s3_close,
 };

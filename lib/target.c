@@ -513,6 +513,39 @@ int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 	return r;
 }
 
+static uint64_t now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+/* A probe counts what is lost, so nothing here is sent twice. */
+int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
+{
+	uint8_t small[4096];
+	size_t len = t->align > 1 ? t->align : 512;
+	uint64_t start;
+	void *s;
+	int r;
+
+	if (len > sizeof(small) || len > t->size)
+		len = t->size < sizeof(small) ? (size_t)t->size : sizeof(small);
+	*rtt_us = 0;
+	r = pool_get(t, &s);
+	if (r < 0)
+		return r;
+	start = now_us();
+	if (t->ops->ping)
+		r = t->ops->ping(t, s);
+	else
+		r = len ? t->ops->pread(t, s, small, len, 0) : 0;
+	*rtt_us = now_us() - start;
+	pool_put(t, s, r);
+	return r;
+}
+
 void cd_target_close(struct cd_target *t)
 {
 	if (!t)

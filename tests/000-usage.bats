@@ -59,7 +59,7 @@ single_disk_programs() {
 @test "a missing argument is a usage error" {
 	for p in $(single_disk_programs); do
 		run_cdisk 2 "$p"
-		assert_usage_error "$p" "missing argument: NAME.cdisk"
+		assert_usage_error "$p" "missing argument: (URI\|)?NAME.cdisk"
 	done
 }
 

@@ -231,3 +231,73 @@ random_file() {
 	fi
 	echo "$f"
 }
+
+# ---- a worse network on demand (tests/faultproxy.c) ----
+
+# free_tcp_port: a loopback port nobody listens on.
+free_tcp_port() {
+	local p
+	for _ in $(seq 200); do
+		p=$((20000 + RANDOM % 20000))
+		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return 0; }
+	done
+	return 1
+}
+
+# start_proxy HOST:PORT: a proxy in front of a server; sets PROXY_PORT,
+# PROXY_CTL and PROXY_PID.  proxy_ctl COMMAND [ARG] changes the network.
+start_proxy() {
+	PROXY_CTL=$BATS_TEST_TMPDIR/proxy.ctl
+	rm -f "$BATS_TEST_TMPDIR/proxy.port"
+	faultproxy serve --to "$1" --port-file "$BATS_TEST_TMPDIR/proxy.port" \
+		--control "$PROXY_CTL" 3>&- &
+	PROXY_PID=$!
+	for _ in $(seq 100); do
+		[ -s "$BATS_TEST_TMPDIR/proxy.port" ] && [ -S "$PROXY_CTL" ] && break
+		sleep 0.05
+	done
+	PROXY_PORT=$(cat "$BATS_TEST_TMPDIR/proxy.port") || fail "faultproxy did not start"
+}
+
+proxy_ctl() {
+	faultproxy ctl "$PROXY_CTL" "$@" >/dev/null || fail "faultproxy refused '$*'"
+}
+
+# Bytes the proxy has passed on, both ways.
+proxy_bytes() {
+	faultproxy ctl "$PROXY_CTL" stats | awk '{ print $4 }'
+}
+
+stop_proxy() {
+	[ -n "${PROXY_PID:-}" ] || return 0
+	kill "$PROXY_PID" 2>/dev/null || true
+	wait "$PROXY_PID" 2>/dev/null || true
+	PROXY_PID=
+}
+
+# start_nbdkit_tcp ARGS...: nbdkit on a loopback TCP port; sets
+# NBDKIT_PORT and NBDKIT_PID.
+start_nbdkit_tcp() {
+	NBDKIT_PORT=$(free_tcp_port) || fail "no free port"
+	nbdkit --exit-with-parent -f -i 127.0.0.1 -p "$NBDKIT_PORT" "$@" \
+		3>&- 2>"$BATS_TEST_TMPDIR/nbdkit.log" &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do
+		ss -Hltn "sport = :$NBDKIT_PORT" | grep -q . && return 0
+		sleep 0.05
+	done
+	fail "nbdkit did not listen: $(cat "$BATS_TEST_TMPDIR/nbdkit.log")"
+}
+
+stop_nbdkit() {
+	[ -n "${NBDKIT_PID:-}" ] || return 0
+	kill -9 "$NBDKIT_PID" 2>/dev/null || true
+	wait "$NBDKIT_PID" 2>/dev/null || true
+	NBDKIT_PID=
+}
+
+# within PERCENT MEASURED EXPECTED: true when MEASURED is within PERCENT
+# of EXPECTED.
+within() {
+	awk -v p="$1" -v m="$2" -v e="$3" 'BEGIN { d = m - e; if (d < 0) d = -d; exit !(d <= e * p / 100) }'
+}

@@ -147,6 +147,7 @@ start_nginx() {
 	events { worker_connections 256; }
 	http {
 	    access_log off;
+	    limit_req_zone \$binary_remote_addr zone=busy:1m rate=2r/s;
 	    client_body_temp_path $d/tmp;
 	    proxy_temp_path $d/tmp;
 	    fastcgi_temp_path $d/tmp;
@@ -158,6 +159,14 @@ start_nginx() {
 	        location /forbidden/ { return 403; }
 	        location /broken/ { return 500; }
 	        location /moved/ { rewrite ^/moved/(.*)\$ /\$1 redirect; }
+	        # A server under load: past two requests a second, 429 and a
+	        # pause to take.
+	        location /busy/ {
+	            alias $d/root/;
+	            limit_req zone=busy;
+	            limit_req_status 429;
+	            add_header Retry-After 3 always;
+	        }
 	    }
 	}
 	EOF
