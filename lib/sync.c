@@ -48,6 +48,7 @@ struct engine {
 	uint64_t tokens_us;
 	/* the delay-based controller; pinger is NULL when it is off */
 	struct cd_target *pinger;
+	bool pinger_own;         /* opened for pings, closed at the end */
 	struct cd_pace pace;
 };
 
@@ -326,9 +327,19 @@ static bool base_is_local(struct cdisk *d)
 	return local;
 }
 
+static void stop_controller(struct engine *e)
+{
+	if (e->pinger_own)
+		cd_target_close(e->pinger);
+	e->pinger = NULL;
+	e->pinger_own = false;
+}
+
 /* The controller pings on a connection of its own, so that its samples
- * wait in the network's queues, not behind our own requests in the pool.
- * A local file has no one to share with: no controller. */
+ * wait in the network's queues, not behind our own requests in the pool;
+ * a kind without sessions (RBD: one shared handle) is pinged through the
+ * sync's own handle, which saves a second cluster connection.  A local
+ * file has no one to share with: no controller. */
 static void start_controller(struct engine *e)
 {
 	struct cdisk *d = e->d;
@@ -337,10 +348,15 @@ static void start_controller(struct engine *e)
 
 	if (target <= 0 || base_is_local(d))
 		return;
-	if (cd_probe_open(d->ctx, d->sb.base, d->ctx->cfg.probe.timeout_s, &e->pinger) < 0) {
+	if (e->base && !e->base->ops->connect) {
+		e->pinger = e->base;
+	} else if (cd_probe_open(d->ctx, d->sb.base, d->ctx->cfg.probe.timeout_s,
+				 &e->pinger) < 0) {
 		cd_log(d->ctx, CDISK_LOG_WARNING, "%s; the sync will not slow down for "
 		       "others", d->ctx->error);
 		return;
+	} else {
+		e->pinger_own = true;
 	}
 	cd_pace_init(&e->pace, target);
 	for (int i = 0; i < 5; i++) {
@@ -351,8 +367,7 @@ static void start_controller(struct engine *e)
 	if (!e->pace.nrecent) {
 		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': its base does not answer pings; the "
 		       "sync will not slow down for others", d->path);
-		cd_target_close(e->pinger);
-		e->pinger = NULL;
+		stop_controller(e);
 	}
 }
 
@@ -663,8 +678,7 @@ static void engine_stop(struct engine *e)
 	e->st->slowdowns = e->pace.slowdowns;
 	e->st->delay_ms = e->pace.current;
 	e->st->base_delay_ms = e->pace.base;
-	cd_target_close(e->pinger);
-	e->pinger = NULL;
+	stop_controller(e);
 	pthread_cond_destroy(&e->done);
 	pthread_mutex_destroy(&e->lock);
 }
