@@ -30,8 +30,8 @@ POPT_LIBS := $(shell $(PKG_CONFIG) --libs popt 2>/dev/null || echo -lpopt)
 JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljansson)
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
 INIH_LIBS := $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
-TARGET_LIBS := $(shell $(PKG_CONFIG) --libs libnbd libiscsi libcurl 2>/dev/null || \
-	echo -lnbd -liscsi -lcurl) -lrbd -lrados
+TARGET_LIBS := $(shell $(PKG_CONFIG) --libs libnbd libiscsi libcurl gnutls 2>/dev/null || \
+	echo -lnbd -liscsi -lcurl -lgnutls) -lrbd -lrados
 LIB_LIBS := -lm -lpthread $(INIH_LIBS) $(JANSSON_LIBS) $(TARGET_LIBS)
 
 ifeq ($(V),1)

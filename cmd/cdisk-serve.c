@@ -21,8 +21,8 @@ static const struct cli_program program = {
 };
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
-static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg;
-static int readonly, sync_every, sync_max_time, sync_if_healthy;
+static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
+static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 
 static struct poptOption options[] = {
 	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
@@ -32,7 +32,15 @@ static struct poptOption options[] = {
 	{ "socket", 's', POPT_ARG_STRING, &socket_arg, 0,
 	  "NBD unix socket (default: RUNTIME_DIR/NAME.sock)", "PATH" },
 	{ "tcp", 't', POPT_ARG_STRING, &tcp_arg, 0,
-	  "Also listen on TCP, unencrypted: only on trusted networks", "[HOST:]PORT" },
+	  "Also listen on TCP (with --tls-certificates: TLS only)", "[HOST:]PORT" },
+	{ "tls-certificates", '\0', POPT_ARG_STRING, &tls_dir_arg, 0,
+	  "Offer TLS with server-cert.pem and server-key.pem (and ca-cert.pem) from DIR",
+	  "DIR" },
+	{ "tls", '\0', POPT_ARG_STRING, &tls_arg, 0,
+	  "require (default with certificates: TCP clients must use TLS), on "
+	  "(offered) or off", "MODE" },
+	{ "tls-verify-peer", '\0', POPT_ARG_NONE, &tls_verify_peer, 0,
+	  "Accept only TLS clients with a certificate signed by DIR/ca-cert.pem", NULL },
 	{ "control", '\0', POPT_ARG_STRING, &control_arg, 0,
 	  "Control socket (default: RUNTIME_DIR/cdisk-serve.PID.ctl)", "PATH" },
 	{ "group", 'g', POPT_ARG_STRING, &group_arg, 0,
@@ -53,6 +61,20 @@ static struct poptOption options[] = {
 	CLI_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
+
+static enum cdisk_tls_mode tls_mode(void)
+{
+	if (!tls_arg)
+		return tls_dir_arg ? CDISK_TLS_REQUIRE : CDISK_TLS_OFF;
+	if (!strcmp(tls_arg, "off"))
+		return CDISK_TLS_OFF;
+	if (!strcmp(tls_arg, "on") || !strcmp(tls_arg, "require")) {
+		if (!tls_dir_arg)
+			cli_usage_error("--tls %s needs --tls-certificates", tls_arg);
+		return !strcmp(tls_arg, "on") ? CDISK_TLS_ON : CDISK_TLS_REQUIRE;
+	}
+	cli_usage_error("invalid --tls '%s': expected require, on or off", tls_arg);
+}
 
 /* An export from NAME=PATH, or from a bare PATH named by its file name.
  * Exports from --config come first, then --export, then bare paths. */
@@ -220,6 +242,7 @@ int main(int argc, char **argv)
 	struct cdisk_server *srv = NULL;
 	struct cdisk_ctx *ctx;
 	char first[256], nbd_path[4096];
+	enum cdisk_tls_mode mode;
 	const char **args;
 	int r, stop_fd;
 
@@ -230,9 +253,14 @@ int main(int argc, char **argv)
 			    sync_if_healthy))
 		cli_usage_error("--sync-min-dirty, --sync-rate, --sync-max-time and "
 				"--sync-if-healthy go with --sync-every");
+	if (tls_verify_peer && !tls_dir_arg)
+		cli_usage_error("--tls-verify-peer needs --tls-certificates");
+	mode = tls_mode();
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);
+	if (r == 0 && mode != CDISK_TLS_OFF)
+		r = cdisk_server_set_tls(srv, tls_dir_arg, mode, tls_verify_peer);
 	if (r == 0)
 		r = add_exports(srv, args, first, sizeof(first));
 	if (r == 0 && sync_every)
@@ -243,8 +271,9 @@ int main(int argc, char **argv)
 			       sizeof(nbd_path));
 	}
 	if (r == 0) {
-		if (tcp_arg)
-			cli_error("warning: TCP on '%s' is not encrypted", tcp_arg);
+		if (tcp_arg && mode != CDISK_TLS_REQUIRE)
+			cli_error("warning: TCP on '%s' %s", tcp_arg, mode == CDISK_TLS_ON ?
+				  "lets clients choose not to encrypt" : "is not encrypted");
 		if (!cli.quiet)
 			cli_error("serving on '%s'", nbd_path);
 		notify_ready();

@@ -223,6 +223,13 @@ int cdisk_server_listen_tcp(struct cdisk_server *server, const char *host,
 			    const char *port);
 int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
 				unsigned mode);
+/* TLS on NBD connections (NBD_OPT_STARTTLS): certificates from dir
+ * (server-cert.pem, server-key.pem; ca-cert.pem to check clients when
+ * verify_peer).  REQUIRE refuses every other option on TCP connections
+ * until TLS is on; unix sockets, guarded by their permissions, may choose. */
+enum cdisk_tls_mode { CDISK_TLS_OFF, CDISK_TLS_ON, CDISK_TLS_REQUIRE };
+int cdisk_server_set_tls(struct cdisk_server *server, const char *dir,
+			 enum cdisk_tls_mode mode, bool verify_peer);
 /* Serve until stop_fd is readable, then finish what connections sent,
  * flush and close every disk.  Returns the first close error. */
 struct cdisk_sync_opts;

@@ -53,6 +53,8 @@ struct conn {
 	unsigned pooled;
 	pthread_t reader;
 	struct cd_export *exp;
+	gnutls_session_t tls;   /* NULL until STARTTLS */
+	bool tcp;
 	bool structured, meta_alloc;
 	bool done;              /* all threads finished; joinable */
 	pthread_mutex_t send_lock;
@@ -187,11 +189,22 @@ static int send_iov(int fd, struct iovec *iov, int n)
 	return 0;
 }
 
-static int send_all(int fd, const void *buf, size_t len)
+/* Every byte of a connection goes through these, in TLS once it is on. */
+static int conn_recv(struct conn *c, void *buf, size_t len)
+{
+	return c->tls ? cd_tls_recv(c->tls, buf, len) : recv_all(c->fd, buf, len);
+}
+
+static int conn_send_iov(struct conn *c, struct iovec *iov, int n)
+{
+	return c->tls ? cd_tls_send_iov(c->tls, iov, n) : send_iov(c->fd, iov, n);
+}
+
+static int conn_send(struct conn *c, const void *buf, size_t len)
 {
 	struct iovec iov = { (void *)buf, len };
 
-	return send_iov(fd, &iov, 1);
+	return conn_send_iov(c, &iov, 1);
 }
 
 /* ---- exports ---- */
@@ -239,7 +252,7 @@ static int opt_reply(struct conn *c, uint32_t opt, uint32_t type,
 	put_be32(h + 8, opt);
 	put_be32(h + 12, type);
 	put_be32(h + 16, len);
-	return send_iov(c->fd, iov, len ? 2 : 1);
+	return conn_send_iov(c, iov, len ? 2 : 1);
 }
 
 static int opt_error(struct conn *c, uint32_t opt, uint32_t type, const char *fmt, ...)
@@ -430,7 +443,57 @@ static int opt_export_name(struct conn *c, const uint8_t *p, uint32_t len,
 		return -ENOENT;
 	put_be64(b, cdisk_size(c->exp->disk));
 	put_be16(b + 8, export_flags(c->exp));
-	return send_all(c->fd, b, no_zeroes ? 10 : sizeof(b)) < 0 ? -EIO : 1;
+	return conn_send(c, b, no_zeroes ? 10 : sizeof(b)) < 0 ? -EIO : 1;
+}
+
+/* "127.0.0.1:5555" for TCP, "on a unix socket" otherwise: for the log. */
+static const char *peer_name(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage sa;
+	socklen_t salen = sizeof(sa);
+	char host[48], port[8];
+
+	if (getpeername(fd, (struct sockaddr *)&sa, &salen) < 0 ||
+	    (sa.ss_family != AF_INET && sa.ss_family != AF_INET6) ||
+	    getnameinfo((struct sockaddr *)&sa, salen, host, sizeof(host), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return "on a unix socket";
+	snprintf(out, len, "%s:%s", host, port);
+	return out;
+}
+
+static bool tls_missing(const struct conn *c)
+{
+	return c->srv->tls && c->srv->tls_mode == CDISK_TLS_REQUIRE && c->tcp && !c->tls;
+}
+
+/* After the ACK the TLS handshake; whatever was agreed before is
+ * forgotten, as the protocol asks. */
+static int opt_starttls(struct conn *c, uint32_t len)
+{
+	char why[256];
+	int r;
+
+	if (!c->srv->tls || c->srv->tls_mode == CDISK_TLS_OFF)
+		return opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_POLICY,
+				 "TLS is not offered on this socket");
+	if (len)
+		return opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "takes no data");
+	if (c->tls)
+		return opt_error(c, NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, "TLS is on already");
+	r = opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
+	if (r != 0)
+		return r;
+	r = cd_tls_accept(c->srv->tls, c->fd, &c->tls, why, sizeof(why));
+	if (r < 0) {
+		char peer[64];
+		cd_log(c->srv->ctx, CDISK_LOG_WARNING, "client %s: %s",
+		       peer_name(c->fd, peer, sizeof(peer)), why);
+		return r;
+	}
+	c->structured = false;
+	c->meta_alloc = false;
+	return 0;
 }
 
 /* Returns 1 when the connection enters transmission, 0 or < 0 to close. */
@@ -443,7 +506,7 @@ static int handshake(struct conn *c)
 	put_be64(hello, NBD_MAGIC);
 	put_be64(hello + 8, NBD_IHAVEOPT);
 	put_be16(hello + 16, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-	if (send_all(c->fd, hello, sizeof(hello)) < 0 || recv_all(c->fd, cf, 4) < 0)
+	if (conn_send(c, hello, sizeof(hello)) < 0 || conn_recv(c, cf, 4) < 0)
 		return -EIO;
 	client_flags = get_be32(cf);
 	if (!(client_flags & NBD_FLAG_C_FIXED_NEWSTYLE) ||
@@ -453,7 +516,7 @@ static int handshake(struct conn *c)
 		uint32_t opt, len;
 		uint8_t *data = NULL;
 
-		if (recv_all(c->fd, oh, sizeof(oh)) < 0)
+		if (conn_recv(c, oh, sizeof(oh)) < 0)
 			return -EIO;
 		if (get_be64(oh) != NBD_IHAVEOPT)
 			return -EPROTO;
@@ -466,9 +529,20 @@ static int handshake(struct conn *c)
 		}
 		/* Never NULL, even empty: the parsers do pointer arithmetic on it. */
 		data = malloc(len + 1);
-		if (!data || (len && recv_all(c->fd, data, len) < 0)) {
+		if (!data || (len && conn_recv(c, data, len) < 0)) {
 			free(data);
 			return -EIO;
+		}
+		if (tls_missing(c) && opt != NBD_OPT_STARTTLS && opt != NBD_OPT_ABORT) {
+			free(data);
+			/* EXPORT_NAME cannot be refused: the connection just ends. */
+			if (opt == NBD_OPT_EXPORT_NAME)
+				return -EACCES;
+			r = opt_error(c, opt, NBD_REP_ERR_TLS_REQD, "TLS is required on "
+				      "this socket");
+			if (r != 0)
+				return r;
+			continue;
 		}
 		switch (opt) {
 		case NBD_OPT_EXPORT_NAME:
@@ -499,8 +573,7 @@ static int handshake(struct conn *c)
 			r = opt_meta_context(c, opt, data, len);
 			break;
 		case NBD_OPT_STARTTLS:
-			r = opt_error(c, opt, NBD_REP_ERR_POLICY, "TLS is not offered on "
-				      "this socket");
+			r = opt_starttls(c, len);
 			break;
 		default:
 			r = opt_error(c, opt, NBD_REP_ERR_UNSUP, "option %u is not supported", opt);
@@ -546,7 +619,7 @@ static uint32_t nbd_errno(int err)
 static int send_reply(struct conn *c, struct iovec *iov, int n)
 {
 	pthread_mutex_lock(&c->send_lock);
-	int r = send_iov(c->fd, iov, n);
+	int r = conn_send_iov(c, iov, n);
 	pthread_mutex_unlock(&c->send_lock);
 	return r;
 }
@@ -769,7 +842,7 @@ static int read_request(struct conn *c, struct request *q)
 {
 	uint8_t h[28];
 
-	if (c->closing || recv_all(c->fd, h, sizeof(h)) < 0 ||
+	if (c->closing || conn_recv(c, h, sizeof(h)) < 0 ||
 	    get_be32(h) != NBD_REQUEST_MAGIC)
 		return 0;
 	q->flags = get_be16(h + 4);
@@ -783,7 +856,7 @@ static int read_request(struct conn *c, struct request *q)
 	if (q->type == NBD_CMD_WRITE) {
 		/* A payload we will not hold: the stream is lost. */
 		if (q->length > NBD_MAX_PAYLOAD || !(q->data = buf_get(c, q->length)) ||
-		    recv_all(c->fd, q->data, q->length) < 0) {
+		    conn_recv(c, q->data, q->length) < 0) {
 			buf_put(c, q->data);
 			return 0;
 		}
@@ -832,6 +905,15 @@ static void set_timeouts(int fd, int recv_seconds, int send_seconds)
 
 static void *connection(void *arg);
 
+static bool is_tcp(int fd)
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+
+	return getsockname(fd, (struct sockaddr *)&sa, &len) == 0 &&
+	       (sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
+}
+
 /* Serve one already-accepted connection in this thread (the fuzzers use
  * this: a socketpair in, everything the protocol allows out). */
 static struct conn *conn_new(struct cdisk_server *s, int fd)
@@ -844,6 +926,7 @@ static struct conn *conn_new(struct cdisk_server *s, int fd)
 	}
 	c->srv = s;
 	c->fd = fd;
+	c->tcp = is_tcp(fd);
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->pool_lock, NULL);
 	pthread_mutex_init(&c->recv_lock, NULL);
@@ -888,6 +971,8 @@ static void *connection(void *arg)
 		__atomic_sub_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_lock(&c->srv->lock);
+	cd_tls_close(c->tls);
+	c->tls = NULL;
 	close(c->fd);
 	c->fd = -1;
 	c->done = true;
@@ -907,6 +992,22 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
 	s->control_fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
 	*out = s;
+	return 0;
+}
+
+int cdisk_server_set_tls(struct cdisk_server *s, const char *dir,
+			 enum cdisk_tls_mode mode, bool verify_peer)
+{
+	struct cd_tls *t = NULL;
+	int r = 0;
+
+	if (mode != CDISK_TLS_OFF)
+		r = cd_tls_load(s->ctx, dir, verify_peer, &t);
+	if (r < 0)
+		return r;
+	cd_tls_free(s->tls);
+	s->tls = t;
+	s->tls_mode = mode;
 	return 0;
 }
 
@@ -1172,6 +1273,7 @@ void cdisk_server_free(struct cdisk_server *s)
 		unlink(s->control_path);
 	}
 	free(s->control_path);
+	cd_tls_free(s->tls);
 	cd_control_stop_syncs(s);
 	for (size_t i = 0; i < s->nexports; i++) {
 		if (s->exports[i].disk)

@@ -2,6 +2,9 @@
 #ifndef CDISK_SERVER_H
 #define CDISK_SERVER_H
 
+#include <gnutls/gnutls.h>
+#include <sys/uio.h>
+
 #include "internal.h"
 
 /* A sync run by the server for one export (control "sync"). */
@@ -35,8 +38,12 @@ struct cd_listener {
 
 struct conn;
 
+struct cd_tls;
+
 struct cdisk_server {
 	struct cdisk_ctx *ctx;
+	struct cd_tls *tls;        /* NULL: no TLS offered */
+	enum cdisk_tls_mode tls_mode;
 	pthread_mutex_t lock;
 	struct cd_export *exports;
 	size_t nexports;
@@ -49,6 +56,15 @@ struct cdisk_server {
 	uint64_t policy_every_ms, policy_next_ms;
 	struct cdisk_sync_opts policy;
 };
+
+/* TLS (tls.c) */
+int cd_tls_load(struct cdisk_ctx *ctx, const char *dir, bool verify_peer,
+		struct cd_tls **out);
+void cd_tls_free(struct cd_tls *t);
+int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *why, size_t len);
+void cd_tls_close(gnutls_session_t s);
+int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
+int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);

@@ -10,7 +10,7 @@ PACKAGES="
 	jq xxd coreutils util-linux bash-completion socat
 	qemu-utils libnbd-bin nbdkit fio clang libclang-rt-14-dev
 	libnbd-dev libiscsi-dev libiscsi-bin librbd-dev librados-dev
-	libcurl4-openssl-dev curl
+	libcurl4-openssl-dev curl libgnutls28-dev gnutls-bin
 	tgt ceph-mon ceph-osd ceph-common radosgw nginx-light qemu-block-extra
 "
 

@@ -301,3 +301,32 @@ stop_nbdkit() {
 within() {
 	awk -v p="$1" -v m="$2" -v e="$3" 'BEGIN { d = m - e; if (d < 0) d = -d; exit !(d <= e * p / 100) }'
 }
+
+# make_certs DIR: a CA, a server certificate for 127.0.0.1 and localhost,
+# and a client certificate (alice), as cdisk-serve, nbdinfo and QEMU find
+# them: DIR/{ca-cert,server-cert,server-key}.pem for the server,
+# DIR/client/{ca-cert,client-cert,client-key}.pem for a client with a
+# certificate, DIR/anon/ca-cert.pem for one without.
+make_certs() {
+	local d=$1
+	mkdir -p "$d/client" "$d/anon"
+	(
+		cd "$d" || exit 1
+		certtool --generate-privkey --key-type ecdsa >ca-key.pem
+		printf 'cn = cdisk test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >ca.info
+		certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
+			--outfile ca-cert.pem
+		certtool --generate-privkey --key-type ecdsa >server-key.pem
+		printf 'cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' >server.info
+		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
+			--load-ca-privkey ca-key.pem --load-privkey server-key.pem \
+			--template server.info --outfile server-cert.pem
+		certtool --generate-privkey --key-type ecdsa >client/client-key.pem
+		printf 'cn = alice\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' >client.info
+		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
+			--load-ca-privkey ca-key.pem --load-privkey client/client-key.pem \
+			--template client.info --outfile client/client-cert.pem
+		cp ca-cert.pem client/
+		cp ca-cert.pem anon/
+	) >/dev/null 2>&1 || fail "certtool could not make certificates"
+}

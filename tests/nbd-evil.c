@@ -250,6 +250,29 @@ int main(int argc, char **argv)
 		       pass("ERR_INVALID: meta context before structured replies") :
 		       fail("meta context accepted without structured replies");
 	}
+	if (!strcmp(c, "starttls-garbage")) {
+		/* STARTTLS accepted, then bytes that are no TLS handshake. */
+		uint8_t junk[64];
+		memset(junk, 'x', sizeof(junk));
+		send_option(NBD_OPT_STARTTLS, NULL, 0);
+		if (option_result() != NBD_REP_ACK)
+			return fail("STARTTLS not acknowledged");
+		send_all(junk, sizeof(junk));
+		return closed_by_server() ? pass("closed on a broken TLS handshake")
+					  : fail("stayed open on a broken TLS handshake");
+	}
+	if (!strcmp(c, "starttls-with-data")) {
+		send_option(NBD_OPT_STARTTLS, "x", 1);
+		return option_result() == NBD_REP_ERR_INVALID ?
+		       pass("ERR_INVALID: STARTTLS with data") : fail("STARTTLS with data accepted");
+	}
+	if (!strcmp(c, "starttls-refused")) {
+		send_option(NBD_OPT_STARTTLS, NULL, 0);
+		if (option_result() != NBD_REP_ERR_POLICY)
+			return fail("STARTTLS without certificates not refused by policy");
+		return go(export, false) == NBD_REP_ACK ? pass("ERR_POLICY, then GO works")
+							 : fail("GO failed after ERR_POLICY");
+	}
 	if (!strcmp(c, "abort")) {
 		send_option(NBD_OPT_ABORT, NULL, 0);
 		return option_result() == NBD_REP_ACK && closed_by_server() ?

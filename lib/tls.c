@@ -1,0 +1,180 @@
+/* TLS for NBD connections (GnuTLS): X.509 certificates laid out as nbdkit
+ * and QEMU lay them out, in one folder: server-cert.pem, server-key.pem,
+ * and ca-cert.pem for checking clients' certificates. */
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include "internal.h"
+#include "server.h"
+
+struct cd_tls {
+	gnutls_certificate_credentials_t creds;
+	bool verify_peer;
+};
+
+static int file_in(struct cdisk_ctx *ctx, const char *dir, const char *name, char *out,
+		   size_t len)
+{
+	struct stat st;
+
+	snprintf(out, len, "%s/%s", dir, name);
+	if (stat(out, &st) < 0)
+		return cd_error(ctx, -errno, "cannot read TLS file '%s': %s", out,
+				strerror(errno));
+	return 0;
+}
+
+int cd_tls_load(struct cdisk_ctx *ctx, const char *dir, bool verify_peer,
+		struct cd_tls **out)
+{
+	char cert[4096], key[4096], ca[4096];
+	struct cd_tls *t = calloc(1, sizeof(*t));
+	int r, g;
+
+	if (!t)
+		return cd_error(ctx, -ENOMEM, "out of memory");
+	t->verify_peer = verify_peer;
+	r = file_in(ctx, dir, "server-cert.pem", cert, sizeof(cert));
+	if (r == 0)
+		r = file_in(ctx, dir, "server-key.pem", key, sizeof(key));
+	if (r == 0 && verify_peer)
+		r = file_in(ctx, dir, "ca-cert.pem", ca, sizeof(ca));
+	if (r < 0)
+		goto fail;
+	g = gnutls_certificate_allocate_credentials(&t->creds);
+	if (g < 0) {
+		r = cd_error(ctx, -ENOMEM, "TLS: %s", gnutls_strerror(g));
+		goto fail;
+	}
+	g = gnutls_certificate_set_x509_key_file(t->creds, cert, key, GNUTLS_X509_FMT_PEM);
+	if (g < 0) {
+		r = cd_error(ctx, -EINVAL, "cannot use '%s' with '%s': %s", cert, key,
+			     gnutls_strerror(g));
+		goto fail;
+	}
+	if (verify_peer) {
+		g = gnutls_certificate_set_x509_trust_file(t->creds, ca, GNUTLS_X509_FMT_PEM);
+		if (g <= 0) {
+			r = cd_error(ctx, -EINVAL, "cannot use '%s' as a CA: %s", ca,
+				     g < 0 ? gnutls_strerror(g) : "no certificate in it");
+			goto fail;
+		}
+	}
+	*out = t;
+	return 0;
+fail:
+	cd_tls_free(t);
+	return r;
+}
+
+void cd_tls_free(struct cd_tls *t)
+{
+	if (!t)
+		return;
+	if (t->creds)
+		gnutls_certificate_free_credentials(t->creds);
+	free(t);
+}
+
+/* The server's side of a TLS handshake on fd, within fd's timeouts.  On
+ * failure why says what went wrong, for the log. */
+int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *why, size_t len)
+{
+	gnutls_session_t s;
+	unsigned status = 0;
+	int g = gnutls_init(&s, GNUTLS_SERVER);
+
+	if (g < 0)
+		goto fail_early;
+	if ((g = gnutls_set_default_priority(s)) < 0 ||
+	    (g = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->creds)) < 0)
+		goto fail;
+	gnutls_certificate_server_set_request(s, t->verify_peer ? GNUTLS_CERT_REQUIRE
+								: GNUTLS_CERT_IGNORE);
+	gnutls_transport_set_int(s, fd);
+	do
+		g = gnutls_handshake(s);
+	while (g == GNUTLS_E_INTERRUPTED);
+	if (g < 0)
+		goto fail;
+	if (t->verify_peer) {
+		g = gnutls_certificate_verify_peers3(s, NULL, &status);
+		if (g == 0 && status != 0) {
+			gnutls_datum_t text;
+			if (gnutls_certificate_verification_status_print(
+				    status, GNUTLS_CRT_X509, &text, 0) == 0) {
+				snprintf(why, len, "client certificate refused: %s", text.data);
+				gnutls_free(text.data);
+			} else {
+				snprintf(why, len, "client certificate refused");
+			}
+			gnutls_deinit(s);
+			return -EACCES;
+		}
+		if (g < 0)
+			goto fail;
+	}
+	*out = s;
+	return 0;
+fail:
+	gnutls_deinit(s);
+fail_early:
+	snprintf(why, len, "TLS handshake failed: %s", gnutls_strerror(g));
+	return -EPROTO;
+}
+
+void cd_tls_close(gnutls_session_t s)
+{
+	if (!s)
+		return;
+	/* Say goodbye without waiting for the client's answer. */
+	gnutls_bye(s, GNUTLS_SHUT_WR);
+	gnutls_deinit(s);
+}
+
+int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = gnutls_record_recv(s, p, len);
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n == GNUTLS_E_AGAIN)
+			return -ETIMEDOUT;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -EIO;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+/* One reply, header and payload, in as few records as GnuTLS likes. */
+int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n)
+{
+	ssize_t g;
+
+	gnutls_record_cork(s);
+	for (int i = 0; i < n; i++) {
+		const uint8_t *p = iov[i].iov_base;
+		size_t left = iov[i].iov_len;
+
+		while (left) {
+			g = gnutls_record_send(s, p, left);
+			if (g == GNUTLS_E_INTERRUPTED)
+				continue;
+			if (g < 0)
+				return -EIO;
+			p += g;
+			left -= (size_t)g;
+		}
+	}
+	do
+		g = gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
+	while (g == GNUTLS_E_INTERRUPTED);
+	return g < 0 ? (g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO) : 0;
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bats
+# cdisk-serve with TLS (NBD_OPT_STARTTLS): real clients over TLS, plain
+# clients refused on TCP, client certificates checked, bad setups named.
+
+bats_require_minimum_version 1.8.0
+
+setup() {
+	load helpers
+	_cdisk_setup
+	PKI=$BATS_TEST_TMPDIR/pki
+	make_certs "$PKI"
+	run_cdisk cdisk-create --size 64M d.cdisk
+	PORT=$(free_tcp_port) || fail "no free port"
+}
+
+teardown() {
+	stop_serve
+}
+
+qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
+	QOBJ="tls-creds-x509,id=tls0,dir=$1,endpoint=client"
+	QIMG="driver=nbd,host=127.0.0.1,port=$PORT,export=d,tls-creds=tls0"
+}
+
+@test "TLS: nbdinfo, qemu-io and qemu-img over TLS; plain TCP refused" {
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI"
+	run_cdisk 0 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
+	assert_output 67108864
+	# Without TLS, a TCP client gets nothing but "TLS required".
+	run_cdisk 1 nbdinfo --size "nbd://127.0.0.1:$PORT/d"
+	[[ "$stderr" == *"requires TLS"* ]] || fail "no TLS-required answer: $stderr"
+	# The unix socket, guarded by its permissions, may stay plain.
+	run_cdisk 0 nbdinfo --size "$NBD"
+	qemu_tls "$PKI/anon"
+	run_cdisk 0 qemu-io --object "$QOBJ" --image-opts "$QIMG" \
+		-c 'write -P 0x5a 1M 4M' -c 'read -P 0x5a 1M 4M'
+	head -c 16M /dev/urandom >r.img
+	run_cdisk 0 qemu-img convert -n --object "$QOBJ" -f raw r.img --target-image-opts "$QIMG"
+	run_cdisk 0 qemu-img convert --object "$QOBJ" --image-opts "$QIMG" -O raw back.img
+	cmp -n 16777216 r.img back.img
+	cp r.img r64.img
+	truncate -s 64M r64.img
+	run_cdisk 0 qemu-img compare --object "$QOBJ" --image-opts \
+		"driver=raw,file.filename=r64.img" "$QIMG"
+	# nbdcopy through TLS, to check the bytes once more.
+	run_cdisk 0 nbdcopy "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon" copy.img
+	cmp -n 16777216 r.img copy.img
+}
+
+@test "TLS: --tls-verify-peer takes only clients with a certificate from the CA" {
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI" \
+		--tls-verify-peer
+	run_cdisk 1 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
+	run_cdisk 0 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/client"
+	assert_output 67108864
+	# A certificate from another CA is refused.
+	make_certs "$BATS_TEST_TMPDIR/other"
+	cp "$BATS_TEST_TMPDIR/other/client/client-"*.pem "$PKI/anon/"
+	run_cdisk 1 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
+	grep -q "client 127.0.0.1:[0-9]*: .*ertificate" "$BATS_TEST_TMPDIR/serve.log" ||
+		fail "no log line naming the client: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	kill -0 "$SERVE_PID"
+}
+
+@test "TLS: --tls on offers TLS and lets TCP clients choose" {
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI" --tls on
+	run_cdisk 0 nbdinfo --size "nbd://127.0.0.1:$PORT/d"
+	run_cdisk 0 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
+	grep -q "lets clients choose not to encrypt" "$BATS_TEST_TMPDIR/serve.log"
+}
+
+@test "TLS: a broken handshake closes the connection; the server goes on" {
+	start_serve --export d=d.cdisk --tls-certificates "$PKI"
+	run_cdisk 0 nbd-evil "$SERVE_SOCK" starttls-garbage d
+	run_cdisk 0 nbd-evil "$SERVE_SOCK" starttls-with-data d
+	run_cdisk 0 nbdinfo --size "$NBD"
+	stop_serve
+	start_serve --export d=d.cdisk
+	run_cdisk 0 nbd-evil "$SERVE_SOCK" starttls-refused d
+}
+
+@test "TLS: bad setups get one line and an exit code" {
+	run_cdisk 6 cdisk-serve --export d=d.cdisk --tls-certificates "$BATS_TEST_TMPDIR/none"
+	assert_error cdisk-serve "cannot read TLS file '.*/none/server-cert.pem': No such file"
+	mkdir broken
+	cp "$PKI/server-cert.pem" broken/
+	echo "not a key" >broken/server-key.pem
+	run_cdisk 2 cdisk-serve --export d=d.cdisk --tls-certificates broken
+	assert_error cdisk-serve "cannot use 'broken/server-cert.pem' with 'broken/server-key.pem'"
+	run_cdisk 6 cdisk-serve --export d=d.cdisk --tls-certificates broken --tls-verify-peer
+	assert_error cdisk-serve "broken/ca-cert.pem"
+	run_cdisk 2 cdisk-serve --export d=d.cdisk --tls require
+	assert_usage_error cdisk-serve "--tls require needs --tls-certificates"
+	run_cdisk 2 cdisk-serve --export d=d.cdisk --tls-certificates "$PKI" --tls maybe
+	assert_usage_error cdisk-serve "invalid --tls 'maybe'"
+	run_cdisk 2 cdisk-serve --export d=d.cdisk --tls-verify-peer
+	assert_usage_error cdisk-serve "--tls-verify-peer needs --tls-certificates"
+}
