@@ -3,7 +3,10 @@
  *   [export alice]
  *   disk = /var/lib/cdisk/alice.cdisk
  *   read_only = no
+ *   clients = alice, alice-laptop    # TLS certificate common names
+ *   users = alice                    # peers on the unix socket
  */
+#include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -13,6 +16,7 @@ struct pending {
 	char name[256];
 	char disk[4096];
 	bool read_only;
+	struct cd_access access;
 	int line;
 };
 
@@ -21,6 +25,63 @@ struct parse_state {
 	size_t n;
 	char bad[200];
 };
+
+/* A user by name or number. */
+static bool user_id(const char *name, uid_t *out)
+{
+	struct passwd pw, *found = NULL;
+	char buf[1024], *end;
+	unsigned long n = strtoul(name, &end, 10);
+
+	if (*name && !*end) {
+		*out = (uid_t)n;
+		return true;
+	}
+	if (getpwnam_r(name, &pw, buf, sizeof(buf), &found) != 0 || !found)
+		return false;
+	*out = found->pw_uid;
+	return true;
+}
+
+/* "a, b, c" into the access list: certificate names or unix users. */
+static int add_names(struct parse_state *st, struct cd_access *a, bool users,
+		     const char *value)
+{
+	char *copy = strdup(value), *save = NULL;
+
+	if (!copy) {
+		snprintf(st->bad, sizeof(st->bad), "out of memory");
+		return 0;
+	}
+	for (char *w = strtok_r(copy, ", \t", &save); w; w = strtok_r(NULL, ", \t", &save)) {
+		if ((users ? a->nusers : a->nclients) == CD_MAX_ALLOWED) {
+			snprintf(st->bad, sizeof(st->bad), "at most %d names", CD_MAX_ALLOWED);
+			goto fail;
+		}
+		if (users && !user_id(w, &a->users[a->nusers])) {
+			snprintf(st->bad, sizeof(st->bad), "no such user '%.60s'", w);
+			goto fail;
+		}
+		if (users) {
+			a->nusers++;
+		} else if (!(a->clients[a->nclients++] = strdup(w))) {
+			snprintf(st->bad, sizeof(st->bad), "out of memory");
+			goto fail;
+		}
+	}
+	free(copy);
+	return 1;
+fail:
+	free(copy);
+	return 0;
+}
+
+static void access_free(struct cd_access *a)
+{
+	for (size_t i = 0; i < a->nclients; i++)
+		free(a->clients[i]);
+	a->nclients = 0;
+}
 
 static int on_entry(void *user, const char *section, const char *key,
 		    const char *value)
@@ -52,6 +113,8 @@ static int on_entry(void *user, const char *section, const char *key,
 			snprintf(st->bad, sizeof(st->bad), "read_only must be yes or no");
 			return 0;
 		}
+	} else if (!strcmp(key, "clients") || !strcmp(key, "users")) {
+		return add_names(st, &p->access, !strcmp(key, "users"), value);
 	} else {
 		snprintf(st->bad, sizeof(st->bad), "unknown key '%.60s'", key);
 		return 0;
@@ -73,7 +136,30 @@ int cdisk_server_load_exports(struct cdisk_server *s, const char *path, bool rea
 		else
 			r = cdisk_server_add_export(s, st.list[i].name, st.list[i].disk,
 						    read_only || st.list[i].read_only);
+		if (r == 0)
+			r = cd_server_restrict_export(s, st.list[i].name, &st.list[i].access);
 	}
+	for (size_t i = 0; i < st.n; i++)
+		access_free(&st.list[i].access);
 	free(st.list);
 	return r;
+}
+
+/* The export takes copies of the names. */
+int cd_server_restrict_export(struct cdisk_server *s, const char *name,
+			      const struct cd_access *access)
+{
+	struct cd_export *e = cd_server_find_export(s, name);
+
+	if (!e)
+		return cd_error(s->ctx, -ENOENT, "no export named '%s'", name);
+	e->access.nusers = access->nusers;
+	memcpy(e->access.users, access->users, sizeof(access->users));
+	for (size_t i = 0; i < access->nclients; i++) {
+		e->access.clients[i] = strdup(access->clients[i]);
+		if (!e->access.clients[i])
+			return cd_error(s->ctx, -ENOMEM, "out of memory");
+		e->access.nclients = i + 1;
+	}
+	return 0;
 }

@@ -54,7 +54,10 @@ struct conn {
 	pthread_t reader;
 	struct cd_export *exp;
 	gnutls_session_t tls;   /* NULL until STARTTLS */
+	char tls_name[256];     /* the verified client certificate's name */
 	bool tcp;
+	bool has_uid;           /* a unix socket peer, whose uid is known */
+	uid_t uid;
 	bool structured, meta_alloc;
 	bool done;              /* all threads finished; joinable */
 	pthread_mutex_t send_lock;
@@ -232,6 +235,23 @@ static uint16_t export_flags(const struct cd_export *e)
 	return f;
 }
 
+/* Whether this connection may use e: a verified certificate name in its
+ * clients, or a unix peer in its users, when it has either list. */
+static bool allowed(const struct conn *c, const struct cd_export *e)
+{
+	const struct cd_access *a = &e->access;
+
+	if (!a->nclients && !a->nusers)
+		return true;
+	for (size_t i = 0; c->tls && c->tls_name[0] && i < a->nclients; i++)
+		if (!strcmp(a->clients[i], c->tls_name))
+			return true;
+	for (size_t i = 0; c->has_uid && i < a->nusers; i++)
+		if (a->users[i] == c->uid)
+			return true;
+	return false;
+}
+
 /* NBD allows at most 64 KiB as the minimum block size; larger blocks
  * take smaller requests by read-modify-write. */
 static uint32_t min_block(const struct cd_export *e)
@@ -345,6 +365,9 @@ static int opt_info_go(struct conn *c, uint32_t opt, const uint8_t *p, uint32_t 
 	e = cd_server_find_export(c->srv, name);
 	if (!e)
 		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
+	if (!allowed(c, e))
+		return opt_error(c, opt, NBD_REP_ERR_POLICY, "export '%.200s' is not open "
+				 "to this client", name);
 	/* Block sizes are always sent: our minimum is the disk's block. */
 	r = send_info_export(c, opt, e);
 	if (r == 0)
@@ -366,9 +389,12 @@ static int opt_list(struct conn *c, uint32_t len)
 	for (size_t i = 0; i < c->srv->nexports; i++) {
 		const char *name = c->srv->exports[i].name;
 		size_t n = strlen(name);
-		uint8_t *b = malloc(4 + n);
+		uint8_t *b;
 		int r;
 
+		if (!allowed(c, &c->srv->exports[i]))
+			continue;
+		b = malloc(4 + n);
 		if (!b)
 			return -ENOMEM;
 		put_be32(b, (uint32_t)n);
@@ -396,6 +422,7 @@ static int opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p, uint
 {
 	const uint8_t *end = p + len;
 	char name[NBD_MAX_STRING + 1], query[NBD_MAX_STRING + 1];
+	struct cd_export *e;
 	bool found = false;
 	uint32_t nq;
 	int r = 0;
@@ -407,8 +434,12 @@ static int opt_meta_context(struct conn *c, uint32_t opt, const uint8_t *p, uint
 		return opt_error(c, opt, NBD_REP_ERR_INVALID, "malformed request");
 	nq = get_be32(p);
 	p += 4;
-	if (!cd_server_find_export(c->srv, name))
+	e = cd_server_find_export(c->srv, name);
+	if (!e)
 		return opt_error(c, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
+	if (!allowed(c, e))
+		return opt_error(c, opt, NBD_REP_ERR_POLICY, "export '%.200s' is not open "
+				 "to this client", name);
 	if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
 		found = true;
 	for (uint32_t i = 0; i < nq; i++) {
@@ -441,6 +472,10 @@ static int opt_export_name(struct conn *c, const uint8_t *p, uint32_t len,
 	c->exp = cd_server_find_export(c->srv, name);
 	if (!c->exp)
 		return -ENOENT;
+	if (!allowed(c, c->exp)) {
+		c->exp = NULL;
+		return -EACCES;
+	}
 	put_be64(b, cdisk_size(c->exp->disk));
 	put_be16(b + 8, export_flags(c->exp));
 	return conn_send(c, b, no_zeroes ? 10 : sizeof(b)) < 0 ? -EIO : 1;
@@ -484,7 +519,8 @@ static int opt_starttls(struct conn *c, uint32_t len)
 	r = opt_reply(c, NBD_OPT_STARTTLS, NBD_REP_ACK, NULL, 0);
 	if (r != 0)
 		return r;
-	r = cd_tls_accept(c->srv->tls, c->fd, &c->tls, why, sizeof(why));
+	r = cd_tls_accept(c->srv->tls, c->fd, &c->tls, c->tls_name, sizeof(c->tls_name),
+			  why, sizeof(why));
 	if (r < 0) {
 		char peer[64];
 		cd_log(c->srv->ctx, CDISK_LOG_WARNING, "client %s: %s",
@@ -927,6 +963,12 @@ static struct conn *conn_new(struct cdisk_server *s, int fd)
 	c->srv = s;
 	c->fd = fd;
 	c->tcp = is_tcp(fd);
+	if (!c->tcp) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		c->has_uid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+		c->uid = cred.uid;
+	}
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->pool_lock, NULL);
 	pthread_mutex_init(&c->recv_lock, NULL);
@@ -1280,6 +1322,8 @@ void cdisk_server_free(struct cdisk_server *s)
 			cdisk_close(s->exports[i].disk);
 		free(s->exports[i].name);
 		free(s->exports[i].path);
+		for (size_t k = 0; k < s->exports[i].access.nclients; k++)
+			free(s->exports[i].access.clients[k]);
 	}
 	free(s->exports);
 	pthread_mutex_destroy(&s->lock);

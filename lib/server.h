@@ -20,11 +20,22 @@ struct cd_sync_job {
 	char error[512];
 };
 
+/* Who may use an export ([export NAME] clients and users); an export with
+ * neither list is open to every client that can connect. */
+#define CD_MAX_ALLOWED 32
+struct cd_access {
+	char *clients[CD_MAX_ALLOWED];   /* TLS certificate common names */
+	size_t nclients;
+	uid_t users[CD_MAX_ALLOWED];     /* peers on the unix socket */
+	size_t nusers;
+};
+
 struct cd_export {
 	char *name;
 	char *path;
 	struct cdisk *disk;
 	bool readonly;
+	struct cd_access access;
 	unsigned connections;
 	uint64_t requests;
 	struct cd_sync_job sync;   /* under the server's lock */
@@ -61,12 +72,18 @@ struct cdisk_server {
 int cd_tls_load(struct cdisk_ctx *ctx, const char *dir, bool verify_peer,
 		struct cd_tls **out);
 void cd_tls_free(struct cd_tls *t);
-int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *why, size_t len);
+/* peer_name gets the verified client certificate's common name ("" when
+ * peers are not verified). */
+int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
+		  size_t peer_len, char *why, size_t len);
 void cd_tls_close(gnutls_session_t s);
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
+/* Limit an export to these certificate names and unix users (exports.c). */
+int cd_server_restrict_export(struct cdisk_server *s, const char *name,
+			      const struct cd_access *access);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 void cd_control_serve_one(struct cdisk_server *s);
 void cd_server_serve_fd(struct cdisk_server *s, int fd);

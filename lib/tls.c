@@ -81,7 +81,26 @@ void cd_tls_free(struct cd_tls *t)
 
 /* The server's side of a TLS handshake on fd, within fd's timeouts.  On
  * failure why says what went wrong, for the log. */
-int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *why, size_t len)
+/* The common name of the (already verified) client certificate. */
+static void peer_common_name(gnutls_session_t s, char *out, size_t len)
+{
+	unsigned n = 0;
+	const gnutls_datum_t *certs = gnutls_certificate_get_peers(s, &n);
+	gnutls_x509_crt_t crt;
+	size_t size = len;
+
+	out[0] = '\0';
+	if (!certs || !n || gnutls_x509_crt_init(&crt) < 0)
+		return;
+	if (gnutls_x509_crt_import(crt, &certs[0], GNUTLS_X509_FMT_DER) < 0 ||
+	    gnutls_x509_crt_get_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, 0, out,
+					  &size) < 0)
+		out[0] = '\0';
+	gnutls_x509_crt_deinit(crt);
+}
+
+int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
+		  size_t peer_len, char *why, size_t len)
 {
 	gnutls_session_t s;
 	unsigned status = 0;
@@ -117,6 +136,10 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *why, si
 		if (g < 0)
 			goto fail;
 	}
+	if (t->verify_peer)
+		peer_common_name(s, peer_name, peer_len);
+	else
+		peer_name[0] = '\0';
 	*out = s;
 	return 0;
 fail:

@@ -96,3 +96,44 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	run_cdisk 2 cdisk-serve --export d=d.cdisk --tls-verify-peer
 	assert_usage_error cdisk-serve "--tls-verify-peer needs --tls-certificates"
 }
+
+@test "per-export access: certificate names over TLS, users on the unix socket" {
+	run_cdisk cdisk-create --size 16M open.cdisk
+	run_cdisk cdisk-create --size 16M b.cdisk
+	cat >exports.conf <<-CONF
+	[export open]
+	disk = $PWD/open.cdisk
+	[export alice]
+	disk = $PWD/d.cdisk
+	clients = alice
+	users = nobody
+	[export bob]
+	disk = $PWD/b.cdisk
+	clients = bob, carol
+	users = root
+	CONF
+	SERVE_EXPORT=open start_serve --config exports.conf --tcp "127.0.0.1:$PORT" \
+		--tls-certificates "$PKI" --tls-verify-peer
+	local alice="tls-certificates=$PKI/client"
+	run_cdisk 0 nbdinfo --size "nbds://127.0.0.1:$PORT/alice?$alice"
+	assert_output 67108864
+	run_cdisk 1 nbdinfo --size "nbds://127.0.0.1:$PORT/bob?$alice"
+	[[ "$stderr" == *"server policy prevents"* ]] || fail "bob's export not refused: $stderr"
+	run_cdisk 0 nbdinfo --list --json "nbds://127.0.0.1:$PORT/?$alice"
+	[ "$(jq -c '[.exports[]."export-name"] | sort' <<<"$output")" = '["alice","open"]' ]
+	# On the unix socket, root is bob's user and not alice's.
+	sock=$SERVE_RUN/open.sock
+	run_cdisk 0 nbdinfo --size "nbd+unix:///bob?socket=$sock"
+	run_cdisk 1 nbdinfo --size "nbd+unix:///alice?socket=$sock"
+	run_cdisk 0 nbdinfo --size "nbd+unix:///open?socket=$sock"
+}
+
+@test "per-export access: bad lists are named with their line" {
+	cat >exports.conf <<-CONF
+	[export alice]
+	disk = $PWD/d.cdisk
+	users = no-such-user-here
+	CONF
+	run_cdisk 2 cdisk-serve --config exports.conf
+	assert_error cdisk-serve "exports.conf', line 3: no such user 'no-such-user-here'"
+}
