@@ -6,7 +6,9 @@
 # Jobs: 1 MiB sequential writes at depth 4 into a fresh overlay (the
 # filesystem allocates as it goes; nbdkit's raw file is allocated already),
 # the same again (a rewrite), then 4 KiB random writes and reads at queue
-# depth 16.  Prints IOPS, MiB/s and cdisk's ratio to each.
+# depth 16.  Prints IOPS, MiB/s and cdisk's ratio to each.  Then the same
+# over TCP with TLS (X.509, certificates made here), cdisk-serve next to
+# nbdkit --tls=require on the raw file.
 # Usage: bench/serve.sh [SECONDS per job, default 10]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -64,6 +66,60 @@ start_nbdkit() {
 	uri="nbd+unix:///d?socket=$work/nbdkit.sock"
 }
 
+pki=$work/pki
+make_pki() {
+	mkdir -p "$pki/client"
+	(
+		cd "$pki"
+		certtool --generate-privkey --key-type ecdsa >ca-key.pem
+		printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 1\n' >ca.info
+		certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
+			--outfile ca-cert.pem
+		certtool --generate-privkey --key-type ecdsa >server-key.pem
+		printf 'cn = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 1\n' >server.info
+		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
+			--load-ca-privkey ca-key.pem --load-privkey server-key.pem \
+			--template server.info --outfile server-cert.pem
+		cp ca-cert.pem client/
+	) >/dev/null 2>&1
+}
+
+free_port() {
+	local p
+	for _ in $(seq 100); do
+		p=$((20000 + RANDOM % 20000))
+		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
+	done
+}
+
+wait_port() {
+	for _ in $(seq 200); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done
+	echo "no server on port $1" >&2
+	exit 1
+}
+
+start_cdisk_tls() {
+	local port
+	port=$(free_port)
+	rm -f d.cdisk meta/*
+	cdisk-create -q --base base.raw d.cdisk
+	cdisk-serve -q --socket "$work/cdisk.sock" --tcp "127.0.0.1:$port" \
+		--tls-certificates "$pki" d.cdisk 3>&- &
+	pids+=($!)
+	wait_port "$port"
+	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
+}
+
+start_nbdkit_tls() {
+	local port
+	port=$(free_port)
+	nbdkit -f -i 127.0.0.1 -p "$port" --tls=require --tls-certificates="$pki" -e d \
+		file base.raw 3>&- 2>>"$work/nbdkit.log" &
+	pids+=($!)
+	wait_port "$port"
+	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
+}
+
 stop_all() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
@@ -106,4 +162,29 @@ for job in seqwrite rewrite randwrite randread; do
 		"$(echo "${v[cdisk.$job]} / ${v[qemu.$job]}" | bc -l)" \
 		"$(echo "${v[cdisk.$job]} / ${v[nbdkit.$job]}" | bc -l)"
 	unset -n v
+done
+
+make_pki
+declare -A tls
+for server in cdisk_tls nbdkit_tls; do
+	"start_$server"
+	read -r _ m < <(run_job "$server-seqwrite" write 1M 4)
+	tls[$server.seqwrite]=$m
+	read -r _ m < <(run_job "$server-seqread" read 1M 4)
+	tls[$server.seqread]=$m
+	read -r i _ < <(run_job "$server-randread" randread 4k 16)
+	tls[$server.randread]=$i
+	stop_all
+done
+echo
+printf '%-38s %12s %12s %14s\n' "over TCP with TLS" cdisk nbdkit "vs nbdkit"
+for job in seqwrite seqread randread; do
+	case $job in
+	seqwrite) label="1 MiB seq. write, QD4 (MiB/s)" ;;
+	seqread) label="1 MiB seq. read, QD4 (MiB/s)" ;;
+	randread) label="4 KiB random read, QD16 (IOPS)" ;;
+	esac
+	printf '%-38s %12.0f %12.0f %13.2fx\n' "$label" "${tls[cdisk_tls.$job]}" \
+		"${tls[nbdkit_tls.$job]}" \
+		"$(echo "${tls[cdisk_tls.$job]} / ${tls[nbdkit_tls.$job]}" | bc -l)"
 done
