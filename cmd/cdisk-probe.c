@@ -246,8 +246,13 @@ static void print_table(const char *target, const struct cdisk_probe_result *r,
 		static const char *const ranks[] = { "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR" };
 		printf("%-14s %-44s %-10s %s\n", "ceph health", r->ceph_health,
 		       ranks[l->ceph_health], strstr(r->reason, "Ceph cluster") ? "OVER" : "ok");
-		snprintf(v, sizeof(v), "write %.2f ms, read %.2f ms (slowest of %u)",
-			 r->osd_write_ms, r->osd_read_ms, r->osds);
+		if (r->osd_commit_ms >= 0)
+			snprintf(v, sizeof(v), "write %.2f, read %.2f, commit %.0f, apply %.0f ms",
+				 r->osd_write_ms, r->osd_read_ms, r->osd_commit_ms,
+				 r->osd_apply_ms);
+		else
+			snprintf(v, sizeof(v), "write %.2f ms, read %.2f ms (slowest of %u)",
+				 r->osd_write_ms, r->osd_read_ms, r->osds);
 		row("osd latency", v, l->max_osd_latency_ms, 1, " ms",
 		    strstr(r->reason, "an OSD takes") != NULL);
 	}
@@ -298,10 +303,12 @@ static json_t *result_json(const char *target, const struct cdisk_probe_result *
 		"limits", limits);
 
 	if (j && r->ceph)
-		json_object_set_new(j, "ceph", json_pack("{s:s, s:I, s:f, s:f}",
+		json_object_set_new(j, "ceph", json_pack("{s:s, s:I, s:f, s:f, s:o, s:o}",
 			"health", r->ceph_health, "osds", (json_int_t)r->osds,
 			"write_latency_ms", r->osd_write_ms,
-			"read_latency_ms", r->osd_read_ms));
+			"read_latency_ms", r->osd_read_ms,
+			"commit_latency_ms", number_or_null(r->osd_commit_ms >= 0, r->osd_commit_ms),
+			"apply_latency_ms", number_or_null(r->osd_apply_ms >= 0, r->osd_apply_ms)));
 	return j;
 }
 

@@ -286,7 +286,7 @@ struct cdisk_probe_limits {
 	double max_busy;           /* fraction answered "busy", 0..1 */
 	double min_read_rate;      /* bytes per second */
 	double max_load_delay_ms;  /* mean round trip under load minus idle */
-	double max_osd_latency_ms; /* Ceph: the slowest OSD's write or read latency */
+	double max_osd_latency_ms; /* Ceph: the slowest OSD's latency, any kind */
 	int ceph_health;           /* worst accepted: 0 HEALTH_OK, 1 WARN, 2 ERR */
 };
 
@@ -305,6 +305,7 @@ struct cdisk_probe_result {
 	char ceph_health[16];
 	unsigned osds;
 	double osd_write_ms, osd_read_ms;   /* the slowest OSD's, during the probe */
+	double osd_commit_ms, osd_apply_ms; /* the manager's "osd perf"; < 0: none */
 	double seconds;
 };
 

@@ -303,6 +303,8 @@ struct cd_ceph_load {
 		uint64_t writes, reads;
 	} osd[CD_CEPH_MAX_OSDS];
 	double write_ms_max, read_ms_max;      /* the slowest OSD's */
+	/* From the manager's "osd perf", when a manager runs; else < 0. */
+	double commit_ms_max, apply_ms_max;
 };
 /* With before (an earlier reading), latencies are over the time between;
  * without, since each OSD started. */

@@ -222,6 +222,12 @@ static int health_rank(const char *health)
 	return 2;
 }
 
+static double osd_worst(const struct cdisk_probe_result *res)
+{
+	return fmax(fmax(res->osd_write_ms, res->osd_read_ms),
+		    fmax(res->osd_commit_ms, res->osd_apply_ms));
+}
+
 static void judge(const struct cdisk_probe_limits *l, struct cdisk_probe_result *res)
 {
 	if (res->verdict == CDISK_UNREACHABLE)
@@ -247,10 +253,9 @@ static void judge(const struct cdisk_probe_limits *l, struct cdisk_probe_result 
 			   res->load_delay_ms, l->max_load_delay_ms);
 	if (res->ceph && health_rank(res->ceph_health) > l->ceph_health)
 		add_reason(res, "the Ceph cluster reports %s", res->ceph_health);
-	if (res->ceph && l->max_osd_latency_ms >= 0 &&
-	    fmax(res->osd_write_ms, res->osd_read_ms) > l->max_osd_latency_ms)
+	if (res->ceph && l->max_osd_latency_ms >= 0 && osd_worst(res) > l->max_osd_latency_ms)
 		add_reason(res, "an OSD takes %.1f ms per request, over %.1f ms",
-			   fmax(res->osd_write_ms, res->osd_read_ms), l->max_osd_latency_ms);
+			   osd_worst(res), l->max_osd_latency_ms);
 	res->verdict = res->reason[0] ? CDISK_DEGRADED : CDISK_HEALTHY;
 }
 
@@ -381,6 +386,8 @@ static void ceph_load(struct cd_target *t, const struct cd_ceph_load *before,
 	res->osds = c.osds;
 	res->osd_write_ms = c.write_ms_max;
 	res->osd_read_ms = c.read_ms_max;
+	res->osd_commit_ms = c.commit_ms_max;
+	res->osd_apply_ms = c.apply_ms_max;
 }
 
 int cdisk_probe(struct cdisk_ctx *ctx, const char *uri, const struct cdisk_probe_opts *in,

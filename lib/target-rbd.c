@@ -312,6 +312,38 @@ static int osd_latencies(struct cd_target *t, const struct cd_ceph_load *before,
 	return r;
 }
 
+/* Recent commit and apply latency per OSD, as "ceph osd perf" shows them.
+ * The manager keeps these: without one the command would only wait, so
+ * it is asked only when "mgr stat" says one is available. */
+static void mgr_osd_perf(struct cd_target *t, struct cd_ceph_load *out)
+{
+	json_t *stat = NULL, *perf = NULL, *list, *osd;
+	size_t i;
+
+	out->commit_ms_max = out->apply_ms_max = -1;
+	if (ceph_command(t, -1, "{\"prefix\": \"mgr stat\", \"format\": \"json\"}",
+			 &stat) < 0 || !json_is_true(json_object_get(stat, "available")) ||
+	    ceph_command(t, -1, "{\"prefix\": \"osd perf\", \"format\": \"json\"}",
+			 &perf) < 0)
+		goto out;
+	list = json_object_get(perf, "osd_perf_infos");
+	if (!list)   /* releases before Quincy wrap it */
+		list = json_object_get(json_object_get(perf, "osdstats"), "osd_perf_infos");
+	json_array_foreach(list, i, osd) {
+		json_t *st = json_object_get(osd, "perf_stats");
+		double commit = json_number_value(json_object_get(st, "commit_latency_ms"));
+		double apply = json_number_value(json_object_get(st, "apply_latency_ms"));
+
+		if (commit > out->commit_ms_max)
+			out->commit_ms_max = commit;
+		if (apply > out->apply_ms_max)
+			out->apply_ms_max = apply;
+	}
+out:
+	json_decref(stat);
+	json_decref(perf);
+}
+
 int cd_rbd_cluster_load(struct cd_target *t, const struct cd_ceph_load *before,
 			struct cd_ceph_load *out)
 {
@@ -326,7 +358,10 @@ int cd_rbd_cluster_load(struct cd_target *t, const struct cd_ceph_load *before,
 	status = json_string_value(json_object_get(health, "status"));
 	snprintf(out->health, sizeof(out->health), "%s", status ? status : "unknown");
 	json_decref(health);
-	return osd_latencies(t, before, out);
+	r = osd_latencies(t, before, out);
+	if (r == 0)
+		mgr_osd_perf(t, out);
+	return r;
 }
 
 int cd_rbd_create(struct cdisk_ctx *ctx, const struct cd_uri *u, uint64_t size)

@@ -121,6 +121,27 @@ base_untouched() {
 	assert_usage_error cdisk-sync "--target-delay must be"
 }
 
+@test "sync: connections cut mid-sync mark nothing wrongly clean; the next run completes" {
+	disk_behind_proxy 96M
+	proxy_ctl rate 20000000
+	timeout 60 cdisk-sync d.cdisk 2>cut.err 3>&- &
+	pid=$!
+	sleep 1.5
+	proxy_ctl cut
+	status=0
+	wait "$pid" || status=$?
+	cat cut.err
+	[ "$status" != 0 ] || fail "a sync whose connections were cut reported success"
+	# Every block recorded clean is on the base (read past the proxy).
+	run_cdisk 0 cdisk-io d.cdisk check-clean
+	proxy_ctl rate 0
+	run_cdisk 0 cdisk-sync --json d.cdisk
+	[ "$(json_get .clean)" = true ]
+	run_cdisk 0 cdisk-io d.cdisk "r:0:96M:7"
+	nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c 96M >base.img
+	run_cdisk 0 patfile base.img r 0 96M 7
+}
+
 @test "served disk: --if-healthy goes through the owner; sync-status shows the rate" {
 	disk_behind_proxy 8M
 	printf '[probe]\nmax_rtt = 20\npings = 5\n' >>"$CDISK_CONFIG"

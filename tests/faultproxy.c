@@ -309,11 +309,10 @@ static void command(int fd, char *line)
 	} else if (!strcmp(word, "refuse") && arg && (!strcmp(arg, "on") || !strcmp(arg, "off"))) {
 		net.refusing = !strcmp(arg, "on");
 	} else if (!strcmp(word, "cut")) {
+		/* Reset when the loop next sweeps: it may hold pointers now. */
 		for (int i = 0; i < MAX_CONNS; i++)
-			if (conns[i]) {
-				conn_free(conns[i], true);
-				conns[i] = NULL;
-			}
+			if (conns[i])
+				conns[i]->dead = true;
 	} else if (!strcmp(word, "stats")) {
 		reply(fd, "connections %llu bytes %llu\n", (unsigned long long)net.connections,
 		      (unsigned long long)net.bytes);
