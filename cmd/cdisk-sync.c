@@ -111,7 +111,7 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 
 	if (cli.json) {
 		json_t *j = json_pack("{s:i, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:I, "
-				      "s:I, s:I, s:f, s:f, s:b, s:b, s:b, s:o, s:I, s:f, s:f}",
+				      "s:I, s:I, s:f, s:f, s:b, s:b, s:b, s:o, s:I, s:f, s:f, s:I}",
 				      "schema_version", 1, "disk", path, "mode", mode_name(),
 				      "dry_run", dry_run != 0,
 				      "pulled_bytes", (json_int_t)st->pulled_bytes,
@@ -129,7 +129,8 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 				      "rate_limit", st->rate_limit ? json_integer((json_int_t)st->rate_limit)
 								   : json_null(),
 				      "slowdowns", (json_int_t)st->slowdowns,
-				      "delay_ms", st->delay_ms, "base_delay_ms", st->base_delay_ms);
+				      "delay_ms", st->delay_ms, "base_delay_ms", st->base_delay_ms,
+				      "retries", (json_int_t)st->retries);
 		cli_print_json(j);
 		return;
 	}

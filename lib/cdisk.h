@@ -365,6 +365,7 @@ struct cdisk_sync_stats {
 	uint64_t requests;          /* write and zero requests sent */
 	uint64_t zero_requests;
 	uint64_t flushes;
+	uint64_t retries;           /* reads and flushes sent again after a cut */
 	uint64_t verified_bytes;
 	uint64_t left_bytes;        /* still dirty at the end */
 	uint64_t pulled_bytes;      /* pull: base data stored in the overlay */

@@ -367,7 +367,7 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 static json_t *stats_to_json(const struct cdisk_sync_stats *st)
 {
 	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b, "
-			 "s:I, s:I, s:f, s:f}",
+			 "s:I, s:I, s:f, s:f, s:I}",
 			 "pulled_bytes", (json_int_t)st->pulled_bytes,
 			 "released_bytes", (json_int_t)st->released_bytes,
 			 "dirty_bytes", (json_int_t)st->dirty_bytes,
@@ -380,7 +380,7 @@ static json_t *stats_to_json(const struct cdisk_sync_stats *st)
 			 "below_min_dirty", st->below_min, "stopped", st->stopped,
 			 "rate_limit", (json_int_t)st->rate_limit,
 			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
-			 "base_delay_ms", st->base_delay_ms);
+			 "base_delay_ms", st->base_delay_ms, "retries", (json_int_t)st->retries);
 }
 
 static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
@@ -648,19 +648,20 @@ static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 
 static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 {
-	json_int_t v[12] = { 0 };
+	json_int_t v[13] = { 0 };
 	double secs = 0;
 	int below = 0, stopped = 0;
 
 	json_unpack(j, "{s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?F, s?b, s?b, "
-		    "s?I, s?I, s?F, s?F}",
+		    "s?I, s?I, s?F, s?F, s?I}",
 		    "pulled_bytes", &v[8], "released_bytes", &v[9],
 		    "dirty_bytes", &v[0], "blocks", &v[1], "bytes", &v[2],
 		    "requests", &v[3], "zero_requests", &v[4], "flushes", &v[5],
 		    "verified_bytes", &v[6], "left_bytes", &v[7], "seconds", &secs,
 		    "below_min_dirty", &below, "stopped", &stopped,
 		    "rate_limit", &v[10], "slowdowns", &v[11], "delay_ms", &st->delay_ms,
-		    "base_delay_ms", &st->base_delay_ms);
+		    "base_delay_ms", &st->base_delay_ms, "retries", &v[12]);
+	st->retries = (uint64_t)v[12];
 	st->rate_limit = (uint64_t)v[10];
 	st->slowdowns = (unsigned)v[11];
 	st->dirty_bytes = (uint64_t)v[0];

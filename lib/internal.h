@@ -237,6 +237,7 @@ struct cd_target {
 	bool can_trim;
 	bool flush_every_session;  /* flush only covers its own connection */
 	uint32_t retry_after;      /* seconds a busy server last asked for; 0: none */
+	uint64_t resent;           /* requests sent again after a cut or timeout */
 	struct cd_session_pool pool;
 	pthread_mutex_t rmw_lock[CD_RMW_STRIPES];
 	void *priv;

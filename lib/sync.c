@@ -727,6 +727,8 @@ out:
 	st->stopped = r == 0 && !o->dry_run && !st->below_min && out_of_time(&e) &&
 		      st->left_bytes;
 	st->seconds = (double)(cd_now_ms() - e.start_ms) / 1000.0;
+	if (e.base)
+		st->retries = __atomic_load_n(&e.base->resent, __ATOMIC_RELAXED);
 	cd_target_close(e.base);
 	free(e.ext);
 	end(d);

@@ -220,14 +220,17 @@ static void test_reads_retried_writes_not(void **state)
 	assert_int_equal(cd_target_pread(t, buf, 512, 0), 0);
 	assert_int_equal(fake_calls[0], 3);
 	assert_int_equal(fake_calls[4], 2);
+	assert_int_equal(t->resent, 2);
 	/* A write whose fate is unknown is reported, never sent again. */
 	fake_breaks = 1;
 	assert_int_equal(cd_target_pwrite(t, buf, 512, 0), -ECONNRESET);
 	assert_int_equal(fake_calls[1], 1);
+	assert_int_equal(t->resent, 2);
 	/* Retries are bounded. */
 	fake_breaks = 100;
 	assert_int_equal(cd_target_flush(t), -ECONNRESET);
 	assert_int_equal(fake_calls[2], 4);
+	assert_int_equal(t->resent, 5);
 	cd_target_close(t);
 }
 

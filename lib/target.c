@@ -203,6 +203,7 @@ static int run(struct cd_target *t, const struct request *q)
 		cd_log(t->ctx, CDISK_LOG_INFO, "'%s': %s; trying again", t->uri,
 		       t->ctx->error);
 		backoff(attempt++);
+		__atomic_add_fetch(&t->resent, 1, __ATOMIC_RELAXED);
 	}
 }
 

@@ -61,6 +61,7 @@ base_untouched() {
 	proxy_ctl delay 0
 	run_cdisk 0 cdisk-sync --if-healthy --json d.cdisk
 	[ "$(json_get .clean)" = true ]
+	[ "$(json_get .retries)" = 0 ]
 	[ "$(dirty_blocks)" = 0 ]
 }
 
