@@ -242,10 +242,15 @@ static void *sync_thread(void *opaque)
 		snprintf(e->sync.error, sizeof(e->sync.error), "%s", cdisk_ctx_error(s->ctx));
 	e->sync.running = false;
 	pthread_mutex_unlock(&s->lock);
-	cd_log(s->ctx, r < 0 ? CDISK_LOG_WARNING : CDISK_LOG_INFO,
-	       "export '%s': sync %s: %llu bytes sent, %llu left", e->name,
-	       r < 0 ? "failed" : "done", (unsigned long long)st.bytes,
-	       (unsigned long long)st.left_bytes);
+	/* "Not now" from --if-healthy comes every turn while the base is
+	 * degraded: information, not a warning. */
+	if (r < 0)
+		cd_log(s->ctx, r == -EAGAIN ? CDISK_LOG_INFO : CDISK_LOG_WARNING,
+		       "export '%s': sync failed: %s", e->name, e->sync.error);
+	else
+		cd_log(s->ctx, CDISK_LOG_INFO, "export '%s': sync done: %llu bytes sent, "
+		       "%llu left", e->name, (unsigned long long)st.bytes,
+		       (unsigned long long)st.left_bytes);
 	return NULL;
 }
 

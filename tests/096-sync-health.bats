@@ -159,3 +159,22 @@ base_untouched() {
 	run_cdisk 2 cdisk-serve --sync-if-healthy d.cdisk
 	assert_usage_error cdisk-serve "go with --sync-every"
 }
+
+@test "cdisk-serve --sync-every --sync-if-healthy skips turns while the base is degraded" {
+	disk_behind_proxy 4M
+	printf '[probe]\nmax_rtt = 20\npings = 3\nread_size = 1M\n' >>"$CDISK_CONFIG"
+	proxy_ctl delay 50
+	start_serve -v --export d=d.cdisk --sync-every 1 --sync-if-healthy
+	sleep 3
+	local ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"info\",\"disk\":\"$PWD/d.cdisk\"}"
+	[ "$(json_get .info.blocks_dirty)" = 1024 ] || fail "synced while degraded"
+	grep -q "degraded: round trip" "$BATS_TEST_TMPDIR/serve.log"
+	proxy_ctl delay 0
+	for _ in $(seq 50); do
+		run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"info\",\"disk\":\"$PWD/d.cdisk\"}"
+		[ "$(json_get .info.blocks_dirty)" = 0 ] && break
+		sleep 0.2
+	done
+	[ "$(json_get .info.blocks_dirty)" = 0 ] || fail "never synced once healthy"
+}
