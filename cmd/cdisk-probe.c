@@ -390,11 +390,12 @@ int main(int argc, char **argv)
 		r = probe_once(ctx, args[0], &o, &l, &res, target, sizeof(target));
 		if (r < 0)
 			break;
-		if (watch)
+		/* -q: the exit status says it all (JSON, when asked for, still comes). */
+		if (watch && (cli.json || !cli.quiet))
 			print_round(target, &res, &l);
 		else if (cli.json)
 			r = cli_print_json(result_json(target, &res, &l));
-		else
+		else if (!cli.quiet)
 			print_table(target, &res, &l);
 		rounds++;
 		if (watch && !stop && (!count || rounds < count))

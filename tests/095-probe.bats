@@ -48,6 +48,8 @@ nbd_behind_proxy() {
 	assert_line --regexp '^round trip +[0-9.]+ ms \(min [0-9.]+, p95 [0-9.]+, max [0-9.]+\) +100 ms +ok$'
 	assert_line --regexp '^read rate +[0-9.]+ MiB/s \(16.0 MiB\) +none +ok$'
 	assert_line 'verdict: healthy'
+	run_cdisk 0 cdisk-probe -q --no-read "$URI"
+	assert_output ""
 	run_cdisk 0 cdisk-probe --json "$URI"
 	[ "$(jq -r .schema_version <<<"$output")" = 1 ]
 	[ "$(jq -r .verdict <<<"$output")" = healthy ]
