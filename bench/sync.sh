@@ -7,7 +7,10 @@
 #   file bases of 1 GiB and 1 TiB: 10 MiB of scattered 4 KiB blocks
 #
 # Prints seconds, MiB/s and cdisk's speed-up over qemu-img (above 1: cdisk
-# faster), and how the 1 TiB disk compares with the 1 GiB one.
+# faster), and how the 1 TiB disk compares with the 1 GiB one.  The last
+# columns add the writes themselves, one at a time as a VM's would come
+# (cdisk-io into the overlay; qemu-io into the qcow2, whose first write to a
+# cluster copies the rest of it from the base): what the whole cycle costs.
 # Usage: bench/sync.sh [MiB of changes, default 200]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -45,32 +48,42 @@ changes() { # KIND MIB -> lines "OFFSET LENGTH"
 	fi
 }
 
-cdisk_run() { # BASE-URI KIND MIB -> seconds of cdisk-sync
+cdisk_run() { # BASE-URI KIND MIB -> "seconds of the writes" "seconds of cdisk-sync"
 	rm -f d.cdisk
 	cdisk-create -q --base "$1" d.cdisk
+	local t0 w
+	t0=$(now)
 	changes "$2" "$3" | awk '{ printf "w:%s:%s:7\n", $1, $2 }' | xargs -r cdisk-io d.cdisk
 	cdisk-io d.cdisk f
-	local t0
+	w=$(since "$t0")
 	t0=$(now)
 	cdisk-sync -q d.cdisk
-	since "$t0"
+	echo "$w $(since "$t0")"
 }
 
-qemu_run() { # QEMU-BACKING KIND MIB -> seconds of qemu-img commit
+qemu_run() { # QEMU-BACKING KIND MIB -> "seconds of the writes" "seconds of qemu-img commit"
 	rm -f ov.qcow2
 	qemu-img create -q -f qcow2 -b "$1" -F raw ov.qcow2
-	changes "$2" "$3" | awk '{ printf "write -P 7 %s %s\n", $1, $2 }' |
+	local t0 w
+	t0=$(now)
+	{ changes "$2" "$3" | awk '{ printf "write -P 7 %s %s\n", $1, $2 }'; echo flush; } |
 		qemu-io ov.qcow2 >/dev/null
-	local t0
+	w=$(since "$t0")
 	t0=$(now)
 	qemu-img commit -q ov.qcow2
-	since "$t0"
+	echo "$w $(since "$t0")"
 }
 
-printf '%-8s %-9s %6s %11s %11s %9s\n' base changes MiB "cdisk s" "qemu-img s" speed-up
-row() { # base kind mib cdisk qemu
-	printf '%-8s %-9s %6s %11s %11s %9s\n' "$1" "$2" "$3" "$4" "$5" \
-		"$(awk -v a="$4" -v b="$5" 'BEGIN { printf "%.2fx", b / a }')"
+printf '%-8s %-9s %6s %11s %11s %9s %13s %13s %9s\n' base changes MiB "cdisk s" \
+	"qemu-img s" speed-up "cdisk w+s" "qemu w+c" speed-up
+row() { # base kind mib "cdisk-write cdisk-sync" "qemu-write qemu-commit"
+	local cw cs qw qc
+	read -r cw cs <<<"$4"
+	read -r qw qc <<<"$5"
+	printf '%-8s %-9s %6s %11s %11s %9s %13.2f %13.2f %9s\n' "$1" "$2" "$3" "$cs" "$qc" \
+		"$(awk -v a="$cs" -v b="$qc" 'BEGIN { printf "%.2fx", b / a }')" \
+		"$(echo "$cw + $cs" | bc)" "$(echo "$qw + $qc" | bc)" \
+		"$(awk -v a="$cw" -v b="$cs" -v c="$qw" -v d="$qc" 'BEGIN { printf "%.2fx", (c + d) / (a + b) }')"
 }
 
 # Every base is written whole once before any timing, so that neither tool
@@ -104,5 +117,6 @@ small=$(cdisk_run "$work/small.raw" scatter 10)
 large=$(cdisk_run "$work/large.raw" scatter 10)
 row "1 GiB" scatter 10 "$small" "$(qemu_run "$work/small.raw" scatter 10)"
 row "1 TiB" scatter 10 "$large" "$(qemu_run "$work/large.raw" scatter 10)"
+small=${small#* } large=${large#* }
 awk -v a="$small" -v b="$large" \
 	'BEGIN { printf "cdisk-sync, 1 TiB disk vs 1 GiB disk: %.2fx the time\n", b / a }'
