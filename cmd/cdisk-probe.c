@@ -280,14 +280,15 @@ static json_t *result_json(const char *target, const struct cdisk_probe_result *
 		"max_osd_latency_ms", number_or_null(l->max_osd_latency_ms >= 0,
 						     l->max_osd_latency_ms),
 		"ceph_health", l->ceph_health);
-	json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:f, s:f, "
-			      "s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
+	json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:f, "
+			      "s:f, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"schema_version", 1, "target", target,
 		"verdict", cdisk_verdict_name(r->verdict),
 		"exit_code", cdisk_verdict_exit_code(r->verdict),
 		"reason", r->reason, "seconds", r->seconds,
 		"sent", (json_int_t)r->sent, "answered", (json_int_t)r->answered,
-		"lost", (json_int_t)r->lost, "busy", (json_int_t)r->busy,
+		"lost", (json_int_t)r->lost, "refused", (json_int_t)r->refused,
+		"busy", (json_int_t)r->busy,
 		"loss", r->loss, "busy_fraction", r->busy_fraction,
 		"retry_after_seconds", (json_int_t)r->retry_after,
 		"rtt_min_ms", number_or_null(rtt, r->rtt_min_ms),

@@ -294,6 +294,7 @@ struct cdisk_probe_result {
 	enum cdisk_verdict verdict;
 	char reason[768];          /* why not healthy, "; " between findings */
 	unsigned sent, answered, lost, busy;
+	unsigned refused;          /* of the lost: answered with an error */
 	double rtt_min_ms, rtt_mean_ms, rtt_p95_ms, rtt_max_ms, jitter_ms;
 	double loss, busy_fraction;
 	uint32_t retry_after;      /* seconds a busy server asked for; 0: none */

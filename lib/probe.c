@@ -80,6 +80,8 @@ static void sleep_ms(uint32_t ms)
 	nanosleep(&ts, NULL);
 }
 
+static bool unreachable_error(int r);
+
 /* One ping counted: answered, busy or lost.  The time goes to into. */
 static int ping_once(struct cd_target *t, struct cdisk_probe_result *res,
 		     struct samples *into)
@@ -96,6 +98,9 @@ static int ping_once(struct cd_target *t, struct cdisk_probe_result *res,
 	}
 	if (r < 0) {
 		res->lost++;
+		/* An error answer still came back: the server is there. */
+		if (!unreachable_error(r))
+			res->refused++;
 		cd_log(t->ctx, CDISK_LOG_DEBUG, "ping lost: %s", t->ctx->error);
 		return 0;
 	}
@@ -328,8 +333,11 @@ static int measure(struct cd_target *t, const struct cdisk_probe_opts *o,
 	if (r < 0)
 		goto out;
 	if (!res->answered) {
-		res->verdict = res->busy ? CDISK_DEGRADED : CDISK_UNREACHABLE;
-		if (!res->busy)
+		res->verdict = res->busy || res->refused ? CDISK_DEGRADED : CDISK_UNREACHABLE;
+		if (res->refused)
+			snprintf(res->reason, sizeof(res->reason), "%u of %u requests failed: %s",
+				 res->refused, res->sent, t->ctx->error);
+		else if (!res->busy)
 			snprintf(res->reason, sizeof(res->reason), "no answer to %u requests: %s",
 				 res->sent, t->ctx->error);
 		goto out;

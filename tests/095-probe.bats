@@ -266,3 +266,14 @@ nbd_behind_proxy() {
 	run_cdisk 2 cdisk-probe --no-read "$URI"
 	assert_error cdisk-probe "max_loss must be a percentage from 0 to 100, or none"
 }
+
+@test "probe: a server that fails requests is degraded, never healthy" {
+	start_nbdkit_tcp --filter=error memory 64M error-pread=EIO error-pread-rate=0.3
+	run_cdisk 9 cdisk-probe --json --pings 20 --read-size 8M "nbd://127.0.0.1:$NBDKIT_PORT"
+	jq -e '.verdict == "degraded" and .lost > 0 and .refused == .lost' <<<"$output"
+	# Every read refused: the server is there, and of no use.
+	stop_nbdkit
+	start_nbdkit_tcp --filter=error memory 64M error-pread=EIO error-pread-rate=1
+	run_cdisk 9 cdisk-probe --no-read --pings 5 "nbd://127.0.0.1:$NBDKIT_PORT"
+	assert_line --regexp '^verdict: degraded: 5 of 5 requests failed: .*Input/output error'
+}
