@@ -67,36 +67,8 @@ start_nbdkit() {
 }
 
 pki=$work/pki
-make_pki() {
-	mkdir -p "$pki/client"
-	(
-		cd "$pki"
-		certtool --generate-privkey --key-type ecdsa >ca-key.pem
-		printf 'cn = bench CA\nca\ncert_signing_key\nexpiration_days = 1\n' >ca.info
-		certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
-			--outfile ca-cert.pem
-		certtool --generate-privkey --key-type ecdsa >server-key.pem
-		printf 'cn = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 1\n' >server.info
-		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
-			--load-ca-privkey ca-key.pem --load-privkey server-key.pem \
-			--template server.info --outfile server-cert.pem
-		cp ca-cert.pem client/
-	) >/dev/null 2>&1
-}
-
-free_port() {
-	local p
-	for _ in $(seq 100); do
-		p=$((20000 + RANDOM % 20000))
-		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return; }
-	done
-}
-
-wait_port() {
-	for _ in $(seq 200); do ss -Hltn "sport = :$1" | grep -q . && return 0; sleep 0.05; done
-	echo "no server on port $1" >&2
-	exit 1
-}
+# shellcheck source=tests/ports.sh
+. "$top/tests/ports.sh"
 
 start_cdisk_tls() {
 	local port
@@ -106,7 +78,7 @@ start_cdisk_tls() {
 	cdisk-serve -q --socket "$work/cdisk.sock" --tcp "127.0.0.1:$port" \
 		--tls-certificates "$pki" d.cdisk 3>&- &
 	pids+=($!)
-	wait_port "$port"
+	wait_port "$port" 10 || { echo "no server on port $port" >&2; exit 1; }
 	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
 }
 
@@ -116,7 +88,7 @@ start_nbdkit_tls() {
 	nbdkit -f -i 127.0.0.1 -p "$port" --tls=require --tls-certificates="$pki" -e d \
 		file base.raw 3>&- 2>>"$work/nbdkit.log" &
 	pids+=($!)
-	wait_port "$port"
+	wait_port "$port" 10 || { echo "no server on port $port" >&2; exit 1; }
 	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
 }
 
@@ -164,7 +136,7 @@ for job in seqwrite rewrite randwrite randread; do
 	unset -n v
 done
 
-make_pki
+"$top/tests/make-certs.sh" "$pki" >/dev/null 2>&1
 declare -A tls
 for server in cdisk_tls nbdkit_tls; do
 	"start_$server"

@@ -14,25 +14,11 @@
 # Usage: bench/sync.sh [MiB of changes, default 200]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-O=${O:-build}
 mib=${1:-200}
-"$top/scripts/install-deps.sh"
-make -s -C "$top" O="$O" all "$O/tests/cdisk-io" "$O/tests/target-io" >/dev/null
-PATH="$top/$O/tests:$top/$O/bin:$PATH"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
-export CDISK_SERVERS=$work/servers
-cleanup() {
-	"$top/tests/servers.sh" stop-all
-	rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$work"
-export CDISK_CONFIG=$work/cdisk.conf
-printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
-echo "starting servers..." >&2
-"$top/tests/servers.sh" start tgt ceph
-for f in "$CDISK_SERVERS"/*.env; do . "$f"; done
-export CEPH_CONF
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
+bench_setup tests/cdisk-io tests/target-io
+bench_servers tgt ceph
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }

@@ -14,27 +14,15 @@
 # Usage: bench/targets.sh [SIZE in MiB, default 256]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-O=${O:-build}
 mib=${1:-256}
-"$top/scripts/install-deps.sh"
-make -s -C "$top" O="$O" all "$O/tests/target-io" >/dev/null
-PATH="$top/$O/tests:$top/$O/bin:$PATH"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
-export CDISK_SERVERS=$work/servers
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
 nbdkit_pid=
-cleanup() {
+bench_cleanup() {
 	[ -z "$nbdkit_pid" ] || kill "$nbdkit_pid" 2>/dev/null || true
-	"$top/tests/servers.sh" stop-all
-	rm -rf "$work"
 }
-trap cleanup EXIT
-cd "$work"
-export CDISK_CONFIG=$work/cdisk.conf
-printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
-echo "starting servers..." >&2
-"$top/tests/servers.sh" start tgt ceph rgw nginx
-for f in "$CDISK_SERVERS"/*.env; do . "$f"; done
-export CEPH_CONF
+bench_setup tests/target-io
+bench_servers tgt ceph rgw nginx
 
 size=$((mib << 20))
 head -c "$size" /dev/urandom >data.raw

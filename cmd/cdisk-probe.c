@@ -2,6 +2,7 @@
  * Exit 0 healthy, 9 degraded, 3 unreachable (see cdisk-probe(1)). */
 #include <errno.h>
 #include <jansson.h>
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -92,25 +93,21 @@ static void on_signal(int sig)
 
 /* ---- options ---- */
 
+/* A percentage (scale 0.01) is at most 100; milliseconds have no bound. */
 static void parse_limit(const char *option, const char *value, double scale,
 			double *out)
 {
-	char *end;
 	double v;
+	int r;
 
 	if (!value)
 		return;
-	if (!strcmp(value, "none")) {
-		*out = -1;
-		return;
-	}
-	errno = 0;
-	v = strtod(value, &end);
-	if (errno || *end || end == value || !(v >= 0))
-		cli_usage_error("invalid %s '%s': expected a number or none", option, value);
-	if (scale < 1 && v > 100)
+	r = cdisk_parse_limit(value, scale < 1 ? 100 : HUGE_VAL, &v);
+	if (r == -ERANGE)
 		cli_usage_error("invalid %s '%s': a percentage is at most 100", option, value);
-	*out = v * scale;
+	if (r < 0)
+		cli_usage_error("invalid %s '%s': expected a number or none", option, value);
+	*out = v < 0 ? -1 : v * scale;
 }
 
 static void parse_limits(struct cdisk_probe_limits *l)
@@ -126,14 +123,11 @@ static void parse_limits(struct cdisk_probe_limits *l)
 	else if (min_read_rate_arg)
 		l->min_read_rate = (double)cli_parse_size("--min-read-rate", min_read_rate_arg);
 	if (ceph_health_arg) {
-		static const char *const ranks[] = { "ok", "warn", "err" };
-		int i = 0;
-		while (i < 3 && strcmp(ceph_health_arg, ranks[i]))
-			i++;
-		if (i == 3)
+		int rank = cdisk_parse_ceph_health(ceph_health_arg);
+		if (rank < 0)
 			cli_usage_error("invalid --ceph-health '%s': expected ok, warn or err",
 					ceph_health_arg);
-		l->ceph_health = i;
+		l->ceph_health = rank;
 	}
 }
 
@@ -208,34 +202,31 @@ static void print_table(const char *target, const struct cdisk_probe_result *r,
 		printf("%-14s %-44s %-10s %s\n", "figure", "measured", "limit", "");
 		snprintf(v, sizeof(v), "%.2f ms (min %.2f, p95 %.2f, max %.2f)",
 			 r->rtt_mean_ms, r->rtt_min_ms, r->rtt_p95_ms, r->rtt_max_ms);
-		row("round trip", v, l->max_rtt_ms, 1, " ms",
-		    l->max_rtt_ms >= 0 && r->rtt_mean_ms > l->max_rtt_ms);
+		row("round trip", v, l->max_rtt_ms, 1, " ms", r->over & CDISK_PROBE_RTT);
 		snprintf(v, sizeof(v), "%.2f ms", r->jitter_ms);
-		row("jitter", v, l->max_jitter_ms, 1, " ms",
-		    l->max_jitter_ms >= 0 && r->jitter_ms > l->max_jitter_ms);
+		row("jitter", v, l->max_jitter_ms, 1, " ms", r->over & CDISK_PROBE_JITTER);
 	}
 	if (r->verdict != CDISK_UNREACHABLE) {
 		snprintf(v, sizeof(v), "%.1f%% (%u of %u)", r->loss * 100, r->lost, r->sent);
-		row("loss", v, l->max_loss, 0.01, "%", l->max_loss >= 0 && r->loss > l->max_loss);
+		row("loss", v, l->max_loss, 0.01, "%", r->over & CDISK_PROBE_LOSS);
 		if (r->retry_after)
 			snprintf(v, sizeof(v), "%.1f%% (%u; retry after %u s)",
 				 r->busy_fraction * 100, r->busy, r->retry_after);
 		else
 			snprintf(v, sizeof(v), "%.1f%% (%u)", r->busy_fraction * 100, r->busy);
-		row("busy answers", v, l->max_busy, 0.01, "%",
-		    l->max_busy >= 0 && r->busy_fraction > l->max_busy);
+		row("busy answers", v, l->max_busy, 0.01, "%", r->over & CDISK_PROBE_BUSY);
 	}
 	if (r->read_measured) {
 		snprintf(v, sizeof(v), "%.1f MiB/s (%.1f MiB)", r->read_rate / 1048576,
 			 (double)r->read_bytes / 1048576);
 		row("read rate", v, l->min_read_rate, 1048576, " MiB/s",
-		    l->min_read_rate >= 0 && r->read_rate < l->min_read_rate);
+		    r->over & CDISK_PROBE_READ_RATE);
 	}
 	if (r->load_measured) {
 		snprintf(v, sizeof(v), "%+.2f ms (round trip %.2f ms under load)",
 			 r->load_delay_ms, r->loaded_rtt_mean_ms);
 		row("load delay", v, l->max_load_delay_ms, 1, " ms",
-		    l->max_load_delay_ms >= 0 && r->load_delay_ms > l->max_load_delay_ms);
+		    r->over & CDISK_PROBE_LOAD_DELAY);
 	}
 	if (r->write_measured) {
 		snprintf(v, sizeof(v), "%.1f MiB/s (%.1f MiB)", r->write_rate / 1048576,
@@ -245,7 +236,7 @@ static void print_table(const char *target, const struct cdisk_probe_result *r,
 	if (r->ceph) {
 		static const char *const ranks[] = { "HEALTH_OK", "HEALTH_WARN", "HEALTH_ERR" };
 		printf("%-14s %-44s %-10s %s\n", "ceph health", r->ceph_health,
-		       ranks[l->ceph_health], strstr(r->reason, "Ceph cluster") ? "OVER" : "ok");
+		       ranks[l->ceph_health], r->over & CDISK_PROBE_CEPH_HEALTH ? "OVER" : "ok");
 		if (r->osd_commit_ms >= 0)
 			snprintf(v, sizeof(v), "write %.2f, read %.2f, commit %.0f, apply %.0f ms",
 				 r->osd_write_ms, r->osd_read_ms, r->osd_commit_ms,
@@ -254,7 +245,7 @@ static void print_table(const char *target, const struct cdisk_probe_result *r,
 			snprintf(v, sizeof(v), "write %.2f ms, read %.2f ms (slowest of %u)",
 				 r->osd_write_ms, r->osd_read_ms, r->osds);
 		row("osd latency", v, l->max_osd_latency_ms, 1, " ms",
-		    strstr(r->reason, "an OSD takes") != NULL);
+		    r->over & CDISK_PROBE_OSD_LATENCY);
 	}
 	printf("verdict: %s%s%s\n", cdisk_verdict_name(r->verdict), r->reason[0] ? ": " : "",
 	       r->reason);

@@ -250,6 +250,12 @@ int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 
 /* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
 int cdisk_parse_size(const char *s, uint64_t *out);
+/* A threshold: a number from 0 to max, or "none" (-1).  0, -EINVAL when
+ * it is not a number, -ERANGE when it is over max. */
+int cdisk_parse_limit(const char *s, double max, double *out);
+/* "ok", "warn" or "err": the worst Ceph health still healthy, as 0 to 2;
+ * -EINVAL for anything else. */
+int cdisk_parse_ceph_health(const char *s);
 /* Format a byte count as "1.5 GiB". */
 const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len);
 
@@ -290,8 +296,21 @@ struct cdisk_probe_limits {
 	int ceph_health;           /* worst accepted: 0 HEALTH_OK, 1 WARN, 2 ERR */
 };
 
+/* Which figures were past their thresholds (cdisk_probe_result.over). */
+enum cdisk_probe_figure {
+	CDISK_PROBE_RTT = 1u << 0,
+	CDISK_PROBE_JITTER = 1u << 1,
+	CDISK_PROBE_LOSS = 1u << 2,
+	CDISK_PROBE_BUSY = 1u << 3,
+	CDISK_PROBE_READ_RATE = 1u << 4,
+	CDISK_PROBE_LOAD_DELAY = 1u << 5,
+	CDISK_PROBE_CEPH_HEALTH = 1u << 6,
+	CDISK_PROBE_OSD_LATENCY = 1u << 7,
+};
+
 struct cdisk_probe_result {
 	enum cdisk_verdict verdict;
+	unsigned over;             /* enum cdisk_probe_figure bits */
 	char reason[768];          /* why not healthy, "; " between findings */
 	unsigned sent, answered, lost, busy;
 	unsigned refused;          /* of the lost: answered with an error */

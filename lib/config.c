@@ -162,21 +162,14 @@ static bool set_limit(struct parse_state *st, const struct limit_key *k,
 		      const char *value)
 {
 	double *field = (double *)((char *)&st->cfg.probe.limits + k->offset);
-	char *end;
 	double v;
 
-	if (!strcmp(value, "none")) {
-		*field = -1;
-		return true;
-	}
-	errno = 0;
-	v = strtod(value, &end);
-	if (errno || *end || end == value || !(v >= 0 && v <= k->max)) {
+	if (cdisk_parse_limit(value, k->max, &v) < 0) {
 		snprintf(st->bad, sizeof(st->bad), "%s must be %s from 0 to %.0f, or none",
 			 k->name, k->unit, k->max);
 		return false;
 	}
-	*field = v * k->scale;
+	*field = v < 0 ? -1 : v * k->scale;
 	return true;
 }
 
@@ -212,14 +205,13 @@ static int on_probe_entry(struct parse_state *st, const char *name, const char *
 		return 1;
 	}
 	if (!strcmp(name, "ceph_health")) {
-		static const char *const ranks[] = { "ok", "warn", "err" };
-		for (int i = 0; i < 3; i++)
-			if (!strcmp(value, ranks[i])) {
-				l->ceph_health = i;
-				return 1;
-			}
-		snprintf(st->bad, sizeof(st->bad), "ceph_health must be ok, warn or err");
-		return 0;
+		int rank = cdisk_parse_ceph_health(value);
+		if (rank < 0) {
+			snprintf(st->bad, sizeof(st->bad), "ceph_health must be ok, warn or err");
+			return 0;
+		}
+		l->ceph_health = rank;
+		return 1;
 	}
 	return -1;
 }

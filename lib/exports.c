@@ -76,7 +76,7 @@ fail:
 	return 0;
 }
 
-static void access_free(struct cd_access *a)
+void cd_access_free(struct cd_access *a)
 {
 	for (size_t i = 0; i < a->nclients; i++)
 		free(a->clients[i]);
@@ -140,26 +140,20 @@ int cdisk_server_load_exports(struct cdisk_server *s, const char *path, bool rea
 			r = cd_server_restrict_export(s, st.list[i].name, &st.list[i].access);
 	}
 	for (size_t i = 0; i < st.n; i++)
-		access_free(&st.list[i].access);
+		cd_access_free(&st.list[i].access);
 	free(st.list);
 	return r;
 }
 
-/* The export takes copies of the names. */
+/* The export takes the names over; access is left empty. */
 int cd_server_restrict_export(struct cdisk_server *s, const char *name,
-			      const struct cd_access *access)
+			      struct cd_access *access)
 {
 	struct cd_export *e = cd_server_find_export(s, name);
 
 	if (!e)
 		return cd_error(s->ctx, -ENOENT, "no export named '%s'", name);
-	e->access.nusers = access->nusers;
-	memcpy(e->access.users, access->users, sizeof(access->users));
-	for (size_t i = 0; i < access->nclients; i++) {
-		e->access.clients[i] = strdup(access->clients[i]);
-		if (!e->access.clients[i])
-			return cd_error(s->ctx, -ENOMEM, "out of memory");
-		e->access.nclients = i + 1;
-	}
+	e->access = *access;
+	memset(access, 0, sizeof(*access));
 	return 0;
 }

@@ -247,6 +247,13 @@ struct cd_target {
 bool cd_target_supported(enum cd_scheme scheme);
 int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
 		   struct cd_target **out);
+/* The same with its own timeout, retries and sessions instead of the
+ * configuration's (the probe's: a short timeout, nothing sent twice). */
+struct cd_target_tuning {
+	uint32_t timeout_s, retries, connections;
+};
+int cd_target_open_tuned(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+			 const struct cd_target_tuning *tn, struct cd_target **out);
 /* The same with the kind given (unit tests give one of their own). */
 int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
 			const struct cd_uri *u, const struct cd_target_ops *ops,
@@ -319,6 +326,7 @@ int cd_target_create(struct cdisk_ctx *ctx, const char *uri, uint64_t size);
 bool cd_target_error_transient(int err);
 /* Milliseconds left until deadline (CLOCK_MONOTONIC ms), at least 0. */
 uint64_t cd_now_ms(void);
+uint64_t cd_now_us(void);   /* the same clock, in microseconds */
 
 extern const struct cd_target_ops cd_file_target_ops;
 extern const struct cd_target_ops cd_nbd_target_ops;

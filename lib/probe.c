@@ -233,34 +233,50 @@ static double osd_worst(const struct cdisk_probe_result *res)
 		    fmax(res->osd_commit_ms, res->osd_apply_ms));
 }
 
+/* One finding: its flag, and its words in the reason. */
+static void over(struct cdisk_probe_result *res, enum cdisk_probe_figure figure,
+		 const char *fmt, ...) CD_PRINTF(3, 4);
+static void over(struct cdisk_probe_result *res, enum cdisk_probe_figure figure,
+		 const char *fmt, ...)
+{
+	char text[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	res->over |= figure;
+	add_reason(res, "%s", text);
+}
+
 static void judge(const struct cdisk_probe_limits *l, struct cdisk_probe_result *res)
 {
 	if (res->verdict == CDISK_UNREACHABLE)
 		return;
 	if (res->answered && l->max_rtt_ms >= 0 && res->rtt_mean_ms > l->max_rtt_ms)
-		add_reason(res, "round trip %.1f ms is over %.1f ms", res->rtt_mean_ms,
-			   l->max_rtt_ms);
+		over(res, CDISK_PROBE_RTT, "round trip %.1f ms is over %.1f ms",
+		     res->rtt_mean_ms, l->max_rtt_ms);
 	if (res->answered && l->max_jitter_ms >= 0 && res->jitter_ms > l->max_jitter_ms)
-		add_reason(res, "jitter %.1f ms is over %.1f ms", res->jitter_ms,
-			   l->max_jitter_ms);
+		over(res, CDISK_PROBE_JITTER, "jitter %.1f ms is over %.1f ms", res->jitter_ms,
+		     l->max_jitter_ms);
 	if (l->max_loss >= 0 && res->loss > l->max_loss)
-		add_reason(res, "%.0f%% of requests lost, over %.0f%%", res->loss * 100,
-			   l->max_loss * 100);
+		over(res, CDISK_PROBE_LOSS, "%.0f%% of requests lost, over %.0f%%",
+		     res->loss * 100, l->max_loss * 100);
 	if (l->max_busy >= 0 && res->busy_fraction > l->max_busy)
-		add_reason(res, "the server answered busy to %.0f%% of requests%s",
-			   res->busy_fraction * 100, res->retry_after ? " and asked for a pause" : "");
+		over(res, CDISK_PROBE_BUSY, "the server answered busy to %.0f%% of requests%s",
+		     res->busy_fraction * 100, res->retry_after ? " and asked for a pause" : "");
 	if (res->read_measured && l->min_read_rate >= 0 && res->read_rate < l->min_read_rate)
-		add_reason(res, "read rate %.1f MiB/s is under %.1f MiB/s",
-			   res->read_rate / 1048576, l->min_read_rate / 1048576);
+		over(res, CDISK_PROBE_READ_RATE, "read rate %.1f MiB/s is under %.1f MiB/s",
+		     res->read_rate / 1048576, l->min_read_rate / 1048576);
 	if (res->load_measured && l->max_load_delay_ms >= 0 &&
 	    res->load_delay_ms > l->max_load_delay_ms)
-		add_reason(res, "the round trip grows by %.1f ms under load, over %.1f ms",
-			   res->load_delay_ms, l->max_load_delay_ms);
+		over(res, CDISK_PROBE_LOAD_DELAY, "the round trip grows by %.1f ms under load, "
+		     "over %.1f ms", res->load_delay_ms, l->max_load_delay_ms);
 	if (res->ceph && health_rank(res->ceph_health) > l->ceph_health)
-		add_reason(res, "the Ceph cluster reports %s", res->ceph_health);
+		over(res, CDISK_PROBE_CEPH_HEALTH, "the Ceph cluster reports %s", res->ceph_health);
 	if (res->ceph && l->max_osd_latency_ms >= 0 && osd_worst(res) > l->max_osd_latency_ms)
-		add_reason(res, "an OSD takes %.1f ms per request, over %.1f ms",
-			   osd_worst(res), l->max_osd_latency_ms);
+		over(res, CDISK_PROBE_OSD_LATENCY, "an OSD takes %.1f ms per request, over %.1f ms",
+		     osd_worst(res), l->max_osd_latency_ms);
 	res->verdict = res->reason[0] ? CDISK_DEGRADED : CDISK_HEALTHY;
 }
 
@@ -289,20 +305,18 @@ static void fill_defaults(struct cdisk_ctx *ctx, const struct cdisk_probe_opts *
 }
 
 /* A probe answers quickly and counts what is lost: its own timeout, and
- * nothing sent twice. */
+ * nothing sent twice.  (The context's configuration is shared with other
+ * threads of a server, so it is never changed for this.) */
 static int open_with(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,
 		     unsigned connections, bool readonly, struct cd_target **t)
 {
-	struct cd_config saved = ctx->cfg;
-	int r;
+	struct cd_target_tuning tn = {
+		.timeout_s = timeout_s, .retries = 0,
+		.connections = ctx->cfg.connections > connections ? ctx->cfg.connections
+								  : connections,
+	};
 
-	ctx->cfg.timeout = timeout_s;
-	ctx->cfg.retries = 0;
-	if (ctx->cfg.connections < connections)
-		ctx->cfg.connections = connections;
-	r = cd_target_open(ctx, uri, readonly, t);
-	ctx->cfg = saved;
-	return r;
+	return cd_target_open_tuned(ctx, uri, readonly, &tn, t);
 }
 
 int cd_probe_open(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,

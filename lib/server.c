@@ -1322,8 +1322,7 @@ void cdisk_server_free(struct cdisk_server *s)
 			cdisk_close(s->exports[i].disk);
 		free(s->exports[i].name);
 		free(s->exports[i].path);
-		for (size_t k = 0; k < s->exports[i].access.nclients; k++)
-			free(s->exports[i].access.clients[k]);
+		cd_access_free(&s->exports[i].access);
 	}
 	free(s->exports);
 	pthread_mutex_destroy(&s->lock);

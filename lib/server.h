@@ -81,9 +81,11 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
-/* Limit an export to these certificate names and unix users (exports.c). */
+/* Limit an export to these certificate names and unix users, which it
+ * takes over (exports.c). */
 int cd_server_restrict_export(struct cdisk_server *s, const char *name,
-			      const struct cd_access *access);
+			      struct cd_access *access);
+void cd_access_free(struct cd_access *a);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 void cd_control_serve_one(struct cdisk_server *s);
 void cd_server_serve_fd(struct cdisk_server *s, int fd);

@@ -36,12 +36,17 @@ bool cd_target_supported(enum cd_scheme scheme)
 	return ops_for(scheme) != NULL;
 }
 
-uint64_t cd_now_ms(void)
+uint64_t cd_now_us(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+}
+
+uint64_t cd_now_ms(void)
+{
+	return cd_now_us() / 1000;
 }
 
 bool cd_target_error_transient(int err)
@@ -328,9 +333,16 @@ static bool aligned(const struct cd_target *t, size_t len, uint64_t off)
 
 /* ---- the calls ---- */
 
-int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
-			const struct cd_uri *u, const struct cd_target_ops *ops,
-			bool readonly, struct cd_target **out)
+static void tuning_from_config(const struct cdisk_ctx *ctx, struct cd_target_tuning *tn)
+{
+	tn->timeout_s = ctx->cfg.timeout ? ctx->cfg.timeout : 30;
+	tn->retries = ctx->cfg.retries;
+	tn->connections = ctx->cfg.connections;
+}
+
+static int open_tuned(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
+		      const struct cd_target_ops *ops, bool readonly,
+		      const struct cd_target_tuning *tn, struct cd_target **out)
 {
 	struct cd_target *t = calloc(1, sizeof(*t));
 	int r;
@@ -343,11 +355,11 @@ int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
 	t->ctx = ctx;
 	t->readonly = readonly;
 	t->align = 1;
-	t->timeout_ms = (ctx->cfg.timeout ? ctx->cfg.timeout : 30) * 1000;
-	t->retries = ctx->cfg.retries;
+	t->timeout_ms = tn->timeout_s * 1000;
+	t->retries = tn->retries;
 	for (unsigned i = 0; i < CD_RMW_STRIPES; i++)
 		pthread_mutex_init(&t->rmw_lock[i], NULL);
-	r = pool_init(t, ctx->cfg.connections);
+	r = pool_init(t, tn->connections);
 	if (r == 0)
 		r = t->ops->open(t, u);
 	if (r < 0) {
@@ -364,8 +376,18 @@ int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
 	return 0;
 }
 
-int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
-		   struct cd_target **out)
+int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
+			const struct cd_uri *u, const struct cd_target_ops *ops,
+			bool readonly, struct cd_target **out)
+{
+	struct cd_target_tuning tn;
+
+	tuning_from_config(ctx, &tn);
+	return open_tuned(ctx, uri, u, ops, readonly, &tn, out);
+}
+
+int cd_target_open_tuned(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+			 const struct cd_target_tuning *tn, struct cd_target **out)
 {
 	struct cd_uri u;
 	int r = cd_uri_parse(ctx, uri, &u);
@@ -377,9 +399,18 @@ int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
 			     "supported by this build of cdisk", uri,
 			     cd_scheme_name(u.scheme));
 	else
-		r = cd_target_open_with(ctx, uri, &u, ops_for(u.scheme), readonly, out);
+		r = open_tuned(ctx, uri, &u, ops_for(u.scheme), readonly, tn, out);
 	cd_uri_clear(&u);
 	return r;
+}
+
+int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+		   struct cd_target **out)
+{
+	struct cd_target_tuning tn;
+
+	tuning_from_config(ctx, &tn);
+	return cd_target_open_tuned(ctx, uri, readonly, &tn, out);
 }
 
 static int check_range(struct cd_target *t, size_t len, uint64_t off)
@@ -514,14 +545,6 @@ int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 	return r;
 }
 
-static uint64_t now_us(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
-}
-
 /* A probe counts what is lost, so nothing here is sent twice. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
 {
@@ -537,12 +560,12 @@ int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
 	r = pool_get(t, &s);
 	if (r < 0)
 		return r;
-	start = now_us();
+	start = cd_now_us();
 	if (t->ops->ping)
 		r = t->ops->ping(t, s);
 	else
 		r = len ? t->ops->pread(t, s, small, len, 0) : 0;
-	*rtt_us = now_us() - start;
+	*rtt_us = cd_now_us() - start;
 	pool_put(t, s, r);
 	return r;
 }

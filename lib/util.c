@@ -55,6 +55,35 @@ bool cd_is_zero(const void *buf, size_t len)
 	return p[0] == 0 && memcmp(p, p + 1, len - 1) == 0;
 }
 
+int cdisk_parse_limit(const char *s, double max, double *out)
+{
+	char *end;
+	double v;
+
+	if (!strcmp(s, "none")) {
+		*out = -1;
+		return 0;
+	}
+	errno = 0;
+	v = strtod(s, &end);
+	if (errno || *end || end == s || !(v >= 0))
+		return -EINVAL;
+	if (v > max)
+		return -ERANGE;
+	*out = v;
+	return 0;
+}
+
+int cdisk_parse_ceph_health(const char *s)
+{
+	static const char *const ranks[] = { "ok", "warn", "err" };
+
+	for (int i = 0; i < 3; i++)
+		if (!strcmp(s, ranks[i]))
+			return i;
+	return -EINVAL;
+}
+
 int cdisk_parse_size(const char *s, uint64_t *out)
 {
 	static const char units[] = "KMGTPE";

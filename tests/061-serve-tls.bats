@@ -10,7 +10,7 @@ setup() {
 	PKI=$BATS_TEST_TMPDIR/pki
 	make_certs "$PKI"
 	run_cdisk cdisk-create --size 64M d.cdisk
-	PORT=$(free_tcp_port) || fail "no free port"
+	PORT=$(free_port) || fail "no free port"
 }
 
 teardown() {

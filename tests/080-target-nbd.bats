@@ -10,21 +10,14 @@ setup() {
 }
 
 teardown() {
-	if [ -n "${NBDKIT_PID:-}" ]; then
-		kill -9 "$NBDKIT_PID" 2>/dev/null || true
-		wait "$NBDKIT_PID" 2>/dev/null || true
-	fi
+	stop_nbdkit
 	stop_silent_server
 }
 
 # start_nbdkit ARGS...: nbdkit on a unix socket of this test; sets URI.
 start_nbdkit() {
 	SOCK=$BATS_TEST_TMPDIR/nbd.sock
-	rm -f "$SOCK"
-	nbdkit --exit-with-parent -f -U "$SOCK" -P "$BATS_TEST_TMPDIR/nbdkit.pid" "$@" \
-		3>&- 2>"$BATS_TEST_TMPDIR/nbdkit.log" &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$SOCK" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$SOCK" "$@"
 	URI="nbd+unix:///?socket=$SOCK"
 }
 

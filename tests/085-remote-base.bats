@@ -11,20 +11,14 @@ setup() {
 
 teardown() {
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
-	if [ -n "${NBDKIT_PID:-}" ]; then
-		kill -9 "$NBDKIT_PID" 2>/dev/null || true
-		wait "$NBDKIT_PID" 2>/dev/null || true
-	fi
+	stop_nbdkit
 	[ -z "${SERVE_PID:-}" ] || stop_serve
 }
 
 # A 16 MiB base holding pattern 1, of the given kind; sets BASE.
 base_nbd() {
 	make_base "$BATS_TEST_TMPDIR/base.raw" 16M
-	nbdkit --exit-with-parent -f -U "$BATS_TEST_TMPDIR/nbd.sock" file \
-		"$BATS_TEST_TMPDIR/base.raw" 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$BATS_TEST_TMPDIR/nbd.sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/nbd.sock" file "$BATS_TEST_TMPDIR/base.raw"
 	BASE="nbd+unix:///?socket=$BATS_TEST_TMPDIR/nbd.sock"
 }
 
@@ -107,9 +101,7 @@ overlay_over() {
 	base_nbd
 	run_cdisk cdisk-create --base "$BASE" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:1M:2 f
-	kill -9 "$NBDKIT_PID"
-	wait "$NBDKIT_PID" 2>/dev/null || true
-	NBDKIT_PID=
+	stop_nbdkit
 	run_cdisk cdisk-info --json d.cdisk
 	[ "$(json_get .base.reachable)" = false ]
 	json_get .base.error | grep -q "cannot reach"

@@ -12,10 +12,7 @@ setup() {
 teardown() {
 	[ -z "${SERVE_PID:-}" ] || stop_serve
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
-	if [ -n "${NBDKIT_PID:-}" ]; then
-		kill -9 "$NBDKIT_PID" 2>/dev/null || true
-		wait "$NBDKIT_PID" 2>/dev/null || true
-	fi
+	stop_nbdkit
 }
 
 # Scattered changes: whole blocks, runs, zeroes, odd corners.
@@ -111,10 +108,8 @@ dirty_bytes() {
 
 @test "sync: a base that fails writes (nbdkit error filter) marks nothing clean" {
 	truncate -s 16M base.raw
-	nbdkit --exit-with-parent -f -U "$BATS_TEST_TMPDIR/e.sock" --filter=error file base.raw \
-		error-pwrite-rate=1 error-pwrite=EIO error-zero-rate=1 error-zero=EIO 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$BATS_TEST_TMPDIR/e.sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/e.sock" --filter=error file base.raw \
+		error-pwrite-rate=1 error-pwrite=EIO error-zero-rate=1 error-zero=EIO
 	run_cdisk cdisk-create --base "nbd+unix:///?socket=$BATS_TEST_TMPDIR/e.sock" d.cdisk
 	scatter d.cdisk
 	local dirty
@@ -128,23 +123,17 @@ dirty_bytes() {
 	quick_timeouts 3 0
 	make_base base.raw 32M
 	local sock=$BATS_TEST_TMPDIR/s.sock
-	nbdkit --exit-with-parent -f -U "$sock" --filter=delay file base.raw wdelay=300ms 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$sock" --filter=delay file base.raw wdelay=300ms
 	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:32M:9 f
 	cdisk-sync --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
 	local pid=$! rc=0
 	sleep 1
-	kill -9 "$NBDKIT_PID"
-	wait "$NBDKIT_PID" 2>/dev/null || true
+	stop_nbdkit
 	wait "$pid" || rc=$?
 	[ "$rc" -ne 0 ] || fail "the sync did not notice"
 	grep -q "^cdisk-sync: cannot " "$BATS_TEST_TMPDIR/err" || fail "$(cat "$BATS_TEST_TMPDIR/err")"
-	rm -f "$sock"
-	nbdkit --exit-with-parent -f -U "$sock" file base.raw 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$sock" file base.raw
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync d.cdisk
 	[ "$(dirty_bytes d.cdisk)" = 0 ]
@@ -352,14 +341,10 @@ dirty_bytes() {
 	quick_timeouts 2 0
 	make_base base.raw 16M
 	local sock=$BATS_TEST_TMPDIR/n.sock
-	nbdkit --exit-with-parent -f -U "$sock" file base.raw 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$sock" file base.raw
 	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
 	scatter d.cdisk
-	kill -9 "$NBDKIT_PID"
-	wait "$NBDKIT_PID" 2>/dev/null || true
-	NBDKIT_PID=
+	stop_nbdkit
 	cp base.raw before.raw
 	local dirty
 	dirty=$(dirty_bytes d.cdisk)

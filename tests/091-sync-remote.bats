@@ -11,10 +11,7 @@ setup() {
 
 teardown() {
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
-	if [ -n "${NBDKIT_PID:-}" ]; then
-		kill -9 "$NBDKIT_PID" 2>/dev/null || true
-		wait "$NBDKIT_PID" 2>/dev/null || true
-	fi
+	stop_nbdkit
 }
 
 sync_and_compare() {   # BASE-URI
@@ -49,9 +46,7 @@ sync_and_compare() {   # BASE-URI
 
 @test "sync to NBD (nbdkit)" {
 	make_base base.raw 16M
-	nbdkit --exit-with-parent -f -U "$BATS_TEST_TMPDIR/n.sock" file base.raw 3>&- &
-	NBDKIT_PID=$!
-	for _ in $(seq 100); do [ -S "$BATS_TEST_TMPDIR/n.sock" ] && break; sleep 0.05; done
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/n.sock" file base.raw
 	sync_and_compare "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock"
 	# and qemu-img agrees
 	run_cdisk qemu-img compare -f raw -F raw "$BATS_TEST_TMPDIR/disk.img" base.raw

@@ -5,6 +5,8 @@
 _cdisk_setup() {
 	bats_load_library bats-support
 	bats_load_library bats-assert
+	# shellcheck source=tests/ports.sh
+	. "$BATS_TEST_DIRNAME/ports.sh"
 	: "${CDISK_BUILD:=$BATS_TEST_DIRNAME/../build/check}"
 	PATH="$CDISK_BUILD/bin:$CDISK_BUILD/tests:$PATH"
 	TOP="$BATS_TEST_DIRNAME/.."
@@ -234,16 +236,6 @@ random_file() {
 
 # ---- a worse network on demand (tests/faultproxy.c) ----
 
-# free_tcp_port: a loopback port nobody listens on.
-free_tcp_port() {
-	local p
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 20000))
-		ss -Hltn "sport = :$p" | grep -q . || { echo "$p"; return 0; }
-	done
-	return 1
-}
-
 # start_proxy HOST:PORT: a proxy in front of a server; sets PROXY_PORT,
 # PROXY_CTL and PROXY_PID.  proxy_ctl COMMAND [ARG] changes the network.
 start_proxy() {
@@ -278,14 +270,22 @@ stop_proxy() {
 # start_nbdkit_tcp ARGS...: nbdkit on a loopback TCP port; sets
 # NBDKIT_PORT and NBDKIT_PID.
 start_nbdkit_tcp() {
-	NBDKIT_PORT=$(free_tcp_port) || fail "no free port"
+	NBDKIT_PORT=$(free_port) || fail "no free port"
 	nbdkit --exit-with-parent -f -i 127.0.0.1 -p "$NBDKIT_PORT" "$@" \
 		3>&- 2>"$BATS_TEST_TMPDIR/nbdkit.log" &
 	NBDKIT_PID=$!
-	for _ in $(seq 100); do
-		ss -Hltn "sport = :$NBDKIT_PORT" | grep -q . && return 0
-		sleep 0.05
-	done
+	wait_port "$NBDKIT_PORT" 5 ||
+		fail "nbdkit did not listen: $(cat "$BATS_TEST_TMPDIR/nbdkit.log")"
+}
+
+# start_nbdkit_unix SOCKET ARGS...: nbdkit on a unix socket; sets NBDKIT_PID.
+start_nbdkit_unix() {
+	local sock=$1
+	shift
+	rm -f "$sock"
+	nbdkit --exit-with-parent -f -U "$sock" "$@" 3>&- 2>>"$BATS_TEST_TMPDIR/nbdkit.log" &
+	NBDKIT_PID=$!
+	for _ in $(seq 100); do [ -S "$sock" ] && return 0; sleep 0.05; done
 	fail "nbdkit did not listen: $(cat "$BATS_TEST_TMPDIR/nbdkit.log")"
 }
 
@@ -302,31 +302,8 @@ within() {
 	awk -v p="$1" -v m="$2" -v e="$3" 'BEGIN { d = m - e; if (d < 0) d = -d; exit !(d <= e * p / 100) }'
 }
 
-# make_certs DIR: a CA, a server certificate for 127.0.0.1 and localhost,
-# and a client certificate (alice), as cdisk-serve, nbdinfo and QEMU find
-# them: DIR/{ca-cert,server-cert,server-key}.pem for the server,
-# DIR/client/{ca-cert,client-cert,client-key}.pem for a client with a
-# certificate, DIR/anon/ca-cert.pem for one without.
+# make_certs DIR: a CA and certificates (tests/make-certs.sh says which).
 make_certs() {
-	local d=$1
-	mkdir -p "$d/client" "$d/anon"
-	(
-		cd "$d" || exit 1
-		certtool --generate-privkey --key-type ecdsa >ca-key.pem
-		printf 'cn = cdisk test CA\nca\ncert_signing_key\nexpiration_days = 2\n' >ca.info
-		certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
-			--outfile ca-cert.pem
-		certtool --generate-privkey --key-type ecdsa >server-key.pem
-		printf 'cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\ntls_www_server\nencryption_key\nsigning_key\nexpiration_days = 2\n' >server.info
-		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
-			--load-ca-privkey ca-key.pem --load-privkey server-key.pem \
-			--template server.info --outfile server-cert.pem
-		certtool --generate-privkey --key-type ecdsa >client/client-key.pem
-		printf 'cn = alice\ntls_www_client\nencryption_key\nsigning_key\nexpiration_days = 2\n' >client.info
-		certtool --generate-certificate --load-ca-certificate ca-cert.pem \
-			--load-ca-privkey ca-key.pem --load-privkey client/client-key.pem \
-			--template client.info --outfile client/client-cert.pem
-		cp ca-cert.pem client/
-		cp ca-cert.pem anon/
-	) >/dev/null 2>&1 || fail "certtool could not make certificates"
+	"$TOP/tests/make-certs.sh" "$1" >/dev/null 2>&1 ||
+		fail "certtool could not make certificates"
 }

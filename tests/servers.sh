@@ -17,27 +17,8 @@ S=$CDISK_SERVERS
 
 die() { echo "servers.sh: $*" >&2; exit 1; }
 
-# A TCP port nobody listens on, from a range of our own.
-free_port() {
-	local p
-	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 20000))
-		if ! ss -Hltn "sport = :$p" | grep -q .; then
-			echo "$p"
-			return
-		fi
-	done
-	die "no free TCP port"
-}
-
-wait_port() {   # PORT SECONDS
-	local i
-	for i in $(seq $(($2 * 10))); do
-		if ss -Hltn "sport = :$1" | grep -q .; then return 0; fi
-		sleep 0.1
-	done
-	return 1
-}
+# shellcheck source=tests/ports.sh
+. "$(dirname "$0")/ports.sh"
 
 # ---- tgtd: iSCSI ----
 start_tgt() {
