@@ -1,4 +1,5 @@
-/* Unit tests for the superblock format, CRC-32C, URIs and sizes. */
+/* Unit tests for the superblock format, CRC-32C, URIs, sizes and the
+ * probe's threshold words. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -221,6 +222,30 @@ static void test_exit_codes(void **state)
 	assert_string_equal(cdisk_exit_name(99), "unknown");
 }
 
+static void test_probe_thresholds(void **state)
+{
+	double v;
+
+	(void)state;
+	assert_int_equal(cdisk_parse_limit("none", 100, &v), 0);
+	assert_true(v < 0);
+	assert_int_equal(cdisk_parse_limit("12.5", 100, &v), 0);
+	assert_true(v == 12.5);
+	assert_int_equal(cdisk_parse_limit("0", 100, &v), 0);
+	assert_true(v == 0);
+	assert_int_equal(cdisk_parse_limit("150", 100, &v), -ERANGE);
+	assert_int_equal(cdisk_parse_limit("-1", 100, &v), -EINVAL);
+	assert_int_equal(cdisk_parse_limit("fast", 100, &v), -EINVAL);
+	assert_int_equal(cdisk_parse_limit("5ms", 100, &v), -EINVAL);
+	assert_int_equal(cdisk_parse_limit("nan", 100, &v), -EINVAL);
+	assert_int_equal(cdisk_parse_limit("", 100, &v), -EINVAL);
+	assert_int_equal(cdisk_parse_ceph_health("ok"), 0);
+	assert_int_equal(cdisk_parse_ceph_health("warn"), 1);
+	assert_int_equal(cdisk_parse_ceph_health("err"), 2);
+	assert_int_equal(cdisk_parse_ceph_health("WARN"), -EINVAL);
+	assert_int_equal(cdisk_parse_ceph_health(""), -EINVAL);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -231,6 +256,7 @@ int main(void)
 		cmocka_unit_test(test_uri_forms),
 		cmocka_unit_test(test_uri_fields),
 		cmocka_unit_test(test_sizes),
+		cmocka_unit_test(test_probe_thresholds),
 		cmocka_unit_test(test_exit_codes),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
