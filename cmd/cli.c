@@ -20,11 +20,22 @@ enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS
 static void help_callback(poptContext con, enum poptCallbackReason reason,
 			  const struct poptOption *opt, const char *arg, void *data);
 
+static void count_callback(poptContext con, enum poptCallbackReason reason,
+			   const struct poptOption *opt, const char *arg, void *data)
+{
+	(void)con;
+	(void)arg;
+	(void)data;
+	if (reason == POPT_CALLBACK_REASON_OPTION && opt->val == 'v')
+		cli.verbose++;
+}
+
 struct poptOption cli_common_options[] = {
+	{ NULL, '\0', POPT_ARG_CALLBACK, (void *)count_callback, 0, NULL, NULL },
 	{ "quiet", 'q', POPT_ARG_NONE, &cli.quiet, 0,
 	  "Print only errors", NULL },
-	{ "verbose", 'v', POPT_ARG_NONE, &cli.verbose, 0,
-	  "Print what is being done", NULL },
+	{ "verbose", 'v', POPT_ARG_NONE, NULL, 'v',
+	  "Print what is being done (twice: and how)", NULL },
 	POPT_TABLEEND
 };
 

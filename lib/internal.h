@@ -189,6 +189,13 @@ const char *cd_scheme_name(enum cd_scheme scheme);
 
 struct cd_target;
 
+/* One write of a scattered set (cd_target_pwrite_pieces). */
+struct cd_piece {
+	const void *buf;
+	size_t len;
+	uint64_t off;
+};
+
 struct cd_target_ops {
 	const char *name;
 	/* Learn the size and capabilities; may use a first session. */
@@ -203,6 +210,13 @@ struct cd_target_ops {
 	/* -EOPNOTSUPP: target.c writes zeros instead. */
 	int (*zero)(struct cd_target *t, void *s, size_t len, uint64_t off);
 	int (*trim)(struct cd_target *t, void *s, size_t len, uint64_t off);
+	/* Optional: writes that all lie in one window of t->scatter_window
+	 * bytes, in as few round trips as the kind can (all in flight at once
+	 * on one connection; one RADOS operation per object).  The pieces
+	 * are aligned, in range and in ascending order.  On failure which of
+	 * them were written is unknown. */
+	int (*pwrite_pieces)(struct cd_target *t, void *s, const struct cd_piece *v,
+			     size_t n);
 	/* The cheapest request that changes nothing and crosses the network
 	 * (TEST UNIT READY, HEAD); -EAGAIN when the server says it is busy.
 	 * NULL: the smallest read at offset 0. */
@@ -229,6 +243,10 @@ struct cd_target {
 	uint64_t size;
 	uint32_t align;          /* requests must be multiples of this */
 	uint32_t max_request;    /* bytes per request; 0: any */
+	/* pwrite_pieces takes pieces within one aligned window of this many
+	 * bytes (a power of two: an RBD object); 0: no scattered writes, a
+	 * caller joins neighbours into large requests instead. */
+	uint32_t scatter_window;
 	uint32_t timeout_ms;     /* every request and connection */
 	uint32_t retries;
 	bool readonly;
@@ -261,6 +279,9 @@ int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
 int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off);
 int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
 		     uint64_t off);
+/* Many writes in one window of t->scatter_window (or one by one where
+ * the kind has no way to send them together). */
+int cd_target_pwrite_pieces(struct cd_target *t, const struct cd_piece *v, size_t n);
 int cd_target_flush(struct cd_target *t);
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off);

@@ -30,13 +30,15 @@ struct extent {
 };
 
 struct engine {
-	int (*do_extent)(struct engine *e, struct extent *x, uint8_t *buf);
+	/* One piece of work: one extent, or every extent of one window */
+	int (*do_work)(struct engine *e, struct extent *x, size_t n, uint8_t *buf);
 	struct cdisk *d;
 	struct cd_target *base;
 	const struct cdisk_sync_opts *o;
 	struct cdisk_sync_stats *st;
 	struct extent *ext;
 	size_t next, end;        /* the batch: ext[next..end) */
+	uint64_t window;         /* blocks; 0: not grouped (see collect_dirty) */
 	uint64_t start_ms;
 	uint64_t sent_bytes, total_bytes;
 	int error;
@@ -55,13 +57,11 @@ struct engine {
 /* ---- choosing the work ---- */
 
 /* The runs of blocks in [first, end) whose bit in bm is value, in pieces
- * of at most SYNC_EXTENT that do not cross a SYNC_EXTENT boundary (an S3
- * chunk is then written whole), as a list. */
+ * that do not cross a boundary of per blocks, as a list. */
 static int collect(struct cdisk *d, const struct cd_bitmap *bm, bool value,
-		   uint64_t first, uint64_t end, uint64_t join_gap, struct extent **out,
-		   size_t *n, uint64_t *blocks)
+		   uint64_t first, uint64_t end, uint64_t join_gap, uint64_t per,
+		   struct extent **out, size_t *n, uint64_t *blocks)
 {
-	uint64_t per = SYNC_EXTENT >> d->block_shift ? SYNC_EXTENT >> d->block_shift : 1;
 	size_t cap = 0;
 	struct extent *ext = NULL;
 
@@ -77,7 +77,7 @@ static int collect(struct cdisk *d, const struct cd_bitmap *bm, bool value,
 			uint64_t count = (stop < edge ? stop : edge) - b;
 			struct extent *last = *n ? &ext[*n - 1] : NULL;
 
-			/* Near the last extent and in its 4 MiB window: grow it. */
+			/* Near the last extent and in its window: grow it. */
 			if (last && b - (last->first + last->count) <= join_gap &&
 			    last->first / per == b / per) {
 				*blocks += count;
@@ -197,7 +197,22 @@ static int read_extent(struct engine *e, struct extent *x, uint8_t *buf)
 	return r;
 }
 
-static int send_extent(struct engine *e, struct extent *x, uint8_t *buf)
+static void count_sent(struct engine *e, struct extent *x, size_t n, unsigned requests,
+		       unsigned zero_requests, size_t bytes)
+{
+	pthread_mutex_lock(&e->lock);
+	for (size_t i = 0; i < n; i++)
+		x[i].sent = true;
+	e->st->requests += requests;
+	e->st->zero_requests += zero_requests;
+	e->st->bytes += bytes;
+	e->sent_bytes += bytes;
+	pthread_mutex_unlock(&e->lock);
+}
+
+/* One extent, joined over gaps: read what the disk shows over it (the
+ * base's own data in the gaps), then one write or one zeroing. */
+static int send_extent(struct engine *e, struct extent *x, size_t n, uint8_t *buf)
 {
 	struct cdisk *d = e->d;
 	uint64_t off = x->first << d->block_shift;
@@ -212,16 +227,68 @@ static int send_extent(struct engine *e, struct extent *x, uint8_t *buf)
 		return r;
 	zero = all_zero(buf, len);
 	r = zero ? cd_target_zero(e->base, len, off) : cd_target_pwrite(e->base, buf, len, off);
+	if (r == 0)
+		count_sent(e, x, n, 1, zero, len);
+	return r;
+}
+
+/* The data of a window's dirty runs, from the overlay's data area, one
+ * read a run, into buf one after another.  Every block of them is dirty,
+ * so present, and stays present during the sync; a write that lands
+ * meanwhile clears its blocks' syncing bits, so whatever this reads of
+ * them is sent again. */
+static int read_pieces(struct cdisk *d, const struct extent *x, size_t n, uint8_t *buf,
+		       struct cd_piece *v, size_t *bytes)
+{
+	int r = 0;
+
+	*bytes = 0;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		v[i] = (struct cd_piece){ buf + *bytes, (size_t)(x[i].count << d->block_shift),
+					  x[i].first << d->block_shift };
+		r = cd_pread_full(d->fd, buf + *bytes, v[i].len, d->sb.data_offset + v[i].off);
+		*bytes += v[i].len;
+	}
 	if (r < 0)
-		return r;
-	pthread_mutex_lock(&e->lock);
-	x->sent = true;
-	e->st->requests++;
-	e->st->zero_requests += zero;
-	e->st->bytes += len;
-	e->sent_bytes += len;
-	pthread_mutex_unlock(&e->lock);
+		return cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r, "cannot read '%s': %s",
+				d->path, r == -ENODATA ? "file is truncated" : strerror(-r));
 	return 0;
+}
+
+/* Runs of zeros this long go as a zeroing request of their own; shorter
+ * ones cost less as data among the other pieces. */
+#define SYNC_ZERO_RUN (64u << 10)
+
+/* The dirty runs of one window, only them, with no gaps read: for bases
+ * that take many small writes together (cd_target_pwrite_pieces). */
+static int send_pieces(struct engine *e, struct extent *x, size_t n, uint8_t *buf)
+{
+	struct cdisk *d = e->d;
+	struct cd_piece *v = malloc(n * sizeof(*v));
+	size_t bytes = 0, kept = 0;
+	unsigned zeros = 0;
+	int r = 0;
+
+	if (!v)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	r = read_pieces(d, x, n, buf, v, &bytes);
+	if (r < 0 || !throttle(e, bytes))
+		goto out;
+	for (size_t i = 0; i < n && r == 0; i++) {
+		if (v[i].len >= SYNC_ZERO_RUN && all_zero(v[i].buf, v[i].len)) {
+			r = cd_target_zero(e->base, v[i].len, v[i].off);
+			zeros++;
+		} else {
+			v[kept++] = v[i];
+		}
+	}
+	if (r == 0)
+		r = cd_target_pwrite_pieces(e->base, v, kept);
+	if (r == 0)
+		count_sent(e, x, n, (unsigned)kept + zeros, zeros, bytes);
+out:
+	free(v);
+	return r;
 }
 
 static bool out_of_time(const struct engine *e)
@@ -233,10 +300,12 @@ static bool out_of_time(const struct engine *e)
 static void *worker(void *opaque)
 {
 	struct engine *e = opaque;
-	uint8_t *buf = malloc(SYNC_EXTENT > e->d->block_size ? SYNC_EXTENT : e->d->block_size);
+	size_t window = (size_t)(e->window << e->d->block_shift);
+	uint8_t *buf = malloc(window > SYNC_EXTENT ? window : SYNC_EXTENT);
 
 	for (;;) {
 		struct extent *x;
+		size_t n = 1;
 		int r;
 
 		pthread_mutex_lock(&e->lock);
@@ -244,9 +313,13 @@ static void *worker(void *opaque)
 			pthread_mutex_unlock(&e->lock);
 			break;
 		}
-		x = &e->ext[e->next++];
+		x = &e->ext[e->next];
+		while (e->window && e->next + n < e->end &&
+		       x[n].first / e->window == x->first / e->window)
+			n++;
+		e->next += n;
 		pthread_mutex_unlock(&e->lock);
-		r = buf ? e->do_extent(e, x, buf)
+		r = buf ? e->do_work(e, x, n, buf)
 			: cd_error(e->d->ctx, -ENOMEM, "'%s': out of memory", e->d->path);
 		if (r < 0) {
 			pthread_mutex_lock(&e->lock);
@@ -679,12 +752,35 @@ static void engine_stop(struct engine *e)
 	pthread_mutex_destroy(&e->lock);
 }
 
+/* What to send, as the base takes it best.  A base that takes many
+ * small writes together gets only the dirty runs, grouped by its window
+ * (an RBD object; 4 MiB for the others): nothing is read from the base
+ * and no clean byte crosses the network.  Others get runs joined over
+ * gaps of up to SYNC_JOIN_GAP, cut at SYNC_EXTENT so that an S3 chunk is
+ * written whole. */
+static int collect_dirty(struct engine *e, size_t *n)
+{
+	struct cdisk *d = e->d;
+	uint64_t window = e->base->scatter_window >> d->block_shift;
+	uint64_t per = window ? window : SYNC_EXTENT >> d->block_shift;
+	uint64_t blocks;
+	int r;
+
+	e->window = window;
+	e->do_work = window ? send_pieces : send_extent;
+	pthread_mutex_lock(&d->lock);
+	r = collect(d, &d->dirty, true, 0, d->nblocks,
+		    window ? 0 : SYNC_JOIN_GAP >> d->block_shift, per ? per : 1, &e->ext, n,
+		    &blocks);
+	pthread_mutex_unlock(&d->lock);
+	e->total_bytes = blocks << d->block_shift;
+	return r;
+}
+
 int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	       struct cdisk_sync_stats *st)
 {
-	struct engine e = { .d = d, .o = o, .st = st, .start_ms = cd_now_ms(),
-			    .do_extent = send_extent };
-	uint64_t blocks;
+	struct engine e = { .d = d, .o = o, .st = st, .start_ms = cd_now_ms() };
 	size_t n = 0;
 	int r;
 
@@ -695,24 +791,21 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);
-	r = collect(d, &d->dirty, true, 0, d->nblocks, SYNC_JOIN_GAP >> d->block_shift,
-		    &e.ext, &n, &blocks);
+	st->dirty_bytes = d->dirty.count << d->block_shift;
 	pthread_mutex_unlock(&d->lock);
-	if (r < 0)
-		goto out;
-	st->dirty_bytes = blocks << d->block_shift;
 	if (st->dirty_bytes < o->min_dirty || (o->min_dirty && !st->dirty_bytes)) {
 		st->below_min = true;
 		goto out;
 	}
-	if (o->dry_run || n == 0)
+	if (o->dry_run || !st->dirty_bytes)
 		goto out;
 	r = check_health(d, o);
 	if (r == 0)
 		r = open_base_for_writing(d, &e.base);
+	if (r == 0)
+		r = collect_dirty(&e, &n);
 	if (r < 0)
 		goto out;
-	e.total_bytes = st->dirty_bytes;
 	engine_start(&e);
 	r = sync_all(&e, n);
 	engine_stop(&e);
@@ -733,7 +826,7 @@ out:
 
 /* ---- pull ---- */
 
-static int fetch_extent(struct engine *e, struct extent *x, uint8_t *buf)
+static int fetch_extent(struct engine *e, struct extent *x, size_t n, uint8_t *buf)
 {
 	struct cdisk *d = e->d;
 	size_t len = (size_t)(x->count << d->block_shift);
@@ -748,7 +841,7 @@ static int fetch_extent(struct engine *e, struct extent *x, uint8_t *buf)
 		return r;
 	pthread_mutex_lock(&e->lock);
 	x->sent = true;
-	e->st->requests++;
+	e->st->requests += n;
 	e->st->pulled_bytes += len;
 	e->sent_bytes += len;
 	pthread_mutex_unlock(&e->lock);
@@ -772,7 +865,7 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 	       struct cdisk_sync_stats *st)
 {
 	struct engine e = { .d = d, .o = o, .st = st, .start_ms = cd_now_ms(),
-			    .do_extent = fetch_extent };
+			    .do_work = fetch_extent };
 	uint64_t first, last, blocks;
 	size_t n = 0;
 	int r;
@@ -792,7 +885,9 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);
-	r = collect(d, &d->present, false, first, last, 0, &e.ext, &n, &blocks);
+	r = collect(d, &d->present, false, first, last, 0,
+		    SYNC_EXTENT >> d->block_shift ? SYNC_EXTENT >> d->block_shift : 1, &e.ext,
+		    &n, &blocks);
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0 || o->dry_run) {
 		st->dirty_bytes = r < 0 ? 0 : blocks << d->block_shift;

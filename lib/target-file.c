@@ -49,6 +49,10 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 	t->can_flush = true;
 	t->can_zero = true;
 	t->can_trim = !f->is_blockdev;
+	/* Small writes cost a local file next to nothing: scattered changes
+	 * go as they are, one pwrite each, rather than joined over gaps
+	 * that would first have to be read. */
+	t->scatter_window = 4u << 20;
 	t->priv = f;
 	return 0;
 fail:

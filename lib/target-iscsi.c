@@ -44,34 +44,46 @@ static void on_done(struct iscsi_context *iscsi, int status, void *data,
 		w->task = data;
 }
 
+/* One turn of the context's event loop, waiting at most until deadline:
+ * 0, or -ETIMEDOUT, or the socket's error.  *lost: libiscsi found the
+ * connection gone (and completed what it held with errors). */
+static int service_once(struct iscsi_context *iscsi, uint64_t deadline, bool *lost)
+{
+	struct pollfd pfd = { iscsi_get_fd(iscsi), (short)iscsi_which_events(iscsi), 0 };
+	uint64_t now = cd_now_ms();
+	int sock_err = 0, n;
+
+	if (now >= deadline)
+		return -ETIMEDOUT;
+	n = poll(&pfd, 1, (int)(deadline - now < 1000 ? deadline - now : 1000));
+	if (n < 0 && errno != EINTR)
+		return -errno;
+	/* Keep why a connection failed ("refused"), which libiscsi's own
+	 * message after the fact does not say; libiscsi still handles the
+	 * failure itself, so that it frees what it holds. */
+	if (n > 0 && (pfd.revents & (POLLERR | POLLHUP))) {
+		socklen_t len = sizeof(sock_err);
+		if (getsockopt(pfd.fd, SOL_SOCKET, SO_ERROR, &sock_err, &len) < 0)
+			sock_err = 0;
+	}
+	*lost = iscsi_service(iscsi, n > 0 ? pfd.revents : 0) < 0;
+	return sock_err ? -sock_err : 0;
+}
+
 /* Run the context's event loop until w is done or the deadline passes. */
 static int drive(struct cd_target *t, struct iscsi_context *iscsi, struct wait *w)
 {
 	uint64_t deadline = cd_now_ms() + t->timeout_ms;
-	int sock_err = 0;
 
 	while (!w->done) {
-		struct pollfd pfd = { iscsi_get_fd(iscsi), (short)iscsi_which_events(iscsi), 0 };
-		uint64_t now = cd_now_ms();
-		int n;
+		bool lost = false;
+		int r = service_once(iscsi, deadline, &lost);
 
-		if (now >= deadline)
-			return -ETIMEDOUT;
-		n = poll(&pfd, 1, (int)(deadline - now < 1000 ? deadline - now : 1000));
-		if (n < 0 && errno != EINTR)
-			return -errno;
-		/* Keep why a connection failed ("refused"), which libiscsi's own
-		 * message after the fact does not say; libiscsi still handles
-		 * the failure itself, so that it frees what it holds. */
-		if (n > 0 && (pfd.revents & (POLLERR | POLLHUP))) {
-			socklen_t len = sizeof(sock_err);
-			if (getsockopt(pfd.fd, SOL_SOCKET, SO_ERROR, &sock_err, &len) < 0)
-				sock_err = 0;
-		}
-		if (iscsi_service(iscsi, n > 0 ? pfd.revents : 0) < 0 && !w->done)
-			return sock_err ? -sock_err : -ECONNRESET;
-		if (sock_err)
-			return -sock_err;
+		if (r < 0)
+			return r;
+		/* A loss that completed the task is the task's to report. */
+		if (lost && !w->done)
+			return -ECONNRESET;
 	}
 	return 0;
 }
@@ -216,6 +228,39 @@ static int sense_errno(const struct scsi_sense *s)
 	}
 }
 
+/* A finished task's status as 0 or an errno, with the message kept. */
+static int task_result(struct cd_target *t, struct iscsi_context *iscsi,
+		       const struct scsi_task *task, int status, const char *what,
+		       uint64_t off)
+{
+	switch (status) {
+	case SCSI_STATUS_GOOD:
+		return 0;
+	case SCSI_STATUS_CHECK_CONDITION:
+		return cd_error(t->ctx, sense_errno(&task->sense), "cannot %s '%s' at %llu: "
+				"SCSI %s (%s)", what, t->uri, (unsigned long long)off,
+				scsi_sense_key_str(task->sense.key),
+				scsi_sense_ascq_str(task->sense.ascq));
+	case SCSI_STATUS_BUSY:
+	case SCSI_STATUS_TASK_SET_FULL:
+		return cd_error(t->ctx, -EAGAIN, "cannot %s '%s' at %llu: target is busy "
+				"(%s)", what, t->uri, (unsigned long long)off,
+				status == SCSI_STATUS_BUSY ? "BUSY" : "TASK SET FULL");
+	default:
+		return cd_error(t->ctx, -ECONNRESET, "cannot %s '%s' at %llu: %s", what,
+				t->uri, (unsigned long long)off, iscsi_get_error(iscsi));
+	}
+}
+
+static int lost_result(struct cd_target *t, int r, const char *what, uint64_t off)
+{
+	if (r == -ETIMEDOUT)
+		return cd_error(t->ctx, r, "cannot %s '%s' at %llu: no answer within %u s",
+				what, t->uri, (unsigned long long)off, t->timeout_ms / 1000);
+	return cd_error(t->ctx, r, "cannot %s '%s' at %llu: connection lost", what,
+			t->uri, (unsigned long long)off);
+}
+
 /* Wait for task; on success hand it back (the caller frees it). */
 static int finish(struct cd_target *t, struct iscsi_context *iscsi,
 		  struct scsi_task *task, struct wait *w, const char *what,
@@ -232,34 +277,9 @@ static int finish(struct cd_target *t, struct iscsi_context *iscsi,
 		if (!w->done)
 			iscsi_scsi_cancel_task(iscsi, task);
 		scsi_free_scsi_task(task);
-		if (r == -ETIMEDOUT)
-			return cd_error(t->ctx, r, "cannot %s '%s' at %llu: no answer "
-					"within %u s", what, t->uri, (unsigned long long)off,
-					t->timeout_ms / 1000);
-		return cd_error(t->ctx, r, "cannot %s '%s' at %llu: connection lost",
-				what, t->uri, (unsigned long long)off);
+		return lost_result(t, r, what, off);
 	}
-	switch (w->status) {
-	case SCSI_STATUS_GOOD:
-		r = 0;
-		break;
-	case SCSI_STATUS_CHECK_CONDITION:
-		r = sense_errno(&task->sense);
-		r = cd_error(t->ctx, r, "cannot %s '%s' at %llu: SCSI %s (%s)", what,
-			     t->uri, (unsigned long long)off,
-			     scsi_sense_key_str(task->sense.key),
-			     scsi_sense_ascq_str(task->sense.ascq));
-		break;
-	case SCSI_STATUS_BUSY:
-	case SCSI_STATUS_TASK_SET_FULL:
-		r = cd_error(t->ctx, -EAGAIN, "cannot %s '%s' at %llu: target is busy "
-			     "(%s)", what, t->uri, (unsigned long long)off,
-			     w->status == SCSI_STATUS_BUSY ? "BUSY" : "TASK SET FULL");
-		break;
-	default:
-		r = cd_error(t->ctx, -ECONNRESET, "cannot %s '%s' at %llu: %s", what,
-			     t->uri, (unsigned long long)off, iscsi_get_error(iscsi));
-	}
+	r = task_result(t, iscsi, task, w->status, what, off);
 	if (r < 0 || !out)
 		scsi_free_scsi_task(task);
 	else
@@ -305,6 +325,98 @@ static int iscsi_write(struct cd_target *t, void *s, const void *buf, size_t len
 						    on_done, &w);
 
 	return finish(t, s, task, &w, "write", off, NULL);
+}
+
+/* Scattered writes: up to PIECES_DEPTH in flight on the one session, so
+ * that the target's queue, not the round trip, sets the pace. */
+#define PIECES_DEPTH 64
+
+struct pieces {
+	size_t sent, done;
+	struct wait *w;
+	struct scsi_task **task;
+};
+
+static void on_piece_done(struct iscsi_context *iscsi, int status, void *data,
+			  void *opaque)
+{
+	struct wait *w = opaque;
+
+	(void)iscsi;
+	(void)data;
+	w->done = true;
+	w->status = status;
+}
+
+/* Take back every task still out, so that no callback runs after we
+ * return: libiscsi completes a cancelled task at once. */
+static void cancel_pieces(struct iscsi_context *iscsi, struct pieces *b)
+{
+	for (size_t i = 0; i < b->sent; i++)
+		if (b->task[i] && !b->w[i].done)
+			iscsi_scsi_cancel_task(iscsi, b->task[i]);
+}
+
+static int send_pieces(struct cd_target *t, struct iscsi_context *iscsi,
+		       const struct cd_piece *v, size_t n, struct pieces *b)
+{
+	struct iscsi_priv *p = t->priv;
+	uint64_t deadline = cd_now_ms() + t->timeout_ms;
+	int r = 0;
+
+	for (;;) {
+		size_t before = b->done;
+		bool lost = false;
+		int e;
+
+		while (r == 0 && b->sent < n && b->sent - b->done < PIECES_DEPTH) {
+			size_t i = b->sent;
+			b->task[i] = iscsi_write16_task(iscsi, p->lun, v[i].off / p->block,
+							(unsigned char *)v[i].buf,
+							(uint32_t)v[i].len, (int)p->block,
+							0, 0, 0, 0, 0, on_piece_done, &b->w[i]);
+			if (!b->task[i])
+				r = cd_error(t->ctx, -ECONNRESET, "cannot write '%s': %s",
+					     t->uri, iscsi_get_error(iscsi));
+			else
+				b->sent++;
+		}
+		if (b->done == b->sent)
+			return r;
+		/* Lost or silent: what is still out has an unknown fate. */
+		e = service_once(iscsi, deadline, &lost);
+		if (e < 0 || lost)
+			return lost_result(t, e == -ETIMEDOUT ? e : -ECONNRESET, "write",
+					   v[b->done].off);
+		while (b->done < b->sent && b->w[b->done].done)
+			b->done++;
+		/* The deadline is for an answer, not for the whole set. */
+		if (b->done != before)
+			deadline = cd_now_ms() + t->timeout_ms;
+	}
+}
+
+static int iscsi_write_pieces(struct cd_target *t, void *s, const struct cd_piece *v,
+			      size_t n)
+{
+	struct pieces b = { 0, 0, calloc(n, sizeof(*b.w)), calloc(n, sizeof(*b.task)) };
+	int r;
+
+	if (!b.w || !b.task) {
+		r = cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+		goto out;
+	}
+	r = send_pieces(t, s, v, n, &b);
+	if (cd_target_error_transient(r))
+		cancel_pieces(s, &b);
+	for (size_t i = 0; i < b.sent && r == 0; i++)
+		r = task_result(t, s, b.task[i], b.w[i].status, "write", v[i].off);
+	for (size_t i = 0; i < b.sent; i++)
+		scsi_free_scsi_task(b.task[i]);
+out:
+	free(b.w);
+	free(b.task);
+	return r;
 }
 
 static int iscsi_flush(struct cd_target *t, void *s)
@@ -492,6 +604,7 @@ static int iscsi_open(struct cd_target *t, const struct cd_uri *u)
 		goto fail;
 	}
 	t->align = p->block;
+	t->scatter_window = ISCSI_MAX_REQUEST;
 	t->can_flush = true;
 	t->can_zero = true;
 	read_limits(t, iscsi);
@@ -533,6 +646,7 @@ const struct cd_target_ops cd_iscsi_target_ops = {
 	.flush = iscsi_flush,
 	.zero = iscsi_zero,
 	.trim = iscsi_trim,
+	.pwrite_pieces = iscsi_write_pieces,
 	.ping = iscsi_ping,
 	.close = iscsi_close,
 };

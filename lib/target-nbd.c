@@ -126,6 +126,7 @@ static int nbd_open(struct cd_target *t, const struct cd_uri *uri)
 	max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
 	t->max_request = max > 0 && max < NBD_DEFAULT_MAX_REQUEST ? (uint32_t)max
 								  : NBD_DEFAULT_MAX_REQUEST;
+	t->scatter_window = 4u << 20;
 	if (nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) > 1)
 		t->align = (uint32_t)nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
 	/* The first session goes into the pool for the first request. */
@@ -146,6 +147,62 @@ static int nbd_write(struct cd_target *t, void *s, const void *buf, size_t len,
 {
 	return wait_for(t, s, nbd_aio_pwrite(s, buf, len, off, NBD_NULL_COMPLETION, 0),
 			"cannot write");
+}
+
+/* Scattered writes, up to PIECES_DEPTH in flight on the one connection. */
+#define PIECES_DEPTH 64
+
+static int nbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece *v,
+			    size_t n)
+{
+	int64_t *cookie = malloc(n * sizeof(*cookie));
+	uint64_t deadline = cd_now_ms() + t->timeout_ms;
+	size_t sent = 0, done = 0;
+	int r = 0;
+
+	if (!cookie)
+		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+	for (;;) {
+		size_t before = done;
+		uint64_t now;
+
+		while (r == 0 && sent < n && sent - done < PIECES_DEPTH) {
+			cookie[sent] = nbd_aio_pwrite(s, v[sent].buf, v[sent].len, v[sent].off,
+						      NBD_NULL_COMPLETION, 0);
+			if (cookie[sent] < 0)
+				r = nbd_fail(t, "cannot write", EIO);
+			else
+				sent++;
+		}
+		while (done < sent) {
+			int c = nbd_aio_command_completed(s, (uint64_t)cookie[done]);
+			if (c == 0)
+				break;
+			if (c < 0 && r == 0)
+				r = nbd_fail(t, "cannot write", EIO);
+			done++;
+		}
+		if (done == sent)
+			break;
+		/* Commands still out on a connection we give up: it is dropped. */
+		if (nbd_aio_is_dead(s) || nbd_aio_is_closed(s)) {
+			r = nbd_fail(t, "cannot write", ECONNRESET);
+			break;
+		}
+		now = cd_now_ms();
+		if (done != before)
+			deadline = now + t->timeout_ms;
+		if (now >= deadline) {
+			r = timed_out(t, "cannot write");
+			break;
+		}
+		if (nbd_poll(s, (int)(deadline - now)) < 0) {
+			r = nbd_fail(t, "cannot write", ECONNRESET);
+			break;
+		}
+	}
+	free(cookie);
+	return r;
 }
 
 static int nbd_do_flush(struct cd_target *t, void *s)
@@ -173,6 +230,7 @@ const struct cd_target_ops cd_nbd_target_ops = {
 	.disconnect = nbd_disconnect,
 	.pread = nbd_read,
 	.pwrite = nbd_write,
+	.pwrite_pieces = nbd_write_pieces,
 	.flush = nbd_do_flush,
 	.zero = nbd_do_zero,
 	.trim = nbd_do_trim,

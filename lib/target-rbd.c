@@ -5,6 +5,7 @@
  * keys name the configuration file, the client id and the keyring. */
 #include <jansson.h>
 #include <rados/librados.h>
+#include <rbd/features.h>
 #include <rbd/librbd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +17,18 @@ struct rbd_priv {
 	rados_ioctx_t io;
 	rbd_image_t image;
 	char header[128];   /* the image's header object, for pings */
+	uint64_t object_size;
+	/* Scattered writes straight to the data objects (see "Scattered
+	 * writes" below).  The lock is held for reading by each direct
+	 * write, for writing while the header is read again. */
+	pthread_rwlock_t direct_lock;
+	rados_ioctx_t data;          /* the data objects' pool, snapshot context set */
+	char prefix[64];             /* data object names: PREFIX.%016x */
+	uint64_t watch;
+	bool watching;
+	bool direct;                 /* the header allowed it when last read */
+	bool direct_used;            /* since the last flush */
+	int header_changed;          /* set by the watch; atomic */
 };
 
 static int rbd_fail(struct cd_target *t, int r, const char *what, uint64_t off)
@@ -25,6 +38,20 @@ static int rbd_fail(struct cd_target *t, int r, const char *what, uint64_t off)
 				what, t->uri, (unsigned long long)off, t->timeout_ms / 1000);
 	return cd_error(t->ctx, r, "cannot %s '%s' at %llu: %s", what, t->uri,
 			(unsigned long long)off, strerror(-r));
+}
+
+/* The name of the image's header object (format 2). */
+static int header_name(struct rbd_priv *p)
+{
+	char id[96];
+	int r;
+
+	if (p->header[0])
+		return 0;
+	r = rbd_get_id(p->image, id, sizeof(id));
+	if (r == 0)
+		snprintf(p->header, sizeof(p->header), "rbd_header.%s", id);
+	return r;
 }
 
 /* Connect to the cluster with the user's Ceph settings and our timeouts. */
@@ -122,6 +149,13 @@ static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
 	}
 	rbd_get_features(p->image, &features);
 	t->size = info.size;
+	p->object_size = info.obj_size;
+	p->header_changed = 1;
+	pthread_rwlock_init(&p->direct_lock, NULL);
+	/* One window an object: a power of two from 4 KiB to 4 GiB. */
+	if (!t->readonly && info.obj_size >= 4096 && info.obj_size <= (1ull << 31) &&
+	    !(info.obj_size & (info.obj_size - 1)))
+		t->scatter_window = (uint32_t)info.obj_size;
 	t->can_flush = true;
 	t->can_zero = true;
 	t->can_trim = true;
@@ -174,6 +208,10 @@ static int rbd_do_flush(struct cd_target *t, void *s)
 	int r = rbd_flush(p->image);
 
 	(void)s;
+	/* A read cache (rbd_cache_policy = writeback) may hold what the
+	 * direct writes replaced underneath it. */
+	if (r == 0 && __atomic_exchange_n(&p->direct_used, false, __ATOMIC_ACQ_REL))
+		r = rbd_invalidate_cache(p->image);
 	return r < 0 ? rbd_fail(t, r, "flush", 0) : 0;
 }
 
@@ -195,10 +233,221 @@ static int rbd_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
 	return r < 0 ? rbd_fail(t, r, "discard", off) : 0;
 }
 
+/* ---- Scattered writes ----
+ *
+ * librbd sends every write as an OSD operation of its own, so 4 KiB
+ * changes scattered over an object cost a round trip and an OSD
+ * transaction each.  Here they go as one RADOS operation per object,
+ * holding one write per piece, the way the kernel's rbd driver writes
+ * data objects itself.  That is only the same as librbd's write where
+ * librbd would do nothing but write the object:
+ *
+ *  - format 2 and plain striping (one object per stripe), so that the
+ *    object and the offset in it follow from the image offset;
+ *  - no journaling (the journal must see every write, for mirroring),
+ *    no live migration, no persistent write-back cache, not a mirror's
+ *    non-primary copy;
+ *  - no parent: a clone's first write to an object first copies the
+ *    parent's data up, which a direct write would skip;
+ *  - the object map: the first piece of each object still goes through
+ *    librbd, which marks the object as existing (and changed, for
+ *    fast-diff) before it writes; the flush of the base, which comes
+ *    before anything is recorded clean, waits for that;
+ *  - snapshots: the operation carries the image's snapshot context, read
+ *    from its header (cls rbd get_snapcontext, as the kernel driver
+ *    does), so the OSD clones an object before its first write after a
+ *    snapshot.  The header is watched; after any change (a snapshot, a
+ *    resize, a feature) all of this is checked and read again.
+ *
+ * Where a check fails, the pieces go through librbd, all in flight at
+ * once. */
+
+#define RBD_PIECES_DEPTH 64
+
+static bool image_allows_direct(struct rbd_priv *p)
+{
+	const uint64_t refused = RBD_FEATURE_JOURNALING | RBD_FEATURE_MIGRATING |
+				 RBD_FEATURE_NON_PRIMARY | RBD_FEATURE_DIRTY_CACHE;
+	rbd_linked_image_spec_t parent;
+	rbd_snap_spec_t parent_snap;
+	uint64_t features, unit, count;
+	uint8_t old;
+	int r;
+
+	if (rbd_get_old_format(p->image, &old) < 0 || old ||
+	    rbd_get_features(p->image, &features) < 0 || (features & refused) ||
+	    rbd_get_stripe_unit(p->image, &unit) < 0 || unit != p->object_size ||
+	    rbd_get_stripe_count(p->image, &count) < 0 || count != 1 ||
+	    rbd_get_block_name_prefix(p->image, p->prefix, sizeof(p->prefix)) < 0)
+		return false;
+	r = rbd_get_parent(p->image, &parent, &parent_snap);
+	if (r == 0) {
+		rbd_linked_image_spec_cleanup(&parent);
+		rbd_snap_spec_cleanup(&parent_snap);
+	}
+	return r == -ENOENT;
+}
+
+/* The snapshot context for writes to the data objects, from the header. */
+static int set_snap_context(struct rbd_priv *p)
+{
+	uint8_t reply[8 + 4 + 8 * 1024];
+	rados_snap_t snaps[1024];
+	uint32_t count;
+	int n = header_name(p);
+
+	if (n == 0)
+		n = rados_exec(p->io, p->header, "rbd", "get_snapcontext", NULL, 0,
+			       (char *)reply, sizeof(reply));
+	if (n < 0)
+		return n;
+	if (n < 12)
+		return -EPROTO;
+	count = cd_get_le32(reply + 8);
+	if (count > CD_ARRAY_SIZE(snaps) || (size_t)n != 12 + 8 * (size_t)count)
+		return -EPROTO;
+	for (uint32_t i = 0; i < count; i++)
+		snaps[i] = cd_get_le64(reply + 12 + 8 * i);
+	return rados_ioctx_selfmanaged_snap_set_write_ctx(p->data, cd_get_le64(reply),
+							  snaps, (int)count);
+}
+
+static void on_header_update(void *arg)
+{
+	struct rbd_priv *p = arg;
+
+	__atomic_store_n(&p->header_changed, 1, __ATOMIC_RELEASE);
+}
+
+static int open_data_pool(struct cd_target *t, struct rbd_priv *p)
+{
+	int64_t pool = rbd_get_data_pool_id(p->image);
+	char ns[256];
+	int r;
+
+	if (pool < 0)
+		return (int)pool;
+	r = rados_ioctx_create2(p->cluster, pool, &p->data);
+	if (r < 0)
+		return r;
+	r = rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
+	if (r >= 0)
+		rados_ioctx_set_namespace(p->data, ns);
+	(void)t;
+	return r < 0 ? r : 0;
+}
+
+/* Under the write lock: whether direct writes are right for the image
+ * as its header now stands. */
+static void check_header(struct cd_target *t, struct rbd_priv *p)
+{
+	int r = 0;
+
+	__atomic_store_n(&p->header_changed, 0, __ATOMIC_RELEASE);
+	if (!p->watching) {
+		r = rbd_update_watch(p->image, &p->watch, on_header_update, p);
+		p->watching = r == 0;
+	}
+	if (r == 0 && !p->data)
+		r = open_data_pool(t, p);
+	p->direct = r == 0 && image_allows_direct(p) && set_snap_context(p) == 0;
+	cd_log(t->ctx, CDISK_LOG_DEBUG, "'%s': scattered writes go %s", t->uri,
+	       p->direct ? "to the data objects, one operation an object"
+			 : "through librbd, one request each");
+}
+
+/* Each piece through librbd, all of them in flight at once. */
+static int librbd_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
+{
+	struct rbd_priv *p = t->priv;
+	rbd_completion_t c[RBD_PIECES_DEPTH];
+	int r = 0;
+
+	for (size_t from = 0; from < n; from += RBD_PIECES_DEPTH) {
+		size_t k = n - from < RBD_PIECES_DEPTH ? n - from : RBD_PIECES_DEPTH, sent = 0;
+
+		for (; sent < k; sent++) {
+			const struct cd_piece *x = &v[from + sent];
+			int e = rbd_aio_create_completion(NULL, NULL, &c[sent]);
+			if (e == 0) {
+				e = rbd_aio_write2(p->image, x->off, x->len, x->buf, c[sent], 0);
+				if (e < 0)
+					rbd_aio_release(c[sent]);
+			}
+			if (e < 0) {
+				r = r ? r : rbd_fail(t, e, "write", x->off);
+				break;
+			}
+		}
+		for (size_t i = 0; i < sent; i++) {
+			ssize_t e;
+
+			rbd_aio_wait_for_complete(c[i]);
+			e = rbd_aio_get_return_value(c[i]);
+			rbd_aio_release(c[i]);
+			if (e < 0 && r == 0)
+				r = rbd_fail(t, (int)e, "write", v[from + i].off);
+		}
+		if (r < 0)
+			break;
+	}
+	return r;
+}
+
+/* The pieces after the first, as one operation on their object. */
+static int direct_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
+{
+	struct rbd_priv *p = t->priv;
+	rados_write_op_t op = rados_create_write_op();
+	char name[96];
+	int r;
+
+	if (!op)
+		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+	snprintf(name, sizeof(name), "%s.%016llx", p->prefix,
+		 (unsigned long long)(v[0].off / p->object_size));
+	for (size_t i = 0; i < n; i++)
+		rados_write_op_write(op, v[i].buf, v[i].len, v[i].off % p->object_size);
+	r = rados_write_op_operate(op, p->data, name, NULL, 0);
+	rados_release_write_op(op);
+	__atomic_store_n(&p->direct_used, true, __ATOMIC_RELEASE);
+	return r < 0 ? rbd_fail(t, r, "write", v[0].off) : 0;
+}
+
+static int rbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece *v,
+			    size_t n)
+{
+	struct rbd_priv *p = t->priv;
+	int r;
+
+	(void)s;
+	if (n < 3)
+		return librbd_pieces(t, v, n);
+	if (__atomic_load_n(&p->header_changed, __ATOMIC_ACQUIRE)) {
+		pthread_rwlock_wrlock(&p->direct_lock);
+		if (__atomic_load_n(&p->header_changed, __ATOMIC_ACQUIRE))
+			check_header(t, p);
+		pthread_rwlock_unlock(&p->direct_lock);
+	}
+	/* librbd first: the object map, the exclusive lock. */
+	r = rbd_target_write(t, NULL, v[0].buf, v[0].len, v[0].off);
+	if (r < 0)
+		return r;
+	pthread_rwlock_rdlock(&p->direct_lock);
+	r = p->direct ? direct_pieces(t, v + 1, n - 1) : librbd_pieces(t, v + 1, n - 1);
+	pthread_rwlock_unlock(&p->direct_lock);
+	return r;
+}
+
 static void rbd_target_close(struct cd_target *t)
 {
 	struct rbd_priv *p = t->priv;
 
+	if (p->watching)
+		rbd_update_unwatch(p->image, p->watch);
+	if (p->data)
+		rados_ioctx_destroy(p->data);
+	pthread_rwlock_destroy(&p->direct_lock);
 	rbd_close(p->image);
 	rados_ioctx_destroy(p->io);
 	rados_shutdown(p->cluster);
@@ -212,17 +461,11 @@ static int rbd_ping(struct cd_target *t, void *s)
 	struct rbd_priv *p = t->priv;
 	uint64_t size;
 	time_t mtime;
-	int r;
+	int r = header_name(p);
 
 	(void)s;
-	if (!p->header[0]) {
-		char id[96];
-		r = rbd_get_id(p->image, id, sizeof(id));
-		if (r < 0)
-			return rbd_fail(t, r, "ping", 0);
-		snprintf(p->header, sizeof(p->header), "rbd_header.%s", id);
-	}
-	r = rados_stat(p->io, p->header, &size, &mtime);
+	if (r == 0)
+		r = rados_stat(p->io, p->header, &size, &mtime);
 	return r < 0 ? rbd_fail(t, r, "ping", 0) : 0;
 }
 
@@ -396,6 +639,7 @@ const struct cd_target_ops cd_rbd_target_ops = {
 	.flush = rbd_do_flush,
 	.zero = rbd_zero,
 	.trim = rbd_trim,
+	.pwrite_pieces = rbd_write_pieces,
 	.ping = rbd_ping,
 	.close = rbd_target_close,
 };

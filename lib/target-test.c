@@ -100,7 +100,7 @@ static void test_open_errors(void **state)
  * exactly, which no real server does on cue. */
 static uint8_t fake_store[1 << 16];
 static int fake_breaks;          /* the next N calls fail as if cut */
-static int fake_calls[5];        /* read, write, flush, connect, disconnect */
+static int fake_calls[6];        /* read, write, flush, connect, disconnect, pieces */
 static size_t fake_largest;
 
 static int fake_open(struct cd_target *t, const struct cd_uri *u)
@@ -109,6 +109,7 @@ static int fake_open(struct cd_target *t, const struct cd_uri *u)
 	t->size = sizeof(fake_store);
 	t->align = 512;
 	t->max_request = 4096;
+	t->scatter_window = 8192;
 	t->can_flush = true;
 	return 0;
 }
@@ -164,10 +165,27 @@ static int fake_flush(struct cd_target *t, void *s)
 	return fake_io(t, 2, NULL, 0, 0);
 }
 
+static int fake_pieces(struct cd_target *t, void *s, const struct cd_piece *v, size_t n)
+{
+	(void)s;
+	fake_calls[5]++;
+	if (fake_breaks > 0) {
+		fake_breaks--;
+		return cd_error(t->ctx, -ECONNRESET, "fake: connection cut");
+	}
+	for (size_t i = 0; i < n; i++) {
+		assert_int_equal(v[i].off / 8192, v[0].off / 8192);
+		assert_int_equal(v[i].off % 512, 0);
+		assert_int_equal(v[i].len % 512, 0);
+		memcpy(fake_store + v[i].off, v[i].buf, v[i].len);
+	}
+	return 0;
+}
+
 static const struct cd_target_ops fake_ops = {
 	.name = "fake", .open = fake_open, .connect = fake_connect,
 	.disconnect = fake_disconnect, .pread = fake_pread, .pwrite = fake_pwrite,
-	.flush = fake_flush,
+	.flush = fake_flush, .pwrite_pieces = fake_pieces,
 };
 
 static struct cd_target *fake_target(struct cdisk_ctx *ctx, unsigned retries)
@@ -234,6 +252,57 @@ static void test_reads_retried_writes_not(void **state)
 	cd_target_close(t);
 }
 
+static void test_pieces_together_or_one_by_one(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	struct cd_target *t = fake_target(&ctx, 3);
+	uint8_t a[1024], b[512], c[512];
+	struct cd_piece one_window[] = { { a, 1024, 8192 }, { b, 512, 10240 }, { c, 512, 15872 } };
+	struct cd_piece two_windows[] = { { a, 1024, 0 }, { b, 512, 8192 } };
+	struct cd_piece unaligned[] = { { b, 512, 8192 }, { c, 100, 8800 } };
+	struct cd_piece past_end[] = { { b, 512, 0 }, { c, 512, sizeof(fake_store) } };
+
+	(void)state;
+	memset(a, 1, sizeof(a));
+	memset(b, 2, sizeof(b));
+	memset(c, 3, sizeof(c));
+	/* In one window and aligned: one call of the kind's. */
+	assert_int_equal(cd_target_pwrite_pieces(t, one_window, 3), 0);
+	assert_int_equal(fake_calls[5], 1);
+	assert_int_equal(fake_calls[1], 0);
+	assert_memory_equal(fake_store + 8192, a, 1024);
+	assert_memory_equal(fake_store + 10240, b, 512);
+	assert_memory_equal(fake_store + 15872, c, 512);
+	/* Across windows, or not whole sectors: one by one, neighbours kept. */
+	assert_int_equal(cd_target_pwrite_pieces(t, two_windows, 2), 0);
+	assert_int_equal(fake_calls[5], 1);
+	assert_int_equal(fake_calls[1], 2);
+	fake_store[8799] = 0xee;
+	fake_store[8900] = 0xee;
+	assert_int_equal(cd_target_pwrite_pieces(t, unaligned, 2), 0);
+	assert_int_equal(fake_calls[5], 1);
+	assert_int_equal(fake_store[8799], 0xee);
+	assert_int_equal(fake_store[8800], 3);
+	assert_int_equal(fake_store[8899], 3);
+	assert_int_equal(fake_store[8900], 0xee);
+	/* Any piece out of range: nothing at all is written. */
+	fake_store[0] = 0;
+	assert_int_equal(cd_target_pwrite_pieces(t, past_end, 2), -EINVAL);
+	assert_int_equal(fake_store[0], 0);
+	/* Cut: reported, never sent again, the session dropped. */
+	fake_breaks = 1;
+	assert_int_equal(cd_target_pwrite_pieces(t, one_window, 3), -ECONNRESET);
+	assert_int_equal(fake_calls[5], 2);
+	assert_int_equal(fake_calls[4], 1);
+	cd_target_close(t);
+	/* Read-only: refused before anything is sent. */
+	t = fake_target(&ctx, 0);
+	t->readonly = true;
+	assert_int_equal(cd_target_pwrite_pieces(t, one_window, 3), -EROFS);
+	assert_int_equal(fake_calls[5], 0);
+	cd_target_close(t);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -242,6 +311,7 @@ int main(void)
 		cmocka_unit_test(test_open_errors),
 		cmocka_unit_test(test_unaligned_requests_keep_neighbours),
 		cmocka_unit_test(test_reads_retried_writes_not),
+		cmocka_unit_test(test_pieces_together_or_one_by_one),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

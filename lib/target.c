@@ -151,12 +151,15 @@ static void pool_destroy(struct cd_target *t)
 
 /* ---- one request, with retries ---- */
 
-enum op { OP_READ, OP_WRITE, OP_FLUSH, OP_ZERO, OP_TRIM };
+enum op { OP_READ, OP_WRITE, OP_FLUSH, OP_ZERO, OP_TRIM, OP_PIECES };
 
 struct request {
 	enum op op;
-	void *buf;
-	size_t len;
+	union {
+		void *buf;
+		const struct cd_piece *pieces;   /* OP_PIECES */
+	};
+	size_t len;              /* OP_PIECES: how many */
 	uint64_t off;
 };
 
@@ -173,6 +176,8 @@ static int call(struct cd_target *t, void *s, const struct request *q)
 		return t->ops->zero(t, s, q->len, q->off);
 	case OP_TRIM:
 		return t->ops->trim(t, s, q->len, q->off);
+	case OP_PIECES:
+		return t->ops->pwrite_pieces(t, s, q->pieces, q->len);
 	}
 	return -EINVAL;
 }
@@ -248,7 +253,7 @@ static int patch_sector(struct cd_target *t, const void *data, size_t len,
 	uint64_t start = off - off % t->align;
 	pthread_mutex_t *lock = rmw_lock_for(t, start);
 	uint8_t *sector = malloc(t->align);
-	struct request q = { OP_READ, sector, t->align, start };
+	struct request q = { .op = OP_READ, .buf = sector, .len = t->align, .off = start };
 	int r;
 
 	if (!sector)
@@ -280,7 +285,8 @@ static int read_unaligned(struct cd_target *t, uint8_t *buf, size_t len,
 		uint64_t start = off - off % t->align;
 		size_t skip = (size_t)(off - start);
 		size_t n = t->align - skip < len ? t->align - skip : len;
-		struct request q = { OP_READ, sector, t->align, start };
+		struct request q = { .op = OP_READ, .buf = sector, .len = t->align,
+				     .off = start };
 
 		if (skip == 0 && len >= t->align) {
 			q.buf = buf;
@@ -432,7 +438,7 @@ static int check_writable(struct cd_target *t, size_t len, uint64_t off)
 
 int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 {
-	struct request q = { OP_READ, buf, len, off };
+	struct request q = { .op = OP_READ, .buf = buf, .len = len, .off = off };
 	int r = check_range(t, len, off);
 
 	if (r < 0 || len == 0)
@@ -443,12 +449,46 @@ int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
 		     uint64_t off)
 {
-	struct request q = { OP_WRITE, (void *)buf, len, off };
+	struct request q = { .op = OP_WRITE, .buf = (void *)buf, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0)
 		return r;
 	return aligned(t, len, off) ? run_split(t, q) : change_unaligned(t, q);
+}
+
+/* Pieces the kind can take together: aligned, each within max_request,
+ * all in one window.  Anything else goes one by one. */
+static bool pieces_fit(const struct cd_target *t, const struct cd_piece *v, size_t n)
+{
+	uint64_t window = t->scatter_window;
+
+	if (!t->ops->pwrite_pieces || !window)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		if (!aligned(t, v[i].len, v[i].off) || v[i].len == 0 ||
+		    (t->max_request && v[i].len > t->max_request) ||
+		    v[i].off / window != (v[i].off + v[i].len - 1) / window ||
+		    v[i].off / window != v[0].off / window)
+			return false;
+	}
+	return true;
+}
+
+int cd_target_pwrite_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
+{
+	struct request q = { .op = OP_PIECES, .pieces = v, .len = n };
+	int r = 0;
+
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = check_writable(t, v[i].len, v[i].off);
+	if (r < 0 || n == 0)
+		return r;
+	if (pieces_fit(t, v, n))
+		return run(t, &q);
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = cd_target_pwrite(t, v[i].buf, v[i].len, v[i].off);
+	return r;
 }
 
 /* Kinds whose flush covers only its own connection get one on each. */
@@ -473,7 +513,7 @@ static int flush_every_session(struct cd_target *t)
 
 int cd_target_flush(struct cd_target *t)
 {
-	struct request q = { OP_FLUSH, NULL, 0, 0 };
+	struct request q = { .op = OP_FLUSH };
 
 	if (t->readonly || !t->can_flush)
 		return 0;
@@ -504,7 +544,7 @@ static int write_zeros(struct cd_target *t, size_t len, uint64_t off)
 
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
 {
-	struct request q = { OP_ZERO, NULL, len, off };
+	struct request q = { .op = OP_ZERO, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0)
@@ -523,7 +563,7 @@ int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
  * zeroes.  Targets that cannot discard simply keep the data. */
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 {
-	struct request q = { OP_TRIM, NULL, len, off };
+	struct request q = { .op = OP_TRIM, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0 || !t->can_trim || !t->ops->trim)

@@ -10,14 +10,25 @@ setup() {
 }
 
 teardown() {
+	stop_proxy
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
 	stop_nbdkit
 }
 
+# scatter_ops FROM TO STEP SEED: cdisk-io writes of 4 KiB every STEP bytes
+# in [FROM, TO), each with its own pattern.
+scatter_ops() {
+	local off seed=$4
+	for ((off = $1; off < $2; off += $3)); do
+		echo "w:$off:4096:$((seed++))"
+	done
+}
+
 sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-create --base "$1" d.cdisk
+	# Runs, zeroes, and scattered 4 KiB blocks (many in one window)
 	run_cdisk cdisk-io d.cdisk w:0:4K:2 w:1M:1M:3 w:5M:4K:4 w:7M:12K:5 z:9M:1M \
-		w:12M:4M:6 w:16380K:4K:7 f
+		w:12M:4M:6 w:16380K:4K:7 $(scatter_ops $((2 << 20)) $((3 << 20)) 12288 20) f
 	run_cdisk cdisk-sync --json --verify d.cdisk
 	[ "$(json_get .left_bytes)" = 0 ]
 	[ "$(json_get .verified_bytes)" -gt 0 ]
@@ -57,4 +68,94 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk target-io "s3://$BUCKET/synced" create:16M
 	run_cdisk target-io -w -d 4 "s3://$BUCKET/synced" w:0:16M:1
 	sync_and_compare "s3://$BUCKET/synced"
+}
+
+@test "sync to iSCSI: connections cut with scattered blocks in flight mark nothing wrongly clean" {
+	use_server tgt
+	tgt_new_lun 64M
+	start_proxy "127.0.0.1:$TGT_PORT"
+	local uri=iscsi://127.0.0.1:$PROXY_PORT/$TGT_IQN/1 rc=0
+	run_cdisk cdisk-create --base "$uri" d.cdisk
+	run_cdisk cdisk-io d.cdisk $(scatter_ops 0 $((48 << 20)) 12288 5) f
+	# 16 MiB of 4 KiB blocks at 4 MB/s: the cut comes in the middle.
+	proxy_ctl rate 4000000
+	timeout 60 cdisk-sync d.cdisk 2>cut.err 3>&- &
+	local pid=$!
+	sleep 1.5
+	proxy_ctl cut
+	wait "$pid" || rc=$?
+	cat cut.err
+	[ "$rc" != 0 ] || fail "a sync whose connections were cut reported success"
+	proxy_ctl rate 0
+	run_cdisk cdisk-io d.cdisk check-clean
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .clean)" = true ]
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	run_cdisk target-io -d 8 "$TGT_URI" get:base.img
+	cmp disk.img base.img || fail "the base differs from the disk"
+}
+
+rbd_image_name() {   # PREFIX
+	printf '%s%s' "$1" "$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)"
+}
+
+@test "sync to Ceph RBD: scattered blocks go to the data objects; object map, fast-diff and snapshot agree" {
+	use_server ceph
+	export CEPH_CONF
+	local image
+	image=$(rbd_image_name direct)
+	run_cdisk target-io "rbd:rbd/$image" create:16M
+	# Object 1 exists and is in a snapshot; objects 0, 2 and 3 do not exist.
+	run_cdisk target-io -w "rbd:rbd/$image" w:4M:4M:1
+	run_cdisk rbd snap create "rbd/$image@before"
+	run_cdisk rbd export "rbd/$image@before" before.img
+	run_cdisk cdisk-create --base "rbd:rbd/$image" d.cdisk
+	run_cdisk cdisk-io d.cdisk $(scatter_ops 0 $((16 << 20)) 12288 3) f
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	run_cdisk cdisk-sync -v -v d.cdisk
+	[[ "$stderr" == *"scattered writes go to the data objects"* ]] ||
+		fail "the scattered writes did not go to the data objects"
+	run_cdisk cdisk-io d.cdisk check-clean
+	run_cdisk rbd export "rbd/$image" head.img
+	cmp disk.img head.img || fail "the image differs from the disk"
+	# The snapshot still holds what it held: object 1 was cloned first.
+	run_cdisk rbd export "rbd/$image@before" still.img
+	cmp before.img still.img || fail "the snapshot changed"
+	# The object map and fast-diff (which readers holding the lock trust
+	# over the OSDs) know all four objects, changed since the snapshot.
+	run_cdisk rbd du --format json "rbd/$image"
+	[ "$(jq '.images[] | select(.snapshot == null) | .used_size' <<<"$output")" = 16777216 ] ||
+		fail "the object map does not count every object: $output"
+	run_cdisk rbd diff --from-snap before --whole-object --format json "rbd/$image"
+	[ "$(jq length <<<"$output")" = 4 ] || fail "fast-diff: $output"
+	run_cdisk rbd object-map check "rbd/$image"
+	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
+	timeout 30 rbd snap purge "rbd/$image" >/dev/null 2>&1 || true
+	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
+}
+
+@test "sync to an RBD clone: scattered blocks over the parent's data go through librbd" {
+	use_server ceph
+	export CEPH_CONF
+	local parent child
+	parent=$(rbd_image_name parent)
+	child=$(rbd_image_name child)
+	run_cdisk target-io "rbd:rbd/$parent" create:16M
+	run_cdisk target-io -w "rbd:rbd/$parent" w:0:16M:1
+	run_cdisk rbd snap create "rbd/$parent@s"
+	run_cdisk rbd snap protect "rbd/$parent@s"
+	run_cdisk rbd clone "rbd/$parent@s" "rbd/$child"
+	run_cdisk cdisk-create --base "rbd:rbd/$child" d.cdisk
+	run_cdisk cdisk-io d.cdisk $(scatter_ops 0 $((16 << 20)) 12288 3) f
+	# What the disk shows now: the parent's data between the new blocks.
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	run_cdisk cdisk-sync -v -v d.cdisk
+	[[ "$stderr" == *"scattered writes go through librbd"* ]] ||
+		fail "a clone's scattered writes did not go through librbd"
+	run_cdisk rbd export "rbd/$child" child.img
+	cmp disk.img child.img || fail "the clone lost its parent's data"
+	timeout 30 rbd rm "rbd/$child" >/dev/null 2>&1 || true
+	timeout 30 rbd snap unprotect "rbd/$parent@s" >/dev/null 2>&1 || true
+	timeout 30 rbd snap purge "rbd/$parent" >/dev/null 2>&1 || true
+	timeout 30 rbd rm "rbd/$parent" >/dev/null 2>&1 || true
 }

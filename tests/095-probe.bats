@@ -276,4 +276,10 @@ nbd_behind_proxy() {
 	start_nbdkit_tcp --filter=error memory 64M error-pread=EIO error-pread-rate=1
 	run_cdisk 9 cdisk-probe --no-read --pings 5 "nbd://127.0.0.1:$NBDKIT_PORT"
 	assert_line --regexp '^verdict: degraded: 5 of 5 requests failed: .*Input/output error'
+	# -vv names every lost ping; -v alone does not.
+	run_cdisk 9 cdisk-probe -vv --no-read --pings 5 "nbd://127.0.0.1:$NBDKIT_PORT"
+	[ "$(grep -c '^cdisk-probe: debug: ping lost: .*Input/output error' <<<"$stderr")" = 5 ] ||
+		fail "-vv does not name the lost pings"
+	run_cdisk 9 cdisk-probe -v --no-read --pings 5 "nbd://127.0.0.1:$NBDKIT_PORT"
+	[[ "$stderr" != *"debug:"* ]] || fail "-v printed debug lines"
 }

@@ -37,6 +37,9 @@ start_tgt() {
 }
 
 # ---- ceph: one monitor, one memstore OSD, a pool "rbd" ----
+# Objects are kept as pages (memstore page set), as a real store keeps
+# extents: memstore's other form, one buffer list an object, costs more
+# for every write an object has ever taken, which no real store does.
 start_ceph() {
 	local d=$S/ceph port fsid
 	rm -rf "$d"
@@ -64,6 +67,7 @@ start_ceph() {
 	mon warn on pool no redundancy = false
 	osd objectstore = memstore
 	memstore device bytes = 8589934592
+	memstore page set = true
 	run dir = $d/run
 	admin socket = $d/run/\$name.asok
 	log file = $d/log/\$name.log
