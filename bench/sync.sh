@@ -4,24 +4,30 @@
 #
 #   iSCSI (tgtd) and Ceph RBD bases of 1 GiB:
 #     200 MiB written sequentially; 200 MiB as scattered 4 KiB blocks
+#   iSCSI again through the tests' proxy limited to 100 MB/s (a link
+#     rather than loopback): the scattered changes
 #   file bases of 1 GiB and 1 TiB: 10 MiB of scattered 4 KiB blocks
 #
-# Prints seconds, MiB/s and cdisk's speed-up over qemu-img (above 1: cdisk
-# faster), and how the 1 TiB disk compares with the 1 GiB one.  The last
-# columns add the writes themselves, one at a time as a VM's would come
-# (cdisk-io into the overlay; qemu-io into the qcow2, whose first write to a
-# cluster copies the rest of it from the base): what the whole cycle costs.
+# Each sync and each commit runs REPEAT times (default 3) from a copy of
+# the same overlay; the median is shown.  Prints seconds, cdisk's speed-up
+# over qemu-img (above 1: cdisk faster), and how the 1 TiB disk compares
+# with the 1 GiB one.  The last columns add the writes themselves, one at
+# a time as a VM's would come (cdisk-io into the overlay; qemu-io into the
+# qcow2, whose first write to a cluster copies the rest of it from the
+# base): what the whole cycle costs.
 # Usage: bench/sync.sh [MiB of changes, default 200]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 mib=${1:-200}
+repeat=${REPEAT:-3}
 # shellcheck source=bench/common.sh
 . "$top/bench/common.sh"
-bench_setup tests/cdisk-io tests/target-io
+bench_setup tests/cdisk-io tests/target-io tests/faultproxy
 bench_servers tgt ceph
 
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # The changes, as cdisk-io operations and as qemu-io commands.
 # seq: one run of N MiB; scatter: N MiB of 4 KiB blocks, one in every 5.
@@ -34,6 +40,21 @@ changes() { # KIND MIB -> lines "OFFSET LENGTH"
 	fi
 }
 
+# times ORIG COPY CMD...: the median of REPEAT runs of CMD, in seconds,
+# each on a fresh copy of ORIG at COPY (the copy is not timed).
+times() {
+	local orig=$1 copy=$2 i t0
+	shift 2
+	for ((i = 0; i < repeat; i++)); do
+		cp --sparse=always "$orig" "$copy"
+		sync
+		t0=$(now)
+		"$@"
+		since "$t0"
+		echo
+	done | median
+}
+
 cdisk_run() { # BASE-URI KIND MIB -> "seconds of the writes" "seconds of cdisk-sync"
 	rm -f d.cdisk
 	cdisk-create -q --base "$1" d.cdisk
@@ -42,9 +63,10 @@ cdisk_run() { # BASE-URI KIND MIB -> "seconds of the writes" "seconds of cdisk-s
 	changes "$2" "$3" | awk '{ printf "w:%s:%s:7\n", $1, $2 }' | xargs -r cdisk-io d.cdisk
 	cdisk-io d.cdisk f
 	w=$(since "$t0")
-	t0=$(now)
-	cdisk-sync -q d.cdisk
-	echo "$w $(since "$t0")"
+	cp --sparse=always d.cdisk d.orig
+	${before_sync:-true}
+	echo "$w $(times d.orig d.cdisk cdisk-sync -q d.cdisk)"
+	${after_sync:-true}
 }
 
 qemu_run() { # QEMU-BACKING KIND MIB -> "seconds of the writes" "seconds of qemu-img commit"
@@ -55,24 +77,25 @@ qemu_run() { # QEMU-BACKING KIND MIB -> "seconds of the writes" "seconds of qemu
 	{ changes "$2" "$3" | awk '{ printf "write -P 7 %s %s\n", $1, $2 }'; echo flush; } |
 		qemu-io ov.qcow2 >/dev/null
 	w=$(since "$t0")
-	t0=$(now)
-	qemu-img commit -q ov.qcow2
-	echo "$w $(since "$t0")"
+	cp --sparse=always ov.qcow2 ov.orig
+	${before_sync:-true}
+	echo "$w $(times ov.orig ov.qcow2 qemu-img commit -q ov.qcow2)"
+	${after_sync:-true}
 }
 
-printf '%-8s %-9s %6s %11s %11s %9s %13s %13s %9s\n' base changes MiB "cdisk s" \
+printf '%-12s %-9s %5s %9s %11s %9s %11s %10s %9s\n' base changes MiB "cdisk s" \
 	"qemu-img s" speed-up "cdisk w+s" "qemu w+c" speed-up
 row() { # base kind mib "cdisk-write cdisk-sync" "qemu-write qemu-commit"
 	local cw cs qw qc
 	read -r cw cs <<<"$4"
 	read -r qw qc <<<"$5"
-	printf '%-8s %-9s %6s %11s %11s %9s %13.2f %13.2f %9s\n' "$1" "$2" "$3" "$cs" "$qc" \
+	printf '%-12s %-9s %5s %9s %11s %9s %11.2f %10.2f %9s\n' "$1" "$2" "$3" "$cs" "$qc" \
 		"$(awk -v a="$cs" -v b="$qc" 'BEGIN { printf "%.2fx", b / a }')" \
 		"$(echo "$cw + $cs" | bc)" "$(echo "$qw + $qc" | bc)" \
 		"$(awk -v a="$cw" -v b="$cs" -v c="$qw" -v d="$qc" 'BEGIN { printf "%.2fx", (c + d) / (a + b) }')"
 }
 
-# Every base is written whole once before any timing, so that neither tool
+# Every base is written whole before any timing, so that neither tool
 # pays for the first allocation of the storage behind it.
 # iSCSI
 dd if=/dev/zero of=lun.img bs=4M count=256 conv=fsync status=none
@@ -80,7 +103,8 @@ adm=(tgtadm -C "$TGT_CONTROL" --lld iscsi)
 "${adm[@]}" --op new --mode target --tid 1 -T iqn.2026-11.org.cdisk.bench:sync
 "${adm[@]}" --op new --mode logicalunit --tid 1 --lun 1 -b "$work/lun.img"
 "${adm[@]}" --op bind --mode target --tid 1 -I ALL
-iscsi=iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.cdisk.bench:sync/1
+iqn=iqn.2026-11.org.cdisk.bench:sync/1
+iscsi=iscsi://127.0.0.1:$TGT_PORT/$iqn
 for kind in seq scatter; do
 	row iscsi "$kind" "$mib" "$(cdisk_run "$iscsi" "$kind" "$mib")" \
 		"$(qemu_run "$iscsi" "$kind" "$mib")"
@@ -93,6 +117,20 @@ for kind in seq scatter; do
 	row rbd "$kind" "$mib" "$(cdisk_run rbd:rbd/sync "$kind" "$mib")" \
 		"$(qemu_run "rbd:rbd/sync:conf=$CEPH_CONF" "$kind" "$mib")"
 done
+
+# iSCSI behind a 100 MB/s link: the proxy limits only the sync and the
+# commit, not the writes that fill the overlays.
+faultproxy serve --to "127.0.0.1:$TGT_PORT" --port-file proxy.port --control proxy.ctl 3>&- &
+proxy=$!
+bench_cleanup() { kill "$proxy" 2>/dev/null || true; }
+for _ in $(seq 100); do [ -s proxy.port ] && [ -S proxy.ctl ] && break; sleep 0.05; done
+link=iscsi://127.0.0.1:$(cat proxy.port)/$iqn
+link_slow() { faultproxy ctl proxy.ctl rate 100000000 >/dev/null; }
+link_fast() { faultproxy ctl proxy.ctl rate 0 >/dev/null; }
+before_sync=link_slow after_sync=link_fast
+row "iscsi 100MB/s" scatter "$mib" "$(cdisk_run "$link" scatter "$mib")" \
+	"$(qemu_run "$link" scatter "$mib")"
+before_sync= after_sync=
 
 # Growth: 10 MiB scattered in 1 GiB and in 1 TiB (sparse file bases)
 dd if=/dev/zero of=small.raw bs=4M count=256 conv=fsync status=none
