@@ -12,23 +12,16 @@
 # Usage: bench/probe.sh
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-O=${O:-build}
-"$top/scripts/install-deps.sh"
-make -s -C "$top" O="$O" all "$O/tests/faultproxy" >/dev/null
-PATH="$top/$O/tests:$top/$O/bin:$PATH"
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
 # shellcheck source=tests/ports.sh
 . "$top/tests/ports.sh"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+bench_setup tests/faultproxy
 pids=()
-cleanup() {
+bench_cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
-	rm -rf "$work"
 }
-trap cleanup EXIT
-cd "$work"
-export CDISK_CONFIG=$work/cdisk.conf
-printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
 
 port=$(free_port)
 head -c 64M /dev/urandom >base.raw
