@@ -770,8 +770,7 @@ static int collect_dirty(struct engine *e, size_t *n)
 	e->do_work = window ? send_pieces : send_extent;
 	pthread_mutex_lock(&d->lock);
 	r = collect(d, &d->dirty, true, 0, d->nblocks,
-		    window ? 0 : SYNC_JOIN_GAP >> d->block_shift, per ? per : 1, &e->ext, n,
-		    &blocks);
+		    window ? 0 : SYNC_JOIN_GAP >> d->block_shift, per, &e->ext, n, &blocks);
 	pthread_mutex_unlock(&d->lock);
 	e->total_bytes = blocks << d->block_shift;
 	return r;

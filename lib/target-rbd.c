@@ -319,7 +319,7 @@ static void on_header_update(void *arg)
 	__atomic_store_n(&p->header_changed, 1, __ATOMIC_RELEASE);
 }
 
-static int open_data_pool(struct cd_target *t, struct rbd_priv *p)
+static int open_data_pool(struct rbd_priv *p)
 {
 	int64_t pool = rbd_get_data_pool_id(p->image);
 	char ns[256];
@@ -333,7 +333,6 @@ static int open_data_pool(struct cd_target *t, struct rbd_priv *p)
 	r = rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
 	if (r >= 0)
 		rados_ioctx_set_namespace(p->data, ns);
-	(void)t;
 	return r < 0 ? r : 0;
 }
 
@@ -349,7 +348,7 @@ static void check_header(struct cd_target *t, struct rbd_priv *p)
 		p->watching = r == 0;
 	}
 	if (r == 0 && !p->data)
-		r = open_data_pool(t, p);
+		r = open_data_pool(p);
 	p->direct = r == 0 && image_allows_direct(p) && set_snap_context(p) == 0;
 	cd_log(t->ctx, CDISK_LOG_DEBUG, "'%s': scattered writes go %s", t->uri,
 	       p->direct ? "to the data objects, one operation an object"

@@ -267,7 +267,7 @@ teardown() {
 
 @test "TCP: served on loopback, with a warning that it is not encrypted" {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
-	port=$((20000 + RANDOM % 20000))
+	port=$(free_port) || fail "no free port"
 	start_serve --tcp "127.0.0.1:$port" d.cdisk
 	grep -q "warning: TCP on '127.0.0.1:$port' is not encrypted" serve.log
 	run_cdisk 0 qemu-io -f raw -c "write -P 4 0 1M" -c flush "nbd://127.0.0.1:$port/d"

@@ -53,7 +53,8 @@ start_nbdkit() {
 }
 
 @test "nbd: over TCP with nbd://host:port/export" {
-	local port=$((30000 + RANDOM % 20000))
+	local port
+	port=$(free_port) || fail "no free port"
 	nbdkit --exit-with-parent -f -i 127.0.0.1 -p "$port" -e disk1 memory 8M 3>&- &
 	NBDKIT_PID=$!
 	for _ in $(seq 100); do ss -Hltn "sport = :$port" | grep -q . && break; sleep 0.05; done

@@ -207,7 +207,7 @@ s3_curl() {
 # A listener that accepts connections and never answers: a host that
 # does not respond.  Sets SILENT_PORT and SILENT_PID.
 start_silent_server() {
-	SILENT_PORT=$((40000 + RANDOM % 20000))
+	SILENT_PORT=$(free_port) || fail "no free port"
 	socat TCP-LISTEN:"$SILENT_PORT",bind=127.0.0.1,reuseaddr,fork EXEC:'sleep 600' \
 		3>&- &
 	SILENT_PID=$!

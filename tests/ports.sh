@@ -1,12 +1,15 @@
 # TCP ports on loopback for the test servers, the tests and the benchmarks
 # (sourced, not run).
 
-# A TCP port nobody listens on, from a range of our own.
+# A TCP port no socket uses, below the kernel's range for outgoing
+# connections (whose local ports would otherwise take ours under us).
 free_port() {
-	local p
+	local p low
+	read -r low _ </proc/sys/net/ipv4/ip_local_port_range
+	[ "$low" -gt 10000 ] || low=32768
 	for _ in $(seq 200); do
-		p=$((20000 + RANDOM % 20000))
-		if ! ss -Hltn "sport = :$p" | grep -q .; then
+		p=$((10000 + RANDOM % (low - 10000)))
+		if ! ss -Htan "sport = :$p" | grep -q .; then
 			echo "$p"
 			return 0
 		fi

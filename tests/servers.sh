@@ -77,6 +77,9 @@ start_ceph() {
 	mon data = $d/mon/\$name
 	[osd]
 	osd data = $d/osd/\$name
+	# A client killed with its exclusive lock on an image keeps it until
+	# its watch times out: 5 s, not 30, so tests that kill one go on.
+	osd client watch timeout = 5
 	osd max object name len = 460
 	osd max object namespace len = 64
 	EOF
