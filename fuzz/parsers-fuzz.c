@@ -29,7 +29,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text = malloc(size);
 	memcpy(text, data + 1, size - 1);
 	text[size - 1] = 0;
-	switch (data[0] % 7) {
+	switch (data[0] % 8) {
 	case 0: {
 		struct cd_uri u;
 		if (cd_uri_parse(&ctx, text, &u) == 0)
@@ -65,6 +65,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 6:
 		cd_config_parse_text(&ctx, text);
 		break;
+	case 7: {
+		uint64_t seq, snaps[16];
+		uint32_t count;
+		cd_rbd_parse_snap_context(data + 1, size - 1, &seq, snaps, 16, &count);
+		break;
+	}
 	default: {
 		char code[64];
 		cd_s3_error_code(text, code, sizeof(code));

@@ -339,6 +339,10 @@ struct cd_ceph_load {
  * without, since each OSD started. */
 int cd_rbd_cluster_load(struct cd_target *t, const struct cd_ceph_load *before,
 			struct cd_ceph_load *out);
+/* An RBD header's snapshot context (cls rbd get_snapcontext): the
+ * sequence, then the snapshot ids, newest first.  -EPROTO: malformed. */
+int cd_rbd_parse_snap_context(const uint8_t *reply, size_t len, uint64_t *seq,
+			      uint64_t *snaps, uint32_t max, uint32_t *count);
 /* Make a new, empty store of size bytes where the kind can (file, rbd, s3). */
 int cd_target_create(struct cdisk_ctx *ctx, const char *uri, uint64_t size);
 

@@ -288,28 +288,43 @@ static bool image_allows_direct(struct rbd_priv *p)
 	return r == -ENOENT;
 }
 
+int cd_rbd_parse_snap_context(const uint8_t *reply, size_t len, uint64_t *seq,
+			      uint64_t *snaps, uint32_t max, uint32_t *count)
+{
+	if (len < 12)
+		return -EPROTO;
+	*seq = cd_get_le64(reply);
+	*count = cd_get_le32(reply + 8);
+	if (*count > max || len != 12 + 8 * (size_t)*count)
+		return -EPROTO;
+	for (uint32_t i = 0; i < *count; i++) {
+		snaps[i] = cd_get_le64(reply + 12 + 8 * i);
+		/* Newest first, none newer than the sequence: else the OSD
+		 * would clone for the wrong snapshots. */
+		if (snaps[i] > *seq || (i && snaps[i] >= snaps[i - 1]))
+			return -EPROTO;
+	}
+	return 0;
+}
+
 /* The snapshot context for writes to the data objects, from the header. */
 static int set_snap_context(struct rbd_priv *p)
 {
 	uint8_t reply[8 + 4 + 8 * 1024];
 	rados_snap_t snaps[1024];
+	uint64_t seq;
 	uint32_t count;
 	int n = header_name(p);
 
 	if (n == 0)
 		n = rados_exec(p->io, p->header, "rbd", "get_snapcontext", NULL, 0,
 			       (char *)reply, sizeof(reply));
+	if (n >= 0)
+		n = cd_rbd_parse_snap_context(reply, (size_t)n, &seq, snaps,
+					      CD_ARRAY_SIZE(snaps), &count);
 	if (n < 0)
 		return n;
-	if (n < 12)
-		return -EPROTO;
-	count = cd_get_le32(reply + 8);
-	if (count > CD_ARRAY_SIZE(snaps) || (size_t)n != 12 + 8 * (size_t)count)
-		return -EPROTO;
-	for (uint32_t i = 0; i < count; i++)
-		snaps[i] = cd_get_le64(reply + 12 + 8 * i);
-	return rados_ioctx_selfmanaged_snap_set_write_ctx(p->data, cd_get_le64(reply),
-							  snaps, (int)count);
+	return rados_ioctx_selfmanaged_snap_set_write_ctx(p->data, seq, snaps, (int)count);
 }
 
 static void on_header_update(void *arg)

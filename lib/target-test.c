@@ -303,6 +303,38 @@ static void test_pieces_together_or_one_by_one(void **state)
 	cd_target_close(t);
 }
 
+static void test_rbd_snap_context(void **state)
+{
+	uint8_t reply[12 + 16] = { 0 };
+	uint64_t seq, snaps[4];
+	uint32_t count;
+
+	(void)state;
+	/* No snapshot yet: the sequence alone. */
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 12, &seq, snaps, 4, &count), 0);
+	assert_int_equal(seq, 0);
+	assert_int_equal(count, 0);
+	/* seq 9, snapshots 7 and 3, newest first. */
+	cd_put_le64(reply, 9);
+	cd_put_le32(reply + 8, 2);
+	cd_put_le64(reply + 12, 7);
+	cd_put_le64(reply + 20, 3);
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 28, &seq, snaps, 4, &count), 0);
+	assert_int_equal(seq, 9);
+	assert_int_equal(count, 2);
+	assert_int_equal(snaps[0], 7);
+	assert_int_equal(snaps[1], 3);
+	/* Short, long, more than room for, out of order, newer than seq. */
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 11, &seq, snaps, 4, &count), -EPROTO);
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 27, &seq, snaps, 4, &count), -EPROTO);
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 28, &seq, snaps, 1, &count), -EPROTO);
+	cd_put_le64(reply + 20, 8);
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 28, &seq, snaps, 4, &count), -EPROTO);
+	cd_put_le64(reply + 20, 3);
+	cd_put_le64(reply, 5);
+	assert_int_equal(cd_rbd_parse_snap_context(reply, 28, &seq, snaps, 4, &count), -EPROTO);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -312,6 +344,7 @@ int main(void)
 		cmocka_unit_test(test_unaligned_requests_keep_neighbours),
 		cmocka_unit_test(test_reads_retried_writes_not),
 		cmocka_unit_test(test_pieces_together_or_one_by_one),
+		cmocka_unit_test(test_rbd_snap_context),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
