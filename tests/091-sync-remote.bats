@@ -10,6 +10,7 @@ setup() {
 }
 
 teardown() {
+	stop_serve
 	stop_proxy
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
 	stop_nbdkit
@@ -156,6 +157,37 @@ rbd_image_name() {   # PREFIX
 	CDISK_TIMEOUT=120 run_cdisk cdisk-sync --json d.cdisk
 	[ "$(json_get .clean)" = true ]
 	run_cdisk cdisk-io d.cdisk dump:disk.img
+	run_cdisk rbd export "rbd/$image" head.img
+	cmp disk.img head.img || fail "the image differs from the disk"
+	run_cdisk rbd object-map check "rbd/$image"
+	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
+	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
+}
+
+@test "sync to Ceph RBD of a served disk while fio writes to it: rewritten blocks go again" {
+	use_server ceph
+	export CEPH_CONF
+	local image tries=0
+	image=$(rbd_image_name served)
+	run_cdisk target-io "rbd:rbd/$image" create:64M
+	run_cdisk cdisk-create --base "rbd:rbd/$image" d.cdisk
+	start_serve --export d=d.cdisk
+	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
+		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
+	local fio=$!
+	sleep 1
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" -gt 0 ]
+	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
+		--verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
+	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
+		tries=$((tries + 1))
+		[ "$tries" -lt 5 ] || fail "never clean"
+	done
+	stop_serve
+	run_cdisk cdisk-io d.cdisk check-clean dump:disk.img
 	run_cdisk rbd export "rbd/$image" head.img
 	cmp disk.img head.img || fail "the image differs from the disk"
 	run_cdisk rbd object-map check "rbd/$image"
