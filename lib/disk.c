@@ -601,7 +601,7 @@ static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 }
 
 /* Read n bytes of present blocks from the data area. */
-static int read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
+int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
 {
 	int r = cd_pread_full(d->fd, p, n, d->sb.data_offset + off);
 
@@ -627,7 +627,7 @@ static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
 		if (stop > end)
 			stop = end;
 		n = (size_t)((stop - b) << d->block_shift);
-		r = present ? read_present(d, p, n, b << d->block_shift)
+		r = present ? cd_read_present(d, p, n, b << d->block_shift)
 			    : read_base(d, p, n, b << d->block_shift);
 		b = stop;
 	}
@@ -763,7 +763,7 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 
 		next_run(d, b, end, &present, &stop);
 		n = (size_t)((stop - b) << d->block_shift);
-		r = present ? read_present(d, p, n, b << d->block_shift)
+		r = present ? cd_read_present(d, p, n, b << d->block_shift)
 			    : read_base(d, p, n, b << d->block_shift);
 		b = stop;
 	}

@@ -592,6 +592,9 @@ int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
 /* Under the lock: store base data for blocks [first, first + count) that
  * are absent and not being written, present and clean (pull). */
 int cd_fill_locked(struct cdisk *d, uint64_t first, uint64_t count, const uint8_t *data);
+/* Blocks the overlay holds, from its data area, without the lock: the
+ * caller knows they are present. */
+int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off);
 /* Under the lock: let clean blocks in the range read from the base again
  * and free their space (close).  Returns the blocks released. */
 int cd_release_locked(struct cdisk *d, uint64_t first, uint64_t count, uint64_t *released);

@@ -246,13 +246,10 @@ static int read_pieces(struct cdisk *d, const struct extent *x, size_t n, uint8_
 	for (size_t i = 0; i < n && r == 0; i++) {
 		v[i] = (struct cd_piece){ buf + *bytes, (size_t)(x[i].count << d->block_shift),
 					  x[i].first << d->block_shift };
-		r = cd_pread_full(d->fd, buf + *bytes, v[i].len, d->sb.data_offset + v[i].off);
+		r = cd_read_present(d, buf + *bytes, v[i].len, v[i].off);
 		*bytes += v[i].len;
 	}
-	if (r < 0)
-		return cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r, "cannot read '%s': %s",
-				d->path, r == -ENODATA ? "file is truncated" : strerror(-r));
-	return 0;
+	return r;
 }
 
 /* Runs of zeros this long go as a zeroing request of their own; shorter
