@@ -3,7 +3,10 @@
 # changes over the same base, in one run, on the test suite's servers:
 #
 #   iSCSI (tgtd) and Ceph RBD bases of 1 GiB:
-#     200 MiB written sequentially; 200 MiB as scattered 4 KiB blocks
+#     200 MiB written sequentially; 200 MiB as scattered 4 KiB blocks, one
+#     in every 5 (every qcow2 cluster holds some)
+#   the same bases of 4 GiB: 200 MiB of 4 KiB blocks, one in every 16 (one
+#     a qcow2 cluster, as a VM's random writes over a larger disk fall)
 #   iSCSI again through the tests' proxy limited to 100 MB/s (a link
 #     rather than loopback): the scattered changes
 #   file bases of 1 GiB and 1 TiB: 10 MiB of scattered 4 KiB blocks
@@ -30,14 +33,15 @@ since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
 median() { sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 # The changes, as cdisk-io operations and as qemu-io commands.
-# seq: one run of N MiB; scatter: N MiB of 4 KiB blocks, one in every 5.
+# seq: one run of N MiB; scatter: N MiB of 4 KiB blocks, one in every 5;
+# sparse: one in every 16.
 changes() { # KIND MIB -> lines "OFFSET LENGTH"
-	local n=$(($2 * 256)) i
-	if [ "$1" = seq ]; then
-		echo "0 $(($2 << 20))"
-	else
-		for ((i = 0; i < n; i++)); do echo "$((i * 5 * 4096)) 4096"; done
-	fi
+	local n=$(($2 * 256)) i every=5
+	case $1 in
+	seq) echo "0 $(($2 << 20))"; return ;;
+	sparse) every=16 ;;
+	esac
+	for ((i = 0; i < n; i++)); do echo "$((i * every * 4096)) 4096"; done
 }
 
 # times ORIG COPY CMD...: the median of REPEAT runs of CMD, in seconds,
@@ -117,6 +121,21 @@ for kind in seq scatter; do
 	row rbd "$kind" "$mib" "$(cdisk_run rbd:rbd/sync "$kind" "$mib")" \
 		"$(qemu_run "rbd:rbd/sync:conf=$CEPH_CONF" "$kind" "$mib")"
 done
+
+# One block in 16, over 4 GiB bases
+big=$((mib * 16 / 1024 + 1))G
+dd if=/dev/zero of=lun2.img bs=4M count=$((mib * 4 + 256)) conv=fsync status=none
+"${adm[@]}" --op new --mode target --tid 2 -T iqn.2026-11.org.cdisk.bench:sparse
+"${adm[@]}" --op new --mode logicalunit --tid 2 --lun 1 -b "$work/lun2.img"
+"${adm[@]}" --op bind --mode target --tid 2 -I ALL
+iscsi2=iscsi://127.0.0.1:$TGT_PORT/iqn.2026-11.org.cdisk.bench:sparse/1
+row iscsi sparse "$mib" "$(cdisk_run "$iscsi2" sparse "$mib")" \
+	"$(qemu_run "$iscsi2" sparse "$mib")"
+rbd create rbd/sparse --size "$big"
+rbd bench --io-type write --io-size 4M --io-threads 16 --io-total "$big" rbd/sparse \
+	>/dev/null 2>&1
+row rbd sparse "$mib" "$(cdisk_run rbd:rbd/sparse sparse "$mib")" \
+	"$(qemu_run "rbd:rbd/sparse:conf=$CEPH_CONF" sparse "$mib")"
 
 # iSCSI behind a 100 MB/s link: the proxy limits only the sync and the
 # commit, not the writes that fill the overlays.
