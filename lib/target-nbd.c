@@ -182,8 +182,12 @@ static int nbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece 
 				r = nbd_fail(t, "cannot write", EIO);
 			done++;
 		}
-		if (done == sent)
-			break;
+		/* All answered: the end, unless there are more to send. */
+		if (done == sent) {
+			if (r < 0 || sent == n)
+				break;
+			continue;
+		}
 		/* Commands still out on a connection we give up: it is dropped. */
 		if (nbd_aio_is_dead(s) || nbd_aio_is_closed(s)) {
 			r = nbd_fail(t, "cannot write", ECONNRESET);

@@ -64,6 +64,25 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk qemu-img compare -f raw -F raw "$BATS_TEST_TMPDIR/disk.img" base.raw
 }
 
+@test "sync to NBD: thousands of scattered blocks in flight, every one sent" {
+	local round
+	make_base base.raw 16M
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/n.sock" file base.raw
+	# Every other block: 512 in each 4 MiB window, 64 in flight at once;
+	# a fast server answers a window's first ones before the rest go.
+	for round in 1 2 3; do
+		local ops
+		ops=($(scatter_ops $((round % 2 * 4096)) $((16 << 20)) 8192 $((round * 5000))))
+		rm -f d.cdisk
+		run_cdisk cdisk-create --base "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock" d.cdisk
+		run_cdisk cdisk-io d.cdisk "${ops[@]}" f
+		run_cdisk cdisk-sync --json d.cdisk
+		[ "$(json_get .requests)" = "${#ops[@]}" ] || fail "requests: $(json_get .requests)"
+		run_cdisk cdisk-io d.cdisk dump:disk.img
+		cmp disk.img base.raw || fail "round $round: the base differs from the disk"
+	done
+}
+
 @test "sync to S3 (radosgw): whole chunks, zero chunks deleted" {
 	s3_env
 	run_cdisk target-io "s3://$BUCKET/synced" create:16M
