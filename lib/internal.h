@@ -189,6 +189,12 @@ const char *cd_scheme_name(enum cd_scheme scheme);
 
 struct cd_target;
 
+/* Scattered writes (cd_target_pwrite_pieces): the window of the kinds
+ * whose groups need no particular size, and how many of a set the kinds
+ * keep in flight at once on one connection or handle. */
+#define CD_SCATTER_WINDOW (4u << 20)
+#define CD_PIECES_DEPTH 64
+
 /* One write of a scattered set (cd_target_pwrite_pieces). */
 struct cd_piece {
 	const void *buf;

@@ -52,7 +52,7 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 	/* Small writes cost a local file next to nothing: scattered changes
 	 * go as they are, one pwrite each, rather than joined over gaps
 	 * that would first have to be read. */
-	t->scatter_window = 4u << 20;
+	t->scatter_window = CD_SCATTER_WINDOW;
 	t->priv = f;
 	return 0;
 fail:

@@ -327,26 +327,13 @@ static int iscsi_write(struct cd_target *t, void *s, const void *buf, size_t len
 	return finish(t, s, task, &w, "write", off, NULL);
 }
 
-/* Scattered writes: up to PIECES_DEPTH in flight on the one session, so
+/* Scattered writes: CD_PIECES_DEPTH in flight on the one session, so
  * that the target's queue, not the round trip, sets the pace. */
-#define PIECES_DEPTH 64
-
 struct pieces {
 	size_t sent, done;
 	struct wait *w;
 	struct scsi_task **task;
 };
-
-static void on_piece_done(struct iscsi_context *iscsi, int status, void *data,
-			  void *opaque)
-{
-	struct wait *w = opaque;
-
-	(void)iscsi;
-	(void)data;
-	w->done = true;
-	w->status = status;
-}
 
 /* Take back every task still out, so that no callback runs after we
  * return: libiscsi completes a cancelled task at once. */
@@ -369,12 +356,12 @@ static int send_pieces(struct cd_target *t, struct iscsi_context *iscsi,
 		bool lost = false;
 		int e;
 
-		while (r == 0 && b->sent < n && b->sent - b->done < PIECES_DEPTH) {
+		while (r == 0 && b->sent < n && b->sent - b->done < CD_PIECES_DEPTH) {
 			size_t i = b->sent;
 			b->task[i] = iscsi_write16_task(iscsi, p->lun, v[i].off / p->block,
 							(unsigned char *)v[i].buf,
 							(uint32_t)v[i].len, (int)p->block,
-							0, 0, 0, 0, 0, on_piece_done, &b->w[i]);
+							0, 0, 0, 0, 0, on_done, &b->w[i]);
 			if (!b->task[i])
 				r = cd_error(t->ctx, -ECONNRESET, "cannot write '%s': %s",
 					     t->uri, iscsi_get_error(iscsi));
@@ -604,7 +591,7 @@ static int iscsi_open(struct cd_target *t, const struct cd_uri *u)
 		goto fail;
 	}
 	t->align = p->block;
-	t->scatter_window = ISCSI_MAX_REQUEST;
+	t->scatter_window = CD_SCATTER_WINDOW;
 	t->can_flush = true;
 	t->can_zero = true;
 	read_limits(t, iscsi);

@@ -126,7 +126,7 @@ static int nbd_open(struct cd_target *t, const struct cd_uri *uri)
 	max = nbd_get_block_size(h, LIBNBD_SIZE_MAXIMUM);
 	t->max_request = max > 0 && max < NBD_DEFAULT_MAX_REQUEST ? (uint32_t)max
 								  : NBD_DEFAULT_MAX_REQUEST;
-	t->scatter_window = 4u << 20;
+	t->scatter_window = CD_SCATTER_WINDOW;
 	if (nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) > 1)
 		t->align = (uint32_t)nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
 	/* The first session goes into the pool for the first request. */
@@ -149,9 +149,7 @@ static int nbd_write(struct cd_target *t, void *s, const void *buf, size_t len,
 			"cannot write");
 }
 
-/* Scattered writes, up to PIECES_DEPTH in flight on the one connection. */
-#define PIECES_DEPTH 64
-
+/* Scattered writes, CD_PIECES_DEPTH in flight on the one connection. */
 static int nbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece *v,
 			    size_t n)
 {
@@ -166,7 +164,7 @@ static int nbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece 
 		size_t before = done;
 		uint64_t now;
 
-		while (r == 0 && sent < n && sent - done < PIECES_DEPTH) {
+		while (r == 0 && sent < n && sent - done < CD_PIECES_DEPTH) {
 			cookie[sent] = nbd_aio_pwrite(s, v[sent].buf, v[sent].len, v[sent].off,
 						      NBD_NULL_COMPLETION, 0);
 			if (cookie[sent] < 0)

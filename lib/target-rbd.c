@@ -262,8 +262,6 @@ static int rbd_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
  * Where a check fails, the pieces go through librbd, all in flight at
  * once. */
 
-#define RBD_PIECES_DEPTH 64
-
 static bool image_allows_direct(struct rbd_priv *p)
 {
 	const uint64_t refused = RBD_FEATURE_JOURNALING | RBD_FEATURE_MIGRATING |
@@ -374,11 +372,11 @@ static void check_header(struct cd_target *t, struct rbd_priv *p)
 static int librbd_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
 {
 	struct rbd_priv *p = t->priv;
-	rbd_completion_t c[RBD_PIECES_DEPTH];
+	rbd_completion_t c[CD_PIECES_DEPTH];
 	int r = 0;
 
-	for (size_t from = 0; from < n; from += RBD_PIECES_DEPTH) {
-		size_t k = n - from < RBD_PIECES_DEPTH ? n - from : RBD_PIECES_DEPTH, sent = 0;
+	for (size_t from = 0; from < n; from += CD_PIECES_DEPTH) {
+		size_t k = n - from < CD_PIECES_DEPTH ? n - from : CD_PIECES_DEPTH, sent = 0;
 
 		for (; sent < k; sent++) {
 			const struct cd_piece *x = &v[from + sent];

@@ -191,24 +191,7 @@ dirty_bytes() {
 @test "sync: a served disk is synced by its server while fio writes to it" {
 	make_base base.raw 64M
 	run_cdisk cdisk-create --base base.raw d.cdisk
-	start_serve --export d=d.cdisk
-	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
-		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
-	local fio=$!
-	sleep 1
-	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" -gt 0 ]
-	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
-	# everything fio wrote is still what it reads back
-	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
-	local tries=0
-	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
-		tries=$((tries + 1))
-		[ "$tries" -lt 5 ] || fail "never clean"
-	done
-	stop_serve
+	sync_served_while_fio_writes 64M
 	run_cdisk cdisk-io d.cdisk check-clean
 	assert_base_equals_disk d.cdisk "$PWD/base.raw"
 }

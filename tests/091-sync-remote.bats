@@ -14,6 +14,7 @@ teardown() {
 	stop_proxy
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
 	stop_nbdkit
+	remove_rbd_images
 }
 
 # scatter_ops FROM TO STEP SEED: cdisk-io writes of 4 KiB every STEP bytes
@@ -47,13 +48,10 @@ sync_and_compare() {   # BASE-URI
 }
 
 @test "sync to Ceph RBD" {
-	use_server ceph
-	export CEPH_CONF
-	local image=sync$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)
-	run_cdisk target-io "rbd:rbd/$image" create:16M
+	local image
+	new_rbd_image sync 16M
 	run_cdisk target-io -w "rbd:rbd/$image" w:0:16M:1
 	sync_and_compare "rbd:rbd/$image"
-	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
 }
 
 @test "sync to NBD (nbdkit)" {
@@ -119,12 +117,42 @@ rbd_image_name() {   # PREFIX
 	printf '%s%s' "$1" "$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)"
 }
 
-@test "sync to Ceph RBD: scattered blocks go to the data objects; object map, fast-diff and snapshot agree" {
+# new_rbd_image PREFIX SIZE: an image of this test's own, named in $image;
+# teardown removes it, with its snapshots.
+new_rbd_image() {
 	use_server ceph
 	export CEPH_CONF
+	image=$(rbd_image_name "$1")
+	RBD_IMAGES+=("$image")
+	run_cdisk target-io "rbd:rbd/$image" create:"$2"
+}
+
+# Newest first, so that a clone goes before its parent's snapshot.
+remove_rbd_images() {
+	local i img snap
+	for ((i = ${#RBD_IMAGES[@]} - 1; i >= 0; i--)); do
+		img=rbd/${RBD_IMAGES[i]}
+		for snap in $(timeout 30 rbd snap ls --format json "$img" 2>/dev/null |
+			      jq -r '.[].name'); do
+			timeout 30 rbd snap unprotect "$img@$snap" >/dev/null 2>&1 || true
+		done
+		timeout 30 rbd snap purge "$img" >/dev/null 2>&1 || true
+		timeout 30 rbd rm "$img" >/dev/null 2>&1 || true
+	done
+}
+
+# assert_rbd_holds IMAGE FILE: librbd reads FILE back from the image, and
+# its object map agrees with the OSDs.
+assert_rbd_holds() {
+	run_cdisk rbd export "rbd/$1" "$BATS_TEST_TMPDIR/export.img"
+	cmp "$2" "$BATS_TEST_TMPDIR/export.img" || fail "the image differs from the disk"
+	run_cdisk rbd object-map check "rbd/$1"
+	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
+}
+
+@test "sync to Ceph RBD: scattered blocks go to the data objects; object map, fast-diff and snapshot agree" {
 	local image
-	image=$(rbd_image_name direct)
-	run_cdisk target-io "rbd:rbd/$image" create:16M
+	new_rbd_image direct 16M
 	# Object 1 exists and is in a snapshot; objects 0, 2 and 3 do not exist.
 	run_cdisk target-io -w "rbd:rbd/$image" w:4M:4M:1
 	run_cdisk rbd snap create "rbd/$image@before"
@@ -150,16 +178,11 @@ rbd_image_name() {   # PREFIX
 	[ "$(jq length <<<"$output")" = 4 ] || fail "fast-diff: $output"
 	run_cdisk rbd object-map check "rbd/$image"
 	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
-	timeout 30 rbd snap purge "rbd/$image" >/dev/null 2>&1 || true
-	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
 }
 
 @test "sync to Ceph RBD: kill -9 among scattered direct writes: nothing wrongly clean, the object map right" {
-	use_server ceph
-	export CEPH_CONF
 	local image round pid
-	image=$(rbd_image_name killed)
-	run_cdisk target-io "rbd:rbd/$image" create:32M
+	new_rbd_image killed 32M
 	run_cdisk cdisk-create --base "rbd:rbd/$image" d.cdisk
 	for round in 1 2 3; do
 		run_cdisk cdisk-io d.cdisk \
@@ -176,55 +199,28 @@ rbd_image_name() {   # PREFIX
 	CDISK_TIMEOUT=120 run_cdisk cdisk-sync --json d.cdisk
 	[ "$(json_get .clean)" = true ]
 	run_cdisk cdisk-io d.cdisk dump:disk.img
-	run_cdisk rbd export "rbd/$image" head.img
-	cmp disk.img head.img || fail "the image differs from the disk"
-	run_cdisk rbd object-map check "rbd/$image"
-	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
-	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
+	assert_rbd_holds "$image" disk.img
 }
 
 @test "sync to Ceph RBD of a served disk while fio writes to it: rewritten blocks go again" {
-	use_server ceph
-	export CEPH_CONF
-	local image tries=0
-	image=$(rbd_image_name served)
-	run_cdisk target-io "rbd:rbd/$image" create:64M
+	local image
+	new_rbd_image served 64M
 	run_cdisk cdisk-create --base "rbd:rbd/$image" d.cdisk
-	start_serve --export d=d.cdisk
-	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
-		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
-	local fio=$!
-	sleep 1
-	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" -gt 0 ]
-	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
-	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
-	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
-		tries=$((tries + 1))
-		[ "$tries" -lt 5 ] || fail "never clean"
-	done
-	stop_serve
+	sync_served_while_fio_writes 64M
 	run_cdisk cdisk-io d.cdisk check-clean dump:disk.img
-	run_cdisk rbd export "rbd/$image" head.img
-	cmp disk.img head.img || fail "the image differs from the disk"
-	run_cdisk rbd object-map check "rbd/$image"
-	[[ "$stderr" != *"object map error"* ]] || fail "the object map is wrong"
-	timeout 30 rbd rm "rbd/$image" >/dev/null 2>&1 || true
+	assert_rbd_holds "$image" disk.img
 }
 
 @test "sync to an RBD clone: scattered blocks over the parent's data go through librbd" {
-	use_server ceph
-	export CEPH_CONF
-	local parent child
-	parent=$(rbd_image_name parent)
+	local image parent child
+	new_rbd_image parent 16M
+	parent=$image
 	child=$(rbd_image_name child)
-	run_cdisk target-io "rbd:rbd/$parent" create:16M
 	run_cdisk target-io -w "rbd:rbd/$parent" w:0:16M:1
 	run_cdisk rbd snap create "rbd/$parent@s"
 	run_cdisk rbd snap protect "rbd/$parent@s"
 	run_cdisk rbd clone "rbd/$parent@s" "rbd/$child"
+	RBD_IMAGES+=("$child")
 	run_cdisk cdisk-create --base "rbd:rbd/$child" d.cdisk
 	run_cdisk cdisk-io d.cdisk $(scatter_ops 0 $((16 << 20)) 12288 3) f
 	# What the disk shows now: the parent's data between the new blocks.
@@ -234,8 +230,4 @@ rbd_image_name() {   # PREFIX
 		fail "a clone's scattered writes did not go through librbd"
 	run_cdisk rbd export "rbd/$child" child.img
 	cmp disk.img child.img || fail "the clone lost its parent's data"
-	timeout 30 rbd rm "rbd/$child" >/dev/null 2>&1 || true
-	timeout 30 rbd snap unprotect "rbd/$parent@s" >/dev/null 2>&1 || true
-	timeout 30 rbd snap purge "rbd/$parent" >/dev/null 2>&1 || true
-	timeout 30 rbd rm "rbd/$parent" >/dev/null 2>&1 || true
 }

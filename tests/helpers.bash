@@ -136,6 +136,32 @@ start_serve() {
 	NBD="nbd+unix:///${SERVE_EXPORT:-d}?socket=$SERVE_SOCK"
 }
 
+# sync_served_while_fio_writes SIZE: serve d.cdisk while fio writes random
+# 4 KiB blocks over SIZE (crc32c in each) for 4 s, with a sync through the
+# server one second in; then fio checks what it wrote, syncs run until
+# nothing is left, and the server stops.
+sync_served_while_fio_writes() {
+	local size=$1 fio tries=0
+	start_serve --export d=d.cdisk
+	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size="$size" \
+		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
+	fio=$!
+	sleep 1
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .bytes)" -gt 0 ]
+	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	# everything fio wrote is still what it reads back
+	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
+		--size="$size" --verify=crc32c --verify_only=1 --verify_fatal=1 \
+		--verify_state_save=0
+	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
+		tries=$((tries + 1))
+		[ "$tries" -lt 5 ] || fail "never clean"
+	done
+	stop_serve
+}
+
 # Stop it with SIGTERM (or the given signal) and return its exit status.
 stop_serve() {
 	local sig=${1:-TERM} rc=0
