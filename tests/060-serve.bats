@@ -77,7 +77,7 @@ teardown() {
 	start_serve d.cdisk
 	pids=()
 	for i in $(seq 0 7); do
-		qemu-io -f raw -c "write -P $((i + 1)) $((i * 8))M 8M" -c flush "$NBD" \
+		timeout 60 qemu-io -f raw -c "write -P $((i + 1)) $((i * 8))M 8M" -c flush "$NBD" \
 			>/dev/null 2>&1 3>&- &
 		pids+=($!)
 	done
@@ -95,7 +95,7 @@ teardown() {
 	# the flush has been answered.
 	(
 		for i in $(seq 1 400); do
-			qemu-io -f raw -c "write -P $((i % 250 + 1)) $(( (i * 37 % 1024) * 64 ))k 64k" \
+			timeout 10 qemu-io -f raw -c "write -P $((i % 250 + 1)) $(( (i * 37 % 1024) * 64 ))k 64k" \
 				-c flush "$NBD" >/dev/null 2>&1 || exit 0
 			echo "$i" >>flushed.log
 		done
@@ -109,7 +109,7 @@ teardown() {
 	while read -r i; do last[$(( (i * 37 % 1024) * 64 ))]=$((i % 250 + 1)); done <flushed.log
 	start_serve d.cdisk
 	for off in "${!last[@]}"; do
-		qemu-io -f raw -c "read -P ${last[$off]} ${off}k 64k" "$NBD" >out.txt 2>&1
+		timeout 10 qemu-io -f raw -c "read -P ${last[$off]} ${off}k 64k" "$NBD" >out.txt 2>&1
 		if grep -q "Pattern verification failed" out.txt; then
 			# A later, unflushed write may have landed: it must be the
 			# next one logged for this offset, not garbage.
@@ -121,7 +121,7 @@ teardown() {
 @test "SIGTERM: in-flight requests finish, the disk closes cleanly, exit 0" {
 	run_cdisk 0 cdisk-create --size 64M d.cdisk
 	start_serve d.cdisk
-	qemu-io -f raw -c "write -P 9 0 32M" -c flush "$NBD" >/dev/null 2>&1 3>&- &
+	timeout 60 qemu-io -f raw -c "write -P 9 0 32M" -c flush "$NBD" >/dev/null 2>&1 3>&- &
 	writer=$!
 	sleep 0.3
 	stop_serve TERM

@@ -127,7 +127,7 @@ dirty_bytes() {
 	start_nbdkit_unix "$sock" --filter=delay file base.raw wdelay=300ms
 	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:32M:9 f
-	cdisk-sync --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
+	timeout 60 cdisk-sync --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
 	local pid=$! rc=0
 	sleep 1
 	stop_nbdkit
@@ -145,7 +145,7 @@ dirty_bytes() {
 	make_base base.raw 64M
 	run_cdisk cdisk-create --base base.raw d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
-	cdisk-sync --rate 16M --depth 1 d.cdisk 3>&- 2>/dev/null &
+	timeout 60 cdisk-sync --rate 16M --depth 1 d.cdisk 3>&- 2>/dev/null &
 	local pid=$!
 	sleep 0.5
 	run_cdisk 4 cdisk-sync d.cdisk
@@ -159,7 +159,7 @@ dirty_bytes() {
 	make_base base.raw 64M
 	run_cdisk cdisk-create --base base.raw d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
-	cdisk-sync --rate 16M --depth 2 d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/err" &
+	timeout 60 cdisk-sync --rate 16M --depth 2 d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/err" &
 	local pid=$! rc=0
 	sleep 1
 	kill -INT "$pid"

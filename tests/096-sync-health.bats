@@ -45,7 +45,7 @@ sync_meets_delay() {
 
 # The base, read past the proxy, still holds only zeros in its first SIZE.
 base_untouched() {
-	nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c "$1" | cmp - <(head -c "$1" /dev/zero)
+	timeout 60 nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c "$1" | cmp - <(head -c "$1" /dev/zero)
 }
 
 @test "sync --if-healthy: a degraded base changes nothing and exits 8" {
@@ -78,7 +78,7 @@ base_untouched() {
 @test "sync: slows down when delay is added during it, speeds up when removed" {
 	disk_behind_proxy 448M
 	proxy_ctl rate 40000000
-	cdisk-sync -v --json d.cdisk >sync.json 2>sync.err 3>&- &
+	timeout 120 cdisk-sync -v --json d.cdisk >sync.json 2>sync.err 3>&- &
 	sync_pid=$!
 	sleep 1.5
 	b0=$(proxy_bytes); sleep 1; b1=$(proxy_bytes)
@@ -139,7 +139,7 @@ base_untouched() {
 	run_cdisk 0 cdisk-sync --json d.cdisk
 	[ "$(json_get .clean)" = true ]
 	run_cdisk 0 cdisk-io d.cdisk "r:0:96M:7"
-	nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c 96M >base.img
+	timeout 60 nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c 96M >base.img
 	run_cdisk 0 patfile base.img r 0 96M 7
 }
 

@@ -143,7 +143,7 @@ start_serve() {
 sync_served_while_fio_writes() {
 	local size=$1 fio tries=0
 	start_serve --export d=d.cdisk
-	fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size="$size" \
+	timeout 60 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size="$size" \
 		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
 		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
 	fio=$!
@@ -155,7 +155,7 @@ sync_served_while_fio_writes() {
 	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
 		--size="$size" --verify=crc32c --verify_only=1 --verify_fatal=1 \
 		--verify_state_save=0
-	until [ "$(cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
+	until [ "$(timeout 60 cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
 		tries=$((tries + 1))
 		[ "$tries" -lt 5 ] || fail "never clean"
 	done
@@ -167,6 +167,13 @@ stop_serve() {
 	local sig=${1:-TERM} rc=0
 	[ -n "${SERVE_PID:-}" ] || return 0
 	kill -"$sig" "$SERVE_PID" 2>/dev/null || true
+	for _ in $(seq 600); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.05; done
+	if kill -0 "$SERVE_PID" 2>/dev/null; then
+		kill -9 "$SERVE_PID" 2>/dev/null
+		wait "$SERVE_PID" 2>/dev/null
+		SERVE_PID=
+		fail "cdisk-serve did not stop within 30 s of SIG$sig"
+	fi
 	wait "$SERVE_PID" || rc=$?
 	SERVE_PID=
 	return $rc
@@ -226,7 +233,7 @@ s3_env() {
 }
 
 s3_curl() {
-	curl -sf --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RGW_KEY:$RGW_SECRET" \
+	curl -sf -m 30 --aws-sigv4 "aws:amz:us-east-1:s3" --user "$RGW_KEY:$RGW_SECRET" \
 		-H "x-amz-content-sha256: UNSIGNED-PAYLOAD" "$@"
 }
 
@@ -251,9 +258,10 @@ stop_silent_server() {
 	kill "$SILENT_PID" 2>/dev/null || true
 }
 
-# A file of LEN random bytes, made once per run and shared.
+# A file of LEN random bytes, made once per run and shared (run-tests.sh
+# gives the run's folder; bats runs each file on its own).
 random_file() {
-	local f=$BATS_RUN_TMPDIR/random-$1
+	local f=${CDISK_RUN_TMPDIR:-$BATS_RUN_TMPDIR}/random-$1
 	if [ ! -f "$f" ]; then
 		head -c "$1" /dev/urandom >"$f.tmp" && mv -f "$f.tmp" "$f"
 	fi

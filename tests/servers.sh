@@ -69,10 +69,13 @@ start_ceph() {
 	memstore device bytes = 8589934592
 	memstore page set = true
 	run dir = $d/run
-	admin socket = $d/run/\$name.asok
 	log file = $d/log/\$name.log
 	pid file = $d/run/\$name.pid
 	ms bind ipv6 = false
+	# A client pings its watches every tick: every second, well inside
+	# the 5 s watch timeout below (with the default 5 s tick, a live
+	# client's watch times out and librbd must take its lock again).
+	objecter tick interval = 1
 	[mon]
 	mon data = $d/mon/\$name
 	[osd]
