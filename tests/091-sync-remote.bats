@@ -88,6 +88,80 @@ sync_and_compare() {   # BASE-URI
 	sync_and_compare "s3://$BUCKET/synced"
 }
 
+# kill_sync_rounds BASE-URI: six rounds of new scattered blocks and a
+# 1 MiB run, each with a sync killed with -9 at a random moment; after
+# every kill nothing is recorded clean that the base lacks.  Then a sync
+# to the end, and the base equals the disk.
+kill_sync_rounds() {
+	local uri=$1 round pid rc killed=0
+	run_cdisk cdisk-create --base "$uri" d.cdisk
+	for round in 1 2 3 4 5 6; do
+		run_cdisk cdisk-io d.cdisk w:$(((round * 5 % 28) << 20)):1M:$round \
+			$(scatter_ops $((round * 4096)) $((32 << 20)) 16384 $((round * 10000))) f
+		cdisk-sync --rate 8M d.cdisk 3>&- 2>/dev/null &
+		pid=$!
+		sleep "0.$((RANDOM % 10))$((RANDOM % 10))"
+		kill -9 "$pid" 2>/dev/null || true
+		rc=0
+		wait "$pid" 2>/dev/null || rc=$?
+		[ "$rc" != 137 ] || killed=$((killed + 1))
+		run_cdisk cdisk-io d.cdisk check-clean
+	done
+	# 9 MiB a round at 8 MiB/s: most syncs die on the way.
+	[ "$killed" -ge 3 ] || fail "only $killed of 6 syncs were killed on the way"
+	run_cdisk cdisk-sync --json d.cdisk
+	[ "$(json_get .clean)" = true ]
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	run_cdisk target-io -d 8 "$uri" get:base.img
+	cmp disk.img base.img || fail "the base differs from the disk"
+}
+
+# served_sync_and_compare BASE-URI: a served disk synced while fio writes
+# to it, synced until clean, then the base equals the disk.
+served_sync_and_compare() {
+	run_cdisk cdisk-create --base "$1" d.cdisk
+	sync_served_while_fio_writes 64M
+	run_cdisk cdisk-io d.cdisk check-clean dump:disk.img
+	run_cdisk target-io -d 8 "$1" get:base.img
+	cmp disk.img base.img || fail "the base differs from the disk"
+}
+
+@test "sync to iSCSI: kill -9 at random moments, six times: nothing wrongly clean" {
+	use_server tgt
+	tgt_new_lun 32M
+	kill_sync_rounds "$TGT_URI"
+}
+
+@test "sync to NBD: kill -9 at random moments, six times: nothing wrongly clean" {
+	make_base base.raw 32M
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/n.sock" file base.raw
+	kill_sync_rounds "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock"
+}
+
+@test "sync to S3: kill -9 at random moments, six times: nothing wrongly clean" {
+	s3_env
+	run_cdisk target-io "s3://$BUCKET/killed" create:32M
+	kill_sync_rounds "s3://$BUCKET/killed"
+}
+
+@test "sync to iSCSI of a served disk while fio writes to it" {
+	use_server tgt
+	tgt_new_lun 64M
+	served_sync_and_compare "$TGT_URI"
+}
+
+@test "sync to NBD of a served disk while fio writes to it" {
+	make_base base.raw 64M
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/n.sock" file base.raw
+	served_sync_and_compare "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock"
+}
+
+@test "sync to S3 of a served disk while fio writes to it" {
+	s3_env
+	run_cdisk target-io "s3://$BUCKET/served" create:64M
+	served_sync_and_compare "s3://$BUCKET/served"
+}
+
 @test "sync to iSCSI: connections cut with scattered blocks in flight mark nothing wrongly clean" {
 	use_server tgt
 	tgt_new_lun 64M
