@@ -227,7 +227,7 @@ static int stop_signals(void)
 /* The options cron would give cdisk-sync, run by the server itself. */
 static int set_sync_policy(struct cdisk_server *srv)
 {
-	struct cdisk_sync_opts o = { .depth = 16 };
+	struct cdisk_sync_opts o = { 0 };
 
 	o.min_dirty = sync_min_dirty_arg ? cli_parse_size("--sync-min-dirty",
 							  sync_min_dirty_arg) : 0;

@@ -20,7 +20,7 @@ static const struct cli_program program = {
 };
 
 static char *min_dirty_arg, *rate_arg, *range_arg;
-static int max_time, depth = 16, dry_run, verify, pull, close_disk, if_healthy;
+static int max_time, depth, dry_run, verify, pull, close_disk, if_healthy;
 static int target_delay;
 
 static struct poptOption options[] = {
@@ -40,7 +40,7 @@ static struct poptOption options[] = {
 	  "Start no new work after SECONDS; what was sent is kept (exit 8 if "
 	  "changes are left)", "SECONDS" },
 	{ "depth", 'd', POPT_ARG_INT, &depth, 0,
-	  "Requests in flight to the base (default 16)", "N" },
+	  "Requests in flight to the base (default 0: the base's own, 16; iSCSI 4)", "N" },
 	{ "dry-run", 'n', POPT_ARG_NONE, &dry_run, 0,
 	  "Say what would be sent; send and change nothing", NULL },
 	{ "verify", '\0', POPT_ARG_NONE, &verify, 0,
@@ -201,8 +201,8 @@ int main(int argc, char **argv)
 	int r;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
-	if (depth < 1 || depth > 256)
-		cli_usage_error("--depth must be from 1 to 256");
+	if (depth < 0 || depth > 256)
+		cli_usage_error("--depth must be from 1 to 256 (0: the base's own)");
 	if (max_time < 0)
 		cli_usage_error("--max-time must not be negative");
 	if (target_delay < -1 || target_delay > 10000)

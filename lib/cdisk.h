@@ -354,7 +354,7 @@ struct cdisk_sync_progress {
 };
 
 struct cdisk_sync_opts {
-	unsigned depth;             /* requests in flight; 0: 16 */
+	unsigned depth;             /* requests in flight; 0: the base's own (16; iSCSI 4) */
 	uint64_t rate;              /* bytes per second; 0: no limit */
 	uint32_t max_seconds;       /* stop starting work after this; 0: none */
 	uint64_t min_dirty;         /* bytes: with less, do nothing */

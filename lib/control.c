@@ -328,7 +328,7 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 	json_t *err = NULL, *o = json_object_get(req, "options");
 	struct cd_export *e = export_of_request(s, req, &err);
 	struct cdisk_sync_opts opts = { 0 };
-	json_int_t depth = 16, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
+	json_int_t depth = 0, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
 	json_int_t target_delay = 0;
 	const char *mode = "push";
 	int verify = 0, if_healthy = 0;
@@ -341,7 +341,7 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 			     "verify", &verify, "if_healthy", &if_healthy,
 			     "target_delay_ms", &target_delay) < 0)
 		return error_reply(-EINVAL, "bad sync options");
-	if (depth < 1 || depth > 256 || rate < 0 || max_seconds < 0 ||
+	if (depth < 0 || depth > 256 || rate < 0 || max_seconds < 0 ||
 	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0 ||
 	    target_delay < -1 || target_delay > 10000)
 		return error_reply(-EINVAL, "sync options out of range");
@@ -706,7 +706,7 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 					 mode == CDISK_SYNC_CLOSE ? "close" : "push",
 				 "offset", (json_int_t)o->range_offset,
 				 "length", (json_int_t)o->range_length,
-				 "depth", (json_int_t)(o->depth ? o->depth : 16),
+				 "depth", (json_int_t)o->depth,
 				 "rate", (json_int_t)o->rate, "max_seconds",
 				 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
 				 "verify", o->verify, "if_healthy", o->if_healthy,

@@ -253,6 +253,9 @@ struct cd_target {
 	 * bytes (a power of two: an RBD object); 0: no scattered writes, a
 	 * caller joins neighbours into large requests instead. */
 	uint32_t scatter_window;
+	/* How many requests (or groups of pieces) a sync keeps under way
+	 * when not told; 0: SYNC_DEFAULT_DEPTH. */
+	uint32_t sync_depth;
 	uint32_t timeout_ms;     /* every request and connection */
 	uint32_t retries;
 	bool readonly;

@@ -17,6 +17,7 @@
 
 #define SYNC_EXTENT (4u << 20)       /* the largest request: one S3 chunk */
 #define SYNC_BATCH (256ull << 20)    /* bytes between base flushes */
+#define SYNC_DEFAULT_DEPTH 16        /* requests under way, unless the base says */
 /* Dirty runs this close are sent as one request, the blocks between
  * included: they read as the base already holds them (clean overlay data,
  * or the base's own), so the base does not change there, and one request
@@ -469,9 +470,18 @@ static void watch_workers(struct engine *e)
 	}
 }
 
+/* Requests (or groups of pieces) under way: as asked, else as the base
+ * takes them best. */
+static unsigned sync_depth(const struct engine *e)
+{
+	if (e->o->depth)
+		return e->o->depth;
+	return e->base->sync_depth ? e->base->sync_depth : SYNC_DEFAULT_DEPTH;
+}
+
 static int run_workers(struct engine *e)
 {
-	unsigned n = e->o->depth ? e->o->depth : 16;
+	unsigned n = sync_depth(e);
 	pthread_t th[256];
 	unsigned started = 0;
 
@@ -802,6 +812,8 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 		r = collect_dirty(&e, &n);
 	if (r < 0)
 		goto out;
+	cd_log(d->ctx, CDISK_LOG_DEBUG, "'%s': %llu bytes to send, %u requests under way",
+	       d->path, (unsigned long long)e.total_bytes, sync_depth(&e));
 	engine_start(&e);
 	r = sync_all(&e, n);
 	engine_stop(&e);

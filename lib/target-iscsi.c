@@ -592,6 +592,11 @@ static int iscsi_open(struct cd_target *t, const struct cd_uri *u)
 	}
 	t->align = p->block;
 	t->scatter_window = CD_SCATTER_WINDOW;
+	/* Each group of pieces already has CD_PIECES_DEPTH commands in
+	 * flight on its session; a target serves them from one queue (tgtd:
+	 * one event loop), so more sessions only contend.  On tgtd, 4 were
+	 * 7-10% faster than 16, sequential and scattered alike. */
+	t->sync_depth = 4;
 	t->can_flush = true;
 	t->can_zero = true;
 	read_limits(t, iscsi);

@@ -304,7 +304,9 @@ dirty_bytes() {
 	[ "$(json_get .exit_code)" = 6 ]
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"mode\":\"sideways\"}}"
 	json_get .error | grep -q "push, pull or close"
-	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":0}}"
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":257}}"
+	json_get .error | grep -q "out of range"
+	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":-1}}"
 	json_get .error | grep -q "out of range"
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":\"many\"}}"
 	json_get .error | grep -q "bad sync options"

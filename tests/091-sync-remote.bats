@@ -47,6 +47,22 @@ sync_and_compare() {   # BASE-URI
 	sync_and_compare "$TGT_URI"
 }
 
+@test "sync to iSCSI: 4 groups under way unless --depth says; a bad --depth is refused" {
+	use_server tgt
+	tgt_new_lun 16M
+	run_cdisk cdisk-create --base "$TGT_URI" d.cdisk
+	run_cdisk cdisk-io d.cdisk w:0:1M:3 f
+	run_cdisk cdisk-sync -v -v d.cdisk
+	[[ "$stderr" == *"1048576 bytes to send, 4 requests under way"* ]] || fail "not 4"
+	run_cdisk cdisk-io d.cdisk w:0:1M:4 f
+	run_cdisk cdisk-sync -v -v --depth 9 d.cdisk
+	[[ "$stderr" == *"1048576 bytes to send, 9 requests under way"* ]] || fail "not 9"
+	for bad in 257 -1; do
+		run_cdisk 2 cdisk-sync --depth "$bad" d.cdisk
+		assert_usage_error cdisk-sync "--depth must be from 1 to 256"
+	done
+}
+
 @test "sync to Ceph RBD" {
 	local image
 	new_rbd_image sync 16M
