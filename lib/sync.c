@@ -471,12 +471,15 @@ static void watch_workers(struct engine *e)
 }
 
 /* Requests (or groups of pieces) under way: as asked, else as the base
- * takes them best. */
+ * takes writes best.  A pull reads through the disk's own base, one
+ * request a thread: the default. */
 static unsigned sync_depth(const struct engine *e)
 {
 	if (e->o->depth)
 		return e->o->depth;
-	return e->base->sync_depth ? e->base->sync_depth : SYNC_DEFAULT_DEPTH;
+	if (e->base && e->base->sync_depth)
+		return e->base->sync_depth;
+	return SYNC_DEFAULT_DEPTH;
 }
 
 static int run_workers(struct engine *e)
