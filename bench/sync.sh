@@ -87,16 +87,12 @@ prepare_qemu() { # QEMU-BACKING KIND MIB -> seconds of the writes; leaves ov.ori
 # the other left more often (page cache, the OSD's memory); medians.
 both() {
 	local cw qw i cs=() qc=()
+	cdisk_turn() { cs+=("$(one_run d.orig d.cdisk cdisk-sync -q d.cdisk)"); }
+	qemu_turn() { qc+=("$(one_run ov.orig ov.qcow2 qemu-img commit -q ov.qcow2)"); }
 	cw=$(prepare_cdisk "$1" "$3" "$4")
 	qw=$(prepare_qemu "$2" "$3" "$4")
 	for ((i = 0; i < repeat; i++)); do
-		if ((i % 2)); then
-			qc+=("$(one_run ov.orig ov.qcow2 qemu-img commit -q ov.qcow2)")
-			cs+=("$(one_run d.orig d.cdisk cdisk-sync -q d.cdisk)")
-		else
-			cs+=("$(one_run d.orig d.cdisk cdisk-sync -q d.cdisk)")
-			qc+=("$(one_run ov.orig ov.qcow2 qemu-img commit -q ov.qcow2)")
-		fi
+		if ((i % 2)); then qemu_turn; cdisk_turn; else cdisk_turn; qemu_turn; fi
 	done
 	echo "$cw $(printf '%s\n' "${cs[@]}" | median)"
 	echo "$qw $(printf '%s\n' "${qc[@]}" | median)"

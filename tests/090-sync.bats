@@ -22,13 +22,6 @@ scatter() {
 }
 
 # The base, read through its own kind, equals what the disk shows.
-assert_base_equals_disk() {   # DISK BASE-URI
-	run_cdisk cdisk-io "$1" dump:"$BATS_TEST_TMPDIR/disk.img"
-	run_cdisk target-io -d 8 "$2" get:"$BATS_TEST_TMPDIR/base.img"
-	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/base.img" ||
-		fail "the base differs from the disk"
-}
-
 dirty_bytes() {
 	cdisk-info --json "$1" | jq -r '.blocks_dirty * .block_size'
 }

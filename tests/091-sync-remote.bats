@@ -34,10 +34,8 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-sync --json --verify d.cdisk
 	[ "$(json_get .left_bytes)" = 0 ]
 	[ "$(json_get .verified_bytes)" -gt 0 ]
-	run_cdisk cdisk-io d.cdisk check-clean dump:"$BATS_TEST_TMPDIR/disk.img"
-	run_cdisk target-io -d 8 "$1" get:"$BATS_TEST_TMPDIR/base.img"
-	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/base.img" ||
-		fail "the base differs from the disk"
+	run_cdisk cdisk-io d.cdisk check-clean
+	assert_base_equals_disk d.cdisk "$1"
 }
 
 @test "sync to iSCSI (tgtd)" {
@@ -127,9 +125,7 @@ kill_sync_rounds() {
 	[ "$killed" -ge 3 ] || fail "only $killed of 6 syncs were killed on the way"
 	run_cdisk cdisk-sync --json d.cdisk
 	[ "$(json_get .clean)" = true ]
-	run_cdisk cdisk-io d.cdisk dump:disk.img
-	run_cdisk target-io -d 8 "$uri" get:base.img
-	cmp disk.img base.img || fail "the base differs from the disk"
+	assert_base_equals_disk d.cdisk "$uri"
 }
 
 # served_sync_and_compare BASE-URI: a served disk synced while fio writes
@@ -137,9 +133,8 @@ kill_sync_rounds() {
 served_sync_and_compare() {
 	run_cdisk cdisk-create --base "$1" d.cdisk
 	sync_served_while_fio_writes 64M
-	run_cdisk cdisk-io d.cdisk check-clean dump:disk.img
-	run_cdisk target-io -d 8 "$1" get:base.img
-	cmp disk.img base.img || fail "the base differs from the disk"
+	run_cdisk cdisk-io d.cdisk check-clean
+	assert_base_equals_disk d.cdisk "$1"
 }
 
 @test "sync to iSCSI: kill -9 at random moments, six times: nothing wrongly clean" {
@@ -198,9 +193,7 @@ served_sync_and_compare() {
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync --json d.cdisk
 	[ "$(json_get .clean)" = true ]
-	run_cdisk cdisk-io d.cdisk dump:disk.img
-	run_cdisk target-io -d 8 "$TGT_URI" get:base.img
-	cmp disk.img base.img || fail "the base differs from the disk"
+	assert_base_equals_disk d.cdisk "$TGT_URI"
 }
 
 rbd_image_name() {   # PREFIX

@@ -179,6 +179,15 @@ stop_serve() {
 	return $rc
 }
 
+# assert_base_equals_disk DISK BASE-URI: the base, read through its own
+# server, equals what the disk shows, byte for byte.
+assert_base_equals_disk() {
+	run_cdisk cdisk-io "$1" dump:"$BATS_TEST_TMPDIR/disk.img"
+	run_cdisk target-io -d 8 "$2" get:"$BATS_TEST_TMPDIR/base.img"
+	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/base.img" ||
+		fail "the base differs from the disk"
+}
+
 # ---- real servers (tests/servers.sh) ----
 
 # use_server NAME: start NAME once for the whole run and load its
