@@ -58,8 +58,23 @@ static void print_human(const char *path, const struct cdisk_info *i,
 		printf("base:            %s (not opened yet)\n", i->base);
 	else
 		printf("base:            %s (unreachable: %s)\n", i->base, i->base_error_msg);
-	printf("mirror:          %s\n", i->mirror[0] ? i->mirror : "none");
-	printf("metadata backup: %s\n", i->meta_backup[0] ? i->meta_backup : "none");
+	if (!i->mirror[0])
+		printf("mirror:          none\n");
+	else
+		printf("mirror:          %s (%s)\n", i->mirror,
+		       i->mirror_active ? "active" : "recorded, not active");
+	if (i->unconfirmed)
+		printf("metadata backup: none written: the disk is unconfirmed\n");
+	else if (i->backup_exists)
+		printf("metadata backup: %s (written %" PRIu64 " s ago)\n", i->backup_path,
+		       i->backup_age);
+	else if (i->backup_path[0])
+		printf("metadata backup: %s (not written yet)\n", i->backup_path);
+	else
+		printf("metadata backup: none configured\n");
+	if (i->unconfirmed)
+		printf("identity:        unconfirmed: restored by force; no sync to the "
+		       "base until 'cdisk-restore --confirm'\n");
 	printf("cache mode:      writeback\n");
 	printf("superblocks:     A %s, B %s (sequence %" PRIu64 ")\n",
 	       sb_state(i, 0), sb_state(i, 1), i->sb_seq);
@@ -120,6 +135,11 @@ static int print_json(const char *path, const struct cdisk_info *i,
 
 	if (!j)
 		return -ENOMEM;
+	json_object_set_new(j, "unconfirmed", json_boolean(i->unconfirmed));
+	json_object_set_new(j, "mirror_active", json_boolean(i->mirror_active));
+	json_object_set_new(j, "metadata_backup", !i->backup_exists ? json_null() :
+			    json_pack("{s:s, s:I}", "path", i->backup_path,
+				      "age_seconds", (json_int_t)i->backup_age));
 	if (rep)
 		json_object_set_new(j, "check", check_json(rep));
 	return cli_print_json(j);

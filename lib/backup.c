@@ -12,6 +12,7 @@
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <time.h>
@@ -49,16 +50,90 @@ int cd_backup_path(const struct cd_config *cfg, const struct cd_superblock *sb,
 	return 0;
 }
 
-static int mkdir_parents(char *path)
+/* ---- the index: which backup belongs to which disk ----
+ * A disk's own backup path (--meta-backup) is recorded only in its
+ * superblocks; when both are gone, the index in the backup folder still
+ * names it.  One line per disk, "UUID<TAB>backup path<TAB>disk path",
+ * replaced whole (temporary file, rename) under a lock on index.lock. */
+
+#define INDEX_NAME "index"
+
+static void uuid_text(const uint8_t *u, char out[37])
 {
-	for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
-		*p = 0;
-		int r = mkdir(path, 0700);
-		*p = '/';
-		if (r < 0 && errno != EEXIST)
-			return -errno;
+	snprintf(out, 37, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-"
+		 "%02x%02x%02x%02x%02x%02x", u[0], u[1], u[2], u[3], u[4], u[5], u[6],
+		 u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+}
+
+static void fsync_dir(const char *dirpath)
+{
+	int dfd = open(*dirpath ? dirpath : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
 	}
-	return 0;
+}
+
+static int index_update(struct cdisk *d, const char *backup)
+{
+	const char *dirpath = d->ctx->cfg.backup_dir;
+	char real[PATH_MAX], idx[PATH_MAX], tmp[PATH_MAX + 32], lockp[PATH_MAX];
+	char uuid[37], *line = NULL;
+	size_t cap = 0;
+	FILE *in = NULL, *out = NULL;
+	int lock = -1, r = 0;
+
+	if (!dirpath[0] || !realpath(d->path, real) || strpbrk(real, "\t\n") ||
+	    strpbrk(backup, "\t\n"))
+		return -EINVAL;
+	uuid_text(d->sb.uuid, uuid);
+	snprintf(idx, sizeof(idx), "%s/" INDEX_NAME, dirpath);
+	snprintf(lockp, sizeof(lockp), "%s/" INDEX_NAME ".lock", dirpath);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", idx, (int)getpid());
+	r = cd_mkdir_parents(idx);
+	if (r < 0)
+		goto out;
+	lock = open(lockp, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock < 0 || flock(lock, LOCK_EX) < 0) {
+		r = -errno;
+		goto out;
+	}
+	out = fopen(tmp, "we");
+	if (!out) {
+		r = -errno;
+		goto out;
+	}
+	in = fopen(idx, "re");
+	while (in && getline(&line, &cap, in) > 0)
+		if (strncmp(line, uuid, 36) != 0 || line[36] != '\t')
+			fputs(line, out);
+	fprintf(out, "%s\t%s\t%s\n", uuid, backup, real);
+	if (fflush(out) != 0 || fsync(fileno(out)) < 0)
+		r = -errno;
+	if (fclose(out) != 0 && r == 0)
+		r = -errno;
+	out = NULL;
+	if (r == 0 && rename(tmp, idx) < 0)
+		r = -errno;
+	if (r == 0)
+		fsync_dir(dirpath);
+	else
+		unlink(tmp);
+out:
+	if (in)
+		fclose(in);
+	if (out) {
+		fclose(out);
+		unlink(tmp);
+	}
+	free(line);
+	if (lock >= 0)
+		close(lock);
+	if (r < 0)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot update the metadata backup "
+		       "index '%s': %s", d->path, idx, strerror(-r));
+	return r;
 }
 
 /* ---- writing ---- */
@@ -109,6 +184,12 @@ int cd_backup_write(struct cdisk *d)
 	uint32_t pages_crc = 0;
 	int fd = -1, r;
 
+	/* Restored by force from a backup nothing proved its own, this disk
+	 * may be another's twin: writing would replace that disk's backup. */
+	if (d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED) {
+		r = -ENOENT;
+		goto out;
+	}
 	r = cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path));
 	if (r < 0)
 		goto out;
@@ -153,7 +234,7 @@ int cd_backup_write(struct cdisk *d)
 
 	/* Write aside, sync, rename over, sync the directory: a reader sees
 	 * the old backup or the new one, never half of one. */
-	r = mkdir_parents(path);
+	r = cd_mkdir_parents(path);
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
 	fd = r < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (r == 0 && fd < 0)
@@ -174,6 +255,8 @@ int cd_backup_write(struct cdisk *d)
 			close(dfd);
 		}
 		d->backup_time = (uint64_t)time(NULL);
+		if (!d->indexed && index_update(d, path) == 0)
+			d->indexed = true;
 	}
 out:
 	if (fd >= 0) {
@@ -287,41 +370,154 @@ out:
 	return r;
 }
 
-/* A disk whose superblocks are gone is found by the path its backups
- * recorded. */
-static int find_by_disk_path(struct cdisk *d, char *out, size_t len)
+/* ---- which disk a file is ----
+ * With both superblocks gone, a backup must prove from the file's own
+ * contents that it is this disk's: paths and inodes are only hints, since
+ * administrators copy and move disks.  The journal's records carry the
+ * first 8 bytes of the UUID, checkpoint directories the whole UUID (or,
+ * written by older versions, the same entries as the backup taken with
+ * them), and the file's size follows from the disk's. */
+
+enum identity { ID_UNKNOWN, ID_PROVEN, ID_FOREIGN };
+
+static enum identity judge_identity(int fd, const struct cd_backup *b, char *why,
+				    size_t len)
 {
-	char real[PATH_MAX], candidate[PATH_MAX];
+	uint64_t dlen = b->sb.cp_size - (uint64_t)b->total * CD_PAGE_SIZE;
+	uint64_t at = cd_cp_dir_uuid_at(b->total, dlen), tags[16];
+	uint64_t entries = (uint64_t)b->total * 8, want = cd_get_le64(b->uuid);
+	unsigned ntags = 0, own = 0, other = 0;
+	uint8_t *dir = malloc(dlen);
+	struct stat st;
+
+	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != b->sb.data_offset + b->sb.size) {
+		snprintf(why, len, "the file holds %llu bytes, a disk of %llu bytes "
+			 "(block %u) would hold %llu", (unsigned long long)st.st_size,
+			 (unsigned long long)b->sb.size, b->sb.block_size,
+			 (unsigned long long)(b->sb.data_offset + b->sb.size));
+		free(dir);
+		return ID_FOREIGN;
+	}
+	cd_journal_tags(fd, &b->sb, tags, CD_ARRAY_SIZE(tags), &ntags);
+	for (unsigned i = 0; i < ntags; i++)
+		tags[i] == want ? own++ : other++;
+	for (unsigned area = 0; dir && area < 2; area++) {
+		if (cd_pread_full(fd, dir, dlen, b->sb.cp_offset[area]) < 0)
+			continue;
+		if (at && !cd_is_zero(dir + at, 16))
+			memcmp(dir + at, b->uuid, 16) == 0 ? own++ : other++;
+		else if (!cd_is_zero(dir, entries) && memcmp(dir, b->dir, entries) == 0)
+			own++;
+	}
+	free(dir);
+	if (other) {
+		snprintf(why, len, "its journal or checkpoints were written by another "
+			 "disk");
+		return ID_FOREIGN;
+	}
+	if (own)
+		return ID_PROVEN;
+	snprintf(why, len, "nothing left in the file (journal, checkpoints) names "
+		 "the disk it belongs to");
+	return ID_UNKNOWN;
+}
+
+struct candidate {
+	char path[PATH_MAX];
+	uint64_t taken;
+	enum identity id;
+};
+
+/* Read and judge one backup; keep it when it is proven and newer, or
+ * (for the message) the newest that recorded this disk's path. */
+static void consider(struct cdisk *d, const char *path, const char *real,
+		     struct candidate *best, struct candidate *hinted)
+{
+	struct cdisk_ctx quiet = { .cfg = d->ctx->cfg };
+	struct cd_backup b;
+	char why[256];
+	enum identity id;
+
+	if (cd_backup_read(&quiet, path, &b) < 0)
+		return;
+	id = judge_identity(d->fd, &b, why, sizeof(why));
+	if (id == ID_PROVEN && (!best->path[0] || b.taken > best->taken)) {
+		snprintf(best->path, sizeof(best->path), "%s", path);
+		best->taken = b.taken;
+	}
+	if (id != ID_PROVEN && real && strncmp(b.disk_path, real, CDISK_MAX_URI) == 0 &&
+	    (!hinted->path[0] || b.taken > hinted->taken)) {
+		snprintf(hinted->path, sizeof(hinted->path), "%s", path);
+		hinted->taken = b.taken;
+		hinted->id = id;
+	}
+	cd_backup_free(&b);
+}
+
+/* Every backup the index names and every *.meta in the backup folder. */
+static void search_backups(struct cdisk *d, const char *real, struct candidate *best,
+			   struct candidate *hinted)
+{
 	const char *dirpath = d->ctx->cfg.backup_dir;
-	uint64_t best = 0;
+	char idx[PATH_MAX], path[PATH_MAX], *line = NULL;
+	size_t cap = 0;
 	struct dirent *e;
+	FILE *f;
 	DIR *dir;
 
-	if (!dirpath[0] || !realpath(d->path, real) || !(dir = opendir(dirpath)))
-		return -ENOENT;
-	while ((e = readdir(dir))) {
+	snprintf(idx, sizeof(idx), "%s/" INDEX_NAME, dirpath);
+	f = fopen(idx, "re");
+	while (f && getline(&line, &cap, f) > 0) {
+		char *backup = strchr(line, '\t'), *end;
+
+		if (!backup || !(end = strchr(backup + 1, '\t')))
+			continue;
+		*end = 0;
+		consider(d, backup + 1, real, best, hinted);
+	}
+	if (f)
+		fclose(f);
+	free(line);
+	dir = opendir(dirpath);
+	while (dir && (e = readdir(dir))) {
 		size_t n = strlen(e->d_name);
-		uint8_t head[BK_HEADER];
-		int fd;
 
 		if (n < 6 || strcmp(e->d_name + n - 5, ".meta") != 0)
 			continue;
-		snprintf(candidate, sizeof(candidate), "%s/%s", dirpath, e->d_name);
-		fd = open(candidate, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue;
-		if (cd_pread_full(fd, head, sizeof(head), 0) == 0 &&
-		    memcmp(head, BK_MAGIC, 8) == 0 &&
-		    cd_get_le32(head + BK_HEADER - 4) == cd_crc32c(0, head, BK_HEADER - 4) &&
-		    strncmp((char *)head + BK_PATH, real, CDISK_MAX_URI) == 0 &&
-		    cd_get_le64(head + BK_TAKEN) >= best) {
-			best = cd_get_le64(head + BK_TAKEN);
-			snprintf(out, len, "%s", candidate);
-		}
-		close(fd);
+		snprintf(path, sizeof(path), "%s/%s", dirpath, e->d_name);
+		consider(d, path, real, best, hinted);
 	}
-	closedir(dir);
-	return best ? 0 : -ENOENT;
+	if (dir)
+		closedir(dir);
+}
+
+/* The backup of a disk whose superblocks are gone: the newest one the
+ * file proves its own.  Otherwise say where we looked and what to do. */
+static int find_lost_disks_backup(struct cdisk *d, bool force, char *out, size_t len)
+{
+	const char *dirpath = d->ctx->cfg.backup_dir;
+	struct candidate best = { 0 }, hinted = { 0 };
+	char real[PATH_MAX];
+	bool have_real = realpath(d->path, real) != NULL;
+
+	if (!dirpath[0])
+		return cd_error(d->ctx, -ENOENT, "no metadata backup of '%s' was found: no "
+				"backup folder is configured (backup_dir in cdisk.conf); "
+				"name a backup with --from", d->path);
+	search_backups(d, have_real ? real : NULL, &best, &hinted);
+	if (best.path[0] || (force && hinted.path[0])) {
+		snprintf(out, len, "%s", best.path[0] ? best.path : hinted.path);
+		return 0;
+	}
+	if (hinted.path[0])
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' recorded the path "
+				"of '%s', but %s: if it is its own, restore it with "
+				"cdisk-restore --metadata --force", hinted.path, d->path,
+				hinted.id == ID_FOREIGN ? "the file shows it belongs to "
+				"another disk" : "nothing left in the file proves it");
+	return cd_error(d->ctx, -ENOENT, "no metadata backup of '%s' was found in '%s' "
+			"(its index and *.meta files): name one with --from", d->path,
+			dirpath);
 }
 
 /* ---- restoring ---- */
@@ -418,18 +614,58 @@ static int mark_all_present_dirty(struct cdisk *d, uint64_t *count)
 	return 0;
 }
 
-static int locate(struct cdisk *d, const char *from, bool sb_known, char *path,
-		  size_t len)
+/* The backup to restore from, read, and whether the disk is proven to be
+ * its own.  A backup proven another disk's is refused whatever --force
+ * says; one that nothing proves only with it. */
+static int pick_backup(struct cdisk *d, const char *from, bool sb_known, bool force,
+		       struct cd_backup *b, bool *unconfirmed)
 {
-	if (from) {
-		snprintf(path, len, "%s", from);
-		return 0;
+	char path[PATH_MAX], why[256];
+	int r;
+
+	*unconfirmed = false;
+	if (from)
+		snprintf(path, sizeof(path), "%s", from);
+	else if (sb_known) {
+		if (cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path)) < 0)
+			return cd_error(d->ctx, -ENOENT, "no metadata backup of '%s': none "
+					"is configured (backup_dir in cdisk.conf)", d->path);
+	} else {
+		r = find_lost_disks_backup(d, force, path, sizeof(path));
+		if (r < 0)
+			return r;
 	}
-	if (sb_known && cd_backup_path(&d->ctx->cfg, &d->sb, path, len) == 0)
+	r = cd_backup_read(d->ctx, path, b);
+	if (r < 0)
+		return r;
+	if (sb_known) {
+		/* Restoring over a sound but unconfirmed disk proves nothing. */
+		*unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
+		if (memcmp(b->uuid, d->sb.uuid, 16) == 0)
+			return 0;
+		cd_backup_free(b);
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to another "
+				"disk (UUID differs)", path);
+	}
+	switch (judge_identity(d->fd, b, why, sizeof(why))) {
+	case ID_PROVEN:
 		return 0;
-	if (find_by_disk_path(d, path, len) == 0)
-		return 0;
-	return -ENOENT;
+	case ID_FOREIGN:
+		cd_backup_free(b);
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to another "
+				"disk than '%s': %s", path, d->path, why);
+	case ID_UNKNOWN:
+		break;
+	}
+	if (!force) {
+		cd_backup_free(b);
+		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' cannot be proven to "
+				"be the one of '%s': %s; if it is, use --force (the disk "
+				"is then marked unconfirmed until 'cdisk-restore --confirm')",
+				path, d->path, why);
+	}
+	*unconfirmed = true;
+	return 0;
 }
 
 int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool force)
@@ -439,23 +675,14 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 	struct cd_backup b;
 	struct stat st;
 	char path[PATH_MAX];
+	bool unconfirmed;
 	uint64_t chain_end = 0;
 	int r;
 
-	if (locate(d, from, sb_known, path, sizeof(path)) < 0) {
-		if (sb_known && cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path)) == 0)
-			return cd_error(d->ctx, -ENOENT, "no metadata backup at '%s'", path);
-		return cd_error(d->ctx, -ENOENT, "no metadata backup of '%s' was found",
-				d->path);
-	}
-	r = cd_backup_read(d->ctx, path, &b);
+	r = pick_backup(d, from, sb_known, force, &b, &unconfirmed);
 	if (r < 0)
 		return r;
-	if (sb_known && memcmp(b.uuid, disk_sb.uuid, 16) != 0) {
-		cd_backup_free(&b);
-		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to another "
-				"disk (UUID differs)", path);
-	}
+	snprintf(path, sizeof(path), "%s", b.path);
 	if (fstat(d->fd, &st) < 0 || (uint64_t)st.st_size < b.sb.data_offset) {
 		cd_backup_free(&b);
 		return cd_error(d->ctx, -EUCLEAN, "'%s' is truncated: it cannot be "
@@ -463,6 +690,9 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 	}
 	cd_disk_reset_state(d);
 	d->sb = b.sb;
+	if (unconfirmed)
+		d->sb.ro_compat |= CD_FEATURE_RO_COMPAT_UNCONFIRMED;
+	res->unconfirmed = unconfirmed;
 	r = cd_disk_init_state(d);
 	if (r == 0)
 		r = load_backup_bitmaps(d, &b);
@@ -547,10 +777,16 @@ int cd_backup_status(struct cdisk *d, struct cd_backup_status *st)
 
 bool cd_backup_exists(struct cdisk *d)
 {
+	struct candidate best = { 0 }, hinted = { 0 };
 	char path[PATH_MAX];
 
-	return locate(d, NULL, d->sb_loaded, path, sizeof(path)) == 0 &&
-	       access(path, R_OK) == 0;
+	if (d->sb_loaded)
+		return cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path)) == 0 &&
+		       access(path, R_OK) == 0;
+	if (!d->ctx->cfg.backup_dir[0] || !realpath(d->path, path))
+		return false;
+	search_backups(d, path, &best, &hinted);
+	return best.path[0] || hinted.path[0];
 }
 
 /* ---- public: cdisk-restore --metadata ---- */
@@ -574,5 +810,41 @@ int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path, const char *
 	rep->records_replayed = d->restore.records_replayed;
 	rep->blocks_reconciled = d->restore.blocks_reconciled;
 	rep->blocks_marked_dirty = d->restore.blocks_marked_dirty;
+	rep->unconfirmed = d->restore.unconfirmed;
+	return cdisk_close(d);
+}
+
+int cd_identity_confirmed(struct cdisk *d, const char *what)
+{
+	if (!(d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED))
+		return 0;
+	return cd_error(d->ctx, -EUCLEAN, "will not %s '%s': its metadata was restored "
+			"from a backup nothing proved its own, so its base '%s' may be "
+			"another disk's; check it, then run 'cdisk-restore --confirm %s'",
+			what, d->path, d->sb.base, d->path);
+}
+
+int cdisk_restore_confirm(struct cdisk_ctx *ctx, const char *path, bool *changed)
+{
+	struct cdisk *d;
+	int r;
+
+	*changed = false;
+	r = cdisk_open(ctx, path, CDISK_OPEN_NO_BASE, &d);
+	if (r < 0)
+		return r;
+	if (d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED) {
+		pthread_mutex_lock(&d->lock);
+		d->sb.ro_compat &= ~CD_FEATURE_RO_COMPAT_UNCONFIRMED;
+		/* A checkpoint writes both the superblock and, now allowed, the
+		 * disk's backup. */
+		r = cd_checkpoint(d);
+		pthread_mutex_unlock(&d->lock);
+		*changed = r == 0;
+	}
+	if (r < 0) {
+		cdisk_close(d);
+		return r;
+	}
 	return cdisk_close(d);
 }

@@ -161,6 +161,13 @@ struct cdisk_info {
 	uint64_t base_size;
 	int base_error;           /* negative errno when the base could not be opened */
 	char base_error_msg[512];
+	/* Restored by force from a backup nothing proved its own: syncs and
+	 * pulls refuse until cdisk_restore_confirm(). */
+	bool unconfirmed;
+	bool mirror_active;       /* false: a mirror is recorded but not kept */
+	char backup_path[4096];   /* the backup actually used; "" when none */
+	bool backup_exists;
+	uint64_t backup_age;      /* seconds since it was written */
 };
 
 int cdisk_get_info(struct cdisk *disk, struct cdisk_info *info);
@@ -194,6 +201,7 @@ struct cdisk_restore_report {
 	uint64_t records_replayed; /* journal records applied after the backup */
 	uint64_t blocks_reconciled;/* found in the data area, marked present and dirty */
 	uint64_t blocks_marked_dirty; /* present blocks marked dirty to be resent */
+	bool unconfirmed;          /* forced: see cdisk_restore_confirm() */
 };
 
 /* Rebuild a disk's metadata from its backup (from, or where the disk says,
@@ -203,6 +211,11 @@ struct cdisk_restore_report {
 int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path,
 			   const char *from, bool force,
 			   struct cdisk_restore_report *rep);
+/* A disk restored by force from a backup that nothing in it proved its
+ * own is "unconfirmed": it will not write to or read from its base until
+ * an administrator, having checked that the base is the right one, says
+ * so here.  *changed is false when it was not unconfirmed. */
+int cdisk_restore_confirm(struct cdisk_ctx *ctx, const char *path, bool *changed);
 
 /* ---- serving (cdisk-serve) ---- */
 

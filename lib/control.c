@@ -38,7 +38,7 @@ int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
 
 static json_t *info_to_json(const struct cdisk_info *i)
 {
-	return json_pack("{s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:s, s:s, s:s, s:b, s:b, "
+	json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:s, s:s, s:s, s:b, s:b, "
 			 "s:I, s:b, s:I, s:I, s:I, s:b, s:I, s:s}",
 			 "uuid", i->uuid, "format_version", (int)i->format_version,
 			 "size", (json_int_t)i->size, "block_size", (int)i->block_size,
@@ -55,6 +55,15 @@ static json_t *info_to_json(const struct cdisk_info *i)
 			 "base_reachable", i->base_reachable,
 			 "base_size", (json_int_t)i->base_size,
 			 "base_error", i->base_error_msg);
+
+	if (j && json_object_update_new(j, json_pack("{s:b, s:b, s:s, s:b, s:I}",
+			"unconfirmed", i->unconfirmed, "mirror_active", i->mirror_active,
+			"backup_path", i->backup_path, "backup_exists", i->backup_exists,
+			"backup_age", (json_int_t)i->backup_age)) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
+	return j;
 }
 
 static void copy_string(json_t *o, const char *key, char *out, size_t len)
@@ -92,6 +101,11 @@ static void info_from_json(json_t *o, struct cdisk_info *i)
 	i->file_bytes = get_u64(o, "host_bytes");
 	i->base_reachable = json_is_true(json_object_get(o, "base_reachable"));
 	i->base_size = get_u64(o, "base_size");
+	i->unconfirmed = json_is_true(json_object_get(o, "unconfirmed"));
+	i->mirror_active = json_is_true(json_object_get(o, "mirror_active"));
+	copy_string(o, "backup_path", i->backup_path, sizeof(i->backup_path));
+	i->backup_exists = json_is_true(json_object_get(o, "backup_exists"));
+	i->backup_age = get_u64(o, "backup_age");
 }
 
 /* ---- server side ---- */

@@ -43,6 +43,28 @@ static int absolute_path(struct cdisk_ctx *ctx, const char *what,
 	return 0;
 }
 
+/* An explicit backup path must be writable now: a disk whose backup
+ * silently fails to appear is one a damaged superblock can lose. */
+static int check_backup_path(struct cdisk_ctx *ctx, const char *disk, const char *path)
+{
+	char probe[CDISK_MAX_URI + 32];
+	struct stat st;
+	int fd;
+
+	if (stat(path, &st) == 0 && !S_ISREG(st.st_mode))
+		return cd_error(ctx, -EINVAL, "cannot create '%s': metadata backup path "
+				"'%s' is not a regular file", disk, path);
+	snprintf(probe, sizeof(probe), "%s.probe.%d", path, (int)getpid());
+	/* The backup's writer makes missing folders; so does this check. */
+	fd = cd_mkdir_parents(probe) < 0 ? -1 : open(probe, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return cd_error(ctx, -errno, "cannot create '%s': metadata backup path "
+				"'%s' cannot be written: %s", disk, path, strerror(errno));
+	close(fd);
+	unlink(probe);
+	return 0;
+}
+
 /* Local file URIs become absolute paths; others are kept as written. */
 static int normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
 			 bool must_exist, char *out)
@@ -80,11 +102,17 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 				path, (int)o->cache_mode);
 	if (o->base && (r = normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
 		return r;
+	/* A recorded mirror that nothing writes to would look like
+	 * protection; until cdisk-mirror keeps one, none is accepted. */
 	if (o->mirror && (r = normalize_uri(ctx, "mirror", o->mirror, false, sb->mirror)) < 0)
 		return r;
+	if (o->mirror)
+		return cd_error(ctx, -EINVAL, "cannot create '%s' with mirror '%s': "
+				"mirrors are not kept by this version yet", path, o->mirror);
 	if (o->meta_backup &&
-	    (r = absolute_path(ctx, "metadata backup path", o->meta_backup, false,
-			       sb->meta_backup)) < 0)
+	    ((r = absolute_path(ctx, "metadata backup path", o->meta_backup, false,
+				sb->meta_backup)) < 0 ||
+	     (r = check_backup_path(ctx, path, sb->meta_backup)) < 0))
 		return r;
 	sb->size = o->size;
 	if (sb->base[0]) {

@@ -435,7 +435,7 @@ static int repair_from_backup(struct cdisk *d, int err, unsigned flags,
 	r = cd_backup_restore(d, from, d->sb_loaded, flags & CD_OPEN_FORCE_RESTORE);
 	if (r < 0) {
 		/* Not a cdisk and no backup claims it: just not a cdisk. */
-		if (err == -ENOMSG && r == -ENOENT && !from) {
+		if (err == -ENOMSG && r == -ENOENT && !from && !asked) {
 			memcpy(d->ctx->error, original, sizeof(original));
 			return err;
 		}
@@ -1159,6 +1159,16 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 	info->data_offset = d->sb.data_offset;
 	if (fstat(d->fd, &st) == 0)
 		info->file_bytes = (uint64_t)st.st_blocks * 512;
+	info->unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
+	info->mirror_active = false;
+	if (!info->unconfirmed &&
+	    cd_backup_path(&d->ctx->cfg, &d->sb, info->backup_path,
+			   sizeof(info->backup_path)) == 0 &&
+	    stat(info->backup_path, &st) == 0) {
+		info->backup_exists = true;
+		info->backup_age = (uint64_t)time(NULL) > (uint64_t)st.st_mtime ?
+				   (uint64_t)time(NULL) - (uint64_t)st.st_mtime : 0;
+	}
 	pthread_mutex_lock(&d->base_lock);
 	info->base_reachable = d->base != NULL;
 	info->base_size = d->base ? d->base->size : 0;

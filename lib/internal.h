@@ -146,6 +146,7 @@ static inline uint32_t cd_popcount64(uint64_t v)
 int cd_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int cd_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 bool cd_is_zero(const void *buf, size_t len);
+int cd_mkdir_parents(char *path);
 
 /* ---- URIs (uri.c) ---- */
 
@@ -415,7 +416,12 @@ void cd_bitmap_adopt_page(struct cd_bitmap *bm, uint32_t page, uint8_t *data,
  * open, unknown ro_compat bits refuse writing. */
 #define CD_FEATURE_COMPAT_SUPP 0ull
 #define CD_FEATURE_INCOMPAT_SUPP 0ull
-#define CD_FEATURE_RO_COMPAT_SUPP 0ull
+#define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
+/* Restored by force from a metadata backup that nothing in the file proved
+ * to be its own: the disk may be another's twin, so nothing writes to its
+ * base (or its backup) until cdisk-restore --confirm; a version that does
+ * not know this must not write the disk at all. */
+#define CD_FEATURE_RO_COMPAT_UNCONFIRMED (1ull << 0)
 
 #define CD_JOURNAL_OFFSET (2 * CD_SB_SIZE)
 #define CD_AL_EXTENT_BYTES (UINT64_C(4) << 20)
@@ -493,6 +499,7 @@ struct cd_backup {
 struct cd_restore_result {
 	bool restored;
 	bool exact;                 /* the journal covered everything since */
+	bool unconfirmed;           /* forced: nothing proved the backup its own */
 	char backup[4096];
 	uint64_t backup_age;
 	uint64_t records_replayed;
@@ -560,6 +567,7 @@ struct cdisk {
 	bool sb_loaded;         /* a superblock passed its checks */
 	bool journal_damaged;   /* replay found damage in the middle */
 	uint64_t backup_time;   /* when this handle last wrote a backup */
+	bool indexed;           /* the backup folder's index names this disk */
 	struct cd_restore_result restore;
 
 	/* The base opens on first need, outside the disk's lock: a server
@@ -597,6 +605,9 @@ void cd_backup_free(struct cd_backup *b);
 int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool force);
 int cd_backup_status(struct cdisk *d, struct cd_backup_status *st);
 bool cd_backup_exists(struct cdisk *d);
+/* 0, or -EUCLEAN when the disk is unconfirmed (see above): what would
+ * write to or read from its base must stop. */
+int cd_identity_confirmed(struct cdisk *d, const char *what);
 int cd_mark_clean(struct cdisk *d, uint64_t first, uint64_t count);
 /* Under the lock: store base data for blocks [first, first + count) that
  * are absent and not being written, present and clean (pull). */
@@ -624,6 +635,9 @@ void cd_al_drain(struct cdisk *d);
 int cd_checkpoint_load(struct cdisk *d);
 int cd_sb_write(struct cdisk *d);
 uint64_t cd_journal_record_max(const struct cdisk *d);
+uint64_t cd_cp_dir_uuid_at(uint32_t pages, uint64_t dlen);
+int cd_journal_tags(int fd, const struct cd_superblock *sb, uint64_t *tags,
+		    unsigned max, unsigned *ntags);
 
 #define CD_JR_MAGIC 0x524a4443u   /* "CDJR" */
 #define CD_JR_HEADER 48u

@@ -186,6 +186,15 @@ static uint64_t dir_len(const struct cdisk *d)
 	return d->sb.cp_size - (uint64_t)total_pages(d) * CD_PAGE_SIZE;
 }
 
+/* Where a checkpoint directory keeps its disk's UUID: the last 16 bytes
+ * of the directory's space when the entries leave room (0: they do not).
+ * It lets a backup prove which disk a file is once both superblocks are
+ * gone; directories written before it was kept hold zeros there. */
+uint64_t cd_cp_dir_uuid_at(uint32_t pages, uint64_t dlen)
+{
+	return (uint64_t)pages * 8 + 16 <= dlen ? dlen - 16 : 0;
+}
+
 static uint64_t page_offset(const struct cdisk *d, uint32_t area, uint32_t i)
 {
 	return d->sb.cp_offset[area] + dir_len(d) + (uint64_t)i * CD_PAGE_SIZE;
@@ -276,6 +285,8 @@ int cd_checkpoint(struct cdisk *d)
 	r = sync_file(d);
 	if (r == 0)
 		r = write_changed_pages(d, area, dir);
+	if (r == 0 && cd_cp_dir_uuid_at(total_pages(d), dlen))
+		memcpy(dir + cd_cp_dir_uuid_at(total_pages(d), dlen), d->sb.uuid, 16);
 	if (r == 0)
 		r = cd_pwrite_full(d->fd, dir, dlen, d->sb.cp_offset[area]);
 	if (r == 0)
@@ -467,6 +478,46 @@ static enum rec_state read_record(struct cdisk *d, uint64_t pos, uint64_t seq,
 	*out = rec;
 	*len_out = len;
 	return REC_OK;
+}
+
+/* The tag (first 8 bytes of the UUID) of every intact record in the ring
+ * of the file fd laid out as sb says, whoever wrote it: which disks have
+ * written this journal.  Distinct tags go to tags[], at most max. */
+int cd_journal_tags(int fd, const struct cd_superblock *sb, uint64_t *tags,
+		    unsigned max, unsigned *ntags)
+{
+	uint8_t *rec = malloc(cd_round_up(sb->journal_size / 4, CD_JR_ALIGN));
+	uint64_t len;
+
+	*ntags = 0;
+	if (!rec)
+		return -ENOMEM;
+	for (uint64_t pos = 0; pos + CD_JR_ALIGN <= sb->journal_size; pos += CD_JR_ALIGN) {
+		uint64_t tag;
+		uint32_t crc;
+		unsigned i;
+
+		if (cd_pread_full(fd, rec, CD_JR_HEADER, sb->journal_offset + pos) < 0)
+			break;
+		len = cd_get_le32(rec + JR_LENGTH);
+		if (cd_get_le32(rec + JR_MAGIC) != CD_JR_MAGIC || len < CD_JR_ALIGN ||
+		    len % CD_JR_ALIGN || pos + len > sb->journal_size ||
+		    len > sb->journal_size / 4 ||
+		    len != record_len(cd_get_le32(rec + JR_NRUNS), cd_get_le32(rec + JR_NAL)) ||
+		    cd_pread_full(fd, rec, len, sb->journal_offset + pos) < 0)
+			continue;
+		crc = cd_get_le32(rec + JR_CRC);
+		cd_put_le32(rec + JR_CRC, 0);
+		if (cd_crc32c(0, rec, len) != crc)
+			continue;
+		tag = cd_get_le64(rec + JR_TAG);
+		for (i = 0; i < *ntags && tags[i] != tag; i++)
+			;
+		if (i == *ntags && *ntags < max)
+			tags[(*ntags)++] = tag;
+	}
+	free(rec);
+	return 0;
 }
 
 static int apply_record(struct cdisk *d, const uint8_t *rec)

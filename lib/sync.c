@@ -796,7 +796,9 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	memset(st, 0, sizeof(*st));
 	if (!d->sb.base[0])
 		return cd_error(d->ctx, -EINVAL, "'%s' has no base to sync to", d->path);
-	r = begin(d);
+	r = cd_identity_confirmed(d, "sync");
+	if (r == 0)
+		r = begin(d);
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);
@@ -884,6 +886,9 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 	memset(st, 0, sizeof(*st));
 	if (!d->sb.base[0])
 		return cd_error(d->ctx, -EINVAL, "'%s' has no base to pull from", d->path);
+	r = cd_identity_confirmed(d, "pull into");
+	if (r < 0)
+		return r;
 	if (o->range_offset % d->block_size || o->range_length % d->block_size ||
 	    o->range_offset > d->sb.size || o->range_length > d->sb.size - o->range_offset)
 		return cd_error(d->ctx, -EINVAL, "'%s': the range must be whole blocks of %llu "

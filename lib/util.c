@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -152,4 +153,18 @@ bool cd_parse_bool(const char *v, bool *out)
 		return true;
 	}
 	return false;
+}
+
+/* Make the folders above path (0700), as a file about to be written
+ * there needs them. */
+int cd_mkdir_parents(char *path)
+{
+	for (char *p = strchr(path + 1, '/'); p; p = strchr(p + 1, '/')) {
+		*p = 0;
+		int r = mkdir(path, 0700);
+		*p = '/';
+		if (r < 0 && errno != EEXIST)
+			return -errno;
+	}
+	return 0;
 }

@@ -25,13 +25,13 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 
 @test "info shows configuration, sizes and state" {
 	make_base base.img 16M
-	run_cdisk 0 cdisk-create --base base.img --mirror rbd:p/i d.cdisk
+	run_cdisk 0 cdisk-create --base base.img d.cdisk
 	run_cdisk 0 cdisk-io d.cdisk w:0:8K:7 f
 	run_cdisk 0 cdisk-info d.cdisk
 	assert_line --regexp "^size: +16 MiB \(16777216 bytes\)$"
 	assert_line --regexp "^blocks: +4096 \(2 present, 2 dirty\)$"
 	assert_line --regexp "^base: +$BATS_TEST_TMPDIR/base.img \(16 MiB, reachable\)$"
-	assert_line --regexp "^mirror: +rbd:p/i$"
+	assert_line --regexp "^mirror: +none$"
 	assert_line --regexp "^superblocks: +A good, B good"
 	assert_line --regexp "^last close: +clean$"
 	[ -z "$stderr" ]

@@ -71,6 +71,23 @@ static void close_disk(struct cdisk *d)
 		die("close");
 }
 
+/* Nothing left in the file names its disk: the administrator's two
+ * steps, a forced restore (which marks the disk unconfirmed, and which
+ * must not be needed when anything proves the backup) and the confirm. */
+static void restore_unprovable(void)
+{
+	struct cdisk_restore_report rep;
+	bool changed;
+
+	if (cdisk_restore_metadata(ctx, disk_path, NULL, false, &rep) != -EUCLEAN)
+		die("an unprovable backup was not refused");
+	if (cdisk_restore_metadata(ctx, disk_path, NULL, true, &rep) < 0 ||
+	    !rep.restored || !rep.unconfirmed)
+		die("forced restore");
+	if (cdisk_restore_confirm(ctx, disk_path, &changed) < 0 || !changed)
+		die("confirm");
+}
+
 static void write_some(struct cdisk *d, unsigned ops, uint32_t *next_seed)
 {
 	uint8_t *buf = malloc(16 * BS);
@@ -292,6 +309,8 @@ int main(int argc, char **argv)
 		else
 			close_disk(d);
 		what = damage();
+		if (strcmp(what, "everything but the data zeroed") == 0)
+			restore_unprovable();
 		d = open_disk();
 		if (d->restore.restored)
 			restores++;
