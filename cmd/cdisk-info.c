@@ -51,6 +51,9 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	       cdisk_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
 	if (!i->base[0])
 		printf("base:            none\n");
+	else if (i->base_opening_ms)
+		printf("base:            %s (not answering: opening for %.1f s)\n", i->base,
+		       (double)i->base_opening_ms / 1000);
 	else if (i->base_reachable)
 		printf("base:            %s (%s, reachable)\n", i->base,
 		       cdisk_format_size(i->base_size, a, sizeof(a)));
@@ -110,10 +113,12 @@ static int print_json(const char *path, const struct cdisk_info *i,
 		      const struct cdisk_check_report *rep)
 {
 	json_t *base = i->base[0] ?
-		json_pack("{s:s, s:b, s:I, s:s?}", "uri", i->base,
+		json_pack("{s:s, s:b, s:I, s:s?, s:b, s:I}", "uri", i->base,
 			  "reachable", i->base_reachable, "size", (json_int_t)i->base_size,
 			  "error", i->base_reachable || !i->base_error ? NULL
-							       : i->base_error_msg) :
+							       : i->base_error_msg,
+			  "opening", i->base_opening_ms != 0,
+			  "opening_ms", (json_int_t)i->base_opening_ms) :
 		json_null();
 	json_t *j = json_pack(
 		"{s:i, s:s, s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:o, s:s?, s:s?, s:s,"

@@ -30,6 +30,18 @@ enum {
 	BK_PATH = 512,
 };
 
+/* A backup as it will be written: taken under the disk's lock (memory
+ * only), written without it, so that the backup file's fsyncs never hold
+ * up the guest's I/O. */
+struct cd_backup_image {
+	uint8_t *buf;
+	size_t len;
+	uint64_t gen;            /* later snapshots have larger numbers */
+	uint8_t uuid[16];
+	char path[PATH_MAX];
+	char disk[PATH_MAX];     /* the disk's real path, for the index */
+};
+
 /* ---- where ---- */
 
 int cd_backup_path(const struct cd_config *cfg, const struct cd_superblock *sb,
@@ -75,19 +87,20 @@ static void fsync_dir(const char *dirpath)
 	}
 }
 
-static int index_update(struct cdisk *d, const char *backup)
+static int index_update(struct cdisk *d, const struct cd_backup_image *img,
+			const char *backup)
 {
 	const char *dirpath = d->ctx->cfg.backup_dir;
-	char real[PATH_MAX], idx[PATH_MAX], tmp[PATH_MAX + 32], lockp[PATH_MAX];
+	const char *real = img->disk;
+	char idx[PATH_MAX], tmp[PATH_MAX + 32], lockp[PATH_MAX];
 	char uuid[37], *line = NULL;
 	size_t cap = 0;
 	FILE *in = NULL, *out = NULL;
 	int lock = -1, r = 0;
 
-	if (!dirpath[0] || !realpath(d->path, real) || strpbrk(real, "\t\n") ||
-	    strpbrk(backup, "\t\n"))
+	if (!dirpath[0] || !real[0] || strpbrk(real, "\t\n") || strpbrk(backup, "\t\n"))
 		return -EINVAL;
-	uuid_text(d->sb.uuid, uuid);
+	uuid_text(img->uuid, uuid);
 	snprintf(idx, sizeof(idx), "%s/" INDEX_NAME, dirpath);
 	snprintf(lockp, sizeof(lockp), "%s/" INDEX_NAME ".lock", dirpath);
 	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", idx, (int)getpid());
@@ -138,29 +151,6 @@ out:
 
 /* ---- writing ---- */
 
-static int write_iov(int fd, struct iovec *iov, size_t n, uint64_t off)
-{
-	while (n) {
-		int cnt = n > 1024 ? 1024 : (int)n;
-		ssize_t w = pwritev(fd, iov, cnt, (off_t)off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -errno;
-		off += (uint64_t)w;
-		while (n && (size_t)w >= iov->iov_len) {
-			w -= (ssize_t)iov->iov_len;
-			iov++;
-			n--;
-		}
-		if (w) {
-			iov->iov_base = (uint8_t *)iov->iov_base + w;
-			iov->iov_len -= (size_t)w;
-		}
-	}
-	return 0;
-}
-
 static void page_at(struct cdisk *d, uint32_t i, struct cd_bitmap **bm, uint32_t *p)
 {
 	if (i < d->present.npages) {
@@ -172,32 +162,53 @@ static void page_at(struct cdisk *d, uint32_t i, struct cd_bitmap **bm, uint32_t
 	}
 }
 
-/* Write a backup of the state as it is now.  The caller guarantees that
- * the state is durable (right after an fdatasync). */
-int cd_backup_write(struct cdisk *d)
+void cd_backup_image_free(struct cd_backup_image *img)
+{
+	if (img)
+		free(img->buf);
+	free(img);
+}
+
+/* Under the disk's lock.  The caller guarantees that the state is durable
+ * (right after an fdatasync). */
+static int snapshot(struct cdisk *d, struct cd_backup_image **out)
 {
 	uint32_t total = d->present.npages + d->dirty.npages, stored = 0;
 	uint64_t dlen = cd_round_up((uint64_t)total * 8, 4096);
-	uint8_t *head = calloc(1, BK_HEADER + CD_SB_SIZE + dlen);
-	struct iovec *iov = calloc((size_t)total + 1, sizeof(*iov));
-	char path[PATH_MAX], tmp[PATH_MAX + 32], real[PATH_MAX];
+	struct cd_backup_image *img;
 	uint32_t pages_crc = 0;
-	int fd = -1, r;
+	uint8_t *head, *dir, *page;
+	int r;
 
+	*out = NULL;
 	/* Restored by force from a backup nothing proved its own, this disk
 	 * may be another's twin: writing would replace that disk's backup. */
-	if (d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED) {
-		r = -ENOENT;
-		goto out;
+	if (d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED)
+		return -ENOENT;
+	img = calloc(1, sizeof(*img));
+	if (!img)
+		return -ENOMEM;
+	r = cd_backup_path(&d->ctx->cfg, &d->sb, img->path, sizeof(img->path));
+	if (r < 0) {
+		free(img);
+		return r;
 	}
-	r = cd_backup_path(&d->ctx->cfg, &d->sb, path, sizeof(path));
-	if (r < 0)
-		goto out;
-	if (!head || !iov) {
-		r = -ENOMEM;
-		goto out;
+	for (uint32_t i = 0; i < total; i++) {
+		struct cd_bitmap *bm;
+		uint32_t p;
+
+		page_at(d, i, &bm, &p);
+		stored += bm->pages[p] != NULL;
 	}
-	uint8_t *dir = head + BK_HEADER + CD_SB_SIZE;
+	img->len = BK_HEADER + CD_SB_SIZE + dlen + (size_t)stored * CD_PAGE_SIZE;
+	img->buf = calloc(1, img->len);
+	if (!img->buf) {
+		free(img);
+		return -ENOMEM;
+	}
+	head = img->buf;
+	dir = head + BK_HEADER + CD_SB_SIZE;
+	page = dir + dlen;
 	for (uint32_t i = 0; i < total; i++) {
 		struct cd_bitmap *bm;
 		uint32_t p;
@@ -205,11 +216,11 @@ int cd_backup_write(struct cdisk *d)
 		page_at(d, i, &bm, &p);
 		if (!bm->pages[p])
 			continue;
-		uint32_t crc = cd_crc32c(0, bm->pages[p], CD_PAGE_SIZE);
+		memcpy(page, bm->pages[p], CD_PAGE_SIZE);
 		cd_put_le32(dir + (uint64_t)i * 8, bm->page_count[p]);
-		cd_put_le32(dir + (uint64_t)i * 8 + 4, crc);
-		pages_crc = cd_crc32c(pages_crc, bm->pages[p], CD_PAGE_SIZE);
-		iov[1 + stored++] = (struct iovec){ bm->pages[p], CD_PAGE_SIZE };
+		cd_put_le32(dir + (uint64_t)i * 8 + 4, cd_crc32c(0, page, CD_PAGE_SIZE));
+		pages_crc = cd_crc32c(pages_crc, page, CD_PAGE_SIZE);
+		page += CD_PAGE_SIZE;
 	}
 	cd_sb_encode(&d->sb, head + BK_HEADER);
 	memcpy(head, BK_MAGIC, 8);
@@ -221,55 +232,114 @@ int cd_backup_write(struct cdisk *d)
 	cd_put_le64(head + BK_TAKEN, (uint64_t)time(NULL));
 	cd_put_le32(head + BK_TOTAL, total);
 	cd_put_le32(head + BK_STORED, stored);
-	cd_put_le64(head + BK_LENGTH, BK_HEADER + CD_SB_SIZE + dlen +
-		    (uint64_t)stored * CD_PAGE_SIZE);
+	cd_put_le64(head + BK_LENGTH, img->len);
 	cd_put_le32(head + BK_DIR_CRC, cd_crc32c(0, dir, dlen));
 	cd_put_le32(head + BK_PAGES_CRC, pages_crc);
 	/* Where the disk lives, to find this backup when both superblocks are
 	 * gone; a path too long to record leaves the UUID as the only key. */
-	if (realpath(d->path, real) && strlen(real) <= CDISK_MAX_URI)
-		memcpy(head + BK_PATH, real, strlen(real));
+	if (realpath(d->path, img->disk) && strlen(img->disk) <= CDISK_MAX_URI)
+		memcpy(head + BK_PATH, img->disk, strlen(img->disk));
 	cd_put_le32(head + BK_HEADER - 4, cd_crc32c(0, head, BK_HEADER - 4));
-	iov[0] = (struct iovec){ head, BK_HEADER + CD_SB_SIZE + dlen };
+	memcpy(img->uuid, d->sb.uuid, 16);
+	img->gen = ++d->backup_gen;
+	d->backup_time = (uint64_t)time(NULL);
+	*out = img;
+	return 0;
+}
 
-	/* Write aside, sync, rename over, sync the directory: a reader sees
-	 * the old backup or the new one, never half of one. */
-	r = cd_mkdir_parents(path);
-	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", path, (int)getpid());
+/* Without the disk's lock: write aside, sync, rename over, sync the
+ * folder, so a reader sees the old backup or the new one, never half of
+ * one; and never an older snapshot over a newer one. */
+static int store(struct cdisk *d, struct cd_backup_image *img)
+{
+	char tmp[PATH_MAX + 32];
+	int fd = -1, r;
+
+	pthread_mutex_lock(&d->backup_lock);
+	if (img->gen <= d->backup_stored_gen) {
+		pthread_mutex_unlock(&d->backup_lock);
+		return 0;
+	}
+	r = cd_mkdir_parents(img->path);
+	snprintf(tmp, sizeof(tmp), "%s.tmp.%d", img->path, (int)getpid());
 	fd = r < 0 ? -1 : open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
 	if (r == 0 && fd < 0)
 		r = -errno;
 	if (r == 0)
-		r = write_iov(fd, iov, (size_t)stored + 1, 0);
+		r = cd_pwrite_full(fd, img->buf, img->len, 0);
 	if (r == 0 && fsync(fd) < 0)
 		r = -errno;
-	if (r == 0 && rename(tmp, path) < 0)
+	if (r == 0 && rename(tmp, img->path) < 0)
 		r = -errno;
-	if (r == 0) {
-		char *slash = strrchr(path, '/');
-		*slash = 0;
-		int dfd = open(*path ? path : "/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-		*slash = '/';
-		if (dfd >= 0) {
-			fsync(dfd);
-			close(dfd);
-		}
-		d->backup_time = (uint64_t)time(NULL);
-		if (!d->indexed && index_update(d, path) == 0)
-			d->indexed = true;
-	}
-out:
 	if (fd >= 0) {
 		close(fd);
 		if (r < 0)
 			unlink(tmp);
 	}
-	free(head);
-	free(iov);
-	if (r < 0 && r != -ENOENT)
+	if (r == 0) {
+		char *slash = strrchr(img->path, '/');
+		*slash = 0;
+		fsync_dir(img->path);
+		*slash = '/';
+		d->backup_stored_gen = img->gen;
+		if (!d->indexed && index_update(d, img, img->path) == 0)
+			d->indexed = true;
+	}
+	pthread_mutex_unlock(&d->backup_lock);
+	if (r < 0)
 		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot write the metadata backup "
-		       "'%s': %s", d->path, path, strerror(-r));
+		       "'%s': %s", d->path, img->path, strerror(-r));
 	return r;
+}
+
+/* Under the disk's lock: take a backup of the state as it is now, to be
+ * written by cd_backup_store_pending once the lock is let go.  One still
+ * unwritten is written first: the journal keeps every record since the
+ * newest written backup only until the next checkpoint. */
+int cd_backup_write(struct cdisk *d)
+{
+	struct cd_backup_image *img;
+	int r;
+
+	if (d->backup_pending) {
+		store(d, d->backup_pending);
+		cd_backup_image_free(d->backup_pending);
+		d->backup_pending = NULL;
+	}
+	r = snapshot(d, &img);
+	if (r < 0 && r != -ENOENT)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot take a metadata backup: %s",
+		       d->path, strerror(-r));
+	d->backup_pending = img;
+	return r;
+}
+
+/* The same, written before it returns (check's repair; open and close). */
+int cd_backup_write_now(struct cdisk *d)
+{
+	struct cd_backup_image *img;
+	int r = snapshot(d, &img);
+
+	if (r == 0)
+		r = store(d, img);
+	cd_backup_image_free(img);
+	return r;
+}
+
+/* Without the disk's lock: write the backup a checkpoint or flush took. */
+void cd_backup_store_pending(struct cdisk *d)
+{
+	struct cd_backup_image *img;
+
+	if (!__atomic_load_n(&d->backup_pending, __ATOMIC_ACQUIRE))
+		return;
+	pthread_mutex_lock(&d->lock);
+	img = d->backup_pending;
+	d->backup_pending = NULL;
+	pthread_mutex_unlock(&d->lock);
+	if (img)
+		store(d, img);
+	cd_backup_image_free(img);
 }
 
 /* ---- reading ---- */
@@ -433,12 +503,17 @@ struct candidate {
 static void consider(struct cdisk *d, const char *path, const char *real,
 		     struct candidate *best, struct candidate *hinted)
 {
-	struct cdisk_ctx quiet = { .cfg = d->ctx->cfg };
 	struct cd_backup b;
-	char why[256];
+	char why[256], saved[CD_ERROR_MAX];
 	enum identity id;
+	int r;
 
-	if (cd_backup_read(&quiet, path, &b) < 0)
+	/* An unreadable candidate is just not the one: keep the caller's
+	 * message. */
+	memcpy(saved, cd_errbuf(), sizeof(saved));
+	r = cd_backup_read(d->ctx, path, &b);
+	memcpy(cd_errbuf(), saved, sizeof(saved));
+	if (r < 0)
 		return;
 	id = judge_identity(d->fd, &b, why, sizeof(why));
 	if (id == ID_PROVEN && (!best->path[0] || b.taken > best->taken)) {
@@ -727,7 +802,7 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 		r = reconcile_data_area(d, &res->blocks_reconciled);
 	if (r < 0) {
 		cd_backup_free(&b);
-		return d->ctx->error[0] ? r : cd_error(d->ctx, r, "cannot rebuild '%s': %s",
+		return cd_errbuf()[0] ? r : cd_error(d->ctx, r, "cannot rebuild '%s': %s",
 							d->path, strerror(-r));
 	}
 	res->restored = true;
@@ -743,17 +818,19 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 int cd_backup_status(struct cdisk *d, struct cd_backup_status *st)
 {
 	struct cd_backup b;
-	struct cdisk_ctx quiet = { .cfg = d->ctx->cfg };
+	char saved[CD_ERROR_MAX];
 	int r;
 
 	memset(st, 0, sizeof(*st));
 	if (cd_backup_path(&d->ctx->cfg, &d->sb, st->path, sizeof(st->path)) < 0)
 		return -ENOENT;
 	st->configured = true;
-	r = cd_backup_read(&quiet, st->path, &b);
+	memcpy(saved, cd_errbuf(), sizeof(saved));
+	r = cd_backup_read(d->ctx, st->path, &b);
 	if (r < 0) {
 		st->error = r;
-		snprintf(st->why, sizeof(st->why), "%s", quiet.error);
+		snprintf(st->why, sizeof(st->why), "%s", cd_errbuf());
+		memcpy(cd_errbuf(), saved, sizeof(saved));
 		return 0;
 	}
 	st->valid = true;

@@ -158,6 +158,7 @@ struct cdisk_info {
 	uint64_t file_bytes;      /* space the file takes on the host */
 	uint64_t data_offset;
 	bool base_reachable;      /* only meaningful when the base was opened */
+	uint64_t base_opening_ms; /* an open of the base under way this long; 0: none */
 	uint64_t base_size;
 	int base_error;           /* negative errno when the base could not be opened */
 	char base_error_msg[512];

@@ -202,7 +202,7 @@ static void check_backup(struct cdisk *d, bool repair, struct cdisk_check_report
 				 (unsigned long long)(d->j_seq - st.jseq));
 		return;
 	}
-	if (fix && cd_backup_write(d) == 0) {
+	if (fix && cd_backup_write_now(d) == 0) {
 		rep->repaired++;
 		rep->backup_matches = true;
 		add_line(rep, "metadata backup %.60s was %s: written anew", st.path,

@@ -6,7 +6,10 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <fcntl.h>
+#include <grp.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -14,6 +17,9 @@
 
 #define CONTROL_MAX_LINE (64u * 1024)
 #define CONTROL_TIMEOUT_MS 5000
+/* Requests answered at once; past this a client is told to try later
+ * (the accept loop never waits for a request to finish). */
+#define CONTROL_MAX_ACTIVE 32
 #define SCHEMA_VERSION 1
 
 /* ---- the runtime directory and socket names ---- */
@@ -56,7 +62,8 @@ static json_t *info_to_json(const struct cdisk_info *i)
 			 "base_size", (json_int_t)i->base_size,
 			 "base_error", i->base_error_msg);
 
-	if (j && json_object_update_new(j, json_pack("{s:b, s:b, s:s, s:b, s:I}",
+	if (j && json_object_update_new(j, json_pack("{s:I, s:b, s:b, s:s, s:b, s:I}",
+			"base_opening_ms", (json_int_t)i->base_opening_ms,
 			"unconfirmed", i->unconfirmed, "mirror_active", i->mirror_active,
 			"backup_path", i->backup_path, "backup_exists", i->backup_exists,
 			"backup_age", (json_int_t)i->backup_age)) < 0) {
@@ -86,6 +93,7 @@ static void info_from_json(json_t *o, struct cdisk_info *i)
 	copy_string(o, "mirror", i->mirror, sizeof(i->mirror));
 	copy_string(o, "meta_backup", i->meta_backup, sizeof(i->meta_backup));
 	copy_string(o, "base_error", i->base_error_msg, sizeof(i->base_error_msg));
+	i->base_error = i->base_error_msg[0] ? -EIO : 0;
 	i->format_version = (uint32_t)get_u64(o, "format_version");
 	i->size = get_u64(o, "size");
 	i->block_size = (uint32_t)get_u64(o, "block_size");
@@ -101,6 +109,7 @@ static void info_from_json(json_t *o, struct cdisk_info *i)
 	i->file_bytes = get_u64(o, "host_bytes");
 	i->base_reachable = json_is_true(json_object_get(o, "base_reachable"));
 	i->base_size = get_u64(o, "base_size");
+	i->base_opening_ms = get_u64(o, "base_opening_ms");
 	i->unconfirmed = json_is_true(json_object_get(o, "unconfirmed"));
 	i->mirror_active = json_is_true(json_object_get(o, "mirror_active"));
 	copy_string(o, "backup_path", i->backup_path, sizeof(i->backup_path));
@@ -453,7 +462,16 @@ void cd_control_stop_syncs(struct cdisk_server *s)
 	}
 }
 
-static json_t *dispatch(struct cdisk_server *s, const char *line)
+/* Verbs that change state (flush, sync, stop): only for root, the
+ * server's own user and the control socket's group.  Looking is for
+ * anyone who can open the socket. */
+static bool changes_state(const char *command)
+{
+	return strcmp(command, "status") && strcmp(command, "info") &&
+	       strcmp(command, "sync-status");
+}
+
+static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
 {
 	json_error_t jerr;
 	json_t *req = json_loads(line, 0, &jerr), *reply;
@@ -467,6 +485,9 @@ static json_t *dispatch(struct cdisk_server *s, const char *line)
 	command = json_string_value(json_object_get(req, "command"));
 	if (!command)
 		reply = error_reply(-EINVAL, "request has no \"command\"");
+	else if (!may_change && changes_state(command))
+		reply = error_reply(-EPERM, "'%.100s' is only for root, the server's user "
+				    "and the control socket's group", command);
 	else if (!strcmp(command, "status"))
 		reply = cmd_status(s);
 	else if (!strcmp(command, "flush"))
@@ -487,7 +508,7 @@ static json_t *dispatch(struct cdisk_server *s, const char *line)
 
 char *cd_control_answer(struct cdisk_server *s, const char *line)
 {
-	json_t *reply = dispatch(s, line);
+	json_t *reply = dispatch(s, line, true);
 	char *text = json_dumps(reply, JSON_COMPACT);
 
 	json_decref(reply);
@@ -530,26 +551,162 @@ static void send_json(int fd, json_t *j)
 	json_decref(j);
 }
 
-void cd_control_serve_one(struct cdisk_server *s)
+/* Whether the peer may change state: root, the server's own user, or a
+ * member of the group that owns the control socket (SO_PEERCRED and
+ * SO_PEERGROUPS, as multipathd checks its clients). */
+static bool peer_may_change(struct cdisk_server *s, int fd)
 {
-	int fd = accept4(s->control_fd, NULL, NULL, SOCK_CLOEXEC);
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+	gid_t groups[256];
+	struct stat st;
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0)
+		return false;
+	if (cred.uid == 0 || cred.uid == geteuid())
+		return true;
+	if (!s->control_path || stat(s->control_path, &st) < 0 || st.st_gid == 0)
+		return false;
+	if (cred.gid == st.st_gid)
+		return true;
+	len = sizeof(groups);
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &len) < 0)
+		return false;
+	for (size_t i = 0; i < len / sizeof(gid_t); i++)
+		if (groups[i] == st.st_gid)
+			return true;
+	return false;
+}
+
+struct control_request {
+	struct cdisk_server *s;
+	int fd;
+};
+
+static void control_done(struct cdisk_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	if (--s->control_active == 0)
+		pthread_cond_broadcast(&s->control_idle);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* One request, on a thread of its own: reading it may take the client's
+ * time and answering it may wait on a disk (a flush). */
+static void *control_thread(void *opaque)
+{
+	struct control_request *cr = opaque;
+	struct cdisk_server *s = cr->s;
 	char *line = malloc(CONTROL_MAX_LINE);
 	int r;
 
-	if (fd < 0 || !line) {
-		if (fd >= 0)
-			close(fd);
-		free(line);
+	if (line) {
+		struct timeval tv = { .tv_sec = CONTROL_TIMEOUT_MS / 1000 };
+
+		/* Accepted without blocking; from here a slow client costs
+		 * only this thread, and only for so long. */
+		fcntl(cr->fd, F_SETFL, fcntl(cr->fd, F_GETFL) & ~O_NONBLOCK);
+		setsockopt(cr->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+		r = read_line(cr->fd, line, CONTROL_MAX_LINE);
+		if (r == -E2BIG)
+			send_json(cr->fd, error_reply(-EINVAL, "request longer than %u bytes",
+						      CONTROL_MAX_LINE));
+		else if (r == 0)
+			send_json(cr->fd, dispatch(s, line, peer_may_change(s, cr->fd)));
+	}
+	close(cr->fd);
+	free(line);
+	free(cr);
+	control_done(s);
+	return NULL;
+}
+
+void cd_control_serve_one(struct cdisk_server *s)
+{
+	int fd = accept4(s->control_fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	struct control_request *cr;
+	pthread_attr_t attr;
+	pthread_t tid;
+	bool full;
+
+	if (fd < 0)
+		return;
+	pthread_mutex_lock(&s->lock);
+	full = s->control_active >= CONTROL_MAX_ACTIVE;
+	if (!full)
+		s->control_active++;
+	pthread_mutex_unlock(&s->lock);
+	if (full) {
+		send_json(fd, error_reply(-EAGAIN, "the server is answering %u control "
+					  "requests already; try later", CONTROL_MAX_ACTIVE));
+		close(fd);
 		return;
 	}
-	r = read_line(fd, line, CONTROL_MAX_LINE);
-	if (r == -E2BIG)
-		send_json(fd, error_reply(-EINVAL, "request longer than %u bytes",
-					  CONTROL_MAX_LINE));
-	else if (r == 0)
-		send_json(fd, dispatch(s, line));
-	close(fd);
-	free(line);
+	cr = malloc(sizeof(*cr));
+	if (cr)
+		*cr = (struct control_request){ s, fd };
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (!cr || pthread_create(&tid, &attr, control_thread, cr) != 0) {
+		close(fd);
+		free(cr);
+		control_done(s);
+	}
+	pthread_attr_destroy(&attr);
+}
+
+/* Before the disks close: every request under way has been answered. */
+void cd_control_wait_idle(struct cdisk_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	while (s->control_active)
+		pthread_cond_wait(&s->control_idle, &s->lock);
+	pthread_mutex_unlock(&s->lock);
+}
+
+/* The sync policy's timer, on a thread of its own: starting a sync reads
+ * a disk's state, which the accept loop never waits for. */
+static void *policy_thread(void *opaque)
+{
+	struct cdisk_server *s = opaque;
+
+	pthread_mutex_lock(&s->lock);
+	while (!s->policy_stop) {
+		struct timespec ts;
+
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&s->control_idle, &s->lock, &ts);
+		if (s->policy_stop)
+			break;
+		pthread_mutex_unlock(&s->lock);
+		cd_control_policy_tick(s);
+		pthread_mutex_lock(&s->lock);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return NULL;
+}
+
+int cd_control_start_policy(struct cdisk_server *s)
+{
+	if (!s->policy_every_ms)
+		return 0;
+	if (pthread_create(&s->policy_thread, NULL, policy_thread, s) != 0)
+		return cd_error(s->ctx, -EAGAIN, "cannot start the sync timer");
+	s->policy_started = true;
+	return 0;
+}
+
+void cd_control_stop_policy(struct cdisk_server *s)
+{
+	if (!s->policy_started)
+		return;
+	pthread_mutex_lock(&s->lock);
+	s->policy_stop = true;
+	pthread_cond_broadcast(&s->control_idle);
+	pthread_mutex_unlock(&s->lock);
+	pthread_join(s->policy_thread, NULL);
+	s->policy_started = false;
 }
 
 /* ---- client side ---- */
@@ -614,12 +771,12 @@ static int owner_socket(struct cdisk_ctx *ctx, const char *path, char *sock, siz
 int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 			  struct cdisk_info *info)
 {
-	char busy[sizeof(ctx->error)], sock[4096];
+	char busy[CD_ERROR_MAX], sock[4096];
 	json_t *req, *reply = NULL;
 	unsigned pid = 0;
 	int r;
 
-	memcpy(busy, ctx->error, sizeof(busy));
+	memcpy(busy, cd_errbuf(), sizeof(busy));
 	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
 		goto busy;
 	req = json_pack("{s:s, s:s}", "command", "info", "disk", path);
@@ -639,7 +796,7 @@ int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 	return 0;
 busy:
 	/* No owner to ask: the original "busy" stands. */
-	memcpy(ctx->error, busy, sizeof(busy));
+	memcpy(cd_errbuf(), busy, sizeof(busy));
 	return -EBUSY;
 }
 
@@ -656,7 +813,9 @@ static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 	if (!json_is_true(json_object_get(*reply, "ok"))) {
 		const char *e = json_string_value(json_object_get(*reply, "error"));
 		json_int_t code = json_integer_value(json_object_get(*reply, "exit_code"));
-		r = cd_error(ctx, code == CDISK_EXIT_BUSY ? -EBUSY : -EIO,
+		r = cd_error(ctx, code == CDISK_EXIT_BUSY ? -EBUSY :
+				  code == CDISK_EXIT_PERMISSION ? -EACCES :
+				  code == CDISK_EXIT_TRY_LATER ? -EAGAIN : -EIO,
 			     "'%s' is in use by pid %u, which says: %s", path, pid,
 			     e ? e : "(no message)");
 		json_decref(*reply);
@@ -702,15 +861,15 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o,
 			 struct cdisk_sync_stats *st)
 {
-	char busy[sizeof(ctx->error)], sock[4096];
+	char busy[CD_ERROR_MAX], sock[4096];
 	json_t *reply = NULL;
 	unsigned pid = 0;
 	int r;
 
 	memset(st, 0, sizeof(*st));
-	memcpy(busy, ctx->error, sizeof(busy));
+	memcpy(busy, cd_errbuf(), sizeof(busy));
 	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0) {
-		memcpy(ctx->error, busy, sizeof(busy));
+		memcpy(cd_errbuf(), busy, sizeof(busy));
 		return -EBUSY;
 	}
 	r = owner_call(ctx, sock, path, pid,
@@ -725,9 +884,9 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 				 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
 				 "verify", o->verify, "if_healthy", o->if_healthy,
 				 "target_delay_ms", (json_int_t)o->target_delay_ms), &reply);
-	if (r < 0 && r != -EBUSY && r != -EIO) {
+	if (r < 0 && r != -EBUSY && r != -EIO && r != -EACCES && r != -EAGAIN) {
 		/* No server behind the socket (another cdisk-sync, say): busy. */
-		memcpy(ctx->error, busy, sizeof(busy));
+		memcpy(cd_errbuf(), busy, sizeof(busy));
 		return -EBUSY;
 	}
 	if (r < 0)

@@ -250,7 +250,7 @@ int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 	struct stat st;
 	int fd = -1, r;
 
-	ctx->error[0] = 0;
+	cd_errbuf()[0] = 0;
 	r = build_superblock(ctx, path, opts, &sb);
 	if (r < 0)
 		return r;

@@ -9,17 +9,13 @@ struct cdisk_ctx *cdisk_ctx_new(void)
 {
 	struct cdisk_ctx *ctx = calloc(1, sizeof(struct cdisk_ctx));
 
-	if (ctx) {
-		pthread_mutex_init(&ctx->error_lock, NULL);
+	if (ctx)
 		cd_config_defaults(&ctx->cfg);
-	}
 	return ctx;
 }
 
 void cdisk_ctx_free(struct cdisk_ctx *ctx)
 {
-	if (ctx)
-		pthread_mutex_destroy(&ctx->error_lock);
 	free(ctx);
 }
 
@@ -34,22 +30,31 @@ const char *cdisk_ctx_runtime_dir(const struct cdisk_ctx *ctx)
 	return ctx->cfg.runtime_dir;
 }
 
+/* The last error is kept per thread, as libnbd keeps it: many threads
+ * (an NBD server's workers, a sync's) fail at once, and each must report
+ * its own cause, never a neighbour's. */
+static __thread char thread_error[CD_ERROR_MAX];
+
+char *cd_errbuf(void)
+{
+	return thread_error;
+}
+
 const char *cdisk_ctx_error(const struct cdisk_ctx *ctx)
 {
-	return ctx->error;
+	(void)ctx;
+	return thread_error;
 }
 
 int cd_error(struct cdisk_ctx *ctx, int err, const char *fmt, ...)
 {
-	char msg[sizeof(ctx->error)];
+	char msg[CD_ERROR_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	pthread_mutex_lock(&ctx->error_lock);
-	memcpy(ctx->error, msg, sizeof(msg));
-	pthread_mutex_unlock(&ctx->error_lock);
+	memcpy(thread_error, msg, sizeof(msg));
 	cd_log(ctx, CDISK_LOG_DEBUG, "error: %s", msg);
 	return err;
 }

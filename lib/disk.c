@@ -308,6 +308,9 @@ static void disk_free(struct cdisk *d)
 	cd_disk_reset_state(d);
 	pthread_mutex_destroy(&d->lock);
 	pthread_mutex_destroy(&d->base_lock);
+	pthread_cond_destroy(&d->base_opened);
+	pthread_mutex_destroy(&d->backup_lock);
+	cd_backup_image_free(d->backup_pending);
 	pthread_cond_destroy(&d->drained);
 	pthread_cond_destroy(&d->writing_slot);
 	pthread_cond_destroy(&d->resumed);
@@ -338,37 +341,49 @@ int cd_disk_init_state(struct cdisk *d)
 
 #define CD_BASE_RETRY_MS 5000
 
-/* Under base_lock. */
-static void open_base(struct cdisk *d)
-{
-	char saved[sizeof(d->ctx->error)];
-
-	if (!d->sb.base[0] || d->base || cd_now_ms() < d->base_retry_at)
-		return;
-	/* A missing base must not stop the disk: the overlay still serves
-	 * what it holds.  Reads that need the base report this error. */
-	memcpy(saved, d->ctx->error, sizeof(saved));
-	d->base_error = cd_target_open(d->ctx, d->sb.base, true, &d->base);
-	if (d->base_error < 0) {
-		snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s",
-			 d->ctx->error);
-		d->base_retry_at = cd_now_ms() + CD_BASE_RETRY_MS;
-		cd_log(d->ctx, CDISK_LOG_WARNING, "%s", d->ctx->error);
-	}
-	memcpy(d->ctx->error, saved, sizeof(saved));
-}
-
-/* The base, opened now if need be; an error when it cannot be. */
+/* The base, opened now if need be; an error when it cannot be.  The open
+ * crosses the network, so no lock is held across it: base_lock guards
+ * only the state, and threads that need the base while another opens it
+ * wait for that open (they need the network anyway); everything else
+ * (status, info, the overlay's own I/O) sees "opening" at once. */
 static int get_base(struct cdisk *d, struct cd_target **out)
 {
-	int r = 0;
+	struct cd_target *t = NULL;
+	int r;
+
+	*out = NULL;
+	pthread_mutex_lock(&d->base_lock);
+	while (d->base_opening)
+		pthread_cond_wait(&d->base_opened, &d->base_lock);
+	if (d->base || !d->sb.base[0] || cd_now_ms() < d->base_retry_at) {
+		*out = d->base;
+		r = d->base ? 0 : d->base_error;
+		if (!d->base)
+			cd_error(d->ctx, r, "%s", d->base_error_msg);
+		pthread_mutex_unlock(&d->base_lock);
+		return r;
+	}
+	d->base_opening = true;
+	d->base_opening_since = cd_now_ms();
+	pthread_mutex_unlock(&d->base_lock);
+
+	/* A missing base must not stop the disk: the overlay still serves
+	 * what it holds.  Reads that need the base report this error. */
+	r = cd_target_open(d->ctx, d->sb.base, true, &t);
 
 	pthread_mutex_lock(&d->base_lock);
-	open_base(d);
-	*out = d->base;
-	if (!d->base)
-		r = cd_error(d->ctx, d->base_error, "%s", d->base_error_msg);
+	d->base_opening = false;
+	d->base = t;
+	d->base_error = r;
+	if (r < 0) {
+		snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s", cd_errbuf());
+		d->base_retry_at = cd_now_ms() + CD_BASE_RETRY_MS;
+	}
+	*out = t;
+	pthread_cond_broadcast(&d->base_opened);
 	pthread_mutex_unlock(&d->base_lock);
+	if (r < 0)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "%s", cd_errbuf());
 	return r;
 }
 
@@ -418,31 +433,31 @@ static int load_metadata(struct cdisk *d)
 static int repair_from_backup(struct cdisk *d, int err, unsigned flags,
 			      const char *from)
 {
-	char original[sizeof(d->ctx->error)];
+	char original[CD_ERROR_MAX];
 	bool asked = flags & (CD_OPEN_RESTORE | CD_OPEN_FORCE_RESTORE);
 	int r;
 
 	if (d->readonly && err < 0 && cd_backup_exists(d)) {
-		size_t n = strlen(d->ctx->error);
-		snprintf(d->ctx->error + n, sizeof(d->ctx->error) - n, "; a metadata "
+		size_t n = strlen(cd_errbuf());
+		snprintf(cd_errbuf() + n, CD_ERROR_MAX - n, "; a metadata "
 			 "backup exists: run cdisk-restore --metadata");
 	}
 	if (d->readonly || (!asked && (!d->ctx->cfg.auto_repair ||
 				       (flags & CDISK_OPEN_NO_REPAIR))))
 		return err;
-	memcpy(original, d->ctx->error, sizeof(original));
-	d->ctx->error[0] = 0;
+	memcpy(original, cd_errbuf(), sizeof(original));
+	cd_errbuf()[0] = 0;
 	r = cd_backup_restore(d, from, d->sb_loaded, flags & CD_OPEN_FORCE_RESTORE);
 	if (r < 0) {
 		/* Not a cdisk and no backup claims it: just not a cdisk. */
 		if (err == -ENOMSG && r == -ENOENT && !from && !asked) {
-			memcpy(d->ctx->error, original, sizeof(original));
+			memcpy(cd_errbuf(), original, sizeof(original));
 			return err;
 		}
 		if (err == 0 || err == -ENOMSG)
 			return r;
-		char why[sizeof(d->ctx->error)];
-		memcpy(why, d->ctx->error, sizeof(why));
+		char why[CD_ERROR_MAX];
+		memcpy(why, cd_errbuf(), sizeof(why));
 		return cd_error(d->ctx, err, "%s; %s", original, why);
 	}
 	/* Asked for, the caller reports it; found at open, say it here. */
@@ -474,6 +489,8 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 		return cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
 	pthread_mutex_init(&d->lock, NULL);
 	pthread_mutex_init(&d->base_lock, NULL);
+	pthread_cond_init(&d->base_opened, NULL);
+	pthread_mutex_init(&d->backup_lock, NULL);
 	pthread_cond_init(&d->drained, NULL);
 	pthread_cond_init(&d->writing_slot, NULL);
 	pthread_cond_init(&d->resumed, NULL);
@@ -485,7 +502,7 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 		r = cd_error(ctx, -ENOMEM, "cannot open '%s': out of memory", path);
 		goto fail;
 	}
-	ctx->error[0] = 0;
+	cd_errbuf()[0] = 0;
 	d->fd = open(path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
 	if (d->fd < 0) {
 		r = cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
@@ -515,11 +532,19 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 		r = recover_and_own(d);
 	if (r < 0)
 		goto fail;
+	cd_backup_store_pending(d);
 	/* Said once the disk is known to open: before, it is noise. */
 	if (d->sb_damage[0])
 		cd_log(ctx, CDISK_LOG_WARNING, "'%s': %s", path, d->sb_damage);
-	if (!(flags & CDISK_OPEN_NO_BASE))
-		open_base(d);   /* nobody else has d yet */
+	if (!(flags & CDISK_OPEN_NO_BASE) && d->sb.base[0]) {
+		struct cd_target *base;
+		char saved[CD_ERROR_MAX];
+
+		/* Whether it opens is reported by info, not as this open's error. */
+		memcpy(saved, cd_errbuf(), sizeof(saved));
+		get_base(d, &base);
+		memcpy(cd_errbuf(), saved, sizeof(saved));
+	}
 	*out = d;
 	return 0;
 fail:
@@ -545,6 +570,7 @@ int cdisk_close(struct cdisk *d)
 			d->sb.owner_pid = 0;
 			r = cd_checkpoint(d);
 		}
+		cd_backup_store_pending(d);
 	}
 	disk_free(d);
 	return r;
@@ -611,27 +637,6 @@ int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
 				(unsigned long long)off,
 				r == -ENODATA ? "file is truncated" : strerror(-r));
 	return 0;
-}
-
-static int pread_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
-{
-	uint64_t b = off >> d->block_shift, end = (off + len) >> d->block_shift;
-	int r = check_io(d, len, off, false);
-
-	while (r == 0 && b < end) {
-		bool present = cd_bitmap_get(&d->present, b);
-		uint64_t stop = cd_bitmap_find(&d->present, b, !present);
-		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
-		size_t n;
-
-		if (stop > end)
-			stop = end;
-		n = (size_t)((stop - b) << d->block_shift);
-		r = present ? cd_read_present(d, p, n, b << d->block_shift)
-			    : read_base(d, p, n, b << d->block_shift);
-		b = stop;
-	}
-	return r;
 }
 
 /* Called when a write's data is down (never before): a sync that read
@@ -813,7 +818,11 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 
 int cdisk_flush(struct cdisk *d)
 {
-	return LOCKED(d, flush_locked(d));
+	int r = LOCKED(d, flush_locked(d));
+
+	/* A backup the flush took is written now, with no lock held. */
+	cd_backup_store_pending(d);
+	return r;
 }
 
 int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
@@ -829,7 +838,9 @@ int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
 /* ---- requests not aligned to blocks ----
  * NBD lets a server ask for at most 64 KiB alignment, and some clients
  * ask for none: the edges of such a request are read, merged and written
- * back whole, under the lock so that two of them cannot interleave. */
+ * back whole.  The merge and write happen under the lock so that two of
+ * them cannot interleave; an edge the overlay does not hold comes from the
+ * base, read before, without the lock, since the base may not answer. */
 
 static void block_span(const struct cdisk *d, uint64_t off, size_t len,
 		       uint64_t *first, uint64_t *end)
@@ -838,72 +849,130 @@ static void block_span(const struct cdisk *d, uint64_t off, size_t len,
 	*end = cd_round_up(off + len, d->block_size);
 }
 
-static int rmw_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+struct rmw_edges {
+	uint64_t block[2];       /* offsets of the first and last block */
+	unsigned n;
+	uint8_t *base_data;      /* n blocks read from the base */
+	bool fetched[2];
+};
+
+/* Under the lock: the edges' old content into tmp.  1 when an edge the
+ * overlay does not hold has not been read from the base yet. */
+static int gather_edges(struct cdisk *d, struct rmw_edges *e, uint8_t *tmp,
+			uint64_t first)
 {
+	for (unsigned k = 0; k < e->n; k++) {
+		uint8_t *to = tmp + (e->block[k] - first);
+		int r;
+
+		if (cd_bitmap_get(&d->present, e->block[k] >> d->block_shift)) {
+			r = cd_read_present(d, to, d->block_size, e->block[k]);
+			if (r < 0)
+				return r;
+		} else if (e->fetched[k]) {
+			memcpy(to, e->base_data + (size_t)k * d->block_size, d->block_size);
+		} else {
+			return 1;
+		}
+	}
+	return 0;
+}
+
+static int fetch_edges(struct cdisk *d, struct rmw_edges *e)
+{
+	for (unsigned k = 0; k < e->n; k++) {
+		int r;
+
+		if (e->fetched[k])
+			continue;
+		r = read_base(d, e->base_data + (size_t)k * d->block_size, d->block_size,
+			      e->block[k]);
+		if (r < 0)
+			return r;
+		e->fetched[k] = true;
+	}
+	return 0;
+}
+
+static int rmw(struct cdisk *d, const void *buf, size_t len, uint64_t off)
+{
+	struct rmw_edges e = { .n = 1 };
 	uint64_t first, end;
 	uint8_t *tmp;
 	int r;
 
 	if (len == 0 || off > d->sb.size || len > d->sb.size - off)
 		return check_io(d, len, off, true);
+	if (d->readonly)
+		return check_io(d, d->block_size, 0, true);
 	block_span(d, off, len, &first, &end);
+	e.block[0] = first;
+	if (end - d->block_size > first)
+		e.block[e.n++] = end - d->block_size;
 	tmp = malloc(end - first);
-	if (!tmp)
+	e.base_data = malloc((size_t)e.n * d->block_size);
+	if (!tmp || !e.base_data) {
+		free(tmp);
+		free(e.base_data);
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
-	/* Only the partial blocks at the edges need their old content. */
-	r = pread_locked(d, tmp, d->block_size, first);
-	if (r == 0 && end - d->block_size > first)
-		r = pread_locked(d, tmp + (end - d->block_size - first), d->block_size,
-				 end - d->block_size);
-	if (r == 0) {
-		if (buf)
-			memcpy(tmp + (off - first), buf, len);
-		else
-			memset(tmp + (off - first), 0, len);
-		r = pwrite_locked(d, tmp, end - first, first);
+	}
+	for (;;) {
+		pthread_mutex_lock(&d->lock);
+		r = gather_edges(d, &e, tmp, first);
+		if (r == 0) {
+			if (buf)
+				memcpy(tmp + (off - first), buf, len);
+			else
+				memset(tmp + (off - first), 0, len);
+			r = pwrite_locked(d, tmp, end - first, first);
+		}
+		pthread_mutex_unlock(&d->lock);
+		if (r <= 0)
+			break;
+		/* A block leaves the overlay only when the base holds it, so
+		 * what is read here stays right until it is merged. */
+		r = fetch_edges(d, &e);
+		if (r < 0)
+			break;
 	}
 	free(tmp);
+	free(e.base_data);
 	return r;
 }
 
-static int pread_any_locked(struct cdisk *d, void *buf, size_t len, uint64_t off)
+int cdisk_pread_unaligned(struct cdisk *d, void *buf, size_t len, uint64_t off)
 {
 	uint64_t first, end;
 	uint8_t *tmp;
 	int r;
 
 	if (((off | len) & (d->block_size - 1)) == 0)
-		return pread_locked(d, buf, len, off);
+		return cdisk_pread(d, buf, len, off);
 	if (off > d->sb.size || len > d->sb.size - off)
 		return check_io(d, len, off, false);
 	block_span(d, off, len, &first, &end);
 	tmp = malloc(end - first ? end - first : 1);
 	if (!tmp)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
-	r = pread_locked(d, tmp, end - first, first);
+	r = cdisk_pread(d, tmp, end - first, first);
 	if (r == 0)
 		memcpy(buf, tmp + (off - first), len);
 	free(tmp);
 	return r;
 }
 
-int cdisk_pread_unaligned(struct cdisk *d, void *buf, size_t len, uint64_t off)
-{
-	return LOCKED(d, pread_any_locked(d, buf, len, off));
-}
-
 int cdisk_pwrite_unaligned(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
 	if (((off | len) & (d->block_size - 1)) == 0)
 		return cdisk_pwrite(d, buf, len, off);
-	return LOCKED(d, rmw_locked(d, buf, len, off));
+	return rmw(d, buf, len, off);
 }
 
 int cdisk_write_zeroes_unaligned(struct cdisk *d, size_t len, uint64_t off)
 {
 	if (((off | len) & (d->block_size - 1)) == 0)
 		return cdisk_write_zeroes(d, len, off);
-	return LOCKED(d, rmw_locked(d, NULL, len, off));
+	return rmw(d, NULL, len, off);
 }
 
 /* Where the disk holds data and where it reads as zeros without storing
@@ -1170,6 +1239,7 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 				   (uint64_t)time(NULL) - (uint64_t)st.st_mtime : 0;
 	}
 	pthread_mutex_lock(&d->base_lock);
+	info->base_opening_ms = d->base_opening ? cd_now_ms() - d->base_opening_since : 0;
 	info->base_reachable = d->base != NULL;
 	info->base_size = d->base ? d->base->size : 0;
 	info->base_error = d->base_error;

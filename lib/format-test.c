@@ -150,12 +150,12 @@ static void test_uri_forms(void **state)
 
 		if (r != cases[i].result)
 			fail_msg("'%s': got %d, want %d (%s)", cases[i].text, r,
-				 cases[i].result, ctx.error);
+				 cases[i].result, cd_errbuf());
 		if (r == 0) {
 			assert_int_equal(u.scheme, cases[i].scheme);
 			cd_uri_clear(&u);
 		} else {
-			assert_non_null(strstr(ctx.error, "invalid URI"));
+			assert_non_null(strstr(cd_errbuf(), "invalid URI"));
 		}
 	}
 }

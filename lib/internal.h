@@ -76,14 +76,16 @@ int cd_ini_load(struct cdisk_ctx *ctx, const char *what, const char *path,
 		void *user, const char *bad);
 
 struct cdisk_ctx {
-	pthread_mutex_t error_lock;   /* threads of one target report at once */
-	char error[512];
 	struct cd_config cfg;
 	cdisk_log_fn log_fn;
 	void *log_opaque;
 };
 
-/* Keep a message on ctx and return err (a negative errno). */
+#define CD_ERROR_MAX 512
+/* The calling thread's last error message (cdisk_ctx_error's buffer):
+ * callers that must keep one across a call that may fail save a copy. */
+char *cd_errbuf(void);
+/* Keep a message for the calling thread and return err (a negative errno). */
 int cd_error(struct cdisk_ctx *ctx, int err, const char *fmt, ...) CD_PRINTF(3, 4);
 void cd_log(struct cdisk_ctx *ctx, enum cdisk_log_level level,
 	    const char *fmt, ...) CD_PRINTF(3, 4);
@@ -568,12 +570,22 @@ struct cdisk {
 	bool journal_damaged;   /* replay found damage in the middle */
 	uint64_t backup_time;   /* when this handle last wrote a backup */
 	bool indexed;           /* the backup folder's index names this disk */
+	/* Backups are taken under the lock and written outside it, in order
+	 * of taking; backup_lock serializes the writing (lock order: the
+	 * disk's lock, then backup_lock). */
+	struct cd_backup_image *backup_pending;
+	uint64_t backup_gen;
+	pthread_mutex_t backup_lock;
+	uint64_t backup_stored_gen;
 	struct cd_restore_result restore;
 
 	/* The base opens on first need, outside the disk's lock: a server
 	 * that is down must not stall I/O the overlay can serve.  After a
 	 * failure it is not tried again for CD_BASE_RETRY_MS. */
 	pthread_mutex_t base_lock;
+	pthread_cond_t base_opened;   /* base_opening went false */
+	bool base_opening;            /* a thread is opening it, no lock held */
+	uint64_t base_opening_since;  /* cd_now_ms() */
 	struct cd_target *base;
 	int base_error;
 	uint64_t base_retry_at;   /* cd_now_ms() */
@@ -599,7 +611,14 @@ int cd_journal_replay_after(struct cdisk *d, uint64_t jseq, bool *complete,
 int cd_al_recover(struct cdisk *d);
 int cd_backup_path(const struct cd_config *cfg, const struct cd_superblock *sb,
 		   char *out, size_t len);
+struct cd_backup_image;
+/* Under the lock: take a backup to be written once it is let go. */
 int cd_backup_write(struct cdisk *d);
+/* Take and write one now (open, close, check's repair). */
+int cd_backup_write_now(struct cdisk *d);
+/* Without the lock: write what cd_backup_write took. */
+void cd_backup_store_pending(struct cdisk *d);
+void cd_backup_image_free(struct cd_backup_image *img);
 int cd_backup_read(struct cdisk_ctx *ctx, const char *path, struct cd_backup *b);
 void cd_backup_free(struct cd_backup *b);
 int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool force);

@@ -340,6 +340,7 @@ static int load_run(struct cdisk *d, const uint8_t *dir, uint32_t first,
 	uint32_t area = d->sb.cp_active;
 	struct iovec iov[CD_BATCH_PAGES];
 	uint32_t got = 0;
+	bool bad_page = false;
 	int r = 0;
 
 	for (; got < count; got++) {
@@ -366,9 +367,11 @@ static int load_run(struct cdisk *d, const uint8_t *dir, uint32_t first,
 		uint32_t bits = cd_get_le32(dir + (uint64_t)i * 8);
 		uint32_t crc = cd_get_le32(dir + (uint64_t)i * 8 + 4);
 
-		if (r == 0 && !page_valid(bm, p, iov[k].iov_base, crc, bits))
+		if (r == 0 && !page_valid(bm, p, iov[k].iov_base, crc, bits)) {
 			r = cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: bitmap page %u "
 				     "of the checkpoint fails its checksum", d->path, i);
+			bad_page = true;
+		}
 		if (r == 0) {
 			d->cp_crc[i][area] = crc;
 			cd_bitmap_adopt_page(bm, p, iov[k].iov_base, bits);
@@ -378,7 +381,7 @@ static int load_run(struct cdisk *d, const uint8_t *dir, uint32_t first,
 	}
 	if (r == -ENOMEM)
 		return cd_error(d->ctx, r, "'%s': out of memory", d->path);
-	if (r < 0 && !strstr(d->ctx->error, "bitmap page"))
+	if (r < 0 && !bad_page)
 		return cd_error(d->ctx, -EUCLEAN, "cannot read the checkpoint of '%s': %s",
 				d->path, r == -EUCLEAN ? "file is truncated" : strerror(-r));
 	return r;
@@ -393,7 +396,7 @@ int cd_checkpoint_load(struct cdisk *d)
 
 	if (!dir)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
-	d->ctx->error[0] = 0;
+	cd_errbuf()[0] = 0;
 	r = cd_pread_full(d->fd, dir, dlen, d->sb.cp_offset[area]);
 	if (r < 0) {
 		r = cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,

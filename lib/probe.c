@@ -101,7 +101,7 @@ static int ping_once(struct cd_target *t, struct cdisk_probe_result *res,
 		/* An error answer still came back: the server is there. */
 		if (!unreachable_error(r))
 			res->refused++;
-		cd_log(t->ctx, CDISK_LOG_DEBUG, "ping lost: %s", t->ctx->error);
+		cd_log(t->ctx, CDISK_LOG_DEBUG, "ping lost: %s", cd_errbuf());
 		return 0;
 	}
 	res->answered++;
@@ -350,10 +350,10 @@ static int measure(struct cd_target *t, const struct cdisk_probe_opts *o,
 		res->verdict = res->busy || res->refused ? CDISK_DEGRADED : CDISK_UNREACHABLE;
 		if (res->refused)
 			snprintf(res->reason, sizeof(res->reason), "%u of %u requests failed: %s",
-				 res->refused, res->sent, t->ctx->error);
+				 res->refused, res->sent, cd_errbuf());
 		else if (!res->busy)
 			snprintf(res->reason, sizeof(res->reason), "no answer to %u requests: %s",
-				 res->sent, t->ctx->error);
+				 res->sent, cd_errbuf());
 		goto out;
 	}
 	if (!o->no_read) {
@@ -362,7 +362,7 @@ static int measure(struct cd_target *t, const struct cdisk_probe_opts *o,
 		if (r == -ENOMEM)
 			goto out;
 		if (r < 0)
-			add_reason(res, "the read failed: %s", t->ctx->error);
+			add_reason(res, "the read failed: %s", cd_errbuf());
 		res->read_measured = r == 0;
 		res->load_measured = loaded.n > 0;
 		res->loaded_rtt_mean_ms = mean(&loaded);
@@ -401,7 +401,7 @@ static void ceph_load(struct cd_target *t, const struct cd_ceph_load *before,
 	res->ceph = true;
 	if (cd_rbd_cluster_load(t, before, &c) < 0) {
 		snprintf(res->ceph_health, sizeof(res->ceph_health), "unknown");
-		add_reason(res, "the cluster's load is unknown: %s", t->ctx->error);
+		add_reason(res, "the cluster's load is unknown: %s", cd_errbuf());
 		return;
 	}
 	memcpy(res->ceph_health, c.health, sizeof(res->ceph_health));
@@ -429,12 +429,12 @@ int cdisk_probe(struct cdisk_ctx *ctx, const char *uri, const struct cdisk_probe
 		res->sent = res->busy = 1;
 		res->busy_fraction = 1;
 		res->verdict = CDISK_DEGRADED;
-		snprintf(res->reason, sizeof(res->reason), "%s", ctx->error);
+		snprintf(res->reason, sizeof(res->reason), "%s", cd_errbuf());
 		goto out;
 	}
 	if (r < 0 && unreachable_error(r)) {
 		res->verdict = CDISK_UNREACHABLE;
-		snprintf(res->reason, sizeof(res->reason), "%s", ctx->error);
+		snprintf(res->reason, sizeof(res->reason), "%s", cd_errbuf());
 		r = 0;
 		goto out;
 	}

@@ -1033,6 +1033,7 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
 	s->ctx = ctx;
 	s->control_fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->control_idle, NULL);
 	*out = s;
 	return 0;
 }
@@ -1245,8 +1246,10 @@ static void accept_one(struct cdisk_server *s, int lfd, bool tcp)
  * connection finish what it has read, flush and close the disks. */
 int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 {
-	int r = 0;
+	int r = cd_control_start_policy(s);
 
+	if (r < 0)
+		return r;
 	for (;;) {
 		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 2];
 		size_t n = 0, first_listener;
@@ -1262,7 +1265,6 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		reap_connections(s, false);
 		if (p[0].revents)
 			break;
-		cd_control_policy_tick(s);
 		if (first_listener > 1 && p[1].revents & POLLIN)
 			cd_control_serve_one(s);
 		for (size_t i = 0; i < s->nlisten; i++)
@@ -1276,6 +1278,8 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			shutdown(c->fd, SHUT_RD);
 	pthread_mutex_unlock(&s->lock);
 	reap_connections(s, true);
+	cd_control_stop_policy(s);
+	cd_control_wait_idle(s);
 	cd_control_stop_syncs(s);
 	for (size_t i = 0; i < s->nexports; i++) {
 		int rc = cdisk_close(s->exports[i].disk);
@@ -1314,6 +1318,8 @@ void cdisk_server_free(struct cdisk_server *s)
 		close(s->control_fd);
 		unlink(s->control_path);
 	}
+	cd_control_stop_policy(s);
+	cd_control_wait_idle(s);
 	free(s->control_path);
 	cd_tls_free(s->tls);
 	cd_control_stop_syncs(s);
@@ -1325,6 +1331,7 @@ void cdisk_server_free(struct cdisk_server *s)
 		cd_access_free(&s->exports[i].access);
 	}
 	free(s->exports);
+	pthread_cond_destroy(&s->control_idle);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

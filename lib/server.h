@@ -66,6 +66,11 @@ struct cdisk_server {
 	/* cdisk_server_set_sync_policy: a push of every export this often */
 	uint64_t policy_every_ms, policy_next_ms;
 	struct cdisk_sync_opts policy;
+	pthread_t policy_thread;
+	bool policy_started, policy_stop;
+	/* Control requests under way, each on a thread of its own (lock). */
+	unsigned control_active;
+	pthread_cond_t control_idle;   /* control_active fell to 0; policy waits */
 };
 
 /* TLS (tls.c) */
@@ -87,7 +92,12 @@ int cd_server_restrict_export(struct cdisk_server *s, const char *name,
 			      struct cd_access *access);
 void cd_access_free(struct cd_access *a);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
+/* Accept one control connection and answer it on a thread of its own. */
 void cd_control_serve_one(struct cdisk_server *s);
+void cd_control_wait_idle(struct cdisk_server *s);
+/* The --sync-every timer, on a thread of its own. */
+int cd_control_start_policy(struct cdisk_server *s);
+void cd_control_stop_policy(struct cdisk_server *s);
 void cd_server_serve_fd(struct cdisk_server *s, int fd);
 /* Start the policy's syncs when their time has come (the accept loop). */
 void cd_control_policy_tick(struct cdisk_server *s);

@@ -420,7 +420,7 @@ static void start_controller(struct engine *e)
 	} else if (cd_probe_open(d->ctx, d->sb.base, d->ctx->cfg.probe.timeout_s,
 				 &e->pinger) < 0) {
 		cd_log(d->ctx, CDISK_LOG_WARNING, "%s; the sync will not slow down for "
-		       "others", d->ctx->error);
+		       "others", cd_errbuf());
 		return;
 	} else {
 		e->pinger_own = true;

@@ -505,7 +505,7 @@ int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 		r = cd_error(ctx, -EEXIST, "cannot create '%s': a disk is there already", uri);
 		goto out;
 	}
-	if (r != -ENOENT || strstr(ctx->error, "no such bucket"))
+	if (r != -ENOENT || strstr(cd_errbuf(), "no such bucket"))
 		goto out;
 	m = json_pack("{s:s, s:i, s:I, s:I}", "format", MANIFEST_FORMAT, "version",
 		      MANIFEST_VERSION, "size", (json_int_t)size, "chunk_size",

@@ -55,7 +55,7 @@ static void test_read_write_flush_zero(void **state)
 	assert_memory_equal(buf, back, 4096);
 	/* Past the end: refused with the URI named, nothing done. */
 	assert_int_equal(cd_target_pwrite(t, buf, 4096, (1 << 20) - 2048), -EINVAL);
-	assert_non_null(strstr(ctx.error, path));
+	assert_non_null(strstr(cd_errbuf(), path));
 	assert_int_equal(cd_target_pread(t, buf, 1, 1 << 20), -EINVAL);
 	cd_target_close(t);
 }
@@ -71,7 +71,7 @@ static void test_readonly_refused_before_sending(void **state)
 	stat(path, &before);
 	assert_int_equal(cd_target_open(&ctx, path, true, &t), 0);
 	assert_int_equal(cd_target_pwrite(t, buf, sizeof(buf), 0), -EROFS);
-	assert_non_null(strstr(ctx.error, "it is read-only"));
+	assert_non_null(strstr(cd_errbuf(), "it is read-only"));
 	assert_int_equal(cd_target_zero(t, 4096, 0), -EROFS);
 	/* A read-only target has nothing to flush. */
 	assert_int_equal(cd_target_flush(t), 0);
@@ -88,9 +88,9 @@ static void test_open_errors(void **state)
 
 	(void)state;
 	assert_int_equal(cd_target_open(&ctx, "/nonexistent/x.img", true, &t), -ENOENT);
-	assert_non_null(strstr(ctx.error, "cannot open '/nonexistent/x.img'"));
+	assert_non_null(strstr(cd_errbuf(), "cannot open '/nonexistent/x.img'"));
 	assert_int_equal(cd_target_open(&ctx, "/tmp", true, &t), -EINVAL);
-	assert_non_null(strstr(ctx.error, "not a regular file or block device"));
+	assert_non_null(strstr(cd_errbuf(), "not a regular file or block device"));
 	assert_int_equal(cd_target_open(&ctx, "ftp://x/y", true, &t), -EINVAL);
 }
 

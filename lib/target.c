@@ -211,7 +211,7 @@ static int run(struct cd_target *t, const struct request *q)
 		if (!cd_target_error_transient(r) || attempt >= t->retries)
 			return r;
 		cd_log(t->ctx, CDISK_LOG_INFO, "'%s': %s; trying again", t->uri,
-		       t->ctx->error);
+		       cd_errbuf());
 		backoff(attempt++);
 		__atomic_add_fetch(&t->resent, 1, __ATOMIC_RELAXED);
 	}

@@ -36,7 +36,10 @@ uuid_of() {
 @test "a disk's own --meta-backup path is used instead of the directory" {
 	run_cdisk 0 cdisk-create --size 4M --meta-backup elsewhere/d.meta d.cdisk
 	[ -f elsewhere/d.meta ]
-	[ ! -e meta ]
+	# The folder holds only the index that finds it once the superblocks
+	# are gone.
+	assert_equal "$(ls meta | grep -c '\.meta$')" 0
+	assert_equal "$(cut -f2 meta/index)" "$BATS_TEST_TMPDIR/elsewhere/d.meta"
 	run_cdisk 0 cdisk-info --check --json d.cdisk
 	[ "$(json_get .check.metadata_backup.path)" = "$BATS_TEST_TMPDIR/elsewhere/d.meta" ]
 	[ "$(json_get .check.metadata_backup.matches)" = true ]
