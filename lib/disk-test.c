@@ -277,6 +277,49 @@ static void test_info_counts(void **state)
 	assert_int_equal(cdisk_close(d), 0);
 }
 
+/* Two threads fail different requests on one disk at the same time, many
+ * times: each must read its own cause back, never the other's. */
+struct error_thread {
+	struct cdisk *d;
+	bool past_end;
+	int wrong;
+};
+
+static void *fail_repeatedly(void *opaque)
+{
+	struct error_thread *t = opaque;
+	uint8_t buf[4096];
+
+	for (int i = 0; i < 20000; i++) {
+		int r = t->past_end ? cdisk_pread(t->d, buf, sizeof(buf), 64ull << 20)
+				    : cdisk_pread(t->d, buf, 100, 0);
+		const char *msg = cdisk_ctx_error(cdisk_get_ctx(t->d));
+
+		if (r != -EINVAL || !strstr(msg, t->past_end ? "past the end" : "not aligned"))
+			t->wrong++;
+	}
+	return NULL;
+}
+
+static void test_errors_are_kept_per_thread(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk_create_opts o = { .size = 4u << 20 };
+	struct error_thread a = { .past_end = true }, b = { .past_end = false };
+	pthread_t ta, tb;
+
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &a.d), 0);
+	b.d = a.d;
+	pthread_create(&ta, NULL, fail_repeatedly, &a);
+	pthread_create(&tb, NULL, fail_repeatedly, &b);
+	pthread_join(ta, NULL);
+	pthread_join(tb, NULL);
+	assert_int_equal(a.wrong, 0);
+	assert_int_equal(b.wrong, 0);
+	assert_int_equal(cdisk_close(a.d), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -289,6 +332,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_journal_overflow_checkpoints, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_is_idempotent_and_safe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_errors_are_kept_per_thread, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
