@@ -1,8 +1,12 @@
 /* cdisk-serve: export cdisks over NBD to QEMU and other clients, in the
  * foreground, with a control socket for the other programs. */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -74,6 +78,82 @@ static enum cdisk_tls_mode tls_mode(void)
 		return !strcmp(tls_arg, "on") ? CDISK_TLS_ON : CDISK_TLS_REQUIRE;
 	}
 	cli_usage_error("invalid --tls '%s': expected require, on or off", tls_arg);
+}
+
+static char tcp_host[256], tcp_port[8];
+
+/* --tcp [HOST:]PORT, HOST an IPv6 address in brackets, PORT as a URI's
+ * (0: any free port, said once listening). */
+static void parse_tcp(void)
+{
+	const char *colon = strrchr(tcp_arg, ':'), *port = colon ? colon + 1 : tcp_arg;
+	size_t hlen = colon ? (size_t)(colon - tcp_arg) : 0;
+	const char *host = tcp_arg;
+	char *end;
+	long n;
+
+	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']')
+		host++, hlen -= 2;
+	else if (hlen && memchr(host, ':', hlen))
+		cli_usage_error("invalid --tcp '%s': expected [HOST:]PORT, an IPv6 "
+				"address in brackets", tcp_arg);
+	if (hlen >= sizeof(tcp_host))
+		cli_usage_error("invalid --tcp '%s': host name too long", tcp_arg);
+	errno = 0;
+	n = strtol(port, &end, 10);
+	if (*port < '0' || *port > '9' || *end || errno || n < 0 || n > 65535)
+		cli_usage_error("invalid --tcp port '%s': expected a number from 0 to 65535 "
+				"(0: any free port)", port);
+	memcpy(tcp_host, host, hlen);
+	tcp_host[hlen] = 0;
+	snprintf(tcp_port, sizeof(tcp_port), "%u", (unsigned)n);
+}
+
+static bool is_loopback(const struct sockaddr *a)
+{
+	if (a->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr)
+			>> 24) == 127;
+	if (a->sa_family == AF_INET6) {
+		const struct in6_addr *v6 = &((const struct sockaddr_in6 *)(const void *)a)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(v6) || (IN6_IS_ADDR_V4MAPPED(v6) &&
+						     v6->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/* Plain NBD off this host is everyone's to read: only when asked for.
+ * A host that does not resolve is left for the listener to name. */
+static void refuse_open_tcp(enum cdisk_tls_mode mode)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE }, *res, *ai;
+	bool open = false;
+
+	if (!tcp_arg || mode != CDISK_TLS_OFF || tls_arg)
+		return;
+	if (getaddrinfo(tcp_host[0] ? tcp_host : NULL, tcp_port, &hints, &res) != 0)
+		return;
+	for (ai = res; ai; ai = ai->ai_next)
+		open |= !is_loopback(ai->ai_addr);
+	freeaddrinfo(res);
+	if (open) {
+		cli_error("TCP on '%s' reaches beyond this host and would not be encrypted: "
+			  "give --tls-certificates DIR, or --tls off to serve it in the clear",
+			  tcp_arg);
+		exit(CDISK_EXIT_USAGE);
+	}
+}
+
+/* Every TCP address listened on, the port picked for port 0 included. */
+static void say_tcp_addresses(struct cdisk_server *srv, enum cdisk_tls_mode mode)
+{
+	char addr[128];
+
+	for (unsigned i = 0; cdisk_server_tcp_address(srv, i, addr, sizeof(addr)) == 0; i++)
+		cli_error("serving on %s (TCP, %s)", addr, mode == CDISK_TLS_REQUIRE ?
+			  "TLS required" : mode == CDISK_TLS_ON ? "TLS offered" :
+			  "not encrypted");
 }
 
 /* An export from NAME=PATH, or from a bare PATH named by its file name.
@@ -179,15 +259,8 @@ static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
 		r = cdisk_server_listen_control(srv, control, socket_mode());
 	if (r == 0)
 		r = give_to_group(control);
-	if (r == 0 && tcp_arg) {
-		char host[256] = "", *colon = strrchr(tcp_arg, ':');
-		const char *port = tcp_arg;
-		if (colon) {
-			snprintf(host, sizeof(host), "%.*s", (int)(colon - tcp_arg), tcp_arg);
-			port = colon + 1;
-		}
-		r = cdisk_server_listen_tcp(srv, host[0] ? host : NULL, port);
-	}
+	if (r == 0 && tcp_arg)
+		r = cdisk_server_listen_tcp(srv, tcp_host[0] ? tcp_host : NULL, tcp_port);
 	return r;
 }
 
@@ -256,6 +329,10 @@ int main(int argc, char **argv)
 	if (tls_verify_peer && !tls_dir_arg)
 		cli_usage_error("--tls-verify-peer needs --tls-certificates");
 	mode = tls_mode();
+	if (tcp_arg) {
+		parse_tcp();
+		refuse_open_tcp(mode);
+	}
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);
@@ -274,8 +351,10 @@ int main(int argc, char **argv)
 		if (tcp_arg && mode != CDISK_TLS_REQUIRE)
 			cli_error("warning: TCP on '%s' %s", tcp_arg, mode == CDISK_TLS_ON ?
 				  "lets clients choose not to encrypt" : "is not encrypted");
-		if (!cli.quiet)
+		if (!cli.quiet) {
 			cli_error("serving on '%s'", nbd_path);
+			say_tcp_addresses(srv, mode);
+		}
 		notify_ready();
 		r = cdisk_server_run(srv, stop_fd);
 	}

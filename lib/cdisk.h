@@ -221,6 +221,10 @@ int cdisk_server_listen_unix(struct cdisk_server *server, const char *path,
 			     unsigned mode);
 int cdisk_server_listen_tcp(struct cdisk_server *server, const char *host,
 			    const char *port);
+/* The index-th TCP address listened on, as "127.0.0.1:10809" or
+ * "[::1]:10809" (the port chosen for port 0); -ENOENT past the last. */
+int cdisk_server_tcp_address(struct cdisk_server *server, unsigned index, char *out,
+			     size_t len);
 int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
 				unsigned mode);
 /* TLS on NBD connections (NBD_OPT_STARTTLS): certificates from dir
