@@ -75,6 +75,14 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	}
 }
 
+/* -q --check, for cron: nothing when all is well, else the problems. */
+static void print_problems(const char *path, const struct cdisk_check_report *rep)
+{
+	for (unsigned n = 0; n < rep->nlines; n++)
+		if (rep->problems[n])
+			printf("%s: %s\n", path, rep->lines[n]);
+}
+
 static json_t *check_json(const struct cdisk_check_report *rep)
 {
 	json_t *lines = json_array();
@@ -154,6 +162,8 @@ static int show(struct cdisk *disk, const char *path)
 		r = cdisk_get_info(disk, &info);
 	if (r == 0 && cli.json)
 		r = print_json(path, &info, check ? &report : NULL);
+	else if (r == 0 && check && cli.quiet)
+		print_problems(path, &report);
 	else if (r == 0)
 		print_human(path, &info, check ? &report : NULL);
 	cdisk_check_report_free(&report);

@@ -172,6 +172,7 @@ struct cdisk_check_report {
 	unsigned repaired;   /* problems that were repaired */
 	unsigned warnings;
 	char (*lines)[160];  /* one line per finding */
+	bool *problems;      /* per line: a warning, a repair or an error */
 	unsigned nlines;
 	char backup_path[4096]; /* "" when no backup is configured */
 	uint64_t backup_age;    /* seconds */
