@@ -76,7 +76,7 @@ $(O)/bin/%: $(O)/cmd/%.o $(O)/cmd/cli.o $(SHLIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(O)/cmd/cli.o -L$(O)/lib -lcdisk \
-		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS)
+		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS) -lm
 
 $(O)/cmd/%.o: override CFLAGS += -Icmd
 

@@ -215,23 +215,33 @@ static unsigned socket_mode(void)
 	return group_arg ? 0660 : 0600;
 }
 
-static int give_to_group(const char *path)
+static gid_t group_id;
+static bool reported;   /* the error is already said: one line, not two */
+
+/* Before anything is opened, so that a typo changes nothing. */
+static void find_group(void)
 {
-	struct group *g;
+	struct group *g = group_arg ? getgrnam(group_arg) : NULL;
 
 	if (!group_arg)
-		return 0;
-	g = getgrnam(group_arg);
+		return;
 	if (!g) {
 		cli_error("unknown group '%s'", group_arg);
-		return -EINVAL;
+		exit(CDISK_EXIT_USAGE);
 	}
-	if (chown(path, (uid_t)-1, g->gr_gid) < 0) {
-		cli_error("cannot give '%s' to group '%s': %s", path, group_arg,
-			  strerror(errno));
-		return -errno;
-	}
-	return 0;
+	group_id = g->gr_gid;
+}
+
+static int give_to_group(const char *path)
+{
+	int r;
+
+	if (!group_arg || chown(path, (uid_t)-1, group_id) == 0)
+		return 0;
+	r = -errno;
+	cli_error("cannot give '%s' to group '%s': %s", path, group_arg, strerror(-r));
+	reported = true;
+	return r;
 }
 
 static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
@@ -329,6 +339,7 @@ int main(int argc, char **argv)
 	if (tls_verify_peer && !tls_dir_arg)
 		cli_usage_error("--tls-verify-peer needs --tls-certificates");
 	mode = tls_mode();
+	find_group();
 	if (tcp_arg) {
 		parse_tcp();
 		refuse_open_tcp(mode);
@@ -360,7 +371,7 @@ int main(int argc, char **argv)
 	}
 	cdisk_server_free(srv);
 	close(stop_fd);
-	r = cli_exit_code(ctx, r);
+	r = reported ? (cli_exit_code(ctx, 0), cdisk_exit_code(r)) : cli_exit_code(ctx, r);
 	cdisk_ctx_free(ctx);
 	return r;
 }

@@ -1,6 +1,7 @@
 /* Shared command-line machinery.  Each program's main() parses, calls
  * the library, and returns cli_exit_code(). */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -249,9 +250,35 @@ bool cli_show_progress(void)
 	return !cli.quiet && isatty(STDERR_FILENO);
 }
 
+/* Measurements to a thousandth: 0.382, not 0.38200000000000001. */
+static void round_reals(json_t *j)
+{
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_real(j))
+		json_real_set(j, round(json_real_value(j) * 1000) / 1000);
+	else if (json_is_object(j))
+		json_object_foreach(j, key, v)
+			round_reals(v);
+	else if (json_is_array(j))
+		json_array_foreach(j, i, v)
+			round_reals(v);
+}
+
+char *cli_json_text(json_t *j, size_t flags)
+{
+	if (!j)
+		return NULL;
+	round_reals(j);
+	/* 15 digits: a thousandth of anything below 10^12 prints as rounded. */
+	return json_dumps(j, flags | JSON_REAL_PRECISION(15));
+}
+
 int cli_print_json(json_t *j)
 {
-	char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+	char *text = cli_json_text(j, JSON_INDENT(2));
 
 	json_decref(j);
 	if (!text)

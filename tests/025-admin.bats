@@ -36,3 +36,64 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 	run_cdisk 0 cdisk-info --check d.cdisk
 	assert_line --regexp "^check result: +0 errors, 0 repaired, 0 warnings$"
 }
+
+@test "a directory given as a disk is 7 from every program" {
+	mkdir dir
+	for cmd in "cdisk-info dir" "cdisk-info --check dir" "cdisk-probe dir" \
+		"cdisk-sync dir" "cdisk-sync -n dir" "cdisk-restore --metadata dir" \
+		"cdisk-serve --socket s.sock dir"; do
+		# shellcheck disable=SC2086
+		CDISK_TIMEOUT=10 run_cdisk 7 $cmd
+		assert_error "${cmd%% *}" "^${cmd%% *}: 'dir' is not a cdisk \(not a regular file\)$"
+	done
+}
+
+@test "create over a file that is not a cdisk is 7, and changes nothing" {
+	echo precious >d.cdisk
+	run_cdisk 7 cdisk-create --size 4M d.cdisk
+	assert_error cdisk-create "^cdisk-create: 'd.cdisk' exists and is not a cdisk; it was not changed$"
+	assert_equal "$(cat d.cdisk)" precious
+	mkdir dir
+	run_cdisk 7 cdisk-create --size 4M dir
+}
+
+@test "serve --group with an unknown group: one line, nothing served" {
+	run_cdisk 0 cdisk-create --size 4M d.cdisk
+	CDISK_TIMEOUT=10 run_cdisk 2 cdisk-serve --socket s.sock --group nosuchgroup d.cdisk
+	assert_error cdisk-serve "^cdisk-serve: unknown group 'nosuchgroup'$"
+	[ ! -e s.sock ] || fail "it listened"
+}
+
+@test "probe: a path is a target unless it is a cdisk" {
+	truncate -s 32M raw.img
+	run_cdisk 0 cdisk-probe --pings 3 --read-size 1M --json raw.img
+	assert_equal "$(json_get .target)" raw.img
+	assert_equal "$(json_get .verdict)" healthy
+	assert_equal "$(json_get .read_bytes)" 1048576
+	# A cdisk is still a disk whose base is probed.
+	run_cdisk 0 cdisk-create --base raw.img d.cdisk
+	run_cdisk 0 cdisk-probe --pings 3 --read-size 1M --json d.cdisk
+	assert_equal "$(json_get .target)" "$BATS_TEST_TMPDIR/raw.img"
+	run_cdisk 0 cdisk-create --size 4M nobase.cdisk
+	run_cdisk 2 cdisk-probe nobase.cdisk
+	assert_error cdisk-probe "'nobase.cdisk' has no base to probe"
+}
+
+@test "JSON: numbers to a thousandth, ceph_health as the option takes it" {
+	truncate -s 32M raw.img
+	run_cdisk 0 cdisk-probe --pings 5 --read-size 1M --json raw.img
+	refute_output --regexp '[0-9]\.[0-9]{4,}'
+	assert_equal "$(json_get .limits.ceph_health)" warn
+	assert_equal "$(json_get .limits.max_loss)" 0.05
+	run_cdisk 0 cdisk-probe --pings 2 --no-read --ceph-health ok --json --watch 1 --count 1 raw.img
+	refute_output --regexp '[0-9]\.[0-9]{4,}'
+	assert_equal "$(json_get .limits.ceph_health)" ok
+	run_cdisk 0 cdisk-probe --pings 2 --no-read --ceph-health err --json raw.img
+	assert_equal "$(json_get .limits.ceph_health)" err
+	# Through cli.c for every program: a sync's report too.
+	make_base base.img 8M
+	run_cdisk 0 cdisk-create --base base.img d.cdisk
+	run_cdisk 0 cdisk-io d.cdisk w:0:3M:7 f
+	run_cdisk 0 cdisk-sync --json d.cdisk
+	refute_output --regexp '[0-9]\.[0-9]{4,}'
+}
