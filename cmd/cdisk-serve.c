@@ -1,7 +1,9 @@
 /* cdisk-serve: export cdisks over NBD to QEMU and other clients, in the
  * foreground, with a control socket for the other programs. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -274,6 +276,34 @@ static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
 	return r;
 }
 
+/* A server killed with -9 leaves its control socket behind: the next one
+ * to start removes those whose process is gone (a PID in use, even by
+ * another program, keeps its socket). */
+static void remove_stale_controls(const char *runtime_dir)
+{
+	DIR *dir = opendir(runtime_dir);
+	struct dirent *e;
+
+	while (dir && (e = readdir(dir))) {
+		unsigned pid;
+		char tail[8];
+		struct stat st;
+
+		if (sscanf(e->d_name, "cdisk-serve.%u%7s", &pid, tail) != 2 ||
+		    strcmp(tail, ".ctl") || pid == 0 || pid == (unsigned)getpid())
+			continue;
+		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISSOCK(st.st_mode) && unlinkat(dirfd(dir), e->d_name, 0) == 0 &&
+		    cli.verbose)
+			cli_error("removed '%s/%s', left by a server that is gone",
+				  runtime_dir, e->d_name);
+	}
+	if (dir)
+		closedir(dir);
+}
+
 /* systemd's readiness protocol, Type=notify: one datagram to
  * $NOTIFY_SOCKET once we accept connections. */
 static void notify_ready(void)
@@ -355,6 +385,7 @@ int main(int argc, char **argv)
 		r = set_sync_policy(srv);
 	if (r == 0) {
 		mkdir(cdisk_ctx_runtime_dir(ctx), 0755);
+		remove_stale_controls(cdisk_ctx_runtime_dir(ctx));
 		r = listen_all(ctx, srv, cdisk_ctx_runtime_dir(ctx), first, nbd_path,
 			       sizeof(nbd_path));
 	}

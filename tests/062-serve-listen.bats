@@ -12,6 +12,7 @@ setup() {
 
 teardown() {
 	stop_serve KILL || true
+	[ -z "${LIVE:-}" ] || kill "$LIVE" 2>/dev/null || true
 }
 
 @test "--tcp: a port out of range is a usage error naming it" {
@@ -60,4 +61,21 @@ teardown() {
 	[ ! -e run/d.sock ] || fail "it listened"
 	# Loopback alone is this host's: no --tls off needed.
 	start_serve --tcp localhost:0 d.cdisk
+}
+
+@test "control sockets of killed servers are removed at the next start" {
+	start_serve d.cdisk
+	dead=$SERVE_PID
+	[ -S "run/cdisk-serve.$dead.ctl" ] || fail "no control socket"
+	stop_serve KILL || true
+	[ -S "run/cdisk-serve.$dead.ctl" ] || fail "kill -9 left nothing to remove"
+	# A process that is alive keeps its socket, whatever it is.
+	bash -c 'exec socat UNIX-LISTEN:run/cdisk-serve.$$.ctl,fork /dev/null' 3>&- &
+	live=$! LIVE=$!
+	for _ in $(seq 100); do [ -S "run/cdisk-serve.$live.ctl" ] && break; sleep 0.05; done
+	start_serve -v d.cdisk
+	[ ! -e "run/cdisk-serve.$dead.ctl" ] || fail "the dead server's socket is still there"
+	grep -q "removed '.*/run/cdisk-serve.$dead.ctl', left by a server that is gone" serve.log
+	[ -S "run/cdisk-serve.$live.ctl" ] || fail "a live process's socket was removed"
+	[ -S "run/cdisk-serve.$SERVE_PID.ctl" ] || fail "no control socket of its own"
 }
