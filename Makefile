@@ -114,7 +114,7 @@ $(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile \
 # Fuzz targets (libFuzzer): the library's sources built in, with clang.
 FUZZ_CC ?= clang
 FUZZ_BINS := $(patsubst fuzz/%.c,$(O)/fuzz/%,$(wildcard fuzz/*.c))
-$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h)
+$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h fuzz/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \

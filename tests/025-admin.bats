@@ -97,3 +97,13 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 	run_cdisk 0 cdisk-sync --json d.cdisk
 	refute_output --regexp '[0-9]\.[0-9]{4,}'
 }
+
+@test "the fuzz targets leave no folder behind, in TMPDIR or /tmp" {
+	mkdir tmp corpus
+	touch start
+	for f in nbd-fuzz parsers-fuzz; do
+		TMPDIR=$BATS_TEST_TMPDIR/tmp run_cdisk 0 "$CDISK_BUILD/fuzz/$f" -runs=50 corpus
+	done
+	assert_equal "$(ls -A tmp)" ""
+	assert_equal "$(find /tmp -maxdepth 1 -name 'cdisk-fuzz-*' -newer start)" ""
+}
