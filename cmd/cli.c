@@ -16,7 +16,9 @@ static const struct cli_program *program;
 static poptContext popt_ctx;
 static const struct poptOption *program_options;
 
-enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS };
+enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS,
+       OPT_OPTION_ARGS };
+enum list_what { LIST_LONG, LIST_SHORT, LIST_ARGS };
 
 static void help_callback(poptContext con, enum poptCallbackReason reason,
 			  const struct poptOption *opt, const char *arg, void *data);
@@ -49,24 +51,37 @@ struct poptOption cli_help_options[] = {
 	  OPT_LONG_OPTIONS, "List long options (for completion)", NULL },
 	{ "short-options", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
 	  OPT_SHORT_OPTIONS, "List short options (for completion)", NULL },
+	{ "option-args", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
+	  OPT_OPTION_ARGS, "List the options that take an argument, with its "
+	  "name (for completion)", NULL },
 	POPT_TABLEEND
 };
 
-static void list_options(const struct poptOption *t, bool long_names)
+/* LIST_ARGS: "-s SIZE" and "--size SIZE", one a line, so that completion
+ * knows what follows each option of this program (-s is a size to
+ * cdisk-create, a socket path to cdisk-serve). */
+static void list_options(const struct poptOption *t, enum list_what what)
 {
 	for (; t->longName || t->shortName || t->arg; t++) {
 		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_INCLUDE_TABLE) {
-			list_options(t->arg, long_names);
+			list_options(t->arg, what);
 			continue;
 		}
 		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_CALLBACK)
 			continue;
 		if (t->argInfo & POPT_ARGFLAG_DOC_HIDDEN)
 			continue;
-		if (long_names && t->longName)
+		if (what == LIST_LONG && t->longName)
 			printf("--%s\n", t->longName);
-		else if (!long_names && t->shortName)
+		else if (what == LIST_SHORT && t->shortName)
 			printf("-%c\n", t->shortName);
+		else if (what == LIST_ARGS && (t->argInfo & POPT_ARG_MASK) != POPT_ARG_NONE) {
+			const char *arg = t->argDescrip ? t->argDescrip : "ARG";
+			if (t->shortName)
+				printf("-%c %s\n", t->shortName, arg);
+			if (t->longName)
+				printf("--%s %s\n", t->longName, arg);
+		}
 	}
 }
 
@@ -91,10 +106,13 @@ static void help_callback(poptContext con, enum poptCallbackReason reason,
 		printf("%s %s\n", program->name, CDISK_VERSION_STRING);
 		break;
 	case OPT_LONG_OPTIONS:
-		list_options(program_options, true);
+		list_options(program_options, LIST_LONG);
 		break;
 	case OPT_SHORT_OPTIONS:
-		list_options(program_options, false);
+		list_options(program_options, LIST_SHORT);
+		break;
+	case OPT_OPTION_ARGS:
+		list_options(program_options, LIST_ARGS);
 		break;
 	}
 	if (fflush(stdout) != 0 || ferror(stdout))

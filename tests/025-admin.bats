@@ -107,3 +107,45 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 	assert_equal "$(ls -A tmp)" ""
 	assert_equal "$(find /tmp -maxdepth 1 -name 'cdisk-fuzz-*' -newer start)" ""
 }
+
+# complete LINE: what the cdisk completion offers for LINE (cursor at end),
+# one word a line (as 900-docs.bats does it).
+complete_line() {
+	run_cdisk 0 bash -c '
+		source /usr/share/bash-completion/bash_completion
+		source "$1/completions/cdisk"
+		read -ra COMP_WORDS <<<"$2"
+		[[ $2 == *" " ]] && COMP_WORDS+=("")
+		COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+		COMP_LINE=$2
+		COMP_POINT=${#COMP_LINE}
+		_cdisk "${COMP_WORDS[0]}" "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+		printf "%s\n" "${COMPREPLY[@]}"' _ "$TOP" "$1"
+}
+
+@test "completion: what follows an option is what that program's option takes" {
+	touch a.cdisk b.img
+	# -s: a size to cdisk-create, a socket path to cdisk-serve.
+	complete_line "cdisk-create -s "
+	assert_output ""
+	complete_line "cdisk-create --size "
+	assert_output ""
+	complete_line "cdisk-serve -s "
+	assert_line b.img
+	# -c: a count to cdisk-probe, a file to cdisk-serve, no argument to cdisk-info.
+	complete_line "cdisk-probe -c "
+	assert_output ""
+	complete_line "cdisk-serve -c "
+	assert_line b.img
+	complete_line "cdisk-info -c "
+	assert_line a.cdisk
+	refute_line b.img
+	complete_line "cdisk-probe --ceph-health "
+	assert_equal "$(sort <<<"$output" | tr '\n' ' ')" "err ok warn "
+	complete_line "cdisk-serve --tls "
+	assert_equal "$(sort <<<"$output" | tr '\n' ' ')" "off on require "
+	complete_line "cdisk-serve -t "
+	assert_output ""
+	complete_line "cdisk-create --base "
+	assert_line b.img
+}
