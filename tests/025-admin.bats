@@ -149,3 +149,12 @@ complete_line() {
 	complete_line "cdisk-create --base "
 	assert_line b.img
 }
+
+@test "cdisk(7)'s program table lists every program" {
+	for p in $(ls "$CDISK_BUILD/bin"); do
+		grep -qE "^\|  \*$p\*\(1\)$" "$TOP/man/cdisk.7.scd" ||
+			fail "$p is not in cdisk(7)'s program table"
+	done
+	run_cdisk 0 bash -c "scdoc <'$TOP/man/cdisk.7.scd' >/dev/null"
+	assert_equal "$stderr" ""
+}
