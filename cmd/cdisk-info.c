@@ -70,8 +70,9 @@ static void print_human(const char *path, const struct cdisk_info *i,
 		printf("check:\n");
 		for (unsigned n = 0; n < rep->nlines; n++)
 			printf("  %s\n", rep->lines[n]);
-		printf("check result:    %u errors, %u repaired, %u warnings\n",
-		       rep->errors, rep->repaired, rep->warnings);
+		printf("check result:    %u error%s, %u repaired, %u warning%s\n",
+		       rep->errors, cli_plural(rep->errors), rep->repaired, rep->warnings,
+		       cli_plural(rep->warnings));
 	}
 }
 

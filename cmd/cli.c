@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -266,6 +267,38 @@ uint64_t cli_parse_size(const char *option, const char *value)
 bool cli_show_progress(void)
 {
 	return !cli.quiet && isatty(STDERR_FILENO);
+}
+
+double cli_elapsed(void)
+{
+	static struct timespec start;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!start.tv_sec && !start.tv_nsec)
+		start = now;
+	return (double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) / 1e9;
+}
+
+void cli_progress(const char *fmt, ...)
+{
+	static char last[256];
+	char line[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	/* Callbacks come faster than the figures change: draw each once. */
+	if (!strcmp(line, last))
+		return;
+	memcpy(last, line, sizeof(last));
+	fprintf(stderr, "\r%s: %s   ", program->name, line);
+}
+
+const char *cli_plural(uint64_t n)
+{
+	return n == 1 ? "" : "s";
 }
 
 /* Measurements to a thousandth: 0.382, not 0.38200000000000001. */

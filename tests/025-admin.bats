@@ -27,6 +27,8 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 	run_cdisk 7 cdisk-info -q --check --no-repair d.cdisk
 	assert_output "d.cdisk: superblock B is damaged; copy A is intact (open for writing to repair)"
 	assert_error cdisk-info "^cdisk-info: 'd.cdisk' has 1 problem \(not repaired: --no-repair\)$"
+	run_cdisk 7 cdisk-info --check --no-repair d.cdisk
+	assert_line --regexp "^check result: +1 error, 0 repaired, 0 warnings$"
 	# A repair is told too, once; then all is well again.
 	run_cdisk 0 cdisk-info -q --check d.cdisk
 	assert_output "d.cdisk: superblock B was damaged: rewritten from copy A"
