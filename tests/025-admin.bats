@@ -160,3 +160,25 @@ complete_line() {
 	run_cdisk 0 bash -c "scdoc <'$TOP/man/cdisk.7.scd' >/dev/null"
 	assert_equal "$stderr" ""
 }
+
+@test "README: QEMU and libvirt attach a served disk, --pull, --close, make check's time, build/bin" {
+	readme=$TOP/README.md
+	grep -q '^cdisk-sync --pull ' "$readme" || fail "no --pull example"
+	grep -q '^cdisk-sync --close ' "$readme" || fail "no --close example"
+	grep -qE '^about [0-9]+ minutes' "$readme" || fail "make check's time is not said"
+	grep -q 'build/bin' "$readme" || fail "where make puts the programs is not said"
+	grep -q 'make uninstall' "$readme" || fail "make uninstall is not said"
+	# The QEMU drive and the libvirt disk, as the README gives them, reach a
+	# served disk (the socket moved to this test's folder).
+	drive=$(grep -o "file=nbd+unix:///bob?socket=/run/cdisk/bob.sock[^']*" "$readme") ||
+		fail "no QEMU example"
+	grep -q "<source protocol='nbd' name='bob'>" "$readme" || fail "no libvirt example"
+	grep -q "<host transport='unix' socket='/run/cdisk/bob.sock'/>" "$readme" ||
+		fail "no libvirt example"
+	run_cdisk 0 cdisk-create --size 16M bob.cdisk
+	SERVE_EXPORT=bob start_serve bob.cdisk
+	uri=${drive#file=}
+	uri=${uri%%,*}
+	run_cdisk 0 qemu-img info --output=json "${uri/\/run\/cdisk/$SERVE_RUN}"
+	assert_equal "$(json_get '."virtual-size"')" 16777216
+}
