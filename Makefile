@@ -76,7 +76,7 @@ $(O)/bin/%: $(O)/cmd/%.o $(O)/cmd/cli.o $(SHLIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(O)/cmd/cli.o -L$(O)/lib -lcdisk \
-		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS)
+		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS) -lm
 
 $(O)/cmd/%.o: override CFLAGS += -Icmd
 
@@ -93,19 +93,28 @@ $(O)/man/%: man/%.scd
 	@mkdir -p $(dir $@)
 	$(Q)$(SCDOC) < $< > $@
 
-$(O)/lib/cdisk.pc: lib/cdisk.pc.in Makefile
+# The installation paths written into generated files, kept in a stamp
+# that changes only when they do: `make` then `make install PREFIX=/usr`
+# regenerates what names the old paths.
+PATHS := PREFIX=$(PREFIX) BINDIR=$(BINDIR) LIBDIR=$(LIBDIR) INCLUDEDIR=$(INCLUDEDIR)
+$(O)/paths.stamp: FORCE
+	@mkdir -p $(dir $@)
+	$(Q)echo '$(PATHS)' | cmp -s - $@ || echo '$(PATHS)' > $@
+
+$(O)/lib/cdisk.pc: lib/cdisk.pc.in Makefile $(O)/paths.stamp
 	@mkdir -p $(dir $@)
 	$(Q)sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 		-e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' $< > $@
 
-$(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile
+$(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile \
+		$(O)/paths.stamp
 	@mkdir -p $(dir $@)
 	$(Q)sed -e 's|@BINDIR@|$(BINDIR)|' $< > $@
 
 # Fuzz targets (libFuzzer): the library's sources built in, with clang.
 FUZZ_CC ?= clang
 FUZZ_BINS := $(patsubst fuzz/%.c,$(O)/fuzz/%,$(wildcard fuzz/*.c))
-$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h)
+$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h fuzz/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
@@ -165,7 +174,7 @@ help:
 	@echo "make install    install under PREFIX=$(PREFIX) (DESTDIR honoured)"
 	@echo "make deps       install the Debian packages the build and tests need"
 
-.PHONY: all check test-build fuzz deps demo install uninstall clean help
+.PHONY: all check test-build fuzz deps demo install uninstall clean help FORCE
 .SECONDARY:
 
 -include $(shell find $(O) -name '*.d' 2>/dev/null)

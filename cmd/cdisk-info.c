@@ -88,9 +88,18 @@ static void print_human(const char *path, const struct cdisk_info *i,
 		printf("check:\n");
 		for (unsigned n = 0; n < rep->nlines; n++)
 			printf("  %s\n", rep->lines[n]);
-		printf("check result:    %u errors, %u repaired, %u warnings\n",
-		       rep->errors, rep->repaired, rep->warnings);
+		printf("check result:    %u error%s, %u repaired, %u warning%s\n",
+		       rep->errors, cli_plural(rep->errors), rep->repaired, rep->warnings,
+		       cli_plural(rep->warnings));
 	}
+}
+
+/* -q --check, for cron: nothing when all is well, else the problems. */
+static void print_problems(const char *path, const struct cdisk_check_report *rep)
+{
+	for (unsigned n = 0; n < rep->nlines; n++)
+		if (rep->problems[n])
+			printf("%s: %s\n", path, rep->lines[n]);
 }
 
 static json_t *check_json(const struct cdisk_check_report *rep)
@@ -179,6 +188,8 @@ static int show(struct cdisk *disk, const char *path)
 		r = cdisk_get_info(disk, &info);
 	if (r == 0 && cli.json)
 		r = print_json(path, &info, check ? &report : NULL);
+	else if (r == 0 && check && cli.quiet)
+		print_problems(path, &report);
 	else if (r == 0)
 		print_human(path, &info, check ? &report : NULL);
 	cdisk_check_report_free(&report);

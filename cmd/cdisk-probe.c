@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -166,10 +167,27 @@ static void parse_opts(struct cdisk_probe_opts *o)
 		cli_usage_error("--write-scratch needs the bounded read's size; drop --no-read");
 }
 
-/* A URI names its kind; anything else is a disk whose base is probed. */
-static bool is_uri(const char *arg)
+/* A URI names its kind; a path is a cdisk whose base is probed, or else
+ * a target itself (a file or block device, as cdisk(7) lists them). */
+static bool is_target(struct cdisk_ctx *ctx, const char *arg)
 {
-	return strstr(arg, "://") || !strncmp(arg, "rbd:", 4);
+	struct cdisk *d;
+	struct stat st;
+	int r;
+
+	if (strstr(arg, "://") || !strncmp(arg, "rbd:", 4))
+		return true;
+	if (stat(arg, &st) < 0)
+		return false;
+	if (S_ISBLK(st.st_mode))
+		return true;
+	if (!S_ISREG(st.st_mode))
+		return false;
+	r = cdisk_open(ctx, arg, CDISK_OPEN_RDONLY | CDISK_OPEN_NO_BASE |
+		       CDISK_OPEN_NO_REPAIR, &d);
+	if (r == 0)
+		cdisk_close(d);
+	return r == -ENOMSG;
 }
 
 /* ---- output ---- */
@@ -256,11 +274,14 @@ static json_t *number_or_null(bool known, double v)
 	return known ? json_real(v) : json_null();
 }
 
+/* As --ceph-health takes them, by rank. */
+static const char *const health_words[] = { "ok", "warn", "err" };
+
 static json_t *result_json(const char *target, const struct cdisk_probe_result *r,
 			   const struct cdisk_probe_limits *l)
 {
 	bool rtt = r->answered > 0;
-	json_t *limits = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i}",
+	json_t *limits = json_pack("{s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s}",
 		"max_rtt_ms", number_or_null(l->max_rtt_ms >= 0, l->max_rtt_ms),
 		"max_jitter_ms", number_or_null(l->max_jitter_ms >= 0, l->max_jitter_ms),
 		"max_loss", number_or_null(l->max_loss >= 0, l->max_loss),
@@ -270,7 +291,7 @@ static json_t *result_json(const char *target, const struct cdisk_probe_result *
 						    l->max_load_delay_ms),
 		"max_osd_latency_ms", number_or_null(l->max_osd_latency_ms >= 0,
 						     l->max_osd_latency_ms),
-		"ceph_health", l->ceph_health);
+		"ceph_health", health_words[l->ceph_health > 2 ? 2 : l->ceph_health]);
 	json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:f, "
 			      "s:f, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"schema_version", 1, "target", target,
@@ -314,7 +335,7 @@ static void print_round(const char *target, const struct cdisk_probe_result *r,
 	if (cli.json) {
 		char *text;
 		j = result_json(target, r, l);
-		text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+		text = cli_json_text(j, JSON_COMPACT);
 		json_decref(j);
 		if (text)
 			printf("%s\n", text);
@@ -339,11 +360,11 @@ static void print_round(const char *target, const struct cdisk_probe_result *r,
 
 /* ---- the program ---- */
 
-static int probe_once(struct cdisk_ctx *ctx, const char *arg,
+static int probe_once(struct cdisk_ctx *ctx, const char *arg, bool target_itself,
 		      const struct cdisk_probe_opts *o, const struct cdisk_probe_limits *l,
 		      struct cdisk_probe_result *res, char *target, size_t target_len)
 {
-	if (is_uri(arg)) {
+	if (target_itself) {
 		snprintf(target, target_len, "%s", arg);
 		return cdisk_probe(ctx, arg, o, l, res);
 	}
@@ -369,6 +390,7 @@ int main(int argc, char **argv)
 	struct cdisk_ctx *ctx;
 	const char **args;
 	int r, rounds = 0;
+	bool target_itself;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
 	parse_opts(&o);
@@ -377,9 +399,11 @@ int main(int argc, char **argv)
 	parse_limits(&l);
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
+	target_itself = is_target(ctx, args[0]);
 
 	do {
-		r = probe_once(ctx, args[0], &o, &l, &res, target, sizeof(target));
+		r = probe_once(ctx, args[0], target_itself, &o, &l, &res, target,
+			       sizeof(target));
 		if (r < 0)
 			break;
 		/* -q: the exit status says it all (JSON, when asked for, still comes). */

@@ -1,8 +1,14 @@
 /* cdisk-serve: export cdisks over NBD to QEMU and other clients, in the
  * foreground, with a control socket for the other programs. */
+#include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +82,82 @@ static enum cdisk_tls_mode tls_mode(void)
 	cli_usage_error("invalid --tls '%s': expected require, on or off", tls_arg);
 }
 
+static char tcp_host[256], tcp_port[8];
+
+/* --tcp [HOST:]PORT, HOST an IPv6 address in brackets, PORT as a URI's
+ * (0: any free port, said once listening). */
+static void parse_tcp(void)
+{
+	const char *colon = strrchr(tcp_arg, ':'), *port = colon ? colon + 1 : tcp_arg;
+	size_t hlen = colon ? (size_t)(colon - tcp_arg) : 0;
+	const char *host = tcp_arg;
+	char *end;
+	long n;
+
+	if (hlen >= 2 && host[0] == '[' && host[hlen - 1] == ']')
+		host++, hlen -= 2;
+	else if (hlen && memchr(host, ':', hlen))
+		cli_usage_error("invalid --tcp '%s': expected [HOST:]PORT, an IPv6 "
+				"address in brackets", tcp_arg);
+	if (hlen >= sizeof(tcp_host))
+		cli_usage_error("invalid --tcp '%s': host name too long", tcp_arg);
+	errno = 0;
+	n = strtol(port, &end, 10);
+	if (*port < '0' || *port > '9' || *end || errno || n < 0 || n > 65535)
+		cli_usage_error("invalid --tcp port '%s': expected a number from 0 to 65535 "
+				"(0: any free port)", port);
+	memcpy(tcp_host, host, hlen);
+	tcp_host[hlen] = 0;
+	snprintf(tcp_port, sizeof(tcp_port), "%u", (unsigned)n);
+}
+
+static bool is_loopback(const struct sockaddr *a)
+{
+	if (a->sa_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)(const void *)a)->sin_addr.s_addr)
+			>> 24) == 127;
+	if (a->sa_family == AF_INET6) {
+		const struct in6_addr *v6 = &((const struct sockaddr_in6 *)(const void *)a)->sin6_addr;
+		return IN6_IS_ADDR_LOOPBACK(v6) || (IN6_IS_ADDR_V4MAPPED(v6) &&
+						     v6->s6_addr[12] == 127);
+	}
+	return false;
+}
+
+/* Plain NBD off this host is everyone's to read: only when asked for.
+ * A host that does not resolve is left for the listener to name. */
+static void refuse_open_tcp(enum cdisk_tls_mode mode)
+{
+	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+				  .ai_flags = AI_PASSIVE }, *res, *ai;
+	bool open = false;
+
+	if (!tcp_arg || mode != CDISK_TLS_OFF || tls_arg)
+		return;
+	if (getaddrinfo(tcp_host[0] ? tcp_host : NULL, tcp_port, &hints, &res) != 0)
+		return;
+	for (ai = res; ai; ai = ai->ai_next)
+		open |= !is_loopback(ai->ai_addr);
+	freeaddrinfo(res);
+	if (open) {
+		cli_error("TCP on '%s' reaches beyond this host and would not be encrypted: "
+			  "give --tls-certificates DIR, or --tls off to serve it in the clear",
+			  tcp_arg);
+		exit(CDISK_EXIT_USAGE);
+	}
+}
+
+/* Every TCP address listened on, the port picked for port 0 included. */
+static void say_tcp_addresses(struct cdisk_server *srv, enum cdisk_tls_mode mode)
+{
+	char addr[128];
+
+	for (unsigned i = 0; cdisk_server_tcp_address(srv, i, addr, sizeof(addr)) == 0; i++)
+		cli_error("serving on %s (TCP, %s)", addr, mode == CDISK_TLS_REQUIRE ?
+			  "TLS required" : mode == CDISK_TLS_ON ? "TLS offered" :
+			  "not encrypted");
+}
+
 /* An export from NAME=PATH, or from a bare PATH named by its file name.
  * Exports from --config come first, then --export, then bare paths. */
 static void split_export(const char *arg, char *name, size_t nlen, const char **path)
@@ -135,23 +217,33 @@ static unsigned socket_mode(void)
 	return group_arg ? 0660 : 0600;
 }
 
-static int give_to_group(const char *path)
+static gid_t group_id;
+static bool reported;   /* the error is already said: one line, not two */
+
+/* Before anything is opened, so that a typo changes nothing. */
+static void find_group(void)
 {
-	struct group *g;
+	struct group *g = group_arg ? getgrnam(group_arg) : NULL;
 
 	if (!group_arg)
-		return 0;
-	g = getgrnam(group_arg);
+		return;
 	if (!g) {
 		cli_error("unknown group '%s'", group_arg);
-		return -EINVAL;
+		exit(CDISK_EXIT_USAGE);
 	}
-	if (chown(path, (uid_t)-1, g->gr_gid) < 0) {
-		cli_error("cannot give '%s' to group '%s': %s", path, group_arg,
-			  strerror(errno));
-		return -errno;
-	}
-	return 0;
+	group_id = g->gr_gid;
+}
+
+static int give_to_group(const char *path)
+{
+	int r;
+
+	if (!group_arg || chown(path, (uid_t)-1, group_id) == 0)
+		return 0;
+	r = -errno;
+	cli_error("cannot give '%s' to group '%s': %s", path, group_arg, strerror(-r));
+	reported = true;
+	return r;
 }
 
 static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
@@ -179,16 +271,37 @@ static int listen_all(struct cdisk_ctx *ctx, struct cdisk_server *srv,
 		r = cdisk_server_listen_control(srv, control, socket_mode());
 	if (r == 0)
 		r = give_to_group(control);
-	if (r == 0 && tcp_arg) {
-		char host[256] = "", *colon = strrchr(tcp_arg, ':');
-		const char *port = tcp_arg;
-		if (colon) {
-			snprintf(host, sizeof(host), "%.*s", (int)(colon - tcp_arg), tcp_arg);
-			port = colon + 1;
-		}
-		r = cdisk_server_listen_tcp(srv, host[0] ? host : NULL, port);
-	}
+	if (r == 0 && tcp_arg)
+		r = cdisk_server_listen_tcp(srv, tcp_host[0] ? tcp_host : NULL, tcp_port);
 	return r;
+}
+
+/* A server killed with -9 leaves its control socket behind: the next one
+ * to start removes those whose process is gone (a PID in use, even by
+ * another program, keeps its socket). */
+static void remove_stale_controls(const char *runtime_dir)
+{
+	DIR *dir = opendir(runtime_dir);
+	struct dirent *e;
+
+	while (dir && (e = readdir(dir))) {
+		unsigned pid;
+		char tail[8];
+		struct stat st;
+
+		if (sscanf(e->d_name, "cdisk-serve.%u%7s", &pid, tail) != 2 ||
+		    strcmp(tail, ".ctl") || pid == 0 || pid == (unsigned)getpid())
+			continue;
+		if (kill((pid_t)pid, 0) == 0 || errno != ESRCH)
+			continue;
+		if (fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+		    S_ISSOCK(st.st_mode) && unlinkat(dirfd(dir), e->d_name, 0) == 0 &&
+		    cli.verbose)
+			cli_error("removed '%s/%s', left by a server that is gone",
+				  runtime_dir, e->d_name);
+	}
+	if (dir)
+		closedir(dir);
 }
 
 /* systemd's readiness protocol, Type=notify: one datagram to
@@ -256,6 +369,11 @@ int main(int argc, char **argv)
 	if (tls_verify_peer && !tls_dir_arg)
 		cli_usage_error("--tls-verify-peer needs --tls-certificates");
 	mode = tls_mode();
+	find_group();
+	if (tcp_arg) {
+		parse_tcp();
+		refuse_open_tcp(mode);
+	}
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);
@@ -267,6 +385,7 @@ int main(int argc, char **argv)
 		r = set_sync_policy(srv);
 	if (r == 0) {
 		mkdir(cdisk_ctx_runtime_dir(ctx), 0755);
+		remove_stale_controls(cdisk_ctx_runtime_dir(ctx));
 		r = listen_all(ctx, srv, cdisk_ctx_runtime_dir(ctx), first, nbd_path,
 			       sizeof(nbd_path));
 	}
@@ -274,14 +393,16 @@ int main(int argc, char **argv)
 		if (tcp_arg && mode != CDISK_TLS_REQUIRE)
 			cli_error("warning: TCP on '%s' %s", tcp_arg, mode == CDISK_TLS_ON ?
 				  "lets clients choose not to encrypt" : "is not encrypted");
-		if (!cli.quiet)
+		if (!cli.quiet) {
 			cli_error("serving on '%s'", nbd_path);
+			say_tcp_addresses(srv, mode);
+		}
 		notify_ready();
 		r = cdisk_server_run(srv, stop_fd);
 	}
 	cdisk_server_free(srv);
 	close(stop_fd);
-	r = cli_exit_code(ctx, r);
+	r = reported ? (cli_exit_code(ctx, 0), cdisk_exit_code(r)) : cli_exit_code(ctx, r);
 	cdisk_ctx_free(ctx);
 	return r;
 }

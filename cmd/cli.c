@@ -1,10 +1,12 @@
 /* Shared command-line machinery.  Each program's main() parses, calls
  * the library, and returns cli_exit_code(). */
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli.h"
@@ -15,7 +17,9 @@ static const struct cli_program *program;
 static poptContext popt_ctx;
 static const struct poptOption *program_options;
 
-enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS };
+enum { OPT_HELP = 1, OPT_USAGE, OPT_VERSION, OPT_LONG_OPTIONS, OPT_SHORT_OPTIONS,
+       OPT_OPTION_ARGS };
+enum list_what { LIST_LONG, LIST_SHORT, LIST_ARGS };
 
 static void help_callback(poptContext con, enum poptCallbackReason reason,
 			  const struct poptOption *opt, const char *arg, void *data);
@@ -48,24 +52,37 @@ struct poptOption cli_help_options[] = {
 	  OPT_LONG_OPTIONS, "List long options (for completion)", NULL },
 	{ "short-options", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
 	  OPT_SHORT_OPTIONS, "List short options (for completion)", NULL },
+	{ "option-args", '\0', POPT_ARG_NONE | POPT_ARGFLAG_DOC_HIDDEN, NULL,
+	  OPT_OPTION_ARGS, "List the options that take an argument, with its "
+	  "name (for completion)", NULL },
 	POPT_TABLEEND
 };
 
-static void list_options(const struct poptOption *t, bool long_names)
+/* LIST_ARGS: "-s SIZE" and "--size SIZE", one a line, so that completion
+ * knows what follows each option of this program (-s is a size to
+ * cdisk-create, a socket path to cdisk-serve). */
+static void list_options(const struct poptOption *t, enum list_what what)
 {
 	for (; t->longName || t->shortName || t->arg; t++) {
 		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_INCLUDE_TABLE) {
-			list_options(t->arg, long_names);
+			list_options(t->arg, what);
 			continue;
 		}
 		if ((t->argInfo & POPT_ARG_MASK) == POPT_ARG_CALLBACK)
 			continue;
 		if (t->argInfo & POPT_ARGFLAG_DOC_HIDDEN)
 			continue;
-		if (long_names && t->longName)
+		if (what == LIST_LONG && t->longName)
 			printf("--%s\n", t->longName);
-		else if (!long_names && t->shortName)
+		else if (what == LIST_SHORT && t->shortName)
 			printf("-%c\n", t->shortName);
+		else if (what == LIST_ARGS && (t->argInfo & POPT_ARG_MASK) != POPT_ARG_NONE) {
+			const char *arg = t->argDescrip ? t->argDescrip : "ARG";
+			if (t->shortName)
+				printf("-%c %s\n", t->shortName, arg);
+			if (t->longName)
+				printf("--%s %s\n", t->longName, arg);
+		}
 	}
 }
 
@@ -90,10 +107,13 @@ static void help_callback(poptContext con, enum poptCallbackReason reason,
 		printf("%s %s\n", program->name, CDISK_VERSION_STRING);
 		break;
 	case OPT_LONG_OPTIONS:
-		list_options(program_options, true);
+		list_options(program_options, LIST_LONG);
 		break;
 	case OPT_SHORT_OPTIONS:
-		list_options(program_options, false);
+		list_options(program_options, LIST_SHORT);
+		break;
+	case OPT_OPTION_ARGS:
+		list_options(program_options, LIST_ARGS);
 		break;
 	}
 	if (fflush(stdout) != 0 || ferror(stdout))
@@ -249,9 +269,67 @@ bool cli_show_progress(void)
 	return !cli.quiet && isatty(STDERR_FILENO);
 }
 
+double cli_elapsed(void)
+{
+	static struct timespec start;
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	if (!start.tv_sec && !start.tv_nsec)
+		start = now;
+	return (double)(now.tv_sec - start.tv_sec) + (double)(now.tv_nsec - start.tv_nsec) / 1e9;
+}
+
+void cli_progress(const char *fmt, ...)
+{
+	static char last[256];
+	char line[256];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	/* Callbacks come faster than the figures change: draw each once. */
+	if (!strcmp(line, last))
+		return;
+	memcpy(last, line, sizeof(last));
+	fprintf(stderr, "\r%s: %s   ", program->name, line);
+}
+
+const char *cli_plural(uint64_t n)
+{
+	return n == 1 ? "" : "s";
+}
+
+/* Measurements to a thousandth: 0.382, not 0.38200000000000001. */
+static void round_reals(json_t *j)
+{
+	const char *key;
+	json_t *v;
+	size_t i;
+
+	if (json_is_real(j))
+		json_real_set(j, round(json_real_value(j) * 1000) / 1000);
+	else if (json_is_object(j))
+		json_object_foreach(j, key, v)
+			round_reals(v);
+	else if (json_is_array(j))
+		json_array_foreach(j, i, v)
+			round_reals(v);
+}
+
+char *cli_json_text(json_t *j, size_t flags)
+{
+	if (!j)
+		return NULL;
+	round_reals(j);
+	/* 15 digits: a thousandth of anything below 10^12 prints as rounded. */
+	return json_dumps(j, flags | JSON_REAL_PRECISION(15));
+}
+
 int cli_print_json(json_t *j)
 {
-	char *text = j ? json_dumps(j, JSON_INDENT(2)) : NULL;
+	char *text = cli_json_text(j, JSON_INDENT(2));
 
 	json_decref(j);
 	if (!text)

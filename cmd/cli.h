@@ -53,8 +53,19 @@ uint64_t cli_parse_size(const char *option, const char *value);
 /* Print a JSON document on stdout, whole or not at all (a reader never
  * sees half of one), and free it.  0, or -ENOMEM when it could not be. */
 int cli_print_json(json_t *j);
+/* The text of a JSON document (json_dumps flags), its numbers rounded to
+ * a thousandth; NULL when it could not be made.  The caller frees it. */
+char *cli_json_text(json_t *j, size_t flags);
 
 /* Whether progress bars may be drawn (stderr is a terminal, not quiet). */
 bool cli_show_progress(void);
+/* Seconds since the first call, on a monotonic clock, to the nanosecond:
+ * rates from it hold from the first second. */
+double cli_elapsed(void);
+/* Redraw the progress line ("PROGRAM: ..." after a carriage return),
+ * unless it would say the same as the last one. */
+void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* "s" unless n is 1: "%u request%s". */
+const char *cli_plural(uint64_t n);
 
 #endif

@@ -180,6 +180,7 @@ struct cdisk_check_report {
 	unsigned repaired;   /* problems that were repaired */
 	unsigned warnings;
 	char (*lines)[160];  /* one line per finding */
+	bool *problems;      /* per line: a warning, a repair or an error */
 	unsigned nlines;
 	char backup_path[4096]; /* "" when no backup is configured */
 	uint64_t backup_age;    /* seconds */
@@ -235,6 +236,10 @@ int cdisk_server_listen_unix(struct cdisk_server *server, const char *path,
 			     unsigned mode);
 int cdisk_server_listen_tcp(struct cdisk_server *server, const char *host,
 			    const char *port);
+/* The index-th TCP address listened on, as "127.0.0.1:10809" or
+ * "[::1]:10809" (the port chosen for port 0); -ENOENT past the last. */
+int cdisk_server_tcp_address(struct cdisk_server *server, unsigned index, char *out,
+			     size_t len);
 int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
 				unsigned mode);
 /* TLS on NBD connections (NBD_OPT_STARTTLS): certificates from dir

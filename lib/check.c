@@ -11,14 +11,25 @@
 
 static void add_line(struct cdisk_check_report *rep, const char *fmt, ...) CD_PRINTF(2, 3);
 
+/* Each problem counts once and is told in the line that follows: a line
+ * that comes after a count went up is a problem, the others are facts. */
 static void add_line(struct cdisk_check_report *rep, const char *fmt, ...)
 {
 	char (*lines)[160] = realloc(rep->lines, (rep->nlines + 1) * sizeof(*lines));
+	bool *problems;
+	unsigned told = 0;
 	va_list ap;
 
 	if (!lines)
 		return;
 	rep->lines = lines;
+	problems = realloc(rep->problems, (rep->nlines + 1) * sizeof(*problems));
+	if (!problems)
+		return;
+	rep->problems = problems;
+	for (unsigned n = 0; n < rep->nlines; n++)
+		told += problems[n];
+	problems[rep->nlines] = rep->errors + rep->repaired + rep->warnings > told;
 	va_start(ap, fmt);
 	vsnprintf(rep->lines[rep->nlines++], sizeof(*lines), fmt, ap);
 	va_end(ap);
@@ -27,6 +38,7 @@ static void add_line(struct cdisk_check_report *rep, const char *fmt, ...)
 void cdisk_check_report_free(struct cdisk_check_report *rep)
 {
 	free(rep->lines);
+	free(rep->problems);
 	memset(rep, 0, sizeof(*rep));
 }
 
@@ -249,10 +261,11 @@ static int check_locked(struct cdisk *d, bool repair, struct cdisk_check_report 
 	if (r < 0)
 		return r;
 	if (rep->errors && (!repair || d->readonly))
-		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problems (not repaired: %s)",
-				d->path, rep->errors, repair ? "no write access" : "--no-repair");
+		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problem%s (not repaired: %s)",
+				d->path, rep->errors, rep->errors == 1 ? "" : "s",
+				repair ? "no write access" : "--no-repair");
 	if (rep->errors)
-		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problems that could not "
-				"be repaired", d->path, rep->errors);
+		return cd_error(d->ctx, -EUCLEAN, "'%s' has %u problem%s that could not "
+				"be repaired", d->path, rep->errors, rep->errors == 1 ? "" : "s");
 	return 0;
 }

@@ -177,7 +177,7 @@ static int compare_existing(struct cdisk_ctx *ctx, const char *path,
 	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
 
 	if (r == -ENOMSG)
-		return cd_error(ctx, -EEXIST, "'%s' exists and is not a cdisk; it was "
+		return cd_error(ctx, -ENOMSG, "'%s' exists and is not a cdisk; it was "
 				"not changed", path);
 	if (r < 0)
 		return r;

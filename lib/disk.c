@@ -504,6 +504,11 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 	}
 	cd_errbuf()[0] = 0;
 	d->fd = open(path, (d->readonly ? O_RDONLY : O_RDWR) | O_CLOEXEC);
+	if (d->fd < 0 && errno == EISDIR) {
+		/* As a read-only open finds it below: one condition, one code. */
+		r = cd_error(ctx, -ENOMSG, "'%s' is not a cdisk (not a regular file)", path);
+		goto fail;
+	}
 	if (d->fd < 0) {
 		r = cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
 		goto fail;

@@ -1171,12 +1171,28 @@ int cdisk_server_listen_unix(struct cdisk_server *s, const char *path, unsigned 
 	return r < 0 ? r : add_listener(s, fd, path, false);
 }
 
+static in_port_t *port_of(struct sockaddr *a)
+{
+	return a->sa_family == AF_INET6 ? &((struct sockaddr_in6 *)(void *)a)->sin6_port
+					 : &((struct sockaddr_in *)(void *)a)->sin_port;
+}
+
 int cdisk_server_listen_tcp(struct cdisk_server *s, const char *host, const char *port)
 {
+	in_port_t chosen = 0;
 	struct addrinfo hints = { .ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
 				  .ai_flags = AI_PASSIVE }, *res, *ai;
-	int r = getaddrinfo(host, port, &hints, &res), added = 0;
+	int r, added = 0;
+	char *end;
+	long n;
 
+	/* getaddrinfo() would take 99999 as 34463, and service names. */
+	errno = 0;
+	n = strtol(port, &end, 10);
+	if (!*port || *end || errno || n < 0 || n > 65535 || *port < '0' || *port > '9')
+		return cd_error(s->ctx, -EINVAL, "invalid port '%s': expected a number "
+				"from 0 to 65535", port);
+	r = getaddrinfo(host, port, &hints, &res);
 	if (r != 0)
 		return cd_error(s->ctx, -EINVAL, "cannot listen on '%s:%s': %s",
 				host ? host : "*", port, gai_strerror(r));
@@ -1187,10 +1203,19 @@ int cdisk_server_listen_tcp(struct cdisk_server *s, const char *host, const char
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on));
 		if (ai->ai_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on));
+		/* Port 0: the port picked for the first address serves them all. */
+		if (chosen)
+			*port_of(ai->ai_addr) = chosen;
 		if (bind(fd, ai->ai_addr, ai->ai_addrlen) < 0 || listen(fd, 128) < 0) {
 			r = -errno;
 			close(fd);
 			continue;
+		}
+		if (n == 0 && !chosen) {
+			struct sockaddr_storage a;
+			socklen_t alen = sizeof(a);
+			if (getsockname(fd, (struct sockaddr *)&a, &alen) == 0)
+				chosen = *port_of((struct sockaddr *)&a);
 		}
 		if (add_listener(s, fd, NULL, true) == 0)
 			added++;
@@ -1200,6 +1225,29 @@ int cdisk_server_listen_tcp(struct cdisk_server *s, const char *host, const char
 		return cd_error(s->ctx, r ? r : -EADDRNOTAVAIL, "cannot listen on '%s:%s': %s",
 				host ? host : "*", port, strerror(r ? -r : EADDRNOTAVAIL));
 	return 0;
+}
+
+int cdisk_server_tcp_address(struct cdisk_server *s, unsigned index, char *out,
+			     size_t len)
+{
+	for (size_t i = 0; i < s->nlisten; i++) {
+		struct sockaddr_storage a;
+		socklen_t alen = sizeof(a);
+		char host[INET6_ADDRSTRLEN], port[8];
+
+		if (!s->listen[i].tcp || index-- > 0)
+			continue;
+		if (getsockname(s->listen[i].fd, (struct sockaddr *)&a, &alen) < 0)
+			return cd_error(s->ctx, -errno, "cannot name a TCP listener: %s",
+					strerror(errno));
+		if (getnameinfo((struct sockaddr *)&a, alen, host, sizeof(host), port,
+				sizeof(port), NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+			return cd_error(s->ctx, -EINVAL, "cannot name a TCP listener");
+		snprintf(out, len, "%s%s%s:%s", a.ss_family == AF_INET6 ? "[" : "", host,
+			 a.ss_family == AF_INET6 ? "]" : "", port);
+		return 0;
+	}
+	return -ENOENT;
 }
 
 static void reap_connections(struct cdisk_server *s, bool all)

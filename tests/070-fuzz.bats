@@ -13,7 +13,8 @@ setup() {
 run_fuzzer() { # name seconds corpus-dir
 	mkdir -p "corpus-$1"
 	cp "$TOP/fuzz/corpus/$3"/* "corpus-$1"/
-	CDISK_TIMEOUT=$(($2 + 60)) run_cdisk 0 "$FUZZ/$1" -max_total_time="$2" \
+	# Its disk goes in the test's own folder, which bats removes.
+	TMPDIR=$BATS_TEST_TMPDIR CDISK_TIMEOUT=$(($2 + 60)) run_cdisk 0 "$FUZZ/$1" -max_total_time="$2" \
 		-timeout=10 -rss_limit_mb=4096 -print_final_stats=1 "corpus-$1"
 	[[ "$stderr" == *"Done "*" runs in "* ]] || fail "the fuzzer did not finish cleanly"
 }
