@@ -392,7 +392,24 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 	}
 }
 
-static json_t *stats_to_json(const struct cdisk_sync_stats *st);
+static json_t *stats_to_json(const struct cdisk_sync_stats *st)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b, "
+			 "s:I, s:I, s:f, s:f, s:I}",
+			 "pulled_bytes", (json_int_t)st->pulled_bytes,
+			 "released_bytes", (json_int_t)st->released_bytes,
+			 "dirty_bytes", (json_int_t)st->dirty_bytes,
+			 "blocks", (json_int_t)st->blocks, "bytes", (json_int_t)st->bytes,
+			 "requests", (json_int_t)st->requests,
+			 "zero_requests", (json_int_t)st->zero_requests,
+			 "flushes", (json_int_t)st->flushes,
+			 "verified_bytes", (json_int_t)st->verified_bytes,
+			 "left_bytes", (json_int_t)st->left_bytes, "seconds", st->seconds,
+			 "below_min_dirty", st->below_min, "stopped", st->stopped,
+			 "rate_limit", (json_int_t)st->rate_limit,
+			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
+			 "base_delay_ms", st->base_delay_ms, "retries", (json_int_t)st->retries);
+}
 
 /* A dry run only counts, under the disk's lock, and contacts nothing: it
  * is answered here and now, not by a job, and changes nothing, so a
@@ -424,25 +441,6 @@ static json_t *cmd_sync_dry_run(struct cdisk_server *s, json_t *req)
 	r = ok_reply();
 	json_object_set_new(r, "result", stats_to_json(&st));
 	return r;
-}
-
-static json_t *stats_to_json(const struct cdisk_sync_stats *st)
-{
-	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b, "
-			 "s:I, s:I, s:f, s:f, s:I}",
-			 "pulled_bytes", (json_int_t)st->pulled_bytes,
-			 "released_bytes", (json_int_t)st->released_bytes,
-			 "dirty_bytes", (json_int_t)st->dirty_bytes,
-			 "blocks", (json_int_t)st->blocks, "bytes", (json_int_t)st->bytes,
-			 "requests", (json_int_t)st->requests,
-			 "zero_requests", (json_int_t)st->zero_requests,
-			 "flushes", (json_int_t)st->flushes,
-			 "verified_bytes", (json_int_t)st->verified_bytes,
-			 "left_bytes", (json_int_t)st->left_bytes, "seconds", st->seconds,
-			 "below_min_dirty", st->below_min, "stopped", st->stopped,
-			 "rate_limit", (json_int_t)st->rate_limit,
-			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
-			 "base_delay_ms", st->base_delay_ms, "retries", (json_int_t)st->retries);
 }
 
 static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)

@@ -16,7 +16,7 @@ teardown() {
 		pkill -P "$CLOSING_PID" 2>/dev/null || true
 		kill "$CLOSING_PID" 2>/dev/null || true
 	fi
-	[ -z "${IMAGE:-}" ] || timeout 30 rbd rm "rbd/$IMAGE" >/dev/null 2>&1 || true
+	[ -z "${IMAGE:-}" ] || CEPH_CONF=$RBD_CONF timeout 30 rbd rm "rbd/$IMAGE" >/dev/null 2>&1 || true
 }
 
 # A TCP server that accepts each connection and closes it at once.
@@ -59,9 +59,11 @@ start_closing_server() {
 
 @test "rbd: a monitor that does not answer is exit 3 after [target] timeout, in every program" {
 	use_server ceph
+	export CEPH_CONF
+	RBD_CONF=$CEPH_CONF
 	IMAGE=msg$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)
-	CEPH_CONF=$CEPH_CONF run_cdisk target-io "rbd:rbd/$IMAGE" create:8M
-	CEPH_CONF=$CEPH_CONF run_cdisk cdisk-create --base "rbd:rbd/$IMAGE" d.cdisk
+	run_cdisk target-io "rbd:rbd/$IMAGE" create:8M
+	run_cdisk cdisk-create --base "rbd:rbd/$IMAGE" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:64K:3 f
 	quick_timeouts 2 0
 	start_silent_server
