@@ -221,7 +221,7 @@ int main(int argc, char **argv)
 	o.stop = &interrupted;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	if (cli_show_progress() && !cli.json)
+	if (cli_show_progress() && !cli.json && !dry_run)
 		o.progress = show_progress;
 
 	ctx = cli_context();
@@ -240,8 +240,9 @@ int main(int argc, char **argv)
 			if (r == 0)
 				r = c;
 		}
-	} else if (r == -EBUSY && !dry_run) {
-		/* Served: the server syncs, with the VM still writing. */
+	} else if (r == -EBUSY) {
+		/* Served: the server syncs, or counts for a dry run, with the
+		 * VM still writing. */
 		r = cdisk_sync_via_owner(ctx, args[0], pull ? CDISK_SYNC_PULL :
 					 close_disk ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH, &o, &st);
 		if (o.progress)

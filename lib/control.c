@@ -346,43 +346,66 @@ void cd_control_policy_tick(struct cdisk_server *s)
 	}
 }
 
-static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
+/* A sync request's export, mode and options; NULL with *error set when
+ * they do not make sense. */
+static struct cd_export *sync_request(struct cdisk_server *s, json_t *req,
+				      enum cdisk_sync_mode *mode_out,
+				      struct cdisk_sync_opts *opts, json_t **error)
 {
-	json_t *err = NULL, *o = json_object_get(req, "options");
-	struct cd_export *e = export_of_request(s, req, &err);
-	struct cdisk_sync_opts opts = { 0 };
+	json_t *o = json_object_get(req, "options");
+	struct cd_export *e = export_of_request(s, req, error);
 	json_int_t depth = 0, rate = 0, max_seconds = 0, min_dirty = 0, offset = 0, length = 0;
 	json_int_t target_delay = 0;
 	const char *mode = "push";
 	int verify = 0, if_healthy = 0;
 
 	if (!e)
-		return err;
+		return NULL;
 	if (o && json_unpack(o, "{s?s, s?I, s?I, s?I, s?I, s?I, s?I, s?b, s?b, s?I}", "mode",
 			     &mode, "depth", &depth, "rate", &rate, "max_seconds", &max_seconds,
 			     "min_dirty", &min_dirty, "offset", &offset, "length", &length,
 			     "verify", &verify, "if_healthy", &if_healthy,
-			     "target_delay_ms", &target_delay) < 0)
-		return error_reply(-EINVAL, "bad sync options");
+			     "target_delay_ms", &target_delay) < 0) {
+		*error = error_reply(-EINVAL, "bad sync options");
+		return NULL;
+	}
 	if (depth < 0 || depth > 256 || rate < 0 || max_seconds < 0 ||
 	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0 ||
-	    target_delay < -1 || target_delay > 10000)
-		return error_reply(-EINVAL, "sync options out of range");
-	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close"))
-		return error_reply(-EINVAL, "sync mode must be push, pull or close");
+	    target_delay < -1 || target_delay > 10000) {
+		*error = error_reply(-EINVAL, "sync options out of range");
+		return NULL;
+	}
+	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close")) {
+		*error = error_reply(-EINVAL, "sync mode must be push, pull or close");
+		return NULL;
+	}
+	*mode_out = !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
+		    !strcmp(mode, "close") ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH;
+	memset(opts, 0, sizeof(*opts));
+	opts->depth = (unsigned)depth;
+	opts->rate = (uint64_t)rate;
+	opts->max_seconds = (uint32_t)max_seconds;
+	opts->min_dirty = (uint64_t)min_dirty;
+	opts->verify = verify;
+	opts->if_healthy = if_healthy;
+	opts->target_delay_ms = (int)target_delay;
+	opts->range_offset = (uint64_t)offset;
+	opts->range_length = (uint64_t)length;
+	return e;
+}
+
+static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL;
+	enum cdisk_sync_mode mode;
+	struct cdisk_sync_opts opts;
+	struct cd_export *e = sync_request(s, req, &mode, &opts, &err);
+
+	if (!e)
+		return err;
 	if (e->readonly)
 		return error_reply(-EROFS, "export '%s' is read-only", e->name);
-	opts.depth = (unsigned)depth;
-	opts.rate = (uint64_t)rate;
-	opts.max_seconds = (uint32_t)max_seconds;
-	opts.min_dirty = (uint64_t)min_dirty;
-	opts.verify = verify;
-	opts.if_healthy = if_healthy;
-	opts.target_delay_ms = (int)target_delay;
-	opts.range_offset = (uint64_t)offset;
-	opts.range_length = (uint64_t)length;
-	switch (start_job(s, e, !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
-			  !strcmp(mode, "close") ? CDISK_SYNC_CLOSE : CDISK_SYNC_PUSH, &opts)) {
+	switch (start_job(s, e, mode, &opts)) {
 	case -EBUSY:
 		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
 	case 0:
@@ -409,6 +432,38 @@ static json_t *stats_to_json(const struct cdisk_sync_stats *st)
 			 "rate_limit", (json_int_t)st->rate_limit,
 			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
 			 "base_delay_ms", st->base_delay_ms, "retries", (json_int_t)st->retries);
+}
+
+/* A dry run only counts, under the disk's lock, and contacts nothing: it
+ * is answered here and now, not by a job, and changes nothing, so a
+ * read-only export has one too. */
+static json_t *cmd_sync_dry_run(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL, *r;
+	enum cdisk_sync_mode mode;
+	struct cdisk_sync_opts opts;
+	struct cdisk_sync_stats st;
+	struct cd_export *e = sync_request(s, req, &mode, &opts, &err);
+	bool running;
+	int rc;
+
+	if (!e)
+		return err;
+	pthread_mutex_lock(&s->lock);
+	running = e->sync.running;
+	pthread_mutex_unlock(&s->lock);
+	/* Jobs start only on this thread, so none can start meanwhile. */
+	if (running)
+		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
+	opts.dry_run = true;
+	rc = mode == CDISK_SYNC_PULL ? cdisk_pull(e->disk, &opts, &st) :
+	     mode == CDISK_SYNC_CLOSE ? cdisk_sync_close(e->disk, &opts, &st) :
+	     cdisk_sync(e->disk, &opts, &st);
+	if (rc < 0)
+		return error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
+	r = ok_reply();
+	json_object_set_new(r, "result", stats_to_json(&st));
+	return r;
 }
 
 static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
@@ -468,7 +523,7 @@ void cd_control_stop_syncs(struct cdisk_server *s)
 static bool changes_state(const char *command)
 {
 	return strcmp(command, "status") && strcmp(command, "info") &&
-	       strcmp(command, "sync-status");
+	       strcmp(command, "sync-status") && strcmp(command, "sync-dry-run");
 }
 
 static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
@@ -496,6 +551,8 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = cmd_info(s, req);
 	else if (!strcmp(command, "sync"))
 		reply = cmd_sync(s, req);
+	else if (!strcmp(command, "sync-dry-run"))
+		reply = cmd_sync_dry_run(s, req);
 	else if (!strcmp(command, "sync-status"))
 		reply = cmd_sync_status(s, req);
 	else if (!strcmp(command, "sync-stop"))
@@ -802,26 +859,54 @@ busy:
 
 /* ---- asking the owner to sync ---- */
 
+/* The owner's refusal, with the exit code it gave, as an errno that maps
+ * back to that code: a program exits as it would have on its own. */
+static int errno_for_exit(json_int_t code)
+{
+	switch (code) {
+	case CDISK_EXIT_USAGE:
+		return -EINVAL;
+	case CDISK_EXIT_UNREACHABLE:
+		return -EHOSTUNREACH;
+	case CDISK_EXIT_BUSY:
+		return -EBUSY;
+	case CDISK_EXIT_PERMISSION:
+		return -EACCES;
+	case CDISK_EXIT_NOT_FOUND:
+		return -ENOENT;
+	case CDISK_EXIT_CORRUPT:
+		return -EUCLEAN;
+	case CDISK_EXIT_TRY_LATER:
+		return -EAGAIN;
+	default:
+		return -EIO;
+	}
+}
+
+static int owner_refused(struct cdisk_ctx *ctx, const char *path, unsigned pid,
+			 json_t **reply)
+{
+	const char *e = json_string_value(json_object_get(*reply, "error"));
+	int r;
+
+	if (json_is_true(json_object_get(*reply, "ok")))
+		return 0;
+	r = cd_error(ctx, errno_for_exit(json_integer_value(json_object_get(*reply,
+									      "exit_code"))),
+		     "'%s' is in use by pid %u, which says: %s", path, pid,
+		     e ? e : "(no message)");
+	json_decref(*reply);
+	*reply = NULL;
+	return r;
+}
+
 static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 		      unsigned pid, json_t *req, json_t **reply)
 {
 	int r = call(ctx, sock, req, reply);
 
 	json_decref(req);
-	if (r < 0)
-		return r;
-	if (!json_is_true(json_object_get(*reply, "ok"))) {
-		const char *e = json_string_value(json_object_get(*reply, "error"));
-		json_int_t code = json_integer_value(json_object_get(*reply, "exit_code"));
-		r = cd_error(ctx, code == CDISK_EXIT_BUSY ? -EBUSY :
-				  code == CDISK_EXIT_PERMISSION ? -EACCES :
-				  code == CDISK_EXIT_TRY_LATER ? -EAGAIN : -EIO,
-			     "'%s' is in use by pid %u, which says: %s", path, pid,
-			     e ? e : "(no message)");
-		json_decref(*reply);
-		*reply = NULL;
-	}
-	return r;
+	return r < 0 ? r : owner_refused(ctx, path, pid, reply);
 }
 
 static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
@@ -857,12 +942,26 @@ static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 	st->stopped = stopped;
 }
 
+static json_t *sync_options(enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o)
+{
+	return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:I}",
+			 "mode", mode == CDISK_SYNC_PULL ? "pull" :
+				 mode == CDISK_SYNC_CLOSE ? "close" : "push",
+			 "offset", (json_int_t)o->range_offset,
+			 "length", (json_int_t)o->range_length,
+			 "depth", (json_int_t)o->depth,
+			 "rate", (json_int_t)o->rate, "max_seconds",
+			 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
+			 "verify", o->verify, "if_healthy", o->if_healthy,
+			 "target_delay_ms", (json_int_t)o->target_delay_ms);
+}
+
 int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o,
 			 struct cdisk_sync_stats *st)
 {
 	char busy[CD_ERROR_MAX], sock[4096];
-	json_t *reply = NULL;
+	json_t *req, *reply = NULL;
 	unsigned pid = 0;
 	int r;
 
@@ -872,25 +971,26 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		memcpy(cd_errbuf(), busy, sizeof(busy));
 		return -EBUSY;
 	}
-	r = owner_call(ctx, sock, path, pid,
-		       json_pack("{s:s, s:s, s:{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:I}}",
-				 "command", "sync", "disk", path, "options",
-				 "mode", mode == CDISK_SYNC_PULL ? "pull" :
-					 mode == CDISK_SYNC_CLOSE ? "close" : "push",
-				 "offset", (json_int_t)o->range_offset,
-				 "length", (json_int_t)o->range_length,
-				 "depth", (json_int_t)o->depth,
-				 "rate", (json_int_t)o->rate, "max_seconds",
-				 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
-				 "verify", o->verify, "if_healthy", o->if_healthy,
-				 "target_delay_ms", (json_int_t)o->target_delay_ms), &reply);
-	if (r < 0 && r != -EBUSY && r != -EIO && r != -EACCES && r != -EAGAIN) {
+	/* A dry run is a verb of its own: a server that does not know it
+	 * refuses it, where an unknown option would be ignored and a real
+	 * sync run. */
+	req = json_pack("{s:s, s:s, s:o}", "command", o->dry_run ? "sync-dry-run" : "sync",
+			"disk", path, "options", sync_options(mode, o));
+	r = call(ctx, sock, req, &reply);
+	json_decref(req);
+	if (r < 0) {
 		/* No server behind the socket (another cdisk-sync, say): busy. */
 		memcpy(cd_errbuf(), busy, sizeof(busy));
 		return -EBUSY;
 	}
+	r = owner_refused(ctx, path, pid, &reply);
 	if (r < 0)
 		return r;
+	if (o->dry_run) {
+		stats_from_json(json_object_get(reply, "result"), st);
+		json_decref(reply);
+		return 0;
+	}
 	json_decref(reply);
 	for (bool stop_sent = false;;) {
 		bool running;

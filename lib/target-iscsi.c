@@ -88,9 +88,39 @@ static int drive(struct cd_target *t, struct iscsi_context *iscsi, struct wait *
 	return 0;
 }
 
+/* libiscsi's last error in the project's words, on one line.  Its
+ * messages name its own functions, some end in a newline, and the ones a
+ * user meets most (a name that does not resolve, a peer that hangs up
+ * before the login) say nothing a user can act on. */
+static const char *iscsi_words(struct iscsi_context *iscsi, char *buf, size_t len)
+{
+	const char *msg = iscsi_get_error(iscsi);
+	size_t n = 0;
+
+	if (!msg || !*msg)
+		return "connection lost";
+	if (strstr(msg, "resolv"))
+		return "host not found";
+	if (strstr(msg, "reconnect"))
+		return "the target closed the connection";
+	for (const char *c = msg; *c && n + 1 < len; c++) {
+		char ch = *c == '\n' || *c == '\r' || *c == '\t' ? ' ' : *c;
+		if (ch != ' ' || (n && buf[n - 1] != ' '))
+			buf[n++] = ch;
+	}
+	while (n && buf[n - 1] == ' ')
+		n--;
+	buf[n] = '\0';
+	return n ? buf : "connection lost";
+}
+
 /* A login failure, from libiscsi's words, as an errno. */
 static int login_errno(const char *msg)
 {
+	if (!msg)
+		return -ECONNRESET;
+	if (strstr(msg, "resolv"))
+		return -EHOSTUNREACH;
 	if (strstr(msg, "refused"))
 		return -ECONNREFUSED;
 	if (strstr(msg, "uthentication") || strstr(msg, "uthorization"))
@@ -116,8 +146,9 @@ static int step(struct cd_target *t, struct iscsi_context *iscsi, struct wait *w
 		return cd_error(t->ctx, r, "%s '%s': %s", what, t->uri, strerror(-r));
 	if (r < 0 || w->status != SCSI_STATUS_GOOD) {
 		const char *msg = iscsi_get_error(iscsi);
-		return cd_error(t->ctx, r < 0 ? r : login_errno(msg), "%s '%s': %s", what,
-				t->uri, msg && *msg ? msg : "connection lost");
+		char words[256];
+		return cd_error(t->ctx, r < 0 ? r : login_errno(msg), "%s '%s': %s",
+				what, t->uri, iscsi_words(iscsi, words, sizeof(words)));
 	}
 	return 0;
 }
@@ -152,6 +183,7 @@ static int iscsi_session_connect(struct cd_target *t, void **session)
 	struct iscsi_priv *p = t->priv;
 	struct iscsi_context *iscsi = iscsi_create_context(p->initiator);
 	struct wait w = { 0 };
+	char words[256];
 	int r;
 
 	if (!iscsi)
@@ -168,7 +200,7 @@ static int iscsi_session_connect(struct cd_target *t, void **session)
 	if (p->user[0] &&
 	    iscsi_set_initiator_username_pwd(iscsi, p->user, p->password) < 0) {
 		r = cd_error(t->ctx, -EINVAL, "cannot log in to '%s': %s", t->uri,
-			     iscsi_get_error(iscsi));
+			     iscsi_words(iscsi, words, sizeof(words)));
 		goto fail;
 	}
 	/* Connect, log in and test the unit as steps of our own rather than
@@ -176,7 +208,7 @@ static int iscsi_session_connect(struct cd_target *t, void **session)
 	if (iscsi_connect_async(iscsi, p->portal, on_done, &w) < 0) {
 		r = login_errno(iscsi_get_error(iscsi));
 		r = cd_error(t->ctx, r, "cannot reach '%s': %s", t->uri,
-			     iscsi_get_error(iscsi));
+			     iscsi_words(iscsi, words, sizeof(words)));
 		goto fail;
 	}
 	r = step(t, iscsi, &w, "cannot reach");
@@ -185,7 +217,7 @@ static int iscsi_session_connect(struct cd_target *t, void **session)
 	memset(&w, 0, sizeof(w));
 	if (iscsi_login_async(iscsi, on_done, &w) < 0) {
 		r = cd_error(t->ctx, -ECONNRESET, "cannot log in to '%s': %s", t->uri,
-			     iscsi_get_error(iscsi));
+			     iscsi_words(iscsi, words, sizeof(words)));
 		goto fail;
 	}
 	r = step(t, iscsi, &w, "cannot log in to");
@@ -246,9 +278,12 @@ static int task_result(struct cd_target *t, struct iscsi_context *iscsi,
 		return cd_error(t->ctx, -EAGAIN, "cannot %s '%s' at %llu: target is busy "
 				"(%s)", what, t->uri, (unsigned long long)off,
 				status == SCSI_STATUS_BUSY ? "BUSY" : "TASK SET FULL");
-	default:
+	default: {
+		char words[256];
 		return cd_error(t->ctx, -ECONNRESET, "cannot %s '%s' at %llu: %s", what,
-				t->uri, (unsigned long long)off, iscsi_get_error(iscsi));
+				t->uri, (unsigned long long)off,
+				iscsi_words(iscsi, words, sizeof(words)));
+	}
 	}
 }
 
@@ -266,11 +301,12 @@ static int finish(struct cd_target *t, struct iscsi_context *iscsi,
 		  struct scsi_task *task, struct wait *w, const char *what,
 		  uint64_t off, struct scsi_task **out)
 {
+	char words[256];
 	int r;
 
 	if (!task)
 		return cd_error(t->ctx, -ECONNRESET, "cannot %s '%s': %s", what, t->uri,
-				iscsi_get_error(iscsi));
+				iscsi_words(iscsi, words, sizeof(words)));
 	r = drive(t, iscsi, w);
 	if (r < 0) {
 		/* The callback must not run later on a waiter that is gone. */
@@ -362,11 +398,13 @@ static int send_pieces(struct cd_target *t, struct iscsi_context *iscsi,
 							(unsigned char *)v[i].buf,
 							(uint32_t)v[i].len, (int)p->block,
 							0, 0, 0, 0, 0, on_done, &b->w[i]);
-			if (!b->task[i])
+			if (!b->task[i]) {
+				char words[256];
 				r = cd_error(t->ctx, -ECONNRESET, "cannot write '%s': %s",
-					     t->uri, iscsi_get_error(iscsi));
-			else
+					     t->uri, iscsi_words(iscsi, words, sizeof(words)));
+			} else {
 				b->sent++;
+			}
 		}
 		if (b->done == b->sent)
 			return r;

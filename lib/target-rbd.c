@@ -4,11 +4,13 @@
  * users know them (ceph.conf, CEPH_CONF, CEPH_ARGS), and cdisk's [rbd]
  * keys name the configuration file, the client id and the keyring. */
 #include <jansson.h>
+#include <netdb.h>
 #include <rados/librados.h>
 #include <rbd/features.h>
 #include <rbd/librbd.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "internal.h"
 
@@ -54,6 +56,71 @@ static int header_name(struct rbd_priv *p)
 	return r;
 }
 
+/* librados prints through its log, which goes to stderr unless told
+ * otherwise; cdisk's messages are its own, one line each. */
+static void quiet_log(rados_t cluster)
+{
+	rados_conf_set(cluster, "log_to_stderr", "false");
+	rados_conf_set(cluster, "err_to_stderr", "false");
+}
+
+/* With no configuration file read and no monitor named (CEPH_ARGS can
+ * name one), librados would look the monitors up in DNS and print its
+ * failure straight to stderr: say instead which file is missing. */
+static int check_monitors_named(struct cdisk_ctx *ctx, const char *uri, rados_t cluster)
+{
+	const char *env = getenv("CEPH_CONF");
+	const char *path = env && *env ? env : "/etc/ceph/ceph.conf";
+	char mon[256] = "";
+	int err;
+
+	if (rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) == 0 && mon[0])
+		return 0;
+	err = access(path, R_OK) < 0 ? -errno : -ENOENT;
+	return cd_error(ctx, err, "cannot reach '%s': no Ceph configuration: '%s': %s "
+			"(name one with [rbd] conf or CEPH_CONF)", uri, path,
+			err == -ENOENT ? "no such file" : strerror(-err));
+}
+
+/* A monitor named by a host name that does not resolve makes librados
+ * print to stderr and fail with EINVAL: look the names up first.  Only
+ * plain "host" and "host:port" entries (with a v1:/v2: prefix or not)
+ * are checked; addresses and anything else are librados's to read. */
+static int check_monitor_names(struct cdisk_ctx *ctx, const char *uri, rados_t cluster)
+{
+	char mon[1024] = "", *save = NULL, *missing = NULL;
+	bool found = false;
+
+	if (rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) < 0)
+		return 0;
+	for (char *tok = strtok_r(mon, "[], ;\t", &save); tok;
+	     tok = strtok_r(NULL, "[], ;\t", &save)) {
+		struct addrinfo *ai = NULL, hints = { .ai_socktype = SOCK_STREAM };
+		char *colon;
+		bool named = false;
+
+		if (!strncmp(tok, "v1:", 3) || !strncmp(tok, "v2:", 3))
+			tok += 3;
+		colon = strchr(tok, ':');
+		if (colon && strchr(colon + 1, ':'))
+			return 0;
+		if (colon)
+			*colon = '\0';
+		for (const char *c = tok; *c; c++)
+			named |= (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z');
+		if (!named || getaddrinfo(tok, NULL, &hints, &ai) == 0) {
+			freeaddrinfo(ai);
+			found = true;
+		} else if (!missing) {
+			missing = tok;
+		}
+	}
+	if (found || !missing)
+		return 0;
+	return cd_error(ctx, -EHOSTUNREACH, "cannot reach '%s': monitor host '%s' not found",
+			uri, missing);
+}
+
 /* Connect to the cluster with the user's Ceph settings and our timeouts. */
 static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,
 			   rados_t *out)
@@ -61,11 +128,14 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	const struct cd_config *cfg = &ctx->cfg;
 	char seconds[16];
 	rados_t cluster;
+	bool conf_read;
 	int r = rados_create(&cluster, cfg->rbd_id[0] ? cfg->rbd_id : NULL);
 
 	if (r < 0)
 		return cd_error(ctx, r, "cannot reach '%s': %s", uri, strerror(-r));
+	quiet_log(cluster);
 	r = rados_conf_read_file(cluster, cfg->rbd_conf[0] ? cfg->rbd_conf : NULL);
+	conf_read = r == 0;
 	if (r < 0 && cfg->rbd_conf[0]) {
 		r = cd_error(ctx, r, "cannot read the Ceph configuration '%s': %s",
 			     cfg->rbd_conf, strerror(-r));
@@ -76,6 +146,11 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 		r = cd_error(ctx, r, "cannot use CEPH_ARGS: %s", strerror(-r));
 		goto fail;
 	}
+	r = conf_read ? 0 : check_monitors_named(ctx, uri, cluster);
+	if (r == 0)
+		r = check_monitor_names(ctx, uri, cluster);
+	if (r < 0)
+		goto fail;
 	if (cfg->rbd_keyring[0])
 		rados_conf_set(cluster, "keyring", cfg->rbd_keyring);
 	snprintf(seconds, sizeof(seconds), "%u", timeout_s);
@@ -85,14 +160,25 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	/* Every durable point cdisk relies on is a flush it sends, so librbd's
 	 * cache may take writes before the first one. */
 	rados_conf_set(cluster, "rbd_cache_writethrough_until_flush", "false");
-	/* Ceph's log goes to its own file, not into our stderr. */
-	rados_conf_set(cluster, "log_to_stderr", "false");
-	rados_conf_set(cluster, "err_to_stderr", "false");
+	/* Again: the configuration file may have turned the log back on. */
+	quiet_log(cluster);
 	r = rados_connect(cluster);
+	if (r == -ETIMEDOUT || r == -EINTR) {
+		/* No monitor answered: unreachable (exit 3), like a refusal. */
+		r = cd_error(ctx, -EHOSTUNREACH, "cannot reach '%s': no monitor answered "
+			     "within %u s", uri, timeout_s);
+		goto fail;
+	}
+	if (r == -ENOENT) {
+		/* The monitors are named (checked above): what librados did not
+		 * find is the key to log in with. */
+		r = cd_error(ctx, -EACCES, "cannot reach '%s': no keyring for 'client.%s' "
+			     "found (name one with [rbd] keyring)", uri,
+			     cfg->rbd_id[0] ? cfg->rbd_id : "admin");
+		goto fail;
+	}
 	if (r < 0) {
-		r = r == -ETIMEDOUT || r == -EINTR ? -ETIMEDOUT : r;
-		r = cd_error(ctx, r == -ENOENT ? -ENXIO : r, "cannot reach '%s': %s", uri,
-			     r == -ETIMEDOUT ? "no monitor answered in time" : strerror(-r));
+		r = cd_error(ctx, r, "cannot reach '%s': %s", uri, strerror(-r));
 		goto fail;
 	}
 	*out = cluster;

@@ -501,6 +501,9 @@ int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 	if (r < 0)
 		goto out;
 	r = read_manifest(&t, c);
+	/* No answer before anything was made: unreachable, as at an open. */
+	if (r == -ETIMEDOUT)
+		r = -EHOSTUNREACH;
 	if (r == 0) {
 		r = cd_error(ctx, -EEXIST, "cannot create '%s': a disk is there already", uri);
 		goto out;

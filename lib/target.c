@@ -368,6 +368,12 @@ static int open_tuned(struct cdisk_ctx *ctx, const char *uri, const struct cd_ur
 	r = pool_init(t, tn->connections);
 	if (r == 0)
 		r = t->ops->open(t, u);
+	/* A target that gave no answer within the deadline before it was
+	 * even open is unreachable (exit 3), as one that refused is; a
+	 * timeout stays "try later" only for a request to an open target,
+	 * which did answer before.  The message already says why. */
+	if (r == -ETIMEDOUT)
+		r = -EHOSTUNREACH;
 	if (r < 0) {
 		pool_destroy(t);
 		for (unsigned i = 0; i < CD_RMW_STRIPES; i++)

@@ -87,7 +87,7 @@ start_nbdkit() {
 	quick_timeouts 2 1
 	start_silent_server
 	SECONDS=0
-	run_cdisk 8 target-io "nbd://127.0.0.1:$SILENT_PORT/x" info
+	run_cdisk 3 target-io "nbd://127.0.0.1:$SILENT_PORT/x" info
 	assert_error target-io "no answer within 2 s"
 	[ "$SECONDS" -lt 15 ] || fail "took $SECONDS s"
 }

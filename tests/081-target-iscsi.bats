@@ -105,7 +105,7 @@ teardown() {
 	assert_error target-io "cannot reach .*Connection refused"
 	start_silent_server
 	SECONDS=0
-	run_cdisk 8 target-io "iscsi://127.0.0.1:$SILENT_PORT/iqn.2026-11.x:y/1" info
+	run_cdisk 3 target-io "iscsi://127.0.0.1:$SILENT_PORT/iqn.2026-11.x:y/1" info
 	assert_error target-io "no answer within 2 s"
 	[ "$SECONDS" -lt 15 ] || fail "took $SECONDS s"
 }

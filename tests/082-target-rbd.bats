@@ -96,7 +96,7 @@ new_image() {
 	mon=$(sed -n 's/^mon host = //p' "$CEPH_CONF")
 	CEPH_CONF=$BATS_TEST_TMPDIR/empty.conf CEPH_ARGS="--mon-host $mon" \
 		run_cdisk target-io "$URI" info
-	CEPH_CONF=$BATS_TEST_TMPDIR/empty.conf run_cdisk 8 target-io "$URI" info
+	CEPH_CONF=$BATS_TEST_TMPDIR/empty.conf run_cdisk 3 target-io "$URI" info
 }
 
 @test "rbd: monitors that do not answer time out" {
@@ -105,7 +105,7 @@ new_image() {
 	printf '[global]\nmon host = 127.0.0.1:%s\nauth client required = none\n' \
 		"$SILENT_PORT" >"$BATS_TEST_TMPDIR/silent.conf"
 	SECONDS=0
-	CEPH_CONF=$BATS_TEST_TMPDIR/silent.conf run_cdisk 8 target-io "rbd:rbd/x" info
+	CEPH_CONF=$BATS_TEST_TMPDIR/silent.conf run_cdisk 3 target-io "rbd:rbd/x" info
 	assert_error target-io "cannot reach 'rbd:rbd/x'"
 	[ "$SECONDS" -lt 20 ] || fail "took $SECONDS s"
 }

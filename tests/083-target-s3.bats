@@ -114,7 +114,7 @@ new_disk() {
 	assert_error target-io "cannot open 's3://.*': .*onnect"
 	start_silent_server
 	SECONDS=0
-	AWS_ENDPOINT_URL=http://127.0.0.1:$SILENT_PORT run_cdisk 8 target-io "s3://$BUCKET/d1" info
+	AWS_ENDPOINT_URL=http://127.0.0.1:$SILENT_PORT run_cdisk 3 target-io "s3://$BUCKET/d1" info
 	assert_error target-io "no answer within 2 s"
 	[ "$SECONDS" -lt 15 ] || fail "took $SECONDS s"
 }

@@ -78,7 +78,7 @@ teardown() {
 	assert_error target-io "cannot reach 'http://127.0.0.1:1/x'"
 	start_silent_server
 	SECONDS=0
-	run_cdisk 8 target-io "http://127.0.0.1:$SILENT_PORT/x" info
+	run_cdisk 3 target-io "http://127.0.0.1:$SILENT_PORT/x" info
 	assert_error target-io "no answer within 2 s"
 	[ "$SECONDS" -lt 15 ] || fail "took $SECONDS s"
 }
