@@ -28,6 +28,7 @@ struct s3_priv {
 	char secret[256];
 	char token[1024];
 	uint32_t chunk;
+	bool no_bucket;     /* the last manifest read found no bucket */
 };
 
 /* ---- credentials and endpoint ---- */
@@ -423,7 +424,8 @@ static int read_manifest(struct cd_target *t, CURL *c)
 	if (a.status == 200)
 		return cd_s3_parse_manifest(t->ctx, t->uri, text, a.got, &t->size, &p->chunk);
 	error_code(&a, code, sizeof(code));
-	if (!strcmp(code, "NoSuchBucket"))
+	p->no_bucket = !strcmp(code, "NoSuchBucket");
+	if (p->no_bucket)
 		return cd_error(t->ctx, -ENOENT, "cannot open '%s': no such bucket", t->uri);
 	if (!strcmp(code, "NoSuchKey"))
 		return cd_error(t->ctx, -ENOENT, "cannot open '%s': no disk there (no %s%s)",
@@ -508,7 +510,7 @@ int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 		r = cd_error(ctx, -EEXIST, "cannot create '%s': a disk is there already", uri);
 		goto out;
 	}
-	if (r != -ENOENT || strstr(cd_errbuf(), "no such bucket"))
+	if (r != -ENOENT || p.no_bucket)
 		goto out;
 	m = json_pack("{s:s, s:i, s:I, s:I}", "format", MANIFEST_FORMAT, "version",
 		      MANIFEST_VERSION, "size", (json_int_t)size, "chunk_size",
