@@ -73,29 +73,27 @@ static void on_signal(int sig)
  * the limit the sync holds itself to when the base is busy. */
 static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
 {
-	static uint64_t start_ms;
 	char done[32], left[32], limit[48] = "";
-	uint64_t now = (uint64_t)time(NULL) * 1000;
-	double secs, rate;
+	uint64_t rest = p->total > p->done ? p->total - p->done : 0;
+	double secs = cli_elapsed();
+	/* In the first second the first requests all leave at once (the
+	 * rate limit lets one request per thread go into debt): too early
+	 * for a rate that means anything. */
+	double rate = secs >= 1.0 ? (double)p->done / secs : 0;
 
 	(void)opaque;
-	if (!start_ms)
-		start_ms = now ? now : 1;
-	secs = (double)(now - start_ms) / 1000.0;
-	rate = secs > 0 ? (double)p->done / secs : 0;
 	if (p->rate_limit) {
 		char r[32];
 		snprintf(limit, sizeof(limit), ", held to %s/s",
 			 cdisk_format_size(p->rate_limit, r, sizeof(r)));
 	}
 	cdisk_format_size(p->done, done, sizeof(done));
-	cdisk_format_size(p->total > p->done ? p->total - p->done : 0, left, sizeof(left));
+	cdisk_format_size(rest, left, sizeof(left));
 	if (rate > 0)
-		fprintf(stderr, "\rcdisk-sync: %s sent, %s left, %.1f MiB/s, %.0f s to go%s   ",
-			done, left, rate / 1048576,
-			(double)(p->total > p->done ? p->total - p->done : 0) / rate, limit);
+		cli_progress("%s sent, %s left, %.1f MiB/s, %.0f s to go%s", done, left,
+			     rate / 1048576, (double)rest / rate, limit);
 	else
-		fprintf(stderr, "\rcdisk-sync: %s sent, %s left%s   ", done, left, limit);
+		cli_progress("%s sent, %s left%s", done, left, limit);
 }
 
 static const char *mode_name(void)
@@ -147,9 +145,10 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 		cli_message("'%s': would send %s", path,
 			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
 	else
-		cli_message("'%s': %s sent in %llu requests, %.1f s (%.0f MiB/s); %s left%s",
+		cli_message("'%s': %s sent in %llu request%s, %.1f s (%.0f MiB/s); %s left%s",
 			    path, cdisk_format_size(st->bytes, a, sizeof(a)),
-			    (unsigned long long)st->requests, st->seconds, mib_s,
+			    (unsigned long long)st->requests, cli_plural(st->requests),
+			    st->seconds, mib_s,
 			    cdisk_format_size(st->left_bytes, b, sizeof(b)),
 			    st->verified_bytes ? "; verified" : "");
 	if (st->slowdowns && !dry_run)
@@ -221,8 +220,10 @@ int main(int argc, char **argv)
 	o.stop = &interrupted;
 	signal(SIGINT, on_signal);
 	signal(SIGTERM, on_signal);
-	if (cli_show_progress() && !cli.json && !dry_run)
+	if (cli_show_progress() && !cli.json && !dry_run) {
 		o.progress = show_progress;
+		cli_elapsed();   /* the clock starts now */
+	}
 
 	ctx = cli_context();
 	r = cdisk_open(ctx, args[0], dry_run ? CDISK_OPEN_RDONLY | CDISK_OPEN_NO_BASE

@@ -43,7 +43,7 @@ setup() {
 
 @test "a file that is not a cdisk is never overwritten" {
 	echo "precious" >d.cdisk
-	run_cdisk 1 cdisk-create --size 64M d.cdisk
+	run_cdisk 7 cdisk-create --size 64M d.cdisk
 	assert_error cdisk-create "'d.cdisk' exists and is not a cdisk; it was not changed"
 	[ "$(cat d.cdisk)" = precious ]
 }

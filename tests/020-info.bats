@@ -108,7 +108,7 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 	assert_line --regexp "^superblocks: +A good, B damaged"
 	run_cdisk 7 cdisk-info -q --check --no-repair d.cdisk
 	assert_output --partial "superblock B is damaged; copy A is intact"
-	assert_error cdisk-info "'d.cdisk' has 1 problems \(not repaired: --no-repair\)"
+	assert_error cdisk-info "'d.cdisk' has 1 problem \(not repaired: --no-repair\)"
 	run_cdisk 0 cdisk-info --check d.cdisk
 	assert_output --partial "superblock B was damaged: rewritten from copy A"
 	run_cdisk 0 cdisk-info --json d.cdisk
