@@ -40,16 +40,21 @@ sent_bytes() {
 	echo $((n * MIB))
 }
 
-# kill_sync_after SECONDS ARGS...: cdisk-sync ARGS d.cdisk, killed with -9
-# after SECONDS; sets ELAPSED_MS (start to kill).
-kill_sync_after() {
-	local wait=$1 t0 pid
+# kill_sync_at MIB ARGS...: cdisk-sync ARGS d.cdisk, killed with -9 once
+# the base holds the changes' MiB number MIB (the extents go out in
+# order, give or take the requests under way); sets ELAPSED_MS (start to
+# kill).
+kill_sync_at() {
+	local at=$1 t0 pid
 	shift
 	t0=$(date +%s%N)
 	cdisk-sync "$@" d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/sync.err" &
 	pid=$!
-	sleep "$wait"
-	kill -0 "$pid" 2>/dev/null || fail "cdisk-sync ended before the kill: $(cat "$BATS_TEST_TMPDIR/sync.err")"
+	until cmp -s -i "$((at * MIB))" -n "$MIB" base.raw changes.raw; do
+		kill -0 "$pid" 2>/dev/null ||
+			fail "cdisk-sync ended before the kill: $(cat "$BATS_TEST_TMPDIR/sync.err")"
+		sleep 0.05
+	done
 	kill -9 "$pid"
 	ELAPSED_MS=$((($(date +%s%N) - t0) / 1000000))
 	wait "$pid" 2>/dev/null || true
@@ -76,22 +81,21 @@ check_resend() {
 
 max() { echo $(($1 > $2 ? $1 : $2)); }
 
-@test "sync resume: killed with --rate 20M halfway, the next run resends at most 64 MiB" {
+@test "sync resume: killed with --rate 20M about halfway, the next run resends at most 64 MiB" {
 	make_base base.raw "$((DIRTY_MIB + 16))M"
 	dirty_disk base.raw
-	# 200 MiB at 20 MiB/s: about half gone after 5 s; any moment around it
-	kill_sync_after "$((4 + RANDOM % 2)).$((RANDOM % 10))" --rate 20M
+	kill_sync_at "$((80 + RANDOM % 40))" --rate 20M
 	check_resend "$(max $((64 * MIB)) $((2 * 20 * MIB)))"
 	patfile base.raw r 0 "${DIRTY_MIB}M" 8
 }
 
-@test "sync resume: no rate limit, an NBD base on a 40 MB/s link: killed halfway, the next run resends at most max(64 MiB, 2 s of work)" {
+@test "sync resume: no rate limit, an NBD base on a 40 MB/s link: killed about halfway, the next run resends at most max(64 MiB, 2 s of work)" {
 	local sock=$BATS_TEST_TMPDIR/n.sock rate
 	# 320 Mbit/s, with a short burst so that the link keeps its speed
 	make_base base.raw "$((DIRTY_MIB + 16))M"
 	start_nbdkit_unix "$sock" --filter=rate file base.raw rate=320M burstiness=0.2
 	dirty_disk "nbd+unix:///?socket=$sock"
-	kill_sync_after "$((2 + RANDOM % 2)).$((RANDOM % 10))"
+	kill_sync_at "$((80 + RANDOM % 40))"
 	sleep 0.5   # requests still under way at the server land
 	# the rate the sync went, as seen from the base: start-up included,
 	# so below the link's
