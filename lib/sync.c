@@ -16,13 +16,12 @@
 #include "internal.h"
 
 #define SYNC_EXTENT (4u << 20)       /* the largest request: one S3 chunk */
-/* A batch (what one base flush and one journal commit confirm) is about
- * SYNC_BATCH_MS of work, so that a killed sync loses no more than that
- * (two at most, by the time it would have taken), and the flush and the
- * commit, some milliseconds, cost little.  Until its speed is known a
- * sync's batches hold SYNC_BATCH_MIN, and one without a rate limit never
- * less: that keeps 16 requests of 4 MiB under way on a slow link too, and
- * a fast one keeps big batches. */
+/* A batch (what one base flush and one journal commit confirm) holds about
+ * SYNC_BATCH_MS of work: a sync killed at any moment loses about that much,
+ * and the flush and the commit, some milliseconds, cost little.  Without a
+ * rate limit it holds SYNC_BATCH_MIN at least, and that much at first,
+ * when the speed is not known yet: 16 requests of 4 MiB keep even a slow
+ * link busy. */
 #define SYNC_BATCH_MS 1000
 #define SYNC_BATCH_MIN (64ull << 20)
 #define SYNC_PULL_BATCH (256ull << 20)  /* bytes between a pull's commits */
