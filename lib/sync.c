@@ -16,7 +16,15 @@
 #include "internal.h"
 
 #define SYNC_EXTENT (4u << 20)       /* the largest request: one S3 chunk */
-#define SYNC_BATCH (256ull << 20)    /* bytes between base flushes */
+/* A batch (what one base flush and one journal commit confirm) holds about
+ * SYNC_BATCH_MS of work: a sync killed at any moment loses about that much,
+ * and the flush and the commit, some milliseconds, cost little.  Without a
+ * rate limit it holds SYNC_BATCH_MIN at least, and that much at first,
+ * when the speed is not known yet: 16 requests of 4 MiB keep even a slow
+ * link busy. */
+#define SYNC_BATCH_MS 1000
+#define SYNC_BATCH_MIN (64ull << 20)
+#define SYNC_PULL_BATCH (256ull << 20)  /* bytes between a pull's commits */
 #define SYNC_DEFAULT_DEPTH 16        /* requests under way, unless the base says */
 /* Dirty runs this close are sent as one request, the blocks between
  * included: they read as the base already holds them (clean overlay data,
@@ -39,6 +47,9 @@ struct engine {
 	struct cdisk_sync_stats *st;
 	struct extent *ext;
 	size_t next, end;        /* the batch: ext[next..end) */
+	size_t batch_from;       /* where the batch began */
+	uint64_t batch_ms;       /* when; 0: the batch is not closed by time */
+	uint64_t speed;          /* bytes a second of the last batch, flush included */
 	uint64_t window;         /* blocks; 0: not grouped (see collect_dirty) */
 	uint64_t start_ms;
 	uint64_t sent_bytes, total_bytes;
@@ -307,6 +318,11 @@ static void *worker(void *opaque)
 		int r;
 
 		pthread_mutex_lock(&e->lock);
+		/* A batch that took its time closes: the rate may have fallen
+		 * since its size was chosen. */
+		if (e->batch_ms && e->next > e->batch_from &&
+		    cd_now_ms() - e->batch_ms >= SYNC_BATCH_MS)
+			e->end = e->next;
 		if (e->error || e->next >= e->end || out_of_time(e)) {
 			pthread_mutex_unlock(&e->lock);
 			break;
@@ -578,25 +594,54 @@ static void clear_syncing(struct cdisk *d, struct extent *ext, size_t from, size
 	pthread_mutex_unlock(&d->lock);
 }
 
-/* One batch: mark, send, flush the base, record. */
-static int run_batch(struct engine *e, size_t from, size_t to)
+/* The bytes of the next batch: a second of work at the rate the sync is
+ * held to, or at the speed the last batch went, the lower; without a
+ * limit, SYNC_BATCH_MIN at least. */
+static uint64_t batch_bytes(struct engine *e)
 {
-	int r = mark_syncing(e->d, e->ext + from, to - from), f;
+	uint64_t rate, speed = e->speed;
 
+	pthread_mutex_lock(&e->lock);
+	rate = effective_rate(e);
+	pthread_mutex_unlock(&e->lock);
+	if (rate)
+		return (speed && speed < rate ? speed : rate) * SYNC_BATCH_MS / 1000;
+	if (speed * SYNC_BATCH_MS / 1000 > SYNC_BATCH_MIN)
+		return speed * SYNC_BATCH_MS / 1000;
+	return SYNC_BATCH_MIN;
+}
+
+/* One batch from ext[from]: mark, send, flush the base, record.  *next:
+ * where the next one begins (the batch may close early, by time). */
+static int run_batch(struct engine *e, size_t from, size_t n, size_t *next)
+{
+	struct cdisk *d = e->d;
+	uint64_t limit = batch_bytes(e), bytes = 0, sent = e->sent_bytes, ms;
+	size_t to = from;
+	int r, f;
+
+	while (to < n && (to == from || bytes + (e->ext[to].count << d->block_shift) <= limit))
+		bytes += e->ext[to++].count << d->block_shift;
+	r = mark_syncing(d, e->ext + from, to - from);
 	if (r < 0)
 		return r;
-	e->next = from;
+	e->next = e->batch_from = from;
 	e->end = to;
+	e->batch_ms = cd_now_ms();
 	r = run_workers(e);
+	*next = e->next;
 	/* What was sent before an error is flushed and recorded all the same:
-	 * the next run need not send it again. */
+	 * the next run need not send it again.  The extents not taken were
+	 * not sent: record_clean only takes their syncing marks off. */
 	f = cd_target_flush(e->base);
 	if (f < 0) {
-		clear_syncing(e->d, e->ext, from, to);
+		clear_syncing(d, e->ext, from, to);
 		return r < 0 ? r : f;
 	}
 	e->st->flushes++;
 	f = record_clean(e, from, to);
+	ms = cd_now_ms() - e->batch_ms;
+	e->speed = (e->sent_bytes - sent) * 1000 / (ms ? ms : 1);
 	return r < 0 ? r : f;
 }
 
@@ -701,18 +746,10 @@ void cdisk_sync_stop(struct cdisk *d)
 
 static int sync_all(struct engine *e, size_t n)
 {
-	struct cdisk *d = e->d;
 	int r = 0;
 
-	for (size_t from = 0; from < n && r == 0 && !out_of_time(e);) {
-		uint64_t bytes = 0;
-		size_t to = from;
-
-		while (to < n && bytes < SYNC_BATCH)
-			bytes += e->ext[to++].count << d->block_shift;
-		r = run_batch(e, from, to);
-		from = to;
-	}
+	for (size_t from = 0; from < n && r == 0 && !out_of_time(e);)
+		r = run_batch(e, from, n, &from);
 	if (r == 0 && e->o->verify)
 		r = verify(e, n);
 	return r;
@@ -918,7 +955,7 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 		uint64_t bytes = 0;
 		size_t to = from;
 
-		while (to < n && bytes < SYNC_BATCH)
+		while (to < n && bytes < SYNC_PULL_BATCH)
 			bytes += e.ext[to++].count << d->block_shift;
 		e.next = from;
 		e.end = to;
