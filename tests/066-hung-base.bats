@@ -85,8 +85,12 @@ the_base_hangs() {
 		run control '{"command":"flush"}'
 		assert_equal "$(json_get .ok)" true
 	done
-	# The metadata backup was refreshed on a flush during the hang, and
-	# the sync timer ran (its sync waits on the base in a thread of its own).
+	# The sync timer started a sync during the hang (it waits on the base
+	# in a thread of its own), and its status answers.
+	run control '{"command":"sync-status","disk":"'"$BATS_TEST_TMPDIR"'/d.cdisk"}'
+	assert_equal "$(json_get .ok)" true
+	assert_equal "$(json_get .started)" true
+	# The metadata backup was refreshed on a flush during the hang.
 	before=$(stat -c %Y "$backup")
 	sleep 1.1
 	ms 0 qemu-io -f raw -c "write -P 9 4K 4K" -c flush "$NBD"
