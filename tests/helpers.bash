@@ -62,6 +62,19 @@ assert_usage_error() {
 		fail "bad hint: ${stderr_lines[1]}"
 }
 
+# assert_num VALUE OP LIMIT: a numeric comparison ([ VALUE OP LIMIT ],
+# OP one of -eq -ne -lt -le -gt -ge) that shows both numbers when false.
+assert_num() {
+	[[ "$1" =~ ^-?[0-9]+$ ]] || fail "'$1' is not a number (to be $2 $3)"
+	[ "$1" "$2" "$3" ] || fail "$1 is not $2 $3"
+}
+
+# re_quote STRING: STRING as an extended regular expression matching
+# itself (for URIs with ? and + in assert_error and assert_regex).
+re_quote() {
+	sed 's/[][\\.|$(){}?+*^]/\\&/g' <<<"$1"
+}
+
 # json_get FILTER: apply a jq filter to $output.
 json_get() {
 	jq -er "$1" <<<"$output"
