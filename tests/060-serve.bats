@@ -118,17 +118,62 @@ teardown() {
 	done
 }
 
+# server_recv_q: bytes that clients sent and cdisk-serve has not read yet.
+server_recv_q() {
+	ss -Hxn state established | awk -v p="$SERVE_SOCK" '$4 == p { n += $2 } END { print n + 0 }'
+}
+
+# wait_recv_q BYTES: until the server's sockets hold BYTES unread.
+wait_recv_q() {
+	for _ in $(seq 200); do
+		[ "$(server_recv_q)" -ge "$1" ] && return 0
+		sleep 0.05
+	done
+	fail "the server's socket holds $(server_recv_q) bytes, not $1"
+}
+
 @test "SIGTERM: in-flight requests finish, the disk closes cleanly, exit 0" {
+	local q=$BATS_TEST_TMPDIR/qemu-io.out rc=0 writer req=$((28 + 32768))
 	run_cdisk 0 cdisk-create --size 64M d.cdisk
 	start_serve d.cdisk
-	timeout 60 qemu-io -f raw -c "write -P 9 0 32M" -c flush "$NBD" >/dev/null 2>&1 3>&- &
+	# qemu-io takes its commands one line at a time from a pipe, on one
+	# connection.
+	mkfifo cmds
+	timeout 60 stdbuf -oL qemu-io -f raw "$NBD" <cmds >"$q" 2>&1 3>&- &
 	writer=$!
-	sleep 0.3
-	stop_serve TERM
-	wait "$writer" || true
-	[ ! -e "$SERVE_SOCK" ]
+	exec 5>cmds
+	echo "write -P 7 1M 1M" >&5
+	for _ in $(seq 200); do grep -q "^wrote" "$q" && break; sleep 0.05; done
+	assert_equal "$(grep -c '^qemu-io> wrote 1048576/1048576 bytes at offset 1048576' "$q")" 1
+	# With the server frozen, two writes reach its socket; it is told to
+	# stop before it can read them, and must still answer both.
+	kill -STOP "$SERVE_PID"
+	echo "aio_write -P 9 0 32k" >&5
+	wait_recv_q "$req"
+	echo "aio_write -P 10 32k 32k" >&5
+	wait_recv_q $((2 * req))
+	kill -TERM "$SERVE_PID"
+	kill -CONT "$SERVE_PID"
+	stop_serve TERM || rc=$?
+	assert_equal "$rc" 0
+	exec 5>&-
+	rc=0
+	wait "$writer" || rc=$?
+	cat "$q"
+	assert_equal "$rc" 0
+	assert_equal "$(grep -c 'wrote 32768/32768 bytes at offset 0$' "$q")" 1
+	assert_equal "$(grep -c 'wrote 32768/32768 bytes at offset 32768$' "$q")" 1
+	assert_equal "$(grep -ci 'fail\|error' "$q")" 0
+	[ ! -e "$SERVE_SOCK" ] || fail "the socket '$SERVE_SOCK' is still there"
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .closed_cleanly)" = true ]
+	assert_equal "$(json_get .closed_cleanly)" true
+	# All three writes are on the disk.
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	head -c 32768 /dev/zero | tr '\0' '\011' >want.img
+	head -c 32768 /dev/zero | tr '\0' '\012' >>want.img
+	cmp -n 65536 disk.img want.img || fail "the writes answered at SIGTERM are not on the disk"
+	head -c 1M /dev/zero | tr '\0' '\007' >want.img
+	cmp -n 1M disk.img want.img 1M 0 || fail "the write before SIGTERM is not on the disk"
 }
 
 @test "cdisk-info on a served disk asks the owner; --check stays busy" {
