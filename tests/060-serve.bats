@@ -16,11 +16,11 @@ teardown() {
 	run_cdisk 0 cdisk-create --size 64M --block-size 512 d.cdisk
 	start_serve d.cdisk
 	run_cdisk 0 nbdinfo --json "$NBD"
-	[ "$(json_get '.exports[0]."export-size"')" = 67108864 ]
-	[ "$(json_get '.exports[0]."block_size_minimum"')" = 512 ]
-	[ "$(json_get '.exports[0]."can_multi_conn"')" = true ]
-	[ "$(json_get '.exports[0]."can_zero"')" = true ]
-	[ "$(json_get '.exports[0].contexts[0]')" = base:allocation ]
+	assert_equal "$(json_get '.exports[0]."export-size"')" 67108864
+	assert_equal "$(json_get '.exports[0]."block_size_minimum"')" 512
+	assert_equal "$(json_get '.exports[0]."can_multi_conn"')" true
+	assert_equal "$(json_get '.exports[0]."can_zero"')" true
+	assert_equal "$(json_get '.exports[0].contexts[0]')" base:allocation
 	run_cdisk 0 qemu-io -f raw -c "write -P 7 1M 1M" "$NBD"
 	run_cdisk 0 nbdinfo --map "$NBD"
 	assert_line --regexp "^ +0 +1048576 +3 +hole,zero$"
@@ -81,7 +81,7 @@ teardown() {
 			>/dev/null 2>&1 3>&- &
 		pids+=($!)
 	done
-	for p in "${pids[@]}"; do wait "$p"; done
+	for p in "${pids[@]}"; do wait "$p" || fail "a writer failed"; done
 	for i in $(seq 0 7); do
 		run_cdisk 0 qemu-io -f raw -c "read -P $((i + 1)) $((i * 8))M 8M" "$NBD"
 		refute_output --partial "Pattern verification failed"
@@ -181,7 +181,7 @@ wait_recv_q() {
 	start_serve d.cdisk
 	run_cdisk 0 qemu-io -f raw -c "write -P 3 0 64k" -c flush "$NBD"
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_present)" = 16 ]
+	assert_equal "$(json_get .blocks_present)" 16
 	run_cdisk 0 cdisk-info d.cdisk
 	assert_line --regexp "^blocks: +4096 \(16 present, 16 dirty\)$"
 	run_cdisk 4 cdisk-info --check d.cdisk
@@ -196,33 +196,39 @@ wait_recv_q() {
 	run_cdisk 0 cdisk-create --size 8M e.cdisk
 	start_serve --export d=d.cdisk --export other=e.cdisk
 	ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
-	[ "$(stat -c %a "$ctl")" = 600 ]
-	[ "$(stat -c %a "$SERVE_SOCK")" = 600 ]
+	assert_equal "$(stat -c %a "$ctl")" 600
+	assert_equal "$(stat -c %a "$SERVE_SOCK")" 600
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"status"}'
-	[ "$(json_get .ok)" = true ]
-	[ "$(json_get .schema_version)" = 1 ]
-	[ "$(json_get '.exports | length')" = 2 ]
-	[ "$(json_get '.exports[1].name')" = other ]
+	assert_equal "$(json_get .ok)" true
+	assert_equal "$(json_get .schema_version)" 1
+	assert_equal "$(json_get '.exports | length')" 2
+	assert_equal "$(json_get '.exports[1].name')" other
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"flush","export":"other"}'
-	[ "$(json_get .ok)" = true ]
+	assert_equal "$(json_get .ok)" true
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"flush","export":"nope"}'
-	[ "$(json_get .error)" = "no export named 'nope'" ]
-	[ "$(json_get .exit_code)" = 6 ]
+	assert_equal "$(json_get .error)" "no export named 'nope'"
+	assert_equal "$(json_get .exit_code)" 6
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"explode"}'
-	[ "$(json_get .error)" = "unknown command 'explode'" ]
+	assert_equal "$(json_get .error)" "unknown command 'explode'"
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'this is not json'
-	[[ "$(json_get .error)" == "request is not a JSON object"* ]]
+	assert_regex "$(json_get .error)" '^request is not a JSON object'
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'[1,2]'
-	[ "$(json_get .ok)" = false ]
-	# A silent client is dropped after its deadline; the server goes on.
-	timeout 20 socat -T 15 - "UNIX-CONNECT:$ctl" </dev/null >/dev/null 2>&1 &
+	assert_equal "$(json_get .ok)" false
+	# A silent client (connected, sending nothing, never closing) is
+	# dropped after the 5 s deadline; the server goes on.
+	SECONDS=0
+	run_cdisk '?' timeout 20 socat "UNIX-CONNECT:$ctl" "EXEC:sleep 30"
+	assert_num "$SECONDS" -lt 15
 	run_cdisk 0 nbdinfo --size "$NBD"
+	assert_output 16777216
+	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"status"}'
+	assert_equal "$(json_get .ok)" true
 }
 
 @test "--group makes the sockets 0660 for that group" {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	start_serve d.cdisk --group daemon
-	[ "$(stat -c '%a %G' "$SERVE_SOCK")" = "660 daemon" ]
+	assert_equal "$(stat -c '%a %G' "$SERVE_SOCK")" "660 daemon"
 }
 
 @test "bad arguments: nothing to serve, bad export, missing disk, busy disk" {
@@ -270,7 +276,7 @@ wait_recv_q() {
 	start_serve --read-only d.cdisk
 	run_cdisk 0 nbd-evil "$SERVE_SOCK" readonly-write d
 	run_cdisk 0 nbdinfo --json "$NBD"
-	[ "$(json_get '.exports[0]."is_read_only"')" = true ]
+	assert_equal "$(json_get '.exports[0]."is_read_only"')" true
 }
 
 @test "a client silent in the handshake is dropped after the timeout" {
@@ -292,8 +298,8 @@ wait_recv_q() {
 	CONF
 	start_serve --config exports.conf
 	run_cdisk 0 nbdinfo --list --json "nbd+unix://?socket=$SERVE_SOCK"
-	[ "$(json_get '[.exports[]."export-name"] | sort | join(",")')" = d,golden ]
-	[ "$(json_get '.exports[] | select(."export-name" == "golden") | .is_read_only')" = true ]
+	assert_equal "$(json_get '[.exports[]."export-name"] | sort | join(",")')" d,golden
+	assert_equal "$(json_get '.exports[] | select(."export-name" == "golden") | .is_read_only')" true
 	stop_serve TERM
 	printf '[export x]\nread_only = yes\n' >bad.conf
 	run_cdisk 2 cdisk-serve --config bad.conf
@@ -314,7 +320,7 @@ wait_recv_q() {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	port=$(free_port) || fail "no free port"
 	start_serve --tcp "127.0.0.1:$port" d.cdisk
-	grep -q "warning: TCP on '127.0.0.1:$port' is not encrypted" serve.log
+	assert_file_line serve.log "warning: TCP on '127.0.0.1:$port' is not encrypted"
 	run_cdisk 0 qemu-io -f raw -c "write -P 4 0 1M" -c flush "nbd://127.0.0.1:$port/d"
 	run_cdisk 0 qemu-io -f raw -c "read -P 4 0 1M" "$NBD"
 	refute_output --partial "Pattern verification failed"
@@ -331,5 +337,5 @@ wait_recv_q() {
 	NOTIFY_SOCKET=$BATS_TEST_TMPDIR/notify start_serve d.cdisk
 	for _ in $(seq 100); do [ -s notified ] && break; sleep 0.05; done
 	kill "$listener" 2>/dev/null || true
-	[ "$(cat notified)" = "READY=1" ]
+	assert_equal "$(cat notified)" "READY=1"
 }

@@ -18,9 +18,9 @@ teardown() {
 @test "iscsi: size, sector size and what the LUN can do" {
 	tgt_new_lun 64M
 	check_info "$TGT_URI" 67108864
-	[ "$(json_get .align)" = 512 ]
-	[ "$(json_get .trim)" = true ]
-	[ "$(json_get .flush)" = true ]
+	assert_equal "$(json_get .align)" 512
+	assert_equal "$(json_get .trim)" true
+	assert_equal "$(json_get .flush)" true
 }
 
 @test "iscsi: patterns at odd offsets and sizes (read-modify-write of sectors)" {
@@ -94,7 +94,7 @@ teardown() {
 @test "iscsi: a read-only LUN refuses writes before sending them" {
 	tgt_new_lun 8M readonly=1
 	run_cdisk target-io "$TGT_URI" info
-	[ "$(json_get .readonly)" = true ]
+	assert_equal "$(json_get .readonly)" true
 	run_cdisk 5 target-io -w "$TGT_URI" w:0:512:1
 	assert_error target-io "it is read-only"
 }

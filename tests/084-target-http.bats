@@ -22,7 +22,7 @@ teardown() {
 @test "http: the size comes from the server; the object is read-only" {
 	check_info "$URI" 16777217
 	run_cdisk target-io -w "$URI" info
-	[ "$(json_get .readonly)" = true ]
+	assert_equal "$(json_get .readonly)" true
 	run_cdisk 5 target-io -w "$URI" w:0:512:1
 	assert_error target-io "it is read-only"
 }

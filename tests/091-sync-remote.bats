@@ -32,8 +32,8 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-io d.cdisk w:0:4K:2 w:1M:1M:3 w:5M:4K:4 w:7M:12K:5 z:9M:1M \
 		w:12M:4M:6 w:16380K:4K:7 $(scatter_ops $((2 << 20)) $((3 << 20)) 12288 20) f
 	run_cdisk cdisk-sync --json --verify d.cdisk
-	[ "$(json_get .left_bytes)" = 0 ]
-	[ "$(json_get .verified_bytes)" -gt 0 ]
+	assert_equal "$(json_get .left_bytes)" 0
+	assert_num "$(json_get .verified_bytes)" -gt 0
 	run_cdisk cdisk-io d.cdisk check-clean
 	assert_base_equals_disk d.cdisk "$1"
 }
@@ -124,7 +124,7 @@ kill_sync_rounds() {
 	# 9 MiB a round at 8 MiB/s: most syncs die on the way.
 	[ "$killed" -ge 3 ] || fail "only $killed of 6 syncs were killed on the way"
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	assert_base_equals_disk d.cdisk "$uri"
 }
 
@@ -192,7 +192,7 @@ served_sync_and_compare() {
 	proxy_ctl rate 0
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	assert_base_equals_disk d.cdisk "$TGT_URI"
 }
 
@@ -280,7 +280,7 @@ assert_rbd_holds() {
 		run_cdisk cdisk-io d.cdisk check-clean
 	done
 	CDISK_TIMEOUT=120 run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	run_cdisk cdisk-io d.cdisk dump:disk.img
 	assert_rbd_holds "$image" disk.img
 }
