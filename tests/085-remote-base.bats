@@ -57,7 +57,7 @@ overlay_over() {
 	"base_$1"
 	run_cdisk cdisk-create --base "$BASE" d.cdisk
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .size)" = 16777216 ] || fail "the size was not taken from the base"
+	assert_equal "$(json_get .size)" 16777216
 	assert_equal "$(json_get .base.uri)" "$BASE"
 	assert_equal "$(json_get .base.reachable)" true
 	assert_equal "$(json_get .base.size)" 16777216
@@ -104,13 +104,13 @@ overlay_over() {
 	stop_nbdkit
 	run_cdisk cdisk-info --json d.cdisk
 	assert_equal "$(json_get .base.reachable)" false
-	json_get .base.error | grep -q "cannot reach"
+	assert_regex "$(json_get .base.error)" "cannot reach"
 	SECONDS=0
 	run_cdisk cdisk-io d.cdisk r:0:1M:2 w:2M:64K:3 f r:2M:64K:3
 	[ "$SECONDS" -lt 3 ] || fail "the overlay waited $SECONDS s for the base"
 	# (cdisk-io, a test tool, also shows the warning logged at open)
 	run_cdisk 3 cdisk-io d.cdisk r:4M:4096:1
-	[[ "${stderr_lines[-1]}" == "cdisk-io: cannot reach 'nbd+unix:"* ]] || fail "no message"
+	assert_regex "${stderr_lines[-1]}" "^cdisk-io: cannot reach 'nbd\\+unix:"
 	# a server starts serving without waiting for the base
 	SECONDS=0
 	start_serve --export d=d.cdisk

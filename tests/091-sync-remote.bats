@@ -51,10 +51,10 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-create --base "$TGT_URI" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:1M:3 f
 	run_cdisk cdisk-sync -v -v d.cdisk
-	[[ "$stderr" == *"1048576 bytes to send, 4 requests under way"* ]] || fail "not 4"
+	assert_regex "$stderr" "1048576 bytes to send, 4 requests under way"
 	run_cdisk cdisk-io d.cdisk w:0:1M:4 f
 	run_cdisk cdisk-sync -v -v --depth 9 d.cdisk
-	[[ "$stderr" == *"1048576 bytes to send, 9 requests under way"* ]] || fail "not 9"
+	assert_regex "$stderr" "1048576 bytes to send, 9 requests under way"
 	for bad in 257 -1; do
 		run_cdisk 2 cdisk-sync --depth "$bad" d.cdisk
 		assert_usage_error cdisk-sync "--depth must be from 1 to 256"
@@ -89,7 +89,7 @@ sync_and_compare() {   # BASE-URI
 		run_cdisk cdisk-create --base "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock" d.cdisk
 		run_cdisk cdisk-io d.cdisk "${ops[@]}" f
 		run_cdisk cdisk-sync --json d.cdisk
-		[ "$(json_get .requests)" = "${#ops[@]}" ] || fail "requests: $(json_get .requests)"
+		assert_equal "$(json_get .requests)" "${#ops[@]}"
 		run_cdisk cdisk-io d.cdisk dump:disk.img
 		cmp disk.img base.raw || fail "round $round: the base differs from the disk"
 	done
