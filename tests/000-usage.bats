@@ -92,7 +92,7 @@ single_disk_programs() {
 	echo "cdisk-create alias --size --size 999G" >"$HOME/.popt"
 	run_cdisk 0 cdisk-create --size 1M a.cdisk
 	run_cdisk 0 cdisk-info --json a.cdisk
-	[ "$(json_get .size)" = 1048576 ]
+	assert_equal "$(json_get .size)" 1048576
 }
 
 @test "output that cannot be written is a failure" {

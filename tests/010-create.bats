@@ -10,14 +10,14 @@ setup() {
 @test "create makes a sparse private disk of the asked size" {
 	run_cdisk 0 cdisk-create --size 1G d.cdisk
 	assert_output "created 'd.cdisk'"
-	[ "$(stat -c %a d.cdisk)" = 600 ]
+	assert_equal "$(stat -c %a d.cdisk)" 600
 	# Metadata only: a few KiB on the host, whatever the size.
-	[ "$(du -k d.cdisk | cut -f1)" -lt 64 ]
+	assert_num "$(du -k d.cdisk | cut -f1)" -lt 64
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .size)" = 1073741824 ]
-	[ "$(json_get .block_size)" = 4096 ]
-	[ "$(json_get .blocks_present)" = 0 ]
-	[ "$(json_get .base)" = null ]
+	assert_equal "$(json_get .size)" 1073741824
+	assert_equal "$(json_get .block_size)" 4096
+	assert_equal "$(json_get .blocks_present)" 0
+	assert_equal "$(json_get .base)" null
 }
 
 @test "the same arguments again succeed with 'unchanged' (Ansible)" {
@@ -25,10 +25,10 @@ setup() {
 	before=$(sha d.cdisk)
 	run_cdisk 0 cdisk-create --size 64M -b 512 d.cdisk
 	assert_output "'d.cdisk' unchanged"
-	[ "$(sha d.cdisk)" = "$before" ]
+	assert_equal "$(sha d.cdisk)" "$before"
 	run_cdisk 0 cdisk-create --json --size 64M -b 512 d.cdisk
-	[ "$(json_get .changed)" = false ]
-	[ "$(json_get .schema_version)" = 1 ]
+	assert_equal "$(json_get .changed)" false
+	assert_equal "$(json_get .schema_version)" 1
 }
 
 @test "an existing different disk is never overwritten" {
@@ -38,23 +38,23 @@ setup() {
 	assert_error cdisk-create "'d.cdisk' already exists with a different size \(64 MiB, not 128 MiB\); it was not changed"
 	run_cdisk 1 cdisk-create --size 64M --block-size 512 d.cdisk
 	assert_error cdisk-create "already exists with a different block size"
-	[ "$(sha d.cdisk)" = "$before" ]
+	assert_equal "$(sha d.cdisk)" "$before"
 }
 
 @test "a file that is not a cdisk is never overwritten" {
 	echo "precious" >d.cdisk
 	run_cdisk 7 cdisk-create --size 64M d.cdisk
 	assert_error cdisk-create "'d.cdisk' exists and is not a cdisk; it was not changed"
-	[ "$(cat d.cdisk)" = precious ]
+	assert_equal "$(cat d.cdisk)" precious
 }
 
 @test "the size comes from the base, which is stored as an absolute path" {
 	make_base base.img 8M
 	run_cdisk 0 cdisk-create --base base.img d.cdisk
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .size)" = 8388608 ]
-	[ "$(json_get .base.uri)" = "$BATS_TEST_TMPDIR/base.img" ]
-	[ "$(json_get .base.reachable)" = true ]
+	assert_equal "$(json_get .size)" 8388608
+	assert_equal "$(json_get .base.uri)" "$BATS_TEST_TMPDIR/base.img"
+	assert_equal "$(json_get .base.reachable)" true
 	run_cdisk 0 cdisk-create --base "file://$BATS_TEST_TMPDIR/base.img" e.cdisk
 	run_cdisk 0 cdisk-create --base base.img d.cdisk
 	assert_output "'d.cdisk' unchanged"
@@ -64,14 +64,14 @@ setup() {
 	truncate -s 10000 base.img
 	run_cdisk 2 cdisk-create --base base.img d.cdisk
 	assert_error cdisk-create "size 10000 is not a multiple of the block size 4096"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 	run_cdisk 0 cdisk-create --base base.img --size 12K d.cdisk
 }
 
 @test "a missing base is 'not found' and creates nothing" {
 	run_cdisk 6 cdisk-create --base nothere.img d.cdisk
 	assert_error cdisk-create "cannot use base 'nothere.img': No such file or directory"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 }
 
 @test "sizes that are zero, not a multiple of the block size or too large are refused" {
@@ -89,7 +89,7 @@ setup() {
 	assert_usage_error cdisk-create "invalid size '-5'"
 	run_cdisk 2 cdisk-create --size 12XB d.cdisk
 	assert_usage_error cdisk-create "invalid size '12XB'"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 }
 
 @test "block sizes must be powers of two from 512 B to 1 MiB" {
@@ -127,7 +127,7 @@ setup() {
 	file://relative/path|file:// URIs take an absolute path
 	EOF
 	[ "$n" -eq 16 ] || fail "only $n URIs were tried"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 }
 
 @test "good URIs of every form pass the URI checks; a mirror is then refused until mirrors are kept" {
@@ -139,7 +139,7 @@ setup() {
 		n=$((n + 1))
 		run_cdisk 2 cdisk-create --size 1M --mirror "$uri" "d$n.cdisk"
 		assert_error cdisk-create "cannot create 'd$n.cdisk' with mirror '.*': mirrors are not kept by this version yet"
-		[ ! -e "d$n.cdisk" ] || fail "d$n.cdisk was created"
+		assert_not_exists "d$n.cdisk"
 	done
 	assert_equal "$n" 9
 }
@@ -148,7 +148,7 @@ setup() {
 	printf '[target]\ntimeout = 2\nretries = 0\n' >>"$CDISK_CONFIG"
 	run_cdisk 3 cdisk-create --base iscsi://127.0.0.1:1/iqn.2001-04.com.example:d/0 d.cdisk
 	assert_error cdisk-create "cannot reach 'iscsi://127.0.0.1:1/.*': Connection refused"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 }
 
 @test "a missing directory is 'not found'" {
@@ -167,7 +167,7 @@ setup() {
 			"$CDISK_BUILD/bin/cdisk-create" --size 1M ro/d.cdisk
 	fi
 	assert_error cdisk-create "cannot create 'ro/d.cdisk': (Operation not permitted|Permission denied)"
-	[ -z "$(ls -A ro)" ]
+	assert_equal "$(ls -A ro)" ""
 }
 
 @test "the metadata backup path is stored absolute" {
@@ -179,11 +179,11 @@ setup() {
 @test "--quiet prints nothing on success" {
 	run_cdisk 0 cdisk-create -q --size 1M d.cdisk
 	assert_output ""
-	[ -z "$stderr" ]
+	assert_equal "$stderr" ""
 }
 
 @test "a 1 TiB disk is created and described" {
 	run_cdisk 0 cdisk-create --size 1T big.cdisk
 	run_cdisk 0 cdisk-info --json big.cdisk
-	[ "$(json_get .blocks)" = 268435456 ]
+	assert_equal "$(json_get .blocks)" 268435456
 }

@@ -51,10 +51,10 @@ teardown() {
 	run_cdisk 0 cdisk-io d.cdisk w:0:8M:2 f
 	used=$(du -k d.cdisk | cut -f1)
 	run_cdisk 0 cdisk-io d.cdisk z:0:4M d:4M:2M f r:0:6M:0 r:6M:2M:2
-	[ "$(du -k d.cdisk | cut -f1)" -lt $((used - 5000)) ]
+	assert_num "$(du -k d.cdisk | cut -f1)" -lt $((used - 5000))
 	run_cdisk 0 cdisk-info --json d.cdisk
 	# Zeroed blocks stay dirty: the base must be zeroed at the next sync.
-	[ "$(json_get .blocks_dirty)" = 2048 ]
+	assert_equal "$(json_get .blocks_dirty)" 2048
 }
 
 @test "clean blocks that are rewritten become dirty again" {
@@ -62,11 +62,11 @@ teardown() {
 	run_cdisk 0 cdisk-create --base base.img d.cdisk
 	run_cdisk 0 cdisk-io d.cdisk w:0:64K:2 f clean:0:1M f
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_present)" = 16 ]
-	[ "$(json_get .blocks_dirty)" = 0 ]
+	assert_equal "$(json_get .blocks_present)" 16
+	assert_equal "$(json_get .blocks_dirty)" 0
 	run_cdisk 0 cdisk-io d.cdisk w:4K:4K:3 f
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" = 1 ]
+	assert_equal "$(json_get .blocks_dirty)" 1
 }
 
 @test "thousands of flushes wrap the journal; a kill then loses nothing" {
@@ -92,5 +92,5 @@ teardown() {
 	run_cdisk 0 cdisk-create --size 1G d.cdisk
 	run_cdisk 0 cdisk-io d.cdisk w:512M:1M:3 f
 	# Only the data and a few metadata blocks take space.
-	[ "$(du -k d.cdisk | cut -f1)" -lt 1200 ]
+	assert_num "$(du -k d.cdisk | cut -f1)" -lt 1200
 }

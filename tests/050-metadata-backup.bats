@@ -24,25 +24,25 @@ uuid_of() {
 @test "a backup is written at create and at every close, named by the UUID" {
 	run_cdisk 0 cdisk-create --size 4M d.cdisk
 	backup="meta/$(uuid_of d.cdisk).meta"
-	[ -f "$backup" ]
-	[ "$(stat -c %a "$backup")" = 600 ]
+	assert_exists "$backup"
+	assert_equal "$(stat -c %a "$backup")" 600
 	before=$(sha "$backup")
 	run_cdisk 0 cdisk-io d.cdisk w:0:4K:2 f
-	[ "$(sha "$backup")" != "$before" ]
+	assert_not_equal "$(sha "$backup")" "$before"
 	run_cdisk 0 cdisk-info --check d.cdisk
 	assert_output --regexp "metadata backup .*$backup: taken [0-9]+ s ago, matches the disk"
 }
 
 @test "a disk's own --meta-backup path is used instead of the directory" {
 	run_cdisk 0 cdisk-create --size 4M --meta-backup elsewhere/d.meta d.cdisk
-	[ -f elsewhere/d.meta ]
+	assert_exists elsewhere/d.meta
 	# The folder holds only the index that finds it once the superblocks
 	# are gone.
 	assert_equal "$(ls meta | grep -c '\.meta$')" 0
 	assert_equal "$(cut -f2 meta/index)" "$BATS_TEST_TMPDIR/elsewhere/d.meta"
 	run_cdisk 0 cdisk-info --check --json d.cdisk
-	[ "$(json_get .check.metadata_backup.path)" = "$BATS_TEST_TMPDIR/elsewhere/d.meta" ]
-	[ "$(json_get .check.metadata_backup.matches)" = true ]
+	assert_equal "$(json_get .check.metadata_backup.path)" "$BATS_TEST_TMPDIR/elsewhere/d.meta"
+	assert_equal "$(json_get .check.metadata_backup.matches)" true
 }
 
 @test "the owner refreshes the backup on flush once the interval has passed" {
@@ -51,7 +51,7 @@ uuid_of() {
 	backup="meta/$(uuid_of d.cdisk).meta"
 	before=$(sha "$backup")
 	hold_disk d.cdisk w:0:4K:2 f hold:2 w:8K:4K:3 f
-	[ "$(sha "$backup")" != "$before" ]
+	assert_not_equal "$(sha "$backup")" "$before"
 }
 
 @test "zeroed superblocks: the next open rebuilds them and says so in one line" {
@@ -75,19 +75,19 @@ uuid_of() {
 	run_cdisk 0 cdisk-restore --metadata d.cdisk
 	assert_output "'d.cdisk': metadata is sound; nothing restored"
 	run_cdisk 0 cdisk-restore --metadata --json d.cdisk
-	[ "$(json_get .changed)" = false ]
+	assert_equal "$(json_get .changed)" false
 	run_cdisk 0 cdisk-io d.cdisk w:1M:128K:4 f
 	damage d.cdisk "$(live_checkpoint d.cdisk)" 8
 	# With auto_repair off, a writer refuses instead of rebuilding.
 	run_cdisk 7 cdisk-io d.cdisk r:1M:128K:4
 	assert_error cdisk-io "checkpoint directory checksum mismatch"
 	run_cdisk 0 cdisk-restore --metadata --json d.cdisk
-	[ "$(json_get .changed)" = true ]
-	[ "$(json_get .exact)" = true ]
-	[ "$(json_get .blocks_marked_dirty)" = 0 ]
+	assert_equal "$(json_get .changed)" true
+	assert_equal "$(json_get .exact)" true
+	assert_equal "$(json_get .blocks_marked_dirty)" 0
 	run_cdisk 0 cdisk-io d.cdisk r:1M:128K:4
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" = 32 ]
+	assert_equal "$(json_get .blocks_dirty)" 32
 }
 
 @test "writes after the backup come back from the journal, zeroes included" {
@@ -100,11 +100,11 @@ uuid_of() {
 	kill_holder
 	damage d.cdisk "$(live_checkpoint d.cdisk)" 8
 	run_cdisk 0 cdisk-restore --metadata --json d.cdisk
-	[ "$(json_get .exact)" = true ]
-	[ "$(json_get .records_replayed)" = 2 ]
+	assert_equal "$(json_get .exact)" true
+	assert_equal "$(json_get .records_replayed)" 2
 	run_cdisk 0 cdisk-io d.cdisk r:0:64K:2 r:1M:64K:3 r:8M:64K:0 r:16M:64K:1
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" = 48 ]
+	assert_equal "$(json_get .blocks_dirty)" 48
 }
 
 @test "with the journal lost too, data written after the backup is found in the data area" {
@@ -115,11 +115,11 @@ uuid_of() {
 	dd if=/dev/zero of=d.cdisk bs=1M count=8 seek=8192 oflag=seek_bytes conv=notrunc status=none
 	dd if=/dev/zero of=d.cdisk bs=4096 count=2 conv=notrunc status=none
 	run_cdisk 0 cdisk-restore --metadata --json d.cdisk
-	[ "$(json_get .exact)" = false ]
-	[ "$(json_get .blocks_reconciled)" = 18 ]
+	assert_equal "$(json_get .exact)" false
+	assert_equal "$(json_get .blocks_reconciled)" 18
 	run_cdisk 0 cdisk-io d.cdisk r:0:64K:2 r:1M:64K:3 r:2M:8K:4
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" = 34 ]
+	assert_equal "$(json_get .blocks_dirty)" 34
 }
 
 @test "a missing backup: one line naming it, corrupt metadata, nothing changed" {
@@ -131,8 +131,8 @@ uuid_of() {
 	run_cdisk 7 cdisk-restore --metadata d.cdisk
 	assert_error cdisk-restore "'d.cdisk' is damaged: checkpoint directory checksum mismatch; no metadata backup at '$backup'$"
 	run_cdisk 7 cdisk-io d.cdisk f
-	[ "$(sha d.cdisk)" = "$before" ]
-	[ ! -e "$backup" ]
+	assert_equal "$(sha d.cdisk)" "$before"
+	assert_not_exists "$backup"
 }
 
 @test "a truncated or damaged backup: refused, and neither file changes" {
@@ -154,7 +154,7 @@ uuid_of() {
 	damage "$backup" 100 2
 	run_cdisk 7 cdisk-restore --metadata d.cdisk
 	assert_error cdisk-restore "metadata backup '.*' is damaged: header checksum mismatch"
-	[ "$(sha d.cdisk)" = "$before" ]
+	assert_equal "$(sha d.cdisk)" "$before"
 	cp good.meta "$backup"
 	run_cdisk 0 cdisk-restore --metadata d.cdisk
 	run_cdisk 0 cdisk-io d.cdisk r:0:8K:2
@@ -175,8 +175,8 @@ uuid_of() {
 	run_cdisk 0 cdisk-io d.cdisk w:1M:8K:3 f
 	damage d.cdisk "$(live_checkpoint d.cdisk)" 8
 	run_cdisk 0 cdisk-restore --metadata --from old.meta --json d.cdisk
-	[ "$(json_get .exact)" = true ]
-	[ "$(json_get .records_replayed)" = 1 ]
+	assert_equal "$(json_get .exact)" true
+	assert_equal "$(json_get .records_replayed)" 1
 	run_cdisk 0 cdisk-io d.cdisk r:0:8K:2 r:1M:8K:3
 }
 
@@ -191,10 +191,10 @@ uuid_of() {
 	before=$(sha d.cdisk)
 	run_cdisk 7 cdisk-restore --metadata --from old.meta d.cdisk
 	assert_error cdisk-restore "metadata backup 'old.meta' is older than the journal of 'd.cdisk' \(the backup and the journal reach record [0-9]+, the disk's last checkpoint is at [0-9]+\); restoring it could lose flushed writes: use --force to restore it anyway"
-	[ "$(sha d.cdisk)" = "$before" ]
+	assert_equal "$(sha d.cdisk)" "$before"
 	run_cdisk 0 cdisk-restore --metadata --force --from old.meta --json d.cdisk
-	[ "$(json_get .exact)" = false ]
-	[ "$(json_get .blocks_reconciled)" = 2 ]
+	assert_equal "$(json_get .exact)" false
+	assert_equal "$(json_get .blocks_reconciled)" 2
 	run_cdisk 0 cdisk-io d.cdisk r:0:8K:2 r:1M:8K:3
 }
 
@@ -209,8 +209,8 @@ uuid_of() {
 	run_cdisk 7 cdisk-restore --metadata d.cdisk
 	assert_error cdisk-restore "'d.cdisk' is damaged: both superblocks fail their checks"
 	run_cdisk 7 cdisk-io d.cdisk f
-	[ "$(sha d.cdisk)" = "$d_before" ]
-	[ "$(sha "$backup")" = "$b_before" ]
+	assert_equal "$(sha d.cdisk)" "$d_before"
+	assert_equal "$(sha "$backup")" "$b_before"
 }
 
 @test "--check reports a missing backup and writes it anew when repairing" {
@@ -219,10 +219,10 @@ uuid_of() {
 	rm "$backup"
 	run_cdisk 0 cdisk-info --check --no-repair d.cdisk
 	assert_output --regexp "metadata backup .* is missing"
-	[ ! -e "$backup" ]
+	assert_not_exists "$backup"
 	run_cdisk 0 cdisk-info --check d.cdisk
 	assert_output --regexp "metadata backup .* was missing: written anew"
-	[ -f "$backup" ]
+	assert_exists "$backup"
 }
 
 @test "--check shows how far the backup is behind a disk in use" {
@@ -251,13 +251,13 @@ uuid_of() {
 	assert_error cdisk-info "line 2: unknown key 'bogus'"
 	CDISK_CONFIG=nothere.conf run_cdisk 6 cdisk-info x.cdisk
 	assert_error cdisk-info "cannot read configuration 'nothere.conf': No such file or directory"
-	[ ! -e x.cdisk ]
+	assert_not_exists x.cdisk
 }
 
 @test "backup_dir = none: no backup unless the disk names one" {
 	printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
 	run_cdisk 0 cdisk-create --size 4M d.cdisk
-	[ ! -e meta ]
+	assert_not_exists meta
 	run_cdisk 0 cdisk-info --check d.cdisk
 	assert_output --partial "metadata backup: none configured"
 }

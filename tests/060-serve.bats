@@ -16,11 +16,11 @@ teardown() {
 	run_cdisk 0 cdisk-create --size 64M --block-size 512 d.cdisk
 	start_serve d.cdisk
 	run_cdisk 0 nbdinfo --json "$NBD"
-	[ "$(json_get '.exports[0]."export-size"')" = 67108864 ]
-	[ "$(json_get '.exports[0]."block_size_minimum"')" = 512 ]
-	[ "$(json_get '.exports[0]."can_multi_conn"')" = true ]
-	[ "$(json_get '.exports[0]."can_zero"')" = true ]
-	[ "$(json_get '.exports[0].contexts[0]')" = base:allocation ]
+	assert_equal "$(json_get '.exports[0]."export-size"')" 67108864
+	assert_equal "$(json_get '.exports[0]."block_size_minimum"')" 512
+	assert_equal "$(json_get '.exports[0]."can_multi_conn"')" true
+	assert_equal "$(json_get '.exports[0]."can_zero"')" true
+	assert_equal "$(json_get '.exports[0].contexts[0]')" base:allocation
 	run_cdisk 0 qemu-io -f raw -c "write -P 7 1M 1M" "$NBD"
 	run_cdisk 0 nbdinfo --map "$NBD"
 	assert_line --regexp "^ +0 +1048576 +3 +hole,zero$"
@@ -81,7 +81,7 @@ teardown() {
 			>/dev/null 2>&1 3>&- &
 		pids+=($!)
 	done
-	for p in "${pids[@]}"; do wait "$p"; done
+	for p in "${pids[@]}"; do wait "$p" || fail "a writer failed"; done
 	for i in $(seq 0 7); do
 		run_cdisk 0 qemu-io -f raw -c "read -P $((i + 1)) $((i * 8))M 8M" "$NBD"
 		refute_output --partial "Pattern verification failed"
@@ -118,17 +118,62 @@ teardown() {
 	done
 }
 
+# server_recv_q: bytes that clients sent and cdisk-serve has not read yet.
+server_recv_q() {
+	ss -Hxn state established | awk -v p="$SERVE_SOCK" '$4 == p { n += $2 } END { print n + 0 }'
+}
+
+# wait_recv_q BYTES: until the server's sockets hold BYTES unread.
+wait_recv_q() {
+	for _ in $(seq 200); do
+		[ "$(server_recv_q)" -ge "$1" ] && return 0
+		sleep 0.05
+	done
+	fail "the server's socket holds $(server_recv_q) bytes, not $1"
+}
+
 @test "SIGTERM: in-flight requests finish, the disk closes cleanly, exit 0" {
+	local q=$BATS_TEST_TMPDIR/qemu-io.out rc=0 writer req=$((28 + 32768))
 	run_cdisk 0 cdisk-create --size 64M d.cdisk
 	start_serve d.cdisk
-	timeout 60 qemu-io -f raw -c "write -P 9 0 32M" -c flush "$NBD" >/dev/null 2>&1 3>&- &
+	# qemu-io takes its commands one line at a time from a pipe, on one
+	# connection.
+	mkfifo cmds
+	timeout 60 stdbuf -oL qemu-io -f raw "$NBD" <cmds >"$q" 2>&1 3>&- &
 	writer=$!
-	sleep 0.3
-	stop_serve TERM
-	wait "$writer" || true
-	[ ! -e "$SERVE_SOCK" ]
+	exec 5>cmds
+	echo "write -P 7 1M 1M" >&5
+	for _ in $(seq 200); do grep -q "^wrote" "$q" && break; sleep 0.05; done
+	assert_equal "$(grep -c '^qemu-io> wrote 1048576/1048576 bytes at offset 1048576' "$q")" 1
+	# With the server frozen, two writes reach its socket; it is told to
+	# stop before it can read them, and must still answer both.
+	kill -STOP "$SERVE_PID"
+	echo "aio_write -P 9 0 32k" >&5
+	wait_recv_q "$req"
+	echo "aio_write -P 10 32k 32k" >&5
+	wait_recv_q $((2 * req))
+	kill -TERM "$SERVE_PID"
+	kill -CONT "$SERVE_PID"
+	stop_serve TERM || rc=$?
+	assert_equal "$rc" 0
+	exec 5>&-
+	rc=0
+	wait "$writer" || rc=$?
+	cat "$q"
+	assert_equal "$rc" 0
+	assert_equal "$(grep -c 'wrote 32768/32768 bytes at offset 0$' "$q")" 1
+	assert_equal "$(grep -c 'wrote 32768/32768 bytes at offset 32768$' "$q")" 1
+	assert_equal "$(grep -ci 'fail\|error' "$q")" 0
+	[ ! -e "$SERVE_SOCK" ] || fail "the socket '$SERVE_SOCK' is still there"
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .closed_cleanly)" = true ]
+	assert_equal "$(json_get .closed_cleanly)" true
+	# All three writes are on the disk.
+	run_cdisk cdisk-io d.cdisk dump:disk.img
+	head -c 32768 /dev/zero | tr '\0' '\011' >want.img
+	head -c 32768 /dev/zero | tr '\0' '\012' >>want.img
+	cmp -n 65536 disk.img want.img || fail "the writes answered at SIGTERM are not on the disk"
+	head -c 1M /dev/zero | tr '\0' '\007' >want.img
+	cmp -n 1M disk.img want.img 1M 0 || fail "the write before SIGTERM is not on the disk"
 }
 
 @test "cdisk-info on a served disk asks the owner; --check stays busy" {
@@ -136,7 +181,7 @@ teardown() {
 	start_serve d.cdisk
 	run_cdisk 0 qemu-io -f raw -c "write -P 3 0 64k" -c flush "$NBD"
 	run_cdisk 0 cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_present)" = 16 ]
+	assert_equal "$(json_get .blocks_present)" 16
 	run_cdisk 0 cdisk-info d.cdisk
 	assert_line --regexp "^blocks: +4096 \(16 present, 16 dirty\)$"
 	run_cdisk 4 cdisk-info --check d.cdisk
@@ -151,33 +196,39 @@ teardown() {
 	run_cdisk 0 cdisk-create --size 8M e.cdisk
 	start_serve --export d=d.cdisk --export other=e.cdisk
 	ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
-	[ "$(stat -c %a "$ctl")" = 600 ]
-	[ "$(stat -c %a "$SERVE_SOCK")" = 600 ]
+	assert_equal "$(stat -c %a "$ctl")" 600
+	assert_equal "$(stat -c %a "$SERVE_SOCK")" 600
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"status"}'
-	[ "$(json_get .ok)" = true ]
-	[ "$(json_get .schema_version)" = 1 ]
-	[ "$(json_get '.exports | length')" = 2 ]
-	[ "$(json_get '.exports[1].name')" = other ]
+	assert_equal "$(json_get .ok)" true
+	assert_equal "$(json_get .schema_version)" 1
+	assert_equal "$(json_get '.exports | length')" 2
+	assert_equal "$(json_get '.exports[1].name')" other
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"flush","export":"other"}'
-	[ "$(json_get .ok)" = true ]
+	assert_equal "$(json_get .ok)" true
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"flush","export":"nope"}'
-	[ "$(json_get .error)" = "no export named 'nope'" ]
-	[ "$(json_get .exit_code)" = 6 ]
+	assert_equal "$(json_get .error)" "no export named 'nope'"
+	assert_equal "$(json_get .exit_code)" 6
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"explode"}'
-	[ "$(json_get .error)" = "unknown command 'explode'" ]
+	assert_equal "$(json_get .error)" "unknown command 'explode'"
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'this is not json'
-	[[ "$(json_get .error)" == "request is not a JSON object"* ]]
+	assert_regex "$(json_get .error)" '^request is not a JSON object'
 	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'[1,2]'
-	[ "$(json_get .ok)" = false ]
-	# A silent client is dropped after its deadline; the server goes on.
-	timeout 20 socat -T 15 - "UNIX-CONNECT:$ctl" </dev/null >/dev/null 2>&1 &
+	assert_equal "$(json_get .ok)" false
+	# A silent client (connected, sending nothing, never closing) is
+	# dropped after the 5 s deadline; the server goes on.
+	SECONDS=0
+	run_cdisk '?' timeout 20 socat "UNIX-CONNECT:$ctl" "EXEC:sleep 30"
+	assert_num "$SECONDS" -lt 15
 	run_cdisk 0 nbdinfo --size "$NBD"
+	assert_output 16777216
+	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"status"}'
+	assert_equal "$(json_get .ok)" true
 }
 
 @test "--group makes the sockets 0660 for that group" {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	start_serve d.cdisk --group daemon
-	[ "$(stat -c '%a %G' "$SERVE_SOCK")" = "660 daemon" ]
+	assert_equal "$(stat -c '%a %G' "$SERVE_SOCK")" "660 daemon"
 }
 
 @test "bad arguments: nothing to serve, bad export, missing disk, busy disk" {
@@ -225,7 +276,7 @@ teardown() {
 	start_serve --read-only d.cdisk
 	run_cdisk 0 nbd-evil "$SERVE_SOCK" readonly-write d
 	run_cdisk 0 nbdinfo --json "$NBD"
-	[ "$(json_get '.exports[0]."is_read_only"')" = true ]
+	assert_equal "$(json_get '.exports[0]."is_read_only"')" true
 }
 
 @test "a client silent in the handshake is dropped after the timeout" {
@@ -247,8 +298,8 @@ teardown() {
 	CONF
 	start_serve --config exports.conf
 	run_cdisk 0 nbdinfo --list --json "nbd+unix://?socket=$SERVE_SOCK"
-	[ "$(json_get '[.exports[]."export-name"] | sort | join(",")')" = d,golden ]
-	[ "$(json_get '.exports[] | select(."export-name" == "golden") | .is_read_only')" = true ]
+	assert_equal "$(json_get '[.exports[]."export-name"] | sort | join(",")')" d,golden
+	assert_equal "$(json_get '.exports[] | select(."export-name" == "golden") | .is_read_only')" true
 	stop_serve TERM
 	printf '[export x]\nread_only = yes\n' >bad.conf
 	run_cdisk 2 cdisk-serve --config bad.conf
@@ -269,7 +320,7 @@ teardown() {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	port=$(free_port) || fail "no free port"
 	start_serve --tcp "127.0.0.1:$port" d.cdisk
-	grep -q "warning: TCP on '127.0.0.1:$port' is not encrypted" serve.log
+	assert_file_line serve.log "warning: TCP on '127.0.0.1:$port' is not encrypted"
 	run_cdisk 0 qemu-io -f raw -c "write -P 4 0 1M" -c flush "nbd://127.0.0.1:$port/d"
 	run_cdisk 0 qemu-io -f raw -c "read -P 4 0 1M" "$NBD"
 	refute_output --partial "Pattern verification failed"
@@ -286,5 +337,5 @@ teardown() {
 	NOTIFY_SOCKET=$BATS_TEST_TMPDIR/notify start_serve d.cdisk
 	for _ in $(seq 100); do [ -s notified ] && break; sleep 0.05; done
 	kill "$listener" 2>/dev/null || true
-	[ "$(cat notified)" = "READY=1" ]
+	assert_equal "$(cat notified)" "READY=1"
 }

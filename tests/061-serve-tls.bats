@@ -56,17 +56,20 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	# A certificate from another CA is refused.
 	make_certs "$BATS_TEST_TMPDIR/other"
 	cp "$BATS_TEST_TMPDIR/other/client/client-"*.pem "$PKI/anon/"
+	local seen
+	seen=$(wc -l <"$BATS_TEST_TMPDIR/serve.log")
 	run_cdisk 1 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
-	grep -q "client 127.0.0.1:[0-9]*: .*ertificate" "$BATS_TEST_TMPDIR/serve.log" ||
-		fail "no log line naming the client: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-	kill -0 "$SERVE_PID"
+	# This refusal's own log line (not the one above) names the client.
+	tail -n +$((seen + 1)) "$BATS_TEST_TMPDIR/serve.log" >refusal.log
+	assert_file_line refusal.log "client 127.0.0.1:[0-9]*: .*ertificate"
+	kill -0 "$SERVE_PID" || fail "the server died"
 }
 
 @test "TLS: --tls on offers TLS and lets TCP clients choose" {
 	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI" --tls on
 	run_cdisk 0 nbdinfo --size "nbd://127.0.0.1:$PORT/d"
 	run_cdisk 0 nbdinfo --size "nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
-	grep -q "lets clients choose not to encrypt" "$BATS_TEST_TMPDIR/serve.log"
+	assert_file_line "$BATS_TEST_TMPDIR/serve.log" "lets clients choose not to encrypt"
 }
 
 @test "TLS: a broken handshake closes the connection; the server goes on" {
@@ -120,7 +123,7 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	run_cdisk 1 nbdinfo --size "nbds://127.0.0.1:$PORT/bob?$alice"
 	[[ "$stderr" == *"server policy prevents"* ]] || fail "bob's export not refused: $stderr"
 	run_cdisk 0 nbdinfo --list --json "nbds://127.0.0.1:$PORT/?$alice"
-	[ "$(jq -c '[.exports[]."export-name"] | sort' <<<"$output")" = '["alice","open"]' ]
+	assert_equal "$(jq -c '[.exports[]."export-name"] | sort' <<<"$output")" '["alice","open"]'
 	# On the unix socket, root is bob's user and not alice's.
 	sock=$SERVE_RUN/open.sock
 	run_cdisk 0 nbdinfo --size "nbd+unix:///bob?socket=$sock"

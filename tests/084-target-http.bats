@@ -22,7 +22,7 @@ teardown() {
 @test "http: the size comes from the server; the object is read-only" {
 	check_info "$URI" 16777217
 	run_cdisk target-io -w "$URI" info
-	[ "$(json_get .readonly)" = true ]
+	assert_equal "$(json_get .readonly)" true
 	run_cdisk 5 target-io -w "$URI" w:0:512:1
 	assert_error target-io "it is read-only"
 }
@@ -84,6 +84,15 @@ teardown() {
 }
 
 @test "https: certificates are checked by default" {
-	run_cdisk '?' target-io "https://127.0.0.1:1/x" info
-	[ "$status" -ne 0 ]
+	unset CURL_CA_BUNDLE
+	# nginx's own CA signed its certificate: untrusted, refused.
+	run_cdisk 5 target-io "https://127.0.0.1:$NGINX_HTTPS_PORT/$OBJ" info
+	assert_error target-io "cannot .* 'https://127.0.0.1:$NGINX_HTTPS_PORT/$OBJ': .*certificate"
+	# Trusted through [http] ca_file, the same object reads.
+	printf '[http]\nca_file = %s\n' "$NGINX_CA" >>"$CDISK_CONFIG"
+	run_cdisk target-io "https://127.0.0.1:$NGINX_HTTPS_PORT/$OBJ" r:0:1M:21 info
+	assert_output --partial '"size": 16777217'
+	# A trusted certificate for another name is refused too.
+	run_cdisk 5 target-io "https://127.0.0.2:$NGINX_HTTPS_PORT/$OBJ" info
+	assert_error target-io "cannot .* 'https://127.0.0.2:$NGINX_HTTPS_PORT/$OBJ': .*certificate"
 }

@@ -57,10 +57,10 @@ overlay_over() {
 	"base_$1"
 	run_cdisk cdisk-create --base "$BASE" d.cdisk
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .size)" = 16777216 ] || fail "the size was not taken from the base"
-	[ "$(json_get .base.uri)" = "$BASE" ]
-	[ "$(json_get .base.reachable)" = true ]
-	[ "$(json_get .base.size)" = 16777216 ]
+	assert_equal "$(json_get .size)" 16777216
+	assert_equal "$(json_get .base.uri)" "$BASE"
+	assert_equal "$(json_get .base.reachable)" true
+	assert_equal "$(json_get .base.size)" 16777216
 	run_cdisk cdisk-io d.cdisk r:0:16M:1 w:1M:64K:2 f r:0:1M:1 r:1M:64K:2 r:1088K:15296K:1
 	run_cdisk cdisk-info d.cdisk
 	assert_output --regexp "base: +.* \(16 MiB, reachable\)"
@@ -90,7 +90,7 @@ overlay_over() {
 	quick_timeouts 2 0
 	run_cdisk 3 cdisk-create --base "nbd://127.0.0.1:1/x" d.cdisk
 	assert_error cdisk-create "cannot reach 'nbd://127.0.0.1:1/x'"
-	[ ! -e d.cdisk ]
+	assert_not_exists d.cdisk
 	use_server nginx
 	run_cdisk 6 cdisk-create --base "$NGINX_URL/nosuch" d.cdisk
 	assert_error cdisk-create "404 Not Found"
@@ -103,14 +103,14 @@ overlay_over() {
 	run_cdisk cdisk-io d.cdisk w:0:1M:2 f
 	stop_nbdkit
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .base.reachable)" = false ]
-	json_get .base.error | grep -q "cannot reach"
+	assert_equal "$(json_get .base.reachable)" false
+	assert_regex "$(json_get .base.error)" "cannot reach"
 	SECONDS=0
 	run_cdisk cdisk-io d.cdisk r:0:1M:2 w:2M:64K:3 f r:2M:64K:3
 	[ "$SECONDS" -lt 3 ] || fail "the overlay waited $SECONDS s for the base"
 	# (cdisk-io, a test tool, also shows the warning logged at open)
 	run_cdisk 3 cdisk-io d.cdisk r:4M:4096:1
-	[[ "${stderr_lines[-1]}" == "cdisk-io: cannot reach 'nbd+unix:"* ]] || fail "no message"
+	assert_regex "${stderr_lines[-1]}" "^cdisk-io: cannot reach 'nbd\\+unix:"
 	# a server starts serving without waiting for the base
 	SECONDS=0
 	start_serve --export d=d.cdisk

@@ -31,15 +31,15 @@ dirty_bytes() {
 	run_cdisk cdisk-create --base base.raw d.cdisk
 	scatter d.cdisk
 	run_cdisk cdisk-sync --json --verify d.cdisk
-	[ "$(json_get .left_bytes)" = 0 ]
-	[ "$(json_get .clean)" = true ]
-	[ "$(json_get .verified_bytes)" = "$(json_get .bytes)" ]
-	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	assert_equal "$(json_get .left_bytes)" 0
+	assert_equal "$(json_get .clean)" true
+	assert_equal "$(json_get .verified_bytes)" "$(json_get .bytes)"
+	assert_equal "$(dirty_bytes d.cdisk)" 0
 	assert_base_equals_disk d.cdisk "$PWD/base.raw"
 	run_cdisk cdisk-io d.cdisk check-clean
 	# a second run has nothing to send
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" = 0 ]
+	assert_equal "$(json_get .bytes)" 0
 }
 
 @test "sync: --dry-run and --min-dirty change nothing" {
@@ -52,9 +52,9 @@ dirty_bytes() {
 	run_cdisk cdisk-sync --dry-run d.cdisk
 	assert_output --partial "would send"
 	run_cdisk cdisk-sync --min-dirty 1G --json d.cdisk
-	[ "$(json_get .below_min_dirty)" = true ]
+	assert_equal "$(json_get .below_min_dirty)" true
 	cmp base.raw before.raw
-	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+	assert_equal "$(dirty_bytes d.cdisk)" "$dirty"
 }
 
 @test "sync: --max-time stops early, keeps what was sent, and the next run goes on" {
@@ -68,7 +68,8 @@ dirty_bytes() {
 	[ "$left" -gt 0 ] && [ "$left" -lt 67108864 ] || fail "left: $left"
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" = "$left" ] || fail "sent again what was clean"
+	# what was sent before the stop is not sent again
+	assert_equal "$(json_get .bytes)" "$left"
 	assert_base_equals_disk d.cdisk "$PWD/base.raw"
 }
 
@@ -96,7 +97,7 @@ dirty_bytes() {
 	dirty=$(dirty_bytes gone.cdisk)
 	run_cdisk 6 cdisk-sync gone.cdisk
 	assert_error cdisk-sync "cannot open '.*small.raw'"
-	[ "$(dirty_bytes gone.cdisk)" = "$dirty" ]
+	assert_equal "$(dirty_bytes gone.cdisk)" "$dirty"
 }
 
 @test "sync: a base that fails writes (nbdkit error filter) marks nothing clean" {
@@ -110,7 +111,7 @@ dirty_bytes() {
 	run_cdisk 1 cdisk-sync d.cdisk
 	# Writes and zeroings go at once, and the filter fails both.
 	assert_error cdisk-sync "cannot (write|zero) 'nbd\+unix:.*Input/output error"
-	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+	assert_equal "$(dirty_bytes d.cdisk)" "$dirty"
 }
 
 @test "sync: the server killed mid-sync, then back: the next run completes" {
@@ -130,7 +131,7 @@ dirty_bytes() {
 	start_nbdkit_unix "$sock" file base.raw
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync d.cdisk
-	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	assert_equal "$(dirty_bytes d.cdisk)" 0
 	patfile base.raw r 0 32M 9
 }
 
@@ -161,7 +162,8 @@ dirty_bytes() {
 	run_cdisk cdisk-io d.cdisk check-clean
 	local left
 	left=$(dirty_bytes d.cdisk)
-	[ "$left" -gt 0 ] && [ "$left" -lt 67108864 ]
+	assert_num "$left" -gt 0
+	assert_num "$left" -lt 67108864
 }
 
 @test "sync: kill -9 at random moments never leaves a false 'clean' record" {
@@ -178,7 +180,7 @@ dirty_bytes() {
 		run_cdisk cdisk-io d.cdisk check-clean
 	done
 	run_cdisk cdisk-sync d.cdisk
-	[ "$(dirty_bytes d.cdisk)" = 0 ]
+	assert_equal "$(dirty_bytes d.cdisk)" 0
 	assert_base_equals_disk d.cdisk "$PWD/base.raw"
 }
 
@@ -197,7 +199,7 @@ dirty_bytes() {
 	printf 'garbage' | dd of=d.cdisk bs=1 seek=4196 conv=notrunc status=none
 	printf '[metadata]\nbackup_dir = none\n' >"$CDISK_CONFIG"
 	run_cdisk 7 cdisk-sync d.cdisk
-	assert_error cdisk-sync "d.cdisk"
+	assert_error cdisk-sync "'d.cdisk' is damaged: both superblocks fail their checks"
 }
 
 @test "sync --pull: the disk keeps working with the base gone" {
@@ -205,8 +207,8 @@ dirty_bytes() {
 	run_cdisk cdisk-create --base "$PWD/base.raw" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:1M:64K:2 f
 	run_cdisk cdisk-sync --pull --range 0:4M --json d.cdisk
-	[ "$(json_get .pulled_bytes)" = $((4 * 1048576 - 65536)) ]
-	[ "$(json_get .mode)" = pull ]
+	assert_equal "$(json_get .pulled_bytes)" $((4 * 1048576 - 65536))
+	assert_equal "$(json_get .mode)" pull
 	mv base.raw away.raw
 	run_cdisk cdisk-io d.cdisk r:0:1M:1 r:1M:64K:2 r:1088K:2944K:1
 	run_cdisk 6 cdisk-io d.cdisk r:4M:4K:1
@@ -218,7 +220,7 @@ dirty_bytes() {
 	mv away.raw base.raw
 	# pulled blocks are clean: nothing to send but the write
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" = 65536 ]
+	assert_equal "$(json_get .bytes)" 65536
 }
 
 @test "sync --pull on a served disk, while it is written" {
@@ -227,7 +229,7 @@ dirty_bytes() {
 	start_serve --export d=d.cdisk
 	run_cdisk qemu-io -f raw -c "write -P 0x55 2M 1M" "$NBD"
 	run_cdisk cdisk-sync --pull --json d.cdisk
-	[ "$(json_get .pulled_bytes)" -ge $((15 * 1048576)) ]
+	assert_num "$(json_get .pulled_bytes)" -ge $((15 * 1048576))
 	run_cdisk qemu-io -f raw -c "read -P 0x55 2M 1M" "$NBD"
 	stop_serve
 	mv base.raw away.raw
@@ -241,11 +243,11 @@ dirty_bytes() {
 	run_cdisk cdisk-sync --pull d.cdisk
 	run_cdisk cdisk-io d.cdisk dump:"$BATS_TEST_TMPDIR/before.img"
 	run_cdisk cdisk-sync --close --json d.cdisk
-	[ "$(json_get .clean)" = true ]
-	[ "$(json_get .verified_bytes)" -gt 0 ]
-	[ "$(json_get .released_bytes)" = 16777216 ]
+	assert_equal "$(json_get .clean)" true
+	assert_num "$(json_get .verified_bytes)" -gt 0
+	assert_equal "$(json_get .released_bytes)" 16777216
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_present)" = 0 ]
+	assert_equal "$(json_get .blocks_present)" 0
 	cmp "$BATS_TEST_TMPDIR/before.img" base.raw
 	run_cdisk cdisk-io d.cdisk dump:"$BATS_TEST_TMPDIR/after.img"
 	cmp "$BATS_TEST_TMPDIR/before.img" "$BATS_TEST_TMPDIR/after.img"
@@ -267,7 +269,8 @@ dirty_bytes() {
 	run_cdisk qemu-io -f raw -c "write -P 0x33 4M 64K" "$NBD"
 	sleep 3
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" -gt 0 ] || fail "synced below --sync-min-dirty"
+	# below --sync-min-dirty: not synced
+	assert_num "$(json_get .blocks_dirty)" -gt 0
 	run_cdisk qemu-io -f raw -c "write -P 0x44 8M 1M" "$NBD"
 	local i
 	for i in $(seq 50); do
@@ -275,7 +278,8 @@ dirty_bytes() {
 		sleep 0.2
 	done
 	run_cdisk cdisk-info --json d.cdisk
-	[ "$(json_get .blocks_dirty)" = 0 ] || fail "the timer did not sync"
+	# the timer synced
+	assert_equal "$(json_get .blocks_dirty)" 0
 	stop_serve
 	run_cdisk cdisk-io d.cdisk check-clean
 	cmp -n 1048576 -i 8388608:0 base.raw <(head -c 1048576 /dev/zero | tr '\0' '\104')
@@ -292,28 +296,28 @@ dirty_bytes() {
 	start_serve --export d=d.cdisk
 	local ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<'{"command":"sync"}'
-	[ "$(json_get .exit_code)" = 2 ]
+	assert_equal "$(json_get .exit_code)" 2
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<'{"command":"sync","disk":"/nope.cdisk"}'
-	[ "$(json_get .exit_code)" = 6 ]
+	assert_equal "$(json_get .exit_code)" 6
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"mode\":\"sideways\"}}"
-	json_get .error | grep -q "push, pull or close"
+	assert_regex "$(json_get .error)" "push, pull or close"
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":257}}"
-	json_get .error | grep -q "out of range"
+	assert_regex "$(json_get .error)" "out of range"
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":-1}}"
-	json_get .error | grep -q "out of range"
+	assert_regex "$(json_get .error)" "out of range"
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\",\"options\":{\"depth\":\"many\"}}"
-	json_get .error | grep -q "bad sync options"
+	assert_regex "$(json_get .error)" "bad sync options"
 	run_cdisk qemu-io -f raw -c "write -P 0x21 0 64K" "$NBD"
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync\",\"disk\":\"$PWD/d.cdisk\"}"
-	[ "$(json_get .ok)" = true ]
+	assert_equal "$(json_get .ok)" true
 	local i
 	for i in $(seq 50); do
 		run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync-status\",\"disk\":\"$PWD/d.cdisk\"}"
 		[ "$(json_get .running)" = false ] && break
 		sleep 0.1
 	done
-	[ "$(json_get .result.bytes)" = 65536 ]
-	[ "$(json_get .errno)" = 0 ]
+	assert_equal "$(json_get .result.bytes)" 65536
+	assert_equal "$(json_get .errno)" 0
 }
 
 @test "sync: a network base that is down at the start: unreachable, nothing changed" {
@@ -329,7 +333,7 @@ dirty_bytes() {
 	dirty=$(dirty_bytes d.cdisk)
 	run_cdisk 3 cdisk-sync d.cdisk
 	assert_error cdisk-sync "cannot reach 'nbd\+unix:"
-	[ "$(dirty_bytes d.cdisk)" = "$dirty" ]
+	assert_equal "$(dirty_bytes d.cdisk)" "$dirty"
 	cmp base.raw before.raw
 }
 

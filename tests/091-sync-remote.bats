@@ -32,8 +32,8 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-io d.cdisk w:0:4K:2 w:1M:1M:3 w:5M:4K:4 w:7M:12K:5 z:9M:1M \
 		w:12M:4M:6 w:16380K:4K:7 $(scatter_ops $((2 << 20)) $((3 << 20)) 12288 20) f
 	run_cdisk cdisk-sync --json --verify d.cdisk
-	[ "$(json_get .left_bytes)" = 0 ]
-	[ "$(json_get .verified_bytes)" -gt 0 ]
+	assert_equal "$(json_get .left_bytes)" 0
+	assert_num "$(json_get .verified_bytes)" -gt 0
 	run_cdisk cdisk-io d.cdisk check-clean
 	assert_base_equals_disk d.cdisk "$1"
 }
@@ -51,10 +51,10 @@ sync_and_compare() {   # BASE-URI
 	run_cdisk cdisk-create --base "$TGT_URI" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:1M:3 f
 	run_cdisk cdisk-sync -v -v d.cdisk
-	[[ "$stderr" == *"1048576 bytes to send, 4 requests under way"* ]] || fail "not 4"
+	assert_regex "$stderr" "1048576 bytes to send, 4 requests under way"
 	run_cdisk cdisk-io d.cdisk w:0:1M:4 f
 	run_cdisk cdisk-sync -v -v --depth 9 d.cdisk
-	[[ "$stderr" == *"1048576 bytes to send, 9 requests under way"* ]] || fail "not 9"
+	assert_regex "$stderr" "1048576 bytes to send, 9 requests under way"
 	for bad in 257 -1; do
 		run_cdisk 2 cdisk-sync --depth "$bad" d.cdisk
 		assert_usage_error cdisk-sync "--depth must be from 1 to 256"
@@ -89,7 +89,7 @@ sync_and_compare() {   # BASE-URI
 		run_cdisk cdisk-create --base "nbd+unix:///?socket=$BATS_TEST_TMPDIR/n.sock" d.cdisk
 		run_cdisk cdisk-io d.cdisk "${ops[@]}" f
 		run_cdisk cdisk-sync --json d.cdisk
-		[ "$(json_get .requests)" = "${#ops[@]}" ] || fail "requests: $(json_get .requests)"
+		assert_equal "$(json_get .requests)" "${#ops[@]}"
 		run_cdisk cdisk-io d.cdisk dump:disk.img
 		cmp disk.img base.raw || fail "round $round: the base differs from the disk"
 	done
@@ -124,7 +124,7 @@ kill_sync_rounds() {
 	# 9 MiB a round at 8 MiB/s: most syncs die on the way.
 	[ "$killed" -ge 3 ] || fail "only $killed of 6 syncs were killed on the way"
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	assert_base_equals_disk d.cdisk "$uri"
 }
 
@@ -192,7 +192,7 @@ served_sync_and_compare() {
 	proxy_ctl rate 0
 	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	assert_base_equals_disk d.cdisk "$TGT_URI"
 }
 
@@ -280,7 +280,7 @@ assert_rbd_holds() {
 		run_cdisk cdisk-io d.cdisk check-clean
 	done
 	CDISK_TIMEOUT=120 run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	run_cdisk cdisk-io d.cdisk dump:disk.img
 	assert_rbd_holds "$image" disk.img
 }

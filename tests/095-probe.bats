@@ -51,11 +51,11 @@ nbd_behind_proxy() {
 	run_cdisk 0 cdisk-probe -q --no-read "$URI"
 	assert_output ""
 	run_cdisk 0 cdisk-probe --json "$URI"
-	[ "$(jq -r .schema_version <<<"$output")" = 1 ]
-	[ "$(jq -r .verdict <<<"$output")" = healthy ]
-	[ "$(jq -r .sent <<<"$output")" -ge 20 ]
-	[ "$(jq -r .lost <<<"$output")" = 0 ]
-	[ "$(jq -r .read_bytes <<<"$output")" = 16777216 ]
+	assert_equal "$(jq -r .schema_version <<<"$output")" 1
+	assert_equal "$(jq -r .verdict <<<"$output")" healthy
+	assert_num "$(jq -r .sent <<<"$output")" -ge 20
+	assert_equal "$(jq -r .lost <<<"$output")" 0
+	assert_equal "$(jq -r .read_bytes <<<"$output")" 16777216
 	jq -e '.rtt_min_ms <= .rtt_mean_ms and .rtt_mean_ms <= .rtt_max_ms and
 		.rtt_p95_ms <= .rtt_max_ms and .load_delay_ms != null' <<<"$output"
 }
@@ -166,8 +166,8 @@ nbd_behind_proxy() {
 	start=$SECONDS
 	run_cdisk 3 cdisk-probe --json --timeout 2 "nbd://127.0.0.1:$SILENT_PORT"
 	[ $((SECONDS - start)) -le 5 ] || fail "took $((SECONDS - start)) s"
-	[ "$(jq -r .verdict <<<"$output")" = unreachable ]
-	[ "$(jq -r .exit_code <<<"$output")" = 3 ]
+	assert_equal "$(jq -r .verdict <<<"$output")" unreachable
+	assert_equal "$(jq -r .exit_code <<<"$output")" 3
 }
 
 @test "probe: a server whose answers never come back is unreachable" {
@@ -186,7 +186,7 @@ nbd_behind_proxy() {
 	start=$SECONDS
 	run_cdisk '?' cdisk-probe --json --pings 100 --max-time 2 --timeout 2 "$URI"
 	[ $((SECONDS - start)) -le 6 ] || fail "took $((SECONDS - start)) s"
-	[ "$(jq -r .sent <<<"$output")" -lt 100 ]
+	assert_num "$(jq -r .sent <<<"$output")" -lt 100
 }
 
 @test "probe: busy answers (HTTP 429 with Retry-After) make it degraded" {
@@ -222,11 +222,11 @@ nbd_behind_proxy() {
 @test "probe: --watch prints one line per round" {
 	nbd_behind_proxy
 	run_cdisk 0 cdisk-probe --watch 1 --count 3 --no-read --pings 3 "$URI"
-	[ "${#lines[@]}" -eq 3 ]
+	assert_num "${#lines[@]}" -eq 3
 	assert_line --index 2 --regexp '^[0-9-]+ [0-9:]+ healthy +rtt [0-9.]+/'
 	proxy_ctl delay 40
 	run_cdisk 9 cdisk-probe --watch 1 --count 2 --json --no-read --pings 3 --max-rtt 20 "$URI"
-	[ "${#lines[@]}" -eq 2 ]
+	assert_num "${#lines[@]}" -eq 2
 	jq -e -s 'length == 2 and all(.verdict == "degraded")' <<<"$output"
 }
 
@@ -234,7 +234,7 @@ nbd_behind_proxy() {
 	nbd_behind_proxy
 	run_cdisk 0 cdisk-create --base "$URI" d.cdisk
 	run_cdisk 0 cdisk-probe --json --pings 5 d.cdisk
-	[ "$(jq -r .target <<<"$output")" = "$URI" ]
+	assert_equal "$(jq -r .target <<<"$output")" "$URI"
 	run_cdisk 2 cdisk-probe --write-scratch d.cdisk
 	assert_error cdisk-probe "a disk's base is never scratch"
 	# Named as scratch, a target is written and timed.

@@ -55,14 +55,14 @@ base_untouched() {
 	proxy_ctl delay 50
 	run_cdisk 8 cdisk-sync --if-healthy d.cdisk
 	assert_error cdisk-sync "not now, the base 'nbd://.*' is degraded: round trip 5[0-9.]+ ms is over 20.0 ms; try later"
-	[ "$(dirty_blocks)" = "$before" ]
+	assert_equal "$(dirty_blocks)" "$before"
 	base_untouched 8M
 	# Healthy again: the same command syncs.
 	proxy_ctl delay 0
 	run_cdisk 0 cdisk-sync --if-healthy --json d.cdisk
-	[ "$(json_get .clean)" = true ]
-	[ "$(json_get .retries)" = 0 ]
-	[ "$(dirty_blocks)" = 0 ]
+	assert_equal "$(json_get .clean)" true
+	assert_equal "$(json_get .retries)" 0
+	assert_equal "$(dirty_blocks)" 0
 }
 
 @test "sync --if-healthy: an unreachable base exits 3 and changes nothing" {
@@ -72,7 +72,7 @@ base_untouched() {
 	printf '[probe]\ntimeout = 2\n' >>"$CDISK_CONFIG"
 	run_cdisk 3 cdisk-sync --if-healthy d.cdisk
 	assert_error cdisk-sync "its base 'nbd://.*' is unreachable"
-	[ "$(dirty_blocks)" = "$before" ]
+	assert_equal "$(dirty_blocks)" "$before"
 }
 
 @test "sync: slows down when delay is added during it, speeds up when removed" {
@@ -95,11 +95,11 @@ base_untouched() {
 	cat sync.err
 	[ "$during" -lt $((before / 4)) ] || fail "did not slow down"
 	[ "$after" -gt $((during * 4)) ] || fail "did not speed up again"
-	grep -q "round trip is .* over its .* baseline; slowing down" sync.err
-	grep -q "back near its baseline; full speed" sync.err
+	assert_file_line sync.err "round trip is .* over its .* baseline; slowing down"
+	assert_file_line sync.err "back near its baseline; full speed"
 	output=$(cat sync.json)
-	[ "$(json_get .clean)" = true ]
-	[ "$(json_get .slowdowns)" -ge 1 ]
+	assert_equal "$(json_get .clean)" true
+	assert_num "$(json_get .slowdowns)" -ge 1
 }
 
 @test "sync: the rate it settled on shows in its JSON; --target-delay -1 never slows" {
@@ -107,17 +107,17 @@ base_untouched() {
 	proxy_ctl rate 20000000
 	sync_meets_delay --max-time 4
 	[ "$sync_status" = 8 ] || fail "expected exit 8 (stopped with work left)"
-	[ "$(json_get .slowdowns)" -ge 1 ]
-	[ "$(json_get .rate_limit)" -ge 262144 ]
+	assert_num "$(json_get .slowdowns)" -ge 1
+	assert_num "$(json_get .rate_limit)" -ge 262144
 	json_get '.delay_ms - .base_delay_ms >= 90'
 	# Without the controller the same delay costs only round trips.
 	proxy_ctl delay 0
 	proxy_ctl rate 40000000
 	sync_meets_delay --target-delay -1
-	[ "$sync_status" = 0 ]
-	[ "$(json_get .slowdowns)" = 0 ]
-	[ "$(json_get .rate_limit)" = null ]
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$sync_status" 0
+	assert_equal "$(json_get .slowdowns)" 0
+	assert_equal "$(json_get .rate_limit)" null
+	assert_equal "$(json_get .clean)" true
 	run_cdisk 2 cdisk-sync --target-delay -5 d.cdisk
 	assert_usage_error cdisk-sync "--target-delay must be"
 }
@@ -137,7 +137,7 @@ base_untouched() {
 	run_cdisk 0 cdisk-io d.cdisk check-clean
 	proxy_ctl rate 0
 	run_cdisk 0 cdisk-sync --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	run_cdisk 0 cdisk-io d.cdisk "r:0:96M:7"
 	timeout 60 nbdcopy "nbd://127.0.0.1:$NBDKIT_PORT" - | head -c 96M >base.img
 	run_cdisk 0 patfile base.img r 0 96M 7
@@ -152,7 +152,7 @@ base_untouched() {
 	assert_error cdisk-sync "degraded: round trip"
 	proxy_ctl delay 0
 	run_cdisk 0 cdisk-sync --if-healthy --json d.cdisk
-	[ "$(json_get .clean)" = true ]
+	assert_equal "$(json_get .clean)" true
 	local ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"sync-status\",\"disk\":\"$PWD/d.cdisk\"}"
 	json_get '.rate_limit == 0 and .base_delay_ms > 0 and .result.slowdowns == 0'
@@ -169,7 +169,7 @@ base_untouched() {
 	local ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"info\",\"disk\":\"$PWD/d.cdisk\"}"
 	[ "$(json_get .info.blocks_dirty)" = 1024 ] || fail "synced while degraded"
-	grep -q "degraded: round trip" "$BATS_TEST_TMPDIR/serve.log"
+	assert_file_line "$BATS_TEST_TMPDIR/serve.log" "degraded: round trip"
 	proxy_ctl delay 0
 	for _ in $(seq 50); do
 		run_cdisk socat - "UNIX-CONNECT:$ctl" <<<"{\"command\":\"info\",\"disk\":\"$PWD/d.cdisk\"}"

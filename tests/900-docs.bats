@@ -96,8 +96,8 @@ complete_line() {
 		lib/systemd/system/cdisk-serve@.service; do
 		[ -e "$dest/usr/local/$f" ] || fail "missing $f"
 	done
-	grep -q "^ExecStart=/usr/local/bin/cdisk-serve " \
-		"$dest/usr/local/lib/systemd/system/cdisk-serve@.service"
+	assert_file_line "$dest/usr/local/lib/systemd/system/cdisk-serve@.service" \
+		"^ExecStart=/usr/local/bin/cdisk-serve "
 	# The installed program runs against the installed library.
 	run_cdisk 0 "$dest/usr/local/bin/cdisk-create" --version
 	# The library exports only its public API.

@@ -62,6 +62,35 @@ assert_usage_error() {
 		fail "bad hint: ${stderr_lines[1]}"
 }
 
+# assert_num VALUE OP LIMIT: a numeric comparison ([ VALUE OP LIMIT ],
+# OP one of -eq -ne -lt -le -gt -ge) that shows both numbers when false.
+assert_num() {
+	[[ "$1" =~ ^-?[0-9]+$ ]] || fail "'$1' is not a number (to be $2 $3)"
+	[ "$1" "$2" "$3" ] || fail "$1 is not $2 $3"
+}
+
+# assert_exists PATH / assert_not_exists PATH, naming the path.
+assert_exists() {
+	[ -e "$1" ] || fail "'$1' does not exist"
+}
+
+assert_not_exists() {
+	[ ! -e "$1" ] || fail "'$1' exists: $(ls -ld "$1")"
+}
+
+# assert_file_line FILE REGEX: a line of FILE matches REGEX (grep's
+# basic syntax); otherwise the file is shown.
+assert_file_line() {
+	grep -q -- "$2" "$1" || fail "no line of '$1' matches '$2':
+$(cat "$1" 2>&1)"
+}
+
+# re_quote STRING: STRING as an extended regular expression matching
+# itself (for URIs with ? and + in assert_error and assert_regex).
+re_quote() {
+	sed 's/[][\\.|$(){}?+*^]/\\&/g' <<<"$1"
+}
+
 # json_get FILTER: apply a jq filter to $output.
 json_get() {
 	jq -er "$1" <<<"$output"
@@ -149,7 +178,7 @@ sync_served_while_fio_writes() {
 	fio=$!
 	sleep 1
 	run_cdisk cdisk-sync --json d.cdisk
-	[ "$(json_get .bytes)" -gt 0 ]
+	assert_num "$(json_get .bytes)" -gt 0
 	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
 	# everything fio wrote is still what it reads back
 	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \

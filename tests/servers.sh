@@ -124,11 +124,17 @@ start_rgw() {
 	EOF
 }
 
-# ---- nginx: plain HTTP from a folder, and fixed error answers ----
+# ---- nginx: plain HTTP from a folder, and fixed error answers; HTTPS
+# with a certificate from a CA of its own (NGINX_CA), which no client
+# trusts unless told to ----
 start_nginx() {
-	local d=$S/nginx port
+	local d=$S/nginx port tls_port
 	mkdir -p "$d/root" "$d/tmp"
+	"$(dirname "$0")/make-certs.sh" "$d/certs" >/dev/null 2>&1 ||
+		die "certtool could not make nginx's certificates"
 	port=$(free_port)
+	tls_port=$port
+	while [ "$tls_port" = "$port" ]; do tls_port=$(free_port); done
 	cat >"$d/nginx.conf" <<-EOF
 	daemon off;
 	user root;
@@ -159,13 +165,24 @@ start_nginx() {
 	            add_header Retry-After 3 always;
 	        }
 	    }
+	    # The certificate names 127.0.0.1, not 127.0.0.2.
+	    server {
+	        listen 127.0.0.1:$tls_port ssl;
+	        listen 127.0.0.2:$tls_port ssl;
+	        ssl_certificate $d/certs/server-cert.pem;
+	        ssl_certificate_key $d/certs/server-key.pem;
+	        root $d/root;
+	    }
 	}
 	EOF
 	nginx -c "$d/nginx.conf" -p "$d" >"$d/log" 2>&1 9>&- &
 	echo $! >"$S/nginx.pids"
-	wait_port "$port" 10 || die "nginx did not start (see $d/log)"
+	wait_port "$port" 10 && wait_port "$tls_port" 10 ||
+		die "nginx did not start (see $d/log)"
 	cat >"$S/nginx.env" <<-EOF
 	NGINX_URL=http://127.0.0.1:$port
+	NGINX_HTTPS_PORT=$tls_port
+	NGINX_CA=$d/certs/ca-cert.pem
 	NGINX_ROOT=$d/root
 	EOF
 }

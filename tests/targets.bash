@@ -39,8 +39,9 @@ check_past_end() {
 check_info() {
 	local uri=$1 size=$2
 	run_cdisk target-io "$uri" info
-	[ "$(json_get .size)" = "$size" ] || fail "size is not $size"
-	[ "$(json_get .readonly)" = true ] || fail "not read-only when opened so"
+	assert_equal "$(json_get .size)" "$size"
+	# not opened for writing: read-only
+	assert_equal "$(json_get .readonly)" true
 }
 
 # A 1 GiB copy in and out, compared byte for byte.
