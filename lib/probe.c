@@ -116,6 +116,7 @@ struct load {
 	uint64_t next, end, done;
 	uint64_t deadline_ms;
 	int error;
+	char error_msg[CD_ERROR_MAX];   /* kept by the worker's thread */
 	pthread_mutex_t lock;
 };
 
@@ -145,8 +146,10 @@ static void *load_worker(void *opaque)
 		r = l->write ? cd_target_pwrite(l->t, buf, len, off)
 			     : cd_target_pread(l->t, buf, len, off);
 		pthread_mutex_lock(&l->lock);
-		if (r < 0 && !l->error)
+		if (r < 0 && !l->error) {
 			l->error = r;
+			memcpy(l->error_msg, cd_errbuf(), sizeof(l->error_msg));
+		}
 		if (r == 0)
 			l->done += len;
 		pthread_mutex_unlock(&l->lock);
@@ -192,6 +195,8 @@ static int run_load(struct cd_target *t, bool write, uint64_t bytes, unsigned de
 	}
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
+	if (l.error && l.error_msg[0])
+		cd_error(t->ctx, l.error, "%s", l.error_msg);
 	if (write && l.error == 0)
 		l.error = cd_target_flush(t);
 	*moved = l.done;

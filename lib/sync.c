@@ -39,6 +39,9 @@ struct extent {
 };
 
 struct engine {
+	/* The first failure's message: the workers' own threads keep it,
+	 * and the caller's thread must report it. */
+	char error_msg[CD_ERROR_MAX];
 	/* One piece of work: one extent, or every extent of one window */
 	int (*do_work)(struct engine *e, struct extent *x, size_t n, uint8_t *buf);
 	struct cdisk *d;
@@ -337,8 +340,10 @@ static void *worker(void *opaque)
 			: cd_error(e->d->ctx, -ENOMEM, "'%s': out of memory", e->d->path);
 		if (r < 0) {
 			pthread_mutex_lock(&e->lock);
-			if (!e->error)
+			if (!e->error) {
 				e->error = r;
+				memcpy(e->error_msg, cd_errbuf(), sizeof(e->error_msg));
+			}
 			pthread_mutex_unlock(&e->lock);
 		}
 	}
@@ -525,6 +530,8 @@ static int run_workers(struct engine *e)
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(th[i], NULL);
 	report_progress(e);
+	if (e->error)
+		cd_error(e->d->ctx, e->error, "%s", e->error_msg);
 	return e->error;
 }
 

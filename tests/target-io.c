@@ -34,6 +34,7 @@
 static unsigned depth = 1;
 
 struct job {
+	char error_msg[CD_ERROR_MAX];   /* the failing worker's, for main */
 	struct cd_target *t;
 	int (*fn)(struct job *j, uint64_t off, size_t len, uint8_t *buf);
 	uint64_t start, len, next;
@@ -71,8 +72,10 @@ static void *worker(void *opaque)
 		r = buf ? j->fn(j, off, n, buf) : -ENOMEM;
 		if (r < 0) {
 			pthread_mutex_lock(&j->lock);
-			if (j->result == 0)
+			if (j->result == 0) {
 				j->result = r;
+				memcpy(j->error_msg, cd_errbuf(), sizeof(j->error_msg));
+			}
 			pthread_mutex_unlock(&j->lock);
 		}
 	}
@@ -94,6 +97,8 @@ static int run_job(struct job *j)
 	for (unsigned i = 0; i < n; i++)
 		pthread_join(th[i], NULL);
 	pthread_mutex_destroy(&j->lock);
+	if (j->result < 0)
+		cd_error(j->t->ctx, j->result, "%s", j->error_msg);
 	return j->result;
 }
 
