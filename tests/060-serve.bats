@@ -147,7 +147,7 @@ wait_recv_q() {
 	assert_equal "$(grep -c '^qemu-io> wrote 1048576/1048576 bytes at offset 1048576' "$q")" 1
 	# With the server frozen, two writes reach its socket; it is told to
 	# stop before it can read them, and must still answer both.
-	kill -STOP "$SERVE_PID"
+	freeze "$SERVE_PID"
 	echo "aio_write -P 9 0 32k" >&5
 	wait_recv_q "$req"
 	echo "aio_write -P 10 32k 32k" >&5

@@ -147,7 +147,7 @@ the_base_hangs() {
 	run_cdisk target-io "rbd:rbd/$image" create:16M
 	OSD_PID=$(cat "$(dirname "$CEPH_CONF")/run/osd.0.pid")
 	# SIGSTOP, never kill: memstore keeps the pool in the OSD's memory.
-	the_base_hangs "rbd:rbd/$image" 'kill -STOP $OSD_PID' 'kill -CONT $OSD_PID'
+	the_base_hangs "rbd:rbd/$image" 'freeze $OSD_PID' 'kill -CONT $OSD_PID'
 	OSD_PID=
 	timeout 60 rbd -c "$CEPH_CONF" rm "rbd/$image" >/dev/null 2>&1 || true
 }

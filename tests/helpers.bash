@@ -368,6 +368,24 @@ stop_nbdkit() {
 	NBDKIT_PID=
 }
 
+# freeze PID: SIGSTOP, then wait until every thread of PID has stopped.
+# kill returns before the stop takes effect, and a thread woken by it
+# can still read what reaches its socket in between.
+freeze() {
+	local t state stopped
+	kill -STOP "$1"
+	for _ in $(seq 200); do
+		stopped=1
+		for t in /proc/"$1"/task/*/stat; do
+			state=$(sed 's/.*) //' "$t" 2>/dev/null | cut -d' ' -f1)
+			case $state in T|t|'') ;; *) stopped=0 ;; esac
+		done
+		[ "$stopped" = 1 ] && return 0
+		sleep 0.02
+	done
+	fail "process $1 did not stop"
+}
+
 # within PERCENT MEASURED EXPECTED: true when MEASURED is within PERCENT
 # of EXPECTED.
 within() {
