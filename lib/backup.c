@@ -294,18 +294,17 @@ static int store(struct cdisk *d, struct cd_backup_image *img)
 
 /* Under the disk's lock: take a backup of the state as it is now, to be
  * written by cd_backup_store_pending once the lock is let go.  One still
- * unwritten is written first: the journal keeps every record since the
- * newest written backup only until the next checkpoint. */
+ * unwritten is replaced, never written here (that would be an fsync under
+ * the lock): the newer snapshot holds everything the older one did, and
+ * the journal covers the time until it is stored just as it would have
+ * for the older one. */
 int cd_backup_write(struct cdisk *d)
 {
 	struct cd_backup_image *img;
 	int r;
 
-	if (d->backup_pending) {
-		store(d, d->backup_pending);
-		cd_backup_image_free(d->backup_pending);
-		d->backup_pending = NULL;
-	}
+	cd_backup_image_free(d->backup_pending);
+	d->backup_pending = NULL;
 	r = snapshot(d, &img);
 	if (r < 0 && r != -ENOENT)
 		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot take a metadata backup: %s",

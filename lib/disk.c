@@ -588,6 +588,11 @@ struct cdisk_ctx *cdisk_get_ctx(struct cdisk *d)
 
 /* ---- data path ---- */
 
+static int readonly_error(struct cdisk *d)
+{
+	return cd_error(d->ctx, -EROFS, "'%s' is open read-only", d->path);
+}
+
 static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
 {
 	uint64_t mask = d->block_size - 1;
@@ -603,7 +608,7 @@ static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
 				(unsigned long long)off, len,
 				(unsigned long long)d->sb.size);
 	if (write && d->readonly)
-		return cd_error(d->ctx, -EROFS, "'%s' is open read-only", d->path);
+		return readonly_error(d);
 	return 0;
 }
 
@@ -909,7 +914,7 @@ static int rmw(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 	if (len == 0 || off > d->sb.size || len > d->sb.size - off)
 		return check_io(d, len, off, true);
 	if (d->readonly)
-		return check_io(d, d->block_size, 0, true);
+		return readonly_error(d);
 	block_span(d, off, len, &first, &end);
 	e.block[0] = first;
 	if (end - d->block_size > first)
