@@ -17,6 +17,9 @@
 
 #define CONTROL_MAX_LINE (64u * 1024)
 #define CONTROL_TIMEOUT_MS 5000
+/* How long a client waiting for its sync keeps asking a server that does
+ * not answer its status requests in time (a loaded host). */
+#define OWNER_PATIENCE_MS 60000
 /* Requests answered at once; past this a client is told to try later
  * (the accept loop never waits for a request to finish). */
 #define CONTROL_MAX_ACTIVE 32
@@ -993,12 +996,23 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 	}
 	json_decref(reply);
 	for (bool stop_sent = false;;) {
+		uint64_t asked = cd_now_ms();
 		bool running;
 
 		usleep(100 * 1000);
 		r = owner_call(ctx, sock, path, pid,
 			       json_pack("{s:s, s:s}", "command", "sync-status", "disk", path),
 			       &reply);
+		/* A server too busy to answer one status request is still
+		 * syncing: giving up would leave its sync running with no one
+		 * waiting for it. */
+		while ((r == -ETIMEDOUT || r == -EAGAIN) &&
+		       cd_now_ms() - asked < OWNER_PATIENCE_MS) {
+			usleep(500 * 1000);
+			r = owner_call(ctx, sock, path, pid,
+				       json_pack("{s:s, s:s}", "command", "sync-status", "disk",
+						 path), &reply);
+		}
 		if (r < 0)
 			return r;
 		running = json_is_true(json_object_get(reply, "running"));
