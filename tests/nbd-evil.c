@@ -4,12 +4,17 @@
  *
  *   nbd-evil SOCKET CASE [EXPORT]
  *   nbd-evil SOCKET many EXPORT N
+ *   nbd-evil SOCKET flush-steps EXPORT FIRST
  *
  * Prints one line saying what the server did; exits 0 when the server
  * did what the protocol asks for, 1 otherwise.  "many" is no attack but
  * a crowd: N connections open at once, each with its own block written,
  * flushed and read back, all in flight together; then "ready" and the
- * connections stay open until standard input ends. */
+ * connections stay open until standard input ends.  "flush-steps" writes
+ * for the crash tests: step i (FIRST, FIRST + 4, ...) writes four 64 KiB
+ * blocks of byte i % 250 + 1 at once, at (i % 64) * 256 KiB on one
+ * connection, flushes on another once they are answered, and prints i
+ * when the flush is; until the server goes away. */
 #include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -238,6 +243,41 @@ static int crowd(const char *path, const char *export, int n)
 	return pass(msg);
 }
 
+static int flush_steps(const char *path, const char *export, int first)
+{
+	static uint8_t data[65536];
+	uint8_t h[16];
+	int a, b;
+
+	connect_to(path);
+	if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+		return fail("refused");
+	a = fd;
+	connect_to(path);
+	if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+		return fail("refused");
+	b = fd;
+	for (int i = first;; i += 4) {
+		uint64_t area = (uint64_t)(i % 64) * 256 * 1024;
+		memset(data, i % 250 + 1, sizeof(data));
+		fd = a;
+		for (int k = 0; k < 4; k++) {
+			send_request(NBD_CMD_WRITE, 0, (uint64_t)k, area + (uint64_t)k * 65536,
+				     sizeof(data));
+			send_all(data, sizeof(data));
+		}
+		for (int k = 0; k < 4; k++)
+			if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0)
+				return 0;
+		fd = b;
+		send_request(NBD_CMD_FLUSH, 0, 9, 0, 0);
+		if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0)
+			return 0;
+		printf("%d\n", i);
+		fflush(stdout);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *export = argc > 3 ? argv[3] : "";
@@ -250,6 +290,8 @@ int main(int argc, char **argv)
 	c = argv[2];
 	if (!strcmp(c, "many") && argc > 4)
 		return crowd(argv[1], export, atoi(argv[4]));
+	if (!strcmp(c, "flush-steps") && argc > 4)
+		return flush_steps(argv[1], export, atoi(argv[4]));
 	connect_to(argv[1]);
 
 	if (!strcmp(c, "bad-client-flags")) {
