@@ -87,12 +87,18 @@ max_workers() {
 	# writes four 64 KiB blocks at once on one connection and, once they
 	# are answered, flushes on another; i is logged when the flush is.
 	for w in 0 1 2 3; do
-		timeout 60 nbd-evil "$SERVE_SOCK" flush-steps d "$w" >"flushed.$w" 2>&1 3>&- &
+		timeout 60 nbd-evil "$SERVE_SOCK" flush-steps d "$w" >"flushed.$w" 2>"writer.$w" 3>&- &
 	done
-	sleep 2
+	# Every writer under way, then a second more of it.
+	for _ in $(seq 600); do
+		[ -s flushed.0 ] && [ -s flushed.1 ] && [ -s flushed.2 ] && [ -s flushed.3 ] && break
+		sleep 0.05
+	done
+	sleep 1
 	stop_serve KILL || true
 	wait
-	cat flushed.* >flushed.log
+	cat writer.*
+	grep -hx '[0-9]*' flushed.* >flushed.log || true
 	[ -s flushed.log ] || fail "nothing was flushed before the kill"
 	# The last flushed step of each 256 KiB area (step i % 64).
 	declare -A last
