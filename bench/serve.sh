@@ -4,16 +4,18 @@
 #   qemu-nbd     a qcow2 overlay over the same raw base
 #   nbdkit       the raw file itself (file plugin)
 # Jobs: 1 MiB sequential writes at depth 4 into a fresh overlay (the
-# filesystem allocates as it goes; nbdkit's raw file is allocated already),
-# the same again (a rewrite), then 4 KiB random writes and reads at queue
-# depth 16.  Prints IOPS, MiB/s and cdisk's ratio to each.  Then the same
-# over TCP with TLS (X.509, certificates made here), cdisk-serve next to
-# nbdkit --tls=require on the raw file.
-# Usage: bench/serve.sh [SECONDS per job, default 10]
+# filesystem allocates as it goes; nbdkit gets a fresh sparse file for it,
+# so it allocates too), the same again (a rewrite), then 4 KiB random
+# writes and reads at queue depth 16 (nbdkit on the raw base).  Then the
+# same over TCP with TLS (X.509, certificates made here), cdisk-serve next
+# to nbdkit --tls=require.  Each server runs ROUNDS times, the servers
+# taking turns; the tables show the medians and cdisk's ratio to each.
+# Usage: bench/serve.sh [SECONDS per job, default 10] [ROUNDS, default 3]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 O=${O:-build}
 secs=${1:-10}
+rounds=${2:-3}
 "$top/scripts/install-deps.sh"
 make -s -C "$top" O="$O" all >/dev/null
 PATH="$top/$O/bin:$PATH"
@@ -41,7 +43,7 @@ wait_for() { # socket
 }
 
 start_cdisk() {
-	rm -f d.cdisk meta/*
+	rm -f d.cdisk meta/* "$work/cdisk.sock"
 	cdisk-create -q --base base.raw d.cdisk
 	cdisk-serve -q --socket "$work/cdisk.sock" d.cdisk 3>&- &
 	pids+=($!)
@@ -50,7 +52,7 @@ start_cdisk() {
 }
 
 start_qemu() {
-	rm -f ov.qcow2
+	rm -f ov.qcow2 "$work/qemu.sock"
 	qemu-img create -q -f qcow2 -b base.raw -F raw ov.qcow2
 	qemu-nbd -k "$work/qemu.sock" -f qcow2 -t -e 16 --cache=writeback --aio=threads \
 		-x d ov.qcow2 3>&- &
@@ -59,8 +61,9 @@ start_qemu() {
 	uri="nbd+unix:///d?socket=$work/qemu.sock"
 }
 
-start_nbdkit() {
-	nbdkit -f -U "$work/nbdkit.sock" -e d file base.raw 3>&- &
+start_nbdkit() { # [FILE, default base.raw]
+	rm -f "$work/nbdkit.sock"
+	nbdkit -f -U "$work/nbdkit.sock" -e d file "${1:-base.raw}" 3>&- &
 	pids+=($!)
 	wait_for "$work/nbdkit.sock"
 	uri="nbd+unix:///d?socket=$work/nbdkit.sock"
@@ -82,11 +85,11 @@ start_cdisk_tls() {
 	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
 }
 
-start_nbdkit_tls() {
+start_nbdkit_tls() { # [FILE, default base.raw]
 	local port
 	port=$(free_port)
 	nbdkit -f -i 127.0.0.1 -p "$port" --tls=require --tls-certificates="$pki" -e d \
-		file base.raw 3>&- 2>>"$work/nbdkit.log" &
+		file "${1:-base.raw}" 3>&- 2>>"$work/nbdkit.log" &
 	pids+=($!)
 	wait_port "$port" 10 || { echo "no server on port $port" >&2; exit 1; }
 	uri="nbds://127.0.0.1:$port/d?tls-verify-peer=false"
@@ -105,19 +108,52 @@ run_job() { # name rw bs depth -> "iops mibs"
 	jq -r '.jobs[0] | [(.read.iops + .write.iops), ((.read.bw + .write.bw) / 1024)] | @tsv' "$1.json"
 }
 
+# A fresh sparse file for nbdkit's fresh writes: like an empty overlay,
+# the filesystem allocates as they go.
+sparse() {
+	rm -f fresh.raw
+	truncate -s "$size" fresh.raw
+	echo fresh.raw
+}
+
+# Values of every round are kept as "v1 v2 v3"; the tables show medians.
+# shellcheck disable=SC2034 # used through keep's and the table's namerefs
 declare -A iops mibs
-for server in cdisk qemu nbdkit; do
-	"start_$server"
+keep() { # ARRAY KEY VALUE
+	declare -n a=$1
+	a[$2]="${a[$2]:-} $3"
+	unset -n a
+}
+median() { # VALUES...
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+		print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+ratio() { echo "$1 / $2" | bc -l; }
+
+bench_plain() { # SERVER ROUND
+	local server=$1 job i m
 	for job in seqwrite rewrite randwrite randread; do
-		case $job in
-		seqwrite | rewrite) read -r i m < <(run_job "$server-$job" write 1M 4) ;;
-		randwrite) read -r i m < <(run_job "$server-$job" randwrite 4k 16) ;;
-		randread) read -r i m < <(run_job "$server-$job" randread 4k 16) ;;
+		case $server.$job in
+		nbdkit.seqwrite) start_nbdkit "$(sparse)" ;;
+		nbdkit.randwrite) stop_all; start_nbdkit ;;
 		esac
-		iops[$server.$job]=$i
-		mibs[$server.$job]=$m
+		case $job in
+		seqwrite | rewrite) read -r i m < <(run_job "$server-$job-$2" write 1M 4) ;;
+		randwrite) read -r i m < <(run_job "$server-$job-$2" randwrite 4k 16) ;;
+		randread) read -r i m < <(run_job "$server-$job-$2" randread 4k 16) ;;
+		esac
+		keep iops "$server.$job" "$i"
+		keep mibs "$server.$job" "$m"
 	done
 	stop_all
+}
+
+for round in $(seq "$rounds"); do
+	for server in cdisk qemu nbdkit; do
+		echo "round $round: $server" >&2
+		[ "$server" = nbdkit ] || "start_$server"
+		bench_plain "$server" "$round"
+	done
 done
 
 printf '%-38s %12s %12s %12s %14s %14s\n' job cdisk qemu-nbd nbdkit "vs qemu-nbd" "vs nbdkit"
@@ -129,34 +165,49 @@ for job in seqwrite rewrite randwrite randread; do
 	randread) label="4 KiB random read, QD16 (IOPS)"; unit=iops ;;
 	esac
 	declare -n v=$unit
-	printf '%-38s %12.0f %12.0f %12.0f %13.2fx %13.2fx\n' "$label" \
-		"${v[cdisk.$job]}" "${v[qemu.$job]}" "${v[nbdkit.$job]}" \
-		"$(echo "${v[cdisk.$job]} / ${v[qemu.$job]}" | bc -l)" \
-		"$(echo "${v[cdisk.$job]} / ${v[nbdkit.$job]}" | bc -l)"
+	# shellcheck disable=SC2086 # the rounds' values, one word each
+	c=$(median ${v[cdisk.$job]}) q=$(median ${v[qemu.$job]}) k=$(median ${v[nbdkit.$job]})
+	printf '%-38s %12.0f %12.0f %12.0f %13.2fx %13.2fx\n' "$label" "$c" "$q" "$k" \
+		"$(ratio "$c" "$q")" "$(ratio "$c" "$k")"
 	unset -n v
 done
 
 "$top/tests/make-certs.sh" "$pki" >/dev/null 2>&1
 declare -A tls
-for server in cdisk_tls nbdkit_tls; do
-	"start_$server"
-	read -r _ m < <(run_job "$server-seqwrite" write 1M 4)
-	tls[$server.seqwrite]=$m
-	read -r _ m < <(run_job "$server-seqread" read 1M 4)
-	tls[$server.seqread]=$m
-	read -r i _ < <(run_job "$server-randread" randread 4k 16)
-	tls[$server.randread]=$i
+bench_tls() { # SERVER ROUND
+	local server=$1 m i
+	if [ "$server" = nbdkit_tls ]; then
+		start_nbdkit_tls "$(sparse)"
+	else
+		"start_$server"
+	fi
+	read -r _ m < <(run_job "$server-seqwrite-$2" write 1M 4)
+	keep tls "$server.seqwrite" "$m"
+	if [ "$server" = nbdkit_tls ]; then
+		stop_all
+		start_nbdkit_tls
+	fi
+	read -r _ m < <(run_job "$server-seqread-$2" read 1M 4)
+	keep tls "$server.seqread" "$m"
+	read -r i _ < <(run_job "$server-randread-$2" randread 4k 16)
+	keep tls "$server.randread" "$i"
 	stop_all
+}
+for round in $(seq "$rounds"); do
+	for server in cdisk_tls nbdkit_tls; do
+		echo "round $round: $server" >&2
+		bench_tls "$server" "$round"
+	done
 done
 echo
 printf '%-38s %12s %12s %14s\n' "over TCP with TLS" cdisk nbdkit "vs nbdkit"
 for job in seqwrite seqread randread; do
 	case $job in
-	seqwrite) label="1 MiB seq. write, QD4 (MiB/s)" ;;
+	seqwrite) label="1 MiB seq. write, QD4, fresh (MiB/s)" ;;
 	seqread) label="1 MiB seq. read, QD4 (MiB/s)" ;;
 	randread) label="4 KiB random read, QD16 (IOPS)" ;;
 	esac
-	printf '%-38s %12.0f %12.0f %13.2fx\n' "$label" "${tls[cdisk_tls.$job]}" \
-		"${tls[nbdkit_tls.$job]}" \
-		"$(echo "${tls[cdisk_tls.$job]} / ${tls[nbdkit_tls.$job]}" | bc -l)"
+	# shellcheck disable=SC2086
+	c=$(median ${tls[cdisk_tls.$job]}) k=$(median ${tls[nbdkit_tls.$job]})
+	printf '%-38s %12.0f %12.0f %13.2fx\n' "$label" "$c" "$k" "$(ratio "$c" "$k")"
 done

@@ -1,9 +1,12 @@
 /* cdisk-serve's engine: cdisks exported over NBD (fixed newstyle, as the
  * NBD project documents the protocol).
  *
- * Each connection has a thread for the handshake, then a few workers that
- * take turns reading a request and carry it out and reply, in whatever
- * order they finish.
+ * Each connection has one thread: it does the handshake, then reads
+ * requests and pushes them, in batches, onto the server's queue
+ * (queue.c), whose workers carry them out and reply, in whatever order
+ * they finish; replies on a connection go out whole, one at a time.
+ * Nothing here starts a thread but that reader; the protocol code below
+ * neither knows nor cares which thread runs it.
  * Every export is one shared disk handle, so a flush on any connection
  * covers the writes of all of them: multi-conn is safe and advertised. */
 #include <arpa/inet.h>
@@ -23,17 +26,26 @@
 
 #include "internal.h"
 #include "nbd.h"
+#include "queue.h"
 #include "server.h"
 
-#define WORKERS 8
 #define HANDSHAKE_TIMEOUT 30
 #define SEND_TIMEOUT 60
 
 struct request {
+	struct cd_qitem item;   /* first: the queue hands this back */
+	struct conn *conn;
 	uint16_t flags, type;
 	uint64_t cookie, offset;
 	uint32_t length;
-	uint8_t *data;          /* a write's payload */
+	uint8_t *data;          /* a write's payload, a read's data (pooled) */
+	/* The reply, until it is sent: the data by reference, the rest
+	 * copied into small or, when it is bigger, extra. */
+	struct request *next_out;
+	struct iovec iov[3];
+	int niov;
+	uint8_t *extra;
+	uint8_t small[64];
 };
 
 /* Payload buffers are reused: a fresh megabyte from malloc is a fresh
@@ -44,6 +56,13 @@ struct pooled {
 };
 
 #define POOL_KEEP 32
+
+/* What one connection may have in the queue or in hand: beyond it, its
+ * reader stops reading and the client is slowed by the socket. */
+#define CONN_MAX_REQUESTS 32
+#define CONN_MAX_BYTES (64u << 20)
+/* The reader's buffer: many small requests come in one recv. */
+#define RBUF_SIZE (64u * 1024)
 
 struct conn {
 	struct cdisk_server *srv;
@@ -59,11 +78,19 @@ struct conn {
 	bool has_uid;           /* a unix socket peer, whose uid is known */
 	uid_t uid;
 	bool structured, meta_alloc;
+	char user[300];         /* who, for the queue: "tls:NAME", "uid:N" or "-" */
 	bool done;              /* all threads finished; joinable */
-	pthread_mutex_t send_lock;
-	pthread_mutex_t recv_lock;  /* one worker reads the next request */
+	pthread_mutex_t send_lock;  /* the four fields below */
+	struct request *out, *out_tail;  /* replies waiting to be sent */
+	bool sending;           /* a worker is sending them */
+	bool lost;              /* a send failed: replies are dropped */
+	uint8_t *rbuf;          /* the reader's, bytes rpos to rlen unparsed */
+	size_t rpos, rlen;
+	pthread_mutex_t lock;   /* the fields below */
+	pthread_cond_t changed; /* a request finished, or closing */
 	bool closing;           /* no more requests will be read */
-	pthread_t workers[WORKERS];
+	unsigned inflight;      /* requests queued or in hand */
+	size_t inflight_bytes;
 	struct conn *next;
 };
 
@@ -651,16 +678,127 @@ static uint32_t nbd_errno(int err)
 	}
 }
 
-/* Replies are whole messages: one sender at a time on a connection. */
-static int send_reply(struct conn *c, struct iovec *iov, int n)
+/* ---- replies ----
+ *
+ * Replies are whole messages, one sender at a time on a connection.  A
+ * worker that finds another sending leaves its reply to it and goes on
+ * to other work: a client that reads no replies holds one worker, not
+ * all of those with a reply for it; and replies that pile up meanwhile
+ * leave in one sendmsg (or one corked TLS write). */
+
+#define SEND_BATCH 64   /* replies in one sendmsg, at most 3 iovecs each */
+
+static size_t weight(const struct request *q);
+
+static void request_free(struct conn *c, struct request *q)
 {
-	pthread_mutex_lock(&c->send_lock);
-	int r = conn_send_iov(c, iov, n);
-	pthread_mutex_unlock(&c->send_lock);
+	buf_put(c, q->data);
+	free(q->extra);
+	free(q);
+}
+
+/* Requests are done: the reader may read more, or finish.  The last
+ * thing a worker does with the connection, which may go right after. */
+static void requests_done(struct conn *c, unsigned n, size_t bytes, bool lost)
+{
+	pthread_mutex_lock(&c->lock);
+	if (lost)
+		c->closing = true;
+	c->inflight -= n;
+	c->inflight_bytes -= bytes;
+	pthread_cond_broadcast(&c->changed);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static int send_list(struct conn *c, struct request *list)
+{
+	struct iovec iov[SEND_BATCH * 3];
+	int n = 0, k = 0, r = 0;
+
+	for (struct request *q = list; q && r == 0; q = q->next_out) {
+		memcpy(iov + n, q->iov, (size_t)q->niov * sizeof(*iov));
+		n += q->niov;
+		if (++k == SEND_BATCH || !q->next_out) {
+			r = conn_send_iov(c, iov, n);
+			n = k = 0;
+		}
+	}
 	return r;
 }
 
-static int reply_simple(struct conn *c, const struct request *q, uint32_t err,
+/* Under c->send_lock, which it releases: send what waits until nothing
+ * does. */
+static void send_out(struct conn *c)
+{
+	unsigned n = 0;
+	size_t bytes = 0;
+	bool lost = false;
+
+	c->sending = true;
+	while (c->out) {
+		struct request *list = c->out;
+		c->out = c->out_tail = NULL;
+		lost = c->lost;
+		pthread_mutex_unlock(&c->send_lock);
+		if (!lost && send_list(c, list) < 0) {
+			lost = true;
+			/* The reader, in recv, learns it at once. */
+			shutdown(c->fd, SHUT_RDWR);
+		}
+		while (list) {
+			struct request *next = list->next_out;
+			n++;
+			bytes += weight(list);
+			request_free(c, list);
+			list = next;
+		}
+		pthread_mutex_lock(&c->send_lock);
+		if (lost)
+			c->lost = true;
+	}
+	c->sending = false;
+	pthread_mutex_unlock(&c->send_lock);
+	requests_done(c, n, bytes, lost);
+}
+
+/* Takes q: its reply, iov (q->data by reference, the rest copied), is
+ * sent by this worker or by the one sending already. */
+static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int n)
+{
+	size_t copy = 0;
+	uint8_t *p;
+
+	for (int i = 0; i < n; i++)
+		if (!q->data || iov[i].iov_base != q->data)
+			copy += iov[i].iov_len;
+	p = copy <= sizeof(q->small) ? q->small : (q->extra = malloc(copy));
+	for (int i = 0; i < n && p; i++) {
+		q->iov[i] = iov[i];
+		if (q->data && iov[i].iov_base == q->data)
+			continue;
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		q->iov[i].iov_base = p;
+		p += iov[i].iov_len;
+	}
+	q->niov = n;
+	q->next_out = NULL;
+	pthread_mutex_lock(&c->send_lock);
+	if (!p)
+		c->lost = true;
+	if (c->out_tail)
+		c->out_tail->next_out = q;
+	else
+		c->out = q;
+	c->out_tail = q;
+	if (c->sending) {
+		pthread_mutex_unlock(&c->send_lock);
+		return 0;
+	}
+	send_out(c);
+	return 0;
+}
+
+static int reply_simple(struct conn *c, struct request *q, uint32_t err,
 			const void *data, size_t len)
 {
 	uint8_t h[16];
@@ -669,10 +807,10 @@ static int reply_simple(struct conn *c, const struct request *q, uint32_t err,
 	put_be32(h, NBD_SIMPLE_REPLY_MAGIC);
 	put_be32(h + 4, err);
 	put_be64(h + 8, q->cookie);
-	return send_reply(c, iov, len && !err ? 2 : 1);
+	return send_reply(c, q, iov, len && !err ? 2 : 1);
 }
 
-static int reply_chunk(struct conn *c, const struct request *q, uint16_t type,
+static int reply_chunk(struct conn *c, struct request *q, uint16_t type,
 		       const void *pre, size_t prelen, const void *data, size_t len)
 {
 	uint8_t h[20];
@@ -684,10 +822,10 @@ static int reply_chunk(struct conn *c, const struct request *q, uint16_t type,
 	put_be16(h + 6, type);
 	put_be64(h + 8, q->cookie);
 	put_be32(h + 16, (uint32_t)(prelen + len));
-	return send_reply(c, iov, len ? 3 : prelen ? 2 : 1);
+	return send_reply(c, q, iov, len ? 3 : prelen ? 2 : 1);
 }
 
-static int reply_error(struct conn *c, const struct request *q, int err,
+static int reply_error(struct conn *c, struct request *q, int err,
 		       const char *msg)
 {
 	uint8_t pre[6];
@@ -700,7 +838,7 @@ static int reply_error(struct conn *c, const struct request *q, int err,
 	return reply_chunk(c, q, NBD_REPLY_TYPE_ERROR, pre, sizeof(pre), msg, n);
 }
 
-static int reply_ok(struct conn *c, const struct request *q)
+static int reply_ok(struct conn *c, struct request *q)
 {
 	return c->structured ? reply_chunk(c, q, NBD_REPLY_TYPE_NONE, NULL, 0, NULL, 0)
 			     : reply_simple(c, q, 0, NULL, 0);
@@ -711,7 +849,9 @@ static bool aligned(const struct cdisk *d, uint64_t off, uint64_t len)
 	return ((off | len) & (cdisk_block_size(d) - 1)) == 0;
 }
 
-static int do_read(struct conn *c, const struct request *q)
+/* The data leaves from the buffer it was read into: the request keeps
+ * it until its reply is sent. */
+static int do_read(struct conn *c, struct request *q)
 {
 	struct cdisk *d = c->exp->disk;
 	uint8_t *buf, pre[8];
@@ -719,23 +859,18 @@ static int do_read(struct conn *c, const struct request *q)
 
 	if (q->length > NBD_MAX_PAYLOAD)
 		return reply_error(c, q, -EINVAL, "read larger than 32 MiB");
-	buf = buf_get(c, q->length);
+	buf = q->data = buf_get(c, q->length);
 	if (!buf)
 		return reply_error(c, q, -ENOMEM, "out of memory");
 	r = aligned(d, q->offset, q->length) ? cdisk_pread(d, buf, q->length, q->offset)
 					     : cdisk_pread_unaligned(d, buf, q->length, q->offset);
-	if (r < 0) {
-		buf_put(c, buf);
+	if (r < 0)
 		return reply_error(c, q, r, cdisk_ctx_error(c->srv->ctx));
-	}
 	if (c->structured) {
 		put_be64(pre, q->offset);
-		r = reply_chunk(c, q, NBD_REPLY_TYPE_OFFSET_DATA, pre, 8, buf, q->length);
-	} else {
-		r = reply_simple(c, q, 0, buf, q->length);
+		return reply_chunk(c, q, NBD_REPLY_TYPE_OFFSET_DATA, pre, 8, buf, q->length);
 	}
-	buf_put(c, buf);
-	return r;
+	return reply_simple(c, q, 0, buf, q->length);
 }
 
 static int write_zeroes_nohole(struct cdisk *d, uint64_t off, uint32_t len)
@@ -761,7 +896,7 @@ static int do_trim(struct cdisk *d, uint64_t off, uint32_t len)
 	return end > first ? cdisk_discard(d, (size_t)(end - first), first) : 0;
 }
 
-static int do_block_status(struct conn *c, const struct request *q)
+static int do_block_status(struct conn *c, struct request *q)
 {
 	size_t max = q->flags & NBD_CMD_FLAG_REQ_ONE ? 1 : 512, n = 0;
 	struct cdisk_extent ext[512];
@@ -872,63 +1007,174 @@ static int execute(struct conn *c, struct request *q)
 	return reply_ok(c, q);
 }
 
-/* Read one request, payload included.  Returns 1 for a request, 0 when
- * the client said goodbye or the stream cannot be followed. */
-static int read_request(struct conn *c, struct request *q)
-{
-	uint8_t h[28];
+/* ---- reading requests ---- */
 
-	if (c->closing || conn_recv(c, h, sizeof(h)) < 0 ||
-	    get_be32(h) != NBD_REQUEST_MAGIC)
-		return 0;
+/* Some bytes, at least one, as many as have come (up to len). */
+static ssize_t conn_recv_some(struct conn *c, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n = c->tls ? gnutls_record_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
+		if (c->tls ? n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN
+			   : n < 0 && errno == EINTR)
+			continue;
+		return n > 0 ? n : -1;
+	}
+}
+
+/* At least want unparsed bytes in the reader's buffer. */
+static int fill(struct conn *c, size_t want)
+{
+	if (c->rpos) {
+		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+		c->rlen -= c->rpos;
+		c->rpos = 0;
+	}
+	while (c->rlen < want) {
+		ssize_t n = conn_recv_some(c, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
+		if (n < 0)
+			return -1;
+		c->rlen += (size_t)n;
+	}
+	return 0;
+}
+
+/* A write's payload: what the buffer holds, the rest straight from the
+ * socket into the request's own buffer. */
+static int take_payload(struct conn *c, uint8_t *dst, size_t len)
+{
+	size_t have = c->rlen - c->rpos;
+
+	if (have > len)
+		have = len;
+	memcpy(dst, c->rbuf + c->rpos, have);
+	c->rpos += have;
+	return have < len ? conn_recv(c, dst + have, len - have) : 0;
+}
+
+/* Parse one request, payload included.  Returns 1 for a request; 0 when
+ * !block and the buffer holds no whole header; -1 when the client said
+ * goodbye or the stream cannot be followed. */
+static int parse_request(struct conn *c, struct request *q, bool block)
+{
+	const uint8_t *h;
+
+	if (c->rlen - c->rpos < 28 && (!block || fill(c, 28) < 0))
+		return block ? -1 : 0;
+	h = c->rbuf + c->rpos;
+	if (get_be32(h) != NBD_REQUEST_MAGIC)
+		return -1;
 	q->flags = get_be16(h + 4);
 	q->type = get_be16(h + 6);
 	q->cookie = get_be64(h + 8);
 	q->offset = get_be64(h + 16);
 	q->length = get_be32(h + 24);
 	q->data = NULL;
+	q->extra = NULL;
+	c->rpos += 28;
 	if (q->type == NBD_CMD_DISC)
-		return 0;
+		return -1;
 	if (q->type == NBD_CMD_WRITE) {
 		/* A payload we will not hold: the stream is lost. */
 		if (q->length > NBD_MAX_PAYLOAD || !(q->data = buf_get(c, q->length)) ||
-		    conn_recv(c, q->data, q->length) < 0) {
+		    take_payload(c, q->data, q->length) < 0) {
 			buf_put(c, q->data);
-			return 0;
+			return -1;
 		}
 	}
 	return 1;
 }
 
-/* Leader and followers: each worker takes its turn reading the next
- * request, then carries it out and replies while another reads.  No
- * hand-off between threads, and at most WORKERS requests (and their
- * payloads) in hand per connection: a client that sends faster than the
- * disk takes, or never reads its replies, is slowed by the socket. */
-static void *worker(void *arg)
+static enum cd_req_class class_of(uint16_t type)
 {
-	struct conn *c = arg;
-	struct request q;
+	return type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS ? CD_REQ_READ
+								     : CD_REQ_WRITE;
+}
 
-	for (;;) {
-		pthread_mutex_lock(&c->recv_lock);
-		int got = read_request(c, &q);
-		if (!got && !c->closing) {
-			c->closing = true;
-			/* Wake the others blocked in recv, if the client left. */
-			shutdown(c->fd, SHUT_RD);
+/* What a request holds in memory while it waits: a write's payload, or
+ * the buffer a read will fill. */
+static size_t weight(const struct request *q)
+{
+	return q->type == NBD_CMD_WRITE || q->type == NBD_CMD_READ ? q->length : 0;
+}
+
+/* The queue's worker: carry it out and reply (which takes q). */
+static void run_request(struct cd_qitem *it)
+{
+	struct request *q = (struct request *)it;
+
+	execute(q->conn, q);
+}
+
+/* Wait until the connection may have more in the queue; how many more
+ * requests, 0 when it is closing. */
+static unsigned room(struct conn *c)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&c->lock);
+	while (!c->closing && (c->inflight >= CONN_MAX_REQUESTS ||
+			       c->inflight_bytes >= CONN_MAX_BYTES))
+		pthread_cond_wait(&c->changed, &c->lock);
+	n = c->closing ? 0 : CONN_MAX_REQUESTS - c->inflight;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+static void account(struct conn *c, struct cd_qbatch *b)
+{
+	size_t bytes = 0;
+
+	for (struct cd_qitem *it = b->head; it; it = it->next)
+		bytes += weight((struct request *)it);
+	pthread_mutex_lock(&c->lock);
+	c->inflight += b->n;
+	c->inflight_bytes += bytes;
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* The reader: every whole request the buffer holds goes to the queue in
+ * one push (one lock, few wake-ups); then it waits for more bytes.  A
+ * client that sends faster than the disk takes, or reads no replies, is
+ * held to CONN_MAX_REQUESTS in hand and slowed by the socket. */
+static void read_requests(struct conn *c, struct cd_queue *queue)
+{
+	struct cd_qbatch b = { 0 };
+	unsigned n;
+	int r = 1;
+
+	while (r >= 0 && (n = room(c)) > 0) {
+		while (b.n < n) {
+			struct request *q = malloc(sizeof(*q));
+			r = q ? parse_request(c, q, b.n == 0) : -1;
+			if (r <= 0) {
+				free(q);
+				break;
+			}
+			q->conn = c;
+			q->item.cls = class_of(q->type);
+			q->item.exp = c->exp;
+			q->item.user = c->user;
+			q->item.run = run_request;
+			cd_qbatch_add(&b, &q->item);
 		}
-		pthread_mutex_unlock(&c->recv_lock);
-		if (!got)
-			return NULL;
-		if (execute(c, &q) < 0) {
-			pthread_mutex_lock(&c->recv_lock);
-			c->closing = true;
-			pthread_mutex_unlock(&c->recv_lock);
-			shutdown(c->fd, SHUT_RDWR);
-		}
-		buf_put(c, q.data);
+		account(c, &b);
+		cd_queue_push(queue, &b);
 	}
+	pthread_mutex_lock(&c->lock);
+	c->closing = true;
+	while (c->inflight)
+		pthread_cond_wait(&c->changed, &c->lock);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void name_user(struct conn *c)
+{
+	if (c->tls && c->tls_name[0])
+		snprintf(c->user, sizeof(c->user), "tls:%s", c->tls_name);
+	else if (c->has_uid)
+		snprintf(c->user, sizeof(c->user), "uid:%u", (unsigned)c->uid);
+	else
+		snprintf(c->user, sizeof(c->user), "-");
 }
 
 static void set_timeouts(int fd, int recv_seconds, int send_seconds)
@@ -971,16 +1217,19 @@ static struct conn *conn_new(struct cdisk_server *s, int fd)
 	}
 	pthread_mutex_init(&c->send_lock, NULL);
 	pthread_mutex_init(&c->pool_lock, NULL);
-	pthread_mutex_init(&c->recv_lock, NULL);
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->changed, NULL);
 	return c;
 }
 
 static void conn_free(struct conn *c)
 {
 	pool_free(c);
+	free(c->rbuf);
 	pthread_mutex_destroy(&c->send_lock);
 	pthread_mutex_destroy(&c->pool_lock);
-	pthread_mutex_destroy(&c->recv_lock);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->changed);
 	free(c);
 }
 
@@ -994,22 +1243,35 @@ void cd_server_serve_fd(struct cdisk_server *s, int fd)
 	}
 }
 
+/* The server's queue, started with the first connection. */
+static struct cd_queue *server_queue(struct cdisk_server *s)
+{
+	struct cd_queue *q;
+
+	pthread_mutex_lock(&s->lock);
+	if (!s->queue) {
+		unsigned workers, max;
+		cd_queue_default_size(&workers, &max);
+		if (cd_queue_new(s->ctx, workers, max, &q) == 0)
+			__atomic_store_n(&s->queue, q, __ATOMIC_RELEASE);
+	}
+	q = s->queue;
+	pthread_mutex_unlock(&s->lock);
+	return q;
+}
+
 static void *connection(void *arg)
 {
 	struct conn *c = arg;
-	int workers = 0;
+	struct cd_queue *queue = server_queue(c->srv);
 
 	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
-	if (handshake(c) == 1) {
+	if (queue && handshake(c) == 1 && (c->rbuf = malloc(RBUF_SIZE))) {
 		__atomic_add_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
 		/* An idle client may stay as long as it likes. */
 		set_timeouts(c->fd, 0, SEND_TIMEOUT);
-		for (; workers < WORKERS - 1; workers++)
-			if (pthread_create(&c->workers[workers], NULL, worker, c) != 0)
-				break;
-		worker(c);
-		for (int i = 0; i < workers; i++)
-			pthread_join(c->workers[i], NULL);
+		name_user(c);
+		read_requests(c, queue);
 		__atomic_sub_fetch(&c->exp->connections, 1, __ATOMIC_RELAXED);
 	}
 	pthread_mutex_lock(&c->srv->lock);
@@ -1311,6 +1573,9 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		if (poll(p, n, 1000) < 0 && errno != EINTR)
 			break;
 		reap_connections(s, false);
+		struct cd_queue *queue = __atomic_load_n(&s->queue, __ATOMIC_ACQUIRE);
+		if (queue)
+			cd_queue_tick(queue);
 		if (p[0].revents)
 			break;
 		if (first_listener > 1 && p[1].revents & POLLIN)
@@ -1326,6 +1591,8 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			shutdown(c->fd, SHUT_RD);
 	pthread_mutex_unlock(&s->lock);
 	reap_connections(s, true);
+	cd_queue_free(s->queue);
+	s->queue = NULL;
 	cd_control_stop_policy(s);
 	cd_control_wait_idle(s);
 	cd_control_stop_syncs(s);
@@ -1356,6 +1623,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	if (!s)
 		return;
 	reap_connections(s, true);
+	cd_queue_free(s->queue);
 	for (size_t i = 0; i < s->nlisten; i++) {
 		close(s->listen[i].fd);
 		if (s->listen[i].unix_path)

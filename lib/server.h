@@ -50,6 +50,7 @@ struct cd_listener {
 struct conn;
 
 struct cd_tls;
+struct cd_queue;
 
 struct cdisk_server {
 	struct cdisk_ctx *ctx;
@@ -63,6 +64,7 @@ struct cdisk_server {
 	int control_fd;
 	char *control_path;
 	struct conn *conns;
+	struct cd_queue *queue;    /* every connection's requests (lock) */
 	/* cdisk_server_set_sync_policy: a push of every export this often */
 	uint64_t policy_every_ms, policy_next_ms;
 	struct cdisk_sync_opts policy;

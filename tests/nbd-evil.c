@@ -3,9 +3,18 @@
  * hang.  Not installed.
  *
  *   nbd-evil SOCKET CASE [EXPORT]
+ *   nbd-evil SOCKET many EXPORT N
+ *   nbd-evil SOCKET flush-steps EXPORT FIRST
  *
  * Prints one line saying what the server did; exits 0 when the server
- * did what the protocol asks for, 1 otherwise. */
+ * did what the protocol asks for, 1 otherwise.  "many" is no attack but
+ * a crowd: N connections open at once, each with its own block written,
+ * flushed and read back, all in flight together; then "ready" and the
+ * connections stay open until standard input ends.  "flush-steps" writes
+ * for the crash tests: step i (FIRST, FIRST + 4, ...) writes four 64 KiB
+ * blocks of byte i % 250 + 1 at once, at (i % 64) * 256 KiB on one
+ * connection, flushes on another once they are answered, and prints i
+ * when the flush is; until the server goes away. */
 #include <errno.h>
 #include <poll.h>
 #include <stdbool.h>
@@ -178,6 +187,97 @@ static int expect_error(const char *what, uint16_t type, uint64_t off, uint32_t 
 	return e == want ? pass(msg) : fail(msg);
 }
 
+/* The crowd's steps, each sent on every connection before any reply is
+ * read, so that all of them are in the server at once. */
+static int crowd_step(const int *fds, int n, uint16_t type, uint64_t cookie)
+{
+	uint8_t data[4096], h[16];
+
+	for (int i = 0; i < n; i++) {
+		fd = fds[i];
+		send_request(type, 0, cookie, type == NBD_CMD_FLUSH ? 0 : (uint64_t)i * 4096,
+			     type == NBD_CMD_FLUSH ? 0 : 4096);
+		if (type == NBD_CMD_WRITE) {
+			memset(data, i % 251 + 1, sizeof(data));
+			send_all(data, sizeof(data));
+		}
+	}
+	for (int i = 0; i < n; i++) {
+		fd = fds[i];
+		if (recv_all(h, 16) < 0 || get_be32(h) != NBD_SIMPLE_REPLY_MAGIC ||
+		    get_be64(h + 8) != cookie || get_be32(h + 4) != 0)
+			return -1;
+		if (type == NBD_CMD_READ &&
+		    (recv_all(data, sizeof(data)) < 0 || data[0] != i % 251 + 1 ||
+		     memcmp(data, data + 1, sizeof(data) - 1)))
+			return -1;
+	}
+	return 0;
+}
+
+static int crowd(const char *path, const char *export, int n)
+{
+	int *fds = calloc((size_t)n, sizeof(*fds));
+	char msg[160], b;
+
+	for (int i = 0; i < n; i++) {
+		connect_to(path);
+		fds[i] = fd;
+		if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+			return fail("a connection of the crowd was refused");
+	}
+	if (crowd_step(fds, n, NBD_CMD_WRITE, 1) < 0 || crowd_step(fds, n, NBD_CMD_FLUSH, 2) < 0 ||
+	    crowd_step(fds, n, NBD_CMD_READ, 3) < 0)
+		return fail("a write, flush or read of the crowd failed");
+	printf("ready\n");
+	fflush(stdout);
+	while (read(0, &b, 1) > 0)
+		;
+	for (int i = 0; i < n; i++) {
+		fd = fds[i];
+		send_request(NBD_CMD_DISC, 0, 4, 0, 0);
+		close(fd);
+	}
+	free(fds);
+	snprintf(msg, sizeof(msg), "%d connections wrote, flushed and read back their blocks", n);
+	return pass(msg);
+}
+
+static int flush_steps(const char *path, const char *export, int first)
+{
+	static uint8_t data[65536];
+	uint8_t h[16];
+	int a, b;
+
+	connect_to(path);
+	if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+		return fail("refused");
+	a = fd;
+	connect_to(path);
+	if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+		return fail("refused");
+	b = fd;
+	for (int i = first;; i += 4) {
+		uint64_t area = (uint64_t)(i % 64) * 256 * 1024;
+		memset(data, i % 250 + 1, sizeof(data));
+		fd = a;
+		for (int k = 0; k < 4; k++) {
+			send_request(NBD_CMD_WRITE, 0, (uint64_t)k, area + (uint64_t)k * 65536,
+				     sizeof(data));
+			send_all(data, sizeof(data));
+		}
+		for (int k = 0; k < 4; k++)
+			if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0)
+				return 0;
+		fd = b;
+		send_request(NBD_CMD_FLUSH, 0, 9, 0, 0);
+		if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0)
+			return 0;
+		printf("%d\n", i);
+		fflush(stdout);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	const char *export = argc > 3 ? argv[3] : "";
@@ -188,6 +288,10 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	c = argv[2];
+	if (!strcmp(c, "many") && argc > 4)
+		return crowd(argv[1], export, atoi(argv[4]));
+	if (!strcmp(c, "flush-steps") && argc > 4)
+		return flush_steps(argv[1], export, atoi(argv[4]));
 	connect_to(argv[1]);
 
 	if (!strcmp(c, "bad-client-flags")) {

@@ -1,0 +1,123 @@
+#!/usr/bin/env bats
+# cdisk-serve's request queue: one reader per connection, one pool of
+# workers for the whole server; flushes cover what was acknowledged
+# before them, whichever worker ran what, and on whichever connection.
+bats_require_minimum_version 1.8.0
+
+setup() {
+	load helpers
+	_cdisk_setup
+}
+
+teardown() {
+	[ -n "${CROWD:-}" ] && kill -9 "$CROWD" 2>/dev/null
+	stop_serve KILL || true
+}
+
+threads() { ls "/proc/$SERVE_PID/task" | wc -l; }
+
+# The most workers the pool may have on this machine (lib/queue.c: four
+# per core, 8 to 64, and up to eight times that when all are stuck).
+max_workers() {
+	local w=$(($(nproc) * 4))
+	[ "$w" -ge 8 ] || w=8
+	[ "$w" -le 64 ] || w=64
+	w=$((w * 8))
+	[ "$w" -le 256 ] || w=256
+	echo "$w"
+}
+
+@test "500 connections at once: one thread each and one pool, not workers per connection" {
+	local n=500 ctl t bound
+	run_cdisk 0 cdisk-create --size 16M d.cdisk
+	start_serve d.cdisk
+	ctl=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
+	mkfifo hold
+	# Every connection writes its block, flushes and reads it back, all
+	# in flight together; then they stay open until hold is closed.
+	timeout 120 nbd-evil "$SERVE_SOCK" many d "$n" <hold >crowd.out 2>&1 3>&- &
+	CROWD=$!
+	exec 4>hold
+	for _ in $(seq 1200); do
+		grep -q '^ready' crowd.out && break
+		kill -0 "$CROWD" 2>/dev/null || break
+		sleep 0.05
+	done
+	grep -q '^ready' crowd.out || fail "the crowd did not get through: $(cat crowd.out)"
+	run_cdisk 0 socat - "UNIX-CONNECT:$ctl" <<<'{"command":"status"}'
+	assert_equal "$(json_get '.exports[0].connections')" "$n"
+	t=$(threads)
+	bound=$((n + $(max_workers) + 8))
+	echo "$t threads for $n connections (bound $bound)"
+	[ "$t" -le "$bound" ] || fail "$t threads for $n connections (bound $bound)"
+	exec 4>&-
+	wait "$CROWD" || fail "the crowd failed: $(cat crowd.out)"
+	CROWD=
+	assert_equal "$(tail -n 1 crowd.out)" "ok: $n connections wrote, flushed and read back their blocks"
+	# Their readers are gone; the pool stays what it was.
+	for _ in $(seq 200); do
+		[ "$(threads)" -le $(($(max_workers) + 8)) ] && break
+		sleep 0.05
+	done
+	t=$(threads)
+	[ "$t" -le $(($(max_workers) + 8)) ] || fail "$t threads left after the crowd"
+	# Each block is the one its connection wrote.
+	run_cdisk 0 nbdcopy "$NBD" disk.img
+	for i in 0 1 250 499; do
+		head -c 4096 /dev/zero | tr '\0' "\\$(printf '%03o' $((i % 251 + 1)))" >want.img
+		cmp -n 4096 disk.img want.img $((i * 4096)) 0 || fail "block $i is not what it wrote"
+	done
+}
+
+@test "fio: a random mix of sizes, reads and writes with fsync points, verified, on four connections" {
+	run_cdisk 0 cdisk-create --size 256M d.cdisk
+	start_serve d.cdisk
+	CDISK_TIMEOUT=300 run_cdisk 0 fio --name=mix --ioengine=nbd --uri="$NBD" \
+		--rw=randrw --rwmixread=30 --bsrange=4k-256k --iodepth=32 --numjobs=4 \
+		--size=24M --offset_increment=64M --fsync=8 --verify=crc32c \
+		--verify_fatal=1 --do_verify=1 --group_reporting
+	refute_output --partial "verify: bad"
+	assert_output --regexp "err= *0"
+}
+
+@test "kill -9 under load: every write acknowledged before a flush, on any connection, reads back" {
+	run_cdisk 0 cdisk-create --size 64M d.cdisk
+	start_serve d.cdisk
+	# Four writers at once, each on its own steps and blocks: step i
+	# writes four 64 KiB blocks at once on one connection and, once they
+	# are answered, flushes on another; i is logged when the flush is.
+	for w in 0 1 2 3; do
+		timeout 60 nbd-evil "$SERVE_SOCK" flush-steps d "$w" >"flushed.$w" 2>"writer.$w" 3>&- &
+	done
+	# Every writer under way, then a second more of it.
+	for _ in $(seq 600); do
+		[ -s flushed.0 ] && [ -s flushed.1 ] && [ -s flushed.2 ] && [ -s flushed.3 ] && break
+		sleep 0.05
+	done
+	sleep 1
+	stop_serve KILL || true
+	wait
+	cat writer.*
+	grep -hx '[0-9]*' flushed.* >flushed.log || true
+	[ -s flushed.log ] || fail "nothing was flushed before the kill"
+	# The last flushed step of each 256 KiB area (step i % 64).
+	declare -A last
+	while read -r i; do
+		area=$((i % 64))
+		[ "${last[$area]:--1}" -ge "$i" ] || last[$area]=$i
+	done <flushed.log
+	start_serve d.cdisk
+	run_cdisk 0 nbdcopy "$NBD" disk.img
+	for area in "${!last[@]}"; do
+		p=$((last[$area] % 250 + 1))
+		# The writer's next step on this area, unflushed, may have
+		# landed too: whole 64 KiB blocks of it.
+		next=$(((last[$area] + 64) % 250 + 1))
+		for k in 0 1 2 3; do
+			off=$(( (area * 256 + k * 64) * 1024 ))
+			got=$(od -v -An -tu1 -j "$off" -N 65536 disk.img | tr -s ' \n' '\n' | sort -u | grep . | tr '\n' ' ')
+			[ "$got" = "$p " ] || [ "$got" = "$next " ] ||
+				fail "area $area block $k: flushed step ${last[$area]} (byte $p) reads as '$got'"
+		done
+	done
+}
