@@ -2,8 +2,10 @@
  *
  * Wake-ups are what a small request costs most, so: a push wakes at most
  * one idle worker per two requests, and never one already woken and not
- * yet running; a worker takes its share of what waits (up to
- * TAKE_MAX) in one go, under one lock.
+ * yet running; a worker that finishes a request takes the next without
+ * sleeping.  It takes one at a time: any request can block for a base's
+ * timeout (a read of a base that hangs), and requests taken along with it
+ * would wait that long too, out of the other workers' reach.
  *
  * A worker can be stuck for long: in a read of a base that hangs, or
  * sending to a client that reads no replies.  When nothing has been
@@ -16,7 +18,6 @@
 
 #include "queue.h"
 
-#define TAKE_MAX 8
 #define STALL_MS 300
 #define EXTRA_IDLE_S 10
 
@@ -182,23 +183,16 @@ static bool wait_for_work(struct cd_queue *q)
 	return true;
 }
 
-/* Under q->lock: this worker's share of what waits. */
+/* Under q->lock: the request that waited longest. */
 static struct cd_qitem *take(struct cd_queue *q)
 {
-	unsigned n = (q->len + q->woken) / (q->woken + 1), i;
-	struct cd_qitem *first = q->head, *last = first;
+	struct cd_qitem *first = q->head;
 
-	if (n > TAKE_MAX)
-		n = TAKE_MAX;
-	if (n < 1)
-		n = 1;
-	for (i = 1; i < n; i++)
-		last = last->next;
-	q->head = last->next;
+	q->head = first->next;
 	if (!q->head)
 		q->tail = NULL;
-	last->next = NULL;
-	q->len -= n;
+	first->next = NULL;
+	q->len--;
 	q->moved_ms = cd_now_ms();
 	return first;
 }
@@ -210,17 +204,13 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&q->lock);
 	while (wait_for_work(q)) {
 		struct cd_qitem *it = take(q);
-		/* More waits than this worker took and nobody is coming. */
+		/* More waits and nobody is coming. */
 		if (q->len && q->idle > q->woken) {
 			q->woken++;
 			pthread_cond_signal(&q->work);
 		}
 		pthread_mutex_unlock(&q->lock);
-		while (it) {
-			struct cd_qitem *next = it->next;
-			it->run(it);
-			it = next;
-		}
+		it->run(it);
 		pthread_mutex_lock(&q->lock);
 		q->moved_ms = cd_now_ms();
 	}
