@@ -187,8 +187,9 @@ const char *cd_scheme_name(enum cd_scheme scheme);
  * Every call is blocking and may come from many threads at once; that is
  * how callers keep many requests in flight.  A kind whose connection
  * carries one request at a time (iSCSI, NBD, HTTP, S3) gives connect and
- * disconnect, and target.c keeps a pool of such sessions, grown on demand
- * up to [target] connections.  The others (file, rbd) are shared as is. */
+ * disconnect, and dev-pool.c keeps a pool of such sessions, grown on demand
+ * up to [target] connections.  The others (file, rbd) are shared as is.
+ * The kinds are the leaves of a stack of device layers (dev.h). */
 
 struct cd_target;
 
@@ -233,16 +234,7 @@ struct cd_target_ops {
 	void (*close)(struct cd_target *t);
 };
 
-struct cd_session_pool {
-	pthread_mutex_t lock;
-	pthread_cond_t cond;
-	void **idle;
-	unsigned nidle;
-	unsigned nsessions;   /* idle + lent + being connected */
-	unsigned max;
-	bool flushing;        /* a flush waits for every session */
-};
-
+/* Locks for a kind's own read-modify-write (s3's chunks). */
 #define CD_RMW_STRIPES 64
 
 struct cd_target {
@@ -268,9 +260,15 @@ struct cd_target {
 	bool flush_every_session;  /* flush only covers its own connection */
 	uint32_t retry_after;      /* seconds a busy server last asked for; 0: none */
 	uint64_t resent;           /* requests sent again after a cut or timeout */
-	struct cd_session_pool pool;
 	pthread_mutex_t rmw_lock[CD_RMW_STRIPES];
 	void *priv;
+	/* The face of a stack of device layers (dev.h), shared by the opens
+	 * of one URI (target.c says which). */
+	struct cd_dev *top;
+	uint32_t connections;
+	unsigned refs;             /* under target.c's lock */
+	bool shared, shared_readonly;
+	struct cd_target *next_shared;
 };
 
 /* Kinds and their names; false when this build lacks one. */
@@ -361,6 +359,8 @@ int cd_target_create(struct cdisk_ctx *ctx, const char *uri, uint64_t size);
 /* For the kinds: whether an error is a broken connection or a timeout,
  * after which the session is dropped and a safe request is retried. */
 bool cd_target_error_transient(int err);
+/* For a kind's open: its first session, kept for the first request. */
+void cd_target_keep_session(struct cd_target *t, void *session);
 /* Milliseconds left until deadline (CLOCK_MONOTONIC ms), at least 0. */
 uint64_t cd_now_ms(void);
 uint64_t cd_now_us(void);   /* the same clock, in microseconds */

@@ -371,8 +371,7 @@ static int http_open(struct cd_target *t, const struct cd_uri *u)
 	/* An object behind a URL is a base: nothing here ever writes it. */
 	t->readonly = true;
 	t->max_request = 64u << 20;
-	t->pool.idle[t->pool.nidle++] = c;
-	t->pool.nsessions = 1;
+	cd_target_keep_session(t, c);
 	return 0;
 }
 

@@ -638,8 +638,7 @@ static int iscsi_open(struct cd_target *t, const struct cd_uri *u)
 	t->can_flush = true;
 	t->can_zero = true;
 	read_limits(t, iscsi);
-	t->pool.idle[t->pool.nidle++] = iscsi;
-	t->pool.nsessions = 1;
+	cd_target_keep_session(t, iscsi);
 	return 0;
 fail:
 	free(p);

@@ -130,8 +130,7 @@ static int nbd_open(struct cd_target *t, const struct cd_uri *uri)
 	if (nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM) > 1)
 		t->align = (uint32_t)nbd_get_block_size(h, LIBNBD_SIZE_MINIMUM);
 	/* The first session goes into the pool for the first request. */
-	t->pool.idle[t->pool.nidle++] = h;
-	t->pool.nsessions = 1;
+	cd_target_keep_session(t, h);
 	return 0;
 }
 

@@ -458,8 +458,7 @@ static int s3_open(struct cd_target *t, const struct cd_uri *u)
 	}
 	t->can_zero = true;
 	t->can_trim = true;
-	t->pool.idle[t->pool.nidle++] = c;
-	t->pool.nsessions = 1;
+	cd_target_keep_session(t, c);
 	return 0;
 }
 

@@ -1,13 +1,15 @@
-/* Targets: every block store sits behind the same few calls.  What does
- * not depend on the kind lives here, once: range and read-only checks,
- * the session pool, retries with backoff, splitting of large requests,
- * and read-modify-write for requests that do not fill whole sectors. */
+/* Targets: every block store sits behind the same few calls, the face of
+ * a stack of device layers (dev.h): the kind at the bottom under its
+ * session pool, then retries, splitting and sector read-modify-write.
+ * The face checks range and read-only, stands in for what the kind
+ * cannot do (zeroes, discards, scattered writes), and shares one stack
+ * among the opens of one URI in the process. */
 #include <fcntl.h>
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "dev.h"
 
 static const struct cd_target_ops *ops_for(enum cd_scheme scheme)
 {
@@ -68,276 +70,7 @@ bool cd_target_error_transient(int err)
 	}
 }
 
-/* ---- the session pool ---- */
-
-static int pool_init(struct cd_target *t, unsigned max)
-{
-	struct cd_session_pool *p = &t->pool;
-
-	p->max = max ? max : 1;
-	p->idle = calloc(p->max, sizeof(*p->idle));
-	if (!p->idle)
-		return cd_error(t->ctx, -ENOMEM, "cannot open '%s': out of memory", t->uri);
-	pthread_mutex_init(&p->lock, NULL);
-	pthread_cond_init(&p->cond, NULL);
-	return 0;
-}
-
-/* A session to use, connecting a new one when every existing one is busy
- * and the pool has room.  Kinds without sessions get NULL. */
-static int pool_get(struct cd_target *t, void **out)
-{
-	struct cd_session_pool *p = &t->pool;
-	int r;
-
-	*out = NULL;
-	if (!t->ops->connect)
-		return 0;
-	pthread_mutex_lock(&p->lock);
-	for (;;) {
-		if (!p->flushing && p->nidle) {
-			*out = p->idle[--p->nidle];
-			pthread_mutex_unlock(&p->lock);
-			return 0;
-		}
-		if (!p->flushing && p->nsessions < p->max)
-			break;
-		pthread_cond_wait(&p->cond, &p->lock);
-	}
-	p->nsessions++;
-	pthread_mutex_unlock(&p->lock);
-
-	r = t->ops->connect(t, out);
-	if (r < 0) {
-		pthread_mutex_lock(&p->lock);
-		p->nsessions--;
-		pthread_cond_broadcast(&p->cond);
-		pthread_mutex_unlock(&p->lock);
-	}
-	return r;
-}
-
-static void pool_put(struct cd_target *t, void *s, int result)
-{
-	struct cd_session_pool *p = &t->pool;
-
-	if (!t->ops->connect)
-		return;
-	/* After a timeout or a broken connection the session's state is
-	 * unknown: a late reply must never be taken for a new request's. */
-	if (cd_target_error_transient(result))
-		t->ops->disconnect(t, s);
-	pthread_mutex_lock(&p->lock);
-	if (cd_target_error_transient(result))
-		p->nsessions--;
-	else
-		p->idle[p->nidle++] = s;
-	pthread_cond_broadcast(&p->cond);
-	pthread_mutex_unlock(&p->lock);
-}
-
-static void pool_destroy(struct cd_target *t)
-{
-	struct cd_session_pool *p = &t->pool;
-
-	if (!p->idle)
-		return;
-	while (p->nidle)
-		t->ops->disconnect(t, p->idle[--p->nidle]);
-	free(p->idle);
-	pthread_mutex_destroy(&p->lock);
-	pthread_cond_destroy(&p->cond);
-}
-
-/* ---- one request, with retries ---- */
-
-enum op { OP_READ, OP_WRITE, OP_FLUSH, OP_ZERO, OP_TRIM, OP_PIECES };
-
-struct request {
-	enum op op;
-	union {
-		void *buf;
-		const struct cd_piece *pieces;   /* OP_PIECES */
-	};
-	size_t len;              /* OP_PIECES: how many */
-	uint64_t off;
-};
-
-static int call(struct cd_target *t, void *s, const struct request *q)
-{
-	switch (q->op) {
-	case OP_READ:
-		return t->ops->pread(t, s, q->buf, q->len, q->off);
-	case OP_WRITE:
-		return t->ops->pwrite(t, s, q->buf, q->len, q->off);
-	case OP_FLUSH:
-		return t->ops->flush(t, s);
-	case OP_ZERO:
-		return t->ops->zero(t, s, q->len, q->off);
-	case OP_TRIM:
-		return t->ops->trim(t, s, q->len, q->off);
-	case OP_PIECES:
-		return t->ops->pwrite_pieces(t, s, q->pieces, q->len);
-	}
-	return -EINVAL;
-}
-
-static void backoff(unsigned attempt)
-{
-	unsigned ms = 100u << (attempt < 5 ? attempt : 5);
-
-	usleep(ms * 1000);
-}
-
-/* Reads and flushes change nothing, so they are sent again after a
- * broken connection or a timeout.  A write whose fate is unknown is not:
- * an old copy arriving late could overwrite newer data.  Every request is
- * retried when it never left because no session could be made. */
-static int run(struct cd_target *t, const struct request *q)
-{
-	bool resend = q->op == OP_READ || q->op == OP_FLUSH;
-	unsigned attempt = 0;
-	void *s;
-	int r;
-
-	for (;;) {
-		r = pool_get(t, &s);
-		if (r == 0) {
-			r = call(t, s, q);
-			pool_put(t, s, r);
-			if (r == 0 || !resend)
-				return r;
-		}
-		if (!cd_target_error_transient(r) || attempt >= t->retries)
-			return r;
-		cd_log(t->ctx, CDISK_LOG_INFO, "'%s': %s; trying again", t->uri,
-		       cd_errbuf());
-		backoff(attempt++);
-		__atomic_add_fetch(&t->resent, 1, __ATOMIC_RELAXED);
-	}
-}
-
-/* Large requests go in pieces the target accepts. */
-static int run_split(struct cd_target *t, struct request q)
-{
-	size_t max = t->max_request ? t->max_request : q.len;
-
-	while (q.len) {
-		struct request piece = q;
-		int r;
-
-		piece.len = q.len < max ? q.len : max;
-		r = run(t, &piece);
-		if (r < 0)
-			return r;
-		if (q.buf)
-			q.buf = (uint8_t *)q.buf + piece.len;
-		q.off += piece.len;
-		q.len -= piece.len;
-	}
-	return 0;
-}
-
-/* ---- sector alignment ---- */
-
-static pthread_mutex_t *rmw_lock_for(struct cd_target *t, uint64_t off)
-{
-	return &t->rmw_lock[(off / t->align) % CD_RMW_STRIPES];
-}
-
-/* Change part of one sector: read it, patch it, write it back, under the
- * sector's lock so that two patches of one sector cannot undo each other. */
-static int patch_sector(struct cd_target *t, const void *data, size_t len,
-			uint64_t off)
-{
-	uint64_t start = off - off % t->align;
-	pthread_mutex_t *lock = rmw_lock_for(t, start);
-	uint8_t *sector = malloc(t->align);
-	struct request q = { .op = OP_READ, .buf = sector, .len = t->align, .off = start };
-	int r;
-
-	if (!sector)
-		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
-	pthread_mutex_lock(lock);
-	r = run(t, &q);
-	if (r == 0) {
-		if (data)
-			memcpy(sector + (off - start), data, len);
-		else
-			memset(sector + (off - start), 0, len);
-		q.op = OP_WRITE;
-		r = run(t, &q);
-	}
-	pthread_mutex_unlock(lock);
-	free(sector);
-	return r;
-}
-
-static int read_unaligned(struct cd_target *t, uint8_t *buf, size_t len,
-			  uint64_t off)
-{
-	uint8_t *sector = malloc(t->align);
-	int r = 0;
-
-	if (!sector)
-		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
-	while (len && r == 0) {
-		uint64_t start = off - off % t->align;
-		size_t skip = (size_t)(off - start);
-		size_t n = t->align - skip < len ? t->align - skip : len;
-		struct request q = { .op = OP_READ, .buf = sector, .len = t->align,
-				     .off = start };
-
-		if (skip == 0 && len >= t->align) {
-			q.buf = buf;
-			q.len = len - len % t->align;
-			n = q.len;
-			r = run_split(t, q);
-		} else {
-			r = run(t, &q);
-			if (r == 0)
-				memcpy(buf, sector + skip, n);
-		}
-		buf += n;
-		off += n;
-		len -= n;
-	}
-	free(sector);
-	return r;
-}
-
-/* Writes and zeroes: patched head and tail, whole sectors between. */
-static int change_unaligned(struct cd_target *t, struct request q)
-{
-	while (q.len) {
-		uint64_t skip = q.off % t->align;
-		size_t n;
-		int r;
-
-		if (skip || q.len < t->align) {
-			n = t->align - skip < q.len ? (size_t)(t->align - skip) : q.len;
-			r = patch_sector(t, q.buf, n, q.off);
-		} else {
-			struct request whole = q;
-			whole.len = n = q.len - q.len % t->align;
-			r = run_split(t, whole);
-		}
-		if (r < 0)
-			return r;
-		if (q.buf)
-			q.buf = (uint8_t *)q.buf + n;
-		q.off += n;
-		q.len -= n;
-	}
-	return 0;
-}
-
-static bool aligned(const struct cd_target *t, size_t len, uint64_t off)
-{
-	return t->align <= 1 || (len % t->align == 0 && off % t->align == 0);
-}
-
-/* ---- the calls ---- */
+/* ---- opening a stack ---- */
 
 static void tuning_from_config(const struct cdisk_ctx *ctx, struct cd_target_tuning *tn)
 {
@@ -346,9 +79,48 @@ static void tuning_from_config(const struct cdisk_ctx *ctx, struct cd_target_tun
 	tn->connections = ctx->cfg.connections;
 }
 
-static int open_tuned(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
+/* leaf kind -> pool -> retry -> split -> rmw: the order is docs/DESIGN.md's
+ * "Device layers". */
+static int build(struct cd_target *t, const struct cd_uri *u,
+		 const struct cd_target_tuning *tn, const struct cd_dev_hooks *h)
+{
+	struct cd_dev *top;
+	int r = cd_dev_pool_open(t, u, tn->connections, &top);
+
+	if (r < 0)
+		return r;
+#define PUSH(expr) do { \
+		struct cd_dev *n_ = (expr); \
+		if (!n_) { \
+			cd_dev_close_stack(top); \
+			return -ENOMEM; \
+		} \
+		top = n_; \
+	} while (0)
+	if (h && h->under_retry)
+		PUSH(h->under_retry(top, h->arg));
+	PUSH(cd_dev_retry_new(top, tn->retries));
+	if (h && h->under_split)
+		PUSH(h->under_split(top, h->arg));
+	PUSH(cd_dev_split_new(top));
+	PUSH(cd_dev_rmw_new(top));
+#undef PUSH
+	t->top = top;
+	return 0;
+}
+
+static void free_face(struct cd_target *t)
+{
+	for (unsigned i = 0; i < CD_RMW_STRIPES; i++)
+		pthread_mutex_destroy(&t->rmw_lock[i]);
+	free(t->uri);
+	free(t);
+}
+
+static int open_stack(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 		      const struct cd_target_ops *ops, bool readonly,
-		      const struct cd_target_tuning *tn, struct cd_target **out)
+		      const struct cd_target_tuning *tn, const struct cd_dev_hooks *h,
+		      struct cd_target **out)
 {
 	struct cd_target *t = calloc(1, sizeof(*t));
 	int r;
@@ -363,11 +135,11 @@ static int open_tuned(struct cdisk_ctx *ctx, const char *uri, const struct cd_ur
 	t->align = 1;
 	t->timeout_ms = tn->timeout_s * 1000;
 	t->retries = tn->retries;
+	t->connections = tn->connections;
+	t->refs = 1;
 	for (unsigned i = 0; i < CD_RMW_STRIPES; i++)
 		pthread_mutex_init(&t->rmw_lock[i], NULL);
-	r = pool_init(t, tn->connections);
-	if (r == 0)
-		r = t->ops->open(t, u);
+	r = build(t, u, tn, h);
 	/* A target that gave no answer within the deadline before it was
 	 * even open is unreachable (exit 3), as one that refused is; a
 	 * timeout stays "try later" only for a request to an open target,
@@ -375,17 +147,95 @@ static int open_tuned(struct cdisk_ctx *ctx, const char *uri, const struct cd_ur
 	if (r == -ETIMEDOUT)
 		r = -EHOSTUNREACH;
 	if (r < 0) {
-		pool_destroy(t);
-		for (unsigned i = 0; i < CD_RMW_STRIPES; i++)
-			pthread_mutex_destroy(&t->rmw_lock[i]);
-		free(t->uri);
-		free(t);
+		free_face(t);
 		return r;
 	}
 	if (readonly)
 		t->readonly = true;
 	*out = t;
 	return 0;
+}
+
+/* ---- one stack per URI in the process ----
+ * Opens of one URI share one stack, so disks over one base share its
+ * sessions: the key is everything that makes a stack behave differently
+ * (the context, whose log and configuration it uses; the kind; the URI;
+ * read-only, since a read-only open must never get a writable stack nor
+ * a writer one that refuses; and the tuning).  A probe's stack is never
+ * shared (cd_target_open_tuned): it counts its own lost pings and its
+ * sessions must not queue behind other requests.  Nor are stacks with
+ * test layers in them.  Counters (resent, retry_after) and learnt
+ * capabilities (can_zero, can_trim) are the stack's, seen by every
+ * opener of it. */
+
+static pthread_mutex_t shared_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct cd_target *shared_list;
+
+static struct cd_target *find_shared(struct cdisk_ctx *ctx, const char *uri,
+				     const struct cd_target_ops *ops, bool readonly,
+				     const struct cd_target_tuning *tn)
+{
+	for (struct cd_target *t = shared_list; t; t = t->next_shared)
+		if (t->ctx == ctx && t->ops == ops && t->shared_readonly == readonly &&
+		    t->timeout_ms == tn->timeout_s * 1000 && t->retries == tn->retries &&
+		    t->connections == tn->connections && strcmp(t->uri, uri) == 0) {
+			t->refs++;
+			return t;
+		}
+	return NULL;
+}
+
+/* The open crosses the network, so no lock is held across it: two first
+ * opens may race, and the later one closes its own and takes the other. */
+static int open_shared(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
+		       const struct cd_target_ops *ops, bool readonly,
+		       const struct cd_target_tuning *tn, struct cd_target **out)
+{
+	struct cd_target *t, *mine;
+	int r;
+
+	pthread_mutex_lock(&shared_lock);
+	t = find_shared(ctx, uri, ops, readonly, tn);
+	pthread_mutex_unlock(&shared_lock);
+	if (t) {
+		*out = t;
+		return 0;
+	}
+	r = open_stack(ctx, uri, u, ops, readonly, tn, NULL, &mine);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&shared_lock);
+	t = find_shared(ctx, uri, ops, readonly, tn);
+	if (!t) {
+		mine->shared = true;
+		mine->shared_readonly = readonly;
+		mine->next_shared = shared_list;
+		shared_list = t = mine;
+		mine = NULL;
+	}
+	pthread_mutex_unlock(&shared_lock);
+	if (mine)
+		cd_target_close(mine);
+	*out = t;
+	return 0;
+}
+
+/* Whether this close was the last of a shared stack's. */
+static bool last_close(struct cd_target *t)
+{
+	bool last;
+
+	pthread_mutex_lock(&shared_lock);
+	last = --t->refs == 0;
+	if (last) {
+		struct cd_target **p = &shared_list;
+
+		while (*p != t)
+			p = &(*p)->next_shared;
+		*p = t->next_shared;
+	}
+	pthread_mutex_unlock(&shared_lock);
+	return last;
 }
 
 int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
@@ -395,11 +245,23 @@ int cd_target_open_with(struct cdisk_ctx *ctx, const char *uri,
 	struct cd_target_tuning tn;
 
 	tuning_from_config(ctx, &tn);
-	return open_tuned(ctx, uri, u, ops, readonly, &tn, out);
+	return open_shared(ctx, uri, u, ops, readonly, &tn, out);
 }
 
-int cd_target_open_tuned(struct cdisk_ctx *ctx, const char *uri, bool readonly,
-			 const struct cd_target_tuning *tn, struct cd_target **out)
+int cd_target_open_hooked(struct cdisk_ctx *ctx, const char *uri,
+			  const struct cd_uri *u, const struct cd_target_ops *ops,
+			  bool readonly, const struct cd_dev_hooks *hooks,
+			  struct cd_target **out)
+{
+	struct cd_target_tuning tn;
+
+	tuning_from_config(ctx, &tn);
+	return open_stack(ctx, uri, u, ops, readonly, &tn, hooks, out);
+}
+
+static int open_uri(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+		    const struct cd_target_tuning *tn, bool shared,
+		    struct cd_target **out)
 {
 	struct cd_uri u;
 	int r = cd_uri_parse(ctx, uri, &u);
@@ -410,10 +272,18 @@ int cd_target_open_tuned(struct cdisk_ctx *ctx, const char *uri, bool readonly,
 		r = cd_error(ctx, -ENOTSUP, "cannot open '%s': %s targets are not "
 			     "supported by this build of cdisk", uri,
 			     cd_scheme_name(u.scheme));
+	else if (shared)
+		r = open_shared(ctx, uri, &u, ops_for(u.scheme), readonly, tn, out);
 	else
-		r = open_tuned(ctx, uri, &u, ops_for(u.scheme), readonly, tn, out);
+		r = open_stack(ctx, uri, &u, ops_for(u.scheme), readonly, tn, NULL, out);
 	cd_uri_clear(&u);
 	return r;
+}
+
+int cd_target_open_tuned(struct cdisk_ctx *ctx, const char *uri, bool readonly,
+			 const struct cd_target_tuning *tn, struct cd_target **out)
+{
+	return open_uri(ctx, uri, readonly, tn, false, out);
 }
 
 int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
@@ -422,8 +292,18 @@ int cd_target_open(struct cdisk_ctx *ctx, const char *uri, bool readonly,
 	struct cd_target_tuning tn;
 
 	tuning_from_config(ctx, &tn);
-	return cd_target_open_tuned(ctx, uri, readonly, &tn, out);
+	return open_uri(ctx, uri, readonly, &tn, true, out);
 }
+
+void cd_target_close(struct cd_target *t)
+{
+	if (!t || (t->shared && !last_close(t)))
+		return;
+	cd_dev_close_stack(t->top);
+	free_face(t);
+}
+
+/* ---- the calls ---- */
 
 static int check_range(struct cd_target *t, size_t len, uint64_t off)
 {
@@ -444,36 +324,37 @@ static int check_writable(struct cd_target *t, size_t len, uint64_t off)
 
 int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 {
-	struct request q = { .op = OP_READ, .buf = buf, .len = len, .off = off };
 	int r = check_range(t, len, off);
 
 	if (r < 0 || len == 0)
 		return r;
-	return aligned(t, len, off) ? run_split(t, q) : read_unaligned(t, buf, len, off);
+	return cd_dev_pread(t->top, buf, len, off);
 }
 
 int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
 		     uint64_t off)
 {
-	struct request q = { .op = OP_WRITE, .buf = (void *)buf, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0)
 		return r;
-	return aligned(t, len, off) ? run_split(t, q) : change_unaligned(t, q);
+	return cd_dev_pwrite(t->top, buf, len, off);
 }
 
-/* Pieces the kind can take together: aligned, each within max_request,
- * all in one window.  Anything else goes one by one. */
-static bool pieces_fit(const struct cd_target *t, const struct cd_piece *v, size_t n)
+/* Pieces the kind can take together lie in one window (the layers below
+ * send pieces that are not whole sectors, or too large, one by one).
+ * Anything else goes one by one from here. */
+static bool one_window(struct cd_target *t, const struct cd_piece *v, size_t n)
 {
-	uint64_t window = t->scatter_window;
+	struct cd_dev_caps c;
+	uint64_t window;
 
-	if (!t->ops->pwrite_pieces || !window)
+	cd_dev_caps(t->top, &c);
+	window = c.scatter_window;
+	if (!window)
 		return false;
 	for (size_t i = 0; i < n; i++) {
-		if (!aligned(t, v[i].len, v[i].off) || v[i].len == 0 ||
-		    (t->max_request && v[i].len > t->max_request) ||
+		if (v[i].len == 0 ||
 		    v[i].off / window != (v[i].off + v[i].len - 1) / window ||
 		    v[i].off / window != v[0].off / window)
 			return false;
@@ -483,49 +364,24 @@ static bool pieces_fit(const struct cd_target *t, const struct cd_piece *v, size
 
 int cd_target_pwrite_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
 {
-	struct request q = { .op = OP_PIECES, .pieces = v, .len = n };
 	int r = 0;
 
 	for (size_t i = 0; i < n && r == 0; i++)
 		r = check_writable(t, v[i].len, v[i].off);
 	if (r < 0 || n == 0)
 		return r;
-	if (pieces_fit(t, v, n))
-		return run(t, &q);
+	if (one_window(t, v, n))
+		return cd_dev_pwrite_pieces(t->top, v, n);
 	for (size_t i = 0; i < n && r == 0; i++)
 		r = cd_target_pwrite(t, v[i].buf, v[i].len, v[i].off);
 	return r;
 }
 
-/* Kinds whose flush covers only its own connection get one on each. */
-static int flush_every_session(struct cd_target *t)
-{
-	struct cd_session_pool *p = &t->pool;
-	int r = 0;
-
-	pthread_mutex_lock(&p->lock);
-	while (p->flushing)
-		pthread_cond_wait(&p->cond, &p->lock);
-	p->flushing = true;
-	while (p->nidle != p->nsessions)
-		pthread_cond_wait(&p->cond, &p->lock);
-	for (unsigned i = 0; i < p->nidle && r == 0; i++)
-		r = t->ops->flush(t, p->idle[i]);
-	p->flushing = false;
-	pthread_cond_broadcast(&p->cond);
-	pthread_mutex_unlock(&p->lock);
-	return r;
-}
-
 int cd_target_flush(struct cd_target *t)
 {
-	struct request q = { .op = OP_FLUSH };
-
 	if (t->readonly || !t->can_flush)
 		return 0;
-	if (t->flush_every_session && t->ops->connect)
-		return flush_every_session(t);
-	return run(t, &q);
+	return cd_dev_flush(t->top);
 }
 
 /* Zeros written in bounded pieces, for targets that cannot zero. */
@@ -550,14 +406,13 @@ static int write_zeros(struct cd_target *t, size_t len, uint64_t off)
 
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
 {
-	struct request q = { .op = OP_ZERO, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0)
 		return r;
 	if (!t->can_zero || !t->ops->zero)
 		return write_zeros(t, len, off);
-	r = aligned(t, len, off) ? run_split(t, q) : change_unaligned(t, q);
+	r = cd_dev_zero(t->top, len, off);
 	if (r == -EOPNOTSUPP) {
 		t->can_zero = false;
 		return write_zeros(t, len, off);
@@ -569,21 +424,11 @@ int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
  * zeroes.  Targets that cannot discard simply keep the data. */
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 {
-	struct request q = { .op = OP_TRIM, .len = len, .off = off };
 	int r = check_writable(t, len, off);
 
 	if (r < 0 || len == 0 || !t->can_trim || !t->ops->trim)
 		return r;
-	/* Only whole sectors can be discarded; the edges keep their data. */
-	if (t->align > 1) {
-		uint64_t start = cd_div_round_up(off, t->align) * t->align;
-		uint64_t end = (off + len) / t->align * t->align;
-		if (end <= start)
-			return 0;
-		q.off = start;
-		q.len = (size_t)(end - start);
-	}
-	r = run_split(t, q);
+	r = cd_dev_discard(t->top, len, off);
 	if (r == -EOPNOTSUPP) {
 		t->can_trim = false;
 		return 0;
@@ -594,39 +439,7 @@ int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 /* A probe counts what is lost, so nothing here is sent twice. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
 {
-	uint8_t small[4096];
-	size_t len = t->align > 1 ? t->align : 512;
-	uint64_t start;
-	void *s;
-	int r;
-
-	if (len > sizeof(small) || len > t->size)
-		len = t->size < sizeof(small) ? (size_t)t->size : sizeof(small);
-	*rtt_us = 0;
-	r = pool_get(t, &s);
-	if (r < 0)
-		return r;
-	start = cd_now_us();
-	if (t->ops->ping)
-		r = t->ops->ping(t, s);
-	else
-		r = len ? t->ops->pread(t, s, small, len, 0) : 0;
-	*rtt_us = cd_now_us() - start;
-	pool_put(t, s, r);
-	return r;
-}
-
-void cd_target_close(struct cd_target *t)
-{
-	if (!t)
-		return;
-	pool_destroy(t);
-	if (t->ops->close)
-		t->ops->close(t);
-	for (unsigned i = 0; i < CD_RMW_STRIPES; i++)
-		pthread_mutex_destroy(&t->rmw_lock[i]);
-	free(t->uri);
-	free(t);
+	return cd_dev_ping(t->top, rtt_us);
 }
 
 static int create_file(struct cdisk_ctx *ctx, const char *uri, const char *path,
