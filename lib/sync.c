@@ -337,6 +337,7 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	struct cd_copy c = { .d = d, .o = o, .st = st, .drain = &dirty,
 			     .start_ms = cd_now_ms() };
 	struct cd_target *base = NULL;
+	uint64_t resent_before = 0;
 	int r;
 
 	memset(st, 0, sizeof(*st));
@@ -359,6 +360,10 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	r = check_health(d, o);
 	if (r == 0)
 		r = open_base_for_writing(d, &base);
+	/* The stack may be shared with others over the same base: count
+	 * only what was resent during this sync. */
+	if (base)
+		resent_before = __atomic_load_n(&base->resent, __ATOMIC_RELAXED);
 	if (r == 0)
 		r = plan_push(&c, base);
 	if (r < 0)
@@ -377,7 +382,7 @@ out:
 		      st->left_bytes;
 	st->seconds = (double)(cd_now_ms() - c.start_ms) / 1000.0;
 	if (base)
-		st->retries = __atomic_load_n(&base->resent, __ATOMIC_RELAXED);
+		st->retries = __atomic_load_n(&base->resent, __ATOMIC_RELAXED) - resent_before;
 	cd_target_close(base);
 	free(c.ext);
 	end(d);
