@@ -28,10 +28,11 @@ static void glob_callback(poptContext con, enum poptCallbackReason reason,
 			  const struct poptOption *opt, const char *arg, void *data)
 {
 	(void)con, (void)reason, (void)data;
+	/* popt frees arg once parsing is done: keep a copy. */
 	if (opt->val == OPT_INCLUDE && nincludes < MAX_GLOBS)
-		includes[nincludes++] = arg;
+		includes[nincludes++] = strdup(arg);
 	else if (opt->val == OPT_EXCLUDE && nexcludes < MAX_GLOBS)
-		excludes[nexcludes++] = arg;
+		excludes[nexcludes++] = strdup(arg);
 	else
 		cli_usage_error("more than %d --%s globs", MAX_GLOBS, opt->longName);
 }

@@ -30,6 +30,7 @@ upload() {
 
 # A folder with nested folders, spaces and UTF-8 in names, empty files,
 # a file uploaded in parts (its ETag is no MD5) and many small files.
+# make_folder DIR [SMALL FILES] [BYTES OF THE LARGE FILE]
 make_folder() {
 	local d=$1 i
 	mkdir -p "$d/a/b/c" "$d/with space/ünïcødé ✓" "$d/many"
@@ -38,11 +39,15 @@ make_folder() {
 	: >"$d/empty"
 	: >"$d/with space/ünïcødé ✓/leer datei"
 	printf 'grüße\n' >"$d/with space/ünïcødé ✓/straße.txt"
-	head -c $((12 << 20)) /dev/urandom >"$d/a/parts.bin"
+	head -c "${3:-65536}" /dev/urandom >"$d/a/parts.bin"
 	for i in $(seq 1 "${2:-300}"); do
 		printf 'file %d\n' "$i" >"$d/many/f$i"
 	done
 	touch -d '2020-02-03 04:05:06 UTC' "$d/top.txt"
+}
+
+file_bytes() {
+	find "$1" -type f -printf '%s\n' | awk '{ n += $1 } END { print n }'
 }
 
 # The image's partition (GPT entry 1) as debugfs and e2fsck name it.
@@ -65,8 +70,8 @@ create() {
 }
 
 @test "folder: a disk from a folder holds its files, byte for byte, in a clean ext4" {
-	make_folder "$BATS_TEST_TMPDIR/src"
-	upload "$BATS_TEST_TMPDIR/src" docs --s3-upload-cutoff 5M --s3-chunk-size 5M
+	make_folder "$BATS_TEST_TMPDIR/src" 300 $((100 << 20))
+	upload "$BATS_TEST_TMPDIR/src" docs --s3-upload-cutoff 5M --s3-chunk-size 16M
 	create cdisk-create --json --from-folder "s3://$BUCKET/docs/" d1.cdisk
 	local img part
 	img=$(json_get .image)
@@ -75,6 +80,7 @@ create() {
 	assert_equal "$(json_get .image_reused)" false
 	# at least 1 GiB; the disk is an overlay with the image as its base
 	assert_equal "$(json_get .size)" 1073741824
+	assert_equal "$(json_get .bytes)" "$(file_bytes "$BATS_TEST_TMPDIR/src")"
 	run_cdisk cdisk-info --json d1.cdisk
 	assert_equal "$(json_get .base.uri)" "$img"
 	assert_equal "$(json_get .size)" 1073741824
@@ -110,31 +116,37 @@ create() {
 	create cdisk-create --json --from-folder "s3://$BUCKET/docs/" --include '*.txt' txt.cdisk
 	assert_equal "$(json_get .files)" 2
 	assert_equal "$(json_get .fetched)" 0
-	run debugfs -R "ls -p /with space/ünïcødé ✓" "$(partition "$(json_get .image)")"
+	run debugfs -R 'ls -p "/with space/ünïcødé ✓"' "$(partition "$(json_get .image)")"
 	assert_output --partial 'straße.txt'
 	refute_output --partial 'leer datei'
 }
 
 @test "folder: ten disks over one folder fetch each file once and share one image" {
-	make_folder "$BATS_TEST_TMPDIR/src" 100
+	# more than one page of a listing (1000 keys), and 4 MiB in one file
+	make_folder "$BATS_TEST_TMPDIR/src" 1100 $((4 << 20))
 	upload "$BATS_TEST_TMPDIR/src" docs
-	local total first i
-	total=$(du -sb --apparent-size "$BATS_TEST_TMPDIR/src" | cut -f1)
+	local total first listing img i
+	total=$(file_bytes "$BATS_TEST_TMPDIR/src")
 	start_proxy "${RGW_ENDPOINT#http://}"
 	export AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT
 	create cdisk-create --json --from-folder "s3://$BUCKET/docs/" vm1.cdisk
+	assert_equal "$(json_get .files)" 1106
+	assert_equal "$(json_get .fetched)" 1106
+	img=$(json_get .image)
 	first=$(proxy_bytes)
 	assert_num "$first" -ge "$total"
-	local img
-	img=$(json_get .image)
+	create cdisk-create --json --from-folder "s3://$BUCKET/docs/" vm2.cdisk
+	# a second disk costs one listing, far less than the files
+	listing=$(($(proxy_bytes) - first))
+	assert_num "$listing" -lt "$((total / 4))"
 	for i in $(seq 2 10); do
 		create cdisk-create --json --from-folder "s3://$BUCKET/docs/" "vm$i.cdisk"
 		assert_equal "$(json_get .image)" "$img"
 		assert_equal "$(json_get .image_reused)" true
 		assert_equal "$(json_get .fetched)" 0
 	done
-	# nine more listings, and not one file's bytes again
-	assert_num "$(proxy_bytes)" -lt "$((first + total / 2))"
+	# what the server saw after the first: listings, and not one file again
+	assert_num "$(($(proxy_bytes) - first))" -le "$((10 * listing + 10 * 4096))"
 	assert_equal "$(json_get .cache.images)" 1
 	assert_equal "$(json_get .cache.images_in_use)" 1
 	# each is its own overlay: a write to one is not seen by another
@@ -160,7 +172,7 @@ create() {
 }
 
 @test "folder: a damaged cache entry is detected and fetched again" {
-	make_folder "$BATS_TEST_TMPDIR/src" 5
+	make_folder "$BATS_TEST_TMPDIR/src" 5 $((6 << 20))
 	upload "$BATS_TEST_TMPDIR/src" docs --s3-upload-cutoff 5M --s3-chunk-size 5M
 	create cdisk-create --json --from-folder "s3://$BUCKET/docs/" d1.cdisk
 	local obj
@@ -231,7 +243,9 @@ create() {
 	assert_error cdisk-create "HTTP 403 SignatureDoesNotMatch"
 	AWS_ACCESS_KEY_ID=NOSUCH create 5 cdisk-create --from-folder "s3://$BUCKET/docs/" d.cdisk
 	assert_error cdisk-create "HTTP 403 InvalidAccessKeyId"
-	create 2 cdisk-create --from-folder "s3://$BUCKET/docs/" --size 16M --include 'parts.bin' d.cdisk
+	head -c $((20 << 20)) /dev/zero >"$BATS_TEST_TMPDIR/big"
+	upload "$BATS_TEST_TMPDIR/big" docs
+	create 2 cdisk-create --from-folder "s3://$BUCKET/docs/" --size 16M --include big d.cdisk
 	assert_error cdisk-create "its files need about .*, more than --size 16 MiB"
 	create 2 cdisk-create --from-folder "s3://$BUCKET/docs/" --fs xfs d.cdisk
 	assert_error cdisk-create "filesystem 'xfs' is not supported"
