@@ -95,6 +95,48 @@ struct cdisk_create_opts {
 int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 		 const struct cdisk_create_opts *opts);
 
+/* ---- disks from cloud folders (folder.c) ----
+ * An S3 folder's files, fetched once into the host's cache ([cache] in
+ * cdisk.conf), become a read-only image there (GPT, one ext4 partition),
+ * keyed by the folder's state; the disk is an overlay over it. */
+struct cdisk_folder_opts {
+	const char *uri;             /* s3://bucket/prefix/ */
+	uint64_t size;               /* 0: the files plus half again, at least 1 GiB */
+	const char *fs;              /* NULL or "ext4" */
+	const char *const *include;  /* NULL-terminated globs, or NULL: all */
+	const char *const *exclude;  /* NULL-terminated globs, or NULL */
+	uint32_t uid, gid;           /* owner of every file and folder */
+	bool writer;                 /* the folder's one writer disk */
+};
+
+struct cdisk_cache_usage {
+	uint64_t objects, object_bytes;  /* cached files, and the space they take */
+	uint64_t images, image_bytes;    /* images, and the space they take */
+	uint64_t images_in_use;          /* images some disk is over */
+	uint64_t max_size;               /* [cache] max_size */
+	uint64_t evicted;                /* files and images evicted by this call */
+};
+
+struct cdisk_folder_result {
+	char image[CDISK_MAX_URI + 1];   /* the base image in the cache */
+	char state[65];                  /* SHA-256 of the sorted key, ETag list */
+	uint64_t files, dirs, bytes;     /* what the image holds */
+	uint64_t size;                   /* the disk's size */
+	uint64_t fetched, fetched_bytes; /* objects downloaded by this call */
+	uint64_t damaged;                /* cached files found damaged, fetched again */
+	bool image_reused;               /* the image was in the cache already */
+	struct cdisk_cache_usage cache;
+};
+
+/* Create path as an overlay over the folder's image, building the image
+ * (and fetching what the cache lacks) when needed.  0 created, 1 the
+ * same disk exists already, or a negative errno: -ENOENT for an empty or
+ * missing folder, -EFBIG when it does not fit in size, -ENAMETOOLONG for
+ * a name ext4 cannot hold, -EBUSY when another disk is the writer. */
+int cdisk_create_from_folder(struct cdisk_ctx *ctx, const char *path,
+			     const struct cdisk_folder_opts *opts,
+			     struct cdisk_folder_result *result);
+
 #define CDISK_OPEN_RDONLY   (1u << 0)  /* no writes, no recovery written back */
 #define CDISK_OPEN_NO_BASE  (1u << 1)  /* do not open the base target */
 #define CDISK_OPEN_NO_REPAIR (1u << 2) /* never rebuild from the metadata backup */

@@ -52,6 +52,8 @@ void cd_config_defaults(struct cd_config *cfg)
 		},
 	};
 	cfg->sync_target_delay_ms = 25;
+	snprintf(cfg->cache_dir, sizeof(cfg->cache_dir), "%s", CD_DEFAULT_CACHE_DIR);
+	cfg->cache_max_size = CD_DEFAULT_CACHE_MAX;
 }
 
 struct parse_state {
@@ -79,6 +81,7 @@ static const struct text_key {
 	TEXT("s3", "credentials_file", s3_credentials, true),
 	TEXT("s3", "profile", s3_profile, false),
 	TEXT("http", "ca_file", ca_file, true),
+	TEXT("cache", "dir", cache_dir, true),
 #undef TEXT
 };
 
@@ -220,6 +223,7 @@ static bool known_section(const char *section)
 {
 	static const char *const sections[] = {
 		"metadata", "serve", "target", "iscsi", "rbd", "s3", "http", "probe", "sync",
+		"cache",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(sections); i++)
@@ -259,6 +263,15 @@ static int on_entry(void *user, const char *section, const char *name,
 		}
 		snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s",
 			 strcmp(value, "none") ? value : "");
+		return 1;
+	}
+	if (!strcmp(section, "cache") && !strcmp(name, "max_size")) {
+		if (cdisk_parse_size(value, &cfg->cache_max_size) < 0 ||
+		    cfg->cache_max_size < (1ull << 20)) {
+			snprintf(st->bad, sizeof(st->bad), "max_size must be bytes (K, M, G, "
+				 "T suffixes), at least 1M");
+			return 0;
+		}
 		return 1;
 	}
 	if (!strcmp(section, "metadata") && !strcmp(name, "auto_repair")) {

@@ -31,6 +31,8 @@ static inline uint64_t cd_round_up(uint64_t n, uint64_t align)
 #define CD_DEFAULT_BACKUP_DIR "/var/lib/cdisk/meta"
 
 #define CD_DEFAULT_RUNTIME_DIR "/run/cdisk"
+#define CD_DEFAULT_CACHE_DIR "/var/lib/cdisk/cache"
+#define CD_DEFAULT_CACHE_MAX (64ull << 30)
 
 struct cd_probe_config {
 	unsigned pings, depth;
@@ -66,6 +68,9 @@ struct cd_config {
 	/* [probe], and [sync] target_delay */
 	struct cd_probe_config probe;
 	uint32_t sync_target_delay_ms;        /* 0: never slow down */
+	/* [cache]: cloud folders' files and images (folder.c) */
+	char cache_dir[CDISK_MAX_URI + 1];
+	uint64_t cache_max_size;              /* bytes */
 };
 
 void cd_config_defaults(struct cd_config *cfg);

@@ -5,12 +5,16 @@
  * missing chunk gives zeros.  Requests are signed with AWS SigV4 by
  * libcurl.  A PUT is durable when it is answered: there is nothing to
  * flush. */
+#include <ctype.h>
 #include <ini.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
+#include <time.h>
 
+#include "folder.h"
 #include "http.h"
 
 #define MANIFEST_NAME "cdisk-manifest.json"
@@ -548,3 +552,466 @@ const struct cd_target_ops cd_s3_target_ops = {
 	.ping = s3_ping,
 	.close = s3_close,
 };
+
+/* ---- folders: listing and whole objects (folder.h) ---- */
+
+
+#define LIST_REPLY_MAX (16u << 20)
+
+struct cd_s3_folder {
+	struct cd_target t;
+	struct s3_priv p;
+	char identity[CDISK_MAX_URI * 2 + 300];
+	void *list_session;
+};
+
+int cd_s3_folder_open(struct cdisk_ctx *ctx, const char *uri,
+		      struct cd_s3_folder **out)
+{
+	struct cd_s3_folder *f = calloc(1, sizeof(*f));
+	struct cd_uri u;
+	int r;
+
+	if (!f)
+		return cd_error(ctx, -ENOMEM, "cannot use '%s': out of memory", uri);
+	r = cd_uri_parse(ctx, uri, &u);
+	if (r < 0) {
+		free(f);
+		return r;
+	}
+	if (u.scheme != CD_SCHEME_S3)
+		r = cd_error(ctx, -EINVAL, "cannot use '%s': a folder is an s3:// URI", uri);
+	if (r == 0) {
+		f->t.ctx = ctx;
+		f->t.uri = strdup(uri);
+		f->t.timeout_ms = (ctx->cfg.timeout ? ctx->cfg.timeout : 30) * 1000;
+		f->t.priv = &f->p;
+		r = f->t.uri ? s3_setup(ctx, uri, &u, &f->p)
+			     : cd_error(ctx, -ENOMEM, "cannot use '%s': out of memory", uri);
+	}
+	cd_uri_clear(&u);
+	if (r < 0) {
+		free(f->t.uri);
+		explicit_bzero(f, sizeof(*f));
+		free(f);
+		return r;
+	}
+	snprintf(f->identity, sizeof(f->identity), "%s\n%s\n%s", f->p.endpoint,
+		 f->p.bucket, f->p.prefix);
+	*out = f;
+	return 0;
+}
+
+void cd_s3_folder_close(struct cd_s3_folder *f)
+{
+	if (!f)
+		return;
+	if (f->list_session)
+		curl_easy_cleanup(f->list_session);
+	free(f->t.uri);
+	explicit_bzero(f, sizeof(*f));
+	free(f);
+}
+
+const char *cd_s3_folder_identity(const struct cd_s3_folder *f)
+{
+	return f->identity;
+}
+
+const char *cd_s3_folder_prefix(const struct cd_s3_folder *f)
+{
+	return f->p.prefix;
+}
+
+/* Percent-encoding as SigV4 wants it: all but unreserved bytes (and the
+ * slashes of a path, when keep_slash). */
+static bool encode_into(const char *in, bool keep_slash, char *out, size_t size)
+{
+	static const char hex[] = "0123456789ABCDEF";
+	size_t n = 0;
+
+	for (const unsigned char *s = (const unsigned char *)in; *s; s++) {
+		if (n + 4 > size)
+			return false;
+		if ((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') ||
+		    (*s >= '0' && *s <= '9') || strchr("-._~", *s) ||
+		    (keep_slash && *s == '/')) {
+			out[n++] = (char)*s;
+		} else {
+			out[n++] = '%';
+			out[n++] = hex[*s >> 4];
+			out[n++] = hex[*s & 15];
+		}
+	}
+	out[n] = '\0';
+	return true;
+}
+
+bool cd_xml_unescape(char *text)
+{
+	static const struct { const char *name; char c; } ents[] = {
+		{ "amp;", '&' }, { "lt;", '<' }, { "gt;", '>' }, { "quot;", '"' },
+		{ "apos;", '\'' },
+	};
+	char *w = text;
+
+	for (char *r = text; *r;) {
+		size_t i;
+
+		if (*r != '&') {
+			*w++ = *r++;
+			continue;
+		}
+		for (i = 0; i < CD_ARRAY_SIZE(ents); i++)
+			if (!strncmp(r + 1, ents[i].name, strlen(ents[i].name)))
+				break;
+		if (i < CD_ARRAY_SIZE(ents)) {
+			*w++ = ents[i].c;
+			r += 1 + strlen(ents[i].name);
+			continue;
+		}
+		if (r[1] != '#')
+			return false;
+		char *end;
+		unsigned long cp = r[2] == 'x' ? strtoul(r + 3, &end, 16)
+					       : strtoul(r + 2, &end, 10);
+		if (*end != ';' || cp == 0 || cp > 0x10ffff)
+			return false;
+		/* UTF-8 for the code point */
+		if (cp < 0x80) {
+			*w++ = (char)cp;
+		} else if (cp < 0x800) {
+			*w++ = (char)(0xc0 | cp >> 6);
+			*w++ = (char)(0x80 | (cp & 0x3f));
+		} else if (cp < 0x10000) {
+			*w++ = (char)(0xe0 | cp >> 12);
+			*w++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+			*w++ = (char)(0x80 | (cp & 0x3f));
+		} else {
+			*w++ = (char)(0xf0 | cp >> 18);
+			*w++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+			*w++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+			*w++ = (char)(0x80 | (cp & 0x3f));
+		}
+		r = end + 1;
+	}
+	*w = '\0';
+	return true;
+}
+
+/* The text of <tag>...</tag> within [from, to), copied out; false when
+ * absent or too long. */
+static bool xml_field(const char *from, const char *to, const char *tag,
+		      char *out, size_t size)
+{
+	char open[48], close[48];
+	const char *a, *b;
+
+	snprintf(open, sizeof(open), "<%s>", tag);
+	snprintf(close, sizeof(close), "</%s>", tag);
+	a = memmem(from, (size_t)(to - from), open, strlen(open));
+	if (!a)
+		return false;
+	a += strlen(open);
+	b = memmem(a, (size_t)(to - a), close, strlen(close));
+	if (!b || (size_t)(b - a) >= size)
+		return false;
+	memcpy(out, a, (size_t)(b - a));
+	out[b - a] = '\0';
+	return cd_xml_unescape(out);
+}
+
+static int64_t parse_iso_time(const char *s)
+{
+	struct tm tm = { 0 };
+
+	if (!strptime(s, "%Y-%m-%dT%H:%M:%S", &tm))
+		return 0;
+	return (int64_t)timegm(&tm);
+}
+
+static int list_error(struct cd_s3_folder *f, const struct cd_http_reply *a)
+{
+	char code[64];
+
+	error_code(a, code, sizeof(code));
+	if (!strcmp(code, "NoSuchBucket"))
+		return cd_error(f->t.ctx, -ENOENT, "cannot list '%s': no such bucket",
+				f->t.uri);
+	return cd_error(f->t.ctx, s3_code_errno(code, a->status), "cannot list '%s': "
+			"HTTP %ld%s%s", f->t.uri, a->status, code[0] ? " " : "", code);
+}
+
+/* One <Contents> element. */
+static int list_entry(struct cd_s3_folder *f, const char *from, const char *to,
+		      int (*fn)(void *, const struct cd_s3_entry *), void *opaque)
+{
+	char size[32], etag[128], when[64];
+	struct cd_s3_entry e = { 0 };
+	char *k = malloc(8192);
+	int r;
+
+	if (!k)
+		return cd_error(f->t.ctx, -ENOMEM, "cannot list '%s': out of memory",
+				f->t.uri);
+	e.key = k;
+	if (!xml_field(from, to, "Key", k, 8192) || !xml_field(from, to, "Size", size,
+							      sizeof(size))) {
+		free(k);
+		return cd_error(f->t.ctx, -EBADMSG, "cannot list '%s': the server's "
+				"listing is malformed", f->t.uri);
+	}
+	e.size = strtoull(size, NULL, 10);
+	if (xml_field(from, to, "ETag", etag, sizeof(etag))) {
+		size_t n = strlen(etag);
+		if (n >= 2 && etag[0] == '"' && etag[n - 1] == '"')
+			snprintf(e.etag, sizeof(e.etag), "%.*s", (int)(n - 2), etag + 1);
+		else
+			snprintf(e.etag, sizeof(e.etag), "%.79s", etag);
+	}
+	if (xml_field(from, to, "LastModified", when, sizeof(when)))
+		e.mtime = parse_iso_time(when);
+	r = fn(opaque, &e);
+	free(k);
+	return r;
+}
+
+static int list_page(struct cd_s3_folder *f, char *reply, size_t len,
+		     int (*fn)(void *, const struct cd_s3_entry *), void *opaque,
+		     char *token, size_t token_size)
+{
+	const char *end = reply + len, *at = reply;
+	char truncated[16];
+	int r;
+
+	while ((at = memmem(at, (size_t)(end - at), "<Contents>", 10))) {
+		const char *close = memmem(at, (size_t)(end - at), "</Contents>", 11);
+		if (!close)
+			return cd_error(f->t.ctx, -EBADMSG, "cannot list '%s': the "
+					"server's listing is malformed", f->t.uri);
+		r = list_entry(f, at, close, fn, opaque);
+		if (r < 0)
+			return r;
+		at = close + 11;
+	}
+	token[0] = '\0';
+	if (xml_field(reply, end, "IsTruncated", truncated, sizeof(truncated)) &&
+	    !strcmp(truncated, "true") &&
+	    !xml_field(reply, end, "NextContinuationToken", token, token_size))
+		return cd_error(f->t.ctx, -EBADMSG, "cannot list '%s': the listing is "
+				"cut short and says nothing of where it goes on", f->t.uri);
+	return 0;
+}
+
+int cd_s3_folder_list(struct cd_s3_folder *f,
+		      int (*fn)(void *opaque, const struct cd_s3_entry *e),
+		      void *opaque)
+{
+	char *reply = malloc(LIST_REPLY_MAX);
+	char token[1024] = "", etoken[3200], eprefix[CDISK_MAX_URI * 3 + 1];
+	char url[S3_URL_MAX + sizeof(eprefix) + sizeof(etoken)];
+	struct cd_http_reply a;
+	int r = 0;
+
+	if (!reply)
+		return cd_error(f->t.ctx, -ENOMEM, "cannot list '%s': out of memory",
+				f->t.uri);
+	if (!f->list_session && (r = cd_http_connect(&f->t, &f->list_session)) < 0)
+		goto out;
+	encode_into(f->p.prefix, false, eprefix, sizeof(eprefix));
+	do {
+		struct cd_http_request q = { .method = "GET", .url = url,
+					     .download = reply,
+					     .download_cap = LIST_REPLY_MAX - 1 };
+		/* The query's parameters in sorted order, as SigV4 signs them. */
+		encode_into(token, false, etoken, sizeof(etoken));
+		snprintf(url, sizeof(url), "%s/%s?%s%s%slist-type=2&prefix=%s",
+			 f->p.endpoint, f->p.bucket, token[0] ? "continuation-token=" : "",
+			 token[0] ? etoken : "", token[0] ? "&" : "", eprefix);
+		r = perform(&f->t, f->list_session, &q, &a, "list");
+		if (r < 0)
+			goto out;
+		if (a.status != 200) {
+			r = list_error(f, &a);
+			goto out;
+		}
+		reply[a.got] = '\0';
+		r = list_page(f, reply, a.got, fn, opaque, token, sizeof(token));
+	} while (r == 0 && token[0]);
+out:
+	free(reply);
+	return r;
+}
+
+struct get_state {
+	int fd;
+	uint64_t off;
+	bool started;
+	int err;
+	long status;
+	CURL *c;
+	struct cd_s3_object_meta *meta;
+	char error_body[1024];
+	size_t error_len;
+};
+
+static size_t on_object_body(char *data, size_t size, size_t n, void *opaque)
+{
+	struct get_state *g = opaque;
+	size_t len = size * n;
+	long status = 0;
+
+	curl_easy_getinfo(g->c, CURLINFO_RESPONSE_CODE, &status);
+	if (status != 200 && status != 206) {
+		size_t room = sizeof(g->error_body) - 1 - g->error_len;
+		size_t take = len < room ? len : room;
+		memcpy(g->error_body + g->error_len, data, take);
+		g->error_len += take;
+		g->error_body[g->error_len] = '\0';
+		return len;
+	}
+	/* A server that ignores the range sends it all: start again. */
+	if (!g->started && status == 200)
+		g->off = 0;
+	g->started = true;
+	int r = cd_pwrite_full(g->fd, data, len, g->off);
+	if (r < 0) {
+		g->err = r;
+		return 0;
+	}
+	g->off += len;
+	return len;
+}
+
+static void header_value(const char *line, size_t len, const char *name,
+			 char *out, size_t size)
+{
+	size_t n = strlen(name);
+
+	if (len <= n || strncasecmp(line, name, n))
+		return;
+	line += n;
+	len -= n;
+	while (len && (*line == ' ' || *line == '\t')) {
+		line++;
+		len--;
+	}
+	while (len && (line[len - 1] == '\r' || line[len - 1] == '\n' ||
+		       line[len - 1] == ' '))
+		len--;
+	if (len < size) {
+		memcpy(out, line, len);
+		out[len] = '\0';
+	}
+}
+
+static size_t on_object_header(char *line, size_t size, size_t n, void *opaque)
+{
+	struct get_state *g = opaque;
+	size_t len = size * n;
+	char value[128] = "";
+	struct cd_http_reply a = { 0 };
+
+	header_value(line, len, "ETag:", value, sizeof(value));
+	if (value[0]) {
+		size_t v = strlen(value);
+		if (v >= 2 && value[0] == '"' && value[v - 1] == '"')
+			snprintf(g->meta->etag, sizeof(g->meta->etag), "%.*s", (int)(v - 2),
+				 value + 1);
+		else
+			snprintf(g->meta->etag, sizeof(g->meta->etag), "%.79s", value);
+	}
+	value[0] = '\0';
+	header_value(line, len, "x-amz-meta-sha256:", value, sizeof(value));
+	if (strlen(value) == 64)
+		for (int i = 0; i < 65; i++)
+			g->meta->sha256[i] = (char)tolower((unsigned char)value[i]);
+	value[0] = '\0';
+	header_value(line, len, "x-amz-meta-mtime:", value, sizeof(value));
+	if (value[0])
+		g->meta->mtime = (int64_t)strtod(value, NULL);
+	cd_http_parse_header(line, len, &a);
+	if (a.total_known) {
+		g->meta->total = a.total;
+		g->meta->total_known = true;
+	}
+	return len;
+}
+
+int cd_s3_folder_get(struct cd_s3_folder *f, void **session, const char *key,
+		     int fd, uint64_t from, struct cd_s3_object_meta *meta)
+{
+	const struct cd_config *cfg = &f->t.ctx->cfg;
+	char ekey[8192 * 3 + 1], url[sizeof(ekey) + CDISK_MAX_URI + 300], range[48];
+	struct get_state g = { .fd = fd, .off = from, .meta = meta };
+	struct curl_slist *headers = NULL;
+	CURLcode code;
+	CURL *c;
+	int r;
+
+	memset(meta, 0, sizeof(*meta));
+	meta->mtime = -1;
+	if (!*session && (r = cd_http_connect(&f->t, session)) < 0)
+		return r;
+	c = g.c = *session;
+	if (!encode_into(key, true, ekey, sizeof(ekey)))
+		return cd_error(f->t.ctx, -ENAMETOOLONG, "cannot fetch '%s': key too long",
+				key);
+	snprintf(url, sizeof(url), "%s/%s/%s", f->p.endpoint, f->p.bucket, ekey);
+	curl_easy_reset(c);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->t.timeout_ms);
+	/* A large object takes as long as it takes; a stalled one does not. */
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(f->t.timeout_ms / 1000));
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "cdisk/" CDISK_VERSION_STRING);
+	if (cfg->ca_file[0])
+		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
+	else if (getenv("CURL_CA_BUNDLE"))
+		curl_easy_setopt(c, CURLOPT_CAINFO, getenv("CURL_CA_BUNDLE"));
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_object_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, &g);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_object_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, &g);
+	if (from) {
+		snprintf(range, sizeof(range), "%llu-", (unsigned long long)from);
+		curl_easy_setopt(c, CURLOPT_RANGE, range);
+	}
+	headers = curl_slist_append(headers, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+	if (f->p.token[0]) {
+		char tok[1200];
+		snprintf(tok, sizeof(tok), "x-amz-security-token: %s", f->p.token);
+		headers = curl_slist_append(headers, tok);
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(c, CURLOPT_AWS_SIGV4, f->p.sigv4);
+	curl_easy_setopt(c, CURLOPT_USERNAME, f->p.key_id);
+	curl_easy_setopt(c, CURLOPT_PASSWORD, f->p.secret);
+	code = curl_easy_perform(c);
+	curl_slist_free_all(headers);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &g.status);
+	if (g.err)
+		return cd_error(f->t.ctx, g.err, "cannot store '%s' in the cache: %s", key,
+				strerror(-g.err));
+	if (code != CURLE_OK)
+		return cd_error(f->t.ctx, code == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT :
+				-ECONNRESET, "cannot fetch '%s' from '%s': %s", key,
+				f->t.uri, curl_easy_strerror(code));
+	if (g.status != 200 && g.status != 206) {
+		char ecode[64];
+		cd_s3_error_code(g.error_body, ecode, sizeof(ecode));
+		return cd_error(f->t.ctx, s3_code_errno(ecode, g.status), "cannot fetch "
+				"'%s' from '%s': HTTP %ld%s%s", key, f->t.uri, g.status,
+				ecode[0] ? " " : "", ecode);
+	}
+	return 0;
+}
+
+void cd_s3_folder_end(struct cd_s3_folder *f, void *session)
+{
+	(void)f;
+	if (session)
+		curl_easy_cleanup(session);
+}
