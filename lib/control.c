@@ -912,6 +912,13 @@ static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
 	return r < 0 ? r : owner_refused(ctx, path, pid, reply);
 }
 
+static int sync_status(struct cdisk_ctx *ctx, const char *sock, const char *path,
+		       unsigned pid, json_t **reply)
+{
+	return owner_call(ctx, sock, path, pid,
+			  json_pack("{s:s, s:s}", "command", "sync-status", "disk", path), reply);
+}
+
 static void stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 {
 	json_int_t v[13] = { 0 };
@@ -1000,18 +1007,14 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		bool running;
 
 		usleep(100 * 1000);
-		r = owner_call(ctx, sock, path, pid,
-			       json_pack("{s:s, s:s}", "command", "sync-status", "disk", path),
-			       &reply);
+		r = sync_status(ctx, sock, path, pid, &reply);
 		/* A server too busy to answer one status request is still
 		 * syncing: giving up would leave its sync running with no one
 		 * waiting for it. */
 		while ((r == -ETIMEDOUT || r == -EAGAIN) &&
 		       cd_now_ms() - asked < OWNER_PATIENCE_MS) {
 			usleep(500 * 1000);
-			r = owner_call(ctx, sock, path, pid,
-				       json_pack("{s:s, s:s}", "command", "sync-status", "disk",
-						 path), &reply);
+			r = sync_status(ctx, sock, path, pid, &reply);
 		}
 		if (r < 0)
 			return r;

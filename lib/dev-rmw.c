@@ -145,18 +145,14 @@ static int rmw_discard(struct cd_dev *d, size_t len, uint64_t off)
 }
 
 /* A set goes down together only when every piece is whole sectors. */
+static bool whole_sectors(struct cd_dev *d, const struct cd_piece *p)
+{
+	return aligned(rmw_of(d), p->len, p->off);
+}
+
 static int rmw_pieces(struct cd_dev *d, const struct cd_piece *v, size_t n)
 {
-	int r = 0;
-
-	for (size_t i = 0; i < n; i++)
-		if (!aligned(rmw_of(d), v[i].len, v[i].off))
-			goto one_by_one;
-	return cd_dev_pwrite_pieces(d->next, v, n);
-one_by_one:
-	for (size_t i = 0; i < n && r == 0; i++)
-		r = rmw_pwrite(d, v[i].buf, v[i].len, v[i].off);
-	return r;
+	return cd_dev_pieces_through(d, v, n, whole_sectors, rmw_pwrite);
 }
 
 static void rmw_caps(struct cd_dev *d, struct cd_dev_caps *c)

@@ -82,19 +82,16 @@ static int split_discard(struct cd_dev *d, size_t len, uint64_t off)
 }
 
 /* A set goes down together only when every piece fits in one request. */
-static int split_pieces(struct cd_dev *d, const struct cd_piece *v, size_t n)
+static bool within_max(struct cd_dev *d, const struct cd_piece *p)
 {
 	size_t max = ((struct split *)d)->max;
-	int r = 0;
 
-	for (size_t i = 0; i < n; i++)
-		if (max && v[i].len > max)
-			goto one_by_one;
-	return cd_dev_pwrite_pieces(d->next, v, n);
-one_by_one:
-	for (size_t i = 0; i < n && r == 0; i++)
-		r = split_pwrite(d, v[i].buf, v[i].len, v[i].off);
-	return r;
+	return !max || p->len <= max;
+}
+
+static int split_pieces(struct cd_dev *d, const struct cd_piece *v, size_t n)
+{
+	return cd_dev_pieces_through(d, v, n, within_max, split_pwrite);
 }
 
 static void split_caps(struct cd_dev *d, struct cd_dev_caps *c)

@@ -26,6 +26,23 @@ int cd_dev_pwrite_pieces(struct cd_dev *d, const struct cd_piece *v, size_t n)
 	return d->ops->pwrite_pieces ? d->ops->pwrite_pieces(d, v, n) : -EOPNOTSUPP;
 }
 
+int cd_dev_pieces_through(struct cd_dev *d, const struct cd_piece *v, size_t n,
+			  bool (*as_is)(struct cd_dev *d, const struct cd_piece *p),
+			  int (*pwrite)(struct cd_dev *d, const void *buf, size_t len,
+					uint64_t off))
+{
+	int r = 0;
+
+	for (size_t i = 0; i < n; i++)
+		if (!as_is(d, &v[i]))
+			goto one_by_one;
+	return cd_dev_pwrite_pieces(d->next, v, n);
+one_by_one:
+	for (size_t i = 0; i < n && r == 0; i++)
+		r = pwrite(d, v[i].buf, v[i].len, v[i].off);
+	return r;
+}
+
 int cd_dev_zero(struct cd_dev *d, size_t len, uint64_t off)
 {
 	BELOW(d, zero);

@@ -53,6 +53,12 @@ struct cd_dev {
 int cd_dev_pread(struct cd_dev *d, void *buf, size_t len, uint64_t off);
 int cd_dev_pwrite(struct cd_dev *d, const void *buf, size_t len, uint64_t off);
 int cd_dev_pwrite_pieces(struct cd_dev *d, const struct cd_piece *v, size_t n);
+/* For layers: a set goes down together when as_is says the layer would
+ * pass every piece unchanged; otherwise each goes through its pwrite. */
+int cd_dev_pieces_through(struct cd_dev *d, const struct cd_piece *v, size_t n,
+			  bool (*as_is)(struct cd_dev *d, const struct cd_piece *p),
+			  int (*pwrite)(struct cd_dev *d, const void *buf, size_t len,
+					uint64_t off));
 int cd_dev_zero(struct cd_dev *d, size_t len, uint64_t off);
 int cd_dev_discard(struct cd_dev *d, size_t len, uint64_t off);
 int cd_dev_flush(struct cd_dev *d);

@@ -804,6 +804,12 @@ static bool disk_uses(struct cdisk_ctx *ctx, const char *path, const char *img)
 	return yes;
 }
 
+/* The list of disks made over an image: IMG.refs beside IMG.img. */
+static void refs_path(const char *img, char *out, size_t size)
+{
+	snprintf(out, size, "%.*s.refs", (int)strlen(img) - 4, img);
+}
+
 static bool image_in_use(struct cdisk_ctx *ctx, const char *img)
 {
 	char refs[PATH_MAX + 8], *line = NULL;
@@ -812,7 +818,7 @@ static bool image_in_use(struct cdisk_ctx *ctx, const char *img)
 	ssize_t n;
 	FILE *f;
 
-	snprintf(refs, sizeof(refs), "%.*s.refs", (int)strlen(img) - 4, img);
+	refs_path(img, refs, sizeof(refs));
 	f = fopen(refs, "r");
 	while (f && !used && (n = getline(&line, &cap, f)) > 0) {
 		line[strcspn(line, "\n")] = '\0';
@@ -831,7 +837,7 @@ static int add_ref(struct build *b, const char *img)
 	bool have = false;
 	FILE *f;
 
-	snprintf(refs, sizeof(refs), "%.*s.refs", (int)strlen(img) - 4, img);
+	refs_path(img, refs, sizeof(refs));
 	f = fopen(refs, "a+");
 	if (!f)
 		return cd_error(b->ctx, -errno, "cannot write '%s': %s", refs, strerror(errno));
