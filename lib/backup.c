@@ -151,15 +151,11 @@ out:
 
 /* ---- writing ---- */
 
+/* Pages are numbered across all bitmaps, as in the checkpoints. */
 static void page_at(struct cdisk *d, uint32_t i, struct cd_bitmap **bm, uint32_t *p)
 {
-	if (i < d->present.npages) {
-		*bm = &d->present;
-		*p = i;
-	} else {
-		*bm = &d->dirty;
-		*p = i - d->present.npages;
-	}
+	*bm = cd_disk_bitmap(d, i / d->present.npages);
+	*p = i % d->present.npages;
 }
 
 void cd_backup_image_free(struct cd_backup_image *img)
@@ -173,7 +169,7 @@ void cd_backup_image_free(struct cd_backup_image *img)
  * (right after an fdatasync). */
 static int snapshot(struct cdisk *d, struct cd_backup_image **out)
 {
-	uint32_t total = d->present.npages + d->dirty.npages, stored = 0;
+	uint32_t total = d->sb.nbitmaps * d->present.npages, stored = 0;
 	uint64_t dlen = cd_round_up((uint64_t)total * 8, 4096);
 	struct cd_backup_image *img;
 	uint32_t pages_crc = 0;
@@ -407,7 +403,7 @@ int cd_backup_read(struct cdisk_ctx *ctx, const char *path, struct cd_backup *b)
 		goto out;
 	}
 	dlen = cd_round_up((uint64_t)b->total * 8, 4096);
-	if (b->total != 2 * cd_bitmap_pages(b->sb.size / b->sb.block_size) ||
+	if (b->total != b->sb.nbitmaps * cd_bitmap_pages(b->sb.size / b->sb.block_size) ||
 	    b->stored > b->total || memcmp(b->uuid, b->sb.uuid, 16) != 0 ||
 	    len != BK_HEADER + CD_SB_SIZE + dlen + (uint64_t)b->stored * CD_PAGE_SIZE) {
 		r = bk_bad(ctx, path, "its sizes do not agree");
@@ -452,18 +448,24 @@ enum identity { ID_UNKNOWN, ID_PROVEN, ID_FOREIGN };
 static enum identity judge_identity(int fd, const struct cd_backup *b, char *why,
 				    size_t len)
 {
-	uint64_t dlen = b->sb.cp_size - (uint64_t)b->total * CD_PAGE_SIZE;
-	uint64_t at = cd_cp_dir_uuid_at(b->total, dlen), tags[16];
-	uint64_t entries = (uint64_t)b->total * 8, want = cd_get_le64(b->uuid);
+	uint32_t first = 2 * cd_bitmap_pages(b->sb.size / b->sb.block_size);
+	uint64_t dlen = b->sb.cp_size - (uint64_t)first * CD_PAGE_SIZE;
+	uint64_t at = cd_cp_dir_uuid_at(first, dlen), tags[16];
+	uint64_t entries = (uint64_t)first * 8, want = cd_get_le64(b->uuid);
 	unsigned ntags = 0, own = 0, other = 0;
 	uint8_t *dir = malloc(dlen);
+	struct cd_superblock upgraded = b->sb;
 	struct stat st;
 
-	if (fstat(fd, &st) < 0 || (uint64_t)st.st_size != b->sb.data_offset + b->sb.size) {
+	/* An upgrade to more bitmaps cut short leaves the file that long. */
+	upgraded.nbitmaps = 3;
+	cd_layout(&upgraded);
+	if (fstat(fd, &st) < 0 || ((uint64_t)st.st_size != cd_file_size(&b->sb) &&
+	    (b->sb.nbitmaps > 2 || (uint64_t)st.st_size != cd_file_size(&upgraded)))) {
 		snprintf(why, len, "the file holds %llu bytes, a disk of %llu bytes "
 			 "(block %u) would hold %llu", (unsigned long long)st.st_size,
 			 (unsigned long long)b->sb.size, b->sb.block_size,
-			 (unsigned long long)(b->sb.data_offset + b->sb.size));
+			 (unsigned long long)cd_file_size(&b->sb));
 		free(dir);
 		return ID_FOREIGN;
 	}
@@ -674,6 +676,19 @@ static int reconcile_data_area(struct cdisk *d, uint64_t *count)
 	return r;
 }
 
+/* Bitmaps 2 and up name work still to do (blocks to copy to a mirror):
+ * when the restore cannot prove what changed since the backup, all of it
+ * is to do again. */
+static int mark_all_jobs_undone(struct cdisk *d)
+{
+	for (unsigned id = 2; id < d->sb.nbitmaps; id++) {
+		int r = cd_bitmap_assign(cd_disk_bitmap(d, id), 0, d->nblocks, true);
+		if (r < 0)
+			return r;
+	}
+	return 0;
+}
+
 static int mark_all_present_dirty(struct cdisk *d, uint64_t *count)
 {
 	for (uint64_t b = cd_bitmap_find(&d->present, 0, true); b < d->nblocks;) {
@@ -715,11 +730,19 @@ static int pick_backup(struct cdisk *d, const char *from, bool sb_known, bool fo
 	if (sb_known) {
 		/* Restoring over a sound but unconfirmed disk proves nothing. */
 		*unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
-		if (memcmp(b->uuid, d->sb.uuid, 16) == 0)
-			return 0;
-		cd_backup_free(b);
-		return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to another "
-				"disk (UUID differs)", path);
+		if (memcmp(b->uuid, d->sb.uuid, 16) != 0) {
+			cd_backup_free(b);
+			return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' belongs to "
+					"another disk (UUID differs)", path);
+		}
+		if (b->sb.nbitmaps != d->sb.nbitmaps) {
+			cd_backup_free(b);
+			return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' holds %u "
+					"bitmaps and '%s' has %u: it was taken before the "
+					"disk's layout changed", path, b->sb.nbitmaps,
+					d->path, d->sb.nbitmaps);
+		}
+		return 0;
 	}
 	switch (judge_identity(d->fd, b, why, sizeof(why))) {
 	case ID_PROVEN:
@@ -797,6 +820,8 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 		r = cd_al_recover(d);
 	if (r == 0 && !res->exact)
 		r = mark_all_present_dirty(d, &res->blocks_marked_dirty);
+	if (r == 0 && !res->exact)
+		r = mark_all_jobs_undone(d);
 	if (r == 0)
 		r = reconcile_data_area(d, &res->blocks_reconciled);
 	if (r < 0) {

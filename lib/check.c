@@ -243,9 +243,9 @@ static int check_locked(struct cdisk *d, bool repair, struct cdisk_check_report 
 	add_line(rep, "superblock %c is live (sequence %llu), checksum good",
 		 'A' + d->sb_live, (unsigned long long)d->sb.seq);
 	check_superblocks(d, repair, rep);
-	add_line(rep, "checkpoint %c: directory and %u bitmap pages pass their checksums",
-		 'A' + d->sb.cp_active,
-		 (unsigned)(d->present.npages + d->dirty.npages));
+	add_line(rep, "checkpoint %c: directory and %u bitmap pages of %u bitmaps pass "
+		 "their checksums", 'A' + d->sb.cp_active,
+		 (unsigned)(d->sb.nbitmaps * d->present.npages), (unsigned)d->sb.nbitmaps);
 	add_line(rep, "journal: %llu records replayed%s", (unsigned long long)d->j_replayed,
 		 d->j_torn ? ", a torn last record ignored (a crash during a write)" : "");
 	if (d->recovered_blocks)

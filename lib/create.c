@@ -138,6 +138,7 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 		return cd_error(ctx, -EFBIG, "cannot create '%s': size %s is larger than "
 				"the limit of 256 TiB", path,
 				cdisk_format_size(sb->size, buf, sizeof(buf)));
+	sb->nbitmaps = 2;
 	return cd_layout(sb);
 }
 

@@ -8,6 +8,7 @@
 #include <cmocka.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -241,6 +242,67 @@ static void test_journal_overflow_checkpoints(void **state)
 	assert_int_equal(cdisk_close(d), 0);
 }
 
+static uint64_t bits_in(struct cdisk *d, unsigned id)
+{
+	return cd_disk_bitmap(d, id)->count;
+}
+
+/* A first-layout disk is upgraded by the explicit call only; its data and
+ * overlay state stay where they were, the new bitmaps come back from
+ * checkpoints and from the journal after a crash, and more can be added
+ * without moving anything. */
+static void test_bitmaps_by_id(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 64 << 20, 4096, false);
+	uint8_t sb[CD_SB_SIZE];
+	struct stat st;
+	int fd;
+
+	put(d, 4096 * 10, 4096 * 4, 7);
+	d = reopen(f, d);
+	fd = open(f->disk, O_RDONLY);
+	assert_int_equal(cd_pread_full(fd, sb, sizeof(sb), 0), 0);
+	assert_true(cd_is_zero(sb + 168, 20));
+	assert_int_equal(d->sb.nbitmaps, 2);
+	assert_int_equal(cd_disk_mark_locked(d, 2, 0, 1, true), -EINVAL);
+
+	assert_int_equal(cd_disk_add_bitmaps(d, 3), 0);
+	assert_true(d->sb.incompat & CD_FEATURE_INCOMPAT_BITMAPS);
+	assert_int_equal(fstat(fd, &st), 0);
+	assert_int_equal((uint64_t)st.st_size, cd_file_size(&d->sb));
+	assert_true(d->sb.bm_offset >= d->sb.data_offset + d->sb.size);
+	assert_int_equal(cd_disk_mark_locked(d, 2, 100, 100, true), 0);
+	assert_int_equal(cd_disk_mark_locked(d, 2, 150, 10, false), 0);
+	d = reopen(f, d);
+	assert_int_equal(d->sb.nbitmaps, 3);
+	assert_int_equal(bits_in(d, 2), 90);
+	assert_false(cd_bitmap_get(cd_disk_bitmap(d, 2), 155));
+	expect(d, 4096 * 10, 4096 * 4, 7);
+
+	/* Flushed into the journal, then lost with the process. */
+	assert_int_equal(cd_disk_mark_locked(d, 2, 1000, 5, true), 0);
+	assert_int_equal(cdisk_flush(d), 0);
+	cd_disk_free(d);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	assert_true(d->j_replayed > 0);
+	assert_int_equal(bits_in(d, 2), 95);
+
+	assert_int_equal(cd_disk_add_bitmaps(d, 5), 0);
+	assert_int_equal(cd_disk_mark_locked(d, 4, 0, 16384, true), 0);
+	d = reopen(f, d);
+	assert_int_equal(d->sb.nbitmaps, 5);
+	assert_int_equal(bits_in(d, 2), 95);
+	assert_int_equal(bits_in(d, 3), 0);
+	assert_int_equal(bits_in(d, 4), 16384);
+	assert_int_equal(cd_disk_add_bitmaps(d, 9), -EINVAL);
+	assert_int_equal(cd_disk_mark_locked(d, 5, 0, 1, true), -EINVAL);
+	assert_int_equal(cd_disk_mark_locked(d, 2, 16383, 2, true), -EINVAL);
+	expect(d, 4096 * 10, 4096 * 4, 7);
+	assert_int_equal(cdisk_close(d), 0);
+	close(fd);
+}
+
 static void test_create_is_idempotent_and_safe(void **state)
 {
 	struct fixture *f = *state;
@@ -330,6 +392,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_second_opener_is_busy, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_activity_log_overflow, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_journal_overflow_checkpoints, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_bitmaps_by_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_is_idempotent_and_safe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors_are_kept_per_thread, setup, teardown),

@@ -282,6 +282,8 @@ void cd_disk_reset_state(struct cdisk *d)
 {
 	cd_bitmap_free(&d->present);
 	cd_bitmap_free(&d->dirty);
+	for (unsigned i = 0; i < CD_ARRAY_SIZE(d->extra); i++)
+		cd_bitmap_free(&d->extra[i]);
 	cd_bitmap_free(&d->syncing);
 	free(d->cp_crc);
 	free(d->runs);
@@ -330,13 +332,114 @@ int cd_disk_init_state(struct cdisk *d)
 	d->al.extents = calloc(CD_AL_CAPACITY, sizeof(*d->al.extents));
 	d->al.flushed = calloc(CD_AL_CAPACITY, sizeof(*d->al.flushed));
 	d->al.inflight = calloc(CD_AL_CAPACITY, sizeof(*d->al.inflight));
-	d->cp_crc = calloc((size_t)pages * 2 + 1, sizeof(*d->cp_crc));
+	d->cp_crc = calloc((size_t)pages * d->sb.nbitmaps + 1, sizeof(*d->cp_crc));
 	if (!d->al.extents || !d->al.flushed || !d->al.inflight || !d->cp_crc ||
 	    cd_bitmap_init(&d->present, d->nblocks) < 0 ||
 	    cd_bitmap_init(&d->dirty, d->nblocks) < 0 ||
 	    cd_bitmap_init(&d->syncing, d->nblocks) < 0)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	for (unsigned id = 2; id < d->sb.nbitmaps; id++)
+		if (cd_bitmap_init(cd_disk_bitmap(d, id), d->nblocks) < 0)
+			return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
 	return 0;
+}
+
+int cd_disk_mark_locked(struct cdisk *d, unsigned id, uint64_t first,
+			uint64_t count, bool value)
+{
+	int r;
+
+	if (id < 2 || id >= d->sb.nbitmaps || first > d->nblocks ||
+	    count > d->nblocks - first)
+		return cd_error(d->ctx, -EINVAL, "'%s': no bitmap %u or blocks "
+				"%llu+%llu outside the disk", d->path, id,
+				(unsigned long long)first, (unsigned long long)count);
+	r = cd_bitmap_assign(cd_disk_bitmap(d, id), first, count, value);
+	if (r == 0)
+		r = cd_journal_add_run(d, first, count, CD_RUN_BITMAP(id, value));
+	return r < 0 ? cd_error(d->ctx, r, "'%s': out of memory", d->path) : 0;
+}
+
+/* The new areas' directories are written and synced before the
+ * superblock names them: a crash before that update leaves a first-layout
+ * disk with unused bytes after its data. */
+static int write_empty_extra_areas(struct cdisk *d, const struct cd_superblock *want)
+{
+	uint32_t pages = cd_extra_area_pages(want);
+	uint64_t dlen = cd_extra_area_size(want) - (uint64_t)pages * CD_PAGE_SIZE, at;
+	uint8_t *dir = calloc(1, dlen);
+	int r = 0;
+
+	if (!dir)
+		return -ENOMEM;
+	if ((at = cd_cp_dir_uuid_at(pages, dlen)))
+		memcpy(dir + at, d->sb.uuid, 16);
+	if (ftruncate(d->fd, (off_t)cd_file_size(want)) < 0)
+		r = -errno;
+	for (uint32_t area = 0; area < 2 && r == 0; area++)
+		r = cd_pwrite_full(d->fd, dir, dlen, cd_extra_area_offset(want, area));
+	if (r == 0 && fdatasync(d->fd) < 0)
+		r = -errno;
+	free(dir);
+	return r;
+}
+
+static int grow_state(struct cdisk *d, unsigned n)
+{
+	size_t old = (size_t)cd_bitmap_pages(d->nblocks) * d->sb.nbitmaps + 1;
+	size_t want = (size_t)cd_bitmap_pages(d->nblocks) * n + 1;
+	uint32_t (*crc)[2] = realloc(d->cp_crc, want * sizeof(*crc));
+
+	if (!crc)
+		return -ENOMEM;
+	memset(crc + old, 0, (want - old) * sizeof(*crc));
+	d->cp_crc = crc;
+	for (unsigned id = d->sb.nbitmaps; id < n; id++)
+		if (cd_bitmap_init(cd_disk_bitmap(d, id), d->nblocks) < 0)
+			return -ENOMEM;
+	return 0;
+}
+
+int cd_disk_add_bitmaps(struct cdisk *d, unsigned n)
+{
+	struct cd_superblock old;
+	int r = 0;
+
+	if (n > CD_BITMAPS_MAX)
+		return cd_error(d->ctx, -EINVAL, "'%s': at most %u bitmaps", d->path,
+				CD_BITMAPS_MAX);
+	pthread_mutex_lock(&d->lock);
+	old = d->sb;
+	if (n <= d->sb.nbitmaps)
+		goto out;
+	if (d->readonly) {
+		r = cd_error(d->ctx, -EROFS, "cannot add bitmaps to '%s': it is "
+			     "open read-only", d->path);
+		goto out;
+	}
+	d->sb.nbitmaps = n;
+	d->sb.incompat |= CD_FEATURE_INCOMPAT_BITMAPS;
+	cd_layout(&d->sb);
+	if (!(old.incompat & CD_FEATURE_INCOMPAT_BITMAPS))
+		r = write_empty_extra_areas(d, &d->sb);
+	d->sb.nbitmaps = old.nbitmaps;
+	if (r == 0)
+		r = grow_state(d, n);
+	d->sb.nbitmaps = n;
+	/* The checkpoint writes the superblock that names the new layout,
+	 * and the backup taken with it carries the new bitmaps. */
+	if (r == 0)
+		r = cd_checkpoint(d);
+	if (r < 0) {
+		d->sb.nbitmaps = old.nbitmaps;
+		d->sb.incompat = old.incompat;
+		d->sb.bm_offset = old.bm_offset;
+		r = cd_error(d->ctx, r, "cannot add bitmaps to '%s': %s", d->path,
+			     strerror(-r));
+	}
+out:
+	pthread_mutex_unlock(&d->lock);
+	return r;
 }
 
 #define CD_BASE_RETRY_MS 5000

@@ -19,6 +19,7 @@ static void sample_sb(struct cd_superblock *sb)
 	memset(sb->uuid, 0x5a, 16);
 	strcpy(sb->base, "iscsi://host/iqn.x/0");
 	strcpy(sb->meta_backup, "/var/lib/cdisk/meta/x");
+	sb->nbitmaps = 2;
 	cd_layout(sb);
 }
 
@@ -51,6 +52,49 @@ static void test_superblock_roundtrip(void **state)
 	assert_string_equal(b.meta_backup, a.meta_backup);
 }
 
+/* The BITMAPS layout: its fields round-trip, a first-layout superblock
+ * keeps them zero, and a count or offset that does not fit is damage. */
+static void test_superblock_bitmaps(void **state)
+{
+	struct cd_superblock sb, out;
+	uint8_t buf[CD_SB_SIZE];
+	const char *why;
+
+	(void)state;
+	sample_sb(&sb);
+	cd_sb_encode(&sb, buf);
+	assert_true(cd_is_zero(buf + 168, 20));
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.nbitmaps, 2);
+	assert_int_equal(cd_file_size(&out), out.data_offset + out.size);
+
+	sb.incompat |= CD_FEATURE_INCOMPAT_BITMAPS;
+	sb.nbitmaps = 3;
+	sb.bm_dir_crc = 0x12345678;
+	cd_layout(&sb);
+	assert_int_equal(sb.bm_offset, sb.data_offset + sb.size);
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.nbitmaps, 3);
+	assert_int_equal(out.bm_offset, sb.bm_offset);
+	assert_int_equal(out.bm_dir_crc, 0x12345678);
+	/* Room for six extra bitmaps in each of two areas. */
+	assert_int_equal(cd_file_size(&out), sb.bm_offset + 2 * cd_extra_area_size(&sb));
+	assert_int_equal(cd_extra_area_pages(&sb), 6 * 8192);
+
+	sb.nbitmaps = 9;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	sb.nbitmaps = 3;
+	sb.bm_offset += 4096;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	sb.bm_offset -= 4096;
+	sb.incompat |= 1ull << 1;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EPROTONOSUPPORT);
+}
+
 static void test_superblock_damage_classes(void **state)
 {
 	struct cd_superblock a, b;
@@ -70,7 +114,7 @@ static void test_superblock_damage_classes(void **state)
 	bad[0] = 'X';
 	assert_int_equal(cd_sb_decode(bad, &b, &why), -ENOMSG);
 	/* Unknown incompatible feature, properly signed: refused. */
-	a.incompat = 1;
+	a.incompat = 1ull << 63;
 	cd_sb_encode(&a, bad);
 	assert_int_equal(cd_sb_decode(bad, &b, &why), -EPROTONOSUPPORT);
 	a.incompat = 0;
@@ -252,6 +296,7 @@ int main(void)
 		cmocka_unit_test(test_crc32c_known_values),
 		cmocka_unit_test(test_superblock_roundtrip),
 		cmocka_unit_test(test_superblock_damage_classes),
+		cmocka_unit_test(test_superblock_bitmaps),
 		cmocka_unit_test(test_layout_of_large_disks),
 		cmocka_unit_test(test_uri_forms),
 		cmocka_unit_test(test_uri_fields),

@@ -12,7 +12,8 @@ enum {
 	SB_JOURNAL_SIZE = 96, SB_CP_OFFSET0 = 104, SB_CP_OFFSET1 = 112,
 	SB_CP_SIZE = 120, SB_DATA_OFFSET = 128, SB_CP_ACTIVE = 136,
 	SB_CP_DIR_CRC = 140, SB_CP_SEQ = 144, SB_JOURNAL_HEAD = 152,
-	SB_CREATED = 160, SB_BASE = 512, SB_MIRROR = 1536,
+	SB_CREATED = 160, SB_NBITMAPS = 168, SB_BM_OFFSET = 176,
+	SB_BM_DIR_CRC = 184, SB_BASE = 512, SB_MIRROR = 1536,
 	SB_META_BACKUP = 2560,
 };
 
@@ -29,6 +30,37 @@ static uint64_t dir_bytes(uint32_t total_pages)
 	return cd_round_up((uint64_t)total_pages * 8, CD_PAGE_SIZE);
 }
 
+uint32_t cd_extra_area_pages(const struct cd_superblock *sb)
+{
+	return (CD_BITMAPS_MAX - 2) * cd_bitmap_pages(sb->size / sb->block_size);
+}
+
+/* Sized for every bitmap there may be, so that adding one more is a
+ * superblock update; pages of unused bitmaps are never written, and the
+ * file stays sparse there. */
+uint64_t cd_extra_area_size(const struct cd_superblock *sb)
+{
+	uint32_t pages = cd_extra_area_pages(sb);
+
+	if (sb->nbitmaps <= 2)
+		return 0;
+	return dir_bytes(pages) + (uint64_t)pages * CD_PAGE_SIZE;
+}
+
+uint64_t cd_extra_area_offset(const struct cd_superblock *sb, uint32_t area)
+{
+	return sb->bm_offset + area * cd_extra_area_size(sb);
+}
+
+uint64_t cd_file_size(const struct cd_superblock *sb)
+{
+	if (sb->nbitmaps <= 2)
+		return sb->data_offset + sb->size;
+	return cd_extra_area_offset(sb, 2);
+}
+
+/* The extra areas go after the data area so that adding bitmaps to a
+ * disk moves nothing. */
 int cd_layout(struct cd_superblock *sb)
 {
 	uint64_t nblocks = sb->size / sb->block_size;
@@ -41,6 +73,8 @@ int cd_layout(struct cd_superblock *sb)
 	sb->cp_offset[0] = sb->journal_offset + sb->journal_size;
 	sb->cp_offset[1] = sb->cp_offset[0] + sb->cp_size;
 	sb->data_offset = cd_round_up(sb->cp_offset[1] + sb->cp_size, align);
+	sb->bm_offset = sb->nbitmaps > 2 ?
+		cd_round_up(sb->data_offset + sb->size, CD_PAGE_SIZE) : 0;
 	return 0;
 }
 
@@ -79,6 +113,12 @@ void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
 	cd_put_le64(buf + SB_CP_SEQ, sb->cp_seq);
 	cd_put_le64(buf + SB_JOURNAL_HEAD, sb->journal_head);
 	cd_put_le64(buf + SB_CREATED, sb->created);
+	/* A first-layout disk keeps these bytes zero, as older versions wrote. */
+	if (sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) {
+		cd_put_le32(buf + SB_NBITMAPS, sb->nbitmaps);
+		cd_put_le64(buf + SB_BM_OFFSET, sb->bm_offset);
+		cd_put_le32(buf + SB_BM_DIR_CRC, sb->bm_dir_crc);
+	}
 	put_string(buf + SB_BASE, sb->base);
 	put_string(buf + SB_MIRROR, sb->mirror);
 	put_string(buf + SB_META_BACKUP, sb->meta_backup);
@@ -114,8 +154,12 @@ static const char *sb_sanity(const struct cd_superblock *sb)
 	    want.journal_size != sb->journal_size ||
 	    want.cp_offset[0] != sb->cp_offset[0] ||
 	    want.cp_offset[1] != sb->cp_offset[1] ||
-	    want.cp_size != sb->cp_size || want.data_offset != sb->data_offset)
+	    want.cp_size != sb->cp_size || want.data_offset != sb->data_offset ||
+	    want.bm_offset != sb->bm_offset)
 		return "layout fields do not match the size and block size";
+	if ((sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) &&
+	    (sb->nbitmaps < 3 || sb->nbitmaps > CD_BITMAPS_MAX))
+		return "number of bitmaps is not from 3 to 8";
 	if (sb->cp_active > 1)
 		return "active checkpoint area is not 0 or 1";
 	if (sb->journal_head % CD_JR_ALIGN || sb->journal_head >= sb->journal_size)
@@ -169,6 +213,12 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 	sb->cp_seq = cd_get_le64(buf + SB_CP_SEQ);
 	sb->journal_head = cd_get_le64(buf + SB_JOURNAL_HEAD);
 	sb->created = cd_get_le64(buf + SB_CREATED);
+	sb->nbitmaps = 2;
+	if (sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) {
+		sb->nbitmaps = cd_get_le32(buf + SB_NBITMAPS);
+		sb->bm_offset = cd_get_le64(buf + SB_BM_OFFSET);
+		sb->bm_dir_crc = cd_get_le32(buf + SB_BM_DIR_CRC);
+	}
 	if (!get_string(buf + SB_BASE, sb->base) ||
 	    !get_string(buf + SB_MIRROR, sb->mirror) ||
 	    !get_string(buf + SB_META_BACKUP, sb->meta_backup)) {

@@ -419,10 +419,15 @@ void cd_bitmap_adopt_page(struct cd_bitmap *bm, uint32_t page, uint8_t *data,
 #define CD_SB_CRC_OFFSET (CD_SB_SIZE - 4)
 #define CD_SB_FLAG_OPEN 1u        /* a writer has the disk open */
 
-/* Feature masks.  v1 defines none; unknown incompat bits refuse the
- * open, unknown ro_compat bits refuse writing. */
+/* Feature masks: unknown incompat bits refuse the open, unknown ro_compat
+ * bits refuse writing. */
 #define CD_FEATURE_COMPAT_SUPP 0ull
-#define CD_FEATURE_INCOMPAT_SUPP 0ull
+#define CD_FEATURE_INCOMPAT_SUPP CD_FEATURE_INCOMPAT_BITMAPS
+/* More than the two bitmaps of the first layout: their pages live in two
+ * extra checkpoint areas after the data area, and journal runs name the
+ * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
+ * (cd_disk_add_bitmaps), never by a plain write. */
+#define CD_FEATURE_INCOMPAT_BITMAPS (1ull << 0)
 #define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
 /* Restored by force from a metadata backup that nothing in the file proved
  * to be its own: the disk may be another's twin, so nothing writes to its
@@ -452,6 +457,9 @@ struct cd_superblock {
 	uint64_t cp_seq;        /* journal seq covered by the checkpoint */
 	uint64_t journal_head;  /* where the first record after it goes */
 	uint64_t created;
+	uint32_t nbitmaps;      /* 2 without BITMAPS */
+	uint64_t bm_offset;     /* the extra checkpoint areas; 0 without BITMAPS */
+	uint32_t bm_dir_crc;    /* the live extra area's directory */
 	char base[CDISK_MAX_URI + 1];
 	char mirror[CDISK_MAX_URI + 1];
 	char meta_backup[CDISK_MAX_URI + 1];
@@ -465,6 +473,13 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 /* Compute layout fields (journal, checkpoint areas, data offset). */
 int cd_layout(struct cd_superblock *sb);
 uint32_t cd_bitmap_pages(uint64_t nblocks);
+/* Pages one extra checkpoint area holds, its bytes (0 with two bitmaps),
+ * and where area 0 or 1 of them starts. */
+uint32_t cd_extra_area_pages(const struct cd_superblock *sb);
+uint64_t cd_extra_area_size(const struct cd_superblock *sb);
+uint64_t cd_extra_area_offset(const struct cd_superblock *sb, uint32_t area);
+/* How long a disk file laid out as sb is. */
+uint64_t cd_file_size(const struct cd_superblock *sb);
 
 /* ---- the open disk (disk.c, journal.c, checkpoint.c) ---- */
 
@@ -473,6 +488,13 @@ enum cd_run_op {
 	CD_RUN_CLEAN = 2,   /* present, the base has it */
 	CD_RUN_DROP = 3,    /* not present: read from the base */
 };
+/* With BITMAPS: set (value 1) or clear one run of bitmap id. */
+#define CD_RUN_BITMAP(id, value) (0x100u + 2u * (uint32_t)(id) + ((value) ? 1u : 0u))
+
+/* Bitmaps by id.  Present and dirty are the overlay's; later ones belong
+ * to jobs (the mirror's out-of-sync bitmap). */
+enum cd_bitmap_id { CD_BM_PRESENT = 0, CD_BM_DIRTY = 1, CD_BM_MIRROR = 2 };
+#define CD_BITMAPS_MAX 8u
 
 struct cd_run {
 	uint64_t first;
@@ -544,6 +566,7 @@ struct cdisk {
 	uint32_t block_shift;
 	struct cd_bitmap present;
 	struct cd_bitmap dirty;
+	struct cd_bitmap extra[CD_BITMAPS_MAX - 2];  /* ids 2.. sb.nbitmaps - 1 */
 	/* Blocks a sync has read to send.  A write that completes clears its
 	 * blocks here, so the sync will not call them clean: they go again.
 	 * In memory only; a crash forgets it, and nothing is clean yet. */
@@ -652,9 +675,19 @@ int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out
 			    size_t len);
 int cd_journal_replay(struct cdisk *d);
 int cd_journal_commit(struct cdisk *d, bool sync);
+/* op: an enum cd_run_op, or CD_RUN_BITMAP(id, value). */
 int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,
-		       enum cd_run_op op);
+		       uint32_t op);
 int cd_checkpoint(struct cdisk *d);
+/* Bitmap id of an open disk (id < sb.nbitmaps). */
+struct cd_bitmap *cd_disk_bitmap(struct cdisk *d, unsigned id);
+/* Under the lock: set or clear a run of bitmap id (2 and up), in memory
+ * and in the next journal record; durable at the next flush. */
+int cd_disk_mark_locked(struct cdisk *d, unsigned id, uint64_t first,
+			uint64_t count, bool value);
+/* Give the disk at least n bitmaps: the explicit, crash-safe upgrade of
+ * the first layout (see cdisk(5)).  The new bitmaps start empty. */
+int cd_disk_add_bitmaps(struct cdisk *d, unsigned n);
 void cd_al_drain(struct cdisk *d);
 int cd_checkpoint_load(struct cdisk *d);
 int cd_sb_write(struct cdisk *d);

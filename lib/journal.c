@@ -66,14 +66,14 @@ static uint64_t record_len(size_t nruns, uint32_t nal)
 }
 
 int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,
-		       enum cd_run_op op)
+		       uint32_t op)
 {
 	struct cd_run *last = d->nruns ? &d->runs[d->nruns - 1] : NULL;
 
 	if (d->runs_overflow)
 		return 0;
 	/* Sequential writes extend the last run instead of adding one. */
-	if (last && last->op == (uint32_t)op && last->first + last->count == first &&
+	if (last && last->op == op && last->first + last->count == first &&
 	    (uint64_t)last->count + count <= UINT32_MAX) {
 		last->count += (uint32_t)count;
 		return 0;
@@ -95,7 +95,7 @@ int cd_journal_add_run(struct cdisk *d, uint64_t first, uint64_t count,
 			d->runs = runs;
 			d->runs_cap = cap;
 		}
-		d->runs[d->nruns++] = (struct cd_run){ first, n, (uint32_t)op };
+		d->runs[d->nruns++] = (struct cd_run){ first, n, op };
 		first += n;
 		count -= n;
 	}
@@ -164,26 +164,53 @@ int cd_journal_commit(struct cdisk *d, bool sync)
 	return r;
 }
 
-/* ---- checkpoints ---- */
+/* ---- checkpoints ----
+ * Pages are numbered across all bitmaps, bitmap by bitmap: the first two
+ * bitmaps' pages live in the first pair of areas, the others' in the
+ * extra pair after the data area.  Each area of a pair has one directory
+ * (8 bytes a page: bits set, CRC-32C) and both pairs flip together, with
+ * one superblock update. */
+
+static uint32_t pages_per_bitmap(const struct cdisk *d)
+{
+	return d->present.npages;
+}
 
 static uint32_t total_pages(const struct cdisk *d)
 {
-	return d->present.npages + d->dirty.npages;
+	return d->sb.nbitmaps * pages_per_bitmap(d);
+}
+
+/* Pages in the first pair of areas. */
+static uint32_t first_pages(const struct cdisk *d)
+{
+	return 2 * pages_per_bitmap(d);
+}
+
+struct cd_bitmap *cd_disk_bitmap(struct cdisk *d, unsigned id)
+{
+	if (id == CD_BM_PRESENT)
+		return &d->present;
+	if (id == CD_BM_DIRTY)
+		return &d->dirty;
+	return &d->extra[id - 2];
 }
 
 static struct cd_bitmap *page_owner(struct cdisk *d, uint32_t i, uint32_t *page)
 {
-	if (i < d->present.npages) {
-		*page = i;
-		return &d->present;
-	}
-	*page = i - d->present.npages;
-	return &d->dirty;
+	*page = i % pages_per_bitmap(d);
+	return cd_disk_bitmap(d, i / pages_per_bitmap(d));
 }
 
 static uint64_t dir_len(const struct cdisk *d)
 {
-	return d->sb.cp_size - (uint64_t)total_pages(d) * CD_PAGE_SIZE;
+	return d->sb.cp_size - (uint64_t)first_pages(d) * CD_PAGE_SIZE;
+}
+
+static uint64_t extra_dir_len(const struct cdisk *d)
+{
+	return cd_extra_area_size(&d->sb) -
+	       (uint64_t)cd_extra_area_pages(&d->sb) * CD_PAGE_SIZE;
 }
 
 /* Where a checkpoint directory keeps its disk's UUID: the last 16 bytes
@@ -197,7 +224,17 @@ uint64_t cd_cp_dir_uuid_at(uint32_t pages, uint64_t dlen)
 
 static uint64_t page_offset(const struct cdisk *d, uint32_t area, uint32_t i)
 {
-	return d->sb.cp_offset[area] + dir_len(d) + (uint64_t)i * CD_PAGE_SIZE;
+	if (i < first_pages(d))
+		return d->sb.cp_offset[area] + dir_len(d) + (uint64_t)i * CD_PAGE_SIZE;
+	return cd_extra_area_offset(&d->sb, area) + extra_dir_len(d) +
+	       (uint64_t)(i - first_pages(d)) * CD_PAGE_SIZE;
+}
+
+/* Consecutive page numbers are consecutive on disk within one pair of
+ * areas only. */
+static bool pages_adjoin(const struct cdisk *d, uint32_t first, uint32_t next)
+{
+	return next == first + 1 && next != first_pages(d);
 }
 
 /* Pages go out in runs of consecutive page numbers with one pwritev
@@ -228,7 +265,8 @@ static int batch_flush(struct cdisk *d, struct page_batch *b, uint32_t area)
 	return 0;
 }
 
-static int write_changed_pages(struct cdisk *d, uint32_t area, uint8_t *dir)
+/* entries: 8 bytes for every page of every bitmap. */
+static int write_changed_pages(struct cdisk *d, uint32_t area, uint8_t *entries)
 {
 	struct page_batch *b = malloc(sizeof(*b));
 	uint32_t n = total_pages(d);
@@ -244,15 +282,16 @@ static int write_changed_pages(struct cdisk *d, uint32_t area, uint8_t *dir)
 		if (!bm->pages[p])
 			continue;
 		if (bm->page_changed[p] & (1u << area)) {
-			if (b->count && (b->first + b->count != i || b->count == CD_BATCH_PAGES))
+			if (b->count && (!pages_adjoin(d, b->first + b->count - 1, i) ||
+					 b->count == CD_BATCH_PAGES))
 				r = batch_flush(d, b, area);
 			if (b->count == 0)
 				b->first = i;
 			b->iov[b->count++] = (struct iovec){ bm->pages[p], CD_PAGE_SIZE };
 			d->cp_crc[i][area] = cd_crc32c(0, bm->pages[p], CD_PAGE_SIZE);
 		}
-		cd_put_le32(dir + (uint64_t)i * 8, bm->page_count[p]);
-		cd_put_le32(dir + (uint64_t)i * 8 + 4, d->cp_crc[i][area]);
+		cd_put_le32(entries + (uint64_t)i * 8, bm->page_count[p]);
+		cd_put_le32(entries + (uint64_t)i * 8 + 4, d->cp_crc[i][area]);
 	}
 	if (r == 0 && b->count)
 		r = batch_flush(d, b, area);
@@ -268,39 +307,95 @@ static int write_changed_pages(struct cdisk *d, uint32_t area, uint8_t *dir)
 	return 0;
 }
 
+/* The two directories of one area index, built from the entries: each
+ * holds its own pages' entries and the disk's UUID. */
+struct cp_dirs {
+	uint8_t *dir, *extra;
+	uint64_t len, extra_len;
+};
+
+static void dirs_free(struct cp_dirs *x)
+{
+	free(x->dir);
+	free(x->extra);
+}
+
+static int dirs_alloc(const struct cdisk *d, struct cp_dirs *x)
+{
+	x->len = dir_len(d);
+	x->extra_len = d->sb.nbitmaps > 2 ? extra_dir_len(d) : 0;
+	x->dir = calloc(1, x->len);
+	x->extra = x->extra_len ? calloc(1, x->extra_len) : NULL;
+	if (!x->dir || (x->extra_len && !x->extra)) {
+		dirs_free(x);
+		return -ENOMEM;
+	}
+	return 0;
+}
+
+static void dirs_fill(const struct cdisk *d, struct cp_dirs *x, const uint8_t *entries)
+{
+	uint32_t first = first_pages(d), rest = total_pages(d) - first;
+	uint64_t at;
+
+	memcpy(x->dir, entries, (size_t)first * 8);
+	if ((at = cd_cp_dir_uuid_at(first, x->len)))
+		memcpy(x->dir + at, d->sb.uuid, 16);
+	if (!x->extra)
+		return;
+	memcpy(x->extra, entries + (size_t)first * 8, (size_t)rest * 8);
+	if ((at = cd_cp_dir_uuid_at(cd_extra_area_pages(&d->sb), x->extra_len)))
+		memcpy(x->extra + at, d->sb.uuid, 16);
+}
+
+static int dirs_write(struct cdisk *d, const struct cp_dirs *x, uint32_t area)
+{
+	int r = cd_pwrite_full(d->fd, x->dir, x->len, d->sb.cp_offset[area]);
+
+	if (r == 0 && x->extra)
+		r = cd_pwrite_full(d->fd, x->extra, x->extra_len,
+				   cd_extra_area_offset(&d->sb, area));
+	return r;
+}
+
 int cd_checkpoint(struct cdisk *d)
 {
 	uint32_t area = 1 - d->sb.cp_active;
-	uint64_t dlen = dir_len(d);
-	uint8_t *dir;
+	struct cp_dirs x;
+	uint8_t *entries;
 	int r;
 
 	/* The log is emptied below: no write it protects may still be under
 	 * way, or its data could land under a "clean" record. */
 	cd_al_drain(d);
-	dir = calloc(1, dlen);
-	if (!dir)
+	entries = calloc(total_pages(d) + 1, 8);
+	if (!entries || dirs_alloc(d, &x) < 0) {
+		free(entries);
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	}
 	/* State may only claim data that is durable. */
 	r = sync_file(d);
 	if (r == 0)
-		r = write_changed_pages(d, area, dir);
-	if (r == 0 && cd_cp_dir_uuid_at(total_pages(d), dlen))
-		memcpy(dir + cd_cp_dir_uuid_at(total_pages(d), dlen), d->sb.uuid, 16);
-	if (r == 0)
-		r = cd_pwrite_full(d->fd, dir, dlen, d->sb.cp_offset[area]);
+		r = write_changed_pages(d, area, entries);
+	if (r == 0) {
+		dirs_fill(d, &x, entries);
+		r = dirs_write(d, &x, area);
+	}
 	if (r == 0)
 		r = sync_file(d);
+	free(entries);
 	if (r < 0) {
-		free(dir);
+		dirs_free(&x);
 		return cd_error(d->ctx, r, "cannot write a checkpoint of '%s': %s",
 				d->path, strerror(-r));
 	}
 	d->sb.cp_active = area;
-	d->sb.cp_dir_crc = cd_crc32c(0, dir, dlen);
+	d->sb.cp_dir_crc = cd_crc32c(0, x.dir, x.len);
+	if (x.extra)
+		d->sb.bm_dir_crc = cd_crc32c(0, x.extra, x.extra_len);
 	d->sb.cp_seq = d->j_seq;
 	d->sb.journal_head = d->j_pos;
-	free(dir);
+	dirs_free(&x);
 	r = cd_sb_write(d);
 	if (r < 0)
 		return r;
@@ -387,28 +482,54 @@ static int load_run(struct cdisk *d, const uint8_t *dir, uint32_t first,
 	return r;
 }
 
+static int read_dir(struct cdisk *d, uint8_t *dir, uint64_t len, uint64_t off,
+		    uint32_t crc)
+{
+	int r = cd_pread_full(d->fd, dir, len, off);
+
+	if (r < 0)
+		return cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
+				"cannot read the checkpoint of '%s': %s", d->path,
+				r == -ENODATA ? "file is truncated" : strerror(-r));
+	if (cd_crc32c(0, dir, len) != crc)
+		return cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: checkpoint directory "
+				"checksum mismatch", d->path);
+	return 0;
+}
+
+/* Both directories of the live area index as one list of entries. */
+static int read_entries(struct cdisk *d, uint8_t *entries)
+{
+	uint32_t area = d->sb.cp_active, first = first_pages(d);
+	struct cp_dirs x;
+	int r;
+
+	if (dirs_alloc(d, &x) < 0)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	r = read_dir(d, x.dir, x.len, d->sb.cp_offset[area], d->sb.cp_dir_crc);
+	if (r == 0 && x.extra)
+		r = read_dir(d, x.extra, x.extra_len, cd_extra_area_offset(&d->sb, area),
+			     d->sb.bm_dir_crc);
+	if (r == 0) {
+		memcpy(entries, x.dir, (size_t)first * 8);
+		if (x.extra)
+			memcpy(entries + (size_t)first * 8, x.extra,
+			       (size_t)(total_pages(d) - first) * 8);
+	}
+	dirs_free(&x);
+	return r;
+}
+
 int cd_checkpoint_load(struct cdisk *d)
 {
 	uint32_t area = d->sb.cp_active, n = total_pages(d), first = 0, count = 0;
-	uint64_t dlen = dir_len(d);
-	uint8_t *dir = malloc(dlen);
+	uint8_t *dir = calloc(n + 1, 8);
 	int r;
 
 	if (!dir)
 		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
 	cd_errbuf()[0] = 0;
-	r = cd_pread_full(d->fd, dir, dlen, d->sb.cp_offset[area]);
-	if (r < 0) {
-		r = cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
-			     "cannot read the checkpoint of '%s': %s", d->path,
-			     r == -ENODATA ? "file is truncated" : strerror(-r));
-		goto out;
-	}
-	if (cd_crc32c(0, dir, dlen) != d->sb.cp_dir_crc) {
-		r = cd_error(d->ctx, -EUCLEAN, "'%s' is damaged: checkpoint directory "
-			     "checksum mismatch", d->path);
-		goto out;
-	}
+	r = read_entries(d, dir);
 	for (uint32_t i = 0; i <= n && r == 0; i++) {
 		uint32_t stored = i < n ? cd_get_le32(dir + (uint64_t)i * 8) : 0;
 
@@ -423,7 +544,8 @@ int cd_checkpoint_load(struct cdisk *d)
 				     "directory entry %u is invalid", d->path, i);
 			break;
 		}
-		if (stored && count < CD_BATCH_PAGES) {
+		if (stored && count < CD_BATCH_PAGES &&
+		    (count == 0 || pages_adjoin(d, first + count - 1, i))) {
 			if (count++ == 0)
 				first = i;
 			continue;
@@ -436,7 +558,6 @@ int cd_checkpoint_load(struct cdisk *d)
 			count = 1;
 		}
 	}
-out:
 	free(dir);
 	return r;
 }
@@ -523,6 +644,28 @@ int cd_journal_tags(int fd, const struct cd_superblock *sb, uint64_t *tags,
 	return 0;
 }
 
+/* Ops 1-3 change the present and dirty pair together, as one write does;
+ * with BITMAPS, CD_RUN_BITMAP ops change one bitmap of id 2 or more. */
+static int apply_run(struct cdisk *d, uint64_t first, uint32_t count, uint32_t op)
+{
+	int r;
+
+	if (op >= CD_RUN_BITMAP(2, 0)) {
+		uint32_t id = (op - CD_RUN_BITMAP(0, 0)) / 2;
+
+		if (!(d->sb.incompat & CD_FEATURE_INCOMPAT_BITMAPS) ||
+		    id >= d->sb.nbitmaps)
+			return -EUCLEAN;
+		return cd_bitmap_assign(cd_disk_bitmap(d, id), first, count, op & 1);
+	}
+	if (op < CD_RUN_DIRTY || op > CD_RUN_DROP)
+		return -EUCLEAN;
+	r = cd_bitmap_assign(&d->present, first, count, op != CD_RUN_DROP);
+	if (r == 0)
+		r = cd_bitmap_assign(&d->dirty, first, count, op == CD_RUN_DIRTY);
+	return r;
+}
+
 static int apply_record(struct cdisk *d, const uint8_t *rec)
 {
 	uint32_t nruns = cd_get_le32(rec + JR_NRUNS), nal = cd_get_le32(rec + JR_NAL);
@@ -533,12 +676,9 @@ static int apply_record(struct cdisk *d, const uint8_t *rec)
 		uint64_t first = cd_get_le64(p);
 		uint32_t count = cd_get_le32(p + 8), op = cd_get_le32(p + 12);
 
-		if (first > d->nblocks || count > d->nblocks - first ||
-		    op < CD_RUN_DIRTY || op > CD_RUN_DROP)
+		if (first > d->nblocks || count > d->nblocks - first)
 			return -EUCLEAN;
-		r = cd_bitmap_assign(&d->present, first, count, op != CD_RUN_DROP);
-		if (r == 0)
-			r = cd_bitmap_assign(&d->dirty, first, count, op == CD_RUN_DIRTY);
+		r = apply_run(d, first, count, op);
 	}
 	if (r < 0)
 		return r;

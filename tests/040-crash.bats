@@ -26,3 +26,13 @@ setup() {
 @test "crash: 30 kills with 1 MiB blocks" {
 	CDISK_TIMEOUT=300 run_cdisk 0 crashtest "$BATS_TEST_TMPDIR" 30 1048576 64 "$SEED"
 }
+
+@test "crash: 200 kills on a disk given 4 bitmaps, runs of bitmaps 2 and 3 set and cleared" {
+	CRASHTEST_BITMAPS=4 CDISK_TIMEOUT=300 run_cdisk 0 crashtest "$BATS_TEST_TMPDIR" 200 4096 4096 "$SEED"
+	assert_output --partial "4 bitmaps, no loss"
+}
+
+@test "crash: 60 kills on a disk given 8 bitmaps with 512-byte blocks" {
+	CRASHTEST_BITMAPS=8 CDISK_TIMEOUT=300 run_cdisk 0 crashtest "$BATS_TEST_TMPDIR" 60 512 8192 "$SEED"
+	assert_output --partial "8 bitmaps, no loss"
+}

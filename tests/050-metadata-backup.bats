@@ -271,3 +271,8 @@ uuid_of() {
 	CDISK_TIMEOUT=300 run_cdisk 0 metastress "$BATS_TEST_TMPDIR" 200 "${CDISK_CRASH_SEED:-$RANDOM}"
 	assert_output --partial "200 rounds"
 }
+
+@test "metadata stress with a third bitmap: its flushed bits survive every rebuild" {
+	METASTRESS_BITMAPS=1 CDISK_TIMEOUT=300 run_cdisk 0 metastress "$BATS_TEST_TMPDIR" 200 "${CDISK_CRASH_SEED:-$RANDOM}"
+	assert_output --partial "3 bitmaps"
+}

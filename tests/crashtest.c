@@ -5,6 +5,11 @@
  *
  *   crashtest DIR ITERATIONS [BLOCK_SIZE] [BLOCKS] [SEED]
  *
+ * With CRASHTEST_BITMAPS=N (3 to 8) the disk is first given N bitmaps
+ * (the upgrade of the first layout), and the writer also sets and clears
+ * runs of bitmaps 2 to N-1: after every kill, each bit must be as last
+ * flushed, or as set or cleared since.
+ *
  * Unflushed writes are atomic per 4 KiB unit, not per block: the kernel
  * may stop a larger write between pages when SIGKILL arrives, as a disk
  * may stop between sectors.  The model therefore tracks units.
@@ -28,6 +33,9 @@
 #define NONE UINT32_MAX
 
 struct block_model {
+	uint8_t mark_durable;            /* extra bitmaps' bits as flushed */
+	uint8_t mark_last;               /* as last set or cleared */
+	uint8_t mark_set, mark_cleared;  /* bits set / cleared since the flush */
 	uint32_t durable;                /* flushed content (seed) */
 	uint32_t npending;
 	uint32_t pending[MAX_PENDING];   /* unflushed writes since */
@@ -42,6 +50,7 @@ struct model {
 };
 
 static struct model *m;
+static unsigned nbitmaps = 2;
 static uint32_t bs;        /* the unit: min(block size, 4096) */
 static uint32_t per_block; /* units per disk block */
 static const char *disk_path, *base_path;
@@ -71,6 +80,13 @@ static bool add_pending(uint32_t first, uint32_t count, uint32_t seed)
 static void flushed(void)
 {
 	for (uint32_t i = 0; i < m->nblocks; i++) {
+		struct block_model *b = &m->b[i];
+
+		uint8_t changed = b->mark_set | b->mark_cleared;
+
+		b->mark_durable = (uint8_t)((b->mark_durable & ~changed) | (b->mark_last & changed));
+		__atomic_store_n(&b->mark_set, 0, __ATOMIC_SEQ_CST);
+		__atomic_store_n(&b->mark_cleared, 0, __ATOMIC_SEQ_CST);
 		if (m->b[i].npending) {
 			m->b[i].durable = m->b[i].pending[m->b[i].npending - 1];
 			__atomic_store_n(&m->b[i].npending, 0, __ATOMIC_SEQ_CST);
@@ -104,6 +120,31 @@ static void sync_range(struct cdisk *d, int base_fd, uint32_t first, uint32_t co
 	free(buf);
 }
 
+/* Set or clear a run of one extra bitmap; the model hears first.  Until
+ * the next flush a bit may be as flushed or any value given since. */
+static void mark_range(struct cdisk *d, uint32_t first, uint32_t count)
+{
+	unsigned id = 2 + rnd(nbitmaps - 2);
+	bool value = rnd(2);
+	uint8_t bit = (uint8_t)(1u << id);
+	int r;
+
+	for (uint32_t i = first; i < first + count; i++) {
+		struct block_model *b = &m->b[i];
+
+		b->mark_last = (uint8_t)(value ? b->mark_last | bit : b->mark_last & ~bit);
+		if (value)
+			__atomic_or_fetch(&b->mark_set, bit, __ATOMIC_SEQ_CST);
+		else
+			__atomic_or_fetch(&b->mark_cleared, bit, __ATOMIC_SEQ_CST);
+	}
+	pthread_mutex_lock(&d->lock);
+	r = cd_disk_mark_locked(d, id, first / per_block, count / per_block, value);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		die("child mark", d->ctx);
+}
+
 static void child(void)
 {
 	struct cdisk_ctx *ctx = cdisk_ctx_new();
@@ -128,6 +169,8 @@ static void child(void)
 				flushed();
 		} else if (op < 20) {
 			sync_range(d, base_fd, first, count);
+		} else if (nbitmaps > 2 && op < 30) {
+			mark_range(d, first, count);
 		} else if (op < 26) {
 			if (!add_pending(first, count, 0))
 				continue;
@@ -188,6 +231,23 @@ static int verify_unit(struct cdisk *d, uint32_t b, const uint8_t *buf,
 			"as the base\n", b);
 		errors++;
 	}
+	for (unsigned id = 2; id < nbitmaps; id++) {
+		uint8_t bit = (uint8_t)(1u << id);
+		bool now = cd_bitmap_get(cd_disk_bitmap(d, id), blk);
+
+		if (now == !!(bm->mark_durable & bit) || (now && (bm->mark_set & bit)) ||
+		    (!now && (bm->mark_cleared & bit)))
+			bm->mark_durable = (uint8_t)(now ? bm->mark_durable | bit :
+						     bm->mark_durable & ~bit);
+		else {
+			fprintf(stderr, "crashtest: bit %llu of bitmap %u is %d; flushed "
+				"%d and not changed since\n", (unsigned long long)blk, id,
+				now, !now);
+			errors++;
+		}
+	}
+	bm->mark_last = bm->mark_durable;
+	bm->mark_set = bm->mark_cleared = 0;
 	/* Open wrote the recovered state durably: this is now flushed. */
 	bm->durable = found;
 	bm->npending = 0;
@@ -265,6 +325,16 @@ int main(int argc, char **argv)
 				       .base = bpath };
 	if (cdisk_create(ctx, path, &o) < 0)
 		die("create", ctx);
+	if (getenv("CRASHTEST_BITMAPS")) {
+		struct cdisk *d;
+
+		nbitmaps = (unsigned)atoi(getenv("CRASHTEST_BITMAPS"));
+		if (nbitmaps < 3 || nbitmaps > CD_BITMAPS_MAX)
+			die("CRASHTEST_BITMAPS is not from 3 to 8", NULL);
+		if (cdisk_open(ctx, path, 0, &d) < 0 || cd_disk_add_bitmaps(d, nbitmaps) < 0 ||
+		    cdisk_close(d) < 0)
+			die("add bitmaps", ctx);
+	}
 
 	for (unsigned it = 0; it < iterations; it++) {
 		struct cdisk *d;
@@ -295,8 +365,9 @@ int main(int argc, char **argv)
 	}
 	munmap(m, sizeof(*m) + nblocks * sizeof(m->b[0]));
 	printf("crashtest: %u kills, %llu journal records replayed, %llu blocks "
-	       "recovered from the activity log, no loss (seed %u)\n", iterations,
-	       (unsigned long long)replayed, (unsigned long long)recovered, seed);
+	       "recovered from the activity log, %u bitmaps, no loss (seed %u)\n",
+	       iterations, (unsigned long long)replayed, (unsigned long long)recovered,
+	       nbitmaps, seed);
 	cdisk_ctx_free(ctx);
 	return 0;
 }

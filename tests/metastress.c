@@ -6,7 +6,13 @@
  *
  * Each round: write and flush patterns, close (a checkpoint: a backup),
  * write and flush more, then either close or stop as a crash would, then
- * damage the metadata, reopen, verify, sync, verify the base. */
+ * damage the metadata, reopen, verify, sync, verify the base.
+ *
+ * With METASTRESS_BITMAPS=1 the disk has a third bitmap (the upgrade of
+ * the first layout), the writer sets and clears runs of it, and the
+ * damage may hit its checkpoint areas too: after each rebuild every bit
+ * flushed set must still be set (an inexact rebuild sets them all), and
+ * an exact one must give back the bitmap as flushed. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +32,10 @@ static bool in_backup[NBLOCKS];     /* present in the newest backup */
  * nothing records such a zeroing (a hole is a hole): an inexact restore
  * may read the base there again.  cdisk(5) documents this. */
 static bool zeroed_absent[NBLOCKS];
+static bool mark_model[NBLOCKS];    /* bitmap 2 as flushed */
+static bool mark_now[NBLOCKS];      /* ... as last set or cleared */
+static bool with_bitmaps;
+static bool rebuilt_inexact;        /* by restore_unprovable, before the open */
 static char disk_path[4096], base_path[4096];
 static struct cdisk_ctx *ctx;
 static unsigned round_no, seed, ambiguous;
@@ -86,6 +96,22 @@ static void restore_unprovable(void)
 		die("forced restore");
 	if (cdisk_restore_confirm(ctx, disk_path, &changed) < 0 || !changed)
 		die("confirm");
+	rebuilt_inexact = !rep.exact;
+}
+
+static void mark_some(struct cdisk *d)
+{
+	uint32_t count = 1 + rnd(64), first = rnd(NBLOCKS - count + 1);
+	bool value = rnd(2);
+	int r;
+
+	pthread_mutex_lock(&d->lock);
+	r = cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, value);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		die("mark");
+	for (uint32_t b = first; b < first + count; b++)
+		mark_now[b] = value;
 }
 
 static void write_some(struct cdisk *d, unsigned ops, uint32_t *next_seed)
@@ -109,11 +135,18 @@ static void write_some(struct cdisk *d, unsigned ops, uint32_t *next_seed)
 			zeroed_absent[b] = s == 0 && !in_backup[b];
 			model[b] = s;
 		}
-		if (rnd(4) == 0 && cdisk_flush(d) < 0)
-			die("flush");
+		if (with_bitmaps && rnd(3) == 0)
+			mark_some(d);
+		if (rnd(4) == 0) {
+			if (cdisk_flush(d) < 0)
+				die("flush");
+			memcpy(mark_model, mark_now, sizeof(mark_model));
+		}
 	}
 	if (cdisk_flush(d) < 0)
 		die("flush");
+	if (with_bitmaps)
+		memcpy(mark_model, mark_now, sizeof(mark_model));
 	free(buf);
 }
 
@@ -180,6 +213,35 @@ static void verify(struct cdisk *d, const char *when)
 	close(fd);
 }
 
+static void verify_marks(struct cdisk *d, const char *when)
+{
+	struct cd_bitmap *bm;
+
+	if (!with_bitmaps)
+		return;
+	if (d->sb.nbitmaps != 3) {
+		fprintf(stderr, "metastress: round %u (seed %u) %s: the disk has %u "
+			"bitmaps, not 3\n", round_no, seed, when, d->sb.nbitmaps);
+		exit(1);
+	}
+	bm = cd_disk_bitmap(d, CD_BM_MIRROR);
+	for (uint32_t b = 0; b < NBLOCKS; b++) {
+		bool now = cd_bitmap_get(bm, b);
+
+		if ((mark_model[b] && !now) ||
+		    (now != mark_model[b] && !rebuilt_inexact &&
+		     (!d->restore.restored || d->restore.exact))) {
+			fprintf(stderr, "metastress: round %u (seed %u) %s: bit %u of bitmap "
+				"2 is %d, flushed as %d (restored %d, exact %d)\n", round_no,
+				seed, when, b, now, mark_model[b], d->restore.restored,
+				d->restore.exact);
+			exit(1);
+		}
+		mark_model[b] = mark_now[b] = now;
+	}
+	rebuilt_inexact = false;
+}
+
 static void scribble(int fd, uint64_t off, uint64_t len, int how)
 {
 	uint8_t *buf = malloc(len);
@@ -200,7 +262,7 @@ static const char *damage(void)
 	if (cdisk_open(ctx, disk_path, CDISK_OPEN_CONFIG_ONLY, &cfg) < 0)
 		die("read config");
 	cp = cfg->sb.cp_offset[cfg->sb.cp_active];
-	switch (rnd(7)) {
+	switch (rnd(with_bitmaps ? 8 : 7)) {
 	case 0:
 		what = "random bytes over both superblocks";
 		scribble(fd, rnd(2000), 100 + rnd(2000), 1);
@@ -248,6 +310,10 @@ static const char *damage(void)
 		scribble(fd, 8192, 1 << 20, 0);
 		scribble(fd, cp, 64, 1);
 		break;
+	case 7:
+		what = "extra checkpoint directory damaged";
+		scribble(fd, cd_extra_area_offset(&cfg->sb, cfg->sb.cp_active) + rnd(64), 8, 1);
+		break;
 	default:
 		what = "everything but the data zeroed";
 		scribble(fd, 0, cfg->sb.data_offset, 0);
@@ -293,6 +359,14 @@ int main(int argc, char **argv)
 	struct cdisk_create_opts o = { .size = (uint64_t)NBLOCKS * BS, .base = base_path };
 	if (cdisk_create(ctx, disk_path, &o) < 0)
 		die("create");
+	if (getenv("METASTRESS_BITMAPS")) {
+		struct cdisk *d = open_disk();
+
+		with_bitmaps = true;
+		if (cd_disk_add_bitmaps(d, 3) < 0)
+			die("add a bitmap");
+		close_disk(d);
+	}
 
 	for (round_no = 0; round_no < rounds; round_no++) {
 		struct cdisk *d = open_disk();
@@ -315,13 +389,14 @@ int main(int argc, char **argv)
 		if (d->restore.restored)
 			restores++;
 		verify(d, what);
+		verify_marks(d, what);
 		sync_to_base(d);
 		verify(d, "after sync");
 		close_disk(d);
 	}
 	printf("metastress: %u rounds, %u rebuilt from the backup, no flushed write lost, "
-	       "%u zeroings of absent blocks undone by inexact restores (seed %u)\n",
-	       rounds, restores, ambiguous, seed);
+	       "%u zeroings of absent blocks undone by inexact restores, %s (seed %u)\n",
+	       rounds, restores, ambiguous, with_bitmaps ? "3 bitmaps" : "2 bitmaps", seed);
 	cdisk_ctx_free(ctx);
 	return 0;
 }
