@@ -2,12 +2,14 @@
  *   0: a URI            1: a superblock (4096 bytes)
  *   2: a control socket request line   3: an S3 manifest
  *   4: an HTTP header line               5: an S3 error body
- *   6: a configuration file */
+ *   6: a configuration file             8: a users file
+ *   9: a pre-shared key file */
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "common.h"
 #include "http.h"
+#include "users.h"
 
 static struct cdisk_server *srv;
 
@@ -29,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	text = malloc(size);
 	memcpy(text, data + 1, size - 1);
 	text[size - 1] = 0;
-	switch (data[0] % 8) {
+	switch (data[0] % 10) {
 	case 0: {
 		struct cd_uri u;
 		if (cd_uri_parse(&ctx, text, &u) == 0)
@@ -69,6 +71,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		uint64_t seq, snaps[16];
 		uint32_t count;
 		cd_rbd_parse_snap_context(data + 1, size - 1, &seq, snaps, 16, &count);
+		break;
+	}
+	case 8: {
+		struct cd_users *users;
+		if (cd_users_parse_text(&ctx, text, &users) == 0) {
+			for (size_t i = 0; i < users->n; i++)
+				cd_user_may_open(&users->v[i], "alice/desktop");
+			cd_users_free(users);
+		}
+		break;
+	}
+	case 9: {
+		struct cd_psk *psk;
+		if (cd_psk_parse_text(&ctx, (const char *)data + 1, size - 1, &psk) == 0)
+			cd_psk_free(psk);
 		break;
 	}
 	default: {
