@@ -736,11 +736,13 @@ static int pick_backup(struct cdisk *d, const char *from, bool sb_known, bool fo
 					"another disk (UUID differs)", path);
 		}
 		if (b->sb.nbitmaps != d->sb.nbitmaps) {
+			unsigned held = b->sb.nbitmaps;
+
 			cd_backup_free(b);
 			return cd_error(d->ctx, -EUCLEAN, "metadata backup '%s' holds %u "
 					"bitmaps and '%s' has %u: it was taken before the "
-					"disk's layout changed", path, b->sb.nbitmaps,
-					d->path, d->sb.nbitmaps);
+					"disk's layout changed", path, held, d->path,
+					d->sb.nbitmaps);
 		}
 		return 0;
 	}
@@ -820,7 +822,10 @@ int cd_backup_restore(struct cdisk *d, const char *from, bool sb_known, bool for
 		r = cd_al_recover(d);
 	if (r == 0 && !res->exact)
 		r = mark_all_present_dirty(d, &res->blocks_marked_dirty);
-	if (r == 0 && !res->exact)
+	/* A surviving superblock copy may be the older one: for present and
+	 * dirty the data area's own allocation makes up for that, for the
+	 * jobs' bitmaps nothing does. */
+	if (r == 0 && (!res->exact || d->sb_bad_at_open[0] || d->sb_bad_at_open[1]))
 		r = mark_all_jobs_undone(d);
 	if (r == 0)
 		r = reconcile_data_area(d, &res->blocks_reconciled);

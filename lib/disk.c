@@ -400,15 +400,25 @@ static int grow_state(struct cdisk *d, unsigned n)
 	return 0;
 }
 
+static void shrink_state(struct cdisk *d, unsigned from, unsigned to)
+{
+	for (unsigned id = from; id < to; id++)
+		cd_bitmap_free(cd_disk_bitmap(d, id));
+}
+
 int cd_disk_add_bitmaps(struct cdisk *d, unsigned n)
 {
-	struct cd_superblock old;
+	struct cd_superblock old, want;
 	int r = 0;
 
 	if (n > CD_BITMAPS_MAX)
 		return cd_error(d->ctx, -EINVAL, "'%s': at most %u bitmaps", d->path,
 				CD_BITMAPS_MAX);
 	pthread_mutex_lock(&d->lock);
+	/* No write may be under way while the layout changes: the checkpoint
+	 * below would otherwise wait for them with the lock let go, and show
+	 * the half-changed superblock to other threads. */
+	cd_al_drain(d);
 	old = d->sb;
 	if (n <= d->sb.nbitmaps)
 		goto out;
@@ -417,20 +427,23 @@ int cd_disk_add_bitmaps(struct cdisk *d, unsigned n)
 			     "open read-only", d->path);
 		goto out;
 	}
-	d->sb.nbitmaps = n;
-	d->sb.incompat |= CD_FEATURE_INCOMPAT_BITMAPS;
-	cd_layout(&d->sb);
+	want = d->sb;
+	want.nbitmaps = n;
+	cd_layout(&want);
 	if (!(old.incompat & CD_FEATURE_INCOMPAT_BITMAPS))
-		r = write_empty_extra_areas(d, &d->sb);
-	d->sb.nbitmaps = old.nbitmaps;
+		r = write_empty_extra_areas(d, &want);
 	if (r == 0)
 		r = grow_state(d, n);
-	d->sb.nbitmaps = n;
 	/* The checkpoint writes the superblock that names the new layout,
 	 * and the backup taken with it carries the new bitmaps. */
-	if (r == 0)
+	if (r == 0) {
+		d->sb.nbitmaps = n;
+		d->sb.incompat |= CD_FEATURE_INCOMPAT_BITMAPS;
+		d->sb.bm_offset = want.bm_offset;
 		r = cd_checkpoint(d);
+	}
 	if (r < 0) {
+		shrink_state(d, old.nbitmaps, n);
 		d->sb.nbitmaps = old.nbitmaps;
 		d->sb.incompat = old.incompat;
 		d->sb.bm_offset = old.bm_offset;
@@ -439,6 +452,8 @@ int cd_disk_add_bitmaps(struct cdisk *d, unsigned n)
 	}
 out:
 	pthread_mutex_unlock(&d->lock);
+	/* The backup the checkpoint took, written without the lock. */
+	cd_backup_store_pending(d);
 	return r;
 }
 

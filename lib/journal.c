@@ -360,7 +360,7 @@ static int dirs_write(struct cdisk *d, const struct cp_dirs *x, uint32_t area)
 
 int cd_checkpoint(struct cdisk *d)
 {
-	uint32_t area = 1 - d->sb.cp_active;
+	uint32_t area;
 	struct cp_dirs x;
 	uint8_t *entries;
 	int r;
@@ -368,6 +368,9 @@ int cd_checkpoint(struct cdisk *d)
 	/* The log is emptied below: no write it protects may still be under
 	 * way, or its data could land under a "clean" record. */
 	cd_al_drain(d);
+	/* Only now: the drain lets the lock go, and another checkpoint may
+	 * have made the other area live meanwhile. */
+	area = 1 - d->sb.cp_active;
 	entries = calloc(total_pages(d) + 1, 8);
 	if (!entries || dirs_alloc(d, &x) < 0) {
 		free(entries);

@@ -169,7 +169,7 @@ static void child(void)
 				flushed();
 		} else if (op < 20) {
 			sync_range(d, base_fd, first, count);
-		} else if (nbitmaps > 2 && op < 30) {
+		} else if (nbitmaps > 2 && op >= 90) {
 			mark_range(d, first, count);
 		} else if (op < 26) {
 			if (!add_pending(first, count, 0))
