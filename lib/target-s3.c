@@ -1111,7 +1111,6 @@ static int folder_send(struct cd_s3_folder *f, void **session, const char *metho
 		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
 		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 		headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
-		headers = curl_slist_append(headers, "Expect:");
 	} else if (!strcmp(method, "DELETE")) {
 		curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
 	}
