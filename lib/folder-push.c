@@ -450,6 +450,11 @@ static int on_dirent(ext2_ino_t dir, int entry, struct ext2_dir_entry *de, int o
 	}
 	memcpy(p->path + at, de->name, n);
 	p->path[at + n] = '\0';
+	if (memchr(de->name, '/', n)) {   /* debugfs can make one */
+		skip(p, p->path, "a name with a '/' cannot be a key");
+		p->path[at] = '\0';
+		return 0;
+	}
 	e = ext2fs_read_inode_full(p->fs, de->inode, (struct ext2_inode *)&in, sizeof(in));
 	if (e) {
 		p->err = cd_error(p->ctx, -EIO, "'%s': cannot read the inode of '%s': %s",

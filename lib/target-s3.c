@@ -1111,8 +1111,8 @@ static int folder_send(struct cd_s3_folder *f, void **session, const char *metho
 		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
 		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
 		headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
-	} else if (!strcmp(method, "DELETE")) {
-		curl_easy_setopt(c, CURLOPT_NOBODY, 0L);
+	} else if (!strcmp(method, "HEAD")) {
+		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
 	}
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_send_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
@@ -1256,10 +1256,21 @@ int cd_s3_multipart_end(struct cd_s3_folder *f, void **session, const char *key,
 			snprintf(s.error_body, sizeof(s.error_body), "%.1000s", reply);
 		return send_error(f, "finish storing", key, &s, status);
 	}
-	if (!xml_field(reply, reply + s.reply_len, "ETag", got, sizeof(got)))
+	if (xml_field(reply, reply + s.reply_len, "ETag", got, sizeof(got)))
+		unquote_etag(got, etag);
+	else
+		snprintf(etag, 80, "%s", s.etag);
+	if (!etag[0]) {
+		/* radosgw answers with an empty <ETag>: ask the object. */
+		struct send_state h = { 0 };
+		r = folder_send(f, session, "HEAD", key, "", NULL, 0, NULL, NULL, &h, &status);
+		if (r < 0)
+			return r;
+		snprintf(etag, 80, "%s", h.etag);
+	}
+	if (!etag[0])
 		return cd_error(f->t.ctx, -EBADMSG, "cannot store '%s' in '%s': the server "
-				"gave no ETag", key, f->t.uri);
-	unquote_etag(got, etag);
+				"gave no ETag (%.200s)", key, f->t.uri, reply);
 	return 0;
 }
 
