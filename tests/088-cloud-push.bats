@@ -128,7 +128,10 @@ write $BATS_TEST_TMPDIR/top.txt top.txt"
 	make_folder
 	writer 64M
 	printf 'linked\n' >"$BATS_TEST_TMPDIR/l.txt"
+	truncate -s 5M "$BATS_TEST_TMPDIR/sparse.bin"
+	printf 'middle' | dd of="$BATS_TEST_TMPDIR/sparse.bin" bs=1 seek=3000000 conv=notrunc status=none
 	edit "cd /
+write $BATS_TEST_TMPDIR/sparse.bin sparse.bin
 symlink link.txt /top.txt
 mkdir \"empty dir\"
 mknod fifo p
@@ -136,13 +139,18 @@ write $BATS_TEST_TMPDIR/l.txt l.txt
 ln l.txt l2.txt
 sif l.txt links_count 2"
 	run_cdisk cdisk-sync --files --json w.cdisk
-	assert_equal "$(uploaded_keys)" "empty dir/ l.txt l2.txt "
+	assert_equal "$(uploaded_keys)" "empty dir/ l.txt l2.txt sparse.bin "
 	assert_equal "$(jq -r '.skipped[].key' <<<"$output" | sort | tr '\n' ' ')" "fifo link.txt "
 	run_cdisk cdisk-sync --files w.cdisk
-	assert_output --partial "skipped 'link.txt': a symbolic link is not a file"
+	assert_equal "$(grep -c "warning: .*skipped 'link.txt': a symbolic link is not a file" \
+		<<<"$stderr")" 1
 	s3_curl "$RGW_ENDPOINT/$BUCKET/docs/empty%20dir/" >/dev/null || fail "no marker"
 	cloud_copy
 	cmp "$BATS_TEST_TMPDIR/cloud/l2.txt" "$BATS_TEST_TMPDIR/l.txt"
+	cmp "$BATS_TEST_TMPDIR/cloud/sparse.bin" "$BATS_TEST_TMPDIR/sparse.bin"
+	# the disk holds it with holes: far fewer blocks than its 5 MiB
+	debugfs -R 'stat /sparse.bin' "$BATS_TEST_TMPDIR/raw.img?offset=1048576" 2>/dev/null |
+		grep -Eq 'Blockcount: [0-9]{1,3}$' || fail "sparse.bin is not sparse on the disk"
 }
 
 @test "push: a sync that would delete more than half the files stops; --force passes" {
