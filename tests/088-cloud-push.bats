@@ -222,13 +222,13 @@ write $BATS_TEST_TMPDIR/big.bin /b-big.bin
 write $BATS_TEST_TMPDIR/m3.bin /c3.bin
 write $BATS_TEST_TMPDIR/m4.bin /c4.bin"
 	start_proxy "${RGW_ENDPOINT#http://}"
-	proxy_ctl rate $((8 << 20))
+	proxy_ctl rate $((16 << 20))
 	local port=$PROXY_PORT
 	AWS_ENDPOINT_URL=http://127.0.0.1:$port cdisk-sync --files w.cdisk \
 		>"$BATS_TEST_TMPDIR/out" 2>&1 &
 	local pid=$!
 	# the network goes (the proxy dies) once the two small files are up:
-	# the large one, 70 MiB at 8 MiB/s, is then on its way
+	# the large one, 70 MiB at 16 MiB/s, is then on its way
 	until [ "$(cat "$CACHE"/folders/*.uploads 2>/dev/null | wc -l)" -ge 2 ]; do
 		kill -0 "$pid" 2>/dev/null || fail "the sync ended first: $(cat "$BATS_TEST_TMPDIR/out")"
 		sleep 0.05
