@@ -21,9 +21,16 @@ static const struct cli_program program = {
 
 static char *min_dirty_arg, *rate_arg, *range_arg;
 static int max_time, depth, dry_run, verify, pull, close_disk, if_healthy;
-static int target_delay;
+static int target_delay, files, force;
+static json_t *items;
 
 static struct poptOption options[] = {
+	{ "files", '\0', POPT_ARG_NONE, &files, 0,
+	  "A writer disk of a cloud folder: send its new, changed and deleted files "
+	  "to the folder", NULL },
+	{ "force", '\0', POPT_ARG_NONE, &force, 0,
+	  "With --files: delete in the cloud even when more than half the folder's "
+	  "files would go", NULL },
 	{ "pull", '\0', POPT_ARG_NONE, &pull, 0,
 	  "Fetch the base's data the overlay lacks, so the disk works offline", NULL },
 	{ "range", '\0', POPT_ARG_STRING, &range_arg, 0,
@@ -163,6 +170,81 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 			    path, cdisk_format_size(st->released_bytes, a, sizeof(a)));
 }
 
+/* ---- --files ---- */
+
+static void on_file(void *opaque, enum cdisk_files_action what, const char *key,
+		    uint64_t size, const char *etag, const char *why)
+{
+	static const char *const lists[] = { "uploaded", "deleted", "skipped" };
+	json_t *item;
+
+	(void)opaque;
+	if (!cli.json) {
+		if (what == CDISK_FILES_SKIPPED)
+			return;   /* the library warned */
+		cli_message("%s%s %s", dry_run ? "would " : "",
+			    what == CDISK_FILES_UPLOADED ? "upload" : "delete", key);
+		return;
+	}
+	item = json_pack("{s:s}", "key", key);
+	if (what != CDISK_FILES_SKIPPED)
+		json_object_set_new(item, "size", json_integer((json_int_t)size));
+	if (etag && etag[0])
+		json_object_set_new(item, "etag", json_string(etag));
+	if (why)
+		json_object_set_new(item, "why", json_string(why));
+	json_array_append_new(json_object_get(items, lists[what]), item);
+}
+
+static void report_files(const char *path, const struct cdisk_files_result *res)
+{
+	char a[32];
+
+	if (cli.json) {
+		json_t *j = json_pack("{s:i, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:O, "
+				      "s:O, s:O}",
+				      "schema_version", 1, "disk", path, "mode", "files",
+				      "folder", res->uri, "dry_run", dry_run != 0,
+				      "files", (json_int_t)res->files,
+				      "dirs", (json_int_t)res->dirs,
+				      "unchanged", (json_int_t)res->unchanged,
+				      "hashed", (json_int_t)res->hashed,
+				      "uploaded_bytes", (json_int_t)res->uploaded_bytes,
+				      "uploaded", json_object_get(items, "uploaded"),
+				      "deleted", json_object_get(items, "deleted"),
+				      "skipped", json_object_get(items, "skipped"));
+		cli_print_json(j);
+		return;
+	}
+	cli_message("'%s': %s%llu uploaded (%s), %llu deleted, %llu skipped, %llu "
+		    "unchanged, in '%s'", path, dry_run ? "would be " : "",
+		    (unsigned long long)res->uploaded,
+		    cdisk_format_size(res->uploaded_bytes, a, sizeof(a)),
+		    (unsigned long long)res->deleted, (unsigned long long)res->skipped,
+		    (unsigned long long)res->unchanged, res->uri);
+}
+
+static int sync_files(struct cdisk_ctx *ctx, const char *path)
+{
+	struct cdisk_files_opts o = { .dry_run = dry_run, .force = force, .item = on_file };
+	struct cdisk_files_result res;
+	int r;
+
+	if (pull || close_disk || range_arg || min_dirty_arg || rate_arg || verify ||
+	    if_healthy || max_time)
+		cli_usage_error("--files goes with --force, --dry-run and --json only");
+	items = json_pack("{s:[], s:[], s:[]}", "uploaded", "deleted", "skipped");
+	r = cdisk_sync_files(ctx, path, &o, &res);
+	if (r == 0)
+		report_files(path, &res);
+	json_decref(items);
+	if (r == -ECANCELED) {
+		cli_error("%s", cdisk_ctx_error(ctx));
+		return CDISK_EXIT_REFUSED;
+	}
+	return cli_exit_code(ctx, r);
+}
+
 static void parse_range(struct cdisk_sync_opts *o)
 {
 	char *colon = range_arg ? strchr(range_arg, ':') : NULL;
@@ -200,6 +282,14 @@ int main(int argc, char **argv)
 	int r;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
+	if (force && !files)
+		cli_usage_error("--force goes with --files");
+	if (files) {
+		ctx = cli_context();
+		r = sync_files(ctx, args[0]);
+		cdisk_ctx_free(ctx);
+		return r;
+	}
 	if (depth < 0 || depth > 256)
 		cli_usage_error("--depth must be from 1 to 256 (0: the base's own)");
 	if (max_time < 0)

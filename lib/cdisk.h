@@ -34,6 +34,7 @@ enum cdisk_exit {
 	CDISK_EXIT_CORRUPT = 7,      /* metadata damaged, not a cdisk, unsupported format */
 	CDISK_EXIT_TRY_LATER = 8,    /* temporary failure (timeout, server busy) */
 	CDISK_EXIT_UNHEALTHY = 9,    /* a health verdict said no */
+	CDISK_EXIT_REFUSED = 10,     /* a safety guard stopped it; nothing changed */
 };
 
 /* Map a negative errno from this library to an exit code. */
@@ -136,6 +137,43 @@ struct cdisk_folder_result {
 int cdisk_create_from_folder(struct cdisk_ctx *ctx, const char *path,
 			     const struct cdisk_folder_opts *opts,
 			     struct cdisk_folder_result *result);
+
+/* ---- a writer disk's files back to its cloud folder (folder-push.c) ----
+ * The disk's ext4 filesystem is read in-process (libext2fs over the disk
+ * API) and compared with the state recorded at the last sync. */
+enum cdisk_files_action {
+	CDISK_FILES_UPLOADED,   /* a new or changed file, or an empty folder's marker */
+	CDISK_FILES_DELETED,    /* deleted on the disk, so in the cloud */
+	CDISK_FILES_SKIPPED,    /* a symlink, device, FIFO or socket: not a file */
+};
+
+struct cdisk_files_opts {
+	bool dry_run;           /* say what would be done; change nothing */
+	bool force;             /* pass the delete guard */
+	/* Each upload, delete or skip as it is done (key under the prefix;
+	 * etag of an upload; why for a skip). */
+	void (*item)(void *opaque, enum cdisk_files_action what, const char *key,
+		     uint64_t size, const char *etag, const char *why);
+	void *opaque;
+};
+
+struct cdisk_files_result {
+	char uri[CDISK_MAX_URI + 1];   /* the folder */
+	uint64_t files, dirs;          /* on the disk, as the cloud would list them */
+	uint64_t unchanged;            /* files found as they were */
+	uint64_t hashed;               /* files read to tell */
+	uint64_t uploaded, uploaded_bytes, deleted, skipped;
+	uint64_t recorded_files;       /* the folder's files at the last sync */
+	uint64_t to_delete;            /* deletes a stopped sync would have done */
+};
+
+/* 0, or a negative errno: -ECANCELED when more than half the folder's
+ * files would be deleted (without force), -EUCLEAN when the filesystem
+ * needs recovery or is not the one recorded, -EAGAIN when the disk is
+ * served, -ENOENT when path is no folder's writer disk. */
+int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_files_opts *opts,
+		     struct cdisk_files_result *result);
 
 #define CDISK_OPEN_RDONLY   (1u << 0)  /* no writes, no recovery written back */
 #define CDISK_OPEN_NO_BASE  (1u << 1)  /* do not open the base target */

@@ -128,6 +128,7 @@ const char *cdisk_exit_name(int code)
 		[CDISK_EXIT_CORRUPT] = "corrupt metadata",
 		[CDISK_EXIT_TRY_LATER] = "try later",
 		[CDISK_EXIT_UNHEALTHY] = "unhealthy",
+		[CDISK_EXIT_REFUSED] = "refused by a safety guard",
 	};
 
 	if (code < 0 || (size_t)code >= CD_ARRAY_SIZE(names) || !names[code])

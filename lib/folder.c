@@ -7,6 +7,10 @@
  *                     and the options that change the image)
  *   images/ID.refs    the disks made over it, one path a line
  *   folders/ID.writer the folder's writer disk
+ *   folders/ID.state  what the writer's files were at the last sync (its
+ *                     creation is the first), for cdisk-sync --files;
+ *                     ID.journal what a sync has done since, ID.uploads
+ *                     the ETags this host uploaded (folder-push.c)
  *   tmp/              listings and trees while an image is built
  * One lock (the file "lock") makes creates over one cache take turns:
  * the second of two finds what the first fetched and built. */
@@ -1068,6 +1072,138 @@ static void image_key(struct build *b)
 	sha256_text(text, b->image_id);
 }
 
+/* ---- the writer's first state: the folder as the image holds it ---- */
+
+int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
+			 const char *suffix, char *out)
+{
+	if ((size_t)snprintf(out, PATH_MAX, "%s/folders/%s%s", ctx->cfg.cache_dir,
+			     folder_id, suffix) >= PATH_MAX)
+		return cd_error(ctx, -ENAMETOOLONG, "cache path '%s' is too long",
+				ctx->cfg.cache_dir);
+	return 0;
+}
+
+void cd_folder_escape(const char *in, FILE *out)
+{
+	escape_key(in, out);
+}
+
+void cd_folder_unescape(char *s)
+{
+	unescape_key(s);
+}
+
+/* The ext4 UUID of the image's filesystem: a reformatted disk has
+ * another. */
+static int image_uuid(struct build *b, char out[33])
+{
+	uint8_t uuid[16];
+	int fd = open(b->res->image, O_RDONLY | O_CLOEXEC), r;
+
+	if (fd < 0)
+		return cd_error(b->ctx, -errno, "cannot read '%s': %s", b->res->image,
+				strerror(errno));
+	r = cd_pread_full(fd, uuid, sizeof(uuid), PART_OFFSET + 1024 + 104);
+	close(fd);
+	if (r < 0)
+		return cd_error(b->ctx, r, "cannot read '%s': %s", b->res->image,
+				strerror(-r));
+	hex(uuid, sizeof(uuid), out);
+	return 0;
+}
+
+/* The content's SHA-256 when the cache still knows it, else "-": the
+ * first sync then hashes the file. */
+static void known_sha(struct build *b, const struct entry *e, char out[65])
+{
+	char id[65], obj[PATH_MAX];
+	FILE *f;
+
+	strcpy(out, "-");
+	object_id(b, e, id);
+	if (cache_path(b, obj, "objects/%s.sum", id) < 0 || !(f = fopen(obj, "r")))
+		return;
+	if (fscanf(f, "%64s", out) != 1 || strlen(out) != 64)
+		strcpy(out, "-");
+	fclose(f);
+}
+
+static int write_state_lines(struct build *b, FILE *in, FILE *out)
+{
+	size_t plen = strlen(cd_s3_folder_prefix(b->f)), cap = 0;
+	char *line = NULL, sha[65];
+	struct entry e;
+	int r = 0;
+
+	while (getline(&line, &cap, in) > 0) {
+		if (!parse_entry(line, &e) || strlen(e.key) < plen) {
+			r = cd_error(b->ctx, -EIO, "the listing in the cache is damaged");
+			break;
+		}
+		if (strlen(e.key) == plen)
+			continue;   /* the folder's own marker */
+		/* a folder's marker keeps its slash: the key under the prefix */
+		char *rel = e.key + plen;
+		if (e.kind == 'D')
+			strcpy(sha, "-");
+		else
+			known_sha(b, &e, sha);
+		/* inode 0: never matched, so the first sync hashes every file */
+		fprintf(out, "%c %llu %lld 0 0 %s %s ", e.kind, (unsigned long long)e.size,
+			(long long)e.mtime, e.etag[0] ? e.etag : "-", sha);
+		escape_key(rel, out);
+		fputc('\n', out);
+	}
+	free(line);
+	return r;
+}
+
+/* folders/ID.state, written whole and renamed into place; the journal
+ * of the disk before goes. */
+static int record_state(struct build *b, const char *path, bool created)
+{
+	char state[PATH_MAX], tmp[PATH_MAX + 8], journal[PATH_MAX], uuid[33];
+	struct stat st;
+	FILE *in = NULL, *out = NULL;
+	int r;
+
+	if ((r = cd_folder_cache_file(b->ctx, b->folder_id, ".state", state)) < 0 ||
+	    (r = cd_folder_cache_file(b->ctx, b->folder_id, ".journal", journal)) < 0)
+		return r;
+	if (!created && stat(state, &st) == 0)
+		return 0;   /* the same writer: its syncs are recorded already */
+	if ((r = image_uuid(b, uuid)) < 0)
+		return r;
+	snprintf(tmp, sizeof(tmp), "%s.tmp", state);
+	in = fopen(b->listing, "r");
+	out = fopen(tmp, "w");
+	if (!in || !out) {
+		r = cd_error(b->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
+		goto out;
+	}
+	fprintf(out, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", b->o->uri,
+		path, uuid);
+	r = write_state_lines(b, in, out);
+	if (r == 0 && (fflush(out) != 0 || fsync(fileno(out)) < 0))
+		r = cd_error(b->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
+	if (fclose(out) != 0 && r == 0)
+		r = cd_error(b->ctx, -EIO, "cannot write '%s'", tmp);
+	out = NULL;
+	if (r == 0 && (unlink(journal) < 0 && errno != ENOENT))
+		r = cd_error(b->ctx, -errno, "cannot remove '%s': %s", journal, strerror(errno));
+	if (r == 0 && rename(tmp, state) < 0)
+		r = cd_error(b->ctx, -errno, "cannot write '%s': %s", state, strerror(errno));
+out:
+	if (in)
+		fclose(in);
+	if (out)
+		fclose(out);
+	if (r < 0)
+		unlink(tmp);
+	return r;
+}
+
 static int make_disk(struct build *b, const char *path, char *wfile)
 {
 	struct cdisk_create_opts co = { .base = b->res->image };
@@ -1100,6 +1236,8 @@ static int make_disk(struct build *b, const char *path, char *wfile)
 	r = add_ref(b, b->res->image);
 	if (r == 0 && b->o->writer)
 		r = record_writer(b, wfile);
+	if (r == 0 && b->o->writer)
+		r = record_state(b, b->disk, created == 0);
 	return r < 0 ? r : created;
 }
 

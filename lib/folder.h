@@ -44,6 +44,36 @@ int cd_s3_folder_get(struct cd_s3_folder *f, void **session, const char *key,
 		     int fd, uint64_t from, struct cd_s3_object_meta *meta);
 void cd_s3_folder_end(struct cd_s3_folder *f, void *session);
 
+/* Whole objects up: a single PUT (atomic: the object is all there or
+ * not), or a multipart upload that is no object until it is ended.  The
+ * sha256 (hex) and mtime ("SECONDS.NANOSECONDS") go into the object's
+ * metadata as rclone writes them; etag gets the new object's ETag. */
+int cd_s3_folder_put(struct cd_s3_folder *f, void **session, const char *key,
+		     const void *data, size_t len, const char *sha256, const char *mtime,
+		     char etag[80]);
+int cd_s3_multipart_begin(struct cd_s3_folder *f, void **session, const char *key,
+			  const char *sha256, const char *mtime, char *upload_id,
+			  size_t size);
+/* number counts from 1. */
+int cd_s3_multipart_part(struct cd_s3_folder *f, void **session, const char *key,
+			 const char *upload_id, unsigned number, const void *data,
+			 size_t len, char etag[80]);
+int cd_s3_multipart_end(struct cd_s3_folder *f, void **session, const char *key,
+			const char *upload_id, const char (*etags)[80], unsigned parts,
+			char etag[80]);
+void cd_s3_multipart_abort(struct cd_s3_folder *f, void **session, const char *key,
+			   const char *upload_id);
+/* A key that is gone already is no error. */
+int cd_s3_folder_delete(struct cd_s3_folder *f, void **session, const char *key);
+
+/* The cache's files for a folder (folder.c): ID is the SHA-256 of its
+ * identity.  out holds PATH_MAX bytes. */
+int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
+			 const char *suffix, char *out);
+/* Keys one a line, escaped as in the cache's listings. */
+void cd_folder_escape(const char *in, FILE *out);
+void cd_folder_unescape(char *s);
+
 /* XML text with its five entities and character references decoded, in
  * place; false when it holds a reference that is not one. */
 bool cd_xml_unescape(char *text);

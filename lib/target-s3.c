@@ -1015,3 +1015,277 @@ void cd_s3_folder_end(struct cd_s3_folder *f, void *session)
 	if (session)
 		curl_easy_cleanup(session);
 }
+
+/* ---- folders: whole objects up (PUT, multipart) and DELETE ---- */
+
+struct send_state {
+	CURL *c;
+	char *reply;          /* a 2xx body (multipart's XML), NUL-terminated */
+	size_t reply_len, reply_cap;
+	char error_body[1024];
+	size_t error_len;
+	char etag[80];
+};
+
+static size_t on_send_body(char *data, size_t size, size_t n, void *opaque)
+{
+	struct send_state *s = opaque;
+	size_t len = size * n, room, take;
+	long status = 0;
+
+	curl_easy_getinfo(s->c, CURLINFO_RESPONSE_CODE, &status);
+	if (status >= 200 && status < 300 && s->reply) {
+		room = s->reply_cap - 1 - s->reply_len;
+		take = len < room ? len : room;
+		memcpy(s->reply + s->reply_len, data, take);
+		s->reply_len += take;
+		s->reply[s->reply_len] = '\0';
+		return len;
+	}
+	room = sizeof(s->error_body) - 1 - s->error_len;
+	take = len < room ? len : room;
+	memcpy(s->error_body + s->error_len, data, take);
+	s->error_len += take;
+	s->error_body[s->error_len] = '\0';
+	return len;
+}
+
+static void unquote_etag(const char *v, char out[80])
+{
+	size_t n = strlen(v);
+
+	if (n >= 2 && v[0] == '"' && v[n - 1] == '"')
+		snprintf(out, 80, "%.*s", (int)(n - 2), v + 1);
+	else
+		snprintf(out, 80, "%.79s", v);
+}
+
+static size_t on_send_header(char *line, size_t size, size_t n, void *opaque)
+{
+	struct send_state *s = opaque;
+	size_t len = size * n;
+	char value[128] = "";
+
+	header_value(line, len, "ETag:", value, sizeof(value));
+	if (value[0])
+		unquote_etag(value, s->etag);
+	return len;
+}
+
+/* One request on an object of the folder: method, "?query" or "", the
+ * body (may be NULL), the sha256/mtime metadata when given.  0 and the
+ * status in *status, or a negative errno naming what failed. */
+static int folder_send(struct cd_s3_folder *f, void **session, const char *method,
+		       const char *key, const char *query, const void *body, size_t len,
+		       const char *sha256, const char *mtime, struct send_state *s,
+		       long *status)
+{
+	const struct cd_config *cfg = &f->t.ctx->cfg;
+	char ekey[8192 * 3 + 1], url[sizeof(ekey) + CDISK_MAX_URI + 4000], h[1200];
+	struct curl_slist *headers = NULL;
+	CURLcode code;
+	CURL *c;
+	int r;
+
+	if (!*session && (r = cd_http_connect(&f->t, session)) < 0)
+		return r;
+	c = s->c = *session;
+	if (!encode_into(key, true, ekey, sizeof(ekey)))
+		return cd_error(f->t.ctx, -ENAMETOOLONG, "cannot send '%s': key too long", key);
+	snprintf(url, sizeof(url), "%s/%s/%s%s", f->p.endpoint, f->p.bucket, ekey, query);
+	curl_easy_reset(c);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->t.timeout_ms);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(f->t.timeout_ms / 1000));
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "cdisk/" CDISK_VERSION_STRING);
+	if (cfg->ca_file[0])
+		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
+	else if (getenv("CURL_CA_BUNDLE"))
+		curl_easy_setopt(c, CURLOPT_CAINFO, getenv("CURL_CA_BUNDLE"));
+	curl_easy_setopt(c, CURLOPT_URL, url);
+	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
+	if (body || !strcmp(method, "PUT") || !strcmp(method, "POST")) {
+		/* An empty body too: a PUT of an empty file or a marker. */
+		curl_easy_setopt(c, CURLOPT_POSTFIELDS, body ? body : "");
+		curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)len);
+		headers = curl_slist_append(headers, "Content-Type: application/octet-stream");
+	} else if (!strcmp(method, "HEAD")) {
+		curl_easy_setopt(c, CURLOPT_NOBODY, 1L);
+	}
+	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_send_body);
+	curl_easy_setopt(c, CURLOPT_WRITEDATA, s);
+	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_send_header);
+	curl_easy_setopt(c, CURLOPT_HEADERDATA, s);
+	headers = curl_slist_append(headers, "x-amz-content-sha256: UNSIGNED-PAYLOAD");
+	if (sha256) {
+		snprintf(h, sizeof(h), "x-amz-meta-sha256: %s", sha256);
+		headers = curl_slist_append(headers, h);
+	}
+	if (mtime) {
+		snprintf(h, sizeof(h), "x-amz-meta-mtime: %s", mtime);
+		headers = curl_slist_append(headers, h);
+	}
+	if (f->p.token[0]) {
+		snprintf(h, sizeof(h), "x-amz-security-token: %s", f->p.token);
+		headers = curl_slist_append(headers, h);
+	}
+	curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+	curl_easy_setopt(c, CURLOPT_AWS_SIGV4, f->p.sigv4);
+	curl_easy_setopt(c, CURLOPT_USERNAME, f->p.key_id);
+	curl_easy_setopt(c, CURLOPT_PASSWORD, f->p.secret);
+	code = curl_easy_perform(c);
+	curl_slist_free_all(headers);
+	curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, status);
+	if (code != CURLE_OK)
+		return cd_error(f->t.ctx, code == CURLE_OPERATION_TIMEDOUT ? -ETIMEDOUT :
+				-ECONNRESET, "cannot send '%s' to '%s': %s", key, f->t.uri,
+				curl_easy_strerror(code));
+	return 0;
+}
+
+static int send_error(struct cd_s3_folder *f, const char *what, const char *key,
+		      const struct send_state *s, long status)
+{
+	char code[64];
+
+	cd_s3_error_code(s->error_body, code, sizeof(code));
+	return cd_error(f->t.ctx, s3_code_errno(code, status), "cannot %s '%s' in '%s': "
+			"HTTP %ld%s%s", what, key, f->t.uri, status, code[0] ? " " : "", code);
+}
+
+int cd_s3_folder_put(struct cd_s3_folder *f, void **session, const char *key,
+		     const void *data, size_t len, const char *sha256, const char *mtime,
+		     char etag[80])
+{
+	struct send_state s = { 0 };
+	long status = 0;
+	int r = folder_send(f, session, "PUT", key, "", data, len, sha256, mtime, &s, &status);
+
+	if (r < 0)
+		return r;
+	if (status < 200 || status >= 300)
+		return send_error(f, "store", key, &s, status);
+	snprintf(etag, 80, "%s", s.etag);
+	return 0;
+}
+
+int cd_s3_folder_delete(struct cd_s3_folder *f, void **session, const char *key)
+{
+	struct send_state s = { 0 };
+	long status = 0;
+	char code[64];
+	int r = folder_send(f, session, "DELETE", key, "", NULL, 0, NULL, NULL, &s, &status);
+
+	if (r < 0)
+		return r;
+	cd_s3_error_code(s.error_body, code, sizeof(code));
+	if ((status >= 200 && status < 300) || (status == 404 && !strcmp(code, "NoSuchKey")))
+		return 0;
+	return send_error(f, "delete", key, &s, status);
+}
+
+int cd_s3_multipart_begin(struct cd_s3_folder *f, void **session, const char *key,
+			  const char *sha256, const char *mtime, char *upload_id,
+			  size_t size)
+{
+	char reply[4096];
+	struct send_state s = { .reply = reply, .reply_cap = sizeof(reply) };
+	long status = 0;
+	int r = folder_send(f, session, "POST", key, "?uploads=", NULL, 0, sha256, mtime,
+			    &s, &status);
+
+	if (r < 0)
+		return r;
+	if (status < 200 || status >= 300)
+		return send_error(f, "start storing", key, &s, status);
+	if (!xml_field(reply, reply + s.reply_len, "UploadId", upload_id, size))
+		return cd_error(f->t.ctx, -EBADMSG, "cannot store '%s' in '%s': the server "
+				"gave no upload id", key, f->t.uri);
+	return 0;
+}
+
+int cd_s3_multipart_part(struct cd_s3_folder *f, void **session, const char *key,
+			 const char *upload_id, unsigned number, const void *data,
+			 size_t len, char etag[80])
+{
+	char query[3400], eid[1100 * 3];
+	struct send_state s = { 0 };
+	long status = 0;
+	int r;
+
+	encode_into(upload_id, false, eid, sizeof(eid));
+	snprintf(query, sizeof(query), "?partNumber=%u&uploadId=%s", number, eid);
+	r = folder_send(f, session, "PUT", key, query, data, len, NULL, NULL, &s, &status);
+	if (r < 0)
+		return r;
+	if (status < 200 || status >= 300)
+		return send_error(f, "store a part of", key, &s, status);
+	snprintf(etag, 80, "%s", s.etag);
+	return 0;
+}
+
+int cd_s3_multipart_end(struct cd_s3_folder *f, void **session, const char *key,
+			const char *upload_id, const char (*etags)[80], unsigned parts,
+			char etag[80])
+{
+	char query[3400], eid[1100 * 3], reply[4096], got[128];
+	struct send_state s = { .reply = reply, .reply_cap = sizeof(reply) };
+	size_t cap = 128 + (size_t)parts * 160, n;
+	char *xml = malloc(cap);
+	long status = 0;
+	int r;
+
+	if (!xml)
+		return cd_error(f->t.ctx, -ENOMEM, "out of memory");
+	n = (size_t)snprintf(xml, cap, "<CompleteMultipartUpload>");
+	for (unsigned i = 0; i < parts; i++)
+		n += (size_t)snprintf(xml + n, cap - n, "<Part><PartNumber>%u</PartNumber>"
+				      "<ETag>\"%s\"</ETag></Part>", i + 1, etags[i]);
+	n += (size_t)snprintf(xml + n, cap - n, "</CompleteMultipartUpload>");
+	encode_into(upload_id, false, eid, sizeof(eid));
+	snprintf(query, sizeof(query), "?uploadId=%s", eid);
+	r = folder_send(f, session, "POST", key, query, xml, n, NULL, NULL, &s, &status);
+	free(xml);
+	if (r < 0)
+		return r;
+	/* A 200 may still carry an <Error> (S3 sends it late). */
+	if (status < 200 || status >= 300 || strstr(reply, "<Error>")) {
+		if (strstr(reply, "<Error>"))
+			snprintf(s.error_body, sizeof(s.error_body), "%.1000s", reply);
+		return send_error(f, "finish storing", key, &s, status);
+	}
+	if (xml_field(reply, reply + s.reply_len, "ETag", got, sizeof(got)))
+		unquote_etag(got, etag);
+	else
+		snprintf(etag, 80, "%s", s.etag);
+	if (!etag[0]) {
+		/* radosgw answers with an empty <ETag>: ask the object. */
+		struct send_state h = { 0 };
+		r = folder_send(f, session, "HEAD", key, "", NULL, 0, NULL, NULL, &h, &status);
+		if (r < 0)
+			return r;
+		snprintf(etag, 80, "%s", h.etag);
+	}
+	if (!etag[0])
+		return cd_error(f->t.ctx, -EBADMSG, "cannot store '%s' in '%s': the server "
+				"gave no ETag (%.200s)", key, f->t.uri, reply);
+	return 0;
+}
+
+void cd_s3_multipart_abort(struct cd_s3_folder *f, void **session, const char *key,
+			   const char *upload_id)
+{
+	char query[3400], eid[1100 * 3], saved[CD_ERROR_MAX];
+	struct send_state s = { 0 };
+	long status;
+
+	/* Best effort, and the caller's message stays: an upload never
+	 * finished is no object either way. */
+	snprintf(saved, sizeof(saved), "%s", cd_errbuf());
+	encode_into(upload_id, false, eid, sizeof(eid));
+	snprintf(query, sizeof(query), "?uploadId=%s", eid);
+	folder_send(f, session, "DELETE", key, query, NULL, 0, NULL, NULL, &s, &status);
+	snprintf(cd_errbuf(), CD_ERROR_MAX, "%s", saved);
+}
