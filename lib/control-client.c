@@ -7,8 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cdisk.h"
 #include "control.h"
-#include "internal.h"
+#include "ctx.h"
+#include "disk.h"
+#include "util.h"
 
 /* How long a client waiting for its sync keeps asking a server that does
  * not answer its status requests in time (a loaded host). */

@@ -1,12 +1,16 @@
 /* Syncs the server runs for the disks it serves: one job per export, on
  * a thread of its own, started by a control verb (control.c) or by the
  * --sync-every timer, whose thread is here too. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
+#include "cdisk.h"
 #include "control.h"
+#include "ctx.h"
 #include "server.h"
+#include "util.h"
 
 /* ---- sync, run by the server for a disk it serves ---- */
 

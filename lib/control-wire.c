@@ -6,8 +6,9 @@
 #include <stdio.h>
 #include <sys/socket.h>
 
+#include "cdisk.h"
 #include "control.h"
-#include "internal.h"
+#include "ctx.h"
 
 /* ---- the runtime directory and socket names ---- */
 

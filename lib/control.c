@@ -5,6 +5,7 @@
  * syncs they start are control-jobs.c's, the client control-client.c's. */
 #include <jansson.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +16,10 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "cdisk.h"
 #include "control.h"
 #include "server.h"
+#include "util.h"
 
 /* Requests answered at once; past this a client is told to try later
  * (the accept loop never waits for a request to finish). */

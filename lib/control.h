@@ -6,10 +6,15 @@
 #include <jansson.h>
 
 #include "cdisk.h"
+#include "ctx.h"
 
 #define CONTROL_MAX_LINE (64u * 1024)
 #define CONTROL_TIMEOUT_MS 5000
 #define SCHEMA_VERSION 1
+
+/* RUNTIME_DIR/cdisk-serve.PID.ctl */
+int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out,
+			    size_t len);
 
 /* Read one line, with a deadline: 0, -ETIMEDOUT, -ECONNRESET, -E2BIG. */
 int cd_control_read_line(int fd, char *buf, size_t max);

@@ -14,10 +14,11 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 
-#include "internal.h"
-#include "nbd.h"
+#include "cdisk.h"
+#include "ctx.h"
 #include "nbd-conn.h"
 #include "nbd-proto.h"
+#include "nbd.h"
 #include "queue.h"
 
 #define HANDSHAKE_TIMEOUT 30

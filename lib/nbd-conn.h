@@ -3,6 +3,7 @@
 #ifndef CDISK_NBD_CONN_H
 #define CDISK_NBD_CONN_H
 
+#include "cdisk.h"
 #include "server.h"
 
 /* Serve fd, an accepted connection, on a thread of its own (which owns

@@ -10,9 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "internal.h"
-#include "nbd.h"
+#include "cdisk.h"
 #include "nbd-proto.h"
+#include "nbd.h"
+#include "util.h"
 
 /* ---- wire helpers ---- */
 

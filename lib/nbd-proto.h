@@ -11,6 +11,7 @@
 #include <sys/types.h>
 #include <sys/uio.h>
 
+#include "cdisk.h"
 #include "server.h"
 
 /* A request's header bytes on the wire. */

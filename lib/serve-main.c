@@ -14,10 +14,12 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
 #include "nbd-conn.h"
 #include "queue.h"
 #include "server.h"
+#include "util.h"
 
 /* ---- exports ---- */
 
