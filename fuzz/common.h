@@ -7,6 +7,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "server.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);

@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "cdisk.h"
 #include "common.h"
 
 static struct cdisk_server *srv;

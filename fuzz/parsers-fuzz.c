@@ -7,9 +7,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cdisk.h"
 #include "common.h"
+#include "ctx.h"
+#include "format.h"
 #include "http.h"
+#include "target.h"
+#include "uri.h"
 #include "users.h"
+#include "util.h"
 
 static struct cdisk_server *srv;
 

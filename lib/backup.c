@@ -18,7 +18,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "util.h"
 
 #define BK_MAGIC "CDISKBAK"
 #define BK_VERSION 1u

@@ -6,7 +6,8 @@
 #include <cmocka.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "util.h"
 
 static void test_empty_costs_no_pages(void **state)
 {

@@ -3,7 +3,8 @@
  * and "is this page empty" cost nothing. */
 #include <stdlib.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "util.h"
 
 int cd_bitmap_init(struct cd_bitmap *bm, uint64_t nbits)
 {

@@ -7,7 +7,13 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "journal.h"
+#include "util.h"
 
 static void add_line(struct cdisk_check_report *rep, const char *fmt, ...) CD_PRINTF(2, 3);
 

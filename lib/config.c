@@ -6,7 +6,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "util.h"
 
 #define DEFAULT_CONFIG "/etc/cdisk/cdisk.conf"
 

@@ -13,8 +13,12 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "copy.h"
 #include "../tests/pattern.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "copy.h"
+#include "ctx.h"
+#include "disk.h"
 
 #define BS 4096u
 #define DISK_SIZE (4u << 20)

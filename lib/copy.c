@@ -4,7 +4,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bitmap.h"
+#include "cdisk.h"
 #include "copy.h"
+#include "ctx.h"
+#include "disk.h"
+#include "pace.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 /* A batch (what one flush of the destination and one journal commit
  * confirm) holds about BATCH_MS of work: a copy killed at any moment loses

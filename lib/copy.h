@@ -19,7 +19,11 @@
 #ifndef CDISK_COPY_H
 #define CDISK_COPY_H
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "pace.h"
+#include "target.h"
 
 struct cd_extent {
 	uint64_t first, count;   /* blocks */

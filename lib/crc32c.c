@@ -3,7 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "internal.h"
+#include "util.h"
 
 #define POLY 0x82f63b78u
 

@@ -10,7 +10,14 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 /* Paths are stored absolute: the disk is used from other directories. */
 static int absolute_path(struct cdisk_ctx *ctx, const char *what,

@@ -3,7 +3,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "util.h"
 
 struct cdisk_ctx *cdisk_ctx_new(void)
 {

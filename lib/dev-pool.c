@@ -5,7 +5,11 @@
  * connections.  The other kinds (file, rbd) are called as they are. */
 #include <stdlib.h>
 
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 struct pool {
 	struct cd_dev dev;

@@ -7,7 +7,10 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
 
 struct retry {
 	struct cd_dev dev;

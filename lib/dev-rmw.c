@@ -6,7 +6,10 @@
  * the edges keep their data.  Above this layer any offset goes. */
 #include <stdlib.h>
 
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
+#include "util.h"
 
 #define STRIPES 64
 

@@ -3,7 +3,9 @@
  * retried on its own below.  Above this layer any length goes. */
 #include <stdlib.h>
 
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
 
 struct split {
 	struct cd_dev dev;

@@ -8,7 +8,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
+#include "uri.h"
 
 /* A memory kind: 512-byte sectors, requests of at most 4000 bytes (not a
  * multiple of a sector, so the split layer must round), sessions. */

@@ -1,6 +1,7 @@
 /* Calls on a device stack: a layer that leaves a call alone gives no
  * function for it, and the call goes on down to one that does. */
 #include "dev.h"
+#include "target.h"
 
 __thread bool cd_dev_unsent;
 

@@ -7,7 +7,9 @@
 #ifndef CDISK_DEV_H
 #define CDISK_DEV_H
 
-#include "internal.h"
+#include "cdisk.h"
+#include "target.h"
+#include "uri.h"
 
 struct cd_dev;
 

@@ -12,8 +12,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
 #include "../tests/pattern.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "util.h"
 
 struct fixture {
 	char dir[64];

@@ -11,7 +11,15 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "target.h"
+#include "util.h"
 
 /* ---- ownership ---- */
 

@@ -10,7 +10,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "server.h"
+#include "util.h"
 
 struct pending {
 	char name[256];

@@ -4,7 +4,9 @@
 
 #include <ext2fs/ext2fs.h>
 
-#include "internal.h"
+#include "ctx.h"
+#include "disk.h"
+#include "util.h"
 
 /* Blocks of a channel are the disk's bytes from the partition's offset. */
 extern io_manager cd_extfs_io_manager;

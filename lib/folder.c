@@ -29,7 +29,12 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
 #include "folder.h"
+#include "target.h"
+#include "util.h"
 
 #define PART_OFFSET (1ull << 20)   /* the partition's start, and the room at the end */
 #define FETCH_THREADS 8

@@ -4,7 +4,7 @@
 #ifndef CDISK_FOLDER_H
 #define CDISK_FOLDER_H
 
-#include "internal.h"
+#include "cdisk.h"
 
 struct cd_s3_folder;
 

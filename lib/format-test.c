@@ -7,7 +7,11 @@
 #include <cmocka.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "format.h"
+#include "uri.h"
+#include "util.h"
 
 static void sample_sb(struct cd_superblock *sb)
 {

@@ -2,7 +2,11 @@
  * specified in cdisk(5) and docs/DESIGN.md; keep the three in step. */
 #include <stdio.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "format.h"
+#include "journal.h"
+#include "util.h"
 
 enum {
 	SB_MAGIC = 0, SB_VERSION = 8, SB_SIZE = 12, SB_SEQ = 16,

@@ -4,7 +4,8 @@
 
 #include <curl/curl.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "target.h"
 
 struct cd_http_request {
 	const char *method;        /* "GET", "HEAD", "PUT", "DELETE" */

@@ -10,7 +10,14 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "backup.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "util.h"
 
 enum {
 	JR_MAGIC = 0, JR_LENGTH = 4, JR_SEQ = 8, JR_TAG = 16, JR_NRUNS = 24,

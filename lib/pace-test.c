@@ -6,7 +6,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "pace.h"
 
 /* n samples of ms, 200 ms apart from *now, with 8 MiB sent per second. */
 static void feed(struct cd_pace *p, double ms, int n, uint64_t *now, uint64_t *sent)

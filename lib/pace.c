@@ -6,7 +6,9 @@
  * is noise); the baseline the least of each of the last ten minutes (a
  * route that changes for good becomes the new normal).  Their difference
  * is the queueing the sync's own traffic and everyone else's cause. */
-#include "internal.h"
+#include <string.h>
+
+#include "pace.h"
 
 void cd_pace_init(struct cd_pace *p, double target_ms)
 {

@@ -13,7 +13,10 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "target.h"
+#include "util.h"
 
 #define PROBE_PIECE (1u << 20)
 

@@ -16,7 +16,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "queue.h"
+#include "util.h"
 
 #define STALL_MS 300
 #define EXTRA_IDLE_S 10

@@ -10,7 +10,7 @@
 
 #include <stdint.h>
 
-#include "internal.h"
+#include "cdisk.h"
 
 enum cd_req_class {
 	CD_REQ_READ,        /* a guest's read (and block status) */

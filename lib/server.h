@@ -3,9 +3,10 @@
 #define CDISK_SERVER_H
 
 #include <gnutls/gnutls.h>
+#include <pthread.h>
 #include <sys/uio.h>
 
-#include "internal.h"
+#include "cdisk.h"
 
 /* A sync run by the server for one export (control "sync"). */
 struct cd_sync_job {

@@ -13,7 +13,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "bitmap.h"
+#include "cdisk.h"
 #include "copy.h"
+#include "ctx.h"
+#include "disk.h"
+#include "target.h"
+#include "util.h"
 
 #define SYNC_EXTENT (4u << 20)       /* the largest request: one S3 chunk */
 #define SYNC_PULL_BATCH (256ull << 20)  /* bytes between a pull's commits */

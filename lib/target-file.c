@@ -6,7 +6,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "ctx.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 struct file_priv {
 	int fd;

@@ -7,7 +7,11 @@
 #include <strings.h>
 #include <time.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "http.h"
+#include "target.h"
+#include "uri.h"
 
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 

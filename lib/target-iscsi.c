@@ -10,7 +10,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 #define ISCSI_DEFAULT_PORT 3260
 #define ISCSI_MAX_REQUEST (4u << 20)

@@ -4,7 +4,10 @@
 #include <libnbd.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "ctx.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 /* libnbd refuses requests above 64 MiB; servers often want 32 MiB. */
 #define NBD_DEFAULT_MAX_REQUEST (32u << 20)

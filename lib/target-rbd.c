@@ -12,7 +12,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 struct rbd_priv {
 	rados_t cluster;

@@ -14,8 +14,13 @@
 #include <strings.h>
 #include <time.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "folder.h"
 #include "http.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 #define MANIFEST_NAME "cdisk-manifest.json"
 #define MANIFEST_FORMAT "cdisk-s3"

@@ -10,7 +10,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 static char path[64];
 

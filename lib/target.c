@@ -9,7 +9,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cdisk.h"
+#include "ctx.h"
 #include "dev.h"
+#include "target.h"
+#include "uri.h"
+#include "util.h"
 
 static const struct cd_target_ops *ops_for(enum cd_scheme scheme)
 {

@@ -7,7 +7,8 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
 #include "server.h"
 
 struct cd_tls {

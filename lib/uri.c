@@ -3,7 +3,10 @@
 #include <limits.h>
 #include <stdlib.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "uri.h"
+#include "util.h"
 
 static const struct {
 	const char *prefix;

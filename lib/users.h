@@ -4,7 +4,8 @@
 
 #include <sys/types.h>
 
-#include "internal.h"
+#include "ctx.h"
+#include "util.h"
 
 #define CD_USER_NAME_MAX 63
 #define CD_EXPORT_NAME_MAX 255

@@ -6,7 +6,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "util.h"
 
 int cd_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {

@@ -16,9 +16,13 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "disk.h"
 #include "ops.h"
 #include "pattern.h"
+#include "target.h"
+#include "util.h"
 
 static int dump(struct cdisk *d, const char *path)
 {

@@ -26,8 +26,11 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "disk.h"
 #include "pattern.h"
+#include "util.h"
 
 #define MAX_PENDING 4
 #define NONE UINT32_MAX

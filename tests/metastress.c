@@ -19,8 +19,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "bitmap.h"
+#include "cdisk.h"
+#include "disk.h"
+#include "format.h"
 #include "pattern.h"
+#include "util.h"
 
 #define BS 4096u
 #define NBLOCKS 2048u

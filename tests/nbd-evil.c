@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "../lib/nbd.h"
+#include "cdisk.h"
 
 static int fd;
 

@@ -6,8 +6,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
 #include "pattern.h"
+#include "util.h"
 
 int main(int argc, char **argv)
 {

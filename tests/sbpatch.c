@@ -8,7 +8,9 @@
 #include <stdlib.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "format.h"
+#include "util.h"
 
 int main(int argc, char **argv)
 {

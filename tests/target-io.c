@@ -24,9 +24,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "internal.h"
+#include "cdisk.h"
+#include "ctx.h"
 #include "ops.h"
 #include "pattern.h"
+#include "target.h"
+#include "util.h"
 
 #define PIECE (1u << 20)
 #define MISMATCH (-EILSEQ)

@@ -1,0 +1,262 @@
+/* The control socket's client, which the programs link: ask the
+ * process that owns a disk for its information, or to sync it. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "cdisk.h"
+#include "control.h"
+#include "ctx.h"
+#include "disk.h"
+#include "util.h"
+
+/* How long a client waiting for its sync keeps asking a server that does
+ * not answer its status requests in time (a loaded host). */
+#define OWNER_PATIENCE_MS 60000
+
+static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		json_t **out)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	char *text = json_dumps(req, JSON_COMPACT), *line = malloc(CONTROL_MAX_LINE);
+	int fd = -1, r;
+	json_error_t jerr;
+
+	if (!text || !line || strlen(socket_path) >= sizeof(a.sun_path)) {
+		r = -ENOMEM;
+		goto out;
+	}
+	memcpy(a.sun_path, socket_path, strlen(socket_path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		r = -errno;
+		goto out;
+	}
+	size_t n = strlen(text);
+	text[n] = '\n';
+	if (send(fd, text, n + 1, MSG_NOSIGNAL) != (ssize_t)(n + 1)) {
+		r = -EIO;
+		goto out;
+	}
+	r = cd_control_read_line(fd, line, CONTROL_MAX_LINE);
+	if (r < 0)
+		goto out;
+	*out = json_loads(line, 0, &jerr);
+	r = *out ? 0 : -EBADMSG;
+out:
+	if (r < 0 && r != -ENOMEM)
+		cd_error(ctx, r, "control socket '%s': %s", socket_path, strerror(-r));
+	if (fd >= 0)
+		close(fd);
+	free(text);
+	free(line);
+	return r;
+}
+
+/* The control socket of the process that owns path; -ENOENT if none. */
+static int owner_socket(struct cdisk_ctx *ctx, const char *path, char *sock, size_t size,
+			unsigned *pid_out)
+{
+	struct cdisk *d;
+	unsigned pid;
+	int r = cdisk_open(ctx, path, CDISK_OPEN_CONFIG_ONLY, &d);
+
+	if (r < 0)
+		return r;
+	pid = d->sb.owner_pid;
+	cd_disk_free(d);
+	*pid_out = pid;
+	if (!pid || cd_control_path_for_pid(&ctx->cfg, pid, sock, size) < 0)
+		return -ENOENT;
+	return 0;
+}
+
+int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
+			  struct cdisk_info *info)
+{
+	char busy[CD_ERROR_MAX], sock[4096];
+	json_t *req, *reply = NULL;
+	unsigned pid = 0;
+	int r;
+
+	memcpy(busy, cd_errbuf(), sizeof(busy));
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
+		goto busy;
+	req = json_pack("{s:s, s:s}", "command", "info", "disk", path);
+	r = call(ctx, sock, req, &reply);
+	json_decref(req);
+	if (r < 0)
+		goto busy;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		json_decref(reply);
+		r = cd_error(ctx, -EBUSY, "'%s' is busy: in use by pid %u, which says: %s",
+			     path, pid, e ? e : "(no message)");
+		return r;
+	}
+	cd_control_info_from_json(json_object_get(reply, "info"), info);
+	json_decref(reply);
+	return 0;
+busy:
+	/* No owner to ask: the original "busy" stands. */
+	memcpy(cd_errbuf(), busy, sizeof(busy));
+	return -EBUSY;
+}
+
+/* ---- asking the owner to sync ---- */
+
+/* The owner's refusal, with the exit code it gave, as an errno that maps
+ * back to that code: a program exits as it would have on its own. */
+static int errno_for_exit(json_int_t code)
+{
+	switch (code) {
+	case CDISK_EXIT_USAGE:
+		return -EINVAL;
+	case CDISK_EXIT_UNREACHABLE:
+		return -EHOSTUNREACH;
+	case CDISK_EXIT_BUSY:
+		return -EBUSY;
+	case CDISK_EXIT_PERMISSION:
+		return -EACCES;
+	case CDISK_EXIT_NOT_FOUND:
+		return -ENOENT;
+	case CDISK_EXIT_CORRUPT:
+		return -EUCLEAN;
+	case CDISK_EXIT_TRY_LATER:
+		return -EAGAIN;
+	default:
+		return -EIO;
+	}
+}
+
+static int owner_refused(struct cdisk_ctx *ctx, const char *path, unsigned pid,
+			 json_t **reply)
+{
+	const char *e = json_string_value(json_object_get(*reply, "error"));
+	int r;
+
+	if (json_is_true(json_object_get(*reply, "ok")))
+		return 0;
+	r = cd_error(ctx, errno_for_exit(json_integer_value(json_object_get(*reply,
+									      "exit_code"))),
+		     "'%s' is in use by pid %u, which says: %s", path, pid,
+		     e ? e : "(no message)");
+	json_decref(*reply);
+	*reply = NULL;
+	return r;
+}
+
+static int owner_call(struct cdisk_ctx *ctx, const char *sock, const char *path,
+		      unsigned pid, json_t *req, json_t **reply)
+{
+	int r = call(ctx, sock, req, reply);
+
+	json_decref(req);
+	return r < 0 ? r : owner_refused(ctx, path, pid, reply);
+}
+
+static int sync_status(struct cdisk_ctx *ctx, const char *sock, const char *path,
+		       unsigned pid, json_t **reply)
+{
+	return owner_call(ctx, sock, path, pid,
+			  json_pack("{s:s, s:s}", "command", "sync-status", "disk", path), reply);
+}
+
+static json_t *sync_options(enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o)
+{
+	return json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:I}",
+			 "mode", mode == CDISK_SYNC_PULL ? "pull" :
+				 mode == CDISK_SYNC_CLOSE ? "close" : "push",
+			 "offset", (json_int_t)o->range_offset,
+			 "length", (json_int_t)o->range_length,
+			 "depth", (json_int_t)o->depth,
+			 "rate", (json_int_t)o->rate, "max_seconds",
+			 (json_int_t)o->max_seconds, "min_dirty", (json_int_t)o->min_dirty,
+			 "verify", o->verify, "if_healthy", o->if_healthy,
+			 "target_delay_ms", (json_int_t)o->target_delay_ms);
+}
+
+int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
+			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o,
+			 struct cdisk_sync_stats *st)
+{
+	char busy[CD_ERROR_MAX], sock[4096];
+	json_t *req, *reply = NULL;
+	unsigned pid = 0;
+	int r;
+
+	memset(st, 0, sizeof(*st));
+	memcpy(busy, cd_errbuf(), sizeof(busy));
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0) {
+		memcpy(cd_errbuf(), busy, sizeof(busy));
+		return -EBUSY;
+	}
+	/* A dry run is a verb of its own: a server that does not know it
+	 * refuses it, where an unknown option would be ignored and a real
+	 * sync run. */
+	req = json_pack("{s:s, s:s, s:o}", "command", o->dry_run ? "sync-dry-run" : "sync",
+			"disk", path, "options", sync_options(mode, o));
+	r = call(ctx, sock, req, &reply);
+	json_decref(req);
+	if (r < 0) {
+		/* No server behind the socket (another cdisk-sync, say): busy. */
+		memcpy(cd_errbuf(), busy, sizeof(busy));
+		return -EBUSY;
+	}
+	r = owner_refused(ctx, path, pid, &reply);
+	if (r < 0)
+		return r;
+	if (o->dry_run) {
+		cd_control_stats_from_json(json_object_get(reply, "result"), st);
+		json_decref(reply);
+		return 0;
+	}
+	json_decref(reply);
+	for (bool stop_sent = false;;) {
+		uint64_t asked = cd_now_ms();
+		bool running;
+
+		usleep(100 * 1000);
+		r = sync_status(ctx, sock, path, pid, &reply);
+		/* A server too busy to answer one status request is still
+		 * syncing: giving up would leave its sync running with no one
+		 * waiting for it. */
+		while ((r == -ETIMEDOUT || r == -EAGAIN) &&
+		       cd_now_ms() - asked < OWNER_PATIENCE_MS) {
+			usleep(500 * 1000);
+			r = sync_status(ctx, sock, path, pid, &reply);
+		}
+		if (r < 0)
+			return r;
+		running = json_is_true(json_object_get(reply, "running"));
+		if (running && o->stop && *o->stop && !stop_sent) {
+			json_t *ignored = NULL;
+			stop_sent = owner_call(ctx, sock, path, pid,
+					       json_pack("{s:s, s:s}", "command", "sync-stop",
+							 "disk", path), &ignored) == 0;
+			json_decref(ignored);
+		}
+		if (o->progress)
+			o->progress(o->opaque, &(struct cdisk_sync_progress){
+				.done = (uint64_t)json_integer_value(json_object_get(reply, "done_bytes")),
+				.total = (uint64_t)json_integer_value(json_object_get(reply, "total_bytes")),
+				.rate_limit = (uint64_t)json_integer_value(json_object_get(reply, "rate_limit")),
+				.delay_ms = json_number_value(json_object_get(reply, "delay_ms")),
+				.base_delay_ms = json_number_value(json_object_get(reply, "base_delay_ms")),
+			});
+		if (!running)
+			break;
+		json_decref(reply);
+	}
+	cd_control_stats_from_json(json_object_get(reply, "result"), st);
+	r = -(int)json_integer_value(json_object_get(reply, "errno"));
+	if (r < 0) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		cd_error(ctx, r, "%s", e ? e : "the owner's sync failed");
+	}
+	json_decref(reply);
+	return r;
+}

@@ -1,0 +1,185 @@
+/* What both ends of the control socket (cdisk-protocol(7)) agree on:
+ * where the socket is, how a line is read, and disk information and sync
+ * results as JSON, both ways, so that a field is named in one place. */
+#include <jansson.h>
+#include <poll.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "cdisk.h"
+#include "control.h"
+#include "ctx.h"
+
+/* ---- the runtime directory and socket names ---- */
+
+int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out,
+			    size_t len)
+{
+	int n = snprintf(out, len, "%s/cdisk-serve.%u.ctl", cfg->runtime_dir, pid);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
+			      size_t len)
+{
+	if (cd_control_path_for_pid(&ctx->cfg, pid, out, len) < 0)
+		return cd_error(ctx, -ENAMETOOLONG, "runtime directory '%s' is too long",
+				ctx->cfg.runtime_dir);
+	return 0;
+}
+
+/* ---- info as JSON, both ways ---- */
+
+json_t *cd_control_info_to_json(const struct cdisk_info *i)
+{
+	json_t *j = json_pack("{s:s, s:i, s:I, s:i, s:I, s:I, s:I, s:s, s:s, s:s, s:b, s:b, "
+			 "s:I, s:b, s:I, s:I, s:I, s:b, s:I, s:s}",
+			 "uuid", i->uuid, "format_version", (int)i->format_version,
+			 "size", (json_int_t)i->size, "block_size", (int)i->block_size,
+			 "blocks", (json_int_t)i->blocks,
+			 "blocks_present", (json_int_t)i->blocks_present,
+			 "blocks_dirty", (json_int_t)i->blocks_dirty, "base", i->base,
+			 "mirror", i->mirror, "meta_backup", i->meta_backup,
+			 "a_valid", i->sb_valid[0] != 0, "b_valid", i->sb_valid[1] != 0,
+			 "sequence", (json_int_t)i->sb_seq,
+			 "closed_cleanly", i->closed_cleanly,
+			 "journal_records_replayed", (json_int_t)i->journal_records,
+			 "recovered_blocks", (json_int_t)i->recovered_blocks,
+			 "host_bytes", (json_int_t)i->file_bytes,
+			 "base_reachable", i->base_reachable,
+			 "base_size", (json_int_t)i->base_size,
+			 "base_error", i->base_error_msg);
+
+	if (j && json_object_update_new(j, json_pack("{s:I, s:b, s:b, s:s, s:b, s:I}",
+			"base_opening_ms", (json_int_t)i->base_opening_ms,
+			"unconfirmed", i->unconfirmed, "mirror_active", i->mirror_active,
+			"backup_path", i->backup_path, "backup_exists", i->backup_exists,
+			"backup_age", (json_int_t)i->backup_age)) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
+	return j;
+}
+
+static void copy_string(json_t *o, const char *key, char *out, size_t len)
+{
+	const char *v = json_string_value(json_object_get(o, key));
+	snprintf(out, len, "%s", v ? v : "");
+}
+
+static uint64_t get_u64(json_t *o, const char *key)
+{
+	json_int_t v = json_integer_value(json_object_get(o, key));
+	return v > 0 ? (uint64_t)v : 0;
+}
+
+void cd_control_info_from_json(json_t *o, struct cdisk_info *i)
+{
+	memset(i, 0, sizeof(*i));
+	copy_string(o, "uuid", i->uuid, sizeof(i->uuid));
+	copy_string(o, "base", i->base, sizeof(i->base));
+	copy_string(o, "mirror", i->mirror, sizeof(i->mirror));
+	copy_string(o, "meta_backup", i->meta_backup, sizeof(i->meta_backup));
+	copy_string(o, "base_error", i->base_error_msg, sizeof(i->base_error_msg));
+	i->base_error = i->base_error_msg[0] ? -EIO : 0;
+	i->format_version = (uint32_t)get_u64(o, "format_version");
+	i->size = get_u64(o, "size");
+	i->block_size = (uint32_t)get_u64(o, "block_size");
+	i->blocks = get_u64(o, "blocks");
+	i->blocks_present = get_u64(o, "blocks_present");
+	i->blocks_dirty = get_u64(o, "blocks_dirty");
+	i->sb_valid[0] = json_is_true(json_object_get(o, "a_valid"));
+	i->sb_valid[1] = json_is_true(json_object_get(o, "b_valid"));
+	i->sb_seq = get_u64(o, "sequence");
+	i->closed_cleanly = json_is_true(json_object_get(o, "closed_cleanly"));
+	i->journal_records = get_u64(o, "journal_records_replayed");
+	i->recovered_blocks = get_u64(o, "recovered_blocks");
+	i->file_bytes = get_u64(o, "host_bytes");
+	i->base_reachable = json_is_true(json_object_get(o, "base_reachable"));
+	i->base_size = get_u64(o, "base_size");
+	i->base_opening_ms = get_u64(o, "base_opening_ms");
+	i->unconfirmed = json_is_true(json_object_get(o, "unconfirmed"));
+	i->mirror_active = json_is_true(json_object_get(o, "mirror_active"));
+	copy_string(o, "backup_path", i->backup_path, sizeof(i->backup_path));
+	i->backup_exists = json_is_true(json_object_get(o, "backup_exists"));
+	i->backup_age = get_u64(o, "backup_age");
+}
+
+/* ---- sync results as JSON, both ways ---- */
+
+json_t *cd_control_stats_to_json(const struct cdisk_sync_stats *st)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:f, s:b, s:b, "
+			 "s:I, s:I, s:f, s:f, s:I}",
+			 "pulled_bytes", (json_int_t)st->pulled_bytes,
+			 "released_bytes", (json_int_t)st->released_bytes,
+			 "dirty_bytes", (json_int_t)st->dirty_bytes,
+			 "blocks", (json_int_t)st->blocks, "bytes", (json_int_t)st->bytes,
+			 "requests", (json_int_t)st->requests,
+			 "zero_requests", (json_int_t)st->zero_requests,
+			 "flushes", (json_int_t)st->flushes,
+			 "verified_bytes", (json_int_t)st->verified_bytes,
+			 "left_bytes", (json_int_t)st->left_bytes, "seconds", st->seconds,
+			 "below_min_dirty", st->below_min, "stopped", st->stopped,
+			 "rate_limit", (json_int_t)st->rate_limit,
+			 "slowdowns", (json_int_t)st->slowdowns, "delay_ms", st->delay_ms,
+			 "base_delay_ms", st->base_delay_ms, "retries", (json_int_t)st->retries);
+}
+
+void cd_control_stats_from_json(json_t *j, struct cdisk_sync_stats *st)
+{
+	json_int_t v[13] = { 0 };
+	double secs = 0;
+	int below = 0, stopped = 0;
+
+	json_unpack(j, "{s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?I, s?F, s?b, s?b, "
+		    "s?I, s?I, s?F, s?F, s?I}",
+		    "pulled_bytes", &v[8], "released_bytes", &v[9],
+		    "dirty_bytes", &v[0], "blocks", &v[1], "bytes", &v[2],
+		    "requests", &v[3], "zero_requests", &v[4], "flushes", &v[5],
+		    "verified_bytes", &v[6], "left_bytes", &v[7], "seconds", &secs,
+		    "below_min_dirty", &below, "stopped", &stopped,
+		    "rate_limit", &v[10], "slowdowns", &v[11], "delay_ms", &st->delay_ms,
+		    "base_delay_ms", &st->base_delay_ms, "retries", &v[12]);
+	st->retries = (uint64_t)v[12];
+	st->rate_limit = (uint64_t)v[10];
+	st->slowdowns = (unsigned)v[11];
+	st->dirty_bytes = (uint64_t)v[0];
+	st->blocks = (uint64_t)v[1];
+	st->bytes = (uint64_t)v[2];
+	st->requests = (uint64_t)v[3];
+	st->zero_requests = (uint64_t)v[4];
+	st->flushes = (uint64_t)v[5];
+	st->verified_bytes = (uint64_t)v[6];
+	st->left_bytes = (uint64_t)v[7];
+	st->pulled_bytes = (uint64_t)v[8];
+	st->released_bytes = (uint64_t)v[9];
+	st->seconds = secs;
+	st->below_min = below;
+	st->stopped = stopped;
+}
+
+/* ---- lines ---- */
+
+/* Read one line, with a deadline: a silent or endless client gets an
+ * error, not our attention forever. */
+int cd_control_read_line(int fd, char *buf, size_t max)
+{
+	size_t have = 0;
+
+	while (have < max - 1) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		ssize_t n;
+
+		if (poll(&p, 1, CONTROL_TIMEOUT_MS) <= 0)
+			return -ETIMEDOUT;
+		n = recv(fd, buf + have, max - 1 - have, 0);
+		if (n <= 0)
+			return have ? (buf[have] = 0, 0) : -ECONNRESET;
+		have += (size_t)n;
+		buf[have] = 0;
+		if (memchr(buf, '\n', have))
+			return 0;
+	}
+	return -E2BIG;
+}

@@ -1,0 +1,81 @@
+/* Internal: the on-disk format (format.c): superblock and layout. */
+#ifndef CDISK_FORMAT_H
+#define CDISK_FORMAT_H
+
+#include "cdisk.h"
+#include "util.h"
+
+#define CD_MAGIC "CDISK\r\n\x1a"
+#define CD_FORMAT_VERSION 1u
+#define CD_SB_SIZE 4096u
+#define CD_SB_CRC_OFFSET (CD_SB_SIZE - 4)
+#define CD_SB_FLAG_OPEN 1u        /* a writer has the disk open */
+
+/* Feature masks: unknown incompat bits refuse the open, unknown ro_compat
+ * bits refuse writing. */
+#define CD_FEATURE_COMPAT_SUPP 0ull
+#define CD_FEATURE_INCOMPAT_SUPP CD_FEATURE_INCOMPAT_BITMAPS
+/* More than the two bitmaps of the first layout: their pages live in two
+ * extra checkpoint areas after the data area, and journal runs name the
+ * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
+ * (cd_disk_add_bitmaps), never by a plain write. */
+#define CD_FEATURE_INCOMPAT_BITMAPS (1ull << 0)
+#define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
+/* Restored by force from a metadata backup that nothing in the file proved
+ * to be its own: the disk may be another's twin, so nothing writes to its
+ * base (or its backup) until cdisk-restore --confirm; a version that does
+ * not know this must not write the disk at all. */
+#define CD_FEATURE_RO_COMPAT_UNCONFIRMED (1ull << 0)
+
+#define CD_JOURNAL_OFFSET (2 * CD_SB_SIZE)
+#define CD_AL_EXTENT_BYTES (UINT64_C(4) << 20)
+
+struct cd_superblock {
+	uint32_t version;
+	uint64_t seq;
+	uint64_t compat, incompat, ro_compat;
+	uint8_t uuid[16];
+	uint64_t size;
+	uint32_t block_size;
+	uint32_t cache_mode;
+	uint32_t flags;
+	uint32_t owner_pid;
+	uint64_t journal_offset, journal_size;
+	uint64_t cp_offset[2];
+	uint64_t cp_size;
+	uint64_t data_offset;
+	uint32_t cp_active;
+	uint32_t cp_dir_crc;
+	uint64_t cp_seq;        /* journal seq covered by the checkpoint */
+	uint64_t journal_head;  /* where the first record after it goes */
+	uint64_t created;
+	uint32_t nbitmaps;      /* 2 without BITMAPS */
+	uint64_t bm_offset;     /* the extra checkpoint areas; 0 without BITMAPS */
+	uint32_t bm_dir_crc;    /* the live extra area's directory */
+	char base[CDISK_MAX_URI + 1];
+	char mirror[CDISK_MAX_URI + 1];
+	char meta_backup[CDISK_MAX_URI + 1];
+};
+
+void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE]);
+/* Returns 0, -EUCLEAN (damaged) or -ENOMSG (not a cdisk: bad magic).
+ * why receives a short reason on failure. */
+int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
+		 const char **why);
+/* Compute layout fields (journal, checkpoint areas, data offset). */
+int cd_layout(struct cd_superblock *sb);
+uint32_t cd_bitmap_pages(uint64_t nblocks);
+/* Pages one extra checkpoint area holds, its bytes (0 with two bitmaps),
+ * and where area 0 or 1 of them starts. */
+uint32_t cd_extra_area_pages(const struct cd_superblock *sb);
+uint64_t cd_extra_area_size(const struct cd_superblock *sb);
+uint64_t cd_extra_area_offset(const struct cd_superblock *sb, uint32_t area);
+/* How long a disk file laid out as sb is. */
+uint64_t cd_file_size(const struct cd_superblock *sb);
+
+/* Bitmaps by id.  Present and dirty are the overlay's; later ones belong
+ * to jobs (the mirror's out-of-sync bitmap). */
+enum cd_bitmap_id { CD_BM_PRESENT = 0, CD_BM_DIRTY = 1, CD_BM_MIRROR = 2 };
+#define CD_BITMAPS_MAX 8u
+
+#endif

@@ -1,0 +1,690 @@
+/* Connections to the NBD server, and how their bytes move.
+ *
+ * Each connection has one thread: it does the handshake (nbd-proto.c),
+ * then reads requests and pushes them, in batches, onto the server's
+ * queue (queue.c), whose workers carry them out and reply, in whatever
+ * order they finish; replies on a connection go out whole, one at a
+ * time.  Nothing here starts a thread but that reader. */
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+
+#include "cdisk.h"
+#include "ctx.h"
+#include "nbd-conn.h"
+#include "nbd-proto.h"
+#include "nbd.h"
+#include "queue.h"
+
+#define HANDSHAKE_TIMEOUT 30
+#define SEND_TIMEOUT 60
+
+struct request {
+	struct cd_qitem item;   /* first: the queue hands this back */
+	struct conn *conn;
+	struct cd_nbd_req req;  /* its data pooled */
+	/* The reply, until it is sent: the data by reference, the rest
+	 * copied into small or, when it is bigger, extra. */
+	struct request *next_out;
+	struct iovec iov[3];
+	int niov;
+	uint8_t *extra;
+	uint8_t small[64];
+};
+
+/* Payload buffers are reused: a fresh megabyte from malloc is a fresh
+ * mmap, 256 page faults and an munmap per request. */
+struct pooled {
+	struct pooled *next;
+	size_t cap;
+};
+
+#define POOL_KEEP 32
+
+/* What one connection may have in the queue or in hand: beyond it, its
+ * reader stops reading and the client is slowed by the socket. */
+#define CONN_MAX_REQUESTS 32
+#define CONN_MAX_BYTES (64u << 20)
+/* The reader's buffer: many small requests come in one recv. */
+#define RBUF_SIZE (64u * 1024)
+
+struct conn {
+	struct cd_nbd_session nbd;  /* who the client is, what it negotiated */
+	int fd;
+	pthread_mutex_t pool_lock;
+	struct pooled *pool;
+	unsigned pooled;
+	pthread_t reader;
+	gnutls_session_t tls;   /* NULL until STARTTLS */
+	char user[300];         /* who, for the queue: "tls:NAME", "uid:N" or "-" */
+	bool done;              /* all threads finished; joinable */
+	pthread_mutex_t send_lock;  /* the four fields below */
+	struct request *out, *out_tail;  /* replies waiting to be sent */
+	bool sending;           /* a worker is sending them */
+	bool lost;              /* a send failed: replies are dropped */
+	uint8_t *rbuf;          /* the reader's, bytes rpos to rlen unparsed */
+	size_t rpos, rlen;
+	pthread_mutex_t lock;   /* the fields below */
+	pthread_cond_t changed; /* a request finished, or closing */
+	bool closing;           /* no more requests will be read */
+	unsigned inflight;      /* requests queued or in hand */
+	size_t inflight_bytes;
+	struct conn *next;
+};
+
+/* ---- buffers ---- */
+
+static void *buf_get(struct conn *c, size_t len)
+{
+	struct pooled **pp, *b;
+
+	pthread_mutex_lock(&c->pool_lock);
+	for (pp = &c->pool; *pp; pp = &(*pp)->next) {
+		if ((*pp)->cap >= len) {
+			b = *pp;
+			*pp = b->next;
+			c->pooled--;
+			pthread_mutex_unlock(&c->pool_lock);
+			return b + 1;
+		}
+	}
+	pthread_mutex_unlock(&c->pool_lock);
+	b = malloc(sizeof(*b) + (len < 65536 ? 65536 : len));
+	if (!b)
+		return NULL;
+	b->cap = len < 65536 ? 65536 : len;
+	return b + 1;
+}
+
+static void buf_put(struct conn *c, void *p)
+{
+	struct pooled *b;
+
+	if (!p)
+		return;
+	b = (struct pooled *)p - 1;
+	pthread_mutex_lock(&c->pool_lock);
+	if (c->pooled < POOL_KEEP) {
+		b->next = c->pool;
+		c->pool = b;
+		c->pooled++;
+		b = NULL;
+	}
+	pthread_mutex_unlock(&c->pool_lock);
+	free(b);
+}
+
+static void pool_free(struct conn *c)
+{
+	while (c->pool) {
+		struct pooled *b = c->pool;
+		c->pool = b->next;
+		free(b);
+	}
+}
+
+
+static int recv_all(int fd, void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n = recv(fd, p, len, 0);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return n == 0 ? -ECONNRESET : -errno;
+		p += n;
+		len -= (size_t)n;
+	}
+	return 0;
+}
+
+static int send_iov(int fd, struct iovec *iov, int n)
+{
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+
+	while (msg.msg_iovlen) {
+		ssize_t w = sendmsg(fd, &msg, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -errno;
+		while (msg.msg_iovlen && (size_t)w >= msg.msg_iov->iov_len) {
+			w -= (ssize_t)msg.msg_iov->iov_len;
+			msg.msg_iov++;
+			msg.msg_iovlen--;
+		}
+		if (w) {
+			msg.msg_iov->iov_base = (uint8_t *)msg.msg_iov->iov_base + w;
+			msg.msg_iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
+}
+
+/* Every byte of a connection goes through these, in TLS once it is on. */
+static int conn_recv(struct conn *c, void *buf, size_t len)
+{
+	return c->tls ? cd_tls_recv(c->tls, buf, len) : recv_all(c->fd, buf, len);
+}
+
+static int conn_send_iov(struct conn *c, struct iovec *iov, int n)
+{
+	return c->tls ? cd_tls_send_iov(c->tls, iov, n) : send_iov(c->fd, iov, n);
+}
+
+/* "127.0.0.1:5555" for TCP, "on a unix socket" otherwise: for the log. */
+static const char *peer_name(int fd, char *out, size_t len)
+{
+	struct sockaddr_storage sa;
+	socklen_t salen = sizeof(sa);
+	char host[48], port[8];
+
+	if (getpeername(fd, (struct sockaddr *)&sa, &salen) < 0 ||
+	    (sa.ss_family != AF_INET && sa.ss_family != AF_INET6) ||
+	    getnameinfo((struct sockaddr *)&sa, salen, host, sizeof(host), port, sizeof(port),
+			NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+		return "on a unix socket";
+	snprintf(out, len, "%s:%s", host, port);
+	return out;
+}
+
+/* ---- replies ----
+ *
+ * Replies are whole messages, one sender at a time on a connection.  A
+ * worker that finds another sending leaves its reply to it and goes on
+ * to other work: a client that reads no replies holds one worker, not
+ * all of those with a reply for it; and replies that pile up meanwhile
+ * leave in one sendmsg (or one corked TLS write). */
+
+#define SEND_BATCH 64   /* replies in one sendmsg, at most 3 iovecs each */
+
+static size_t weight(const struct request *q);
+
+static void request_free(struct conn *c, struct request *q)
+{
+	buf_put(c, q->req.data);
+	free(q->extra);
+	free(q);
+}
+
+/* Requests are done: the reader may read more, or finish.  The last
+ * thing a worker does with the connection, which may go right after. */
+static void requests_done(struct conn *c, unsigned n, size_t bytes, bool lost)
+{
+	pthread_mutex_lock(&c->lock);
+	if (lost)
+		c->closing = true;
+	c->inflight -= n;
+	c->inflight_bytes -= bytes;
+	pthread_cond_broadcast(&c->changed);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static int send_list(struct conn *c, struct request *list)
+{
+	struct iovec iov[SEND_BATCH * 3];
+	int n = 0, k = 0, r = 0;
+
+	for (struct request *q = list; q && r == 0; q = q->next_out) {
+		memcpy(iov + n, q->iov, (size_t)q->niov * sizeof(*iov));
+		n += q->niov;
+		if (++k == SEND_BATCH || !q->next_out) {
+			r = conn_send_iov(c, iov, n);
+			n = k = 0;
+		}
+	}
+	return r;
+}
+
+/* Under c->send_lock, which it releases: send what waits until nothing
+ * does. */
+static void send_out(struct conn *c)
+{
+	unsigned n = 0;
+	size_t bytes = 0;
+	bool lost = false;
+
+	c->sending = true;
+	while (c->out) {
+		struct request *list = c->out;
+		c->out = c->out_tail = NULL;
+		lost = c->lost;
+		pthread_mutex_unlock(&c->send_lock);
+		if (!lost && send_list(c, list) < 0) {
+			lost = true;
+			/* The reader, in recv, learns it at once. */
+			shutdown(c->fd, SHUT_RDWR);
+		}
+		while (list) {
+			struct request *next = list->next_out;
+			n++;
+			bytes += weight(list);
+			request_free(c, list);
+			list = next;
+		}
+		pthread_mutex_lock(&c->send_lock);
+		if (lost)
+			c->lost = true;
+	}
+	c->sending = false;
+	pthread_mutex_unlock(&c->send_lock);
+	requests_done(c, n, bytes, lost);
+}
+
+/* Takes q: its reply, iov (q->data by reference, the rest copied), is
+ * sent by this worker or by the one sending already. */
+static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int n)
+{
+	size_t copy = 0;
+	uint8_t *p;
+
+	for (int i = 0; i < n; i++)
+		if (!q->req.data || iov[i].iov_base != q->req.data)
+			copy += iov[i].iov_len;
+	p = copy <= sizeof(q->small) ? q->small : (q->extra = malloc(copy));
+	for (int i = 0; i < n && p; i++) {
+		q->iov[i] = iov[i];
+		if (q->req.data && iov[i].iov_base == q->req.data)
+			continue;
+		memcpy(p, iov[i].iov_base, iov[i].iov_len);
+		q->iov[i].iov_base = p;
+		p += iov[i].iov_len;
+	}
+	q->niov = n;
+	q->next_out = NULL;
+	pthread_mutex_lock(&c->send_lock);
+	if (!p)
+		c->lost = true;
+	if (c->out_tail)
+		c->out_tail->next_out = q;
+	else
+		c->out = q;
+	c->out_tail = q;
+	if (c->sending) {
+		pthread_mutex_unlock(&c->send_lock);
+		return 0;
+	}
+	send_out(c);
+	return 0;
+}
+
+/* ---- reading requests ---- */
+
+/* Some bytes, at least one, as many as have come (up to len). */
+static ssize_t conn_recv_some(struct conn *c, void *buf, size_t len)
+{
+	for (;;) {
+		ssize_t n = c->tls ? gnutls_record_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
+		if (c->tls ? n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN
+			   : n < 0 && errno == EINTR)
+			continue;
+		return n > 0 ? n : -1;
+	}
+}
+
+/* At least want unparsed bytes in the reader's buffer. */
+static int fill(struct conn *c, size_t want)
+{
+	if (c->rpos) {
+		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+		c->rlen -= c->rpos;
+		c->rpos = 0;
+	}
+	while (c->rlen < want) {
+		ssize_t n = conn_recv_some(c, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
+		if (n < 0)
+			return -1;
+		c->rlen += (size_t)n;
+	}
+	return 0;
+}
+
+/* A write's payload: what the buffer holds, the rest straight from the
+ * socket into the request's own buffer. */
+static int take_payload(struct conn *c, uint8_t *dst, size_t len)
+{
+	size_t have = c->rlen - c->rpos;
+
+	if (have > len)
+		have = len;
+	memcpy(dst, c->rbuf + c->rpos, have);
+	c->rpos += have;
+	return have < len ? conn_recv(c, dst + have, len - have) : 0;
+}
+
+/* Parse one request, payload included.  Returns 1 for a request; 0 when
+ * !block and the buffer holds no whole header; -1 when the client said
+ * goodbye or the stream cannot be followed. */
+static int parse_request(struct conn *c, struct request *q, bool block)
+{
+	const uint8_t *h;
+
+	if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE &&
+	    (!block || fill(c, CD_NBD_REQUEST_SIZE) < 0))
+		return block ? -1 : 0;
+	h = c->rbuf + c->rpos;
+	q->extra = NULL;
+	if (cd_nbd_parse_request(h, &q->req) < 0)
+		return -1;
+	c->rpos += CD_NBD_REQUEST_SIZE;
+	if (q->req.type == NBD_CMD_WRITE &&
+	    (!(q->req.data = buf_get(c, q->req.length)) ||
+	     take_payload(c, q->req.data, q->req.length) < 0)) {
+		buf_put(c, q->req.data);
+		return -1;
+	}
+	return 1;
+}
+
+static enum cd_req_class class_of(uint16_t type)
+{
+	return type == NBD_CMD_READ || type == NBD_CMD_BLOCK_STATUS ? CD_REQ_READ
+								     : CD_REQ_WRITE;
+}
+
+/* What a request holds in memory while it waits: a write's payload, or
+ * the buffer a read will fill. */
+static size_t weight(const struct request *q)
+{
+	return q->req.type == NBD_CMD_WRITE || q->req.type == NBD_CMD_READ ? q->req.length : 0;
+}
+
+/* The queue's worker: carry it out and reply (which takes q). */
+static void run_request(struct cd_qitem *it)
+{
+	struct request *q = (struct request *)it;
+
+	cd_nbd_execute(&q->conn->nbd, &q->req);
+}
+
+/* Wait until the connection may have more in the queue; how many more
+ * requests, 0 when it is closing. */
+static unsigned room(struct conn *c)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&c->lock);
+	while (!c->closing && (c->inflight >= CONN_MAX_REQUESTS ||
+			       c->inflight_bytes >= CONN_MAX_BYTES))
+		pthread_cond_wait(&c->changed, &c->lock);
+	n = c->closing ? 0 : CONN_MAX_REQUESTS - c->inflight;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+static void account(struct conn *c, struct cd_qbatch *b)
+{
+	size_t bytes = 0;
+
+	for (struct cd_qitem *it = b->head; it; it = it->next)
+		bytes += weight((struct request *)it);
+	pthread_mutex_lock(&c->lock);
+	c->inflight += b->n;
+	c->inflight_bytes += bytes;
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* The reader: every whole request the buffer holds goes to the queue in
+ * one push (one lock, few wake-ups); then it waits for more bytes.  A
+ * client that sends faster than the disk takes, or reads no replies, is
+ * held to CONN_MAX_REQUESTS in hand and slowed by the socket. */
+static void read_requests(struct conn *c, struct cd_queue *queue)
+{
+	struct cd_qbatch b = { 0 };
+	unsigned n;
+	int r = 1;
+
+	while (r >= 0 && (n = room(c)) > 0) {
+		while (b.n < n) {
+			struct request *q = malloc(sizeof(*q));
+			r = q ? parse_request(c, q, b.n == 0) : -1;
+			if (r <= 0) {
+				free(q);
+				break;
+			}
+			q->conn = c;
+			q->item.cls = class_of(q->req.type);
+			q->item.exp = c->nbd.exp;
+			q->item.user = c->user;
+			q->item.run = run_request;
+			cd_qbatch_add(&b, &q->item);
+		}
+		account(c, &b);
+		cd_queue_push(queue, &b);
+	}
+	pthread_mutex_lock(&c->lock);
+	c->closing = true;
+	while (c->inflight)
+		pthread_cond_wait(&c->changed, &c->lock);
+	pthread_mutex_unlock(&c->lock);
+}
+
+static void name_user(struct conn *c)
+{
+	if (c->tls && c->nbd.tls_name[0])
+		snprintf(c->user, sizeof(c->user), "tls:%s", c->nbd.tls_name);
+	else if (c->nbd.has_uid)
+		snprintf(c->user, sizeof(c->user), "uid:%u", (unsigned)c->nbd.uid);
+	else
+		snprintf(c->user, sizeof(c->user), "-");
+}
+
+static void set_timeouts(int fd, int recv_seconds, int send_seconds)
+{
+	struct timeval rt = { .tv_sec = recv_seconds }, st = { .tv_sec = send_seconds };
+
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &rt, sizeof(rt));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &st, sizeof(st));
+}
+
+static void *connection(void *arg);
+
+/* ---- what the protocol asks of the connection ---- */
+
+static struct conn *conn_of(struct cd_nbd_session *s)
+{
+	return (struct conn *)((char *)s - offsetof(struct conn, nbd));
+}
+
+static int nbd_recv(struct cd_nbd_session *s, void *buf, size_t len)
+{
+	return conn_recv(conn_of(s), buf, len);
+}
+
+static int nbd_send_iov(struct cd_nbd_session *s, struct iovec *iov, int n)
+{
+	return conn_send_iov(conn_of(s), iov, n);
+}
+
+static int nbd_starttls(struct cd_nbd_session *s)
+{
+	struct conn *c = conn_of(s);
+	char why[256];
+	int r;
+
+	r = cd_tls_accept(s->srv->tls, c->fd, &c->tls, s->tls_name, sizeof(s->tls_name),
+			  why, sizeof(why));
+	if (r < 0) {
+		char peer[64];
+		cd_log(s->srv->ctx, CDISK_LOG_WARNING, "client %s: %s",
+		       peer_name(c->fd, peer, sizeof(peer)), why);
+		return r;
+	}
+	s->tls = true;
+	return 0;
+}
+
+static void *nbd_buf_get(struct cd_nbd_session *s, size_t len)
+{
+	return buf_get(conn_of(s), len);
+}
+
+static int nbd_reply(struct cd_nbd_session *s, struct cd_nbd_req *q, struct iovec *iov,
+		     int n)
+{
+	struct request *r = (struct request *)((char *)q - offsetof(struct request, req));
+
+	return send_reply(conn_of(s), r, iov, n);
+}
+
+static const struct cd_nbd_ops conn_ops = {
+	.recv = nbd_recv,
+	.send_iov = nbd_send_iov,
+	.starttls = nbd_starttls,
+	.buf_get = nbd_buf_get,
+	.reply = nbd_reply,
+};
+
+/* ---- connections ---- */
+
+static bool is_tcp(int fd)
+{
+	struct sockaddr_storage sa;
+	socklen_t len = sizeof(sa);
+
+	return getsockname(fd, (struct sockaddr *)&sa, &len) == 0 &&
+	       (sa.ss_family == AF_INET || sa.ss_family == AF_INET6);
+}
+
+static const struct cd_nbd_ops conn_ops;
+
+static struct conn *conn_new(struct cdisk_server *s, int fd)
+{
+	struct conn *c = calloc(1, sizeof(*c));
+
+	if (!c) {
+		close(fd);
+		return NULL;
+	}
+	c->nbd.ops = &conn_ops;
+	c->nbd.srv = s;
+	c->fd = fd;
+	c->nbd.tcp = is_tcp(fd);
+	if (!c->nbd.tcp) {
+		struct ucred cred;
+		socklen_t len = sizeof(cred);
+		c->nbd.has_uid = getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0;
+		c->nbd.uid = cred.uid;
+	}
+	pthread_mutex_init(&c->send_lock, NULL);
+	pthread_mutex_init(&c->pool_lock, NULL);
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->changed, NULL);
+	return c;
+}
+
+static void conn_free(struct conn *c)
+{
+	pool_free(c);
+	free(c->rbuf);
+	pthread_mutex_destroy(&c->send_lock);
+	pthread_mutex_destroy(&c->pool_lock);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->changed);
+	free(c);
+}
+
+/* Serve one already-accepted connection in this thread (the fuzzers use
+ * this: a socketpair in, everything the protocol allows out). */
+void cd_server_serve_fd(struct cdisk_server *s, int fd)
+{
+	struct conn *c = conn_new(s, fd);
+
+	if (c) {
+		connection(c);
+		conn_free(c);
+	}
+}
+
+/* The server's queue, started with the first connection. */
+static struct cd_queue *server_queue(struct cdisk_server *s)
+{
+	struct cd_queue *q;
+
+	pthread_mutex_lock(&s->lock);
+	if (!s->queue) {
+		unsigned workers, max;
+		cd_queue_default_size(&workers, &max);
+		if (cd_queue_new(s->ctx, workers, max, &q) == 0)
+			__atomic_store_n(&s->queue, q, __ATOMIC_RELEASE);
+	}
+	q = s->queue;
+	pthread_mutex_unlock(&s->lock);
+	return q;
+}
+
+static void *connection(void *arg)
+{
+	struct conn *c = arg;
+	struct cd_queue *queue = server_queue(c->nbd.srv);
+
+	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
+	if (queue && cd_nbd_handshake(&c->nbd) == 1 && (c->rbuf = malloc(RBUF_SIZE))) {
+		__atomic_add_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
+		/* An idle client may stay as long as it likes. */
+		set_timeouts(c->fd, 0, SEND_TIMEOUT);
+		name_user(c);
+		read_requests(c, queue);
+		__atomic_sub_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
+	}
+	pthread_mutex_lock(&c->nbd.srv->lock);
+	cd_tls_close(c->tls);
+	c->tls = NULL;
+	c->nbd.tls = false;
+	close(c->fd);
+	c->fd = -1;
+	c->done = true;
+	pthread_mutex_unlock(&c->nbd.srv->lock);
+	return NULL;
+}
+
+void cd_conn_reap(struct cdisk_server *s, bool all)
+{
+	struct conn **pp = &s->conns;
+
+	while (*pp) {
+		struct conn *c = *pp;
+		pthread_mutex_lock(&s->lock);
+		bool done = c->done;
+		pthread_mutex_unlock(&s->lock);
+		if (!done && !all) {
+			pp = &c->next;
+			continue;
+		}
+		pthread_join(c->reader, NULL);
+		*pp = c->next;
+		conn_free(c);
+	}
+}
+
+int cd_conn_start(struct cdisk_server *s, int fd)
+{
+	struct conn *c = conn_new(s, fd);
+
+	if (!c)
+		return -ENOMEM;
+	if (pthread_create(&c->reader, NULL, connection, c) != 0) {
+		close(fd);
+		conn_free(c);
+		return -EAGAIN;
+	}
+	c->next = s->conns;
+	s->conns = c;
+	return 0;
+}
+
+void cd_conn_stop_reading(struct cdisk_server *s)
+{
+	pthread_mutex_lock(&s->lock);
+	for (struct conn *c = s->conns; c; c = c->next)
+		if (c->fd >= 0)
+			shutdown(c->fd, SHUT_RD);
+	pthread_mutex_unlock(&s->lock);
+}
