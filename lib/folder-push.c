@@ -695,9 +695,9 @@ static int delete(struct push *p, struct rec *old)
 
 /* ---- the whole ---- */
 
-/* What differs: todo[i] set for each upload; the deletes are the old
+/* What differs: to_send[i] set for each upload; the deletes are the old
  * records not seen. */
-static int compare(struct push *p, bool *todo)
+static int compare(struct push *p, bool *to_send)
 {
 	int err = 0;
 
@@ -713,7 +713,7 @@ static int compare(struct push *p, bool *todo)
 		if (old)
 			old->seen = true;
 		err = unchanged(p, r, old, &same);
-		todo[i] = !same;
+		to_send[i] = !same;
 		if (same && r->kind == 'F')
 			p->res->unchanged++;
 	}
@@ -726,10 +726,10 @@ static int compare(struct push *p, bool *todo)
 	return err;
 }
 
-static void dry_report(struct push *p, const bool *todo)
+static void dry_report(struct push *p, const bool *to_send)
 {
 	for (size_t i = 0; i < p->now.n; i++)
-		if (todo[i]) {
+		if (to_send[i]) {
 			p->res->uploaded++;
 			p->res->uploaded_bytes += p->now.v[i].size;
 			if (p->o->item)
@@ -745,7 +745,7 @@ static void dry_report(struct push *p, const bool *todo)
 		}
 }
 
-static int send_all(struct push *p, const bool *todo)
+static int send_all(struct push *p, const bool *to_send)
 {
 	int err;
 
@@ -759,7 +759,7 @@ static int send_all(struct push *p, const bool *todo)
 	/* New content first, deletes after: a file moved on the disk is never
 	 * missing from the cloud in between. */
 	for (size_t i = 0; i < p->now.n && !err; i++)
-		if (todo[i])
+		if (to_send[i])
 			err = upload(p, &p->now.v[i]);
 	for (size_t i = 0; i < p->old.n && !err; i++)
 		if (!p->old.v[i].seen)
@@ -771,7 +771,7 @@ static int send_all(struct push *p, const bool *todo)
 
 static int sync_folder(struct push *p, const char *path)
 {
-	bool *todo = NULL;
+	bool *to_send = NULL;
 	int err;
 
 	err = load_state(p);
@@ -781,10 +781,10 @@ static int sync_folder(struct push *p, const char *path)
 		err = check_fs(p);
 	if (err == 0)
 		err = walk(p, EXT2_ROOT_INO, &(bool){ false });
-	if (err == 0 && !(todo = calloc(p->now.n + 1, sizeof(*todo))))
+	if (err == 0 && !(to_send = calloc(p->now.n + 1, sizeof(*to_send))))
 		err = cd_error(p->ctx, -ENOMEM, "out of memory");
 	if (err == 0)
-		err = compare(p, todo);
+		err = compare(p, to_send);
 	if (err == 0 && p->res->to_delete * 2 > p->res->recorded_files && !p->o->force)
 		err = cd_error(p->ctx, -ECANCELED, "'%s': the sync would delete %llu of the "
 			       "folder's %llu files in '%s', more than half; nothing was sent. "
@@ -792,10 +792,10 @@ static int sync_folder(struct push *p, const char *path)
 			       (unsigned long long)p->res->to_delete,
 			       (unsigned long long)p->res->recorded_files, p->res->uri);
 	if (err == 0 && p->o->dry_run)
-		dry_report(p, todo);
+		dry_report(p, to_send);
 	else if (err == 0)
-		err = send_all(p, todo);
-	free(todo);
+		err = send_all(p, to_send);
+	free(to_send);
 	return err;
 }
 

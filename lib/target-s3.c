@@ -943,10 +943,30 @@ static size_t on_object_header(char *line, size_t size, size_t n, void *opaque)
 	return len;
 }
 
+/* One request for one object of the folder: its URL, TLS trust and
+ * timeouts.  A large object takes as long as it takes; a stalled one
+ * does not. */
+static void object_request(struct cd_s3_folder *f, CURL *c, const char *url)
+{
+	const struct cd_config *cfg = &f->t.ctx->cfg;
+
+	curl_easy_reset(c);
+	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->t.timeout_ms);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(f->t.timeout_ms / 1000));
+	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(c, CURLOPT_USERAGENT, "cdisk/" CDISK_VERSION_STRING);
+	if (cfg->ca_file[0])
+		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
+	else if (getenv("CURL_CA_BUNDLE"))
+		curl_easy_setopt(c, CURLOPT_CAINFO, getenv("CURL_CA_BUNDLE"));
+	curl_easy_setopt(c, CURLOPT_URL, url);
+}
+
 int cd_s3_folder_get(struct cd_s3_folder *f, void **session, const char *key,
 		     int fd, uint64_t from, struct cd_s3_object_meta *meta)
 {
-	const struct cd_config *cfg = &f->t.ctx->cfg;
 	char ekey[8192 * 3 + 1], url[sizeof(ekey) + CDISK_MAX_URI + 300], range[48];
 	struct get_state g = { .fd = fd, .off = from, .meta = meta };
 	struct curl_slist *headers = NULL;
@@ -963,19 +983,7 @@ int cd_s3_folder_get(struct cd_s3_folder *f, void **session, const char *key,
 		return cd_error(f->t.ctx, -ENAMETOOLONG, "cannot fetch '%s': key too long",
 				key);
 	snprintf(url, sizeof(url), "%s/%s/%s", f->p.endpoint, f->p.bucket, ekey);
-	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->t.timeout_ms);
-	/* A large object takes as long as it takes; a stalled one does not. */
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(f->t.timeout_ms / 1000));
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "cdisk/" CDISK_VERSION_STRING);
-	if (cfg->ca_file[0])
-		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
-	else if (getenv("CURL_CA_BUNDLE"))
-		curl_easy_setopt(c, CURLOPT_CAINFO, getenv("CURL_CA_BUNDLE"));
-	curl_easy_setopt(c, CURLOPT_URL, url);
+	object_request(f, c, url);
 	curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_object_body);
 	curl_easy_setopt(c, CURLOPT_WRITEDATA, &g);
 	curl_easy_setopt(c, CURLOPT_HEADERFUNCTION, on_object_header);
@@ -1085,7 +1093,6 @@ static int folder_send(struct cd_s3_folder *f, void **session, const char *metho
 		       const char *sha256, const char *mtime, struct send_state *s,
 		       long *status)
 {
-	const struct cd_config *cfg = &f->t.ctx->cfg;
 	char ekey[8192 * 3 + 1], url[sizeof(ekey) + CDISK_MAX_URI + 4000], h[1200];
 	struct curl_slist *headers = NULL;
 	CURLcode code;
@@ -1098,18 +1105,7 @@ static int folder_send(struct cd_s3_folder *f, void **session, const char *metho
 	if (!encode_into(key, true, ekey, sizeof(ekey)))
 		return cd_error(f->t.ctx, -ENAMETOOLONG, "cannot send '%s': key too long", key);
 	snprintf(url, sizeof(url), "%s/%s/%s%s", f->p.endpoint, f->p.bucket, ekey, query);
-	curl_easy_reset(c);
-	curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(c, CURLOPT_CONNECTTIMEOUT_MS, (long)f->t.timeout_ms);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(c, CURLOPT_LOW_SPEED_TIME, (long)(f->t.timeout_ms / 1000));
-	curl_easy_setopt(c, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(c, CURLOPT_USERAGENT, "cdisk/" CDISK_VERSION_STRING);
-	if (cfg->ca_file[0])
-		curl_easy_setopt(c, CURLOPT_CAINFO, cfg->ca_file);
-	else if (getenv("CURL_CA_BUNDLE"))
-		curl_easy_setopt(c, CURLOPT_CAINFO, getenv("CURL_CA_BUNDLE"));
-	curl_easy_setopt(c, CURLOPT_URL, url);
+	object_request(f, c, url);
 	curl_easy_setopt(c, CURLOPT_CUSTOMREQUEST, method);
 	if (body || !strcmp(method, "PUT") || !strcmp(method, "POST")) {
 		/* An empty body too: a PUT of an empty file or a marker. */

@@ -257,6 +257,31 @@ static void scribble(int fd, uint64_t off, uint64_t len, int how)
 	free(buf);
 }
 
+/* Flip a bit in the last stored page that the directory at area (of
+ * dir_len bytes, then the pages) names among its first pages; with none
+ * stored, scribble over the directory instead and say so (false). */
+static bool flip_stored_bit(int fd, uint64_t area, uint64_t dir_len, uint32_t pages)
+{
+	uint32_t page = pages;
+	uint8_t entry[8], byte;
+	uint64_t off;
+
+	for (uint32_t i = 0; i < pages; i++) {
+		cd_pread_full(fd, entry, sizeof(entry), area + (uint64_t)i * 8);
+		if (cd_get_le32(entry))
+			page = i;
+	}
+	if (page == pages) {
+		scribble(fd, area, 16, 1);
+		return false;
+	}
+	off = area + dir_len + (uint64_t)page * 4096 + rnd(4096);
+	cd_pread_full(fd, &byte, 1, off);
+	byte ^= (uint8_t)(1u << rnd(8));
+	cd_pwrite_full(fd, &byte, 1, off);
+	return true;
+}
+
 static const char *damage(void)
 {
 	struct cdisk *cfg;
@@ -281,29 +306,12 @@ static const char *damage(void)
 		what = "checkpoint directory damaged";
 		scribble(fd, cp + rnd(64), 8, 1);
 		break;
-	case 3: {
-		/* Flip a bit in a stored bitmap page of the live checkpoint (the
-		 * directory, 4096 bytes here, says which pages are stored). */
-		uint32_t pages = 2 * cd_bitmap_pages(NBLOCKS), page = pages;
-		uint8_t entry[8], byte;
-
-		for (uint32_t i = 0; i < pages; i++) {
-			cd_pread_full(fd, entry, sizeof(entry), cp + (uint64_t)i * 8);
-			if (cd_get_le32(entry))
-				page = i;
-		}
+	case 3:
+		/* The first area's directory is 4096 bytes here. */
 		what = "bitmap bits flipped";
-		if (page == pages) {
+		if (!flip_stored_bit(fd, cp, 4096, 2 * cd_bitmap_pages(NBLOCKS)))
 			what = "checkpoint directory damaged (no stored page to flip)";
-			scribble(fd, cp, 16, 1);
-			break;
-		}
-		uint64_t off = cp + 4096 + (uint64_t)page * 4096 + rnd(4096);
-		cd_pread_full(fd, &byte, 1, off);
-		byte ^= (uint8_t)(1u << rnd(8));
-		cd_pwrite_full(fd, &byte, 1, off);
 		break;
-	}
 	case 4:
 		what = "superblock A and the journal damaged";
 		scribble(fd, 0, 4096, 1);
@@ -320,28 +328,13 @@ static const char *damage(void)
 		scribble(fd, cd_extra_area_offset(&cfg->sb, cfg->sb.cp_active) + rnd(64), 8, 1);
 		break;
 	case 8: {
-		/* A stored page of the extra area, as case 3 for the first. */
 		uint64_t ecp = cd_extra_area_offset(&cfg->sb, cfg->sb.cp_active);
-		uint64_t edir = cd_extra_area_size(&cfg->sb) -
-				(uint64_t)cd_extra_area_pages(&cfg->sb) * 4096;
-		uint32_t pages = cd_bitmap_pages(NBLOCKS), page = pages;
-		uint8_t entry[8], byte;
 
-		for (uint32_t i = 0; i < pages; i++) {
-			cd_pread_full(fd, entry, sizeof(entry), ecp + (uint64_t)i * 8);
-			if (cd_get_le32(entry))
-				page = i;
-		}
 		what = "extra bitmap bits flipped";
-		if (page == pages) {
+		if (!flip_stored_bit(fd, ecp, cd_extra_area_size(&cfg->sb) -
+				     (uint64_t)cd_extra_area_pages(&cfg->sb) * 4096,
+				     cd_bitmap_pages(NBLOCKS)))
 			what = "extra checkpoint directory damaged (no stored page)";
-			scribble(fd, ecp, 16, 1);
-			break;
-		}
-		uint64_t off = ecp + edir + (uint64_t)page * 4096 + rnd(4096);
-		cd_pread_full(fd, &byte, 1, off);
-		byte ^= (uint8_t)(1u << rnd(8));
-		cd_pwrite_full(fd, &byte, 1, off);
 		break;
 	}
 	default:
