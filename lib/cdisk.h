@@ -524,4 +524,72 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
  * handler) to stop after the requests in flight. */
 void cdisk_sync_stop(struct cdisk *disk);
 
+/* ---- the synchronous mirror (mirror.c) ----
+ * A disk may keep a mirror: a second target that holds the whole virtual
+ * disk (base data included).  Every guest write goes to the disk and to
+ * the mirror and completes when both have it; reads never touch the
+ * mirror.  Blocks the mirror may lack are set in the disk's out-of-sync
+ * bitmap (bitmap 2), durably before a write that missed the mirror is
+ * acknowledged, and a copy drains that bitmap. */
+enum cdisk_mirror_state {
+	CDISK_MIRROR_NONE = 0,     /* no mirror */
+	CDISK_MIRROR_COPYING,      /* writes reach both; a copy sends what is out of sync */
+	CDISK_MIRROR_IN_SYNC,      /* writes reach both and nothing is out of sync */
+	CDISK_MIRROR_DEGRADED,     /* the mirror failed: writes are recorded, not sent */
+	CDISK_MIRROR_PAUSED,       /* by request: as degraded, with no probing */
+};
+
+struct cdisk_mirror_status {
+	char uri[CDISK_MAX_URI + 1];
+	enum cdisk_mirror_state state;
+	uint64_t size;               /* the disk's */
+	uint64_t out_of_sync_bytes;
+	uint64_t since;              /* unix seconds: when this state began */
+	/* Set out of sync by the last recovery after a crash (the extents of
+	 * the activity log): what a restart resends beyond what was known. */
+	uint64_t recovered_bytes;
+	uint64_t copied_bytes;       /* by the copy under way */
+	uint64_t copy_rate;          /* its bytes a second; 0: not known yet */
+	char last_error[256];        /* "" when none */
+	uint64_t last_error_time;    /* unix seconds */
+	uint32_t timeout_ms;         /* a mirror write slower than this degrades */
+	bool fail_on_error;          /* --on-mirror-error fail */
+	bool served;                 /* answered by the process serving the disk */
+};
+
+/* Check uri (reachable, writable, at least the disk's size, not the
+ * disk's own primary or base by identity), record it and mark the whole
+ * disk out of sync; the copy is cdisk_mirror_copy's (idle disk) or the
+ * keeper's (cdisk_mirror_start).  -EEXIST when a mirror is attached. */
+int cdisk_mirror_attach(struct cdisk *disk, const char *uri);
+/* Forget the mirror (a copy under way stops); its data is left as is. */
+int cdisk_mirror_detach(struct cdisk *disk);
+/* Pause: writes reach the disk only and are recorded; resume lets the
+ * copy send what was recorded. */
+int cdisk_mirror_pause(struct cdisk *disk, bool pause);
+/* Copy what is out of sync now, without waiting for the next probe;
+ * full: mark every block out of sync first. */
+int cdisk_mirror_resync(struct cdisk *disk, bool full);
+/* The copy of an idle disk, in the calling thread: open the mirror and
+ * send what is out of sync until nothing is (progress, rate and stop as a
+ * sync's). */
+int cdisk_mirror_copy(struct cdisk *disk, const struct cdisk_sync_opts *opts,
+		      struct cdisk_sync_stats *stats);
+int cdisk_mirror_get_status(struct cdisk *disk, struct cdisk_mirror_status *status);
+/* For a server: a thread that keeps the mirror (opens it without
+ * stalling writes, copies, probes while degraded, resyncs).  cdisk_close
+ * stops it. */
+int cdisk_mirror_start(struct cdisk *disk);
+
+/* The same verbs for a disk another process serves, over its control
+ * socket.  -EBUSY when there is no owner to ask. */
+enum cdisk_mirror_verb {
+	CDISK_MIRROR_ATTACH, CDISK_MIRROR_DETACH, CDISK_MIRROR_PAUSE,
+	CDISK_MIRROR_RESUME, CDISK_MIRROR_RESYNC, CDISK_MIRROR_RESYNC_FULL,
+	CDISK_MIRROR_STATUS,
+};
+int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
+			   enum cdisk_mirror_verb verb, const char *uri,
+			   struct cdisk_mirror_status *status);
+
 #endif

@@ -56,6 +56,9 @@ struct cd_target_ops {
 	 * (TEST UNIT READY, HEAD); -EAGAIN when the server says it is busy.
 	 * NULL: the smallest read at offset 0. */
 	int (*ping)(struct cd_target *t, void *s);
+	/* What the storage is, as the kind can tell beyond the URI's text
+	 * (see cd_target_identity).  NULL: the kind cannot tell. */
+	int (*identity)(struct cd_target *t, void *s, char *out, size_t len);
 	void (*close)(struct cd_target *t);
 };
 
@@ -124,6 +127,15 @@ void cd_target_close(struct cd_target *t);
 /* One ping, never retried; *rtt_us is the request's own time, without
  * making a new connection.  -EAGAIN: the server answered busy. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us);
+/* The identity of the storage behind t, one line that two URIs naming
+ * the same storage share however they are written: "file:DEV:INO" (the
+ * file's st_dev and st_ino, a block device's st_rdev), "rbd:FSID:POOLID:
+ * IMAGEID", "iscsi:" and the LUN's device identification (VPD page 0x83,
+ * its NAA or EUI designator in hex, else the T10 vendor one), "nbd:" ...
+ * -EOPNOTSUPP when the kind cannot tell (the caller then says so). */
+int cd_target_identity(struct cd_target *t, char *out, size_t len);
+/* The identity of a local file or block device, as a file target's. */
+int cd_file_identity(struct cdisk_ctx *ctx, const char *path, char *out, size_t len);
 
 /* A read-only target for pings: the probe's timeout, no retries. */
 int cd_probe_open(struct cdisk_ctx *ctx, const char *uri, uint32_t timeout_s,
