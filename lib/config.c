@@ -56,6 +56,7 @@ void cd_config_defaults(struct cd_config *cfg)
 	cfg->sync_target_delay_ms = 25;
 	snprintf(cfg->cache_dir, sizeof(cfg->cache_dir), "%s", CD_DEFAULT_CACHE_DIR);
 	cfg->cache_max_size = CD_DEFAULT_CACHE_MAX;
+	cfg->mirror_timeout_ms = CD_DEFAULT_MIRROR_TIMEOUT_MS;
 }
 
 struct parse_state {
@@ -110,6 +111,8 @@ static const struct number_key {
 	{ "probe", "max_time", offsetof(struct cd_config, probe.max_seconds), 1, 3600,
 	  "seconds" },
 	{ "sync", "target_delay", offsetof(struct cd_config, sync_target_delay_ms), 0, 10000,
+	  "milliseconds" },
+	{ "mirror", "timeout", offsetof(struct cd_config, mirror_timeout_ms), 100, 600000,
 	  "milliseconds" },
 };
 
@@ -225,7 +228,7 @@ static bool known_section(const char *section)
 {
 	static const char *const sections[] = {
 		"metadata", "serve", "target", "iscsi", "rbd", "s3", "http", "probe", "sync",
-		"cache",
+		"cache", "mirror",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(sections); i++)
@@ -256,6 +259,14 @@ static int on_entry(void *user, const char *section, const char *name,
 		int r = on_probe_entry(st, name, value);
 		if (r >= 0)
 			return r;
+	}
+	if (!strcmp(section, "mirror") && !strcmp(name, "on_error")) {
+		if (strcmp(value, "degrade") && strcmp(value, "fail")) {
+			snprintf(st->bad, sizeof(st->bad), "on_error must be degrade or fail");
+			return 0;
+		}
+		cfg->mirror_fail = !strcmp(value, "fail");
+		return 1;
 	}
 	if (!strcmp(section, "metadata") && !strcmp(name, "backup_dir")) {
 		if (strcmp(value, "none") && value[0] != '/') {

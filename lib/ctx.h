@@ -11,6 +11,10 @@
 #define CD_DEFAULT_RUNTIME_DIR "/run/cdisk"
 #define CD_DEFAULT_CACHE_DIR "/var/lib/cdisk/cache"
 #define CD_DEFAULT_CACHE_MAX (64ull << 30)
+/* A mirror write slower than this degrades the disk: the guest waits at
+ * most this long for a slow mirror, and a degraded mirror costs only a
+ * resync of what was recorded, so a short wait is cheap. */
+#define CD_DEFAULT_MIRROR_TIMEOUT_MS 5000u
 
 struct cd_probe_config {
 	unsigned pings, depth;
@@ -49,6 +53,9 @@ struct cd_config {
 	/* [cache]: cloud folders' files and images (folder.c) */
 	char cache_dir[CDISK_MAX_URI + 1];
 	uint64_t cache_max_size;              /* bytes */
+	/* [mirror] */
+	uint32_t mirror_timeout_ms;           /* a slower mirror write degrades */
+	bool mirror_fail;                     /* on_error = fail: fail the write instead */
 };
 
 void cd_config_defaults(struct cd_config *cfg);
