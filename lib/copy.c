@@ -84,7 +84,7 @@ int cd_copy_collect(struct cdisk *d, const struct cd_bitmap *bm, bool value,
 
 bool cd_copy_stopped(const struct cd_copy *c)
 {
-	return c->d->sync_stop ||
+	return c->d->sync_stop || (c->stop && *c->stop) ||
 	       (c->o->max_seconds && cd_now_ms() - c->start_ms >= c->o->max_seconds * 1000ull);
 }
 

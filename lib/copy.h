@@ -79,6 +79,9 @@ struct cd_copy {
 	 * without sessions of its own is pinged through pace_handle. */
 	const char *pace_uri;
 	struct cd_target *pace_handle;
+	/* Set to nonzero to stop after the moves under way (besides the
+	 * disk's sync_stop); NULL: none. */
+	volatile sig_atomic_t *stop;
 
 	/* The engine's own. */
 	char error_msg[CD_ERROR_MAX];      /* the first failure, for the caller's thread */

@@ -73,8 +73,8 @@ static int check_backup_path(struct cdisk_ctx *ctx, const char *disk, const char
 }
 
 /* Local file URIs become absolute paths; others are kept as written. */
-static int normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
-			 bool must_exist, char *out)
+int cd_normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
+		     bool must_exist, char *out)
 {
 	struct cd_uri u;
 	int r = cd_uri_parse(ctx, uri, &u);
@@ -107,11 +107,11 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 	if (o->cache_mode != CDISK_CACHE_WRITEBACK)
 		return cd_error(ctx, -EINVAL, "cannot create '%s': unknown cache mode %d",
 				path, (int)o->cache_mode);
-	if (o->base && (r = normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
+	if (o->base && (r = cd_normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
 		return r;
 	/* A recorded mirror that nothing writes to would look like
 	 * protection; until cdisk-mirror keeps one, none is accepted. */
-	if (o->mirror && (r = normalize_uri(ctx, "mirror", o->mirror, false, sb->mirror)) < 0)
+	if (o->mirror && (r = cd_normalize_uri(ctx, "mirror", o->mirror, false, sb->mirror)) < 0)
 		return r;
 	if (o->mirror)
 		return cd_error(ctx, -EINVAL, "cannot create '%s' with mirror '%s': "

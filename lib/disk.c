@@ -18,6 +18,7 @@
 #include "disk.h"
 #include "format.h"
 #include "journal.h"
+#include "mirror.h"
 #include "target.h"
 #include "util.h"
 
@@ -143,6 +144,27 @@ static int al_find(const struct cdisk *d, uint64_t extent)
 	return -1;
 }
 
+/* A write under way at a crash may have reached one side only: every
+ * block of the hot extents goes to the mirror again. */
+static int al_recover_mirror(struct cdisk *d)
+{
+	struct cd_bitmap *oos = cd_disk_bitmap(d, CD_BM_MIRROR);
+	uint64_t per = blocks_per_extent(d);
+
+	for (uint32_t i = 0; i < d->al.count; i++) {
+		uint64_t first = d->al.extents[i] * per;
+		uint64_t end = first + per < d->nblocks ? first + per : d->nblocks;
+		uint64_t before = oos->count;
+
+		if (first >= end)
+			continue;
+		if (cd_bitmap_assign(oos, first, end - first, true) < 0)
+			return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+		d->mirror_recovered += oos->count - before;
+	}
+	return 0;
+}
+
 /* A crash may have left unflushed writes in any hot extent: their blocks
  * that the records call clean may hold newer data than the base. */
 int cd_al_recover(struct cdisk *d)
@@ -168,7 +190,7 @@ int cd_al_recover(struct cdisk *d)
 			b = cd_bitmap_find(&d->present, stop, true);
 		}
 	}
-	return 0;
+	return cd_mirror_attached(d) ? al_recover_mirror(d) : 0;
 }
 
 static bool range_has_clean_block(const struct cdisk *d, uint64_t first,
@@ -179,6 +201,14 @@ static bool range_has_clean_block(const struct cdisk *d, uint64_t first,
 		if (!cd_bitmap_get(&d->dirty, b))
 			return true;
 	return false;
+}
+
+/* With a mirror, the log also covers blocks in sync with it: a crash
+ * must not leave a write on one side only unrecorded. */
+static bool range_in_sync(const struct cdisk *d, uint64_t first, uint64_t end)
+{
+	return cd_mirror_attached(d) &&
+	       cd_bitmap_find(&d->extra[CD_BM_MIRROR - 2], first, false) < end;
 }
 
 static int flush_locked(struct cdisk *d);
@@ -236,7 +266,7 @@ static int al_protect(struct cdisk *d, uint64_t first, uint64_t count)
 			d->al.flushed[idx] = false;
 			continue;
 		}
-		if (!range_has_clean_block(d, lo, hi))
+		if (!range_has_clean_block(d, lo, hi) && !range_in_sync(d, lo, hi))
 			continue;
 		for (int attempt = 0; attempt < 2; attempt++) {
 			if ((r = al_make_room(d)) < 0)
@@ -306,12 +336,14 @@ void cd_disk_reset_state(struct cdisk *d)
 	d->j_seq = d->j_pos = d->j_used = d->j_replayed = 0;
 	d->j_torn = false;
 	d->recovered_blocks = 0;
+	d->mirror_recovered = 0;
 }
 
 static void disk_free(struct cdisk *d)
 {
 	if (!d)
 		return;
+	cd_mirror_free(d);
 	cd_target_close(d->base);
 	if (d->fd >= 0)
 		close(d->fd);
@@ -513,6 +545,11 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 	return r;
 }
 
+int cd_disk_get_base(struct cdisk *d, struct cd_target **out)
+{
+	return get_base(d, out);
+}
+
 static int recover_and_own(struct cdisk *d)
 {
 	int r;
@@ -526,6 +563,12 @@ static int recover_and_own(struct cdisk *d)
 		       "journal records, %llu blocks from the activity log marked for sync",
 		       d->path, (unsigned long long)d->j_replayed,
 		       (unsigned long long)d->recovered_blocks);
+	if (d->was_open && cd_mirror_attached(d)) {
+		d->sb.mirror_recovered = d->mirror_recovered;
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': %llu blocks from the activity log "
+		       "go to the mirror again", d->path,
+		       (unsigned long long)d->mirror_recovered);
+	}
 	d->sb.flags |= CD_SB_FLAG_OPEN;
 	d->sb.owner_pid = (uint32_t)getpid();
 	/* The last checkpoint left a current backup; the interval runs from now. */
@@ -537,7 +580,7 @@ static int recover_and_own(struct cdisk *d)
 		r = cd_checkpoint(d);
 		return r < 0 ? r : cd_sb_write(d);
 	}
-	if (d->j_replayed || d->recovered_blocks)
+	if (d->j_replayed || d->recovered_blocks || d->mirror_recovered)
 		return cd_checkpoint(d);
 	return cd_sb_write(d);
 }
@@ -661,6 +704,8 @@ int cd_open(struct cdisk_ctx *ctx, const char *path, unsigned flags,
 		r = repair_from_backup(d, r, flags, from);
 	if (r == 0)
 		r = recover_and_own(d);
+	if (r == 0)
+		r = cd_mirror_init(d);
 	if (r < 0)
 		goto fail;
 	cd_backup_store_pending(d);
@@ -694,6 +739,7 @@ int cdisk_close(struct cdisk *d)
 
 	if (!d)
 		return 0;
+	cd_mirror_free(d);
 	if (!d->readonly) {
 		r = flush_locked(d);
 		if (r == 0) {
@@ -785,6 +831,8 @@ static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 		r = cd_bitmap_assign(&d->dirty, first, count, true);
 	if (r == 0 && d->syncing.count)
 		r = cd_bitmap_assign(&d->syncing, first, count, false);
+	if (r == 0 && d->mirror)
+		cd_mirror_unclaim_locked(d, first, count);
 	if (r < 0)
 		return cd_error(d->ctx, r, "'%s': out of memory", d->path);
 	d->unflushed = true;
@@ -816,15 +864,12 @@ static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t 
 	return mark_written(d, first, count);
 }
 
-static int zero_range(struct cdisk *d, size_t len, uint64_t off)
+/* Present-and-zero costs no space: the hole reads as zeros, and the
+ * block stays dirty so the base is zeroed at the next sync. */
+static int zero_data(struct cdisk *d, size_t len, uint64_t off)
 {
-	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
-	int r = begin_write(d, len, off);
+	int r = 0;
 
-	if (r != 0)
-		return r < 0 ? r : 0;
-	/* Present-and-zero costs no space: the hole reads as zeros, and the
-	 * block stays dirty so the base is zeroed at the next sync. */
 	if (fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
 		      (off_t)(d->sb.data_offset + off), (off_t)len) < 0) {
 		uint8_t zeros[65536] = { 0 };
@@ -840,9 +885,126 @@ static int zero_range(struct cdisk *d, size_t len, uint64_t off)
 			return cd_error(d->ctx, r, "cannot zero '%s' at %llu: %s", d->path,
 					(unsigned long long)off, strerror(-r));
 	}
-	return mark_written(d, first, count);
+	return 0;
 }
 
+static int zero_range(struct cdisk *d, size_t len, uint64_t off)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	int r = begin_write(d, len, off);
+
+	if (r != 0)
+		return r < 0 ? r : 0;
+	r = zero_data(d, len, off);
+	return r < 0 ? r : mark_written(d, first, count);
+}
+
+/* ---- writes under way: slots, and the mirror's order ---- */
+
+static bool overlaps_mirrored(const struct cdisk *d, uint64_t first, uint64_t count)
+{
+	for (unsigned i = 0; i < d->nwriting; i++)
+		if (d->writing[i].mirrored && d->writing[i].first < first + count &&
+		    first < d->writing[i].first + d->writing[i].count)
+			return true;
+	return false;
+}
+
+/* Under the lock: the checks and the activity log, then a slot in
+ * writing[] (pull and release leave its blocks alone), and the route.  A
+ * write that goes to the mirror waits for earlier ones over the same
+ * blocks that do, so that both sides see overlapping writes in one order.
+ * Returns 1 when there is nothing to write. */
+static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool *mirrored)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	unsigned slot;
+	int r;
+
+	for (;;) {
+		while (d->al.draining || d->nwriting == CD_MAX_WRITING)
+			pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot,
+					  &d->lock);
+		r = begin_write(d, len, off);
+		if (r != 0)
+			return r;
+		*mirrored = cd_mirror_attached(d) && cd_mirror_route_locked(d, first, count);
+		if (!*mirrored || !overlaps_mirrored(d, first, count))
+			break;
+		pthread_cond_wait(&d->writing_slot, &d->lock);
+	}
+	al_pin(d, first, count, 1);
+	slot = d->nwriting++;
+	d->writing[slot].first = first;
+	d->writing[slot].count = count;
+	d->writing[slot].mirrored = *mirrored;
+	return 0;
+}
+
+static void leave_write(struct cdisk *d, uint64_t first, uint64_t count, bool mirrored)
+{
+	unsigned slot;
+
+	for (slot = 0; slot < d->nwriting; slot++)
+		if (d->writing[slot].first == first && d->writing[slot].count == count &&
+		    d->writing[slot].mirrored == mirrored)
+			break;
+	d->writing[slot] = d->writing[--d->nwriting];
+	pthread_cond_broadcast(&d->writing_slot);
+	al_pin(d, first, count, -1);
+}
+
+/* Under the lock, after the disk's leg (r) and the mirror's (leg_r). */
+static int finish_write(struct cdisk *d, uint64_t first, uint64_t count, bool mirrored,
+			int r, int leg_r)
+{
+	leave_write(d, first, count, mirrored);
+	if (r < 0) {
+		/* The mirror may hold what the disk does not: send the
+		 * disk's own blocks again. */
+		if (mirrored)
+			cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+		return r;
+	}
+	r = mark_written(d, first, count);
+	if (r == 0 && mirrored)
+		r = cd_mirror_finish_locked(d, first, count, leg_r);
+	return r;
+}
+
+/* A write or a zeroing, metadata under the lock and data without it: the
+ * activity log is made durable first and pinned until the data is down;
+ * with a mirror, its leg runs beside the disk's. */
+static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
+		      uint64_t off)
+{
+	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	struct cd_leg *leg = NULL;
+	bool mirrored;
+	int r, leg_r = 0;
+
+	pthread_mutex_lock(&d->lock);
+	r = enter_write(d, len, off, &mirrored);
+	pthread_mutex_unlock(&d->lock);
+	if (r != 0)
+		return r < 0 ? r : 0;
+	if (mirrored)
+		leg = cd_mirror_send(d, op, buf, len, off);
+	if (op == CD_LEG_WRITE) {
+		r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
+		if (r < 0)
+			r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
+				     (unsigned long long)off, strerror(-r));
+	} else {
+		r = zero_data(d, len, off);
+	}
+	if (mirrored)
+		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
+	pthread_mutex_lock(&d->lock);
+	r = finish_write(d, first, count, mirrored, r, leg_r);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
 
 static int flush_locked(struct cdisk *d)
 {
@@ -911,63 +1073,52 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	return r;
 }
 
-/* Metadata under the lock, data without it: the activity log is made
- * durable first and pinned until the data is down. */
 int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
-	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
-	int r;
-
-	unsigned slot;
-
-	pthread_mutex_lock(&d->lock);
-	while (d->al.draining || d->nwriting == CD_MAX_WRITING)
-		pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot, &d->lock);
-	r = begin_write(d, len, off);
-	if (r == 0) {
-		al_pin(d, first, count, 1);
-		slot = d->nwriting++;
-		d->writing[slot].first = first;
-		d->writing[slot].count = count;
-	}
-	pthread_mutex_unlock(&d->lock);
-	if (r != 0)
-		return r < 0 ? r : 0;
-
-	r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
-
-	pthread_mutex_lock(&d->lock);
-	for (slot = 0; slot < d->nwriting; slot++)
-		if (d->writing[slot].first == first && d->writing[slot].count == count)
-			break;
-	d->writing[slot] = d->writing[--d->nwriting];
-	pthread_cond_broadcast(&d->writing_slot);
-	al_pin(d, first, count, -1);
-	if (r < 0)
-		r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
-			     (unsigned long long)off, strerror(-r));
-	else
-		r = mark_written(d, first, count);
-	pthread_mutex_unlock(&d->lock);
-	return r;
+	return write_both(d, CD_LEG_WRITE, buf, len, off);
 }
 
+/* With a mirror, a flush reaches it first: when it fails there, what the
+ * activity log names goes to the mirror again before this flush records
+ * anything as done. */
 int cdisk_flush(struct cdisk *d)
 {
-	int r = LOCKED(d, flush_locked(d));
+	bool live;
+	int r, leg_r = 0;
 
+	pthread_mutex_lock(&d->lock);
+	live = cd_mirror_attached(d) && cd_mirror_route_locked(d, 0, 0);
+	d->mirror_flushes += live;
+	pthread_mutex_unlock(&d->lock);
+	if (live) {
+		struct cd_leg *leg = cd_mirror_send(d, CD_LEG_FLUSH, NULL, 0, 0);
+		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
+	}
+	pthread_mutex_lock(&d->lock);
+	if (live) {
+		d->mirror_flushes--;
+		pthread_cond_broadcast(&d->writing_slot);
+	}
+	r = leg_r < 0 ? cd_mirror_flush_failed_locked(d, leg_r) : 0;
+	if (r == 0)
+		r = flush_locked(d);
+	pthread_mutex_unlock(&d->lock);
 	/* A backup the flush took is written now, with no lock held. */
 	cd_backup_store_pending(d);
 	return r;
 }
 
+/* A discard reads as zeros here, and is sent to the mirror as a zeroing,
+ * so that both sides read the same after it. */
 int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
 {
-	return LOCKED(d, zero_range(d, len, off));
+	return cdisk_write_zeroes(d, len, off);
 }
 
 int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
 {
+	if (cd_mirror_attached(d))
+		return write_both(d, CD_LEG_ZERO, NULL, len, off);
 	return LOCKED(d, zero_range(d, len, off));
 }
 
@@ -1030,6 +1181,58 @@ static int fetch_edges(struct cdisk *d, struct rmw_edges *e)
 	return 0;
 }
 
+static void merge(uint8_t *to, const void *buf, size_t len)
+{
+	if (buf)
+		memcpy(to, buf, len);
+	else
+		memset(to, 0, len);
+}
+
+/* One try of a merge on a disk with a mirror: the slot (and the mirror's
+ * order) first, so that the edges read under it stay right, then the
+ * merged blocks to both sides as any write.  1: an edge must be fetched
+ * from the base first. */
+static int rmw_mirrored(struct cdisk *d, struct rmw_edges *e, uint8_t *tmp, uint64_t first,
+			uint64_t end, const void *buf, size_t len, uint64_t off)
+{
+	uint64_t b0 = first >> d->block_shift, n = (end - first) >> d->block_shift;
+	struct cd_leg *leg = NULL;
+	bool mirrored;
+	int r, leg_r = 0;
+
+	pthread_mutex_lock(&d->lock);
+	r = enter_write(d, (size_t)(end - first), first, &mirrored);
+	if (r != 0) {
+		pthread_mutex_unlock(&d->lock);
+		return r < 0 ? r : 0;
+	}
+	r = gather_edges(d, e, tmp, first);
+	if (r == 0) {
+		merge(tmp + (off - first), buf, len);
+		r = cd_pwrite_full(d->fd, tmp, (size_t)(end - first), d->sb.data_offset + first);
+		if (r < 0)
+			r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
+				     (unsigned long long)first, strerror(-r));
+	}
+	if (r != 0 || !mirrored) {
+		if (r == 1) {
+			leave_write(d, b0, n, mirrored);
+		} else {
+			r = finish_write(d, b0, n, mirrored, r, 0);
+		}
+		pthread_mutex_unlock(&d->lock);
+		return r;
+	}
+	pthread_mutex_unlock(&d->lock);
+	leg = cd_mirror_send(d, CD_LEG_WRITE, tmp, (size_t)(end - first), first);
+	leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
+	pthread_mutex_lock(&d->lock);
+	r = finish_write(d, b0, n, mirrored, 0, leg_r);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
 static int rmw(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
 	struct rmw_edges e = { .n = 1 };
@@ -1054,15 +1257,17 @@ static int rmw(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 	}
 	for (;;) {
 		pthread_mutex_lock(&d->lock);
-		r = gather_edges(d, &e, tmp, first);
-		if (r == 0) {
-			if (buf)
-				memcpy(tmp + (off - first), buf, len);
-			else
-				memset(tmp + (off - first), 0, len);
-			r = pwrite_locked(d, tmp, end - first, first);
+		if (cd_mirror_attached(d)) {
+			pthread_mutex_unlock(&d->lock);
+			r = rmw_mirrored(d, &e, tmp, first, end, buf, len, off);
+		} else {
+			r = gather_edges(d, &e, tmp, first);
+			if (r == 0) {
+				merge(tmp + (off - first), buf, len);
+				r = pwrite_locked(d, tmp, end - first, first);
+			}
+			pthread_mutex_unlock(&d->lock);
 		}
-		pthread_mutex_unlock(&d->lock);
 		if (r <= 0)
 			break;
 		/* A block leaves the overlay only when the base holds it, so
@@ -1186,6 +1391,17 @@ static bool being_written(const struct cdisk *d, uint64_t b)
 		if (b >= d->writing[i].first && b - d->writing[i].first < d->writing[i].count)
 			return true;
 	return false;
+}
+
+void cd_disk_drain_mirrored_locked(struct cdisk *d)
+{
+	while (d->mirror_flushes || overlaps_mirrored(d, 0, d->nblocks))
+		pthread_cond_wait(&d->writing_slot, &d->lock);
+}
+
+bool cd_disk_being_written(const struct cdisk *d, uint64_t b)
+{
+	return being_written(d, b);
 }
 
 /* The next run from b of blocks that are absent (present == false) or

@@ -68,7 +68,7 @@ struct cdisk {
 	/* Writes whose data is on its way to the data area (cdisk_pwrite
 	 * writes it without the lock): pull and release leave those blocks
 	 * alone, or they could overwrite newer data or punch it out. */
-	struct { uint64_t first, count; } writing[CD_MAX_WRITING];
+	struct { uint64_t first, count; bool mirrored; } writing[CD_MAX_WRITING];
 	unsigned nwriting;
 	pthread_cond_t writing_slot;
 	uint32_t (*cp_crc)[2];  /* crc of each bitmap page in each area */
@@ -85,6 +85,9 @@ struct cdisk {
 	bool unflushed;         /* data written since the last fdatasync */
 	struct cd_al al;
 	uint64_t recovered_blocks;
+	uint64_t mirror_recovered;  /* blocks the recovery set out of sync */
+	struct cd_mirror *mirror;   /* mirror.c: a writable disk with a mirror */
+	unsigned mirror_flushes;    /* flushes with a leg on the mirror */
 
 	bool sb_loaded;         /* a superblock passed its checks */
 	bool journal_damaged;   /* replay found damage in the middle */
@@ -144,6 +147,17 @@ int cd_for_each_allocated(struct cdisk *d,
 			  int (*fn)(struct cdisk *d, uint64_t first, uint64_t last,
 				    void *opaque),
 			  void *opaque);
+
+/* Under the lock: a write's data is on its way to block b. */
+bool cd_disk_being_written(const struct cdisk *d, uint64_t b);
+/* Under the lock: wait until no write or flush has a leg on the mirror
+ * (new ones are not routed to it: the caller made it not live). */
+void cd_disk_drain_mirrored_locked(struct cdisk *d);
+/* The base, opened now if need be (no lock held; see get_base). */
+int cd_disk_get_base(struct cdisk *d, struct cd_target **out);
+/* A file path made absolute, other URIs as given (create.c). */
+int cd_normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
+		     bool must_exist, char *out);
 
 /* Bitmap id of an open disk (id < sb.nbitmaps). */
 struct cd_bitmap *cd_disk_bitmap(struct cdisk *d, unsigned id);

@@ -94,7 +94,31 @@ static void test_superblock_bitmaps(void **state)
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
 	sb.bm_offset -= 4096;
-	sb.incompat |= 1ull << 1;
+	/* The mirror record: kept with MIRROR, refused without a mirror or
+	 * a known state. */
+	sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
+	sb.mirror_state = CD_MIRROR_STORED_DEGRADED;
+	sb.mirror_since = 1234;
+	sb.mirror_recovered = 99;
+	sb.mirror_error_time = 5678;
+	strcpy(sb.mirror_error, "no answer from the mirror in 5000 ms");
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	strcpy(sb.mirror, "nbd://127.0.0.1:10809/m");
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.mirror_state, CD_MIRROR_STORED_DEGRADED);
+	assert_int_equal(out.mirror_since, 1234);
+	assert_int_equal(out.mirror_recovered, 99);
+	assert_int_equal(out.mirror_error_time, 5678);
+	assert_string_equal(out.mirror_error, sb.mirror_error);
+	assert_int_equal(cd_get_le32(buf + 188), CD_MIRROR_STORED_DEGRADED);
+	assert_int_equal(cd_get_le64(buf + 200), 99);
+	sb.mirror_state = 7;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	sb.mirror_state = CD_MIRROR_STORED_IN_SYNC;
+	sb.incompat |= 1ull << 2;
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EPROTONOSUPPORT);
 }

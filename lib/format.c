@@ -17,7 +17,9 @@ enum {
 	SB_CP_SIZE = 120, SB_DATA_OFFSET = 128, SB_CP_ACTIVE = 136,
 	SB_CP_DIR_CRC = 140, SB_CP_SEQ = 144, SB_JOURNAL_HEAD = 152,
 	SB_CREATED = 160, SB_NBITMAPS = 168, SB_BM_OFFSET = 176,
-	SB_BM_DIR_CRC = 184, SB_BASE = 512, SB_MIRROR = 1536,
+	SB_BM_DIR_CRC = 184, SB_MIRROR_STATE = 188, SB_MIRROR_SINCE = 192,
+	SB_MIRROR_RECOVERED = 200, SB_MIRROR_ERROR_TIME = 208,
+	SB_MIRROR_ERROR = 216, SB_BASE = 512, SB_MIRROR = 1536,
 	SB_META_BACKUP = 2560,
 };
 
@@ -123,6 +125,14 @@ void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
 		cd_put_le64(buf + SB_BM_OFFSET, sb->bm_offset);
 		cd_put_le32(buf + SB_BM_DIR_CRC, sb->bm_dir_crc);
 	}
+	if (sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) {
+		cd_put_le32(buf + SB_MIRROR_STATE, sb->mirror_state);
+		cd_put_le64(buf + SB_MIRROR_SINCE, sb->mirror_since);
+		cd_put_le64(buf + SB_MIRROR_RECOVERED, sb->mirror_recovered);
+		cd_put_le64(buf + SB_MIRROR_ERROR_TIME, sb->mirror_error_time);
+		memcpy(buf + SB_MIRROR_ERROR, sb->mirror_error, CD_MIRROR_ERROR_MAX);
+		buf[SB_MIRROR_ERROR + CD_MIRROR_ERROR_MAX - 1] = 0;
+	}
 	put_string(buf + SB_BASE, sb->base);
 	put_string(buf + SB_MIRROR, sb->mirror);
 	put_string(buf + SB_META_BACKUP, sb->meta_backup);
@@ -164,6 +174,11 @@ static const char *sb_sanity(const struct cd_superblock *sb)
 	if ((sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) &&
 	    (sb->nbitmaps < 3 || sb->nbitmaps > CD_BITMAPS_MAX))
 		return "number of bitmaps is not from 3 to 8";
+	if ((sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) &&
+	    (!(sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) || !sb->mirror[0] ||
+	     sb->mirror_state < CD_MIRROR_STORED_COPYING ||
+	     sb->mirror_state > CD_MIRROR_STORED_PAUSED))
+		return "mirror record without bitmaps, a mirror or a known state";
 	if (sb->cp_active > 1)
 		return "active checkpoint area is not 0 or 1";
 	if (sb->journal_head % CD_JR_ALIGN || sb->journal_head >= sb->journal_size)
@@ -222,6 +237,17 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 		sb->nbitmaps = cd_get_le32(buf + SB_NBITMAPS);
 		sb->bm_offset = cd_get_le64(buf + SB_BM_OFFSET);
 		sb->bm_dir_crc = cd_get_le32(buf + SB_BM_DIR_CRC);
+	}
+	if (sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) {
+		sb->mirror_state = cd_get_le32(buf + SB_MIRROR_STATE);
+		sb->mirror_since = cd_get_le64(buf + SB_MIRROR_SINCE);
+		sb->mirror_recovered = cd_get_le64(buf + SB_MIRROR_RECOVERED);
+		sb->mirror_error_time = cd_get_le64(buf + SB_MIRROR_ERROR_TIME);
+		memcpy(sb->mirror_error, buf + SB_MIRROR_ERROR, CD_MIRROR_ERROR_MAX);
+		if (!memchr(sb->mirror_error, 0, CD_MIRROR_ERROR_MAX)) {
+			*why = "unterminated mirror error";
+			return -EUCLEAN;
+		}
 	}
 	if (!get_string(buf + SB_BASE, sb->base) ||
 	    !get_string(buf + SB_MIRROR, sb->mirror) ||

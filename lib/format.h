@@ -14,12 +14,16 @@
 /* Feature masks: unknown incompat bits refuse the open, unknown ro_compat
  * bits refuse writing. */
 #define CD_FEATURE_COMPAT_SUPP 0ull
-#define CD_FEATURE_INCOMPAT_SUPP CD_FEATURE_INCOMPAT_BITMAPS
+#define CD_FEATURE_INCOMPAT_SUPP (CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR)
 /* More than the two bitmaps of the first layout: their pages live in two
  * extra checkpoint areas after the data area, and journal runs name the
  * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
  * (cd_disk_add_bitmaps), never by a plain write. */
 #define CD_FEATURE_INCOMPAT_BITMAPS (1ull << 0)
+/* A mirror is attached: every write must reach it or be set in bitmap 2,
+ * and the mirror record (superblock bytes 188-471) is kept.  A version
+ * that does not know this would write past the mirror unrecorded. */
+#define CD_FEATURE_INCOMPAT_MIRROR (1ull << 1)
 #define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
 /* Restored by force from a metadata backup that nothing in the file proved
  * to be its own: the disk may be another's twin, so nothing writes to its
@@ -29,6 +33,14 @@
 
 #define CD_JOURNAL_OFFSET (2 * CD_SB_SIZE)
 #define CD_AL_EXTENT_BYTES (UINT64_C(4) << 20)
+
+#define CD_MIRROR_ERROR_MAX 256u
+enum cd_mirror_stored {
+	CD_MIRROR_STORED_COPYING = 1,
+	CD_MIRROR_STORED_IN_SYNC = 2,
+	CD_MIRROR_STORED_DEGRADED = 3,
+	CD_MIRROR_STORED_PAUSED = 4,
+};
 
 struct cd_superblock {
 	uint32_t version;
@@ -52,6 +64,14 @@ struct cd_superblock {
 	uint32_t nbitmaps;      /* 2 without BITMAPS */
 	uint64_t bm_offset;     /* the extra checkpoint areas; 0 without BITMAPS */
 	uint32_t bm_dir_crc;    /* the live extra area's directory */
+	/* The mirror record, with MIRROR: the state last stored (a state
+	 * change is stored at once), what the last crash recovery set out of
+	 * sync, and the last error. */
+	uint32_t mirror_state;  /* CD_MIRROR_STORED_* */
+	uint64_t mirror_since;  /* unix seconds */
+	uint64_t mirror_recovered;  /* blocks */
+	uint64_t mirror_error_time;
+	char mirror_error[CD_MIRROR_ERROR_MAX];
 	char base[CDISK_MAX_URI + 1];
 	char mirror[CDISK_MAX_URI + 1];
 	char meta_backup[CDISK_MAX_URI + 1];

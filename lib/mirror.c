@@ -1,0 +1,1011 @@
+/* The synchronous mirror: a second target that holds the whole virtual
+ * disk, written with every guest write (mirror.h says how a write is
+ * routed).  Here: the legs (a small pool of workers that send the
+ * mirror's half of each write, so that the caller can wait with a
+ * timeout and give up on a hung mirror), the state (live, degraded,
+ * paused, stored in the superblock's mirror record at each change), the
+ * copy that drains the out-of-sync bitmap (attach's initial copy and
+ * every resync, through the copy engine), and the keeper: the thread a
+ * server runs per disk that opens the mirror without stalling writes,
+ * probes it while degraded and resyncs when it answers.
+ *
+ * Lock order: the disk's lock, then the mirror's (m->lock), which guards
+ * the legs and is never held across I/O.  Workers take only m->lock. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bitmap.h"
+#include "cdisk.h"
+#include "copy.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "mirror.h"
+#include "target.h"
+#include "util.h"
+
+#define MIRROR_WORKERS 32          /* legs under way at once, per disk */
+#define MIRROR_COPY_EXTENT (4u << 20)
+#define MIRROR_COPY_DEPTH 8
+#define KEEPER_INTERVAL_MS 2000    /* between probes of a degraded mirror */
+
+struct cd_leg {
+	struct cd_leg *next;
+	enum cd_leg_op op;
+	uint8_t *buf;
+	size_t len;
+	uint64_t off;
+	int result;
+	bool done;
+	int refs;                  /* the sender's and the worker's */
+	char msg[CD_MIRROR_ERROR_MAX];
+};
+
+struct cd_mirror {
+	pthread_mutex_t lock;
+	pthread_cond_t work;       /* a leg is queued, or stopping */
+	pthread_cond_t done;       /* a leg finished (CLOCK_MONOTONIC) */
+	pthread_cond_t wake;       /* the keeper: something changed */
+	struct cd_leg *head, *tail;
+	pthread_t workers[MIRROR_WORKERS];
+	unsigned nworkers, idle;
+	/* Legs sent and not finished, those the sender gave up on too: a
+	 * resync starts only at 0, or a late leg could land over it. */
+	unsigned outstanding;
+	bool stopping;
+	struct cd_target *t;       /* the mirror's stack; NULL until opened */
+
+	/* Under the disk's lock. */
+	bool live;                 /* writes in sync go to both */
+	struct cd_bitmap claimed;  /* the copy's claims (struct cd_drain) */
+	bool copying;
+	uint64_t copied_bytes, copy_total, copy_rate, copy_start_ms;
+
+	/* The keeper. */
+	pthread_t keeper;
+	bool keeper_started;
+	bool kick;
+	volatile sig_atomic_t copy_stop;
+};
+
+static struct cd_bitmap *oos_of(struct cdisk *d)
+{
+	return cd_disk_bitmap(d, CD_BM_MIRROR);
+}
+
+bool cd_mirror_attached(const struct cdisk *d)
+{
+	return d->sb.incompat & CD_FEATURE_INCOMPAT_MIRROR;
+}
+
+/* ---- state, stored at each change ---- */
+
+/* Under the lock: a new state into the superblock now, so that a status
+ * after a restart knows it. */
+static int store_state_locked(struct cdisk *d, uint32_t state, const char *error)
+{
+	uint64_t now = (uint64_t)time(NULL);
+
+	if (d->sb.mirror_state != state) {
+		d->sb.mirror_state = state;
+		d->sb.mirror_since = now;
+	}
+	if (error) {
+		snprintf(d->sb.mirror_error, sizeof(d->sb.mirror_error), "%s", error);
+		d->sb.mirror_error_time = now;
+	}
+	return d->readonly ? 0 : cd_sb_write(d);
+}
+
+static void kick_keeper(struct cd_mirror *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->kick = true;
+	pthread_cond_broadcast(&m->wake);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Under the lock: the mirror failed.  Writes stop going to it (they are
+ * recorded instead) until the keeper finds it answering again. */
+static int degrade_locked(struct cdisk *d, const char *why)
+{
+	struct cd_mirror *m = d->mirror;
+	bool was_live = m && m->live;
+	int r;
+
+	if (m)
+		m->live = false;
+	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		return 0;
+	/* A probe failing every few seconds changes the record at most once
+	 * a minute, and not at all while it says the same. */
+	if (!was_live && d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED &&
+	    (!strcmp(d->sb.mirror_error, why) ||
+	     (uint64_t)time(NULL) < d->sb.mirror_error_time + 60))
+		return 0;
+	if (d->sb.mirror_state != CD_MIRROR_STORED_DEGRADED)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' degraded: %s; writes "
+		       "go to the disk only and are recorded, and are sent when it "
+		       "answers again", d->path, d->sb.mirror, why);
+	r = store_state_locked(d, CD_MIRROR_STORED_DEGRADED, why);
+	if (m)
+		kick_keeper(m);
+	return r;
+}
+
+/* Under the lock: writes in sync go to both from now on.  Not while a
+ * leg is still under way (a late one could land over a copy), nor while
+ * paused. */
+static bool go_live_locked(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+	unsigned outstanding;
+
+	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		return false;
+	if (m->live)
+		return true;
+	pthread_mutex_lock(&m->lock);
+	outstanding = m->outstanding;
+	pthread_mutex_unlock(&m->lock);
+	if (outstanding)
+		return false;
+	m->live = true;
+	if (d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED) {
+		char size[32];
+
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' answers again; "
+		       "resending %s recorded out of sync", d->path, d->sb.mirror,
+		       cdisk_format_size(oos_of(d)->count << d->block_shift, size,
+					 sizeof(size)));
+		store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
+	}
+	return true;
+}
+
+static void note_in_sync_locked(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (!m || !m->live || oos_of(d)->count ||
+	    d->sb.mirror_state == CD_MIRROR_STORED_IN_SYNC)
+		return;
+	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' is in sync", d->path,
+	       d->sb.mirror);
+	store_state_locked(d, CD_MIRROR_STORED_IN_SYNC, NULL);
+}
+
+/* ---- the write path's hooks ---- */
+
+bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	struct cd_mirror *m = d->mirror;
+	bool live = m && m->live;
+
+	if (count == 0)
+		return live;
+	if (live && cd_bitmap_find(oos_of(d), first, true) >= first + count)
+		return true;
+	/* The activity log (durable before this write) covers these blocks
+	 * until the record is: a crash sets them out of sync again. */
+	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+	return false;
+}
+
+static void leg_put_locked(struct cd_mirror *m, struct cd_leg *leg)
+{
+	if (--leg->refs == 0) {
+		free(leg->buf);
+		free(leg);
+	}
+	(void)m;
+}
+
+static void *worker_main(void *arg)
+{
+	struct cdisk *d = arg;
+	struct cd_mirror *m = d->mirror;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		struct cd_leg *leg;
+		struct cd_target *t;
+		int r;
+
+		while (!m->head && !m->stopping)
+			pthread_cond_wait(&m->work, &m->lock);
+		if (!m->head)
+			break;
+		leg = m->head;
+		m->head = leg->next;
+		if (!m->head)
+			m->tail = NULL;
+		m->idle--;
+		t = m->t;
+		pthread_mutex_unlock(&m->lock);
+
+		cd_errbuf()[0] = 0;
+		if (!t)
+			r = cd_error(d->ctx, -ENOTCONN, "the mirror is not open");
+		else if (leg->op == CD_LEG_WRITE)
+			r = cd_target_pwrite(t, leg->buf, leg->len, leg->off);
+		else if (leg->op == CD_LEG_ZERO)
+			r = cd_target_zero(t, leg->len, leg->off);
+		else
+			r = cd_target_flush(t);
+
+		pthread_mutex_lock(&m->lock);
+		leg->result = r;
+		if (r < 0)
+			snprintf(leg->msg, sizeof(leg->msg), "%s",
+				 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
+		leg->done = true;
+		m->outstanding--;
+		m->idle++;
+		pthread_cond_broadcast(&m->done);
+		if (!m->outstanding)
+			pthread_cond_broadcast(&m->wake);
+		leg_put_locked(m, leg);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
+			      size_t len, uint64_t off)
+{
+	struct cd_mirror *m = d->mirror;
+	struct cd_leg *leg = calloc(1, sizeof(*leg));
+
+	if (!leg)
+		return NULL;
+	if (op == CD_LEG_WRITE) {
+		/* The sender may give up on the leg and free its buffer. */
+		leg->buf = malloc(len);
+		if (!leg->buf) {
+			free(leg);
+			return NULL;
+		}
+		memcpy(leg->buf, buf, len);
+	}
+	leg->op = op;
+	leg->len = len;
+	leg->off = off;
+	leg->refs = 2;
+	pthread_mutex_lock(&m->lock);
+	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
+	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
+		m->nworkers++;
+		m->idle++;
+	}
+	if (m->tail)
+		m->tail->next = leg;
+	else
+		m->head = leg;
+	m->tail = leg;
+	m->outstanding++;
+	pthread_cond_signal(&m->work);
+	pthread_mutex_unlock(&m->lock);
+	return leg;
+}
+
+int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
+{
+	struct cd_mirror *m = d->mirror;
+	uint32_t timeout_ms = d->ctx->cfg.mirror_timeout_ms;
+	struct timespec until;
+	int r;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&m->lock);
+	while (!leg->done)
+		if (pthread_cond_timedwait(&m->done, &m->lock, &until) == ETIMEDOUT)
+			break;
+	if (!leg->done)
+		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the mirror in %u ms",
+			     timeout_ms);
+	else if (leg->result < 0)
+		r = cd_error(d->ctx, leg->result, "%s", leg->msg);
+	else
+		r = 0;
+	leg_put_locked(m, leg);
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+static int fail_policy(struct cdisk *d, int err, const char *why)
+{
+	if (!d->ctx->cfg.mirror_fail)
+		return 0;
+	return cd_error(d->ctx, err == -ETIMEDOUT ? -ETIMEDOUT : -EIO,
+			"'%s': the mirror '%s' did not take the write (%s), and "
+			"[mirror] on_error = fail", d->path, d->sb.mirror, why);
+}
+
+int cd_mirror_finish_locked(struct cdisk *d, uint64_t first, uint64_t count,
+			    int leg_result)
+{
+	char why[CD_MIRROR_ERROR_MAX];
+	int r;
+
+	if (leg_result == 0)
+		return 0;
+	snprintf(why, sizeof(why), "%s", cd_errbuf()[0] ? cd_errbuf() : strerror(-leg_result));
+	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+	r = degrade_locked(d, why);
+	/* Recorded out of sync, durably, before the write is answered. */
+	if (r == 0)
+		r = cd_journal_commit(d, true);
+	if (r < 0)
+		return r;
+	return fail_policy(d, leg_result, why);
+}
+
+int cd_mirror_flush_failed_locked(struct cdisk *d, int err)
+{
+	uint64_t per = CD_AL_EXTENT_BYTES >> d->block_shift;
+	char why[CD_MIRROR_ERROR_MAX];
+	int r;
+
+	snprintf(why, sizeof(why), "flush: %s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
+	if (!per)
+		per = 1;
+	/* Writes since the mirror's last good flush are all in the log's
+	 * extents: the mirror may have lost any of them. */
+	for (uint32_t i = 0; i < d->al.count; i++) {
+		uint64_t first = d->al.extents[i] * per;
+		uint64_t n = first + per < d->nblocks ? per : d->nblocks - first;
+
+		cd_disk_mark_locked(d, CD_BM_MIRROR, first, n, true);
+	}
+	r = degrade_locked(d, why);
+	if (r == 0)
+		r = cd_journal_commit(d, true);
+	return r < 0 ? r : fail_policy(d, err, why);
+}
+
+void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (m && m->claimed.count)
+		cd_bitmap_assign(&m->claimed, first, count, false);
+}
+
+/* ---- setting up and tearing down ---- */
+
+int cd_mirror_init(struct cdisk *d)
+{
+	struct cd_mirror *m;
+	pthread_condattr_t attr;
+
+	if (d->mirror || d->readonly || !cd_mirror_attached(d))
+		return 0;
+	m = calloc(1, sizeof(*m));
+	if (!m || cd_bitmap_init(&m->claimed, d->nblocks) < 0) {
+		free(m);
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	}
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->work, NULL);
+	pthread_cond_init(&m->wake, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&m->done, &attr);
+	pthread_condattr_destroy(&attr);
+	d->mirror = m;
+	return 0;
+}
+
+static void stop_workers(struct cd_mirror *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->stopping = true;
+	pthread_cond_broadcast(&m->work);
+	pthread_cond_broadcast(&m->wake);
+	pthread_mutex_unlock(&m->lock);
+	if (m->keeper_started)
+		pthread_join(m->keeper, NULL);
+	m->keeper_started = false;
+	for (unsigned i = 0; i < m->nworkers; i++)
+		pthread_join(m->workers[i], NULL);
+	m->nworkers = m->idle = 0;
+}
+
+void cd_mirror_free(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (!m)
+		return;
+	m->copy_stop = 1;
+	stop_workers(m);
+	pthread_mutex_lock(&d->lock);
+	d->mirror = NULL;
+	pthread_mutex_unlock(&d->lock);
+	cd_target_close(m->t);
+	cd_bitmap_free(&m->claimed);
+	pthread_cond_destroy(&m->work);
+	pthread_cond_destroy(&m->done);
+	pthread_cond_destroy(&m->wake);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
+
+/* ---- opening and checking a mirror ---- */
+
+/* The identities of the disk's own storage: the cdisk file and its base. */
+static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
+{
+	char theirs[512], ours[512];
+	struct cd_target *base = NULL;
+	int r = cd_target_identity(t, theirs, sizeof(theirs));
+
+	if (r == -EOPNOTSUPP) {
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot tell whether mirror '%s' "
+		       "is this disk's own storage: its kind gives no identity", d->path,
+		       uri);
+		return 0;
+	}
+	if (r < 0)
+		return r;
+	if (cd_file_identity(d->ctx, d->path, ours, sizeof(ours)) == 0 &&
+	    !strcmp(ours, theirs))
+		return cd_error(d->ctx, -EINVAL, "mirror '%s' is the disk file '%s' itself",
+				uri, d->path);
+	if (!d->sb.base[0])
+		return 0;
+	r = cd_disk_get_base(d, &base);
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot check mirror '%s' against the base "
+				"'%s': %s", uri, d->sb.base, cd_errbuf());
+	if (cd_target_identity(base, ours, sizeof(ours)) == 0 && !strcmp(ours, theirs))
+		return cd_error(d->ctx, -EINVAL, "mirror '%s' is this disk's own base '%s' "
+				"(the same storage)", uri, d->sb.base);
+	return 0;
+}
+
+/* Reachable, writable, large enough: a block read and written back. */
+static int check_mirror(struct cdisk *d, struct cd_target *t, const char *uri)
+{
+	uint8_t *block;
+	int r;
+
+	block = malloc(d->block_size);
+	if (!block)
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	r = cd_target_pread(t, block, d->block_size, d->sb.size - d->block_size);
+	if (r == 0)
+		r = cd_target_pwrite(t, block, d->block_size, d->sb.size - d->block_size);
+	free(block);
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot write to mirror '%s': %s", uri, cd_errbuf());
+	return check_not_own(d, t, uri);
+}
+
+static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
+{
+	char have[32], want[32];
+	int r = cd_target_open(d->ctx, uri, false, out);
+
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot reach mirror '%s': %s", uri, cd_errbuf());
+	if ((*out)->size >= d->sb.size)
+		return 0;
+	cdisk_format_size((*out)->size, have, sizeof(have));
+	cd_target_close(*out);
+	*out = NULL;
+	return cd_error(d->ctx, -ENOSPC, "mirror '%s' holds %s, less than the disk's %s",
+			uri, have, cdisk_format_size(d->sb.size, want, sizeof(want)));
+}
+
+/* The mirror's stack for the disk's mirror record, opened with no lock
+ * held; kept by the mirror until it closes. */
+static int ensure_open(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+	char uri[CDISK_MAX_URI + 1];
+	struct cd_target *t;
+	int r;
+
+	pthread_mutex_lock(&m->lock);
+	t = m->t;
+	pthread_mutex_unlock(&m->lock);
+	if (t)
+		return 0;
+	pthread_mutex_lock(&d->lock);
+	memcpy(uri, d->sb.mirror, sizeof(uri));
+	pthread_mutex_unlock(&d->lock);
+	r = open_mirror(d, uri, &t);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&m->lock);
+	if (!m->t) {
+		m->t = t;
+		t = NULL;
+	}
+	pthread_mutex_unlock(&m->lock);
+	cd_target_close(t);
+	return 0;
+}
+
+/* ---- the copy: draining the out-of-sync bitmap ---- */
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+	return len == 0 || (p[0] == 0 && memcmp(p, p + 1, len - 1) == 0);
+}
+
+/* The disk's view (overlay over base) to the mirror.  The blocks are
+ * claimed: a write that lands meanwhile takes the claim off, and they go
+ * again. */
+static int mirror_move(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t *buf)
+{
+	struct cdisk *d = c->d;
+	struct cd_target *t = c->job;
+	uint64_t off = x->first << d->block_shift;
+	size_t len = (size_t)(x->count << d->block_shift);
+	bool zero;
+	int r = cdisk_pread(d, buf, len, off);
+
+	if (r < 0 || !cd_copy_throttle(c, len))
+		return r;
+	zero = all_zero(buf, len);
+	r = zero ? cd_target_zero(t, len, off) : cd_target_pwrite(t, buf, len, off);
+	if (r == 0) {
+		cd_copy_count(c, x, n, 1, zero, len);
+		pthread_mutex_lock(&d->lock);
+		if (d->mirror)
+			d->mirror->copied_bytes += len;
+		pthread_mutex_unlock(&d->lock);
+	}
+	return r;
+}
+
+static int mirror_flush(struct cd_copy *c)
+{
+	return cd_target_flush(c->job);
+}
+
+static const struct cd_copy_ops mirror_ops = { mirror_move, mirror_flush };
+
+/* Under the lock: the copied blocks are in sync, unless a write is on its
+ * way to them (its own leg, or none, decides). */
+static int mirror_clear(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	uint64_t end = first + count;
+	int r = 0;
+
+	for (uint64_t b = first; b < end && r == 0;) {
+		uint64_t stop = b;
+
+		while (stop < end && !cd_disk_being_written(d, stop))
+			stop++;
+		if (stop > b)
+			r = cd_disk_mark_locked(d, CD_BM_MIRROR, b, stop - b, false);
+		b = stop + 1;
+	}
+	return r;
+}
+
+/* One pass over what is out of sync now. */
+static int copy_pass(struct cdisk *d, struct cd_target *t, const struct cdisk_sync_opts *o,
+		     struct cdisk_sync_stats *st, volatile sig_atomic_t *stop)
+{
+	struct cd_mirror *m = d->mirror;
+	const struct cd_drain drain = { oos_of(d), &m->claimed, mirror_clear };
+	struct cd_copy c = { .d = d, .o = o, .st = st, .drain = &drain, .job = t,
+			     .ops = &mirror_ops, .start_ms = cd_now_ms(),
+			     .buf_bytes = MIRROR_COPY_EXTENT, .stop = stop,
+			     .depth = o->depth ? o->depth : MIRROR_COPY_DEPTH,
+			     .pace_uri = d->sb.mirror, .pace_handle = t };
+	uint64_t blocks;
+	int r;
+
+	pthread_mutex_lock(&d->lock);
+	r = cd_copy_collect(d, oos_of(d), true, 0, d->nblocks, 0,
+			    MIRROR_COPY_EXTENT >> d->block_shift, &c.ext, &c.n, &blocks);
+	m->copying = true;
+	m->copy_total = m->copied_bytes + (blocks << d->block_shift);
+	pthread_mutex_unlock(&d->lock);
+	c.total_bytes = blocks << d->block_shift;
+	if (r == 0 && c.n)
+		r = cd_copy_run(&c);
+	st->bytes = c.sent_bytes;
+	pthread_mutex_lock(&d->lock);
+	m->copying = false;
+	if (c.start_ms && cd_now_ms() > c.start_ms)
+		m->copy_rate = c.sent_bytes * 1000 / (cd_now_ms() - c.start_ms);
+	pthread_mutex_unlock(&d->lock);
+	free(c.ext);
+	return r;
+}
+
+/* Passes until nothing is out of sync, or stopped; writes meanwhile may
+ * leave a little for the next pass.  On failure the mirror is degraded. */
+static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
+			      struct cdisk_sync_stats *st, volatile sig_atomic_t *stop)
+{
+	struct cd_mirror *m = d->mirror;
+	struct cdisk_sync_stats pass;
+	uint64_t left;
+	int r = 0;
+
+	pthread_mutex_lock(&d->lock);
+	m->copied_bytes = 0;
+	m->copy_start_ms = cd_now_ms();
+	pthread_mutex_unlock(&d->lock);
+	for (;;) {
+		pthread_mutex_lock(&d->lock);
+		left = oos_of(d)->count;
+		if (!left)
+			note_in_sync_locked(d);
+		pthread_mutex_unlock(&d->lock);
+		if (!left || *stop || d->sync_stop)
+			break;
+		memset(&pass, 0, sizeof(pass));
+		r = copy_pass(d, m->t, o, &pass, stop);
+		st->blocks += pass.blocks;
+		st->bytes += pass.bytes;
+		st->requests += pass.requests;
+		st->zero_requests += pass.zero_requests;
+		st->flushes += pass.flushes;
+		if (r < 0) {
+			char why[CD_MIRROR_ERROR_MAX];
+
+			snprintf(why, sizeof(why), "%s", cd_errbuf());
+			pthread_mutex_lock(&d->lock);
+			degrade_locked(d, why);
+			pthread_mutex_unlock(&d->lock);
+			cd_error(d->ctx, r, "%s", why);
+			break;
+		}
+		if (o->max_seconds && cd_now_ms() - m->copy_start_ms >= o->max_seconds * 1000ull)
+			break;
+	}
+	pthread_mutex_lock(&d->lock);
+	st->left_bytes = oos_of(d)->count << d->block_shift;
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
+/* ---- the public verbs ---- */
+
+static int need_mirror(struct cdisk *d, const char *what)
+{
+	if (!cd_mirror_attached(d))
+		return cd_error(d->ctx, -ENOENT, "cannot %s: '%s' has no mirror", what,
+				d->path);
+	if (d->readonly || !d->mirror)
+		return cd_error(d->ctx, -EROFS, "cannot %s: '%s' is open read-only", what,
+				d->path);
+	return 0;
+}
+
+int cdisk_mirror_attach(struct cdisk *d, const char *uri)
+{
+	char norm[CDISK_MAX_URI + 1];
+	struct cd_target *t = NULL;
+	struct cd_superblock old;
+	int r;
+
+	if (d->readonly)
+		return cd_error(d->ctx, -EROFS, "cannot attach a mirror: '%s' is open "
+				"read-only", d->path);
+	if (cd_mirror_attached(d))
+		return cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
+				"first", d->path, d->sb.mirror);
+	r = cd_normalize_uri(d->ctx, "mirror", uri, true, norm);
+	if (r == 0)
+		r = open_mirror(d, norm, &t);
+	if (r == 0)
+		r = check_mirror(d, t, norm);
+	if (r == 0 && d->sb.nbitmaps <= CD_BM_MIRROR)
+		r = cd_disk_add_bitmaps(d, CD_BM_MIRROR + 1);
+	if (r < 0)
+		goto fail;
+	pthread_mutex_lock(&d->lock);
+	if (cd_mirror_attached(d)) {
+		pthread_mutex_unlock(&d->lock);
+		r = cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
+			     "first", d->path, d->sb.mirror);
+		goto fail;
+	}
+	old = d->sb;
+	/* Everything out of sync and the record, in one checkpoint: an
+	 * attach cut by a crash resumes from what is left. */
+	r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+	snprintf(d->sb.mirror, sizeof(d->sb.mirror), "%s", norm);
+	d->sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
+	d->sb.mirror_state = CD_MIRROR_STORED_COPYING;
+	d->sb.mirror_since = (uint64_t)time(NULL);
+	d->sb.mirror_recovered = 0;
+	d->sb.mirror_error[0] = 0;
+	d->sb.mirror_error_time = 0;
+	if (r == 0)
+		r = cd_checkpoint(d);
+	if (r == 0)
+		r = cd_mirror_init(d);
+	if (r < 0) {
+		memcpy(d->sb.mirror, old.mirror, sizeof(old.mirror));
+		d->sb.incompat = old.incompat;
+		d->sb.mirror_state = old.mirror_state;
+	} else {
+		d->mirror->t = t;
+		t = NULL;
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' attached; copying %s",
+		       d->path, norm, "the whole disk");
+	}
+	pthread_mutex_unlock(&d->lock);
+	cd_backup_store_pending(d);
+	if (r == 0)
+		kick_keeper(d->mirror);
+fail:
+	cd_target_close(t);
+	return r;
+}
+
+int cdisk_mirror_detach(struct cdisk *d)
+{
+	struct cd_mirror *m;
+	int r = need_mirror(d, "detach the mirror");
+
+	if (r < 0)
+		return r;
+	m = d->mirror;
+	m->copy_stop = 1;
+	pthread_mutex_lock(&d->lock);
+	m->live = false;
+	cd_disk_drain_mirrored_locked(d);
+	pthread_mutex_unlock(&d->lock);
+	stop_workers(m);
+	pthread_mutex_lock(&d->lock);
+	d->sb.incompat &= ~CD_FEATURE_INCOMPAT_MIRROR;
+	d->sb.mirror[0] = 0;
+	d->sb.mirror_state = 0;
+	r = cd_sb_write(d);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		return r;
+	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror detached", d->path);
+	cd_mirror_free(d);
+	return 0;
+}
+
+int cdisk_mirror_pause(struct cdisk *d, bool pause)
+{
+	struct cd_mirror *m;
+	int r = need_mirror(d, pause ? "pause the mirror" : "resume the mirror");
+
+	if (r < 0)
+		return r;
+	m = d->mirror;
+	if (pause)
+		m->copy_stop = 1;
+	pthread_mutex_lock(&d->lock);
+	if (pause) {
+		m->live = false;
+		r = store_state_locked(d, CD_MIRROR_STORED_PAUSED, NULL);
+	} else if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED) {
+		r = store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
+	}
+	pthread_mutex_unlock(&d->lock);
+	kick_keeper(m);
+	return r;
+}
+
+int cdisk_mirror_resync(struct cdisk *d, bool full)
+{
+	int r = need_mirror(d, "resync the mirror");
+
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&d->lock);
+	if (full) {
+		r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+		if (r == 0)
+			r = cd_checkpoint(d);
+	}
+	if (r == 0 && d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		r = cd_error(d->ctx, -EAGAIN, "cannot resync: the mirror of '%s' is "
+			     "paused; resume it", d->path);
+	pthread_mutex_unlock(&d->lock);
+	if (r == 0)
+		kick_keeper(d->mirror);
+	return r;
+}
+
+int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
+		      struct cdisk_sync_stats *st)
+{
+	static volatile sig_atomic_t never;
+	int r = need_mirror(d, "copy to the mirror");
+
+	memset(st, 0, sizeof(*st));
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&d->lock);
+	st->dirty_bytes = oos_of(d)->count << d->block_shift;
+	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		r = cd_error(d->ctx, -EAGAIN, "cannot copy: the mirror of '%s' is paused; "
+			     "resume it", d->path);
+	pthread_mutex_unlock(&d->lock);
+	if (r < 0)
+		return r;
+	r = ensure_open(d);
+	if (r < 0) {
+		char why[CD_MIRROR_ERROR_MAX];
+
+		snprintf(why, sizeof(why), "%s", cd_errbuf());
+		pthread_mutex_lock(&d->lock);
+		degrade_locked(d, why);
+		pthread_mutex_unlock(&d->lock);
+		return cd_error(d->ctx, r, "%s", why);
+	}
+	pthread_mutex_lock(&d->lock);
+	go_live_locked(d);
+	pthread_mutex_unlock(&d->lock);
+	r = copy_until_in_sync(d, o, st, &never);
+	st->seconds = (double)(cd_now_ms() - d->mirror->copy_start_ms) / 1000.0;
+	st->stopped = r == 0 && st->left_bytes;
+	return r;
+}
+
+/* ---- the keeper (servers) ---- */
+
+static void keep_once(struct cdisk *d)
+{
+	static const struct cdisk_sync_opts opts = { 0 };
+	struct cd_mirror *m = d->mirror;
+	struct cdisk_sync_stats st = { 0 };
+	bool live, paused;
+	int r;
+
+	pthread_mutex_lock(&d->lock);
+	paused = d->sb.mirror_state == CD_MIRROR_STORED_PAUSED;
+	live = m->live;
+	pthread_mutex_unlock(&d->lock);
+	if (paused)
+		return;
+	if (!live) {
+		uint64_t rtt;
+
+		r = ensure_open(d);
+		if (r == 0)
+			r = cd_target_ping(m->t, &rtt);
+		pthread_mutex_lock(&d->lock);
+		if (r < 0)
+			degrade_locked(d, cd_errbuf());
+		else
+			live = go_live_locked(d);
+		pthread_mutex_unlock(&d->lock);
+		if (!live)
+			return;
+	}
+	m->copy_stop = 0;
+	copy_until_in_sync(d, &opts, &st, &m->copy_stop);
+}
+
+static void *keeper_main(void *arg)
+{
+	struct cdisk *d = arg;
+	struct cd_mirror *m = d->mirror;
+
+	pthread_mutex_lock(&m->lock);
+	while (!m->stopping) {
+		struct timespec until;
+
+		m->kick = false;
+		pthread_mutex_unlock(&m->lock);
+		keep_once(d);
+		pthread_mutex_lock(&m->lock);
+		clock_gettime(CLOCK_REALTIME, &until);
+		until.tv_sec += KEEPER_INTERVAL_MS / 1000;
+		while (!m->stopping && !m->kick)
+			if (pthread_cond_timedwait(&m->wake, &m->lock, &until) == ETIMEDOUT)
+				break;
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+/* A mirror recorded by a version that did not keep mirrors: attached
+ * now, with everything out of sync, so that it gets a full copy. */
+static int adopt_recorded(struct cdisk *d)
+{
+	char uri[CDISK_MAX_URI + 1];
+	int r = 0;
+
+	if (cd_mirror_attached(d) || !d->sb.mirror[0] || d->readonly)
+		return 0;
+	memcpy(uri, d->sb.mirror, sizeof(uri));
+	if (d->sb.nbitmaps <= CD_BM_MIRROR)
+		r = cd_disk_add_bitmaps(d, CD_BM_MIRROR + 1);
+	if (r < 0)
+		return r;
+	pthread_mutex_lock(&d->lock);
+	r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+	d->sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
+	d->sb.mirror_state = CD_MIRROR_STORED_COPYING;
+	d->sb.mirror_since = (uint64_t)time(NULL);
+	if (r == 0)
+		r = cd_checkpoint(d);
+	if (r == 0)
+		r = cd_mirror_init(d);
+	pthread_mutex_unlock(&d->lock);
+	cd_backup_store_pending(d);
+	if (r == 0)
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' recorded at creation is "
+		       "kept from now on; copying the whole disk", d->path, uri);
+	return r;
+}
+
+int cdisk_mirror_start(struct cdisk *d)
+{
+	struct cd_mirror *m;
+	int r = adopt_recorded(d);
+
+	if (r < 0 || !d->mirror)
+		return r;
+	m = d->mirror;
+	if (m->keeper_started)
+		return 0;
+	m->stopping = false;
+	if (pthread_create(&m->keeper, NULL, keeper_main, d) != 0)
+		return cd_error(d->ctx, -EAGAIN, "'%s': cannot start the mirror's keeper",
+				d->path);
+	m->keeper_started = true;
+	return 0;
+}
+
+/* ---- status ---- */
+
+int cdisk_mirror_get_status(struct cdisk *d, struct cdisk_mirror_status *s)
+{
+	struct cd_mirror *m;
+
+	memset(s, 0, sizeof(*s));
+	pthread_mutex_lock(&d->lock);
+	m = d->mirror;
+	s->size = d->sb.size;
+	s->timeout_ms = d->ctx->cfg.mirror_timeout_ms;
+	s->fail_on_error = d->ctx->cfg.mirror_fail;
+	if (!cd_mirror_attached(d)) {
+		s->state = CDISK_MIRROR_NONE;
+		pthread_mutex_unlock(&d->lock);
+		return 0;
+	}
+	memcpy(s->uri, d->sb.mirror, sizeof(s->uri));
+	s->out_of_sync_bytes = oos_of(d)->count << d->block_shift;
+	s->since = d->sb.mirror_since;
+	s->recovered_bytes = d->sb.mirror_recovered << d->block_shift;
+	snprintf(s->last_error, sizeof(s->last_error), "%s", d->sb.mirror_error);
+	s->last_error_time = d->sb.mirror_error_time;
+	switch (d->sb.mirror_state) {
+	case CD_MIRROR_STORED_PAUSED: s->state = CDISK_MIRROR_PAUSED; break;
+	case CD_MIRROR_STORED_DEGRADED: s->state = CDISK_MIRROR_DEGRADED; break;
+	default:
+		s->state = s->out_of_sync_bytes ? CDISK_MIRROR_COPYING : CDISK_MIRROR_IN_SYNC;
+	}
+	/* A stored "in sync" that a crash recovery contradicts. */
+	if (s->state == CDISK_MIRROR_IN_SYNC && s->out_of_sync_bytes)
+		s->state = CDISK_MIRROR_COPYING;
+	if (m) {
+		s->copied_bytes = m->copied_bytes;
+		s->copy_rate = m->copy_rate;
+		if (m->copying && cd_now_ms() > m->copy_start_ms)
+			s->copy_rate = m->copied_bytes * 1000 / (cd_now_ms() - m->copy_start_ms);
+	}
+	pthread_mutex_unlock(&d->lock);
+	return 0;
+}

@@ -1,0 +1,52 @@
+/* Internal: the synchronous mirror (mirror.c) and its hooks in the
+ * disk's write path (disk.c).
+ *
+ * A write's route is decided under the disk's lock: to the disk and the
+ * mirror (the mirror is live and every block of the write is in sync with
+ * it), or to the disk only, its blocks then set in bitmap 2 (out of
+ * sync).  The mirror's leg runs on a mirror worker while the caller does
+ * the disk's; a leg that fails or outlasts [mirror] timeout sets its
+ * blocks out of sync and degrades the mirror, durably, before the write
+ * is acknowledged.  Blocks out of sync are drained by the copy engine
+ * (attach's initial copy, resync). */
+#ifndef CDISK_MIRROR_H
+#define CDISK_MIRROR_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct cdisk;
+struct cd_leg;
+
+enum cd_leg_op { CD_LEG_WRITE, CD_LEG_ZERO, CD_LEG_FLUSH };
+
+/* The disk has a mirror attached (bitmap 2 means "out of sync with it"). */
+bool cd_mirror_attached(const struct cdisk *d);
+/* Under the lock: true when the write must also go to the mirror; false
+ * when not, its blocks then set out of sync. */
+bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count);
+/* Without the lock: send the mirror's leg (buf is copied). NULL only when
+ * out of memory: the caller then treats the leg as failed. */
+struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
+			      size_t len, uint64_t off);
+/* Without the lock: its result, waiting at most the mirror timeout
+ * (-ETIMEDOUT past it).  The leg is the callee's after this. */
+int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg);
+/* Under the lock, after both legs: a failed leg's blocks are set out of
+ * sync and the mirror counts as degraded, durably.  Returns 0, or the
+ * error to give the guest when [mirror] on_error = fail. */
+int cd_mirror_finish_locked(struct cdisk *d, uint64_t first, uint64_t count,
+			    int leg_result);
+/* Under the lock, when a flush reached the disk but not the mirror:
+ * every extent of the activity log is set out of sync. */
+int cd_mirror_flush_failed_locked(struct cdisk *d, int err);
+/* Under the lock: a write's data is down; a copy that claimed these
+ * blocks must send them again. */
+void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count);
+/* At open, after recovery: the mirror's runtime state for a writable disk
+ * with a mirror attached (no I/O). */
+int cd_mirror_init(struct cdisk *d);
+/* At close: stop the keeper and the workers, close the mirror. */
+void cd_mirror_free(struct cdisk *d);
+
+#endif
