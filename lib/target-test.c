@@ -12,6 +12,7 @@
 
 #include "cdisk.h"
 #include "ctx.h"
+#include "http.h"
 #include "target.h"
 #include "uri.h"
 #include "util.h"
@@ -398,6 +399,34 @@ static void test_block_identity(void **state)
 	}
 }
 
+/* One spelling of a URL: host lowercased, the scheme's port, the path
+ * resolved and decoded, no trailing '/', no query. */
+static void test_http_identity(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	struct cd_target t = { .ctx = &ctx, .uri = "test" };
+	static const char *const same[] = {
+		"http://example.com:80/bucket/disk",
+		"HTTP://Example.COM/bucket/disk/",
+		"http://example.com/bucket/./x/../disk//",
+		"http://example.com/bucket/%64isk?versionId=3#f",
+	};
+	char id[128];
+
+	(void)state;
+	for (size_t i = 0; i < CD_ARRAY_SIZE(same); i++) {
+		assert_int_equal(cd_http_identity(&t, "s3", same[i], id, sizeof(id)), 0);
+		assert_string_equal(id, "s3:example.com:80/bucket/disk");
+	}
+	assert_int_equal(cd_http_identity(&t, "http", "https://[::1]/a", id, sizeof(id)), 0);
+	assert_string_equal(id, "http:[::1]:443/a");
+	assert_int_equal(cd_http_identity(&t, "http", "http://example.com:8080/bucket/disk",
+					  id, sizeof(id)), 0);
+	assert_string_equal(id, "http:example.com:8080/bucket/disk");
+	assert_int_equal(cd_http_identity(&t, "s3", "http://example.com/b/k", id, 10),
+			 -ENAMETOOLONG);
+}
+
 /* A kind without the op: refused, and the message says which kind. */
 static void test_identity_unknown(void **state)
 {
@@ -457,6 +486,7 @@ int main(void)
 		cmocka_unit_test(test_file_identity),
 		cmocka_unit_test(test_identity_unknown),
 		cmocka_unit_test(test_block_identity),
+		cmocka_unit_test(test_http_identity),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
