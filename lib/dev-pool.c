@@ -233,6 +233,22 @@ static int pool_ping(struct cd_dev *d, uint64_t *rtt_us)
 	return r;
 }
 
+static int pool_identity(struct cd_dev *d, char *out, size_t len)
+{
+	struct pool *p = pool_of(d);
+	void *s;
+	int r;
+
+	if (!p->kind->identity)
+		return -EOPNOTSUPP;
+	r = get(p, &s);
+	if (r < 0)
+		return r;
+	r = p->kind->identity(d->t, s, out, len);
+	put(p, s, r);
+	return r;
+}
+
 static void pool_free(struct pool *p)
 {
 	while (p->nidle)
@@ -257,7 +273,7 @@ static const struct cd_dev_ops pool_ops = {
 	.name = "pool", .pread = pool_pread, .pwrite = pool_pwrite,
 	.pwrite_pieces = pool_pieces, .zero = pool_zero, .discard = pool_discard,
 	.flush = pool_flush, .size = pool_size, .caps = pool_caps,
-	.ping = pool_ping, .close = pool_close,
+	.ping = pool_ping, .identity = pool_identity, .close = pool_close,
 };
 
 /* The kind opened (it fills t's size and capabilities) under its pool;

@@ -85,6 +85,12 @@ int cd_dev_ping(struct cd_dev *d, uint64_t *rtt_us)
 	return d->ops->ping ? d->ops->ping(d, rtt_us) : -EOPNOTSUPP;
 }
 
+int cd_dev_identity(struct cd_dev *d, char *out, size_t len)
+{
+	BELOW(d, identity);
+	return d->ops->identity ? d->ops->identity(d, out, len) : -EOPNOTSUPP;
+}
+
 void cd_dev_close_stack(struct cd_dev *top)
 {
 	while (top) {

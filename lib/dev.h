@@ -41,6 +41,8 @@ struct cd_dev_ops {
 	void (*caps)(struct cd_dev *d, struct cd_dev_caps *c);
 	/* One ping, never sent twice; *rtt_us without making a connection. */
 	int (*ping)(struct cd_dev *d, uint64_t *rtt_us);
+	/* What the storage is (cd_target_identity); only the bottom knows. */
+	int (*identity)(struct cd_dev *d, char *out, size_t len);
 	/* Frees this device only; cd_dev_close_stack walks down. */
 	void (*close)(struct cd_dev *d);
 };
@@ -67,6 +69,7 @@ int cd_dev_flush(struct cd_dev *d);
 uint64_t cd_dev_size(struct cd_dev *d);
 void cd_dev_caps(struct cd_dev *d, struct cd_dev_caps *c);
 int cd_dev_ping(struct cd_dev *d, uint64_t *rtt_us);
+int cd_dev_identity(struct cd_dev *d, char *out, size_t len);
 void cd_dev_close_stack(struct cd_dev *top);
 
 /* Set by the layer that owns the connections on every request: true when

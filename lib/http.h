@@ -55,6 +55,11 @@ int cd_http_status_errno(long status);
 int cd_http_ping(struct cd_target *t, CURL *c, const char *url,
 		 const char *sigv4, const char *user, const char *secret,
 		 const char *token);
+/* "KIND:HOST:PORT/PATH" for url (cd_target_identity of the HTTP and S3
+ * kinds): the host lowercased, the scheme's port filled in, the path
+ * decoded with "." and ".." resolved, no trailing '/', no query. */
+int cd_http_identity(struct cd_target *t, const char *kind, const char *url,
+		     char *out, size_t len);
 /* "404 Not Found" and the like. */
 const char *cd_http_reason(long status);
 

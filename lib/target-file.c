@@ -1,9 +1,11 @@
 /* The file target: a regular file or a block device on this host. */
 #include <fcntl.h>
 #include <linux/fs.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "ctx.h"
@@ -128,6 +130,49 @@ static int file_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
 			(unsigned long long)off, strerror(errno));
 }
 
+/* A block device is the device it names (st_rdev), whichever node or
+ * /dev/disk/by-* link reached it; anything else is its inode on its
+ * file system, whichever path or link reached it. */
+static int format_identity(const struct stat *st, char *out, size_t len)
+{
+	int n;
+
+	if (S_ISBLK(st->st_mode))
+		n = snprintf(out, len, "file:blk:%u:%u", major(st->st_rdev),
+			     minor(st->st_rdev));
+	else
+		n = snprintf(out, len, "file:%u:%u:%llu", major(st->st_dev),
+			     minor(st->st_dev), (unsigned long long)st->st_ino);
+	return n < 0 || (size_t)n >= len ? -ENAMETOOLONG : 0;
+}
+
+static int file_identity(struct cd_target *t, void *s, char *out, size_t len)
+{
+	struct file_priv *f = t->priv;
+	struct stat st;
+
+	(void)s;
+	if (fstat(f->fd, &st) < 0)
+		return cd_error(t->ctx, -errno, "cannot stat '%s': %s", t->uri,
+				strerror(errno));
+	if (format_identity(&st, out, len) < 0)
+		return cd_error(t->ctx, -ENAMETOOLONG, "'%s': identity does not fit "
+				"in %zu bytes", t->uri, len);
+	return 0;
+}
+
+int cd_file_identity(struct cdisk_ctx *ctx, const char *path, char *out, size_t len)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return cd_error(ctx, -errno, "cannot stat '%s': %s", path, strerror(errno));
+	if (format_identity(&st, out, len) < 0)
+		return cd_error(ctx, -ENAMETOOLONG, "'%s': identity does not fit in "
+				"%zu bytes", path, len);
+	return 0;
+}
+
 static void file_close(struct cd_target *t)
 {
 	struct file_priv *f = t->priv;
@@ -144,5 +189,6 @@ const struct cd_target_ops cd_file_target_ops = {
 	.flush = file_flush,
 	.zero = file_zero,
 	.trim = file_zero,
+	.identity = file_identity,
 	.close = file_close,
 };

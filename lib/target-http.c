@@ -1,6 +1,7 @@
 /* HTTP(S) targets: one object read with range requests, a read-only base.
  * Also the libcurl plumbing that the S3 target shares.  A libcurl easy
  * handle keeps its connection alive, so one handle is one pool session. */
+#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -443,6 +444,55 @@ int cd_http_ping(struct cd_target *t, CURL *c, const char *url,
 	return a.status >= 200 && a.status < 300 ? 0 : http_status_error(t, a.status, "ping");
 }
 
+/* HTTP has no name for the storage behind an object other than its URL,
+ * and an S3 store none other than endpoint, bucket and key: the best the
+ * protocol allows is the URL in one canonical spelling.  Two host names
+ * of one server (or one name behind many servers) still differ; ETags
+ * name a version of the content, not the place, and change with it. */
+int cd_http_identity(struct cd_target *t, const char *kind, const char *url,
+		     char *out, size_t len)
+{
+	CURLU *h = curl_url();
+	char *host = NULL, *port = NULL, *path = NULL;
+	size_t n;
+	int r = -ENOMEM, w;
+
+	if (!h)
+		goto out;
+	if (curl_url_set(h, CURLUPART_URL, url, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_HOST, &host, 0) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) != CURLUE_OK ||
+	    curl_url_get(h, CURLUPART_PATH, &path, CURLU_URLDECODE) != CURLUE_OK) {
+		r = cd_error(t->ctx, -EINVAL, "cannot tell which object '%s' is: '%s' is "
+			     "not a URL libcurl takes", t->uri, url);
+		goto out;
+	}
+	for (char *c = host; *c; c++)
+		*c = (char)tolower((unsigned char)*c);
+	n = strlen(path);
+	while (n && path[n - 1] == '/')
+		path[--n] = '\0';
+	w = snprintf(out, len, "%s:%s:%s%s%s", kind, host, port,
+		     path[0] == '/' ? "" : "/", path);
+	r = w < 0 || (size_t)w >= len ?
+		cd_error(t->ctx, -ENAMETOOLONG, "'%s': identity does not fit in %zu "
+			 "bytes", t->uri, len) : 0;
+out:
+	if (r == -ENOMEM)
+		cd_error(t->ctx, r, "'%s': out of memory", t->uri);
+	curl_free(host);
+	curl_free(port);
+	curl_free(path);
+	curl_url_cleanup(h);
+	return r;
+}
+
+static int http_identity(struct cd_target *t, void *s, char *out, size_t len)
+{
+	(void)s;
+	return cd_http_identity(t, "http", t->uri, out, len);
+}
+
 /* A server that does not answer HEAD gets the one-byte read it sized by. */
 static int http_ping(struct cd_target *t, void *s)
 {
@@ -461,4 +511,5 @@ const struct cd_target_ops cd_http_target_ops = {
 	.pwrite = http_write,
 	.flush = http_flush,
 	.ping = http_ping,
+	.identity = http_identity,
 };

@@ -669,6 +669,100 @@ static int iscsi_ping(struct cd_target *t, void *s)
 	return finish(t, s, task, &w, "ping", 0, NULL);
 }
 
+/* VPD page 0x83's designators for the LU, best first: the ones the
+ * standard makes unique worldwide (NAA, EUI-64, UUID), then the T10
+ * vendor one, which is unique only as far as the vendor makes it.  The
+ * portal, the IQN as typed and the session carry no identity: one LUN
+ * answers the same through every address of its target. */
+#define DESIGNATOR_UUID 0x0a
+static int designator_rank(const struct scsi_inquiry_device_designator *d)
+{
+	if (d->association != SCSI_ASSOCIATION_LOGICAL_UNIT || d->designator_length <= 0)
+		return 0;
+	switch ((int)d->designator_type) {
+	case SCSI_DESIGNATOR_TYPE_NAA:
+		return 4;
+	case SCSI_DESIGNATOR_TYPE_EUI_64:
+		return 3;
+	case DESIGNATOR_UUID:
+		return 2;
+	case SCSI_DESIGNATOR_TYPE_T10_VENDORT_ID:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+static const char *designator_name(int type)
+{
+	switch (type) {
+	case SCSI_DESIGNATOR_TYPE_NAA:
+		return "naa";
+	case SCSI_DESIGNATOR_TYPE_EUI_64:
+		return "eui";
+	case DESIGNATOR_UUID:
+		return "uuid";
+	default:
+		return "t10";
+	}
+}
+
+/* Binary designators in hex; text ones (T10 vendor ids are ASCII) as
+ * they are, trailing blanks dropped and anything unprintable in hex. */
+static int format_designator(const struct scsi_inquiry_device_designator *d,
+			     char *out, size_t len)
+{
+	const unsigned char *v = (const unsigned char *)d->designator;
+	size_t n = (size_t)d->designator_length, at;
+	bool text = d->code_set != SCSI_CODESET_BINARY;
+	int w = snprintf(out, len, "iscsi:%s:", designator_name(d->designator_type));
+
+	if (w < 0 || (size_t)w >= len)
+		return -ENAMETOOLONG;
+	at = (size_t)w;
+	while (text && n && (v[n - 1] == ' ' || v[n - 1] == '\0'))
+		n--;
+	for (size_t i = 0; i < n && text; i++)
+		if (v[i] < 0x20 || v[i] > 0x7e)
+			text = false;
+	for (size_t i = 0; i < n; i++) {
+		w = text ? snprintf(out + at, len - at, "%c", v[i])
+			 : snprintf(out + at, len - at, "%02x", v[i]);
+		if (w < 0 || (size_t)w >= len - at)
+			return -ENAMETOOLONG;
+		at += (size_t)w;
+	}
+	return 0;
+}
+
+static int iscsi_identity(struct cd_target *t, void *s, char *out, size_t len)
+{
+	struct iscsi_priv *p = t->priv;
+	struct wait w = { 0 };
+	struct scsi_task *task = NULL;
+	struct scsi_inquiry_device_identification *id;
+	const struct scsi_inquiry_device_designator *best = NULL;
+	int r = finish(t, s, iscsi_inquiry_task(s, p->lun, 1,
+			SCSI_INQUIRY_PAGECODE_DEVICE_IDENTIFICATION, 1024, on_done, &w),
+			&w, "identify", 0, &task);
+
+	if (r < 0)
+		return r;
+	id = scsi_datain_unmarshall(task);
+	for (const struct scsi_inquiry_device_designator *d = id ? id->designators : NULL;
+	     d; d = d->next)
+		if (designator_rank(d) > (best ? designator_rank(best) : 0))
+			best = d;
+	if (!best)
+		r = cd_error(t->ctx, -EOPNOTSUPP, "'%s': the LUN names no designator of "
+			     "its own on VPD page 0x83", t->uri);
+	else if (format_designator(best, out, len) < 0)
+		r = cd_error(t->ctx, -ENAMETOOLONG, "'%s': identity does not fit in %zu "
+			     "bytes", t->uri, len);
+	scsi_free_scsi_task(task);
+	return r;
+}
+
 const struct cd_target_ops cd_iscsi_target_ops = {
 	.name = "iscsi",
 	.open = iscsi_open,
@@ -681,5 +775,6 @@ const struct cd_target_ops cd_iscsi_target_ops = {
 	.trim = iscsi_trim,
 	.pwrite_pieces = iscsi_write_pieces,
 	.ping = iscsi_ping,
+	.identity = iscsi_identity,
 	.close = iscsi_close,
 };

@@ -227,6 +227,11 @@ static int nbd_do_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
 			"cannot discard");
 }
 
+/* No identity: NBD names an export, and the name is the server's choice
+ * for this listener ("" is common); libnbd's canonical export name and
+ * description are that name again, so two servers of other disks can
+ * give the same one, and one disk served twice gives two.  Better no
+ * answer than a wrong one. */
 const struct cd_target_ops cd_nbd_target_ops = {
 	.name = "nbd",
 	.open = nbd_open,

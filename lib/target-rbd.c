@@ -35,6 +35,8 @@ struct rbd_priv {
 	bool direct;                 /* the header allowed it when last read */
 	bool direct_used;            /* since the last flush */
 	int header_changed;          /* set by the watch; atomic */
+	bool at_snap;                /* opened at a snapshot: snap_id */
+	uint64_t snap_id;
 };
 
 static int rbd_fail(struct cd_target *t, int r, const char *what, uint64_t off)
@@ -236,6 +238,15 @@ static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
 	if (r < 0) {
 		r = cd_error(t->ctx, r, "cannot size '%s': %s", t->uri, strerror(-r));
 		goto fail;
+	}
+	if (u->snap) {
+		r = rbd_snap_get_id(p->image, u->snap, &p->snap_id);
+		if (r < 0) {
+			r = cd_error(t->ctx, r, "cannot open '%s': %s", t->uri,
+				     strerror(-r));
+			goto fail;
+		}
+		p->at_snap = true;
 	}
 	rbd_get_features(p->image, &features);
 	t->size = info.size;
@@ -541,6 +552,38 @@ static int rbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece 
 	return r;
 }
 
+/* The cluster's fsid, the pool's id and the image's id do not change when
+ * the image is renamed or the cluster is reached through other monitors,
+ * another configuration file or another client name; a snapshot is other
+ * storage than its image's head, so its id is part of it. */
+static int rbd_identity(struct cd_target *t, void *s, char *out, size_t len)
+{
+	struct rbd_priv *p = t->priv;
+	char fsid[64], id[96], ns[256] = "", snap[32] = "";
+	int r, n;
+
+	(void)s;
+	r = rados_cluster_fsid(p->cluster, fsid, sizeof(fsid));
+	if (r >= 0)
+		r = rbd_get_id(p->image, id, sizeof(id));
+	if (r >= 0) {
+		r = rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
+		if (r >= 0)
+			ns[r < (int)sizeof(ns) ? r : (int)sizeof(ns) - 1] = '\0';
+	}
+	if (r < 0)
+		return cd_error(t->ctx, r, "cannot tell which image '%s' is: %s", t->uri,
+				strerror(-r));
+	if (p->at_snap)
+		snprintf(snap, sizeof(snap), "@%llu", (unsigned long long)p->snap_id);
+	n = snprintf(out, len, "rbd:%s:%lld%s%s:%s%s", fsid,
+		     (long long)rados_ioctx_get_id(p->io), ns[0] ? "/" : "", ns, id, snap);
+	if (n < 0 || (size_t)n >= len)
+		return cd_error(t->ctx, -ENAMETOOLONG, "'%s': identity does not fit in "
+				"%zu bytes", t->uri, len);
+	return 0;
+}
+
 static void rbd_target_close(struct cd_target *t)
 {
 	struct rbd_priv *p = t->priv;
@@ -742,6 +785,7 @@ const struct cd_target_ops cd_rbd_target_ops = {
 	.zero = rbd_zero,
 	.trim = rbd_trim,
 	.pwrite_pieces = rbd_write_pieces,
+	.identity = rbd_identity,
 	.ping = rbd_ping,
 	.close = rbd_target_close,
 };

@@ -489,6 +489,18 @@ static int s3_ping(struct cd_target *t, void *s)
 			    p->token[0] ? p->token : NULL);
 }
 
+/* The endpoint, bucket and prefix, in the canonical spelling of
+ * cd_http_identity: the most S3 tells of where a disk is. */
+static int s3_identity(struct cd_target *t, void *s, char *out, size_t len)
+{
+	const struct s3_priv *p = t->priv;
+	char url[S3_URL_MAX];
+
+	(void)s;
+	snprintf(url, sizeof(url), "%s/%s/%s", p->endpoint, p->bucket, p->prefix);
+	return cd_http_identity(t, "s3", url, out, len);
+}
+
 /* A new disk is only a manifest: every chunk starts as zeros. */
 int cd_s3_create(struct cdisk_ctx *ctx, const char *uri, const struct cd_uri *u,
 		 uint64_t size)
@@ -555,6 +567,7 @@ const struct cd_target_ops cd_s3_target_ops = {
 	.zero = s3_zero,
 	.trim = s3_zero,
 	.ping = s3_ping,
+	.identity = s3_identity,
 	.close = s3_close,
 };
 

@@ -12,6 +12,7 @@
 
 #include "cdisk.h"
 #include "ctx.h"
+#include "http.h"
 #include "target.h"
 #include "uri.h"
 #include "util.h"
@@ -307,6 +308,139 @@ static void test_pieces_together_or_one_by_one(void **state)
 	cd_target_close(t);
 }
 
+static void open_identity(struct cdisk_ctx *ctx, const char *uri, char *out)
+{
+	struct cd_target *t;
+
+	assert_int_equal(cd_target_open(ctx, uri, true, &t), 0);
+	assert_int_equal(cd_target_identity(t, out, 128), 0);
+	cd_target_close(t);
+}
+
+/* One file through a link, a detour and file://; another file apart. */
+static void test_file_identity(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	char dir[] = "/tmp/cdisk-ident-XXXXXX", f[96], g[96], link[96], detour[96],
+	     uri[128], id_f[128], id[128], id_g[128], small[8];
+	int fd;
+
+	(void)state;
+	assert_non_null(mkdtemp(dir));
+	snprintf(f, sizeof(f), "%s/f", dir);
+	snprintf(g, sizeof(g), "%s/g", dir);
+	snprintf(link, sizeof(link), "%s/link", dir);
+	snprintf(detour, sizeof(detour), "%s/sub/../f", dir);
+	snprintf(uri, sizeof(uri), "file://%s", f);
+	snprintf(id, sizeof(id), "%s/sub", dir);
+	assert_int_equal(mkdir(id, 0700), 0);
+	fd = open(f, O_CREAT | O_WRONLY, 0600);
+	assert_true(fd >= 0 && ftruncate(fd, 4096) == 0);
+	close(fd);
+	fd = open(g, O_CREAT | O_WRONLY, 0600);
+	assert_true(fd >= 0 && ftruncate(fd, 4096) == 0);
+	close(fd);
+	assert_int_equal(symlink("f", link), 0);
+
+	open_identity(&ctx, f, id_f);
+	assert_true(strncmp(id_f, "file:", 5) == 0);
+	open_identity(&ctx, link, id);
+	assert_string_equal(id, id_f);
+	open_identity(&ctx, detour, id);
+	assert_string_equal(id, id_f);
+	open_identity(&ctx, uri, id);
+	assert_string_equal(id, id_f);
+	open_identity(&ctx, g, id_g);
+	assert_string_not_equal(id_g, id_f);
+	/* The path alone says the same as the open target. */
+	assert_int_equal(cd_file_identity(&ctx, link, id, sizeof(id)), 0);
+	assert_string_equal(id, id_f);
+	assert_int_equal(cd_file_identity(&ctx, detour, id, sizeof(id)), 0);
+	assert_string_equal(id, id_f);
+	assert_int_equal(cd_file_identity(&ctx, g, id, sizeof(id)), 0);
+	assert_string_equal(id, id_g);
+	assert_int_equal(cd_file_identity(&ctx, f, small, sizeof(small)), -ENAMETOOLONG);
+	unlink(link);
+	assert_int_equal(cd_file_identity(&ctx, link, id, sizeof(id)), -ENOENT);
+
+	unlink(f);
+	unlink(g);
+	snprintf(id, sizeof(id), "%s/sub", dir);
+	rmdir(id);
+	rmdir(dir);
+}
+
+/* A block device is the device it names, not the node: a second node
+ * for the same device (as /dev/disk/by-id/... would link to) agrees. */
+static void test_block_identity(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	char node[] = "/tmp/cdisk-blk-XXXXXX", id[128], other[128];
+	struct stat st;
+	int fd;
+
+	(void)state;
+	if (stat("/dev/loop0", &st) < 0 || !S_ISBLK(st.st_mode))
+		skip();
+	fd = mkstemp(node);
+	assert_true(fd >= 0);
+	close(fd);
+	unlink(node);
+	if (mknod(node, S_IFBLK | 0600, st.st_rdev) < 0)
+		skip();   /* not root, or no devices on this file system */
+	assert_int_equal(cd_file_identity(&ctx, "/dev/loop0", id, sizeof(id)), 0);
+	assert_int_equal(cd_file_identity(&ctx, node, other, sizeof(other)), 0);
+	unlink(node);
+	assert_string_equal(id, other);
+	assert_true(strncmp(id, "file:blk:", 9) == 0);
+	if (stat("/dev/loop1", &st) == 0 && S_ISBLK(st.st_mode)) {
+		assert_int_equal(cd_file_identity(&ctx, "/dev/loop1", other, sizeof(other)), 0);
+		assert_string_not_equal(id, other);
+	}
+}
+
+/* One spelling of a URL: host lowercased, the scheme's port, the path
+ * resolved and decoded, no trailing '/', no query. */
+static void test_http_identity(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	struct cd_target t = { .ctx = &ctx, .uri = "test" };
+	static const char *const same[] = {
+		"http://example.com:80/bucket/disk",
+		"HTTP://Example.COM/bucket/disk/",
+		"http://example.com/bucket/./x/../disk//",
+		"http://example.com/bucket/%64isk?versionId=3#f",
+	};
+	char id[128];
+
+	(void)state;
+	for (size_t i = 0; i < CD_ARRAY_SIZE(same); i++) {
+		assert_int_equal(cd_http_identity(&t, "s3", same[i], id, sizeof(id)), 0);
+		assert_string_equal(id, "s3:example.com:80/bucket/disk");
+	}
+	assert_int_equal(cd_http_identity(&t, "http", "https://[::1]/a", id, sizeof(id)), 0);
+	assert_string_equal(id, "http:[::1]:443/a");
+	assert_int_equal(cd_http_identity(&t, "http", "http://example.com:8080/bucket/disk",
+					  id, sizeof(id)), 0);
+	assert_string_equal(id, "http:example.com:8080/bucket/disk");
+	assert_int_equal(cd_http_identity(&t, "s3", "http://example.com/b/k", id, 10),
+			 -ENAMETOOLONG);
+}
+
+/* A kind without the op: refused, and the message says which kind. */
+static void test_identity_unknown(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	struct cd_target *t = fake_target(&ctx, 2);
+	char id[64];
+
+	(void)state;
+	assert_int_equal(cd_target_identity(t, id, sizeof(id)), -EOPNOTSUPP);
+	assert_non_null(strstr(cd_errbuf(), "fake targets cannot tell"));
+	assert_int_equal(fake_calls[0] + fake_calls[1], 0);
+	cd_target_close(t);
+}
+
 static void test_rbd_snap_context(void **state)
 {
 	uint8_t reply[12 + 16] = { 0 };
@@ -349,6 +483,10 @@ int main(void)
 		cmocka_unit_test(test_reads_retried_writes_not),
 		cmocka_unit_test(test_pieces_together_or_one_by_one),
 		cmocka_unit_test(test_rbd_snap_context),
+		cmocka_unit_test(test_file_identity),
+		cmocka_unit_test(test_identity_unknown),
+		cmocka_unit_test(test_block_identity),
+		cmocka_unit_test(test_http_identity),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

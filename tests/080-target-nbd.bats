@@ -26,6 +26,13 @@ start_nbdkit() {
 	check_info "$URI" 67108864
 }
 
+@test "nbd: the server cannot say which storage an export is" {
+	start_nbdkit memory 8M
+	run_cdisk 1 target-io "$URI" identity
+	assert_error target-io "nbd targets cannot tell which storage they are"
+	assert_equal "$output" ""
+}
+
 @test "nbd: patterns at odd offsets and sizes" {
 	start_nbdkit memory 64M
 	check_patterns "$URI"

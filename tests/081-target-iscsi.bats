@@ -12,6 +12,7 @@ setup() {
 
 teardown() {
 	[ -z "${TGT_TID:-}" ] || tgt_delete_lun "$TGT_TID"
+	[ -z "${OTHER_TID:-}" ] || tgt_delete_lun "$OTHER_TID"
 	stop_silent_server
 }
 
@@ -21,6 +22,25 @@ teardown() {
 	assert_equal "$(json_get .align)" 512
 	assert_equal "$(json_get .trim)" true
 	assert_equal "$(json_get .flush)" true
+}
+
+@test "iscsi: identity is the LUN's own (VPD page 0x83), not the portal's spelling" {
+	tgt_new_lun 8M
+	run_cdisk target-io "$TGT_URI" identity
+	local id=$output
+	[[ $id =~ ^iscsi:(naa|eui|uuid|t10):[[:graph:]]+$ ]] || fail "odd identity '$id'"
+	run_cdisk target-io "iscsi://localhost:$TGT_PORT/$TGT_IQN/1" identity
+	assert_equal "$output" "$id"
+	# Another LUN of the same target, and LUN 1 of another target.
+	truncate -s 8M "$BATS_TEST_TMPDIR/lun2.img"
+	tgtadm -C "$TGT_CONTROL" --lld iscsi --op new --mode logicalunit --tid "$TGT_TID" \
+		--lun 2 -b "$BATS_TEST_TMPDIR/lun2.img"
+	run_cdisk target-io "iscsi://127.0.0.1:$TGT_PORT/$TGT_IQN/2" identity
+	[ "$output" != "$id" ] || fail "LUN 2 has LUN 1's identity"
+	OTHER_TID=$TGT_TID
+	tgt_new_lun 8M
+	run_cdisk target-io "$TGT_URI" identity
+	[ "$output" != "$id" ] || fail "another target's LUN 1 has the same identity"
 }
 
 @test "iscsi: patterns at odd offsets and sizes (read-modify-write of sectors)" {

@@ -15,6 +15,8 @@ setup() {
 teardown() {
 	[ -z "${CEPH_CONF:-}" ] || timeout 30 rbd snap purge "rbd/$IMAGE" >/dev/null 2>&1 || true
 	[ -z "${CEPH_CONF:-}" ] || timeout 30 rbd rm "rbd/$IMAGE" >/dev/null 2>&1 || true
+	[ -z "${OTHER_IMAGE:-}" ] || timeout 30 rbd snap purge "rbd/$OTHER_IMAGE" >/dev/null 2>&1 || true
+	[ -z "${OTHER_IMAGE:-}" ] || timeout 30 rbd rm "rbd/$OTHER_IMAGE" >/dev/null 2>&1 || true
 	stop_silent_server
 }
 
@@ -29,6 +31,32 @@ new_image() {
 	run_cdisk 1 target-io "$URI" create:64M
 	assert_error target-io "it exists"
 	timeout 30 rbd info "rbd/$IMAGE" | grep -q "size 64 MiB"
+}
+
+@test "rbd: identity is the image's, not the URI's nor the configuration's" {
+	new_image 8M
+	run_cdisk target-io "$URI" identity
+	local id=$output
+	[[ $id =~ ^rbd:[0-9a-f-]{36}:[0-9]+:[0-9a-f]+$ ]] || fail "odd identity '$id'"
+	# The cluster through a configuration file and client named in
+	# cdisk.conf rather than CEPH_CONF.
+	cp "$CEPH_CONF" "$BATS_TEST_TMPDIR/other.conf"
+	printf '[rbd]\nconf = %s\nid = admin\n' "$BATS_TEST_TMPDIR/other.conf" >>"$CDISK_CONFIG"
+	CEPH_CONF= run_cdisk target-io "$URI" identity
+	assert_equal "$output" "$id"
+	# Renamed, the image is reached by another URI and is the same image.
+	OTHER_IMAGE=${IMAGE}-moved
+	timeout 30 rbd mv "rbd/$IMAGE" "rbd/$OTHER_IMAGE"
+	run_cdisk target-io "rbd:rbd/$OTHER_IMAGE" identity
+	assert_equal "$output" "$id"
+	timeout 30 rbd mv "rbd/$OTHER_IMAGE" "rbd/$IMAGE"
+	# Another image, and a snapshot of this one, are other storage.
+	run_cdisk target-io "rbd:rbd/$OTHER_IMAGE" create:8M
+	run_cdisk target-io "rbd:rbd/$OTHER_IMAGE" identity
+	[ "$output" != "$id" ] || fail "another image has the same identity"
+	timeout 30 rbd snap create "rbd/$IMAGE@s1" >/dev/null 2>&1
+	run_cdisk target-io "$URI@s1" identity
+	[[ $output == "$id@"* ]] || fail "the snapshot's identity '$output' is not the image's and its id"
 }
 
 @test "rbd: patterns at odd offsets and sizes" {

@@ -27,6 +27,21 @@ new_disk() {
 	assert_error target-io "a disk is there already"
 }
 
+@test "s3: identity is the endpoint, bucket and prefix in one spelling" {
+	new_disk d1 8M
+	local hostport=${RGW_ENDPOINT#http://}
+	hostport=${hostport%/}
+	run_cdisk target-io "$URI" identity
+	assert_equal "$output" "s3:$hostport/$BUCKET/d1"
+	run_cdisk target-io "$URI/" identity
+	assert_equal "$output" "s3:$hostport/$BUCKET/d1"
+	AWS_ENDPOINT_URL=$RGW_ENDPOINT/ run_cdisk target-io "$URI" identity
+	assert_equal "$output" "s3:$hostport/$BUCKET/d1"
+	new_disk d2 8M
+	run_cdisk target-io "$URI" identity
+	assert_equal "$output" "s3:$hostport/$BUCKET/d2"
+}
+
 @test "s3: patterns at odd offsets and sizes (read-modify-write of chunks)" {
 	new_disk d1 64M
 	check_patterns "$URI"

@@ -3,6 +3,7 @@
  *
  *   target-io [-d DEPTH] [-w] URI OP...
  *     info               one JSON line: size and capabilities
+ *     identity           one line: what storage this is (cd_target_identity)
  *     create:SIZE        make a new store (file, rbd, s3) and stop
  *     w:OFF:LEN:SEED     write a pattern      r:OFF:LEN:SEED  verify it
  *     z:OFF:LEN          write zeroes         d:OFF:LEN       discard
@@ -171,6 +172,16 @@ static int print_info(struct cd_target *t)
 	return 0;
 }
 
+static int print_identity(struct cd_target *t)
+{
+	char id[512];
+	int r = cd_target_identity(t, id, sizeof(id));
+
+	if (r == 0)
+		printf("%s\n", id);
+	return r;
+}
+
 static int copy_file(struct cd_target *t, const char *op, bool in)
 {
 	const char *path = strchr(op, ':') + 1;
@@ -223,6 +234,8 @@ static int run_op(struct cdisk_ctx *ctx, struct cd_target *t, const char *op)
 
 	if (!strcmp(op, "info"))
 		return print_info(t);
+	if (!strcmp(op, "identity"))
+		return print_identity(t);
 	if (!strcmp(op, "f"))
 		return cd_target_flush(t);
 	if (!strncmp(op, "sleep:", 6))
