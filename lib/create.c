@@ -109,13 +109,8 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 				path, (int)o->cache_mode);
 	if (o->base && (r = cd_normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
 		return r;
-	/* A recorded mirror that nothing writes to would look like
-	 * protection; until cdisk-mirror keeps one, none is accepted. */
-	if (o->mirror && (r = cd_normalize_uri(ctx, "mirror", o->mirror, false, sb->mirror)) < 0)
+	if (o->mirror && (r = cd_normalize_uri(ctx, "mirror", o->mirror, true, sb->mirror)) < 0)
 		return r;
-	if (o->mirror)
-		return cd_error(ctx, -EINVAL, "cannot create '%s' with mirror '%s': "
-				"mirrors are not kept by this version yet", path, o->mirror);
 	if (o->meta_backup &&
 	    ((r = absolute_path(ctx, "metadata backup path", o->meta_backup, false,
 				sb->meta_backup)) < 0 ||
@@ -250,6 +245,28 @@ static int write_first_backup(struct cdisk_ctx *ctx, const char *path)
 	return r < 0 ? r : cdisk_close(d);
 }
 
+/* A mirror given at creation is checked and attached as cdisk-mirror
+ * attach would; a disk whose mirror is refused is not left behind. */
+static int attach_at_creation(struct cdisk_ctx *ctx, const char *path, const char *mirror)
+{
+	struct cdisk *d;
+	int r = cdisk_open(ctx, path, 0, &d);
+
+	if (r == 0) {
+		r = cdisk_mirror_attach(d, mirror);
+		if (r < 0) {
+			char saved[CD_ERROR_MAX];
+
+			memcpy(saved, cd_errbuf(), sizeof(saved));
+			cdisk_close(d);
+			unlink(path);
+			return cd_error(ctx, r, "cannot create '%s': %s", path, saved);
+		}
+		r = cdisk_close(d);
+	}
+	return r;
+}
+
 int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 		 const struct cdisk_create_opts *opts)
 {
@@ -299,6 +316,8 @@ int cdisk_create(struct cdisk_ctx *ctx, const char *path,
 		goto out;
 	}
 	r = write_first_backup(ctx, path);
+	if (r == 0 && sb.mirror[0])
+		r = attach_at_creation(ctx, path, sb.mirror);
 out:
 	if (fd >= 0)
 		close(fd);

@@ -1581,7 +1581,7 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 	if (fstat(d->fd, &st) == 0)
 		info->file_bytes = (uint64_t)st.st_blocks * 512;
 	info->unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
-	info->mirror_active = false;
+	info->mirror_active = cd_mirror_attached(d);
 	if (!info->unconfirmed &&
 	    cd_backup_path(&d->ctx->cfg, &d->sb, info->backup_path,
 			   sizeof(info->backup_path)) == 0 &&

@@ -176,10 +176,16 @@ zero_all_metadata() { # FILE SIZE
 	assert_error cdisk-restore "no metadata backup of 'd.cdisk' was found in '$BATS_TEST_TMPDIR/meta' \(its index and \*.meta files\): name one with --from"
 }
 
-@test "--mirror is refused until mirrors are kept, and a recorded one is shown as not active" {
-	run_cdisk 2 cdisk-create --size 16M --mirror "file://$BATS_TEST_TMPDIR/m.img" d.cdisk
-	assert_error cdisk-create "cannot create 'd.cdisk' with mirror 'file://.*/m.img': mirrors are not kept by this version yet"
+@test "--mirror is checked and kept at creation, and one recorded by an earlier version is shown as not active" {
+	truncate -s 8M m.img
+	run_cdisk 1 cdisk-create --size 16M --mirror "$BATS_TEST_TMPDIR/m.img" d.cdisk
+	assert_error cdisk-create "cannot create 'd.cdisk': mirror '.*/m.img' holds 8 MiB, less than the disk's 16 MiB"
 	[ ! -e d.cdisk ] || fail "d.cdisk was created"
+	truncate -s 16M m.img
+	run_cdisk 0 cdisk-create --size 16M --mirror "$BATS_TEST_TMPDIR/m.img" d.cdisk
+	run_cdisk 0 cdisk-info d.cdisk
+	assert_output --partial "mirror:          $BATS_TEST_TMPDIR/m.img (active)"
+	rm d.cdisk
 	# A disk made by an earlier version that recorded one.
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	for slot in 0 1; do
