@@ -26,12 +26,12 @@ static int max_time, full, no_copy, no_wait;
 
 static struct poptOption options[] = {
 	{ "full", '\0', POPT_ARG_NONE, &full, 0,
-	  "resync: copy the whole disk, not only what is recorded out of sync", NULL },
+	  "With resync: copy the whole disk, not only what is recorded out of sync", NULL },
 	{ "no-copy", '\0', POPT_ARG_NONE, &no_copy, 0,
-	  "attach: only record the mirror; the next cdisk-serve of the disk copies", NULL },
+	  "With attach: only record the mirror; the next cdisk-serve of the disk copies", NULL },
 	{ "no-wait", '\0', POPT_ARG_NONE, &no_wait, 0,
-	  "attach, resume, resync: return once the verb is accepted, without waiting "
-	  "for the copy", NULL },
+	  "With attach, resume, resync: return once the verb is accepted, without "
+	  "waiting for the copy", NULL },
 	{ "rate", '\0', POPT_ARG_STRING, &rate_arg, 0,
 	  "Copy at most RATE bytes per second (an idle disk's copy; K/M/G suffixes)",
 	  "RATE" },
@@ -39,7 +39,7 @@ static struct poptOption options[] = {
 	  "Copy, or wait for the server's copy, at most SECONDS (exit 8 if data is "
 	  "left)", "SECONDS" },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
-	  "status: print the status as JSON", NULL },
+	  "With status: print the status as JSON", NULL },
 	CLI_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
@@ -110,7 +110,7 @@ static json_t *json_time(uint64_t t)
 static int print_status_json(const char *path, const struct cdisk_mirror_status *s)
 {
 	double eta = eta_seconds(s);
-	json_t *j = json_pack("{s:i, s:s, s:o, s:s, s:o, s:b, s:I, s:I, s:f, s:I, s:I, "
+	json_t *j = json_pack("{s:i, s:s, s:o, s:s, s:o, s:b, s:I, s:I, s:o, s:I, s:I, "
 			      "s:o, s:I}",
 			      "schema_version", 1, "disk", path,
 			      "mirror", s->state != CDISK_MIRROR_NONE ? json_string(s->uri)
@@ -119,7 +119,8 @@ static int print_status_json(const char *path, const struct cdisk_mirror_status 
 			      "in_sync", s->state == CDISK_MIRROR_IN_SYNC,
 			      "size", (json_int_t)s->size,
 			      "out_of_sync_bytes", (json_int_t)s->out_of_sync_bytes,
-			      "percent_in_sync", in_sync_percent(s),
+			      "percent_in_sync", s->state != CDISK_MIRROR_NONE ?
+						 json_real(in_sync_percent(s)) : json_null(),
 			      "copied_bytes", (json_int_t)s->copied_bytes,
 			      "copy_rate", (json_int_t)s->copy_rate,
 			      "eta_seconds", s->state == CDISK_MIRROR_COPYING && eta >= 0
@@ -293,11 +294,13 @@ static int has_no_mirror(const char *path)
 	return CDISK_EXIT_REFUSED;
 }
 
-static void said_done(enum command c, const char *path, const struct cdisk_mirror_status *s)
+/* detached: the mirror's URI from before, the status after has none. */
+static void said_done(enum command c, const char *path, const struct cdisk_mirror_status *s,
+		      const char *detached)
 {
 	if (c == DETACH)
 		cli_message("'%s': mirror '%s' detached; its data is left as it is", path,
-			    s->uri);
+			    detached);
 	else if (c == PAUSE)
 		cli_message("'%s': mirror '%s' paused; writes are recorded, not sent, until "
 			    "'cdisk-mirror resume'", path, s->uri);
@@ -311,6 +314,7 @@ static void said_done(enum command c, const char *path, const struct cdisk_mirro
 
 static int run_idle(struct cdisk *d, enum command c, const char *path, const char *uri)
 {
+	char before[CDISK_MAX_URI + 1];
 	struct cdisk_mirror_status s;
 	int r = cdisk_mirror_get_status(d, &s);
 
@@ -320,6 +324,7 @@ static int run_idle(struct cdisk *d, enum command c, const char *path, const cha
 		return already_attached(path, &s);
 	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
 		return has_no_mirror(path);
+	memcpy(before, s.uri, sizeof(before));
 	switch (c) {
 	case ATTACH:
 		r = cdisk_mirror_attach(d, uri);
@@ -341,7 +346,7 @@ static int run_idle(struct cdisk *d, enum command c, const char *path, const cha
 	if (r < 0)
 		return r;
 	if (c == DETACH || c == PAUSE || no_copy || no_wait) {
-		said_done(c, path, &s);
+		said_done(c, path, &s, before);
 		return 0;
 	}
 	return copy_idle(d, path);
@@ -430,6 +435,7 @@ static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
 		      const char *uri)
 {
 	enum cdisk_mirror_verb verb = c == RESYNC && full ? CDISK_MIRROR_RESYNC_FULL : verbs[c];
+	char before[CDISK_MAX_URI + 1];
 	struct cdisk_mirror_status s;
 	int r = cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s);
 
@@ -439,6 +445,7 @@ static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
 		return already_attached(path, &s);
 	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
 		return has_no_mirror(path);
+	memcpy(before, s.uri, sizeof(before));
 	if (rate_arg)
 		cli_error("warning: '%s' is served: its server copies at its own pace, "
 			  "not --rate's", path);
@@ -449,7 +456,7 @@ static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
 	if (r < 0)
 		return r;
 	if (c == DETACH || c == PAUSE || no_copy || no_wait) {
-		said_done(c, path, &s);
+		said_done(c, path, &s, before);
 		return 0;
 	}
 	return wait_in_sync(ctx, path);
