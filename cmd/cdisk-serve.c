@@ -28,6 +28,8 @@ static const struct cli_program program = {
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
+static char *on_mirror_error_arg;
+static int mirror_timeout;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 
 static struct poptOption options[] = {
@@ -62,6 +64,12 @@ static struct poptOption options[] = {
 	  "With --sync-every: start no new request after SECONDS", "SECONDS" },
 	{ "sync-if-healthy", '\0', POPT_ARG_NONE, &sync_if_healthy, 0,
 	  "With --sync-every: only when the base probes healthy", NULL },
+	{ "mirror-timeout", '\0', POPT_ARG_INT, &mirror_timeout, 0,
+	  "A mirror write slower than MS degrades the disk (default: [mirror] "
+	  "timeout, 5000)", "MS" },
+	{ "on-mirror-error", '\0', POPT_ARG_STRING, &on_mirror_error_arg, 0,
+	  "When a mirror write fails or is too slow: degrade (the VM goes on, the "
+	  "mirror is resynced later) or fail the write", "degrade|fail" },
 	{ "read-only", 'r', POPT_ARG_NONE, &readonly, 0,
 	  "Refuse writes to every export", NULL },
 	CLI_COMMON_OPTIONS,
@@ -350,6 +358,17 @@ static int set_sync_policy(struct cdisk_server *srv)
 	return cdisk_server_set_sync_policy(srv, (uint32_t)sync_every, &o);
 }
 
+/* --mirror-timeout and --on-mirror-error: -1 when not given. */
+static int mirror_fail(void)
+{
+	if (!on_mirror_error_arg)
+		return -1;
+	if (strcmp(on_mirror_error_arg, "degrade") && strcmp(on_mirror_error_arg, "fail"))
+		cli_usage_error("invalid --on-mirror-error '%s': expected degrade or fail",
+				on_mirror_error_arg);
+	return !strcmp(on_mirror_error_arg, "fail");
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_server *srv = NULL;
@@ -357,7 +376,7 @@ int main(int argc, char **argv)
 	char first[256], nbd_path[4096];
 	enum cdisk_tls_mode mode;
 	const char **args;
-	int r, stop_fd;
+	int r, stop_fd, fail;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 0, 256);
 	if (sync_every < 0 || sync_max_time < 0)
@@ -366,6 +385,9 @@ int main(int argc, char **argv)
 			    sync_if_healthy))
 		cli_usage_error("--sync-min-dirty, --sync-rate, --sync-max-time and "
 				"--sync-if-healthy go with --sync-every");
+	if (mirror_timeout && (mirror_timeout < 100 || mirror_timeout > 600000))
+		cli_usage_error("--mirror-timeout must be from 100 to 600000 milliseconds");
+	fail = mirror_fail();
 	if (tls_verify_peer && !tls_dir_arg)
 		cli_usage_error("--tls-verify-peer needs --tls-certificates");
 	mode = tls_mode();
@@ -377,6 +399,8 @@ int main(int argc, char **argv)
 	ctx = cli_context();
 	stop_fd = stop_signals();
 	r = cdisk_server_new(ctx, &srv);
+	if (r == 0)
+		r = cdisk_server_set_mirror_policy(srv, (uint32_t)mirror_timeout, fail);
 	if (r == 0 && mode != CDISK_TLS_OFF)
 		r = cdisk_server_set_tls(srv, tls_dir_arg, mode, tls_verify_peer);
 	if (r == 0)

@@ -337,6 +337,11 @@ struct cdisk_sync_opts;
  * would; a sync already running is left to finish. */
 int cdisk_server_set_sync_policy(struct cdisk_server *server, uint32_t every_seconds,
 				 const struct cdisk_sync_opts *opts);
+/* Before the exports are added: a mirror write slower than timeout_ms
+ * degrades (fail: fails the write), over the configuration's [mirror];
+ * 0 and -1 keep the configuration's. */
+int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout_ms,
+				   int fail);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);
 

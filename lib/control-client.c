@@ -17,8 +17,8 @@
  * not answer its status requests in time (a loaded host). */
 #define OWNER_PATIENCE_MS 60000
 
-static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
-		json_t **out)
+static int call_within(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		       json_t **out, int timeout_ms)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	char *text = json_dumps(req, JSON_COMPACT), *line = malloc(CONTROL_MAX_LINE);
@@ -41,7 +41,7 @@ static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
 		r = -EIO;
 		goto out;
 	}
-	r = cd_control_read_line(fd, line, CONTROL_MAX_LINE);
+	r = cd_control_read_line_within(fd, line, CONTROL_MAX_LINE, timeout_ms);
 	if (r < 0)
 		goto out;
 	*out = json_loads(line, 0, &jerr);
@@ -54,6 +54,12 @@ out:
 	free(text);
 	free(line);
 	return r;
+}
+
+static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		json_t **out)
+{
+	return call_within(ctx, socket_path, req, out, CONTROL_TIMEOUT_MS);
 }
 
 /* The control socket of the process that owns path; -ENOENT if none. */
@@ -259,4 +265,88 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 	}
 	json_decref(reply);
 	return r;
+}
+
+/* ---- the mirror, through the owner ---- */
+
+static const char *const mirror_commands[] = {
+	[CDISK_MIRROR_ATTACH] = "mirror-attach", [CDISK_MIRROR_DETACH] = "mirror-detach",
+	[CDISK_MIRROR_PAUSE] = "mirror-pause", [CDISK_MIRROR_RESUME] = "mirror-resume",
+	[CDISK_MIRROR_RESYNC] = "mirror-resync", [CDISK_MIRROR_RESYNC_FULL] = "mirror-resync",
+	[CDISK_MIRROR_STATUS] = "mirror-status",
+};
+
+/* An attach is answered once the server has checked the mirror, which
+ * takes as long as the mirror's requests may (retries included); the
+ * other verbs answer at once. */
+static int mirror_deadline_ms(struct cdisk_ctx *ctx, enum cdisk_mirror_verb verb)
+{
+	uint64_t ms = ((uint64_t)ctx->cfg.timeout * (ctx->cfg.retries + 1u) + 10u) * 1000u;
+
+	if (verb != CDISK_MIRROR_ATTACH || ms < CONTROL_TIMEOUT_MS)
+		return CONTROL_TIMEOUT_MS;
+	return ms > INT32_MAX ? INT32_MAX : (int)ms;
+}
+
+static int mirror_call(struct cdisk_ctx *ctx, const char *sock, enum cdisk_mirror_verb verb,
+		       json_t *req, json_t **reply)
+{
+	uint64_t asked = cd_now_ms();
+	int r = call_within(ctx, sock, req, reply, mirror_deadline_ms(ctx, verb));
+
+	/* A loaded server late with a status is still there: ask again, as a
+	 * sync's client does, rather than call the mirror unknown. */
+	while (verb == CDISK_MIRROR_STATUS && (r == -ETIMEDOUT || r == -EAGAIN) &&
+	       cd_now_ms() - asked < OWNER_PATIENCE_MS) {
+		usleep(500 * 1000);
+		r = call(ctx, sock, req, reply);
+	}
+	return r;
+}
+
+int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
+			   enum cdisk_mirror_verb verb, const char *uri,
+			   struct cdisk_mirror_status *status)
+{
+	char busy[CD_ERROR_MAX], sock[4096];
+	json_t *req, *reply = NULL;
+	unsigned pid = 0;
+	int r;
+
+	memset(status, 0, sizeof(*status));
+	if ((unsigned)verb >= CD_ARRAY_SIZE(mirror_commands))
+		return cd_error(ctx, -EINVAL, "unknown mirror verb %d", (int)verb);
+	memcpy(busy, cd_errbuf(), sizeof(busy));
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
+		goto busy;
+	req = json_pack("{s:s, s:s}", "command", mirror_commands[verb], "disk", path);
+	if (uri)
+		json_object_set_new(req, "uri", json_string(uri));
+	if (verb == CDISK_MIRROR_RESYNC_FULL)
+		json_object_set_new(req, "full", json_true());
+	r = mirror_call(ctx, sock, verb, req, &reply);
+	json_decref(req);
+	/* Nothing behind the socket (another program holds the disk): busy.
+	 * No answer in time is not that: the verb may have been done. */
+	if (r < 0 && r != -ETIMEDOUT)
+		goto busy;
+	if (r < 0)
+		return r;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		json_int_t err = json_integer_value(json_object_get(reply, "errno"));
+
+		r = err > 0 && err < 4096 ? -(int)err :
+		    errno_for_exit(json_integer_value(json_object_get(reply, "exit_code")));
+		r = cd_error(ctx, r, "%s", e ? e : "the disk's server refused, saying nothing");
+		json_decref(reply);
+		return r;
+	}
+	cd_control_mirror_from_json(json_object_get(reply, "mirror"), status);
+	status->served = true;
+	json_decref(reply);
+	return 0;
+busy:
+	memcpy(cd_errbuf(), busy, sizeof(busy));
+	return -EBUSY;
 }

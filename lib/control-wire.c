@@ -159,11 +159,69 @@ void cd_control_stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 	st->stopped = stopped;
 }
 
+/* ---- mirror status as JSON, both ways ---- */
+
+static const char *const mirror_states[] = {
+	[CDISK_MIRROR_NONE] = "none", [CDISK_MIRROR_COPYING] = "copying",
+	[CDISK_MIRROR_IN_SYNC] = "in-sync", [CDISK_MIRROR_DEGRADED] = "degraded",
+	[CDISK_MIRROR_PAUSED] = "paused",
+};
+
+const char *cd_control_mirror_state_name(enum cdisk_mirror_state s)
+{
+	return (unsigned)s < CD_ARRAY_SIZE(mirror_states) ? mirror_states[s] : "none";
+}
+
+json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m)
+{
+	return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:b}",
+			 "uri", m->uri, "state", cd_control_mirror_state_name(m->state),
+			 "size", (json_int_t)m->size,
+			 "out_of_sync_bytes", (json_int_t)m->out_of_sync_bytes,
+			 "since", (json_int_t)m->since,
+			 "recovered_bytes", (json_int_t)m->recovered_bytes,
+			 "copied_bytes", (json_int_t)m->copied_bytes,
+			 "copy_rate", (json_int_t)m->copy_rate,
+			 "last_error", m->last_error,
+			 "last_error_time", (json_int_t)m->last_error_time,
+			 "timeout_ms", (json_int_t)m->timeout_ms,
+			 "fail_on_error", m->fail_on_error);
+}
+
+/* A state this side does not know (a newer server's) reads as degraded:
+ * not in sync, and not "no mirror" either. */
+void cd_control_mirror_from_json(json_t *o, struct cdisk_mirror_status *m)
+{
+	const char *state = json_string_value(json_object_get(o, "state"));
+
+	memset(m, 0, sizeof(*m));
+	copy_string(o, "uri", m->uri, sizeof(m->uri));
+	copy_string(o, "last_error", m->last_error, sizeof(m->last_error));
+	m->state = CDISK_MIRROR_DEGRADED;
+	for (size_t i = 0; i < CD_ARRAY_SIZE(mirror_states); i++)
+		if (state && !strcmp(state, mirror_states[i]))
+			m->state = (enum cdisk_mirror_state)i;
+	m->size = get_u64(o, "size");
+	m->out_of_sync_bytes = get_u64(o, "out_of_sync_bytes");
+	m->since = get_u64(o, "since");
+	m->recovered_bytes = get_u64(o, "recovered_bytes");
+	m->copied_bytes = get_u64(o, "copied_bytes");
+	m->copy_rate = get_u64(o, "copy_rate");
+	m->last_error_time = get_u64(o, "last_error_time");
+	m->timeout_ms = (uint32_t)get_u64(o, "timeout_ms");
+	m->fail_on_error = json_is_true(json_object_get(o, "fail_on_error"));
+}
+
 /* ---- lines ---- */
 
 /* Read one line, with a deadline: a silent or endless client gets an
  * error, not our attention forever. */
 int cd_control_read_line(int fd, char *buf, size_t max)
+{
+	return cd_control_read_line_within(fd, buf, max, CONTROL_TIMEOUT_MS);
+}
+
+int cd_control_read_line_within(int fd, char *buf, size_t max, int timeout_ms)
 {
 	size_t have = 0;
 
@@ -171,7 +229,7 @@ int cd_control_read_line(int fd, char *buf, size_t max)
 		struct pollfd p = { .fd = fd, .events = POLLIN };
 		ssize_t n;
 
-		if (poll(&p, 1, CONTROL_TIMEOUT_MS) <= 0)
+		if (poll(&p, 1, timeout_ms) <= 0)
 			return -ETIMEDOUT;
 		n = recv(fd, buf + have, max - 1 - have, 0);
 		if (n <= 0)

@@ -283,13 +283,92 @@ static json_t *cmd_sync_stop(struct cdisk_server *s, json_t *req)
 	return ok_reply();
 }
 
-/* Verbs that change state (flush, sync, stop): only for root, the
- * server's own user and the control socket's group.  Looking is for
- * anyone who can open the socket. */
+/* ---- the mirror ---- */
+
+/* The errno goes with the exit code: a client says and exits as it would
+ * on an idle disk (a mirror already attached is a refusal, not a failure). */
+static json_t *mirror_error(int err, const char *msg)
+{
+	json_t *r = error_reply(err, "%s", msg);
+
+	json_object_set_new(r, "errno", json_integer(-err));
+	return r;
+}
+
+static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
+		       json_t **error)
+{
+	const char *uri = json_string_value(json_object_get(req, "uri"));
+
+	if (!strcmp(verb, "status"))
+		return 0;
+	if (e->readonly) {
+		char msg[300];
+		snprintf(msg, sizeof(msg), "export '%s' is read-only", e->name);
+		*error = mirror_error(-EROFS, msg);
+		return -EROFS;
+	}
+	if (!strcmp(verb, "attach")) {
+		if (!uri || !*uri) {
+			*error = mirror_error(-EINVAL, "'mirror-attach' needs \"uri\"");
+			return -EINVAL;
+		}
+		return cdisk_mirror_attach(e->disk, uri);
+	}
+	if (!strcmp(verb, "detach"))
+		return cdisk_mirror_detach(e->disk);
+	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
+		return cdisk_mirror_pause(e->disk, !strcmp(verb, "pause"));
+	/* resync */
+	return cdisk_mirror_resync(e->disk, json_is_true(json_object_get(req, "full")));
+}
+
+/* mirror-attach, -detach, -pause, -resume, -resync and -status: the
+ * library's calls on the served disk, answered with the mirror's status
+ * after them.  The copy is the keeper thread's (cdisk_mirror_start), so
+ * an attach is answered once the mirror is checked and recorded. */
+static json_t *cmd_mirror(struct cdisk_server *s, json_t *req, const char *verb)
+{
+	json_t *err = NULL, *r;
+	struct cd_export *e = export_of_request(s, req, &err);
+	struct cdisk_mirror_status st;
+	int rc;
+
+	if (!e)
+		return err;
+	rc = mirror_verb(e, verb, req, &err);
+	if (err)
+		return err;
+	if (rc == 0)
+		rc = cdisk_mirror_get_status(e->disk, &st);
+	if (rc < 0)
+		return mirror_error(rc, cdisk_ctx_error(s->ctx));
+	r = ok_reply();
+	json_object_set_new(r, "mirror", cd_control_mirror_to_json(&st));
+	return r;
+}
+
+static bool is_mirror_verb(const char *command)
+{
+	static const char *const verbs[] = {
+		"mirror-attach", "mirror-detach", "mirror-pause", "mirror-resume",
+		"mirror-resync", "mirror-status",
+	};
+
+	for (size_t i = 0; i < CD_ARRAY_SIZE(verbs); i++)
+		if (!strcmp(command, verbs[i]))
+			return true;
+	return false;
+}
+
+/* Verbs that change state (flush, sync, stop, the mirror's but its
+ * status): only for root, the server's own user and the control socket's
+ * group.  Looking is for anyone who can open the socket. */
 static bool changes_state(const char *command)
 {
 	return strcmp(command, "status") && strcmp(command, "info") &&
-	       strcmp(command, "sync-status") && strcmp(command, "sync-dry-run");
+	       strcmp(command, "sync-status") && strcmp(command, "sync-dry-run") &&
+	       strcmp(command, "mirror-status");
 }
 
 static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
@@ -323,6 +402,8 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = cmd_sync_status(s, req);
 	else if (!strcmp(command, "sync-stop"))
 		reply = cmd_sync_stop(s, req);
+	else if (is_mirror_verb(command))
+		reply = cmd_mirror(s, req, command + strlen("mirror-"));
 	else
 		reply = error_reply(-EINVAL, "unknown command '%.100s'", command);
 	json_decref(req);

@@ -18,10 +18,16 @@ int cd_control_path_for_pid(const struct cd_config *cfg, unsigned pid, char *out
 
 /* Read one line, with a deadline: 0, -ETIMEDOUT, -ECONNRESET, -E2BIG. */
 int cd_control_read_line(int fd, char *buf, size_t max);
+/* The same with a deadline of its own: an answer that waits on a target
+ * (a mirror being checked) takes the target's time. */
+int cd_control_read_line_within(int fd, char *buf, size_t max, int timeout_ms);
 json_t *cd_control_info_to_json(const struct cdisk_info *i);
 void cd_control_info_from_json(json_t *o, struct cdisk_info *i);
 json_t *cd_control_stats_to_json(const struct cdisk_sync_stats *st);
 void cd_control_stats_from_json(json_t *j, struct cdisk_sync_stats *st);
+json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m);
+void cd_control_mirror_from_json(json_t *o, struct cdisk_mirror_status *m);
+const char *cd_control_mirror_state_name(enum cdisk_mirror_state s);
 
 struct cdisk_server;
 struct cd_export;

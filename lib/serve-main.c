@@ -3,6 +3,7 @@
  * (nbd-conn.c), answers the control socket (control.c) and stops the
  * whole on request; the protocol itself is nbd-proto.c. */
 #include <arpa/inet.h>
+#include <inttypes.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -86,6 +87,13 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 		       (readonly ? CDISK_OPEN_RDONLY : 0), &d);
 	if (r < 0)
 		return r;
+	/* The keeper opens the mirror, finishes a copy an idle attach or a
+	 * crash left, and resyncs a degraded mirror; a disk with no mirror
+	 * gets one attached through the control socket. */
+	if (!readonly && (r = cdisk_mirror_start(d)) < 0) {
+		cdisk_close(d);
+		return r;
+	}
 	e = realloc(s->exports, (s->nexports + 1) * sizeof(*e));
 	if (!e) {
 		cdisk_close(d);
@@ -98,6 +106,19 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 	e->path = strdup(path);
 	e->disk = d;
 	e->readonly = readonly;
+	return 0;
+}
+
+/* cdisk-serve's --mirror-timeout and --on-mirror-error. */
+int cdisk_server_set_mirror_policy(struct cdisk_server *s, uint32_t timeout_ms, int fail)
+{
+	if (timeout_ms && (timeout_ms < 100 || timeout_ms > 600000))
+		return cd_error(s->ctx, -EINVAL, "mirror timeout %" PRIu32 " ms: expected "
+				"100 to 600000", timeout_ms);
+	if (timeout_ms)
+		s->ctx->cfg.mirror_timeout_ms = timeout_ms;
+	if (fail >= 0)
+		s->ctx->cfg.mirror_fail = fail != 0;
 	return 0;
 }
 

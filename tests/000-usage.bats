@@ -12,11 +12,12 @@ programs() {
 	ls "$CDISK_BUILD/bin"
 }
 
-# Programs that take exactly one disk, as their own --usage says.
+# Programs that take exactly one disk, as their own --usage says (not a
+# COMMAND first: cdisk-mirror has tests of its own below).
 single_disk_programs() {
 	local p
 	for p in $(programs); do
-		"$p" --usage | grep -q 'NAME\.cdisk\.\.\.' || echo "$p"
+		"$p" --usage | grep -qE 'NAME\.cdisk\.\.\.|COMMAND' || echo "$p"
 	done
 }
 
@@ -68,6 +69,42 @@ single_disk_programs() {
 		run_cdisk 2 "$p" a.cdisk b.cdisk
 		assert_usage_error "$p" "unexpected argument 'b.cdisk'"
 	done
+}
+
+@test "cdisk-mirror: a missing, unknown or misplaced word is a usage error" {
+	run_cdisk 2 cdisk-mirror
+	assert_usage_error cdisk-mirror "missing argument: COMMAND NAME.cdisk \\[URI\\]"
+	run_cdisk 2 cdisk-mirror status
+	assert_usage_error cdisk-mirror "missing argument: COMMAND NAME.cdisk"
+	run_cdisk 2 cdisk-mirror mirror a.cdisk
+	assert_usage_error cdisk-mirror "unknown command 'mirror': expected attach, detach, pause, resume, resync or status"
+	run_cdisk 2 cdisk-mirror attach a.cdisk
+	assert_usage_error cdisk-mirror "attach needs the mirror's URI: cdisk-mirror attach NAME.cdisk URI"
+	run_cdisk 2 cdisk-mirror status a.cdisk b.img
+	assert_usage_error cdisk-mirror "unexpected argument 'b.img'"
+	run_cdisk 2 cdisk-mirror attach a.cdisk b.img c
+	assert_usage_error cdisk-mirror "unexpected argument 'c'"
+	run_cdisk 2 cdisk-mirror attach --full a.cdisk b.img
+	assert_usage_error cdisk-mirror "--full goes with resync"
+	run_cdisk 2 cdisk-mirror resync --no-copy a.cdisk
+	assert_usage_error cdisk-mirror "--no-copy goes with attach"
+	run_cdisk 2 cdisk-mirror pause --no-wait a.cdisk
+	assert_usage_error cdisk-mirror "--no-wait goes with attach, resume and resync"
+	run_cdisk 2 cdisk-mirror detach --json a.cdisk
+	assert_usage_error cdisk-mirror "--json goes with status"
+	run_cdisk 2 cdisk-mirror status --rate 1M a.cdisk
+	assert_usage_error cdisk-mirror "--rate and --max-time go with attach, resume and resync"
+	run_cdisk 2 cdisk-mirror resume --rate fast a.cdisk
+	assert_usage_error cdisk-mirror "invalid --rate 'fast'"
+	# Nothing was looked at: the disk does not exist.
+	[ ! -e a.cdisk ]
+}
+
+@test "cdisk-serve: a bad mirror policy is a usage error" {
+	run_cdisk 2 cdisk-serve --mirror-timeout 50 a.cdisk
+	assert_usage_error cdisk-serve "--mirror-timeout must be from 100 to 600000 milliseconds"
+	run_cdisk 2 cdisk-serve --on-mirror-error ignore a.cdisk
+	assert_usage_error cdisk-serve "invalid --on-mirror-error 'ignore': expected degrade or fail"
 }
 
 @test "an option missing its value is a usage error" {

@@ -84,6 +84,27 @@ complete_line() {
 	assert_line b.img
 }
 
+@test "completion of cdisk-mirror offers its commands, then a disk, then attach's mirror" {
+	touch a.cdisk b.img
+	complete_line "cdisk-mirror "
+	for c in attach detach pause resume resync status; do
+		assert_line "$c"
+	done
+	refute_line a.cdisk
+	# An option's argument is not the command.
+	complete_line "cdisk-mirror --rate 10M re"
+	assert_line resume
+	assert_line resync
+	refute_line status
+	complete_line "cdisk-mirror attach "
+	assert_line a.cdisk
+	refute_line b.img
+	complete_line "cdisk-mirror attach a.cdisk "
+	assert_line b.img
+	complete_line "cdisk-mirror status a.cdisk "
+	assert_output ""
+}
+
 @test "make install puts programs, library, header, pkg-config, man pages and completions in place" {
 	dest=$BATS_TEST_TMPDIR/root
 	run_cdisk 0 make -C "$TOP" --no-print-directory -s O=build/install-test \

@@ -1,0 +1,529 @@
+/* cdisk-mirror: keep a synchronous mirror of a disk (cdisk-mirror(1)).
+ * An idle disk is opened and worked on here; a disk that cdisk-serve
+ * serves is worked on by the server, asked through its control socket,
+ * and this program waits and reports as if it had done the work. */
+#include <errno.h>
+#include <inttypes.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const struct cli_program program = {
+	.name = "cdisk-mirror",
+	.args = "COMMAND NAME.cdisk [URI]",
+	.summary = "keep a synchronous mirror of a cdisk: attach, detach, pause, "
+		   "resume, resync, status",
+};
+
+static char *rate_arg;
+static int max_time, full, no_copy, no_wait;
+
+static struct poptOption options[] = {
+	{ "full", '\0', POPT_ARG_NONE, &full, 0,
+	  "With resync: copy the whole disk, not only what is recorded out of sync", NULL },
+	{ "no-copy", '\0', POPT_ARG_NONE, &no_copy, 0,
+	  "With attach: only record the mirror; the next cdisk-serve of the disk copies", NULL },
+	{ "no-wait", '\0', POPT_ARG_NONE, &no_wait, 0,
+	  "With attach, resume, resync: return once the verb is accepted, without "
+	  "waiting for the copy", NULL },
+	{ "rate", '\0', POPT_ARG_STRING, &rate_arg, 0,
+	  "Copy at most RATE bytes per second (an idle disk's copy; K/M/G suffixes)",
+	  "RATE" },
+	{ "max-time", '\0', POPT_ARG_INT, &max_time, 0,
+	  "Copy, or wait for the server's copy, at most SECONDS (exit 8 if data is "
+	  "left)", "SECONDS" },
+	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
+	  "With status: print the status as JSON", NULL },
+	CLI_COMMON_OPTIONS,
+	POPT_TABLEEND
+};
+
+enum command { ATTACH, DETACH, PAUSE, RESUME, RESYNC, STATUS };
+
+static const char *const command_names[] = {
+	[ATTACH] = "attach", [DETACH] = "detach", [PAUSE] = "pause",
+	[RESUME] = "resume", [RESYNC] = "resync", [STATUS] = "status",
+};
+
+static const char *const state_names[] = {
+	[CDISK_MIRROR_NONE] = "none", [CDISK_MIRROR_COPYING] = "copying",
+	[CDISK_MIRROR_IN_SYNC] = "in-sync", [CDISK_MIRROR_DEGRADED] = "degraded",
+	[CDISK_MIRROR_PAUSED] = "paused",
+};
+
+static struct cdisk *running;
+static volatile sig_atomic_t interrupted;
+
+/* Stop after the requests in flight: what the mirror has is recorded, the
+ * rest stays out of sync for the next copy. */
+static void on_signal(int sig)
+{
+	(void)sig;
+	interrupted = 1;
+	if (running)
+		cdisk_sync_stop(running);
+}
+
+static const char *state_name(enum cdisk_mirror_state s)
+{
+	return (unsigned)s < sizeof(state_names) / sizeof(state_names[0]) &&
+	       state_names[s] ? state_names[s] : "unknown";
+}
+
+static const char *when(uint64_t unix_seconds, char *buf, size_t len)
+{
+	time_t t = (time_t)unix_seconds;
+	struct tm tm;
+
+	if (!unix_seconds || !localtime_r(&t, &tm) ||
+	    !strftime(buf, len, "%Y-%m-%d %H:%M:%S", &tm))
+		snprintf(buf, len, "unknown");
+	return buf;
+}
+
+static double in_sync_percent(const struct cdisk_mirror_status *s)
+{
+	uint64_t left = s->out_of_sync_bytes < s->size ? s->out_of_sync_bytes : s->size;
+
+	return s->size ? 100.0 * (double)(s->size - left) / (double)s->size : 100.0;
+}
+
+/* Seconds to go at the copy's rate; -1: not known. */
+static double eta_seconds(const struct cdisk_mirror_status *s)
+{
+	return s->copy_rate ? (double)s->out_of_sync_bytes / (double)s->copy_rate : -1;
+}
+
+/* ---- status ---- */
+
+static json_t *json_time(uint64_t t)
+{
+	return t ? json_integer((json_int_t)t) : json_null();
+}
+
+static int print_status_json(const char *path, const struct cdisk_mirror_status *s)
+{
+	double eta = eta_seconds(s);
+	json_t *j = json_pack("{s:i, s:s, s:o, s:s, s:o, s:b, s:I, s:I, s:o, s:I, s:I, "
+			      "s:o, s:I}",
+			      "schema_version", 1, "disk", path,
+			      "mirror", s->state != CDISK_MIRROR_NONE ? json_string(s->uri)
+								      : json_null(),
+			      "state", state_name(s->state), "since", json_time(s->since),
+			      "in_sync", s->state == CDISK_MIRROR_IN_SYNC,
+			      "size", (json_int_t)s->size,
+			      "out_of_sync_bytes", (json_int_t)s->out_of_sync_bytes,
+			      "percent_in_sync", s->state != CDISK_MIRROR_NONE ?
+						 json_real(in_sync_percent(s)) : json_null(),
+			      "copied_bytes", (json_int_t)s->copied_bytes,
+			      "copy_rate", (json_int_t)s->copy_rate,
+			      "eta_seconds", s->state == CDISK_MIRROR_COPYING && eta >= 0
+					     ? json_real(eta) : json_null(),
+			      "recovered_bytes", (json_int_t)s->recovered_bytes);
+
+	if (j && json_object_update_new(j, json_pack("{s:o, s:o, s:I, s:s, s:b}",
+			"last_error", s->last_error[0] ? json_string(s->last_error) : json_null(),
+			"last_error_time", s->last_error[0] ? json_time(s->last_error_time)
+							    : json_null(),
+			"timeout_ms", (json_int_t)s->timeout_ms,
+			"on_error", s->fail_on_error ? "fail" : "degrade",
+			"served", s->served)) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
+	return cli_print_json(j);
+}
+
+static void print_state(const struct cdisk_mirror_status *s)
+{
+	char a[32], t[32];
+	double eta = eta_seconds(s);
+
+	switch (s->state) {
+	case CDISK_MIRROR_COPYING:
+		printf("state:          copying, %.0f%% in sync, %s left", in_sync_percent(s),
+		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		if (eta >= 0)
+			printf(", %.0f s to go at %.1f MiB/s", eta,
+			       (double)s->copy_rate / 1048576);
+		printf("\n");
+		break;
+	case CDISK_MIRROR_IN_SYNC:
+		printf("state:          in sync since %s\n", when(s->since, t, sizeof(t)));
+		break;
+	case CDISK_MIRROR_DEGRADED:
+		printf("state:          degraded since %s, %s out of sync (resynced from "
+		       "that record once the mirror answers)\n", when(s->since, t, sizeof(t)),
+		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		break;
+	case CDISK_MIRROR_PAUSED:
+		printf("state:          paused since %s, %s out of sync\n",
+		       when(s->since, t, sizeof(t)),
+		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		break;
+	default:
+		printf("state:          %s\n", state_name(s->state));
+	}
+}
+
+static void print_status_human(const char *path, const struct cdisk_mirror_status *s)
+{
+	char a[32], t[32];
+
+	printf("disk:           %s%s\n", path, s->served ? " (served; answered by its server)"
+							 : "");
+	if (s->state == CDISK_MIRROR_NONE) {
+		printf("mirror:         none\n");
+		return;
+	}
+	printf("mirror:         %s\n", s->uri);
+	print_state(s);
+	printf("recovered:      %s resent after the last crash\n",
+	       cdisk_format_size(s->recovered_bytes, a, sizeof(a)));
+	if (s->last_error[0])
+		printf("last error:     %s (at %s)\n", s->last_error,
+		       when(s->last_error_time, t, sizeof(t)));
+	else
+		printf("last error:     none\n");
+	printf("policy:         a mirror write slower than %" PRIu32 " ms %s\n",
+	       s->timeout_ms, s->fail_on_error ? "fails the guest's write (on error: fail)"
+					       : "degrades the disk (on error: degrade)");
+}
+
+/* Exit 0 only when the mirror holds everything: a disk with no mirror, or
+ * one that lags, is not protected. */
+static int show_status(const char *path, const struct cdisk_mirror_status *s)
+{
+	int r = cli.json ? print_status_json(path, s) : (print_status_human(path, s), 0);
+
+	if (r < 0)
+		return r;
+	return s->state == CDISK_MIRROR_IN_SYNC ? 0 : CDISK_EXIT_UNHEALTHY;
+}
+
+/* ---- the copy of an idle disk ---- */
+
+static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
+{
+	char done[32], left[32];
+	uint64_t rest = p->total > p->done ? p->total - p->done : 0;
+	double secs = cli_elapsed();
+	double rate = secs >= 1.0 ? (double)p->done / secs : 0;
+
+	(void)opaque;
+	cdisk_format_size(p->done, done, sizeof(done));
+	cdisk_format_size(rest, left, sizeof(left));
+	if (rate > 0)
+		cli_progress("%s copied, %s left, %.1f MiB/s, %.0f s to go", done, left,
+			     rate / 1048576, (double)rest / rate);
+	else
+		cli_progress("%s copied, %s left", done, left);
+}
+
+static void copy_options(struct cdisk_sync_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
+	o->max_seconds = (uint32_t)max_time;
+	o->stop = &interrupted;
+	if (cli_show_progress()) {
+		o->progress = show_progress;
+		cli_elapsed();   /* the clock starts now */
+	}
+}
+
+static int copy_idle(struct cdisk *d, const char *path)
+{
+	struct cdisk_sync_opts o;
+	struct cdisk_sync_stats st = { 0 };
+	struct cdisk_mirror_status s;
+	char a[32];
+	int r;
+
+	copy_options(&o);
+	running = d;
+	r = cdisk_mirror_copy(d, &o, &st);
+	running = NULL;
+	if (o.progress)
+		fputc('\n', stderr);
+	if (r < 0)
+		return r;
+	r = cdisk_mirror_get_status(d, &s);
+	if (r < 0)
+		return r;
+	if (st.stopped || s.state != CDISK_MIRROR_IN_SYNC) {
+		cli_error("'%s': stopped with %s left to copy; 'cdisk-mirror resume %s', or "
+			  "serving the disk, goes on", path,
+			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
+		return CDISK_EXIT_TRY_LATER;
+	}
+	cli_message("'%s': %s copied to mirror '%s' in %.1f s (%.0f MiB/s); in sync", path,
+		    cdisk_format_size(st.bytes, a, sizeof(a)), s.uri, st.seconds,
+		    st.seconds > 0 ? (double)st.bytes / 1048576.0 / st.seconds : 0);
+	return 0;
+}
+
+/* ---- an idle disk ---- */
+
+static unsigned open_flags(enum command c)
+{
+	/* Status only looks.  Detach and pause send nothing.  A copy sends
+	 * base data too: an overlay disk's mirror holds the whole disk. */
+	if (c == STATUS)
+		return CDISK_OPEN_RDONLY | CDISK_OPEN_NO_BASE;
+	if (c == DETACH || c == PAUSE)
+		return CDISK_OPEN_NO_BASE;
+	return 0;
+}
+
+static int already_attached(const char *path, const struct cdisk_mirror_status *s)
+{
+	cli_error("'%s': already has mirror '%s'; detach it first", path, s->uri);
+	return CDISK_EXIT_REFUSED;
+}
+
+static int has_no_mirror(const char *path)
+{
+	cli_error("'%s': has no mirror; attach one first", path);
+	return CDISK_EXIT_REFUSED;
+}
+
+/* detached: the mirror's URI from before, the status after has none. */
+static void said_done(enum command c, const char *path, const struct cdisk_mirror_status *s,
+		      const char *detached)
+{
+	if (c == DETACH)
+		cli_message("'%s': mirror '%s' detached; its data is left as it is", path,
+			    detached);
+	else if (c == PAUSE)
+		cli_message("'%s': mirror '%s' paused; writes are recorded, not sent, until "
+			    "'cdisk-mirror resume'", path, s->uri);
+	else if (c == ATTACH)
+		cli_message("'%s': mirror '%s' attached; the %s copies it", path, s->uri,
+			    s->served ? "server" : "next cdisk-serve of the disk");
+	else
+		cli_message("'%s': mirror '%s': the %s copies what is out of sync", path,
+			    s->uri, s->served ? "server" : "next cdisk-serve of the disk");
+}
+
+static int run_idle(struct cdisk *d, enum command c, const char *path, const char *uri)
+{
+	char before[CDISK_MAX_URI + 1];
+	struct cdisk_mirror_status s;
+	int r = cdisk_mirror_get_status(d, &s);
+
+	if (r < 0 || c == STATUS)
+		return r < 0 ? r : show_status(path, &s);
+	if (c == ATTACH && s.state != CDISK_MIRROR_NONE)
+		return already_attached(path, &s);
+	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
+		return has_no_mirror(path);
+	memcpy(before, s.uri, sizeof(before));
+	switch (c) {
+	case ATTACH:
+		r = cdisk_mirror_attach(d, uri);
+		break;
+	case DETACH:
+		r = cdisk_mirror_detach(d);
+		break;
+	case PAUSE:
+	case RESUME:
+		r = cdisk_mirror_pause(d, c == PAUSE);
+		break;
+	default:
+		r = cdisk_mirror_resync(d, full);
+	}
+	if (r == -EEXIST && cdisk_mirror_get_status(d, &s) == 0)
+		return already_attached(path, &s);
+	if (r == 0)
+		r = cdisk_mirror_get_status(d, &s);
+	if (r < 0)
+		return r;
+	if (c == DETACH || c == PAUSE || no_copy || no_wait) {
+		said_done(c, path, &s, before);
+		return 0;
+	}
+	return copy_idle(d, path);
+}
+
+/* ---- a served disk ---- */
+
+static const enum cdisk_mirror_verb verbs[] = {
+	[ATTACH] = CDISK_MIRROR_ATTACH, [DETACH] = CDISK_MIRROR_DETACH,
+	[PAUSE] = CDISK_MIRROR_PAUSE, [RESUME] = CDISK_MIRROR_RESUME,
+	[RESYNC] = CDISK_MIRROR_RESYNC, [STATUS] = CDISK_MIRROR_STATUS,
+};
+
+static void sleep_a_second(void)
+{
+	struct timespec ts = { .tv_sec = 1 };
+
+	nanosleep(&ts, NULL);   /* a signal ends it early */
+}
+
+static void show_served_progress(const struct cdisk_mirror_status *s)
+{
+	char left[32];
+	double eta = eta_seconds(s);
+
+	cdisk_format_size(s->out_of_sync_bytes, left, sizeof(left));
+	if (eta >= 0)
+		cli_progress("%.0f%% in sync, %s left, %.1f MiB/s, %.0f s to go",
+			     in_sync_percent(s), left, (double)s->copy_rate / 1048576, eta);
+	else
+		cli_progress("%.0f%% in sync, %s left", in_sync_percent(s), left);
+}
+
+/* Follow the server's copy, once a second, until the mirror is in sync. */
+static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
+{
+	bool progress = cli_show_progress();
+	struct cdisk_mirror_status s;
+	char a[32];
+	int r;
+
+	cli_elapsed();
+	for (;;) {
+		r = cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s);
+		if (r < 0)
+			break;
+		if (progress && s.state == CDISK_MIRROR_COPYING)
+			show_served_progress(&s);
+		if (s.state != CDISK_MIRROR_COPYING)
+			break;
+		if (interrupted || (max_time && cli_elapsed() >= max_time)) {
+			if (progress)
+				fputc('\n', stderr);
+			cli_error("'%s': stopped waiting with %s left to copy; the server goes "
+				  "on ('cdisk-mirror status %s' follows it)", path,
+				  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
+			return CDISK_EXIT_TRY_LATER;
+		}
+		sleep_a_second();
+	}
+	if (progress)
+		fputc('\n', stderr);
+	if (r < 0)
+		return r;
+	switch (s.state) {
+	case CDISK_MIRROR_IN_SYNC:
+		cli_message("'%s': mirror '%s' is in sync", path, s.uri);
+		return 0;
+	case CDISK_MIRROR_NONE:
+		cli_error("'%s': the mirror was detached before it was in sync", path);
+		return CDISK_EXIT_FAILURE;
+	case CDISK_MIRROR_PAUSED:
+		cli_error("'%s': mirror '%s' was paused with %s out of sync", path, s.uri,
+			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)));
+		return CDISK_EXIT_UNHEALTHY;
+	default:
+		cli_error("'%s': mirror '%s' is degraded: %s; %s out of sync, resent when it "
+			  "answers again", path, s.uri,
+			  s.last_error[0] ? s.last_error : "no reason given",
+			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)));
+		return CDISK_EXIT_UNHEALTHY;
+	}
+}
+
+static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
+		      const char *uri)
+{
+	enum cdisk_mirror_verb verb = c == RESYNC && full ? CDISK_MIRROR_RESYNC_FULL : verbs[c];
+	char before[CDISK_MAX_URI + 1];
+	struct cdisk_mirror_status s;
+	int r = cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s);
+
+	if (r < 0 || c == STATUS)
+		return r < 0 ? r : show_status(path, &s);
+	if (c == ATTACH && s.state != CDISK_MIRROR_NONE)
+		return already_attached(path, &s);
+	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
+		return has_no_mirror(path);
+	memcpy(before, s.uri, sizeof(before));
+	if (rate_arg)
+		cli_error("warning: '%s' is served: its server copies at its own pace, "
+			  "not --rate's", path);
+	r = cdisk_mirror_via_owner(ctx, path, verb, uri, &s);
+	if (r == -EEXIST &&
+	    cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s) == 0)
+		return already_attached(path, &s);
+	if (r < 0)
+		return r;
+	if (c == DETACH || c == PAUSE || no_copy || no_wait) {
+		said_done(c, path, &s, before);
+		return 0;
+	}
+	return wait_in_sync(ctx, path);
+}
+
+/* ---- the command line ---- */
+
+static enum command parse_command(const char *word)
+{
+	for (size_t i = 0; i < sizeof(command_names) / sizeof(command_names[0]); i++)
+		if (!strcmp(word, command_names[i]))
+			return (enum command)i;
+	cli_usage_error("unknown command '%s': expected attach, detach, pause, resume, "
+			"resync or status", word);
+}
+
+static void check_options(enum command c, const char *uri)
+{
+	if (c == ATTACH && !uri)
+		cli_usage_error("attach needs the mirror's URI: cdisk-mirror attach "
+				"NAME.cdisk URI");
+	if (c != ATTACH && uri)
+		cli_usage_error("unexpected argument '%s'", uri);
+	if (full && c != RESYNC)
+		cli_usage_error("--full goes with resync");
+	if (no_copy && c != ATTACH)
+		cli_usage_error("--no-copy goes with attach");
+	if (no_wait && c != ATTACH && c != RESUME && c != RESYNC)
+		cli_usage_error("--no-wait goes with attach, resume and resync");
+	if (cli.json && c != STATUS)
+		cli_usage_error("--json goes with status");
+	if ((rate_arg || max_time) && (c == STATUS || c == DETACH || c == PAUSE))
+		cli_usage_error("--rate and --max-time go with attach, resume and resync");
+	if (max_time < 0)
+		cli_usage_error("--max-time must not be negative");
+	if (rate_arg)
+		cli_parse_size("--rate", rate_arg);
+}
+
+int main(int argc, char **argv)
+{
+	struct cdisk_ctx *ctx;
+	struct cdisk *d = NULL;
+	const char **args, *path, *uri;
+	enum command c;
+	int r;
+
+	args = cli_parse(&program, argc, (const char **)argv, options, 2, 3);
+	c = parse_command(args[0]);
+	path = args[1];
+	uri = args[2];
+	check_options(c, uri);
+	signal(SIGINT, on_signal);
+	signal(SIGTERM, on_signal);
+
+	ctx = cli_context();
+	r = cdisk_open(ctx, path, open_flags(c), &d);
+	if (r == 0) {
+		r = run_idle(d, c, path, uri);
+		int closed = cdisk_close(d);
+		if (r == 0)
+			r = closed;
+	} else if (r == -EBUSY) {
+		r = run_served(ctx, c, path, uri);
+	}
+	/* r > 0: an exit code whose message is out already. */
+	r = r > 0 ? (cli_exit_code(ctx, 0) ? CDISK_EXIT_FAILURE : r) : cli_exit_code(ctx, r);
+	cdisk_ctx_free(ctx);
+	return r;
+}
