@@ -498,8 +498,9 @@ static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
 	char have[32], want[32];
 	int r = cd_target_open(d->ctx, uri, false, out);
 
+	/* The target's own message names the URI and the reason. */
 	if (r < 0)
-		return cd_error(d->ctx, r, "cannot reach mirror '%s': %s", uri, cd_errbuf());
+		return r;
 	if ((*out)->size >= d->sb.size)
 		return 0;
 	cdisk_format_size((*out)->size, have, sizeof(have));
