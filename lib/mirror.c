@@ -452,7 +452,7 @@ static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
 	int r = cd_target_identity(t, theirs, sizeof(theirs));
 
 	if (r == -EOPNOTSUPP) {
-		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot tell whether mirror '%s' "
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': cannot tell whether mirror '%s' "
 		       "is this disk's own storage: its kind gives no identity", d->path,
 		       uri);
 		return 0;
@@ -506,7 +506,8 @@ static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
 	cdisk_format_size((*out)->size, have, sizeof(have));
 	cd_target_close(*out);
 	*out = NULL;
-	return cd_error(d->ctx, -ENOSPC, "mirror '%s' holds %s, less than the disk's %s",
+	/* An unsuitable argument, as a bad URI is: nothing changed. */
+	return cd_error(d->ctx, -EINVAL, "mirror '%s' holds %s, less than the disk's %s",
 			uri, have, cdisk_format_size(d->sb.size, want, sizeof(want)));
 }
 
@@ -680,6 +681,8 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	return r;
 }
 
+static int start_keeper(struct cdisk *d);
+
 /* ---- the public verbs ---- */
 
 static int need_mirror(struct cdisk *d, const char *what)
@@ -749,6 +752,8 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 	}
 	pthread_mutex_unlock(&d->lock);
 	cd_backup_store_pending(d);
+	if (r == 0)
+		r = start_keeper(d);
 	if (r == 0)
 		kick_keeper(d->mirror);
 fail:
@@ -951,15 +956,11 @@ static int adopt_recorded(struct cdisk *d)
 	return r;
 }
 
-int cdisk_mirror_start(struct cdisk *d)
+static int start_keeper(struct cdisk *d)
 {
-	struct cd_mirror *m;
-	int r = adopt_recorded(d);
+	struct cd_mirror *m = d->mirror;
 
-	if (r < 0 || !d->mirror)
-		return r;
-	m = d->mirror;
-	if (m->keeper_started)
+	if (!m || m->keeper_started || !d->mirror_kept)
 		return 0;
 	m->stopping = false;
 	if (pthread_create(&m->keeper, NULL, keeper_main, d) != 0)
@@ -967,6 +968,15 @@ int cdisk_mirror_start(struct cdisk *d)
 				d->path);
 	m->keeper_started = true;
 	return 0;
+}
+
+int cdisk_mirror_start(struct cdisk *d)
+{
+	int r = adopt_recorded(d);
+
+	/* A mirror attached later (through the control socket) is kept too. */
+	d->mirror_kept = true;
+	return r < 0 ? r : start_keeper(d);
 }
 
 /* ---- status ---- */

@@ -87,7 +87,7 @@ assert_mirror_equals_disk() {
 	make_disk
 	start_mirror 32M
 	run_cdisk 2 cdisk-mirror attach d.cdisk "$MIRROR"
-	assert_error cdisk-mirror "smaller"
+	assert_error cdisk-mirror "mirror 'nbd\\+unix:.*' holds 32 MiB, less than the disk's 64 MiB"
 	run_cdisk 9 cdisk-mirror status --json d.cdisk
 	assert_equal "$(json_get .state)" none
 }
