@@ -158,7 +158,8 @@ static bool go_live_locked(struct cdisk *d)
 	if (d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED) {
 		char size[32];
 
-		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' answers again; "
+		/* As loud as the degradation it ends. */
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' answers again; "
 		       "resending %s recorded out of sync", d->path, d->sb.mirror,
 		       cdisk_format_size(oos_of(d)->count << d->block_shift, size,
 					 sizeof(size)));
@@ -643,9 +644,13 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	uint64_t left;
 	int r = 0;
 
+	/* The figures of the last copy stay for status until another has
+	 * work to do. */
 	pthread_mutex_lock(&d->lock);
-	m->copied_bytes = 0;
-	m->copy_start_ms = cd_now_ms();
+	if (oos_of(d)->count) {
+		m->copied_bytes = 0;
+		m->copy_start_ms = cd_now_ms();
+	}
 	pthread_mutex_unlock(&d->lock);
 	for (;;) {
 		pthread_mutex_lock(&d->lock);
