@@ -452,15 +452,12 @@ int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
  * means "cannot tell now", which the caller reports. */
 int cd_target_identity(struct cd_target *t, char *out, size_t len)
 {
-	int r;
-
 	if (len)
 		out[0] = '\0';
-	r = cd_dev_identity(t->top, out, len);
-	if (r == -EOPNOTSUPP)
-		return cd_error(t->ctx, r, "'%s': %s targets cannot tell which storage "
-				"they are", t->uri, t->ops->name);
-	return r;
+	if (!t->ops->identity)
+		return cd_error(t->ctx, -EOPNOTSUPP, "'%s': %s targets cannot tell which "
+				"storage they are", t->uri, t->ops->name);
+	return cd_dev_identity(t->top, out, len);
 }
 
 static int create_file(struct cdisk_ctx *ctx, const char *uri, const char *path,
