@@ -673,7 +673,9 @@ static int iscsi_ping(struct cd_target *t, void *s)
  * standard makes unique worldwide (NAA, EUI-64, UUID), then the T10
  * vendor one, which is unique only as far as the vendor makes it.  The
  * portal, the IQN as typed and the session carry no identity: one LUN
- * answers the same through every address of its target. */
+ * answers the same through every address of its target.  tgtd makes its
+ * NAA from the LU's scsi_id, by default "IET" and the tid and LUN: unique
+ * within one tgtd only, unless the administrator sets scsi_id. */
 #define DESIGNATOR_UUID 0x0a
 static int designator_rank(const struct scsi_inquiry_device_designator *d)
 {

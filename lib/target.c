@@ -447,19 +447,17 @@ int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
 	return cd_dev_ping(t->top, rtt_us);
 }
 
-/* Passed straight down: none of the layers changes what the storage is,
- * and the retry layer must not send it again (it is not a data request). */
+/* Straight to the kind: no layer changes what the storage is.  Not
+ * retried: it is asked once, when a disk is set up, and a failure there
+ * means "cannot tell now", which the caller reports. */
 int cd_target_identity(struct cd_target *t, char *out, size_t len)
 {
-	int r;
-
 	if (len)
 		out[0] = '\0';
-	r = cd_dev_identity(t->top, out, len);
-	if (r == -EOPNOTSUPP)
-		return cd_error(t->ctx, r, "'%s': %s targets cannot tell which storage "
-				"they are", t->uri, t->ops->name);
-	return r;
+	if (!t->ops->identity)
+		return cd_error(t->ctx, -EOPNOTSUPP, "'%s': %s targets cannot tell which "
+				"storage they are", t->uri, t->ops->name);
+	return cd_dev_identity(t->top, out, len);
 }
 
 static int create_file(struct cdisk_ctx *ctx, const char *uri, const char *path,

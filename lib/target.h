@@ -128,11 +128,13 @@ void cd_target_close(struct cd_target *t);
  * making a new connection.  -EAGAIN: the server answered busy. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us);
 /* The identity of the storage behind t, one line that two URIs naming
- * the same storage share however they are written: "file:DEV:INO" (the
- * file's st_dev and st_ino, a block device's st_rdev), "rbd:FSID:POOLID:
- * IMAGEID", "iscsi:" and the LUN's device identification (VPD page 0x83,
- * its NAA or EUI designator in hex, else the T10 vendor one), "nbd:" ...
- * -EOPNOTSUPP when the kind cannot tell (the caller then says so). */
+ * the same storage share however they are written: "file:MAJ:MIN:INO"
+ * (the file's st_dev and st_ino), "file:blk:MAJ:MIN" (a block device's
+ * st_rdev), "rbd:FSID:POOLID[/NS]:IMAGEID[@SNAPID]", "iscsi:" and the
+ * LUN's device identification (VPD page 0x83: "naa:", "eui:" or "uuid:"
+ * and hex, else "t10:" and the vendor's text), "http:"/"s3:" and the URL
+ * in one spelling (HOST:PORT/PATH).  -EOPNOTSUPP (nbd) when the kind
+ * cannot tell, with a message (the caller then says so). */
 int cd_target_identity(struct cd_target *t, char *out, size_t len);
 /* The identity of a local file or block device, as a file target's. */
 int cd_file_identity(struct cdisk_ctx *ctx, const char *path, char *out, size_t len);
