@@ -522,10 +522,6 @@ int main(int argc, char **argv)
 	} else if (r == -EBUSY) {
 		r = run_served(ctx, c, path, uri);
 	}
-	/* A mirror too small for the disk is a bad argument, as the mirror
-	 * being the disk itself is: nothing was recorded. */
-	if (r == -ENOSPC && c == ATTACH)
-		r = -EINVAL;
 	/* r > 0: an exit code whose message is out already. */
 	r = r > 0 ? (cli_exit_code(ctx, 0) ? CDISK_EXIT_FAILURE : r) : cli_exit_code(ctx, r);
 	cdisk_ctx_free(ctx);

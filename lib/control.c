@@ -339,12 +339,6 @@ static json_t *cmd_mirror(struct cdisk_server *s, json_t *req, const char *verb)
 	rc = mirror_verb(e, verb, req, &err);
 	if (err)
 		return err;
-	/* A disk that had no mirror when it was opened has no keeper yet;
-	 * one detached has lost it.  Starting is a no-op for a keeper that
-	 * runs. */
-	if (rc == 0 && strcmp(verb, "status") && strcmp(verb, "detach") &&
-	    strcmp(verb, "pause"))
-		rc = cdisk_mirror_start(e->disk);
 	if (rc == 0)
 		rc = cdisk_mirror_get_status(e->disk, &st);
 	if (rc < 0)

@@ -88,6 +88,7 @@ struct cdisk {
 	uint64_t mirror_recovered;  /* blocks the recovery set out of sync */
 	struct cd_mirror *mirror;   /* mirror.c: a writable disk with a mirror */
 	unsigned mirror_flushes;    /* flushes with a leg on the mirror */
+	bool mirror_kept;           /* a server keeps its mirror (cdisk_mirror_start) */
 
 	bool sb_loaded;         /* a superblock passed its checks */
 	bool journal_damaged;   /* replay found damage in the middle */

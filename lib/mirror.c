@@ -158,7 +158,8 @@ static bool go_live_locked(struct cdisk *d)
 	if (d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED) {
 		char size[32];
 
-		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' answers again; "
+		/* As loud as the degradation it ends. */
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' answers again; "
 		       "resending %s recorded out of sync", d->path, d->sb.mirror,
 		       cdisk_format_size(oos_of(d)->count << d->block_shift, size,
 					 sizeof(size)));
@@ -452,7 +453,7 @@ static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
 	int r = cd_target_identity(t, theirs, sizeof(theirs));
 
 	if (r == -EOPNOTSUPP) {
-		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': cannot tell whether mirror '%s' "
+		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': cannot tell whether mirror '%s' "
 		       "is this disk's own storage: its kind gives no identity", d->path,
 		       uri);
 		return 0;
@@ -506,7 +507,8 @@ static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
 	cdisk_format_size((*out)->size, have, sizeof(have));
 	cd_target_close(*out);
 	*out = NULL;
-	return cd_error(d->ctx, -ENOSPC, "mirror '%s' holds %s, less than the disk's %s",
+	/* An unsuitable argument, as a bad URI is: nothing changed. */
+	return cd_error(d->ctx, -EINVAL, "mirror '%s' holds %s, less than the disk's %s",
 			uri, have, cdisk_format_size(d->sb.size, want, sizeof(want)));
 }
 
@@ -642,9 +644,13 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	uint64_t left;
 	int r = 0;
 
+	/* The figures of the last copy stay for status until another has
+	 * work to do. */
 	pthread_mutex_lock(&d->lock);
-	m->copied_bytes = 0;
-	m->copy_start_ms = cd_now_ms();
+	if (oos_of(d)->count) {
+		m->copied_bytes = 0;
+		m->copy_start_ms = cd_now_ms();
+	}
 	pthread_mutex_unlock(&d->lock);
 	for (;;) {
 		pthread_mutex_lock(&d->lock);
@@ -679,6 +685,8 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
+
+static int start_keeper(struct cdisk *d);
 
 /* ---- the public verbs ---- */
 
@@ -749,6 +757,8 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 	}
 	pthread_mutex_unlock(&d->lock);
 	cd_backup_store_pending(d);
+	if (r == 0)
+		r = start_keeper(d);
 	if (r == 0)
 		kick_keeper(d->mirror);
 fail:
@@ -951,15 +961,11 @@ static int adopt_recorded(struct cdisk *d)
 	return r;
 }
 
-int cdisk_mirror_start(struct cdisk *d)
+static int start_keeper(struct cdisk *d)
 {
-	struct cd_mirror *m;
-	int r = adopt_recorded(d);
+	struct cd_mirror *m = d->mirror;
 
-	if (r < 0 || !d->mirror)
-		return r;
-	m = d->mirror;
-	if (m->keeper_started)
+	if (!m || m->keeper_started || !d->mirror_kept)
 		return 0;
 	m->stopping = false;
 	if (pthread_create(&m->keeper, NULL, keeper_main, d) != 0)
@@ -967,6 +973,15 @@ int cdisk_mirror_start(struct cdisk *d)
 				d->path);
 	m->keeper_started = true;
 	return 0;
+}
+
+int cdisk_mirror_start(struct cdisk *d)
+{
+	int r = adopt_recorded(d);
+
+	/* A mirror attached later (through the control socket) is kept too. */
+	d->mirror_kept = true;
+	return r < 0 ? r : start_keeper(d);
 }
 
 /* ---- status ---- */

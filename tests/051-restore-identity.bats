@@ -178,7 +178,7 @@ zero_all_metadata() { # FILE SIZE
 
 @test "--mirror is checked and kept at creation, and one recorded by an earlier version is shown as not active" {
 	truncate -s 8M m.img
-	run_cdisk 1 cdisk-create --size 16M --mirror "$BATS_TEST_TMPDIR/m.img" d.cdisk
+	run_cdisk 2 cdisk-create --size 16M --mirror "$BATS_TEST_TMPDIR/m.img" d.cdisk
 	assert_error cdisk-create "cannot create 'd.cdisk': mirror '.*/m.img' holds 8 MiB, less than the disk's 16 MiB"
 	[ ! -e d.cdisk ] || fail "d.cdisk was created"
 	truncate -s 16M m.img
