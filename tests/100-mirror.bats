@@ -50,7 +50,6 @@ assert_mirror_equals_disk() {
 	start_mirror
 	run_cdisk 0 cdisk-mirror attach d.cdisk "$MIRROR"
 	assert_output --regexp "^'d.cdisk': 64 MiB copied to mirror 'nbd\+unix:.*' in .* s \(.* MiB/s\); in sync$"
-	[ -z "$stderr" ] || fail "attach wrote to stderr"
 	assert_mirror_equals_disk
 }
 
@@ -87,7 +86,16 @@ assert_mirror_equals_disk() {
 	make_disk
 	start_mirror 32M
 	run_cdisk 2 cdisk-mirror attach d.cdisk "$MIRROR"
-	assert_error cdisk-mirror "mirror 'nbd\\+unix:.*' holds 32 MiB, less than the disk's 64 MiB"
+	assert_error cdisk-mirror "^cdisk-mirror: mirror '$(re_quote "$MIRROR")' holds 32 MiB, less than the disk's 64 MiB$"
+	run_cdisk 9 cdisk-mirror status --json d.cdisk
+	assert_equal "$(json_get .state)" none
+}
+
+@test "attach to the disk's own file, under another name: one line, nothing recorded" {
+	make_disk
+	ln d.cdisk same.img
+	run_cdisk 2 cdisk-mirror attach d.cdisk "$BATS_TEST_TMPDIR/same.img"
+	assert_error cdisk-mirror "^cdisk-mirror: mirror '.*/same.img' is the disk file 'd.cdisk' itself$"
 	run_cdisk 9 cdisk-mirror status --json d.cdisk
 	assert_equal "$(json_get .state)" none
 }
@@ -95,7 +103,7 @@ assert_mirror_equals_disk() {
 @test "attach to a mirror that cannot be reached: exit 3, nothing recorded" {
 	make_disk
 	run_cdisk 3 cdisk-mirror attach d.cdisk "nbd+unix:///?socket=$BATS_TEST_TMPDIR/none.sock"
-	assert_error cdisk-mirror "none.sock"
+	assert_error cdisk-mirror "^cdisk-mirror: cannot reach 'nbd\+unix:///\?socket=.*/none.sock': "
 	run_cdisk 9 cdisk-mirror status --json d.cdisk
 	assert_equal "$(json_get .state)" none
 }
