@@ -73,10 +73,13 @@ $(SHLIB): $(LIB_OBJS) lib/libcdisk.syms
 	$(Q)ln -sf $(SONAME) $(O)/lib/libcdisk.so
 
 # Programs find the library next to them in the tree and once installed.
-$(O)/bin/%: $(O)/cmd/%.o $(O)/cmd/cli.o $(SHLIB)
+# The CLI helpers the library uses too (lib/text.c: sizes, the exit-code
+# translator) are not exported: every program links its own copy.
+CLI_OBJS := $(O)/cmd/cli.o $(O)/lib/text.o
+$(O)/bin/%: $(O)/cmd/%.o $(CLI_OBJS) $(SHLIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(O)/cmd/cli.o -L$(O)/lib -lcdisk \
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(CLI_OBJS) -L$(O)/lib -lcdisk \
 		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS) -lm
 
 $(O)/cmd/%.o: override CFLAGS += -Icmd

@@ -1,6 +1,4 @@
-/* Small helpers: whole-buffer I/O, sizes. */
-#include <ctype.h>
-#include <math.h>
+/* Small helpers: whole-buffer I/O, zero tests, clocks. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -55,92 +53,6 @@ bool cd_is_zero(const void *buf, size_t len)
 	if (len == 0)
 		return true;
 	return p[0] == 0 && memcmp(p, p + 1, len - 1) == 0;
-}
-
-int cdisk_parse_limit(const char *s, double max, double *out)
-{
-	char *end;
-	double v;
-
-	if (!strcmp(s, "none")) {
-		*out = -1;
-		return 0;
-	}
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || *end || end == s || !(v >= 0))
-		return -EINVAL;
-	if (v > max)
-		return -ERANGE;
-	*out = v;
-	return 0;
-}
-
-int cdisk_parse_ceph_health(const char *s)
-{
-	static const char *const ranks[] = { "ok", "warn", "err" };
-
-	for (int i = 0; i < 3; i++)
-		if (!strcmp(s, ranks[i]))
-			return i;
-	return -EINVAL;
-}
-
-int cdisk_parse_size(const char *s, uint64_t *out)
-{
-	static const char units[] = "KMGTPE";
-	char *end;
-	double value;
-	uint64_t mult = 1;
-
-	while (isspace((unsigned char)*s))
-		s++;
-	if (!isdigit((unsigned char)*s))
-		return -EINVAL;
-	errno = 0;
-	value = strtod(s, &end);
-	if (errno || end == s || !isfinite(value))
-		return -EINVAL;
-	if (*end) {
-		const char *u = strchr(units, toupper((unsigned char)*end));
-		if (!u)
-			return -EINVAL;
-		for (long i = 0; i <= u - units; i++)
-			mult <<= 10;
-		end++;
-		if (*end == 'i' && end[1] == 'B')
-			end += 2;
-		else if (*end == 'B')
-			end++;
-		if (*end)
-			return -EINVAL;
-	}
-	if (value * (double)mult >= 18446744073709551615.0)
-		return -ERANGE;
-	value *= (double)mult;
-	if (value != floor(value))
-		return -EINVAL;
-	*out = (uint64_t)value;
-	return 0;
-}
-
-const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len)
-{
-	static const char *const units[] = { "B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB" };
-	double v = (double)bytes;
-	unsigned u = 0;
-
-	while (v >= 1024 && u + 1 < CD_ARRAY_SIZE(units)) {
-		v /= 1024;
-		u++;
-	}
-	if (u == 0)
-		snprintf(buf, len, "%llu B", (unsigned long long)bytes);
-	else if (v == floor(v))
-		snprintf(buf, len, "%.0f %s", v, units[u]);
-	else
-		snprintf(buf, len, "%.1f %s", v, units[u]);
-	return buf;
 }
 
 bool cd_parse_bool(const char *v, bool *out)
