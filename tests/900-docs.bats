@@ -105,7 +105,7 @@ complete_line() {
 	assert_output ""
 	# Each exported function is declared in the installed header, and the
 	# CLI helpers (sizes parsed and printed, errors mapped to exit codes)
-	# are neither: the programs link their own copy (lib/text.c).
+	# are neither: the programs link their own copy (lib/base/text.c).
 	run_cdisk 0 bash -c "nm -D --defined-only '$dest/usr/local/lib/libcdisk.so.0' | awk '\$3 ~ /^cdisk_/ {sub(/@.*/, \"\", \$3); print \$3}' | while read -r s; do grep -qw \"\$s\" '$dest/usr/local/include/cdisk.h' || echo \"exported, not declared: \$s\"; done"
 	assert_output ""
 	run_cdisk 1 grep -E 'cdisk_(exit_code|exit_name|verdict_exit_code|parse_|format_size)' \
