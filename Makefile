@@ -14,12 +14,19 @@ PKG_CONFIG ?= pkg-config
 SCDOC ?= scdoc
 
 O ?= build
+
+# lib/ has one folder per layer, lowest first (docs/DESIGN.md "The layers,
+# end to end"; tests/905-layers.bats holds the order).  Each is on the
+# include path, so an #include names a header, never its folder.
+LIB_DIRS := lib/base lib/dev lib/disk lib/engine lib/nbd lib/control
+LIB_INCLUDES := -Ilib $(LIB_DIRS:%=-I%)
+
 CFLAGS ?= -O2 -g
 SANITIZE ?=
 
 override CFLAGS += -std=gnu11 -fPIC -Wall -Wextra -Wformat=2 -Wshadow \
 	-Wstrict-prototypes -Wmissing-prototypes -Wold-style-definition \
-	-Wno-unused-result -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -MMD -MP -Ilib
+	-Wno-unused-result -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -MMD -MP $(LIB_INCLUDES)
 ifneq ($(SANITIZE),)
 override CFLAGS += -fsanitize=address,undefined -fno-sanitize-recover=undefined \
 	-fno-omit-frame-pointer
@@ -41,10 +48,10 @@ else
 Q := @
 endif
 
-LIB_SRCS := $(filter-out %-test.c,$(wildcard lib/*.c))
+LIB_SRCS := $(filter-out %-test.c,$(wildcard $(LIB_DIRS:%=%/*.c)))
 LIB_OBJS := $(LIB_SRCS:%.c=$(O)/%.o)
-UNIT_SRCS := $(wildcard lib/*-test.c)
-UNIT_BINS := $(UNIT_SRCS:lib/%.c=$(O)/tests/unit/%)
+UNIT_SRCS := $(wildcard $(LIB_DIRS:%=%/*-test.c))
+UNIT_BINS := $(patsubst %.c,$(O)/tests/unit/%,$(notdir $(UNIT_SRCS)))
 PROGRAMS := $(patsubst cmd/%.c,%,$(wildcard cmd/cdisk-*.c))
 PROGRAM_BINS := $(PROGRAMS:%=$(O)/bin/%)
 TEST_TOOLS := $(patsubst tests/%.c,$(O)/tests/%,$(wildcard tests/*.c))
@@ -73,18 +80,25 @@ $(SHLIB): $(LIB_OBJS) lib/libcdisk.syms
 	$(Q)ln -sf $(SONAME) $(O)/lib/libcdisk.so
 
 # Programs find the library next to them in the tree and once installed.
-$(O)/bin/%: $(O)/cmd/%.o $(O)/cmd/cli.o $(SHLIB)
+# The CLI helpers the library uses too (lib/base/text.c: sizes, the exit-code
+# translator) are not exported: every program links its own copy.
+CLI_OBJS := $(O)/cmd/cli.o $(O)/lib/base/text.o
+$(O)/bin/%: $(O)/cmd/%.o $(CLI_OBJS) $(SHLIB)
 	@mkdir -p $(dir $@)
 	@echo "  LD      $@"
-	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(O)/cmd/cli.o -L$(O)/lib -lcdisk \
+	$(Q)$(CC) $(LDFLAGS) -o $@ $(O)/cmd/$*.o $(CLI_OBJS) -L$(O)/lib -lcdisk \
 		-Wl,-rpath,'$$ORIGIN/../lib' $(POPT_LIBS) $(JANSSON_LIBS) -lm
 
 $(O)/cmd/%.o: override CFLAGS += -Icmd
 
 # Unit tests and test tools see the library's internals: link the archive.
-$(O)/tests/unit/%: $(O)/lib/%.o $(O)/lib/libcdisk.a
-	@mkdir -p $(dir $@)
-	$(Q)$(CC) $(LDFLAGS) -o $@ $< $(O)/lib/libcdisk.a $(CMOCKA_LIBS) $(LIB_LIBS)
+# A unit test lives in its code's folder: one rule per folder.
+define UNIT_RULE
+$$(O)/tests/unit/%: $$(O)/$(1)/%.o $$(O)/lib/libcdisk.a
+	@mkdir -p $$(dir $$@)
+	$$(Q)$$(CC) $$(LDFLAGS) -o $$@ $$< $$(O)/lib/libcdisk.a $$(CMOCKA_LIBS) $$(LIB_LIBS)
+endef
+$(foreach d,$(LIB_DIRS),$(eval $(call UNIT_RULE,$(d))))
 
 $(O)/tests/%: $(O)/tests/%.o $(O)/lib/libcdisk.a
 	@mkdir -p $(dir $@)
@@ -115,11 +129,11 @@ $(O)/systemd/cdisk-serve@.service: systemd/cdisk-serve@.service.in Makefile \
 # Fuzz targets (libFuzzer): the library's sources built in, with clang.
 FUZZ_CC ?= clang
 FUZZ_BINS := $(patsubst fuzz/%.c,$(O)/fuzz/%,$(wildcard fuzz/*.c))
-$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h fuzz/*.h)
+$(O)/fuzz/%: fuzz/%.c $(LIB_SRCS) $(wildcard lib/*.h $(LIB_DIRS:%=%/*.h) fuzz/*.h)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)$(FUZZ_CC) -g -O1 -fsanitize=fuzzer,address,undefined -std=gnu11 \
-		-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 -Ilib -o $@ $< $(LIB_SRCS) $(LIB_LIBS)
+		-D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 $(LIB_INCLUDES) -o $@ $< $(LIB_SRCS) $(LIB_LIBS)
 
 fuzz: $(FUZZ_BINS)
 

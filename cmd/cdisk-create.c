@@ -125,18 +125,18 @@ static void report_folder(const char *path, int result, const struct cdisk_folde
 	cli_message("%s '%s' over %s", result == 0 ? "created" : "unchanged:", path, f->image);
 	cli_message("%llu file%s, %s; fetched %llu (%s)%s; image %s",
 		    (unsigned long long)f->files, cli_plural(f->files),
-		    cdisk_format_size(f->bytes, a, sizeof(a)),
+		    cd_format_size(f->bytes, a, sizeof(a)),
 		    (unsigned long long)f->fetched,
-		    cdisk_format_size(f->fetched_bytes, b, sizeof(b)),
+		    cd_format_size(f->fetched_bytes, b, sizeof(b)),
 		    f->damaged ? ", damaged copies fetched again" : "",
 		    f->image_reused ? "reused" : "built");
 	cli_message("cache: %llu file%s (%s), %llu image%s (%s, %llu in use), max %s",
 		    (unsigned long long)u->objects, cli_plural(u->objects),
-		    cdisk_format_size(u->object_bytes, c, sizeof(c)),
+		    cd_format_size(u->object_bytes, c, sizeof(c)),
 		    (unsigned long long)u->images, cli_plural(u->images),
-		    cdisk_format_size(u->image_bytes, d, sizeof(d)),
+		    cd_format_size(u->image_bytes, d, sizeof(d)),
 		    (unsigned long long)u->images_in_use,
-		    cdisk_format_size(u->max_size, a, sizeof(a)));
+		    cd_format_size(u->max_size, a, sizeof(a)));
 }
 
 static void parse_owner(struct cdisk_folder_opts *fo)

@@ -42,13 +42,13 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	printf("uuid:            %s\n", i->uuid);
 	printf("format:          cdisk version %u\n", i->format_version);
 	printf("size:            %s (%" PRIu64 " bytes)\n",
-	       cdisk_format_size(i->size, a, sizeof(a)), i->size);
+	       cd_format_size(i->size, a, sizeof(a)), i->size);
 	printf("block size:      %u\n", i->block_size);
 	printf("blocks:          %" PRIu64 " (%" PRIu64 " present, %" PRIu64 " dirty)\n",
 	       i->blocks, i->blocks_present, i->blocks_dirty);
 	printf("overlay:         %s present, %s not yet on the base\n",
-	       cdisk_format_size(i->blocks_present * i->block_size, a, sizeof(a)),
-	       cdisk_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
+	       cd_format_size(i->blocks_present * i->block_size, a, sizeof(a)),
+	       cd_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
 	if (!i->base[0])
 		printf("base:            none\n");
 	else if (i->base_opening_ms)
@@ -56,7 +56,7 @@ static void print_human(const char *path, const struct cdisk_info *i,
 		       (double)i->base_opening_ms / 1000);
 	else if (i->base_reachable)
 		printf("base:            %s (%s, reachable)\n", i->base,
-		       cdisk_format_size(i->base_size, a, sizeof(a)));
+		       cd_format_size(i->base_size, a, sizeof(a)));
 	else if (i->base_error == 0)
 		printf("base:            %s (not opened yet)\n", i->base);
 	else
@@ -83,7 +83,7 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	       sb_state(i, 0), sb_state(i, 1), i->sb_seq);
 	printf("last close:      %s\n", i->closed_cleanly ? "clean" :
 	       "not clean (recovered at open)");
-	printf("host space:      %s\n", cdisk_format_size(i->file_bytes, a, sizeof(a)));
+	printf("host space:      %s\n", cd_format_size(i->file_bytes, a, sizeof(a)));
 	if (rep) {
 		printf("check:\n");
 		for (unsigned n = 0; n < rep->nlines; n++)

@@ -103,7 +103,7 @@ static void parse_limit(const char *option, const char *value, double scale,
 
 	if (!value)
 		return;
-	r = cdisk_parse_limit(value, scale < 1 ? 100 : HUGE_VAL, &v);
+	r = cd_parse_limit(value, scale < 1 ? 100 : HUGE_VAL, &v);
 	if (r == -ERANGE)
 		cli_usage_error("invalid %s '%s': a percentage is at most 100", option, value);
 	if (r < 0)
@@ -124,7 +124,7 @@ static void parse_limits(struct cdisk_probe_limits *l)
 	else if (min_read_rate_arg)
 		l->min_read_rate = (double)cli_parse_size("--min-read-rate", min_read_rate_arg);
 	if (ceph_health_arg) {
-		int rank = cdisk_parse_ceph_health(ceph_health_arg);
+		int rank = cd_parse_ceph_health(ceph_health_arg);
 		if (rank < 0)
 			cli_usage_error("invalid --ceph-health '%s': expected ok, warn or err",
 					ceph_health_arg);
@@ -265,7 +265,7 @@ static void print_table(const char *target, const struct cdisk_probe_result *r,
 		row("osd latency", v, l->max_osd_latency_ms, 1, " ms",
 		    r->over & CDISK_PROBE_OSD_LATENCY);
 	}
-	printf("verdict: %s%s%s\n", cdisk_verdict_name(r->verdict), r->reason[0] ? ": " : "",
+	printf("verdict: %s%s%s\n", cli_verdict_name(r->verdict), r->reason[0] ? ": " : "",
 	       r->reason);
 }
 
@@ -295,8 +295,8 @@ static json_t *result_json(const char *target, const struct cdisk_probe_result *
 	json_t *j = json_pack("{s:i, s:s, s:s, s:i, s:s, s:f, s:I, s:I, s:I, s:I, s:I, s:f, "
 			      "s:f, s:I, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o}",
 		"schema_version", 1, "target", target,
-		"verdict", cdisk_verdict_name(r->verdict),
-		"exit_code", cdisk_verdict_exit_code(r->verdict),
+		"verdict", cli_verdict_name(r->verdict),
+		"exit_code", cli_verdict_exit_code(r->verdict),
 		"reason", r->reason, "seconds", r->seconds,
 		"sent", (json_int_t)r->sent, "answered", (json_int_t)r->answered,
 		"lost", (json_int_t)r->lost, "refused", (json_int_t)r->refused,
@@ -344,7 +344,7 @@ static void print_round(const char *target, const struct cdisk_probe_result *r,
 		return;
 	}
 	strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", localtime(&now));
-	printf("%s %-11s", when, cdisk_verdict_name(r->verdict));
+	printf("%s %-11s", when, cli_verdict_name(r->verdict));
 	if (r->answered)
 		printf(" rtt %.2f/%.2f/%.2f/%.2f ms jitter %.2f ms", r->rtt_min_ms,
 		       r->rtt_mean_ms, r->rtt_p95_ms, r->rtt_max_ms, r->jitter_ms);
@@ -421,7 +421,7 @@ int main(int argc, char **argv)
 	if (r == 0) {
 		r = cli_exit_code(ctx, 0);
 		if (r == 0)
-			r = cdisk_verdict_exit_code(res.verdict);
+			r = cli_verdict_exit_code(res.verdict);
 	} else {
 		r = cli_exit_code(ctx, r);
 	}

@@ -426,7 +426,7 @@ int main(int argc, char **argv)
 	}
 	cdisk_server_free(srv);
 	close(stop_fd);
-	r = reported ? (cli_exit_code(ctx, 0), cdisk_exit_code(r)) : cli_exit_code(ctx, r);
+	r = reported ? (cli_exit_code(ctx, 0), cd_exit_code(r)) : cli_exit_code(ctx, r);
 	cdisk_ctx_free(ctx);
 	return r;
 }

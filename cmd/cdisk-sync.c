@@ -92,10 +92,10 @@ static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
 	if (p->rate_limit) {
 		char r[32];
 		snprintf(limit, sizeof(limit), ", held to %s/s",
-			 cdisk_format_size(p->rate_limit, r, sizeof(r)));
+			 cd_format_size(p->rate_limit, r, sizeof(r)));
 	}
-	cdisk_format_size(p->done, done, sizeof(done));
-	cdisk_format_size(rest, left, sizeof(left));
+	cd_format_size(p->done, done, sizeof(done));
+	cd_format_size(rest, left, sizeof(left));
 	if (rate > 0)
 		cli_progress("%s sent, %s left, %.1f MiB/s, %.0f s to go%s", done, left,
 			     rate / 1048576, (double)rest / rate, limit);
@@ -141,33 +141,33 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 	}
 	if (pull && dry_run)
 		cli_message("'%s': would fetch %s", path,
-			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+			    cd_format_size(st->dirty_bytes, a, sizeof(a)));
 	else if (pull)
 		cli_message("'%s': %s fetched from the base in %.1f s (%.0f MiB/s)", path,
-			    cdisk_format_size(st->pulled_bytes, a, sizeof(a)), st->seconds, mib_s);
+			    cd_format_size(st->pulled_bytes, a, sizeof(a)), st->seconds, mib_s);
 	else if (st->below_min)
 		cli_message("'%s': %s waiting, below --min-dirty; nothing sent", path,
-			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+			    cd_format_size(st->dirty_bytes, a, sizeof(a)));
 	else if (dry_run)
 		cli_message("'%s': would send %s", path,
-			    cdisk_format_size(st->dirty_bytes, a, sizeof(a)));
+			    cd_format_size(st->dirty_bytes, a, sizeof(a)));
 	else
 		cli_message("'%s': %s sent in %llu request%s, %.1f s (%.0f MiB/s); %s left%s",
-			    path, cdisk_format_size(st->bytes, a, sizeof(a)),
+			    path, cd_format_size(st->bytes, a, sizeof(a)),
 			    (unsigned long long)st->requests, cli_plural(st->requests),
 			    st->seconds, mib_s,
-			    cdisk_format_size(st->left_bytes, b, sizeof(b)),
+			    cd_format_size(st->left_bytes, b, sizeof(b)),
 			    st->verified_bytes ? "; verified" : "");
 	if (st->slowdowns && !dry_run)
 		cli_message("'%s': slowed down %u time%s for the base's round trip (%.1f ms "
 			    "over a %.1f ms baseline at the end)%s%s%s", path, st->slowdowns,
 			    st->slowdowns == 1 ? "" : "s", st->delay_ms - st->base_delay_ms,
 			    st->base_delay_ms, st->rate_limit ? "; held to " : "",
-			    st->rate_limit ? cdisk_format_size(st->rate_limit, a, sizeof(a)) : "",
+			    st->rate_limit ? cd_format_size(st->rate_limit, a, sizeof(a)) : "",
 			    st->rate_limit ? "/s" : "");
 	if (close_disk && !dry_run && !st->below_min)
 		cli_message("'%s': %s of overlay released; the disk reads from its base",
-			    path, cdisk_format_size(st->released_bytes, a, sizeof(a)));
+			    path, cd_format_size(st->released_bytes, a, sizeof(a)));
 }
 
 /* ---- --files ---- */
@@ -219,7 +219,7 @@ static void report_files(const char *path, const struct cdisk_files_result *res)
 	cli_message("'%s': %s%llu uploaded (%s), %llu deleted, %llu skipped, %llu "
 		    "unchanged, in '%s'", path, dry_run ? "would be " : "",
 		    (unsigned long long)res->uploaded,
-		    cdisk_format_size(res->uploaded_bytes, a, sizeof(a)),
+		    cd_format_size(res->uploaded_bytes, a, sizeof(a)),
 		    (unsigned long long)res->deleted, (unsigned long long)res->skipped,
 		    (unsigned long long)res->unchanged, res->uri);
 }
@@ -344,7 +344,7 @@ int main(int argc, char **argv)
 	if (r == 0 && st.stopped) {
 		char left[32];
 		cli_error("'%s': stopped with %s left; run again to go on", args[0],
-			  cdisk_format_size(st.left_bytes, left, sizeof(left)));
+			  cd_format_size(st.left_bytes, left, sizeof(left)));
 		r = CDISK_EXIT_TRY_LATER;
 	} else {
 		r = cli_exit_code(ctx, r);

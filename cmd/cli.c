@@ -251,14 +251,40 @@ int cli_exit_code(struct cdisk_ctx *ctx, int r)
 		poptFreeContext(popt_ctx);
 		popt_ctx = NULL;
 	}
-	return cdisk_exit_code(r < 0 ? r : 0);
+	return cd_exit_code(r < 0 ? r : 0);
+}
+
+int cli_verdict_exit_code(enum cdisk_verdict v)
+{
+	switch (v) {
+	case CDISK_HEALTHY:
+		return CDISK_EXIT_OK;
+	case CDISK_DEGRADED:
+		return CDISK_EXIT_UNHEALTHY;
+	case CDISK_UNREACHABLE:
+		return CDISK_EXIT_UNREACHABLE;
+	}
+	return CDISK_EXIT_FAILURE;
+}
+
+const char *cli_verdict_name(enum cdisk_verdict v)
+{
+	switch (v) {
+	case CDISK_HEALTHY:
+		return "healthy";
+	case CDISK_DEGRADED:
+		return "degraded";
+	case CDISK_UNREACHABLE:
+		return "unreachable";
+	}
+	return "unknown";
 }
 
 uint64_t cli_parse_size(const char *option, const char *value)
 {
 	uint64_t v;
 
-	if (cdisk_parse_size(value, &v) < 0)
+	if (cd_parse_size(value, &v) < 0)
 		cli_usage_error("invalid %s '%s': expected a number of bytes with an "
 				"optional K, M, G, T or P suffix", option, value);
 	return v;

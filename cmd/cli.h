@@ -8,6 +8,7 @@
 #include <stdnoreturn.h>
 
 #include "cdisk.h"
+#include "text.h"   /* cd_exit_code, cd_parse_size, cd_format_size, ... */
 
 struct cli_program {
 	const char *name;        /* "cdisk-info" */
@@ -46,6 +47,11 @@ void cli_message(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 struct cdisk_ctx *cli_context(void);
 /* Print the context's message when r < 0 and return the exit code. */
 int cli_exit_code(struct cdisk_ctx *ctx, int r);
+
+/* The exit code a probe's verdict maps to (0, CDISK_EXIT_UNHEALTHY,
+ * CDISK_EXIT_UNREACHABLE), and its name ("healthy", ...). */
+int cli_verdict_exit_code(enum cdisk_verdict v);
+const char *cli_verdict_name(enum cdisk_verdict v);
 
 /* Option value parsers for sizes: print and exit on bad input. */
 uint64_t cli_parse_size(const char *option, const char *value);

@@ -22,7 +22,8 @@ extern "C" {
 
 #define CDISK_VERSION_STRING "0.1.0"
 
-/* Exit codes shared by every cdisk program.  Never renumber. */
+/* Exit codes shared by every cdisk program (and the "exit_code" of the
+ * control socket's replies).  Never renumber. */
 enum cdisk_exit {
 	CDISK_EXIT_OK = 0,
 	CDISK_EXIT_FAILURE = 1,      /* anything not listed below */
@@ -36,11 +37,6 @@ enum cdisk_exit {
 	CDISK_EXIT_UNHEALTHY = 9,    /* a health verdict said no */
 	CDISK_EXIT_REFUSED = 10,     /* a safety guard stopped it; nothing changed */
 };
-
-/* Map a negative errno from this library to an exit code. */
-int cdisk_exit_code(int err);
-/* A short name for an exit code ("busy", "corrupt metadata", ...). */
-const char *cdisk_exit_name(int code);
 
 enum cdisk_log_level {
 	CDISK_LOG_ERROR,
@@ -352,17 +348,6 @@ int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
 int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 			  struct cdisk_info *info);
 
-/* Parse "4096", "10G", "1.5MiB" style sizes (binary units). */
-int cdisk_parse_size(const char *s, uint64_t *out);
-/* A threshold: a number from 0 to max, or "none" (-1).  0, -EINVAL when
- * it is not a number, -ERANGE when it is over max. */
-int cdisk_parse_limit(const char *s, double max, double *out);
-/* "ok", "warn" or "err": the worst Ceph health still healthy, as 0 to 2;
- * -EINVAL for anything else. */
-int cdisk_parse_ceph_health(const char *s);
-/* Format a byte count as "1.5 GiB". */
-const char *cdisk_format_size(uint64_t bytes, char *buf, size_t len);
-
 #ifdef __cplusplus
 }
 #endif
@@ -444,9 +429,6 @@ int cdisk_probe(struct cdisk_ctx *ctx, const char *uri, const struct cdisk_probe
 int cdisk_probe_disk(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_probe_opts *o, const struct cdisk_probe_limits *l,
 		     struct cdisk_probe_result *res, char *base, size_t base_len);
-/* The exit code a verdict maps to (0, CDISK_EXIT_UNHEALTHY, ..._UNREACHABLE). */
-int cdisk_verdict_exit_code(enum cdisk_verdict v);
-const char *cdisk_verdict_name(enum cdisk_verdict v);
 
 /* ---- sync: the overlay's changes to the base ---- */
 

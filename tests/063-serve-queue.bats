@@ -16,7 +16,7 @@ teardown() {
 
 threads() { ls "/proc/$SERVE_PID/task" | wc -l; }
 
-# The most workers the pool may have on this machine (lib/queue.c: four
+# The most workers the pool may have on this machine (lib/nbd/queue.c: four
 # per core, 8 to 64, and up to eight times that when all are stuck).
 max_workers() {
 	local w=$(($(nproc) * 4))

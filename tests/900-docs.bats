@@ -124,10 +124,22 @@ complete_line() {
 	# The library exports only its public API.
 	run_cdisk 0 bash -c "nm -D --defined-only '$dest/usr/local/lib/libcdisk.so.0' | awk '{print \$3}' | grep -v '^cdisk_' | grep -v '^CDISK_0$' || true"
 	assert_output ""
+	# Each exported function is declared in the installed header, and the
+	# CLI helpers (sizes parsed and printed, errors mapped to exit codes)
+	# are neither: the programs link their own copy (lib/base/text.c).
+	run_cdisk 0 bash -c "nm -D --defined-only '$dest/usr/local/lib/libcdisk.so.0' | awk '\$3 ~ /^cdisk_/ {sub(/@.*/, \"\", \$3); print \$3}' | while read -r s; do grep -qw \"\$s\" '$dest/usr/local/include/cdisk.h' || echo \"exported, not declared: \$s\"; done"
+	assert_output ""
+	run_cdisk 1 grep -E 'cdisk_(exit_code|exit_name|verdict_exit_code|parse_|format_size)' \
+		"$dest/usr/local/include/cdisk.h"
 	# A program built against the installed header and pkg-config file links.
 	cat >prog.c <<-'EOF'
 	#include <cdisk.h>
-	int main(void) { return cdisk_exit_code(0); }
+	int main(void)
+	{
+		struct cdisk_ctx *ctx = cdisk_ctx_new();
+		cdisk_ctx_free(ctx);
+		return ctx ? CDISK_EXIT_OK : CDISK_EXIT_FAILURE;
+	}
 	EOF
 	run_cdisk 0 bash -c "cc prog.c \$(PKG_CONFIG_PATH='$dest/usr/local/lib/pkgconfig' PKG_CONFIG_SYSROOT_DIR='$dest' pkg-config --cflags --libs cdisk) -o prog"
 	rm -rf "$TOP/build/install-test"

@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "pattern.h"
 #include "target.h"
+#include "text.h"
 #include "util.h"
 
 static int dump(struct cdisk *d, const char *path)
@@ -171,5 +172,5 @@ int main(int argc, char **argv)
 	if (r < 0 && r != -EILSEQ && cdisk_ctx_error(ctx)[0])
 		fprintf(stderr, "cdisk-io: %s\n", cdisk_ctx_error(ctx));
 	cdisk_ctx_free(ctx);
-	return r == -EILSEQ ? 10 : cdisk_exit_code(r);
+	return r == -EILSEQ ? 10 : cd_exit_code(r);
 }

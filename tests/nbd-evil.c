@@ -26,7 +26,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include "../lib/nbd.h"
+#include "nbd.h"
 #include "cdisk.h"
 
 static int fd;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "cdisk.h"
+#include "text.h"
 
 /* The n numbers after the operation's name; -EINVAL unless exactly n. */
 static inline int op_numbers(const char *op, uint64_t *v, int n)
@@ -27,7 +28,7 @@ static inline int op_numbers(const char *op, uint64_t *v, int n)
 			return -EINVAL;
 		memcpy(tmp, p, len);
 		tmp[len] = 0;
-		if (cdisk_parse_size(tmp, &v[i]) < 0)
+		if (cd_parse_size(tmp, &v[i]) < 0)
 			return -EINVAL;
 		p = end;
 	}

@@ -8,6 +8,7 @@
 
 #include "cdisk.h"
 #include "pattern.h"
+#include "text.h"
 #include "util.h"
 
 int main(int argc, char **argv)
@@ -16,8 +17,8 @@ int main(int argc, char **argv)
 	uint8_t *buf;
 	int fd, r = 0;
 
-	if (argc != 6 || cdisk_parse_size(argv[3], &off) < 0 ||
-	    cdisk_parse_size(argv[4], &len) < 0 || cdisk_parse_size(argv[5], &seed) < 0 ||
+	if (argc != 6 || cd_parse_size(argv[3], &off) < 0 ||
+	    cd_parse_size(argv[4], &len) < 0 || cd_parse_size(argv[5], &seed) < 0 ||
 	    (argv[2][0] != 'w' && argv[2][0] != 'r') || off % 8 || len % 8) {
 		fprintf(stderr, "usage: patfile FILE w|r OFFSET LENGTH SEED\n");
 		return 2;

@@ -30,6 +30,7 @@
 #include "ops.h"
 #include "pattern.h"
 #include "target.h"
+#include "text.h"
 #include "util.h"
 
 #define PIECE (1u << 20)
@@ -296,7 +297,7 @@ int main(int argc, char **argv)
 	r = cdisk_ctx_load_config(ctx, NULL);
 	if (r == 0 && !strncmp(argv[optind + 1], "create:", 7)) {
 		uint64_t size;
-		r = cdisk_parse_size(argv[optind + 1] + 7, &size);
+		r = cd_parse_size(argv[optind + 1] + 7, &size);
 		r = r < 0 ? cd_error(ctx, r, "bad size") : cd_target_create(ctx, argv[optind], size);
 		goto out;
 	}
@@ -309,5 +310,5 @@ out:
 	if (r < 0 && r != MISMATCH)
 		fprintf(stderr, "target-io: %s\n", cdisk_ctx_error(ctx));
 	cdisk_ctx_free(ctx);
-	return r == MISMATCH ? 10 : cdisk_exit_code(r);
+	return r == MISMATCH ? 10 : cd_exit_code(r);
 }

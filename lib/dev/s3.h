@@ -1,8 +1,12 @@
-/* Cloud folders (an S3 bucket and prefix holding one object per file)
- * made into disk images: the S3 side lives in target-s3.c, the cache and
- * the image in folder.c. */
-#ifndef CDISK_FOLDER_H
-#define CDISK_FOLDER_H
+/* The S3 side of cloud folders (target-s3.c): listing a bucket's prefix,
+ * whole objects down and up.  Apart from folder.h so that the S3 leaf
+ * (lib/dev/) does not include the folder engine's header (lib/engine/). */
+#ifndef CDISK_S3_H
+#define CDISK_S3_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
 #include "cdisk.h"
 
@@ -65,14 +69,6 @@ void cd_s3_multipart_abort(struct cd_s3_folder *f, void **session, const char *k
 			   const char *upload_id);
 /* A key that is gone already is no error. */
 int cd_s3_folder_delete(struct cd_s3_folder *f, void **session, const char *key);
-
-/* The cache's files for a folder (folder.c): ID is the SHA-256 of its
- * identity.  out holds PATH_MAX bytes. */
-int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
-			 const char *suffix, char *out);
-/* Keys one a line, escaped as in the cache's listings. */
-void cd_folder_escape(const char *in, FILE *out);
-void cd_folder_unescape(char *s);
 
 /* XML text with its five entities and character references decoded, in
  * place; false when it holds a reference that is not one. */

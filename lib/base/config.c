@@ -8,6 +8,7 @@
 
 #include "cdisk.h"
 #include "ctx.h"
+#include "text.h"
 #include "util.h"
 
 #define DEFAULT_CONFIG "/etc/cdisk/cdisk.conf"
@@ -172,7 +173,7 @@ static bool set_limit(struct parse_state *st, const struct limit_key *k,
 	double *field = (double *)((char *)&st->cfg.probe.limits + k->offset);
 	double v;
 
-	if (cdisk_parse_limit(value, k->max, &v) < 0) {
+	if (cd_parse_limit(value, k->max, &v) < 0) {
 		snprintf(st->bad, sizeof(st->bad), "%s must be %s from 0 to %.0f, or none",
 			 k->name, k->unit, k->max);
 		return false;
@@ -195,7 +196,7 @@ static int on_probe_entry(struct parse_state *st, const char *name, const char *
 			l->min_read_rate = -1;
 			return 1;
 		}
-		if (cdisk_parse_size(value, &bytes) < 0) {
+		if (cd_parse_size(value, &bytes) < 0) {
 			snprintf(st->bad, sizeof(st->bad), "min_read_rate must be bytes per "
 				 "second (K, M, G suffixes), or none");
 			return 0;
@@ -204,7 +205,7 @@ static int on_probe_entry(struct parse_state *st, const char *name, const char *
 		return 1;
 	}
 	if (!strcmp(name, "read_size")) {
-		if (cdisk_parse_size(value, &bytes) < 0 || bytes == 0 || bytes > (1ull << 40)) {
+		if (cd_parse_size(value, &bytes) < 0 || bytes == 0 || bytes > (1ull << 40)) {
 			snprintf(st->bad, sizeof(st->bad), "read_size must be bytes (K, M, G "
 				 "suffixes), from 1 to 1T");
 			return 0;
@@ -213,7 +214,7 @@ static int on_probe_entry(struct parse_state *st, const char *name, const char *
 		return 1;
 	}
 	if (!strcmp(name, "ceph_health")) {
-		int rank = cdisk_parse_ceph_health(value);
+		int rank = cd_parse_ceph_health(value);
 		if (rank < 0) {
 			snprintf(st->bad, sizeof(st->bad), "ceph_health must be ok, warn or err");
 			return 0;
@@ -279,7 +280,7 @@ static int on_entry(void *user, const char *section, const char *name,
 		return 1;
 	}
 	if (!strcmp(section, "cache") && !strcmp(name, "max_size")) {
-		if (cdisk_parse_size(value, &cfg->cache_max_size) < 0 ||
+		if (cd_parse_size(value, &cfg->cache_max_size) < 0 ||
 		    cfg->cache_max_size < (1ull << 20)) {
 			snprintf(st->bad, sizeof(st->bad), "max_size must be bytes (K, M, G, "
 				 "T suffixes), at least 1M");

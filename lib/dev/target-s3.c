@@ -16,8 +16,8 @@
 
 #include "cdisk.h"
 #include "ctx.h"
-#include "folder.h"
 #include "http.h"
+#include "s3.h"
 #include "target.h"
 #include "uri.h"
 #include "util.h"

@@ -19,6 +19,7 @@
 #include "cdisk.h"
 #include "control.h"
 #include "server.h"
+#include "text.h"
 #include "util.h"
 
 /* Requests answered at once; past this a client is told to try later
@@ -50,7 +51,7 @@ static json_t *error_reply(int err, const char *fmt, ...)
 	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
 	return json_pack("{s:i, s:b, s:s, s:i}", "schema_version", SCHEMA_VERSION,
-			 "ok", 0, "error", msg, "exit_code", cdisk_exit_code(err));
+			 "ok", 0, "error", msg, "exit_code", cd_exit_code(err));
 }
 
 static json_t *ok_reply(void)

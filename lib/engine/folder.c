@@ -34,6 +34,7 @@
 #include "disk.h"
 #include "folder.h"
 #include "target.h"
+#include "text.h"
 #include "util.h"
 
 #define PART_OFFSET (1ull << 20)   /* the partition's start, and the room at the end */
@@ -282,8 +283,8 @@ static int choose_size(struct build *b)
 		if (need + 2 * PART_OFFSET > b->o->size)
 			return cd_error(b->ctx, -EFBIG, "cannot make a disk of '%s': its "
 					"files need about %s, more than --size %s", b->o->uri,
-					cdisk_format_size(need + 2 * PART_OFFSET, a, sizeof(a)),
-					cdisk_format_size(b->o->size, c, sizeof(c)));
+					cd_format_size(need + 2 * PART_OFFSET, a, sizeof(a)),
+					cd_format_size(b->o->size, c, sizeof(c)));
 		b->res->size = b->o->size;
 		return 0;
 	}

@@ -16,6 +16,7 @@
 #include "disk.h"
 #include "format.h"
 #include "target.h"
+#include "text.h"
 #include "uri.h"
 #include "util.h"
 
@@ -139,7 +140,7 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 	if (sb->size > CDISK_MAX_SIZE)
 		return cd_error(ctx, -EFBIG, "cannot create '%s': size %s is larger than "
 				"the limit of 256 TiB", path,
-				cdisk_format_size(sb->size, buf, sizeof(buf)));
+				cd_format_size(sb->size, buf, sizeof(buf)));
 	sb->nbitmaps = 2;
 	return cd_layout(sb);
 }
@@ -167,8 +168,8 @@ static int same_config(struct cdisk_ctx *ctx, const char *path,
 	if (have->size != want->size)
 		return cd_error(ctx, -EEXIST, "'%s' already exists with a different size "
 				"(%s, not %s); it was not changed", path,
-				cdisk_format_size(have->size, a, sizeof(a)),
-				cdisk_format_size(want->size, b, sizeof(b)));
+				cd_format_size(have->size, a, sizeof(a)),
+				cd_format_size(want->size, b, sizeof(b)));
 	return cd_error(ctx, -EEXIST, "'%s' already exists with a different %s; it "
 			"was not changed", path, what);
 }

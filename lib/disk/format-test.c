@@ -10,6 +10,7 @@
 #include "cdisk.h"
 #include "ctx.h"
 #include "format.h"
+#include "text.h"
 #include "uri.h"
 #include "util.h"
 
@@ -259,39 +260,39 @@ static void test_sizes(void **state)
 	char buf[32];
 
 	(void)state;
-	assert_int_equal(cdisk_parse_size("4096", &v), 0);
+	assert_int_equal(cd_parse_size("4096", &v), 0);
 	assert_int_equal(v, 4096);
-	assert_int_equal(cdisk_parse_size("1G", &v), 0);
+	assert_int_equal(cd_parse_size("1G", &v), 0);
 	assert_int_equal(v, 1ull << 30);
-	assert_int_equal(cdisk_parse_size("1.5MiB", &v), 0);
+	assert_int_equal(cd_parse_size("1.5MiB", &v), 0);
 	assert_int_equal(v, 3ull << 19);
-	assert_int_equal(cdisk_parse_size("2k", &v), 0);
+	assert_int_equal(cd_parse_size("2k", &v), 0);
 	assert_int_equal(v, 2048);
-	assert_int_equal(cdisk_parse_size("-1", &v), -EINVAL);
-	assert_int_equal(cdisk_parse_size("1.3", &v), -EINVAL);
-	assert_int_equal(cdisk_parse_size("1X", &v), -EINVAL);
-	assert_int_equal(cdisk_parse_size("1GG", &v), -EINVAL);
-	assert_int_equal(cdisk_parse_size("20E", &v), -ERANGE);
-	assert_string_equal(cdisk_format_size(1536, buf, sizeof(buf)), "1.5 KiB");
-	assert_string_equal(cdisk_format_size(1ull << 40, buf, sizeof(buf)), "1 TiB");
-	assert_string_equal(cdisk_format_size(12, buf, sizeof(buf)), "12 B");
+	assert_int_equal(cd_parse_size("-1", &v), -EINVAL);
+	assert_int_equal(cd_parse_size("1.3", &v), -EINVAL);
+	assert_int_equal(cd_parse_size("1X", &v), -EINVAL);
+	assert_int_equal(cd_parse_size("1GG", &v), -EINVAL);
+	assert_int_equal(cd_parse_size("20E", &v), -ERANGE);
+	assert_string_equal(cd_format_size(1536, buf, sizeof(buf)), "1.5 KiB");
+	assert_string_equal(cd_format_size(1ull << 40, buf, sizeof(buf)), "1 TiB");
+	assert_string_equal(cd_format_size(12, buf, sizeof(buf)), "12 B");
 }
 
 static void test_exit_codes(void **state)
 {
 	(void)state;
-	assert_int_equal(cdisk_exit_code(0), CDISK_EXIT_OK);
-	assert_int_equal(cdisk_exit_code(-EINVAL), CDISK_EXIT_USAGE);
-	assert_int_equal(cdisk_exit_code(-ECONNREFUSED), CDISK_EXIT_UNREACHABLE);
-	assert_int_equal(cdisk_exit_code(-EBUSY), CDISK_EXIT_BUSY);
-	assert_int_equal(cdisk_exit_code(-EACCES), CDISK_EXIT_PERMISSION);
-	assert_int_equal(cdisk_exit_code(-ENOENT), CDISK_EXIT_NOT_FOUND);
-	assert_int_equal(cdisk_exit_code(-EUCLEAN), CDISK_EXIT_CORRUPT);
-	assert_int_equal(cdisk_exit_code(-ENOMSG), CDISK_EXIT_CORRUPT);
-	assert_int_equal(cdisk_exit_code(-ETIMEDOUT), CDISK_EXIT_TRY_LATER);
-	assert_int_equal(cdisk_exit_code(-EIO), CDISK_EXIT_FAILURE);
-	assert_string_equal(cdisk_exit_name(CDISK_EXIT_BUSY), "busy");
-	assert_string_equal(cdisk_exit_name(99), "unknown");
+	assert_int_equal(cd_exit_code(0), CDISK_EXIT_OK);
+	assert_int_equal(cd_exit_code(-EINVAL), CDISK_EXIT_USAGE);
+	assert_int_equal(cd_exit_code(-ECONNREFUSED), CDISK_EXIT_UNREACHABLE);
+	assert_int_equal(cd_exit_code(-EBUSY), CDISK_EXIT_BUSY);
+	assert_int_equal(cd_exit_code(-EACCES), CDISK_EXIT_PERMISSION);
+	assert_int_equal(cd_exit_code(-ENOENT), CDISK_EXIT_NOT_FOUND);
+	assert_int_equal(cd_exit_code(-EUCLEAN), CDISK_EXIT_CORRUPT);
+	assert_int_equal(cd_exit_code(-ENOMSG), CDISK_EXIT_CORRUPT);
+	assert_int_equal(cd_exit_code(-ETIMEDOUT), CDISK_EXIT_TRY_LATER);
+	assert_int_equal(cd_exit_code(-EIO), CDISK_EXIT_FAILURE);
+	assert_string_equal(cd_exit_name(CDISK_EXIT_BUSY), "busy");
+	assert_string_equal(cd_exit_name(99), "unknown");
 }
 
 static void test_probe_thresholds(void **state)
@@ -299,23 +300,23 @@ static void test_probe_thresholds(void **state)
 	double v;
 
 	(void)state;
-	assert_int_equal(cdisk_parse_limit("none", 100, &v), 0);
+	assert_int_equal(cd_parse_limit("none", 100, &v), 0);
 	assert_true(v < 0);
-	assert_int_equal(cdisk_parse_limit("12.5", 100, &v), 0);
+	assert_int_equal(cd_parse_limit("12.5", 100, &v), 0);
 	assert_true(v == 12.5);
-	assert_int_equal(cdisk_parse_limit("0", 100, &v), 0);
+	assert_int_equal(cd_parse_limit("0", 100, &v), 0);
 	assert_true(v == 0);
-	assert_int_equal(cdisk_parse_limit("150", 100, &v), -ERANGE);
-	assert_int_equal(cdisk_parse_limit("-1", 100, &v), -EINVAL);
-	assert_int_equal(cdisk_parse_limit("fast", 100, &v), -EINVAL);
-	assert_int_equal(cdisk_parse_limit("5ms", 100, &v), -EINVAL);
-	assert_int_equal(cdisk_parse_limit("nan", 100, &v), -EINVAL);
-	assert_int_equal(cdisk_parse_limit("", 100, &v), -EINVAL);
-	assert_int_equal(cdisk_parse_ceph_health("ok"), 0);
-	assert_int_equal(cdisk_parse_ceph_health("warn"), 1);
-	assert_int_equal(cdisk_parse_ceph_health("err"), 2);
-	assert_int_equal(cdisk_parse_ceph_health("WARN"), -EINVAL);
-	assert_int_equal(cdisk_parse_ceph_health(""), -EINVAL);
+	assert_int_equal(cd_parse_limit("150", 100, &v), -ERANGE);
+	assert_int_equal(cd_parse_limit("-1", 100, &v), -EINVAL);
+	assert_int_equal(cd_parse_limit("fast", 100, &v), -EINVAL);
+	assert_int_equal(cd_parse_limit("5ms", 100, &v), -EINVAL);
+	assert_int_equal(cd_parse_limit("nan", 100, &v), -EINVAL);
+	assert_int_equal(cd_parse_limit("", 100, &v), -EINVAL);
+	assert_int_equal(cd_parse_ceph_health("ok"), 0);
+	assert_int_equal(cd_parse_ceph_health("warn"), 1);
+	assert_int_equal(cd_parse_ceph_health("err"), 2);
+	assert_int_equal(cd_parse_ceph_health("WARN"), -EINVAL);
+	assert_int_equal(cd_parse_ceph_health(""), -EINVAL);
 }
 
 int main(void)

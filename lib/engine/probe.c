@@ -503,32 +503,6 @@ int cdisk_probe_disk(struct cdisk_ctx *ctx, const char *path,
 	return r < 0 ? r : cdisk_probe(ctx, base, o, l, res);
 }
 
-int cdisk_verdict_exit_code(enum cdisk_verdict v)
-{
-	switch (v) {
-	case CDISK_HEALTHY:
-		return CDISK_EXIT_OK;
-	case CDISK_DEGRADED:
-		return CDISK_EXIT_UNHEALTHY;
-	case CDISK_UNREACHABLE:
-		return CDISK_EXIT_UNREACHABLE;
-	}
-	return CDISK_EXIT_FAILURE;
-}
-
-const char *cdisk_verdict_name(enum cdisk_verdict v)
-{
-	switch (v) {
-	case CDISK_HEALTHY:
-		return "healthy";
-	case CDISK_DEGRADED:
-		return "degraded";
-	case CDISK_UNREACHABLE:
-		return "unreachable";
-	}
-	return "unknown";
-}
-
 void cdisk_probe_limits_default(struct cdisk_ctx *ctx, struct cdisk_probe_limits *l)
 {
 	*l = ctx->cfg.probe.limits;

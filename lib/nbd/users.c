@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "text.h"
 #include "users.h"
 
 struct parse_state {
@@ -130,7 +131,7 @@ static bool set_uid(struct parse_state *st, struct cd_user *u, const char *value
 static bool set_size(struct parse_state *st, const char *key, const char *value,
 		     uint64_t *out)
 {
-	if (cdisk_parse_size(value, out) < 0) {
+	if (cd_parse_size(value, out) < 0) {
 		snprintf(st->bad, sizeof(st->bad), "%s '%.64s' is not a size (such as "
 			 "100M or 2G)", key, value);
 		return false;

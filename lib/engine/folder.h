@@ -1,0 +1,18 @@
+/* Cloud folders (an S3 bucket and prefix holding one object per file)
+ * made into disk images: the S3 side lives in target-s3.c (s3.h), the
+ * cache and the image in folder.c. */
+#ifndef CDISK_FOLDER_H
+#define CDISK_FOLDER_H
+
+#include "cdisk.h"
+#include "s3.h"
+
+/* The cache's files for a folder (folder.c): ID is the SHA-256 of its
+ * identity.  out holds PATH_MAX bytes. */
+int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
+			 const char *suffix, char *out);
+/* Keys one a line, escaped as in the cache's listings. */
+void cd_folder_escape(const char *in, FILE *out);
+void cd_folder_unescape(char *s);
+
+#endif
