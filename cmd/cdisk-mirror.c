@@ -148,7 +148,7 @@ static void print_state(const struct cdisk_mirror_status *s)
 	switch (s->state) {
 	case CDISK_MIRROR_COPYING:
 		printf("state:          copying, %.0f%% in sync, %s left", in_sync_percent(s),
-		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		       cd_format_size(s->out_of_sync_bytes, a, sizeof(a)));
 		if (eta >= 0)
 			printf(", %.0f s to go at %.1f MiB/s", eta,
 			       (double)s->copy_rate / 1048576);
@@ -160,12 +160,12 @@ static void print_state(const struct cdisk_mirror_status *s)
 	case CDISK_MIRROR_DEGRADED:
 		printf("state:          degraded since %s, %s out of sync (resynced from "
 		       "that record once the mirror answers)\n", when(s->since, t, sizeof(t)),
-		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		       cd_format_size(s->out_of_sync_bytes, a, sizeof(a)));
 		break;
 	case CDISK_MIRROR_PAUSED:
 		printf("state:          paused since %s, %s out of sync\n",
 		       when(s->since, t, sizeof(t)),
-		       cdisk_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		       cd_format_size(s->out_of_sync_bytes, a, sizeof(a)));
 		break;
 	default:
 		printf("state:          %s\n", state_name(s->state));
@@ -185,7 +185,7 @@ static void print_status_human(const char *path, const struct cdisk_mirror_statu
 	printf("mirror:         %s\n", s->uri);
 	print_state(s);
 	printf("recovered:      %s resent after the last crash\n",
-	       cdisk_format_size(s->recovered_bytes, a, sizeof(a)));
+	       cd_format_size(s->recovered_bytes, a, sizeof(a)));
 	if (s->last_error[0])
 		printf("last error:     %s (at %s)\n", s->last_error,
 		       when(s->last_error_time, t, sizeof(t)));
@@ -217,8 +217,8 @@ static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
 	double rate = secs >= 1.0 ? (double)p->done / secs : 0;
 
 	(void)opaque;
-	cdisk_format_size(p->done, done, sizeof(done));
-	cdisk_format_size(rest, left, sizeof(left));
+	cd_format_size(p->done, done, sizeof(done));
+	cd_format_size(rest, left, sizeof(left));
 	if (rate > 0)
 		cli_progress("%s copied, %s left, %.1f MiB/s, %.0f s to go", done, left,
 			     rate / 1048576, (double)rest / rate);
@@ -260,11 +260,11 @@ static int copy_idle(struct cdisk *d, const char *path)
 	if (st.stopped || s.state != CDISK_MIRROR_IN_SYNC) {
 		cli_error("'%s': stopped with %s left to copy; 'cdisk-mirror resume %s', or "
 			  "serving the disk, goes on", path,
-			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
+			  cd_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
 		return CDISK_EXIT_TRY_LATER;
 	}
 	cli_message("'%s': %s copied to mirror '%s' in %.1f s (%.0f MiB/s); in sync", path,
-		    cdisk_format_size(st.bytes, a, sizeof(a)), s.uri, st.seconds,
+		    cd_format_size(st.bytes, a, sizeof(a)), s.uri, st.seconds,
 		    st.seconds > 0 ? (double)st.bytes / 1048576.0 / st.seconds : 0);
 	return 0;
 }
@@ -372,7 +372,7 @@ static void show_served_progress(const struct cdisk_mirror_status *s)
 	char left[32];
 	double eta = eta_seconds(s);
 
-	cdisk_format_size(s->out_of_sync_bytes, left, sizeof(left));
+	cd_format_size(s->out_of_sync_bytes, left, sizeof(left));
 	if (eta >= 0)
 		cli_progress("%.0f%% in sync, %s left, %.1f MiB/s, %.0f s to go",
 			     in_sync_percent(s), left, (double)s->copy_rate / 1048576, eta);
@@ -402,7 +402,7 @@ static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
 				fputc('\n', stderr);
 			cli_error("'%s': stopped waiting with %s left to copy; the server goes "
 				  "on ('cdisk-mirror status %s' follows it)", path,
-				  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
+				  cd_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
 			return CDISK_EXIT_TRY_LATER;
 		}
 		sleep_a_second();
@@ -420,13 +420,13 @@ static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
 		return CDISK_EXIT_FAILURE;
 	case CDISK_MIRROR_PAUSED:
 		cli_error("'%s': mirror '%s' was paused with %s out of sync", path, s.uri,
-			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)));
+			  cd_format_size(s.out_of_sync_bytes, a, sizeof(a)));
 		return CDISK_EXIT_UNHEALTHY;
 	default:
 		cli_error("'%s': mirror '%s' is degraded: %s; %s out of sync, resent when it "
 			  "answers again", path, s.uri,
 			  s.last_error[0] ? s.last_error : "no reason given",
-			  cdisk_format_size(s.out_of_sync_bytes, a, sizeof(a)));
+			  cd_format_size(s.out_of_sync_bytes, a, sizeof(a)));
 		return CDISK_EXIT_UNHEALTHY;
 	}
 }

@@ -16,9 +16,11 @@ setup() {
 }
 
 teardown() {
+	[ -n "${OSD_PID:-}" ] && kill -CONT "$OSD_PID" 2>/dev/null
 	stop_serve KILL || true
 	stop_proxy
 	stop_nbdkit
+	return 0
 }
 
 # A mirror on nbdkit (a file full of a pattern no disk here holds) behind
@@ -153,4 +155,54 @@ timed() {
 		assert_mirror_equals_disk
 		stop_serve
 	done
+}
+
+# mirror_survives_a_hang URI HANG RESUME: a served disk with URI as its
+# mirror; in sync with fio writing; the mirror hangs (HANG) under the
+# writes, which go on; RESUME, then in sync again, and the mirror, read
+# through its own server, equals the disk.
+mirror_survives_a_hang() {
+	local uri=$1 hang=$2 resume=$3 fio
+	quick_timeouts 3 0
+	run_cdisk 0 cdisk-create --size 64M --mirror "$uri" d.cdisk
+	start_serve --mirror-timeout 1000 --export d=d.cdisk
+	wait_state in-sync 120
+	timeout 60 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
+		--time_based --runtime=8 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
+	fio=$!
+	sleep 2
+	eval "$hang"
+	wait_state degraded 30
+	sleep 2
+	eval "$resume"
+	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	wait_state in-sync 120
+	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
+		--size=64M --verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
+	run_cdisk 0 nbdcopy "$NBD" "$BATS_TEST_TMPDIR/disk.img"
+	run_cdisk 0 target-io -d 8 "$uri" get:"$BATS_TEST_TMPDIR/mirror-read.img"
+	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/mirror-read.img" ||
+		fail "the mirror differs from the disk"
+	stop_serve
+}
+
+@test "an RBD mirror whose OSD stops: degraded, writes go on, resynced when it is back" {
+	use_server ceph
+	export CEPH_CONF
+	image=mirror-$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-8)
+	run_cdisk target-io "rbd:rbd/$image" create:64M
+	OSD_PID=$(cat "$(dirname "$CEPH_CONF")/run/osd.0.pid")
+	# SIGSTOP, never kill: memstore keeps the pool in the OSD's memory.
+	mirror_survives_a_hang "rbd:rbd/$image" 'freeze $OSD_PID' 'kill -CONT $OSD_PID'
+	OSD_PID=
+}
+
+@test "an iSCSI (tgtd) mirror that hangs: degraded, writes go on, resynced when it answers" {
+	use_server tgt
+	tgt_new_lun 64M
+	start_proxy "127.0.0.1:$TGT_PORT"
+	mirror_survives_a_hang "${TGT_URI/:$TGT_PORT\//:$PROXY_PORT/}" "proxy_ctl pause" \
+		"proxy_ctl resume"
+	tgt_delete_lun "$TGT_TID"
 }

@@ -12,13 +12,61 @@
 #ifndef CDISK_MIRROR_H
 #define CDISK_MIRROR_H
 
+#include <pthread.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "bitmap.h"
+#include "format.h"
+
 struct cdisk;
-struct cd_leg;
+struct cd_target;
 
 enum cd_leg_op { CD_LEG_WRITE, CD_LEG_ZERO, CD_LEG_FLUSH };
+
+#define MIRROR_WORKERS 32          /* legs under way at once, per disk */
+
+struct cd_leg {
+	struct cd_leg *next;
+	enum cd_leg_op op;
+	uint8_t *buf;
+	size_t len;
+	uint64_t off;
+	int result;
+	bool done;
+	int refs;                  /* the sender's and the worker's */
+	char msg[CD_MIRROR_ERROR_MAX];
+};
+
+struct cd_mirror {
+	pthread_mutex_t lock;
+	pthread_cond_t work;       /* a leg is queued, or stopping */
+	pthread_cond_t done;       /* a leg finished (CLOCK_MONOTONIC) */
+	pthread_cond_t wake;       /* the keeper: something changed */
+	struct cd_leg *head, *tail;
+	pthread_t workers[MIRROR_WORKERS];
+	unsigned nworkers, idle;
+	/* Legs sent and not finished, those the sender gave up on too: a
+	 * resync starts only at 0, or a late leg could land over it. */
+	unsigned outstanding;
+	bool stopping;
+	struct cd_target *t;       /* the mirror's stack; NULL until opened */
+
+	/* Under the disk's lock. */
+	bool live;                 /* writes in sync go to both */
+	struct cd_bitmap claimed;  /* the copy's claims (struct cd_drain) */
+	bool copying;
+	uint64_t copied_bytes, copy_total, copy_rate, copy_start_ms;
+
+	/* The keeper. */
+	pthread_t keeper;
+	bool keeper_started;
+	bool kick;
+	volatile sig_atomic_t copy_stop;
+};
+
+
 
 /* The disk has a mirror attached (bitmap 2 means "out of sync with it"). */
 bool cd_mirror_attached(const struct cdisk *d);
@@ -48,5 +96,19 @@ void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count);
 int cd_mirror_init(struct cdisk *d);
 /* At close: stop the keeper and the workers, close the mirror. */
 void cd_mirror_free(struct cdisk *d);
+
+/* For the engine's side (engine/mirror.c). */
+struct cd_bitmap *cd_mirror_oos(struct cdisk *d);
+/* Under the lock: a new state into the superblock now. */
+int cd_mirror_store_state_locked(struct cdisk *d, uint32_t state, const char *error);
+/* Under the lock: the mirror failed; writes are recorded from now on. */
+int cd_mirror_degrade_locked(struct cdisk *d, const char *why);
+/* Under the lock: writes in sync go to both again, if they may. */
+bool cd_mirror_go_live_locked(struct cdisk *d);
+void cd_mirror_note_in_sync_locked(struct cdisk *d);
+/* Wake the keeper. */
+void cd_mirror_kick(struct cd_mirror *m);
+/* Stop the keeper and the workers (they finish what is queued). */
+void cd_mirror_stop_threads(struct cd_mirror *m);
 
 #endif

@@ -1,16 +1,9 @@
-/* The synchronous mirror: a second target that holds the whole virtual
- * disk, written with every guest write (mirror.h says how a write is
- * routed).  Here: the legs (a small pool of workers that send the
- * mirror's half of each write, so that the caller can wait with a
- * timeout and give up on a hung mirror), the state (live, degraded,
- * paused, stored in the superblock's mirror record at each change), the
- * copy that drains the out-of-sync bitmap (attach's initial copy and
- * every resync, through the copy engine), and the keeper: the thread a
- * server runs per disk that opens the mirror without stalling writes,
- * probes it while degraded and resyncs when it answers.
- *
- * Lock order: the disk's lock, then the mirror's (m->lock), which guards
- * the legs and is never held across I/O.  Workers take only m->lock. */
+/* The synchronous mirror's engine side: checking and opening a mirror,
+ * the copy that drains the out-of-sync bitmap (attach's initial copy and
+ * every resync, through the copy engine), the public verbs, and the
+ * keeper: the thread a server runs per disk that opens the mirror without
+ * stalling writes, probes it while degraded and resyncs when it answers.
+ * The write path's side is disk/mirror-io.c. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,422 +19,12 @@
 #include "journal.h"
 #include "mirror.h"
 #include "target.h"
+#include "text.h"
 #include "util.h"
 
-#define MIRROR_WORKERS 32          /* legs under way at once, per disk */
 #define MIRROR_COPY_EXTENT (4u << 20)
 #define MIRROR_COPY_DEPTH 8
 #define KEEPER_INTERVAL_MS 2000    /* between probes of a degraded mirror */
-
-struct cd_leg {
-	struct cd_leg *next;
-	enum cd_leg_op op;
-	uint8_t *buf;
-	size_t len;
-	uint64_t off;
-	int result;
-	bool done;
-	int refs;                  /* the sender's and the worker's */
-	char msg[CD_MIRROR_ERROR_MAX];
-};
-
-struct cd_mirror {
-	pthread_mutex_t lock;
-	pthread_cond_t work;       /* a leg is queued, or stopping */
-	pthread_cond_t done;       /* a leg finished (CLOCK_MONOTONIC) */
-	pthread_cond_t wake;       /* the keeper: something changed */
-	struct cd_leg *head, *tail;
-	pthread_t workers[MIRROR_WORKERS];
-	unsigned nworkers, idle;
-	/* Legs sent and not finished, those the sender gave up on too: a
-	 * resync starts only at 0, or a late leg could land over it. */
-	unsigned outstanding;
-	bool stopping;
-	struct cd_target *t;       /* the mirror's stack; NULL until opened */
-
-	/* Under the disk's lock. */
-	bool live;                 /* writes in sync go to both */
-	struct cd_bitmap claimed;  /* the copy's claims (struct cd_drain) */
-	bool copying;
-	uint64_t copied_bytes, copy_total, copy_rate, copy_start_ms;
-
-	/* The keeper. */
-	pthread_t keeper;
-	bool keeper_started;
-	bool kick;
-	volatile sig_atomic_t copy_stop;
-};
-
-static struct cd_bitmap *oos_of(struct cdisk *d)
-{
-	return cd_disk_bitmap(d, CD_BM_MIRROR);
-}
-
-bool cd_mirror_attached(const struct cdisk *d)
-{
-	return d->sb.incompat & CD_FEATURE_INCOMPAT_MIRROR;
-}
-
-/* ---- state, stored at each change ---- */
-
-/* Under the lock: a new state into the superblock now, so that a status
- * after a restart knows it. */
-static int store_state_locked(struct cdisk *d, uint32_t state, const char *error)
-{
-	uint64_t now = (uint64_t)time(NULL);
-
-	if (d->sb.mirror_state != state) {
-		d->sb.mirror_state = state;
-		d->sb.mirror_since = now;
-	}
-	if (error) {
-		snprintf(d->sb.mirror_error, sizeof(d->sb.mirror_error), "%s", error);
-		d->sb.mirror_error_time = now;
-	}
-	return d->readonly ? 0 : cd_sb_write(d);
-}
-
-static void kick_keeper(struct cd_mirror *m)
-{
-	pthread_mutex_lock(&m->lock);
-	m->kick = true;
-	pthread_cond_broadcast(&m->wake);
-	pthread_mutex_unlock(&m->lock);
-}
-
-/* Under the lock: the mirror failed.  Writes stop going to it (they are
- * recorded instead) until the keeper finds it answering again. */
-static int degrade_locked(struct cdisk *d, const char *why)
-{
-	struct cd_mirror *m = d->mirror;
-	bool was_live = m && m->live;
-	int r;
-
-	if (m)
-		m->live = false;
-	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
-		return 0;
-	/* A probe failing every few seconds changes the record at most once
-	 * a minute, and not at all while it says the same. */
-	if (!was_live && d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED &&
-	    (!strcmp(d->sb.mirror_error, why) ||
-	     (uint64_t)time(NULL) < d->sb.mirror_error_time + 60))
-		return 0;
-	if (d->sb.mirror_state != CD_MIRROR_STORED_DEGRADED)
-		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' degraded: %s; writes "
-		       "go to the disk only and are recorded, and are sent when it "
-		       "answers again", d->path, d->sb.mirror, why);
-	r = store_state_locked(d, CD_MIRROR_STORED_DEGRADED, why);
-	if (m)
-		kick_keeper(m);
-	return r;
-}
-
-/* Under the lock: writes in sync go to both from now on.  Not while a
- * leg is still under way (a late one could land over a copy), nor while
- * paused. */
-static bool go_live_locked(struct cdisk *d)
-{
-	struct cd_mirror *m = d->mirror;
-	unsigned outstanding;
-
-	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
-		return false;
-	if (m->live)
-		return true;
-	pthread_mutex_lock(&m->lock);
-	outstanding = m->outstanding;
-	pthread_mutex_unlock(&m->lock);
-	if (outstanding)
-		return false;
-	m->live = true;
-	if (d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED) {
-		char size[32];
-
-		/* As loud as the degradation it ends. */
-		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' answers again; "
-		       "resending %s recorded out of sync", d->path, d->sb.mirror,
-		       cdisk_format_size(oos_of(d)->count << d->block_shift, size,
-					 sizeof(size)));
-		store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
-	}
-	return true;
-}
-
-static void note_in_sync_locked(struct cdisk *d)
-{
-	struct cd_mirror *m = d->mirror;
-
-	if (!m || !m->live || oos_of(d)->count ||
-	    d->sb.mirror_state == CD_MIRROR_STORED_IN_SYNC)
-		return;
-	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' is in sync", d->path,
-	       d->sb.mirror);
-	store_state_locked(d, CD_MIRROR_STORED_IN_SYNC, NULL);
-}
-
-/* ---- the write path's hooks ---- */
-
-bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count)
-{
-	struct cd_mirror *m = d->mirror;
-	bool live = m && m->live;
-
-	if (count == 0)
-		return live;
-	if (live && cd_bitmap_find(oos_of(d), first, true) >= first + count)
-		return true;
-	/* The activity log (durable before this write) covers these blocks
-	 * until the record is: a crash sets them out of sync again. */
-	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
-	return false;
-}
-
-static void leg_put_locked(struct cd_mirror *m, struct cd_leg *leg)
-{
-	if (--leg->refs == 0) {
-		free(leg->buf);
-		free(leg);
-	}
-	(void)m;
-}
-
-static void *worker_main(void *arg)
-{
-	struct cdisk *d = arg;
-	struct cd_mirror *m = d->mirror;
-
-	pthread_mutex_lock(&m->lock);
-	for (;;) {
-		struct cd_leg *leg;
-		struct cd_target *t;
-		int r;
-
-		while (!m->head && !m->stopping)
-			pthread_cond_wait(&m->work, &m->lock);
-		if (!m->head)
-			break;
-		leg = m->head;
-		m->head = leg->next;
-		if (!m->head)
-			m->tail = NULL;
-		m->idle--;
-		t = m->t;
-		pthread_mutex_unlock(&m->lock);
-
-		cd_errbuf()[0] = 0;
-		if (!t)
-			r = cd_error(d->ctx, -ENOTCONN, "the mirror is not open");
-		else if (leg->op == CD_LEG_WRITE)
-			r = cd_target_pwrite(t, leg->buf, leg->len, leg->off);
-		else if (leg->op == CD_LEG_ZERO)
-			r = cd_target_zero(t, leg->len, leg->off);
-		else
-			r = cd_target_flush(t);
-
-		pthread_mutex_lock(&m->lock);
-		leg->result = r;
-		if (r < 0)
-			snprintf(leg->msg, sizeof(leg->msg), "%s",
-				 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
-		leg->done = true;
-		m->outstanding--;
-		m->idle++;
-		pthread_cond_broadcast(&m->done);
-		if (!m->outstanding)
-			pthread_cond_broadcast(&m->wake);
-		leg_put_locked(m, leg);
-	}
-	pthread_mutex_unlock(&m->lock);
-	return NULL;
-}
-
-struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
-			      size_t len, uint64_t off)
-{
-	struct cd_mirror *m = d->mirror;
-	struct cd_leg *leg = calloc(1, sizeof(*leg));
-
-	if (!leg)
-		return NULL;
-	if (op == CD_LEG_WRITE) {
-		/* The sender may give up on the leg and free its buffer. */
-		leg->buf = malloc(len);
-		if (!leg->buf) {
-			free(leg);
-			return NULL;
-		}
-		memcpy(leg->buf, buf, len);
-	}
-	leg->op = op;
-	leg->len = len;
-	leg->off = off;
-	leg->refs = 2;
-	pthread_mutex_lock(&m->lock);
-	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
-	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
-		m->nworkers++;
-		m->idle++;
-	}
-	if (m->tail)
-		m->tail->next = leg;
-	else
-		m->head = leg;
-	m->tail = leg;
-	m->outstanding++;
-	pthread_cond_signal(&m->work);
-	pthread_mutex_unlock(&m->lock);
-	return leg;
-}
-
-int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
-{
-	struct cd_mirror *m = d->mirror;
-	uint32_t timeout_ms = d->ctx->cfg.mirror_timeout_ms;
-	struct timespec until;
-	int r;
-
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += timeout_ms / 1000;
-	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
-	pthread_mutex_lock(&m->lock);
-	while (!leg->done)
-		if (pthread_cond_timedwait(&m->done, &m->lock, &until) == ETIMEDOUT)
-			break;
-	if (!leg->done)
-		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the mirror in %u ms",
-			     timeout_ms);
-	else if (leg->result < 0)
-		r = cd_error(d->ctx, leg->result, "%s", leg->msg);
-	else
-		r = 0;
-	leg_put_locked(m, leg);
-	pthread_mutex_unlock(&m->lock);
-	return r;
-}
-
-static int fail_policy(struct cdisk *d, int err, const char *why)
-{
-	if (!d->ctx->cfg.mirror_fail)
-		return 0;
-	return cd_error(d->ctx, err == -ETIMEDOUT ? -ETIMEDOUT : -EIO,
-			"'%s': the mirror '%s' did not take the write (%s), and "
-			"[mirror] on_error = fail", d->path, d->sb.mirror, why);
-}
-
-int cd_mirror_finish_locked(struct cdisk *d, uint64_t first, uint64_t count,
-			    int leg_result)
-{
-	char why[CD_MIRROR_ERROR_MAX];
-	int r;
-
-	if (leg_result == 0)
-		return 0;
-	snprintf(why, sizeof(why), "%s", cd_errbuf()[0] ? cd_errbuf() : strerror(-leg_result));
-	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
-	r = degrade_locked(d, why);
-	/* Recorded out of sync, durably, before the write is answered. */
-	if (r == 0)
-		r = cd_journal_commit(d, true);
-	if (r < 0)
-		return r;
-	return fail_policy(d, leg_result, why);
-}
-
-int cd_mirror_flush_failed_locked(struct cdisk *d, int err)
-{
-	uint64_t per = CD_AL_EXTENT_BYTES >> d->block_shift;
-	char why[CD_MIRROR_ERROR_MAX];
-	int r;
-
-	snprintf(why, sizeof(why), "flush: %s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
-	if (!per)
-		per = 1;
-	/* Writes since the mirror's last good flush are all in the log's
-	 * extents: the mirror may have lost any of them. */
-	for (uint32_t i = 0; i < d->al.count; i++) {
-		uint64_t first = d->al.extents[i] * per;
-		uint64_t n = first + per < d->nblocks ? per : d->nblocks - first;
-
-		cd_disk_mark_locked(d, CD_BM_MIRROR, first, n, true);
-	}
-	r = degrade_locked(d, why);
-	if (r == 0)
-		r = cd_journal_commit(d, true);
-	return r < 0 ? r : fail_policy(d, err, why);
-}
-
-void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count)
-{
-	struct cd_mirror *m = d->mirror;
-
-	if (m && m->claimed.count)
-		cd_bitmap_assign(&m->claimed, first, count, false);
-}
-
-/* ---- setting up and tearing down ---- */
-
-int cd_mirror_init(struct cdisk *d)
-{
-	struct cd_mirror *m;
-	pthread_condattr_t attr;
-
-	if (d->mirror || d->readonly || !cd_mirror_attached(d))
-		return 0;
-	m = calloc(1, sizeof(*m));
-	if (!m || cd_bitmap_init(&m->claimed, d->nblocks) < 0) {
-		free(m);
-		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
-	}
-	pthread_mutex_init(&m->lock, NULL);
-	pthread_cond_init(&m->work, NULL);
-	pthread_cond_init(&m->wake, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&m->done, &attr);
-	pthread_condattr_destroy(&attr);
-	d->mirror = m;
-	return 0;
-}
-
-static void stop_workers(struct cd_mirror *m)
-{
-	pthread_mutex_lock(&m->lock);
-	m->stopping = true;
-	pthread_cond_broadcast(&m->work);
-	pthread_cond_broadcast(&m->wake);
-	pthread_mutex_unlock(&m->lock);
-	if (m->keeper_started)
-		pthread_join(m->keeper, NULL);
-	m->keeper_started = false;
-	for (unsigned i = 0; i < m->nworkers; i++)
-		pthread_join(m->workers[i], NULL);
-	m->nworkers = m->idle = 0;
-}
-
-void cd_mirror_free(struct cdisk *d)
-{
-	struct cd_mirror *m = d->mirror;
-
-	if (!m)
-		return;
-	m->copy_stop = 1;
-	stop_workers(m);
-	pthread_mutex_lock(&d->lock);
-	d->mirror = NULL;
-	pthread_mutex_unlock(&d->lock);
-	cd_target_close(m->t);
-	cd_bitmap_free(&m->claimed);
-	pthread_cond_destroy(&m->work);
-	pthread_cond_destroy(&m->done);
-	pthread_cond_destroy(&m->wake);
-	pthread_mutex_destroy(&m->lock);
-	free(m);
-}
 
 /* ---- opening and checking a mirror ---- */
 
@@ -504,12 +87,12 @@ static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
 		return r;
 	if ((*out)->size >= d->sb.size)
 		return 0;
-	cdisk_format_size((*out)->size, have, sizeof(have));
+	cd_format_size((*out)->size, have, sizeof(have));
 	cd_target_close(*out);
 	*out = NULL;
 	/* An unsuitable argument, as a bad URI is: nothing changed. */
 	return cd_error(d->ctx, -EINVAL, "mirror '%s' holds %s, less than the disk's %s",
-			uri, have, cdisk_format_size(d->sb.size, want, sizeof(want)));
+			uri, have, cd_format_size(d->sb.size, want, sizeof(want)));
 }
 
 /* The mirror's stack for the disk's mirror record, opened with no lock
@@ -606,7 +189,7 @@ static int copy_pass(struct cdisk *d, struct cd_target *t, const struct cdisk_sy
 		     struct cdisk_sync_stats *st, volatile sig_atomic_t *stop)
 {
 	struct cd_mirror *m = d->mirror;
-	const struct cd_drain drain = { oos_of(d), &m->claimed, mirror_clear };
+	const struct cd_drain drain = { cd_mirror_oos(d), &m->claimed, mirror_clear };
 	struct cd_copy c = { .d = d, .o = o, .st = st, .drain = &drain, .job = t,
 			     .ops = &mirror_ops, .start_ms = cd_now_ms(),
 			     .buf_bytes = MIRROR_COPY_EXTENT, .stop = stop,
@@ -616,7 +199,7 @@ static int copy_pass(struct cdisk *d, struct cd_target *t, const struct cdisk_sy
 	int r;
 
 	pthread_mutex_lock(&d->lock);
-	r = cd_copy_collect(d, oos_of(d), true, 0, d->nblocks, 0,
+	r = cd_copy_collect(d, cd_mirror_oos(d), true, 0, d->nblocks, 0,
 			    MIRROR_COPY_EXTENT >> d->block_shift, &c.ext, &c.n, &blocks);
 	m->copying = true;
 	m->copy_total = m->copied_bytes + (blocks << d->block_shift);
@@ -647,16 +230,16 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	/* The figures of the last copy stay for status until another has
 	 * work to do. */
 	pthread_mutex_lock(&d->lock);
-	if (oos_of(d)->count) {
+	if (cd_mirror_oos(d)->count) {
 		m->copied_bytes = 0;
 		m->copy_start_ms = cd_now_ms();
 	}
 	pthread_mutex_unlock(&d->lock);
 	for (;;) {
 		pthread_mutex_lock(&d->lock);
-		left = oos_of(d)->count;
+		left = cd_mirror_oos(d)->count;
 		if (!left)
-			note_in_sync_locked(d);
+			cd_mirror_note_in_sync_locked(d);
 		pthread_mutex_unlock(&d->lock);
 		if (!left || *stop || d->sync_stop)
 			break;
@@ -672,7 +255,7 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 
 			snprintf(why, sizeof(why), "%s", cd_errbuf());
 			pthread_mutex_lock(&d->lock);
-			degrade_locked(d, why);
+			cd_mirror_degrade_locked(d, why);
 			pthread_mutex_unlock(&d->lock);
 			cd_error(d->ctx, r, "%s", why);
 			break;
@@ -681,7 +264,7 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 			break;
 	}
 	pthread_mutex_lock(&d->lock);
-	st->left_bytes = oos_of(d)->count << d->block_shift;
+	st->left_bytes = cd_mirror_oos(d)->count << d->block_shift;
 	pthread_mutex_unlock(&d->lock);
 	return r;
 }
@@ -733,7 +316,7 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 	old = d->sb;
 	/* Everything out of sync and the record, in one checkpoint: an
 	 * attach cut by a crash resumes from what is left. */
-	r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+	r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
 	snprintf(d->sb.mirror, sizeof(d->sb.mirror), "%s", norm);
 	d->sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
 	d->sb.mirror_state = CD_MIRROR_STORED_COPYING;
@@ -760,7 +343,7 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 	if (r == 0)
 		r = start_keeper(d);
 	if (r == 0)
-		kick_keeper(d->mirror);
+		cd_mirror_kick(d->mirror);
 fail:
 	cd_target_close(t);
 	return r;
@@ -779,7 +362,7 @@ int cdisk_mirror_detach(struct cdisk *d)
 	m->live = false;
 	cd_disk_drain_mirrored_locked(d);
 	pthread_mutex_unlock(&d->lock);
-	stop_workers(m);
+	cd_mirror_stop_threads(m);
 	pthread_mutex_lock(&d->lock);
 	d->sb.incompat &= ~CD_FEATURE_INCOMPAT_MIRROR;
 	d->sb.mirror[0] = 0;
@@ -806,12 +389,12 @@ int cdisk_mirror_pause(struct cdisk *d, bool pause)
 	pthread_mutex_lock(&d->lock);
 	if (pause) {
 		m->live = false;
-		r = store_state_locked(d, CD_MIRROR_STORED_PAUSED, NULL);
+		r = cd_mirror_store_state_locked(d, CD_MIRROR_STORED_PAUSED, NULL);
 	} else if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED) {
-		r = store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
+		r = cd_mirror_store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
 	}
 	pthread_mutex_unlock(&d->lock);
-	kick_keeper(m);
+	cd_mirror_kick(m);
 	return r;
 }
 
@@ -823,7 +406,7 @@ int cdisk_mirror_resync(struct cdisk *d, bool full)
 		return r;
 	pthread_mutex_lock(&d->lock);
 	if (full) {
-		r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+		r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
 		if (r == 0)
 			r = cd_checkpoint(d);
 	}
@@ -832,7 +415,7 @@ int cdisk_mirror_resync(struct cdisk *d, bool full)
 			     "paused; resume it", d->path);
 	pthread_mutex_unlock(&d->lock);
 	if (r == 0)
-		kick_keeper(d->mirror);
+		cd_mirror_kick(d->mirror);
 	return r;
 }
 
@@ -846,7 +429,7 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);
-	st->dirty_bytes = oos_of(d)->count << d->block_shift;
+	st->dirty_bytes = cd_mirror_oos(d)->count << d->block_shift;
 	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
 		r = cd_error(d->ctx, -EAGAIN, "cannot copy: the mirror of '%s' is paused; "
 			     "resume it", d->path);
@@ -859,12 +442,12 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 
 		snprintf(why, sizeof(why), "%s", cd_errbuf());
 		pthread_mutex_lock(&d->lock);
-		degrade_locked(d, why);
+		cd_mirror_degrade_locked(d, why);
 		pthread_mutex_unlock(&d->lock);
 		return cd_error(d->ctx, r, "%s", why);
 	}
 	pthread_mutex_lock(&d->lock);
-	go_live_locked(d);
+	cd_mirror_go_live_locked(d);
 	pthread_mutex_unlock(&d->lock);
 	r = copy_until_in_sync(d, o, st, &never);
 	st->seconds = (double)(cd_now_ms() - d->mirror->copy_start_ms) / 1000.0;
@@ -896,9 +479,9 @@ static void keep_once(struct cdisk *d)
 			r = cd_target_ping(m->t, &rtt);
 		pthread_mutex_lock(&d->lock);
 		if (r < 0)
-			degrade_locked(d, cd_errbuf());
+			cd_mirror_degrade_locked(d, cd_errbuf());
 		else
-			live = go_live_locked(d);
+			live = cd_mirror_go_live_locked(d);
 		pthread_mutex_unlock(&d->lock);
 		if (!live)
 			return;
@@ -945,7 +528,7 @@ static int adopt_recorded(struct cdisk *d)
 	if (r < 0)
 		return r;
 	pthread_mutex_lock(&d->lock);
-	r = cd_bitmap_assign(oos_of(d), 0, d->nblocks, true);
+	r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
 	d->sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
 	d->sb.mirror_state = CD_MIRROR_STORED_COPYING;
 	d->sb.mirror_since = (uint64_t)time(NULL);
@@ -1002,7 +585,7 @@ int cdisk_mirror_get_status(struct cdisk *d, struct cdisk_mirror_status *s)
 		return 0;
 	}
 	memcpy(s->uri, d->sb.mirror, sizeof(s->uri));
-	s->out_of_sync_bytes = oos_of(d)->count << d->block_shift;
+	s->out_of_sync_bytes = cd_mirror_oos(d)->count << d->block_shift;
 	s->since = d->sb.mirror_since;
 	s->recovered_bytes = d->sb.mirror_recovered << d->block_shift;
 	snprintf(s->last_error, sizeof(s->last_error), "%s", d->sb.mirror_error);

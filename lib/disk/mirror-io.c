@@ -1,0 +1,396 @@
+/* The mirror's side in the disk: routing each write, the legs (a small
+ * pool of workers that send the mirror's half of each write, so that the
+ * caller can wait with a timeout and give up on a hung mirror), and the
+ * state (live, degraded, paused), stored in the superblock's mirror record
+ * at each change.  The copy, the verbs and the keeper are the engine's
+ * (engine/mirror.c); mirror.h says how a write is routed.
+ *
+ * Lock order: the disk's lock, then the mirror's (m->lock), which guards
+ * the legs and is never held across I/O.  Workers take only m->lock. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bitmap.h"
+#include "cdisk.h"
+#include "ctx.h"
+#include "disk.h"
+#include "format.h"
+#include "journal.h"
+#include "mirror.h"
+#include "target.h"
+#include "text.h"
+#include "util.h"
+
+struct cd_bitmap *cd_mirror_oos(struct cdisk *d)
+{
+	return cd_disk_bitmap(d, CD_BM_MIRROR);
+}
+
+bool cd_mirror_attached(const struct cdisk *d)
+{
+	return d->sb.incompat & CD_FEATURE_INCOMPAT_MIRROR;
+}
+
+/* ---- state, stored at each change ---- */
+
+/* Under the lock: a new state into the superblock now, so that a status
+ * after a restart knows it. */
+int cd_mirror_store_state_locked(struct cdisk *d, uint32_t state, const char *error)
+{
+	uint64_t now = (uint64_t)time(NULL);
+
+	if (d->sb.mirror_state != state) {
+		d->sb.mirror_state = state;
+		d->sb.mirror_since = now;
+	}
+	if (error) {
+		snprintf(d->sb.mirror_error, sizeof(d->sb.mirror_error), "%s", error);
+		d->sb.mirror_error_time = now;
+	}
+	return d->readonly ? 0 : cd_sb_write(d);
+}
+
+void cd_mirror_kick(struct cd_mirror *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->kick = true;
+	pthread_cond_broadcast(&m->wake);
+	pthread_mutex_unlock(&m->lock);
+}
+
+/* Under the lock: the mirror failed.  Writes stop going to it (they are
+ * recorded instead) until the keeper finds it answering again. */
+int cd_mirror_degrade_locked(struct cdisk *d, const char *why)
+{
+	struct cd_mirror *m = d->mirror;
+	bool was_live = m && m->live;
+	int r;
+
+	if (m)
+		m->live = false;
+	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		return 0;
+	/* A probe failing every few seconds changes the record at most once
+	 * a minute, and not at all while it says the same. */
+	if (!was_live && d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED &&
+	    (!strcmp(d->sb.mirror_error, why) ||
+	     (uint64_t)time(NULL) < d->sb.mirror_error_time + 60))
+		return 0;
+	if (d->sb.mirror_state != CD_MIRROR_STORED_DEGRADED)
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' degraded: %s; writes "
+		       "go to the disk only and are recorded, and are sent when it "
+		       "answers again", d->path, d->sb.mirror, why);
+	r = cd_mirror_store_state_locked(d, CD_MIRROR_STORED_DEGRADED, why);
+	if (m)
+		cd_mirror_kick(m);
+	return r;
+}
+
+/* Under the lock: writes in sync go to both from now on.  Not while a
+ * leg is still under way (a late one could land over a copy), nor while
+ * paused. */
+bool cd_mirror_go_live_locked(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+	unsigned outstanding;
+
+	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+		return false;
+	if (m->live)
+		return true;
+	pthread_mutex_lock(&m->lock);
+	outstanding = m->outstanding;
+	pthread_mutex_unlock(&m->lock);
+	if (outstanding)
+		return false;
+	m->live = true;
+	if (d->sb.mirror_state == CD_MIRROR_STORED_DEGRADED) {
+		char size[32];
+
+		/* As loud as the degradation it ends. */
+		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': mirror '%s' answers again; "
+		       "resending %s recorded out of sync", d->path, d->sb.mirror,
+		       cd_format_size(cd_mirror_oos(d)->count << d->block_shift, size,
+					 sizeof(size)));
+		cd_mirror_store_state_locked(d, CD_MIRROR_STORED_COPYING, NULL);
+	}
+	return true;
+}
+
+void cd_mirror_note_in_sync_locked(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (!m || !m->live || cd_mirror_oos(d)->count ||
+	    d->sb.mirror_state == CD_MIRROR_STORED_IN_SYNC)
+		return;
+	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' is in sync", d->path,
+	       d->sb.mirror);
+	cd_mirror_store_state_locked(d, CD_MIRROR_STORED_IN_SYNC, NULL);
+}
+
+/* ---- the write path's hooks ---- */
+
+bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	struct cd_mirror *m = d->mirror;
+	bool live = m && m->live;
+
+	if (count == 0)
+		return live;
+	if (live && cd_bitmap_find(cd_mirror_oos(d), first, true) >= first + count)
+		return true;
+	/* The activity log (durable before this write) covers these blocks
+	 * until the record is: a crash sets them out of sync again. */
+	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+	return false;
+}
+
+static void leg_put_locked(struct cd_mirror *m, struct cd_leg *leg)
+{
+	if (--leg->refs == 0) {
+		free(leg->buf);
+		free(leg);
+	}
+	(void)m;
+}
+
+static void *worker_main(void *arg)
+{
+	struct cdisk *d = arg;
+	struct cd_mirror *m = d->mirror;
+
+	pthread_mutex_lock(&m->lock);
+	for (;;) {
+		struct cd_leg *leg;
+		struct cd_target *t;
+		int r;
+
+		while (!m->head && !m->stopping)
+			pthread_cond_wait(&m->work, &m->lock);
+		if (!m->head)
+			break;
+		leg = m->head;
+		m->head = leg->next;
+		if (!m->head)
+			m->tail = NULL;
+		m->idle--;
+		t = m->t;
+		pthread_mutex_unlock(&m->lock);
+
+		cd_errbuf()[0] = 0;
+		if (!t)
+			r = cd_error(d->ctx, -ENOTCONN, "the mirror is not open");
+		else if (leg->op == CD_LEG_WRITE)
+			r = cd_target_pwrite(t, leg->buf, leg->len, leg->off);
+		else if (leg->op == CD_LEG_ZERO)
+			r = cd_target_zero(t, leg->len, leg->off);
+		else
+			r = cd_target_flush(t);
+
+		pthread_mutex_lock(&m->lock);
+		leg->result = r;
+		if (r < 0)
+			snprintf(leg->msg, sizeof(leg->msg), "%s",
+				 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
+		leg->done = true;
+		m->outstanding--;
+		m->idle++;
+		pthread_cond_broadcast(&m->done);
+		if (!m->outstanding)
+			pthread_cond_broadcast(&m->wake);
+		leg_put_locked(m, leg);
+	}
+	pthread_mutex_unlock(&m->lock);
+	return NULL;
+}
+
+struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
+			      size_t len, uint64_t off)
+{
+	struct cd_mirror *m = d->mirror;
+	struct cd_leg *leg = calloc(1, sizeof(*leg));
+
+	if (!leg)
+		return NULL;
+	if (op == CD_LEG_WRITE) {
+		/* The sender may give up on the leg and free its buffer. */
+		leg->buf = malloc(len);
+		if (!leg->buf) {
+			free(leg);
+			return NULL;
+		}
+		memcpy(leg->buf, buf, len);
+	}
+	leg->op = op;
+	leg->len = len;
+	leg->off = off;
+	leg->refs = 2;
+	pthread_mutex_lock(&m->lock);
+	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
+	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
+		m->nworkers++;
+		m->idle++;
+	}
+	if (m->tail)
+		m->tail->next = leg;
+	else
+		m->head = leg;
+	m->tail = leg;
+	m->outstanding++;
+	pthread_cond_signal(&m->work);
+	pthread_mutex_unlock(&m->lock);
+	return leg;
+}
+
+int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
+{
+	struct cd_mirror *m = d->mirror;
+	uint32_t timeout_ms = d->ctx->cfg.mirror_timeout_ms;
+	struct timespec until;
+	int r;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&m->lock);
+	while (!leg->done)
+		if (pthread_cond_timedwait(&m->done, &m->lock, &until) == ETIMEDOUT)
+			break;
+	if (!leg->done)
+		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the mirror in %u ms",
+			     timeout_ms);
+	else if (leg->result < 0)
+		r = cd_error(d->ctx, leg->result, "%s", leg->msg);
+	else
+		r = 0;
+	leg_put_locked(m, leg);
+	pthread_mutex_unlock(&m->lock);
+	return r;
+}
+
+static int fail_policy(struct cdisk *d, int err, const char *why)
+{
+	if (!d->ctx->cfg.mirror_fail)
+		return 0;
+	return cd_error(d->ctx, err == -ETIMEDOUT ? -ETIMEDOUT : -EIO,
+			"'%s': the mirror '%s' did not take the write (%s), and "
+			"[mirror] on_error = fail", d->path, d->sb.mirror, why);
+}
+
+int cd_mirror_finish_locked(struct cdisk *d, uint64_t first, uint64_t count,
+			    int leg_result)
+{
+	char why[CD_MIRROR_ERROR_MAX];
+	int r;
+
+	if (leg_result == 0)
+		return 0;
+	snprintf(why, sizeof(why), "%s", cd_errbuf()[0] ? cd_errbuf() : strerror(-leg_result));
+	cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+	r = cd_mirror_degrade_locked(d, why);
+	/* Recorded out of sync, durably, before the write is answered. */
+	if (r == 0)
+		r = cd_journal_commit(d, true);
+	if (r < 0)
+		return r;
+	return fail_policy(d, leg_result, why);
+}
+
+int cd_mirror_flush_failed_locked(struct cdisk *d, int err)
+{
+	uint64_t per = CD_AL_EXTENT_BYTES >> d->block_shift;
+	char why[CD_MIRROR_ERROR_MAX];
+	int r;
+
+	snprintf(why, sizeof(why), "flush: %s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
+	if (!per)
+		per = 1;
+	/* Writes since the mirror's last good flush are all in the log's
+	 * extents: the mirror may have lost any of them. */
+	for (uint32_t i = 0; i < d->al.count; i++) {
+		uint64_t first = d->al.extents[i] * per;
+		uint64_t n = first + per < d->nblocks ? per : d->nblocks - first;
+
+		cd_disk_mark_locked(d, CD_BM_MIRROR, first, n, true);
+	}
+	r = cd_mirror_degrade_locked(d, why);
+	if (r == 0)
+		r = cd_journal_commit(d, true);
+	return r < 0 ? r : fail_policy(d, err, why);
+}
+
+void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (m && m->claimed.count)
+		cd_bitmap_assign(&m->claimed, first, count, false);
+}
+
+/* ---- setting up and tearing down ---- */
+
+int cd_mirror_init(struct cdisk *d)
+{
+	struct cd_mirror *m;
+	pthread_condattr_t attr;
+
+	if (d->mirror || d->readonly || !cd_mirror_attached(d))
+		return 0;
+	m = calloc(1, sizeof(*m));
+	if (!m || cd_bitmap_init(&m->claimed, d->nblocks) < 0) {
+		free(m);
+		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
+	}
+	pthread_mutex_init(&m->lock, NULL);
+	pthread_cond_init(&m->work, NULL);
+	pthread_cond_init(&m->wake, NULL);
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&m->done, &attr);
+	pthread_condattr_destroy(&attr);
+	d->mirror = m;
+	return 0;
+}
+
+void cd_mirror_stop_threads(struct cd_mirror *m)
+{
+	pthread_mutex_lock(&m->lock);
+	m->stopping = true;
+	pthread_cond_broadcast(&m->work);
+	pthread_cond_broadcast(&m->wake);
+	pthread_mutex_unlock(&m->lock);
+	if (m->keeper_started)
+		pthread_join(m->keeper, NULL);
+	m->keeper_started = false;
+	for (unsigned i = 0; i < m->nworkers; i++)
+		pthread_join(m->workers[i], NULL);
+	m->nworkers = m->idle = 0;
+}
+
+void cd_mirror_free(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (!m)
+		return;
+	m->copy_stop = 1;
+	cd_mirror_stop_threads(m);
+	pthread_mutex_lock(&d->lock);
+	d->mirror = NULL;
+	pthread_mutex_unlock(&d->lock);
+	cd_target_close(m->t);
+	cd_bitmap_free(&m->claimed);
+	pthread_cond_destroy(&m->work);
+	pthread_cond_destroy(&m->done);
+	pthread_cond_destroy(&m->wake);
+	pthread_mutex_destroy(&m->lock);
+	free(m);
+}
