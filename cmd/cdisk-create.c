@@ -14,7 +14,7 @@ static const struct cli_program program = {
 	.summary = "create a cdisk (idempotent: the same arguments again change nothing)",
 };
 
-static char *size_arg, *block_size_arg, *base_arg, *mirror_arg, *meta_backup_arg;
+static char *size_arg, *block_size_arg, *base_arg, *primary_arg, *mirror_arg, *meta_backup_arg;
 static char *folder_arg, *fs_arg, *owner_arg;
 static int writer_arg;
 
@@ -48,11 +48,13 @@ static struct poptOption folder_options[] = {
 
 static struct poptOption options[] = {
 	{ "size", 's', POPT_ARG_STRING, &size_arg, 0,
-	  "Virtual size (default: the size of the base)", "SIZE" },
+	  "Virtual size (default: the size of the base or primary)", "SIZE" },
 	{ "block-size", 'b', POPT_ARG_STRING, &block_size_arg, 0,
 	  "Block size, a power of two from 512 to 1M (default 4096)", "N" },
 	{ "base", '\0', POPT_ARG_STRING, &base_arg, 0,
 	  "Read-only base under the overlay", "URI" },
+	{ "primary", '\0', POPT_ARG_STRING, &primary_arg, 0,
+	  "The disk's data lives here, read and written in place (no overlay)", "URI" },
 	{ "mirror", '\0', POPT_ARG_STRING, &mirror_arg, 0,
 	  "Synchronous mirror target", "URI" },
 	{ "meta-backup", '\0', POPT_ARG_STRING, &meta_backup_arg, 0,
@@ -172,8 +174,9 @@ static int create_from_folder(const char *path, uint64_t size)
 		cli_error("out of memory");
 		return CDISK_EXIT_FAILURE;
 	}
-	if (base_arg || mirror_arg)
-		cli_usage_error("--from-folder makes the base; it takes no --base or --mirror");
+	if (base_arg || mirror_arg || primary_arg)
+		cli_usage_error("--from-folder makes the base; it takes no --base, --primary "
+				"or --mirror");
 	if (owner_arg)
 		parse_owner(&fo);
 	ctx = cli_context();
@@ -210,7 +213,11 @@ int main(int argc, char **argv)
 	if (fs_arg || owner_arg || writer_arg || nincludes || nexcludes)
 		cli_usage_error("--fs, --owner, --writer, --include and --exclude go with "
 				"--from-folder");
+	if (base_arg && primary_arg)
+		cli_usage_error("--base and --primary: a disk is an overlay over a base or "
+				"has its data on a primary, not both");
 	opts.base = base_arg;
+	opts.primary = primary_arg;
 	opts.mirror = mirror_arg;
 	opts.meta_backup = meta_backup_arg;
 

@@ -46,21 +46,27 @@ static void print_human(const char *path, const struct cdisk_info *i,
 	printf("block size:      %u\n", i->block_size);
 	printf("blocks:          %" PRIu64 " (%" PRIu64 " present, %" PRIu64 " dirty)\n",
 	       i->blocks, i->blocks_present, i->blocks_dirty);
-	printf("overlay:         %s present, %s not yet on the base\n",
-	       cd_format_size(i->blocks_present * i->block_size, a, sizeof(a)),
-	       cd_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
+	const char *role = i->on_primary ? "primary:         " : "base:            ";
+
+	if (i->on_primary)
+		printf("overlay:         none: the data is read and written in place "
+		       "on the primary\n");
+	else
+		printf("overlay:         %s present, %s not yet on the base\n",
+		       cd_format_size(i->blocks_present * i->block_size, a, sizeof(a)),
+		       cd_format_size(i->blocks_dirty * i->block_size, b, sizeof(b)));
 	if (!i->base[0])
 		printf("base:            none\n");
 	else if (i->base_opening_ms)
-		printf("base:            %s (not answering: opening for %.1f s)\n", i->base,
+		printf("%s%s (not answering: opening for %.1f s)\n", role, i->base,
 		       (double)i->base_opening_ms / 1000);
 	else if (i->base_reachable)
-		printf("base:            %s (%s, reachable)\n", i->base,
+		printf("%s%s (%s, reachable)\n", role, i->base,
 		       cd_format_size(i->base_size, a, sizeof(a)));
 	else if (i->base_error == 0)
-		printf("base:            %s (not opened yet)\n", i->base);
+		printf("%s%s (not opened yet)\n", role, i->base);
 	else
-		printf("base:            %s (unreachable: %s)\n", i->base, i->base_error_msg);
+		printf("%s%s (unreachable: %s)\n", role, i->base, i->base_error_msg);
 	if (!i->mirror[0])
 		printf("mirror:          none\n");
 	else
@@ -149,6 +155,13 @@ static int print_json(const char *path, const struct cdisk_info *i,
 
 	if (!j)
 		return -ENOMEM;
+	/* On a disk on a primary, the base's object describes the primary. */
+	if (i->on_primary) {
+		json_object_set(j, "primary", base);
+		json_object_set_new(j, "base", json_null());
+	} else {
+		json_object_set_new(j, "primary", json_null());
+	}
 	json_object_set_new(j, "unconfirmed", json_boolean(i->unconfirmed));
 	json_object_set_new(j, "mirror_active", json_boolean(i->mirror_active));
 	json_object_set_new(j, "metadata_backup", !i->backup_exists ? json_null() :

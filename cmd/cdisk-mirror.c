@@ -107,6 +107,24 @@ static json_t *json_time(uint64_t t)
 	return t ? json_integer((json_int_t)t) : json_null();
 }
 
+/* Each target and its role: the primary (reads, and every write first)
+ * and the mirror (every write, when in sync). */
+static json_t *targets_json(const struct cdisk_mirror_status *s)
+{
+	json_t *a = json_array();
+
+	json_array_append_new(a, s->on_primary ?
+		json_pack("{s:s, s:s, s:s}", "role", "primary", "kind", "device",
+			  "uri", s->primary) :
+		json_pack("{s:s, s:s, s:s?}", "role", "primary", "kind", "overlay",
+			  "base", s->primary[0] ? s->primary : NULL));
+	if (s->state != CDISK_MIRROR_NONE)
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "role", "mirror",
+						   "uri", s->uri, "state",
+						   state_name(s->state)));
+	return a;
+}
+
 static int print_status_json(const char *path, const struct cdisk_mirror_status *s)
 {
 	double eta = eta_seconds(s);
@@ -127,6 +145,10 @@ static int print_status_json(const char *path, const struct cdisk_mirror_status 
 					     ? json_real(eta) : json_null(),
 			      "recovered_bytes", (json_int_t)s->recovered_bytes);
 
+	if (j && json_object_set_new(j, "targets", targets_json(s)) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
 	if (j && json_object_update_new(j, json_pack("{s:o, s:o, s:I, s:s, s:b}",
 			"last_error", s->last_error[0] ? json_string(s->last_error) : json_null(),
 			"last_error_time", s->last_error[0] ? json_time(s->last_error_time)
@@ -178,11 +200,18 @@ static void print_status_human(const char *path, const struct cdisk_mirror_statu
 
 	printf("disk:           %s%s\n", path, s->served ? " (served; answered by its server)"
 							 : "");
+	if (s->on_primary)
+		printf("primary:        %s (reads; writes first)\n", s->primary);
+	else if (s->primary[0])
+		printf("primary:        the disk's overlay over base %s (reads; writes "
+		       "first)\n", s->primary);
+	else
+		printf("primary:        the disk's overlay (reads; writes first)\n");
 	if (s->state == CDISK_MIRROR_NONE) {
 		printf("mirror:         none\n");
 		return;
 	}
-	printf("mirror:         %s\n", s->uri);
+	printf("mirror:         %s (writes, while in sync)\n", s->uri);
 	print_state(s);
 	printf("recovered:      %s resent after the last crash\n",
 	       cd_format_size(s->recovered_bytes, a, sizeof(a)));

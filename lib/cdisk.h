@@ -84,6 +84,9 @@ struct cdisk_create_opts {
 	const char *mirror;      /* NULL: no mirror */
 	const char *meta_backup; /* NULL: no metadata backup path recorded */
 	enum cdisk_cache_mode cache_mode;
+	/* The disk's data lives on this device, read and written in place
+	 * (no overlay; not with base).  Size 0: the primary's. */
+	const char *primary;
 };
 
 /* Create a disk.  Returns 0 when created, 1 when a disk with the same
@@ -245,6 +248,8 @@ struct cdisk_info {
 	char backup_path[4096];   /* the backup actually used; "" when none */
 	bool backup_exists;
 	uint64_t backup_age;      /* seconds since it was written */
+	/* The data lives on a primary (base is its URI): no overlay. */
+	bool on_primary;
 };
 
 int cdisk_get_info(struct cdisk *disk, struct cdisk_info *info);
@@ -542,6 +547,11 @@ struct cdisk_mirror_status {
 	uint32_t timeout_ms;         /* a mirror write slower than this degrades */
 	bool fail_on_error;          /* --on-mirror-error fail */
 	bool served;                 /* answered by the process serving the disk */
+	/* The target reads come from and writes go to first: the primary's
+	 * URI (on_primary), or the base under the disk's overlay ("" when it
+	 * has none: the overlay is the whole disk). */
+	char primary[CDISK_MAX_URI + 1];
+	bool on_primary;
 };
 
 /* Check uri (reachable, writable, at least the disk's size, not the

@@ -65,7 +65,8 @@ assert_mirror_equals_disk() {
 	start_mirror
 	run_cdisk 0 cdisk-mirror attach d.cdisk "$MIRROR"
 	run_cdisk 0 cdisk-mirror status d.cdisk
-	assert_line "mirror:         $MIRROR"
+	assert_line "mirror:         $MIRROR (writes, while in sync)"
+	assert_line "primary:        the disk's overlay (reads; writes first)"
 	assert_line --regexp "^state:          in sync since [0-9-]+ [0-9:]+$"
 	assert_line "last error:     none"
 	assert_line "policy:         a mirror write slower than 5000 ms degrades the disk (on error: degrade)"
@@ -73,6 +74,8 @@ assert_mirror_equals_disk() {
 	assert_equal "$(json_get .state)" in-sync
 	assert_equal "$(json_get .in_sync)" true
 	assert_equal "$(json_get .mirror)" "$MIRROR"
+	assert_equal "$(json_get '.targets[0].role') $(json_get '.targets[0].kind')" "primary overlay"
+	assert_equal "$(json_get '.targets[1].role') $(json_get '.targets[1].uri')" "mirror $MIRROR"
 	assert_equal "$(json_get .size)" 67108864
 	assert_equal "$(json_get .out_of_sync_bytes)" 0
 	assert_equal "$(json_get .percent_in_sync)" 100
@@ -212,8 +215,11 @@ assert_mirror_equals_disk() {
 	run_cdisk cdisk-create --size 64M d.cdisk
 	start_mirror
 	start_serve --export d=d.cdisk
+	# A fixed number of writes at a fixed pace (about 5 s), not a time:
+	# the check afterwards reads back exactly those, however loaded the
+	# machine is.
 	timeout 60 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--time_based --runtime=5 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--io_size=10M --rate_iops=500 --iodepth=8 --verify=crc32c --verify_fatal=1 \
 		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
 	local fio=$!
 	sleep 1
@@ -226,7 +232,8 @@ assert_mirror_equals_disk() {
 	assert_equal "$(json_get .state)" in-sync
 	assert_equal "$(json_get .served)" true
 	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
+		--size=64M --io_size=10M --verify=crc32c --verify_only=1 --verify_fatal=1 \
+		--verify_state_save=0
 	assert_mirror_equals_disk "$NBD"
 	# The verbs through the server: refusals as on an idle disk, then the
 	# rest of the cycle.

@@ -167,8 +167,10 @@ mirror_survives_a_hang() {
 	run_cdisk 0 cdisk-create --size 64M --mirror "$uri" d.cdisk
 	start_serve --mirror-timeout 1000 --export d=d.cdisk
 	wait_state in-sync 120
+	# A fixed number of writes at a fixed pace (about 8 s), so that the
+	# check afterwards reads back exactly those on a loaded machine too.
 	timeout 60 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size=64M \
-		--time_based --runtime=8 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--io_size=16M --rate_iops=500 --iodepth=8 --verify=crc32c --verify_fatal=1 \
 		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
 	fio=$!
 	sleep 2
@@ -179,7 +181,8 @@ mirror_survives_a_hang() {
 	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
 	wait_state in-sync 120
 	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --verify=crc32c --verify_only=1 --verify_fatal=1 --verify_state_save=0
+		--size=64M --io_size=16M --verify=crc32c --verify_only=1 --verify_fatal=1 \
+		--verify_state_save=0
 	run_cdisk 0 nbdcopy "$NBD" "$BATS_TEST_TMPDIR/disk.img"
 	run_cdisk 0 target-io -d 8 "$uri" get:"$BATS_TEST_TMPDIR/mirror-read.img"
 	cmp "$BATS_TEST_TMPDIR/disk.img" "$BATS_TEST_TMPDIR/mirror-read.img" ||

@@ -172,8 +172,10 @@ start_serve() {
 sync_served_while_fio_writes() {
 	local size=$1 fio tries=0
 	start_serve --export d=d.cdisk
+	# A fixed number of writes at a fixed pace (about 4 s), so that the
+	# check reads back exactly those however loaded the machine is.
 	timeout 60 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k --size="$size" \
-		--time_based --runtime=4 --iodepth=8 --verify=crc32c --verify_fatal=1 \
+		--io_size=16M --rate_iops=1000 --iodepth=8 --verify=crc32c --verify_fatal=1 \
 		--do_verify=0 --verify_state_save=0 --output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
 	fio=$!
 	sleep 1
@@ -182,7 +184,7 @@ sync_served_while_fio_writes() {
 	wait "$fio" || fail "fio failed: $(cat "$BATS_TEST_TMPDIR/fio.out")"
 	# everything fio wrote is still what it reads back
 	run_cdisk fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size="$size" --verify=crc32c --verify_only=1 --verify_fatal=1 \
+		--size="$size" --io_size=16M --verify=crc32c --verify_only=1 --verify_fatal=1 \
 		--verify_state_save=0
 	until [ "$(timeout 60 cdisk-sync --json d.cdisk | jq -r .left_bytes)" = 0 ]; do
 		tries=$((tries + 1))

@@ -174,7 +174,8 @@ const char *cd_control_mirror_state_name(enum cdisk_mirror_state s)
 
 json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m)
 {
-	return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:b}",
+	return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:b, "
+			 "s:s, s:b}",
 			 "uri", m->uri, "state", cd_control_mirror_state_name(m->state),
 			 "size", (json_int_t)m->size,
 			 "out_of_sync_bytes", (json_int_t)m->out_of_sync_bytes,
@@ -185,7 +186,8 @@ json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m)
 			 "last_error", m->last_error,
 			 "last_error_time", (json_int_t)m->last_error_time,
 			 "timeout_ms", (json_int_t)m->timeout_ms,
-			 "fail_on_error", m->fail_on_error);
+			 "fail_on_error", m->fail_on_error,
+			 "primary", m->primary, "on_primary", m->on_primary);
 }
 
 /* A state this side does not know (a newer server's) reads as degraded:
@@ -210,6 +212,8 @@ void cd_control_mirror_from_json(json_t *o, struct cdisk_mirror_status *m)
 	m->last_error_time = get_u64(o, "last_error_time");
 	m->timeout_ms = (uint32_t)get_u64(o, "timeout_ms");
 	m->fail_on_error = json_is_true(json_object_get(o, "fail_on_error"));
+	copy_string(o, "primary", m->primary, sizeof(m->primary));
+	m->on_primary = json_is_true(json_object_get(o, "on_primary"));
 }
 
 /* ---- lines ---- */

@@ -90,6 +90,57 @@ int cd_normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
 	return r;
 }
 
+/* A primary must be reachable and writable now (a block read and written
+ * back), at least the disk's size; its identity is recorded so that
+ * another device put at the same URI is never written as this one. */
+static int check_primary(struct cdisk_ctx *ctx, const char *path, struct cd_superblock *sb)
+{
+	struct cd_target *t;
+	uint8_t *block = NULL;
+	char have[32], want[32];
+	int r = cd_target_open(ctx, sb->base, false, &t);
+
+	if (r < 0)
+		return r;
+	if (!sb->size)
+		sb->size = t->size - t->size % sb->block_size;
+	if (sb->size == 0 || t->size < sb->size) {
+		cd_format_size(t->size, have, sizeof(have));
+		r = sb->size ? cd_error(ctx, -EINVAL, "cannot create '%s': primary '%s' "
+					"holds %s, less than the %s asked for", path,
+					sb->base, have,
+					cd_format_size(sb->size, want, sizeof(want))) :
+			       cd_error(ctx, -EINVAL, "cannot create '%s': primary '%s' "
+					"holds %s, too little for a disk", path, sb->base,
+					have);
+		goto out;
+	}
+	block = malloc(sb->block_size);
+	if (!block) {
+		r = cd_error(ctx, -ENOMEM, "cannot create '%s': out of memory", path);
+		goto out;
+	}
+	r = cd_target_pread(t, block, sb->block_size, sb->size - sb->block_size);
+	if (r == 0)
+		r = cd_target_pwrite(t, block, sb->block_size, sb->size - sb->block_size);
+	if (r == 0)
+		r = cd_target_flush(t);
+	if (r < 0) {
+		r = cd_error(ctx, r, "cannot create '%s': cannot write to primary '%s': %s",
+			     path, sb->base, cd_errbuf());
+		goto out;
+	}
+	r = cd_target_identity(t, sb->primary_id, sizeof(sb->primary_id));
+	if (r == -EOPNOTSUPP) {
+		sb->primary_id[0] = 0;
+		r = 0;
+	}
+out:
+	free(block);
+	cd_target_close(t);
+	return r;
+}
+
 static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 			    const struct cdisk_create_opts *o,
 			    struct cd_superblock *sb)
@@ -108,8 +159,16 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 	if (o->cache_mode != CDISK_CACHE_WRITEBACK)
 		return cd_error(ctx, -EINVAL, "cannot create '%s': unknown cache mode %d",
 				path, (int)o->cache_mode);
+	if (o->base && o->primary)
+		return cd_error(ctx, -EINVAL, "cannot create '%s': a disk has a base or a "
+				"primary, not both", path);
 	if (o->base && (r = cd_normalize_uri(ctx, "base", o->base, true, sb->base)) < 0)
 		return r;
+	if (o->primary &&
+	    (r = cd_normalize_uri(ctx, "primary", o->primary, true, sb->base)) < 0)
+		return r;
+	if (o->primary)
+		sb->incompat |= CD_FEATURE_INCOMPAT_PRIMARY;
 	if (o->mirror && (r = cd_normalize_uri(ctx, "mirror", o->mirror, true, sb->mirror)) < 0)
 		return r;
 	if (o->meta_backup &&
@@ -118,7 +177,9 @@ static int build_superblock(struct cdisk_ctx *ctx, const char *path,
 	     (r = check_backup_path(ctx, path, sb->meta_backup)) < 0))
 		return r;
 	sb->size = o->size;
-	if (sb->base[0]) {
+	if (o->primary && (r = check_primary(ctx, path, sb)) < 0)
+		return r;
+	if (sb->base[0] && !o->primary) {
 		struct cd_target *t;
 		r = cd_target_open(ctx, sb->base, true, &t);
 		if (r < 0)
@@ -155,8 +216,11 @@ static int same_config(struct cdisk_ctx *ctx, const char *path,
 		what = "size";
 	else if (have->block_size != want->block_size)
 		what = "block size";
+	else if (cd_sb_has_primary(have) != cd_sb_has_primary(want))
+		what = cd_sb_has_primary(have) ? "kind (its data is on a primary)" :
+						  "kind (it is an overlay)";
 	else if (strcmp(have->base, want->base))
-		what = "base";
+		what = cd_sb_has_primary(have) ? "primary" : "base";
 	else if (strcmp(have->mirror, want->mirror))
 		what = "mirror";
 	else if (strcmp(have->meta_backup, want->meta_backup))
@@ -204,7 +268,7 @@ static int write_new_file(struct cdisk_ctx *ctx, int fd, const char *path,
 	 * sparse, so it is already written. */
 	sb->cp_dir_crc = cd_crc32c(0, zero_dir, dlen);
 	free(zero_dir);
-	if (ftruncate(fd, (off_t)(sb->data_offset + sb->size)) < 0)
+	if (ftruncate(fd, (off_t)cd_file_size(sb)) < 0)
 		return cd_error(ctx, -errno, "cannot create '%s': %s", path,
 				errno == EFBIG ? "too large for this filesystem" :
 				strerror(errno));

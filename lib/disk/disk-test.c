@@ -6,10 +6,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <sys/stat.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "../tests/pattern.h"
@@ -368,6 +370,56 @@ static void *fail_repeatedly(void *opaque)
 	return NULL;
 }
 
+/* A disk on a primary: reads and writes of any bytes go to the primary
+ * in place, nothing is held in the file, and a device put at the
+ * primary's path (another inode) is neither read nor written. */
+static void test_primary_in_place(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk_create_opts o = { .primary = f->base };
+	char moved[160];
+	uint8_t buf[700], file[700];
+	struct cdisk *d;
+	struct stat st;
+	int fd;
+
+	make_base(f, 1 << 20);
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(stat(f->disk, &st), 0);
+	assert_true((uint64_t)st.st_size < (16u << 20));
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	assert_int_equal(cdisk_size(d), 1 << 20);
+	expect(d, 0, 1 << 20, 1);
+	put(d, 8192, 8192, 2);
+	memset(buf, 0xab, sizeof(buf));
+	assert_int_equal(cdisk_pwrite_unaligned(d, buf, sizeof(buf), 3001), 0);
+	assert_int_equal(cdisk_write_zeroes_unaligned(d, 100, 70000), 0);
+	assert_int_equal(cdisk_flush(d), 0);
+	assert_int_equal(d->present.count, 0);
+	assert_int_equal(d->dirty.count, 0);
+	d = reopen(f, d);
+	assert_int_equal(cdisk_pread_unaligned(d, file, sizeof(file), 3001), 0);
+	assert_memory_equal(file, buf, sizeof(buf));
+	expect(d, 8192, 8192, 2);
+	assert_int_equal(cdisk_close(d), 0);
+	/* The primary file itself holds what was written. */
+	fd = open(f->base, O_RDONLY);
+	assert_int_equal(cd_pread_full(fd, file, sizeof(file), 3001), 0);
+	assert_memory_equal(file, buf, sizeof(buf));
+	assert_int_equal(cd_pread_full(fd, file, 100, 70000), 0);
+	close(fd);
+	assert_true(cd_is_zero(file, 100));
+
+	snprintf(moved, sizeof(moved), "%s/old.img", f->dir);
+	assert_int_equal(rename(f->base, moved), 0);
+	make_base(f, 1 << 20);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	assert_int_equal(cdisk_pwrite(d, buf, 512, 0), -EUCLEAN);
+	assert_non_null(strstr(cdisk_ctx_error(f->ctx), "is not the device"));
+	assert_int_equal(cdisk_pread(d, file, 512, 0), -EUCLEAN);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
 static void test_errors_are_kept_per_thread(void **state)
 {
 	struct fixture *f = *state;
@@ -400,6 +452,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_bitmaps_by_id, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_create_is_idempotent_and_safe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_primary_in_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors_are_kept_per_thread, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -499,6 +499,34 @@ out:
 
 #define CD_BASE_RETRY_MS 5000
 
+static bool on_primary(const struct cdisk *d)
+{
+	return cd_sb_has_primary(&d->sb);
+}
+
+/* The device at the primary's URI must be the one the disk was created
+ * on: a LUN or image put in its place holds someone else's data, and
+ * writing the guest's blocks there would damage both. */
+static int check_primary_identity(struct cdisk *d, struct cd_target *t)
+{
+	char now[CD_PRIMARY_ID_MAX];
+	int r;
+
+	if (!d->sb.primary_id[0])
+		return 0;
+	r = cd_target_identity(t, now, sizeof(now));
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot tell whether primary '%s' is still the "
+				"device '%s' was created on: %s", d->sb.base, d->path,
+				cd_errbuf());
+	if (strcmp(now, d->sb.primary_id))
+		return cd_error(d->ctx, -EUCLEAN, "primary '%s' is not the device '%s' was "
+				"created on (its identity was '%s', is now '%s'); nothing "
+				"is read from or written to it", d->sb.base, d->path,
+				d->sb.primary_id, now);
+	return 0;
+}
+
 /* The base, opened now if need be; an error when it cannot be.  The open
  * crosses the network, so no lock is held across it: base_lock guards
  * only the state, and threads that need the base while another opens it
@@ -527,7 +555,11 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 
 	/* A missing base must not stop the disk: the overlay still serves
 	 * what it holds.  Reads that need the base report this error. */
-	r = cd_target_open(d->ctx, d->sb.base, true, &t);
+	r = cd_target_open(d->ctx, d->sb.base, d->readonly || !on_primary(d), &t);
+	if (r == 0 && on_primary(d) && (r = check_primary_identity(d, t)) < 0) {
+		cd_target_close(t);
+		t = NULL;
+	}
 
 	pthread_mutex_lock(&d->base_lock);
 	d->base_opening = false;
@@ -769,7 +801,7 @@ static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
 {
 	uint64_t mask = d->block_size - 1;
 
-	if ((off | len) & mask)
+	if (((off | len) & mask) && !on_primary(d))
 		return cd_error(d->ctx, -EINVAL, "'%s': request at %llu+%zu is not "
 				"aligned to the block size %llu", d->path,
 				(unsigned long long)off, len,
@@ -825,7 +857,15 @@ int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
  * these blocks earlier must not call them clean. */
 static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 {
-	int r = cd_bitmap_assign(&d->present, first, count, true);
+	int r;
+
+	/* The primary holds the data: nothing is present here, nothing dirty. */
+	if (on_primary(d)) {
+		if (d->mirror)
+			cd_mirror_unclaim_locked(d, first, count);
+		return 0;
+	}
+	r = cd_bitmap_assign(&d->present, first, count, true);
 
 	if (r == 0)
 		r = cd_bitmap_assign(&d->dirty, first, count, true);
@@ -839,15 +879,27 @@ static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 	return cd_journal_add_run(d, first, count, CD_RUN_DIRTY);
 }
 
+/* The blocks a request touches: on a disk on a primary a request need not
+ * be whole blocks (the primary takes bytes), and its blocks are all of
+ * those it touches. */
+static void block_range(const struct cdisk *d, size_t len, uint64_t off,
+			uint64_t *first, uint64_t *count)
+{
+	*first = off >> d->block_shift;
+	*count = len ? ((off + len - 1) >> d->block_shift) + 1 - *first : 0;
+}
+
 /* What every write does before its data: checks, and the activity log.
  * Returns 1 when there is nothing to write. */
 static int begin_write(struct cdisk *d, size_t len, uint64_t off)
 {
+	uint64_t first, count;
 	int r = check_io(d, len, off, true);
 
 	if (r < 0 || len == 0)
 		return r < 0 ? r : 1;
-	return al_protect(d, off >> d->block_shift, len >> d->block_shift);
+	block_range(d, len, off, &first, &count);
+	return al_protect(d, first, count);
 }
 
 static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
@@ -917,10 +969,11 @@ static bool overlaps_mirrored(const struct cdisk *d, uint64_t first, uint64_t co
  * Returns 1 when there is nothing to write. */
 static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool *mirrored)
 {
-	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	uint64_t first, count;
 	unsigned slot;
 	int r;
 
+	block_range(d, len, off, &first, &count);
 	for (;;) {
 		while (d->al.draining || d->nwriting == CD_MAX_WRITING)
 			pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot,
@@ -972,17 +1025,40 @@ static int finish_write(struct cdisk *d, uint64_t first, uint64_t count, bool mi
 	return r;
 }
 
+/* The disk's leg on a disk on a primary: the primary itself, with no lock
+ * held (it may not answer). */
+static int primary_io(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
+		      uint64_t off)
+{
+	struct cd_target *t;
+	int r = cd_identity_confirmed(d, "write to the primary of");
+
+	if (r == 0)
+		r = get_base(d, &t);
+	if (r < 0)
+		return r;
+	switch (op) {
+	case CD_LEG_WRITE:
+		return cd_target_pwrite(t, buf, len, off);
+	case CD_LEG_ZERO:
+		return cd_target_zero(t, len, off);
+	default:
+		return cd_target_flush(t);
+	}
+}
+
 /* A write or a zeroing, metadata under the lock and data without it: the
  * activity log is made durable first and pinned until the data is down;
  * with a mirror, its leg runs beside the disk's. */
 static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
 		      uint64_t off)
 {
-	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
+	uint64_t first, count;
 	struct cd_leg *leg = NULL;
 	bool mirrored;
 	int r, leg_r = 0;
 
+	block_range(d, len, off, &first, &count);
 	pthread_mutex_lock(&d->lock);
 	r = enter_write(d, len, off, &mirrored);
 	pthread_mutex_unlock(&d->lock);
@@ -990,7 +1066,9 @@ static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_
 		return r < 0 ? r : 0;
 	if (mirrored)
 		leg = cd_mirror_send(d, op, buf, len, off);
-	if (op == CD_LEG_WRITE) {
+	if (on_primary(d)) {
+		r = primary_io(d, op, buf, len, off);
+	} else if (op == CD_LEG_WRITE) {
 		r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 		if (r < 0)
 			r = cd_error(d->ctx, r, "cannot write '%s' at %llu: %s", d->path,
@@ -1058,6 +1136,8 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	/* Size, block size and mode never change while the disk is open. */
 	int r = check_io(d, len, off, false);
 
+	if (r == 0 && on_primary(d))
+		return read_base(d, buf, len, off);
 	while (r == 0 && b < end) {
 		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
 		uint64_t stop;
@@ -1083,17 +1163,21 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
  * anything as done. */
 int cdisk_flush(struct cdisk *d)
 {
+	struct cd_leg *leg = NULL;
 	bool live;
-	int r, leg_r = 0;
+	int r, leg_r = 0, primary_r = 0;
 
 	pthread_mutex_lock(&d->lock);
 	live = cd_mirror_attached(d) && cd_mirror_route_locked(d, 0, 0);
 	d->mirror_flushes += live;
 	pthread_mutex_unlock(&d->lock);
-	if (live) {
-		struct cd_leg *leg = cd_mirror_send(d, CD_LEG_FLUSH, NULL, 0, 0);
+	if (live)
+		leg = cd_mirror_send(d, CD_LEG_FLUSH, NULL, 0, 0);
+	/* The primary's flush runs beside the mirror's. */
+	if (on_primary(d) && !d->readonly)
+		primary_r = primary_io(d, CD_LEG_FLUSH, NULL, 0, 0);
+	if (live)
 		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
-	}
 	pthread_mutex_lock(&d->lock);
 	if (live) {
 		d->mirror_flushes--;
@@ -1103,6 +1187,8 @@ int cdisk_flush(struct cdisk *d)
 	if (r == 0)
 		r = flush_locked(d);
 	pthread_mutex_unlock(&d->lock);
+	if (r == 0 && primary_r < 0)
+		r = primary_r;
 	/* A backup the flush took is written now, with no lock held. */
 	cd_backup_store_pending(d);
 	return r;
@@ -1117,7 +1203,7 @@ int cdisk_discard(struct cdisk *d, size_t len, uint64_t off)
 
 int cdisk_write_zeroes(struct cdisk *d, size_t len, uint64_t off)
 {
-	if (cd_mirror_attached(d))
+	if (cd_mirror_attached(d) || on_primary(d))
 		return write_both(d, CD_LEG_ZERO, NULL, len, off);
 	return LOCKED(d, zero_range(d, len, off));
 }
@@ -1287,7 +1373,7 @@ int cdisk_pread_unaligned(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	uint8_t *tmp;
 	int r;
 
-	if (((off | len) & (d->block_size - 1)) == 0)
+	if (((off | len) & (d->block_size - 1)) == 0 || on_primary(d))
 		return cdisk_pread(d, buf, len, off);
 	if (off > d->sb.size || len > d->sb.size - off)
 		return check_io(d, len, off, false);
@@ -1304,14 +1390,15 @@ int cdisk_pread_unaligned(struct cdisk *d, void *buf, size_t len, uint64_t off)
 
 int cdisk_pwrite_unaligned(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
-	if (((off | len) & (d->block_size - 1)) == 0)
+	/* A primary takes bytes: no merge here. */
+	if (((off | len) & (d->block_size - 1)) == 0 || on_primary(d))
 		return cdisk_pwrite(d, buf, len, off);
 	return rmw(d, buf, len, off);
 }
 
 int cdisk_write_zeroes_unaligned(struct cdisk *d, size_t len, uint64_t off)
 {
-	if (((off | len) & (d->block_size - 1)) == 0)
+	if (((off | len) & (d->block_size - 1)) == 0 || on_primary(d))
 		return cdisk_write_zeroes(d, len, off);
 	return rmw(d, NULL, len, off);
 }
@@ -1582,6 +1669,7 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 		info->file_bytes = (uint64_t)st.st_blocks * 512;
 	info->unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
 	info->mirror_active = cd_mirror_attached(d);
+	info->on_primary = cd_sb_has_primary(&d->sb);
 	if (!info->unconfirmed &&
 	    cd_backup_path(&d->ctx->cfg, &d->sb, info->backup_path,
 			   sizeof(info->backup_path)) == 0 &&

@@ -119,9 +119,48 @@ static void test_superblock_bitmaps(void **state)
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
 	sb.mirror_state = CD_MIRROR_STORED_IN_SYNC;
-	sb.incompat |= 1ull << 2;
+	sb.incompat |= 1ull << 3;
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EPROTONOSUPPORT);
+}
+
+/* PRIMARY: no data area, the extra areas at data_offset, the identity at
+ * 3584 only with the bit, and a primary named. */
+static void test_superblock_primary(void **state)
+{
+	struct cd_superblock sb, out;
+	uint8_t buf[CD_SB_SIZE];
+	const char *why;
+
+	(void)state;
+	sample_sb(&sb);
+	strcpy(sb.primary_id, "rbd:fsid/pool/1234abcd");
+	cd_sb_encode(&sb, buf);
+	assert_true(cd_is_zero(buf + 3584, 508));
+	sb.incompat |= CD_FEATURE_INCOMPAT_PRIMARY;
+	cd_layout(&sb);
+	assert_int_equal(cd_file_size(&sb), sb.data_offset);
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_string_equal(out.primary_id, "rbd:fsid/pool/1234abcd");
+	assert_string_equal((const char *)buf + 3584, "rbd:fsid/pool/1234abcd");
+	assert_true(cd_is_zero(buf + 3840, 252));
+
+	sb.incompat |= CD_FEATURE_INCOMPAT_BITMAPS;
+	sb.nbitmaps = 3;
+	cd_layout(&sb);
+	assert_int_equal(sb.bm_offset, sb.data_offset);
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	/* An overlay's layout under the PRIMARY bit is damage, and so is a
+	 * disk on a primary that names none. */
+	sb.bm_offset = sb.data_offset + sb.size;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	cd_layout(&sb);
+	sb.base[0] = 0;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
 }
 
 static void test_superblock_damage_classes(void **state)
@@ -326,6 +365,7 @@ int main(void)
 		cmocka_unit_test(test_superblock_roundtrip),
 		cmocka_unit_test(test_superblock_damage_classes),
 		cmocka_unit_test(test_superblock_bitmaps),
+		cmocka_unit_test(test_superblock_primary),
 		cmocka_unit_test(test_layout_of_large_disks),
 		cmocka_unit_test(test_uri_forms),
 		cmocka_unit_test(test_uri_fields),

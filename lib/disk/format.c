@@ -20,7 +20,7 @@ enum {
 	SB_BM_DIR_CRC = 184, SB_MIRROR_STATE = 188, SB_MIRROR_SINCE = 192,
 	SB_MIRROR_RECOVERED = 200, SB_MIRROR_ERROR_TIME = 208,
 	SB_MIRROR_ERROR = 216, SB_BASE = 512, SB_MIRROR = 1536,
-	SB_META_BACKUP = 2560,
+	SB_META_BACKUP = 2560, SB_PRIMARY_ID = 3584,
 };
 
 #define JOURNAL_SIZE (UINT64_C(8) << 20)
@@ -61,7 +61,7 @@ uint64_t cd_extra_area_offset(const struct cd_superblock *sb, uint32_t area)
 uint64_t cd_file_size(const struct cd_superblock *sb)
 {
 	if (sb->nbitmaps <= 2)
-		return sb->data_offset + sb->size;
+		return sb->data_offset + cd_data_area_size(sb);
 	return cd_extra_area_offset(sb, 2);
 }
 
@@ -80,7 +80,7 @@ int cd_layout(struct cd_superblock *sb)
 	sb->cp_offset[1] = sb->cp_offset[0] + sb->cp_size;
 	sb->data_offset = cd_round_up(sb->cp_offset[1] + sb->cp_size, align);
 	sb->bm_offset = sb->nbitmaps > 2 ?
-		cd_round_up(sb->data_offset + sb->size, CD_PAGE_SIZE) : 0;
+		cd_round_up(sb->data_offset + cd_data_area_size(sb), CD_PAGE_SIZE) : 0;
 	return 0;
 }
 
@@ -136,6 +136,10 @@ void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
 	put_string(buf + SB_BASE, sb->base);
 	put_string(buf + SB_MIRROR, sb->mirror);
 	put_string(buf + SB_META_BACKUP, sb->meta_backup);
+	if (cd_sb_has_primary(sb)) {
+		memcpy(buf + SB_PRIMARY_ID, sb->primary_id, CD_PRIMARY_ID_MAX);
+		buf[SB_PRIMARY_ID + CD_PRIMARY_ID_MAX - 1] = 0;
+	}
 	cd_put_le32(buf + CD_SB_CRC_OFFSET, cd_crc32c(0, buf, CD_SB_CRC_OFFSET));
 }
 
@@ -179,6 +183,8 @@ static const char *sb_sanity(const struct cd_superblock *sb)
 	     sb->mirror_state < CD_MIRROR_STORED_COPYING ||
 	     sb->mirror_state > CD_MIRROR_STORED_PAUSED))
 		return "mirror record without bitmaps, a mirror or a known state";
+	if (cd_sb_has_primary(sb) && !sb->base[0])
+		return "a disk on a primary names no primary";
 	if (sb->cp_active > 1)
 		return "active checkpoint area is not 0 or 1";
 	if (sb->journal_head % CD_JR_ALIGN || sb->journal_head >= sb->journal_size)
@@ -254,6 +260,13 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 	    !get_string(buf + SB_META_BACKUP, sb->meta_backup)) {
 		*why = "unterminated string field";
 		return -EUCLEAN;
+	}
+	if (cd_sb_has_primary(sb)) {
+		memcpy(sb->primary_id, buf + SB_PRIMARY_ID, CD_PRIMARY_ID_MAX);
+		if (!memchr(sb->primary_id, 0, CD_PRIMARY_ID_MAX)) {
+			*why = "unterminated primary identity";
+			return -EUCLEAN;
+		}
 	}
 	if (sb->incompat & ~CD_FEATURE_INCOMPAT_SUPP) {
 		snprintf(reason, sizeof(reason), "unknown incompatible features 0x%llx",

@@ -14,7 +14,8 @@
 /* Feature masks: unknown incompat bits refuse the open, unknown ro_compat
  * bits refuse writing. */
 #define CD_FEATURE_COMPAT_SUPP 0ull
-#define CD_FEATURE_INCOMPAT_SUPP (CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR)
+#define CD_FEATURE_INCOMPAT_SUPP \
+	(CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_PRIMARY)
 /* More than the two bitmaps of the first layout: their pages live in two
  * extra checkpoint areas after the data area, and journal runs name the
  * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
@@ -24,6 +25,11 @@
  * and the mirror record (superblock bytes 188-471) is kept.  A version
  * that does not know this would write past the mirror unrecorded. */
 #define CD_FEATURE_INCOMPAT_MIRROR (1ull << 1)
+/* The disk's data lives on a remote primary (the base field's URI), read
+ * and written in place; the file holds only state, and has no data area.
+ * A version that does not know this would read the empty data area, or
+ * write the primary through an overlay it does not have. */
+#define CD_FEATURE_INCOMPAT_PRIMARY (1ull << 2)
 #define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
 /* Restored by force from a metadata backup that nothing in the file proved
  * to be its own: the disk may be another's twin, so nothing writes to its
@@ -35,6 +41,7 @@
 #define CD_AL_EXTENT_BYTES (UINT64_C(4) << 20)
 
 #define CD_MIRROR_ERROR_MAX 256u
+#define CD_PRIMARY_ID_MAX 256u
 enum cd_mirror_stored {
 	CD_MIRROR_STORED_COPYING = 1,
 	CD_MIRROR_STORED_IN_SYNC = 2,
@@ -72,10 +79,25 @@ struct cd_superblock {
 	uint64_t mirror_recovered;  /* blocks */
 	uint64_t mirror_error_time;
 	char mirror_error[CD_MIRROR_ERROR_MAX];
-	char base[CDISK_MAX_URI + 1];
+	char base[CDISK_MAX_URI + 1];   /* with PRIMARY: the primary */
 	char mirror[CDISK_MAX_URI + 1];
 	char meta_backup[CDISK_MAX_URI + 1];
+	/* With PRIMARY: the primary's identity when the disk was created
+	 * (cd_target_identity), or empty when its kind gives none.  A device
+	 * found at the URI with another identity is not written. */
+	char primary_id[CD_PRIMARY_ID_MAX];
 };
+
+static inline bool cd_sb_has_primary(const struct cd_superblock *sb)
+{
+	return sb->incompat & CD_FEATURE_INCOMPAT_PRIMARY;
+}
+
+/* The bytes of the data area: none on a disk whose data is on a primary. */
+static inline uint64_t cd_data_area_size(const struct cd_superblock *sb)
+{
+	return cd_sb_has_primary(sb) ? 0 : sb->size;
+}
 
 void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE]);
 /* Returns 0, -EUCLEAN (damaged) or -ENOMSG (not a cdisk: bad magic).

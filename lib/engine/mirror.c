@@ -54,8 +54,9 @@ static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
 		return cd_error(d->ctx, r, "cannot check mirror '%s' against the base "
 				"'%s': %s", uri, d->sb.base, cd_errbuf());
 	if (cd_target_identity(base, ours, sizeof(ours)) == 0 && !strcmp(ours, theirs))
-		return cd_error(d->ctx, -EINVAL, "mirror '%s' is this disk's own base '%s' "
-				"(the same storage)", uri, d->sb.base);
+		return cd_error(d->ctx, -EINVAL, "mirror '%s' is this disk's own %s '%s' "
+				"(the same storage)", uri,
+				cd_sb_has_primary(&d->sb) ? "primary" : "base", d->sb.base);
 	return 0;
 }
 
@@ -579,6 +580,8 @@ int cdisk_mirror_get_status(struct cdisk *d, struct cdisk_mirror_status *s)
 	s->size = d->sb.size;
 	s->timeout_ms = d->ctx->cfg.mirror_timeout_ms;
 	s->fail_on_error = d->ctx->cfg.mirror_fail;
+	s->on_primary = cd_sb_has_primary(&d->sb);
+	memcpy(s->primary, d->sb.base, sizeof(s->primary));
 	if (!cd_mirror_attached(d)) {
 		s->state = CDISK_MIRROR_NONE;
 		pthread_mutex_unlock(&d->lock);

@@ -347,6 +347,9 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	int r;
 
 	memset(st, 0, sizeof(*st));
+	if (cd_sb_has_primary(&d->sb))
+		return cd_error(d->ctx, -EINVAL, "'%s' has no overlay to sync: its data is "
+				"written in place on its primary '%s'", d->path, d->sb.base);
 	if (!d->sb.base[0])
 		return cd_error(d->ctx, -EINVAL, "'%s' has no base to sync to", d->path);
 	r = cd_identity_confirmed(d, "sync");
@@ -454,6 +457,9 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 	int r;
 
 	memset(st, 0, sizeof(*st));
+	if (cd_sb_has_primary(&d->sb))
+		return cd_error(d->ctx, -EINVAL, "'%s' has no overlay to pull into: its data "
+				"is read in place from its primary '%s'", d->path, d->sb.base);
 	if (!d->sb.base[0])
 		return cd_error(d->ctx, -EINVAL, "'%s' has no base to pull from", d->path);
 	r = cd_identity_confirmed(d, "pull into");
