@@ -189,13 +189,14 @@ start_mirror() {
 	tgt_delete_lun "$TGT_TID"
 }
 
-# start_two DELAY: two nbdkit targets on unix sockets, a primary full of
-# pattern 1 and a mirror of pattern 99 that takes DELAY a write (so that a
-# copy lasts); sets P_PID, M_PID, PRIMARY and MIRROR.
+# start_two DELAY [SIZE]: two nbdkit targets on unix sockets, a primary
+# full of pattern 1 and a mirror of pattern 99 that takes DELAY a write (so
+# that a copy lasts), both SIZE (default 64M); sets P_PID, M_PID, PRIMARY
+# and MIRROR.
 start_two() {
-	make_base p.raw 64M
-	truncate -s 64M "$MIRROR_IMG"
-	patfile "$MIRROR_IMG" w 0 64M 99
+	make_base p.raw "${2:-64M}"
+	truncate -s "${2:-64M}" "$MIRROR_IMG"
+	patfile "$MIRROR_IMG" w 0 "${2:-64M}" 99
 	start_nbdkit_unix "$BATS_TEST_TMPDIR/p.sock" file p.raw
 	P_PID=$NBDKIT_PID
 	start_nbdkit_unix "$BATS_TEST_TMPDIR/m.sock" --filter=delay file "$MIRROR_IMG" \
@@ -253,5 +254,36 @@ stop_two() {
 	run_cdisk 0 qemu-io -f raw -c "write -P 8 0 1M" -c flush "$NBD"
 	stop_serve
 	run_cdisk 0 qemu-io -f raw -r -c "read -P 8 0 1M" p.raw
+	stop_two
+}
+
+@test "kill -9 during the initial copy, round after round: the copy resumes where it stopped, nothing is lost" {
+	start_two 300ms 256M
+	run_cdisk 0 cdisk-create --primary "$PRIMARY" --mirror "$MIRROR" d.cdisk
+	for round in 1 2 3; do
+		start_serve --export d=d.cdisk
+		run_cdisk 0 qemu-io -f raw -c "write -P $((round + 10)) $((round * 64))M 64k" \
+			-c flush "$NBD"
+		# Once some of the copy is recorded, cut it.
+		left=$((256 << 20))
+		for _ in $(seq 300); do
+			left=$(timeout 20 cdisk-mirror status --json d.cdisk | jq -r .out_of_sync_bytes)
+			[ "$left" -lt $((256 << 20)) ] && break
+			sleep 0.1
+		done
+		kill -9 "$SERVE_PID"
+		wait "$SERVE_PID" 2>/dev/null || true
+		SERVE_PID=
+		run_cdisk '?' cdisk-mirror status --json d.cdisk
+		# What is left is what was left, plus at most the activity log.
+		assert_num "$(json_get .out_of_sync_bytes)" -le $((left + (5 * 4 << 20)))
+	done
+	start_serve --export d=d.cdisk
+	wait_state in-sync 120
+	for round in 1 2 3; do
+		run_cdisk 0 qemu-io -f raw -r -c "read -P $((round + 10)) $((round * 64))M 64k" "$NBD"
+	done
+	stop_serve
+	run_cdisk 0 cmp p.raw "$MIRROR_IMG"
 	stop_two
 }
