@@ -201,12 +201,13 @@ pull_setup() {
 		if [ $step = renamed ]; then check_whole new; else check_whole old; fi
 	done
 	assert_exists "$CACHE"/folders/*[0-9a-f].pull
-	# the next one finds the rename done and only records it
-	run_cdisk cdisk-sync --files --pull --json w.cdisk
-	assert_equal "$(keys fetched)" ""
-	assert_not_exists w.cdisk.pull-tmp
+	# a push next finds the rename done and records it: the pulled files
+	# are not sent back
 	run_cdisk cdisk-sync --files --json w.cdisk
 	assert_equal "$(keys uploaded)" ""
+	assert_not_exists w.cdisk.pull-tmp
+	run_cdisk cdisk-sync --files --pull --json w.cdisk
+	assert_equal "$(keys fetched)$(keys conflicts)" ""
 }
 
 @test "pull: kill -9 at timed moments leaves e2fsck clean and files wholly old or new" {
