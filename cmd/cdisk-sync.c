@@ -27,7 +27,7 @@ static json_t *items;
 static struct poptOption options[] = {
 	{ "files", '\0', POPT_ARG_NONE, &files, 0,
 	  "A writer disk of a cloud folder: send its new, changed and deleted files "
-	  "to the folder", NULL },
+	  "to the folder (with --pull: the folder's changes into its files)", NULL },
 	{ "force", '\0', POPT_ARG_NONE, &force, 0,
 	  "With --files: delete in the cloud even when more than half the folder's "
 	  "files would go", NULL },
@@ -175,15 +175,30 @@ static void report(const char *path, const struct cdisk_sync_stats *st)
 static void on_file(void *opaque, enum cdisk_files_action what, const char *key,
 		    uint64_t size, const char *etag, const char *why)
 {
-	static const char *const lists[] = { "uploaded", "deleted", "skipped" };
+	static const char *const lists[] = { "uploaded", "deleted", "skipped", "fetched",
+					     "removed", "conflicts" };
+	static const char *const verbs[] = { "upload", "delete", "skip", "fetch", "remove",
+					     "keep both" };
 	json_t *item;
 
 	(void)opaque;
 	if (!cli.json) {
 		if (what == CDISK_FILES_SKIPPED)
 			return;   /* the library warned */
-		cli_message("%s%s %s", dry_run ? "would " : "",
-			    what == CDISK_FILES_UPLOADED ? "upload" : "delete", key);
+		if (what == CDISK_FILES_CONFLICT)
+			cli_message("%sconflict: '%s' changed on the disk and in the cloud; "
+				    "the cloud's version is %s'%s'", dry_run ? "would be a " : "",
+				    why, dry_run ? "" : "saved as ", dry_run ? "" : key);
+		else
+			cli_message("%s%s %s", dry_run ? "would " : "", verbs[what], key);
+		return;
+	}
+	if (what == CDISK_FILES_CONFLICT) {
+		item = json_pack("{s:s, s:s}", "key", why, "saved_as", key);
+		json_object_set_new(item, "size", json_integer((json_int_t)size));
+		if (etag && etag[0])
+			json_object_set_new(item, "etag", json_string(etag));
+		json_array_append_new(json_object_get(items, lists[what]), item);
 		return;
 	}
 	item = json_pack("{s:s}", "key", key);
@@ -224,15 +239,65 @@ static void report_files(const char *path, const struct cdisk_files_result *res)
 		    (unsigned long long)res->unchanged, res->uri);
 }
 
+static void report_pull(const char *path, const struct cdisk_files_result *res)
+{
+	char a[32];
+
+	if (cli.json) {
+		json_t *j = json_pack("{s:i, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:O, "
+				      "s:O, s:O}",
+				      "schema_version", 1, "disk", path, "mode", "files-pull",
+				      "folder", res->uri, "dry_run", dry_run != 0,
+				      "files", (json_int_t)res->files,
+				      "fetched_bytes", (json_int_t)res->fetched_bytes,
+				      "from_cache", (json_int_t)res->from_cache,
+				      "own_uploads", (json_int_t)res->own,
+				      "hashed", (json_int_t)res->hashed,
+				      "fetched", json_object_get(items, "fetched"),
+				      "removed", json_object_get(items, "removed"),
+				      "conflicts", json_object_get(items, "conflicts"));
+		cli_print_json(j);
+		return;
+	}
+	cli_message("'%s': %s%llu written (%s), %llu removed, %llu conflict%s, %llu of this "
+		    "host's uploads not fetched back, from '%s'", path,
+		    dry_run ? "would be " : "", (unsigned long long)res->fetched,
+		    cd_format_size(res->fetched_bytes, a, sizeof(a)),
+		    (unsigned long long)res->removed, (unsigned long long)res->conflicts,
+		    res->conflicts == 1 ? "" : "s", (unsigned long long)res->own, res->uri);
+}
+
+static int pull_files(struct cdisk_ctx *ctx, const char *path)
+{
+	struct cdisk_files_opts o = { .dry_run = dry_run, .item = on_file };
+	struct cdisk_files_result res;
+	int r;
+
+	if (force)
+		cli_usage_error("--force goes with --files, not with --files --pull");
+	items = json_pack("{s:[], s:[], s:[]}", "fetched", "removed", "conflicts");
+	r = cdisk_pull_files(ctx, path, &o, &res);
+	if (r == 0 || r == -EXDEV)
+		report_pull(path, &res);
+	json_decref(items);
+	if (r == -EXDEV) {
+		cli_error("%s", cdisk_ctx_error(ctx));
+		return CDISK_EXIT_CONFLICT;
+	}
+	return cli_exit_code(ctx, r);
+}
+
 static int sync_files(struct cdisk_ctx *ctx, const char *path)
 {
 	struct cdisk_files_opts o = { .dry_run = dry_run, .force = force, .item = on_file };
 	struct cdisk_files_result res;
 	int r;
 
-	if (pull || close_disk || range_arg || min_dirty_arg || rate_arg || verify ||
+	if (close_disk || range_arg || min_dirty_arg || rate_arg || verify ||
 	    if_healthy || max_time)
-		cli_usage_error("--files goes with --force, --dry-run and --json only");
+		cli_usage_error("--files goes with --pull, --force, --dry-run and --json only");
+	if (pull)
+		return pull_files(ctx, path);
 	items = json_pack("{s:[], s:[], s:[]}", "uploaded", "deleted", "skipped");
 	r = cdisk_sync_files(ctx, path, &o, &res);
 	if (r == 0)

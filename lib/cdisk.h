@@ -36,6 +36,7 @@ enum cdisk_exit {
 	CDISK_EXIT_TRY_LATER = 8,    /* temporary failure (timeout, server busy) */
 	CDISK_EXIT_UNHEALTHY = 9,    /* a health verdict said no */
 	CDISK_EXIT_REFUSED = 10,     /* a safety guard stopped it; nothing changed */
+	CDISK_EXIT_CONFLICT = 11,    /* done, but a file changed on both sides: both kept */
 };
 
 enum cdisk_log_level {
@@ -144,6 +145,10 @@ enum cdisk_files_action {
 	CDISK_FILES_UPLOADED,   /* a new or changed file, or an empty folder's marker */
 	CDISK_FILES_DELETED,    /* deleted on the disk, so in the cloud */
 	CDISK_FILES_SKIPPED,    /* a symlink, device, FIFO or socket: not a file */
+	CDISK_FILES_FETCHED,    /* pull: new or changed in the cloud, written on the disk */
+	CDISK_FILES_REMOVED,    /* pull: deleted in the cloud, so on the disk */
+	CDISK_FILES_CONFLICT,   /* pull: changed on both sides; key is the cloud's copy's
+				 * name on the disk, why the file it stands beside */
 };
 
 struct cdisk_files_opts {
@@ -164,6 +169,11 @@ struct cdisk_files_result {
 	uint64_t uploaded, uploaded_bytes, deleted, skipped;
 	uint64_t recorded_files;       /* the folder's files at the last sync */
 	uint64_t to_delete;            /* deletes a stopped sync would have done */
+	/* pull */
+	uint64_t fetched, fetched_bytes;   /* files written on the disk */
+	uint64_t from_cache;               /* of those, found in the cache already */
+	uint64_t own;                      /* this host's uploads, not fetched back */
+	uint64_t removed, conflicts;
 };
 
 /* 0, or a negative errno: -ECANCELED when more than half the folder's
@@ -171,6 +181,16 @@ struct cdisk_files_result {
  * needs recovery or is not the one recorded, -EAGAIN when the disk is
  * served, -ENOENT when path is no folder's writer disk. */
 int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_files_opts *opts,
+		     struct cdisk_files_result *result);
+
+/* Cloud changes into a writer disk's filesystem (folder-push.c): the
+ * folder is listed; objects added or changed since the last sync that
+ * this host did not upload are fetched and written as files, files
+ * deleted in the cloud are deleted.  All of it reaches the disk at once
+ * or not at all.  0, -EXDEV when there were conflicts (each reported,
+ * both versions kept), or the errors of cdisk_sync_files. */
+int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);
 

@@ -210,7 +210,7 @@ ssv state 0"
 	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M r.cdisk
 	run_cdisk 6 cdisk-sync --files r.cdisk
 	assert_error cdisk-sync "is not the writer disk of a cloud folder"
-	run_cdisk 2 cdisk-sync --files --pull w.cdisk
+	run_cdisk 2 cdisk-sync --files --close w.cdisk
 	assert_usage_error cdisk-sync "--files goes with"
 }
 

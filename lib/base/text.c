@@ -66,6 +66,7 @@ const char *cd_exit_name(int code)
 		[CDISK_EXIT_TRY_LATER] = "try later",
 		[CDISK_EXIT_UNHEALTHY] = "unhealthy",
 		[CDISK_EXIT_REFUSED] = "refused by a safety guard",
+		[CDISK_EXIT_CONFLICT] = "conflict",
 	};
 
 	if (code < 0 || (size_t)code >= CD_ARRAY_SIZE(names) || !names[code])

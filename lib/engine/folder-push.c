@@ -13,10 +13,12 @@
 #include <fcntl.h>
 #include <gnutls/crypto.h>
 #include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "extfs.h"
@@ -38,6 +40,7 @@ struct rec {
 	char sha[65];       /* "-": unknown */
 	size_t seq;         /* the order it was read in: the last one wins */
 	bool seen;
+	bool changed;       /* pull: differs on the disk from the record */
 };
 
 struct recs {
@@ -62,6 +65,12 @@ struct push {
 	int journal_fd;
 	char path[KEY_MAX];
 	int err;
+	/* pull */
+	char intent[PATH_MAX], pending[PATH_MAX], copy[PATH_MAX + 16];
+	struct recs cloud;  /* the listing, sorted by rel */
+	struct recs upd;    /* the records a pull changes, merged into old at the end */
+	char **own;         /* the upload log's ETags, sorted */
+	size_t n_own;
 };
 
 /* ---- records ---- */
@@ -288,36 +297,45 @@ static int log_upload(struct push *p, const char *key, const char *etag)
 	return err;
 }
 
-static int save_state(struct push *p)
+/* recs as the state file at path: temp file, fsync, rename. */
+static int write_state(struct push *p, const struct recs *rs, const char *path)
 {
 	char tmp[PATH_MAX + 8];
 	FILE *f;
 	int err = 0;
 
-	snprintf(tmp, sizeof(tmp), "%s.tmp", p->state);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
 	f = fopen(tmp, "w");
 	if (!f)
 		return cd_error(p->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
 	fprintf(f, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", p->res->uri, p->disk,
 		p->uuid);
-	for (size_t i = 0; i < p->now.n; i++)
-		if (p->now.v[i].kind != 'X')
-			write_rec(f, &p->now.v[i]);
+	for (size_t i = 0; i < rs->n; i++)
+		if (rs->v[i].kind != 'X')
+			write_rec(f, &rs->v[i]);
 	if (fflush(f) != 0 || fsync(fileno(f)) < 0)
 		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
 	if (fclose(f) != 0 && err == 0)
 		err = cd_error(p->ctx, -EIO, "cannot write '%s'", tmp);
-	if (err == 0 && rename(tmp, p->state) < 0)
-		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", p->state,
-			       strerror(errno));
-	/* After the rename: replayed over the new state, it changes nothing. */
-	if (err == 0 && unlink(p->journal) < 0 && errno != ENOENT)
-		err = cd_error(p->ctx, -errno, "cannot remove '%s': %s", p->journal,
-			       strerror(errno));
+	if (err == 0 && rename(tmp, path) < 0)
+		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", path, strerror(errno));
 	if (err)
 		unlink(tmp);
 	return err;
 }
+
+static int save_state(struct push *p)
+{
+	int err = write_state(p, &p->now, p->state);
+
+	/* After the rename: replayed over the new state, it changes nothing. */
+	if (err == 0 && unlink(p->journal) < 0 && errno != ENOENT)
+		err = cd_error(p->ctx, -errno, "cannot remove '%s': %s", p->journal,
+			       strerror(errno));
+	return err;
+}
+
+static int pull_recover(struct push *p);
 
 /* ---- which folder: the writer files of the cache name their disks ---- */
 
@@ -812,6 +830,8 @@ int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		return cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
 	err = find_folder(&p);
 	if ((err = err ? err : cd_folder_cache_file(ctx, p.folder_id, ".state", p.state)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".pull", p.intent)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".state.pull", p.pending)) ||
 	    (err = cd_folder_cache_file(ctx, p.folder_id, ".journal", p.journal)) ||
 	    (err = cd_folder_cache_file(ctx, p.folder_id, ".uploads", p.uploads)) ||
 	    (err = cd_folder_cache_file(ctx, p.folder_id, ".lock", lock)))
@@ -825,7 +845,9 @@ int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		return cd_error(ctx, -EAGAIN, "'%s': another cdisk-sync --files of it is "
 				"running; try later", p.disk);
 	}
-	err = sync_folder(&p, path);
+	err = pull_recover(&p);
+	if (err == 0)
+		err = sync_folder(&p, path);
 	if (p.fs)
 		ext2fs_close2(p.fs, 0);
 	if (p.d) {
@@ -840,6 +862,872 @@ int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		close(p.journal_fd);
 	free_recs(&p.old);
 	free_recs(&p.now);
+	close(lock_fd);
+	return err;
+}
+
+/* ---- pull: cloud changes into the disk ----
+ * The changes are made in a copy of the disk file (DISK.pull-tmp, holes
+ * kept, reflinked where the filesystem can), through libext2fs; the copy
+ * is closed cleanly and fsynced, and renamed over the disk.  A crash
+ * leaves the old file or the new one, each a whole cdisk with a clean
+ * ext4, so no reader of the disk (cdisk-serve included) has anything to
+ * redo.  Only the cache's state must follow the rename: it is written
+ * first as ID.state.pull, with the intent ID.pull naming the copy's
+ * inode; whoever takes the folder's lock next (a pull or a push) finds
+ * the intent, and looks at which inode the disk is: the copy's means the
+ * rename happened and the pending state becomes the state, another means
+ * it did not and the copy and pending state go. */
+
+static int sync_dir(struct push *p, const char *file)
+{
+	char dir[PATH_MAX];
+	char *slash;
+	int fd, r = 0;
+
+	snprintf(dir, sizeof(dir), "%s", file);
+	slash = strrchr(dir, '/');
+	if (slash)
+		*(slash == dir ? slash + 1 : slash) = '\0';
+	fd = open(slash ? dir : ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (fd < 0 || fsync(fd) < 0)
+		r = cd_error(p->ctx, -errno, "cannot sync the folder of '%s': %s", file,
+			     strerror(errno));
+	if (fd >= 0)
+		close(fd);
+	return r;
+}
+
+/* The intent's end: the pending state becomes the state if the disk is
+ * the copy now, else the copy and the pending state go. */
+static int pull_finish(struct push *p, bool renamed)
+{
+	int r;
+
+	if (renamed) {
+		if (unlink(p->journal) < 0 && errno != ENOENT)
+			return cd_error(p->ctx, -errno, "cannot remove '%s': %s", p->journal,
+					strerror(errno));
+		if (rename(p->pending, p->state) < 0 && errno != ENOENT)
+			return cd_error(p->ctx, -errno, "cannot write '%s': %s", p->state,
+					strerror(errno));
+	} else {
+		unlink(p->pending);
+		unlink(p->copy);
+	}
+	if ((r = sync_dir(p, p->state)) < 0)
+		return r;
+	if (unlink(p->intent) < 0 && errno != ENOENT)
+		return cd_error(p->ctx, -errno, "cannot remove '%s': %s", p->intent,
+				strerror(errno));
+	return 0;
+}
+
+static int pull_recover(struct push *p)
+{
+	unsigned long long dev = 0, ino = 0;
+	struct stat st;
+	bool renamed;
+	FILE *f;
+	int r;
+
+	snprintf(p->copy, sizeof(p->copy), "%s.pull-tmp", p->disk);
+	f = fopen(p->intent, "r");
+	if (!f) {
+		/* no intent made durable: the disk was never touched */
+		unlink(p->pending);
+		unlink(p->copy);
+		return 0;
+	}
+	r = fscanf(f, "copy %llu %llu", &dev, &ino) == 2 ? 0 : -EBADMSG;
+	fclose(f);
+	renamed = r == 0 && stat(p->disk, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+		  (unsigned long long)st.st_ino == ino;
+	if (renamed)
+		cd_log(p->ctx, CDISK_LOG_INFO, "'%s': finishing the pull a crash cut short",
+		       p->disk);
+	else
+		cd_log(p->ctx, CDISK_LOG_INFO, "'%s': dropping the pull a crash cut short; "
+		       "the disk is as it was", p->disk);
+	return pull_finish(p, renamed);
+}
+
+/* -- what the cloud holds, and what this host sent -- */
+
+static int on_cloud(void *opaque, const struct cd_s3_entry *e)
+{
+	struct push *p = opaque;
+	const char *rel = e->key + strlen(cd_s3_folder_prefix(p->f));
+	struct rec r = { .rel = (char *)rel, .size = e->size, .mtime = e->mtime };
+
+	if (!rel[0])
+		return 0;   /* the folder's own marker */
+	r.kind = rel[strlen(rel) - 1] == '/' ? 'D' : 'F';
+	snprintf(r.etag, sizeof(r.etag), "%s", e->etag);
+	strcpy(r.sha, "-");
+	return add_rec(p, &p->cloud, &r);
+}
+
+static int by_str(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+static int load_own(struct push *p)
+{
+	FILE *f = fopen(p->uploads, "r");
+	char *line = NULL;
+	size_t cap = 0, n_cap = 0;
+	int err = 0;
+
+	if (!f)
+		return errno == ENOENT ? 0 : cd_error(p->ctx, -errno, "cannot read '%s': %s",
+						      p->uploads, strerror(errno));
+	while (!err && getline(&line, &cap, f) > 0) {
+		char *sp = strchr(line, ' ');
+		if (!sp)
+			continue;   /* a line a crash cut short */
+		*sp = '\0';
+		if (p->n_own == n_cap) {
+			char **v = realloc(p->own, (n_cap = n_cap * 2 + 64) * sizeof(*v));
+			if (!v) {
+				err = cd_error(p->ctx, -ENOMEM, "out of memory");
+				break;
+			}
+			p->own = v;
+		}
+		if (!(p->own[p->n_own++] = strdup(line)))
+			err = cd_error(p->ctx, -ENOMEM, "out of memory");
+	}
+	free(line);
+	fclose(f);
+	if (p->own)
+		qsort(p->own, p->n_own, sizeof(*p->own), by_str);
+	return err;
+}
+
+static bool is_own(struct push *p, const char *etag)
+{
+	return p->own && bsearch(&etag, p->own, p->n_own, sizeof(*p->own), by_str);
+}
+
+/* -- the plan -- */
+
+enum pull_do { DO_NOTHING, DO_WRITE, DO_CONFLICT, DO_REMOVE, DO_MKDIR, DO_RECORD };
+
+struct pull_item {
+	enum pull_do what;
+	struct rec *cloud;     /* the listing's, for writes and markers */
+	struct rec *old;       /* the record, for removes */
+	char obj[PATH_MAX];    /* the fetched content */
+	char sha[65];
+	int64_t mtime;
+};
+
+struct plan {
+	struct pull_item *v;
+	size_t n;
+};
+
+/* A disk file differs from the record: changed, deleted, or new. */
+static bool disk_changed(const struct rec *old, const struct rec *now)
+{
+	if (!old)
+		return now != NULL;
+	return !now || now->kind != old->kind || now->changed;
+}
+
+static int fetch_item(struct push *p, struct pull_item *it)
+{
+	char key[KEY_MAX + CDISK_MAX_URI + 2];
+	bool fetched;
+	int err;
+
+	snprintf(key, sizeof(key), "%s%s", cd_s3_folder_prefix(p->f), it->cloud->rel);
+	err = cd_folder_fetch(p->ctx, p->f, &p->session, key, it->cloud->etag,
+			      it->cloud->size, it->cloud->mtime, it->obj, it->sha, &it->mtime,
+			      &fetched);
+	if (err == 0 && !fetched)
+		p->res->from_cache++;
+	return err;
+}
+
+static int plan_cloud(struct push *p, struct plan *pl)
+{
+	int err = 0;
+
+	for (size_t i = 0; i < p->cloud.n && !err; i++) {
+		struct rec *c = &p->cloud.v[i], *old = find(&p->old, c->rel),
+			   *now = find(&p->now, c->rel);
+		struct pull_item *it = &pl->v[pl->n];
+
+		memset(it, 0, sizeof(*it));
+		it->cloud = c;
+		it->old = old;
+		if (old)
+			old->seen = true;
+		if (c->kind == 'D') {
+			if (!now)
+				it->what = DO_MKDIR;
+			pl->n += it->what != DO_NOTHING;
+			continue;
+		}
+		if (old && old->kind == 'F' && !strcmp(old->etag, c->etag))
+			continue;   /* not changed in the cloud */
+		if (is_own(p, c->etag)) {
+			p->res->own++;
+			continue;
+		}
+		err = fetch_item(p, it);
+		if (err)
+			break;
+		if (now && now->kind == 'F' && !strcmp(now->sha, it->sha))
+			it->what = DO_RECORD;   /* both sides made the same change */
+		else
+			it->what = disk_changed(old, now) ? DO_CONFLICT : DO_WRITE;
+		pl->n++;
+	}
+	return err;
+}
+
+/* Deleted in the cloud: deleted on the disk unless changed there. */
+static void plan_deletes(struct push *p, struct plan *pl)
+{
+	for (size_t i = 0; i < p->old.n; i++) {
+		struct rec *old = &p->old.v[i], *now;
+		struct pull_item *it = &pl->v[pl->n];
+
+		if (old->seen)
+			continue;
+		memset(it, 0, sizeof(*it));
+		it->old = old;
+		now = find(&p->now, old->rel);
+		it->what = old->kind == 'F' && now && now->kind == 'F' && !now->changed
+			   ? DO_REMOVE : DO_RECORD;
+		pl->n++;
+	}
+}
+
+static int make_plan(struct push *p, struct plan *pl)
+{
+	int err;
+
+	settle(&p->now);
+	for (size_t i = 0; i < p->now.n; i++) {
+		struct rec *old = find(&p->old, p->now.v[i].rel);
+		bool same;
+		err = unchanged(p, &p->now.v[i], old, &same);
+		if (err)
+			return err;
+		p->now.v[i].changed = !same;
+		p->res->files += p->now.v[i].kind == 'F';
+		/* what was hashed to tell is recorded: the next run need not */
+		if (same && old && old->kind == 'F' &&
+		    (old->ino != p->now.v[i].ino || old->ctime != p->now.v[i].ctime)) {
+			err = add_rec(p, &p->upd, &p->now.v[i]);
+			if (err)
+				return err;
+		}
+	}
+	pl->v = calloc(p->cloud.n + p->old.n + 1, sizeof(*pl->v));
+	if (!pl->v)
+		return cd_error(p->ctx, -ENOMEM, "out of memory");
+	err = plan_cloud(p, pl);
+	if (err == 0)
+		plan_deletes(p, pl);
+	return err;
+}
+
+/* -- files written through libext2fs -- */
+
+struct owner {
+	uint32_t uid, gid;
+};
+
+static errcode_t link_name(ext2_filsys fs, ext2_ino_t dir, const char *name, ext2_ino_t ino,
+			   int type)
+{
+	errcode_t e = ext2fs_link(fs, dir, name, ino, type);
+
+	if (e == EXT2_ET_DIR_NO_SPACE) {
+		e = ext2fs_expand_dir(fs, dir);
+		if (!e)
+			e = ext2fs_link(fs, dir, name, ino, type);
+	}
+	return e;
+}
+
+static void set_times(struct ext2_inode_large *in, int64_t mtime, int64_t now)
+{
+	in->i_mtime = (uint32_t)mtime;
+	in->i_atime = in->i_ctime = (uint32_t)now;
+	if (in->i_extra_isize >= 24) {
+		in->i_mtime_extra = (uint32_t)((mtime >> 32) & 3);
+		in->i_atime_extra = in->i_ctime_extra = (uint32_t)((now >> 32) & 3);
+	}
+}
+
+static void set_owner(struct ext2_inode_large *in, const struct owner *o)
+{
+	in->i_uid = (uint16_t)o->uid;
+	ext2fs_set_i_uid_high(*in, o->uid >> 16);
+	in->i_gid = (uint16_t)o->gid;
+	ext2fs_set_i_gid_high(*in, o->gid >> 16);
+}
+
+/* The folder of rel, made with its parents when missing; name points at
+ * the last component of rel (which is cut there). */
+static errcode_t parent_of(ext2_filsys fs, char *rel, const struct owner *o, bool make,
+			   ext2_ino_t *dir, char **name)
+{
+	ext2_ino_t at = EXT2_ROOT_INO, next;
+	char *part = rel, *slash;
+	errcode_t e = 0;
+
+	while ((slash = strchr(part, '/')) && slash[1]) {
+		*slash = '\0';
+		e = ext2fs_lookup(fs, at, part, (int)strlen(part), NULL, &next);
+		if (e == EXT2_ET_FILE_NOT_FOUND && make) {
+			struct ext2_inode_large in;
+			e = ext2fs_mkdir(fs, at, 0, part);
+			if (e == EXT2_ET_DIR_NO_SPACE && !(e = ext2fs_expand_dir(fs, at)))
+				e = ext2fs_mkdir(fs, at, 0, part);
+			if (!e)
+				e = ext2fs_lookup(fs, at, part, (int)strlen(part), NULL, &next);
+			if (!e)
+				e = ext2fs_read_inode_full(fs, next, (struct ext2_inode *)&in,
+							   sizeof(in));
+			if (!e) {
+				in.i_mode = LINUX_S_IFDIR | 0755;
+				set_owner(&in, o);
+				e = ext2fs_write_inode_full(fs, next, (struct ext2_inode *)&in,
+							    sizeof(in));
+			}
+		}
+		*slash = '/';
+		if (e)
+			return e;
+		at = next;
+		part = slash + 1;
+	}
+	if (slash)
+		*slash = '\0';   /* a marker's trailing slash */
+	*dir = at;
+	*name = part;
+	if (part != rel)
+		part[-1] = '\0';
+	return 0;
+}
+
+static errcode_t new_file(ext2_filsys fs, ext2_ino_t dir, const char *name,
+			  const struct owner *o, ext2_ino_t *ino)
+{
+	struct ext2_inode_large in;
+	errcode_t e;
+
+	e = ext2fs_new_inode(fs, dir, LINUX_S_IFREG | 0644, 0, ino);
+	if (!e)
+		e = link_name(fs, dir, name, *ino, EXT2_FT_REG_FILE);
+	if (e)
+		return e;
+	ext2fs_inode_alloc_stats2(fs, *ino, +1, 0);
+	memset(&in, 0, sizeof(in));
+	in.i_mode = LINUX_S_IFREG | 0644;
+	in.i_links_count = 1;
+	in.i_extra_isize = sizeof(struct ext2_inode_large) - EXT2_GOOD_OLD_INODE_SIZE;
+	set_owner(&in, o);
+	if (ext2fs_has_feature_extents(fs->super)) {
+		ext2_extent_handle_t h;
+		e = ext2fs_extent_open2(fs, *ino, (struct ext2_inode *)&in, &h);
+		if (e)
+			return e;
+		ext2fs_extent_free(h);
+	}
+	return ext2fs_write_new_inode(fs, *ino, (struct ext2_inode *)&in);
+}
+
+static errcode_t fill_file(ext2_filsys fs, ext2_ino_t ino, const char *obj, uint64_t size)
+{
+	size_t cap = 1u << 20;
+	char *buf = malloc(cap);
+	ext2_file_t file = NULL;
+	errcode_t e;
+	ssize_t n = 0;
+	int fd = open(obj, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0 || !buf) {
+		e = fd < 0 ? errno : ENOMEM;
+		if (fd >= 0)
+			close(fd);
+		free(buf);
+		return e;
+	}
+	e = ext2fs_file_open(fs, ino, EXT2_FILE_WRITE, &file);
+	if (!e)
+		e = ext2fs_file_set_size2(file, 0);
+	while (!e && (n = read(fd, buf, cap)) > 0) {
+		for (char *at = buf; !e && n > 0;) {
+			unsigned put = 0;
+			e = ext2fs_file_write(file, at, (unsigned)n, &put);
+			at += put;
+			n -= put;
+		}
+	}
+	if (!e && n < 0)
+		e = errno;
+	if (!e)
+		e = ext2fs_file_set_size2(file, size);
+	if (file) {
+		errcode_t c = ext2fs_file_close(file);
+		if (!e)
+			e = c;
+	}
+	close(fd);
+	free(buf);
+	return e;
+}
+
+/* rel made (or overwritten) with obj's bytes; r gets what the state
+ * records of it. */
+static errcode_t put_file(ext2_filsys fs, const char *rel, const char *obj, uint64_t size,
+			  int64_t mtime, const struct owner *o, struct rec *r)
+{
+	struct ext2_inode_large in;
+	char path[KEY_MAX], *name;
+	ext2_ino_t dir, ino;
+	errcode_t e;
+
+	snprintf(path, sizeof(path), "%s", rel);
+	e = parent_of(fs, path, o, true, &dir, &name);
+	if (e)
+		return e;
+	e = ext2fs_lookup(fs, dir, name, (int)strlen(name), NULL, &ino);
+	if (e == EXT2_ET_FILE_NOT_FOUND)
+		e = new_file(fs, dir, name, o, &ino);
+	if (!e)
+		e = fill_file(fs, ino, obj, size);
+	if (!e)
+		e = ext2fs_read_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof(in));
+	if (e)
+		return e;
+	if (!LINUX_S_ISREG(in.i_mode))
+		return EXT2_ET_FILE_EXISTS;
+	set_times(&in, mtime, time(NULL));
+	e = ext2fs_write_inode_full(fs, ino, (struct ext2_inode *)&in, sizeof(in));
+	r->kind = 'F';
+	r->size = size;
+	r->ino = ino;
+	inode_times(&in, r);
+	return e;
+}
+
+static errcode_t remove_file(ext2_filsys fs, const char *rel, const struct owner *o)
+{
+	struct ext2_inode in;
+	char path[KEY_MAX], *name;
+	ext2_ino_t dir, ino;
+	errcode_t e;
+
+	snprintf(path, sizeof(path), "%s", rel);
+	e = parent_of(fs, path, o, false, &dir, &name);
+	if (!e)
+		e = ext2fs_lookup(fs, dir, name, (int)strlen(name), NULL, &ino);
+	if (e == EXT2_ET_FILE_NOT_FOUND)
+		return 0;
+	if (!e)
+		e = ext2fs_read_inode(fs, ino, &in);
+	if (!e && !LINUX_S_ISREG(in.i_mode))
+		return 0;
+	if (!e)
+		e = ext2fs_unlink(fs, dir, name, ino, 0);
+	if (e)
+		return e;
+	if (in.i_links_count > 1) {
+		in.i_links_count--;
+		return ext2fs_write_inode(fs, ino, &in);
+	}
+	in.i_links_count = 0;
+	e = ext2fs_punch(fs, ino, &in, NULL, 0, ~0ULL);
+	if (e)
+		return e;
+	in.i_dtime = (uint32_t)time(NULL);
+	e = ext2fs_write_inode(fs, ino, &in);
+	if (!e)
+		ext2fs_inode_alloc_stats2(fs, ino, -1, 0);
+	return e;
+}
+
+static errcode_t make_marker(ext2_filsys fs, const char *rel, const struct owner *o)
+{
+	char path[KEY_MAX + 2], *name;
+	ext2_ino_t dir;
+
+	/* "a/b/" as "a/b/x": parent_of makes a/b */
+	snprintf(path, sizeof(path), "%sx", rel);
+	return parent_of(fs, path, o, true, &dir, &name);
+}
+
+/* NAME.cloud-conflict-YYYYMMDD-HHMMSS.EXT beside rel. */
+static void conflict_name(const char *rel, time_t when, char *out, size_t size)
+{
+	const char *base = strrchr(rel, '/'), *dot;
+	char stamp[32];
+	struct tm tm;
+
+	base = base ? base + 1 : rel;
+	dot = strrchr(base, '.');
+	if (dot == base)
+		dot = NULL;   /* ".profile" is a name, not an extension */
+	gmtime_r(&when, &tm);
+	strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
+	if (dot)
+		snprintf(out, size, "%.*s.cloud-conflict-%s%s", (int)(dot - rel), rel, stamp,
+			 dot);
+	else
+		snprintf(out, size, "%s.cloud-conflict-%s", rel, stamp);
+}
+
+/* -- the copy, changed, and put in place -- */
+
+/* A fault injector for tests/089 (no real part can stop a process at a
+ * chosen step): CDISK_FAULT_PULL_KILL=STEP kills the pull there. */
+static void fault_point(const char *step)
+{
+	const char *at = getenv("CDISK_FAULT_PULL_KILL");
+
+	if (at && !strcmp(at, step))
+		raise(SIGKILL);
+}
+
+static int copy_disk(struct push *p)
+{
+	int in = open(p->disk, O_RDONLY | O_CLOEXEC), out = -1, err = 0;
+	struct stat st;
+	off_t at = 0, end;
+
+	if (in < 0 || fstat(in, &st) < 0) {
+		err = cd_error(p->ctx, -errno, "cannot read '%s': %s", p->disk, strerror(errno));
+		goto out;
+	}
+	out = open(p->copy, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, st.st_mode & 07777);
+	if (out < 0 || ftruncate(out, st.st_size) < 0) {
+		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", p->copy, strerror(errno));
+		goto out;
+	}
+	/* holes stay holes: only the data ranges are copied */
+	while (err == 0 && (at = lseek(in, at, SEEK_DATA)) >= 0) {
+		end = lseek(in, at, SEEK_HOLE);
+		if (end < 0)
+			end = st.st_size;
+		while (at < end) {
+			loff_t from = at, to = at;
+			ssize_t n = copy_file_range(in, &from, out, &to, (size_t)(end - at), 0);
+			if (n <= 0) {
+				err = cd_error(p->ctx, n < 0 ? -errno : -EIO, "cannot copy '%s': %s",
+					       p->disk, strerror(n < 0 ? errno : EIO));
+				break;
+			}
+			at += n;
+		}
+	}
+	if (err == 0 && errno != ENXIO && at < 0)
+		err = cd_error(p->ctx, -errno, "cannot read '%s': %s", p->disk, strerror(errno));
+	if (err == 0 && fsync(out) < 0)
+		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", p->copy, strerror(errno));
+out:
+	if (in >= 0)
+		close(in);
+	if (out >= 0)
+		close(out);
+	return err;
+}
+
+static void report(struct push *p, enum cdisk_files_action what, const char *key,
+		   uint64_t size, const char *etag, const char *why)
+{
+	if (p->o->item)
+		p->o->item(p->o->opaque, what, key, size, etag, why);
+}
+
+/* One item of the plan on the filesystem; its record appended to old (a
+ * later record of a key wins when old is settled). */
+static errcode_t apply_item(struct push *p, ext2_filsys fs, const struct owner *o,
+			    const struct pull_item *it, time_t started)
+{
+	struct rec r = { 0 };
+	char name[KEY_MAX + 64];
+	errcode_t e = 0;
+
+	if (it->cloud) {
+		r = *it->cloud;
+		r.ino = 0;
+		r.ctime = 0;
+		snprintf(r.sha, sizeof(r.sha), "%s", it->cloud->kind == 'F' ? it->sha : "-");
+	} else {
+		r = *it->old;
+		r.kind = 'X';
+	}
+	switch (it->what) {
+	case DO_WRITE:
+		e = put_file(fs, r.rel, it->obj, r.size, it->mtime, o, &r);
+		p->res->fetched++;
+		p->res->fetched_bytes += r.size;
+		report(p, CDISK_FILES_FETCHED, r.rel, r.size, r.etag, NULL);
+		break;
+	case DO_CONFLICT: {
+		struct rec side = { 0 };
+		conflict_name(r.rel, started, name, sizeof(name));
+		e = put_file(fs, name, it->obj, r.size, it->mtime, o, &side);
+		/* the record has the cloud's ETag, inode 0: the disk's version
+		 * differs from it, so the next push sends the disk's */
+		p->res->conflicts++;
+		report(p, CDISK_FILES_CONFLICT, name, r.size, r.etag, r.rel);
+		break;
+	}
+	case DO_REMOVE:
+		e = remove_file(fs, r.rel, o);
+		p->res->removed++;
+		report(p, CDISK_FILES_REMOVED, r.rel, r.size, NULL, NULL);
+		break;
+	case DO_MKDIR:
+		e = make_marker(fs, r.rel, o);
+		break;
+	case DO_RECORD:
+		if (it->cloud) {
+			struct rec *now = find(&p->now, r.rel);
+			if (now) {
+				r.ino = now->ino;
+				r.ctime = now->ctime;
+				r.mtime = now->mtime;
+				r.mtime_ns = now->mtime_ns;
+			}
+		}
+		break;
+	case DO_NOTHING:
+		return 0;
+	}
+	if (e)
+		return e;
+	return add_rec(p, &p->upd, &r) < 0 ? ENOMEM : 0;
+}
+
+/* old with the pull's records over it: they come after any it holds. */
+static int merge_upd(struct push *p)
+{
+	for (size_t i = 0; i < p->upd.n; i++) {
+		int err = add_rec(p, &p->old, &p->upd.v[i]);
+		if (err)
+			return err;
+		p->old.v[p->old.n - 1].seq = SIZE_MAX / 2 + i;
+	}
+	settle(&p->old);
+	return 0;
+}
+
+static int apply_plan(struct push *p, const struct plan *pl)
+{
+	struct ext2_inode root;
+	struct owner o;
+	struct cdisk *d = NULL;
+	ext2_filsys fs = NULL;
+	uint64_t offset;
+	time_t started = time(NULL);
+	errcode_t e = 0;
+	int err;
+
+	err = cdisk_open(p->ctx, p->copy, 0, &d);
+	if (err == 0)
+		err = cd_extfs_partition(p->ctx, d, &offset);
+	if (err == 0)
+		err = cd_extfs_open(p->ctx, d, offset, true, &fs);
+	if (err)
+		goto out;
+	/* what create gave every file: --owner is the root folder's */
+	e = ext2fs_read_bitmaps(fs);
+	if (!e)
+		e = ext2fs_read_inode(fs, EXT2_ROOT_INO, &root);
+	o.uid = inode_uid(root);
+	o.gid = inode_gid(root);
+	for (size_t i = 0; i < pl->n && !e; i++)
+		e = apply_item(p, fs, &o, &pl->v[i], started);
+	if (e) {
+		err = cd_error(p->ctx, -EIO, "'%s': cannot write the pulled files: %s; the "
+			       "disk is unchanged", p->disk, error_message(e));
+		goto out;
+	}
+	e = ext2fs_close2(fs, 0);
+	fs = NULL;
+	if (e)
+		err = cd_error(p->ctx, -EIO, "'%s': cannot write the pulled files: %s; the "
+			       "disk is unchanged", p->disk, error_message(e));
+out:
+	if (fs)
+		ext2fs_close2(fs, EXT2_FLAG_FLUSH_NO_SYNC);
+	if (d) {
+		int c = cdisk_close(d);
+		if (err == 0)
+			err = c;
+	}
+	return err;
+}
+
+static int commit(struct push *p)
+{
+	char tmp[PATH_MAX + 8];
+	struct stat st;
+	FILE *f;
+	int err;
+
+	err = merge_upd(p);
+	if (err == 0)
+		err = write_state(p, &p->old, p->pending);
+	if (err)
+		return err;
+	if (stat(p->copy, &st) < 0)
+		return cd_error(p->ctx, -errno, "cannot read '%s': %s", p->copy, strerror(errno));
+	snprintf(tmp, sizeof(tmp), "%s.tmp", p->intent);
+	f = fopen(tmp, "w");
+	if (!f)
+		return cd_error(p->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
+	fprintf(f, "copy %llu %llu\n", (unsigned long long)st.st_dev,
+		(unsigned long long)st.st_ino);
+	if (fflush(f) != 0 || fsync(fileno(f)) < 0 || rename(tmp, p->intent) < 0)
+		err = cd_error(p->ctx, -errno, "cannot write '%s': %s", p->intent,
+			       strerror(errno));
+	fclose(f);
+	if (err == 0)
+		err = sync_dir(p, p->intent);
+	fault_point("intent");
+	/* the moment the pull happens */
+	if (err == 0 && rename(p->copy, p->disk) < 0)
+		err = cd_error(p->ctx, -errno, "cannot replace '%s': %s", p->disk,
+			       strerror(errno));
+	if (err == 0)
+		err = sync_dir(p, p->disk);
+	fault_point("renamed");
+	return err ? err : pull_finish(p, true);
+}
+
+static int pull_folder(struct push *p, const char *path)
+{
+	struct plan pl = { 0 };
+	bool disk = false;
+	int err;
+
+	err = load_state(p);
+	if (err == 0)
+		err = load_own(p);
+	if (err == 0)
+		err = cd_s3_folder_open(p->ctx, p->res->uri, &p->f);
+	/* the whole listing before the disk is touched: unreachable changes
+	 * nothing */
+	if (err == 0)
+		err = cd_s3_folder_list(p->f, on_cloud, p);
+	if (err == 0) {
+		settle(&p->cloud);
+		err = open_disk(p, path);
+	}
+	if (err == 0)
+		err = check_fs(p);
+	if (err == 0)
+		err = walk(p, EXT2_ROOT_INO, &(bool){ false });
+	if (err == 0)
+		err = make_plan(p, &pl);
+	for (size_t i = 0; i < pl.n; i++)
+		disk |= pl.v[i].what != DO_RECORD && pl.v[i].what != DO_NOTHING;
+	if (err == 0 && p->o->dry_run) {
+		for (size_t i = 0; i < pl.n; i++) {
+			const struct pull_item *it = &pl.v[i];
+			const char *rel = it->cloud ? it->cloud->rel : it->old->rel;
+			if (it->what == DO_WRITE || it->what == DO_CONFLICT)
+				report(p, it->what == DO_WRITE ? CDISK_FILES_FETCHED
+							       : CDISK_FILES_CONFLICT,
+				       rel, it->cloud->size, it->cloud->etag,
+				       it->what == DO_CONFLICT ? rel : NULL);
+			else if (it->what == DO_REMOVE)
+				report(p, CDISK_FILES_REMOVED, rel, it->old->size, NULL, NULL);
+			p->res->fetched += it->what == DO_WRITE;
+			p->res->conflicts += it->what == DO_CONFLICT;
+			p->res->removed += it->what == DO_REMOVE;
+		}
+	} else if (err == 0 && disk) {
+		err = copy_disk(p);
+		fault_point("copied");
+		if (err == 0)
+			err = apply_plan(p, &pl);
+		fault_point("applied");
+		if (err == 0)
+			err = commit(p);
+		if (err)
+			unlink(p->copy);
+	} else if (err == 0 && (pl.n || p->upd.n)) {
+		for (size_t i = 0; i < pl.n && !err; i++)
+			err = apply_item(p, NULL, NULL, &pl.v[i], 0) ? -ENOMEM : 0;
+		if (err == 0)
+			err = merge_upd(p);
+		if (err == 0)
+			err = write_state(p, &p->old, p->state);
+		if (err == 0 && unlink(p->journal) < 0 && errno != ENOENT)
+			err = cd_error(p->ctx, -errno, "cannot remove '%s': %s", p->journal,
+				       strerror(errno));
+	}
+	free(pl.v);
+	if (err == 0 && p->res->conflicts)
+		err = cd_error(p->ctx, -EXDEV, "'%s': %llu file%s changed both on the disk and "
+			       "in '%s' since the last sync: the disk kept its version%s, the "
+			       "cloud's %s saved beside %s as NAME.cloud-conflict-...",
+			       p->disk, (unsigned long long)p->res->conflicts,
+			       p->res->conflicts == 1 ? "" : "s", p->res->uri,
+			       p->res->conflicts == 1 ? "" : "s",
+			       p->res->conflicts == 1 ? "is" : "are",
+			       p->res->conflicts == 1 ? "it" : "them");
+	return err;
+}
+
+int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
+{
+	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1 };
+	char lock[PATH_MAX];
+	int lock_fd = -1, err;
+
+	cd_errbuf()[0] = 0;
+	memset(res, 0, sizeof(*res));
+	if (!realpath(path, p.disk))
+		return cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
+	err = find_folder(&p);
+	if ((err = err ? err : cd_folder_cache_file(ctx, p.folder_id, ".state", p.state)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".pull", p.intent)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".state.pull", p.pending)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".journal", p.journal)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".uploads", p.uploads)) ||
+	    (err = cd_folder_cache_file(ctx, p.folder_id, ".lock", lock)))
+		return err;
+	lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (lock_fd < 0)
+		return cd_error(ctx, -errno, "cannot write '%s': %s", lock, strerror(errno));
+	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		close(lock_fd);
+		return cd_error(ctx, -EAGAIN, "'%s': another cdisk-sync --files of it is "
+				"running; try later", p.disk);
+	}
+	err = pull_recover(&p);
+	if (err == 0)
+		err = pull_folder(&p, path);
+	if (p.fs)
+		ext2fs_close2(p.fs, 0);
+	if (p.d)
+		cdisk_close(p.d);
+	if (p.session)
+		cd_s3_folder_end(p.f, p.session);
+	cd_s3_folder_close(p.f);
+	free_recs(&p.old);
+	free_recs(&p.now);
+	free_recs(&p.cloud);
+	free_recs(&p.upd);
+	for (size_t i = 0; i < p.n_own; i++)
+		free(p.own[i]);
+	free(p.own);
 	close(lock_fd);
 	return err;
 }

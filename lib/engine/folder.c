@@ -1100,6 +1100,44 @@ void cd_folder_unescape(char *s)
 	unescape_key(s);
 }
 
+/* One object into the cache for a pull, checked as a create checks it;
+ * obj gets its path, sha and mtime what its .sum says. */
+int cd_folder_fetch(struct cdisk_ctx *ctx, struct cd_s3_folder *f, void **session,
+		    const char *key, const char *etag, uint64_t size, int64_t mtime,
+		    char *obj, char sha[65], int64_t *mtime_out, bool *fetched)
+{
+	struct build b = { .ctx = ctx, .f = f };
+	struct entry e = { .kind = 'F', .size = size, .mtime = mtime, .key = (char *)key };
+	char id[65], sum[PATH_MAX + 8];
+	long long when = mtime;
+	FILE *in;
+	int r;
+
+	*fetched = false;
+	snprintf(b.cache, sizeof(b.cache), "%s", ctx->cfg.cache_dir);
+	snprintf(e.etag, sizeof(e.etag), "%s", etag);
+	object_id(&b, &e, id);
+	if ((r = cache_path(&b, obj, "objects/%s", id)) < 0)
+		return r;
+	if (!cached_ok(obj, &e)) {
+		unlink(obj);
+		r = fetch_object(&b, session, &e, obj);
+		if (r < 0)
+			return r;
+		*fetched = true;
+	}
+	snprintf(sum, sizeof(sum), "%s.sum", obj);
+	in = fopen(sum, "r");
+	if (!in || fscanf(in, "%64s %lld", sha, &when) < 1) {
+		if (in)
+			fclose(in);
+		return cd_error(ctx, -EIO, "cannot read '%s'", sum);
+	}
+	fclose(in);
+	*mtime_out = when;
+	return 0;
+}
+
 /* The ext4 UUID of the image's filesystem: a reformatted disk has
  * another. */
 static int image_uuid(struct build *b, char out[33])

@@ -15,4 +15,10 @@ int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
 void cd_folder_escape(const char *in, FILE *out);
 void cd_folder_unescape(char *s);
 
+/* A cloud object into the cache (objects/ID), fetched unless a checked
+ * copy is there; obj holds PATH_MAX bytes. */
+int cd_folder_fetch(struct cdisk_ctx *ctx, struct cd_s3_folder *f, void **session,
+		    const char *key, const char *etag, uint64_t size, int64_t mtime,
+		    char *obj, char sha[65], int64_t *mtime_out, bool *fetched);
+
 #endif
