@@ -100,7 +100,8 @@ reload() {
 	cmp -n 8388608 a.img b-back.img
 	# Neither opens the other's, with either client.
 	run_cdisk 1 nbdinfo --size "$(uri alice bob)"
-	run_cdisk 1 nbdcopy "$(uri bob alice)" stolen.img
+	run_cdisk '?' nbdcopy "$(uri bob alice)" stolen.img
+	assert_num "$status" -ne 0
 	qemu_psk bob alice
 	run_cdisk 1 qemu-io -r --object "$QOBJ" --image-opts "$QIMG" -c 'read 0 4k'
 	# alice's data is untouched by bob's writes, and bob's by alice's.
@@ -131,6 +132,7 @@ reload() {
 	# A name with no key at all.
 	psktool -u mallory -p mallory.psk >/dev/null
 	run_cdisk 1 nbdinfo --size "$(uri mallory alice "$PWD/mallory.psk")"
+	assert_file_line "$BATS_TEST_TMPDIR/serve.log" "no pre-shared key named 'mallory'"
 	# carol has a key but is not a user: the handshake works, nothing opens.
 	run_cdisk 0 nbdinfo --list --json "$(uri carol "" "$PWD/keys.psk")"
 	assert_equal "$(jq -c '[.exports[]]' <<<"$output")" '[]'
@@ -189,8 +191,10 @@ reload() {
 		--iodepth=8 --verify=crc32c --verify_fatal=1 --verify_state_save=0)
 	run_cdisk 0 "${as1[@]}" "${fio[@]}" --uri="nbd+unix:///alice?socket=$dir/s.sock"
 	run_cdisk 0 "${as2[@]}" "${fio[@]}" --uri="nbd+unix:///bob?socket=$dir/s.sock"
-	run_cdisk 1 "${as1[@]}" "${fio[@]}" --uri="nbd+unix:///bob?socket=$dir/s.sock"
-	run_cdisk 1 "${as2[@]}" "${fio[@]}" --uri="nbd+unix:///alice?socket=$dir/s.sock"
+	run_cdisk '?' "${as1[@]}" "${fio[@]}" --uri="nbd+unix:///bob?socket=$dir/s.sock"
+	assert_num "$status" -ne 0
+	run_cdisk '?' "${as2[@]}" "${fio[@]}" --uri="nbd+unix:///alice?socket=$dir/s.sock"
+	assert_num "$status" -ne 0
 	# root is nobody's uid here.
 	run_cdisk 1 nbdinfo --size "nbd+unix:///alice?socket=$dir/s.sock"
 	stop_serve

@@ -205,6 +205,13 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 	*out = s;
 	return 0;
 fail:
+	if (g == GNUTLS_E_SRP_PWD_ERROR && t->psk && gnutls_psk_server_get_username(s)) {
+		/* "Error in password/key file" says less than this. */
+		snprintf(why, len, "TLS handshake failed: no pre-shared key named '%.64s'",
+			 gnutls_psk_server_get_username(s));
+		gnutls_deinit(s);
+		return -EPROTO;
+	}
 	gnutls_deinit(s);
 fail_early:
 	snprintf(why, len, "TLS handshake failed: %s", gnutls_strerror(g));
