@@ -12,6 +12,7 @@ setup() {
 	run_cdisk cdisk-create --size 32M alice.cdisk
 	run_cdisk cdisk-create --size 32M bob.cdisk
 	run_cdisk cdisk-create --size 16M golden.cdisk
+	run_cdisk cdisk-create --size 16M hidden.cdisk
 	psktool -u alice -p keys.psk >/dev/null
 	psktool -u bob -p keys.psk >/dev/null
 	psktool -u carol -p keys.psk >/dev/null   # a key, but no [user carol]
@@ -30,7 +31,7 @@ setup() {
 	uid = 0
 	CONF
 	EXPORTS=(--export alice=alice.cdisk --export bob=bob.cdisk
-		--export golden=golden.cdisk --export hidden=golden.cdisk)
+		--export golden=golden.cdisk --export hidden=hidden.cdisk)
 }
 
 teardown() {

@@ -82,15 +82,24 @@ fail:
 	return r;
 }
 
-/* GnuTLS asks for the key of the identity the client sent; the server
- * rides on the session.  The key file of the moment answers, so that a
- * reload takes effect at the next handshake. */
+/* What the PSK callback needs during one handshake, and what it found. */
+struct psk_ask {
+	struct cdisk_server *srv;
+	char missing[CD_USER_NAME_MAX + 1];   /* an identity without a key */
+};
+
+/* GnuTLS asks for the key of the identity the client sent.  The key file
+ * of the moment answers, so that a reload takes effect at the next
+ * handshake. */
 static int psk_key(gnutls_session_t session, const char *name, gnutls_datum_t *key)
 {
-	struct cdisk_server *s = gnutls_session_get_ptr(session);
+	struct psk_ask *ask = gnutls_session_get_ptr(session);
+	struct cdisk_server *s = ask ? ask->srv : NULL;
 	const struct cd_psk_entry *e;
 	int r = -1;
 
+	if (!s)
+		return -1;
 	pthread_rwlock_rdlock(&s->users_lock);
 	e = cd_psk_find(s->psk, name);
 	if (e && (key->data = gnutls_malloc(e->len))) {
@@ -99,6 +108,8 @@ static int psk_key(gnutls_session_t session, const char *name, gnutls_datum_t *k
 		r = 0;
 	}
 	pthread_rwlock_unlock(&s->users_lock);
+	if (r < 0)
+		snprintf(ask->missing, sizeof(ask->missing), "%s", name);
 	return r;
 }
 
@@ -151,6 +162,7 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
 		  size_t peer_len, bool *psk, char *why, size_t len)
 {
+	struct psk_ask ask = { .srv = t->srv };
 	gnutls_session_t s;
 	unsigned status = 0;
 	int g = gnutls_init(&s, GNUTLS_SERVER);
@@ -158,7 +170,7 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 	*psk = false;
 	if (g < 0)
 		goto fail_early;
-	gnutls_session_set_ptr(s, t->srv);
+	gnutls_session_set_ptr(s, &ask);
 	g = t->psk ? gnutls_priority_set_direct(s, PSK_PRIORITY, NULL)
 		   : gnutls_set_default_priority(s);
 	if (g < 0 ||
@@ -172,6 +184,8 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 	do
 		g = gnutls_handshake(s);
 	while (g == GNUTLS_E_INTERRUPTED);
+	/* ask lives on this stack only. */
+	gnutls_session_set_ptr(s, NULL);
 	if (g < 0)
 		goto fail;
 	if (gnutls_auth_get_type(s) == GNUTLS_CRD_PSK) {
@@ -205,10 +219,10 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 	*out = s;
 	return 0;
 fail:
-	if (g == GNUTLS_E_SRP_PWD_ERROR && t->psk && gnutls_psk_server_get_username(s)) {
+	if (ask.missing[0]) {
 		/* "Error in password/key file" says less than this. */
-		snprintf(why, len, "TLS handshake failed: no pre-shared key named '%.64s'",
-			 gnutls_psk_server_get_username(s));
+		snprintf(why, len, "TLS handshake failed: no pre-shared key named '%s'",
+			 ask.missing);
 		gnutls_deinit(s);
 		return -EPROTO;
 	}
