@@ -161,8 +161,7 @@ static void refuse_open_tcp(enum cdisk_tls_mode mode)
 	freeaddrinfo(res);
 	if (open) {
 		cli_error("TCP on '%s' reaches beyond this host and would not be encrypted: "
-			  "give --tls-certificates DIR or --tls-psk FILE, or --tls off to "
-			  "serve it in the clear",
+			  "give --tls-certificates DIR, or --tls off to serve it in the clear",
 			  tcp_arg);
 		exit(CDISK_EXIT_USAGE);
 	}
