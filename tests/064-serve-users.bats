@@ -36,6 +36,7 @@ setup() {
 
 teardown() {
 	stop_serve
+	[ -z "${SOCK_DIR:-}" ] || rm -rf "$SOCK_DIR"
 }
 
 # start_users ARGS...: cdisk-serve on TCP and a unix socket; ready once it
@@ -181,8 +182,8 @@ reload() {
 	uid = 1
 	CONF
 	# A socket the two uids can reach: group "users", in a folder they enter.
-	local dir
-	dir=$(mktemp -d /tmp/cdisk-users.XXXXXX)
+	SOCK_DIR=$(mktemp -d /tmp/cdisk-users.XXXXXX)
+	local dir=$SOCK_DIR
 	chmod 755 "$dir"
 	start_users --users users.conf --tls-psk keys.psk --group users \
 		--socket "$dir/s.sock"
@@ -198,8 +199,6 @@ reload() {
 	assert_num "$status" -ne 0
 	# root is nobody's uid here.
 	run_cdisk 1 nbdinfo --size "nbd+unix:///alice?socket=$dir/s.sock"
-	stop_serve
-	rm -rf "$dir"
 }
 
 @test "users: SIGHUP keeps allowed connections, closes revoked ones, refuses a bad file" {
