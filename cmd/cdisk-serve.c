@@ -20,6 +20,8 @@
 
 #include "cli.h"
 
+#define DEFAULT_USERS "/etc/cdisk/users.conf"
+
 static const struct cli_program program = {
 	.name = "cdisk-serve",
 	.args = "[NAME.cdisk...]",
@@ -28,7 +30,7 @@ static const struct cli_program program = {
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
-static char *on_mirror_error_arg;
+static char *on_mirror_error_arg, *users_arg, *tls_psk_arg;
 static int mirror_timeout;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 
@@ -49,6 +51,12 @@ static struct poptOption options[] = {
 	  "(offered) or off", "MODE" },
 	{ "tls-verify-peer", '\0', POPT_ARG_NONE, &tls_verify_peer, 0,
 	  "Accept only TLS clients with a certificate signed by DIR/ca-cert.pem", NULL },
+	{ "tls-psk", '\0', POPT_ARG_STRING, &tls_psk_arg, 0,
+	  "Offer TLS with the pre-shared keys of FILE (psktool's name:hexkey lines)",
+	  "FILE" },
+	{ "users", 'u', POPT_ARG_STRING, &users_arg, 0,
+	  "Users and what they may open, from [user NAME] sections (default: "
+	  DEFAULT_USERS " when it exists)", "FILE" },
 	{ "control", '\0', POPT_ARG_STRING, &control_arg, 0,
 	  "Control socket (default: RUNTIME_DIR/cdisk-serve.PID.ctl)", "PATH" },
 	{ "group", 'g', POPT_ARG_STRING, &group_arg, 0,
@@ -79,12 +87,16 @@ static struct poptOption options[] = {
 static enum cdisk_tls_mode tls_mode(void)
 {
 	if (!tls_arg)
-		return tls_dir_arg ? CDISK_TLS_REQUIRE : CDISK_TLS_OFF;
-	if (!strcmp(tls_arg, "off"))
+		return tls_dir_arg || tls_psk_arg ? CDISK_TLS_REQUIRE : CDISK_TLS_OFF;
+	if (!strcmp(tls_arg, "off")) {
+		if (tls_psk_arg)
+			cli_usage_error("--tls off leaves no use for --tls-psk");
 		return CDISK_TLS_OFF;
+	}
 	if (!strcmp(tls_arg, "on") || !strcmp(tls_arg, "require")) {
-		if (!tls_dir_arg)
-			cli_usage_error("--tls %s needs --tls-certificates", tls_arg);
+		if (!tls_dir_arg && !tls_psk_arg)
+			cli_usage_error("--tls %s needs --tls-certificates or --tls-psk",
+					tls_arg);
 		return !strcmp(tls_arg, "on") ? CDISK_TLS_ON : CDISK_TLS_REQUIRE;
 	}
 	cli_usage_error("invalid --tls '%s': expected require, on or off", tls_arg);
@@ -333,6 +345,25 @@ static void notify_ready(void)
 	close(fd);
 }
 
+/* SIGHUP reloads the users and keys: a signalfd the server polls. */
+static int reload_signal(void)
+{
+	sigset_t set;
+
+	sigemptyset(&set);
+	sigaddset(&set, SIGHUP);
+	sigprocmask(SIG_BLOCK, &set, NULL);
+	return signalfd(-1, &set, SFD_CLOEXEC);
+}
+
+/* --users, or the default file when there is one. */
+static const char *users_file(void)
+{
+	if (users_arg)
+		return users_arg;
+	return access(DEFAULT_USERS, F_OK) == 0 ? DEFAULT_USERS : NULL;
+}
+
 static int stop_signals(void)
 {
 	sigset_t set;
@@ -376,7 +407,7 @@ int main(int argc, char **argv)
 	char first[256], nbd_path[4096];
 	enum cdisk_tls_mode mode;
 	const char **args;
-	int r, stop_fd, fail;
+	int r, stop_fd, reload_fd, fail;
 
 	args = cli_parse(&program, argc, (const char **)argv, options, 0, 256);
 	if (sync_every < 0 || sync_max_time < 0)
@@ -398,11 +429,17 @@ int main(int argc, char **argv)
 	}
 	ctx = cli_context();
 	stop_fd = stop_signals();
+	/* Without users or keys SIGHUP keeps its default: it ends the server. */
+	reload_fd = users_file() || tls_psk_arg ? reload_signal() : -1;
 	r = cdisk_server_new(ctx, &srv);
 	if (r == 0)
 		r = cdisk_server_set_mirror_policy(srv, (uint32_t)mirror_timeout, fail);
 	if (r == 0 && mode != CDISK_TLS_OFF)
 		r = cdisk_server_set_tls(srv, tls_dir_arg, mode, tls_verify_peer);
+	if (r == 0 && (users_file() || tls_psk_arg))
+		r = cdisk_server_set_users(srv, users_file(), tls_psk_arg);
+	if (r == 0 && reload_fd >= 0)
+		cdisk_server_set_reload_fd(srv, reload_fd);
 	if (r == 0)
 		r = add_exports(srv, args, first, sizeof(first));
 	if (r == 0 && sync_every)
@@ -426,6 +463,8 @@ int main(int argc, char **argv)
 	}
 	cdisk_server_free(srv);
 	close(stop_fd);
+	if (reload_fd >= 0)
+		close(reload_fd);
 	r = reported ? (cli_exit_code(ctx, 0), cd_exit_code(r)) : cli_exit_code(ctx, r);
 	cdisk_ctx_free(ctx);
 	return r;

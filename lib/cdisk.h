@@ -350,6 +350,16 @@ int cdisk_server_listen_control(struct cdisk_server *server, const char *path,
 enum cdisk_tls_mode { CDISK_TLS_OFF, CDISK_TLS_ON, CDISK_TLS_REQUIRE };
 int cdisk_server_set_tls(struct cdisk_server *server, const char *dir,
 			 enum cdisk_tls_mode mode, bool verify_peer);
+/* After set_tls: the users of the server (an INI file of [user NAME]
+ * sections, cdisk(7)), which close every export to all but the users it
+ * names, and their pre-shared keys (psktool's "name:hexkey" lines), whose
+ * names are users' names.  Either may be NULL; dir may be NULL in
+ * set_tls when keys are the only TLS. */
+int cdisk_server_set_users(struct cdisk_server *server, const char *users_path,
+			   const char *psk_path);
+/* When fd becomes readable (a signalfd for SIGHUP) the server reads it
+ * and loads both files again; a bad one is refused, the old one stays. */
+void cdisk_server_set_reload_fd(struct cdisk_server *server, int fd);
 /* Serve until stop_fd is readable, then finish what connections sent,
  * flush and close every disk.  Returns the first close error. */
 struct cdisk_sync_opts;

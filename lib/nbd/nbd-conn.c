@@ -20,6 +20,7 @@
 #include "nbd-proto.h"
 #include "nbd.h"
 #include "queue.h"
+#include "users.h"
 
 #define HANDSHAKE_TIMEOUT 30
 #define SEND_TIMEOUT 60
@@ -63,6 +64,7 @@ struct conn {
 	gnutls_session_t tls;   /* NULL until STARTTLS */
 	char user[300];         /* who, for the queue: "tls:NAME", "uid:N" or "-" */
 	bool done;              /* all threads finished; joinable */
+	bool serving;           /* past the handshake (s->lock); nbd.exp stays */
 	pthread_mutex_t send_lock;  /* the four fields below */
 	struct request *out, *out_tail;  /* replies waiting to be sent */
 	bool sending;           /* a worker is sending them */
@@ -468,7 +470,14 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 
 static void name_user(struct conn *c)
 {
-	if (c->tls && c->nbd.tls_name[0])
+	char name[CD_USER_NAME_MAX + 1];
+
+	cd_nbd_user_name(&c->nbd, name, sizeof(name));
+	if (name[0])
+		snprintf(c->user, sizeof(c->user), "user:%s", name);
+	else if (c->tls && c->nbd.psk)
+		snprintf(c->user, sizeof(c->user), "psk:%s", c->nbd.tls_name);
+	else if (c->tls && c->nbd.tls_name[0])
 		snprintf(c->user, sizeof(c->user), "tls:%s", c->nbd.tls_name);
 	else if (c->nbd.has_uid)
 		snprintf(c->user, sizeof(c->user), "uid:%u", (unsigned)c->nbd.uid);
@@ -510,7 +519,7 @@ static int nbd_starttls(struct cd_nbd_session *s)
 	int r;
 
 	r = cd_tls_accept(s->srv->tls, c->fd, &c->tls, s->tls_name, sizeof(s->tls_name),
-			  why, sizeof(why));
+			  &s->psk, why, sizeof(why));
 	if (r < 0) {
 		char peer[64];
 		cd_log(s->srv->ctx, CDISK_LOG_WARNING, "client %s: %s",
@@ -620,17 +629,33 @@ static struct cd_queue *server_queue(struct cdisk_server *s)
 	return q;
 }
 
+/* Past the handshake: from here a reload sees the connection.  Access is
+ * checked once more, in case a reload came between the handshake's check
+ * and now and so could not see it. */
+static bool start_serving(struct conn *c)
+{
+	struct cdisk_server *s = c->nbd.srv;
+	bool ro = false, ok;
+
+	name_user(c);
+	pthread_mutex_lock(&s->lock);
+	ok = cd_nbd_allowed(&c->nbd, c->nbd.exp, &ro) && (!ro || c->nbd.readonly);
+	c->serving = ok;
+	pthread_mutex_unlock(&s->lock);
+	return ok;
+}
+
 static void *connection(void *arg)
 {
 	struct conn *c = arg;
 	struct cd_queue *queue = server_queue(c->nbd.srv);
 
 	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
-	if (queue && cd_nbd_handshake(&c->nbd) == 1 && (c->rbuf = malloc(RBUF_SIZE))) {
+	if (queue && cd_nbd_handshake(&c->nbd) == 1 && start_serving(c) &&
+	    (c->rbuf = malloc(RBUF_SIZE))) {
 		__atomic_add_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
 		/* An idle client may stay as long as it likes. */
 		set_timeouts(c->fd, 0, SEND_TIMEOUT);
-		name_user(c);
 		read_requests(c, queue);
 		__atomic_sub_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
 	}
@@ -687,4 +712,52 @@ void cd_conn_stop_reading(struct cdisk_server *s)
 		if (c->fd >= 0)
 			shutdown(c->fd, SHUT_RD);
 	pthread_mutex_unlock(&s->lock);
+}
+
+/* SIGHUP: both files are read whole before either is used; then every
+ * connection is checked against them, and those that lost their export
+ * (or the right to write to it) are shut, which their reader notices. */
+void cd_server_reload_users(struct cdisk_server *s)
+{
+	struct cd_users *users = NULL, *old_users;
+	struct cd_psk *psk = NULL, *old_psk;
+	unsigned closed = 0;
+	int r = 0;
+
+	if (s->users_path)
+		r = cd_users_load(s->ctx, s->users_path, &users);
+	if (r == 0 && s->psk_path)
+		r = cd_psk_load(s->ctx, s->psk_path, &psk);
+	if (r < 0) {
+		cd_log(s->ctx, CDISK_LOG_ERROR, "reload refused, the users and keys in "
+		       "force stay: %s", cdisk_ctx_error(s->ctx));
+		cd_users_free(users);
+		return;
+	}
+	pthread_rwlock_wrlock(&s->users_lock);
+	old_users = s->users;
+	old_psk = s->psk;
+	s->users = users;
+	s->psk = psk;
+	pthread_rwlock_unlock(&s->users_lock);
+	cd_users_free(old_users);
+	cd_psk_free(old_psk);
+	pthread_mutex_lock(&s->lock);
+	for (struct conn *c = s->conns; c; c = c->next) {
+		bool ro = false;
+
+		if (!c->serving || c->done || c->fd < 0)
+			continue;
+		if (cd_nbd_allowed(&c->nbd, c->nbd.exp, &ro) && (!ro || c->nbd.readonly))
+			continue;
+		cd_log(s->ctx, CDISK_LOG_INFO, "closing a connection of %s to export '%s': "
+		       "its access was revoked", c->user, c->nbd.exp->name);
+		shutdown(c->fd, SHUT_RDWR);
+		closed++;
+	}
+	pthread_mutex_unlock(&s->lock);
+	cd_log(s->ctx, CDISK_LOG_INFO, "reloaded%s%s%s%s; %u connection%s closed",
+	       s->users_path ? " users from '" : "", s->users_path ? s->users_path : "",
+	       s->users_path ? "'" : "", s->psk_path ? " and keys" : "", closed,
+	       closed == 1 ? "" : "s");
 }

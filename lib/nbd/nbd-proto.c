@@ -13,6 +13,7 @@
 #include "cdisk.h"
 #include "nbd-proto.h"
 #include "nbd.h"
+#include "users.h"
 #include "util.h"
 
 /* ---- wire helpers ---- */
@@ -59,12 +60,12 @@ static int send_buf(struct cd_nbd_session *s, const void *buf, size_t len)
 
 /* ---- exports ---- */
 
-static uint16_t export_flags(const struct cd_export *e)
+static uint16_t export_flags(bool readonly)
 {
 	uint16_t f = NBD_FLAG_HAS_FLAGS | NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA |
 		     NBD_FLAG_CAN_MULTI_CONN | NBD_FLAG_SEND_DF;
 
-	if (e->readonly)
+	if (readonly)
 		f |= NBD_FLAG_READ_ONLY;
 	else
 		f |= NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES |
@@ -72,15 +73,42 @@ static uint16_t export_flags(const struct cd_export *e)
 	return f;
 }
 
+/* The user of the users file this client is: by its PSK identity (whose
+ * key must still be in the key file), its certificate's name, or its uid
+ * on the unix socket.  Under users_lock. */
+static const struct cd_user *user_of(const struct cd_nbd_session *s)
+{
+	const struct cdisk_server *srv = s->srv;
+
+	if (s->tls && s->psk)
+		return cd_psk_find(srv->psk, s->tls_name) ?
+		       cd_users_find(srv->users, s->tls_name) : NULL;
+	if (s->tls && s->tls_name[0])
+		return cd_users_by_certificate(srv->users, s->tls_name);
+	if (s->has_uid)
+		return cd_users_by_uid(srv->users, s->uid);
+	return NULL;
+}
+
+void cd_nbd_user_name(const struct cd_nbd_session *s, char *out, size_t len)
+{
+	const struct cd_user *u;
+
+	pthread_rwlock_rdlock(&s->srv->users_lock);
+	u = s->srv->users ? user_of(s) : NULL;
+	snprintf(out, len, "%s", u ? u->name : "");
+	pthread_rwlock_unlock(&s->srv->users_lock);
+}
+
 /* Whether this connection may use e: a verified certificate name in its
  * clients, or a unix peer in its users, when it has either list. */
-static bool allowed(const struct cd_nbd_session *s, const struct cd_export *e)
+static bool export_allows(const struct cd_nbd_session *s, const struct cd_export *e)
 {
 	const struct cd_access *a = &e->access;
 
 	if (!a->nclients && !a->nusers)
 		return true;
-	for (size_t i = 0; s->tls && s->tls_name[0] && i < a->nclients; i++)
+	for (size_t i = 0; s->tls && !s->psk && s->tls_name[0] && i < a->nclients; i++)
 		if (!strcmp(a->clients[i], s->tls_name))
 			return true;
 	for (size_t i = 0; s->has_uid && i < a->nusers; i++)
@@ -88,6 +116,27 @@ static bool allowed(const struct cd_nbd_session *s, const struct cd_export *e)
 			return true;
 	return false;
 }
+
+/* With a users file, an export is open only to the users it names, and
+ * the export's own lists narrow that further. */
+bool cd_nbd_allowed(const struct cd_nbd_session *s, const struct cd_export *e,
+		    bool *readonly)
+{
+	const struct cd_user *u;
+	bool ok = true, ro = false;
+
+	pthread_rwlock_rdlock(&s->srv->users_lock);
+	if (s->srv->users) {
+		u = user_of(s);
+		ok = u && cd_user_may_open(u, e->name);
+		ro = u && u->read_only;
+	}
+	pthread_rwlock_unlock(&s->srv->users_lock);
+	if (readonly)
+		*readonly = e->readonly || ro;
+	return ok && export_allows(s, e);
+}
+
 
 /* NBD allows at most 64 KiB as the minimum block size; larger blocks
  * take smaller requests by read-modify-write. */
@@ -126,13 +175,24 @@ static int opt_error(struct cd_nbd_session *s, uint32_t opt, uint32_t type, cons
 	return opt_reply(s, opt, type, msg, (uint32_t)strlen(msg));
 }
 
-static int send_info_export(struct cd_nbd_session *s, uint32_t opt, const struct cd_export *e)
+/* With a users file, an export refused is answered as one missing: a
+ * user learns nothing of the others' exports. */
+static int refuse(struct cd_nbd_session *s, uint32_t opt, const char *name, bool exists)
+{
+	if (!exists || s->srv->users_on)
+		return opt_error(s, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
+	return opt_error(s, opt, NBD_REP_ERR_POLICY, "export '%.200s' is not open "
+			 "to this client", name);
+}
+
+static int send_info_export(struct cd_nbd_session *s, uint32_t opt, const struct cd_export *e,
+			    bool readonly)
 {
 	uint8_t b[12];
 
 	put_be16(b, NBD_INFO_EXPORT);
 	put_be64(b + 2, cdisk_size(e->disk));
-	put_be16(b + 10, export_flags(e));
+	put_be16(b + 10, export_flags(readonly));
 	return opt_reply(s, opt, NBD_REP_INFO, b, sizeof(b));
 }
 
@@ -186,7 +246,7 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 	const uint8_t *end = p + len;
 	char name[NBD_MAX_STRING + 1];
 	struct cd_export *e;
-	bool want_name = false;
+	bool want_name = false, readonly;
 	uint16_t nreq;
 	int r;
 
@@ -200,13 +260,10 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 		if (get_be16(p + 2 * i) == NBD_INFO_NAME)
 			want_name = true;
 	e = cd_server_find_export(s->srv, name);
-	if (!e)
-		return opt_error(s, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
-	if (!allowed(s, e))
-		return opt_error(s, opt, NBD_REP_ERR_POLICY, "export '%.200s' is not open "
-				 "to this client", name);
+	if (!e || !cd_nbd_allowed(s, e, &readonly))
+		return refuse(s, opt, name, e != NULL);
 	/* Block sizes are always sent: our minimum is the disk's block. */
-	r = send_info_export(s, opt, e);
+	r = send_info_export(s, opt, e, readonly);
 	if (r == 0)
 		r = send_info_block_size(s, opt, e);
 	if (r == 0 && want_name)
@@ -216,6 +273,7 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 	if (r < 0 || opt == NBD_OPT_INFO)
 		return r;
 	s->exp = e;
+	s->readonly = readonly;
 	return 1;
 }
 
@@ -229,7 +287,7 @@ static int opt_list(struct cd_nbd_session *s, uint32_t len)
 		uint8_t *b;
 		int r;
 
-		if (!allowed(s, &s->srv->exports[i]))
+		if (!cd_nbd_allowed(s, &s->srv->exports[i], NULL))
 			continue;
 		b = malloc(4 + n);
 		if (!b)
@@ -272,11 +330,8 @@ static int opt_meta_context(struct cd_nbd_session *s, uint32_t opt, const uint8_
 	nq = get_be32(p);
 	p += 4;
 	e = cd_server_find_export(s->srv, name);
-	if (!e)
-		return opt_error(s, opt, NBD_REP_ERR_UNKNOWN, "no export named '%.200s'", name);
-	if (!allowed(s, e))
-		return opt_error(s, opt, NBD_REP_ERR_POLICY, "export '%.200s' is not open "
-				 "to this client", name);
+	if (!e || !cd_nbd_allowed(s, e, NULL))
+		return refuse(s, opt, name, e != NULL);
 	if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
 		found = true;
 	for (uint32_t i = 0; i < nq; i++) {
@@ -309,12 +364,12 @@ static int opt_export_name(struct cd_nbd_session *s, const uint8_t *p, uint32_t 
 	s->exp = cd_server_find_export(s->srv, name);
 	if (!s->exp)
 		return -ENOENT;
-	if (!allowed(s, s->exp)) {
+	if (!cd_nbd_allowed(s, s->exp, &s->readonly)) {
 		s->exp = NULL;
-		return -EACCES;
+		return s->srv->users_on ? -ENOENT : -EACCES;
 	}
 	put_be64(b, cdisk_size(s->exp->disk));
-	put_be16(b + 8, export_flags(s->exp));
+	put_be16(b + 8, export_flags(s->readonly));
 	return send_buf(s, b, no_zeroes ? 10 : sizeof(b)) < 0 ? -EIO : 1;
 }
 
@@ -626,7 +681,7 @@ static int validate(struct cd_nbd_session *s, const struct cd_nbd_req *q, const 
 		return q->type == NBD_CMD_WRITE || q->type == NBD_CMD_WRITE_ZEROES ?
 		       -ENOSPC : -EINVAL;
 	}
-	if (e->readonly && q->type != NBD_CMD_READ && q->type != NBD_CMD_BLOCK_STATUS) {
+	if (s->readonly && q->type != NBD_CMD_READ && q->type != NBD_CMD_BLOCK_STATUS) {
 		*why = "the export is read-only";
 		return -EPERM;
 	}

@@ -49,10 +49,12 @@ struct cd_nbd_session {
 	struct cdisk_server *srv;
 	bool tcp;
 	bool tls;               /* STARTTLS done */
-	char tls_name[256];     /* the verified client certificate's name */
+	char tls_name[256];     /* the verified client certificate's name, */
+	bool psk;               /* or the PSK identity */
 	bool has_uid;           /* a unix socket peer, whose uid is known */
 	uid_t uid;
 	struct cd_export *exp;  /* chosen by the handshake */
+	bool readonly;          /* exp, or this client, may not write */
 	bool structured, meta_alloc;
 };
 
@@ -63,6 +65,12 @@ int cd_nbd_handshake(struct cd_nbd_session *s);
  * (whose payload, for a write, follows), -1 when the client said goodbye
  * or the stream cannot be followed. */
 int cd_nbd_parse_request(const uint8_t *h, struct cd_nbd_req *q);
+/* Whether s may open e, as the users file and the export's own lists
+ * say; *readonly when it may only read.  Takes s->srv->users_lock. */
+bool cd_nbd_allowed(const struct cd_nbd_session *s, const struct cd_export *e,
+		    bool *readonly);
+/* The users file's name for s's client ("" when none). */
+void cd_nbd_user_name(const struct cd_nbd_session *s, char *out, size_t len);
 /* Carry q out on s->exp and reply (which takes q). */
 int cd_nbd_execute(struct cd_nbd_session *s, struct cd_nbd_req *q);
 

@@ -20,9 +20,8 @@
 #include "nbd-conn.h"
 #include "queue.h"
 #include "server.h"
+#include "users.h"
 #include "util.h"
-
-/* ---- exports ---- */
 
 /* ---- exports ---- */
 
@@ -46,7 +45,9 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
 		return cd_error(ctx, -ENOMEM, "out of memory");
 	s->ctx = ctx;
 	s->control_fd = -1;
+	s->reload_fd = -1;
 	pthread_mutex_init(&s->lock, NULL);
+	pthread_rwlock_init(&s->users_lock, NULL);
 	pthread_cond_init(&s->control_idle, NULL);
 	*out = s;
 	return 0;
@@ -66,6 +67,42 @@ int cdisk_server_set_tls(struct cdisk_server *s, const char *dir,
 	s->tls = t;
 	s->tls_mode = mode;
 	return 0;
+}
+
+int cdisk_server_set_users(struct cdisk_server *s, const char *users_path,
+			   const char *psk_path)
+{
+	struct cd_users *users = NULL;
+	struct cd_psk *psk = NULL;
+	int r = 0;
+
+	if (psk_path && !s->tls)
+		return cd_error(s->ctx, -EINVAL, "pre-shared keys need TLS: not with "
+				"TLS off");
+	if (users_path)
+		r = cd_users_load(s->ctx, users_path, &users);
+	if (r == 0 && psk_path)
+		r = cd_psk_load(s->ctx, psk_path, &psk);
+	if (r == 0 && psk_path)
+		r = cd_tls_enable_psk(s->ctx, s->tls, s);
+	if (r == 0 && users_path && !(s->users_path = strdup(users_path)))
+		r = cd_error(s->ctx, -ENOMEM, "out of memory");
+	if (r == 0 && psk_path && !(s->psk_path = strdup(psk_path)))
+		r = cd_error(s->ctx, -ENOMEM, "out of memory");
+	if (r < 0) {
+		cd_users_free(users);
+		cd_psk_free(psk);
+		return r;
+	}
+	s->users = users;
+	s->psk = psk;
+	s->users_on = users != NULL;
+	return 0;
+}
+
+void cdisk_server_set_reload_fd(struct cdisk_server *s, int fd)
+{
+	s->reload_fd = fd;
 }
 
 int cdisk_server_add_export(struct cdisk_server *s, const char *name,
@@ -295,6 +332,16 @@ static void accept_one(struct cdisk_server *s, int lfd, bool tcp)
 	cd_conn_start(s, fd);
 }
 
+/* What made reload_fd readable (a signalfd's records) is read and
+ * dropped: signals that came together make one reload. */
+static void reload_now(struct cdisk_server *s)
+{
+	uint8_t buf[512];
+
+	if (read(s->reload_fd, buf, sizeof(buf)) > 0)
+		cd_server_reload_users(s);
+}
+
 /* Serve until stop_fd becomes readable; then stop accepting, let every
  * connection finish what it has read, flush and close the disks. */
 int cdisk_server_run(struct cdisk_server *s, int stop_fd)
@@ -304,12 +351,16 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	if (r < 0)
 		return r;
 	for (;;) {
-		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 2];
-		size_t n = 0, first_listener;
+		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 3];
+		size_t n = 0, first_listener, reload = 0;
 
 		p[n++] = (struct pollfd){ .fd = stop_fd, .events = POLLIN };
 		if (s->control_fd >= 0)
 			p[n++] = (struct pollfd){ .fd = s->control_fd, .events = POLLIN };
+		if (s->reload_fd >= 0) {
+			reload = n;
+			p[n++] = (struct pollfd){ .fd = s->reload_fd, .events = POLLIN };
+		}
 		first_listener = n;
 		for (size_t i = 0; i < s->nlisten; i++)
 			p[n++] = (struct pollfd){ .fd = s->listen[i].fd, .events = POLLIN };
@@ -321,8 +372,10 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			cd_queue_tick(queue);
 		if (p[0].revents)
 			break;
-		if (first_listener > 1 && p[1].revents & POLLIN)
+		if (s->control_fd >= 0 && p[1].revents & POLLIN)
 			cd_control_serve_one(s);
+		if (reload && p[reload].revents & POLLIN)
+			reload_now(s);
 		for (size_t i = 0; i < s->nlisten; i++)
 			if (p[first_listener + i].revents & POLLIN)
 				accept_one(s, s->listen[i].fd, s->listen[i].tcp);
@@ -386,6 +439,11 @@ void cdisk_server_free(struct cdisk_server *s)
 		cd_access_free(&s->exports[i].access);
 	}
 	free(s->exports);
+	cd_users_free(s->users);
+	cd_psk_free(s->psk);
+	free(s->users_path);
+	free(s->psk_path);
+	pthread_rwlock_destroy(&s->users_lock);
 	pthread_cond_destroy(&s->control_idle);
 	pthread_mutex_destroy(&s->lock);
 	free(s);

@@ -52,6 +52,8 @@ struct conn;
 
 struct cd_tls;
 struct cd_queue;
+struct cd_users;
+struct cd_psk;
 
 struct cdisk_server {
 	struct cdisk_ctx *ctx;
@@ -74,16 +76,26 @@ struct cdisk_server {
 	/* Control requests under way, each on a thread of its own (lock). */
 	unsigned control_active;
 	pthread_cond_t control_idle;   /* control_active fell to 0; policy waits */
+	/* --users and --tls-psk (users.c), swapped whole by a reload: the
+	 * handshake reads them under users_lock, never across network I/O. */
+	pthread_rwlock_t users_lock;
+	bool users_on;             /* set once, before serving */
+	struct cd_users *users;    /* NULL: no users, exports as [export] says */
+	struct cd_psk *psk;
+	char *users_path, *psk_path;
+	int reload_fd;             /* readable: reload both (SIGHUP); -1: none */
 };
 
-/* TLS (tls.c) */
+/* TLS (tls.c); dir NULL: no certificates (pre-shared keys only). */
 int cd_tls_load(struct cdisk_ctx *ctx, const char *dir, bool verify_peer,
 		struct cd_tls **out);
+/* Offer PSK key exchange too, with the keys of s->psk (s->users_lock). */
+int cd_tls_enable_psk(struct cdisk_ctx *ctx, struct cd_tls *t, struct cdisk_server *s);
 void cd_tls_free(struct cd_tls *t);
-/* peer_name gets the verified client certificate's common name ("" when
- * peers are not verified). */
+/* peer_name gets the verified client certificate's common name, or with
+ * *psk the PSK identity ("" when peers are not verified). */
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
-		  size_t peer_len, char *why, size_t len);
+		  size_t peer_len, bool *psk, char *why, size_t len);
 void cd_tls_close(gnutls_session_t s);
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
@@ -94,6 +106,9 @@ struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name
 int cd_server_restrict_export(struct cdisk_server *s, const char *name,
 			      struct cd_access *access);
 void cd_access_free(struct cd_access *a);
+/* SIGHUP: read the users and key files again; a bad one keeps the old
+ * ones, and connections whose access is gone are closed (nbd-conn.c). */
+void cd_server_reload_users(struct cdisk_server *s);
 int cd_listen_unix(struct cdisk_ctx *ctx, const char *path, mode_t mode, int *out);
 /* Accept one control connection and answer it on a thread of its own. */
 void cd_control_serve_one(struct cdisk_server *s);

@@ -1,6 +1,7 @@
 /* TLS for NBD connections (GnuTLS): X.509 certificates laid out as nbdkit
  * and QEMU lay them out, in one folder: server-cert.pem, server-key.pem,
- * and ca-cert.pem for checking clients' certificates. */
+ * and ca-cert.pem for checking clients' certificates; and pre-shared keys
+ * from a psktool file (--tls-psk), the PSK identity naming the user. */
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <stdio.h>
@@ -10,9 +11,15 @@
 #include "cdisk.h"
 #include "ctx.h"
 #include "server.h"
+#include "users.h"
+
+/* As nbdkit and QEMU offer PSK: their clients ask for these. */
+#define PSK_PRIORITY "NORMAL:+ECDHE-PSK:+DHE-PSK:+PSK"
 
 struct cd_tls {
-	gnutls_certificate_credentials_t creds;
+	gnutls_certificate_credentials_t creds;   /* NULL: keys only */
+	gnutls_psk_server_credentials_t psk;      /* NULL: certificates only */
+	struct cdisk_server *srv;                 /* whose keys psk_key() reads */
 	bool verify_peer;
 };
 
@@ -38,6 +45,10 @@ int cd_tls_load(struct cdisk_ctx *ctx, const char *dir, bool verify_peer,
 	if (!t)
 		return cd_error(ctx, -ENOMEM, "out of memory");
 	t->verify_peer = verify_peer;
+	if (!dir) {
+		*out = t;
+		return 0;
+	}
 	r = file_in(ctx, dir, "server-cert.pem", cert, sizeof(cert));
 	if (r == 0)
 		r = file_in(ctx, dir, "server-key.pem", key, sizeof(key));
@@ -71,12 +82,60 @@ fail:
 	return r;
 }
 
+/* What the PSK callback needs during one handshake, and what it found. */
+struct psk_ask {
+	struct cdisk_server *srv;
+	char missing[CD_USER_NAME_MAX + 1];   /* an identity without a key */
+};
+
+/* GnuTLS asks for the key of the identity the client sent.  The key file
+ * of the moment answers, so that a reload takes effect at the next
+ * handshake. */
+static int psk_key(gnutls_session_t session, const char *name, gnutls_datum_t *key)
+{
+	struct psk_ask *ask = gnutls_session_get_ptr(session);
+	struct cdisk_server *s = ask ? ask->srv : NULL;
+	const struct cd_psk_entry *e;
+	int r = -1;
+
+	if (!s)
+		return -1;
+	pthread_rwlock_rdlock(&s->users_lock);
+	e = cd_psk_find(s->psk, name);
+	if (e && (key->data = gnutls_malloc(e->len))) {
+		memcpy(key->data, e->key, e->len);
+		key->size = (unsigned)e->len;
+		r = 0;
+	}
+	pthread_rwlock_unlock(&s->users_lock);
+	if (r < 0)
+		snprintf(ask->missing, sizeof(ask->missing), "%s", name);
+	return r;
+}
+
+int cd_tls_enable_psk(struct cdisk_ctx *ctx, struct cd_tls *t, struct cdisk_server *s)
+{
+	int g;
+
+	t->srv = s;
+	if (t->psk)
+		return 0;
+	g = gnutls_psk_allocate_server_credentials(&t->psk);
+	if (g < 0)
+		return cd_error(ctx, -ENOMEM, "TLS: %s", gnutls_strerror(g));
+	gnutls_psk_set_server_credentials_function(t->psk, psk_key);
+	gnutls_psk_set_server_known_dh_params(t->psk, GNUTLS_SEC_PARAM_MEDIUM);
+	return 0;
+}
+
 void cd_tls_free(struct cd_tls *t)
 {
 	if (!t)
 		return;
 	if (t->creds)
 		gnutls_certificate_free_credentials(t->creds);
+	if (t->psk)
+		gnutls_psk_free_server_credentials(t->psk);
 	free(t);
 }
 
@@ -101,25 +160,41 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 }
 
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
-		  size_t peer_len, char *why, size_t len)
+		  size_t peer_len, bool *psk, char *why, size_t len)
 {
+	struct psk_ask ask = { .srv = t->srv };
 	gnutls_session_t s;
 	unsigned status = 0;
 	int g = gnutls_init(&s, GNUTLS_SERVER);
 
+	*psk = false;
 	if (g < 0)
 		goto fail_early;
-	if ((g = gnutls_set_default_priority(s)) < 0 ||
-	    (g = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->creds)) < 0)
+	gnutls_session_set_ptr(s, &ask);
+	g = t->psk ? gnutls_priority_set_direct(s, PSK_PRIORITY, NULL)
+		   : gnutls_set_default_priority(s);
+	if (g < 0 ||
+	    (t->creds && (g = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, t->creds)) < 0) ||
+	    (t->psk && (g = gnutls_credentials_set(s, GNUTLS_CRD_PSK, t->psk)) < 0))
 		goto fail;
-	gnutls_certificate_server_set_request(s, t->verify_peer ? GNUTLS_CERT_REQUIRE
-								: GNUTLS_CERT_IGNORE);
+	if (t->creds)
+		gnutls_certificate_server_set_request(s, t->verify_peer ? GNUTLS_CERT_REQUIRE
+									: GNUTLS_CERT_IGNORE);
 	gnutls_transport_set_int(s, fd);
 	do
 		g = gnutls_handshake(s);
 	while (g == GNUTLS_E_INTERRUPTED);
+	/* ask lives on this stack only. */
+	gnutls_session_set_ptr(s, NULL);
 	if (g < 0)
 		goto fail;
+	if (gnutls_auth_get_type(s) == GNUTLS_CRD_PSK) {
+		const char *name = gnutls_psk_server_get_username(s);
+		snprintf(peer_name, peer_len, "%s", name ? name : "");
+		*psk = true;
+		*out = s;
+		return 0;
+	}
 	if (t->verify_peer) {
 		g = gnutls_certificate_verify_peers3(s, NULL, &status);
 		if (g == 0 && status != 0) {
@@ -144,6 +219,13 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 	*out = s;
 	return 0;
 fail:
+	if (ask.missing[0]) {
+		/* "Error in password/key file" says less than this. */
+		snprintf(why, len, "TLS handshake failed: no pre-shared key named '%s'",
+			 ask.missing);
+		gnutls_deinit(s);
+		return -EPROTO;
+	}
 	gnutls_deinit(s);
 fail_early:
 	snprintf(why, len, "TLS handshake failed: %s", gnutls_strerror(g));
