@@ -112,6 +112,19 @@ start_mirror() {
 	assert_num "$output" -ge 1
 	run_cdisk 0 patfile p.raw r 0 64M 1
 	run_cdisk 0 patfile old.raw r 0 64M 1
+	# A copy to a mirror cannot read such a primary: it says so, and the
+	# mirror, not at fault, is not called degraded.
+	truncate -s 64M m.raw
+	mv p.raw new.raw
+	mv old.raw p.raw
+	run_cdisk 0 cdisk-mirror attach d.cdisk m.raw
+	mv p.raw old.raw
+	mv new.raw p.raw
+	run_cdisk 7 cdisk-mirror resync --full d.cdisk
+	[[ "$stderr" == *"is not the device 'd.cdisk' was created on"* ]] ||
+		fail "the error does not name the primary's identity"
+	run_cdisk 9 cdisk-mirror status --json d.cdisk
+	assert_equal "$(json_get .state)" copying
 }
 
 @test "--primary with --mirror: the primary copied at creation; writes reach both; fio verifies" {

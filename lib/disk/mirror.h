@@ -57,6 +57,9 @@ struct cd_mirror {
 	bool live;                 /* writes in sync go to both */
 	struct cd_bitmap claimed;  /* the copy's claims (struct cd_drain) */
 	bool copying;
+	/* The copy could not read the disk's own data (its base or primary):
+	 * that is no fault of the mirror's, which stays as it is. */
+	bool copy_source_failed;
 	uint64_t copied_bytes, copy_total, copy_rate, copy_start_ms;
 
 	/* The keeper. */

@@ -145,7 +145,14 @@ static int mirror_move(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t
 	bool zero;
 	int r = cdisk_pread(d, buf, len, off);
 
-	if (r < 0 || !cd_copy_throttle(c, len))
+	if (r < 0) {
+		pthread_mutex_lock(&d->lock);
+		if (d->mirror)
+			d->mirror->copy_source_failed = true;
+		pthread_mutex_unlock(&d->lock);
+		return r;
+	}
+	if (!cd_copy_throttle(c, len))
 		return r;
 	zero = all_zero(buf, len);
 	r = zero ? cd_target_zero(t, len, off) : cd_target_pwrite(t, buf, len, off);
@@ -219,7 +226,9 @@ static int copy_pass(struct cdisk *d, struct cd_target *t, const struct cdisk_sy
 }
 
 /* Passes until nothing is out of sync, or stopped; writes meanwhile may
- * leave a little for the next pass.  On failure the mirror is degraded. */
+ * leave a little for the next pass.  On a failure of the mirror's the
+ * mirror is degraded; a failure to read the disk's own data is only
+ * reported (the blocks stay out of sync for the next copy). */
 static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 			      struct cdisk_sync_stats *st, volatile sig_atomic_t *stop)
 {
@@ -241,6 +250,7 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 		left = cd_mirror_oos(d)->count;
 		if (!left)
 			cd_mirror_note_in_sync_locked(d);
+		m->copy_source_failed = false;
 		pthread_mutex_unlock(&d->lock);
 		if (!left || *stop || d->sync_stop)
 			break;
@@ -253,10 +263,14 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 		st->flushes += pass.flushes;
 		if (r < 0) {
 			char why[CD_MIRROR_ERROR_MAX];
+			bool source;
 
 			snprintf(why, sizeof(why), "%s", cd_errbuf());
 			pthread_mutex_lock(&d->lock);
-			cd_mirror_degrade_locked(d, why);
+			source = m->copy_source_failed;
+			m->copy_source_failed = false;
+			if (!source)
+				cd_mirror_degrade_locked(d, why);
 			pthread_mutex_unlock(&d->lock);
 			cd_error(d->ctx, r, "%s", why);
 			break;
