@@ -33,17 +33,6 @@ start_mirror() {
 	MIRROR="nbd://127.0.0.1:$PROXY_PORT/"
 }
 
-# wait_state STATE [SECONDS]: until cdisk-mirror status --json says STATE.
-wait_state() {
-	local i state
-	for i in $(seq "$((${2:-60} * 5))"); do
-		state=$(timeout 20 cdisk-mirror status --json d.cdisk 2>/dev/null | jq -r .state)
-		[ "$state" = "$1" ] && return 0
-		sleep 0.2
-	done
-	fail "the mirror never became $1 (last: $state); serve log: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-}
-
 assert_mirror_equals_disk() {
 	run_cdisk 0 qemu-img compare -f raw -F raw "$NBD" "$MIRROR_IMG"
 }

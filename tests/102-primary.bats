@@ -22,17 +22,6 @@ teardown() {
 	return 0
 }
 
-# wait_state STATE [SECONDS]: until cdisk-mirror status --json says STATE.
-wait_state() {
-	local i state
-	for i in $(seq "$((${2:-60} * 5))"); do
-		state=$(timeout 20 cdisk-mirror status --json d.cdisk 2>/dev/null | jq -r .state)
-		[ "$state" = "$1" ] && return 0
-		sleep 0.2
-	done
-	fail "the mirror never became $1 (last: $state); serve log: $(cat "$BATS_TEST_TMPDIR/serve.log" 2>/dev/null)"
-}
-
 # An nbdkit mirror over a file full of a pattern no primary here holds.
 start_mirror() {
 	truncate -s "${1:-64M}" "$MIRROR_IMG"

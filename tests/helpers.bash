@@ -195,6 +195,18 @@ sync_served_while_fio_writes() {
 	stop_serve
 }
 
+# wait_state STATE [SECONDS]: until cdisk-mirror status --json on d.cdisk
+# says STATE (default: 60 s).
+wait_state() {
+	local i state
+	for i in $(seq "$((${2:-60} * 5))"); do
+		state=$(timeout 20 cdisk-mirror status --json d.cdisk 2>/dev/null | jq -r .state)
+		[ "$state" = "$1" ] && return 0
+		sleep 0.2
+	done
+	fail "the mirror never became $1 (last: $state); serve log: $(cat "$BATS_TEST_TMPDIR/serve.log" 2>/dev/null)"
+}
+
 # Stop it with SIGTERM (or the given signal) and return its exit status.
 stop_serve() {
 	local sig=${1:-TERM} rc=0

@@ -450,6 +450,20 @@ int cd_target_ping(struct cd_target *t, uint64_t *rtt_us)
 /* Straight to the kind: no layer changes what the storage is.  Not
  * retried: it is asked once, when a disk is set up, and a failure there
  * means "cannot tell now", which the caller reports. */
+int cd_target_write_back(struct cd_target *t, size_t len, uint64_t off)
+{
+	uint8_t *buf = malloc(len);
+	int r;
+
+	if (!buf)
+		return cd_error(t->ctx, -ENOMEM, "'%s': out of memory", t->uri);
+	r = cd_target_pread(t, buf, len, off);
+	if (r == 0)
+		r = cd_target_pwrite(t, buf, len, off);
+	free(buf);
+	return r;
+}
+
 int cd_target_identity(struct cd_target *t, char *out, size_t len)
 {
 	if (len)

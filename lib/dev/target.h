@@ -127,6 +127,8 @@ void cd_target_close(struct cd_target *t);
 /* One ping, never retried; *rtt_us is the request's own time, without
  * making a new connection.  -EAGAIN: the server answered busy. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us);
+/* Writable now: len bytes at off read and written back unchanged. */
+int cd_target_write_back(struct cd_target *t, size_t len, uint64_t off);
 /* The identity of the storage behind t, one line that two URIs naming
  * the same storage share however they are written: "file:MAJ:MIN:INO"
  * (the file's st_dev and st_ino), "file:blk:MAJ:MIN" (a block device's

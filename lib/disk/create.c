@@ -96,7 +96,6 @@ int cd_normalize_uri(struct cdisk_ctx *ctx, const char *what, const char *uri,
 static int check_primary(struct cdisk_ctx *ctx, const char *path, struct cd_superblock *sb)
 {
 	struct cd_target *t;
-	uint8_t *block = NULL;
 	char have[32], want[32];
 	int r = cd_target_open(ctx, sb->base, false, &t);
 
@@ -115,14 +114,7 @@ static int check_primary(struct cdisk_ctx *ctx, const char *path, struct cd_supe
 					have);
 		goto out;
 	}
-	block = malloc(sb->block_size);
-	if (!block) {
-		r = cd_error(ctx, -ENOMEM, "cannot create '%s': out of memory", path);
-		goto out;
-	}
-	r = cd_target_pread(t, block, sb->block_size, sb->size - sb->block_size);
-	if (r == 0)
-		r = cd_target_pwrite(t, block, sb->block_size, sb->size - sb->block_size);
+	r = cd_target_write_back(t, sb->block_size, sb->size - sb->block_size);
 	if (r == 0)
 		r = cd_target_flush(t);
 	if (r < 0) {
@@ -136,7 +128,6 @@ static int check_primary(struct cdisk_ctx *ctx, const char *path, struct cd_supe
 		r = 0;
 	}
 out:
-	free(block);
 	cd_target_close(t);
 	return r;
 }

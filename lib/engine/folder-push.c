@@ -817,55 +817,6 @@ static int sync_folder(struct push *p, const char *path)
 	return err;
 }
 
-int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
-		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
-{
-	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1 };
-	char lock[PATH_MAX];
-	int lock_fd = -1, err;
-
-	cd_errbuf()[0] = 0;
-	memset(res, 0, sizeof(*res));
-	if (!realpath(path, p.disk))
-		return cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
-	err = find_folder(&p);
-	if ((err = err ? err : cd_folder_cache_file(ctx, p.folder_id, ".state", p.state)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".pull", p.intent)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".state.pull", p.pending)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".journal", p.journal)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".uploads", p.uploads)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".lock", lock)))
-		return err;
-	/* One sync of a folder at a time: two would both upload. */
-	lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-	if (lock_fd < 0)
-		return cd_error(ctx, -errno, "cannot write '%s': %s", lock, strerror(errno));
-	if (flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		close(lock_fd);
-		return cd_error(ctx, -EAGAIN, "'%s': another cdisk-sync --files of it is "
-				"running; try later", p.disk);
-	}
-	err = pull_recover(&p);
-	if (err == 0)
-		err = sync_folder(&p, path);
-	if (p.fs)
-		ext2fs_close2(p.fs, 0);
-	if (p.d) {
-		int c = cdisk_close(p.d);
-		if (err == 0)
-			err = c;
-	}
-	if (p.session)
-		cd_s3_folder_end(p.f, p.session);
-	cd_s3_folder_close(p.f);
-	if (p.journal_fd >= 0)
-		close(p.journal_fd);
-	free_recs(&p.old);
-	free_recs(&p.now);
-	close(lock_fd);
-	return err;
-}
-
 /* ---- pull: cloud changes into the disk ----
  * The changes are made in a copy of the disk file (DISK.pull-tmp, holes
  * kept, reflinked where the filesystem can), through libext2fs; the copy
@@ -1684,8 +1635,12 @@ static int pull_folder(struct push *p, const char *path)
 	return err;
 }
 
-int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
-		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
+/* A push or a pull of the writer disk at path: its folder's cache files
+ * found, one of them at a time (two would both upload), a pull that a
+ * crash cut short finished first. */
+static int run_locked(struct cdisk_ctx *ctx, const char *path,
+		      const struct cdisk_files_opts *o, struct cdisk_files_result *res,
+		      int (*job)(struct push *p, const char *path))
 {
 	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1 };
 	char lock[PATH_MAX];
@@ -1713,14 +1668,19 @@ int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 	}
 	err = pull_recover(&p);
 	if (err == 0)
-		err = pull_folder(&p, path);
+		err = job(&p, path);
 	if (p.fs)
 		ext2fs_close2(p.fs, 0);
-	if (p.d)
-		cdisk_close(p.d);
+	if (p.d) {
+		int c = cdisk_close(p.d);
+		if (err == 0)
+			err = c;
+	}
 	if (p.session)
 		cd_s3_folder_end(p.f, p.session);
 	cd_s3_folder_close(p.f);
+	if (p.journal_fd >= 0)
+		close(p.journal_fd);
 	free_recs(&p.old);
 	free_recs(&p.now);
 	free_recs(&p.cloud);
@@ -1730,4 +1690,16 @@ int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 	free(p.own);
 	close(lock_fd);
 	return err;
+}
+
+int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
+{
+	return run_locked(ctx, path, o, res, sync_folder);
+}
+
+int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
+		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
+{
+	return run_locked(ctx, path, o, res, pull_folder);
 }

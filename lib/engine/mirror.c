@@ -63,16 +63,8 @@ static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
 /* Reachable, writable, large enough: a block read and written back. */
 static int check_mirror(struct cdisk *d, struct cd_target *t, const char *uri)
 {
-	uint8_t *block;
-	int r;
+	int r = cd_target_write_back(t, d->block_size, d->sb.size - d->block_size);
 
-	block = malloc(d->block_size);
-	if (!block)
-		return cd_error(d->ctx, -ENOMEM, "'%s': out of memory", d->path);
-	r = cd_target_pread(t, block, d->block_size, d->sb.size - d->block_size);
-	if (r == 0)
-		r = cd_target_pwrite(t, block, d->block_size, d->sb.size - d->block_size);
-	free(block);
 	if (r < 0)
 		return cd_error(d->ctx, r, "cannot write to mirror '%s': %s", uri, cd_errbuf());
 	return check_not_own(d, t, uri);
