@@ -69,6 +69,9 @@ static void print_human(const char *path, const struct cdisk_info *i,
 		printf("%s%s (unreachable: %s)\n", role, i->base, i->base_error_msg);
 	if (!i->mirror[0])
 		printf("mirror:          none\n");
+	else if (i->failed_over)
+		printf("mirror:          none: failed over; the former primary %s is "
+		       "fenced (cdisk-mirror status)\n", i->mirror);
 	else
 		printf("mirror:          %s (%s)\n", i->mirror,
 		       i->mirror_active ? "active" : "recorded, not active");
@@ -143,7 +146,7 @@ static int print_json(const char *path, const struct cdisk_info *i,
 		"block_size", (int)i->block_size, "blocks", (json_int_t)i->blocks,
 		"blocks_present", (json_int_t)i->blocks_present,
 		"blocks_dirty", (json_int_t)i->blocks_dirty, "base", base,
-		"mirror", i->mirror[0] ? i->mirror : NULL,
+		"mirror", i->mirror[0] && !i->failed_over ? i->mirror : NULL,
 		"meta_backup", i->meta_backup[0] ? i->meta_backup : NULL,
 		"cache_mode", "writeback",
 		"superblocks", "a_valid", i->sb_valid[0], "b_valid", i->sb_valid[1],
@@ -163,7 +166,10 @@ static int print_json(const char *path, const struct cdisk_info *i,
 		json_object_set_new(j, "primary", json_null());
 	}
 	json_object_set_new(j, "unconfirmed", json_boolean(i->unconfirmed));
-	json_object_set_new(j, "mirror_active", json_boolean(i->mirror_active));
+	json_object_set_new(j, "mirror_active", json_boolean(i->mirror_active &&
+							     !i->failed_over));
+	json_object_set_new(j, "former_primary", i->failed_over ? json_string(i->mirror)
+							       : json_null());
 	json_object_set_new(j, "metadata_backup", !i->backup_exists ? json_null() :
 			    json_pack("{s:s, s:I}", "path", i->backup_path,
 				      "age_seconds", (json_int_t)i->backup_age));

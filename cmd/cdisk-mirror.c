@@ -18,11 +18,11 @@ static const struct cli_program program = {
 	.name = "cdisk-mirror",
 	.args = "COMMAND NAME.cdisk [URI]",
 	.summary = "keep a synchronous mirror of a cdisk: attach, detach, pause, "
-		   "resume, resync, status",
+		   "resume, resync, status, failover",
 };
 
 static char *rate_arg;
-static int max_time, full, no_copy, no_wait;
+static int max_time, full, no_copy, no_wait, force;
 
 static struct poptOption options[] = {
 	{ "full", '\0', POPT_ARG_NONE, &full, 0,
@@ -38,23 +38,27 @@ static struct poptOption options[] = {
 	{ "max-time", '\0', POPT_ARG_INT, &max_time, 0,
 	  "Copy, or wait for the server's copy, at most SECONDS (exit 8 if data is "
 	  "left)", "SECONDS" },
+	{ "force", '\0', POPT_ARG_NONE, &force, 0,
+	  "With failover: fail over to a mirror that is not in sync, losing what it "
+	  "lacks", NULL },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
 	  "With status: print the status as JSON", NULL },
 	CLI_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
 
-enum command { ATTACH, DETACH, PAUSE, RESUME, RESYNC, STATUS };
+enum command { ATTACH, DETACH, PAUSE, RESUME, RESYNC, STATUS, FAILOVER };
 
 static const char *const command_names[] = {
 	[ATTACH] = "attach", [DETACH] = "detach", [PAUSE] = "pause",
 	[RESUME] = "resume", [RESYNC] = "resync", [STATUS] = "status",
+	[FAILOVER] = "failover",
 };
 
 static const char *const state_names[] = {
 	[CDISK_MIRROR_NONE] = "none", [CDISK_MIRROR_COPYING] = "copying",
 	[CDISK_MIRROR_IN_SYNC] = "in-sync", [CDISK_MIRROR_DEGRADED] = "degraded",
-	[CDISK_MIRROR_PAUSED] = "paused",
+	[CDISK_MIRROR_PAUSED] = "paused", [CDISK_MIRROR_FENCED] = "failed-over",
 };
 
 static struct cdisk *running;
@@ -118,7 +122,11 @@ static json_t *targets_json(const struct cdisk_mirror_status *s)
 			  "uri", s->primary) :
 		json_pack("{s:s, s:s, s:s?}", "role", "primary", "kind", "overlay",
 			  "base", s->primary[0] ? s->primary : NULL));
-	if (s->state != CDISK_MIRROR_NONE)
+	if (s->state == CDISK_MIRROR_FENCED)
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "role",
+						   "former-primary", "uri", s->uri,
+						   "state", "fenced"));
+	else if (s->state != CDISK_MIRROR_NONE)
 		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "role", "mirror",
 						   "uri", s->uri, "state",
 						   state_name(s->state)));
@@ -131,8 +139,9 @@ static int print_status_json(const char *path, const struct cdisk_mirror_status 
 	json_t *j = json_pack("{s:i, s:s, s:o, s:s, s:o, s:b, s:I, s:I, s:o, s:I, s:I, "
 			      "s:o, s:I}",
 			      "schema_version", 1, "disk", path,
-			      "mirror", s->state != CDISK_MIRROR_NONE ? json_string(s->uri)
-								      : json_null(),
+			      "mirror", s->state != CDISK_MIRROR_NONE &&
+						s->state != CDISK_MIRROR_FENCED ?
+						json_string(s->uri) : json_null(),
 			      "state", state_name(s->state), "since", json_time(s->since),
 			      "in_sync", s->state == CDISK_MIRROR_IN_SYNC,
 			      "size", (json_int_t)s->size,
@@ -146,6 +155,11 @@ static int print_status_json(const char *path, const struct cdisk_mirror_status 
 			      "recovered_bytes", (json_int_t)s->recovered_bytes);
 
 	if (j && json_object_set_new(j, "targets", targets_json(s)) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
+	if (j && json_object_set_new(j, "former_primary", s->state == CDISK_MIRROR_FENCED ?
+				     json_string(s->uri) : json_null()) < 0) {
 		json_decref(j);
 		j = NULL;
 	}
@@ -209,6 +223,14 @@ static void print_status_human(const char *path, const struct cdisk_mirror_statu
 		printf("primary:        the disk's overlay (reads; writes first)\n");
 	if (s->state == CDISK_MIRROR_NONE) {
 		printf("mirror:         none\n");
+		return;
+	}
+	if (s->state == CDISK_MIRROR_FENCED) {
+		printf("mirror:         NONE: failed over at %s; the disk is not protected "
+		       "until a mirror is attached\n", when(s->since, t, sizeof(t)));
+		printf("former primary: %s, fenced (never used again by itself); misses %s\n",
+		       s->uri, cd_format_size(s->out_of_sync_bytes, a, sizeof(a)));
+		printf("failed because: %s\n", s->last_error[0] ? s->last_error : "unknown");
 		return;
 	}
 	printf("mirror:         %s (writes, while in sync)\n", s->uri);
@@ -341,6 +363,41 @@ static void said_done(enum command c, const char *path, const struct cdisk_mirro
 			    s->uri, s->served ? "server" : "next cdisk-serve of the disk");
 }
 
+/* ---- failover ---- */
+
+static int failed_over(const char *path, const struct cdisk_mirror_status *before,
+		       uint64_t lost)
+{
+	char a[32], gone[96] = "";
+
+	if (lost)
+		snprintf(gone, sizeof(gone), "; %s it did not have are lost",
+			 cd_format_size(lost, a, sizeof(a)));
+	cli_message("'%s': failed over: '%s' is the primary now%s; '%s' is fenced (never "
+		    "used again by itself). The disk has no mirror: attach one", path,
+		    before->uri, gone, before->primary);
+	return 0;
+}
+
+/* A refusal (the mirror is not in sync, or is the former primary) is a
+ * safety guard's: nothing changed. */
+static int failover_refused(struct cdisk_ctx *ctx, int r)
+{
+	if (r != -EAGAIN)
+		return r;
+	cli_error("%s", cdisk_ctx_error(ctx));
+	return CDISK_EXIT_REFUSED;
+}
+
+static int failover_idle(struct cdisk *d, const char *path,
+			 const struct cdisk_mirror_status *before)
+{
+	uint64_t lost;
+	int r = cdisk_mirror_failover(d, force, &lost);
+
+	return r < 0 ? failover_refused(cdisk_get_ctx(d), r) : failed_over(path, before, lost);
+}
+
 static int run_idle(struct cdisk *d, enum command c, const char *path, const char *uri)
 {
 	char before[CDISK_MAX_URI + 1];
@@ -349,10 +406,12 @@ static int run_idle(struct cdisk *d, enum command c, const char *path, const cha
 
 	if (r < 0 || c == STATUS)
 		return r < 0 ? r : show_status(path, &s);
-	if (c == ATTACH && s.state != CDISK_MIRROR_NONE)
+	if (c == ATTACH && s.state != CDISK_MIRROR_NONE && s.state != CDISK_MIRROR_FENCED)
 		return already_attached(path, &s);
 	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
 		return has_no_mirror(path);
+	if (c == FAILOVER)
+		return failover_idle(d, path, &s);
 	memcpy(before, s.uri, sizeof(before));
 	switch (c) {
 	case ATTACH:
@@ -387,6 +446,7 @@ static const enum cdisk_mirror_verb verbs[] = {
 	[ATTACH] = CDISK_MIRROR_ATTACH, [DETACH] = CDISK_MIRROR_DETACH,
 	[PAUSE] = CDISK_MIRROR_PAUSE, [RESUME] = CDISK_MIRROR_RESUME,
 	[RESYNC] = CDISK_MIRROR_RESYNC, [STATUS] = CDISK_MIRROR_STATUS,
+	[FAILOVER] = CDISK_MIRROR_FAILOVER,
 };
 
 static void sleep_a_second(void)
@@ -463,17 +523,26 @@ static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
 static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
 		      const char *uri)
 {
-	enum cdisk_mirror_verb verb = c == RESYNC && full ? CDISK_MIRROR_RESYNC_FULL : verbs[c];
+	enum cdisk_mirror_verb verb = c == RESYNC && full ? CDISK_MIRROR_RESYNC_FULL :
+				      c == FAILOVER && force ? CDISK_MIRROR_FAILOVER_FORCE :
+				      verbs[c];
 	char before[CDISK_MAX_URI + 1];
 	struct cdisk_mirror_status s;
 	int r = cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s);
 
 	if (r < 0 || c == STATUS)
 		return r < 0 ? r : show_status(path, &s);
-	if (c == ATTACH && s.state != CDISK_MIRROR_NONE)
+	if (c == ATTACH && s.state != CDISK_MIRROR_NONE && s.state != CDISK_MIRROR_FENCED)
 		return already_attached(path, &s);
 	if (c != ATTACH && s.state == CDISK_MIRROR_NONE)
 		return has_no_mirror(path);
+	if (c == FAILOVER) {
+		struct cdisk_mirror_status after;
+
+		r = cdisk_mirror_via_owner(ctx, path, verb, NULL, &after);
+		return r < 0 ? failover_refused(ctx, r)
+			     : failed_over(path, &s, force ? s.out_of_sync_bytes : 0);
+	}
 	memcpy(before, s.uri, sizeof(before));
 	if (rate_arg)
 		cli_error("warning: '%s' is served: its server copies at its own pace, "
@@ -499,7 +568,7 @@ static enum command parse_command(const char *word)
 		if (!strcmp(word, command_names[i]))
 			return (enum command)i;
 	cli_usage_error("unknown command '%s': expected attach, detach, pause, resume, "
-			"resync or status", word);
+			"resync, status or failover", word);
 }
 
 static void check_options(enum command c, const char *uri)
@@ -511,13 +580,16 @@ static void check_options(enum command c, const char *uri)
 		cli_usage_error("unexpected argument '%s'", uri);
 	if (full && c != RESYNC)
 		cli_usage_error("--full goes with resync");
+	if (force && c != FAILOVER)
+		cli_usage_error("--force goes with failover");
 	if (no_copy && c != ATTACH)
 		cli_usage_error("--no-copy goes with attach");
 	if (no_wait && c != ATTACH && c != RESUME && c != RESYNC)
 		cli_usage_error("--no-wait goes with attach, resume and resync");
 	if (cli.json && c != STATUS)
 		cli_usage_error("--json goes with status");
-	if ((rate_arg || max_time) && (c == STATUS || c == DETACH || c == PAUSE))
+	if ((rate_arg || max_time) && (c == STATUS || c == DETACH || c == PAUSE ||
+				       c == FAILOVER))
 		cli_usage_error("--rate and --max-time go with attach, resume and resync");
 	if (max_time < 0)
 		cli_usage_error("--max-time must not be negative");

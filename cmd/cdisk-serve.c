@@ -31,7 +31,7 @@ static const struct cli_program program = {
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
 static char *on_mirror_error_arg, *users_arg, *tls_psk_arg;
-static int mirror_timeout;
+static int mirror_timeout, failover_timeout;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 
 static struct poptOption options[] = {
@@ -75,6 +75,10 @@ static struct poptOption options[] = {
 	{ "mirror-timeout", '\0', POPT_ARG_INT, &mirror_timeout, 0,
 	  "A mirror write slower than MS degrades the disk (default: [mirror] "
 	  "timeout, 5000)", "MS" },
+	{ "failover-timeout", '\0', POPT_ARG_INT, &failover_timeout, 0,
+	  "A disk on a primary whose primary fails a request or does not answer "
+	  "in MS, with its mirror in sync, fails over to the mirror (default: "
+	  "[mirror] failover_timeout, 5000)", "MS" },
 	{ "on-mirror-error", '\0', POPT_ARG_STRING, &on_mirror_error_arg, 0,
 	  "When a mirror write fails or is too slow: degrade (the VM goes on, the "
 	  "mirror is resynced later) or fail the write", "degrade|fail" },
@@ -418,6 +422,8 @@ int main(int argc, char **argv)
 				"--sync-if-healthy go with --sync-every");
 	if (mirror_timeout && (mirror_timeout < 100 || mirror_timeout > 600000))
 		cli_usage_error("--mirror-timeout must be from 100 to 600000 milliseconds");
+	if (failover_timeout && (failover_timeout < 100 || failover_timeout > 600000))
+		cli_usage_error("--failover-timeout must be from 100 to 600000 milliseconds");
 	fail = mirror_fail();
 	if (tls_verify_peer && !tls_dir_arg)
 		cli_usage_error("--tls-verify-peer needs --tls-certificates");
@@ -433,7 +439,8 @@ int main(int argc, char **argv)
 	reload_fd = users_file() || tls_psk_arg ? reload_signal() : -1;
 	r = cdisk_server_new(ctx, &srv);
 	if (r == 0)
-		r = cdisk_server_set_mirror_policy(srv, (uint32_t)mirror_timeout, fail);
+		r = cdisk_server_set_mirror_policy(srv, (uint32_t)mirror_timeout, fail,
+						   (uint32_t)failover_timeout);
 	if (r == 0 && mode != CDISK_TLS_OFF)
 		r = cdisk_server_set_tls(srv, tls_dir_arg, mode, tls_verify_peer);
 	if (r == 0 && (users_file() || tls_psk_arg))

@@ -265,6 +265,8 @@ struct cdisk_info {
 	 * pulls refuse until cdisk_restore_confirm(). */
 	bool unconfirmed;
 	bool mirror_active;       /* false: a mirror is recorded but not kept */
+	/* The disk failed over: mirror names the fenced former primary. */
+	bool failed_over;
 	char backup_path[4096];   /* the backup actually used; "" when none */
 	bool backup_exists;
 	uint64_t backup_age;      /* seconds since it was written */
@@ -369,10 +371,11 @@ struct cdisk_sync_opts;
 int cdisk_server_set_sync_policy(struct cdisk_server *server, uint32_t every_seconds,
 				 const struct cdisk_sync_opts *opts);
 /* Before the exports are added: a mirror write slower than timeout_ms
- * degrades (fail: fails the write), over the configuration's [mirror];
- * 0 and -1 keep the configuration's. */
+ * degrades (fail: fails the write), and a primary slower than
+ * failover_ms fails over, over the configuration's [mirror]; 0 and -1
+ * keep the configuration's. */
 int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout_ms,
-				   int fail);
+				   int fail, uint32_t failover_ms);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);
 
@@ -559,6 +562,10 @@ enum cdisk_mirror_state {
 	CDISK_MIRROR_IN_SYNC,      /* writes reach both and nothing is out of sync */
 	CDISK_MIRROR_DEGRADED,     /* the mirror failed: writes are recorded, not sent */
 	CDISK_MIRROR_PAUSED,       /* by request: as degraded, with no probing */
+	/* After a failover: the mirror became the primary; uri names the
+	 * former primary, fenced (never used again by itself), and
+	 * out_of_sync_bytes is what it misses.  The disk has no mirror. */
+	CDISK_MIRROR_FENCED,
 };
 
 struct cdisk_mirror_status {
@@ -603,6 +610,11 @@ int cdisk_mirror_resync(struct cdisk *disk, bool full);
 int cdisk_mirror_copy(struct cdisk *disk, const struct cdisk_sync_opts *opts,
 		      struct cdisk_sync_stats *stats);
 int cdisk_mirror_get_status(struct cdisk *disk, struct cdisk_mirror_status *status);
+/* Make the mirror the primary of a disk on a primary, now: the primary
+ * becomes the fenced former primary (CDISK_MIRROR_FENCED).  Refused
+ * (-EAGAIN) when the mirror is not reachable or not in sync, unless
+ * force; *lost_bytes: what the mirror did not have (lost by force). */
+int cdisk_mirror_failover(struct cdisk *disk, bool force, uint64_t *lost_bytes);
 /* For a server: a thread that keeps the mirror (opens it without
  * stalling writes, copies, probes while degraded, resyncs).  cdisk_close
  * stops it. */
@@ -613,7 +625,7 @@ int cdisk_mirror_start(struct cdisk *disk);
 enum cdisk_mirror_verb {
 	CDISK_MIRROR_ATTACH, CDISK_MIRROR_DETACH, CDISK_MIRROR_PAUSE,
 	CDISK_MIRROR_RESUME, CDISK_MIRROR_RESYNC, CDISK_MIRROR_RESYNC_FULL,
-	CDISK_MIRROR_STATUS,
+	CDISK_MIRROR_STATUS, CDISK_MIRROR_FAILOVER, CDISK_MIRROR_FAILOVER_FORCE,
 };
 int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
 			   enum cdisk_mirror_verb verb, const char *uri,

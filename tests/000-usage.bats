@@ -77,7 +77,7 @@ single_disk_programs() {
 	run_cdisk 2 cdisk-mirror status
 	assert_usage_error cdisk-mirror "missing argument: COMMAND NAME.cdisk"
 	run_cdisk 2 cdisk-mirror mirror a.cdisk
-	assert_usage_error cdisk-mirror "unknown command 'mirror': expected attach, detach, pause, resume, resync or status"
+	assert_usage_error cdisk-mirror "unknown command 'mirror': expected attach, detach, pause, resume, resync, status or failover"
 	run_cdisk 2 cdisk-mirror attach a.cdisk
 	assert_usage_error cdisk-mirror "attach needs the mirror's URI: cdisk-mirror attach NAME.cdisk URI"
 	run_cdisk 2 cdisk-mirror status a.cdisk b.img

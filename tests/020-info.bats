@@ -166,9 +166,9 @@ damage() { # damage FILE OFFSET COUNT: overwrite with 0xAA bytes
 @test "an unknown feature in the newer superblock alone still refuses" {
 	run_cdisk 0 cdisk-create --size 4M d.cdisk
 	# Slot B has the higher sequence number after create.
-	sbpatch d.cdisk 1 32 8 0x8
+	sbpatch d.cdisk 1 32 8 0x80
 	run_cdisk 7 cdisk-info d.cdisk
-	assert_error cdisk-info "unknown incompatible features 0x8"
+	assert_error cdisk-info "unknown incompatible features 0x80"
 }
 
 @test "unknown read-only-compatible features allow reading only" {

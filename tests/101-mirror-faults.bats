@@ -16,7 +16,12 @@ setup() {
 }
 
 teardown() {
-	[ -n "${OSD_PID:-}" ] && kill -CONT "$OSD_PID" 2>/dev/null
+	if [ -n "${OSD_PID:-}" ]; then
+		kill -CONT "$OSD_PID" 2>/dev/null
+		# Shown only when the test failed: what the cluster says.
+		timeout 10 ceph -c "$CEPH_CONF" health detail 2>&1 || true
+		tail -n 30 "$(dirname "$CEPH_CONF")/log/osd.0.log" 2>&1 || true
+	fi
 	stop_serve KILL || true
 	stop_proxy
 	stop_nbdkit
@@ -132,7 +137,7 @@ timed() {
 		SERVE_PID=
 		wait "$fio" || true
 		start_serve --export d=d.cdisk
-		run_cdisk cdisk-mirror status --json d.cdisk
+		run_cdisk '?' cdisk-mirror status --json d.cdisk
 		# What the crash sets out of sync is the log's extents: the
 		# four fio wrote to, and the one of this round's write at most.
 		assert_num "$(json_get .recovered_bytes)" -gt 0

@@ -65,6 +65,10 @@ start_ceph() {
 	osd pool default pg autoscale mode = off
 	osd crush chooseleaf type = 0
 	mon warn on pool no redundancy = false
+	# The monitor stops itself when its file system runs low (5% by
+	# default): a test host's disk is not the cluster under test.
+	mon data avail warn = 1
+	mon data avail crit = 0
 	osd objectstore = memstore
 	memstore device bytes = 8589934592
 	memstore page set = true

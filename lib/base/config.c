@@ -58,6 +58,7 @@ void cd_config_defaults(struct cd_config *cfg)
 	snprintf(cfg->cache_dir, sizeof(cfg->cache_dir), "%s", CD_DEFAULT_CACHE_DIR);
 	cfg->cache_max_size = CD_DEFAULT_CACHE_MAX;
 	cfg->mirror_timeout_ms = CD_DEFAULT_MIRROR_TIMEOUT_MS;
+	cfg->failover_timeout_ms = CD_DEFAULT_FAILOVER_TIMEOUT_MS;
 }
 
 struct parse_state {
@@ -115,6 +116,8 @@ static const struct number_key {
 	  "milliseconds" },
 	{ "mirror", "timeout", offsetof(struct cd_config, mirror_timeout_ms), 100, 600000,
 	  "milliseconds" },
+	{ "mirror", "failover_timeout", offsetof(struct cd_config, failover_timeout_ms), 100,
+	  600000, "milliseconds" },
 };
 
 /* Thresholds: a number in their unit, or "none" for no limit. */

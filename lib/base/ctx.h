@@ -15,6 +15,8 @@
  * most this long for a slow mirror, and a degraded mirror costs only a
  * resync of what was recorded, so a short wait is cheap. */
 #define CD_DEFAULT_MIRROR_TIMEOUT_MS 5000u
+/* A primary slower than this, with a mirror in sync, is failed over. */
+#define CD_DEFAULT_FAILOVER_TIMEOUT_MS 5000u
 
 struct cd_probe_config {
 	unsigned pings, depth;
@@ -56,6 +58,7 @@ struct cd_config {
 	/* [mirror] */
 	uint32_t mirror_timeout_ms;           /* a slower mirror write degrades */
 	bool mirror_fail;                     /* on_error = fail: fail the write instead */
+	uint32_t failover_timeout_ms;         /* a slower primary is failed over */
 };
 
 void cd_config_defaults(struct cd_config *cfg);

@@ -273,7 +273,8 @@ static const char *const mirror_commands[] = {
 	[CDISK_MIRROR_ATTACH] = "mirror-attach", [CDISK_MIRROR_DETACH] = "mirror-detach",
 	[CDISK_MIRROR_PAUSE] = "mirror-pause", [CDISK_MIRROR_RESUME] = "mirror-resume",
 	[CDISK_MIRROR_RESYNC] = "mirror-resync", [CDISK_MIRROR_RESYNC_FULL] = "mirror-resync",
-	[CDISK_MIRROR_STATUS] = "mirror-status",
+	[CDISK_MIRROR_STATUS] = "mirror-status", [CDISK_MIRROR_FAILOVER] = "mirror-failover",
+	[CDISK_MIRROR_FAILOVER_FORCE] = "mirror-failover",
 };
 
 /* An attach is answered once the server has checked the mirror, which
@@ -324,6 +325,8 @@ int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
 		json_object_set_new(req, "uri", json_string(uri));
 	if (verb == CDISK_MIRROR_RESYNC_FULL)
 		json_object_set_new(req, "full", json_true());
+	if (verb == CDISK_MIRROR_FAILOVER_FORCE)
+		json_object_set_new(req, "force", json_true());
 	r = mirror_call(ctx, sock, verb, req, &reply);
 	json_decref(req);
 	/* Nothing behind the socket (another program holds the disk): busy.

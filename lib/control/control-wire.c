@@ -50,9 +50,10 @@ json_t *cd_control_info_to_json(const struct cdisk_info *i)
 			 "base_size", (json_int_t)i->base_size,
 			 "base_error", i->base_error_msg);
 
-	if (j && json_object_update_new(j, json_pack("{s:I, s:b, s:b, s:s, s:b, s:I}",
+	if (j && json_object_update_new(j, json_pack("{s:I, s:b, s:b, s:b, s:s, s:b, s:I}",
 			"base_opening_ms", (json_int_t)i->base_opening_ms,
 			"unconfirmed", i->unconfirmed, "mirror_active", i->mirror_active,
+			"failed_over", i->failed_over,
 			"backup_path", i->backup_path, "backup_exists", i->backup_exists,
 			"backup_age", (json_int_t)i->backup_age)) < 0) {
 		json_decref(j);
@@ -100,6 +101,7 @@ void cd_control_info_from_json(json_t *o, struct cdisk_info *i)
 	i->base_opening_ms = get_u64(o, "base_opening_ms");
 	i->unconfirmed = json_is_true(json_object_get(o, "unconfirmed"));
 	i->mirror_active = json_is_true(json_object_get(o, "mirror_active"));
+	i->failed_over = json_is_true(json_object_get(o, "failed_over"));
 	copy_string(o, "backup_path", i->backup_path, sizeof(i->backup_path));
 	i->backup_exists = json_is_true(json_object_get(o, "backup_exists"));
 	i->backup_age = get_u64(o, "backup_age");
@@ -164,7 +166,7 @@ void cd_control_stats_from_json(json_t *j, struct cdisk_sync_stats *st)
 static const char *const mirror_states[] = {
 	[CDISK_MIRROR_NONE] = "none", [CDISK_MIRROR_COPYING] = "copying",
 	[CDISK_MIRROR_IN_SYNC] = "in-sync", [CDISK_MIRROR_DEGRADED] = "degraded",
-	[CDISK_MIRROR_PAUSED] = "paused",
+	[CDISK_MIRROR_PAUSED] = "paused", [CDISK_MIRROR_FENCED] = "failed-over",
 };
 
 const char *cd_control_mirror_state_name(enum cdisk_mirror_state s)

@@ -320,6 +320,12 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 		return cdisk_mirror_detach(e->disk);
 	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
 		return cdisk_mirror_pause(e->disk, !strcmp(verb, "pause"));
+	if (!strcmp(verb, "failover")) {
+		uint64_t lost;
+
+		return cdisk_mirror_failover(e->disk,
+					     json_is_true(json_object_get(req, "force")), &lost);
+	}
 	/* resync */
 	return cdisk_mirror_resync(e->disk, json_is_true(json_object_get(req, "full")));
 }
@@ -353,7 +359,7 @@ static bool is_mirror_verb(const char *command)
 {
 	static const char *const verbs[] = {
 		"mirror-attach", "mirror-detach", "mirror-pause", "mirror-resume",
-		"mirror-resync", "mirror-status",
+		"mirror-resync", "mirror-status", "mirror-failover",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(verbs); i++)

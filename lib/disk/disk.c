@@ -345,6 +345,8 @@ static void disk_free(struct cdisk *d)
 		return;
 	cd_mirror_free(d);
 	cd_target_close(d->base);
+	for (unsigned i = 0; i < d->nretired; i++)
+		cd_target_close(d->retired[i]);
 	if (d->fd >= 0)
 		close(d->fd);
 	cd_disk_reset_state(d);
@@ -534,7 +536,9 @@ static int check_primary_identity(struct cdisk *d, struct cd_target *t)
  * (status, info, the overlay's own I/O) sees "opening" at once. */
 static int get_base(struct cdisk *d, struct cd_target **out)
 {
-	struct cd_target *t = NULL;
+	char uri[CDISK_MAX_URI + 1];
+	struct cd_target *t = NULL, *discard = NULL;
+	uint64_t gen;
 	int r;
 
 	*out = NULL;
@@ -551,11 +555,13 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 	}
 	d->base_opening = true;
 	d->base_opening_since = cd_now_ms();
+	memcpy(uri, d->sb.base, sizeof(uri));
+	gen = d->primary_gen;
 	pthread_mutex_unlock(&d->base_lock);
 
 	/* A missing base must not stop the disk: the overlay still serves
 	 * what it holds.  Reads that need the base report this error. */
-	r = cd_target_open(d->ctx, d->sb.base, d->readonly || !on_primary(d), &t);
+	r = cd_target_open(d->ctx, uri, d->readonly || !on_primary(d), &t);
 	if (r == 0 && on_primary(d) && (r = check_primary_identity(d, t)) < 0) {
 		cd_target_close(t);
 		t = NULL;
@@ -563,15 +569,25 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 
 	pthread_mutex_lock(&d->base_lock);
 	d->base_opening = false;
-	d->base = t;
-	d->base_error = r;
-	if (r < 0) {
-		snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s", cd_errbuf());
-		d->base_retry_at = cd_now_ms() + CD_BASE_RETRY_MS;
+	if (gen != d->primary_gen) {
+		/* A failover while the old primary was opening: the stack
+		 * it set is the one to use. */
+		discard = t;
+		t = d->base;
+		r = t ? 0 : cd_error(d->ctx, -EIO, "'%s' is failing over", d->path);
+	} else {
+		d->base = t;
+		d->base_error = r;
+		if (r < 0) {
+			snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s",
+				 cd_errbuf());
+			d->base_retry_at = cd_now_ms() + CD_BASE_RETRY_MS;
+		}
 	}
 	*out = t;
 	pthread_cond_broadcast(&d->base_opened);
 	pthread_mutex_unlock(&d->base_lock);
+	cd_target_close(discard);
 	if (r < 0)
 		cd_log(d->ctx, CDISK_LOG_WARNING, "%s", cd_errbuf());
 	return r;
@@ -1026,48 +1042,80 @@ static int finish_write(struct cdisk *d, uint64_t first, uint64_t count, bool mi
 }
 
 /* The disk's leg on a disk on a primary: the primary itself, with no lock
- * held (it may not answer). */
-static int primary_io(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
-		      uint64_t off)
+ * held (it may not answer).  armed: the mirror could take over, so the
+ * primary gets [mirror] failover_timeout to answer, on a worker. */
+static int primary_io(struct cdisk *d, bool armed, enum cd_leg_op op, void *buf,
+		      size_t len, uint64_t off)
 {
 	struct cd_target *t;
-	int r = cd_identity_confirmed(d, "write to the primary of");
+	struct cd_leg *leg;
+	int r = op == CD_LEG_READ ? 0 : cd_identity_confirmed(d, "write to the primary of");
 
 	if (r == 0)
 		r = get_base(d, &t);
 	if (r < 0)
 		return r;
+	if (armed) {
+		leg = cd_primary_send(d, t, op, buf, len, off);
+		return leg ? cd_primary_wait(d, leg, op == CD_LEG_READ ? buf : NULL) : -ENOMEM;
+	}
 	switch (op) {
 	case CD_LEG_WRITE:
 		return cd_target_pwrite(t, buf, len, off);
 	case CD_LEG_ZERO:
 		return cd_target_zero(t, len, off);
+	case CD_LEG_READ:
+		return cd_target_pread(t, buf, len, off);
 	default:
 		return cd_target_flush(t);
 	}
 }
 
+/* Under the lock: the primary failed a request (err) that the mirror
+ * holds (on_mirror): fail over, and the request is done.  Otherwise the
+ * error stands. */
+static int primary_failed_locked(struct cdisk *d, uint64_t gen, int err, bool on_mirror)
+{
+	char why[CD_MIRROR_ERROR_MAX];
+
+	if (!on_mirror)
+		return err;
+	snprintf(why, sizeof(why), "%s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
+	if (cd_failover_locked(d, gen, false, why) < 0) {
+		cd_error(d->ctx, err, "%s", why);
+		return err;
+	}
+	return 0;
+}
+
 /* A write or a zeroing, metadata under the lock and data without it: the
  * activity log is made durable first and pinned until the data is down;
- * with a mirror, its leg runs beside the disk's. */
+ * with a mirror, its leg runs beside the disk's.  A write the primary
+ * fails and the mirror takes fails the disk over; one that began before a
+ * failover and failed is done again where the data is now. */
 static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
 		      uint64_t off)
 {
-	uint64_t first, count;
+	uint64_t first, count, gen;
 	struct cd_leg *leg = NULL;
-	bool mirrored;
-	int r, leg_r = 0;
+	bool mirrored, armed, retry, retried = false;
+	int r, leg_r;
 
+again:
+	leg_r = 0;
+	mirrored = false;
 	block_range(d, len, off, &first, &count);
 	pthread_mutex_lock(&d->lock);
 	r = enter_write(d, len, off, &mirrored);
+	gen = d->primary_gen;
+	armed = mirrored && cd_failover_armed_locked(d);
 	pthread_mutex_unlock(&d->lock);
 	if (r != 0)
 		return r < 0 ? r : 0;
 	if (mirrored)
 		leg = cd_mirror_send(d, op, buf, len, off);
 	if (on_primary(d)) {
-		r = primary_io(d, op, buf, len, off);
+		r = primary_io(d, armed, op, (void *)buf, len, off);
 	} else if (op == CD_LEG_WRITE) {
 		r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 		if (r < 0)
@@ -1079,9 +1127,51 @@ static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_
 	if (mirrored)
 		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
 	pthread_mutex_lock(&d->lock);
+	if (r < 0 && on_primary(d)) {
+		r = primary_failed_locked(d, gen, r, mirrored && leg_r == 0);
+		/* The fenced former primary may lack this write. */
+		if (r == 0) {
+			cd_disk_mark_locked(d, CD_BM_MIRROR, first, count, true);
+			r = cd_journal_commit(d, true);
+		}
+	}
 	r = finish_write(d, first, count, mirrored, r, leg_r);
+	retry = r < 0 && gen != d->primary_gen && !retried;
 	pthread_mutex_unlock(&d->lock);
+	if (retry) {
+		retried = true;
+		goto again;
+	}
 	return r;
+}
+
+/* A read of a disk on a primary; with a mirror in sync, a primary that
+ * fails it or does not answer in time is failed over, and the read is
+ * done again on the mirror. */
+static int read_primary(struct cdisk *d, void *buf, size_t len, uint64_t off)
+{
+	for (int tries = 0;; tries++) {
+		uint64_t gen;
+		bool armed, retry;
+		int r;
+
+		pthread_mutex_lock(&d->lock);
+		gen = d->primary_gen;
+		armed = cd_failover_armed_locked(d);
+		pthread_mutex_unlock(&d->lock);
+		r = primary_io(d, armed, CD_LEG_READ, buf, len, off);
+		if (r == 0 || tries)
+			return r;
+		pthread_mutex_lock(&d->lock);
+		if (armed && primary_failed_locked(d, gen, r, true) < 0) {
+			pthread_mutex_unlock(&d->lock);
+			return r;
+		}
+		retry = gen != d->primary_gen;
+		pthread_mutex_unlock(&d->lock);
+		if (!retry)
+			return r;
+	}
 }
 
 static int flush_locked(struct cdisk *d)
@@ -1137,7 +1227,7 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	int r = check_io(d, len, off, false);
 
 	if (r == 0 && on_primary(d))
-		return read_base(d, buf, len, off);
+		return read_primary(d, buf, len, off);
 	while (r == 0 && b < end) {
 		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
 		uint64_t stop;
@@ -1164,18 +1254,21 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 int cdisk_flush(struct cdisk *d)
 {
 	struct cd_leg *leg = NULL;
-	bool live;
+	bool live, armed;
+	uint64_t gen;
 	int r, leg_r = 0, primary_r = 0;
 
 	pthread_mutex_lock(&d->lock);
 	live = cd_mirror_attached(d) && cd_mirror_route_locked(d, 0, 0);
+	armed = live && cd_failover_armed_locked(d);
+	gen = d->primary_gen;
 	d->mirror_flushes += live;
 	pthread_mutex_unlock(&d->lock);
 	if (live)
 		leg = cd_mirror_send(d, CD_LEG_FLUSH, NULL, 0, 0);
 	/* The primary's flush runs beside the mirror's. */
 	if (on_primary(d) && !d->readonly)
-		primary_r = primary_io(d, CD_LEG_FLUSH, NULL, 0, 0);
+		primary_r = primary_io(d, armed, CD_LEG_FLUSH, NULL, 0, 0);
 	if (live)
 		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
 	pthread_mutex_lock(&d->lock);
@@ -1183,6 +1276,10 @@ int cdisk_flush(struct cdisk *d)
 		d->mirror_flushes--;
 		pthread_cond_broadcast(&d->writing_slot);
 	}
+	/* Every write acknowledged before this flush is on the mirror, which
+	 * flushed them: failing over loses none. */
+	if (primary_r < 0 && live)
+		primary_r = primary_failed_locked(d, gen, primary_r, leg_r == 0);
 	r = leg_r < 0 ? cd_mirror_flush_failed_locked(d, leg_r) : 0;
 	if (r == 0)
 		r = flush_locked(d);
@@ -1669,6 +1766,7 @@ static int info_locked(struct cdisk *d, struct cdisk_info *info)
 		info->file_bytes = (uint64_t)st.st_blocks * 512;
 	info->unconfirmed = d->sb.ro_compat & CD_FEATURE_RO_COMPAT_UNCONFIRMED;
 	info->mirror_active = cd_mirror_attached(d);
+	info->failed_over = d->sb.incompat & CD_FEATURE_INCOMPAT_FENCED;
 	info->on_primary = cd_sb_has_primary(&d->sb);
 	if (!info->unconfirmed &&
 	    cd_backup_path(&d->ctx->cfg, &d->sb, info->backup_path,

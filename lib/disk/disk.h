@@ -114,6 +114,14 @@ struct cdisk {
 	int base_error;
 	uint64_t base_retry_at;   /* cd_now_ms() */
 	char base_error_msg[512];
+	/* Failovers since open (under base_lock and the disk's lock): a
+	 * request that began before one is retried where the data is now;
+	 * an open of the old primary under way is discarded. */
+	uint64_t primary_gen;
+	/* Former primaries' stacks: legs given up on may still be in them,
+	 * so they close with the disk. */
+	struct cd_target *retired[4];
+	unsigned nretired;
 	uint64_t block_size;
 };
 

@@ -119,7 +119,7 @@ static void test_superblock_bitmaps(void **state)
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
 	sb.mirror_state = CD_MIRROR_STORED_IN_SYNC;
-	sb.incompat |= 1ull << 3;
+	sb.incompat |= 1ull << 7;
 	cd_sb_encode(&sb, buf);
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EPROTONOSUPPORT);
 }
@@ -160,6 +160,55 @@ static void test_superblock_primary(void **state)
 	cd_layout(&sb);
 	sb.base[0] = 0;
 	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+}
+
+/* After a failover: the mirror record names the fenced former primary,
+ * the identities travel with their devices (3584 the primary's, 3840 the
+ * mirror's), and the FENCED bit and the fenced state go together. */
+static void test_superblock_fenced(void **state)
+{
+	struct cd_superblock sb, out;
+	uint8_t buf[CD_SB_SIZE];
+	const char *why;
+
+	(void)state;
+	sample_sb(&sb);
+	sb.incompat |= CD_FEATURE_INCOMPAT_PRIMARY | CD_FEATURE_INCOMPAT_BITMAPS |
+		       CD_FEATURE_INCOMPAT_MIRROR;
+	sb.nbitmaps = 3;
+	cd_layout(&sb);
+	strcpy(sb.mirror, "iscsi://127.0.0.1/iqn.x/1");
+	strcpy(sb.primary_id, "rbd:fsid/pool/1234abcd");
+	strcpy(sb.mirror_id, "iscsi:naa.6001405abcdef");
+	sb.mirror_state = CD_MIRROR_STORED_IN_SYNC;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_string_equal(out.mirror_id, "iscsi:naa.6001405abcdef");
+	assert_string_equal((const char *)buf + 3840, "iscsi:naa.6001405abcdef");
+
+	sb.mirror_state = CD_MIRROR_STORED_FENCED;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	sb.incompat |= CD_FEATURE_INCOMPAT_FENCED;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.mirror_state, CD_MIRROR_STORED_FENCED);
+	sb.mirror_state = CD_MIRROR_STORED_IN_SYNC;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	/* Only a disk on a primary fails over. */
+	sb.mirror_state = CD_MIRROR_STORED_FENCED;
+	sb.incompat &= ~CD_FEATURE_INCOMPAT_PRIMARY;
+	cd_layout(&sb);
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
+	/* An unterminated identity is damage. */
+	sb.incompat |= CD_FEATURE_INCOMPAT_PRIMARY;
+	cd_layout(&sb);
+	cd_sb_encode(&sb, buf);
+	memset(buf + 3840, 'x', CD_MIRROR_ID_MAX);
+	cd_put_le32(buf + CD_SB_CRC_OFFSET, cd_crc32c(0, buf, CD_SB_CRC_OFFSET));
 	assert_int_equal(cd_sb_decode(buf, &out, &why), -EUCLEAN);
 }
 
@@ -366,6 +415,7 @@ int main(void)
 		cmocka_unit_test(test_superblock_damage_classes),
 		cmocka_unit_test(test_superblock_bitmaps),
 		cmocka_unit_test(test_superblock_primary),
+		cmocka_unit_test(test_superblock_fenced),
 		cmocka_unit_test(test_layout_of_large_disks),
 		cmocka_unit_test(test_uri_forms),
 		cmocka_unit_test(test_uri_fields),

@@ -20,7 +20,7 @@ enum {
 	SB_BM_DIR_CRC = 184, SB_MIRROR_STATE = 188, SB_MIRROR_SINCE = 192,
 	SB_MIRROR_RECOVERED = 200, SB_MIRROR_ERROR_TIME = 208,
 	SB_MIRROR_ERROR = 216, SB_BASE = 512, SB_MIRROR = 1536,
-	SB_META_BACKUP = 2560, SB_PRIMARY_ID = 3584,
+	SB_META_BACKUP = 2560, SB_PRIMARY_ID = 3584, SB_MIRROR_ID = 3840,
 };
 
 #define JOURNAL_SIZE (UINT64_C(8) << 20)
@@ -132,6 +132,8 @@ void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
 		cd_put_le64(buf + SB_MIRROR_ERROR_TIME, sb->mirror_error_time);
 		memcpy(buf + SB_MIRROR_ERROR, sb->mirror_error, CD_MIRROR_ERROR_MAX);
 		buf[SB_MIRROR_ERROR + CD_MIRROR_ERROR_MAX - 1] = 0;
+		memcpy(buf + SB_MIRROR_ID, sb->mirror_id, CD_MIRROR_ID_MAX);
+		buf[SB_MIRROR_ID + CD_MIRROR_ID_MAX - 1] = 0;
 	}
 	put_string(buf + SB_BASE, sb->base);
 	put_string(buf + SB_MIRROR, sb->mirror);
@@ -181,8 +183,16 @@ static const char *sb_sanity(const struct cd_superblock *sb)
 	if ((sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) &&
 	    (!(sb->incompat & CD_FEATURE_INCOMPAT_BITMAPS) || !sb->mirror[0] ||
 	     sb->mirror_state < CD_MIRROR_STORED_COPYING ||
-	     sb->mirror_state > CD_MIRROR_STORED_PAUSED))
+	     sb->mirror_state > CD_MIRROR_STORED_FENCED))
 		return "mirror record without bitmaps, a mirror or a known state";
+	if ((sb->incompat & CD_FEATURE_INCOMPAT_FENCED) &&
+	    (!(sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) || !cd_sb_has_primary(sb) ||
+	     sb->mirror_state != CD_MIRROR_STORED_FENCED))
+		return "a fenced former primary without a mirror record or a primary";
+	if (!(sb->incompat & CD_FEATURE_INCOMPAT_FENCED) &&
+	    (sb->incompat & CD_FEATURE_INCOMPAT_MIRROR) &&
+	    sb->mirror_state == CD_MIRROR_STORED_FENCED)
+		return "a mirror record fenced without the FENCED feature";
 	if (cd_sb_has_primary(sb) && !sb->base[0])
 		return "a disk on a primary names no primary";
 	if (sb->cp_active > 1)
@@ -252,6 +262,11 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 		memcpy(sb->mirror_error, buf + SB_MIRROR_ERROR, CD_MIRROR_ERROR_MAX);
 		if (!memchr(sb->mirror_error, 0, CD_MIRROR_ERROR_MAX)) {
 			*why = "unterminated mirror error";
+			return -EUCLEAN;
+		}
+		memcpy(sb->mirror_id, buf + SB_MIRROR_ID, CD_MIRROR_ID_MAX);
+		if (!memchr(sb->mirror_id, 0, CD_MIRROR_ID_MAX)) {
+			*why = "unterminated mirror identity";
 			return -EUCLEAN;
 		}
 	}

@@ -15,7 +15,8 @@
  * bits refuse writing. */
 #define CD_FEATURE_COMPAT_SUPP 0ull
 #define CD_FEATURE_INCOMPAT_SUPP \
-	(CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_PRIMARY)
+	(CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_PRIMARY | \
+	 CD_FEATURE_INCOMPAT_FENCED)
 /* More than the two bitmaps of the first layout: their pages live in two
  * extra checkpoint areas after the data area, and journal runs name the
  * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
@@ -30,6 +31,12 @@
  * A version that does not know this would read the empty data area, or
  * write the primary through an overlay it does not have. */
 #define CD_FEATURE_INCOMPAT_PRIMARY (1ull << 2)
+/* A failover made the mirror the primary: the mirror record now names the
+ * former primary, fenced (never read or written again by itself), and
+ * bitmap 2 names what it misses.  A version that does not know this would
+ * take the former primary for a mirror and resync to it, or probe it back
+ * into use. */
+#define CD_FEATURE_INCOMPAT_FENCED (1ull << 3)
 #define CD_FEATURE_RO_COMPAT_SUPP CD_FEATURE_RO_COMPAT_UNCONFIRMED
 /* Restored by force from a metadata backup that nothing in the file proved
  * to be its own: the disk may be another's twin, so nothing writes to its
@@ -42,11 +49,13 @@
 
 #define CD_MIRROR_ERROR_MAX 256u
 #define CD_PRIMARY_ID_MAX 256u
+#define CD_MIRROR_ID_MAX 248u
 enum cd_mirror_stored {
 	CD_MIRROR_STORED_COPYING = 1,
 	CD_MIRROR_STORED_IN_SYNC = 2,
 	CD_MIRROR_STORED_DEGRADED = 3,
 	CD_MIRROR_STORED_PAUSED = 4,
+	CD_MIRROR_STORED_FENCED = 5,   /* with FENCED: the former primary */
 };
 
 struct cd_superblock {
@@ -86,6 +95,11 @@ struct cd_superblock {
 	 * (cd_target_identity), or empty when its kind gives none.  A device
 	 * found at the URI with another identity is not written. */
 	char primary_id[CD_PRIMARY_ID_MAX];
+	/* With MIRROR: the mirror's identity when it was attached (empty when
+	 * its kind gives none, or it was attached before this was kept).  A
+	 * failover makes it the primary's; a re-attached former primary is
+	 * known by it, and then gets only what bitmap 2 names. */
+	char mirror_id[CD_MIRROR_ID_MAX];
 };
 
 static inline bool cd_sb_has_primary(const struct cd_superblock *sb)

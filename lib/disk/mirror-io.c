@@ -71,7 +71,8 @@ int cd_mirror_degrade_locked(struct cdisk *d, const char *why)
 
 	if (m)
 		m->live = false;
-	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+	if (d->sb.mirror_state == CD_MIRROR_STORED_PAUSED ||
+	    d->sb.mirror_state == CD_MIRROR_STORED_FENCED)
 		return 0;
 	/* A probe failing every few seconds changes the record at most once
 	 * a minute, and not at all while it says the same. */
@@ -97,7 +98,8 @@ bool cd_mirror_go_live_locked(struct cdisk *d)
 	struct cd_mirror *m = d->mirror;
 	unsigned outstanding;
 
-	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_PAUSED)
+	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_PAUSED ||
+	    d->sb.mirror_state == CD_MIRROR_STORED_FENCED)
 		return false;
 	if (m->live)
 		return true;
@@ -178,7 +180,7 @@ static void *worker_main(void *arg)
 		if (!m->head)
 			m->tail = NULL;
 		m->idle--;
-		t = m->t;
+		t = leg->t;
 		pthread_mutex_unlock(&m->lock);
 
 		cd_errbuf()[0] = 0;
@@ -188,6 +190,8 @@ static void *worker_main(void *arg)
 			r = cd_target_pwrite(t, leg->buf, leg->len, leg->off);
 		else if (leg->op == CD_LEG_ZERO)
 			r = cd_target_zero(t, leg->len, leg->off);
+		else if (leg->op == CD_LEG_READ)
+			r = cd_target_pread(t, leg->buf, leg->len, leg->off);
 		else
 			r = cd_target_flush(t);
 
@@ -197,7 +201,10 @@ static void *worker_main(void *arg)
 			snprintf(leg->msg, sizeof(leg->msg), "%s",
 				 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
 		leg->done = true;
-		m->outstanding--;
+		if (leg->primary)
+			m->primary_outstanding--;
+		else
+			m->outstanding--;
 		m->idle++;
 		pthread_cond_broadcast(&m->done);
 		if (!m->outstanding)
@@ -208,28 +215,32 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
-struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
-			      size_t len, uint64_t off)
+/* t NULL: the mirror's stack, as it is now. */
+static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primary,
+			       enum cd_leg_op op, const void *buf, size_t len, uint64_t off)
 {
 	struct cd_mirror *m = d->mirror;
 	struct cd_leg *leg = calloc(1, sizeof(*leg));
 
 	if (!leg)
 		return NULL;
-	if (op == CD_LEG_WRITE) {
+	if (op == CD_LEG_WRITE || op == CD_LEG_READ) {
 		/* The sender may give up on the leg and free its buffer. */
 		leg->buf = malloc(len);
 		if (!leg->buf) {
 			free(leg);
 			return NULL;
 		}
-		memcpy(leg->buf, buf, len);
+		if (op == CD_LEG_WRITE)
+			memcpy(leg->buf, buf, len);
 	}
 	leg->op = op;
 	leg->len = len;
 	leg->off = off;
 	leg->refs = 2;
+	leg->primary = primary;
 	pthread_mutex_lock(&m->lock);
+	leg->t = t ? t : m->t;
 	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
 	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
 		m->nworkers++;
@@ -240,16 +251,32 @@ struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *bu
 	else
 		m->head = leg;
 	m->tail = leg;
-	m->outstanding++;
+	if (primary)
+		m->primary_outstanding++;
+	else
+		m->outstanding++;
 	pthread_cond_signal(&m->work);
 	pthread_mutex_unlock(&m->lock);
 	return leg;
 }
 
-int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
+struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
+			      size_t len, uint64_t off)
+{
+	return leg_send(d, NULL, false, op, buf, len, off);
+}
+
+struct cd_leg *cd_primary_send(struct cdisk *d, struct cd_target *t, enum cd_leg_op op,
+			       const void *buf, size_t len, uint64_t off)
+{
+	return leg_send(d, t, true, op, buf, len, off);
+}
+
+/* The leg's result within timeout_ms; a read's data into out. */
+static int leg_wait(struct cdisk *d, struct cd_leg *leg, uint32_t timeout_ms,
+		    const char *who, void *out)
 {
 	struct cd_mirror *m = d->mirror;
-	uint32_t timeout_ms = d->ctx->cfg.mirror_timeout_ms;
 	struct timespec until;
 	int r;
 
@@ -265,15 +292,27 @@ int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
 		if (pthread_cond_timedwait(&m->done, &m->lock, &until) == ETIMEDOUT)
 			break;
 	if (!leg->done)
-		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the mirror in %u ms",
+		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the %s in %u ms", who,
 			     timeout_ms);
 	else if (leg->result < 0)
 		r = cd_error(d->ctx, leg->result, "%s", leg->msg);
 	else
 		r = 0;
+	if (r == 0 && out)
+		memcpy(out, leg->buf, leg->len);
 	leg_put_locked(m, leg);
 	pthread_mutex_unlock(&m->lock);
 	return r;
+}
+
+int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg)
+{
+	return leg_wait(d, leg, d->ctx->cfg.mirror_timeout_ms, "mirror", NULL);
+}
+
+int cd_primary_wait(struct cdisk *d, struct cd_leg *leg, void *buf)
+{
+	return leg_wait(d, leg, d->ctx->cfg.failover_timeout_ms, "primary", buf);
 }
 
 static int fail_policy(struct cdisk *d, int err, const char *why)
@@ -333,6 +372,111 @@ void cd_mirror_unclaim_locked(struct cdisk *d, uint64_t first, uint64_t count)
 
 	if (m && m->claimed.count)
 		cd_bitmap_assign(&m->claimed, first, count, false);
+}
+
+/* ---- failover ---- */
+
+bool cd_failover_armed_locked(struct cdisk *d)
+{
+	struct cd_mirror *m = d->mirror;
+
+	return m && m->live && m->t && cd_sb_has_primary(&d->sb) &&
+	       d->sb.mirror_state != CD_MIRROR_STORED_FENCED &&
+	       d->sb.mirror_state != CD_MIRROR_STORED_PAUSED;
+}
+
+static void swap_strings(char *a, char *b, size_t size)
+{
+	char tmp[CDISK_MAX_URI + 1];
+
+	snprintf(tmp, sizeof(tmp), "%s", a);
+	snprintf(a, size, "%s", b);
+	snprintf(b, size, "%s", tmp);
+}
+
+/* The record after a failover: the mirror is the primary, the primary the
+ * fenced former primary.  Identities go with their devices. */
+static void swap_roles(struct cd_superblock *sb, const char *why)
+{
+	char id[CD_PRIMARY_ID_MAX];
+	uint64_t now = (uint64_t)time(NULL);
+
+	swap_strings(sb->base, sb->mirror, sizeof(sb->base));
+	snprintf(id, sizeof(id), "%s", sb->primary_id);
+	snprintf(sb->primary_id, sizeof(sb->primary_id), "%s", sb->mirror_id);
+	/* An identity too long for the mirror's field is dropped: the former
+	 * primary then gets a full copy when it is attached again. */
+	if (strlen(id) < sizeof(sb->mirror_id))
+		snprintf(sb->mirror_id, sizeof(sb->mirror_id), "%s", id);
+	else
+		sb->mirror_id[0] = 0;
+	sb->incompat |= CD_FEATURE_INCOMPAT_FENCED;
+	sb->mirror_state = CD_MIRROR_STORED_FENCED;
+	sb->mirror_since = now;
+	snprintf(sb->mirror_error, sizeof(sb->mirror_error), "%s", why);
+	sb->mirror_error_time = now;
+}
+
+int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *why)
+{
+	struct cd_mirror *m = d->mirror;
+	struct cd_superblock old = d->sb;
+	uint64_t lost = cd_mirror_oos(d)->count << d->block_shift;
+	struct cd_target *former;
+	char size[32];
+	int r;
+
+	if (gen != d->primary_gen)
+		return 0;
+	if (!m || !m->t || d->sb.mirror_state == CD_MIRROR_STORED_FENCED ||
+	    (!m->live && !force))
+		return cd_error(d->ctx, -EAGAIN, "cannot fail over '%s' to mirror '%s': it "
+				"is %s", d->path, d->sb.mirror,
+				d->sb.mirror_state == CD_MIRROR_STORED_FENCED ?
+				"the former primary, fenced" : "not in use (degraded, paused "
+				"or not yet reached)");
+	if (lost && !force)
+		return cd_error(d->ctx, -EAGAIN, "cannot fail over '%s' to mirror '%s': "
+				"%s of the disk are not on it yet (--force loses them)",
+				d->path, d->sb.mirror,
+				cd_format_size(lost, size, sizeof(size)));
+	if (d->nretired == CD_ARRAY_SIZE(d->retired))
+		return cd_error(d->ctx, -EBUSY, "cannot fail over '%s' again: the legs "
+				"given up on earlier are still under way", d->path);
+	/* The base's URI and stack change together: get_base reads the URI
+	 * under base_lock. */
+	pthread_mutex_lock(&d->base_lock);
+	swap_roles(&d->sb, why);
+	r = cd_sb_write(d);
+	if (r < 0) {
+		d->sb = old;
+		pthread_mutex_unlock(&d->base_lock);
+		return r;
+	}
+	former = d->base;
+	d->base = m->t;
+	d->base_error = 0;
+	d->base_retry_at = 0;
+	d->primary_gen++;
+	pthread_mutex_unlock(&d->base_lock);
+	if (former)
+		d->retired[d->nretired++] = former;
+	pthread_mutex_lock(&m->lock);
+	m->t = NULL;
+	pthread_mutex_unlock(&m->lock);
+	m->live = false;
+	m->copy_stop = 1;
+	cd_log(d->ctx, CDISK_LOG_ERROR, "'%s': FAILED OVER from primary '%s' (%s) to "
+	       "'%s', which the guest's reads and writes use from now on. '%s' is "
+	       "fenced: never used again by itself. The disk has no mirror: attach "
+	       "one (the former primary, once repaired, gets only what it misses)",
+	       d->path, d->sb.mirror, why, d->sb.base, d->sb.mirror);
+	if (lost)
+		cd_log(d->ctx, CDISK_LOG_ERROR, "'%s': forced failover: %s that mirror '%s' "
+		       "did not have yet are lost", d->path,
+		       cd_format_size(lost, size, sizeof(size)), d->sb.base);
+	cd_mirror_kick(m);
+	return 0;
 }
 
 /* ---- setting up and tearing down ---- */

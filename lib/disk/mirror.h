@@ -23,13 +23,17 @@
 struct cdisk;
 struct cd_target;
 
-enum cd_leg_op { CD_LEG_WRITE, CD_LEG_ZERO, CD_LEG_FLUSH };
+enum cd_leg_op { CD_LEG_WRITE, CD_LEG_ZERO, CD_LEG_FLUSH, CD_LEG_READ };
 
 #define MIRROR_WORKERS 32          /* legs under way at once, per disk */
 
 struct cd_leg {
 	struct cd_leg *next;
 	enum cd_leg_op op;
+	/* Where it goes, fixed when sent: a failover that swaps the roles
+	 * meanwhile does not redirect a leg under way. */
+	struct cd_target *t;
+	bool primary;              /* the primary's leg, beside the mirror's */
 	uint8_t *buf;
 	size_t len;
 	uint64_t off;
@@ -50,6 +54,9 @@ struct cd_mirror {
 	/* Legs sent and not finished, those the sender gave up on too: a
 	 * resync starts only at 0, or a late leg could land over it. */
 	unsigned outstanding;
+	/* The primary's legs under way: those a failover gave up on may still
+	 * land on the former primary, which is not taken back until then. */
+	unsigned primary_outstanding;
 	bool stopping;
 	struct cd_target *t;       /* the mirror's stack; NULL until opened */
 
@@ -83,6 +90,25 @@ struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *bu
 /* Without the lock: its result, waiting at most the mirror timeout
  * (-ETIMEDOUT past it).  The leg is the callee's after this. */
 int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg);
+
+/* Failover: with a live mirror, the primary's I/O runs on the mirror's
+ * workers too, so that a primary that does not answer within [mirror]
+ * failover_timeout is given up on, and the mirror (which holds every
+ * acknowledged write) becomes the primary. */
+/* Under the lock: the primary's I/O may fail over (a disk on a primary
+ * whose mirror is live and in sync). */
+bool cd_failover_armed_locked(struct cdisk *d);
+/* Without the lock: the primary's leg (t, the primary's stack); for
+ * CD_LEG_READ, buf is where cd_primary_wait puts the data. */
+struct cd_leg *cd_primary_send(struct cdisk *d, struct cd_target *t, enum cd_leg_op op,
+			       const void *buf, size_t len, uint64_t off);
+int cd_primary_wait(struct cdisk *d, struct cd_leg *leg, void *buf);
+/* Under the lock: the mirror becomes the primary, the primary the fenced
+ * former primary (never used again by itself; bitmap 2 names what it
+ * misses), stored at once.  gen: cd_primary_gen when the failed request
+ * began; when a failover happened since, there is nothing to do.  Refused
+ * (-EAGAIN) when the mirror is not live or, unless force, not in sync. */
+int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *why);
 /* Under the lock, after both legs: a failed leg's blocks are set out of
  * sync and the mirror counts as degraded, durably.  Returns 0, or the
  * error to give the guest when [mirror] on_error = fail. */

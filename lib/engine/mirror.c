@@ -28,12 +28,17 @@
 
 /* ---- opening and checking a mirror ---- */
 
-/* The identities of the disk's own storage: the cdisk file and its base. */
-static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
+/* The identities of the disk's own storage: the cdisk file and its base.
+ * theirs: the mirror's identity ("" when its kind gives none). */
+static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri,
+			 char theirs[512])
 {
-	char theirs[512], ours[512];
+	char ours[512];
 	struct cd_target *base = NULL;
-	int r = cd_target_identity(t, theirs, sizeof(theirs));
+	int r = cd_target_identity(t, theirs, 512);
+
+	if (r < 0)
+		theirs[0] = 0;
 
 	if (r == -EOPNOTSUPP) {
 		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': cannot tell whether mirror '%s' "
@@ -61,13 +66,14 @@ static int check_not_own(struct cdisk *d, struct cd_target *t, const char *uri)
 }
 
 /* Reachable, writable, large enough: a block read and written back. */
-static int check_mirror(struct cdisk *d, struct cd_target *t, const char *uri)
+static int check_mirror(struct cdisk *d, struct cd_target *t, const char *uri,
+			char id[512])
 {
 	int r = cd_target_write_back(t, d->block_size, d->sb.size - d->block_size);
 
 	if (r < 0)
 		return cd_error(d->ctx, r, "cannot write to mirror '%s': %s", uri, cd_errbuf());
-	return check_not_own(d, t, uri);
+	return check_not_own(d, t, uri, id);
 }
 
 static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
@@ -280,6 +286,11 @@ static int start_keeper(struct cdisk *d);
 
 /* ---- the public verbs ---- */
 
+static bool fenced(const struct cdisk *d)
+{
+	return cd_mirror_attached(d) && d->sb.mirror_state == CD_MIRROR_STORED_FENCED;
+}
+
 static int need_mirror(struct cdisk *d, const char *what)
 {
 	if (!cd_mirror_attached(d))
@@ -291,41 +302,62 @@ static int need_mirror(struct cdisk *d, const char *what)
 	return 0;
 }
 
-int cdisk_mirror_attach(struct cdisk *d, const char *uri)
+/* need_mirror, and the mirror is one (not the fenced former primary). */
+static int need_usable_mirror(struct cdisk *d, const char *what)
 {
-	char norm[CDISK_MAX_URI + 1];
-	struct cd_target *t = NULL;
-	struct cd_superblock old;
-	int r;
+	int r = need_mirror(d, what);
 
-	if (d->readonly)
-		return cd_error(d->ctx, -EROFS, "cannot attach a mirror: '%s' is open "
-				"read-only", d->path);
-	if (cd_mirror_attached(d))
-		return cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
-				"first", d->path, d->sb.mirror);
-	r = cd_normalize_uri(d->ctx, "mirror", uri, true, norm);
-	if (r == 0)
-		r = open_mirror(d, norm, &t);
-	if (r == 0)
-		r = check_mirror(d, t, norm);
-	if (r == 0 && d->sb.nbitmaps <= CD_BM_MIRROR)
-		r = cd_disk_add_bitmaps(d, CD_BM_MIRROR + 1);
-	if (r < 0)
-		goto fail;
-	pthread_mutex_lock(&d->lock);
-	if (cd_mirror_attached(d)) {
-		pthread_mutex_unlock(&d->lock);
-		r = cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
-			     "first", d->path, d->sb.mirror);
-		goto fail;
+	if (r == 0 && fenced(d))
+		r = cd_error(d->ctx, -EAGAIN, "cannot %s: '%s' failed over, and '%s' is "
+			     "the fenced former primary, not a mirror; attach a mirror",
+			     what, d->path, d->sb.mirror);
+	return r;
+}
+
+/* A fenced former primary attached again is known by its identity (not
+ * its URI): it gets only what bitmap 2 names. */
+static bool is_former_primary(const struct cdisk *d, const char *id)
+{
+	return d->sb.mirror_state == CD_MIRROR_STORED_FENCED && id[0] &&
+	       !strcmp(id, d->sb.mirror_id);
+}
+
+/* Legs a failover gave up on may still land on the former primary: it
+ * is not taken back before they have. */
+static int check_no_late_legs(struct cdisk *d)
+{
+	unsigned late = 0;
+
+	if (d->mirror) {
+		pthread_mutex_lock(&d->mirror->lock);
+		late = d->mirror->primary_outstanding;
+		pthread_mutex_unlock(&d->mirror->lock);
 	}
-	old = d->sb;
-	/* Everything out of sync and the record, in one checkpoint: an
-	 * attach cut by a crash resumes from what is left. */
-	r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
-	snprintf(d->sb.mirror, sizeof(d->sb.mirror), "%s", norm);
+	if (late)
+		return cd_error(d->ctx, -EBUSY, "cannot attach a mirror to '%s' yet: %u "
+				"requests given up on at the failover are still under way "
+				"to '%s'; try again in a moment", d->path, late, d->sb.mirror);
+	return 0;
+}
+
+/* Under the lock: the record of mirror uri (identity id), with what it
+ * must be sent; stored in one checkpoint, so that an attach cut by a
+ * crash resumes from what is left. */
+static int record_mirror_locked(struct cdisk *d, const char *uri, const char *id,
+				bool former)
+{
+	struct cd_superblock old = d->sb;
+	int r = 0;
+
+	if (!former)
+		r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
+	snprintf(d->sb.mirror, sizeof(d->sb.mirror), "%s", uri);
+	if (strlen(id) < sizeof(d->sb.mirror_id))
+		snprintf(d->sb.mirror_id, sizeof(d->sb.mirror_id), "%s", id);
+	else
+		d->sb.mirror_id[0] = 0;
 	d->sb.incompat |= CD_FEATURE_INCOMPAT_MIRROR;
+	d->sb.incompat &= ~CD_FEATURE_INCOMPAT_FENCED;
 	d->sb.mirror_state = CD_MIRROR_STORED_COPYING;
 	d->sb.mirror_since = (uint64_t)time(NULL);
 	d->sb.mirror_recovered = 0;
@@ -335,15 +367,56 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 		r = cd_checkpoint(d);
 	if (r == 0)
 		r = cd_mirror_init(d);
-	if (r < 0) {
-		memcpy(d->sb.mirror, old.mirror, sizeof(old.mirror));
-		d->sb.incompat = old.incompat;
-		d->sb.mirror_state = old.mirror_state;
-	} else {
+	if (r < 0)
+		d->sb = old;
+	return r;
+}
+
+int cdisk_mirror_attach(struct cdisk *d, const char *uri)
+{
+	char norm[CDISK_MAX_URI + 1], id[512], size[32];
+	struct cd_target *t = NULL;
+	bool former = false;
+	int r;
+
+	if (d->readonly)
+		return cd_error(d->ctx, -EROFS, "cannot attach a mirror: '%s' is open "
+				"read-only", d->path);
+	if (cd_mirror_attached(d) && !fenced(d))
+		return cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
+				"first", d->path, d->sb.mirror);
+	r = cd_normalize_uri(d->ctx, "mirror", uri, true, norm);
+	if (r == 0 && fenced(d))
+		r = check_no_late_legs(d);
+	if (r == 0)
+		r = open_mirror(d, norm, &t);
+	if (r == 0)
+		r = check_mirror(d, t, norm, id);
+	if (r == 0 && d->sb.nbitmaps <= CD_BM_MIRROR)
+		r = cd_disk_add_bitmaps(d, CD_BM_MIRROR + 1);
+	if (r < 0)
+		goto fail;
+	pthread_mutex_lock(&d->lock);
+	if (cd_mirror_attached(d) && !fenced(d)) {
+		pthread_mutex_unlock(&d->lock);
+		r = cd_error(d->ctx, -EEXIST, "'%s' already has mirror '%s'; detach it "
+			     "first", d->path, d->sb.mirror);
+		goto fail;
+	}
+	former = is_former_primary(d, id);
+	r = record_mirror_locked(d, norm, id, former);
+	if (r == 0) {
 		d->mirror->t = t;
 		t = NULL;
-		cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' attached; copying %s",
-		       d->path, norm, "the whole disk");
+		cd_format_size(cd_mirror_oos(d)->count << d->block_shift, size, sizeof(size));
+		if (former)
+			cd_log(d->ctx, CDISK_LOG_INFO, "'%s': former primary '%s' attached as "
+			       "the mirror; copying the %s it misses (writes made to it "
+			       "by others meanwhile are found only by cdisk-mirror verify)",
+			       d->path, norm, size);
+		else
+			cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' attached; copying "
+			       "%s", d->path, norm, "the whole disk");
 	}
 	pthread_mutex_unlock(&d->lock);
 	cd_backup_store_pending(d);
@@ -371,8 +444,9 @@ int cdisk_mirror_detach(struct cdisk *d)
 	pthread_mutex_unlock(&d->lock);
 	cd_mirror_stop_threads(m);
 	pthread_mutex_lock(&d->lock);
-	d->sb.incompat &= ~CD_FEATURE_INCOMPAT_MIRROR;
+	d->sb.incompat &= ~(CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_FENCED);
 	d->sb.mirror[0] = 0;
+	d->sb.mirror_id[0] = 0;
 	d->sb.mirror_state = 0;
 	r = cd_sb_write(d);
 	pthread_mutex_unlock(&d->lock);
@@ -386,7 +460,7 @@ int cdisk_mirror_detach(struct cdisk *d)
 int cdisk_mirror_pause(struct cdisk *d, bool pause)
 {
 	struct cd_mirror *m;
-	int r = need_mirror(d, pause ? "pause the mirror" : "resume the mirror");
+	int r = need_usable_mirror(d, pause ? "pause the mirror" : "resume the mirror");
 
 	if (r < 0)
 		return r;
@@ -407,7 +481,7 @@ int cdisk_mirror_pause(struct cdisk *d, bool pause)
 
 int cdisk_mirror_resync(struct cdisk *d, bool full)
 {
-	int r = need_mirror(d, "resync the mirror");
+	int r = need_usable_mirror(d, "resync the mirror");
 
 	if (r < 0)
 		return r;
@@ -430,7 +504,7 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 		      struct cdisk_sync_stats *st)
 {
 	static volatile sig_atomic_t never;
-	int r = need_mirror(d, "copy to the mirror");
+	int r = need_usable_mirror(d, "copy to the mirror");
 
 	memset(st, 0, sizeof(*st));
 	if (r < 0)
@@ -462,6 +536,35 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 	return r;
 }
 
+int cdisk_mirror_failover(struct cdisk *d, bool force, uint64_t *lost_bytes)
+{
+	char why[64];
+	uint64_t rtt;
+	int r = need_usable_mirror(d, "fail over");
+
+	*lost_bytes = 0;
+	if (r == 0 && !cd_sb_has_primary(&d->sb))
+		r = cd_error(d->ctx, -EINVAL, "cannot fail over '%s': its data is in the "
+			     "file, not on a primary (failover is for disks created with "
+			     "--primary)", d->path);
+	if (r < 0)
+		return r;
+	r = ensure_open(d);
+	if (r == 0)
+		r = cd_target_ping(d->mirror->t, &rtt);
+	if (r < 0)
+		return cd_error(d->ctx, r, "cannot fail over '%s' to mirror '%s': %s",
+				d->path, d->sb.mirror, cd_errbuf());
+	snprintf(why, sizeof(why), "failover requested%s", force ? " with --force" : "");
+	pthread_mutex_lock(&d->lock);
+	*lost_bytes = cd_mirror_oos(d)->count << d->block_shift;
+	/* An idle disk's mirror is not in use until something sends to it. */
+	cd_mirror_go_live_locked(d);
+	r = cd_failover_locked(d, d->primary_gen, force, why);
+	pthread_mutex_unlock(&d->lock);
+	return r;
+}
+
 /* ---- the keeper (servers) ---- */
 
 static void keep_once(struct cdisk *d)
@@ -473,7 +576,9 @@ static void keep_once(struct cdisk *d)
 	int r;
 
 	pthread_mutex_lock(&d->lock);
-	paused = d->sb.mirror_state == CD_MIRROR_STORED_PAUSED;
+	/* The fenced former primary is never probed back into use. */
+	paused = d->sb.mirror_state == CD_MIRROR_STORED_PAUSED ||
+		 d->sb.mirror_state == CD_MIRROR_STORED_FENCED;
 	live = m->live;
 	pthread_mutex_unlock(&d->lock);
 	if (paused)
@@ -602,6 +707,7 @@ int cdisk_mirror_get_status(struct cdisk *d, struct cdisk_mirror_status *s)
 	switch (d->sb.mirror_state) {
 	case CD_MIRROR_STORED_PAUSED: s->state = CDISK_MIRROR_PAUSED; break;
 	case CD_MIRROR_STORED_DEGRADED: s->state = CDISK_MIRROR_DEGRADED; break;
+	case CD_MIRROR_STORED_FENCED: s->state = CDISK_MIRROR_FENCED; break;
 	default:
 		s->state = s->out_of_sync_bytes ? CDISK_MIRROR_COPYING : CDISK_MIRROR_IN_SYNC;
 	}

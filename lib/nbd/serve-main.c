@@ -147,11 +147,17 @@ int cdisk_server_add_export(struct cdisk_server *s, const char *name,
 }
 
 /* cdisk-serve's --mirror-timeout and --on-mirror-error. */
-int cdisk_server_set_mirror_policy(struct cdisk_server *s, uint32_t timeout_ms, int fail)
+int cdisk_server_set_mirror_policy(struct cdisk_server *s, uint32_t timeout_ms, int fail,
+				   uint32_t failover_ms)
 {
 	if (timeout_ms && (timeout_ms < 100 || timeout_ms > 600000))
 		return cd_error(s->ctx, -EINVAL, "mirror timeout %" PRIu32 " ms: expected "
 				"100 to 600000", timeout_ms);
+	if (failover_ms && (failover_ms < 100 || failover_ms > 600000))
+		return cd_error(s->ctx, -EINVAL, "failover timeout %" PRIu32 " ms: expected "
+				"100 to 600000", failover_ms);
+	if (failover_ms)
+		s->ctx->cfg.failover_timeout_ms = failover_ms;
 	if (timeout_ms)
 		s->ctx->cfg.mirror_timeout_ms = timeout_ms;
 	if (fail >= 0)
