@@ -784,8 +784,9 @@ int cd_pool_delete(struct cd_pool *p, const char *user, const char *image)
 	e = find(p, name);
 	if (e && e->refs > 1)
 		holders = e->refs - 1;
-	else if (!e || !unlist(p, e))
-		e = NULL;   /* not ours to close */
+	/* Off the list, it is ours to close; held, it stays as it is. */
+	if (holders || (e && !unlist(p, e)))
+		e = NULL;
 	pthread_mutex_unlock(&p->lock);
 	/* Through the folder opened without following a link: what is
 	 * deleted is in the pool. */
