@@ -415,13 +415,15 @@ static json_t *cmd_pool_list(struct cdisk_server *s, json_t *req)
 {
 	const char *user = json_string_value(json_object_get(req, "user"));
 	json_t *list, *r;
+	int rc;
 
 	if (!s->pool)
 		return no_pool();
 	list = json_array();
-	if (cd_pool_list_served(s->pool, user, list_image, list) < 0) {
+	rc = cd_pool_list_served(s->pool, user, list_image, list);
+	if (rc < 0) {
 		json_decref(list);
-		return error_reply(-EINVAL, "%s", cdisk_ctx_error(s->ctx));
+		return error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
 	}
 	r = ok_reply();
 	json_object_set_new(r, "images", list);
