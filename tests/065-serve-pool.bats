@@ -30,10 +30,10 @@ start_pool() {
 	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
 		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
 	SERVE_SOCK=${POOL_SOCK:-$SERVE_RUN/pool.sock}
-	CTL=$BATS_TEST_TMPDIR/c.ctl
-	cdisk-serve -v --pool pool --control "$CTL" "$@" \
-		2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
+	cdisk-serve -v --pool pool "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
 	SERVE_PID=$!
+	# Where the other programs look for it: cdisk-info on a served image.
+	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	for _ in $(seq 200); do
 		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
 		kill -0 "$SERVE_PID" 2>/dev/null ||
@@ -236,6 +236,9 @@ qio_release() {
 	assert_equal "$(json_get .error)" "no image 'dave/desk' in the pool"
 	ctl '{"command":"pool-create","user":"dave"}'
 	assert_equal "$(json_get .error)" "'pool-create' needs \"user\" and \"image\", and \"size\" or \"base\""
+	# A served image is described by the server, as any served disk.
+	run_cdisk 0 cdisk-info --json pool/dave/over.cdisk
+	assert_equal "$(json_get .size)" 4194304
 	# cdisk-info --pool, from the shell, with or without the server.
 	run_cdisk 0 cdisk-info --pool pool --user dave --json
 	assert_equal "$(jq -c '[.images[] | [.export, .size]]' <<<"$output")" \

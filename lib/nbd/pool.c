@@ -641,6 +641,24 @@ struct cd_export *cd_pool_get(struct cd_pool *p, const char *name)
 	return e ? &e->exp : NULL;
 }
 
+struct cd_export *cd_pool_get_by_path(struct cd_pool *p, const char *path)
+{
+	char want[PATH_MAX];
+	struct entry *e = NULL;
+
+	/* An entry's path is already its real one: the pool's real path and
+	 * two names that are no links. */
+	if (!p || !realpath(path, want))
+		return NULL;
+	pthread_mutex_lock(&p->lock);
+	for (e = p->list; e && strcmp(e->exp.path, want) != 0; e = e->next)
+		;
+	if (e)
+		e->refs++;
+	pthread_mutex_unlock(&p->lock);
+	return e ? &e->exp : NULL;
+}
+
 void cd_pool_put(struct cd_export *exp)
 {
 	struct entry *e = (struct entry *)exp;

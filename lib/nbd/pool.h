@@ -55,6 +55,8 @@ void cd_pool_scan_free(struct cd_pool_scan *result);
 /* The export by name, held until cd_pool_put; NULL when not served. */
 struct cd_export *cd_pool_get(struct cd_pool *p, const char *name);
 void cd_pool_put(struct cd_export *e);
+/* The served image whose file path names, held as cd_pool_get's. */
+struct cd_export *cd_pool_get_by_path(struct cd_pool *p, const char *path);
 /* Names of the exports served now, for NBD_OPT_LIST (free each, and v). */
 int cd_pool_names(struct cd_pool *p, char ***v, size_t *n);
 
