@@ -124,11 +124,15 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 
 	if (!disk)
 		return error_reply(-EINVAL, "'info' needs \"disk\"");
+	/* A pool's image is held while it is looked at: it may be removed. */
+	if (!e)
+		e = cd_pool_get_by_path(s->pool, disk);
 	if (!e)
 		return error_reply(-ENOENT, "'%s' is not served here", disk);
 	cdisk_get_info(e->disk, &info);
 	r = ok_reply();
 	json_object_set_new(r, "export", json_string(e->name));
+	cd_server_put_export(e);
 	json_object_set_new(r, "info", cd_control_info_to_json(&info));
 	return r;
 }
