@@ -232,7 +232,7 @@ static int add_exports(struct cdisk_server *srv, const char **args, char *first,
 			return r;
 	}
 	if (pool_arg) {
-		int r = cdisk_server_set_pool(srv, pool_arg);
+		int r = cdisk_server_set_pool(srv, pool_arg, readonly);
 		if (r < 0)
 			return r;
 	}

@@ -397,8 +397,9 @@ int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout
 				   int fail);
 /* Serve the pool dir too: DIR/USER/IMAGE.cdisk as export USER/IMAGE and
  * DIR/shared/IMAGE.cdisk as the read-only shared/IMAGE, found again when
- * the folder changes (inotify) and on the control verb "rescan". */
-int cdisk_server_set_pool(struct cdisk_server *server, const char *dir);
+ * the folder changes (inotify) and on the control verb "rescan";
+ * read_only: every image read-only. */
+int cdisk_server_set_pool(struct cdisk_server *server, const char *dir, bool read_only);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);
 

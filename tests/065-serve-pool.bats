@@ -256,6 +256,10 @@ qio_release() {
 	run_cdisk 0 nbd-evil "$SERVE_SOCK" readonly-write shared/golden
 	run_cdisk 0 nbdinfo --json "$(nbd alice/a)"
 	assert_equal "$(jq -r '.exports[0].is_read_only' <<<"$output")" false
+	# --read-only makes every image of the pool read-only.
+	stop_serve
+	start_pool --read-only
+	run_cdisk 0 nbd-evil "$SERVE_SOCK" readonly-write alice/a
 }
 
 @test "pool: two users by uid see and open only their own images and the shared ones" {

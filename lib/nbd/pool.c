@@ -50,6 +50,7 @@ struct entry {
 struct cd_pool {
 	struct cdisk_ctx *ctx;
 	char *dir;              /* its real path */
+	bool read_only;         /* every image, not only shared/'s */
 	int ifd;                /* inotify; -1: none */
 	uint64_t scan_at_ms;    /* 0: no scan due */
 	pthread_mutex_t scan_lock;  /* one scan, create or delete at a time */
@@ -322,7 +323,8 @@ int cdisk_pool_list(struct cdisk_ctx *ctx, const char *dir, const char *user,
 
 /* ---- the pool of a server ---- */
 
-int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, struct cd_pool **out)
+int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, bool read_only,
+		 struct cd_pool **out)
 {
 	struct cd_pool *p;
 	char real[PATH_MAX];
@@ -339,6 +341,7 @@ int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, struct cd_pool **out)
 		return cd_error(ctx, -ENOMEM, "out of memory");
 	}
 	p->ctx = ctx;
+	p->read_only = read_only;
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_mutex_init(&p->scan_lock, NULL);
 	/* Without inotify (none left) the pool still works on "rescan". */
@@ -470,17 +473,17 @@ static bool still_inside(const struct cd_pool *p, const struct found *f)
 
 static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 {
+	bool ro = f->shared || p->read_only;
 	struct entry *e;
 	struct cdisk *d;
 	int r;
 
-	r = cdisk_open(p->ctx, f->path, CDISK_OPEN_NO_BASE |
-		       (f->shared ? CDISK_OPEN_RDONLY : 0), &d);
+	r = cdisk_open(p->ctx, f->path, CDISK_OPEN_NO_BASE | (ro ? CDISK_OPEN_RDONLY : 0), &d);
 	if (r == 0 && !still_inside(p, f)) {
 		cdisk_close(d);
 		r = cd_error(p->ctx, -ELOOP, "it changed while it was opened");
 	}
-	if (r == 0 && !f->shared && (r = cdisk_mirror_start(d)) < 0)
+	if (r == 0 && !ro && (r = cdisk_mirror_start(d)) < 0)
 		cdisk_close(d);
 	if (r < 0)
 		return r;
@@ -494,7 +497,7 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 		return cd_error(p->ctx, -ENOMEM, "out of memory");
 	}
 	e->exp.disk = d;
-	e->exp.readonly = f->shared;
+	e->exp.readonly = ro;
 	e->exp.pool = p;
 	e->pool = p;
 	e->dev = f->dev;

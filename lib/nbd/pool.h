@@ -25,7 +25,9 @@ bool cd_pool_name_valid(const char *name, size_t max);
 bool cd_pool_split_export(const char *export, char *user, size_t ulen, char *image,
 			  size_t ilen);
 
-int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, struct cd_pool **out);
+/* read_only: every image, not only shared/'s (cdisk-serve --read-only). */
+int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, bool read_only,
+		 struct cd_pool **out);
 /* Every image closed: no connection may hold one any more. */
 void cd_pool_free(struct cd_pool *p);
 /* The inotify descriptor to poll (-1: none); readable: call cd_pool_events. */

@@ -115,14 +115,14 @@ int cdisk_server_set_users(struct cdisk_server *s, const char *users_path,
 	return 0;
 }
 
-int cdisk_server_set_pool(struct cdisk_server *s, const char *dir)
+int cdisk_server_set_pool(struct cdisk_server *s, const char *dir, bool read_only)
 {
 	struct cd_pool_scan res;
 	int r;
 
 	if (s->pool)
 		return cd_error(s->ctx, -EINVAL, "one pool only");
-	r = cd_pool_open(s->ctx, dir, &s->pool);
+	r = cd_pool_open(s->ctx, dir, read_only, &s->pool);
 	if (r == 0)
 		r = cd_pool_rescan(s->pool, &res);
 	if (r < 0)
