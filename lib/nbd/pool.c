@@ -76,6 +76,8 @@ struct walk {
 	size_t n;
 };
 
+static int rescan_locked(struct cd_pool *p, struct cd_pool_scan *res);
+
 /* ---- names ---- */
 
 bool cd_pool_name_valid(const char *name, size_t max)
@@ -424,10 +426,17 @@ void cd_pool_tick(struct cd_pool *p)
 	if (!p || cd_pool_timeout_ms(p) != 0)
 		return;
 	__atomic_store_n(&p->scan_at_ms, 0, __ATOMIC_RELAXED);
-	if (cd_pool_rescan(p, &res) < 0)
+	/* The accept loop never waits: a pool-create may be reaching its
+	 * base over the network with the scan lock held. */
+	if (pthread_mutex_trylock(&p->scan_lock) != 0) {
+		scan_later(p, SETTLE_MS);
+		return;
+	}
+	if (rescan_locked(p, &res) < 0)
 		cd_log(p->ctx, CDISK_LOG_WARNING, "%s", cdisk_ctx_error(p->ctx));
 	else
 		cd_pool_scan_free(&res);
+	pthread_mutex_unlock(&p->scan_lock);
 }
 
 /* Off the list: new opens fail from now on; the disk closes with the
