@@ -15,6 +15,7 @@ static const struct cli_program program = {
 };
 
 static int check, no_repair;
+static char *pool_arg, *user_arg;
 
 static struct poptOption options[] = {
 	{ "check", 'c', POPT_ARG_NONE, &check, 0,
@@ -22,6 +23,10 @@ static struct poptOption options[] = {
 	  "what can be repaired", NULL },
 	{ "no-repair", 'n', POPT_ARG_NONE, &no_repair, 0,
 	  "With --check: change nothing, only report", NULL },
+	{ "pool", '\0', POPT_ARG_STRING, &pool_arg, 0,
+	  "List the images of a pool (cdisk-serve --pool) instead of one disk", "DIR" },
+	{ "user", '\0', POPT_ARG_STRING, &user_arg, 0,
+	  "With --pool: only this user's images", "NAME" },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
 	  "Print the result as JSON", NULL },
 	CLI_COMMON_OPTIONS,
@@ -227,6 +232,56 @@ static int show_from_owner(struct cdisk_ctx *ctx, const char *path)
 			  (print_human(path, &info, NULL), 0);
 }
 
+/* ---- --pool: a pool's images ---- */
+
+static int pool_image_json(void *opaque, const struct cdisk_pool_image *img)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:I}", "export", img->export_name,
+			      "user", img->user, "image", img->image, "read_only",
+			      img->shared, "size", (json_int_t)img->size, "used_bytes",
+			      (json_int_t)img->used_bytes);
+
+	if (!o)
+		return -ENOMEM;
+	json_object_set_new(o, "path", img->skipped ? json_null() : json_string(img->path));
+	json_object_set_new(o, "skipped", img->skipped ? json_string(img->skipped)
+						       : json_null());
+	return json_array_append_new(opaque, o) < 0 ? -ENOMEM : 0;
+}
+
+static int pool_image_line(void *opaque, const struct cdisk_pool_image *img)
+{
+	char a[32], b[32];
+
+	(void)opaque;
+	if (img->skipped) {
+		fprintf(stderr, "%s: not served: '%s': %s\n", program.name, img->export_name,
+			img->skipped);
+		return 0;
+	}
+	printf("%-40s %10s %10s%s\n", img->export_name, cd_format_size(img->size, a, sizeof(a)),
+	       cd_format_size(img->used_bytes, b, sizeof(b)), img->shared ? "  read-only" : "");
+	return 0;
+}
+
+static int list_pool(struct cdisk_ctx *ctx)
+{
+	json_t *list = NULL;
+	int r;
+
+	if (cli.json)
+		list = json_array();
+	else if (!cli.quiet)
+		printf("%-40s %10s %10s\n", "EXPORT", "SIZE", "USED");
+	r = cdisk_pool_list(ctx, pool_arg, user_arg, cli.json ? pool_image_json : pool_image_line,
+			    list);
+	if (r == 0 && cli.json)
+		return cli_print_json(json_pack("{s:i, s:s, s:o}", "schema_version", 1, "pool",
+						pool_arg, "images", list));
+	json_decref(list);
+	return r;
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_ctx *ctx;
@@ -234,8 +289,21 @@ int main(int argc, char **argv)
 	const char **args;
 	int r, closed;
 
-	args = cli_parse(&program, argc, (const char **)argv, options, 1, 1);
+	args = cli_parse(&program, argc, (const char **)argv, options, 0, 1);
+	if (pool_arg && args && args[0])
+		cli_usage_error("--pool lists a pool: give no disk with it");
+	if (!pool_arg && (!args || !args[0]))
+		cli_usage_error("missing argument: %s", program.args);
+	if (user_arg && !pool_arg)
+		cli_usage_error("--user goes with --pool");
+	if (pool_arg && check)
+		cli_usage_error("--check goes with a disk, not --pool");
 	ctx = cli_context();
+	if (pool_arg) {
+		r = cli_exit_code(ctx, list_pool(ctx));
+		cdisk_ctx_free(ctx);
+		return r;
+	}
 	r = open_disk(ctx, args[0], &disk);
 	if (r == -EBUSY && !check)
 		r = show_from_owner(ctx, args[0]);

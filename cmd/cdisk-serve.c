@@ -30,7 +30,7 @@ static const struct cli_program program = {
 
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
-static char *on_mirror_error_arg, *users_arg, *tls_psk_arg;
+static char *on_mirror_error_arg, *users_arg, *tls_psk_arg, *pool_arg;
 static int mirror_timeout, failover_timeout;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 
@@ -39,6 +39,9 @@ static struct poptOption options[] = {
 	  "Serve a disk under a name (repeatable)", "NAME=PATH" },
 	{ "config", 'c', POPT_ARG_STRING, &config_arg, 0,
 	  "Exports from a file of [export NAME] sections", "FILE" },
+	{ "pool", 'p', POPT_ARG_STRING, &pool_arg, 0,
+	  "Serve DIR/USER/IMAGE.cdisk as export USER/IMAGE (DIR/shared/: read-only), "
+	  "as they come and go", "DIR" },
 	{ "socket", 's', POPT_ARG_STRING, &socket_arg, 0,
 	  "NBD unix socket (default: RUNTIME_DIR/NAME.sock)", "PATH" },
 	{ "tcp", 't', POPT_ARG_STRING, &tcp_arg, 0,
@@ -214,9 +217,9 @@ static int add_exports(struct cdisk_server *srv, const char **args, char *first,
 		all[n++] = export_args[i];
 	for (size_t i = 0; args && args[i] && n < 256; i++)
 		all[n++] = args[i];
-	if (n == 0 && !config_arg)
-		cli_usage_error("nothing to serve: give NAME.cdisk, --export NAME=PATH "
-				"or --config FILE");
+	if (n == 0 && !config_arg && !pool_arg)
+		cli_usage_error("nothing to serve: give NAME.cdisk, --export NAME=PATH, "
+				"--config FILE or --pool DIR");
 	if (config_arg) {
 		int r = cdisk_server_load_exports(srv, config_arg, readonly);
 		if (r < 0)
@@ -232,7 +235,17 @@ static int add_exports(struct cdisk_server *srv, const char **args, char *first,
 		if (r < 0)
 			return r;
 	}
-	/* The first export is the default one and names the socket. */
+	if (pool_arg) {
+		int r = cdisk_server_set_pool(srv, pool_arg, readonly);
+		if (r < 0)
+			return r;
+	}
+	/* The first export is the default one and names the socket; a pool
+	 * alone is served on pool.sock. */
+	if (n == 0 && !config_arg) {
+		snprintf(first, flen, "pool");
+		return 0;
+	}
 	return cdisk_server_first_export(srv, first, flen);
 }
 

@@ -322,6 +322,28 @@ int cdisk_restore_metadata(struct cdisk_ctx *ctx, const char *path,
  * so here.  *changed is false when it was not unconfirmed. */
 int cdisk_restore_confirm(struct cdisk_ctx *ctx, const char *path, bool *changed);
 
+/* ---- a pool of per-user images (pool.c) ---- */
+
+/* One image of a pool, as a scan of its folder finds it. */
+struct cdisk_pool_image {
+	const char *user;        /* "shared" for the golden images */
+	const char *image;       /* the file's name without ".cdisk" */
+	const char *export_name; /* USER/IMAGE */
+	const char *path;
+	bool shared;             /* read-only for everyone */
+	uint64_t size;           /* the disk's size; 0 when unreadable */
+	uint64_t used_bytes;     /* what the file takes on its filesystem */
+	const char *skipped;     /* NULL, or why it is not served (no path
+	                            then when it would lead out of the pool) */
+};
+
+typedef int (*cdisk_pool_cb)(void *opaque, const struct cdisk_pool_image *image);
+/* Every image of the pool at dir, or only user's (NULL: all), sorted by
+ * export name; entries that cannot be served are reported with the
+ * reason.  A callback's non-zero return stops the walk and is returned. */
+int cdisk_pool_list(struct cdisk_ctx *ctx, const char *dir, const char *user,
+		    cdisk_pool_cb cb, void *opaque);
+
 /* ---- serving (cdisk-serve) ---- */
 
 struct cdisk_server;
@@ -376,6 +398,11 @@ int cdisk_server_set_sync_policy(struct cdisk_server *server, uint32_t every_sec
  * keep the configuration's. */
 int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout_ms,
 				   int fail, uint32_t failover_ms);
+/* Serve the pool dir too: DIR/USER/IMAGE.cdisk as export USER/IMAGE and
+ * DIR/shared/IMAGE.cdisk as the read-only shared/IMAGE, found again when
+ * the folder changes (inotify) and on the control verb "rescan";
+ * read_only: every image read-only. */
+int cdisk_server_set_pool(struct cdisk_server *server, const char *dir, bool read_only);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);
 

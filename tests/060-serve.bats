@@ -233,7 +233,7 @@ wait_recv_q() {
 
 @test "bad arguments: nothing to serve, bad export, missing disk, busy disk" {
 	run_cdisk 2 cdisk-serve
-	assert_usage_error cdisk-serve "nothing to serve: give NAME.cdisk, --export NAME=PATH or --config FILE"
+	assert_usage_error cdisk-serve "nothing to serve: give NAME.cdisk, --export NAME=PATH, --config FILE or --pool DIR"
 	run_cdisk 2 cdisk-serve --export =x.cdisk
 	assert_usage_error cdisk-serve "invalid export '=x.cdisk': expected NAME=PATH"
 	run_cdisk 6 cdisk-serve nothere.cdisk

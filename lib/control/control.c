@@ -18,6 +18,7 @@
 
 #include "cdisk.h"
 #include "control.h"
+#include "pool.h"
 #include "server.h"
 #include "text.h"
 #include "util.h"
@@ -123,11 +124,15 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 
 	if (!disk)
 		return error_reply(-EINVAL, "'info' needs \"disk\"");
+	/* A pool's image is held while it is looked at: it may be removed. */
+	if (!e)
+		e = cd_pool_get_by_path(s->pool, disk);
 	if (!e)
 		return error_reply(-ENOENT, "'%s' is not served here", disk);
 	cdisk_get_info(e->disk, &info);
 	r = ok_reply();
 	json_object_set_new(r, "export", json_string(e->name));
+	cd_server_put_export(e);
 	json_object_set_new(r, "info", cd_control_info_to_json(&info));
 	return r;
 }
@@ -368,6 +373,97 @@ static bool is_mirror_verb(const char *command)
 	return false;
 }
 
+/* ---- the pool (cdisk-serve --pool) ---- */
+
+static json_t *no_pool(void)
+{
+	return error_reply(-ENOENT, "this server has no pool (cdisk-serve --pool DIR)");
+}
+
+static json_t *cmd_rescan(struct cdisk_server *s)
+{
+	struct cd_pool_scan res;
+	json_t *r, *skipped;
+
+	if (!s->pool)
+		return no_pool();
+	if (cd_pool_rescan(s->pool, &res) < 0)
+		return error_reply(-EIO, "%s", cdisk_ctx_error(s->ctx));
+	r = ok_reply();
+	skipped = json_array();
+	for (size_t i = 0; i < res.nskipped; i++)
+		json_array_append_new(skipped, json_pack("{s:s, s:s}", "name",
+							 res.skipped[i].name, "reason",
+							 res.skipped[i].reason));
+	json_object_set_new(r, "added", json_integer(res.added));
+	json_object_set_new(r, "removed", json_integer(res.removed));
+	json_object_set_new(r, "served", json_integer(res.served));
+	json_object_set_new(r, "skipped", skipped);
+	cd_pool_scan_free(&res);
+	return r;
+}
+
+static int list_image(void *opaque, const struct cdisk_pool_image *img, int connections)
+{
+	json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:I, s:b}", "export",
+			      img->export_name, "user", img->user, "image", img->image,
+			      "read_only", img->shared, "size", (json_int_t)img->size,
+			      "used_bytes", (json_int_t)img->used_bytes, "served",
+			      connections >= 0);
+
+	if (connections >= 0)
+		json_object_set_new(o, "connections", json_integer(connections));
+	if (img->skipped)
+		json_object_set_new(o, "skipped", json_string(img->skipped));
+	else
+		json_object_set_new(o, "path", json_string(img->path));
+	json_array_append_new(opaque, o);
+	return 0;
+}
+
+static json_t *cmd_pool_list(struct cdisk_server *s, json_t *req)
+{
+	const char *user = json_string_value(json_object_get(req, "user"));
+	json_t *list, *r;
+	int rc;
+
+	if (!s->pool)
+		return no_pool();
+	list = json_array();
+	rc = cd_pool_list_served(s->pool, user, list_image, list);
+	if (rc < 0) {
+		json_decref(list);
+		return error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
+	}
+	r = ok_reply();
+	json_object_set_new(r, "images", list);
+	return r;
+}
+
+/* pool-create and pool-delete: a user's image by its two names. */
+static json_t *cmd_pool_change(struct cdisk_server *s, json_t *req, bool create)
+{
+	const char *user = NULL, *image = NULL, *base = NULL;
+	json_int_t size = 0;
+	int rc;
+
+	if (!s->pool)
+		return no_pool();
+	if (json_unpack(req, "{s:s, s:s, s?I, s?s}", "user", &user, "image", &image,
+			"size", &size, "base", &base) < 0 || size < 0)
+		return error_reply(-EINVAL, "'%s' needs \"user\" and \"image\"%s",
+				   create ? "pool-create" : "pool-delete",
+				   create ? ", and \"size\" or \"base\"" : "");
+	rc = create ? cd_pool_create(s->pool, user, image, (uint64_t)size, base)
+		    : cd_pool_delete(s->pool, user, image);
+	if (rc < 0) {
+		json_t *r = error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
+		json_object_set_new(r, "errno", json_integer(-rc));
+		return r;
+	}
+	return ok_reply();
+}
+
 /* Verbs that change state (flush, sync, stop, the mirror's but its
  * status): only for root, the server's own user and the control socket's
  * group.  Looking is for anyone who can open the socket. */
@@ -375,7 +471,7 @@ static bool changes_state(const char *command)
 {
 	return strcmp(command, "status") && strcmp(command, "info") &&
 	       strcmp(command, "sync-status") && strcmp(command, "sync-dry-run") &&
-	       strcmp(command, "mirror-status");
+	       strcmp(command, "mirror-status") && strcmp(command, "pool-list");
 }
 
 static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
@@ -409,6 +505,12 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = cmd_sync_status(s, req);
 	else if (!strcmp(command, "sync-stop"))
 		reply = cmd_sync_stop(s, req);
+	else if (!strcmp(command, "rescan"))
+		reply = cmd_rescan(s);
+	else if (!strcmp(command, "pool-list"))
+		reply = cmd_pool_list(s, req);
+	else if (!strcmp(command, "pool-create") || !strcmp(command, "pool-delete"))
+		reply = cmd_pool_change(s, req, !strcmp(command, "pool-create"));
 	else if (is_mirror_verb(command))
 		reply = cmd_mirror(s, req, command + strlen("mirror-"));
 	else

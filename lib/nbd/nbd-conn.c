@@ -667,6 +667,9 @@ static void *connection(void *arg)
 	c->fd = -1;
 	c->done = true;
 	pthread_mutex_unlock(&c->nbd.srv->lock);
+	/* Past done a reload no longer looks at it: a pool's image may go. */
+	cd_server_put_export(c->nbd.exp);
+	c->nbd.exp = NULL;
 	return NULL;
 }
 

@@ -13,6 +13,7 @@
 #include "cdisk.h"
 #include "nbd-proto.h"
 #include "nbd.h"
+#include "pool.h"
 #include "users.h"
 #include "util.h"
 
@@ -259,9 +260,11 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 	for (uint16_t i = 0; i < nreq; i++)
 		if (get_be16(p + 2 * i) == NBD_INFO_NAME)
 			want_name = true;
-	e = cd_server_find_export(s->srv, name);
-	if (!e || !cd_nbd_allowed(s, e, &readonly))
+	e = cd_server_get_export(s->srv, name);
+	if (!e || !cd_nbd_allowed(s, e, &readonly)) {
+		cd_server_put_export(e);
 		return refuse(s, opt, name, e != NULL);
+	}
 	/* Block sizes are always sent: our minimum is the disk's block. */
 	r = send_info_export(s, opt, e, readonly);
 	if (r == 0)
@@ -270,36 +273,62 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 		r = send_info_name(s, opt, e);
 	if (r == 0)
 		r = opt_reply(s, opt, NBD_REP_ACK, NULL, 0);
-	if (r < 0 || opt == NBD_OPT_INFO)
+	if (r < 0 || opt == NBD_OPT_INFO) {
+		cd_server_put_export(e);
 		return r;
-	s->exp = e;
+	}
+	s->exp = e;   /* held until the connection ends */
 	s->readonly = readonly;
 	return 1;
 }
 
+static int list_one(struct cd_nbd_session *s, const struct cd_export *e)
+{
+	size_t n = strlen(e->name);
+	uint8_t *b;
+	int r;
+
+	if (!cd_nbd_allowed(s, e, NULL))
+		return 0;
+	b = malloc(4 + n);
+	if (!b)
+		return -ENOMEM;
+	put_be32(b, (uint32_t)n);
+	memcpy(b + 4, e->name, n);
+	r = opt_reply(s, NBD_OPT_LIST, NBD_REP_SERVER, b, (uint32_t)(4 + n));
+	free(b);
+	return r;
+}
+
+/* A pool's images by name, taken before anything is sent: no lock of the
+ * pool is held across network I/O.  They have no lists of their own. */
+static int list_pool(struct cd_nbd_session *s)
+{
+	char **names;
+	size_t n;
+	int r = cd_pool_names(s->srv->pool, &names, &n);
+
+	for (size_t i = 0; i < n; i++) {
+		struct cd_export e = { .name = names[i] };
+		if (r == 0)
+			r = list_one(s, &e);
+		free(names[i]);
+	}
+	free(names);
+	return r;
+}
+
 static int opt_list(struct cd_nbd_session *s, uint32_t len)
 {
+	int r = 0;
+
 	if (len)
 		return opt_error(s, NBD_OPT_LIST, NBD_REP_ERR_INVALID, "LIST takes no data");
-	for (size_t i = 0; i < s->srv->nexports; i++) {
-		const char *name = s->srv->exports[i].name;
-		size_t n = strlen(name);
-		uint8_t *b;
-		int r;
-
-		if (!cd_nbd_allowed(s, &s->srv->exports[i], NULL))
-			continue;
-		b = malloc(4 + n);
-		if (!b)
-			return -ENOMEM;
-		put_be32(b, (uint32_t)n);
-		memcpy(b + 4, name, n);
-		r = opt_reply(s, NBD_OPT_LIST, NBD_REP_SERVER, b, (uint32_t)(4 + n));
-		free(b);
-		if (r < 0)
-			return r;
-	}
-	return opt_reply(s, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
+	for (size_t i = 0; r == 0 && i < s->srv->nexports; i++)
+		r = list_one(s, &s->srv->exports[i]);
+	if (r == 0)
+		r = list_pool(s);
+	return r < 0 ? r : opt_reply(s, NBD_OPT_LIST, NBD_REP_ACK, NULL, 0);
 }
 
 static int send_meta_context(struct cd_nbd_session *s, uint32_t opt)
@@ -329,9 +358,12 @@ static int opt_meta_context(struct cd_nbd_session *s, uint32_t opt, const uint8_
 		return opt_error(s, opt, NBD_REP_ERR_INVALID, "malformed request");
 	nq = get_be32(p);
 	p += 4;
-	e = cd_server_find_export(s->srv, name);
-	if (!e || !cd_nbd_allowed(s, e, NULL))
+	e = cd_server_get_export(s->srv, name);
+	found = e && cd_nbd_allowed(s, e, NULL);
+	cd_server_put_export(e);
+	if (!found)
 		return refuse(s, opt, name, e != NULL);
+	found = false;
 	if (nq == 0 && opt == NBD_OPT_LIST_META_CONTEXT)
 		found = true;
 	for (uint32_t i = 0; i < nq; i++) {
@@ -361,10 +393,11 @@ static int opt_export_name(struct cd_nbd_session *s, const uint8_t *p, uint32_t 
 	memcpy(name, p, len);
 	name[len] = 0;
 	/* This old option has no way to say no: the connection just ends. */
-	s->exp = cd_server_find_export(s->srv, name);
+	s->exp = cd_server_get_export(s->srv, name);
 	if (!s->exp)
 		return -ENOENT;
 	if (!cd_nbd_allowed(s, s->exp, &s->readonly)) {
+		cd_server_put_export(s->exp);
 		s->exp = NULL;
 		return s->srv->users_on ? -ENOENT : -EACCES;
 	}

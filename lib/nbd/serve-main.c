@@ -18,6 +18,7 @@
 #include "cdisk.h"
 #include "ctx.h"
 #include "nbd-conn.h"
+#include "pool.h"
 #include "queue.h"
 #include "server.h"
 #include "users.h"
@@ -33,6 +34,20 @@ struct cd_export *cd_server_find_export(struct cdisk_server *srv, const char *na
 		if (strcmp(srv->exports[i].name, name) == 0)
 			return &srv->exports[i];
 	return NULL;
+}
+
+struct cd_export *cd_server_get_export(struct cdisk_server *srv, const char *name)
+{
+	struct cd_export *e = cd_server_find_export(srv, name);
+
+	/* A name with '/' is never a fixed export's, always a pool's. */
+	return e ? e : cd_pool_get(srv->pool, name);
+}
+
+void cd_server_put_export(struct cd_export *e)
+{
+	if (e && e->pool)
+		cd_pool_put(e);
 }
 
 /* ---- the server ---- */
@@ -97,6 +112,25 @@ int cdisk_server_set_users(struct cdisk_server *s, const char *users_path,
 	s->users = users;
 	s->psk = psk;
 	s->users_on = users != NULL;
+	return 0;
+}
+
+int cdisk_server_set_pool(struct cdisk_server *s, const char *dir, bool read_only)
+{
+	struct cd_pool_scan res;
+	int r;
+
+	if (s->pool)
+		return cd_error(s->ctx, -EINVAL, "one pool only");
+	r = cd_pool_open(s->ctx, dir, read_only, &s->pool);
+	if (r == 0)
+		r = cd_pool_rescan(s->pool, &res);
+	if (r < 0)
+		return r;
+	for (size_t i = 0; i < res.nskipped; i++)
+		cd_log(s->ctx, CDISK_LOG_WARNING, "pool: not serving '%s': %s",
+		       res.skipped[i].name, res.skipped[i].reason);
+	cd_pool_scan_free(&res);
 	return 0;
 }
 
@@ -357,8 +391,9 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	if (r < 0)
 		return r;
 	for (;;) {
-		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 3];
-		size_t n = 0, first_listener, reload = 0;
+		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 4];
+		size_t n = 0, first_listener, reload = 0, pool = 0;
+		int timeout = cd_pool_timeout_ms(s->pool);
 
 		p[n++] = (struct pollfd){ .fd = stop_fd, .events = POLLIN };
 		if (s->control_fd >= 0)
@@ -367,10 +402,15 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			reload = n;
 			p[n++] = (struct pollfd){ .fd = s->reload_fd, .events = POLLIN };
 		}
+		if (cd_pool_fd(s->pool) >= 0) {
+			pool = n;
+			p[n++] = (struct pollfd){ .fd = cd_pool_fd(s->pool), .events = POLLIN };
+		}
 		first_listener = n;
 		for (size_t i = 0; i < s->nlisten; i++)
 			p[n++] = (struct pollfd){ .fd = s->listen[i].fd, .events = POLLIN };
-		if (poll(p, n, 1000) < 0 && errno != EINTR)
+		if (poll(p, n, timeout < 0 || timeout > 1000 ? 1000 : timeout) < 0 &&
+		    errno != EINTR)
 			break;
 		cd_conn_reap(s, false);
 		struct cd_queue *queue = __atomic_load_n(&s->queue, __ATOMIC_ACQUIRE);
@@ -382,6 +422,9 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			cd_control_serve_one(s);
 		if (reload && p[reload].revents & POLLIN)
 			reload_now(s);
+		if (pool && p[pool].revents & POLLIN)
+			cd_pool_events(s->pool);
+		cd_pool_tick(s->pool);
 		for (size_t i = 0; i < s->nlisten; i++)
 			if (p[first_listener + i].revents & POLLIN)
 				accept_one(s, s->listen[i].fd, s->listen[i].tcp);
@@ -394,6 +437,9 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	cd_control_stop_policy(s);
 	cd_control_wait_idle(s);
 	cd_control_stop_syncs(s);
+	/* No connection or control request holds a pool image any more. */
+	cd_pool_free(s->pool);
+	s->pool = NULL;
 	for (size_t i = 0; i < s->nexports; i++) {
 		int rc = cdisk_close(s->exports[i].disk);
 		s->exports[i].disk = NULL;
@@ -437,6 +483,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	free(s->control_path);
 	cd_tls_free(s->tls);
 	cd_control_stop_syncs(s);
+	cd_pool_free(s->pool);
 	for (size_t i = 0; i < s->nexports; i++) {
 		if (s->exports[i].disk)
 			cdisk_close(s->exports[i].disk);

@@ -40,6 +40,7 @@ struct cd_export {
 	unsigned connections;
 	uint64_t requests;
 	struct cd_sync_job sync;   /* under the server's lock */
+	struct cd_pool *pool;      /* a pool's image (pool.c); NULL: fixed */
 };
 
 struct cd_listener {
@@ -54,6 +55,7 @@ struct cd_tls;
 struct cd_queue;
 struct cd_users;
 struct cd_psk;
+struct cd_pool;
 
 struct cdisk_server {
 	struct cdisk_ctx *ctx;
@@ -84,6 +86,7 @@ struct cdisk_server {
 	struct cd_psk *psk;
 	char *users_path, *psk_path;
 	int reload_fd;             /* readable: reload both (SIGHUP); -1: none */
+	struct cd_pool *pool;      /* --pool; NULL: none */
 };
 
 /* TLS (tls.c); dir NULL: no certificates (pre-shared keys only). */
@@ -101,6 +104,10 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
+/* The export by name, fixed or from the pool, held until put: a pool's
+ * image removed meanwhile stays open for its holders. */
+struct cd_export *cd_server_get_export(struct cdisk_server *s, const char *name);
+void cd_server_put_export(struct cd_export *e);
 /* Limit an export to these certificate names and unix users, which it
  * takes over (exports.c). */
 int cd_server_restrict_export(struct cdisk_server *s, const char *name,
