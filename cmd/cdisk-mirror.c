@@ -550,31 +550,48 @@ static int print_verify_json(const char *path, const char *uri,
 }
 
 /* The differing ranges on stdout (bytes: offset and length), the summary
- * on stderr. */
+ * on stderr (-q: none). */
 static void print_verify_human(const char *path, const char *uri,
 			       const struct cdisk_verify_result *v)
 {
-	char a[32], b[32];
+	char a[32];
 
 	for (size_t i = 0; i < v->nranges; i++)
 		printf("%" PRIu64 " %" PRIu64 "\n", v->ranges[i].offset, v->ranges[i].length);
-	cli_message("'%s': %s compared with mirror '%s' in %.1f s: %s", path,
-		    cd_format_size(v->compared_bytes, a, sizeof(a)), uri, v->seconds,
-		    v->nranges ? "DIFFERENT" : "identical");
+	fflush(stdout);
+	if (cli.quiet)
+		return;
+	cli_error("'%s': %s compared with mirror '%s' in %.1f s: %s", path,
+		  cd_format_size(v->compared_bytes, a, sizeof(a)), uri, v->seconds,
+		  v->nranges ? "different" : "identical");
 	if (v->nranges)
 		cli_error("'%s': %s in %zu range%s differ%s", path,
 			  cd_format_size(v->differing_bytes, a, sizeof(a)), v->nranges,
-			  cli_plural(v->nranges), v->repaired ? "; set out of sync for a "
-			  "resync" : "; 'cdisk-mirror verify --repair' resends them");
+			  cli_plural(v->nranges), v->repaired ? "; set out of sync, resyncing"
+			  : "; 'cdisk-mirror verify --repair' resends them");
 	if (v->out_of_sync_bytes)
-		cli_message("'%s': %s out of sync not compared (known to differ; the copy "
-			    "sends them)", path, cd_format_size(v->out_of_sync_bytes, a,
-								 sizeof(a)));
+		cli_error("'%s': %s out of sync not compared (known to differ; the copy "
+			  "sends them)", path, cd_format_size(v->out_of_sync_bytes, a,
+							      sizeof(a)));
 	if (v->busy_bytes)
-		cli_message("'%s': %s not compared: written again at every try", path,
-			    cd_format_size(v->busy_bytes, b, sizeof(b)));
+		cli_error("'%s': %s not compared: written again at every try", path,
+			  cd_format_size(v->busy_bytes, a, sizeof(a)));
 	if (v->stopped)
 		cli_error("'%s': stopped before the end", path);
+}
+
+/* The resync of a repair, its messages of success kept off stdout (the
+ * ranges' or the JSON's); its exit code. */
+static int verify_resync(struct cdisk_ctx *ctx, struct cdisk *d, const char *path)
+{
+	int quiet = cli.quiet, r;
+
+	cli.quiet = 1;
+	r = d ? copy_idle(d, path) : wait_in_sync(ctx, path);
+	cli.quiet = quiet;
+	if (r == 0 && !quiet)
+		cli_error("'%s': resynced; the mirror is in sync", path);
+	return r;
 }
 
 /* After the verify, and the resync of a repair (resynced: its exit code,
@@ -619,7 +636,7 @@ static int verify_idle(struct cdisk_ctx *ctx, struct cdisk *d, const char *path)
 	/* The resync's own messages come after the verify's. */
 	if (!cli.json)
 		print_verify_human(path, s.uri, &v);
-	r = verify_finish(path, s.uri, &v, v.repaired ? copy_idle(d, path) : 0);
+	r = verify_finish(path, s.uri, &v, v.repaired ? verify_resync(ctx, d, path) : 0);
 	cdisk_verify_result_free(&v);
 	return r;
 }
@@ -643,7 +660,7 @@ static int verify_served(struct cdisk_ctx *ctx, const char *path)
 		return verify_failed(ctx, r);
 	if (!cli.json)
 		print_verify_human(path, s.uri, &v);
-	r = verify_finish(path, s.uri, &v, v.repaired ? wait_in_sync(ctx, path) : 0);
+	r = verify_finish(path, s.uri, &v, v.repaired ? verify_resync(ctx, NULL, path) : 0);
 	cdisk_verify_result_free(&v);
 	return r;
 }
