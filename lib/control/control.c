@@ -334,7 +334,7 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 	return cdisk_mirror_resync(e->disk, json_is_true(json_object_get(req, "full")));
 }
 
-/* mirror-attach, -detach, -pause, -resume, -resync and -status: the
+/* mirror-attach, -detach, -pause, -resume, -resync, -verify and -status: the
  * library's calls on the served disk, answered with the mirror's status
  * after them.  The copy is the keeper thread's (cdisk_mirror_start), so
  * an attach is answered once the mirror is checked and recorded. */

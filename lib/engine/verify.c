@@ -165,6 +165,27 @@ static int judge_locked(struct verify *v, uint64_t first, uint64_t count, size_t
 	return r;
 }
 
+/* Under the lock: claim the region's blocks in sync.  Blocks out of sync
+ * are left alone: a copy may have claimed them, and a claim put back on a
+ * block a write has since unclaimed would let that copy record an older
+ * block as sent. */
+static int claim_locked(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	const struct cd_bitmap *oos = cd_mirror_oos(d);
+	uint64_t end = first + count;
+	int r = 0;
+
+	for (uint64_t b = cd_bitmap_find(oos, first, false); b < end && r == 0;) {
+		uint64_t stop = cd_bitmap_find(oos, b, true);
+
+		if (stop > end)
+			stop = end;
+		r = cd_bitmap_assign(&d->mirror->claimed, b, stop - b, true);
+		b = cd_bitmap_find(oos, stop, false);
+	}
+	return r < 0 ? cd_error(d->ctx, r, "'%s': out of memory", d->path) : 0;
+}
+
 static int compare(struct verify *v, uint64_t first, uint64_t count)
 {
 	struct cdisk *d = v->d;
@@ -177,7 +198,7 @@ static int compare(struct verify *v, uint64_t first, uint64_t count)
 	pthread_mutex_lock(&d->lock);
 	r = check_state_locked(d, v->served, false);
 	if (r == 0)
-		r = cd_bitmap_assign(&d->mirror->claimed, first, count, true);
+		r = claim_locked(d, first, count);
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0)
 		return r;
