@@ -230,6 +230,11 @@ static int compare_run(struct verify *v, uint64_t first, uint64_t count, bool fi
 		uint64_t n = end - b < per - b % per ? end - b : per - b % per;
 
 		if (stopped(v)) {
+			/* A pause or a detach stops the keeper's work: say
+			 * which, as a verify asked for then is refused. */
+			pthread_mutex_lock(&v->d->lock);
+			r = check_state_locked(v->d, v->served, false);
+			pthread_mutex_unlock(&v->d->lock);
 			v->res->stopped = true;
 			break;
 		}
