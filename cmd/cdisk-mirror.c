@@ -18,11 +18,11 @@ static const struct cli_program program = {
 	.name = "cdisk-mirror",
 	.args = "COMMAND NAME.cdisk [URI]",
 	.summary = "keep a synchronous mirror of a cdisk: attach, detach, pause, "
-		   "resume, resync, status, failover",
+		   "resume, resync, status, failover, verify",
 };
 
 static char *rate_arg;
-static int max_time, full, no_copy, no_wait, force;
+static int max_time, full, no_copy, no_wait, force, repair;
 
 static struct poptOption options[] = {
 	{ "full", '\0', POPT_ARG_NONE, &full, 0,
@@ -32,9 +32,11 @@ static struct poptOption options[] = {
 	{ "no-wait", '\0', POPT_ARG_NONE, &no_wait, 0,
 	  "With attach, resume, resync: return once the verb is accepted, without "
 	  "waiting for the copy", NULL },
+	{ "repair", '\0', POPT_ARG_NONE, &repair, 0,
+	  "With verify: set the differing blocks out of sync and resync them", NULL },
 	{ "rate", '\0', POPT_ARG_STRING, &rate_arg, 0,
-	  "Copy at most RATE bytes per second (an idle disk's copy; K/M/G suffixes)",
-	  "RATE" },
+	  "Copy at most RATE bytes per second (an idle disk's copy; K/M/G suffixes); "
+	  "with verify: read at most RATE bytes per second from each side", "RATE" },
 	{ "max-time", '\0', POPT_ARG_INT, &max_time, 0,
 	  "Copy, or wait for the server's copy, at most SECONDS (exit 8 if data is "
 	  "left)", "SECONDS" },
@@ -42,17 +44,17 @@ static struct poptOption options[] = {
 	  "With failover: fail over to a mirror that is not in sync, losing what it "
 	  "lacks", NULL },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
-	  "With status: print the status as JSON", NULL },
+	  "With status and verify: print the result as JSON", NULL },
 	CLI_COMMON_OPTIONS,
 	POPT_TABLEEND
 };
 
-enum command { ATTACH, DETACH, PAUSE, RESUME, RESYNC, STATUS, FAILOVER };
+enum command { ATTACH, DETACH, PAUSE, RESUME, RESYNC, STATUS, FAILOVER, VERIFY };
 
 static const char *const command_names[] = {
 	[ATTACH] = "attach", [DETACH] = "detach", [PAUSE] = "pause",
 	[RESUME] = "resume", [RESYNC] = "resync", [STATUS] = "status",
-	[FAILOVER] = "failover",
+	[FAILOVER] = "failover", [VERIFY] = "verify",
 };
 
 static const char *const state_names[] = {
@@ -560,6 +562,177 @@ static int run_served(struct cdisk_ctx *ctx, enum command c, const char *path,
 	return wait_in_sync(ctx, path);
 }
 
+/* ---- verify ---- */
+
+static void show_verify_progress(void *opaque, uint64_t done, uint64_t total)
+{
+	char a[32], b[32];
+
+	(void)opaque;
+	cli_progress("%s of %s compared", cd_format_size(done, a, sizeof(a)),
+		     cd_format_size(total, b, sizeof(b)));
+}
+
+static void verify_options(struct cdisk_verify_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->repair = repair;
+	o->rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
+	o->stop = &interrupted;
+	if (cli_show_progress() && !cli.json)
+		o->progress = show_verify_progress;
+}
+
+/* A verify the mirror's state or another verify refuses is one line and
+ * exit 10: nothing was compared and nothing changed. */
+static int verify_failed(struct cdisk_ctx *ctx, int r)
+{
+	if (r != -EAGAIN && r != -EALREADY)
+		return r;
+	cli_error("%s", cdisk_ctx_error(ctx));
+	return CDISK_EXIT_REFUSED;
+}
+
+static int print_verify_json(const char *path, const char *uri,
+			     const struct cdisk_verify_result *v, bool in_sync)
+{
+	json_t *ranges = json_array();
+	json_t *j;
+
+	for (size_t i = 0; i < v->nranges; i++)
+		json_array_append_new(ranges, json_pack("{s:I, s:I}",
+			"offset", (json_int_t)v->ranges[i].offset,
+			"length", (json_int_t)v->ranges[i].length));
+	j = json_pack("{s:i, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:b, "
+		      "s:b, s:f, s:o}",
+		      "schema_version", 1, "disk", path, "mirror", uri,
+		      "identical", !v->nranges, "size", (json_int_t)v->size,
+		      "compared_bytes", (json_int_t)v->compared_bytes,
+		      "differing_bytes", (json_int_t)v->differing_bytes,
+		      "out_of_sync_bytes", (json_int_t)v->out_of_sync_bytes,
+		      "busy_bytes", (json_int_t)v->busy_bytes,
+		      "recompared_bytes", (json_int_t)v->recompared_bytes,
+		      "repaired", v->repaired, "in_sync", in_sync, "stopped", v->stopped,
+		      "served", v->served, "seconds", v->seconds, "differences", ranges);
+	return cli_print_json(j);
+}
+
+/* The differing ranges on stdout (bytes: offset and length), the summary
+ * on stderr (-q: none). */
+static void print_verify_human(const char *path, const char *uri,
+			       const struct cdisk_verify_result *v)
+{
+	char a[32];
+
+	for (size_t i = 0; i < v->nranges; i++)
+		printf("%" PRIu64 " %" PRIu64 "\n", v->ranges[i].offset, v->ranges[i].length);
+	fflush(stdout);
+	if (cli.quiet)
+		return;
+	cli_error("'%s': %s compared with mirror '%s' in %.1f s: %s", path,
+		  cd_format_size(v->compared_bytes, a, sizeof(a)), uri, v->seconds,
+		  v->nranges ? "different" : "identical");
+	if (v->nranges)
+		cli_error("'%s': %s in %zu range%s differ%s", path,
+			  cd_format_size(v->differing_bytes, a, sizeof(a)), v->nranges,
+			  cli_plural(v->nranges), v->repaired ? "; set out of sync, resyncing"
+			  : "; 'cdisk-mirror verify --repair' resends them");
+	if (v->out_of_sync_bytes)
+		cli_error("'%s': %s out of sync not compared (known to differ; the copy "
+			  "sends them)", path, cd_format_size(v->out_of_sync_bytes, a,
+							      sizeof(a)));
+	if (v->busy_bytes)
+		cli_error("'%s': %s not compared: written again at every try", path,
+			  cd_format_size(v->busy_bytes, a, sizeof(a)));
+	if (v->stopped)
+		cli_error("'%s': stopped before the end", path);
+}
+
+/* The resync of a repair, its messages of success kept off stdout (the
+ * ranges' or the JSON's); its exit code. */
+static int verify_resync(struct cdisk_ctx *ctx, struct cdisk *d, const char *path)
+{
+	int quiet = cli.quiet, r;
+
+	cli.quiet = 1;
+	r = d ? copy_idle(d, path) : wait_in_sync(ctx, path);
+	cli.quiet = quiet;
+	if (r == 0 && !quiet)
+		cli_error("'%s': resynced; the mirror is in sync", path);
+	return r;
+}
+
+/* After the verify, and the resync of a repair (resynced: its exit code,
+ * 0 when the mirror is in sync again): the JSON, written once complete,
+ * and the exit code.  0 when identical; 9 (the mirror is not a copy of
+ * the disk: an unhealthy verdict, as status gives) when a range differs,
+ * repaired or not; 8 when stopped, or written throughout, before all was
+ * compared. */
+static int verify_finish(const char *path, const char *uri,
+			 const struct cdisk_verify_result *v, int resynced)
+{
+	int r = 0;
+
+	if (cli.json)
+		r = print_verify_json(path, uri, v, v->repaired && resynced == 0);
+	if (r < 0 || resynced != 0)
+		return r < 0 ? r : resynced;
+	if (v->nranges)
+		return CDISK_EXIT_UNHEALTHY;
+	return v->stopped || v->busy_bytes ? CDISK_EXIT_TRY_LATER : 0;
+}
+
+static int verify_idle(struct cdisk_ctx *ctx, struct cdisk *d, const char *path)
+{
+	struct cdisk_verify_opts o;
+	struct cdisk_verify_result v;
+	struct cdisk_mirror_status s;
+	int r = cdisk_mirror_get_status(d, &s);
+
+	if (r < 0)
+		return r;
+	if (s.state == CDISK_MIRROR_NONE)
+		return has_no_mirror(path);
+	verify_options(&o);
+	running = d;
+	r = cdisk_mirror_verify(d, &o, &v);
+	running = NULL;
+	if (o.progress)
+		fputc('\n', stderr);
+	if (r < 0)
+		return verify_failed(ctx, r);
+	/* The resync's own messages come after the verify's. */
+	if (!cli.json)
+		print_verify_human(path, s.uri, &v);
+	r = verify_finish(path, s.uri, &v, v.repaired ? verify_resync(ctx, d, path) : 0);
+	cdisk_verify_result_free(&v);
+	return r;
+}
+
+static int verify_served(struct cdisk_ctx *ctx, const char *path)
+{
+	struct cdisk_verify_opts o;
+	struct cdisk_verify_result v;
+	struct cdisk_mirror_status s;
+	int r = cdisk_mirror_via_owner(ctx, path, CDISK_MIRROR_STATUS, NULL, &s);
+
+	if (r < 0)
+		return r;
+	if (s.state == CDISK_MIRROR_NONE)
+		return has_no_mirror(path);
+	verify_options(&o);
+	r = cdisk_mirror_verify_via_owner(ctx, path, &o, &v);
+	if (o.progress)
+		fputc('\n', stderr);
+	if (r < 0)
+		return verify_failed(ctx, r);
+	if (!cli.json)
+		print_verify_human(path, s.uri, &v);
+	r = verify_finish(path, s.uri, &v, v.repaired ? verify_resync(ctx, NULL, path) : 0);
+	cdisk_verify_result_free(&v);
+	return r;
+}
+
 /* ---- the command line ---- */
 
 static enum command parse_command(const char *word)
@@ -568,7 +741,7 @@ static enum command parse_command(const char *word)
 		if (!strcmp(word, command_names[i]))
 			return (enum command)i;
 	cli_usage_error("unknown command '%s': expected attach, detach, pause, resume, "
-			"resync, status or failover", word);
+			"resync, status, failover or verify", word);
 }
 
 static void check_options(enum command c, const char *uri)
@@ -586,11 +759,16 @@ static void check_options(enum command c, const char *uri)
 		cli_usage_error("--no-copy goes with attach");
 	if (no_wait && c != ATTACH && c != RESUME && c != RESYNC)
 		cli_usage_error("--no-wait goes with attach, resume and resync");
-	if (cli.json && c != STATUS)
-		cli_usage_error("--json goes with status");
+	if (cli.json && c != STATUS && c != VERIFY)
+		cli_usage_error("--json goes with status and verify");
+	if (repair && c != VERIFY)
+		cli_usage_error("--repair goes with verify");
+	if (max_time && c == VERIFY)
+		cli_usage_error("--max-time goes with attach, resume and resync");
 	if ((rate_arg || max_time) && (c == STATUS || c == DETACH || c == PAUSE ||
 				       c == FAILOVER))
-		cli_usage_error("--rate and --max-time go with attach, resume and resync");
+		cli_usage_error("--rate and --max-time go with attach, resume, resync "
+				"and verify");
 	if (max_time < 0)
 		cli_usage_error("--max-time must not be negative");
 	if (rate_arg)
@@ -616,12 +794,12 @@ int main(int argc, char **argv)
 	ctx = cli_context();
 	r = cdisk_open(ctx, path, open_flags(c), &d);
 	if (r == 0) {
-		r = run_idle(d, c, path, uri);
+		r = c == VERIFY ? verify_idle(ctx, d, path) : run_idle(d, c, path, uri);
 		int closed = cdisk_close(d);
 		if (r == 0)
 			r = closed;
 	} else if (r == -EBUSY) {
-		r = run_served(ctx, c, path, uri);
+		r = c == VERIFY ? verify_served(ctx, path) : run_served(ctx, c, path, uri);
 	}
 	/* r > 0: an exit code whose message is out already. */
 	r = r > 0 ? (cli_exit_code(ctx, 0) ? CDISK_EXIT_FAILURE : r) : cli_exit_code(ctx, r);

@@ -658,4 +658,52 @@ int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
 			   enum cdisk_mirror_verb verb, const char *uri,
 			   struct cdisk_mirror_status *status);
 
+/* Online verify (verify.c): read the disk's data (cdisk_pread's view:
+ * the primary, or the overlay over its base) and the mirror's, region by
+ * region, and compare the bytes; blocks out of sync are not compared.  A
+ * region a write lands on meanwhile is compared again later, so live
+ * writes give no false difference.  With repair the differing blocks are
+ * set out of sync, durably, for the next copy (an idle disk's caller
+ * runs cdisk_mirror_copy; a served disk's keeper resyncs). */
+#define CDISK_VERIFY_RATE (64ull << 20)   /* bytes a second, by default */
+
+struct cdisk_verify_opts {
+	bool repair;
+	uint64_t rate;              /* bytes a second read from each side; 0: the default */
+	/* Called after each region (the calling thread); bytes done of total. */
+	void (*progress)(void *opaque, uint64_t done, uint64_t total);
+	void *opaque;
+	volatile sig_atomic_t *stop;   /* nonzero: stop after the region under way */
+};
+
+struct cdisk_verify_range {
+	uint64_t offset, length;    /* bytes */
+};
+
+struct cdisk_verify_result {
+	uint64_t size;              /* the disk's */
+	uint64_t compared_bytes;
+	uint64_t differing_bytes;
+	uint64_t out_of_sync_bytes; /* known to differ (bitmap 2): not compared */
+	uint64_t busy_bytes;        /* written again at every try: not compared */
+	uint64_t recompared_bytes;  /* compared again after a write landed on them */
+	struct cdisk_verify_range *ranges;   /* the differing ranges, in order */
+	size_t nranges;
+	bool repaired;              /* the differing blocks are set out of sync */
+	bool stopped;               /* asked to stop before the end */
+	bool served;                /* done by the disk's server */
+	double seconds;
+};
+
+/* -EAGAIN when the mirror is degraded, paused or copying; -ENOENT without
+ * a mirror; -EROFS on a disk open read-only. */
+int cdisk_mirror_verify(struct cdisk *disk, const struct cdisk_verify_opts *opts,
+			struct cdisk_verify_result *res);
+/* The same on a disk another process serves (its mirror's keeper does
+ * it): -EALREADY while a verify of it runs; -EBUSY with no owner to ask. */
+int cdisk_mirror_verify_via_owner(struct cdisk_ctx *ctx, const char *path,
+				  const struct cdisk_verify_opts *opts,
+				  struct cdisk_verify_result *res);
+void cdisk_verify_result_free(struct cdisk_verify_result *res);
+
 #endif

@@ -77,7 +77,7 @@ single_disk_programs() {
 	run_cdisk 2 cdisk-mirror status
 	assert_usage_error cdisk-mirror "missing argument: COMMAND NAME.cdisk"
 	run_cdisk 2 cdisk-mirror mirror a.cdisk
-	assert_usage_error cdisk-mirror "unknown command 'mirror': expected attach, detach, pause, resume, resync, status or failover"
+	assert_usage_error cdisk-mirror "unknown command 'mirror': expected attach, detach, pause, resume, resync, status, failover or verify"
 	run_cdisk 2 cdisk-mirror attach a.cdisk
 	assert_usage_error cdisk-mirror "attach needs the mirror's URI: cdisk-mirror attach NAME.cdisk URI"
 	run_cdisk 2 cdisk-mirror status a.cdisk b.img
@@ -91,9 +91,9 @@ single_disk_programs() {
 	run_cdisk 2 cdisk-mirror pause --no-wait a.cdisk
 	assert_usage_error cdisk-mirror "--no-wait goes with attach, resume and resync"
 	run_cdisk 2 cdisk-mirror detach --json a.cdisk
-	assert_usage_error cdisk-mirror "--json goes with status"
+	assert_usage_error cdisk-mirror "--json goes with status and verify"
 	run_cdisk 2 cdisk-mirror status --rate 1M a.cdisk
-	assert_usage_error cdisk-mirror "--rate and --max-time go with attach, resume and resync"
+	assert_usage_error cdisk-mirror "--rate and --max-time go with attach, resume, resync and verify"
 	run_cdisk 2 cdisk-mirror resume --rate fast a.cdisk
 	assert_usage_error cdisk-mirror "invalid --rate 'fast'"
 	# Nothing was looked at: the disk does not exist.

@@ -142,6 +142,8 @@ assert_failed_over() {
 	run_cdisk 10 cdisk-mirror failover d.cdisk
 	assert_error cdisk-mirror "is the fenced former primary, not a mirror; attach a mirror$"
 	run_cdisk 8 cdisk-mirror resync d.cdisk
+	run_cdisk 10 cdisk-mirror verify d.cdisk
+	assert_error cdisk-mirror "is the fenced former primary, not a mirror; attach it \\(or another\\) first$"
 	# An overlay disk has no primary to fail over from.
 	truncate -s 8M m2.raw
 	run_cdisk 0 cdisk-create --size 8M --mirror "$BATS_TEST_TMPDIR/m2.raw" o.cdisk

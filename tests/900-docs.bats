@@ -87,7 +87,7 @@ complete_line() {
 @test "completion of cdisk-mirror offers its commands, then a disk, then attach's mirror" {
 	touch a.cdisk b.img
 	complete_line "cdisk-mirror "
-	for c in attach detach pause resume resync status; do
+	for c in attach detach pause resume resync status verify; do
 		assert_line "$c"
 	done
 	refute_line a.cdisk

@@ -353,3 +353,126 @@ busy:
 	memcpy(cd_errbuf(), busy, sizeof(busy));
 	return -EBUSY;
 }
+
+/* ---- verify, through the owner ---- */
+
+static void verify_result_from_json(json_t *j, struct cdisk_verify_result *res)
+{
+	json_t *ranges = json_object_get(j, "ranges"), *x;
+	size_t i;
+
+	res->size = (uint64_t)json_integer_value(json_object_get(j, "size"));
+	res->compared_bytes = (uint64_t)json_integer_value(json_object_get(j, "compared_bytes"));
+	res->differing_bytes = (uint64_t)json_integer_value(json_object_get(j, "differing_bytes"));
+	res->out_of_sync_bytes =
+		(uint64_t)json_integer_value(json_object_get(j, "out_of_sync_bytes"));
+	res->busy_bytes = (uint64_t)json_integer_value(json_object_get(j, "busy_bytes"));
+	res->recompared_bytes =
+		(uint64_t)json_integer_value(json_object_get(j, "recompared_bytes"));
+	res->repaired = json_is_true(json_object_get(j, "repaired"));
+	res->stopped = json_is_true(json_object_get(j, "stopped"));
+	res->seconds = json_number_value(json_object_get(j, "seconds"));
+	res->served = true;
+	if (!json_array_size(ranges))
+		return;
+	res->ranges = calloc(json_array_size(ranges), sizeof(*res->ranges));
+	if (!res->ranges)
+		return;
+	json_array_foreach(ranges, i, x) {
+		res->ranges[i].offset = (uint64_t)json_integer_value(json_object_get(x, "offset"));
+		res->ranges[i].length = (uint64_t)json_integer_value(json_object_get(x, "length"));
+	}
+	res->nranges = json_array_size(ranges);
+}
+
+/* The owner's refusal with its own errno (a verify already running is
+ * -EALREADY, as on the owner). */
+static int verify_refused(struct cdisk_ctx *ctx, json_t *reply)
+{
+	const char *e = json_string_value(json_object_get(reply, "error"));
+	json_int_t err = json_integer_value(json_object_get(reply, "errno"));
+	int r = err > 0 && err < 4096 ? -(int)err :
+		errno_for_exit(json_integer_value(json_object_get(reply, "exit_code")));
+
+	return cd_error(ctx, r, "%s", e ? e : "the disk's server refused, saying nothing");
+}
+
+static int verify_status(struct cdisk_ctx *ctx, const char *sock, const char *path,
+			 json_t **reply)
+{
+	json_t *req = json_pack("{s:s, s:s}", "command", "mirror-verify-status", "disk", path);
+	uint64_t asked = cd_now_ms();
+	int r = call(ctx, sock, req, reply);
+
+	/* A loaded server late with an answer is still verifying. */
+	while ((r == -ETIMEDOUT || r == -EAGAIN) && cd_now_ms() - asked < OWNER_PATIENCE_MS) {
+		usleep(500 * 1000);
+		r = call(ctx, sock, req, reply);
+	}
+	json_decref(req);
+	if (r == 0 && !json_is_true(json_object_get(*reply, "ok"))) {
+		r = verify_refused(ctx, *reply);
+		json_decref(*reply);
+		*reply = NULL;
+	}
+	return r;
+}
+
+int cdisk_mirror_verify_via_owner(struct cdisk_ctx *ctx, const char *path,
+				  const struct cdisk_verify_opts *o,
+				  struct cdisk_verify_result *res)
+{
+	char busy[CD_ERROR_MAX], sock[4096];
+	json_t *req, *reply = NULL;
+	unsigned pid = 0;
+	int r;
+
+	memset(res, 0, sizeof(*res));
+	memcpy(busy, cd_errbuf(), sizeof(busy));
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
+		goto busy;
+	req = json_pack("{s:s, s:s, s:b, s:I}", "command", "mirror-verify", "disk", path,
+			"repair", o->repair, "rate", (json_int_t)o->rate);
+	r = call(ctx, sock, req, &reply);
+	json_decref(req);
+	if (r < 0 && r != -ETIMEDOUT)
+		goto busy;
+	if (r < 0)
+		return r;
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		r = verify_refused(ctx, reply);
+		json_decref(reply);
+		return r;
+	}
+	json_decref(reply);
+	/* The verify is the server's work: a client that stops waiting
+	 * leaves it going, its result for the next 'mirror-verify-status'. */
+	for (;;) {
+		usleep(200 * 1000);
+		r = verify_status(ctx, sock, path, &reply);
+		if (r < 0)
+			return r;
+		if (!json_is_true(json_object_get(reply, "running")))
+			break;
+		if (o->progress)
+			o->progress(o->opaque,
+				    (uint64_t)json_integer_value(json_object_get(reply, "done_bytes")),
+				    (uint64_t)json_integer_value(json_object_get(reply, "total_bytes")));
+		json_decref(reply);
+		if (o->stop && *o->stop)
+			return cd_error(ctx, -EINTR, "'%s': stopped waiting; its server goes on "
+					"with the verify", path);
+	}
+	r = -(int)json_integer_value(json_object_get(reply, "errno"));
+	if (r < 0) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+		cd_error(ctx, r, "%s", e ? e : "the server's verify failed");
+	} else {
+		verify_result_from_json(json_object_get(reply, "result"), res);
+	}
+	json_decref(reply);
+	return r;
+busy:
+	memcpy(cd_errbuf(), busy, sizeof(busy));
+	return -EBUSY;
+}

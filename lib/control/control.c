@@ -22,6 +22,7 @@
 #include "server.h"
 #include "text.h"
 #include "util.h"
+#include "verify.h"
 
 /* Requests answered at once; past this a client is told to try later
  * (the accept loop never waits for a request to finish). */
@@ -323,6 +324,15 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 	}
 	if (!strcmp(verb, "detach"))
 		return cdisk_mirror_detach(e->disk);
+	if (!strcmp(verb, "verify")) {
+		json_int_t rate = json_integer_value(json_object_get(req, "rate"));
+		struct cdisk_verify_opts o = {
+			.repair = json_is_true(json_object_get(req, "repair")),
+			.rate = rate > 0 ? (uint64_t)rate : 0,
+		};
+
+		return cd_verify_request(e->disk, &o);
+	}
 	if (!strcmp(verb, "pause") || !strcmp(verb, "resume"))
 		return cdisk_mirror_pause(e->disk, !strcmp(verb, "pause"));
 	if (!strcmp(verb, "failover")) {
@@ -335,7 +345,7 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 	return cdisk_mirror_resync(e->disk, json_is_true(json_object_get(req, "full")));
 }
 
-/* mirror-attach, -detach, -pause, -resume, -resync and -status: the
+/* mirror-attach, -detach, -pause, -resume, -resync, -verify and -status: the
  * library's calls on the served disk, answered with the mirror's status
  * after them.  The copy is the keeper thread's (cdisk_mirror_start), so
  * an attach is answered once the mirror is checked and recorded. */
@@ -360,11 +370,54 @@ static json_t *cmd_mirror(struct cdisk_server *s, json_t *req, const char *verb)
 	return r;
 }
 
+/* mirror-verify-status: the served disk's verify, under way or done
+ * (its differing ranges once done). */
+static json_t *cmd_verify_status(struct cdisk_server *s, json_t *req)
+{
+	json_t *err = NULL, *r, *ranges;
+	struct cd_export *e = export_of_request(s, req, &err);
+	struct cd_verify_job_status st;
+
+	if (!e)
+		return err;
+	cd_verify_job_get(e->disk, &st);
+	if (!st.known) {
+		cdisk_verify_result_free(&st.res);
+		return mirror_error(-ENOENT, "no verify was asked for");
+	}
+	r = ok_reply();
+	json_object_update_new(r, json_pack("{s:b, s:I, s:I}", "running", st.running,
+					    "done_bytes", (json_int_t)st.done_bytes,
+					    "total_bytes", (json_int_t)st.total_bytes));
+	if (!st.running && st.result < 0) {
+		json_object_set_new(r, "errno", json_integer(-st.result));
+		json_object_set_new(r, "error", json_string(st.error));
+	} else if (!st.running) {
+		ranges = json_array();
+		for (size_t i = 0; i < st.res.nranges; i++)
+			json_array_append_new(ranges, json_pack("{s:I, s:I}", "offset",
+				(json_int_t)st.res.ranges[i].offset, "length",
+				(json_int_t)st.res.ranges[i].length));
+		json_object_set_new(r, "result", json_pack(
+			"{s:I, s:I, s:I, s:I, s:I, s:I, s:b, s:b, s:f, s:o}",
+			"size", (json_int_t)st.res.size,
+			"compared_bytes", (json_int_t)st.res.compared_bytes,
+			"differing_bytes", (json_int_t)st.res.differing_bytes,
+			"out_of_sync_bytes", (json_int_t)st.res.out_of_sync_bytes,
+			"busy_bytes", (json_int_t)st.res.busy_bytes,
+			"recompared_bytes", (json_int_t)st.res.recompared_bytes,
+			"repaired", st.res.repaired, "stopped", st.res.stopped,
+			"seconds", st.res.seconds, "ranges", ranges));
+	}
+	cdisk_verify_result_free(&st.res);
+	return r;
+}
+
 static bool is_mirror_verb(const char *command)
 {
 	static const char *const verbs[] = {
 		"mirror-attach", "mirror-detach", "mirror-pause", "mirror-resume",
-		"mirror-resync", "mirror-status", "mirror-failover",
+		"mirror-resync", "mirror-status", "mirror-failover", "mirror-verify",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(verbs); i++)
@@ -471,7 +524,8 @@ static bool changes_state(const char *command)
 {
 	return strcmp(command, "status") && strcmp(command, "info") &&
 	       strcmp(command, "sync-status") && strcmp(command, "sync-dry-run") &&
-	       strcmp(command, "mirror-status") && strcmp(command, "pool-list");
+	       strcmp(command, "mirror-status") && strcmp(command, "pool-list") &&
+	       strcmp(command, "mirror-verify-status");
 }
 
 static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
@@ -511,6 +565,8 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = cmd_pool_list(s, req);
 	else if (!strcmp(command, "pool-create") || !strcmp(command, "pool-delete"))
 		reply = cmd_pool_change(s, req, !strcmp(command, "pool-create"));
+	else if (!strcmp(command, "mirror-verify-status"))
+		reply = cmd_verify_status(s, req);
 	else if (is_mirror_verb(command))
 		reply = cmd_mirror(s, req, command + strlen("mirror-"));
 	else

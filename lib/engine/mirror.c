@@ -21,6 +21,7 @@
 #include "target.h"
 #include "text.h"
 #include "util.h"
+#include "verify.h"
 
 #define MIRROR_COPY_EXTENT (4u << 20)
 #define MIRROR_COPY_DEPTH 8
@@ -614,6 +615,7 @@ static void *keeper_main(void *arg)
 		m->kick = false;
 		pthread_mutex_unlock(&m->lock);
 		keep_once(d);
+		cd_verify_keeper_turn(d);
 		pthread_mutex_lock(&m->lock);
 		clock_gettime(CLOCK_REALTIME, &until);
 		until.tv_sec += KEEPER_INTERVAL_MS / 1000;
@@ -622,6 +624,7 @@ static void *keeper_main(void *arg)
 				break;
 	}
 	pthread_mutex_unlock(&m->lock);
+	cd_verify_forget(d);
 	return NULL;
 }
 
