@@ -163,8 +163,12 @@ assert_failed_over() {
 	assert_line --partial "failed over: '$MIRROR_IMG' is the primary now"
 	assert_failed_over "$BATS_TEST_TMPDIR/p.raw" "$MIRROR_IMG"
 	run_cdisk 0 qemu-io -f raw -c "write -P 4 10M 2M" -c flush "$NBD"
+	# It misses the write since, and what it may have lost of the writes
+	# before (the activity log's extents: the one at 0), not the rest.
 	run_cdisk 9 cdisk-mirror status --json d.cdisk
-	assert_equal "$(json_get .out_of_sync_bytes)" $((2 << 20))
+	misses=$(json_get .out_of_sync_bytes)
+	assert_num "$misses" -ge $((3 << 20))
+	assert_num "$misses" -le $((12 << 20))
 	# Written to the former primary behind the disk's back: a resync of
 	# what it misses leaves it there (only verify would find it).
 	run_cdisk 0 patfile p.raw w 30M 1M 42
@@ -173,7 +177,7 @@ assert_failed_over() {
 	assert_equal "$(json_get .state)" in-sync
 	assert_equal "$(json_get .mirror)" "$BATS_TEST_TMPDIR/p.raw"
 	# Known by its identity, not its URI: only what it missed was sent.
-	assert_equal "$(json_get .copied_bytes)" $((2 << 20))
+	assert_equal "$(json_get .copied_bytes)" "$misses"
 	stop_serve
 	run_cdisk 0 patfile p.raw r 30M 1M 42
 	run_cdisk 0 qemu-io -f raw -r -c "read -P 3 0 1M" -c "read -P 4 10M 2M" p.raw

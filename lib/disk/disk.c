@@ -1049,10 +1049,8 @@ static int primary_io(struct cdisk *d, bool armed, enum cd_leg_op op, void *buf,
 {
 	struct cd_target *t;
 	struct cd_leg *leg;
-	int r = op == CD_LEG_READ ? 0 : cd_identity_confirmed(d, "write to the primary of");
+	int r = get_base(d, &t);
 
-	if (r == 0)
-		r = get_base(d, &t);
 	if (r < 0)
 		return r;
 	if (armed) {
@@ -1073,7 +1071,8 @@ static int primary_io(struct cdisk *d, bool armed, enum cd_leg_op op, void *buf,
 
 /* Under the lock: the primary failed a request (err) that the mirror
  * holds (on_mirror): fail over, and the request is done.  Otherwise the
- * error stands. */
+ * error stands.  (A disk whose writes to the primary are forbidden, an
+ * unconfirmed one, never gets here: that is checked before any leg.) */
 static int primary_failed_locked(struct cdisk *d, uint64_t gen, int err, bool on_mirror)
 {
 	char why[CD_MIRROR_ERROR_MAX];
@@ -1101,6 +1100,8 @@ static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_
 	bool mirrored, armed, retry, retried = false;
 	int r, leg_r;
 
+	if (on_primary(d) && (r = cd_identity_confirmed(d, "write to the primary of")) < 0)
+		return r;
 again:
 	leg_r = 0;
 	mirrored = false;
@@ -1127,6 +1128,16 @@ again:
 	if (mirrored)
 		leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
 	pthread_mutex_lock(&d->lock);
+	/* A failover since this write began: unless the mirror, now the
+	 * primary, took it, it is not where the data is now, whatever the
+	 * former primary said.  Done again there. */
+	retry = !retried && gen != d->primary_gen && !(mirrored && leg_r == 0);
+	if (retry) {
+		finish_write(d, first, count, mirrored, 0, 0);
+		pthread_mutex_unlock(&d->lock);
+		retried = true;
+		goto again;
+	}
 	if (r < 0 && on_primary(d)) {
 		r = primary_failed_locked(d, gen, r, mirrored && leg_r == 0);
 		/* The fenced former primary may lack this write. */
@@ -1136,12 +1147,7 @@ again:
 		}
 	}
 	r = finish_write(d, first, count, mirrored, r, leg_r);
-	retry = r < 0 && gen != d->primary_gen && !retried;
 	pthread_mutex_unlock(&d->lock);
-	if (retry) {
-		retried = true;
-		goto again;
-	}
 	return r;
 }
 
@@ -1250,8 +1256,9 @@ int cdisk_pwrite(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 
 /* With a mirror, a flush reaches it first: when it fails there, what the
  * activity log names goes to the mirror again before this flush records
- * anything as done. */
-int cdisk_flush(struct cdisk *d)
+ * anything as done.  *moved: a failover since it began, and the mirror
+ * (now the primary) did not take this flush: it is to be done again. */
+static int flush_once(struct cdisk *d, bool *moved)
 {
 	struct cd_leg *leg = NULL;
 	bool live, armed;
@@ -1276,6 +1283,11 @@ int cdisk_flush(struct cdisk *d)
 		d->mirror_flushes--;
 		pthread_cond_broadcast(&d->writing_slot);
 	}
+	*moved = gen != d->primary_gen && !(live && leg_r == 0);
+	if (*moved) {
+		pthread_mutex_unlock(&d->lock);
+		return 0;
+	}
 	/* Every write acknowledged before this flush is on the mirror, which
 	 * flushed them: failing over loses none. */
 	if (primary_r < 0 && live)
@@ -1288,6 +1300,23 @@ int cdisk_flush(struct cdisk *d)
 		r = primary_r;
 	/* A backup the flush took is written now, with no lock held. */
 	cd_backup_store_pending(d);
+	return r;
+}
+
+int cdisk_flush(struct cdisk *d)
+{
+	bool moved;
+	int r = 0;
+
+	if (on_primary(d) && !d->readonly &&
+	    (r = cd_identity_confirmed(d, "write to the primary of")) < 0)
+		return r;
+	r = flush_once(d, &moved);
+	if (moved)
+		r = flush_once(d, &moved);
+	if (moved)
+		r = cd_error(d->ctx, -EIO, "'%s' failed over twice during one flush; "
+			     "flush again", d->path);
 	return r;
 }
 

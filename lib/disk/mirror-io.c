@@ -343,23 +343,29 @@ int cd_mirror_finish_locked(struct cdisk *d, uint64_t first, uint64_t count,
 	return fail_policy(d, leg_result, why);
 }
 
-int cd_mirror_flush_failed_locked(struct cdisk *d, int err)
+/* Under the lock: writes since a side's last good flush are all in the
+ * log's extents, so that side may have lost any of them. */
+static void mark_log_out_of_sync_locked(struct cdisk *d)
 {
 	uint64_t per = CD_AL_EXTENT_BYTES >> d->block_shift;
-	char why[CD_MIRROR_ERROR_MAX];
-	int r;
 
-	snprintf(why, sizeof(why), "flush: %s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
 	if (!per)
 		per = 1;
-	/* Writes since the mirror's last good flush are all in the log's
-	 * extents: the mirror may have lost any of them. */
 	for (uint32_t i = 0; i < d->al.count; i++) {
 		uint64_t first = d->al.extents[i] * per;
 		uint64_t n = first + per < d->nblocks ? per : d->nblocks - first;
 
 		cd_disk_mark_locked(d, CD_BM_MIRROR, first, n, true);
 	}
+}
+
+int cd_mirror_flush_failed_locked(struct cdisk *d, int err)
+{
+	char why[CD_MIRROR_ERROR_MAX];
+	int r;
+
+	snprintf(why, sizeof(why), "flush: %s", cd_errbuf()[0] ? cd_errbuf() : strerror(-err));
+	mark_log_out_of_sync_locked(d);
 	r = cd_mirror_degrade_locked(d, why);
 	if (r == 0)
 		r = cd_journal_commit(d, true);
@@ -380,7 +386,10 @@ bool cd_failover_armed_locked(struct cdisk *d)
 {
 	struct cd_mirror *m = d->mirror;
 
+	/* Not while anything is out of sync: the failover would be refused,
+	 * and the guest would get the timeout instead of a longer wait. */
 	return m && m->live && m->t && cd_sb_has_primary(&d->sb) &&
+	       !cd_mirror_oos(d)->count &&
 	       d->sb.mirror_state != CD_MIRROR_STORED_FENCED &&
 	       d->sb.mirror_state != CD_MIRROR_STORED_PAUSED;
 }
@@ -420,8 +429,8 @@ static void swap_roles(struct cd_superblock *sb, const char *why)
 int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *why)
 {
 	struct cd_mirror *m = d->mirror;
-	struct cd_superblock old = d->sb;
 	uint64_t lost = cd_mirror_oos(d)->count << d->block_shift;
+	struct cd_superblock old;
 	struct cd_target *former;
 	char size[32];
 	int r;
@@ -443,9 +452,24 @@ int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *wh
 	if (d->nretired == CD_ARRAY_SIZE(d->retired))
 		return cd_error(d->ctx, -EBUSY, "cannot fail over '%s' again: the legs "
 				"given up on earlier are still under way", d->path);
+	/* A copy reads the primary and writes the mirror: one under way
+	 * could land an old block over a guest write once the mirror is the
+	 * primary.  (Nothing is copied when nothing is out of sync.) */
+	if (lost && m->copying)
+		return cd_error(d->ctx, -EBUSY, "cannot fail over '%s' yet: a copy to "
+				"mirror '%s' is under way", d->path, d->sb.mirror);
+	/* The primary failed: it may have lost any write since its last
+	 * good flush, and all of those are in the log's extents.  Recorded
+	 * as missing from it before the roles change (a crash in between
+	 * marks them again at recovery). */
+	mark_log_out_of_sync_locked(d);
+	r = cd_journal_commit(d, true);
+	if (r < 0)
+		return r;
 	/* The base's URI and stack change together: get_base reads the URI
 	 * under base_lock. */
 	pthread_mutex_lock(&d->base_lock);
+	old = d->sb;
 	swap_roles(&d->sb, why);
 	r = cd_sb_write(d);
 	if (r < 0) {

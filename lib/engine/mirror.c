@@ -96,8 +96,10 @@ static int open_mirror(struct cdisk *d, const char *uri, struct cd_target **out)
 }
 
 /* The mirror's stack for the disk's mirror record, opened with no lock
- * held; kept by the mirror until it closes. */
-static int ensure_open(struct cdisk *d)
+ * held; kept by the mirror until it closes.  *out: the stack, which stays
+ * open even if a failover takes it for the primary meanwhile (m->t is
+ * then NULL: never read m->t again without the lock). */
+static int ensure_open(struct cdisk *d, struct cd_target **out)
 {
 	struct cd_mirror *m = d->mirror;
 	char uri[CDISK_MAX_URI + 1];
@@ -107,6 +109,7 @@ static int ensure_open(struct cdisk *d)
 	pthread_mutex_lock(&m->lock);
 	t = m->t;
 	pthread_mutex_unlock(&m->lock);
+	*out = t;
 	if (t)
 		return 0;
 	pthread_mutex_lock(&d->lock);
@@ -120,6 +123,7 @@ static int ensure_open(struct cdisk *d)
 		m->t = t;
 		t = NULL;
 	}
+	*out = m->t;
 	pthread_mutex_unlock(&m->lock);
 	cd_target_close(t);
 	return 0;
@@ -245,16 +249,25 @@ static int copy_until_in_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 	}
 	pthread_mutex_unlock(&d->lock);
 	for (;;) {
+		struct cd_target *t;
+		bool fenced_now;
+
 		pthread_mutex_lock(&d->lock);
 		left = cd_mirror_oos(d)->count;
 		if (!left)
 			cd_mirror_note_in_sync_locked(d);
 		m->copy_source_failed = false;
+		/* A failover took the mirror for the primary: nothing to copy
+		 * to, ever, until a mirror is attached. */
+		fenced_now = d->sb.mirror_state == CD_MIRROR_STORED_FENCED;
+		pthread_mutex_lock(&m->lock);
+		t = m->t;
+		pthread_mutex_unlock(&m->lock);
 		pthread_mutex_unlock(&d->lock);
-		if (!left || *stop || d->sync_stop)
+		if (!left || *stop || d->sync_stop || fenced_now || !t)
 			break;
 		memset(&pass, 0, sizeof(pass));
-		r = copy_pass(d, m->t, o, &pass, stop);
+		r = copy_pass(d, t, o, &pass, stop);
 		st->blocks += pass.blocks;
 		st->bytes += pass.bytes;
 		st->requests += pass.requests;
@@ -505,6 +518,7 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 		      struct cdisk_sync_stats *st)
 {
 	static volatile sig_atomic_t never;
+	struct cd_target *t;
 	int r = need_usable_mirror(d, "copy to the mirror");
 
 	memset(st, 0, sizeof(*st));
@@ -518,7 +532,7 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0)
 		return r;
-	r = ensure_open(d);
+	r = ensure_open(d, &t);
 	if (r < 0) {
 		char why[CD_MIRROR_ERROR_MAX];
 
@@ -539,6 +553,7 @@ int cdisk_mirror_copy(struct cdisk *d, const struct cdisk_sync_opts *o,
 
 int cdisk_mirror_failover(struct cdisk *d, bool force, uint64_t *lost_bytes)
 {
+	struct cd_target *t;
 	char why[64];
 	uint64_t rtt;
 	int r = need_usable_mirror(d, "fail over");
@@ -550,20 +565,29 @@ int cdisk_mirror_failover(struct cdisk *d, bool force, uint64_t *lost_bytes)
 			     "--primary)", d->path);
 	if (r < 0)
 		return r;
-	r = ensure_open(d);
+	r = ensure_open(d, &t);
 	if (r == 0)
-		r = cd_target_ping(d->mirror->t, &rtt);
+		r = cd_target_ping(t, &rtt);
 	if (r < 0)
 		return cd_error(d->ctx, r, "cannot fail over '%s' to mirror '%s': %s",
 				d->path, d->sb.mirror, cd_errbuf());
 	snprintf(why, sizeof(why), "failover requested%s", force ? " with --force" : "");
-	pthread_mutex_lock(&d->lock);
-	*lost_bytes = cd_mirror_oos(d)->count << d->block_shift;
-	/* An idle disk's mirror is not in use until something sends to it. */
-	cd_mirror_go_live_locked(d);
-	r = cd_failover_locked(d, d->primary_gen, force, why);
-	pthread_mutex_unlock(&d->lock);
-	return r;
+	/* A copy under way could land a block it read from the primary over
+	 * a newer guest write on the mirror once that is the primary: stop
+	 * it first (cd_failover_locked refuses while one runs). */
+	d->mirror->copy_stop = 1;
+	for (int tries = 0;; tries++) {
+		pthread_mutex_lock(&d->lock);
+		*lost_bytes = cd_mirror_oos(d)->count << d->block_shift;
+		/* An idle disk's mirror is not in use until something sends to it. */
+		cd_mirror_go_live_locked(d);
+		r = cd_failover_locked(d, d->primary_gen, force, why);
+		pthread_mutex_unlock(&d->lock);
+		if (r != -EBUSY || tries == 300)
+			return r;
+		d->mirror->copy_stop = 1;
+		nanosleep(&(struct timespec){ .tv_nsec = 100000000L }, NULL);
+	}
 }
 
 /* ---- the keeper (servers) ---- */
@@ -585,11 +609,12 @@ static void keep_once(struct cdisk *d)
 	if (paused)
 		return;
 	if (!live) {
+		struct cd_target *t;
 		uint64_t rtt;
 
-		r = ensure_open(d);
+		r = ensure_open(d, &t);
 		if (r == 0)
-			r = cd_target_ping(m->t, &rtt);
+			r = cd_target_ping(t, &rtt);
 		pthread_mutex_lock(&d->lock);
 		if (r < 0)
 			cd_mirror_degrade_locked(d, cd_errbuf());
