@@ -129,10 +129,21 @@ static json_t *targets_json(const struct cdisk_mirror_status *s)
 						   "former-primary", "uri", s->uri,
 						   "state", "fenced"));
 	else if (s->state != CDISK_MIRROR_NONE)
-		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "role", "mirror",
+		json_array_append_new(a, json_pack("{s:s, s:s, s:s}", "role",
+						   s->restoring ? "restore-target" : "mirror",
 						   "uri", s->uri, "state",
 						   state_name(s->state)));
 	return a;
+}
+
+/* A restore under way (cdisk-restore --to): its target is in the
+ * mirror's place until it is in sync. */
+static json_t *restore_json(const struct cdisk_mirror_status *s)
+{
+	if (!s->restoring)
+		return json_null();
+	return json_pack("{s:s, s:b, s:o}", "target", s->uri, "switch", s->restore_switch,
+			 "started", json_time(s->restore_started));
 }
 
 static int print_status_json(const char *path, const struct cdisk_mirror_status *s)
@@ -162,6 +173,12 @@ static int print_status_json(const char *path, const struct cdisk_mirror_status 
 	}
 	if (j && json_object_set_new(j, "former_primary", s->state == CDISK_MIRROR_FENCED ?
 				     json_string(s->uri) : json_null()) < 0) {
+		json_decref(j);
+		j = NULL;
+	}
+	if (j && json_object_update_new(j, json_pack("{s:o, s:o}", "primary",
+			s->on_primary ? json_string(s->primary) : json_null(),
+			"restore", restore_json(s))) < 0) {
 		json_decref(j);
 		j = NULL;
 	}
@@ -235,6 +252,10 @@ static void print_status_human(const char *path, const struct cdisk_mirror_statu
 		printf("failed because: %s\n", s->last_error[0] ? s->last_error : "unknown");
 		return;
 	}
+	if (s->restoring)
+		printf("restore:        to %s since %s; when in sync it %s\n", s->uri,
+		       when(s->restore_started, t, sizeof(t)), s->restore_switch ?
+		       "becomes the primary" : "stays the mirror");
 	printf("mirror:         %s (writes, while in sync)\n", s->uri);
 	print_state(s);
 	printf("recovered:      %s resent after the last crash\n",

@@ -616,6 +616,12 @@ struct cdisk_mirror_status {
 	 * has none: the overlay is the whole disk). */
 	char primary[CDISK_MAX_URI + 1];
 	bool on_primary;
+	/* The mirror is a restore's auxiliary (cdisk-restore --to): when in
+	 * sync it stays the mirror, or with restore_switch becomes the
+	 * primary. */
+	bool restoring;
+	bool restore_switch;
+	uint64_t restore_started;    /* unix seconds */
 };
 
 /* Check uri (reachable, writable, at least the disk's size, not the
@@ -705,5 +711,38 @@ int cdisk_mirror_verify_via_owner(struct cdisk_ctx *ctx, const char *path,
 				  const struct cdisk_verify_opts *opts,
 				  struct cdisk_verify_result *res);
 void cdisk_verify_result_free(struct cdisk_verify_result *res);
+
+/* ---- restore onto a new primary (cdisk-restore --to) ----
+ * The patent's auxiliary disk: a target that gets the current source
+ * (the primary; after a failover, the former mirror) while the guest's
+ * writes go to it too.  It takes the mirror's place (the mirror's status
+ * shows it, with restoring set) until it is in sync: then it stays the
+ * mirror or, with CDISK_RESTORE_SWITCH, becomes the primary (and a
+ * failed-over disk's primary goes back to being the mirror). */
+#define CDISK_RESTORE_SWITCH (1u << 0)
+
+struct cdisk_restore_opts {
+	unsigned flags;              /* CDISK_RESTORE_* */
+	/* Run by /bin/sh when the restore is complete, with CDISK_DISK,
+	 * CDISK_TARGET and CDISK_SWITCHED (0 or 1) in its environment;
+	 * NULL: none.  Kept in memory by whoever does the copy. */
+	const char *on_complete;
+};
+
+/* Check uri as an attach checks a mirror and record it as the restore's
+ * auxiliary, everything out of sync.  -EINVAL: the disk is not on a
+ * primary; -EEXIST: a restore is under way; -EAGAIN: a mirror is in use
+ * (fail over to it or detach it first). */
+int cdisk_restore_start(struct cdisk *disk, const char *uri,
+			const struct cdisk_restore_opts *opts);
+/* An idle disk's restore, in the calling thread: the copy, then the
+ * completion (st->stopped: stopped before it). */
+int cdisk_restore_copy(struct cdisk *disk, const struct cdisk_sync_opts *opts,
+		       struct cdisk_sync_stats *st);
+/* cdisk_restore_start on a disk another process serves; status: the
+ * mirror's status after it. */
+int cdisk_restore_via_owner(struct cdisk_ctx *ctx, const char *path, const char *uri,
+			    const struct cdisk_restore_opts *opts,
+			    struct cdisk_mirror_status *status);
 
 #endif

@@ -305,28 +305,22 @@ static int mirror_call(struct cdisk_ctx *ctx, const char *sock, enum cdisk_mirro
 	return r;
 }
 
-int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
-			   enum cdisk_mirror_verb verb, const char *uri,
-			   struct cdisk_mirror_status *status)
+/* req: the verb's request, which this takes. */
+static int mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
+			    enum cdisk_mirror_verb verb, json_t *req,
+			    struct cdisk_mirror_status *status)
 {
 	char busy[CD_ERROR_MAX], sock[4096];
-	json_t *req, *reply = NULL;
+	json_t *reply = NULL;
 	unsigned pid = 0;
 	int r;
 
 	memset(status, 0, sizeof(*status));
-	if ((unsigned)verb >= CD_ARRAY_SIZE(mirror_commands))
-		return cd_error(ctx, -EINVAL, "unknown mirror verb %d", (int)verb);
 	memcpy(busy, cd_errbuf(), sizeof(busy));
-	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0)
+	if (owner_socket(ctx, path, sock, sizeof(sock), &pid) < 0) {
+		json_decref(req);
 		goto busy;
-	req = json_pack("{s:s, s:s}", "command", mirror_commands[verb], "disk", path);
-	if (uri)
-		json_object_set_new(req, "uri", json_string(uri));
-	if (verb == CDISK_MIRROR_RESYNC_FULL)
-		json_object_set_new(req, "full", json_true());
-	if (verb == CDISK_MIRROR_FAILOVER_FORCE)
-		json_object_set_new(req, "force", json_true());
+	}
 	r = mirror_call(ctx, sock, verb, req, &reply);
 	json_decref(req);
 	/* Nothing behind the socket (another program holds the disk): busy.
@@ -352,6 +346,39 @@ int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
 busy:
 	memcpy(cd_errbuf(), busy, sizeof(busy));
 	return -EBUSY;
+}
+
+int cdisk_mirror_via_owner(struct cdisk_ctx *ctx, const char *path,
+			   enum cdisk_mirror_verb verb, const char *uri,
+			   struct cdisk_mirror_status *status)
+{
+	json_t *req;
+
+	memset(status, 0, sizeof(*status));
+	if ((unsigned)verb >= CD_ARRAY_SIZE(mirror_commands))
+		return cd_error(ctx, -EINVAL, "unknown mirror verb %d", (int)verb);
+	req = json_pack("{s:s, s:s}", "command", mirror_commands[verb], "disk", path);
+	if (uri)
+		json_object_set_new(req, "uri", json_string(uri));
+	if (verb == CDISK_MIRROR_RESYNC_FULL)
+		json_object_set_new(req, "full", json_true());
+	if (verb == CDISK_MIRROR_FAILOVER_FORCE)
+		json_object_set_new(req, "force", json_true());
+	return mirror_via_owner(ctx, path, verb, req, status);
+}
+
+int cdisk_restore_via_owner(struct cdisk_ctx *ctx, const char *path, const char *uri,
+			    const struct cdisk_restore_opts *o,
+			    struct cdisk_mirror_status *status)
+{
+	json_t *req = json_pack("{s:s, s:s, s:s, s:b}", "command", "mirror-restore",
+				"disk", path, "uri", uri, "switch",
+				(o->flags & CDISK_RESTORE_SWITCH) != 0);
+
+	if (o->on_complete)
+		json_object_set_new(req, "on_complete", json_string(o->on_complete));
+	/* Checked as an attach is: its deadline. */
+	return mirror_via_owner(ctx, path, CDISK_MIRROR_ATTACH, req, status);
 }
 
 /* ---- verify, through the owner ---- */

@@ -176,7 +176,7 @@ const char *cd_control_mirror_state_name(enum cdisk_mirror_state s)
 
 json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m)
 {
-	return json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:b, "
+	json_t *j = json_pack("{s:s, s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:s, s:I, s:I, s:b, "
 			 "s:s, s:b}",
 			 "uri", m->uri, "state", cd_control_mirror_state_name(m->state),
 			 "size", (json_int_t)m->size,
@@ -190,6 +190,11 @@ json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m)
 			 "timeout_ms", (json_int_t)m->timeout_ms,
 			 "fail_on_error", m->fail_on_error,
 			 "primary", m->primary, "on_primary", m->on_primary);
+
+	json_object_set_new(j, "restore", !m->restoring ? json_null() :
+			    json_pack("{s:b, s:I}", "switch", m->restore_switch, "started",
+				      (json_int_t)m->restore_started));
+	return j;
 }
 
 /* A state this side does not know (a newer server's) reads as degraded:
@@ -211,6 +216,13 @@ void cd_control_mirror_from_json(json_t *o, struct cdisk_mirror_status *m)
 	m->recovered_bytes = get_u64(o, "recovered_bytes");
 	m->copied_bytes = get_u64(o, "copied_bytes");
 	m->copy_rate = get_u64(o, "copy_rate");
+	if (json_is_object(json_object_get(o, "restore"))) {
+		json_t *x = json_object_get(o, "restore");
+
+		m->restoring = true;
+		m->restore_switch = json_is_true(json_object_get(x, "switch"));
+		m->restore_started = get_u64(x, "started");
+	}
 	m->last_error_time = get_u64(o, "last_error_time");
 	m->timeout_ms = (uint32_t)get_u64(o, "timeout_ms");
 	m->fail_on_error = json_is_true(json_object_get(o, "fail_on_error"));

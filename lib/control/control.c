@@ -324,6 +324,19 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 	}
 	if (!strcmp(verb, "detach"))
 		return cdisk_mirror_detach(e->disk);
+	if (!strcmp(verb, "restore")) {
+		struct cdisk_restore_opts o = {
+			.flags = json_is_true(json_object_get(req, "switch")) ?
+				 CDISK_RESTORE_SWITCH : 0,
+			.on_complete = json_string_value(json_object_get(req, "on_complete")),
+		};
+
+		if (!uri || !*uri) {
+			*error = mirror_error(-EINVAL, "'mirror-restore' needs \"uri\"");
+			return -EINVAL;
+		}
+		return cdisk_restore_start(e->disk, uri, &o);
+	}
 	if (!strcmp(verb, "verify")) {
 		json_int_t rate = json_integer_value(json_object_get(req, "rate"));
 		struct cdisk_verify_opts o = {
@@ -345,7 +358,8 @@ static int mirror_verb(struct cd_export *e, const char *verb, json_t *req,
 	return cdisk_mirror_resync(e->disk, json_is_true(json_object_get(req, "full")));
 }
 
-/* mirror-attach, -detach, -pause, -resume, -resync, -verify and -status: the
+/* mirror-attach, -detach, -pause, -resume, -resync, -verify, -restore and
+ * -status: the
  * library's calls on the served disk, answered with the mirror's status
  * after them.  The copy is the keeper thread's (cdisk_mirror_start), so
  * an attach is answered once the mirror is checked and recorded. */
@@ -418,6 +432,7 @@ static bool is_mirror_verb(const char *command)
 	static const char *const verbs[] = {
 		"mirror-attach", "mirror-detach", "mirror-pause", "mirror-resume",
 		"mirror-resync", "mirror-status", "mirror-failover", "mirror-verify",
+		"mirror-restore",
 	};
 
 	for (size_t i = 0; i < CD_ARRAY_SIZE(verbs); i++)

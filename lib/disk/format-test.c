@@ -166,6 +166,44 @@ static void test_superblock_primary(void **state)
 /* After a failover: the mirror record names the fenced former primary,
  * the identities travel with their devices (3584 the primary's, 3840 the
  * mirror's), and the FENCED bit and the fenced state go together. */
+/* The restore record is kept with the RESTORE compat bit, and its bytes
+ * stay zero without it (as a version that does not know it writes them). */
+static void test_superblock_restore(void **state)
+{
+	struct cd_superblock sb, out;
+	uint8_t buf[CD_SB_SIZE];
+	const char *why;
+
+	(void)state;
+	sample_sb(&sb);
+	sb.incompat |= CD_FEATURE_INCOMPAT_PRIMARY | CD_FEATURE_INCOMPAT_BITMAPS |
+		       CD_FEATURE_INCOMPAT_MIRROR;
+	sb.nbitmaps = 3;
+	cd_layout(&sb);
+	strcpy(sb.mirror, "rbd:ssd/new");
+	sb.mirror_state = CD_MIRROR_STORED_COPYING;
+	sb.restore_flags = CD_RESTORE_SWITCH | CD_RESTORE_KEEP_PRIMARY;
+	sb.restore_started = 1796130000;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_get_le32(buf + 472), 0);
+	assert_int_equal(cd_get_le64(buf + 480), 0);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.restore_flags, 0);
+
+	sb.compat |= CD_FEATURE_COMPAT_RESTORE;
+	cd_sb_encode(&sb, buf);
+	assert_int_equal(cd_get_le64(buf + 24), CD_FEATURE_COMPAT_RESTORE);
+	assert_int_equal(cd_get_le32(buf + 472), 3);
+	assert_int_equal(cd_get_le64(buf + 480), 1796130000);
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+	assert_int_equal(out.restore_flags, CD_RESTORE_SWITCH | CD_RESTORE_KEEP_PRIMARY);
+	assert_int_equal(out.restore_started, 1796130000);
+	/* Unknown compat bits are ignored. */
+	cd_put_le64(buf + 24, CD_FEATURE_COMPAT_RESTORE | (1ull << 40));
+	cd_put_le32(buf + CD_SB_CRC_OFFSET, cd_crc32c(0, buf, CD_SB_CRC_OFFSET));
+	assert_int_equal(cd_sb_decode(buf, &out, &why), 0);
+}
+
 static void test_superblock_fenced(void **state)
 {
 	struct cd_superblock sb, out;
@@ -416,6 +454,7 @@ int main(void)
 		cmocka_unit_test(test_superblock_bitmaps),
 		cmocka_unit_test(test_superblock_primary),
 		cmocka_unit_test(test_superblock_fenced),
+		cmocka_unit_test(test_superblock_restore),
 		cmocka_unit_test(test_layout_of_large_disks),
 		cmocka_unit_test(test_uri_forms),
 		cmocka_unit_test(test_uri_fields),

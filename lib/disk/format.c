@@ -19,7 +19,8 @@ enum {
 	SB_CREATED = 160, SB_NBITMAPS = 168, SB_BM_OFFSET = 176,
 	SB_BM_DIR_CRC = 184, SB_MIRROR_STATE = 188, SB_MIRROR_SINCE = 192,
 	SB_MIRROR_RECOVERED = 200, SB_MIRROR_ERROR_TIME = 208,
-	SB_MIRROR_ERROR = 216, SB_BASE = 512, SB_MIRROR = 1536,
+	SB_MIRROR_ERROR = 216, SB_RESTORE_FLAGS = 472, SB_RESTORE_STARTED = 480,
+	SB_BASE = 512, SB_MIRROR = 1536,
 	SB_META_BACKUP = 2560, SB_PRIMARY_ID = 3584, SB_MIRROR_ID = 3840,
 };
 
@@ -134,6 +135,10 @@ void cd_sb_encode(const struct cd_superblock *sb, uint8_t buf[CD_SB_SIZE])
 		buf[SB_MIRROR_ERROR + CD_MIRROR_ERROR_MAX - 1] = 0;
 		memcpy(buf + SB_MIRROR_ID, sb->mirror_id, CD_MIRROR_ID_MAX);
 		buf[SB_MIRROR_ID + CD_MIRROR_ID_MAX - 1] = 0;
+	}
+	if (sb->compat & CD_FEATURE_COMPAT_RESTORE) {
+		cd_put_le32(buf + SB_RESTORE_FLAGS, sb->restore_flags);
+		cd_put_le64(buf + SB_RESTORE_STARTED, sb->restore_started);
 	}
 	put_string(buf + SB_BASE, sb->base);
 	put_string(buf + SB_MIRROR, sb->mirror);
@@ -269,6 +274,10 @@ int cd_sb_decode(const uint8_t buf[CD_SB_SIZE], struct cd_superblock *sb,
 			*why = "unterminated mirror identity";
 			return -EUCLEAN;
 		}
+	}
+	if (sb->compat & CD_FEATURE_COMPAT_RESTORE) {
+		sb->restore_flags = cd_get_le32(buf + SB_RESTORE_FLAGS);
+		sb->restore_started = cd_get_le64(buf + SB_RESTORE_STARTED);
 	}
 	if (!get_string(buf + SB_BASE, sb->base) ||
 	    !get_string(buf + SB_MIRROR, sb->mirror) ||

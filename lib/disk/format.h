@@ -13,7 +13,7 @@
 
 /* Feature masks: unknown incompat bits refuse the open, unknown ro_compat
  * bits refuse writing. */
-#define CD_FEATURE_COMPAT_SUPP 0ull
+#define CD_FEATURE_COMPAT_SUPP CD_FEATURE_COMPAT_RESTORE
 #define CD_FEATURE_INCOMPAT_SUPP \
 	(CD_FEATURE_INCOMPAT_BITMAPS | CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_PRIMARY | \
 	 CD_FEATURE_INCOMPAT_FENCED)
@@ -22,6 +22,11 @@
  * bitmap they change (CD_RUN_BITMAP).  Set only by an explicit upgrade
  * (cd_disk_add_bitmaps), never by a plain write. */
 #define CD_FEATURE_INCOMPAT_BITMAPS (1ull << 0)
+/* The mirror record's device is a restore's auxiliary (cdisk-restore --to):
+ * the restore record (bytes 472-487) says what happens when it is in sync.
+ * A version that does not know this keeps it as a plain mirror, which
+ * loses nothing: hence compat. */
+#define CD_FEATURE_COMPAT_RESTORE (1ull << 0)
 /* A mirror is attached: every write must reach it or be set in bitmap 2,
  * and the mirror record (superblock bytes 188-471) is kept.  A version
  * that does not know this would write past the mirror unrecorded. */
@@ -50,6 +55,10 @@
 #define CD_MIRROR_ERROR_MAX 256u
 #define CD_PRIMARY_ID_MAX 256u
 #define CD_MIRROR_ID_MAX 248u
+/* The restore record's flags. */
+#define CD_RESTORE_SWITCH (1u << 0)        /* the auxiliary becomes the primary */
+#define CD_RESTORE_KEEP_PRIMARY (1u << 1)  /* and the primary goes back to being the mirror */
+
 enum cd_mirror_stored {
 	CD_MIRROR_STORED_COPYING = 1,
 	CD_MIRROR_STORED_IN_SYNC = 2,
@@ -100,6 +109,9 @@ struct cd_superblock {
 	 * failover makes it the primary's; a re-attached former primary is
 	 * known by it, and then gets only what bitmap 2 names. */
 	char mirror_id[CD_MIRROR_ID_MAX];
+	/* With RESTORE: CD_RESTORE_* and when the restore began. */
+	uint32_t restore_flags;
+	uint64_t restore_started;
 };
 
 static inline bool cd_sb_has_primary(const struct cd_superblock *sb)

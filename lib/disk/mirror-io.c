@@ -34,6 +34,12 @@ bool cd_mirror_attached(const struct cdisk *d)
 	return d->sb.incompat & CD_FEATURE_INCOMPAT_MIRROR;
 }
 
+bool cd_restore_active(const struct cdisk *d)
+{
+	return (d->sb.compat & CD_FEATURE_COMPAT_RESTORE) && cd_mirror_attached(d) &&
+	       d->sb.mirror_state != CD_MIRROR_STORED_FENCED;
+}
+
 /* ---- state, stored at each change ---- */
 
 /* Under the lock: a new state into the superblock now, so that a status
@@ -420,6 +426,10 @@ static void swap_roles(struct cd_superblock *sb, const char *why)
 	else
 		sb->mirror_id[0] = 0;
 	sb->incompat |= CD_FEATURE_INCOMPAT_FENCED;
+	/* A restore's auxiliary that took over is the primary now: the
+	 * restore is over. */
+	sb->compat &= ~CD_FEATURE_COMPAT_RESTORE;
+	sb->restore_flags = 0;
 	sb->mirror_state = CD_MIRROR_STORED_FENCED;
 	sb->mirror_since = now;
 	snprintf(sb->mirror_error, sizeof(sb->mirror_error), "%s", why);
@@ -556,6 +566,7 @@ void cd_mirror_free(struct cdisk *d)
 	pthread_mutex_unlock(&d->lock);
 	cd_target_close(m->t);
 	cd_bitmap_free(&m->claimed);
+	free(m->restore_hook);
 	pthread_cond_destroy(&m->work);
 	pthread_cond_destroy(&m->done);
 	pthread_cond_destroy(&m->wake);

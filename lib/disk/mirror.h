@@ -74,12 +74,18 @@ struct cd_mirror {
 	bool keeper_started;
 	bool kick;
 	volatile sig_atomic_t copy_stop;
+
+	/* A restore's --on-complete command (memory only: a server started
+	 * again finishes the restore without it). */
+	char *restore_hook;
 };
 
 
 
 /* The disk has a mirror attached (bitmap 2 means "out of sync with it"). */
 bool cd_mirror_attached(const struct cdisk *d);
+/* The mirror is a restore's auxiliary (cdisk-restore --to), not done yet. */
+bool cd_restore_active(const struct cdisk *d);
 /* Under the lock: true when the write must also go to the mirror; false
  * when not, its blocks then set out of sync. */
 bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count);

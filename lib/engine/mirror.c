@@ -18,6 +18,7 @@
 #include "format.h"
 #include "journal.h"
 #include "mirror.h"
+#include "restore.h"
 #include "target.h"
 #include "text.h"
 #include "util.h"
@@ -358,10 +359,20 @@ static int check_no_late_legs(struct cdisk *d)
  * must be sent; stored in one checkpoint, so that an attach cut by a
  * crash resumes from what is left. */
 static int record_mirror_locked(struct cdisk *d, const char *uri, const char *id,
-				bool former)
+				bool former, bool restore, uint32_t restore_flags)
 {
 	struct cd_superblock old = d->sb;
 	int r = 0;
+
+	if (restore) {
+		d->sb.compat |= CD_FEATURE_COMPAT_RESTORE;
+		d->sb.restore_flags = restore_flags;
+		d->sb.restore_started = (uint64_t)time(NULL);
+	} else {
+		d->sb.compat &= ~CD_FEATURE_COMPAT_RESTORE;
+		d->sb.restore_flags = 0;
+		d->sb.restore_started = 0;
+	}
 
 	if (!former)
 		r = cd_bitmap_assign(cd_mirror_oos(d), 0, d->nblocks, true);
@@ -387,6 +398,12 @@ static int record_mirror_locked(struct cdisk *d, const char *uri, const char *id
 }
 
 int cdisk_mirror_attach(struct cdisk *d, const char *uri)
+{
+	return cd_mirror_attach_as(d, uri, false, 0, NULL);
+}
+
+int cd_mirror_attach_as(struct cdisk *d, const char *uri, bool restore,
+			uint32_t restore_flags, const char *hook)
 {
 	char norm[CDISK_MAX_URI + 1], id[512], size[32];
 	struct cd_target *t = NULL;
@@ -418,17 +435,19 @@ int cdisk_mirror_attach(struct cdisk *d, const char *uri)
 		goto fail;
 	}
 	former = is_former_primary(d, id);
-	r = record_mirror_locked(d, norm, id, former);
+	r = record_mirror_locked(d, norm, id, former, restore, restore_flags);
 	if (r == 0) {
 		d->mirror->t = t;
 		t = NULL;
+		free(d->mirror->restore_hook);
+		d->mirror->restore_hook = hook ? strdup(hook) : NULL;
 		cd_format_size(cd_mirror_oos(d)->count << d->block_shift, size, sizeof(size));
 		if (former)
 			cd_log(d->ctx, CDISK_LOG_INFO, "'%s': former primary '%s' attached as "
 			       "the mirror; copying the %s it misses (writes made to it "
 			       "by others meanwhile are found only by cdisk-mirror verify)",
 			       d->path, norm, size);
-		else
+		else if (!restore)
 			cd_log(d->ctx, CDISK_LOG_INFO, "'%s': mirror '%s' attached; copying "
 			       "%s", d->path, norm, "the whole disk");
 	}
@@ -459,6 +478,8 @@ int cdisk_mirror_detach(struct cdisk *d)
 	cd_mirror_stop_threads(m);
 	pthread_mutex_lock(&d->lock);
 	d->sb.incompat &= ~(CD_FEATURE_INCOMPAT_MIRROR | CD_FEATURE_INCOMPAT_FENCED);
+	d->sb.compat &= ~CD_FEATURE_COMPAT_RESTORE;
+	d->sb.restore_flags = 0;
 	d->sb.mirror[0] = 0;
 	d->sb.mirror_id[0] = 0;
 	d->sb.mirror_state = 0;
@@ -601,9 +622,10 @@ static void keep_once(struct cdisk *d)
 	int r;
 
 	pthread_mutex_lock(&d->lock);
-	/* The fenced former primary is never probed back into use. */
+	/* The fenced former primary is never probed back into use; after a
+	 * restore's switch that left the disk no mirror, nothing is kept. */
 	paused = d->sb.mirror_state == CD_MIRROR_STORED_PAUSED ||
-		 d->sb.mirror_state == CD_MIRROR_STORED_FENCED;
+		 d->sb.mirror_state == CD_MIRROR_STORED_FENCED || !cd_mirror_attached(d);
 	live = m->live;
 	pthread_mutex_unlock(&d->lock);
 	if (paused)
@@ -625,7 +647,8 @@ static void keep_once(struct cdisk *d)
 			return;
 	}
 	m->copy_stop = 0;
-	copy_until_in_sync(d, &opts, &st, &m->copy_stop);
+	if (copy_until_in_sync(d, &opts, &st, &m->copy_stop) == 0 && !st.left_bytes)
+		cd_restore_after_copy(d);
 }
 
 static void *keeper_main(void *arg)
@@ -731,6 +754,9 @@ int cdisk_mirror_get_status(struct cdisk *d, struct cdisk_mirror_status *s)
 	s->since = d->sb.mirror_since;
 	s->recovered_bytes = d->sb.mirror_recovered << d->block_shift;
 	snprintf(s->last_error, sizeof(s->last_error), "%s", d->sb.mirror_error);
+	s->restoring = cd_restore_active(d);
+	s->restore_switch = s->restoring && (d->sb.restore_flags & CD_RESTORE_SWITCH);
+	s->restore_started = s->restoring ? d->sb.restore_started : 0;
 	s->last_error_time = d->sb.mirror_error_time;
 	switch (d->sb.mirror_state) {
 	case CD_MIRROR_STORED_PAUSED: s->state = CDISK_MIRROR_PAUSED; break;
