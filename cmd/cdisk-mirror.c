@@ -63,18 +63,6 @@ static const char *const state_names[] = {
 	[CDISK_MIRROR_PAUSED] = "paused", [CDISK_MIRROR_FENCED] = "failed-over",
 };
 
-static struct cdisk *running;
-static volatile sig_atomic_t interrupted;
-
-/* Stop after the requests in flight: what the mirror has is recorded, the
- * rest stays out of sync for the next copy. */
-static void on_signal(int sig)
-{
-	(void)sig;
-	interrupted = 1;
-	if (running)
-		cdisk_sync_stop(running);
-}
 
 static const char *state_name(enum cdisk_mirror_state s)
 {
@@ -305,7 +293,7 @@ static void copy_options(struct cdisk_sync_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
 	o->max_seconds = (uint32_t)max_time;
-	o->stop = &interrupted;
+	o->stop = &cli_interrupted;
 	if (cli_show_progress()) {
 		o->progress = show_progress;
 		cli_elapsed();   /* the clock starts now */
@@ -321,9 +309,9 @@ static int copy_idle(struct cdisk *d, const char *path)
 	int r;
 
 	copy_options(&o);
-	running = d;
+	cli_running = d;
 	r = cdisk_mirror_copy(d, &o, &st);
-	running = NULL;
+	cli_running = NULL;
 	if (o.progress)
 		fputc('\n', stderr);
 	if (r < 0)
@@ -509,7 +497,7 @@ static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
 			show_served_progress(&s);
 		if (s.state != CDISK_MIRROR_COPYING)
 			break;
-		if (interrupted || (max_time && cli_elapsed() >= max_time)) {
+		if (cli_interrupted || (max_time && cli_elapsed() >= max_time)) {
 			if (progress)
 				fputc('\n', stderr);
 			cli_error("'%s': stopped waiting with %s left to copy; the server goes "
@@ -599,7 +587,7 @@ static void verify_options(struct cdisk_verify_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->repair = repair;
 	o->rate = rate_arg ? cli_parse_size("--rate", rate_arg) : 0;
-	o->stop = &interrupted;
+	o->stop = &cli_interrupted;
 	if (cli_show_progress() && !cli.json)
 		o->progress = show_verify_progress;
 }
@@ -715,9 +703,9 @@ static int verify_idle(struct cdisk_ctx *ctx, struct cdisk *d, const char *path)
 	if (s.state == CDISK_MIRROR_NONE)
 		return has_no_mirror(path);
 	verify_options(&o);
-	running = d;
+	cli_running = d;
 	r = cdisk_mirror_verify(d, &o, &v);
-	running = NULL;
+	cli_running = NULL;
 	if (o.progress)
 		fputc('\n', stderr);
 	if (r < 0)
@@ -809,8 +797,7 @@ int main(int argc, char **argv)
 	path = args[1];
 	uri = args[2];
 	check_options(c, uri);
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	cli_stop_on_signals();
 
 	ctx = cli_context();
 	r = cdisk_open(ctx, path, open_flags(c), &d);

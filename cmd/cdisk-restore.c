@@ -105,18 +105,6 @@ static void report_confirm(const char *path, bool changed)
 
 /* ---- --to: restore onto a new target ---- */
 
-static struct cdisk *running;
-static volatile sig_atomic_t interrupted;
-
-/* Stop after the requests in flight; the restore goes on where it stopped
- * when asked again, or when the disk is served. */
-static void on_signal(int sig)
-{
-	(void)sig;
-	interrupted = 1;
-	if (running)
-		cdisk_sync_stop(running);
-}
 
 static void show_progress(void *opaque, const struct cdisk_sync_progress *p)
 {
@@ -183,7 +171,7 @@ static int restore_refused(struct cdisk_ctx *ctx, int r)
 static int restore_idle(struct cdisk *d, const char *path)
 {
 	struct cdisk_restore_opts ro;
-	struct cdisk_sync_opts o = { .stop = &interrupted };
+	struct cdisk_sync_opts o = { .stop = &cli_interrupted };
 	struct cdisk_sync_stats st;
 	struct cdisk_mirror_status s;
 	char target[CDISK_MAX_URI + 1], a[32];
@@ -204,9 +192,9 @@ static int restore_idle(struct cdisk *d, const char *path)
 		o.progress = show_progress;
 		cli_elapsed();
 	}
-	running = d;
+	cli_running = d;
 	r = cdisk_restore_copy(d, &o, &st);
-	running = NULL;
+	cli_running = NULL;
 	if (o.progress)
 		fputc('\n', stderr);
 	if (r == 0)
@@ -262,7 +250,7 @@ static int wait_restored(struct cdisk_ctx *ctx, const char *path, const char *ta
 		}
 		if (cli_show_progress())
 			cli_progress("%s left to copy to '%s'", a, target);
-		if (interrupted || (max_time && cli_elapsed() >= max_time)) {
+		if (cli_interrupted || (max_time && cli_elapsed() >= max_time)) {
 			if (cli_show_progress())
 				fputc('\n', stderr);
 			cli_error("'%s': stopped waiting with %s left to copy; the server goes "
@@ -298,8 +286,7 @@ static int restore_to(struct cdisk_ctx *ctx, const char *path)
 	struct cdisk *d = NULL;
 	int r;
 
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	cli_stop_on_signals();
 	r = cdisk_open(ctx, path, 0, &d);
 	if (r == 0) {
 		r = restore_idle(d, path);

@@ -2,6 +2,7 @@
  * the library, and returns cli_exit_code(). */
 #include <errno.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -363,4 +364,21 @@ int cli_print_json(json_t *j)
 	printf("%s\n", text);
 	free(text);
 	return 0;
+}
+
+volatile sig_atomic_t cli_interrupted;
+struct cdisk *cli_running;
+
+static void on_stop_signal(int sig)
+{
+	(void)sig;
+	cli_interrupted = 1;
+	if (cli_running)
+		cdisk_sync_stop(cli_running);
+}
+
+void cli_stop_on_signals(void)
+{
+	signal(SIGINT, on_stop_signal);
+	signal(SIGTERM, on_stop_signal);
 }

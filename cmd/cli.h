@@ -4,6 +4,7 @@
 
 #include <jansson.h>
 #include <popt.h>
+#include <signal.h>
 #include <stdbool.h>
 #include <stdnoreturn.h>
 
@@ -73,5 +74,12 @@ double cli_elapsed(void);
 void cli_progress(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* "s" unless n is 1: "%u request%s". */
 const char *cli_plural(uint64_t n);
+
+/* After cli_stop_on_signals, SIGINT and SIGTERM set cli_interrupted and
+ * stop the copy of cli_running, if set, after the requests in flight
+ * (cdisk_sync_stop): what was sent is kept, the rest is left for later. */
+extern volatile sig_atomic_t cli_interrupted;
+extern struct cdisk *cli_running;
+void cli_stop_on_signals(void);
 
 #endif

@@ -26,23 +26,6 @@ teardown() {
 	return 0
 }
 
-# fio_writes: a fixed amount of verified random writes through the
-# server at a fixed pace (about 8 s), in the background; sets FIO.
-fio_writes() {
-	timeout 120 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --io_size=16M --rate_iops=500 --iodepth=8 --verify=crc32c \
-		--verify_fatal=1 --do_verify=0 --verify_state_save=0 \
-		--output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
-	FIO=$!
-}
-
-fio_check() {
-	wait "$FIO" || fail "fio saw an error: $(cat "$BATS_TEST_TMPDIR/fio.out")"
-	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --io_size=16M --verify=crc32c --verify_only=1 --verify_fatal=1 \
-		--verify_state_save=0
-}
-
 # The disk failed over: the status says so (exit 9: not protected), names
 # the former primary, and the log says it loudly.
 assert_failed_over() {

@@ -145,16 +145,6 @@ failed_over_disk() {
 	assert_error cdisk-restore "its data is in the file, not on a primary"
 }
 
-# fio's verified random writes through the server (about 8 s), in the
-# background; sets FIO.
-fio_writes() {
-	timeout 120 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --io_size=16M --rate_iops=500 --iodepth=8 --verify=crc32c \
-		--verify_fatal=1 --do_verify=0 --verify_state_save=0 \
-		--output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
-	FIO=$!
-}
-
 @test "restore --to --switch of a served disk while fio writes: new primary and mirror equal, fio sees no error, writes after the switch reach both" {
 	failed_over_disk
 	truncate -s 64M a.raw
@@ -168,12 +158,9 @@ fio_writes() {
 	sleep 1
 	run_cdisk 0 cdisk-restore --switch --to "nbd://127.0.0.1:$PROXY_PORT" d.cdisk
 	assert_output "'d.cdisk': restored: 'nbd://127.0.0.1:$PROXY_PORT' is the primary now, and '$PWD/m.raw' the mirror (in sync)"
-	wait "$FIO" || fail "fio saw an error: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	fio_check
 	grep -q "RESTORE COMPLETE: 'nbd://127.0.0.1:$PROXY_PORT' is the primary now" \
 		"$BATS_TEST_TMPDIR/serve.log" || fail "no log line: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
-		--size=64M --io_size=16M --verify=crc32c --verify_only=1 --verify_fatal=1 \
-		--verify_state_save=0
 	run_cdisk 0 qemu-io -f raw -c 'write -P 0x5a 3M 256k' -c flush "$NBD"
 	stop_serve
 	cmp a.raw m.raw

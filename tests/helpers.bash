@@ -195,6 +195,24 @@ sync_served_while_fio_writes() {
 	stop_serve
 }
 
+# fio_writes: a fixed amount of verified random writes through the
+# server ($NBD) at a fixed pace (about 8 s), in the background; sets FIO.
+# fio_check waits for it and reads back all it wrote.
+fio_writes() {
+	timeout 120 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
+		--size=64M --io_size=16M --rate_iops=500 --iodepth=8 --verify=crc32c \
+		--verify_fatal=1 --do_verify=0 --verify_state_save=0 \
+		--output="$BATS_TEST_TMPDIR/fio.out" 3>&- &
+	FIO=$!
+}
+
+fio_check() {
+	wait "$FIO" || fail "fio saw an error: $(cat "$BATS_TEST_TMPDIR/fio.out")"
+	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
+		--size=64M --io_size=16M --verify=crc32c --verify_only=1 --verify_fatal=1 \
+		--verify_state_save=0
+}
+
 # wait_state STATE [SECONDS]: until cdisk-mirror status --json on d.cdisk
 # says STATE (default: 60 s).
 wait_state() {
