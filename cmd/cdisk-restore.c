@@ -159,9 +159,14 @@ static int said_started(const char *path, const struct cdisk_mirror_status *s)
 }
 
 /* The refusals of a restore's guards, and a second restore, change
- * nothing: a guard's exit code. */
-static int restore_refused(struct cdisk_ctx *ctx, int r)
+ * nothing: a guard's exit code.  A restore done before is success, so
+ * that a script may run it again. */
+static int restore_refused(struct cdisk_ctx *ctx, const char *path, int r)
 {
+	if (r == -EALREADY) {
+		cli_message("'%s': nothing to do: %s", path, cdisk_ctx_error(ctx));
+		return 0;
+	}
 	if (r != -EAGAIN && r != -EEXIST)
 		return r;
 	cli_error("%s", cdisk_ctx_error(ctx));
@@ -182,7 +187,7 @@ static int restore_idle(struct cdisk *d, const char *path)
 	if (r == 0)
 		r = cdisk_mirror_get_status(d, &s);
 	if (r < 0)
-		return restore_refused(cdisk_get_ctx(d), r);
+		return restore_refused(cdisk_get_ctx(d), path, r);
 	if (background)
 		return said_started(path, &s);
 	memcpy(target, s.uri, sizeof(target));
@@ -274,7 +279,7 @@ static int restore_served(struct cdisk_ctx *ctx, const char *path)
 			  "not --rate's", path);
 	r = cdisk_restore_via_owner(ctx, path, to, &ro, &s);
 	if (r < 0)
-		return restore_refused(ctx, r);
+		return restore_refused(ctx, path, r);
 	if (background)
 		return said_started(path, &s);
 	memcpy(target, s.uri, sizeof(target));

@@ -730,9 +730,11 @@ struct cdisk_restore_opts {
 };
 
 /* Check uri as an attach checks a mirror and record it as the restore's
- * auxiliary, everything out of sync.  -EINVAL: the disk is not on a
- * primary; -EEXIST: a restore is under way; -EAGAIN: a mirror is in use
- * (fail over to it or detach it first). */
+ * auxiliary, everything out of sync; the same uri while its restore is
+ * under way goes on with it.  -EINVAL: the disk is not on a primary;
+ * -EEXIST: a restore to another target is under way; -EAGAIN: a mirror
+ * is in use (fail over to it or detach it first); -EALREADY: uri is the
+ * primary already (with CDISK_RESTORE_SWITCH) or the mirror (without). */
 int cdisk_restore_start(struct cdisk *disk, const char *uri,
 			const struct cdisk_restore_opts *opts);
 /* An idle disk's restore, in the calling thread: the copy, then the

@@ -60,13 +60,25 @@ nbd_behind_proxy() {
 		.rtt_p95_ms <= .rtt_max_ms and .load_delay_ms != null' <<<"$output"
 }
 
+# assert_delay_measured MS: the probe's JSON in $output measured an
+# injected delay of MS.  The fastest of the pings is within 20% of it: a
+# loaded machine only adds its own scheduling delays, to some pings, so
+# the minimum is what the network took; no ping is faster than the delay.
+assert_delay_measured() {
+	local ms=$1 min mean
+	min=$(jq -r .rtt_min_ms <<<"$output")
+	mean=$(jq -r .rtt_mean_ms <<<"$output")
+	within 20 "$min" "$ms" || fail "injected $ms ms, measured a fastest ping of $min ms"
+	awk -v m="$mean" -v e="$ms" 'BEGIN { exit !(m >= e * 0.98) }' ||
+		fail "injected $ms ms, measured a mean of $mean ms"
+}
+
 @test "probe: injected delays of 10, 50 and 100 ms are measured within 20%" {
 	nbd_behind_proxy
 	for ms in 10 50 100; do
 		proxy_ctl delay "$ms"
 		run_cdisk 0 cdisk-probe --json --no-read --pings 10 --max-rtt none "$URI"
-		mean=$(jq -r .rtt_mean_ms <<<"$output")
-		within 20 "$mean" "$ms" || fail "injected $ms ms, measured $mean ms"
+		assert_delay_measured "$ms"
 	done
 }
 
@@ -77,8 +89,7 @@ nbd_behind_proxy() {
 	proxy_ctl delay 50
 	run_cdisk 0 cdisk-probe --json --pings 10 --max-rtt none --max-load-delay none \
 		"iscsi://127.0.0.1:$PROXY_PORT/$TGT_IQN/1"
-	mean=$(jq -r .rtt_mean_ms <<<"$output")
-	within 20 "$mean" 50 || fail "injected 50 ms, measured $mean ms"
+	assert_delay_measured 50
 	tgt_delete_lun "$TGT_TID"
 }
 
@@ -89,8 +100,7 @@ nbd_behind_proxy() {
 	export AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT
 	proxy_ctl delay 50
 	run_cdisk 0 cdisk-probe --json --no-read --pings 10 --max-rtt none "s3://$BUCKET/probe"
-	mean=$(jq -r .rtt_mean_ms <<<"$output")
-	within 20 "$mean" 50 || fail "injected 50 ms, measured $mean ms"
+	assert_delay_measured 50
 }
 
 @test "probe: connections cut or paused mid-probe are counted lost, then reconnected" {

@@ -193,6 +193,11 @@ static int s3_code_errno(const char *code, long status)
 	if (!strcmp(code, "SlowDown") || !strcmp(code, "ServiceUnavailable") ||
 	    !strcmp(code, "RequestTimeout"))
 		return -EAGAIN;
+	/* S3 documents InternalError (500) as "try again", and radosgw
+	 * answers a loaded cluster's timeouts with 500 UnknownError: tried
+	 * again, as the AWS SDKs do, and 502 from a proxy in front too. */
+	if (status == 500 || status == 502)
+		return -EAGAIN;
 	return cd_http_status_errno(status);
 }
 

@@ -80,6 +80,19 @@ static int resume(struct cdisk *d, const struct cdisk_restore_opts *o)
 	return 1;
 }
 
+/* The restore asked for was done before (a script run again): the
+ * target is the primary already, or, without a switch, the mirror. */
+static bool already_done(const struct cdisk *d, const char *norm,
+			 const struct cdisk_restore_opts *o)
+{
+	if (!cd_sb_has_primary(&d->sb))
+		return false;
+	if (o->flags & CDISK_RESTORE_SWITCH)
+		return !strcmp(norm, d->sb.base);
+	return cd_mirror_attached(d) && d->sb.mirror_state != CD_MIRROR_STORED_FENCED &&
+	       !strcmp(norm, d->sb.mirror);
+}
+
 /* An RBD image is made if there is none (of the disk's size); other
  * kinds are made on their servers.  One that exists is checked as any
  * target is. */
@@ -116,6 +129,9 @@ int cdisk_restore_start(struct cdisk *d, const char *uri,
 	pthread_mutex_lock(&d->lock);
 	if (cd_restore_active(d) && d->mirror && !strcmp(norm, d->sb.mirror))
 		r = resume(d, o);
+	else if (already_done(d, norm, o))
+		r = cd_error(d->ctx, -EALREADY, "'%s' is already the %s of '%s'", uri,
+			     (o->flags & CDISK_RESTORE_SWITCH) ? "primary" : "mirror", d->path);
 	else
 		r = check_can_start(d, uri);
 	if (r == 1) {
