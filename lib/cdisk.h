@@ -149,6 +149,8 @@ enum cdisk_files_action {
 	CDISK_FILES_REMOVED,    /* pull: deleted in the cloud, so on the disk */
 	CDISK_FILES_CONFLICT,   /* pull: changed on both sides; key is the cloud's copy's
 				 * name on the disk, why the file it stands beside */
+	CDISK_FILES_KEPT,       /* pull into a reader: the guest's own version of why,
+				 * which the cloud's replaced or deleted, kept as key */
 };
 
 struct cdisk_files_opts {
@@ -174,22 +176,28 @@ struct cdisk_files_result {
 	uint64_t from_cache;               /* of those, found in the cache already */
 	uint64_t own;                      /* this host's uploads, not fetched back */
 	uint64_t removed, conflicts;
+	uint64_t kept;                     /* a reader's own versions kept beside */
+	bool reader;                       /* the disk is a reader of the folder */
 };
 
 /* 0, or a negative errno: -ECANCELED when more than half the folder's
  * files would be deleted (without force), -EUCLEAN when the filesystem
  * needs recovery or is not the one recorded, -EAGAIN when the disk is
- * served, -ENOENT when path is no folder's writer disk. */
+ * served, -ENOENT when path is no disk made from a folder, -EROFS when
+ * it is a reader disk (only the writer sends files). */
 int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);
 
-/* Cloud changes into a writer disk's filesystem (folder-push.c): the
- * folder is listed; objects added or changed since the last sync that
- * this host did not upload are fetched and written as files, files
- * deleted in the cloud are deleted.  All of it reaches the disk at once
- * or not at all.  0, -EXDEV when there were conflicts (each reported,
- * both versions kept), or the errors of cdisk_sync_files. */
+/* Cloud changes into a disk's filesystem (folder-push.c): the folder is
+ * listed; objects added or changed since the disk's last sync or pull
+ * (into the writer: that this host did not upload) are fetched and
+ * written as files, files deleted in the cloud are deleted.  All of it
+ * reaches the disk at once or not at all.  0, -EXDEV when there were
+ * conflicts on the writer (each reported, both versions kept), or the
+ * errors of cdisk_sync_files.  On a reader the cloud's changes win and
+ * the guest's versions they replace are kept beside (CDISK_FILES_KEPT);
+ * a reader has no conflicts. */
 int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);

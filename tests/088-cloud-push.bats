@@ -208,8 +208,11 @@ ssv state 0"
 	assert_error cdisk-sync "is served \\(cdisk-serve\\): the guest has the filesystem mounted; try later"
 	stop_serve
 	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M r.cdisk
-	run_cdisk 6 cdisk-sync --files r.cdisk
-	assert_error cdisk-sync "is not the writer disk of a cloud folder"
+	run_cdisk 5 cdisk-sync --files r.cdisk
+	assert_error cdisk-sync "is a reader disk of .*: only its writer disk '.*/w.cdisk' sends files"
+	run_cdisk cdisk-create --size 64M plain.cdisk
+	run_cdisk 6 cdisk-sync --files plain.cdisk
+	assert_error cdisk-sync "is no disk of a cloud folder in the cache"
 	run_cdisk 2 cdisk-sync --files --close w.cdisk
 	assert_usage_error cdisk-sync "--files goes with"
 }

@@ -54,6 +54,8 @@ struct push {
 	struct cdisk_files_result *res;
 	char disk[PATH_MAX];
 	char folder_id[65];
+	char sid[CD_FOLDER_SID_MAX];   /* the disk's own cache files (folder.h) */
+	bool reader;        /* a reader disk: pulled into, never pushed from */
 	char uuid[33];
 	char state[PATH_MAX], journal[PATH_MAX], uploads[PATH_MAX];
 	struct recs old;    /* sorted by rel */
@@ -337,41 +339,83 @@ static int save_state(struct push *p)
 
 static int pull_recover(struct push *p);
 
-/* ---- which folder: the writer files of the cache name their disks ---- */
+/* ---- which folder: the writer files of the cache name their disks, a
+ * reader's state is named after its path ---- */
+
+/* The first line of a cache file (a writer record names its disk). */
+static bool first_line(const char *file, char *line, size_t size)
+{
+	FILE *f = fopen(file, "r");
+	bool ok = f && fgets(line, (int)size, f);
+
+	if (f)
+		fclose(f);
+	if (ok)
+		line[strcspn(line, "\n")] = '\0';
+	return ok;
+}
 
 static int find_folder(struct push *p)
 {
-	char dir[PATH_MAX], file[PATH_MAX + 300], line[PATH_MAX + 2];
+	char dir[PATH_MAX], file[PATH_MAX + 300], line[PATH_MAX + 2], tail[CD_FOLDER_SID_MAX];
 	struct dirent *de;
+	size_t tn;
 	DIR *d;
-	FILE *f;
 
 	snprintf(dir, sizeof(dir), "%s/folders", p->ctx->cfg.cache_dir);
+	cd_folder_reader_id("", p->disk, tail);   /* ".r-H" */
+	tn = strlen(tail);
 	d = opendir(dir);
 	while (d && (de = readdir(d))) {
 		size_t n = strlen(de->d_name);
-		if (n != 64 + 7 || strcmp(de->d_name + 64, ".writer"))
+		const char *rest = de->d_name + 64;
+		if (n == 64 + 7 && !strcmp(rest, ".writer")) {
+			snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
+			if (!first_line(file, line, sizeof(line)) || strcmp(line, p->disk))
+				continue;
+			p->reader = false;
+		} else if (n == 64 + tn + 6 && !strncmp(rest, tail, tn) &&
+			   !strcmp(rest + tn, ".state")) {
+			p->reader = true;   /* a writer record of the same disk wins */
+		} else {
 			continue;
-		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
-		f = fopen(file, "r");
-		if (!f)
-			continue;
-		if (fgets(line, sizeof(line), f) && (line[strcspn(line, "\n")] = '\0',
-						      !strcmp(line, p->disk))) {
-			memcpy(p->folder_id, de->d_name, 64);
-			p->folder_id[64] = '\0';
 		}
-		fclose(f);
-		if (p->folder_id[0])
+		memcpy(p->folder_id, de->d_name, 64);
+		p->folder_id[64] = '\0';
+		if (!p->reader)
 			break;
 	}
 	if (d)
 		closedir(d);
 	if (!p->folder_id[0])
-		return cd_error(p->ctx, -ENOENT, "'%s' is not the writer disk of a cloud "
-				"folder in the cache '%s' (cdisk-create --from-folder --writer "
-				"makes one)", p->disk, p->ctx->cfg.cache_dir);
+		return cd_error(p->ctx, -ENOENT, "'%s' is no disk of a cloud folder in the "
+				"cache '%s' (cdisk-create --from-folder makes one)", p->disk,
+				p->ctx->cfg.cache_dir);
+	if (p->reader)
+		cd_folder_reader_id(p->folder_id, p->disk, p->sid);
+	else
+		snprintf(p->sid, sizeof(p->sid), "%s", p->folder_id);
 	return 0;
+}
+
+/* A reader's files never go to the cloud: only the folder's writer
+ * sends, or two disks would overwrite each other's changes there. */
+static int refuse_push(struct push *p)
+{
+	char wfile[PATH_MAX], writer[PATH_MAX + 2] = "";
+	int err = cd_folder_cache_file(p->ctx, p->folder_id, ".writer", wfile);
+
+	if (err)
+		return err;
+	if (first_line(wfile, writer, sizeof(writer)) && access(writer, F_OK) == 0)
+		return cd_error(p->ctx, -EROFS, "'%s' is a reader disk of '%s': only its "
+				"writer disk '%s' sends files to the cloud (--files --pull "
+				"brings the cloud's changes into a reader)", p->disk,
+				p->res->uri, writer);
+	return cd_error(p->ctx, -EROFS, "'%s' is a reader disk of '%s', which has no "
+			"writer disk: only a writer (cdisk-create --from-folder --writer) "
+			"sends files to the cloud (--files --pull brings the cloud's "
+			"changes into a reader)", p->disk, p->res->uri);
 }
 
 /* ---- the filesystem ---- */
@@ -793,6 +837,8 @@ static int sync_folder(struct push *p, const char *path)
 	int err;
 
 	err = load_state(p);
+	if (err == 0 && p->reader)
+		err = refuse_push(p);
 	if (err == 0)
 		err = open_disk(p, path);
 	if (err == 0)
@@ -973,6 +1019,7 @@ struct pull_item {
 	char obj[PATH_MAX];    /* the fetched content */
 	char sha[65];
 	int64_t mtime;
+	bool aside;            /* a reader's own change to rel, kept beside first */
 };
 
 struct plan {
@@ -1032,10 +1079,19 @@ static int plan_cloud(struct push *p, struct plan *pl)
 		err = fetch_item(p, it);
 		if (err)
 			break;
-		if (now && now->kind == 'F' && !strcmp(now->sha, it->sha))
+		if (now && now->kind == 'F' && !strcmp(now->sha, it->sha)) {
 			it->what = DO_RECORD;   /* both sides made the same change */
-		else
-			it->what = disk_changed(old, now) ? DO_CONFLICT : DO_WRITE;
+		} else if (!disk_changed(old, now)) {
+			it->what = DO_WRITE;
+		} else if (p->reader) {
+			/* On a reader the cloud wins (nothing of a reader goes up,
+			 * so its version would otherwise stay on it forever); what
+			 * the guest wrote there is kept beside, not lost. */
+			it->what = DO_WRITE;
+			it->aside = now != NULL;
+		} else {
+			it->what = DO_CONFLICT;
+		}
 		pl->n++;
 	}
 	return err;
@@ -1055,6 +1111,12 @@ static void plan_deletes(struct push *p, struct plan *pl)
 		now = find(&p->now, old->rel);
 		it->what = old->kind == 'F' && now && now->kind == 'F' && !now->changed
 			   ? DO_REMOVE : DO_RECORD;
+		/* a reader follows the cloud; what its guest changed is kept */
+		if (p->reader && it->what == DO_RECORD && old->kind == 'F' && now &&
+		    now->kind == 'F') {
+			it->what = DO_REMOVE;
+			it->aside = true;
+		}
 		pl->n++;
 	}
 }
@@ -1318,8 +1380,9 @@ static errcode_t make_marker(ext2_filsys fs, const char *rel, const struct owner
 	return parent_of(fs, path, o, true, &dir, &name);
 }
 
-/* NAME.cloud-conflict-YYYYMMDD-HHMMSS.EXT beside rel. */
-static void conflict_name(const char *rel, time_t when, char *out, size_t size)
+/* NAME.WHOSE-conflict-YYYYMMDD-HHMMSS.EXT beside rel. */
+static void conflict_name(const char *rel, const char *whose, time_t when, char *out,
+			  size_t size)
 {
 	const char *base = strrchr(rel, '/'), *dot;
 	char stamp[32];
@@ -1332,10 +1395,58 @@ static void conflict_name(const char *rel, time_t when, char *out, size_t size)
 	gmtime_r(&when, &tm);
 	strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
 	if (dot)
-		snprintf(out, size, "%.*s.cloud-conflict-%s%s", (int)(dot - rel), rel, stamp,
-			 dot);
+		snprintf(out, size, "%.*s.%s-conflict-%s%s", (int)(dot - rel), rel, whose,
+			 stamp, dot);
 	else
-		snprintf(out, size, "%s.cloud-conflict-%s", rel, stamp);
+		snprintf(out, size, "%s.%s-conflict-%s", rel, whose, stamp);
+}
+
+static int dirent_type(uint16_t mode)
+{
+	return LINUX_S_ISREG(mode) ? EXT2_FT_REG_FILE : LINUX_S_ISDIR(mode) ? EXT2_FT_DIR :
+	       LINUX_S_ISLNK(mode) ? EXT2_FT_SYMLINK : LINUX_S_ISCHR(mode) ? EXT2_FT_CHRDEV :
+	       LINUX_S_ISBLK(mode) ? EXT2_FT_BLKDEV : LINUX_S_ISFIFO(mode) ? EXT2_FT_FIFO :
+	       LINUX_S_ISSOCK(mode) ? EXT2_FT_SOCK : EXT2_FT_UNKNOWN;
+}
+
+/* A reader's own version of rel renamed to NAME.local-conflict-... in
+ * its folder (a name taken already gets -2, -3, ...); name gets the new
+ * key.  rel no longer names anything after it. */
+static errcode_t move_aside(ext2_filsys fs, const char *rel, const struct owner *o,
+			    time_t when, char *name, size_t size)
+{
+	struct ext2_inode in;
+	char path[KEY_MAX], side[KEY_MAX + 64], *base, *sbase;
+	ext2_ino_t dir, ino, other;
+	errcode_t e;
+
+	snprintf(path, sizeof(path), "%s", rel);
+	e = parent_of(fs, path, o, false, &dir, &base);
+	if (!e)
+		e = ext2fs_lookup(fs, dir, base, (int)strlen(base), NULL, &ino);
+	if (!e)
+		e = ext2fs_read_inode(fs, ino, &in);
+	for (unsigned n = 1; !e; n++) {
+		conflict_name(rel, "local", when, name, size);
+		if (n > 1) {   /* before the extension, as the stamp */
+			char *dot = strrchr(name, '.'), *stamp = strstr(name, ".local-conflict-");
+			size_t at = dot && dot > stamp ? (size_t)(dot - name) : strlen(name);
+			snprintf(side, sizeof(side), "%.*s-%u%s", (int)at, name, n, name + at);
+			snprintf(name, size, "%s", side);
+		}
+		snprintf(side, sizeof(side), "%s", name);
+		sbase = strrchr(side, '/');
+		sbase = sbase ? sbase + 1 : side;
+		e = ext2fs_lookup(fs, dir, sbase, (int)strlen(sbase), NULL, &other);
+		if (e == EXT2_ET_FILE_NOT_FOUND) {
+			/* the same folder: a folder moved aside keeps its ".." */
+			e = link_name(fs, dir, sbase, ino, dirent_type(in.i_mode));
+			if (!e)
+				e = ext2fs_unlink(fs, dir, base, ino, 0);
+			return e;
+		}
+	}
+	return e;
 }
 
 /* -- the copy, changed, and put in place -- */
@@ -1418,6 +1529,13 @@ static errcode_t apply_item(struct push *p, ext2_filsys fs, const struct owner *
 		r = *it->old;
 		r.kind = 'X';
 	}
+	if (it->aside) {
+		e = move_aside(fs, r.rel, o, started, name, sizeof(name));
+		if (e)
+			return e;
+		p->res->kept++;
+		report(p, CDISK_FILES_KEPT, name, 0, NULL, r.rel);
+	}
 	switch (it->what) {
 	case DO_WRITE:
 		e = put_file(fs, r.rel, it->obj, r.size, it->mtime, o, &r);
@@ -1427,7 +1545,7 @@ static errcode_t apply_item(struct push *p, ext2_filsys fs, const struct owner *
 		break;
 	case DO_CONFLICT: {
 		struct rec side = { 0 };
-		conflict_name(r.rel, started, name, sizeof(name));
+		conflict_name(r.rel, "cloud", started, name, sizeof(name));
 		e = put_file(fs, name, it->obj, r.size, it->mtime, o, &side);
 		/* the record has the cloud's ETag, inode 0: the disk's version
 		 * differs from it, so the next push sends the disk's */
@@ -1566,7 +1684,9 @@ static int pull_folder(struct push *p, const char *path)
 	int err;
 
 	err = load_state(p);
-	if (err == 0)
+	/* This host's uploads are the writer's own changes, not to be fetched
+	 * back into it; for a reader they are changes like any other. */
+	if (err == 0 && !p->reader)
 		err = load_own(p);
 	if (err == 0)
 		err = cd_s3_folder_open(p->ctx, p->res->uri, &p->f);
@@ -1597,6 +1717,9 @@ static int pull_folder(struct push *p, const char *path)
 				       it->what == DO_CONFLICT ? rel : NULL);
 			else if (it->what == DO_REMOVE)
 				report(p, CDISK_FILES_REMOVED, rel, it->old->size, NULL, NULL);
+			if (it->aside)
+				report(p, CDISK_FILES_KEPT, rel, 0, NULL, rel);
+			p->res->kept += it->aside;
 			p->res->fetched += it->what == DO_WRITE;
 			p->res->conflicts += it->what == DO_CONFLICT;
 			p->res->removed += it->what == DO_REMOVE;
@@ -1651,12 +1774,14 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 	if (!realpath(path, p.disk))
 		return cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
 	err = find_folder(&p);
-	if ((err = err ? err : cd_folder_cache_file(ctx, p.folder_id, ".state", p.state)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".pull", p.intent)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".state.pull", p.pending)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".journal", p.journal)) ||
+	res->reader = p.reader;
+	/* the disk's own state and lock; the upload log is the folder's */
+	if ((err = err ? err : cd_folder_cache_file(ctx, p.sid, ".state", p.state)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".pull", p.intent)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".state.pull", p.pending)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".journal", p.journal)) ||
 	    (err = cd_folder_cache_file(ctx, p.folder_id, ".uploads", p.uploads)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".lock", lock)))
+	    (err = cd_folder_cache_file(ctx, p.sid, ".lock", lock)))
 		return err;
 	lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (lock_fd < 0)
