@@ -189,6 +189,11 @@ int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);
 
+/* The same with a disk the caller has open (cdisk-serve's own handle,
+ * once no client is left to write through it); the disk stays open. */
+int cdisk_sync_files_disk(struct cdisk *disk, const struct cdisk_files_opts *opts,
+			  struct cdisk_files_result *result);
+
 /* Cloud changes into a disk's filesystem (folder-push.c): the folder is
  * listed; objects added or changed since the disk's last sync or pull
  * (into the writer: that this host did not upload) are fetched and
@@ -410,6 +415,10 @@ int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout
  * DIR/shared/IMAGE.cdisk as the read-only shared/IMAGE, found again when
  * the folder changes (inotify) and on the control verb "rescan";
  * read_only: every image read-only. */
+/* When the last client of a cloud folder's writer disk disconnects, send
+ * its files to the folder (cdisk_sync_files_disk), on a thread of its
+ * own; a client that connects meanwhile waits for it to end. */
+void cdisk_server_set_files_push(struct cdisk_server *server, bool on);
 int cdisk_server_set_pool(struct cdisk_server *server, const char *dir, bool read_only);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "disk.h"
 #include "extfs.h"
 #include "folder.h"
 
@@ -61,6 +62,7 @@ struct push {
 	struct recs old;    /* sorted by rel */
 	struct recs now;    /* what the filesystem holds, then what the cloud will */
 	struct cdisk *d;
+	struct cdisk *given;   /* the server's own handle of the disk (not closed) */
 	ext2_filsys fs;
 	struct cd_s3_folder *f;
 	void *session;
@@ -424,7 +426,13 @@ static int open_disk(struct push *p, const char *path)
 {
 	struct cdisk_info info;
 	uint64_t offset;
-	int r = cdisk_open(p->ctx, path, CDISK_OPEN_RDONLY, &p->d);
+	int r = 0;
+
+	/* The server's handle, with no client left to write through it. */
+	if (p->given)
+		p->d = p->given;
+	else
+		r = cdisk_open(p->ctx, path, CDISK_OPEN_RDONLY, &p->d);
 
 	if (r == -EBUSY) {
 		char saved[CD_ERROR_MAX];
@@ -1761,11 +1769,11 @@ static int pull_folder(struct push *p, const char *path)
 /* A push or a pull of the writer disk at path: its folder's cache files
  * found, one of them at a time (two would both upload), a pull that a
  * crash cut short finished first. */
-static int run_locked(struct cdisk_ctx *ctx, const char *path,
+static int run_locked(struct cdisk_ctx *ctx, const char *path, struct cdisk *given,
 		      const struct cdisk_files_opts *o, struct cdisk_files_result *res,
 		      int (*job)(struct push *p, const char *path))
 {
-	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1 };
+	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1, .given = given };
 	char lock[PATH_MAX];
 	int lock_fd = -1, err;
 
@@ -1796,7 +1804,7 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 		err = job(&p, path);
 	if (p.fs)
 		ext2fs_close2(p.fs, 0);
-	if (p.d) {
+	if (p.d && p.d != p.given) {
 		int c = cdisk_close(p.d);
 		if (err == 0)
 			err = c;
@@ -1820,11 +1828,17 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
 {
-	return run_locked(ctx, path, o, res, sync_folder);
+	return run_locked(ctx, path, NULL, o, res, sync_folder);
+}
+
+int cdisk_sync_files_disk(struct cdisk *d, const struct cdisk_files_opts *o,
+			  struct cdisk_files_result *res)
+{
+	return run_locked(d->ctx, cdisk_path(d), d, o, res, sync_folder);
 }
 
 int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
 {
-	return run_locked(ctx, path, o, res, pull_folder);
+	return run_locked(ctx, path, NULL, o, res, pull_folder);
 }
