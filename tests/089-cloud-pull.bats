@@ -359,7 +359,7 @@ write $BATS_TEST_TMPDIR/disk.txt /mine.txt" r.cdisk
 	# what the cloud did not change stays as the guest left it
 	assert_equal "$(disk_cat /keep.txt)" "the reader version"
 	assert_equal "$(disk_cat /mine.txt)" "the reader version"
-	# the same name taken in the same second: another name, nothing lost
+	# nothing more to pull; a later change on both sides is kept again
 	run_cdisk cdisk-sync --files --pull --json r.cdisk
 	assert_equal "$(keys fetched)$(keys removed)$(keys kept_local)" ""
 	edit "rm /top.txt
@@ -423,4 +423,27 @@ write $BATS_TEST_TMPDIR/disk.txt /top.txt" r.cdisk
 	run_cdisk cdisk-create --size 64M plain.cdisk
 	run_cdisk 6 cdisk-sync --files --pull plain.cdisk
 	assert_error cdisk-sync "is no disk of a cloud folder in the cache"
+}
+
+@test "pull: a disk made with --include and --exclude takes only those files from the folder" {
+	make_folder
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M --include 'sub/*' \
+		--exclude 'gone.txt' r.cdisk
+	printf 'new\n' >"$BATS_TEST_TMPDIR/new.txt"
+	put "$BATS_TEST_TMPDIR/new.txt" new.txt
+	put "$BATS_TEST_TMPDIR/new.txt" sub/new.txt
+	put "$BATS_TEST_TMPDIR/new.txt" sub/gone.txt
+	rclone_ deletefile "rgw:$BUCKET/docs/top.txt"
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)" "sub/new.txt "
+	assert_equal "$(keys removed)" ""
+	read_disk r.cdisk
+	fsck_clean
+	assert_equal "$(disk_cat /sub/new.txt)" "new"
+	debugfs -R "stat /new.txt" "$FS" 2>&1 | grep -q "File not found" ||
+		fail "new.txt, which --include does not take, was pulled"
+	# the globs stay with the disk's state after a pull
+	put "$BATS_TEST_TMPDIR/new.txt" other.txt
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)$(keys removed)" ""
 }

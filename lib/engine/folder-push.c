@@ -75,6 +75,8 @@ struct push {
 	struct recs upd;    /* the records a pull changes, merged into old at the end */
 	char **own;         /* the upload log's ETags, sorted */
 	size_t n_own;
+	char **globs[2];    /* --include, --exclude of the disk's creation (NULL-ended) */
+	size_t n_globs[2];
 };
 
 /* ---- records ---- */
@@ -188,6 +190,38 @@ static bool parse_rec(char *line, struct rec *r)
 
 /* ---- the recorded state, and the journal over it ---- */
 
+/* The globs a disk was made with: "include GLOB" and "exclude GLOB"
+ * lines after the header's uuid (none in states older than them). */
+static int read_globs(struct push *p, FILE *f)
+{
+	char line[8192 + 16];
+	long at;
+
+	while ((at = ftell(f)) >= 0 && fgets(line, sizeof(line), f)) {
+		int k = !strncmp(line, "include ", 8) ? 0 : !strncmp(line, "exclude ", 8) ? 1 : -1;
+		char **v;
+
+		if (k < 0)
+			return fseek(f, at, SEEK_SET) < 0 ? -errno : 0;
+		line[strcspn(line, "\n")] = '\0';
+		cd_folder_unescape(line + 8);
+		v = realloc(p->globs[k], (p->n_globs[k] + 2) * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		p->globs[k] = v;
+		if (!(v[p->n_globs[k]] = strdup(line + 8)))
+			return -ENOMEM;
+		v[++p->n_globs[k]] = NULL;
+	}
+	return 0;
+}
+
+static bool wanted(const struct push *p, const char *rel)
+{
+	return cd_folder_wanted((const char *const *)p->globs[0],
+				(const char *const *)p->globs[1], rel);
+}
+
 static int read_header(struct push *p, FILE *f)
 {
 	char line[CDISK_MAX_URI + 64], disk[PATH_MAX + 8] = "";
@@ -204,7 +238,7 @@ static int read_header(struct push *p, FILE *f)
 		return -EBADMSG;
 	if (!fgets(line, sizeof(line), f) || sscanf(line, "uuid %32s", p->uuid) != 1)
 		return -EBADMSG;
-	return 0;
+	return read_globs(p, f);
 }
 
 static int read_recs(struct push *p, FILE *f, const char *name)
@@ -314,6 +348,12 @@ static int write_state(struct push *p, const struct recs *rs, const char *path)
 		return cd_error(p->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
 	fprintf(f, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", p->res->uri, p->disk,
 		p->uuid);
+	for (int k = 0; k < 2; k++)
+		for (size_t i = 0; i < p->n_globs[k]; i++) {
+			fputs(k ? "exclude " : "include ", f);
+			cd_folder_escape(p->globs[k][i], f);
+			fputc('\n', f);
+		}
 	for (size_t i = 0; i < rs->n; i++)
 		if (rs->v[i].kind != 'X')
 			write_rec(f, &rs->v[i]);
@@ -965,8 +1005,8 @@ static int on_cloud(void *opaque, const struct cd_s3_entry *e)
 	const char *rel = e->key + strlen(cd_s3_folder_prefix(p->f));
 	struct rec r = { .rel = (char *)rel, .size = e->size, .mtime = e->mtime };
 
-	if (!rel[0])
-		return 0;   /* the folder's own marker */
+	if (!rel[0] || !wanted(p, rel))
+		return 0;   /* the folder's own marker, or what the disk does not take */
 	r.kind = rel[strlen(rel) - 1] == '/' ? 'D' : 'F';
 	snprintf(r.etag, sizeof(r.etag), "%s", e->etag);
 	strcpy(r.sha, "-");
@@ -1112,7 +1152,9 @@ static void plan_deletes(struct push *p, struct plan *pl)
 		struct rec *old = &p->old.v[i], *now;
 		struct pull_item *it = &pl->v[pl->n];
 
-		if (old->seen)
+		/* a key the disk does not take from the folder (its guest made it)
+		 * is not listed, but not deleted either */
+		if (old->seen || !wanted(p, old->rel))
 			continue;
 		memset(it, 0, sizeof(*it));
 		it->old = old;
@@ -1821,6 +1863,11 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path, struct cdisk *giv
 	for (size_t i = 0; i < p.n_own; i++)
 		free(p.own[i]);
 	free(p.own);
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < p.n_globs[k]; i++)
+			free(p.globs[k][i]);
+		free(p.globs[k]);
+	}
 	close(lock_fd);
 	return err;
 }

@@ -155,6 +155,19 @@ static bool glob_matches(const char *const *globs, const char *rel)
 	return false;
 }
 
+bool cd_folder_wanted(const char *const *include, const char *const *exclude,
+		      const char *rel)
+{
+	size_t n = strlen(rel);
+	bool dir = n && rel[n - 1] == '/', all = !include || !include[0];
+	char copy[8192];
+
+	if (dir && !all)
+		return false;
+	snprintf(copy, sizeof(copy), "%.*s", (int)(dir ? n - 1 : n), rel);
+	return (all || glob_matches(include, copy)) && !glob_matches(exclude, copy);
+}
+
 /* ---- the listing: filtered, checked, hashed, written to a file ---- */
 
 struct list_state {
@@ -200,15 +213,9 @@ static int on_listed(void *opaque, const struct cd_s3_entry *e)
 	int r;
 
 	st->seen++;
-	if (!n)
-		return 0;   /* the folder's own marker */
-	if (dir && (b->o->include && b->o->include[0]))
-		return 0;   /* empty folders are kept only when all is taken */
+	if (!n || !cd_folder_wanted(b->o->include, b->o->exclude, rel))
+		return 0;   /* the folder's own marker, or a key not taken */
 	snprintf(relcopy, sizeof(relcopy), "%.*s", (int)(dir ? n - 1 : n), rel);
-	if (b->o->include && b->o->include[0] && !glob_matches(b->o->include, relcopy))
-		return 0;
-	if (glob_matches(b->o->exclude, relcopy))
-		return 0;
 	r = check_name(b, relcopy);
 	if (r < 0)
 		return r;
@@ -1290,6 +1297,13 @@ static int record_state(struct build *b, const char *path, bool created, bool wr
 	}
 	fprintf(out, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", b->o->uri,
 		path, uuid);
+	/* what the disk takes of the folder: a pull takes no more */
+	for (int k = 0; k < 2; k++)
+		for (const char *const *g = k ? b->o->exclude : b->o->include; g && *g; g++) {
+			fputs(k ? "exclude " : "include ", out);
+			escape_key(*g, out);
+			fputc('\n', out);
+		}
 	r = write_state_lines(b, in, out);
 	if (r == 0 && (fflush(out) != 0 || fsync(fileno(out)) < 0))
 		r = cd_error(b->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
