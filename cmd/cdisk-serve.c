@@ -33,6 +33,7 @@ static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls
 static char *on_mirror_error_arg, *users_arg, *tls_psk_arg, *pool_arg;
 static int mirror_timeout, failover_timeout;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
+static int push_files;
 
 static struct poptOption options[] = {
 	{ "export", 'e', POPT_ARG_ARGV, &export_args, 0,
@@ -75,6 +76,9 @@ static struct poptOption options[] = {
 	  "With --sync-every: start no new request after SECONDS", "SECONDS" },
 	{ "sync-if-healthy", '\0', POPT_ARG_NONE, &sync_if_healthy, 0,
 	  "With --sync-every: only when the base probes healthy", NULL },
+	{ "push-files", '\0', POPT_ARG_NONE, &push_files, 0,
+	  "When the last client of a cloud folder's writer disk disconnects, send "
+	  "its files to the folder (as cdisk-sync --files)", NULL },
 	{ "mirror-timeout", '\0', POPT_ARG_INT, &mirror_timeout, 0,
 	  "A mirror write slower than MS degrades the disk (default: [mirror] "
 	  "timeout, 5000)", "MS" },
@@ -464,6 +468,8 @@ int main(int argc, char **argv)
 		r = add_exports(srv, args, first, sizeof(first));
 	if (r == 0 && sync_every)
 		r = set_sync_policy(srv);
+	if (r == 0 && push_files)
+		cdisk_server_set_files_push(srv, true);
 	if (r == 0) {
 		mkdir(cdisk_ctx_runtime_dir(ctx), 0755);
 		remove_stale_controls(cdisk_ctx_runtime_dir(ctx));

@@ -27,7 +27,8 @@ static json_t *items;
 static struct poptOption options[] = {
 	{ "files", '\0', POPT_ARG_NONE, &files, 0,
 	  "A writer disk of a cloud folder: send its new, changed and deleted files "
-	  "to the folder (with --pull: the folder's changes into its files)", NULL },
+	  "to the folder (with --pull, into any disk of the folder: the folder's "
+	  "changes into its files)", NULL },
 	{ "force", '\0', POPT_ARG_NONE, &force, 0,
 	  "With --files: delete in the cloud even when more than half the folder's "
 	  "files would go", NULL },
@@ -176,9 +177,9 @@ static void on_file(void *opaque, enum cdisk_files_action what, const char *key,
 		    uint64_t size, const char *etag, const char *why)
 {
 	static const char *const lists[] = { "uploaded", "deleted", "skipped", "fetched",
-					     "removed", "conflicts" };
+					     "removed", "conflicts", "kept_local" };
 	static const char *const verbs[] = { "upload", "delete", "skip", "fetch", "remove",
-					     "keep both" };
+					     "keep both", "keep beside" };
 	json_t *item;
 
 	(void)opaque;
@@ -189,8 +190,20 @@ static void on_file(void *opaque, enum cdisk_files_action what, const char *key,
 			cli_message("%sconflict: '%s' changed on the disk and in the cloud; "
 				    "the cloud's version is %s'%s'", dry_run ? "would be a " : "",
 				    why, dry_run ? "" : "saved as ", dry_run ? "" : key);
+		else if (what == CDISK_FILES_KEPT)
+			cli_message("%skept: '%s' was changed on this reader disk; the cloud's "
+				    "change replaces it, its version is %s'%s'",
+				    dry_run ? "would be " : "", why,
+				    dry_run ? "kept beside" : "kept as ", dry_run ? "" : key);
 		else
 			cli_message("%s%s %s", dry_run ? "would " : "", verbs[what], key);
+		return;
+	}
+	if (what == CDISK_FILES_KEPT) {
+		item = json_pack("{s:s}", "key", why);
+		if (!dry_run)
+			json_object_set_new(item, "saved_as", json_string(key));
+		json_array_append_new(json_object_get(items, lists[what]), item);
 		return;
 	}
 	if (what == CDISK_FILES_CONFLICT) {
@@ -244,10 +257,11 @@ static void report_pull(const char *path, const struct cdisk_files_result *res)
 	char a[32];
 
 	if (cli.json) {
-		json_t *j = json_pack("{s:i, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, s:O, "
-				      "s:O, s:O}",
+		json_t *j = json_pack("{s:i, s:s, s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I, s:I, "
+				      "s:O, s:O, s:O, s:O}",
 				      "schema_version", 1, "disk", path, "mode", "files-pull",
-				      "folder", res->uri, "dry_run", dry_run != 0,
+				      "folder", res->uri, "role", res->reader ? "reader" : "writer",
+				      "dry_run", dry_run != 0,
 				      "files", (json_int_t)res->files,
 				      "fetched_bytes", (json_int_t)res->fetched_bytes,
 				      "from_cache", (json_int_t)res->from_cache,
@@ -255,16 +269,26 @@ static void report_pull(const char *path, const struct cdisk_files_result *res)
 				      "hashed", (json_int_t)res->hashed,
 				      "fetched", json_object_get(items, "fetched"),
 				      "removed", json_object_get(items, "removed"),
-				      "conflicts", json_object_get(items, "conflicts"));
+				      "conflicts", json_object_get(items, "conflicts"),
+				      "kept_local", json_object_get(items, "kept_local"));
 		cli_print_json(j);
 		return;
 	}
-	cli_message("'%s': %s%llu written (%s), %llu removed, %llu conflict%s, %llu of this "
-		    "host's uploads not fetched back, from '%s'", path,
-		    dry_run ? "would be " : "", (unsigned long long)res->fetched,
-		    cd_format_size(res->fetched_bytes, a, sizeof(a)),
-		    (unsigned long long)res->removed, (unsigned long long)res->conflicts,
-		    res->conflicts == 1 ? "" : "s", (unsigned long long)res->own, res->uri);
+	if (res->reader)
+		cli_message("'%s' (a reader): %s%llu written (%s), %llu removed, %llu of the "
+			    "guest's own version%s kept beside, from '%s'", path,
+			    dry_run ? "would be " : "", (unsigned long long)res->fetched,
+			    cd_format_size(res->fetched_bytes, a, sizeof(a)),
+			    (unsigned long long)res->removed, (unsigned long long)res->kept,
+			    res->kept == 1 ? "" : "s", res->uri);
+	else
+		cli_message("'%s': %s%llu written (%s), %llu removed, %llu conflict%s, %llu of "
+			    "this host's uploads not fetched back, from '%s'", path,
+			    dry_run ? "would be " : "", (unsigned long long)res->fetched,
+			    cd_format_size(res->fetched_bytes, a, sizeof(a)),
+			    (unsigned long long)res->removed,
+			    (unsigned long long)res->conflicts, res->conflicts == 1 ? "" : "s",
+			    (unsigned long long)res->own, res->uri);
 }
 
 static int pull_files(struct cdisk_ctx *ctx, const char *path)
@@ -275,7 +299,8 @@ static int pull_files(struct cdisk_ctx *ctx, const char *path)
 
 	if (force)
 		cli_usage_error("--force goes with --files, not with --files --pull");
-	items = json_pack("{s:[], s:[], s:[]}", "fetched", "removed", "conflicts");
+	items = json_pack("{s:[], s:[], s:[], s:[]}", "fetched", "removed", "conflicts",
+			  "kept_local");
 	r = cdisk_pull_files(ctx, path, &o, &res);
 	if (r == 0 || r == -EXDEV)
 		report_pull(path, &res);

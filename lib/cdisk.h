@@ -149,6 +149,8 @@ enum cdisk_files_action {
 	CDISK_FILES_REMOVED,    /* pull: deleted in the cloud, so on the disk */
 	CDISK_FILES_CONFLICT,   /* pull: changed on both sides; key is the cloud's copy's
 				 * name on the disk, why the file it stands beside */
+	CDISK_FILES_KEPT,       /* pull into a reader: the guest's own version of why,
+				 * which the cloud's replaced or deleted, kept as key */
 };
 
 struct cdisk_files_opts {
@@ -174,22 +176,33 @@ struct cdisk_files_result {
 	uint64_t from_cache;               /* of those, found in the cache already */
 	uint64_t own;                      /* this host's uploads, not fetched back */
 	uint64_t removed, conflicts;
+	uint64_t kept;                     /* a reader's own versions kept beside */
+	bool reader;                       /* the disk is a reader of the folder */
 };
 
 /* 0, or a negative errno: -ECANCELED when more than half the folder's
  * files would be deleted (without force), -EUCLEAN when the filesystem
  * needs recovery or is not the one recorded, -EAGAIN when the disk is
- * served, -ENOENT when path is no folder's writer disk. */
+ * served, -ENOENT when path is no disk made from a folder, -EROFS when
+ * it is a reader disk (only the writer sends files). */
 int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);
 
-/* Cloud changes into a writer disk's filesystem (folder-push.c): the
- * folder is listed; objects added or changed since the last sync that
- * this host did not upload are fetched and written as files, files
- * deleted in the cloud are deleted.  All of it reaches the disk at once
- * or not at all.  0, -EXDEV when there were conflicts (each reported,
- * both versions kept), or the errors of cdisk_sync_files. */
+/* The same with a disk the caller has open (cdisk-serve's own handle,
+ * once no client is left to write through it); the disk stays open. */
+int cdisk_sync_files_disk(struct cdisk *disk, const struct cdisk_files_opts *opts,
+			  struct cdisk_files_result *result);
+
+/* Cloud changes into a disk's filesystem (folder-push.c): the folder is
+ * listed; objects added or changed since the disk's last sync or pull
+ * (into the writer: that this host did not upload) are fetched and
+ * written as files, files deleted in the cloud are deleted.  All of it
+ * reaches the disk at once or not at all.  0, -EXDEV when there were
+ * conflicts on the writer (each reported, both versions kept), or the
+ * errors of cdisk_sync_files.  On a reader the cloud's changes win and
+ * the guest's versions they replace are kept beside (CDISK_FILES_KEPT);
+ * a reader has no conflicts. */
 int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *opts,
 		     struct cdisk_files_result *result);
@@ -402,6 +415,10 @@ int cdisk_server_set_mirror_policy(struct cdisk_server *server, uint32_t timeout
  * DIR/shared/IMAGE.cdisk as the read-only shared/IMAGE, found again when
  * the folder changes (inotify) and on the control verb "rescan";
  * read_only: every image read-only. */
+/* When the last client of a cloud folder's writer disk disconnects, send
+ * its files to the folder (cdisk_sync_files_disk), on a thread of its
+ * own; a client that connects meanwhile waits for it to end. */
+void cdisk_server_set_files_push(struct cdisk_server *server, bool on);
 int cdisk_server_set_pool(struct cdisk_server *server, const char *dir, bool read_only);
 int cdisk_server_run(struct cdisk_server *server, int stop_fd);
 void cdisk_server_free(struct cdisk_server *server);

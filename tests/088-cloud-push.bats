@@ -45,18 +45,26 @@ writer() {
 		--writer w.cdisk
 }
 
+# changed_copy DISK DEBUGFS-COMMANDS: the disk read out through NBD into
+# $RAW, and its filesystem there changed by debugfs (not written back).
+changed_copy() {
+	RAW=$BATS_TEST_TMPDIR/raw.img
+	printf '%s\n' "$2" >"$BATS_TEST_TMPDIR/cmds"
+	start_serve --export d="$1"
+	rm -f "$RAW"
+	nbdcopy "$NBD" "$RAW" || fail "nbdcopy could not read the disk"
+	stop_serve
+	debugfs -w -f "$BATS_TEST_TMPDIR/cmds" "$RAW?offset=1048576" \
+		>"$BATS_TEST_TMPDIR/debugfs.log" 2>&1 || fail "debugfs failed"
+}
+
 # edit DEBUGFS-COMMANDS: the disk's filesystem changed as a VM would,
 # through NBD: the disk is read out, debugfs changes the copy, and the
 # copy is written back through cdisk-serve.
 edit() {
-	local raw=$BATS_TEST_TMPDIR/raw.img
-	printf '%s\n' "$1" >"$BATS_TEST_TMPDIR/cmds"
+	changed_copy w.cdisk "$1"
 	start_serve --export d=w.cdisk
-	rm -f "$raw"
-	nbdcopy "$NBD" "$raw" || fail "nbdcopy could not read the disk"
-	debugfs -w -f "$BATS_TEST_TMPDIR/cmds" "$raw?offset=1048576" \
-		>"$BATS_TEST_TMPDIR/debugfs.log" 2>&1 || fail "debugfs failed"
-	nbdcopy "$raw" "$NBD" || fail "nbdcopy could not write the disk"
+	nbdcopy "$RAW" "$NBD" || fail "nbdcopy could not write the disk"
 	stop_serve
 }
 
@@ -208,8 +216,11 @@ ssv state 0"
 	assert_error cdisk-sync "is served \\(cdisk-serve\\): the guest has the filesystem mounted; try later"
 	stop_serve
 	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M r.cdisk
-	run_cdisk 6 cdisk-sync --files r.cdisk
-	assert_error cdisk-sync "is not the writer disk of a cloud folder"
+	run_cdisk 5 cdisk-sync --files r.cdisk
+	assert_error cdisk-sync "is a reader disk of .*: only its writer disk '.*/w.cdisk' sends files"
+	run_cdisk cdisk-create --size 64M plain.cdisk
+	run_cdisk 6 cdisk-sync --files plain.cdisk
+	assert_error cdisk-sync "is no disk of a cloud folder in the cache"
 	run_cdisk 2 cdisk-sync --files --close w.cdisk
 	assert_usage_error cdisk-sync "--files goes with"
 }
@@ -265,4 +276,43 @@ write $BATS_TEST_TMPDIR/m4.bin /c4.bin"
 	# in parts: the ETag of a multipart upload ends in -PARTS
 	jq -r '.uploaded[] | select(.key == "b-big.bin") | .etag' <<<"$output" | grep -q -- '-5$' ||
 		fail "the large file was not sent in 16 MiB parts"
+}
+
+@test "push: cdisk-serve --push-files sends the writer's files when its last client leaves; a client meanwhile waits; a reader sends nothing" {
+	make_folder
+	writer 128M
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 128M r.cdisk
+	local log=$BATS_TEST_TMPDIR/serve.log
+	head -c $((24 << 20)) /dev/urandom >"$BATS_TEST_TMPDIR/big.bin"
+	changed_copy w.cdisk "write $BATS_TEST_TMPDIR/big.bin /big.bin
+rm /top.txt"
+	# the files go through a proxy at 4 MiB/s: the push takes seconds
+	start_proxy "${RGW_ENDPOINT#http://}"
+	proxy_ctl rate $((4 << 20))
+	AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT start_serve -v --push-files --export d=w.cdisk
+	nbdcopy "$RAW" "$NBD" || fail "nbdcopy could not write the disk"
+	# the server has seen the writing client leave; a client now is
+	# answered only once the files are in the cloud
+	sleep 0.5
+	nbdcopy "$NBD" "$BATS_TEST_TMPDIR/again.img" || fail "nbdcopy could not read the disk"
+	s3_curl -I "$RGW_ENDPOINT/$BUCKET/docs/big.bin" >/dev/null ||
+		fail "a client was served while the files were being sent: $(cat "$log")"
+	! s3_curl -I "$RGW_ENDPOINT/$BUCKET/docs/top.txt" >/dev/null || fail "top.txt is still in the cloud"
+	stop_serve
+	grep -q "w.cdisk': its last client left: 1 file sent to 's3://$BUCKET/docs/', 1 deleted there" "$log" ||
+		fail "$(cat "$log")"
+	cloud_copy
+	cmp "$BATS_TEST_TMPDIR/big.bin" "$BATS_TEST_TMPDIR/cloud/big.bin"
+	# nothing is left for cdisk-sync --files
+	run_cdisk cdisk-sync --files --json w.cdisk
+	assert_equal "$(uploaded_keys)$(jq -r '.deleted[].key' <<<"$output")" ""
+	# a reader served the same way sends nothing, and says nothing
+	printf 'from a reader\n' >"$BATS_TEST_TMPDIR/x.txt"
+	changed_copy r.cdisk "write $BATS_TEST_TMPDIR/x.txt /x.txt"
+	start_serve -v --push-files --export d=r.cdisk
+	nbdcopy "$RAW" "$NBD" || fail "nbdcopy could not write the disk"
+	sleep 1
+	stop_serve
+	! s3_curl -I "$RGW_ENDPOINT/$BUCKET/docs/x.txt" >/dev/null || fail "a reader's file was sent"
+	! grep -q "last client left" "$log" || fail "$(cat "$log")"
 }

@@ -44,10 +44,15 @@ put() {
 	rclone_ copyto "$1" "rgw:$BUCKET/docs/$2" || fail "rclone could not upload $2"
 }
 
+reader() {
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size "$1" r.cdisk
+}
+
 # The disk read out through NBD: $RAW the disk, $FS its ext4 partition.
+# read_disk [DISK]: w.cdisk unless told.
 read_disk() {
 	RAW=$BATS_TEST_TMPDIR/raw.img FS=$BATS_TEST_TMPDIR/fs.img
-	start_serve --export d=w.cdisk
+	start_serve --export d="${1:-w.cdisk}"
 	rm -f "$RAW"
 	nbdcopy "$NBD" "$RAW" || fail "nbdcopy could not read the disk"
 	stop_serve
@@ -64,13 +69,13 @@ fsck_clean() {
 		fail "e2fsck: $(cat "$BATS_TEST_TMPDIR/fsck.log")"
 }
 
-# edit DEBUGFS-COMMANDS: the disk changed as a VM would, through NBD.
+# edit DEBUGFS-COMMANDS [DISK]: the disk changed as a VM would, through NBD.
 edit() {
-	read_disk
+	read_disk "${2:-w.cdisk}"
 	printf '%s\n' "$1" >"$BATS_TEST_TMPDIR/cmds"
 	debugfs -w -f "$BATS_TEST_TMPDIR/cmds" "$RAW?offset=1048576" \
 		>"$BATS_TEST_TMPDIR/debugfs.log" 2>&1 || fail "debugfs failed"
-	start_serve --export d=w.cdisk
+	start_serve --export d="${2:-w.cdisk}"
 	nbdcopy "$RAW" "$NBD" || fail "nbdcopy could not write the disk"
 	stop_serve
 }
@@ -161,10 +166,10 @@ write $BATS_TEST_TMPDIR/disk.txt /keep.txt"
 	assert_equal "$(keys fetched)$(keys conflicts)" ""
 }
 
-# check_whole old|new|any: e2fsck passes, and each file of the pull is
-# wholly old or wholly new on the disk, all of them the same.
+# check_whole old|new|any [DISK]: e2fsck passes, and each file of the
+# pull is wholly old or wholly new on the disk, all of them the same.
 check_whole() {
-	read_disk
+	read_disk "${2:-w.cdisk}"
 	fsck_clean
 	local top big was
 	top=$(disk_cat /top.txt)
@@ -180,9 +185,11 @@ check_whole() {
 }
 
 # The pull the kill tests cut: a 24 MiB file and a changed one.
+# pull_setup [reader]: with a reader disk r.cdisk made before the changes.
 pull_setup() {
 	make_folder
 	writer 128M
+	if [ "${1:-}" = reader ]; then reader 128M; fi
 	head -c $((24 << 20)) /dev/urandom >"$BATS_TEST_TMPDIR/big.bin"
 	printf 'pulled top\n' >"$BATS_TEST_TMPDIR/top.txt"
 	put "$BATS_TEST_TMPDIR/big.bin" big.bin
@@ -271,4 +278,172 @@ pull_setup() {
 	stop_serve
 	run_cdisk 2 cdisk-sync --files --pull --force w.cdisk
 	assert_usage_error cdisk-sync "--force goes with --files, not with --files --pull"
+}
+
+# ---- reader disks: each has its own pull state, is pulled into, never pushes
+
+@test "pull into a reader: the other client's change and this host's own uploads reach it; the writer's state is its own" {
+	make_folder
+	writer 64M
+	reader 64M
+	printf 'changed in the cloud\n' >"$BATS_TEST_TMPDIR/top.txt"
+	put "$BATS_TEST_TMPDIR/top.txt" top.txt
+	# the writer sends a file: new content for the reader, not for the writer
+	head -c $((3 << 20)) /dev/urandom >"$BATS_TEST_TMPDIR/big.bin"
+	edit "write $BATS_TEST_TMPDIR/big.bin /big.bin"
+	run_cdisk cdisk-sync --files --json w.cdisk
+	assert_equal "$(keys uploaded)" "big.bin "
+	start_proxy "${RGW_ENDPOINT#http://}"
+	AWS_ENDPOINT_URL=http://127.0.0.1:$PROXY_PORT run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(json_get .role)" reader
+	assert_equal "$(keys fetched)" "big.bin top.txt "
+	assert_equal "$(json_get .own_uploads)" 0
+	assert_equal "$(keys conflicts)$(keys kept_local)" ""
+	# the upload came over the network (the cache never held it)
+	[ "$(proxy_bytes)" -gt $((3 << 20)) ] || fail "only $(proxy_bytes) bytes went through the proxy"
+	read_disk r.cdisk
+	fsck_clean
+	assert_equal "$(disk_cat /top.txt)" "changed in the cloud"
+	assert_equal "$(disk_cat /big.bin | sha256sum)" "$(sha256sum <"$BATS_TEST_TMPDIR/big.bin")"
+	assert_equal "$(disk_cat /keep.txt)" "keep me"
+	# the reader's pull left the writer's state alone: it still gets
+	# top.txt, and not its own upload
+	run_cdisk cdisk-sync --files --pull --json w.cdisk
+	assert_equal "$(json_get .role)" writer
+	assert_equal "$(keys fetched)" "top.txt "
+	read_disk
+	assert_equal "$(disk_cat /top.txt)" "changed in the cloud"
+	# nothing more for the reader, in text too
+	run_cdisk cdisk-sync --files --pull r.cdisk
+	assert_output --partial "(a reader): 0 written"
+	# a second reader made now is over a new image and has nothing to pull
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M r2.cdisk
+	run_cdisk cdisk-sync --files --pull --json r2.cdisk
+	assert_equal "$(keys fetched)$(keys removed)" ""
+}
+
+@test "pull into a reader: the cloud wins; what the guest changed is kept beside, exit 0, no conflict" {
+	make_folder
+	writer 64M
+	reader 64M
+	printf 'the reader version\n' >"$BATS_TEST_TMPDIR/disk.txt"
+	edit "rm /top.txt
+write $BATS_TEST_TMPDIR/disk.txt /top.txt
+rm /sub/gone.txt
+write $BATS_TEST_TMPDIR/disk.txt /sub/gone.txt
+rm /keep.txt
+write $BATS_TEST_TMPDIR/disk.txt /keep.txt
+write $BATS_TEST_TMPDIR/disk.txt /mine.txt" r.cdisk
+	printf 'the cloud version\n' >"$BATS_TEST_TMPDIR/cloud.txt"
+	put "$BATS_TEST_TMPDIR/cloud.txt" top.txt
+	rclone_ deletefile "rgw:$BUCKET/docs/sub/gone.txt"
+	run_cdisk cdisk-sync --files --pull --dry-run --json r.cdisk
+	assert_equal "$(keys kept_local)" "sub/gone.txt top.txt "
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)" "top.txt "
+	assert_equal "$(keys removed)" "sub/gone.txt "
+	assert_equal "$(keys kept_local)" "sub/gone.txt top.txt "
+	assert_equal "$(keys conflicts)" ""
+	local top gone
+	top=$(jq -r '.kept_local[] | select(.key == "top.txt") | .saved_as' <<<"$output")
+	gone=$(jq -r '.kept_local[] | select(.key == "sub/gone.txt") | .saved_as' <<<"$output")
+	[[ $top =~ ^top\.local-conflict-[0-9]{8}-[0-9]{6}\.txt$ ]] || fail "saved as '$top'"
+	[[ $gone =~ ^sub/gone\.local-conflict-[0-9]{8}-[0-9]{6}\.txt$ ]] || fail "saved as '$gone'"
+	read_disk r.cdisk
+	fsck_clean
+	assert_equal "$(disk_cat /top.txt)" "the cloud version"
+	assert_equal "$(disk_cat "/$top")" "the reader version"
+	assert_equal "$(disk_cat "/$gone")" "the reader version"
+	debugfs -R "stat /sub/gone.txt" "$FS" 2>&1 | grep -q "File not found" ||
+		fail "sub/gone.txt is still on the reader"
+	# what the cloud did not change stays as the guest left it
+	assert_equal "$(disk_cat /keep.txt)" "the reader version"
+	assert_equal "$(disk_cat /mine.txt)" "the reader version"
+	# nothing more to pull; a later change on both sides is kept again
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)$(keys removed)$(keys kept_local)" ""
+	edit "rm /top.txt
+write $BATS_TEST_TMPDIR/disk.txt /top.txt" r.cdisk
+	printf 'the cloud again\n' >"$BATS_TEST_TMPDIR/cloud.txt"
+	put "$BATS_TEST_TMPDIR/cloud.txt" top.txt
+	run_cdisk cdisk-sync --files --pull r.cdisk
+	assert_output --partial "kept: 'top.txt' was changed on this reader disk"
+	read_disk r.cdisk
+	fsck_clean
+	assert_equal "$(disk_cat /top.txt)" "the cloud again"
+}
+
+@test "pull into a reader: kill -9 at each step and at timed moments leaves e2fsck clean, files wholly old or new" {
+	pull_setup reader
+	local step t=$BATS_TEST_TMPDIR delay pid
+	cp --sparse=always r.cdisk "$t/before.cdisk"
+	cp "$CACHE"/folders/*.r-*.state "$t/before.state"
+	for step in copied applied intent renamed; do
+		CDISK_FAULT_PULL_KILL=$step run_cdisk 137 cdisk-sync --files --pull r.cdisk
+		if [ $step = renamed ]; then check_whole new r.cdisk; else check_whole old r.cdisk; fi
+	done
+	assert_exists "$CACHE"/folders/*.r-*.pull
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)$(keys conflicts)$(keys kept_local)" ""
+	assert_not_exists r.cdisk.pull-tmp
+	# the reader's crashes left the writer's pull alone
+	run_cdisk cdisk-sync --files --pull --json w.cdisk
+	assert_equal "$(keys fetched)" "big.bin top.txt "
+	for delay in 0.05 0.2 0.8 1.6; do
+		cp --sparse=always "$t/before.cdisk" r.cdisk
+		cp "$t/before.state" "$CACHE"/folders/*.r-*.state
+		rm -f "$CACHE"/folders/*.r-*.pull "$CACHE"/folders/*.r-*.state.pull r.cdisk.pull-tmp
+		cdisk-sync --files --pull r.cdisk >"$t/out" 2>&1 &
+		pid=$!
+		sleep "$delay"
+		kill -9 "$pid" 2>/dev/null || true
+		wait "$pid" 2>/dev/null || true
+		check_whole any r.cdisk
+		run_cdisk cdisk-sync --files --pull r.cdisk
+		check_whole new r.cdisk
+	done
+}
+
+@test "push from a reader is refused with exit 5, naming the writer; nothing is sent" {
+	make_folder
+	writer 64M
+	reader 64M
+	printf 'from a reader\n' >"$BATS_TEST_TMPDIR/x.txt"
+	edit "write $BATS_TEST_TMPDIR/x.txt /x.txt" r.cdisk
+	run_cdisk 5 cdisk-sync --files r.cdisk
+	assert_error cdisk-sync "'.*/r.cdisk' is a reader disk of 's3://$BUCKET/docs/': only its writer disk '.*/w.cdisk' sends files to the cloud"
+	run_cdisk 5 cdisk-sync --files --dry-run r.cdisk
+	! s3_curl -I "$RGW_ENDPOINT/$BUCKET/docs/x.txt" >/dev/null || fail "x.txt was uploaded"
+	# the writer gone, and made again at its path as a reader: no writer
+	rm w.cdisk
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M w.cdisk
+	run_cdisk 5 cdisk-sync --files w.cdisk
+	assert_error cdisk-sync "'.*/w.cdisk' is a reader disk of 's3://$BUCKET/docs/', which has no writer disk"
+	# a disk made by no folder
+	run_cdisk cdisk-create --size 64M plain.cdisk
+	run_cdisk 6 cdisk-sync --files --pull plain.cdisk
+	assert_error cdisk-sync "is no disk of a cloud folder in the cache"
+}
+
+@test "pull: a disk made with --include and --exclude takes only those files from the folder" {
+	make_folder
+	run_cdisk cdisk-create --from-folder "s3://$BUCKET/docs/" --size 64M --include 'sub/*' \
+		--exclude 'gone.txt' r.cdisk
+	printf 'new\n' >"$BATS_TEST_TMPDIR/new.txt"
+	put "$BATS_TEST_TMPDIR/new.txt" new.txt
+	put "$BATS_TEST_TMPDIR/new.txt" sub/new.txt
+	put "$BATS_TEST_TMPDIR/new.txt" sub/gone.txt
+	rclone_ deletefile "rgw:$BUCKET/docs/top.txt"
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)" "sub/new.txt "
+	assert_equal "$(keys removed)" ""
+	read_disk r.cdisk
+	fsck_clean
+	assert_equal "$(disk_cat /sub/new.txt)" "new"
+	debugfs -R "stat /new.txt" "$FS" 2>&1 | grep -q "File not found" ||
+		fail "new.txt, which --include does not take, was pulled"
+	# the globs stay with the disk's state after a pull
+	put "$BATS_TEST_TMPDIR/new.txt" other.txt
+	run_cdisk cdisk-sync --files --pull --json r.cdisk
+	assert_equal "$(keys fetched)$(keys removed)" ""
 }

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "disk.h"
 #include "extfs.h"
 #include "folder.h"
 
@@ -54,11 +55,14 @@ struct push {
 	struct cdisk_files_result *res;
 	char disk[PATH_MAX];
 	char folder_id[65];
+	char sid[CD_FOLDER_SID_MAX];   /* the disk's own cache files (folder.h) */
+	bool reader;        /* a reader disk: pulled into, never pushed from */
 	char uuid[33];
 	char state[PATH_MAX], journal[PATH_MAX], uploads[PATH_MAX];
 	struct recs old;    /* sorted by rel */
 	struct recs now;    /* what the filesystem holds, then what the cloud will */
 	struct cdisk *d;
+	struct cdisk *given;   /* the server's own handle of the disk (not closed) */
 	ext2_filsys fs;
 	struct cd_s3_folder *f;
 	void *session;
@@ -71,6 +75,8 @@ struct push {
 	struct recs upd;    /* the records a pull changes, merged into old at the end */
 	char **own;         /* the upload log's ETags, sorted */
 	size_t n_own;
+	char **globs[2];    /* --include, --exclude of the disk's creation (NULL-ended) */
+	size_t n_globs[2];
 };
 
 /* ---- records ---- */
@@ -184,6 +190,38 @@ static bool parse_rec(char *line, struct rec *r)
 
 /* ---- the recorded state, and the journal over it ---- */
 
+/* The globs a disk was made with: "include GLOB" and "exclude GLOB"
+ * lines after the header's uuid (none in states older than them). */
+static int read_globs(struct push *p, FILE *f)
+{
+	char line[8192 + 16];
+	long at;
+
+	while ((at = ftell(f)) >= 0 && fgets(line, sizeof(line), f)) {
+		int k = !strncmp(line, "include ", 8) ? 0 : !strncmp(line, "exclude ", 8) ? 1 : -1;
+		char **v;
+
+		if (k < 0)
+			return fseek(f, at, SEEK_SET) < 0 ? -errno : 0;
+		line[strcspn(line, "\n")] = '\0';
+		cd_folder_unescape(line + 8);
+		v = realloc(p->globs[k], (p->n_globs[k] + 2) * sizeof(*v));
+		if (!v)
+			return -ENOMEM;
+		p->globs[k] = v;
+		if (!(v[p->n_globs[k]] = strdup(line + 8)))
+			return -ENOMEM;
+		v[++p->n_globs[k]] = NULL;
+	}
+	return 0;
+}
+
+static bool wanted(const struct push *p, const char *rel)
+{
+	return cd_folder_wanted((const char *const *)p->globs[0],
+				(const char *const *)p->globs[1], rel);
+}
+
 static int read_header(struct push *p, FILE *f)
 {
 	char line[CDISK_MAX_URI + 64], disk[PATH_MAX + 8] = "";
@@ -200,7 +238,7 @@ static int read_header(struct push *p, FILE *f)
 		return -EBADMSG;
 	if (!fgets(line, sizeof(line), f) || sscanf(line, "uuid %32s", p->uuid) != 1)
 		return -EBADMSG;
-	return 0;
+	return read_globs(p, f);
 }
 
 static int read_recs(struct push *p, FILE *f, const char *name)
@@ -310,6 +348,12 @@ static int write_state(struct push *p, const struct recs *rs, const char *path)
 		return cd_error(p->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
 	fprintf(f, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", p->res->uri, p->disk,
 		p->uuid);
+	for (int k = 0; k < 2; k++)
+		for (size_t i = 0; i < p->n_globs[k]; i++) {
+			fputs(k ? "exclude " : "include ", f);
+			cd_folder_escape(p->globs[k][i], f);
+			fputc('\n', f);
+		}
 	for (size_t i = 0; i < rs->n; i++)
 		if (rs->v[i].kind != 'X')
 			write_rec(f, &rs->v[i]);
@@ -337,41 +381,83 @@ static int save_state(struct push *p)
 
 static int pull_recover(struct push *p);
 
-/* ---- which folder: the writer files of the cache name their disks ---- */
+/* ---- which folder: the writer files of the cache name their disks, a
+ * reader's state is named after its path ---- */
+
+/* The first line of a cache file (a writer record names its disk). */
+static bool first_line(const char *file, char *line, size_t size)
+{
+	FILE *f = fopen(file, "r");
+	bool ok = f && fgets(line, (int)size, f);
+
+	if (f)
+		fclose(f);
+	if (ok)
+		line[strcspn(line, "\n")] = '\0';
+	return ok;
+}
 
 static int find_folder(struct push *p)
 {
-	char dir[PATH_MAX], file[PATH_MAX + 300], line[PATH_MAX + 2];
+	char dir[PATH_MAX], file[PATH_MAX + 300], line[PATH_MAX + 2], tail[CD_FOLDER_SID_MAX];
 	struct dirent *de;
+	size_t tn;
 	DIR *d;
-	FILE *f;
 
 	snprintf(dir, sizeof(dir), "%s/folders", p->ctx->cfg.cache_dir);
+	cd_folder_reader_id("", p->disk, tail);   /* ".r-H" */
+	tn = strlen(tail);
 	d = opendir(dir);
 	while (d && (de = readdir(d))) {
 		size_t n = strlen(de->d_name);
-		if (n != 64 + 7 || strcmp(de->d_name + 64, ".writer"))
+		const char *rest = de->d_name + 64;
+		if (n == 64 + 7 && !strcmp(rest, ".writer")) {
+			snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
+			if (!first_line(file, line, sizeof(line)) || strcmp(line, p->disk))
+				continue;
+			p->reader = false;
+		} else if (n == 64 + tn + 6 && !strncmp(rest, tail, tn) &&
+			   !strcmp(rest + tn, ".state")) {
+			p->reader = true;   /* a writer record of the same disk wins */
+		} else {
 			continue;
-		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
-		f = fopen(file, "r");
-		if (!f)
-			continue;
-		if (fgets(line, sizeof(line), f) && (line[strcspn(line, "\n")] = '\0',
-						      !strcmp(line, p->disk))) {
-			memcpy(p->folder_id, de->d_name, 64);
-			p->folder_id[64] = '\0';
 		}
-		fclose(f);
-		if (p->folder_id[0])
+		memcpy(p->folder_id, de->d_name, 64);
+		p->folder_id[64] = '\0';
+		if (!p->reader)
 			break;
 	}
 	if (d)
 		closedir(d);
 	if (!p->folder_id[0])
-		return cd_error(p->ctx, -ENOENT, "'%s' is not the writer disk of a cloud "
-				"folder in the cache '%s' (cdisk-create --from-folder --writer "
-				"makes one)", p->disk, p->ctx->cfg.cache_dir);
+		return cd_error(p->ctx, -ENOENT, "'%s' is no disk of a cloud folder in the "
+				"cache '%s' (cdisk-create --from-folder makes one)", p->disk,
+				p->ctx->cfg.cache_dir);
+	if (p->reader)
+		cd_folder_reader_id(p->folder_id, p->disk, p->sid);
+	else
+		snprintf(p->sid, sizeof(p->sid), "%s", p->folder_id);
 	return 0;
+}
+
+/* A reader's files never go to the cloud: only the folder's writer
+ * sends, or two disks would overwrite each other's changes there. */
+static int refuse_push(struct push *p)
+{
+	char wfile[PATH_MAX], writer[PATH_MAX + 2] = "";
+	int err = cd_folder_cache_file(p->ctx, p->folder_id, ".writer", wfile);
+
+	if (err)
+		return err;
+	if (first_line(wfile, writer, sizeof(writer)) && access(writer, F_OK) == 0)
+		return cd_error(p->ctx, -EROFS, "'%s' is a reader disk of '%s': only its "
+				"writer disk '%s' sends files to the cloud (--files --pull "
+				"brings the cloud's changes into a reader)", p->disk,
+				p->res->uri, writer);
+	return cd_error(p->ctx, -EROFS, "'%s' is a reader disk of '%s', which has no "
+			"writer disk: only a writer (cdisk-create --from-folder --writer) "
+			"sends files to the cloud (--files --pull brings the cloud's "
+			"changes into a reader)", p->disk, p->res->uri);
 }
 
 /* ---- the filesystem ---- */
@@ -380,7 +466,13 @@ static int open_disk(struct push *p, const char *path)
 {
 	struct cdisk_info info;
 	uint64_t offset;
-	int r = cdisk_open(p->ctx, path, CDISK_OPEN_RDONLY, &p->d);
+	int r = 0;
+
+	/* The server's handle, with no client left to write through it. */
+	if (p->given)
+		p->d = p->given;
+	else
+		r = cdisk_open(p->ctx, path, CDISK_OPEN_RDONLY, &p->d);
 
 	if (r == -EBUSY) {
 		char saved[CD_ERROR_MAX];
@@ -793,6 +885,8 @@ static int sync_folder(struct push *p, const char *path)
 	int err;
 
 	err = load_state(p);
+	if (err == 0 && p->reader)
+		err = refuse_push(p);
 	if (err == 0)
 		err = open_disk(p, path);
 	if (err == 0)
@@ -911,8 +1005,8 @@ static int on_cloud(void *opaque, const struct cd_s3_entry *e)
 	const char *rel = e->key + strlen(cd_s3_folder_prefix(p->f));
 	struct rec r = { .rel = (char *)rel, .size = e->size, .mtime = e->mtime };
 
-	if (!rel[0])
-		return 0;   /* the folder's own marker */
+	if (!rel[0] || !wanted(p, rel))
+		return 0;   /* the folder's own marker, or what the disk does not take */
 	r.kind = rel[strlen(rel) - 1] == '/' ? 'D' : 'F';
 	snprintf(r.etag, sizeof(r.etag), "%s", e->etag);
 	strcpy(r.sha, "-");
@@ -973,6 +1067,7 @@ struct pull_item {
 	char obj[PATH_MAX];    /* the fetched content */
 	char sha[65];
 	int64_t mtime;
+	bool aside;            /* a reader's own change to rel, kept beside first */
 };
 
 struct plan {
@@ -1032,10 +1127,19 @@ static int plan_cloud(struct push *p, struct plan *pl)
 		err = fetch_item(p, it);
 		if (err)
 			break;
-		if (now && now->kind == 'F' && !strcmp(now->sha, it->sha))
+		if (now && now->kind == 'F' && !strcmp(now->sha, it->sha)) {
 			it->what = DO_RECORD;   /* both sides made the same change */
-		else
-			it->what = disk_changed(old, now) ? DO_CONFLICT : DO_WRITE;
+		} else if (!disk_changed(old, now)) {
+			it->what = DO_WRITE;
+		} else if (p->reader) {
+			/* On a reader the cloud wins (nothing of a reader goes up,
+			 * so its version would otherwise stay on it forever); what
+			 * the guest wrote there is kept beside, not lost. */
+			it->what = DO_WRITE;
+			it->aside = now != NULL;
+		} else {
+			it->what = DO_CONFLICT;
+		}
 		pl->n++;
 	}
 	return err;
@@ -1048,13 +1152,21 @@ static void plan_deletes(struct push *p, struct plan *pl)
 		struct rec *old = &p->old.v[i], *now;
 		struct pull_item *it = &pl->v[pl->n];
 
-		if (old->seen)
+		/* a key the disk does not take from the folder (its guest made it)
+		 * is not listed, but not deleted either */
+		if (old->seen || !wanted(p, old->rel))
 			continue;
 		memset(it, 0, sizeof(*it));
 		it->old = old;
 		now = find(&p->now, old->rel);
 		it->what = old->kind == 'F' && now && now->kind == 'F' && !now->changed
 			   ? DO_REMOVE : DO_RECORD;
+		/* a reader follows the cloud; what its guest changed is kept */
+		if (p->reader && it->what == DO_RECORD && old->kind == 'F' && now &&
+		    now->kind == 'F') {
+			it->what = DO_REMOVE;
+			it->aside = true;
+		}
 		pl->n++;
 	}
 }
@@ -1318,8 +1430,9 @@ static errcode_t make_marker(ext2_filsys fs, const char *rel, const struct owner
 	return parent_of(fs, path, o, true, &dir, &name);
 }
 
-/* NAME.cloud-conflict-YYYYMMDD-HHMMSS.EXT beside rel. */
-static void conflict_name(const char *rel, time_t when, char *out, size_t size)
+/* NAME.WHOSE-conflict-YYYYMMDD-HHMMSS.EXT beside rel. */
+static void conflict_name(const char *rel, const char *whose, time_t when, char *out,
+			  size_t size)
 {
 	const char *base = strrchr(rel, '/'), *dot;
 	char stamp[32];
@@ -1332,10 +1445,58 @@ static void conflict_name(const char *rel, time_t when, char *out, size_t size)
 	gmtime_r(&when, &tm);
 	strftime(stamp, sizeof(stamp), "%Y%m%d-%H%M%S", &tm);
 	if (dot)
-		snprintf(out, size, "%.*s.cloud-conflict-%s%s", (int)(dot - rel), rel, stamp,
-			 dot);
+		snprintf(out, size, "%.*s.%s-conflict-%s%s", (int)(dot - rel), rel, whose,
+			 stamp, dot);
 	else
-		snprintf(out, size, "%s.cloud-conflict-%s", rel, stamp);
+		snprintf(out, size, "%s.%s-conflict-%s", rel, whose, stamp);
+}
+
+static int dirent_type(uint16_t mode)
+{
+	return LINUX_S_ISREG(mode) ? EXT2_FT_REG_FILE : LINUX_S_ISDIR(mode) ? EXT2_FT_DIR :
+	       LINUX_S_ISLNK(mode) ? EXT2_FT_SYMLINK : LINUX_S_ISCHR(mode) ? EXT2_FT_CHRDEV :
+	       LINUX_S_ISBLK(mode) ? EXT2_FT_BLKDEV : LINUX_S_ISFIFO(mode) ? EXT2_FT_FIFO :
+	       LINUX_S_ISSOCK(mode) ? EXT2_FT_SOCK : EXT2_FT_UNKNOWN;
+}
+
+/* A reader's own version of rel renamed to NAME.local-conflict-... in
+ * its folder (a name taken already gets -2, -3, ...); name gets the new
+ * key.  rel no longer names anything after it. */
+static errcode_t move_aside(ext2_filsys fs, const char *rel, const struct owner *o,
+			    time_t when, char *name, size_t size)
+{
+	struct ext2_inode in;
+	char path[KEY_MAX], side[KEY_MAX + 64], *base, *sbase;
+	ext2_ino_t dir, ino, other;
+	errcode_t e;
+
+	snprintf(path, sizeof(path), "%s", rel);
+	e = parent_of(fs, path, o, false, &dir, &base);
+	if (!e)
+		e = ext2fs_lookup(fs, dir, base, (int)strlen(base), NULL, &ino);
+	if (!e)
+		e = ext2fs_read_inode(fs, ino, &in);
+	for (unsigned n = 1; !e; n++) {
+		conflict_name(rel, "local", when, name, size);
+		if (n > 1) {   /* before the extension, as the stamp */
+			char *dot = strrchr(name, '.'), *stamp = strstr(name, ".local-conflict-");
+			size_t at = dot && dot > stamp ? (size_t)(dot - name) : strlen(name);
+			snprintf(side, sizeof(side), "%.*s-%u%s", (int)at, name, n, name + at);
+			snprintf(name, size, "%s", side);
+		}
+		snprintf(side, sizeof(side), "%s", name);
+		sbase = strrchr(side, '/');
+		sbase = sbase ? sbase + 1 : side;
+		e = ext2fs_lookup(fs, dir, sbase, (int)strlen(sbase), NULL, &other);
+		if (e == EXT2_ET_FILE_NOT_FOUND) {
+			/* the same folder: a folder moved aside keeps its ".." */
+			e = link_name(fs, dir, sbase, ino, dirent_type(in.i_mode));
+			if (!e)
+				e = ext2fs_unlink(fs, dir, base, ino, 0);
+			return e;
+		}
+	}
+	return e;
 }
 
 /* -- the copy, changed, and put in place -- */
@@ -1418,6 +1579,13 @@ static errcode_t apply_item(struct push *p, ext2_filsys fs, const struct owner *
 		r = *it->old;
 		r.kind = 'X';
 	}
+	if (it->aside) {
+		e = move_aside(fs, r.rel, o, started, name, sizeof(name));
+		if (e)
+			return e;
+		p->res->kept++;
+		report(p, CDISK_FILES_KEPT, name, 0, NULL, r.rel);
+	}
 	switch (it->what) {
 	case DO_WRITE:
 		e = put_file(fs, r.rel, it->obj, r.size, it->mtime, o, &r);
@@ -1427,7 +1595,7 @@ static errcode_t apply_item(struct push *p, ext2_filsys fs, const struct owner *
 		break;
 	case DO_CONFLICT: {
 		struct rec side = { 0 };
-		conflict_name(r.rel, started, name, sizeof(name));
+		conflict_name(r.rel, "cloud", started, name, sizeof(name));
 		e = put_file(fs, name, it->obj, r.size, it->mtime, o, &side);
 		/* the record has the cloud's ETag, inode 0: the disk's version
 		 * differs from it, so the next push sends the disk's */
@@ -1566,7 +1734,9 @@ static int pull_folder(struct push *p, const char *path)
 	int err;
 
 	err = load_state(p);
-	if (err == 0)
+	/* This host's uploads are the writer's own changes, not to be fetched
+	 * back into it; for a reader they are changes like any other. */
+	if (err == 0 && !p->reader)
 		err = load_own(p);
 	if (err == 0)
 		err = cd_s3_folder_open(p->ctx, p->res->uri, &p->f);
@@ -1597,6 +1767,9 @@ static int pull_folder(struct push *p, const char *path)
 				       it->what == DO_CONFLICT ? rel : NULL);
 			else if (it->what == DO_REMOVE)
 				report(p, CDISK_FILES_REMOVED, rel, it->old->size, NULL, NULL);
+			if (it->aside)
+				report(p, CDISK_FILES_KEPT, rel, 0, NULL, rel);
+			p->res->kept += it->aside;
 			p->res->fetched += it->what == DO_WRITE;
 			p->res->conflicts += it->what == DO_CONFLICT;
 			p->res->removed += it->what == DO_REMOVE;
@@ -1638,11 +1811,11 @@ static int pull_folder(struct push *p, const char *path)
 /* A push or a pull of the writer disk at path: its folder's cache files
  * found, one of them at a time (two would both upload), a pull that a
  * crash cut short finished first. */
-static int run_locked(struct cdisk_ctx *ctx, const char *path,
+static int run_locked(struct cdisk_ctx *ctx, const char *path, struct cdisk *given,
 		      const struct cdisk_files_opts *o, struct cdisk_files_result *res,
 		      int (*job)(struct push *p, const char *path))
 {
-	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1 };
+	struct push p = { .ctx = ctx, .o = o, .res = res, .journal_fd = -1, .given = given };
 	char lock[PATH_MAX];
 	int lock_fd = -1, err;
 
@@ -1651,12 +1824,14 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 	if (!realpath(path, p.disk))
 		return cd_error(ctx, -errno, "cannot open '%s': %s", path, strerror(errno));
 	err = find_folder(&p);
-	if ((err = err ? err : cd_folder_cache_file(ctx, p.folder_id, ".state", p.state)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".pull", p.intent)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".state.pull", p.pending)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".journal", p.journal)) ||
+	res->reader = p.reader;
+	/* the disk's own state and lock; the upload log is the folder's */
+	if ((err = err ? err : cd_folder_cache_file(ctx, p.sid, ".state", p.state)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".pull", p.intent)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".state.pull", p.pending)) ||
+	    (err = cd_folder_cache_file(ctx, p.sid, ".journal", p.journal)) ||
 	    (err = cd_folder_cache_file(ctx, p.folder_id, ".uploads", p.uploads)) ||
-	    (err = cd_folder_cache_file(ctx, p.folder_id, ".lock", lock)))
+	    (err = cd_folder_cache_file(ctx, p.sid, ".lock", lock)))
 		return err;
 	lock_fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
 	if (lock_fd < 0)
@@ -1671,7 +1846,7 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 		err = job(&p, path);
 	if (p.fs)
 		ext2fs_close2(p.fs, 0);
-	if (p.d) {
+	if (p.d && p.d != p.given) {
 		int c = cdisk_close(p.d);
 		if (err == 0)
 			err = c;
@@ -1688,6 +1863,11 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 	for (size_t i = 0; i < p.n_own; i++)
 		free(p.own[i]);
 	free(p.own);
+	for (int k = 0; k < 2; k++) {
+		for (size_t i = 0; i < p.n_globs[k]; i++)
+			free(p.globs[k][i]);
+		free(p.globs[k]);
+	}
 	close(lock_fd);
 	return err;
 }
@@ -1695,11 +1875,17 @@ static int run_locked(struct cdisk_ctx *ctx, const char *path,
 int cdisk_sync_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
 {
-	return run_locked(ctx, path, o, res, sync_folder);
+	return run_locked(ctx, path, NULL, o, res, sync_folder);
+}
+
+int cdisk_sync_files_disk(struct cdisk *d, const struct cdisk_files_opts *o,
+			  struct cdisk_files_result *res)
+{
+	return run_locked(d->ctx, cdisk_path(d), d, o, res, sync_folder);
 }
 
 int cdisk_pull_files(struct cdisk_ctx *ctx, const char *path,
 		     const struct cdisk_files_opts *o, struct cdisk_files_result *res)
 {
-	return run_locked(ctx, path, o, res, pull_folder);
+	return run_locked(ctx, path, NULL, o, res, pull_folder);
 }

@@ -11,6 +11,8 @@
  *                     creation is the first), for cdisk-sync --files;
  *                     ID.journal what a sync has done since, ID.uploads
  *                     the ETags this host uploaded (folder-push.c)
+ *   folders/ID.r-H.state  the same for each reader disk (H: its path's
+ *                     SHA-256), what its files were at the last pull
  *   tmp/              listings and trees while an image is built
  * One lock (the file "lock") makes creates over one cache take turns:
  * the second of two finds what the first fetched and built. */
@@ -51,6 +53,7 @@ struct build {
 	char cache[CDISK_MAX_URI + 1];
 	char disk[PATH_MAX];          /* the disk's absolute path */
 	char folder_id[65], image_id[65];
+	char writer[PATH_MAX];        /* the folder's recorded writer, or "" */
 	char listing[PATH_MAX + 64];
 	uint64_t data_blocks;         /* 4 KiB blocks the files take */
 	uint64_t entries;             /* files, and folders made by marker objects */
@@ -152,6 +155,19 @@ static bool glob_matches(const char *const *globs, const char *rel)
 	return false;
 }
 
+bool cd_folder_wanted(const char *const *include, const char *const *exclude,
+		      const char *rel)
+{
+	size_t n = strlen(rel);
+	bool dir = n && rel[n - 1] == '/', all = !include || !include[0];
+	char copy[8192];
+
+	if (dir && !all)
+		return false;
+	snprintf(copy, sizeof(copy), "%.*s", (int)(dir ? n - 1 : n), rel);
+	return (all || glob_matches(include, copy)) && !glob_matches(exclude, copy);
+}
+
 /* ---- the listing: filtered, checked, hashed, written to a file ---- */
 
 struct list_state {
@@ -197,15 +213,9 @@ static int on_listed(void *opaque, const struct cd_s3_entry *e)
 	int r;
 
 	st->seen++;
-	if (!n)
-		return 0;   /* the folder's own marker */
-	if (dir && (b->o->include && b->o->include[0]))
-		return 0;   /* empty folders are kept only when all is taken */
+	if (!n || !cd_folder_wanted(b->o->include, b->o->exclude, rel))
+		return 0;   /* the folder's own marker, or a key not taken */
 	snprintf(relcopy, sizeof(relcopy), "%.*s", (int)(dir ? n - 1 : n), rel);
-	if (b->o->include && b->o->include[0] && !glob_matches(b->o->include, relcopy))
-		return 0;
-	if (glob_matches(b->o->exclude, relcopy))
-		return 0;
 	r = check_name(b, relcopy);
 	if (r < 0)
 		return r;
@@ -866,23 +876,66 @@ static int add_ref(struct build *b, const char *img)
 
 static int check_writer(struct build *b, char *wfile)
 {
-	char other[PATH_MAX] = "";
+	const char *other = b->writer;
 	FILE *f;
 	int r = cache_path(b, wfile, "folders/%s.writer", b->folder_id);
 
-	if (r < 0 || !b->o->writer)
+	if (r < 0)
 		return r;
 	f = fopen(wfile, "r");
 	if (f) {
-		if (!fgets(other, sizeof(other), f))
-			other[0] = '\0';
+		if (!fgets(b->writer, sizeof(b->writer), f))
+			b->writer[0] = '\0';
 		fclose(f);
 	}
-	other[strcspn(other, "\n")] = '\0';
-	if (other[0] && strcmp(other, b->disk) && disk_uses(b->ctx, other, NULL))
+	b->writer[strcspn(b->writer, "\n")] = '\0';
+	if (b->o->writer && other[0] && strcmp(other, b->disk) &&
+	    disk_uses(b->ctx, other, NULL))
 		return cd_error(b->ctx, -EBUSY, "cannot make '%s' a writer of '%s': "
 				"'%s' is its writer", b->disk, b->o->uri, other);
 	return 0;
+}
+
+/* A disk made anew where another was: the cache's records of the one
+ * before (a reader's state, or a writer record naming its path, of this
+ * folder or another) go, or a sync would take this disk for it. */
+static int forget_disk(struct build *b)
+{
+	char dir[PATH_MAX], file[PATH_MAX + 300], line[PATH_MAX + 2], tail[CD_FOLDER_SID_MAX];
+	struct dirent *de;
+	size_t tn;
+	DIR *d;
+	FILE *f;
+	int r = cache_path(b, dir, "folders");
+
+	if (r < 0)
+		return r;
+	cd_folder_reader_id("", b->disk, tail);   /* ".r-H" */
+	tn = strlen(tail);
+	if (!(d = opendir(dir)))
+		return cd_error(b->ctx, -errno, "cannot read '%s': %s", dir, strerror(errno));
+	while ((de = readdir(d))) {
+		const char *rest = de->d_name + 64;
+		bool mine = false;
+
+		if (strlen(de->d_name) < 64 + 7)
+			continue;
+		snprintf(file, sizeof(file), "%s/%s", dir, de->d_name);
+		if (strlen(rest) > tn && !strncmp(rest, tail, tn) && rest[tn] == '.') {
+			mine = true;
+		} else if (!strcmp(rest, ".writer") && (f = fopen(file, "r"))) {
+			mine = fgets(line, sizeof(line), f) &&
+			       (line[strcspn(line, "\n")] = '\0', !strcmp(line, b->disk));
+			fclose(f);
+		}
+		if (mine && unlink(file) < 0 && errno != ENOENT) {
+			r = cd_error(b->ctx, -errno, "cannot remove '%s': %s", file,
+				     strerror(errno));
+			break;
+		}
+	}
+	closedir(d);
+	return r;
 }
 
 static int record_writer(struct build *b, const char *wfile)
@@ -1090,6 +1143,15 @@ int cd_folder_cache_file(struct cdisk_ctx *ctx, const char *folder_id,
 	return 0;
 }
 
+void cd_folder_reader_id(const char *folder_id, const char *disk,
+			 char out[CD_FOLDER_SID_MAX])
+{
+	char h[65];
+
+	sha256_text(disk, h);
+	snprintf(out, CD_FOLDER_SID_MAX, "%s.r-%s", folder_id, h);
+}
+
 void cd_folder_escape(const char *in, FILE *out)
 {
 	escape_key(in, out);
@@ -1203,20 +1265,27 @@ static int write_state_lines(struct build *b, FILE *in, FILE *out)
 	return r;
 }
 
-/* folders/ID.state, written whole and renamed into place; the journal
- * of the disk before goes. */
-static int record_state(struct build *b, const char *path, bool created)
+/* folders/SID.state (the writer's, or this reader's), written whole and
+ * renamed into place; the journal of the disk before goes. */
+static int record_state(struct build *b, const char *path, bool created, bool writer)
 {
 	char state[PATH_MAX], tmp[PATH_MAX + 8], journal[PATH_MAX], uuid[33];
+	char sid[CD_FOLDER_SID_MAX];
 	struct stat st;
 	FILE *in = NULL, *out = NULL;
 	int r;
 
-	if ((r = cd_folder_cache_file(b->ctx, b->folder_id, ".state", state)) < 0 ||
-	    (r = cd_folder_cache_file(b->ctx, b->folder_id, ".journal", journal)) < 0)
+	if (writer)
+		snprintf(sid, sizeof(sid), "%s", b->folder_id);
+	else
+		cd_folder_reader_id(b->folder_id, path, sid);
+	if ((r = cd_folder_cache_file(b->ctx, sid, ".state", state)) < 0 ||
+	    (r = cd_folder_cache_file(b->ctx, sid, ".journal", journal)) < 0)
 		return r;
+	/* The same disk: its syncs and pulls are recorded already (a reader
+	 * made before readers kept a state gets one now). */
 	if (!created && stat(state, &st) == 0)
-		return 0;   /* the same writer: its syncs are recorded already */
+		return 0;
 	if ((r = image_uuid(b, uuid)) < 0)
 		return r;
 	snprintf(tmp, sizeof(tmp), "%s.tmp", state);
@@ -1228,6 +1297,13 @@ static int record_state(struct build *b, const char *path, bool created)
 	}
 	fprintf(out, "cdisk-folder-state 1\nuri %s\ndisk %s\nuuid %s\n", b->o->uri,
 		path, uuid);
+	/* what the disk takes of the folder: a pull takes no more */
+	for (int k = 0; k < 2; k++)
+		for (const char *const *g = k ? b->o->exclude : b->o->include; g && *g; g++) {
+			fputs(k ? "exclude " : "include ", out);
+			escape_key(*g, out);
+			fputc('\n', out);
+		}
 	r = write_state_lines(b, in, out);
 	if (r == 0 && (fflush(out) != 0 || fsync(fileno(out)) < 0))
 		r = cd_error(b->ctx, -errno, "cannot write '%s': %s", tmp, strerror(errno));
@@ -1253,6 +1329,7 @@ static int make_disk(struct build *b, const char *path, char *wfile)
 	struct cdisk_create_opts co = { .base = b->res->image };
 	struct stat st;
 	int r, created;
+	bool writer;
 
 	r = list_folder(b);
 	if (r < 0)
@@ -1277,11 +1354,15 @@ static int make_disk(struct build *b, const char *path, char *wfile)
 	if (r < 0)
 		return r;
 	created = r;
+	/* the writer made again without --writer is still the writer */
+	writer = b->o->writer || (created == 1 && !strcmp(b->writer, b->disk));
 	r = add_ref(b, b->res->image);
+	if (r == 0 && created == 0)
+		r = forget_disk(b);
 	if (r == 0 && b->o->writer)
 		r = record_writer(b, wfile);
-	if (r == 0 && b->o->writer)
-		r = record_state(b, b->disk, created == 0);
+	if (r == 0)
+		r = record_state(b, b->disk, created == 0, writer);
 	return r < 0 ? r : created;
 }
 

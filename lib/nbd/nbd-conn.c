@@ -653,11 +653,11 @@ static void *connection(void *arg)
 	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
 	if (queue && cd_nbd_handshake(&c->nbd) == 1 && start_serving(c) &&
 	    (c->rbuf = malloc(RBUF_SIZE))) {
-		__atomic_add_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
+		cd_files_client_in(c->nbd.srv, c->nbd.exp);
 		/* An idle client may stay as long as it likes. */
 		set_timeouts(c->fd, 0, SEND_TIMEOUT);
 		read_requests(c, queue);
-		__atomic_sub_fetch(&c->nbd.exp->connections, 1, __ATOMIC_RELAXED);
+		cd_files_client_out(c->nbd.srv, c->nbd.exp);
 	}
 	pthread_mutex_lock(&c->nbd.srv->lock);
 	cd_tls_close(c->tls);

@@ -64,6 +64,7 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
 	pthread_mutex_init(&s->lock, NULL);
 	pthread_rwlock_init(&s->users_lock, NULL);
 	pthread_cond_init(&s->control_idle, NULL);
+	pthread_cond_init(&s->files_done, NULL);
 	*out = s;
 	return 0;
 }
@@ -429,9 +430,14 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 			if (p[first_listener + i].revents & POLLIN)
 				accept_one(s, s->listen[i].fd, s->listen[i].tcp);
 	}
-	/* Stop reading new requests; what was read is still answered. */
+	/* Stop reading new requests; what was read is still answered.  The
+	 * clients the server cuts start no push of files. */
+	pthread_mutex_lock(&s->lock);
+	s->files_stopping = true;
+	pthread_mutex_unlock(&s->lock);
 	cd_conn_stop_reading(s);
 	cd_conn_reap(s, true);
+	cd_files_stop(s);
 	cd_queue_free(s->queue);
 	s->queue = NULL;
 	cd_control_stop_policy(s);
@@ -466,6 +472,9 @@ void cdisk_server_free(struct cdisk_server *s)
 {
 	if (!s)
 		return;
+	pthread_mutex_lock(&s->lock);
+	s->files_stopping = true;
+	pthread_mutex_unlock(&s->lock);
 	cd_conn_reap(s, true);
 	cd_queue_free(s->queue);
 	for (size_t i = 0; i < s->nlisten; i++) {
@@ -483,6 +492,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	free(s->control_path);
 	cd_tls_free(s->tls);
 	cd_control_stop_syncs(s);
+	cd_files_stop(s);
 	cd_pool_free(s->pool);
 	for (size_t i = 0; i < s->nexports; i++) {
 		if (s->exports[i].disk)
@@ -498,6 +508,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	free(s->psk_path);
 	pthread_rwlock_destroy(&s->users_lock);
 	pthread_cond_destroy(&s->control_idle);
+	pthread_cond_destroy(&s->files_done);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

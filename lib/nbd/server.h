@@ -41,6 +41,10 @@ struct cd_export {
 	uint64_t requests;
 	struct cd_sync_job sync;   /* under the server's lock */
 	struct cd_pool *pool;      /* a pool's image (pool.c); NULL: fixed */
+	/* --push-files (files-push.c), under the server's lock */
+	pthread_t files_thread;
+	bool files_started, files_running;
+	bool files_skip;           /* no writer disk of a folder: never pushed */
 };
 
 struct cd_listener {
@@ -87,6 +91,9 @@ struct cdisk_server {
 	char *users_path, *psk_path;
 	int reload_fd;             /* readable: reload both (SIGHUP); -1: none */
 	struct cd_pool *pool;      /* --pool; NULL: none */
+	bool files_push;           /* --push-files */
+	bool files_stopping;       /* shutting down: no push starts (lock) */
+	pthread_cond_t files_done; /* a push ended (lock) */
 };
 
 /* TLS (tls.c); dir NULL: no certificates (pre-shared keys only). */
@@ -128,6 +135,13 @@ void cd_server_serve_fd(struct cdisk_server *s, int fd);
 void cd_control_policy_tick(struct cdisk_server *s);
 /* Stop every export's sync and wait for it (before the disks close). */
 void cd_control_stop_syncs(struct cdisk_server *s);
+/* --push-files (files-push.c): a client past its handshake counts in
+ * (waiting while the disk's files are being sent), and out; the last one
+ * out of a fixed, writable export starts the push.  Stop waits for every
+ * push under way and starts no more. */
+void cd_files_client_in(struct cdisk_server *s, struct cd_export *e);
+void cd_files_client_out(struct cdisk_server *s, struct cd_export *e);
+void cd_files_stop(struct cdisk_server *s);
 /* One control request line, answered as the socket would (fuzzers). */
 char *cd_control_answer(struct cdisk_server *s, const char *line);
 
