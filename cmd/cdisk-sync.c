@@ -65,17 +65,6 @@ static struct poptOption options[] = {
 	POPT_TABLEEND
 };
 
-static struct cdisk *running;
-static volatile sig_atomic_t interrupted;
-
-/* Stop after the requests in flight; what the base has is kept. */
-static void on_signal(int sig)
-{
-	(void)sig;
-	interrupted = 1;
-	if (running)
-		cdisk_sync_stop(running);
-}
 
 /* One line, redrawn: bytes done and left, the rate, the time left, and
  * the limit the sync holds itself to when the base is busy. */
@@ -397,9 +386,8 @@ int main(int argc, char **argv)
 	o.verify = verify;
 	o.if_healthy = if_healthy;
 	o.target_delay_ms = target_delay;
-	o.stop = &interrupted;
-	signal(SIGINT, on_signal);
-	signal(SIGTERM, on_signal);
+	o.stop = &cli_interrupted;
+	cli_stop_on_signals();
 	if (cli_show_progress() && !cli.json && !dry_run) {
 		o.progress = show_progress;
 		cli_elapsed();   /* the clock starts now */
@@ -409,9 +397,9 @@ int main(int argc, char **argv)
 	r = cdisk_open(ctx, args[0], dry_run ? CDISK_OPEN_RDONLY | CDISK_OPEN_NO_BASE
 					     : CDISK_OPEN_NO_BASE, &d);
 	if (r == 0) {
-		running = d;
+		cli_running = d;
 		r = run(d, &o, &st);
-		running = NULL;
+		cli_running = NULL;
 		if (o.progress)
 			fputc('\n', stderr);
 		if (r == 0)
