@@ -19,6 +19,7 @@
 #include "format.h"
 #include "journal.h"
 #include "mirror.h"
+#include "quota.h"
 #include "target.h"
 #include "util.h"
 
@@ -344,6 +345,7 @@ static void disk_free(struct cdisk *d)
 	if (!d)
 		return;
 	cd_mirror_free(d);
+	cd_quota_detach_locked(d);
 	cd_target_close(d->base);
 	for (unsigned i = 0; i < d->nretired; i++)
 		cd_target_close(d->retired[i]);
@@ -892,6 +894,7 @@ static int mark_written(struct cdisk *d, uint64_t first, uint64_t count)
 	if (r < 0)
 		return cd_error(d->ctx, r, "'%s': out of memory", d->path);
 	d->unflushed = true;
+	cd_quota_track_locked(d);
 	return cd_journal_add_run(d, first, count, CD_RUN_DIRTY);
 }
 
@@ -995,6 +998,8 @@ static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool *mirrored
 			pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot,
 					  &d->lock);
 		r = begin_write(d, len, off);
+		if (r == 0 && d->quota && !on_primary(d))
+			r = cd_quota_check_locked(d, first, count);
 		if (r != 0)
 			return r;
 		*mirrored = cd_mirror_attached(d) && cd_mirror_route_locked(d, first, count);
@@ -1648,6 +1653,7 @@ int cd_fill_locked(struct cdisk *d, uint64_t first, uint64_t count, const uint8_
 		if (r < 0)
 			return cd_error(d->ctx, r, "'%s': out of memory", d->path);
 		d->unflushed = true;
+		cd_quota_track_locked(d);
 		r = cd_journal_add_run(d, b, stop - b, CD_RUN_CLEAN);
 		if (r < 0)
 			return r;
@@ -1702,6 +1708,7 @@ int cd_release_locked(struct cdisk *d, uint64_t first, uint64_t count, uint64_t 
 	}
 	if (r == 0)
 		r = punch_runs(d, (const uint64_t (*)[2])runs, n);
+	cd_quota_track_locked(d);
 	return r;
 }
 

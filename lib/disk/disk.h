@@ -87,6 +87,8 @@ struct cdisk {
 	uint64_t recovered_blocks;
 	uint64_t mirror_recovered;  /* blocks the recovery set out of sync */
 	struct cd_mirror *mirror;   /* mirror.c: a writable disk with a mirror */
+	struct cd_quota *quota;     /* quota.c: a space quota it counts against */
+	uint64_t quota_counted;     /* bytes of present blocks counted into it */
 	unsigned mirror_flushes;    /* flushes with a leg on the mirror */
 	bool mirror_kept;           /* a server keeps its mirror (cdisk_mirror_start) */
 

@@ -19,6 +19,7 @@
 #include "nbd-conn.h"
 #include "nbd-proto.h"
 #include "nbd.h"
+#include "pool.h"
 #include "queue.h"
 #include "users.h"
 
@@ -742,6 +743,8 @@ void cd_server_reload_users(struct cdisk_server *s)
 	old_psk = s->psk;
 	s->users = users;
 	s->psk = psk;
+	if (s->pool)
+		cd_pool_set_quotas(s->pool, users);
 	pthread_rwlock_unlock(&s->users_lock);
 	cd_users_free(old_users);
 	cd_psk_free(old_psk);

@@ -26,6 +26,8 @@
 #include "ctx.h"
 #include "format.h"
 #include "pool.h"
+#include "quota.h"
+#include "text.h"
 #include "users.h"
 #include "util.h"
 
@@ -47,8 +49,18 @@ struct entry {
 	struct entry *next;
 };
 
+/* A user's quotas (the users file's quota_size and quota_used): the
+ * space quota their writable images count against, kept for as long as
+ * the pool (an image's disk holds a reference too). */
+struct pool_user {
+	struct cd_quota *used;
+	uint64_t size_limit;    /* 0: none */
+	struct pool_user *next;
+};
+
 struct cd_pool {
 	struct cdisk_ctx *ctx;
+	struct pool_user *users;    /* under lock */
 	char *dir;              /* its real path */
 	bool read_only;         /* every image, not only shared/'s */
 	int ifd;                /* inotify; -1: none */
@@ -375,6 +387,12 @@ void cd_pool_free(struct cd_pool *p)
 		p->list = e->next;
 		entry_free(e);
 	}
+	while (p->users) {
+		struct pool_user *u = p->users;
+		p->users = u->next;
+		cd_quota_put(u->used);
+		free(u);
+	}
 	if (p->ifd >= 0)
 		close(p->ifd);
 	pthread_mutex_destroy(&p->lock);
@@ -480,6 +498,88 @@ static bool still_inside(const struct cd_pool *p, const struct found *f)
 	       st.st_ino == f->ino;
 }
 
+/* ---- quotas ---- */
+
+/* Under the lock: the user's record, made if need be (no limits). */
+static struct pool_user *pool_user_locked(struct cd_pool *p, const char *name)
+{
+	struct pool_user *u;
+
+	for (u = p->users; u; u = u->next)
+		if (!strcmp(u->used->name, name))
+			return u;
+	u = calloc(1, sizeof(*u));
+	if (!u || !(u->used = cd_quota_new(name))) {
+		free(u);
+		return NULL;
+	}
+	u->next = p->users;
+	p->users = u;
+	return u;
+}
+
+void cd_pool_set_quotas(struct cd_pool *p, const struct cd_users *users)
+{
+	pthread_mutex_lock(&p->lock);
+	for (size_t i = 0; users && i < users->n; i++)
+		pool_user_locked(p, users->v[i].name);
+	for (struct pool_user *u = p->users; u; u = u->next) {
+		const struct cd_user *in = users ? cd_users_find(users, u->used->name) : NULL;
+
+		cd_quota_set_limit(u->used, in ? in->quota_used : 0);
+		u->size_limit = in ? in->quota_size : 0;
+	}
+	pthread_mutex_unlock(&p->lock);
+}
+
+/* A writable image of a user counts against their space quota. */
+static int count_against_quota(struct cd_pool *p, const struct found *f, struct cdisk *d)
+{
+	struct pool_user *u;
+	int r;
+
+	pthread_mutex_lock(&p->lock);
+	u = pool_user_locked(p, f->user);
+	r = u ? cd_disk_set_quota(d, u->used) : cd_error(p->ctx, -ENOMEM, "out of memory");
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}
+
+static int add_size(void *opaque, const struct cdisk_pool_image *img)
+{
+	*(uint64_t *)opaque += img->size;
+	return 0;
+}
+
+/* Creating an image of size for user must leave the total of their
+ * images' sizes within their quota_size. */
+static int check_size_quota(struct cd_pool *p, const char *user, uint64_t size)
+{
+	uint64_t limit = 0, total = 0;
+	struct pool_user *u;
+	char a[32], b[32], c[32];
+	int r;
+
+	pthread_mutex_lock(&p->lock);
+	for (u = p->users; u; u = u->next)
+		if (!strcmp(u->used->name, user))
+			limit = u->size_limit;
+	pthread_mutex_unlock(&p->lock);
+	if (!limit)
+		return 0;
+	r = cdisk_pool_list(p->ctx, p->dir, user, add_size, &total);
+	if (r == -ENOENT)
+		r = 0;
+	if (r < 0)
+		return r;
+	if (total + size <= limit)
+		return 0;
+	return cd_error(p->ctx, -EDQUOT, "cannot create an image of %s for '%s': their "
+			"images hold %s of their quota of %s", cd_format_size(size, a, sizeof(a)),
+			user, cd_format_size(total, b, sizeof(b)),
+			cd_format_size(limit, c, sizeof(c)));
+}
+
 static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 {
 	bool ro = f->shared || p->read_only;
@@ -492,6 +592,8 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 		cdisk_close(d);
 		r = cd_error(p->ctx, -ELOOP, "it changed while it was opened");
 	}
+	if (r == 0 && !ro && (r = count_against_quota(p, f, d)) < 0)
+		cdisk_close(d);
 	if (r == 0 && !ro && (r = cdisk_mirror_start(d)) < 0)
 		cdisk_close(d);
 	if (r < 0)
@@ -786,10 +888,15 @@ int cd_pool_create(struct cd_pool *p, const char *user, const char *image,
 	r = user_folder(p, user);
 	if (r == 0 && access(path, F_OK) == 0)
 		r = cd_error(p->ctx, -EEXIST, "image '%s/%s' exists", user, image);
+	if (r == 0 && size)
+		r = check_size_quota(p, user, size);
 	if (r == 0) {
 		r = cdisk_create(p->ctx, path, &o);
 		r = r > 0 ? 0 : r;
 	}
+	/* Its size came from its base: checked once known. */
+	if (r == 0 && !size && (r = check_size_quota(p, user, 0)) < 0)
+		unlink(path);
 	/* Served at once, not when the folder's events settle. */
 	if (r == 0 && (r = rescan_locked(p, &res)) == 0)
 		cd_pool_scan_free(&res);

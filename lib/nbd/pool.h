@@ -25,6 +25,13 @@ bool cd_pool_name_valid(const char *name, size_t max);
 bool cd_pool_split_export(const char *export, char *user, size_t ulen, char *image,
 			  size_t ilen);
 
+struct cd_users;
+/* The users file's quotas (NULL: none), for images served now and later:
+ * quota_used is the bytes a user's writable images hold (a write past it
+ * fails with ENOSPC), quota_size the total of their sizes (pool-create
+ * past it is refused with EDQUOT). */
+void cd_pool_set_quotas(struct cd_pool *p, const struct cd_users *users);
+
 /* read_only: every image, not only shared/'s (cdisk-serve --read-only). */
 int cd_pool_open(struct cdisk_ctx *ctx, const char *dir, bool read_only,
 		 struct cd_pool **out);

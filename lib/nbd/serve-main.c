@@ -113,6 +113,8 @@ int cdisk_server_set_users(struct cdisk_server *s, const char *users_path,
 	s->users = users;
 	s->psk = psk;
 	s->users_on = users != NULL;
+	if (s->pool)
+		cd_pool_set_quotas(s->pool, users);
 	return 0;
 }
 
@@ -124,6 +126,8 @@ int cdisk_server_set_pool(struct cdisk_server *s, const char *dir, bool read_onl
 	if (s->pool)
 		return cd_error(s->ctx, -EINVAL, "one pool only");
 	r = cd_pool_open(s->ctx, dir, read_only, &s->pool);
+	if (r == 0)
+		cd_pool_set_quotas(s->pool, s->users);
 	if (r == 0)
 		r = cd_pool_rescan(s->pool, &res);
 	if (r < 0)

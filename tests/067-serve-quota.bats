@@ -1,0 +1,130 @@
+#!/usr/bin/env bats
+# Quotas of a multi-user cdisk-serve: quota_used (the bytes a user's pool
+# images hold) fails a write past it with ENOSPC, never EIO, so that
+# QEMU's werror=enospc can pause the VM; quota_size (the total of a
+# user's image sizes) refuses a pool-create past it; a full filesystem
+# under any served overlay is ENOSPC too.
+
+bats_require_minimum_version 1.8.0
+
+setup() {
+	load helpers
+	_cdisk_setup
+	mkdir -p pool/alice pool/bob
+	SOCK_DIR=$(mktemp -d /tmp/cdisk-quota.XXXXXX)
+	chmod 755 "$SOCK_DIR"
+}
+
+teardown() {
+	stop_serve KILL || true
+	[ -z "${SMALL_FS:-}" ] || umount "$SMALL_FS" 2>/dev/null || true
+	rm -rf "$SOCK_DIR"
+}
+
+# users FILE: alice (uid 65534) with the given quotas, bob (uid 1) without.
+users() {
+	cat >users.conf <<-CONF
+	[user alice]
+	exports = alice/*
+	uid = 65534
+	$1
+	[user bob]
+	exports = bob/*
+	uid = 1
+	CONF
+}
+
+start_pool() {
+	export SERVE_RUN=$BATS_TEST_TMPDIR/run
+	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
+		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
+	SERVE_SOCK=$SOCK_DIR/s.sock
+	cdisk-serve -v --pool pool --users users.conf --group users --socket "$SERVE_SOCK" \
+		"$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
+	SERVE_PID=$!
+	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
+	for _ in $(seq 200); do
+		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
+		kill -0 "$SERVE_PID" 2>/dev/null ||
+			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+		sleep 0.05
+	done
+	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+}
+
+nbd() { echo "nbd+unix:///$1?socket=$SERVE_SOCK"; }
+# Users are told apart by their uid on the unix socket.
+ALICE=(setpriv --reuid=65534 --regid=100 --clear-groups)
+BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
+ctl() { run_cdisk 0 socat -t 30 - "UNIX-CONNECT:$CTL" <<<"$1"; }
+
+@test "quota_used: a write past it fails with ENOSPC over all the user's images; overwrites, other users, a raised quota go on" {
+	users "quota_used = 6M"
+	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
+	run_cdisk 0 cdisk-create --size 16M pool/alice/b.cdisk
+	run_cdisk 0 cdisk-create --size 16M pool/bob/c.cdisk
+	start_pool
+	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x11 0 4M' "$(nbd alice/a)"
+	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x12 0 2M' "$(nbd alice/b)"
+	# 6 MiB held across two images: 1 more byte of new space is refused.
+	run_cdisk 1 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x13 8M 64k' "$(nbd alice/b)"
+	assert_output --partial "No space left on device"
+	refute_output --partial "Input/output error"
+	grep -q "the quota of alice is full: 6 MiB used of 6 MiB" "$BATS_TEST_TMPDIR/serve.log" ||
+		fail "no message: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	# Writing over what is held takes no new space; reads go on.
+	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x14 0 1M' -c 'read -P 0x14 0 1M' \
+		-c 'read -P 0x11 1M 3M' "$(nbd alice/a)"
+	refute_output --partial "No space left"
+	refute_output --partial "Pattern verification failed"
+	# Bob has no quota.
+	run_cdisk 0 "${BOB[@]}" qemu-io -f raw -c 'write -P 0x21 0 12M' "$(nbd bob/c)"
+	refute_output --partial "No space left"
+	# A larger quota takes effect at SIGHUP, for images served already.
+	users "quota_used = 8M"
+	kill -HUP "$SERVE_PID"
+	for _ in $(seq 50); do
+		run_cdisk '?' "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x13 8M 64k' "$(nbd alice/b)"
+		[ "$status" = 0 ] && break
+		sleep 0.1
+	done
+	assert_equal "$status" 0
+	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'read -P 0x13 8M 64k' "$(nbd alice/b)"
+	refute_output --partial "Pattern verification failed"
+}
+
+@test "quota_size: pool-create past the total of a user's image sizes is refused, nothing made" {
+	users "quota_size = 40M"
+	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
+	start_pool
+	ctl '{"command":"pool-create","user":"alice","image":"b","size":16777216}'
+	assert_equal "$(json_get .ok)" true
+	ctl '{"command":"pool-create","user":"alice","image":"c","size":16777216}'
+	assert_equal "$(json_get .ok)" false
+	assert_equal "$(json_get .error)" "cannot create an image of 16 MiB for 'alice': their images hold 32 MiB of their quota of 40 MiB"
+	assert_not_exists pool/alice/c.cdisk
+	# One made from a base is measured once made, and taken back.
+	truncate -s 24M base.img
+	ctl '{"command":"pool-create","user":"alice","image":"d","base":"'"$PWD"'/base.img"}'
+	assert_equal "$(json_get .ok)" false
+	assert_not_exists pool/alice/d.cdisk
+	ctl '{"command":"pool-create","user":"alice","image":"e","size":8388608}'
+	assert_equal "$(json_get .ok)" true
+	# Bob has no quota.
+	ctl '{"command":"pool-create","user":"bob","image":"big","size":1073741824}'
+	assert_equal "$(json_get .ok)" true
+}
+
+@test "a full filesystem under a served overlay is ENOSPC to the client, not EIO" {
+	SMALL_FS=$BATS_TEST_TMPDIR/small
+	mkdir "$SMALL_FS"
+	mount -t tmpfs -o size=24M tmpfs "$SMALL_FS"
+	run_cdisk 0 cdisk-create --size 64M "$SMALL_FS/d.cdisk"
+	start_serve --export d="$SMALL_FS/d.cdisk"
+	run_cdisk 1 qemu-io -f raw -c 'write -P 0x31 0 40M' "$NBD"
+	assert_output --partial "No space left on device"
+	refute_output --partial "Input/output error"
+	stop_serve KILL || true
+	umount "$SMALL_FS"
+	SMALL_FS=
+}
