@@ -148,6 +148,35 @@ failed_over_disk() {
 	assert_error cdisk-restore "its data is in the file, not on a primary"
 }
 
+@test "served disk: the control socket's group may restore, but only root and the server's user may have it run a command" {
+	make_base p.raw 64M
+	truncate -s 64M a.raw
+	run_cdisk 0 cdisk-create --primary "file://$PWD/p.raw" d.cdisk
+	ctldir=$(mktemp -d /tmp/cdisk-ctl.XXXXXX)
+	chmod 0755 "$ctldir"
+	start_serve --group nogroup --control "$ctldir/c.sock" --export d=d.cdisk
+	chmod 0666 "$ctldir/c.sock"
+	gid=$(getent group nogroup | cut -d: -f3)
+	as() { # UID GID REQUEST
+		printf '%s\n' "$3" | setpriv --reuid="$1" --regid="$2" --clear-groups \
+			socat -t 30 - "UNIX-CONNECT:$ctldir/c.sock"
+	}
+	local req="\"command\":\"mirror-restore\",\"disk\":\"$BATS_TEST_TMPDIR/d.cdisk\",\"uri\":\"$PWD/a.raw\""
+	run as 65534 "$gid" "{$req,\"on_complete\":\"touch $PWD/ran\"}"
+	assert_equal "$(json_get .ok)" false
+	assert_equal "$(json_get .exit_code)" 5
+	assert_equal "$(json_get .error)" "\"on_complete\" runs a command as the server's user: only for root and that user"
+	run as 65534 100 "{$req}"
+	assert_equal "$(json_get .ok)" false
+	assert_equal "$(json_get .exit_code)" 5
+	run as 65534 "$gid" "{$req}"
+	assert_equal "$(json_get .ok)" true
+	assert_equal "$(json_get .mirror.restore.switch)" false
+	stop_serve
+	rm -rf "$ctldir"
+	assert_not_exists ran
+}
+
 @test "restore --to --switch of a served disk while fio writes: new primary and mirror equal, fio sees no error, writes after the switch reach both" {
 	failed_over_disk
 	truncate -s 64M a.raw
@@ -221,7 +250,12 @@ failed_over_disk() {
 	assert_equal "$(json_get .restore.switch)" true
 	left=$(json_get .out_of_sync_bytes)
 	assert_num "$left" -lt $((256 << 20))
-	before=$(proxy_bytes)
+	# The proxy passes on what the killed program had sent into it yet.
+	before=-1
+	while [ "$before" != "$(proxy_bytes)" ]; do
+		before=$(proxy_bytes)
+		sleep 1
+	done
 	run_cdisk 0 cdisk-restore --switch --to "$target" d.cdisk
 	assert_output "'d.cdisk': restored: '$target' is the primary now; the disk has no mirror"
 	# What was recorded as copied is not sent again (the proxy counts

@@ -543,7 +543,10 @@ static bool changes_state(const char *command)
 	       strcmp(command, "mirror-verify-status");
 }
 
-static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change)
+/* may_change: the peer may change state; owner: it is root or the
+ * server's own user, who alone may have the server run a command. */
+static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_change,
+			bool owner)
 {
 	json_error_t jerr;
 	json_t *req = json_loads(line, 0, &jerr), *reply;
@@ -560,6 +563,9 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 	else if (!may_change && changes_state(command))
 		reply = error_reply(-EPERM, "'%.100s' is only for root, the server's user "
 				    "and the control socket's group", command);
+	else if (!owner && json_object_get(req, "on_complete"))
+		reply = error_reply(-EPERM, "\"on_complete\" runs a command as the "
+				    "server's user: only for root and that user");
 	else if (!strcmp(command, "status"))
 		reply = cmd_status(s);
 	else if (!strcmp(command, "flush"))
@@ -592,7 +598,7 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 
 char *cd_control_answer(struct cdisk_server *s, const char *line)
 {
-	json_t *reply = dispatch(s, line, true);
+	json_t *reply = dispatch(s, line, true, true);
 	char *text = json_dumps(reply, JSON_COMPACT);
 
 	json_decref(reply);
@@ -615,6 +621,15 @@ static void send_json(int fd, json_t *j)
 /* Whether the peer may change state: root, the server's own user, or a
  * member of the group that owns the control socket (SO_PEERCRED and
  * SO_PEERGROUPS, as multipathd checks its clients). */
+static bool peer_is_owner(int fd)
+{
+	struct ucred cred;
+	socklen_t len = sizeof(cred);
+
+	return getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+	       (cred.uid == 0 || cred.uid == geteuid());
+}
+
 static bool peer_may_change(struct cdisk_server *s, int fd)
 {
 	struct ucred cred;
@@ -673,7 +688,8 @@ static void *control_thread(void *opaque)
 			send_json(cr->fd, error_reply(-EINVAL, "request longer than %u bytes",
 						      CONTROL_MAX_LINE));
 		else if (r == 0)
-			send_json(cr->fd, dispatch(s, line, peer_may_change(s, cr->fd)));
+			send_json(cr->fd, dispatch(s, line, peer_may_change(s, cr->fd),
+						   peer_is_owner(cr->fd)));
 	}
 	close(cr->fd);
 	free(line);

@@ -908,9 +908,10 @@ static void block_range(const struct cdisk *d, size_t len, uint64_t off,
 	*count = len ? ((off + len - 1) >> d->block_shift) + 1 - *first : 0;
 }
 
-/* What every write does before its data: checks, and the activity log.
- * Returns 1 when there is nothing to write. */
-static int begin_write(struct cdisk *d, size_t len, uint64_t off)
+/* What every write does before its data: checks (a write of data, not
+ * zeros, against the space quota), and the activity log.  Returns 1 when
+ * there is nothing to write. */
+static int begin_write(struct cdisk *d, size_t len, uint64_t off, bool zeros)
 {
 	uint64_t first, count;
 	int r = check_io(d, len, off, true);
@@ -918,13 +919,16 @@ static int begin_write(struct cdisk *d, size_t len, uint64_t off)
 	if (r < 0 || len == 0)
 		return r < 0 ? r : 1;
 	block_range(d, len, off, &first, &count);
+	if (d->quota && !zeros && !on_primary(d) &&
+	    (r = cd_quota_check_locked(d, first, count)) < 0)
+		return r;
 	return al_protect(d, first, count);
 }
 
 static int pwrite_locked(struct cdisk *d, const void *buf, size_t len, uint64_t off)
 {
 	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
-	int r = begin_write(d, len, off);
+	int r = begin_write(d, len, off, false);
 
 	if (r != 0)
 		return r < 0 ? r : 0;
@@ -959,13 +963,36 @@ static int zero_data(struct cdisk *d, size_t len, uint64_t off)
 	return 0;
 }
 
+/* On a disk with no base an absent block reads as zeros already: only
+ * the present ones are zeroed, so that a guest's TRIM of space it never
+ * wrote takes none (nor any of its quota). */
+static int zero_present(struct cdisk *d, uint64_t first, uint64_t count)
+{
+	uint64_t end = first + count;
+	int r = 0;
+
+	for (uint64_t b = cd_bitmap_find(&d->present, first, true); b < end && r == 0;) {
+		uint64_t stop = cd_bitmap_find(&d->present, b, false);
+
+		if (stop > end)
+			stop = end;
+		r = zero_data(d, (size_t)((stop - b) << d->block_shift), b << d->block_shift);
+		if (r == 0)
+			r = mark_written(d, b, stop - b);
+		b = cd_bitmap_find(&d->present, stop, true);
+	}
+	return r;
+}
+
 static int zero_range(struct cdisk *d, size_t len, uint64_t off)
 {
 	uint64_t first = off >> d->block_shift, count = len >> d->block_shift;
-	int r = begin_write(d, len, off);
+	int r = begin_write(d, len, off, true);
 
 	if (r != 0)
 		return r < 0 ? r : 0;
+	if (!d->sb.base[0])
+		return zero_present(d, first, count);
 	r = zero_data(d, len, off);
 	return r < 0 ? r : mark_written(d, first, count);
 }
@@ -986,7 +1013,8 @@ static bool overlaps_mirrored(const struct cdisk *d, uint64_t first, uint64_t co
  * write that goes to the mirror waits for earlier ones over the same
  * blocks that do, so that both sides see overlapping writes in one order.
  * Returns 1 when there is nothing to write. */
-static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool *mirrored)
+static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool zeros,
+		       bool *mirrored)
 {
 	uint64_t first, count;
 	unsigned slot;
@@ -997,9 +1025,7 @@ static int enter_write(struct cdisk *d, size_t len, uint64_t off, bool *mirrored
 		while (d->al.draining || d->nwriting == CD_MAX_WRITING)
 			pthread_cond_wait(d->al.draining ? &d->resumed : &d->writing_slot,
 					  &d->lock);
-		r = begin_write(d, len, off);
-		if (r == 0 && d->quota && !on_primary(d))
-			r = cd_quota_check_locked(d, first, count);
+		r = begin_write(d, len, off, zeros);
 		if (r != 0)
 			return r;
 		*mirrored = cd_mirror_attached(d) && cd_mirror_route_locked(d, first, count);
@@ -1112,7 +1138,7 @@ again:
 	mirrored = false;
 	block_range(d, len, off, &first, &count);
 	pthread_mutex_lock(&d->lock);
-	r = enter_write(d, len, off, &mirrored);
+	r = enter_write(d, len, off, op == CD_LEG_ZERO, &mirrored);
 	gen = d->primary_gen;
 	armed = mirrored && cd_failover_armed_locked(d);
 	pthread_mutex_unlock(&d->lock);
@@ -1419,7 +1445,7 @@ static int rmw_mirrored(struct cdisk *d, struct rmw_edges *e, uint8_t *tmp, uint
 	int r, leg_r = 0;
 
 	pthread_mutex_lock(&d->lock);
-	r = enter_write(d, (size_t)(end - first), first, &mirrored);
+	r = enter_write(d, (size_t)(end - first), first, false, &mirrored);
 	if (r != 0) {
 		pthread_mutex_unlock(&d->lock);
 		return r < 0 ? r : 0;

@@ -111,6 +111,18 @@ static void test_refuses_before_writing(void **state)
 	assert_int_equal(cdisk_pwrite(f->a, f->buf, 2 * MiB, 1 * MiB), -ENOSPC);
 	assert_int_equal(cdisk_pwrite(f->a, f->buf, 2 * MiB, 0), 0);
 	assert_int_equal(cd_quota_used(f->q), 3 * MiB);
+	/* Writes that are not whole blocks are checked as well. */
+	assert_int_equal(cdisk_pwrite_unaligned(f->b, f->buf, 1000, 8 * MiB + 100), -ENOSPC);
+	/* Zeroing and discard need no space: on a disk with no base, what it
+	 * does not hold reads as zeros already and takes nothing. */
+	assert_int_equal(cdisk_discard(f->b, 4 * MiB, 8 * MiB), 0);
+	assert_int_equal(cdisk_write_zeroes(f->b, 4 * MiB, 12 * MiB), 0);
+	assert_int_equal(cd_quota_used(f->q), 3 * MiB);
+	assert_int_equal(cdisk_pread(f->b, back, sizeof(back), 0), 0);
+	assert_int_equal(back[0], 0x5a);
+	assert_int_equal(cdisk_discard(f->b, 1 * MiB, 0), 0);
+	assert_int_equal(cdisk_pread(f->b, back, sizeof(back), 0), 0);
+	assert_int_equal(back[0], 0);
 	/* A raised limit takes effect at once; none is no limit. */
 	cd_quota_set_limit(f->q, 4 * MiB);
 	assert_int_equal(cdisk_pwrite(f->b, f->buf, 1 * MiB, 8 * MiB), 0);

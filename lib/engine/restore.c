@@ -10,6 +10,7 @@
  * mirror, in one superblock write. */
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,7 +34,7 @@ extern char **environ;
 
 /* ---- starting ---- */
 
-static int check_can_start(struct cdisk *d, const char *uri)
+static int check_can_start(struct cdisk *d, const char *uri, const char *norm)
 {
 	if (d->readonly)
 		return cd_error(d->ctx, -EROFS, "cannot restore '%s': it is open read-only",
@@ -42,6 +43,10 @@ static int check_can_start(struct cdisk *d, const char *uri)
 		return cd_error(d->ctx, -EINVAL, "cannot restore '%s' to '%s': its data "
 				"is in the file, not on a primary (restore --to is for "
 				"disks created with --primary)", d->path, uri);
+	/* Caught by identity too, but not for kinds that give none (NBD). */
+	if (!strcmp(norm, d->sb.base))
+		return cd_error(d->ctx, -EINVAL, "cannot restore '%s' to '%s': it is this "
+				"disk's own primary", d->path, uri);
 	if (cd_restore_active(d))
 		return cd_error(d->ctx, -EEXIST, "cannot restore '%s' to '%s': a restore "
 				"to '%s' is under way", d->path, uri, d->sb.mirror);
@@ -121,6 +126,7 @@ int cdisk_restore_start(struct cdisk *d, const char *uri,
 			const struct cdisk_restore_opts *o)
 {
 	char fenced[CDISK_MAX_URI + 1] = "", norm[CDISK_MAX_URI + 1];
+	char source[CDISK_MAX_URI + 1], target[CDISK_MAX_URI + 1];
 	uint32_t flags = 0;
 	int r = cd_normalize_uri(d->ctx, "restore target", uri, true, norm);
 
@@ -133,10 +139,10 @@ int cdisk_restore_start(struct cdisk *d, const char *uri,
 		r = cd_error(d->ctx, -EALREADY, "'%s' is already the %s of '%s'", uri,
 			     (o->flags & CDISK_RESTORE_SWITCH) ? "primary" : "mirror", d->path);
 	else
-		r = check_can_start(d, uri);
+		r = check_can_start(d, uri, norm);
 	if (r == 1) {
-		pthread_mutex_unlock(&d->lock);
 		cd_mirror_kick(d->mirror);
+		pthread_mutex_unlock(&d->lock);
 		return 0;
 	}
 	if (r == 0 && cd_mirror_attached(d))
@@ -159,10 +165,14 @@ int cdisk_restore_start(struct cdisk *d, const char *uri,
 			     "a mirror or a restore meanwhile", d->path, uri);
 	if (r < 0)
 		return r;
+	pthread_mutex_lock(&d->lock);
+	memcpy(source, d->sb.base, sizeof(source));
+	memcpy(target, d->sb.mirror, sizeof(target));
+	pthread_mutex_unlock(&d->lock);
 	cd_log(d->ctx, CDISK_LOG_INFO, "'%s': restoring from '%s' to '%s'%s", d->path,
-	       d->sb.base, d->sb.mirror, flags & CD_RESTORE_SWITCH ?
+	       source, target, flags & CD_RESTORE_SWITCH ?
 	       ", which becomes the primary when complete" : "");
-	if (fenced[0] && strcmp(fenced, d->sb.mirror))
+	if (fenced[0] && strcmp(fenced, target))
 		cd_log(d->ctx, CDISK_LOG_WARNING, "'%s': the fenced former primary '%s' is "
 		       "no longer part of the disk; it is left as it is for you to remove",
 		       d->path, fenced);
@@ -318,6 +328,33 @@ static int hook_env(struct hook *h, const char *disk, const char *target, bool s
 	return 0;
 }
 
+/* A server blocks the signals it waits for and ignores SIGPIPE: the
+ * command gets the defaults, so that it can be stopped and pipes end. */
+static int spawn(struct hook *h)
+{
+	static const int sigs[] = { SIGPIPE, SIGHUP, SIGINT, SIGTERM, SIGCHLD, SIGQUIT };
+	posix_spawnattr_t attr;
+	sigset_t none, dfl;
+	int err;
+
+	sigemptyset(&none);
+	sigemptyset(&dfl);
+	for (size_t i = 0; i < CD_ARRAY_SIZE(sigs); i++)
+		sigaddset(&dfl, sigs[i]);
+	err = posix_spawnattr_init(&attr);
+	if (err)
+		return err;
+	err = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
+	if (!err)
+		err = posix_spawnattr_setsigmask(&attr, &none);
+	if (!err)
+		err = posix_spawnattr_setsigdefault(&attr, &dfl);
+	if (!err)
+		err = posix_spawn(&h->pid, "/bin/sh", NULL, &attr, h->argv, h->envp);
+	posix_spawnattr_destroy(&attr);
+	return err;
+}
+
 /* The command, with the disk and the new target in its environment; a
  * server does not wait for it (a thread reaps it), a program does. */
 static void run_hook(struct cdisk *d, const char *cmd, const char *target, bool switched,
@@ -336,7 +373,7 @@ static void run_hook(struct cdisk *d, const char *cmd, const char *target, bool 
 	snprintf(h->disk, sizeof(h->disk), "%s", d->path);
 	if (!h->argv[2] || hook_env(h, d->path, target, switched) < 0)
 		goto fail;
-	err = posix_spawn(&h->pid, "/bin/sh", NULL, NULL, h->argv, h->envp);
+	err = spawn(h);
 	if (err)
 		goto fail;
 	if (wait || pthread_create(&reaper, NULL, hook_reaper, h) != 0) {
@@ -351,15 +388,26 @@ fail:
 	hook_free(h);
 }
 
+static bool late_primary_legs(struct cd_mirror *m)
+{
+	unsigned n;
+
+	pthread_mutex_lock(&m->lock);
+	n = m->primary_outstanding;
+	pthread_mutex_unlock(&m->lock);
+	return n != 0;
+}
+
 /* Whether the restore is complete; -EAGAIN when not yet (the auxiliary
  * is not in sync and live). */
 static int complete(struct cdisk *d, bool wait_hook)
 {
 	struct cd_mirror *m = d->mirror;
 	char target[CDISK_MAX_URI + 1], left[CDISK_MAX_URI + 1] = "", *hook = NULL;
+	char mirror[CDISK_MAX_URI + 1];
 	struct cd_target *aux;
 	enum cdisk_log_level level;
-	bool switching, ready;
+	bool switching, ready, late;
 	int r;
 
 	pthread_mutex_lock(&d->lock);
@@ -385,8 +433,14 @@ static int complete(struct cdisk *d, bool wait_hook)
 				d->path, why);
 	}
 	pthread_mutex_lock(&d->lock);
-	cd_disk_drain_mirrored_locked(d);
-	if (!cd_restore_active(d) || !m->live || cd_mirror_oos(d)->count) {
+	/* No write under way, and none starts until the lock is let go (a
+	 * flush under way is done again on the new primary if it must be:
+	 * primary_gen). */
+	cd_al_drain(d);
+	/* After a failover's refusal, requests given up on may still land on
+	 * the primary, which is about to be called in sync as the mirror. */
+	late = (d->sb.restore_flags & CD_RESTORE_KEEP_PRIMARY) && late_primary_legs(m);
+	if (!cd_restore_active(d) || !m->live || cd_mirror_oos(d)->count || late) {
 		pthread_mutex_unlock(&d->lock);
 		return -EAGAIN;
 	}
@@ -395,15 +449,20 @@ static int complete(struct cdisk *d, bool wait_hook)
 	if (switching) {
 		r = switch_roles_locked(d, left, sizeof(left));
 	} else {
+		struct cd_superblock old = d->sb;
+
 		d->sb.compat &= ~CD_FEATURE_COMPAT_RESTORE;
 		d->sb.restore_flags = 0;
 		d->sb.restore_started = 0;
 		r = cd_mirror_store_state_locked(d, CD_MIRROR_STORED_IN_SYNC, NULL);
+		if (r < 0)
+			d->sb = old;
 	}
 	if (r == 0) {
 		hook = m->restore_hook;
 		m->restore_hook = NULL;
 	}
+	memcpy(mirror, d->sb.mirror, sizeof(mirror));
 	pthread_mutex_unlock(&d->lock);
 	if (r < 0)
 		return r;
@@ -413,7 +472,7 @@ static int complete(struct cdisk *d, bool wait_hook)
 	if (switching)
 		cd_log(d->ctx, level, "'%s': RESTORE COMPLETE: '%s' is the "
 		       "primary now%s%s%s%s", d->path, target, left[0] ? "; the old primary '" :
-		       "; the mirror is '", left[0] ? left : d->sb.mirror,
+		       "; the mirror is '", left[0] ? left : mirror,
 		       left[0] ? "' is no longer used: remove it when you no longer need it"
 			       : "' again, in sync", left[0] ? "; the disk has no mirror" : "");
 	else
