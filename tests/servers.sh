@@ -89,6 +89,16 @@ start_ceph() {
 	osd client watch timeout = 5
 	osd max object name len = 460
 	osd max object namespace len = 64
+	# A PG may serve ops only within its read lease: pacific renews it
+	# every 8 s for 16 s (osd heartbeat grace 20 x read lease ratio 0.8).
+	# An OSD that misses that (frozen with SIGSTOP for over 8 s, as tests
+	# 066 and 101 do, or starved on a loaded host) finds an op past the
+	# lease, marks the PG laggy and parks its ops "waiting for readable".
+	# With peers a lease ack clears that; with one OSD only a recheck on
+	# renewal would, and 16.2 has none (ceph PR 52021 came later): the PG
+	# stays laggy and its ops wait forever.  One OSD has no peer to hold
+	# a lease against: 200000 s (renewed every 28 h) is never missed.
+	osd pool default read lease ratio = 10000
 	EOF
 	local c=(-c "$d/ceph.conf")
 	monmaptool --create --addv a "[v2:127.0.0.1:$port]" --fsid "$fsid" "$d/monmap" >/dev/null
