@@ -963,9 +963,10 @@ static int zero_data(struct cdisk *d, size_t len, uint64_t off)
 	return 0;
 }
 
-/* On a disk with no base an absent block reads as zeros already: only
- * the present ones are zeroed, so that a guest's TRIM of space it never
- * wrote takes none (nor any of its quota). */
+/* On a disk with a space quota and no base an absent block reads as
+ * zeros already: only the present ones are zeroed, so that a guest's TRIM
+ * of space it never wrote takes none of its quota.  (Other disks record
+ * zeroed blocks as present, as they always have.) */
 static int zero_present(struct cdisk *d, uint64_t first, uint64_t count)
 {
 	uint64_t end = first + count;
@@ -991,7 +992,7 @@ static int zero_range(struct cdisk *d, size_t len, uint64_t off)
 
 	if (r != 0)
 		return r < 0 ? r : 0;
-	if (!d->sb.base[0])
+	if (d->quota && !d->sb.base[0])
 		return zero_present(d, first, count);
 	r = zero_data(d, len, off);
 	return r < 0 ? r : mark_written(d, first, count);
