@@ -16,6 +16,8 @@ setup() {
 }
 
 teardown() {
+	[ -z "${OSD_PID:-}" ] || kill -CONT "$OSD_PID" 2>/dev/null || true
+	[ -z "${IMAGE:-}" ] || timeout 30 rbd rm "rbd/$IMAGE" >/dev/null 2>&1 || true
 	[ -z "${P_PID:-}" ] || kill -CONT "$P_PID" 2>/dev/null || true
 	stop_serve KILL || true
 	stop_proxy
@@ -103,6 +105,35 @@ assert_failed_over() {
 	proxy_ctl cut
 	fio_check
 	assert_failed_over "$primary" "$mirror"
+	stop_serve
+}
+
+@test "an RBD primary whose OSD is stopped (SIGSTOP) mid-write: failed over, fio sees no error" {
+	use_server ceph
+	export CEPH_CONF
+	IMAGE=fo$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)
+	run_cdisk 0 target-io "rbd:rbd/$IMAGE" create:64M
+	primary=rbd:rbd/$IMAGE
+	truncate -s 64M "$MIRROR_IMG"
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/m.sock" file "$MIRROR_IMG"
+	M_PID=$NBDKIT_PID
+	NBDKIT_PID=
+	mirror="nbd+unix:///?socket=$BATS_TEST_TMPDIR/m.sock"
+	run_cdisk 0 cdisk-create --primary "$primary" --mirror "$mirror" d.cdisk
+	start_serve --failover-timeout 2000 --export d=d.cdisk
+	wait_state in-sync 60
+	fio_writes
+	sleep 2
+	OSD_PID=$(cat "$(dirname "$CEPH_CONF")/run/osd.0.pid")
+	freeze "$OSD_PID"
+	# librbd's cache may take writes for a while: a flush it cannot.
+	run_cdisk 0 qemu-io -f raw -c flush "$NBD"
+	fio_check
+	assert_failed_over "$primary" "$mirror"
+	grep -q "FAILED OVER from primary '$primary'" "$BATS_TEST_TMPDIR/serve.log" ||
+		fail "no failover in the log: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	kill -CONT "$OSD_PID"
+	OSD_PID=
 	stop_serve
 }
 
