@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <netdb.h>
@@ -31,7 +32,9 @@ static const struct cli_program program = {
 static char **export_args, *socket_arg, *tcp_arg, *control_arg, *group_arg;
 static char *config_arg, *sync_min_dirty_arg, *sync_rate_arg, *tls_dir_arg, *tls_arg;
 static char *on_mirror_error_arg, *users_arg, *tls_psk_arg, *pool_arg;
-static int mirror_timeout, failover_timeout;
+/* NOT_GIVEN: the configuration's; 0 would be no timeout, and is refused. */
+#define NOT_GIVEN INT_MIN
+static int mirror_timeout = NOT_GIVEN, failover_timeout = NOT_GIVEN;
 static int readonly, sync_every, sync_max_time, sync_if_healthy, tls_verify_peer;
 static int push_files;
 
@@ -437,9 +440,9 @@ int main(int argc, char **argv)
 			    sync_if_healthy))
 		cli_usage_error("--sync-min-dirty, --sync-rate, --sync-max-time and "
 				"--sync-if-healthy go with --sync-every");
-	if (mirror_timeout && (mirror_timeout < 100 || mirror_timeout > 600000))
+	if (mirror_timeout != NOT_GIVEN && (mirror_timeout < 100 || mirror_timeout > 600000))
 		cli_usage_error("--mirror-timeout must be from 100 to 600000 milliseconds");
-	if (failover_timeout && (failover_timeout < 100 || failover_timeout > 600000))
+	if (failover_timeout != NOT_GIVEN && (failover_timeout < 100 || failover_timeout > 600000))
 		cli_usage_error("--failover-timeout must be from 100 to 600000 milliseconds");
 	fail = mirror_fail();
 	if (tls_verify_peer && !tls_dir_arg)
@@ -456,7 +459,9 @@ int main(int argc, char **argv)
 	reload_fd = users_file() || tls_psk_arg ? reload_signal() : -1;
 	r = cdisk_server_new(ctx, &srv);
 	if (r == 0)
-		r = cdisk_server_set_mirror_policy(srv, (uint32_t)mirror_timeout, fail,
+		r = cdisk_server_set_mirror_policy(srv, mirror_timeout == NOT_GIVEN ? 0 :
+						   (uint32_t)mirror_timeout, fail,
+						   failover_timeout == NOT_GIVEN ? 0 :
 						   (uint32_t)failover_timeout);
 	if (r == 0 && mode != CDISK_TLS_OFF)
 		r = cdisk_server_set_tls(srv, tls_dir_arg, mode, tls_verify_peer);

@@ -137,6 +137,16 @@ assert_failed_over() {
 	stop_serve
 }
 
+@test "cdisk-serve --failover-timeout and --mirror-timeout: out of range or not a number is a usage error" {
+	run_cdisk 0 cdisk-create --size 16M d.cdisk
+	for v in 0 99 600001 -1 abc ''; do
+		run_cdisk 2 cdisk-serve --failover-timeout "$v" --export d=d.cdisk
+		assert_usage_error cdisk-serve "failover-timeout"
+		run_cdisk 2 cdisk-serve --mirror-timeout "$v" --export d=d.cdisk
+		assert_usage_error cdisk-serve "mirror-timeout"
+	done
+}
+
 @test "cdisk-mirror failover: refused while the mirror is not in sync, --force says what is lost; bad input" {
 	make_base p.raw 64M
 	truncate -s 64M "$MIRROR_IMG"
