@@ -460,13 +460,6 @@ static const enum cdisk_mirror_verb verbs[] = {
 	[FAILOVER] = CDISK_MIRROR_FAILOVER,
 };
 
-static void sleep_a_second(void)
-{
-	struct timespec ts = { .tv_sec = 1 };
-
-	nanosleep(&ts, NULL);   /* a signal ends it early */
-}
-
 static void show_served_progress(const struct cdisk_mirror_status *s)
 {
 	char left[32];
@@ -505,7 +498,7 @@ static int wait_in_sync(struct cdisk_ctx *ctx, const char *path)
 				  cd_format_size(s.out_of_sync_bytes, a, sizeof(a)), path);
 			return CDISK_EXIT_TRY_LATER;
 		}
-		sleep_a_second();
+		cli_sleep_a_second();
 	}
 	if (progress)
 		fputc('\n', stderr);

@@ -215,11 +215,6 @@ static int restore_idle(struct cdisk *d, const char *path)
 	return said_complete(path, target, &s);
 }
 
-static void sleep_a_second(void)
-{
-	nanosleep(&(struct timespec){ .tv_sec = 1 }, NULL);   /* a signal ends it early */
-}
-
 /* A target that does not answer for this long ends the wait (the server
  * goes on): the server probes it every 2 s. */
 #define LOST_GRACE_SECONDS 10
@@ -262,7 +257,7 @@ static int wait_restored(struct cdisk_ctx *ctx, const char *path, const char *ta
 				  "on ('cdisk-mirror status %s' follows it)", path, a, path);
 			return CDISK_EXIT_TRY_LATER;
 		}
-		sleep_a_second();
+		cli_sleep_a_second();
 	}
 }
 

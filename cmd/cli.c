@@ -382,3 +382,8 @@ void cli_stop_on_signals(void)
 	signal(SIGINT, on_stop_signal);
 	signal(SIGTERM, on_stop_signal);
 }
+
+void cli_sleep_a_second(void)
+{
+	nanosleep(&(struct timespec){ .tv_sec = 1 }, NULL);
+}

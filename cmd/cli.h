@@ -81,5 +81,7 @@ const char *cli_plural(uint64_t n);
 extern volatile sig_atomic_t cli_interrupted;
 extern struct cdisk *cli_running;
 void cli_stop_on_signals(void);
+/* Between polls of a server: one second, ended early by a signal. */
+void cli_sleep_a_second(void);
 
 #endif

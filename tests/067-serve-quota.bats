@@ -34,36 +34,22 @@ users() {
 	CONF
 }
 
-start_pool() {
-	export SERVE_RUN=$BATS_TEST_TMPDIR/run
-	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
-		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
-	SERVE_SOCK=$SOCK_DIR/s.sock
-	cdisk-serve -v --pool pool --users users.conf --group users --socket "$SERVE_SOCK" \
-		"$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
-	SERVE_PID=$!
-	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
-	for _ in $(seq 200); do
-		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
-		kill -0 "$SERVE_PID" 2>/dev/null ||
-			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-		sleep 0.05
-	done
-	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+start_quota_pool() {
+	POOL_SOCK=$SOCK_DIR/s.sock start_pool --users users.conf --group users \
+		--socket "$SOCK_DIR/s.sock"
 }
 
 nbd() { echo "nbd+unix:///$1?socket=$SERVE_SOCK"; }
 # Users are told apart by their uid on the unix socket.
 ALICE=(setpriv --reuid=65534 --regid=100 --clear-groups)
 BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
-ctl() { run_cdisk 0 socat -t 30 - "UNIX-CONNECT:$CTL" <<<"$1"; }
 
 @test "quota_used: a write past it fails with ENOSPC over all the user's images; overwrites, other users, a raised quota go on" {
 	users "quota_used = 6M"
 	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
 	run_cdisk 0 cdisk-create --size 16M pool/alice/b.cdisk
 	run_cdisk 0 cdisk-create --size 16M pool/bob/c.cdisk
-	start_pool
+	start_quota_pool
 	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x11 0 4M' "$(nbd alice/a)"
 	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x12 0 2M' "$(nbd alice/b)"
 	# 6 MiB held across two images: 1 more byte of new space is refused.
@@ -96,7 +82,7 @@ ctl() { run_cdisk 0 socat -t 30 - "UNIX-CONNECT:$CTL" <<<"$1"; }
 @test "quota_size: pool-create past the total of a user's image sizes is refused, nothing made" {
 	users "quota_size = 40M"
 	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
-	start_pool
+	start_quota_pool
 	ctl '{"command":"pool-create","user":"alice","image":"b","size":16777216}'
 	assert_equal "$(json_get .ok)" true
 	ctl '{"command":"pool-create","user":"alice","image":"c","size":16777216}'

@@ -28,6 +28,22 @@ teardown() {
 	return 0
 }
 
+# served_in_sync_with_fio PRIMARY: d.cdisk on PRIMARY with a file mirror
+# behind nbdkit (sets mirror and M_PID), served with a 2 s failover
+# timeout, in sync, fio writing for 2 s already.
+served_in_sync_with_fio() {
+	truncate -s 64M "$MIRROR_IMG"
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/m.sock" file "$MIRROR_IMG"
+	M_PID=$NBDKIT_PID
+	NBDKIT_PID=
+	mirror="nbd+unix:///?socket=$BATS_TEST_TMPDIR/m.sock"
+	run_cdisk 0 cdisk-create --primary "$1" --mirror "$mirror" d.cdisk
+	start_serve --failover-timeout 2000 --export d=d.cdisk
+	wait_state in-sync 60
+	fio_writes
+	sleep 2
+}
+
 # The disk failed over: the status says so (exit 9: not protected), names
 # the former primary, and the log says it loudly.
 assert_failed_over() {
@@ -91,16 +107,7 @@ assert_failed_over() {
 	tgt_new_lun 64M
 	start_proxy "127.0.0.1:$TGT_PORT"
 	primary=${TGT_URI/:$TGT_PORT\//:$PROXY_PORT/}
-	truncate -s 64M "$MIRROR_IMG"
-	start_nbdkit_unix "$BATS_TEST_TMPDIR/m.sock" file "$MIRROR_IMG"
-	M_PID=$NBDKIT_PID
-	NBDKIT_PID=
-	mirror="nbd+unix:///?socket=$BATS_TEST_TMPDIR/m.sock"
-	run_cdisk 0 cdisk-create --primary "$primary" --mirror "$mirror" d.cdisk
-	start_serve --failover-timeout 2000 --export d=d.cdisk
-	wait_state in-sync 60
-	fio_writes
-	sleep 2
+	served_in_sync_with_fio "$primary"
 	proxy_ctl refuse on
 	proxy_ctl cut
 	fio_check
@@ -114,16 +121,7 @@ assert_failed_over() {
 	IMAGE=fo$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-10)
 	run_cdisk 0 target-io "rbd:rbd/$IMAGE" create:64M
 	primary=rbd:rbd/$IMAGE
-	truncate -s 64M "$MIRROR_IMG"
-	start_nbdkit_unix "$BATS_TEST_TMPDIR/m.sock" file "$MIRROR_IMG"
-	M_PID=$NBDKIT_PID
-	NBDKIT_PID=
-	mirror="nbd+unix:///?socket=$BATS_TEST_TMPDIR/m.sock"
-	run_cdisk 0 cdisk-create --primary "$primary" --mirror "$mirror" d.cdisk
-	start_serve --failover-timeout 2000 --export d=d.cdisk
-	wait_state in-sync 60
-	fio_writes
-	sleep 2
+	served_in_sync_with_fio "$primary"
 	OSD_PID=$(cat "$(dirname "$CEPH_CONF")/run/osd.0.pid")
 	freeze "$OSD_PID"
 	# librbd's cache may take writes for a while: a flush it cannot.

@@ -30,6 +30,15 @@ failed_over_disk() {
 	run_cdisk 0 cdisk-mirror failover d.cdisk
 }
 
+# slow_target BYTES_PER_SECOND: a.raw behind nbdkit and the tests' proxy
+# held to that rate; sets target.
+slow_target() {
+	start_nbdkit_tcp file a.raw
+	start_proxy "127.0.0.1:$NBDKIT_PORT"
+	proxy_ctl rate "$1"
+	target="nbd://127.0.0.1:$PROXY_PORT"
+}
+
 @test "restore --to --switch of an idle failed-over disk: the new target is the primary, the primary the mirror again, and --on-complete runs" {
 	failed_over_disk
 	truncate -s 64M a.raw
@@ -182,16 +191,14 @@ failed_over_disk() {
 	truncate -s 64M a.raw
 	# The new target behind a proxy held to 16 MB/s: the copy takes
 	# seconds, and fio writes all through it.
-	start_nbdkit_tcp file a.raw
-	start_proxy "127.0.0.1:$NBDKIT_PORT"
-	proxy_ctl rate 16000000
+	slow_target 16000000
 	start_serve --export d=d.cdisk
 	fio_writes
 	sleep 1
-	run_cdisk 0 cdisk-restore --switch --to "nbd://127.0.0.1:$PROXY_PORT" d.cdisk
-	assert_output "'d.cdisk': restored: 'nbd://127.0.0.1:$PROXY_PORT' is the primary now, and '$PWD/m.raw' the mirror (in sync)"
+	run_cdisk 0 cdisk-restore --switch --to "$target" d.cdisk
+	assert_output "'d.cdisk': restored: '$target' is the primary now, and '$PWD/m.raw' the mirror (in sync)"
 	fio_check
-	grep -q "RESTORE COMPLETE: 'nbd://127.0.0.1:$PROXY_PORT' is the primary now" \
+	grep -q "RESTORE COMPLETE: '$target' is the primary now" \
 		"$BATS_TEST_TMPDIR/serve.log" || fail "no log line: $(cat "$BATS_TEST_TMPDIR/serve.log")"
 	run_cdisk 0 qemu-io -f raw -c 'write -P 0x5a 3M 256k' -c flush "$NBD"
 	stop_serve
@@ -203,11 +210,8 @@ failed_over_disk() {
 	make_base p.raw 256M
 	truncate -s 256M a.raw
 	run_cdisk 0 cdisk-create --primary "file://$PWD/p.raw" d.cdisk
-	start_nbdkit_tcp file a.raw
-	start_proxy "127.0.0.1:$NBDKIT_PORT"
 	# 11 s of copy at this pace; each round copies and records a part.
-	proxy_ctl rate 24000000
-	target="nbd://127.0.0.1:$PROXY_PORT"
+	slow_target 24000000
 	left=$((256 << 20))
 	for round in 1 2 3 4; do
 		start_serve --export d=d.cdisk
@@ -237,10 +241,7 @@ failed_over_disk() {
 	make_base p.raw 256M
 	truncate -s 256M a.raw
 	run_cdisk 0 cdisk-create --primary "file://$PWD/p.raw" d.cdisk
-	start_nbdkit_tcp file a.raw
-	start_proxy "127.0.0.1:$NBDKIT_PORT"
-	proxy_ctl rate 24000000
-	target="nbd://127.0.0.1:$PROXY_PORT"
+	slow_target 24000000
 	cdisk-restore --switch --to "$target" d.cdisk 3>&- &
 	restore=$!
 	sleep 4
@@ -269,10 +270,7 @@ failed_over_disk() {
 	truncate -s 64M a.raw
 	quick_timeouts 5 0
 	run_cdisk 0 cdisk-create --primary "file://$PWD/p.raw" d.cdisk
-	start_nbdkit_tcp file a.raw
-	start_proxy "127.0.0.1:$NBDKIT_PORT"
-	proxy_ctl rate 20000000
-	target="nbd://127.0.0.1:$PROXY_PORT"
+	slow_target 20000000
 	start_serve --export d=d.cdisk
 	run_cdisk 0 cdisk-restore --background --to "$target" d.cdisk
 	sleep 1

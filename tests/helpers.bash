@@ -213,6 +213,32 @@ fio_check() {
 		--verify_state_save=0
 }
 
+# ---- cdisk-serve --pool (065, 067) ----
+
+# start_pool ARGS...: cdisk-serve --pool pool, ready once it says where it
+# serves; the control socket is $CTL.
+start_pool() {
+	export SERVE_RUN=$BATS_TEST_TMPDIR/run
+	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
+		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
+	SERVE_SOCK=${POOL_SOCK:-$SERVE_RUN/pool.sock}
+	cdisk-serve -v --pool pool "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
+	SERVE_PID=$!
+	# Where the other programs look for it: cdisk-info on a served image.
+	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
+	for _ in $(seq 200); do
+		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
+		kill -0 "$SERVE_PID" 2>/dev/null ||
+			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+		sleep 0.05
+	done
+	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+}
+
+ctl() { # JSON-REQUEST: run_cdisk's, the reply in $output
+	run_cdisk 0 socat -t 30 - "UNIX-CONNECT:$CTL" <<<"$1"
+}
+
 # wait_state STATE [SECONDS]: until cdisk-mirror status --json on d.cdisk
 # says STATE (default: 60 s).
 wait_state() {
