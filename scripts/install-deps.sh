@@ -12,7 +12,7 @@ PACKAGES="
 	libnbd-dev libiscsi-dev libiscsi-bin librbd-dev librados-dev
 	libcurl4-openssl-dev curl libgnutls28-dev gnutls-bin
 	tgt ceph-mon ceph-osd ceph-common radosgw nginx-light qemu-block-extra
-	libext2fs-dev e2fsprogs gdisk rclone
+	libext2fs-dev e2fsprogs gdisk rclone gdb
 "
 
 missing=""

@@ -125,3 +125,67 @@ max_workers() {
 		done
 	done
 }
+
+# cpu_ticks: the server's user and system time so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$SERVE_PID/stat"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$SERVE_PID/status"; }
+fds() { ls "/proc/$SERVE_PID/fd" | wc -l; }
+
+@test "200 exports, 50 fio clients on their own: every one verifies; then 50 idle take under 50 ms of CPU in 30 s" {
+	local args=() jobs=() i before after hz
+	for i in $(seq 200); do
+		cdisk-create -q --size 16M "u$i.cdisk"
+		args+=(--export "u$i=u$i.cdisk")
+	done
+	SERVE_EXPORT=u1 start_serve "${args[@]}"
+	for i in $(seq 50); do
+		jobs+=(--name="u$i" --uri="nbd+unix:///u$((i * 4))?socket=$SERVE_SOCK")
+	done
+	run_cdisk 0 fio --thread --ioengine=nbd --rw=randwrite --bs=4k --size=16M \
+		--io_size=2M --iodepth=4 --verify=crc32c --verify_fatal=1 \
+		--verify_state_save=0 "${jobs[@]}"
+	refute_output --partial "err="$'\n'
+	[ "$(grep -c 'err= 0' <<<"$output")" -eq 50 ] || fail "not every client finished clean"
+	# 50 clients connected and idle: the server sleeps.
+	mkfifo hold
+	timeout 120 nbd-evil "$SERVE_SOCK" many u7 50 <hold >crowd.out 2>&1 3>&- &
+	CROWD=$!
+	exec 4>hold
+	for _ in $(seq 600); do
+		grep -q '^ready' crowd.out && break
+		sleep 0.05
+	done
+	grep -q '^ready' crowd.out || fail "the clients did not get through: $(cat crowd.out)"
+	sleep 1
+	hz=$(getconf CLK_TCK)
+	before=$(cpu_ticks)
+	sleep 30
+	after=$(cpu_ticks)
+	echo "idle with 200 exports and 50 clients: $(((after - before) * 1000 / hz)) ms of CPU in 30 s"
+	[ $(((after - before) * 1000 / hz)) -lt 50 ] ||
+		fail "the idle server took $(((after - before) * 1000 / hz)) ms of CPU in 30 s"
+	exec 4>&-
+	wait "$CROWD"
+	CROWD=
+}
+
+@test "10,000 connects and disconnects: the server's fds are as before and its RSS grows under 2 MiB" {
+	local fd0 rss0 fd1 rss1
+	run_cdisk 0 cdisk-create --size 16M d.cdisk
+	# Memory freed must be given back, not held for use-after-free checks.
+	ASAN_OPTIONS=$ASAN_OPTIONS:quarantine_size_mb=0:thread_local_quarantine_size_kb=0 \
+		start_serve d.cdisk
+	# Warm up: the allocator's arenas and the pool reach their size.
+	run_cdisk 0 nbd-evil "$SERVE_SOCK" churn d 500
+	sleep 1.5
+	fd0=$(fds) rss0=$(rss_kb)
+	CDISK_TIMEOUT=600 run_cdisk 0 nbd-evil "$SERVE_SOCK" churn d 10000
+	assert_output "ok: 10000 connections came, wrote, read back and went"
+	# Finished connections are reaped by the accept loop within a second.
+	sleep 1.5
+	fd1=$(fds) rss1=$(rss_kb)
+	echo "fds $fd0 -> $fd1, RSS $rss0 -> $rss1 KiB"
+	assert_equal "$fd1" "$fd0"
+	[ $((rss1 - rss0)) -lt 2048 ] || fail "RSS grew by $((rss1 - rss0)) KiB"
+	stop_serve
+}

@@ -258,6 +258,11 @@ stop_serve() {
 	kill -"$sig" "$SERVE_PID" 2>/dev/null || true
 	for _ in $(seq 600); do kill -0 "$SERVE_PID" 2>/dev/null || break; sleep 0.05; done
 	if kill -0 "$SERVE_PID" 2>/dev/null; then
+		# Why it hangs, for the failure's output: its log and its threads.
+		tail -n 30 "$BATS_TEST_TMPDIR/serve.log" 2>/dev/null
+		! command -v gdb >/dev/null ||
+			timeout 60 gdb -p "$SERVE_PID" -batch -ex 'thread apply all bt' 2>&1 |
+			grep -E '^(Thread|#)' | head -n 300
 		kill -9 "$SERVE_PID" 2>/dev/null
 		wait "$SERVE_PID" 2>/dev/null
 		SERVE_PID=

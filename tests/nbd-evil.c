@@ -244,6 +244,36 @@ static int crowd(const char *path, const char *export, int n)
 	return pass(msg);
 }
 
+/* n clients one after another: each connects, opens export, writes and
+ * reads back one block, says goodbye and waits for the server to close. */
+static int churn(const char *path, const char *export, int n)
+{
+	static uint8_t data[4096], back[4096];
+	uint8_t h[16];
+	char msg[120];
+
+	for (int i = 0; i < n; i++) {
+		connect_to(path);
+		if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+			return fail("a connection was refused");
+		memset(data, i % 250 + 1, sizeof(data));
+		send_request(NBD_CMD_WRITE, 0, 1, (uint64_t)(i % 64) * 4096, sizeof(data));
+		send_all(data, sizeof(data));
+		if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0)
+			return fail("a write failed");
+		send_request(NBD_CMD_READ, 0, 2, (uint64_t)(i % 64) * 4096, sizeof(back));
+		if (recv_all(h, 16) < 0 || get_be32(h + 4) != 0 || recv_all(back, sizeof(back)) < 0 ||
+		    memcmp(data, back, sizeof(data)) != 0)
+			return fail("a read did not return what was written");
+		send_request(NBD_CMD_DISC, 0, 3, 0, 0);
+		if (!closed_by_server())
+			return fail("the server kept a connection open after NBD_CMD_DISC");
+		close(fd);
+	}
+	snprintf(msg, sizeof(msg), "%d connections came, wrote, read back and went", n);
+	return pass(msg);
+}
+
 static int flush_steps(const char *path, const char *export, int first)
 {
 	static uint8_t data[65536];
@@ -291,6 +321,8 @@ int main(int argc, char **argv)
 	c = argv[2];
 	if (!strcmp(c, "many") && argc > 4)
 		return crowd(argv[1], export, atoi(argv[4]));
+	if (!strcmp(c, "churn") && argc > 4)
+		return churn(argv[1], export, atoi(argv[4]));
 	if (!strcmp(c, "flush-steps") && argc > 4)
 		return flush_steps(argv[1], export, atoi(argv[4]));
 	connect_to(argv[1]);

@@ -61,11 +61,12 @@ struct conn {
 	pthread_mutex_t pool_lock;
 	struct pooled *pool;
 	unsigned pooled;
-	pthread_t reader;
 	gnutls_session_t tls;   /* NULL until STARTTLS */
 	char user[300];         /* who, for the queue: "tls:NAME", "uid:N" or "-" */
 	struct cd_qflow *flow;  /* the user's, once admitted (cd_queue_conn_in) */
-	bool done;              /* all threads finished; joinable */
+	bool done;              /* its socket is closed (s->lock) */
+	bool finished;          /* its reader is done with it: it may be freed (s->lock) */
+	struct conn *next_pending;  /* waiting for a reader (readers.lock) */
 	bool serving;           /* past the handshake (s->lock); nbd.exp stays */
 	pthread_mutex_t send_lock;  /* the four fields below */
 	struct request *out, *out_tail;  /* replies waiting to be sent */
@@ -774,7 +775,132 @@ static void *connection(void *arg)
 	/* Past done a reload no longer looks at it: a pool's image may go. */
 	cd_server_put_export(c->nbd.exp);
 	c->nbd.exp = NULL;
+	pthread_mutex_lock(&c->nbd.srv->lock);
+	c->finished = true;
+	pthread_cond_broadcast(&c->nbd.srv->conn_finished);
+	pthread_mutex_unlock(&c->nbd.srv->lock);
 	return NULL;
+}
+
+/* ---- readers ----
+ *
+ * A connection's reader is a thread kept for the next one when it ends
+ * (up to READERS_IDLE of them wait): a client that connects and leaves
+ * ten thousand times costs no thread creation, and the memory of threads
+ * that come and go does not pile up. */
+
+#define READERS_IDLE 4
+
+struct cd_readers {
+	pthread_mutex_t lock;
+	pthread_cond_t work;        /* a connection waits, or stop */
+	pthread_cond_t gone;        /* a reader left */
+	struct conn *pending, *pending_tail;
+	unsigned threads, idle, woken;
+	bool stop;
+};
+
+static void *reader(void *arg)
+{
+	struct cd_readers *r = arg;
+
+	pthread_mutex_lock(&r->lock);
+	for (;;) {
+		struct conn *c = r->pending;
+		if (!c) {
+			if (r->stop || r->idle >= READERS_IDLE)
+				break;
+			r->idle++;
+			pthread_cond_wait(&r->work, &r->lock);
+			r->idle--;
+			if (r->woken)
+				r->woken--;
+			continue;
+		}
+		r->pending = c->next_pending;
+		if (!r->pending)
+			r->pending_tail = NULL;
+		pthread_mutex_unlock(&r->lock);
+		connection(c);
+		pthread_mutex_lock(&r->lock);
+	}
+	r->threads--;
+	pthread_cond_broadcast(&r->gone);
+	pthread_mutex_unlock(&r->lock);
+	return NULL;
+}
+
+static struct cd_readers *readers_of(struct cdisk_server *s)
+{
+	struct cd_readers *r = s->readers;
+
+	if (r)
+		return r;
+	r = calloc(1, sizeof(*r));
+	if (!r)
+		return NULL;
+	pthread_mutex_init(&r->lock, NULL);
+	pthread_cond_init(&r->work, NULL);
+	pthread_cond_init(&r->gone, NULL);
+	s->readers = r;
+	return r;
+}
+
+/* Under r->lock: a reader for c, idle or new. */
+static int hand_over(struct cd_readers *r, struct conn *c)
+{
+	pthread_attr_t a;
+	pthread_t t;
+	int e;
+
+	c->next_pending = NULL;
+	if (r->pending_tail)
+		r->pending_tail->next_pending = c;
+	else
+		r->pending = c;
+	r->pending_tail = c;
+	if (r->idle > r->woken) {
+		r->woken++;
+		pthread_cond_signal(&r->work);
+		return 0;
+	}
+	pthread_attr_init(&a);
+	pthread_attr_setdetachstate(&a, PTHREAD_CREATE_DETACHED);
+	e = pthread_create(&t, &a, reader, r);
+	pthread_attr_destroy(&a);
+	if (e == 0) {
+		r->threads++;
+		return 0;
+	}
+	/* Take it back (it is the last): nobody may come to read it. */
+	struct conn **pp = &r->pending;
+	r->pending_tail = NULL;
+	while (*pp != c) {
+		r->pending_tail = *pp;
+		pp = &(*pp)->next_pending;
+	}
+	*pp = NULL;
+	return -e;
+}
+
+/* Every connection is finished: the idle readers leave. */
+static void readers_stop(struct cdisk_server *s)
+{
+	struct cd_readers *r = s->readers;
+
+	if (!r)
+		return;
+	pthread_mutex_lock(&r->lock);
+	r->stop = true;
+	pthread_cond_broadcast(&r->work);
+	while (r->threads)
+		pthread_cond_wait(&r->gone, &r->lock);
+	pthread_mutex_unlock(&r->lock);
+	pthread_cond_destroy(&r->work);
+	pthread_cond_destroy(&r->gone);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+	s->readers = NULL;
 }
 
 void cd_conn_reap(struct cdisk_server *s, bool all)
@@ -784,28 +910,41 @@ void cd_conn_reap(struct cdisk_server *s, bool all)
 	while (*pp) {
 		struct conn *c = *pp;
 		pthread_mutex_lock(&s->lock);
-		bool done = c->done;
+		while (all && !c->finished)
+			pthread_cond_wait(&s->conn_finished, &s->lock);
+		bool finished = c->finished;
 		pthread_mutex_unlock(&s->lock);
-		if (!done && !all) {
+		if (!finished) {
 			pp = &c->next;
 			continue;
 		}
-		pthread_join(c->reader, NULL);
 		*pp = c->next;
 		conn_free(c);
 	}
+	if (all)
+		readers_stop(s);
 }
 
 int cd_conn_start(struct cdisk_server *s, int fd)
 {
+	struct cd_readers *r = readers_of(s);
 	struct conn *c = conn_new(s, fd);
+	int e;
 
 	if (!c)
 		return -ENOMEM;
-	if (pthread_create(&c->reader, NULL, connection, c) != 0) {
+	if (!r) {
 		close(fd);
 		conn_free(c);
-		return -EAGAIN;
+		return -ENOMEM;
+	}
+	pthread_mutex_lock(&r->lock);
+	e = hand_over(r, c);
+	pthread_mutex_unlock(&r->lock);
+	if (e < 0) {
+		close(fd);
+		conn_free(c);
+		return e;
 	}
 	c->next = s->conns;
 	s->conns = c;

@@ -70,6 +70,7 @@ int cdisk_server_new(struct cdisk_ctx *ctx, struct cdisk_server **out)
 	pthread_rwlock_init(&s->users_lock, NULL);
 	pthread_cond_init(&s->control_idle, NULL);
 	pthread_cond_init(&s->files_done, NULL);
+	pthread_cond_init(&s->conn_finished, NULL);
 	*out = s;
 	return 0;
 }
@@ -523,6 +524,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	pthread_rwlock_destroy(&s->users_lock);
 	pthread_cond_destroy(&s->control_idle);
 	pthread_cond_destroy(&s->files_done);
+	pthread_cond_destroy(&s->conn_finished);
 	pthread_mutex_destroy(&s->lock);
 	free(s);
 }

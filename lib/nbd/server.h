@@ -64,6 +64,7 @@ struct conn;
 
 struct cd_tls;
 struct cd_queue;
+struct cd_readers;
 struct cd_users;
 struct cd_psk;
 struct cd_pool;
@@ -80,6 +81,8 @@ struct cdisk_server {
 	int control_fd;
 	char *control_path;
 	struct conn *conns;
+	struct cd_readers *readers;    /* threads that read connections (nbd-conn.c) */
+	pthread_cond_t conn_finished;  /* a connection's reader let it go (lock) */
 	struct cd_queue *queue;    /* every connection's requests (lock) */
 	/* cdisk_server_set_sync_policy: a push of every export this often */
 	uint64_t policy_every_ms, policy_next_ms;
