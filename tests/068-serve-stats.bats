@@ -254,7 +254,7 @@ assert_promtool_accepts() {
 	refute_line --partial 'cdisk_user_limit_iops{user="user:u2"}'
 	# --control --json: the status itself.
 	run_cdisk 0 cdisk-info --json --control "$CTL"
-	assert_equal "$(json_get '.users | length')" 2
+	assert_equal "$(json_get '[.users[].name] | sort | join(",")')" "(background),user:u1,user:u2"
 	assert_equal "$(json_get '.exports[] | select(.name == "a") | .io.ops.write.requests')" 4
 }
 

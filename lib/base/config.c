@@ -59,6 +59,7 @@ void cd_config_defaults(struct cd_config *cfg)
 	cfg->cache_max_size = CD_DEFAULT_CACHE_MAX;
 	cfg->mirror_timeout_ms = CD_DEFAULT_MIRROR_TIMEOUT_MS;
 	cfg->failover_timeout_ms = CD_DEFAULT_FAILOVER_TIMEOUT_MS;
+	cfg->background_min_rate = CD_DEFAULT_BACKGROUND_MIN_RATE;
 }
 
 struct parse_state {
@@ -280,6 +281,23 @@ static int on_entry(void *user, const char *section, const char *name,
 		}
 		snprintf(cfg->backup_dir, sizeof(cfg->backup_dir), "%s",
 			 strcmp(value, "none") ? value : "");
+		return 1;
+	}
+	if (!strcmp(section, "serve") && !strcmp(name, "scheduler")) {
+		if (strcmp(value, "fair") && strcmp(value, "fifo")) {
+			snprintf(st->bad, sizeof(st->bad), "scheduler must be fair or fifo");
+			return 0;
+		}
+		cfg->serve_fifo = !strcmp(value, "fifo");
+		return 1;
+	}
+	if (!strcmp(section, "serve") && !strcmp(name, "background_min_rate")) {
+		if (cd_parse_size(value, &cfg->background_min_rate) < 0 ||
+		    cfg->background_min_rate < (64ull << 10)) {
+			snprintf(st->bad, sizeof(st->bad), "background_min_rate must be bytes "
+				 "per second (K, M, G suffixes), at least 64K");
+			return 0;
+		}
 		return 1;
 	}
 	if (!strcmp(section, "cache") && !strcmp(name, "max_size")) {

@@ -17,6 +17,11 @@
 #define CD_DEFAULT_MIRROR_TIMEOUT_MS 5000u
 /* A primary slower than this, with a mirror in sync, is failed over. */
 #define CD_DEFAULT_FAILOVER_TIMEOUT_MS 5000u
+/* What background work on a served disk (syncs, mirror copies, restores)
+ * gets however busy the guests keep the server: enough for a resync of a
+ * few GiB within minutes, little enough that a guest on a small disk
+ * notices none of it. */
+#define CD_DEFAULT_BACKGROUND_MIN_RATE (8ull << 20)
 
 struct cd_probe_config {
 	unsigned pings, depth;
@@ -28,6 +33,8 @@ struct cd_probe_config {
 struct cd_config {
 	char backup_dir[CDISK_MAX_URI + 1];   /* "": no backups by default */
 	char runtime_dir[CDISK_MAX_URI + 1];  /* sockets of serving processes */
+	uint64_t background_min_rate;         /* bytes/s the engines always get */
+	bool serve_fifo;                      /* scheduler = fifo: no classes, no turns */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;
 	/* [target] */

@@ -86,6 +86,7 @@ int cd_mkdir_parents(char *path);
 /* Milliseconds left until deadline (CLOCK_MONOTONIC ms), at least 0. */
 uint64_t cd_now_ms(void);
 uint64_t cd_now_us(void);   /* the same clock, in microseconds */
+uint64_t cd_now_ns(void);   /* and in nanoseconds */
 
 bool cd_parse_bool(const char *value, bool *out);
 

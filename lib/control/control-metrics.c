@@ -53,7 +53,7 @@ static const struct family families[] = {
 	/* A user's limits in effect; none, none shown. */
 	{ "limit_iops", "gauge", "IOPS limit", IN_LIMITS, "iops", 0 },
 	{ "limit_bytes_per_second", "gauge", "Bandwidth limit", IN_LIMITS,
-	  "bytes_per_second", 0 },
+	  "bandwidth", 0 },
 	{ "limit_queue_depth", "gauge", "Queue depth limit", IN_LIMITS, "queue_depth", 0 },
 	{ "limit_connections", "gauge", "Connection limit", IN_LIMITS, "connections", 0 },
 };

@@ -20,10 +20,10 @@
 #include "control.h"
 #include "pool.h"
 #include "queue.h"
-#include "users.h"
 #include "server.h"
 #include "stats.h"
 #include "text.h"
+#include "users.h"
 #include "util.h"
 #include "verify.h"
 
@@ -130,7 +130,7 @@ static void pool_status(struct cdisk_server *s, json_t *list)
 static json_t *limits_json(const struct cd_user_limits *l)
 {
 	return json_pack("{s:I, s:I, s:I, s:I, s:I}", "iops", (json_int_t)l->iops,
-			 "bytes_per_second", (json_int_t)l->bytes_per_second,
+			 "bandwidth", (json_int_t)l->bytes_per_second,
 			 "burst_ms", (json_int_t)l->burst_ms,
 			 "queue_depth", (json_int_t)l->queue_depth,
 			 "connections", (json_int_t)l->connections);
@@ -617,6 +617,72 @@ static json_t *cmd_pool_change(struct cdisk_server *s, json_t *req, bool create)
 	return ok_reply();
 }
 
+/* A limit given in the request replaces the one in effect; the others
+ * stay.  -1: absent; -2: not a number in range. */
+static int take_limit(json_t *req, const char *key, uint64_t max, uint64_t *out)
+{
+	json_t *v = json_object_get(req, key);
+
+	if (!v)
+		return -1;
+	if (!json_is_integer(v) || json_integer_value(v) < 0 ||
+	    (uint64_t)json_integer_value(v) > max)
+		return -2;
+	*out = (uint64_t)json_integer_value(v);
+	return 0;
+}
+
+/* user-limits: a user's limits, at once and until the users file is read
+ * again (SIGHUP). */
+static json_t *cmd_user_limits(struct cdisk_server *s, json_t *req)
+{
+	static const struct { const char *key; uint64_t max; } keys[] = {
+		{ "iops", 100000000 }, { "bandwidth", 1ull << 40 }, { "burst_ms", 3600000 },
+		{ "queue_depth", 4096 }, { "connections", 100000 },
+	};
+	const char *name = json_string_value(json_object_get(req, "user"));
+	struct cd_queue *q = cd_server_queue(s);
+	struct cd_user_limits l = { 0 };
+	uint64_t v[5];
+	char user[CD_USER_NAME_MAX + 8];
+
+	if (!name || !cd_user_name_valid(name))
+		return error_reply(-EINVAL, "'user-limits' needs \"user\", a user's name");
+	if (!q)
+		return error_reply(-EAGAIN, "the server's queue cannot start");
+	snprintf(user, sizeof(user), "user:%s", name);
+	if (!cd_queue_limits_of(q, user, &l)) {
+		pthread_rwlock_rdlock(&s->users_lock);
+		const struct cd_user *u = s->users ? cd_users_find(s->users, name) : NULL;
+		if (u)
+			l = u->limits;
+		pthread_rwlock_unlock(&s->users_lock);
+	}
+	v[0] = l.iops, v[1] = l.bytes_per_second, v[2] = l.burst_ms;
+	v[3] = l.queue_depth, v[4] = l.connections;
+	for (size_t i = 0; i < CD_ARRAY_SIZE(keys); i++)
+		if (take_limit(req, keys[i].key, keys[i].max, &v[i]) == -2)
+			return error_reply(-EINVAL, "\"%s\" must be a whole number from 0 to %llu",
+					   keys[i].key, (unsigned long long)keys[i].max);
+	l = (struct cd_user_limits){ .iops = v[0], .bytes_per_second = v[1],
+				     .burst_ms = (uint32_t)v[2], .queue_depth = (uint32_t)v[3],
+				     .connections = (uint32_t)v[4] };
+	int r = cd_queue_set_limits(q, user, &l);
+	if (r < 0)
+		return error_reply(r, "%s", cdisk_ctx_error(s->ctx));
+	cd_log(s->ctx, CDISK_LOG_INFO, "limits of user '%s' set: iops %llu, bandwidth %llu, "
+	       "burst %llu ms, queue depth %llu, connections %llu", name,
+	       (unsigned long long)v[0], (unsigned long long)v[1], (unsigned long long)v[2],
+	       (unsigned long long)v[3], (unsigned long long)v[4]);
+	json_t *reply = ok_reply();
+	json_object_set_new(reply, "limits",
+			    json_pack("{s:I, s:I, s:I, s:I, s:I}", "iops", (json_int_t)v[0],
+				      "bandwidth", (json_int_t)v[1], "burst_ms", (json_int_t)v[2],
+				      "queue_depth", (json_int_t)v[3],
+				      "connections", (json_int_t)v[4]));
+	return reply;
+}
+
 /* Verbs that change state (flush, sync, stop, the mirror's but its
  * status): only for root, the server's own user and the control socket's
  * group.  Looking is for anyone who can open the socket. */
@@ -671,6 +737,8 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = cmd_pool_list(s, req);
 	else if (!strcmp(command, "pool-create") || !strcmp(command, "pool-delete"))
 		reply = cmd_pool_change(s, req, !strcmp(command, "pool-create"));
+	else if (!strcmp(command, "user-limits"))
+		reply = cmd_user_limits(s, req);
 	else if (!strcmp(command, "mirror-verify-status"))
 		reply = cmd_verify_status(s, req);
 	else if (is_mirror_verb(command))

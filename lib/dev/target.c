@@ -43,12 +43,17 @@ bool cd_target_supported(enum cd_scheme scheme)
 	return ops_for(scheme) != NULL;
 }
 
-uint64_t cd_now_us(void)
+uint64_t cd_now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
+	return (uint64_t)ts.tv_sec * 1000000000 + (uint64_t)ts.tv_nsec;
+}
+
+uint64_t cd_now_us(void)
+{
+	return cd_now_ns() / 1000;
 }
 
 uint64_t cd_now_ms(void)

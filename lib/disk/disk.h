@@ -38,6 +38,14 @@ struct cd_al {
 
 #define CD_MAX_WRITING 128
 
+/* cdisk-serve's scheduler: the engines' copies of a served disk ask it for
+ * their turn, so that guests go first (queue.c). */
+struct cd_io_gate {
+	void (*begin)(void *arg, uint64_t bytes, uint64_t *t0);
+	void (*end)(void *arg, uint64_t bytes, int err, uint64_t t0);
+	void *arg;
+};
+
 struct cdisk {
 	/* Every public call on a disk holds this: a disk may be used by many
 	 * threads (cdisk-serve's connections) at once. */
@@ -87,6 +95,7 @@ struct cdisk {
 	uint64_t recovered_blocks;
 	uint64_t mirror_recovered;  /* blocks the recovery set out of sync */
 	struct cd_mirror *mirror;   /* mirror.c: a writable disk with a mirror */
+	const struct cd_io_gate *gate;  /* set once by a server (atomic); NULL: none */
 	struct cd_quota *quota;     /* quota.c: a space quota it counts against */
 	uint64_t quota_counted;     /* bytes of present blocks counted into it */
 	unsigned mirror_flushes;    /* flushes with a leg on the mirror */

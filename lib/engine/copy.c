@@ -280,6 +280,32 @@ static struct cd_extent *take_work(struct cd_copy *c, size_t *n)
 	return x;
 }
 
+static uint64_t extent_bytes(const struct cdisk *d, const struct cd_extent *x, size_t n)
+{
+	uint64_t blocks = 0;
+
+	for (size_t i = 0; i < n; i++)
+		blocks += x[i].count;
+	return blocks << d->block_shift;
+}
+
+/* One move, in its turn when a server serves the disk: its guests go
+ * first, background work gets what they leave and a guaranteed rate. */
+static int move_gated(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t *buf)
+{
+	const struct cd_io_gate *g = __atomic_load_n(&c->d->gate, __ATOMIC_ACQUIRE);
+	uint64_t bytes, t0;
+	int r;
+
+	if (!g)
+		return c->ops->move(c, x, n, buf);
+	bytes = extent_bytes(c->d, x, n);
+	g->begin(g->arg, bytes, &t0);
+	r = c->ops->move(c, x, n, buf);
+	g->end(g->arg, bytes, r, t0);
+	return r;
+}
+
 static void *mover(void *opaque)
 {
 	struct cd_copy *c = opaque;
@@ -295,7 +321,7 @@ static void *mover(void *opaque)
 		pthread_mutex_unlock(&c->lock);
 		if (!x)
 			break;
-		r = buf ? c->ops->move(c, x, n, buf)
+		r = buf ? move_gated(c, x, n, buf)
 			: cd_error(c->d->ctx, -ENOMEM, "'%s': out of memory", c->d->path);
 		if (r < 0)
 			keep_error(c, r);

@@ -64,6 +64,7 @@ struct conn {
 	pthread_t reader;
 	gnutls_session_t tls;   /* NULL until STARTTLS */
 	char user[300];         /* who, for the queue: "tls:NAME", "uid:N" or "-" */
+	struct cd_qflow *flow;  /* the user's, once admitted (cd_queue_conn_in) */
 	bool done;              /* all threads finished; joinable */
 	bool serving;           /* past the handshake (s->lock); nbd.exp stays */
 	pthread_mutex_t send_lock;  /* the four fields below */
@@ -428,6 +429,7 @@ static void account(struct conn *c, struct cd_qbatch *b)
 
 	for (struct cd_qitem *it = b->head; it; it = it->next)
 		bytes += weight((struct request *)it);
+	cd_io_stats_depth(&c->nbd.exp->io, b->n);
 	pthread_mutex_lock(&c->lock);
 	c->inflight += b->n;
 	c->inflight_bytes += bytes;
@@ -455,7 +457,8 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			q->conn = c;
 			q->item.cls = class_of(q->req.type);
 			q->item.exp = c->nbd.exp;
-			q->item.user = c->user;
+			q->item.flow = c->flow;
+			q->item.bytes = weight(q);
 			q->item.run = run_request;
 			cd_qbatch_add(&b, &q->item);
 		}
@@ -536,12 +539,71 @@ static void *nbd_buf_get(struct cd_nbd_session *s, size_t len)
 	return buf_get(conn_of(s), len);
 }
 
+/* Counted as the reply is made: the request is done, and from the
+ * moment it is handed to the sender it is no longer ours. */
+static void count(struct request *r)
+{
+	enum cd_stat_op op = cd_stat_op_of_nbd(r->req.type);
+	uint64_t bytes = r->req.type == NBD_CMD_BLOCK_STATUS ? 0 : r->req.length;
+	uint64_t ns = cd_now_ns() - r->item.queued_ns;
+
+	cd_io_stats_record(&r->item.exp->io, op, bytes, r->req.result, ns);
+	cd_io_stats_depth(&r->item.exp->io, -1);
+	cd_io_stats_record(cd_qflow_stats(r->item.flow), op, bytes, r->req.result, ns);
+}
+
 static int nbd_reply(struct cd_nbd_session *s, struct cd_nbd_req *q, struct iovec *iov,
 		     int n)
 {
 	struct request *r = (struct request *)((char *)q - offsetof(struct request, req));
 
+	count(r);
 	return send_reply(conn_of(s), r, iov, n);
+}
+
+/* The users file's limits for this client, when it is one of its users. */
+static bool file_limits(struct conn *c, struct cd_user_limits *out)
+{
+	struct cdisk_server *s = c->nbd.srv;
+	const struct cd_user *u;
+	bool found = false;
+
+	if (strncmp(c->user, "user:", 5) != 0)
+		return false;
+	pthread_rwlock_rdlock(&s->users_lock);
+	u = s->users ? cd_users_find(s->users, c->user + 5) : NULL;
+	if (u) {
+		*out = u->limits;
+		found = true;
+	}
+	pthread_rwlock_unlock(&s->users_lock);
+	return found;
+}
+
+static void name_user(struct conn *c);
+
+static int nbd_admit(struct cd_nbd_session *s, struct cd_export *e, char *why, size_t len)
+{
+	struct conn *c = conn_of(s);
+	struct cd_queue *q = cd_server_queue(s->srv);
+	struct cd_user_limits l;
+	bool has;
+	int r;
+
+	(void)e;
+	if (!q) {
+		snprintf(why, len, "the server cannot start its workers");
+		return -EAGAIN;
+	}
+	name_user(c);
+	has = file_limits(c, &l);
+	r = cd_queue_conn_in(q, c->user, has ? &l : NULL, &c->flow, why, len);
+	if (r < 0) {
+		char peer[64];
+		cd_log(s->srv->ctx, CDISK_LOG_WARNING, "client %s refused: %s",
+		       peer_name(c->fd, peer, sizeof(peer)), why);
+	}
+	return r;
 }
 
 static const struct cd_nbd_ops conn_ops = {
@@ -550,6 +612,7 @@ static const struct cd_nbd_ops conn_ops = {
 	.starttls = nbd_starttls,
 	.buf_get = nbd_buf_get,
 	.reply = nbd_reply,
+	.admit = nbd_admit,
 };
 
 /* ---- connections ---- */
@@ -614,7 +677,7 @@ void cd_server_serve_fd(struct cdisk_server *s, int fd)
 }
 
 /* The server's queue, started with the first connection. */
-static struct cd_queue *server_queue(struct cdisk_server *s)
+struct cd_queue *cd_server_queue(struct cdisk_server *s)
 {
 	struct cd_queue *q;
 
@@ -628,6 +691,40 @@ static struct cd_queue *server_queue(struct cdisk_server *s)
 	q = s->queue;
 	pthread_mutex_unlock(&s->lock);
 	return q;
+}
+
+static void gate_begin(void *arg, uint64_t bytes, uint64_t *t0)
+{
+	struct cd_export *e = arg;
+	struct cd_queue *q = cd_server_queue(e->srv);
+
+	cd_io_stats_depth(&e->io, 1);
+	if (q)
+		cd_queue_background_begin(q, bytes, t0);
+	else
+		*t0 = 0;   /* not through the queue: it could not start */
+}
+
+static void gate_end(void *arg, uint64_t bytes, int err, uint64_t t0)
+{
+	struct cd_export *e = arg;
+	struct cd_queue *q = __atomic_load_n(&e->srv->queue, __ATOMIC_ACQUIRE);
+
+	cd_io_stats_depth(&e->io, -1);
+	cd_io_stats_record(&e->io, CD_STAT_BACKGROUND, bytes, err, t0 ? cd_now_ns() - t0 : 0);
+	if (q && t0)
+		cd_queue_background_end(q, bytes, err, t0);
+}
+
+void cd_export_gate(struct cdisk_server *s, struct cd_export *e)
+{
+	struct cdisk_server *none = NULL;
+
+	if (!e->disk || !__atomic_compare_exchange_n(&e->srv, &none, s, false,
+						     __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return;
+	e->gate = (struct cd_io_gate){ gate_begin, gate_end, e };
+	__atomic_store_n(&e->disk->gate, &e->gate, __ATOMIC_RELEASE);
 }
 
 /* Past the handshake: from here a reload sees the connection.  Access is
@@ -649,7 +746,7 @@ static bool start_serving(struct conn *c)
 static void *connection(void *arg)
 {
 	struct conn *c = arg;
-	struct cd_queue *queue = server_queue(c->nbd.srv);
+	struct cd_queue *queue = cd_server_queue(c->nbd.srv);
 
 	set_timeouts(c->fd, HANDSHAKE_TIMEOUT, SEND_TIMEOUT);
 	if (queue && cd_nbd_handshake(&c->nbd) == 1 && start_serving(c) &&
@@ -668,6 +765,9 @@ static void *connection(void *arg)
 	c->fd = -1;
 	c->done = true;
 	pthread_mutex_unlock(&c->nbd.srv->lock);
+	if (c->flow && queue)
+		cd_queue_conn_out(queue, c->flow);
+	c->flow = NULL;
 	/* Past done a reload no longer looks at it: a pool's image may go. */
 	cd_server_put_export(c->nbd.exp);
 	c->nbd.exp = NULL;
@@ -745,6 +845,9 @@ void cd_server_reload_users(struct cdisk_server *s)
 	s->psk = psk;
 	if (s->pool)
 		cd_pool_set_quotas(s->pool, users);
+	struct cd_queue *q = __atomic_load_n(&s->queue, __ATOMIC_ACQUIRE);
+	if (q)
+		cd_queue_reload_limits(q, users);
 	pthread_rwlock_unlock(&s->users_lock);
 	cd_users_free(old_users);
 	cd_psk_free(old_psk);

@@ -265,6 +265,13 @@ static int opt_info_go(struct cd_nbd_session *s, uint32_t opt, const uint8_t *p,
 		cd_server_put_export(e);
 		return refuse(s, opt, name, e != NULL);
 	}
+	if (opt == NBD_OPT_GO && s->ops->admit) {
+		char why[256];
+		if (s->ops->admit(s, e, why, sizeof(why)) < 0) {
+			cd_server_put_export(e);
+			return opt_error(s, opt, NBD_REP_ERR_POLICY, "%s", why);
+		}
+	}
 	/* Block sizes are always sent: our minimum is the disk's block. */
 	r = send_info_export(s, opt, e, readonly);
 	if (r == 0)
@@ -400,6 +407,11 @@ static int opt_export_name(struct cd_nbd_session *s, const uint8_t *p, uint32_t 
 		cd_server_put_export(s->exp);
 		s->exp = NULL;
 		return s->srv->users_on ? -ENOENT : -EACCES;
+	}
+	if (s->ops->admit && s->ops->admit(s, s->exp, (char *)b, sizeof(b)) < 0) {
+		cd_server_put_export(s->exp);
+		s->exp = NULL;
+		return -EUSERS;
 	}
 	put_be64(b, cdisk_size(s->exp->disk));
 	put_be16(b + 8, export_flags(s->readonly));
@@ -587,6 +599,7 @@ static int reply_error(struct cd_nbd_session *s, struct cd_nbd_req *q, int err,
 	uint8_t pre[6];
 	size_t n = msg ? strnlen(msg, 1024) : 0;
 
+	q->result = err < 0 ? err : -err;
 	if (!s->structured)
 		return reply_simple(s, q, nbd_errno(err), NULL, 0);
 	put_be32(pre, nbd_errno(err));
@@ -775,6 +788,7 @@ int cd_nbd_parse_request(const uint8_t *h, struct cd_nbd_req *q)
 	q->offset = get_be64(h + 16);
 	q->length = get_be32(h + 24);
 	q->data = NULL;
+	q->result = 0;
 	if (q->type == NBD_CMD_DISC)
 		return -1;
 	/* A payload we will not hold: the stream is lost. */

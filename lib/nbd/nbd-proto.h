@@ -23,9 +23,11 @@ struct cd_nbd_req {
 	uint64_t cookie, offset;
 	uint32_t length;
 	uint8_t *data;          /* a write's payload, a read's data (from buf_get) */
+	int result;             /* 0, or the negative errno replied (statistics) */
 };
 
 struct cd_nbd_session;
+struct cd_export;
 
 struct cd_nbd_ops {
 	/* All len bytes, or < 0. */
@@ -40,6 +42,9 @@ struct cd_nbd_ops {
 	 * it is sent, and at the stack, which must be copied.  Takes q. */
 	int (*reply)(struct cd_nbd_session *s, struct cd_nbd_req *q, struct iovec *iov,
 		     int n);
+	/* NBD_OPT_GO (or EXPORT_NAME) for e, which s may open: may this client
+	 * have one more connection?  0, or < 0 with why.  NULL: always. */
+	int (*admit)(struct cd_nbd_session *s, struct cd_export *e, char *why, size_t len);
 };
 
 /* What the protocol knows of a connection: who the client is, and what

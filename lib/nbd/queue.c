@@ -1,4 +1,5 @@
-/* The server's request queue: one list, one pool of workers.
+/* The server's request queue: a scheduler over per-user flows, and one
+ * pool of workers.
  *
  * Wake-ups are what a small request costs most, so: a push wakes at most
  * one idle worker per two requests, and never one already woken and not
@@ -7,12 +8,26 @@
  * timeout (a read of a base that hangs), and requests taken along with it
  * would wait that long too, out of the other workers' reach.
  *
+ * Fairness is start-time fair queueing over the users with work waiting:
+ * each flow's served counter grows by what it was given (bytes plus a
+ * fixed cost per request), a flow that comes back from idle starts at the
+ * counter of the last one served (no credit for having slept), and the
+ * eligible flow with the lowest counter goes next.  Only flows with work
+ * are scanned, so the cost per request is the number of busy users, not
+ * of all users or connections.
+ *
+ * Limits never fail a request: a flow whose head a bucket or its queue
+ * depth holds back is passed over, and one worker sleeps until the
+ * earliest bucket refills (the "timer"); a completion frees depth.
+ *
  * A worker can be stuck for long: in a read of a base that hangs, or
  * sending to a client that reads no replies.  When nothing has been
  * taken or finished for STALL_MS while requests wait, one more worker
  * starts, up to the maximum; the extra ones leave once idle. */
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -23,19 +38,65 @@
 
 #define STALL_MS 300
 #define EXTRA_IDLE_S 10
+/* What a request costs in fairness beyond its bytes: 4 KiB reads and
+ * 1 MiB writes of two users both move. */
+#define REQUEST_COST 4096
+/* Reads go first, but a waiting write is not passed over more often. */
+#define READS_IN_A_ROW 4
+#define DEFAULT_BURST_MS 1000
+#define NEVER UINT64_MAX
+
+struct qlist {
+	struct cd_qitem *head, *tail;
+	unsigned n;
+};
+
+struct cd_qflow {
+	struct cd_qflow *next_all;
+	char *user;
+	struct cd_user_limits limits;
+	bool overridden;           /* limits set over the control socket */
+	struct qlist list[2];      /* CD_REQ_READ, CD_REQ_WRITE; background: list[0] */
+	unsigned queued, inflight, connections;
+	bool active;               /* in q->active */
+	double iops_tokens, byte_tokens;
+	uint64_t tokens_ns;
+	uint64_t served;           /* fairness counter */
+	unsigned reads_in_row;
+	uint64_t held_since_ns;    /* its head was held back by a limit since */
+	struct cd_io_stats stats;
+};
 
 struct cd_queue {
 	struct cdisk_ctx *ctx;
 	pthread_mutex_t lock;
 	pthread_cond_t work;         /* requests wait, or stop */
 	pthread_cond_t gone;         /* a worker left */
-	struct cd_qitem *head, *tail;
-	unsigned len;
+	pthread_cond_t granted;      /* background work got its turn */
+	struct cd_qflow *flows;      /* every user seen */
+	struct cd_qflow **active;    /* users with foreground work queued */
+	size_t nactive, cap_active;
+	uint64_t vnow;               /* served counter of the last flow served */
+	struct cd_qflow bg;          /* the engines' work */
+	unsigned bg_max;             /* background in hand at most */
+	uint64_t bg_rate;            /* its guaranteed bytes per second */
+	double bg_tokens;
+	uint64_t bg_tokens_ns;
+	unsigned fg_busy;            /* foreground queued or in hand */
+	unsigned len;                /* queued, all classes */
 	unsigned workers, base, max;
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
+	bool timer;                  /* a worker sleeps until a limit frees work */
 	uint64_t moved_ms;           /* last time a request was taken or done */
+	bool fifo;                   /* [serve] scheduler = fifo: arrival order only */
 	bool stop;
+};
+
+/* Background tickets: granted by a worker, carried out by their caller. */
+struct bg_ticket {
+	struct cd_qitem item;
+	bool granted;
 };
 
 void cd_queue_default_size(unsigned *workers, unsigned *max)
@@ -81,9 +142,20 @@ int cd_queue_new(struct cdisk_ctx *ctx, unsigned workers, unsigned max,
 	q->ctx = ctx;
 	q->base = workers ? workers : 1;
 	q->max = max < q->base ? q->base : max;
+	q->bg_max = q->base / 2 ? q->base / 2 : 1;
+	q->bg_rate = ctx->cfg.background_min_rate;
+	q->fifo = ctx->cfg.serve_fifo;
+	q->bg.user = (char *)"(background)";
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	/* The timer's deadlines are monotonic: a clock step must not hold
+	 * requests back for hours. */
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_mutex_init(&q->lock, NULL);
-	pthread_cond_init(&q->work, NULL);
+	pthread_cond_init(&q->work, &ca);
+	pthread_condattr_destroy(&ca);
 	pthread_cond_init(&q->gone, NULL);
+	pthread_cond_init(&q->granted, NULL);
 	q->moved_ms = cd_now_ms();
 	pthread_mutex_lock(&q->lock);
 	while (q->workers < q->base && start_worker(q) == 0)
@@ -108,6 +180,374 @@ void cd_qbatch_add(struct cd_qbatch *b, struct cd_qitem *item)
 	b->n++;
 }
 
+static void list_add(struct qlist *l, struct cd_qitem *it)
+{
+	it->next = NULL;
+	if (l->tail)
+		l->tail->next = it;
+	else
+		l->head = it;
+	l->tail = it;
+	l->n++;
+}
+
+static struct cd_qitem *list_take(struct qlist *l)
+{
+	struct cd_qitem *it = l->head;
+
+	l->head = it->next;
+	if (!l->head)
+		l->tail = NULL;
+	it->next = NULL;
+	l->n--;
+	return it;
+}
+
+/* ---- flows ---- */
+
+/* Under q->lock.  Full buckets: a user starts with its burst. */
+static void set_limits(struct cd_qflow *f, const struct cd_user_limits *l)
+{
+	uint32_t burst;
+
+	f->limits = l ? *l : (struct cd_user_limits){ 0 };
+	burst = f->limits.burst_ms ? f->limits.burst_ms : DEFAULT_BURST_MS;
+	f->iops_tokens = (double)f->limits.iops * burst / 1000;
+	f->byte_tokens = (double)f->limits.bytes_per_second * burst / 1000;
+	f->tokens_ns = cd_now_ns();
+}
+
+/* Under q->lock. */
+static struct cd_qflow *find_flow(struct cd_queue *q, const char *user)
+{
+	for (struct cd_qflow *f = q->flows; f; f = f->next_all)
+		if (strcmp(f->user, user) == 0)
+			return f;
+	return NULL;
+}
+
+/* Under q->lock. */
+static struct cd_qflow *make_flow(struct cd_queue *q, const char *user)
+{
+	struct cd_qflow *f = find_flow(q, user);
+
+	if (f)
+		return f;
+	f = calloc(1, sizeof(*f));
+	if (!f || !(f->user = strdup(user))) {
+		free(f);
+		return NULL;
+	}
+	set_limits(f, NULL);
+	f->next_all = q->flows;
+	q->flows = f;
+	return f;
+}
+
+int cd_queue_conn_in(struct cd_queue *q, const char *user,
+		     const struct cd_user_limits *file_limits, struct cd_qflow **out,
+		     char *why, size_t len)
+{
+	struct cd_qflow *f;
+	int r = 0;
+
+	pthread_mutex_lock(&q->lock);
+	f = make_flow(q, user);
+	if (!f) {
+		r = -ENOMEM;
+		snprintf(why, len, "out of memory");
+	} else {
+		if (!f->overridden && !f->connections)
+			set_limits(f, file_limits);
+		if (f->limits.connections && f->connections >= f->limits.connections) {
+			r = -EUSERS;
+			snprintf(why, len, "%s has %u connections, as many as its limit allows",
+				 user, f->connections);
+		} else {
+			f->connections++;
+			*out = f;
+		}
+	}
+	pthread_mutex_unlock(&q->lock);
+	return r;
+}
+
+void cd_queue_conn_out(struct cd_queue *q, struct cd_qflow *f)
+{
+	if (!f)
+		return;
+	pthread_mutex_lock(&q->lock);
+	f->connections--;
+	pthread_mutex_unlock(&q->lock);
+}
+
+struct cd_io_stats *cd_qflow_stats(struct cd_qflow *f)
+{
+	return &f->stats;
+}
+
+int cd_queue_set_limits(struct cd_queue *q, const char *user, const struct cd_user_limits *l)
+{
+	struct cd_qflow *f;
+
+	pthread_mutex_lock(&q->lock);
+	f = make_flow(q, user);
+	if (f) {
+		set_limits(f, l);
+		f->overridden = true;
+	}
+	pthread_mutex_unlock(&q->lock);
+	/* Work a tighter limit held back may now go, and the timer must
+	 * look again. */
+	pthread_cond_broadcast(&q->work);
+	return f ? 0 : cd_error(q->ctx, -ENOMEM, "out of memory");
+}
+
+bool cd_queue_limits_of(struct cd_queue *q, const char *user, struct cd_user_limits *out)
+{
+	struct cd_qflow *f;
+
+	pthread_mutex_lock(&q->lock);
+	f = find_flow(q, user);
+	if (f && (f->overridden || f->connections))
+		*out = f->limits;
+	pthread_mutex_unlock(&q->lock);
+	return f && (f->overridden || f->connections);
+}
+
+void cd_queue_reload_limits(struct cd_queue *q, const struct cd_users *users)
+{
+	pthread_mutex_lock(&q->lock);
+	for (struct cd_qflow *f = q->flows; f; f = f->next_all) {
+		const struct cd_user *u = NULL;
+		if (strncmp(f->user, "user:", 5) == 0 && users)
+			u = cd_users_find(users, f->user + 5);
+		set_limits(f, u ? &u->limits : NULL);
+		f->overridden = false;
+	}
+	pthread_mutex_unlock(&q->lock);
+	pthread_cond_broadcast(&q->work);
+}
+
+void cd_queue_set_background_min_rate(struct cd_queue *q, uint64_t bytes_per_second)
+{
+	pthread_mutex_lock(&q->lock);
+	q->bg_rate = bytes_per_second;
+	pthread_mutex_unlock(&q->lock);
+}
+
+void cd_queue_foreach_user(struct cd_queue *q,
+			   void (*fn)(const struct cd_queue_user_view *v, void *arg), void *arg)
+{
+	struct cd_queue_user_view v;
+
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	for (struct cd_qflow *f = q->flows; f; f = f->next_all) {
+		v = (struct cd_queue_user_view){ f->user, &f->stats, f->limits,
+						 f->connections, f->queued, f->inflight };
+		fn(&v, arg);
+	}
+	v = (struct cd_queue_user_view){ q->bg.user, &q->bg.stats, { 0 }, 0, q->bg.queued,
+					 q->bg.inflight };
+	v.limits.bytes_per_second = q->bg_rate;   /* its guaranteed rate */
+	fn(&v, arg);
+	pthread_mutex_unlock(&q->lock);
+}
+
+/* ---- scheduling (all under q->lock) ---- */
+
+static void activate(struct cd_queue *q, struct cd_qflow *f)
+{
+	if (f->active)
+		return;
+	if (q->nactive == q->cap_active) {
+		size_t cap = q->cap_active ? q->cap_active * 2 : 16;
+		struct cd_qflow **v = realloc(q->active, cap * sizeof(*v));
+		if (!v)
+			abort();   /* a few pointers; nothing sensible to do */
+		q->active = v;
+		q->cap_active = cap;
+	}
+	q->active[q->nactive++] = f;
+	f->active = true;
+	/* No credit for the time it had nothing to do. */
+	if (f->served < q->vnow)
+		f->served = q->vnow;
+}
+
+static void deactivate(struct cd_queue *q, size_t i)
+{
+	q->active[i]->active = false;
+	q->active[i] = q->active[--q->nactive];
+}
+
+static void refill(double *tokens, uint64_t rate, uint32_t burst_ms, uint64_t dt_ns)
+{
+	double cap = (double)rate * (burst_ms ? burst_ms : DEFAULT_BURST_MS) / 1000;
+
+	*tokens += (double)rate * (double)dt_ns / 1e9;
+	if (*tokens > cap)
+		*tokens = cap;
+}
+
+/* When a bucket that is in debt is back above zero. */
+static uint64_t refilled_at(double tokens, uint64_t rate, uint64_t now)
+{
+	return now + (uint64_t)ceil((-tokens + 1e-6) * 1e9 / (double)rate);
+}
+
+/* May f's head go now?  If not, *when is when it may (NEVER: when one of
+ * its requests finishes).  A bucket may go into debt by one request, so
+ * a request bigger than the burst still goes, and the rate holds. */
+static bool eligible(struct cd_queue *q, struct cd_qflow *f, uint64_t now, uint64_t *when)
+{
+	const struct cd_user_limits *l = &f->limits;
+
+	if (q->stop)
+		return true;
+	if (l->queue_depth && f->inflight >= l->queue_depth) {
+		*when = NEVER;
+		return false;
+	}
+	if (l->iops || l->bytes_per_second) {
+		refill(&f->iops_tokens, l->iops, l->burst_ms, now - f->tokens_ns);
+		refill(&f->byte_tokens, l->bytes_per_second, l->burst_ms, now - f->tokens_ns);
+		f->tokens_ns = now;
+	}
+	*when = 0;
+	if (l->iops && f->iops_tokens <= 0)
+		*when = refilled_at(f->iops_tokens, l->iops, now);
+	if (l->bytes_per_second && f->byte_tokens <= 0) {
+		uint64_t t = refilled_at(f->byte_tokens, l->bytes_per_second, now);
+		if (t > *when)
+			*when = t;
+	}
+	return *when == 0;
+}
+
+/* The list f's next request comes from. */
+static bool take_read(struct cd_queue *q, struct cd_qflow *f)
+{
+	struct qlist *r = &f->list[CD_REQ_READ], *w = &f->list[CD_REQ_WRITE];
+
+	if (q->fifo)
+		return r->n && (!w->n || r->head->queued_ns <= w->head->queued_ns);
+	return r->n && (!w->n || f->reads_in_row < READS_IN_A_ROW);
+}
+
+static struct cd_qitem *take_from(struct cd_queue *q, struct cd_qflow *f, size_t i,
+				  uint64_t now)
+{
+	struct qlist *r = &f->list[CD_REQ_READ], *w = &f->list[CD_REQ_WRITE];
+	struct cd_qitem *it;
+
+	if (take_read(q, f)) {
+		it = list_take(r);
+		f->reads_in_row++;
+	} else {
+		it = list_take(w);
+		f->reads_in_row = 0;
+	}
+	f->iops_tokens -= f->limits.iops ? 1 : 0;
+	f->byte_tokens -= f->limits.bytes_per_second ? (double)it->bytes : 0;
+	q->vnow = f->served;
+	f->served += REQUEST_COST + it->bytes;
+	if (f->held_since_ns) {
+		cd_io_stats_limit_wait(&f->stats, now - f->held_since_ns);
+		f->held_since_ns = 0;
+	}
+	f->queued--;
+	f->inflight++;
+	q->len--;
+	if (!f->queued)
+		deactivate(q, i);
+	return it;
+}
+
+static bool bg_waiting(struct cd_queue *q)
+{
+	return q->bg.queued && q->bg.inflight < q->bg_max;
+}
+
+static struct cd_qitem *take_bg(struct cd_queue *q, bool guaranteed)
+{
+	struct bg_ticket *t = (struct bg_ticket *)list_take(&q->bg.list[0]);
+
+	if (guaranteed)
+		q->bg_tokens -= (double)t->item.bytes;
+	q->bg.queued--;
+	q->bg.inflight++;
+	q->len--;
+	t->granted = true;
+	pthread_cond_broadcast(&q->granted);
+	return &t->item;
+}
+
+/* Background work before the guests only within its guaranteed rate. */
+static bool bg_guaranteed(struct cd_queue *q, uint64_t now, uint64_t *wake)
+{
+	uint64_t t;
+
+	refill(&q->bg_tokens, q->bg_rate, 100, now - q->bg_tokens_ns);
+	q->bg_tokens_ns = now;
+	if (!q->bg_rate || q->bg_tokens > 0)
+		return q->bg_rate != 0;
+	t = refilled_at(q->bg_tokens, q->bg_rate, now);
+	if (t < *wake)
+		*wake = t;
+	return false;
+}
+
+static uint64_t oldest(const struct cd_qflow *f)
+{
+	uint64_t r = f->list[CD_REQ_READ].n ? f->list[CD_REQ_READ].head->queued_ns : NEVER;
+	uint64_t w = f->list[CD_REQ_WRITE].n ? f->list[CD_REQ_WRITE].head->queued_ns : NEVER;
+
+	return r < w ? r : w;
+}
+
+/* The next request to carry out, or NULL with *wake the time a limit
+ * lets one go (NEVER: none waits, or only for a completion).  A
+ * background ticket comes back granted: there is nothing to run. */
+static struct cd_qitem *pick(struct cd_queue *q, uint64_t *wake)
+{
+	uint64_t now = cd_now_ns();
+	struct cd_qflow *best = NULL;
+	size_t best_i = 0;
+
+	*wake = NEVER;
+	if (!q->len)
+		return NULL;
+	if (bg_waiting(q) && (!q->fg_busy || q->stop))
+		return take_bg(q, false);
+	if (bg_waiting(q) && bg_guaranteed(q, now, wake))
+		return take_bg(q, true);
+	for (size_t i = 0; i < q->nactive; i++) {
+		struct cd_qflow *f = q->active[i];
+		uint64_t when;
+		if (!eligible(q, f, now, &when)) {
+			if (!f->held_since_ns)
+				f->held_since_ns = now;
+			if (when < *wake)
+				*wake = when;
+			continue;
+		}
+		if (!best || (q->fifo ? oldest(f) < oldest(best) : f->served < best->served)) {
+			best = f;
+			best_i = i;
+		}
+	}
+	if (best)
+		return take_from(q, best, best_i, now);
+	/* The guests' work is all held back by limits: background need not
+	 * wait for it. */
+	if (bg_waiting(q))
+		return take_bg(q, false);
+	return NULL;
+}
+
 /* Under q->lock. */
 static void grow_if_stuck(struct cd_queue *q)
 {
@@ -119,29 +559,43 @@ static void grow_if_stuck(struct cd_queue *q)
 	}
 }
 
+/* Under q->lock: wake idle workers for n new requests. */
+static void wake_for(struct cd_queue *q, unsigned n)
+{
+	unsigned wake;
+
+	if (q->idle <= q->woken)
+		return;
+	wake = (n + 1) / 2;
+	if (wake > q->idle - q->woken)
+		wake = q->idle - q->woken;
+	q->woken += wake;
+	while (wake--)
+		pthread_cond_signal(&q->work);
+}
+
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 {
-	unsigned wake = 0;
+	uint64_t now;
 
 	if (!b->n)
 		return;
+	now = cd_now_ns();
 	pthread_mutex_lock(&q->lock);
-	if (q->tail)
-		q->tail->next = b->head;
-	else
-		q->head = b->head;
-	q->tail = b->tail;
-	q->len += b->n;
-	if (q->idle > q->woken) {
-		wake = (b->n + 1) / 2;
-		if (wake > q->idle - q->woken)
-			wake = q->idle - q->woken;
-		q->woken += wake;
+	for (struct cd_qitem *it = b->head, *next; it; it = next) {
+		struct cd_qflow *f = it->flow;
+		next = it->next;
+		it->queued_ns = now;
+		list_add(&f->list[it->cls == CD_REQ_READ ? CD_REQ_READ : CD_REQ_WRITE], it);
+		f->queued++;
+		cd_io_stats_depth(&f->stats, 1);
+		activate(q, f);
 	}
+	q->len += b->n;
+	q->fg_busy += b->n;
+	wake_for(q, b->n);
 	grow_if_stuck(q);
 	pthread_mutex_unlock(&q->lock);
-	while (wake--)
-		pthread_cond_signal(&q->work);
 	*b = (struct cd_qbatch){ 0 };
 }
 
@@ -160,62 +614,111 @@ unsigned cd_queue_workers(struct cd_queue *q)
 	return n;
 }
 
-/* Under q->lock: wait for work.  False when this worker should leave. */
-static bool wait_for_work(struct cd_queue *q)
+void cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0)
 {
-	while (!q->len) {
-		int r = 0;
+	struct bg_ticket t = { .item = { .cls = CD_REQ_BACKGROUND, .flow = &q->bg,
+					 .bytes = bytes } };
 
-		if (q->stop)
-			return false;
-		q->idle++;
-		if (q->workers > q->base) {
-			struct timespec ts;
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_sec += EXTRA_IDLE_S;
-			r = pthread_cond_timedwait(&q->work, &q->lock, &ts);
-		} else {
-			pthread_cond_wait(&q->work, &q->lock);
-		}
-		q->idle--;
-		if (q->woken)
-			q->woken--;
-		if (r == ETIMEDOUT && !q->len && q->workers > q->base)
-			return false;
+	*t0 = cd_now_ns();
+	pthread_mutex_lock(&q->lock);
+	if (q->fifo) {
+		/* No scheduling: the engines go as they did before there was
+		 * one (counted all the same). */
+		q->bg.inflight++;
+		cd_io_stats_depth(&q->bg.stats, 1);
+		pthread_mutex_unlock(&q->lock);
+		return;
 	}
-	return true;
+	t.item.queued_ns = *t0;
+	list_add(&q->bg.list[0], &t.item);
+	q->bg.queued++;
+	q->len++;
+	cd_io_stats_depth(&q->bg.stats, 1);
+	wake_for(q, 1);
+	grow_if_stuck(q);
+	while (!t.granted)
+		pthread_cond_wait(&q->granted, &q->lock);
+	pthread_mutex_unlock(&q->lock);
 }
 
-/* Under q->lock: the request that waited longest. */
-static struct cd_qitem *take(struct cd_queue *q)
+void cd_queue_background_end(struct cd_queue *q, uint64_t bytes, int err, uint64_t t0)
 {
-	struct cd_qitem *first = q->head;
-
-	q->head = first->next;
-	if (!q->head)
-		q->tail = NULL;
-	first->next = NULL;
-	q->len--;
+	cd_io_stats_record(&q->bg.stats, CD_STAT_BACKGROUND, bytes, err, cd_now_ns() - t0);
+	cd_io_stats_depth(&q->bg.stats, -1);
+	pthread_mutex_lock(&q->lock);
+	q->bg.inflight--;
 	q->moved_ms = cd_now_ms();
-	return first;
+	pthread_mutex_unlock(&q->lock);
+	/* A background slot is free: a worker may give it. */
+	if (q->bg.queued)
+		pthread_cond_signal(&q->work);
+}
+
+/* Under q->lock: sleep until there may be work.  False when this worker
+ * should leave. */
+static bool wait_for_work(struct cd_queue *q, uint64_t wake)
+{
+	struct timespec ts;
+	bool timer = false;
+	int r = 0;
+
+	if (q->stop && !q->len)
+		return false;
+	q->idle++;
+	if (wake != NEVER && !q->timer) {
+		/* This one keeps the time for everyone held back. */
+		q->timer = timer = true;
+		ts.tv_sec = (time_t)(wake / 1000000000ull);
+		ts.tv_nsec = (long)(wake % 1000000000ull);
+		r = pthread_cond_timedwait(&q->work, &q->lock, &ts);
+		q->timer = false;
+	} else if (q->workers > q->base) {
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_sec += EXTRA_IDLE_S;
+		r = pthread_cond_timedwait(&q->work, &q->lock, &ts);
+	} else {
+		pthread_cond_wait(&q->work, &q->lock);
+	}
+	q->idle--;
+	if (q->woken)
+		q->woken--;
+	return !(r == ETIMEDOUT && !timer && !q->len && q->workers > q->base);
+}
+
+static void finished(struct cd_queue *q, struct cd_qflow *f)
+{
+	f->inflight--;
+	q->fg_busy--;
+	cd_io_stats_depth(&f->stats, -1);
+	q->moved_ms = cd_now_ms();
 }
 
 static void *worker(void *arg)
 {
 	struct cd_queue *q = arg;
+	uint64_t wake;
 
 	pthread_mutex_lock(&q->lock);
-	while (wait_for_work(q)) {
-		struct cd_qitem *it = take(q);
-		/* More waits and nobody is coming. */
+	for (;;) {
+		struct cd_qitem *it = pick(q, &wake);
+		if (!it) {
+			if (!wait_for_work(q, wake))
+				break;
+			continue;
+		}
+		q->moved_ms = cd_now_ms();
+		/* More may be waiting and nobody is coming (or keeping time). */
 		if (q->len && q->idle > q->woken) {
 			q->woken++;
 			pthread_cond_signal(&q->work);
 		}
+		if (it->cls == CD_REQ_BACKGROUND)
+			continue;   /* granted: its caller carries it out */
+		struct cd_qflow *f = it->flow;
 		pthread_mutex_unlock(&q->lock);
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
-		q->moved_ms = cd_now_ms();
+		finished(q, f);
 	}
 	q->workers--;
 	pthread_cond_broadcast(&q->gone);
@@ -233,8 +736,15 @@ void cd_queue_free(struct cd_queue *q)
 	while (q->workers)
 		pthread_cond_wait(&q->gone, &q->lock);
 	pthread_mutex_unlock(&q->lock);
+	for (struct cd_qflow *f = q->flows, *next; f; f = next) {
+		next = f->next_all;
+		free(f->user);
+		free(f);
+	}
+	free(q->active);
 	pthread_cond_destroy(&q->work);
 	pthread_cond_destroy(&q->gone);
+	pthread_cond_destroy(&q->granted);
 	pthread_mutex_destroy(&q->lock);
 	free(q);
 }

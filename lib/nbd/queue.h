@@ -1,30 +1,46 @@
-/* Internal: the server's request queue and its pool of workers.
+/* Internal: the server's request queue, its scheduler and its pool of
+ * workers.
  *
  * Readers (one per connection) parse requests and push them here; a pool
  * sized to the machine, not to the number of connections, carries them
- * out.  Every request says its class, its export and its user, so that
- * ordering, fairness and limits can be decided here, away from the
- * protocol. */
+ * out.  Every request says its class, its export and its user (a flow),
+ * so that ordering, fairness and limits are decided here, away from the
+ * protocol:
+ *  - users share fairly: the flow served least so far (in bytes, plus a
+ *    cost per request) goes first, however many connections it has;
+ *  - a user's limits (IOPS and bytes per second as token buckets with a
+ *    burst, requests carried out at once) hold requests back, never fail
+ *    them;
+ *  - within a user, reads go before writes and flushes (a write is not
+ *    passed over more than a few times in a row);
+ *  - background work (the engines' copies of a served disk) takes what
+ *    the guests leave, but never less than a guaranteed rate. */
 #ifndef CDISK_QUEUE_H
 #define CDISK_QUEUE_H
 
 #include <stdint.h>
 
 #include "cdisk.h"
+#include "stats.h"
+#include "users.h"
 
 enum cd_req_class {
 	CD_REQ_READ,        /* a guest's read (and block status) */
 	CD_REQ_WRITE,       /* a guest's write, zero, discard or flush */
 	CD_REQ_BACKGROUND,  /* the engines' own work on a served disk */
+	CD_REQ_CLASSES
 };
 
 struct cd_export;
+struct cd_qflow;
 
 struct cd_qitem {
 	struct cd_qitem *next;
 	enum cd_req_class cls;
 	struct cd_export *exp;
-	const char *user;            /* the connection's identity, never NULL */
+	struct cd_qflow *flow;       /* its user's (cd_queue_conn_in) */
+	uint64_t bytes;              /* what it moves, for bandwidth limits */
+	uint64_t queued_ns;          /* when it was pushed (cd_queue_push) */
 	/* Carries the request out; the item is the callee's from then on. */
 	void (*run)(struct cd_qitem *item);
 };
@@ -45,7 +61,8 @@ int cd_queue_new(struct cdisk_ctx *ctx, unsigned workers, unsigned max,
 /* Workers for this machine: a few per core. */
 void cd_queue_default_size(unsigned *workers, unsigned *max);
 void cd_qbatch_add(struct cd_qbatch *b, struct cd_qitem *item);
-/* Hands the batch to the workers and empties it. */
+/* Hands the batch to the scheduler and empties it.  Every item has its
+ * flow. */
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
 /* When no request has finished for a while and work waits, start one
  * more worker (up to max).  Called at every push and by the accept loop. */
@@ -53,5 +70,43 @@ void cd_queue_tick(struct cd_queue *q);
 unsigned cd_queue_workers(struct cd_queue *q);
 /* Lets the workers finish what was pushed, then frees the queue. */
 void cd_queue_free(struct cd_queue *q);
+
+/* A connection of user comes in: its flow, made the first time, with the
+ * users file's limits (file_limits, NULL: none) unless the control socket
+ * set others.  -EUSERS, with why, when the user has all the connections
+ * its limit allows. */
+int cd_queue_conn_in(struct cd_queue *q, const char *user,
+		     const struct cd_user_limits *file_limits, struct cd_qflow **out,
+		     char *why, size_t len);
+void cd_queue_conn_out(struct cd_queue *q, struct cd_qflow *f);
+struct cd_io_stats *cd_qflow_stats(struct cd_qflow *f);
+/* Limits set at run time (control "user-limits"): kept until the users
+ * file is read again.  A user not connected yet gets them when it does. */
+int cd_queue_set_limits(struct cd_queue *q, const char *user, const struct cd_user_limits *l);
+/* The limits in effect for user, or as it will have them when it comes
+ * in (limits set at run time); false when none were set. */
+bool cd_queue_limits_of(struct cd_queue *q, const char *user, struct cd_user_limits *out);
+/* The users file was read again: its limits, for every flow named
+ * "user:NAME" (none for a name it lacks), replace any set at run time. */
+void cd_queue_reload_limits(struct cd_queue *q, const struct cd_users *users);
+void cd_queue_set_background_min_rate(struct cd_queue *q, uint64_t bytes_per_second);
+
+/* Background work of bytes asks its turn: blocks until the scheduler
+ * gives it (guests first, but at least the guaranteed rate).  Each begin
+ * is followed by one end once the work is done; *t0 is for the end. */
+void cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0);
+void cd_queue_background_end(struct cd_queue *q, uint64_t bytes, int err, uint64_t t0);
+
+struct cd_queue_user_view {
+	const char *user;              /* "user:alice", "uid:1000", "psk:x", "tls:x", "-",
+					* or "(background)" for the engines' work */
+	const struct cd_io_stats *stats;
+	struct cd_user_limits limits;  /* in effect; 0 fields: none */
+	unsigned connections, queued, inflight;
+};
+/* Calls fn for every user the queue knows, under the queue's lock: fn only
+ * copies or renders (no I/O, no other lock). */
+void cd_queue_foreach_user(struct cd_queue *q,
+			   void (*fn)(const struct cd_queue_user_view *v, void *arg), void *arg);
 
 #endif

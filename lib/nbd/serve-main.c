@@ -41,7 +41,12 @@ struct cd_export *cd_server_get_export(struct cdisk_server *srv, const char *nam
 	struct cd_export *e = cd_server_find_export(srv, name);
 
 	/* A name with '/' is never a fixed export's, always a pool's. */
-	return e ? e : cd_pool_get(srv->pool, name);
+	if (e)
+		return e;
+	e = cd_pool_get(srv->pool, name);
+	if (e)
+		cd_export_gate(srv, e);
+	return e;
 }
 
 void cd_server_put_export(struct cd_export *e)
@@ -395,6 +400,9 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 
 	if (r < 0)
 		return r;
+	/* The array of fixed exports no longer moves. */
+	for (size_t i = 0; i < s->nexports; i++)
+		cd_export_gate(s, &s->exports[i]);
 	for (;;) {
 		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 4];
 		size_t n = 0, first_listener, reload = 0, pool = 0;
@@ -442,8 +450,6 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	cd_conn_stop_reading(s);
 	cd_conn_reap(s, true);
 	cd_files_stop(s);
-	cd_queue_free(s->queue);
-	s->queue = NULL;
 	cd_control_stop_policy(s);
 	cd_control_wait_idle(s);
 	cd_control_stop_syncs(s);
@@ -456,6 +462,10 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		if (rc < 0 && r == 0)
 			r = rc;
 	}
+	/* Only now: the engines of the disks just closed took their turns
+	 * in it until they stopped. */
+	cd_queue_free(s->queue);
+	s->queue = NULL;
 	return r;
 }
 
@@ -480,7 +490,6 @@ void cdisk_server_free(struct cdisk_server *s)
 	s->files_stopping = true;
 	pthread_mutex_unlock(&s->lock);
 	cd_conn_reap(s, true);
-	cd_queue_free(s->queue);
 	for (size_t i = 0; i < s->nlisten; i++) {
 		close(s->listen[i].fd);
 		if (s->listen[i].unix_path)
@@ -505,6 +514,7 @@ void cdisk_server_free(struct cdisk_server *s)
 		free(s->exports[i].path);
 		cd_access_free(&s->exports[i].access);
 	}
+	cd_queue_free(s->queue);   /* after the disks: see cdisk_server_run */
 	free(s->exports);
 	cd_users_free(s->users);
 	cd_psk_free(s->psk);

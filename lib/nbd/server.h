@@ -7,6 +7,8 @@
 #include <sys/uio.h>
 
 #include "cdisk.h"
+#include "disk.h"
+#include "stats.h"
 
 /* A sync run by the server for one export (control "sync"). */
 struct cd_sync_job {
@@ -39,6 +41,11 @@ struct cd_export {
 	struct cd_access access;
 	unsigned connections;
 	uint64_t requests;
+	struct cd_io_stats io;     /* its requests, by the workers (stats.c) */
+	/* The engines' work on its disk goes through the server's queue
+	 * (cd_export_gate); srv set once, atomically. */
+	struct cdisk_server *srv;
+	struct cd_io_gate gate;
 	struct cd_sync_job sync;   /* under the server's lock */
 	struct cd_pool *pool;      /* a pool's image (pool.c); NULL: fixed */
 	/* --push-files (files-push.c), under the server's lock */
@@ -115,6 +122,12 @@ struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name
  * image removed meanwhile stays open for its holders. */
 struct cd_export *cd_server_get_export(struct cdisk_server *s, const char *name);
 void cd_server_put_export(struct cd_export *e);
+/* The server's request queue, started on first need; NULL when its
+ * workers cannot start (nbd-conn.c). */
+struct cd_queue *cd_server_queue(struct cdisk_server *s);
+/* From now on the engines' copies of e's disk take their turn in the
+ * server's queue as background work (nbd-conn.c).  e must not move. */
+void cd_export_gate(struct cdisk_server *s, struct cd_export *e);
 /* Limit an export to these certificate names and unix users, which it
  * takes over (exports.c). */
 int cd_server_restrict_export(struct cdisk_server *s, const char *name,

@@ -1,0 +1,367 @@
+/* Unit tests for the server's scheduler: the order in which one worker
+ * takes what several users queued while it was busy (reads before
+ * writes, users in turn, background work last but for its guaranteed
+ * share), and the limits (queue depth, IOPS, connections) holding
+ * requests back without failing any. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ctx.h"
+#include "queue.h"
+#include "util.h"
+
+struct item {
+	struct cd_qitem q;
+	char name[8];
+};
+
+/* What ran, in order; the blocker holds the only worker until released. */
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
+static char order[512];
+static unsigned ran, running, most_running;
+static bool released, blocking;
+static unsigned nap_us;
+
+static void run_item(struct cd_qitem *qi)
+{
+	struct item *it = (struct item *)qi;
+
+	pthread_mutex_lock(&lock);
+	running++;
+	if (running > most_running)
+		most_running = running;
+	pthread_mutex_unlock(&lock);
+	if (nap_us)
+		usleep(nap_us);
+	pthread_mutex_lock(&lock);
+	running--;
+	ran++;
+	if (strlen(order) + strlen(it->name) + 2 < sizeof(order)) {
+		strcat(order, order[0] ? " " : "");
+		strcat(order, it->name);
+	}
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+	free(it);
+}
+
+static void run_blocker(struct cd_qitem *qi)
+{
+	pthread_mutex_lock(&lock);
+	blocking = true;
+	pthread_cond_broadcast(&cond);
+	while (!released)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+	free(qi);
+}
+
+static struct cd_qitem *make(struct cd_qflow *f, enum cd_req_class cls, const char *name,
+			     uint64_t bytes)
+{
+	struct item *it = calloc(1, sizeof(*it));
+
+	it->q.cls = cls;
+	it->q.flow = f;
+	it->q.bytes = bytes;
+	it->q.run = run_item;
+	snprintf(it->name, sizeof(it->name), "%s", name);
+	return &it->q;
+}
+
+static void push1(struct cd_queue *q, struct cd_qitem *it)
+{
+	struct cd_qbatch b = { 0 };
+
+	cd_qbatch_add(&b, it);
+	cd_queue_push(q, &b);
+}
+
+/* Occupy the worker: everything pushed until unblock() waits. */
+static void block(struct cd_queue *q, struct cd_qflow *f)
+{
+	struct cd_qitem *b = calloc(1, sizeof(*b));
+
+	pthread_mutex_lock(&lock);
+	order[0] = 0;
+	ran = running = most_running = 0;
+	released = blocking = false;
+	pthread_mutex_unlock(&lock);
+	b->cls = CD_REQ_WRITE;
+	b->flow = f;
+	b->run = run_blocker;
+	push1(q, b);
+	pthread_mutex_lock(&lock);
+	while (!blocking)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+}
+
+static void unblock(void)
+{
+	pthread_mutex_lock(&lock);
+	released = true;
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+}
+
+static void wait_ran(unsigned n)
+{
+	pthread_mutex_lock(&lock);
+	while (ran < n)
+		pthread_cond_wait(&cond, &lock);
+	pthread_mutex_unlock(&lock);
+}
+
+struct fixture {
+	struct cdisk_ctx *ctx;
+	struct cd_queue *q;
+	struct cd_qflow *a, *b, *c;
+};
+
+static struct fixture setup(unsigned workers, const struct cd_user_limits *la)
+{
+	struct fixture f = { 0 };
+	char why[128];
+
+	f.ctx = cdisk_ctx_new();
+	assert_non_null(f.ctx);
+	assert_int_equal(cd_queue_new(f.ctx, workers, workers, &f.q), 0);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:a", la, &f.a, why, sizeof(why)), 0);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:b", NULL, &f.b, why, sizeof(why)), 0);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:c", NULL, &f.c, why, sizeof(why)), 0);
+	return f;
+}
+
+static void teardown(struct fixture *f)
+{
+	cd_queue_free(f->q);
+	cdisk_ctx_free(f->ctx);
+}
+
+static void test_reads_before_writes(void **state)
+{
+	struct fixture f = setup(1, NULL);
+	struct cd_qbatch b = { 0 };
+	const char *names[] = { "w1", "w2", "r1", "r2", "r3", "r4", "r5", "r6" };
+
+	(void)state;
+	block(f.q, f.c);
+	for (size_t i = 0; i < 8; i++)
+		cd_qbatch_add(&b, make(f.a, names[i][0] == 'r' ? CD_REQ_READ : CD_REQ_WRITE,
+				       names[i], 4096));
+	cd_queue_push(f.q, &b);
+	unblock();
+	wait_ran(8);
+	/* Four reads, then the write that waited longest: writes are not
+	 * starved by a stream of reads. */
+	assert_string_equal(order, "r1 r2 r3 r4 w1 r5 r6 w2");
+	teardown(&f);
+}
+
+static void test_users_take_turns(void **state)
+{
+	struct fixture f = setup(1, NULL);
+	struct cd_qbatch b = { 0 };
+	char name[8];
+
+	(void)state;
+	block(f.q, f.c);
+	/* a queues ten first, then b two: b need not wait for a's ten. */
+	for (int i = 1; i <= 10; i++) {
+		snprintf(name, sizeof(name), "a%d", i);
+		cd_qbatch_add(&b, make(f.a, CD_REQ_WRITE, name, 65536));
+	}
+	cd_queue_push(f.q, &b);
+	push1(f.q, make(f.b, CD_REQ_WRITE, "b1", 65536));
+	push1(f.q, make(f.b, CD_REQ_WRITE, "b2", 65536));
+	unblock();
+	wait_ran(12);
+	assert_string_equal(order, "a1 b1 a2 b2 a3 a4 a5 a6 a7 a8 a9 a10");
+	teardown(&f);
+}
+
+static void test_fair_by_bytes(void **state)
+{
+	struct fixture f = setup(1, NULL);
+	struct cd_qbatch b = { 0 };
+	char name[8];
+
+	(void)state;
+	block(f.q, f.c);
+	/* a's requests are 1 MiB, b's 4 KiB: b gets many for each of a's. */
+	for (int i = 1; i <= 3; i++) {
+		snprintf(name, sizeof(name), "A%d", i);
+		cd_qbatch_add(&b, make(f.a, CD_REQ_WRITE, name, 1 << 20));
+	}
+	cd_queue_push(f.q, &b);
+	for (int i = 1; i <= 40; i++) {
+		snprintf(name, sizeof(name), "b%d", i);
+		cd_qbatch_add(&b, make(f.b, CD_REQ_WRITE, name, 4096));
+	}
+	cd_queue_push(f.q, &b);
+	unblock();
+	wait_ran(43);
+	/* After A1 (both started even), b earns 1 MiB + 4 KiB of turns,
+	 * about 128 of its requests, before a's next: all 40 go first. */
+	assert_non_null(strstr(order, "A1 b1 b2"));
+	assert_non_null(strstr(order, "b40 A2 A3"));
+	teardown(&f);
+}
+
+struct bg_arg {
+	struct cd_queue *q;
+};
+
+static void *background(void *arg)
+{
+	struct bg_arg *a = arg;
+	uint64_t t0;
+
+	cd_queue_background_begin(a->q, 65536, &t0);
+	pthread_mutex_lock(&lock);
+	strcat(order, order[0] ? " bg" : "bg");
+	ran++;
+	pthread_cond_broadcast(&cond);
+	pthread_mutex_unlock(&lock);
+	cd_queue_background_end(a->q, 65536, 0, t0);
+	return NULL;
+}
+
+static unsigned bg_queued(struct cd_queue *q);
+
+static void count_bg(const struct cd_queue_user_view *v, void *arg)
+{
+	if (strcmp(v->user, "(background)") == 0)
+		*(unsigned *)arg = v->queued;
+}
+
+static unsigned bg_queued(struct cd_queue *q)
+{
+	unsigned n = 0;
+
+	cd_queue_foreach_user(q, count_bg, &n);
+	return n;
+}
+
+static void test_background_after_guests(void **state)
+{
+	struct fixture f = setup(1, NULL);
+	struct bg_arg arg = { f.q };
+	pthread_t th[2];
+
+	(void)state;
+	/* A guaranteed rate of 1 byte/s: the first ticket may go before the
+	 * guests (it finds the bucket's first crumb), the second may not. */
+	cd_queue_set_background_min_rate(f.q, 1);
+	block(f.q, f.c);
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a1", 4096));
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, background, &arg);
+	while (bg_queued(f.q) < 2)
+		usleep(1000);
+	push1(f.q, make(f.b, CD_REQ_READ, "b1", 4096));
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a2", 4096));
+	/* A granted ticket's thread writes its name while a1 runs. */
+	nap_us = 100000;
+	unblock();
+	wait_ran(5);
+	nap_us = 0;
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	assert_string_equal(order, "bg a1 b1 a2 bg");
+	teardown(&f);
+}
+
+static void test_queue_depth(void **state)
+{
+	struct cd_user_limits l = { .queue_depth = 1 };
+	struct fixture f = setup(4, &l);
+	struct cd_qbatch b = { 0 };
+
+	(void)state;
+	pthread_mutex_lock(&lock);
+	order[0] = 0;
+	ran = running = most_running = 0;
+	nap_us = 2000;
+	pthread_mutex_unlock(&lock);
+	for (int i = 0; i < 20; i++)
+		cd_qbatch_add(&b, make(f.a, CD_REQ_WRITE, "a", 4096));
+	cd_queue_push(f.q, &b);
+	wait_ran(20);
+	/* Four workers, but a may have one request in hand at a time. */
+	assert_int_equal(most_running, 1);
+	nap_us = 0;
+	teardown(&f);
+}
+
+static void test_iops_limit(void **state)
+{
+	struct cd_user_limits l = { .iops = 100, .burst_ms = 100 };
+	struct fixture f = setup(4, &l);
+	struct cd_qbatch b = { 0 };
+	uint64_t t0;
+
+	(void)state;
+	pthread_mutex_lock(&lock);
+	order[0] = 0;
+	ran = 0;
+	pthread_mutex_unlock(&lock);
+	t0 = cd_now_ms();
+	for (int i = 0; i < 40; i++)
+		cd_qbatch_add(&b, make(f.a, CD_REQ_READ, "a", 4096));
+	cd_queue_push(f.q, &b);
+	/* Another user is not held back by a's limit. */
+	for (int i = 0; i < 10; i++)
+		cd_qbatch_add(&b, make(f.b, CD_REQ_READ, "b", 4096));
+	cd_queue_push(f.q, &b);
+	wait_ran(50);
+	/* 40 at 100/s with a burst of 10: 0.3 s at least; every one ran. */
+	assert_true(cd_now_ms() - t0 >= 290);
+	assert_int_equal(ran, 50);
+	teardown(&f);
+}
+
+static void test_connections_limit(void **state)
+{
+	struct cd_user_limits l = { .connections = 2 };
+	struct fixture f = setup(1, &l);
+	struct cd_qflow *x = NULL;
+	char why[128];
+
+	(void)state;
+	/* setup() took one of a's two. */
+	assert_int_equal(cd_queue_conn_in(f.q, "user:a", &l, &x, why, sizeof(why)), 0);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:a", &l, &x, why, sizeof(why)), -EUSERS);
+	assert_non_null(strstr(why, "user:a has 2 connections"));
+	cd_queue_conn_out(f.q, x);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:a", &l, &x, why, sizeof(why)), 0);
+	/* Set at run time: tighter, and kept over the file's at connect. */
+	struct cd_user_limits one = { .connections = 1 };
+	assert_int_equal(cd_queue_set_limits(f.q, "user:b", &one), 0);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:b", NULL, &x, why, sizeof(why)), -EUSERS);
+	teardown(&f);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_reads_before_writes),
+		cmocka_unit_test(test_users_take_turns),
+		cmocka_unit_test(test_fair_by_bytes),
+		cmocka_unit_test(test_background_after_guests),
+		cmocka_unit_test(test_queue_depth),
+		cmocka_unit_test(test_iops_limit),
+		cmocka_unit_test(test_connections_limit),
+	};
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
