@@ -213,6 +213,42 @@ U2=(setpriv --reuid=1 --regid=100 --clear-groups)
 	wait "$held"
 }
 
+@test "waits for a limit are counted for the user held back, with their time" {
+	run_cdisk cdisk-create --size 16M a.cdisk
+	run_cdisk cdisk-create --size 16M b.cdisk
+	cat >users.conf <<-CONF
+	[user u1]
+	exports = a
+	uid = 65534
+	iops = 50
+	burst = 100ms
+	[user u2]
+	exports = b
+	uid = 1
+	CONF
+	SOCK_DIR=$(mktemp -d /tmp/cdisk-stats.XXXXXX)
+	chmod 755 "$SOCK_DIR"
+	start_serve_as_users --export a=a.cdisk --export b=b.cdisk --users users.conf \
+		--group users --socket "$SOCK_DIR/s.sock"
+	# 30 writes at 50 a second, 5 of them in the burst: about 0.5 s of
+	# waits (the queue counts a wait from when it first finds the user held
+	# back: a little less).
+	qemu_writes 30 4096 "nbd+unix:///a?socket=$SERVE_SOCK" "${U1[@]}"
+	qemu_writes 30 4096 "nbd+unix:///b?socket=$SERVE_SOCK" "${U2[@]}"
+	status
+	local u1='.users[] | select(.name == "user:u1") | .io' u2='.users[] | select(.name == "user:u2") | .io'
+	assert_num "$(json_get "$u1.limit_waits")" -ge 5
+	assert_num "$(json_get "$u1.limit_wait_ms | floor")" -ge 100
+	assert_equal "$(json_get "$u2.limit_waits")" 0
+	assert_equal "$(json_get "$u1.ops.write.requests")" 30
+	# A request's latency includes its wait.
+	assert_num "$(json_get "$u1.ops.write.latency_us.p50")" -ge 10000
+	run_cdisk 0 cdisk-info --metrics --control "$CTL"
+	assert_line --regexp '^cdisk_user_limit_waits_total\{user="user:u1"\} ([5-9]|[1-9][0-9])$'
+	assert_line --regexp '^cdisk_user_limit_wait_seconds_total\{user="user:u1"\} (0\.[1-9]|[1-9])[0-9.]*$'
+	assert_line 'cdisk_user_limit_waits_total{user="user:u2"} 0'
+}
+
 # promtool's verdict on the text in FILE: nothing to say, exit 0 ($output
 # stays the text's).
 assert_promtool_accepts() {
