@@ -138,11 +138,10 @@ static json_t *check_json(const struct cdisk_check_report *rep)
 			 "findings", lines, "metadata_backup", backup);
 }
 
-/* Fields a served disk adds (export, io), set before print_json. */
-static json_t *extra_json;
-
+/* served: the export a served disk is, from its server's status (its
+ * name and io go into the document); NULL otherwise. */
 static int print_json(const char *path, const struct cdisk_info *i,
-		      const struct cdisk_check_report *rep)
+		      const struct cdisk_check_report *rep, json_t *served)
 {
 	json_t *base = i->base[0] ?
 		json_pack("{s:s, s:b, s:I, s:s?, s:b, s:I}", "uri", i->base,
@@ -189,9 +188,10 @@ static int print_json(const char *path, const struct cdisk_info *i,
 				      "age_seconds", (json_int_t)i->backup_age));
 	if (rep)
 		json_object_set_new(j, "check", check_json(rep));
-	if (extra_json)
-		json_object_update_new(j, extra_json);
-	extra_json = NULL;
+	if (served)
+		json_object_update_new(j, json_pack("{s:O?, s:O?}", "export",
+						    json_object_get(served, "name"), "io",
+						    json_object_get(served, "io")));
 	return cli_print_json(j);
 }
 
@@ -223,7 +223,7 @@ static int show(struct cdisk *disk, const char *path)
 	if (r == 0)
 		r = cdisk_get_info(disk, &info);
 	if (r == 0 && cli.json)
-		r = print_json(path, &info, check ? &report : NULL);
+		r = print_json(path, &info, check ? &report : NULL, NULL);
 	else if (r == 0 && check && cli.quiet)
 		print_problems(path, &report);
 	else if (r == 0)
@@ -296,17 +296,15 @@ static int show_from_owner(struct cdisk_ctx *ctx, const char *path)
 	if (r < 0)
 		return r;
 	served = served_export(ctx, path);
-	if (!cli.json) {
+	if (cli.json) {
+		r = print_json(path, &info, NULL, served);
+	} else {
 		print_human(path, &info, NULL);
 		if (served)
 			print_served_human(served);
-		json_decref(served);
-		return 0;
 	}
-	extra_json = json_pack("{s:O?, s:O?}", "export", json_object_get(served, "name"),
-			       "io", json_object_get(served, "io"));
 	json_decref(served);
-	return print_json(path, &info, NULL);
+	return r;
 }
 
 /* ---- statistics: --metrics, --control ---- */
