@@ -513,15 +513,12 @@ busy:
 
 /* ---- statistics ---- */
 
-/* A status reply as text, or the server's refusal with its exit code. */
-static int status_call(struct cdisk_ctx *ctx, const char *sock, json_t *req, char **json)
+/* A status reply as text, or the server's refusal with its exit code
+ * (reply taken). */
+static int status_text(struct cdisk_ctx *ctx, const char *sock, json_t *reply, char **json)
 {
-	json_t *reply = NULL;
-	int r = call_max(ctx, sock, req, &reply, CONTROL_TIMEOUT_MS, CONTROL_MAX_STATUS);
+	int r;
 
-	json_decref(req);
-	if (r < 0)
-		return r;
 	if (!json_is_true(json_object_get(reply, "ok"))) {
 		const char *e = json_string_value(json_object_get(reply, "error"));
 
@@ -536,16 +533,31 @@ static int status_call(struct cdisk_ctx *ctx, const char *sock, json_t *req, cha
 	return *json ? 0 : cd_error(ctx, -ENOMEM, "out of memory");
 }
 
+/* req taken; *reply NULL when the server could not be asked. */
+static int status_call(struct cdisk_ctx *ctx, const char *sock, json_t *req, json_t **reply)
+{
+	int r = call_max(ctx, sock, req, reply, CONTROL_TIMEOUT_MS, CONTROL_MAX_STATUS);
+
+	json_decref(req);
+	if (r < 0)
+		*reply = NULL;
+	return r;
+}
+
 int cdisk_server_status(struct cdisk_ctx *ctx, const char *socket_path, char **json)
 {
+	json_t *reply;
+	int r = status_call(ctx, socket_path, json_pack("{s:s}", "command", "status"), &reply);
+
 	*json = NULL;
-	return status_call(ctx, socket_path, json_pack("{s:s}", "command", "status"), json);
+	return r < 0 ? r : status_text(ctx, socket_path, reply, json);
 }
 
 int cdisk_status_from_owner(struct cdisk_ctx *ctx, const char *path, char **json)
 {
 	char sock[4096];
 	unsigned pid = UINT32_MAX;   /* left so when the disk cannot be opened */
+	json_t *reply;
 	int r;
 
 	*json = NULL;
@@ -555,10 +567,10 @@ int cdisk_status_from_owner(struct cdisk_ctx *ctx, const char *path, char **json
 	if (r < 0)
 		return r;
 	r = status_call(ctx, sock, json_pack("{s:s, s:s}", "command", "status", "disk", path),
-			json);
+			&reply);
 	/* No server behind the socket: another program holds the disk. */
 	if (r == -ENOENT || r == -ECONNREFUSED)
 		return cd_error(ctx, -EBUSY, "'%s' is in use by pid %u, which is not a server: "
 				"no statistics to show", path, pid);
-	return r;
+	return r < 0 ? r : status_text(ctx, sock, reply, json);
 }
