@@ -8,7 +8,7 @@ PACKAGES="
 	libpopt-dev libjansson-dev libcmocka-dev libinih-dev
 	scdoc bats bats-assert bats-support
 	jq xxd coreutils util-linux bash-completion socat
-	qemu-utils libnbd-bin nbdkit fio clang libclang-rt-14-dev
+	qemu-utils qemu-system-common libnbd-bin nbdkit fio clang libclang-rt-14-dev python3
 	libnbd-dev libiscsi-dev libiscsi-bin librbd-dev librados-dev
 	libcurl4-openssl-dev curl libgnutls28-dev gnutls-bin
 	tgt ceph-mon ceph-osd ceph-common radosgw nginx-light qemu-block-extra

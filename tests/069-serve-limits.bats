@@ -58,6 +58,8 @@ fio_rate() {
 	run_cdisk 0 "${who[@]}" fio --name=w --ioengine=nbd --uri="$(uri "$2")" \
 		--rw=randwrite --bs="$4" --size=32M --iodepth=16 --time_based \
 		--runtime="$3" --output-format=json --output="$OUT/fio.json"
+	# The nbd engine's "connected" line may come first in the file.
+	sed -i -n '/^{/,$p' "$OUT/fio.json"
 	IOPS=$(jq '.jobs[0].write.iops | floor' "$OUT/fio.json")
 	BW=$(jq '.jobs[0].write.bw_bytes' "$OUT/fio.json")
 	echo "fio: $IOPS IOPS, $BW bytes/s"

@@ -41,7 +41,9 @@ struct cd_al {
 /* cdisk-serve's scheduler: the engines' copies of a served disk ask it for
  * their turn, so that guests go first (queue.c). */
 struct cd_io_gate {
-	void (*begin)(void *arg, uint64_t bytes, uint64_t *t0);
+	/* 0, or -ECANCELED once cancelled(carg) said so while it waited. */
+	int (*begin)(void *arg, uint64_t bytes, uint64_t *t0, bool (*cancelled)(void *carg),
+		     void *carg);
 	void (*end)(void *arg, uint64_t bytes, int err, uint64_t t0);
 	void *arg;
 };

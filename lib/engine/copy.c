@@ -289,6 +289,11 @@ static uint64_t extent_bytes(const struct cdisk *d, const struct cd_extent *x, s
 	return blocks << d->block_shift;
 }
 
+static bool copy_cancelled(void *arg)
+{
+	return cd_copy_stopped(arg);
+}
+
 /* One move, in its turn when a server serves the disk: its guests go
  * first, background work gets what they leave and a guaranteed rate. */
 static int move_gated(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t *buf)
@@ -300,7 +305,9 @@ static int move_gated(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t 
 	if (!g)
 		return c->ops->move(c, x, n, buf);
 	bytes = extent_bytes(c->d, x, n);
-	g->begin(g->arg, bytes, &t0);
+	/* Stopped while waiting: not moved, so it stays to be moved. */
+	if (g->begin(g->arg, bytes, &t0, copy_cancelled, c) < 0)
+		return 0;
 	r = c->ops->move(c, x, n, buf);
 	g->end(g->arg, bytes, r, t0);
 	return r;

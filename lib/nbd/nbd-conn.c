@@ -693,16 +693,19 @@ struct cd_queue *cd_server_queue(struct cdisk_server *s)
 	return q;
 }
 
-static void gate_begin(void *arg, uint64_t bytes, uint64_t *t0)
+static int gate_begin(void *arg, uint64_t bytes, uint64_t *t0,
+		      bool (*cancelled)(void *carg), void *carg)
 {
 	struct cd_export *e = arg;
 	struct cd_queue *q = cd_server_queue(e->srv);
+	int r = 0;
 
-	cd_io_stats_depth(&e->io, 1);
+	*t0 = 0;   /* not through the queue: it could not start */
 	if (q)
-		cd_queue_background_begin(q, bytes, t0);
-	else
-		*t0 = 0;   /* not through the queue: it could not start */
+		r = cd_queue_background_begin(q, bytes, t0, cancelled, carg);
+	if (r == 0)
+		cd_io_stats_depth(&e->io, 1);
+	return r;
 }
 
 static void gate_end(void *arg, uint64_t bytes, int err, uint64_t t0)

@@ -227,7 +227,7 @@ static void *background(void *arg)
 	struct bg_arg *a = arg;
 	uint64_t t0;
 
-	cd_queue_background_begin(a->q, 65536, &t0);
+	assert_int_equal(cd_queue_background_begin(a->q, 65536, &t0, NULL, NULL), 0);
 	pthread_mutex_lock(&lock);
 	strcat(order, order[0] ? " bg" : "bg");
 	ran++;
@@ -279,6 +279,31 @@ static void test_background_after_guests(void **state)
 	for (int i = 0; i < 2; i++)
 		pthread_join(th[i], NULL);
 	assert_string_equal(order, "bg a1 b1 a2 bg");
+	teardown(&f);
+}
+
+static bool always(void *arg)
+{
+	(void)arg;
+	return true;
+}
+
+static void test_background_cancelled(void **state)
+{
+	struct fixture f = setup(1, NULL);
+	uint64_t t0;
+
+	(void)state;
+	block(f.q, f.c);
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a1", 4096));
+	/* The only worker is busy: no turn comes, and the ticket given up
+	 * leaves nothing behind in the queue. */
+	assert_int_equal(cd_queue_background_begin(f.q, 65536, &t0, always, NULL),
+			 -ECANCELED);
+	assert_int_equal(bg_queued(f.q), 0);
+	unblock();
+	wait_ran(1);
+	assert_string_equal(order, "a1");
 	teardown(&f);
 }
 
@@ -359,6 +384,7 @@ int main(void)
 		cmocka_unit_test(test_users_take_turns),
 		cmocka_unit_test(test_fair_by_bytes),
 		cmocka_unit_test(test_background_after_guests),
+		cmocka_unit_test(test_background_cancelled),
 		cmocka_unit_test(test_queue_depth),
 		cmocka_unit_test(test_iops_limit),
 		cmocka_unit_test(test_connections_limit),

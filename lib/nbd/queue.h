@@ -92,9 +92,12 @@ void cd_queue_reload_limits(struct cd_queue *q, const struct cd_users *users);
 void cd_queue_set_background_min_rate(struct cd_queue *q, uint64_t bytes_per_second);
 
 /* Background work of bytes asks its turn: blocks until the scheduler
- * gives it (guests first, but at least the guaranteed rate).  Each begin
- * is followed by one end once the work is done; *t0 is for the end. */
-void cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0);
+ * gives it (guests first, but at least the guaranteed rate), or until
+ * cancelled(arg) says the work is no longer wanted (-ECANCELED; checked
+ * every 50 ms; NULL: never).  Each 0 is followed by one end once the work
+ * is done; *t0 is for the end. */
+int cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0,
+			      bool (*cancelled)(void *arg), void *arg);
 void cd_queue_background_end(struct cd_queue *q, uint64_t bytes, int err, uint64_t t0);
 
 struct cd_queue_user_view {
