@@ -213,7 +213,7 @@ U2=(setpriv --reuid=1 --regid=100 --clear-groups)
 	wait "$held"
 }
 
-@test "waits for a limit are counted for the user held back, with their time" {
+@test "waits for a limit are counted for the user held back, with their time; queue depth shows" {
 	run_cdisk cdisk-create --size 16M a.cdisk
 	run_cdisk cdisk-create --size 16M b.cdisk
 	cat >users.conf <<-CONF
@@ -247,6 +247,27 @@ U2=(setpriv --reuid=1 --regid=100 --clear-groups)
 	assert_line --regexp '^cdisk_user_limit_waits_total\{user="user:u1"\} ([5-9]|[1-9][0-9])$'
 	assert_line --regexp '^cdisk_user_limit_wait_seconds_total\{user="user:u1"\} (0\.[1-9]|[1-9])[0-9.]*$'
 	assert_line 'cdisk_user_limit_waits_total{user="user:u2"} 0'
+	# 40 writes sent at once wait their turns: the depth shows, for the
+	# user and for the export, and falls back to 0.
+	local cmds=() i
+	for i in $(seq 0 39); do cmds+=(-c "aio_write $((i * 4096)) 4k"); done
+	timeout 60 "${U1[@]}" qemu-io -f raw "${cmds[@]}" -c aio_flush \
+		"nbd+unix:///a?socket=$SERVE_SOCK" >/dev/null 2>&1 3>&- &
+	local burst=$!
+	for _ in $(seq 100); do
+		status
+		[ "$(json_get "$u1.queue_depth")" -ge 10 ] && break
+		sleep 0.02
+	done
+	assert_num "$(json_get "$u1.queue_depth")" -ge 10
+	assert_num "$(json_get '.users[] | select(.name == "user:u1") | .queued')" -ge 5
+	assert_num "$(json_get '.exports[] | select(.name == "a") | .io.queue_depth')" -ge 10
+	run_cdisk 0 cdisk-info --metrics a.cdisk
+	assert_line --regexp '^cdisk_export_queue_depth\{export="a"\} [1-9][0-9]*$'
+	wait "$burst" || fail "the writes failed"
+	status
+	assert_equal "$(json_get "$u1.queue_depth")" 0
+	assert_equal "$(json_get '.exports[] | select(.name == "a") | .io.queue_depth')" 0
 }
 
 # promtool's verdict on the text in FILE: nothing to say, exit 0 ($output
