@@ -14,8 +14,8 @@ static const struct cli_program program = {
 	.summary = "show a cdisk's configuration, state and metadata health",
 };
 
-static int check, no_repair;
-static char *pool_arg, *user_arg;
+static int check, no_repair, metrics;
+static char *pool_arg, *user_arg, *control_arg;
 
 static struct poptOption options[] = {
 	{ "check", 'c', POPT_ARG_NONE, &check, 0,
@@ -27,6 +27,12 @@ static struct poptOption options[] = {
 	  "List the images of a pool (cdisk-serve --pool) instead of one disk", "DIR" },
 	{ "user", '\0', POPT_ARG_STRING, &user_arg, 0,
 	  "With --pool: only this user's images", "NAME" },
+	{ "metrics", '\0', POPT_ARG_NONE, &metrics, 0,
+	  "Print the server's request statistics of a served disk, or with "
+	  "--control of a whole server, as Prometheus text", NULL },
+	{ "control", '\0', POPT_ARG_STRING, &control_arg, 0,
+	  "With --metrics or --json: the statistics of the whole server whose "
+	  "control socket this is", "SOCKET" },
 	{ "json", 'J', POPT_ARG_NONE, &cli.json, 0,
 	  "Print the result as JSON", NULL },
 	CLI_COMMON_OPTIONS,
@@ -132,8 +138,10 @@ static json_t *check_json(const struct cdisk_check_report *rep)
 			 "findings", lines, "metadata_backup", backup);
 }
 
+/* served: the export a served disk is, from its server's status (its
+ * name and io go into the document); NULL otherwise. */
 static int print_json(const char *path, const struct cdisk_info *i,
-		      const struct cdisk_check_report *rep)
+		      const struct cdisk_check_report *rep, json_t *served)
 {
 	json_t *base = i->base[0] ?
 		json_pack("{s:s, s:b, s:I, s:s?, s:b, s:I}", "uri", i->base,
@@ -180,6 +188,10 @@ static int print_json(const char *path, const struct cdisk_info *i,
 				      "age_seconds", (json_int_t)i->backup_age));
 	if (rep)
 		json_object_set_new(j, "check", check_json(rep));
+	if (served)
+		json_object_update_new(j, json_pack("{s:O?, s:O?}", "export",
+						    json_object_get(served, "name"), "io",
+						    json_object_get(served, "io")));
 	return cli_print_json(j);
 }
 
@@ -211,7 +223,7 @@ static int show(struct cdisk *disk, const char *path)
 	if (r == 0)
 		r = cdisk_get_info(disk, &info);
 	if (r == 0 && cli.json)
-		r = print_json(path, &info, check ? &report : NULL);
+		r = print_json(path, &info, check ? &report : NULL, NULL);
 	else if (r == 0 && check && cli.quiet)
 		print_problems(path, &report);
 	else if (r == 0)
@@ -220,16 +232,112 @@ static int show(struct cdisk *disk, const char *path)
 	return r < 0 ? r : checked;
 }
 
-/* A disk in use is described by the process that owns it. */
+/* The served disk's export and statistics, from its server's status;
+ * NULL when they cannot be had (the server stopped meanwhile). */
+static json_t *served_export(struct cdisk_ctx *ctx, const char *path)
+{
+	char *text = NULL;
+	json_t *status, *e;
+
+	if (cdisk_status_from_owner(ctx, path, &text) < 0)
+		return NULL;
+	status = json_loads(text, 0, NULL);
+	free(text);
+	e = json_incref(json_array_get(json_object_get(status, "exports"), 0));
+	json_decref(status);
+	return e;
+}
+
+/* One line an op a client used: count, bytes, errors, latencies. */
+static void print_io_human(json_t *io)
+{
+	const char *op;
+	json_t *o;
+	char a[32];
+
+	json_object_foreach(json_object_get(io, "ops"), op, o) {
+		json_t *l = json_object_get(o, "latency_us");
+
+		printf("  %-13s %" JSON_INTEGER_FORMAT " requests, %s, %" JSON_INTEGER_FORMAT
+		       " errors; latency p50 %" JSON_INTEGER_FORMAT " us, p99 %"
+		       JSON_INTEGER_FORMAT " us, p999 %" JSON_INTEGER_FORMAT " us\n", op,
+		       json_integer_value(json_object_get(o, "requests")),
+		       cd_format_size((uint64_t)json_integer_value(json_object_get(o, "bytes")),
+				      a, sizeof(a)),
+		       json_integer_value(json_object_get(o, "errors")),
+		       json_integer_value(json_object_get(l, "p50")),
+		       json_integer_value(json_object_get(l, "p99")),
+		       json_integer_value(json_object_get(l, "p999")));
+	}
+}
+
+static void print_served_human(json_t *e)
+{
+	json_t *io = json_object_get(e, "io");
+
+	printf("served as:       %s (%" JSON_INTEGER_FORMAT " connection%s, queue depth %"
+	       JSON_INTEGER_FORMAT ", %" JSON_INTEGER_FORMAT " waits for limits)\n",
+	       json_string_value(json_object_get(e, "name")),
+	       json_integer_value(json_object_get(e, "connections")),
+	       cli_plural((uint64_t)json_integer_value(json_object_get(e, "connections"))),
+	       json_integer_value(json_object_get(io, "queue_depth")),
+	       json_integer_value(json_object_get(io, "limit_waits")));
+	print_io_human(io);
+}
+
+/* A disk in use is described by the process that owns it, with the
+ * statistics of the export it is when that is a server. */
 static int show_from_owner(struct cdisk_ctx *ctx, const char *path)
 {
 	struct cdisk_info info;
 	int r = cdisk_info_from_owner(ctx, path, &info);
+	json_t *served;
 
 	if (r < 0)
 		return r;
-	return cli.json ? print_json(path, &info, NULL) :
-			  (print_human(path, &info, NULL), 0);
+	served = served_export(ctx, path);
+	if (cli.json) {
+		r = print_json(path, &info, NULL, served);
+	} else {
+		print_human(path, &info, NULL);
+		if (served)
+			print_served_human(served);
+	}
+	json_decref(served);
+	return r;
+}
+
+/* ---- statistics: --metrics, --control ---- */
+
+/* The Prometheus text of a status reply, on stdout whole or not at all. */
+static int print_metrics(struct cdisk_ctx *ctx, const char *status)
+{
+	char *text = NULL;
+	int r = cdisk_metrics_text(ctx, status, &text);
+
+	if (r == 0 && fputs(text, stdout) == EOF)
+		r = -EIO;
+	free(text);
+	return r;
+}
+
+static int print_status_json(const char *status)
+{
+	json_t *j = json_loads(status, 0, NULL);
+
+	return j ? cli_print_json(j) : -EBADMSG;
+}
+
+static int show_stats(struct cdisk_ctx *ctx, const char *disk)
+{
+	char *status = NULL;
+	int r = disk ? cdisk_status_from_owner(ctx, disk, &status)
+		     : cdisk_server_status(ctx, control_arg, &status);
+
+	if (r == 0)
+		r = metrics ? print_metrics(ctx, status) : print_status_json(status);
+	free(status);
+	return r;
 }
 
 /* ---- --pool: a pool's images ---- */
@@ -282,6 +390,21 @@ static int list_pool(struct cdisk_ctx *ctx)
 	return r;
 }
 
+/* --metrics and --control: the statistics of a served disk or of a whole
+ * server, alone. */
+static void check_stats_usage(bool disk)
+{
+	if (control_arg && disk)
+		cli_usage_error("--control shows a whole server: give no disk with it");
+	if (control_arg && !metrics && !cli.json)
+		cli_usage_error("--control goes with --metrics or --json");
+	if (metrics && cli.json)
+		cli_usage_error("--metrics and --json are two formats: give one");
+	if ((metrics || control_arg) && (check || pool_arg))
+		cli_usage_error("%s goes with neither --check nor --pool",
+				metrics ? "--metrics" : "--control");
+}
+
 int main(int argc, char **argv)
 {
 	struct cdisk_ctx *ctx;
@@ -292,13 +415,19 @@ int main(int argc, char **argv)
 	args = cli_parse(&program, argc, (const char **)argv, options, 0, 1);
 	if (pool_arg && args && args[0])
 		cli_usage_error("--pool lists a pool: give no disk with it");
-	if (!pool_arg && (!args || !args[0]))
+	if (!pool_arg && !control_arg && (!args || !args[0]))
 		cli_usage_error("missing argument: %s", program.args);
 	if (user_arg && !pool_arg)
 		cli_usage_error("--user goes with --pool");
 	if (pool_arg && check)
 		cli_usage_error("--check goes with a disk, not --pool");
+	check_stats_usage(args && args[0]);
 	ctx = cli_context();
+	if (metrics || control_arg) {
+		r = cli_exit_code(ctx, show_stats(ctx, control_arg ? NULL : args[0]));
+		cdisk_ctx_free(ctx);
+		return r;
+	}
 	if (pool_arg) {
 		r = cli_exit_code(ctx, list_pool(ctx));
 		cdisk_ctx_free(ctx);

@@ -429,6 +429,16 @@ int cdisk_control_socket_path(struct cdisk_ctx *ctx, unsigned pid, char *out,
 			      size_t len);
 int cdisk_info_from_owner(struct cdisk_ctx *ctx, const char *path,
 			  struct cdisk_info *info);
+/* A server's "status" reply (cdisk-protocol(7)), requests and latencies
+ * of its exports and users included, as JSON text the caller frees: of
+ * the server whose control socket is at socket_path, or, from_owner, of
+ * the process serving the disk at path, with that disk's export only
+ * (-ENOENT when the disk is not served, -EBUSY when its owner is no
+ * server). */
+int cdisk_server_status(struct cdisk_ctx *ctx, const char *socket_path, char **json);
+int cdisk_status_from_owner(struct cdisk_ctx *ctx, const char *path, char **json);
+/* Such a status as Prometheus text exposition (cdisk-info --metrics). */
+int cdisk_metrics_text(struct cdisk_ctx *ctx, const char *status_json, char **text);
 
 #ifdef __cplusplus
 }

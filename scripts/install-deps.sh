@@ -12,7 +12,7 @@ PACKAGES="
 	libnbd-dev libiscsi-dev libiscsi-bin librbd-dev librados-dev
 	libcurl4-openssl-dev curl libgnutls28-dev gnutls-bin
 	tgt ceph-mon ceph-osd ceph-common radosgw nginx-light qemu-block-extra
-	libext2fs-dev e2fsprogs gdisk rclone gdb
+	libext2fs-dev e2fsprogs gdisk rclone gdb prometheus
 "
 
 missing=""
@@ -32,3 +32,17 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# prometheus is here for promtool (tests/068 checks cdisk-info --metrics
+# with it), not for its server: the package starts one on port 9090 and
+# enables it at boot.  Stop and disable it, so that nothing of it listens
+# while the tests run.
+case " $missing " in
+*" prometheus "*)
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
+		systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+	elif command -v service >/dev/null; then
+		service prometheus stop >/dev/null 2>&1 || true
+		update-rc.d prometheus disable >/dev/null 2>&1 || true
+	fi
+	;;
+esac

@@ -17,11 +17,12 @@
  * not answer its status requests in time (a loaded host). */
 #define OWNER_PATIENCE_MS 60000
 
-static int call_within(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
-		       json_t **out, int timeout_ms)
+/* max: the longest reply taken, its newline included. */
+static int call_max(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		    json_t **out, int timeout_ms, size_t max)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
-	char *text = json_dumps(req, JSON_COMPACT), *line = malloc(CONTROL_MAX_LINE);
+	char *text = json_dumps(req, JSON_COMPACT), *line = malloc(max);
 	int fd = -1, r;
 	json_error_t jerr;
 
@@ -41,7 +42,7 @@ static int call_within(struct cdisk_ctx *ctx, const char *socket_path, json_t *r
 		r = -EIO;
 		goto out;
 	}
-	r = cd_control_read_line_within(fd, line, CONTROL_MAX_LINE, timeout_ms);
+	r = cd_control_read_line_within(fd, line, max, timeout_ms);
 	if (r < 0)
 		goto out;
 	*out = json_loads(line, 0, &jerr);
@@ -54,6 +55,12 @@ out:
 	free(text);
 	free(line);
 	return r;
+}
+
+static int call_within(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
+		       json_t **out, int timeout_ms)
+{
+	return call_max(ctx, socket_path, req, out, timeout_ms, CONTROL_MAX_LINE);
 }
 
 static int call(struct cdisk_ctx *ctx, const char *socket_path, json_t *req,
@@ -502,4 +509,68 @@ int cdisk_mirror_verify_via_owner(struct cdisk_ctx *ctx, const char *path,
 busy:
 	memcpy(cd_errbuf(), busy, sizeof(busy));
 	return -EBUSY;
+}
+
+/* ---- statistics ---- */
+
+/* A status reply as text, or the server's refusal with its exit code
+ * (reply taken). */
+static int status_text(struct cdisk_ctx *ctx, const char *sock, json_t *reply, char **json)
+{
+	int r;
+
+	if (!json_is_true(json_object_get(reply, "ok"))) {
+		const char *e = json_string_value(json_object_get(reply, "error"));
+
+		r = cd_error(ctx, errno_for_exit(json_integer_value(json_object_get(reply,
+										    "exit_code"))),
+			     "the server at '%s' says: %s", sock, e ? e : "(no message)");
+		json_decref(reply);
+		return r;
+	}
+	*json = json_dumps(reply, JSON_COMPACT);
+	json_decref(reply);
+	return *json ? 0 : cd_error(ctx, -ENOMEM, "out of memory");
+}
+
+/* req taken; *reply NULL when the server could not be asked. */
+static int status_call(struct cdisk_ctx *ctx, const char *sock, json_t *req, json_t **reply)
+{
+	int r = call_max(ctx, sock, req, reply, CONTROL_TIMEOUT_MS, CONTROL_MAX_STATUS);
+
+	json_decref(req);
+	if (r < 0)
+		*reply = NULL;
+	return r;
+}
+
+int cdisk_server_status(struct cdisk_ctx *ctx, const char *socket_path, char **json)
+{
+	json_t *reply;
+	int r = status_call(ctx, socket_path, json_pack("{s:s}", "command", "status"), &reply);
+
+	*json = NULL;
+	return r < 0 ? r : status_text(ctx, socket_path, reply, json);
+}
+
+int cdisk_status_from_owner(struct cdisk_ctx *ctx, const char *path, char **json)
+{
+	char sock[4096];
+	unsigned pid = UINT32_MAX;   /* left so when the disk cannot be opened */
+	json_t *reply;
+	int r;
+
+	*json = NULL;
+	r = owner_socket(ctx, path, sock, sizeof(sock), &pid);
+	if (r == -ENOENT && pid == 0)
+		return cd_error(ctx, -ENOENT, "'%s' is not served: no statistics to show", path);
+	if (r < 0)
+		return r;
+	r = status_call(ctx, sock, json_pack("{s:s, s:s}", "command", "status", "disk", path),
+			&reply);
+	/* No server behind the socket: another program holds the disk. */
+	if (r == -ENOENT || r == -ECONNREFUSED)
+		return cd_error(ctx, -EBUSY, "'%s' is in use by pid %u, which is not a server: "
+				"no statistics to show", path, pid);
+	return r < 0 ? r : status_text(ctx, sock, reply, json);
 }

@@ -252,10 +252,12 @@ int cd_control_read_line_within(int fd, char *buf, size_t max, int timeout_ms)
 		n = recv(fd, buf + have, max - 1 - have, 0);
 		if (n <= 0)
 			return have ? (buf[have] = 0, 0) : -ECONNRESET;
-		have += (size_t)n;
-		buf[have] = 0;
-		if (memchr(buf, '\n', have))
+		/* Only the new bytes are looked at: a status of hundreds of
+		 * exports comes in many pieces. */
+		buf[have + (size_t)n] = 0;
+		if (memchr(buf + have, '\n', (size_t)n))
 			return 0;
+		have += (size_t)n;
 	}
 	return -E2BIG;
 }

@@ -21,6 +21,7 @@
 #include "pool.h"
 #include "queue.h"
 #include "server.h"
+#include "stats.h"
 #include "text.h"
 #include "users.h"
 #include "util.h"
@@ -63,31 +64,6 @@ static json_t *ok_reply(void)
 	return json_pack("{s:i, s:b}", "schema_version", SCHEMA_VERSION, "ok", 1);
 }
 
-static json_t *export_status(const struct cd_export *e)
-{
-	struct cdisk_info i;
-
-	cdisk_get_info(e->disk, &i);
-	return json_pack("{s:s, s:s, s:I, s:i, s:b, s:i, s:I, s:I, s:I, s:s}",
-			 "name", e->name, "disk", e->path, "size", (json_int_t)i.size,
-			 "block_size", (int)i.block_size, "read_only", e->readonly,
-			 "connections", (int)__atomic_load_n(&e->connections, __ATOMIC_RELAXED),
-			 "requests", (json_int_t)__atomic_load_n(&e->requests, __ATOMIC_RELAXED),
-			 "blocks_present", (json_int_t)i.blocks_present,
-			 "blocks_dirty", (json_int_t)i.blocks_dirty, "base", i.base);
-}
-
-static json_t *cmd_status(struct cdisk_server *s)
-{
-	json_t *list = json_array(), *r = ok_reply();
-
-	for (size_t i = 0; i < s->nexports; i++)
-		json_array_append_new(list, export_status(&s->exports[i]));
-	json_object_set_new(r, "pid", json_integer(getpid()));
-	json_object_set_new(r, "exports", list);
-	return r;
-}
-
 /* The export serving a disk, by the disk's path as any opener names it. */
 static struct cd_export *export_for_disk(struct cdisk_server *s, const char *path)
 {
@@ -99,6 +75,112 @@ static struct cd_export *export_for_disk(struct cdisk_server *s, const char *pat
 		if (realpath(s->exports[i].path, have) && strcmp(want, have) == 0)
 			return &s->exports[i];
 	return NULL;
+}
+
+/* An export's or a user's statistics, from a snapshot: the counters go on
+ * being bumped meanwhile. */
+static json_t *io_json(const struct cd_io_stats *live)
+{
+	struct cd_io_stats *snap = malloc(sizeof(*snap));
+	json_t *j;
+
+	if (!snap)
+		return NULL;
+	cd_io_stats_snapshot(live, snap);
+	j = cd_io_stats_json(snap);
+	free(snap);
+	return j;
+}
+
+static json_t *export_status(const struct cd_export *e)
+{
+	struct cdisk_info i;
+	json_t *j;
+
+	cdisk_get_info(e->disk, &i);
+	j = json_pack("{s:s, s:s, s:I, s:i, s:b, s:i, s:I, s:I, s:I, s:s, s:b}",
+		      "name", e->name, "disk", e->path, "size", (json_int_t)i.size,
+		      "block_size", (int)i.block_size, "read_only", e->readonly,
+		      "connections", (int)__atomic_load_n(&e->connections, __ATOMIC_RELAXED),
+		      "requests", (json_int_t)__atomic_load_n(&e->requests, __ATOMIC_RELAXED),
+		      "blocks_present", (json_int_t)i.blocks_present,
+		      "blocks_dirty", (json_int_t)i.blocks_dirty, "base", i.base,
+		      "pool", e->pool != NULL);
+	if (j)
+		json_object_set_new(j, "io", io_json(&e->io));
+	return j;
+}
+
+/* The pool's images after the fixed exports, each held while it is
+ * looked at: it may be removed meanwhile. */
+static void pool_status(struct cdisk_server *s, json_t *list)
+{
+	struct cd_export **v;
+	size_t n;
+
+	if (cd_pool_hold_all(s->pool, &v, &n) < 0)
+		return;
+	for (size_t i = 0; i < n; i++) {
+		json_array_append_new(list, export_status(v[i]));
+		cd_pool_put(v[i]);
+	}
+	free(v);
+}
+
+static json_t *limits_json(const struct cd_user_limits *l)
+{
+	return json_pack("{s:I, s:I, s:I, s:I, s:I}", "iops", (json_int_t)l->iops,
+			 "bandwidth", (json_int_t)l->bytes_per_second,
+			 "burst_ms", (json_int_t)l->burst_ms,
+			 "queue_depth", (json_int_t)l->queue_depth,
+			 "connections", (json_int_t)l->connections);
+}
+
+/* Under the queue's lock: copies and renders only. */
+static void user_status(const struct cd_queue_user_view *v, void *opaque)
+{
+	json_t *u = json_pack("{s:s, s:o*, s:I, s:I, s:I}", "name", v->user,
+			      "limits", limits_json(&v->limits),
+			      "connections", (json_int_t)v->connections,
+			      "queued", (json_int_t)v->queued,
+			      "inflight", (json_int_t)v->inflight);
+
+	if (u)
+		json_object_set_new(u, "io", io_json(v->stats));
+	json_array_append_new(opaque, u);
+}
+
+/* disk: only the export serving it, and no users (cdisk-info --metrics
+ * on a disk); NULL: everything. */
+static json_t *cmd_status(struct cdisk_server *s, json_t *req)
+{
+	const char *disk = json_string_value(json_object_get(req, "disk"));
+	json_t *list = json_array(), *users = json_array(), *r;
+
+	if (disk) {
+		struct cd_export *e = export_for_disk(s, disk);
+
+		if (!e)
+			e = cd_pool_get_by_path(s->pool, disk);
+		if (!e) {
+			json_decref(list);
+			json_decref(users);
+			return error_reply(-ENOENT, "'%s' is not served here", disk);
+		}
+		json_array_append_new(list, export_status(e));
+		cd_server_put_export(e);
+	} else {
+		for (size_t i = 0; i < s->nexports; i++)
+			json_array_append_new(list, export_status(&s->exports[i]));
+		pool_status(s, list);
+		if (s->queue)
+			cd_queue_foreach_user(s->queue, user_status, users);
+	}
+	r = ok_reply();
+	json_object_set_new(r, "pid", json_integer(getpid()));
+	json_object_set_new(r, "exports", list);
+	json_object_set_new(r, "users", users);
+	return r;
 }
 
 static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
@@ -135,6 +217,7 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 	cdisk_get_info(e->disk, &info);
 	r = ok_reply();
 	json_object_set_new(r, "export", json_string(e->name));
+	json_object_set_new(r, "io", io_json(&e->io));
 	cd_server_put_export(e);
 	json_object_set_new(r, "info", cd_control_info_to_json(&info));
 	return r;
@@ -635,7 +718,7 @@ static json_t *dispatch(struct cdisk_server *s, const char *line, bool may_chang
 		reply = error_reply(-EPERM, "\"on_complete\" runs a command as the "
 				    "server's user: only for root and that user");
 	else if (!strcmp(command, "status"))
-		reply = cmd_status(s);
+		reply = cmd_status(s, req);
 	else if (!strcmp(command, "flush"))
 		reply = cmd_flush(s, req);
 	else if (!strcmp(command, "info"))

@@ -9,6 +9,9 @@
 #include "ctx.h"
 
 #define CONTROL_MAX_LINE (64u * 1024)
+/* A status reply carries every export's and user's statistics: a few KiB
+ * each, for hundreds of them. */
+#define CONTROL_MAX_STATUS (64u * 1024 * 1024)
 #define CONTROL_TIMEOUT_MS 5000
 #define SCHEMA_VERSION 1
 
@@ -28,6 +31,10 @@ void cd_control_stats_from_json(json_t *j, struct cdisk_sync_stats *st);
 json_t *cd_control_mirror_to_json(const struct cdisk_mirror_status *m);
 void cd_control_mirror_from_json(json_t *o, struct cdisk_mirror_status *m);
 const char *cd_control_mirror_state_name(enum cdisk_mirror_state s);
+
+/* The Prometheus text of a "status" reply (control-metrics.c): 0 and
+ * *out to free, or -ENOMEM. */
+int cd_metrics_text(json_t *status, char **out);
 
 struct cdisk_server;
 struct cd_export;

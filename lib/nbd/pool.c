@@ -810,6 +810,31 @@ int cd_pool_names(struct cd_pool *p, char ***out, size_t *n)
 	return 0;
 }
 
+int cd_pool_hold_all(struct cd_pool *p, struct cd_export ***out, size_t *n)
+{
+	struct cd_export **v;
+	size_t k = 0, i = 0;
+
+	*out = NULL;
+	*n = 0;
+	if (!p)
+		return 0;
+	pthread_mutex_lock(&p->lock);
+	for (struct entry *e = p->list; e; e = e->next)
+		k++;
+	v = calloc(k ? k : 1, sizeof(*v));
+	for (struct entry *e = p->list; v && e; e = e->next) {
+		e->refs++;
+		v[i++] = &e->exp;
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (!v)
+		return -ENOMEM;
+	*out = v;
+	*n = i;
+	return 0;
+}
+
 struct served_ctx {
 	struct cd_pool *p;
 	cd_pool_served_cb cb;

@@ -69,6 +69,10 @@ struct cd_export *cd_pool_get_by_path(struct cd_pool *p, const char *path);
 /* Names of the exports served now, for NBD_OPT_LIST (free each, and v). */
 int cd_pool_names(struct cd_pool *p, char ***v, size_t *n);
 
+/* Every image served now, each held as cd_pool_get's (cd_pool_put each,
+ * then free v), in the list's order: what control status shows. */
+int cd_pool_hold_all(struct cd_pool *p, struct cd_export ***v, size_t *n);
+
 /* The control verbs: user's images as cdisk_pool_list reports them, with
  * each one's connections (-1: not served). */
 typedef int (*cd_pool_served_cb)(void *opaque, const struct cdisk_pool_image *img,

@@ -59,4 +59,22 @@ uint64_t cd_op_stats_quantile(const struct cd_op_stats *o, double q);
 uint64_t cd_stat_bucket_bound(unsigned i);
 unsigned cd_stat_bucket_of(uint64_t ns);
 
+/* ---- Rendering (stats-render.c): what readers of the statistics get ----
+ *
+ * The fine histogram coarsened to CD_STAT_LE_COUNT fixed bounds (10 µs to
+ * 10 s, 1-2.5-5 a decade), the "le" values of a Prometheus histogram. */
+#define CD_STAT_LE_COUNT 19
+/* Bound i in ns (UINT64_MAX past the last: +Inf). */
+uint64_t cd_stat_le_ns(unsigned i);
+/* Cumulative counts at each bound: a fine bucket counts under the first
+ * bound at or above its upper edge (up to 12.5% slow, never fast). */
+void cd_op_stats_coarse(const struct cd_op_stats *o, uint64_t out[CD_STAT_LE_COUNT]);
+/* The total latency estimated from the buckets (no sum is kept). */
+double cd_op_stats_sum_seconds(const struct cd_op_stats *o);
+/* {"ops": {OP: {requests, bytes, errors, latency_us {p50, p99, p999},
+ * latency_sum_us, latency_buckets [cumulative, one a bound]}},
+ * queue_depth, limit_waits, limit_wait_ms, latency_le_us [bounds]},
+ * an op with no requests left out; NULL when out of memory. */
+json_t *cd_io_stats_json(const struct cd_io_stats *snapshot);
+
 #endif
