@@ -448,6 +448,17 @@ static bool take_read(struct cd_queue *q, struct cd_qflow *f)
 	return r->n && (!w->n || f->reads_in_row < READS_IN_A_ROW);
 }
 
+/* A flow whose limits hold back what just came starts counting the wait
+ * now, not when a worker next looks (which may be at the refill). */
+static void held_from(struct cd_queue *q, struct cd_qflow *f, uint64_t now)
+{
+	uint64_t when;
+
+	if (!f->held_since_ns && (f->limits.iops || f->limits.bytes_per_second ||
+				  f->limits.queue_depth) && !eligible(q, f, now, &when))
+		f->held_since_ns = now;
+}
+
 static struct cd_qitem *take_from(struct cd_queue *q, struct cd_qflow *f, size_t i,
 				  uint64_t now)
 {
@@ -475,6 +486,8 @@ static struct cd_qitem *take_from(struct cd_queue *q, struct cd_qflow *f, size_t
 	q->len--;
 	if (!f->queued)
 		deactivate(q, i);
+	else
+		held_from(q, f, now);   /* the next one waits from now */
 	return it;
 }
 
@@ -619,6 +632,7 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 		f->queued++;
 		cd_io_stats_depth(&f->stats, 1);
 		activate(q, f);
+		held_from(q, f, now);
 	}
 	q->len += b->n;
 	q->fg_busy += b->n;

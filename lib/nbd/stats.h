@@ -22,7 +22,7 @@ enum cd_stat_op {
 	CD_STAT_NOPS
 };
 
-/* Latency buckets: 8 per power of two of nanoseconds (bounds within 9%),
+/* Latency buckets: 8 per power of two of nanoseconds (a value shows at most 12.5% above itself),
  * from 1 µs up; the last takes everything slower than ~137 s. */
 #define CD_STAT_SUB 8
 #define CD_STAT_BUCKETS (CD_STAT_SUB * 28)
