@@ -164,3 +164,31 @@ fio_rate() {
 	ctl '{"command":"user-limits","iops":5}'
 	assert_output --partial '"exit_code":2'
 }
+
+@test "a client that never reads its replies holds no one else up; the server stays up" {
+	users ''
+	start_limits
+	mkfifo "$OUT/hold"
+	# alice asks for 200 MiB of reads and reads nothing back.
+	timeout 120 "${AS_ALICE[@]}" nbd-evil "$SOCK_DIR/s.sock" deaf alice/a 200 \
+		<"$OUT/hold" >"$OUT/deaf.out" 2>&1 3>&- &
+	local deaf=$!
+	exec 4>"$OUT/hold"
+	for _ in $(seq 200); do
+		grep -q '^sent' "$OUT/deaf.out" && break
+		sleep 0.05
+	done
+	grep -q '^sent' "$OUT/deaf.out" || fail "the deaf client did not get through: $(cat "$OUT/deaf.out")"
+	sleep 1
+	# bob works as if alice were not there, with verify.
+	run_cdisk 0 "${AS_BOB[@]}" fio --name=w --ioengine=nbd --uri="$(uri bob/b)" \
+		--rw=randwrite --bs=4k --size=16M --io_size=8M --iodepth=16 --verify=crc32c \
+		--verify_fatal=1 --verify_state_save=0 --output="$OUT/fio.out"
+	# And so does alice on a connection of her own.
+	run_cdisk 0 "${AS_ALICE[@]}" qemu-io -f raw -c 'write -P 7 0 64k' -c 'read -P 7 0 64k' \
+		"$(uri alice/a)"
+	kill -0 "$SERVE_PID"
+	exec 4>&-
+	kill "$deaf" 2>/dev/null || true
+	wait "$deaf" || true
+}

@@ -274,6 +274,25 @@ static int churn(const char *path, const char *export, int n)
 	return pass(msg);
 }
 
+/* A client that asks for n reads of 1 MiB and never reads a reply: its
+ * replies fill the socket and the server's sends to it block.  It holds
+ * the connection open until its stdin closes. */
+static int deaf(const char *path, const char *export, int n)
+{
+	char b;
+
+	connect_to(path);
+	if (greet() < 0 || go(export, false) != NBD_REP_ACK)
+		return fail("refused");
+	for (int i = 0; i < n; i++)
+		send_request(NBD_CMD_READ, 0, (uint64_t)i, (uint64_t)(i % 8) << 20, 1u << 20);
+	printf("sent\n");
+	fflush(stdout);
+	while (read(0, &b, 1) > 0)
+		;
+	return pass("held its connection without reading a reply");
+}
+
 static int flush_steps(const char *path, const char *export, int first)
 {
 	static uint8_t data[65536];
@@ -321,6 +340,8 @@ int main(int argc, char **argv)
 	c = argv[2];
 	if (!strcmp(c, "many") && argc > 4)
 		return crowd(argv[1], export, atoi(argv[4]));
+	if (!strcmp(c, "deaf") && argc > 4)
+		return deaf(argv[1], export, atoi(argv[4]));
 	if (!strcmp(c, "churn") && argc > 4)
 		return churn(argv[1], export, atoi(argv[4]));
 	if (!strcmp(c, "flush-steps") && argc > 4)
