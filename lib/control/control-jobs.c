@@ -129,8 +129,20 @@ void cd_control_stop_syncs(struct cdisk_server *s)
 
 		if (!e->sync.started || !e->disk)
 			continue;
-		cdisk_sync_stop(e->disk);
-		pthread_join(e->sync.thread, NULL);
+		/* Asked again until it ends: a job whose thread had not begun
+		 * yet clears the request as it begins. */
+		for (;;) {
+			struct timespec ts;
+			cdisk_sync_stop(e->disk);
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 100000000;
+			if (ts.tv_nsec >= 1000000000) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000;
+			}
+			if (pthread_timedjoin_np(e->sync.thread, NULL, &ts) != ETIMEDOUT)
+				break;
+		}
 		e->sync.started = false;
 	}
 }

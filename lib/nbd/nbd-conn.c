@@ -698,10 +698,11 @@ static int gate_begin(void *arg, uint64_t bytes, uint64_t *t0,
 		      bool (*cancelled)(void *carg), void *carg)
 {
 	struct cd_export *e = arg;
-	struct cd_queue *q = cd_server_queue(e->srv);
+	/* The queue, if clients ever came: the engines do not start it. */
+	struct cd_queue *q = __atomic_load_n(&e->srv->queue, __ATOMIC_ACQUIRE);
 	int r = 0;
 
-	*t0 = 0;   /* not through the queue: it could not start */
+	*t0 = 0;   /* not through the queue */
 	if (q)
 		r = cd_queue_background_begin(q, bytes, t0, cancelled, carg);
 	if (r == 0)

@@ -356,6 +356,70 @@ static void test_iops_limit(void **state)
 	teardown(&f);
 }
 
+static void reset(void)
+{
+	pthread_mutex_lock(&lock);
+	order[0] = 0;
+	ran = 0;
+	pthread_mutex_unlock(&lock);
+}
+
+static void test_reconnect_no_fresh_burst(void **state)
+{
+	struct cd_user_limits l = { .iops = 10 };
+	struct fixture f = setup(2, &l);
+	struct cd_qflow *again = NULL;
+	struct cd_qbatch b = { 0 };
+	char why[128];
+	uint64_t t0;
+
+	(void)state;
+	reset();
+	for (int i = 0; i < 10; i++)
+		cd_qbatch_add(&b, make(f.a, CD_REQ_READ, "a", 4096));
+	cd_queue_push(f.q, &b);
+	wait_ran(10);   /* the burst of 1 s, spent */
+	/* Leave and come back with the same limits: no new burst. */
+	cd_queue_conn_out(f.q, f.a);
+	assert_int_equal(cd_queue_conn_in(f.q, "user:a", &l, &again, why, sizeof(why)), 0);
+	t0 = cd_now_ms();
+	for (int i = 0; i < 4; i++)
+		cd_qbatch_add(&b, make(again, CD_REQ_READ, "a", 4096));
+	cd_queue_push(f.q, &b);
+	wait_ran(14);
+	assert_true(cd_now_ms() - t0 >= 300);
+	teardown(&f);
+}
+
+static void test_far_deadline_holds_no_one_else(void **state)
+{
+	struct cd_user_limits slow = { .bytes_per_second = 65536, .burst_ms = 100 };
+	struct cd_user_limits quick = { .iops = 200, .burst_ms = 10 };
+	struct fixture f = setup(2, &slow);
+	struct cd_qbatch b = { 0 };
+	uint64_t t0;
+
+	(void)state;
+	reset();
+	assert_int_equal(cd_queue_set_limits(f.q, "user:b", &quick), 0);
+	/* a goes 4 MiB into debt: its next request may go in a minute. */
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a", 4 << 20));
+	wait_ran(1);
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a", 4096));
+	usleep(20000);
+	/* b's 40 at 200/s need 0.2 s, whoever sleeps until a's time. */
+	t0 = cd_now_ms();
+	for (int i = 0; i < 40; i++)
+		cd_qbatch_add(&b, make(f.b, CD_REQ_READ, "b", 4096));
+	cd_queue_push(f.q, &b);
+	wait_ran(41);
+	assert_true(cd_now_ms() - t0 < 5000);
+	/* a's second is still held: the server stops without waiting. */
+	cd_queue_drain(f.q);
+	wait_ran(42);
+	teardown(&f);
+}
+
 static void test_connections_limit(void **state)
 {
 	struct cd_user_limits l = { .connections = 2 };
@@ -387,6 +451,8 @@ int main(void)
 		cmocka_unit_test(test_background_cancelled),
 		cmocka_unit_test(test_queue_depth),
 		cmocka_unit_test(test_iops_limit),
+		cmocka_unit_test(test_reconnect_no_fresh_burst),
+		cmocka_unit_test(test_far_deadline_holds_no_one_else),
 		cmocka_unit_test(test_connections_limit),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

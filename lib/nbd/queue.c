@@ -98,9 +98,10 @@ struct cd_queue {
 	unsigned workers, base, max;
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
-	bool timer;                  /* a worker sleeps until a limit frees work */
+	uint64_t timer_at;           /* earliest deadline a worker sleeps to; NEVER: none */
 	uint64_t moved_ms;           /* last time a request was taken or done */
 	bool fifo;                   /* [serve] scheduler = fifo: arrival order only */
+	bool draining;               /* the server stops: limits no longer hold */
 	bool stop;
 };
 
@@ -168,6 +169,7 @@ int cd_queue_new(struct cdisk_ctx *ctx, unsigned workers, unsigned max,
 	pthread_cond_init(&q->granted, &ca);
 	pthread_condattr_destroy(&ca);
 	q->moved_ms = cd_now_ms();
+	q->timer_at = NEVER;
 	pthread_mutex_lock(&q->lock);
 	while (q->workers < q->base && start_worker(q) == 0)
 		;
@@ -216,15 +218,23 @@ static struct cd_qitem *list_take(struct qlist *l)
 
 /* ---- flows ---- */
 
-/* Under q->lock.  Full buckets: a user starts with its burst. */
-static void set_limits(struct cd_qflow *f, const struct cd_user_limits *l)
+/* Under q->lock.  A new flow starts with full buckets; new limits keep
+ * what the buckets hold (at most the new burst), so that reconnecting or
+ * a reload earns no fresh burst. */
+static void set_limits(struct cd_qflow *f, const struct cd_user_limits *l, bool fresh)
 {
-	uint32_t burst;
+	struct cd_user_limits want = l ? *l : (struct cd_user_limits){ 0 };
+	uint32_t burst = want.burst_ms ? want.burst_ms : DEFAULT_BURST_MS;
+	double iops_cap = (double)want.iops * burst / 1000;
+	double byte_cap = (double)want.bytes_per_second * burst / 1000;
 
-	f->limits = l ? *l : (struct cd_user_limits){ 0 };
-	burst = f->limits.burst_ms ? f->limits.burst_ms : DEFAULT_BURST_MS;
-	f->iops_tokens = (double)f->limits.iops * burst / 1000;
-	f->byte_tokens = (double)f->limits.bytes_per_second * burst / 1000;
+	if (!fresh && memcmp(&want, &f->limits, sizeof(want)) == 0)
+		return;
+	if (fresh || !f->limits.iops || f->iops_tokens > iops_cap)
+		f->iops_tokens = iops_cap;
+	if (fresh || !f->limits.bytes_per_second || f->byte_tokens > byte_cap)
+		f->byte_tokens = byte_cap;
+	f->limits = want;
 	f->tokens_ns = cd_now_ns();
 }
 
@@ -249,7 +259,7 @@ static struct cd_qflow *make_flow(struct cd_queue *q, const char *user)
 		free(f);
 		return NULL;
 	}
-	set_limits(f, NULL);
+	set_limits(f, NULL, true);
 	f->next_all = q->flows;
 	q->flows = f;
 	return f;
@@ -269,7 +279,7 @@ int cd_queue_conn_in(struct cd_queue *q, const char *user,
 		snprintf(why, len, "out of memory");
 	} else {
 		if (!f->overridden && !f->connections)
-			set_limits(f, file_limits);
+			set_limits(f, file_limits, false);
 		if (f->limits.connections && f->connections >= f->limits.connections) {
 			r = -EUSERS;
 			snprintf(why, len, "%s has %u connections, as many as its limit allows",
@@ -304,7 +314,7 @@ int cd_queue_set_limits(struct cd_queue *q, const char *user, const struct cd_us
 	pthread_mutex_lock(&q->lock);
 	f = make_flow(q, user);
 	if (f) {
-		set_limits(f, l);
+		set_limits(f, l, false);
 		f->overridden = true;
 	}
 	pthread_mutex_unlock(&q->lock);
@@ -333,7 +343,7 @@ void cd_queue_reload_limits(struct cd_queue *q, const struct cd_users *users)
 		const struct cd_user *u = NULL;
 		if (strncmp(f->user, "user:", 5) == 0 && users)
 			u = cd_users_find(users, f->user + 5);
-		set_limits(f, u ? &u->limits : NULL);
+		set_limits(f, u ? &u->limits : NULL, false);
 		f->overridden = false;
 	}
 	pthread_mutex_unlock(&q->lock);
@@ -394,11 +404,14 @@ static void deactivate(struct cd_queue *q, size_t i)
 	q->active[i] = q->active[--q->nactive];
 }
 
-static void refill(double *tokens, uint64_t rate, uint32_t burst_ms, uint64_t dt_ns)
+/* Tokens earned from then to now (nothing if now is not later). */
+static void refill(double *tokens, uint64_t rate, uint32_t burst_ms, uint64_t then,
+		   uint64_t now)
 {
 	double cap = (double)rate * (burst_ms ? burst_ms : DEFAULT_BURST_MS) / 1000;
 
-	*tokens += (double)rate * (double)dt_ns / 1e9;
+	if (now > then)
+		*tokens += (double)rate * (double)(now - then) / 1e9;
 	if (*tokens > cap)
 		*tokens = cap;
 }
@@ -416,16 +429,17 @@ static bool eligible(struct cd_queue *q, struct cd_qflow *f, uint64_t now, uint6
 {
 	const struct cd_user_limits *l = &f->limits;
 
-	if (q->stop)
+	if (q->draining)
 		return true;
 	if (l->queue_depth && f->inflight >= l->queue_depth) {
 		*when = NEVER;
 		return false;
 	}
 	if (l->iops || l->bytes_per_second) {
-		refill(&f->iops_tokens, l->iops, l->burst_ms, now - f->tokens_ns);
-		refill(&f->byte_tokens, l->bytes_per_second, l->burst_ms, now - f->tokens_ns);
-		f->tokens_ns = now;
+		refill(&f->iops_tokens, l->iops, l->burst_ms, f->tokens_ns, now);
+		refill(&f->byte_tokens, l->bytes_per_second, l->burst_ms, f->tokens_ns, now);
+		if (now > f->tokens_ns)
+			f->tokens_ns = now;
 	}
 	*when = 0;
 	if (l->iops && f->iops_tokens <= 0)
@@ -474,7 +488,10 @@ static struct cd_qitem *take_from(struct cd_queue *q, struct cd_qflow *f, size_t
 	}
 	f->iops_tokens -= f->limits.iops ? 1 : 0;
 	f->byte_tokens -= f->limits.bytes_per_second ? (double)it->bytes : 0;
-	q->vnow = f->served;
+	/* The fairness clock only goes forward: a flow a limit kept low must
+	 * not bring newcomers' start down to it. */
+	if (f->served > q->vnow)
+		q->vnow = f->served;
 	f->served += REQUEST_COST + it->bytes;
 	if (f->held_since_ns) {
 		cd_io_stats_limit_wait(&f->stats, now - f->held_since_ns);
@@ -515,8 +532,9 @@ static bool bg_guaranteed(struct cd_queue *q, uint64_t now, uint64_t *wake)
 {
 	uint64_t t;
 
-	refill(&q->bg_tokens, q->bg_rate, 100, now - q->bg_tokens_ns);
-	q->bg_tokens_ns = now;
+	refill(&q->bg_tokens, q->bg_rate, 100, q->bg_tokens_ns, now);
+	if (now > q->bg_tokens_ns)
+		q->bg_tokens_ns = now;
 	if (!q->bg_rate || q->bg_tokens > 0)
 		return q->bg_rate != 0;
 	t = refilled_at(q->bg_tokens, q->bg_rate, now);
@@ -622,8 +640,9 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 
 	if (!b->n)
 		return;
-	now = cd_now_ns();
 	pthread_mutex_lock(&q->lock);
+	/* Under the lock: a bucket's clock never runs backwards. */
+	now = cd_now_ns();
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
 		struct cd_qflow *f = it->flow;
 		next = it->next;
@@ -724,14 +743,17 @@ void cd_queue_background_end(struct cd_queue *q, uint64_t bytes, int err, uint64
 	pthread_mutex_lock(&q->lock);
 	q->bg.inflight--;
 	q->moved_ms = cd_now_ms();
+	bool waiting = q->bg.queued != 0;
 	pthread_mutex_unlock(&q->lock);
 	/* A background slot is free: a worker may give it. */
-	if (q->bg.queued)
+	if (waiting)
 		pthread_cond_signal(&q->work);
 }
 
-/* Under q->lock: sleep until there may be work.  False when this worker
- * should leave. */
+/* Under q->lock: sleep until there may be work.  A worker whose deadline
+ * (a limit's refill, the guests' quiet time) is earlier than any other
+ * worker sleeps to keeps time; the others wait for a signal.  False when
+ * this worker should leave. */
 static bool wait_for_work(struct cd_queue *q, uint64_t wake)
 {
 	struct timespec ts;
@@ -741,13 +763,15 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake)
 	if (q->stop && !q->len)
 		return false;
 	q->idle++;
-	if (wake != NEVER && !q->timer) {
-		/* This one keeps the time for everyone held back. */
-		q->timer = timer = true;
+	if (wake != NEVER && wake < q->timer_at) {
+		q->timer_at = wake;
+		timer = true;
 		ts.tv_sec = (time_t)(wake / 1000000000ull);
 		ts.tv_nsec = (long)(wake % 1000000000ull);
 		r = pthread_cond_timedwait(&q->work, &q->lock, &ts);
-		q->timer = false;
+		/* Whoever keeps an earlier time set it; ours is done. */
+		if (q->timer_at == wake)
+			q->timer_at = NEVER;
 	} else if (q->workers > q->base) {
 		clock_gettime(CLOCK_MONOTONIC, &ts);
 		ts.tv_sec += EXTRA_IDLE_S;
@@ -804,11 +828,22 @@ static void *worker(void *arg)
 	return NULL;
 }
 
+void cd_queue_drain(struct cd_queue *q)
+{
+	if (!q)
+		return;
+	pthread_mutex_lock(&q->lock);
+	q->draining = true;
+	pthread_mutex_unlock(&q->lock);
+	pthread_cond_broadcast(&q->work);
+}
+
 void cd_queue_free(struct cd_queue *q)
 {
 	if (!q)
 		return;
 	pthread_mutex_lock(&q->lock);
+	q->draining = true;
 	q->stop = true;
 	pthread_cond_broadcast(&q->work);
 	while (q->workers)

@@ -68,6 +68,8 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
  * more worker (up to max).  Called at every push and by the accept loop. */
 void cd_queue_tick(struct cd_queue *q);
 unsigned cd_queue_workers(struct cd_queue *q);
+/* The server stops: what is queued goes without waiting for limits. */
+void cd_queue_drain(struct cd_queue *q);
 /* Lets the workers finish what was pushed, then frees the queue. */
 void cd_queue_free(struct cd_queue *q);
 

@@ -449,6 +449,7 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	s->files_stopping = true;
 	pthread_mutex_unlock(&s->lock);
 	cd_conn_stop_reading(s);
+	cd_queue_drain(s->queue);
 	cd_conn_reap(s, true);
 	cd_files_stop(s);
 	cd_control_stop_policy(s);
@@ -490,6 +491,7 @@ void cdisk_server_free(struct cdisk_server *s)
 	pthread_mutex_lock(&s->lock);
 	s->files_stopping = true;
 	pthread_mutex_unlock(&s->lock);
+	cd_queue_drain(s->queue);
 	cd_conn_reap(s, true);
 	for (size_t i = 0; i < s->nlisten; i++) {
 		close(s->listen[i].fd);
