@@ -619,24 +619,32 @@ static void grow_if_stuck(struct cd_queue *q)
 	}
 }
 
-/* Under q->lock: wake idle workers for n new requests. */
-static void wake_for(struct cd_queue *q, unsigned n)
+/* Under q->lock: how many idle workers to wake for n new requests, now
+ * counted as woken.  The caller signals them after unlocking: a worker
+ * woken while the lock is held would only wake to wait for it. */
+static unsigned to_wake(struct cd_queue *q, unsigned n)
 {
 	unsigned wake;
 
 	if (q->idle <= q->woken)
-		return;
+		return 0;
 	wake = (n + 1) / 2;
 	if (wake > q->idle - q->woken)
 		wake = q->idle - q->woken;
 	q->woken += wake;
-	while (wake--)
+	return wake;
+}
+
+static void signal_workers(struct cd_queue *q, unsigned n)
+{
+	while (n--)
 		pthread_cond_signal(&q->work);
 }
 
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 {
 	uint64_t now;
+	unsigned n;
 
 	if (!b->n)
 		return;
@@ -656,9 +664,10 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	q->len += b->n;
 	q->fg_busy += b->n;
 	q->fg_last_ns = now;
-	wake_for(q, b->n);
+	n = to_wake(q, b->n);
 	grow_if_stuck(q);
 	pthread_mutex_unlock(&q->lock);
+	signal_workers(q, n);
 	*b = (struct cd_qbatch){ 0 };
 }
 
@@ -718,7 +727,7 @@ int cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0,
 	q->bg.queued++;
 	q->len++;
 	cd_io_stats_depth(&q->bg.stats, 1);
-	wake_for(q, 1);
+	signal_workers(q, to_wake(q, 1));
 	grow_if_stuck(q);
 	while (!t.granted) {
 		/* A stopped copy (--max-time, sync-stop) must not wait for
@@ -810,14 +819,15 @@ static void *worker(void *arg)
 		}
 		q->moved_ms = cd_now_ms();
 		/* More may be waiting and nobody is coming (or keeping time). */
-		if (q->len && q->idle > q->woken) {
-			q->woken++;
-			pthread_cond_signal(&q->work);
-		}
-		if (it->cls == CD_REQ_BACKGROUND)
+		unsigned more = q->len && q->idle > q->woken;
+		q->woken += more;
+		if (it->cls == CD_REQ_BACKGROUND) {
+			signal_workers(q, more);
 			continue;   /* granted: its caller carries it out */
+		}
 		struct cd_qflow *f = it->flow;
 		pthread_mutex_unlock(&q->lock);
+		signal_workers(q, more);
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
 		finished(q, f);
