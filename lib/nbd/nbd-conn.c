@@ -437,6 +437,32 @@ static void account(struct conn *c, struct cd_qbatch *b)
 	pthread_mutex_unlock(&c->lock);
 }
 
+/* A disk whose requests never wait on the network (no base, no mirror):
+ * its reader may carry one out itself.  A base or a mirror that hangs
+ * must hold up a worker, never the reader of a connection whose other
+ * requests the overlay could answer. */
+static bool local_disk(const struct cd_export *e)
+{
+	const struct cdisk *d = e->disk;
+
+	return !d->sb.base[0] && !d->sb.mirror[0] && !__atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE);
+}
+
+static struct cd_qitem *take_last(struct cd_qbatch *b)
+{
+	struct cd_qitem *last = b->tail, *prev = NULL;
+
+	for (struct cd_qitem *it = b->head; it != last; it = it->next)
+		prev = it;
+	if (prev)
+		prev->next = NULL;
+	else
+		b->head = NULL;
+	b->tail = prev;
+	b->n--;
+	return last;
+}
+
 /* The reader: every whole request the buffer holds goes to the queue in
  * one push (one lock, few wake-ups); then it waits for more bytes.  A
  * client that sends faster than the disk takes, or reads no replies, is
@@ -464,7 +490,12 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
+		struct cd_qitem *last = b.n && local_disk(c->nbd.exp) ? take_last(&b) : NULL;
 		cd_queue_push(queue, &b);
+		if (last && !cd_queue_run_inline(queue, last)) {
+			cd_qbatch_add(&b, last);
+			cd_queue_push(queue, &b);
+		}
 	}
 	pthread_mutex_lock(&c->lock);
 	c->closing = true;

@@ -124,6 +124,7 @@ void cd_queue_default_size(unsigned *workers, unsigned *max)
 }
 
 static void *worker(void *arg);
+static void finished(struct cd_queue *q, struct cd_qflow *f);
 
 /* Under q->lock. */
 static int start_worker(struct cd_queue *q)
@@ -669,6 +670,38 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	pthread_mutex_unlock(&q->lock);
 	signal_workers(q, n);
 	*b = (struct cd_qbatch){ 0 };
+}
+
+bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it)
+{
+	struct cd_qflow *f = it->flow;
+	const struct cd_user_limits *l = &f->limits;
+	uint64_t now;
+
+	pthread_mutex_lock(&q->lock);
+	/* Only when a worker would take it at once anyway: nothing waits,
+	 * and no limit of its user could hold it. */
+	if (q->len || q->fifo || q->draining || l->iops || l->bytes_per_second ||
+	    l->queue_depth) {
+		pthread_mutex_unlock(&q->lock);
+		return false;
+	}
+	now = cd_now_ns();
+	it->queued_ns = now;
+	if (f->served < q->vnow)
+		f->served = q->vnow;
+	f->served += REQUEST_COST + it->bytes;
+	f->inflight++;
+	cd_io_stats_depth(&f->stats, 1);
+	q->fg_busy++;
+	q->fg_inhand++;
+	q->fg_last_ns = now;
+	pthread_mutex_unlock(&q->lock);
+	it->run(it);
+	pthread_mutex_lock(&q->lock);
+	finished(q, f);
+	pthread_mutex_unlock(&q->lock);
+	return true;
 }
 
 void cd_queue_tick(struct cd_queue *q)

@@ -64,6 +64,12 @@ void cd_qbatch_add(struct cd_qbatch *b, struct cd_qitem *item);
 /* Hands the batch to the scheduler and empties it.  Every item has its
  * flow. */
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
+/* Carry it out on the caller's thread, when a worker would take it at once
+ * anyway (nothing waits, its user has no limit): a hand-over from the
+ * reader to a worker is a context switch, which at queue depth 1 is most
+ * of a small request's cost.  False, and nothing done, otherwise.  Only
+ * for requests that cannot wait on the network (nbd-conn.c). */
+bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it);
 /* When no request has finished for a while and work waits, start one
  * more worker (up to max).  Called at every push and by the accept loop. */
 void cd_queue_tick(struct cd_queue *q);
