@@ -21,35 +21,17 @@ teardown() {
 	rm -rf "$SOCK_DIR"
 }
 
-# users FILE: alice (uid 65534) with the given quotas, bob (uid 1) without.
-users() {
-	cat >users.conf <<-CONF
-	[user alice]
-	exports = alice/*
-	uid = 65534
-	$1
-	[user bob]
-	exports = bob/*
-	uid = 1
-	CONF
-}
-
-start_quota_pool() {
-	POOL_SOCK=$SOCK_DIR/s.sock start_pool --users users.conf --group users \
-		--socket "$SOCK_DIR/s.sock"
-}
-
 nbd() { echo "nbd+unix:///$1?socket=$SERVE_SOCK"; }
 # Users are told apart by their uid on the unix socket.
 ALICE=(setpriv --reuid=65534 --regid=100 --clear-groups)
 BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
 
 @test "quota_used: a write past it fails with ENOSPC over all the user's images; overwrites, other users, a raised quota go on" {
-	users "quota_used = 6M"
+	pool_users "quota_used = 6M"
 	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
 	run_cdisk 0 cdisk-create --size 16M pool/alice/b.cdisk
 	run_cdisk 0 cdisk-create --size 16M pool/bob/c.cdisk
-	start_quota_pool
+	start_users_pool
 	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x11 0 4M' "$(nbd alice/a)"
 	run_cdisk 0 "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x12 0 2M' "$(nbd alice/b)"
 	# 6 MiB held across two images: 1 more byte of new space is refused.
@@ -67,7 +49,7 @@ BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
 	run_cdisk 0 "${BOB[@]}" qemu-io -f raw -c 'write -P 0x21 0 12M' "$(nbd bob/c)"
 	refute_output --partial "No space left"
 	# A larger quota takes effect at SIGHUP, for images served already.
-	users "quota_used = 8M"
+	pool_users "quota_used = 8M"
 	kill -HUP "$SERVE_PID"
 	for _ in $(seq 50); do
 		run_cdisk '?' "${ALICE[@]}" qemu-io -f raw -c 'write -P 0x13 8M 64k' "$(nbd alice/b)"
@@ -80,9 +62,9 @@ BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
 }
 
 @test "quota_size: pool-create past the total of a user's image sizes is refused, nothing made" {
-	users "quota_size = 40M"
+	pool_users "quota_size = 40M"
 	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
-	start_quota_pool
+	start_users_pool
 	ctl '{"command":"pool-create","user":"alice","image":"b","size":16777216}'
 	assert_equal "$(json_get .ok)" true
 	ctl '{"command":"pool-create","user":"alice","image":"c","size":16777216}'

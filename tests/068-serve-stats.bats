@@ -137,8 +137,8 @@ assert_histogram() {
 	assert_equal "$(json_get "$e.read.bytes")" $((3 * 4096))
 }
 
-# Two users told apart by their uid on the unix socket, each with an
-# export of their own; u1 has limits.
+# start_two_users [CDISK-SERVE-ARGS...]: two users told apart by their uid
+# on the unix socket, each with an export of their own; u1 has limits.
 start_two_users() {
 	run_cdisk cdisk-create --size 16M a.cdisk
 	run_cdisk cdisk-create --size 16M b.cdisk
@@ -155,7 +155,7 @@ start_two_users() {
 	SOCK_DIR=$(mktemp -d /tmp/cdisk-stats.XXXXXX)
 	chmod 755 "$SOCK_DIR"
 	export SERVE_EXPORT=a
-	start_serve_as_users --export a=a.cdisk --export b=b.cdisk --users users.conf \
+	start_serve_as_users --export a=a.cdisk --export b=b.cdisk "$@" --users users.conf \
 		--group users --socket "$SOCK_DIR/s.sock"
 }
 
@@ -281,7 +281,7 @@ assert_promtool_accepts() {
 
 @test "cdisk-info --metrics: Prometheus text that promtool accepts, of a served disk and of a whole server" {
 	run_cdisk cdisk-create --size 4M q.cdisk
-	start_two_users_and_odd_export
+	start_two_users --export 'q"x\y=q.cdisk'
 	qemu_writes 4 65536 "nbd+unix:///a?socket=$SERVE_SOCK" "${U1[@]}"
 	qemu_writes 2 4096 "nbd+unix:///b?socket=$SERVE_SOCK" "${U2[@]}"
 	# One served disk: its export only.
@@ -316,24 +316,6 @@ assert_promtool_accepts() {
 	assert_equal "$(json_get '.exports[] | select(.name == "a") | .io.ops.write.requests')" 4
 }
 
-# start_two_users with a third export whose name needs escaping.
-start_two_users_and_odd_export() {
-	run_cdisk cdisk-create --size 16M a.cdisk
-	run_cdisk cdisk-create --size 16M b.cdisk
-	cat >users.conf <<-CONF
-	[user u1]
-	exports = a
-	uid = 65534
-	iops = 100000
-	[user u2]
-	exports = b
-	uid = 1
-	CONF
-	SOCK_DIR=$(mktemp -d /tmp/cdisk-stats.XXXXXX)
-	chmod 755 "$SOCK_DIR"
-	start_serve_as_users --export a=a.cdisk --export b=b.cdisk --export 'q"x\y=q.cdisk' \
-		--users users.conf --group users --socket "$SOCK_DIR/s.sock"
-}
 
 @test "a pool's images are in status after the fixed exports, with their statistics" {
 	mkdir -p pool/alice

@@ -29,25 +29,6 @@ teardown() {
 	rm -rf "$SOCK_DIR"
 }
 
-# users LINES: alice (uid 65534) with LINES as her limits, bob (uid 1)
-# with none.
-users() {
-	cat >users.conf <<-CONF
-	[user alice]
-	exports = alice/*
-	uid = 65534
-	$1
-	[user bob]
-	exports = bob/*
-	uid = 1
-	CONF
-}
-
-start_limits() {
-	POOL_SOCK=$SOCK_DIR/s.sock start_pool --users users.conf --group users \
-		--socket "$SOCK_DIR/s.sock"
-}
-
 uri() { echo "nbd+unix:///$1?socket=$SOCK_DIR/s.sock"; }
 
 # fio_rate WHO EXPORT SECONDS BS: random writes at queue depth
@@ -67,8 +48,8 @@ fio_rate() {
 }
 
 @test "limits: an IOPS limit holds within 10%, waits never fail, and bob is not slowed" {
-	users $'iops = 400\nburst = 100ms'
-	start_limits
+	pool_users $'iops = 400\nburst = 100ms'
+	start_users_pool
 	fio_rate AS_ALICE alice/a 5 4k
 	assert_num "$IOPS" -ge 360
 	assert_num "$IOPS" -le 440
@@ -78,16 +59,16 @@ fio_rate() {
 }
 
 @test "limits: a bandwidth limit holds within 10%" {
-	users $'bandwidth = 4M\nburst = 100ms'
-	start_limits
+	pool_users $'bandwidth = 4M\nburst = 100ms'
+	start_users_pool
 	fio_rate AS_ALICE alice/a 5 64k
 	assert_num "$BW" -ge $((4 * 1048576 * 9 / 10))
 	assert_num "$BW" -le $((4 * 1048576 * 11 / 10))
 }
 
 @test "limits: 1000 connections at once get the limit of 4, the rest an error; the server stays up" {
-	users 'connections = 4'
-	start_limits
+	pool_users 'connections = 4'
+	start_users_pool
 	cat >"$OUT/many.py" <<-'PY'
 	import socket, struct, sys
 	def recv(s, n):
@@ -135,8 +116,8 @@ fio_rate() {
 }
 
 @test "limits: set at run time over the control socket, until SIGHUP reads the file again" {
-	users ''
-	start_limits
+	pool_users ''
+	start_users_pool
 	ctl '{"command":"user-limits","user":"alice","iops":300,"burst_ms":100}'
 	assert_output --partial '"iops":300'
 	assert_output --partial '"ok":true'
@@ -166,8 +147,8 @@ fio_rate() {
 }
 
 @test "a client that never reads its replies holds no one else up; the server stays up" {
-	users ''
-	start_limits
+	pool_users ''
+	start_users_pool
 	mkfifo "$OUT/hold"
 	# alice asks for 200 MiB of reads and reads nothing back.
 	timeout 120 "${AS_ALICE[@]}" nbd-evil "$SOCK_DIR/s.sock" deaf alice/a 200 \

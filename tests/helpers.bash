@@ -235,6 +235,27 @@ start_pool() {
 	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
 }
 
+# pool_users LINES: users.conf for a pool: alice (uid 65534) with LINES
+# (her quotas or limits), bob (uid 1) with none.
+pool_users() {
+	cat >users.conf <<-CONF
+	[user alice]
+	exports = alice/*
+	uid = 65534
+	$1
+	[user bob]
+	exports = bob/*
+	uid = 1
+	CONF
+}
+
+# start_users_pool: the pool served to users.conf's users, on a socket in
+# SOCK_DIR (a folder their uids can enter).
+start_users_pool() {
+	POOL_SOCK=$SOCK_DIR/s.sock start_pool --users users.conf --group users \
+		--socket "$SOCK_DIR/s.sock"
+}
+
 ctl() { # JSON-REQUEST: run_cdisk's, the reply in $output
 	run_cdisk 0 socat -t 30 - "UNIX-CONNECT:$CTL" <<<"$1"
 }
