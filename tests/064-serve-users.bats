@@ -42,20 +42,9 @@ teardown() {
 # start_users ARGS...: cdisk-serve on TCP and a unix socket; ready once it
 # says where it serves (its own probe would need a user of its own).
 start_users() {
-	export SERVE_RUN=$BATS_TEST_TMPDIR/run
-	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
-		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
-	SERVE_SOCK=$SERVE_RUN/alice.sock
-	cdisk-serve -v "${EXPORTS[@]}" --tcp "127.0.0.1:$PORT" "$@" \
-		2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
-	SERVE_PID=$!
-	for _ in $(seq 200); do
-		grep -q "serving on 127.0.0.1:$PORT" "$BATS_TEST_TMPDIR/serve.log" && return 0
-		kill -0 "$SERVE_PID" 2>/dev/null ||
-			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-		sleep 0.05
-	done
-	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	SERVE_SOCK=$BATS_TEST_TMPDIR/run/alice.sock
+	SERVE_READY="serving on 127.0.0.1:$PORT" serve_logged "${EXPORTS[@]}" \
+		--tcp "127.0.0.1:$PORT" "$@"
 }
 
 uri() {  # uri USER EXPORT [KEYFILE]: nbds:// with USER's pre-shared key

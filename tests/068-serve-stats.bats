@@ -162,20 +162,8 @@ start_two_users() {
 # cdisk-serve ARGS, ready once it says where it serves (its own probe
 # would need a user of its own).
 start_serve_as_users() {
-	export SERVE_RUN=$BATS_TEST_TMPDIR/run
-	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
-		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
-	cdisk-serve -v "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
-	SERVE_PID=$!
-	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	SERVE_SOCK=$SOCK_DIR/s.sock
-	for _ in $(seq 200); do
-		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
-		kill -0 "$SERVE_PID" 2>/dev/null ||
-			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
-		sleep 0.05
-	done
-	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	serve_logged "$@"
 }
 
 U1=(setpriv --reuid=65534 --regid=100 --clear-groups)

@@ -173,3 +173,16 @@ fio_rate() {
 	kill "$deaf" 2>/dev/null || true
 	wait "$deaf" || true
 }
+
+@test "[serve] scheduler and background_min_rate: bad values stop the start with their line (exit 2)" {
+	run_cdisk cdisk-create --size 16M d.cdisk
+	printf '[serve]\nscheduler = round-robin\n' >bad.conf
+	CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
+	assert_error cdisk-serve "line 2: scheduler must be fair or fifo"
+	printf '[serve]\nbackground_min_rate = 1K\n' >bad.conf
+	CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
+	assert_error cdisk-serve "line 2: background_min_rate must be bytes per second \(K, M, G suffixes\), at least 64K"
+	printf '[serve]\nbackground_min_rate = fast\n' >bad.conf
+	CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
+	assert_error cdisk-serve "line 2: background_min_rate must be bytes per second"
+}

@@ -217,22 +217,29 @@ fio_check() {
 
 # start_pool ARGS...: cdisk-serve --pool pool, ready once it says where it
 # serves; the control socket is $CTL.
-start_pool() {
+# serve_logged ARGS...: cdisk-serve -v ARGS in the background, its log in
+# serve.log, SERVE_PID and CTL (its control socket) set; returns once the
+# log says SERVE_READY ("serving on" unless set), fails if it never does.
+serve_logged() {
 	export SERVE_RUN=$BATS_TEST_TMPDIR/run
 	grep -q '^\[serve\]' "$CDISK_CONFIG" ||
 		printf '[serve]\nruntime_dir = %s\n' "$SERVE_RUN" >>"$CDISK_CONFIG"
-	SERVE_SOCK=${POOL_SOCK:-$SERVE_RUN/pool.sock}
-	cdisk-serve -v --pool pool "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
+	cdisk-serve -v "$@" 2>"$BATS_TEST_TMPDIR/serve.log" 3>&- &
 	SERVE_PID=$!
-	# Where the other programs look for it: cdisk-info on a served image.
+	# Where the other programs look for it: cdisk-info on a served disk.
 	CTL=$SERVE_RUN/cdisk-serve.$SERVE_PID.ctl
 	for _ in $(seq 200); do
-		grep -q "serving on" "$BATS_TEST_TMPDIR/serve.log" && return 0
+		grep -q "${SERVE_READY:-serving on}" "$BATS_TEST_TMPDIR/serve.log" && return 0
 		kill -0 "$SERVE_PID" 2>/dev/null ||
 			fail "cdisk-serve exited: $(cat "$BATS_TEST_TMPDIR/serve.log")"
 		sleep 0.05
 	done
 	fail "cdisk-serve never listened: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+}
+
+start_pool() {
+	SERVE_SOCK=${POOL_SOCK:-$BATS_TEST_TMPDIR/run/pool.sock}
+	serve_logged --pool pool "$@"
 }
 
 # pool_users LINES: users.conf for a pool: alice (uid 65534) with LINES

@@ -84,6 +84,7 @@ int cd_control_start_job(struct cdisk_server *s, struct cd_export *e,
 	e->sync.mode = mode;
 	e->sync.opts.progress = job_progress;
 	e->sync.opts.opaque = &e->sync;
+	e->sync.opts.stop = &e->sync.stop;
 	e->sync.server = s;
 	js = malloc(sizeof(*js));
 	if (js) {
@@ -129,20 +130,9 @@ void cd_control_stop_syncs(struct cdisk_server *s)
 
 		if (!e->sync.started || !e->disk)
 			continue;
-		/* Asked again until it ends: a job whose thread had not begun
-		 * yet clears the request as it begins. */
-		for (;;) {
-			struct timespec ts;
-			cdisk_sync_stop(e->disk);
-			clock_gettime(CLOCK_REALTIME, &ts);
-			ts.tv_nsec += 100000000;
-			if (ts.tv_nsec >= 1000000000) {
-				ts.tv_sec++;
-				ts.tv_nsec -= 1000000000;
-			}
-			if (pthread_timedjoin_np(e->sync.thread, NULL, &ts) != ETIMEDOUT)
-				break;
-		}
+		e->sync.stop = 1;
+		cdisk_sync_stop(e->disk);
+		pthread_join(e->sync.thread, NULL);
 		e->sync.started = false;
 	}
 }

@@ -371,6 +371,10 @@ static json_t *cmd_sync_stop(struct cdisk_server *s, json_t *req)
 
 	if (!e)
 		return err;
+	pthread_mutex_lock(&s->lock);
+	if (e->sync.running)
+		e->sync.stop = 1;
+	pthread_mutex_unlock(&s->lock);
 	cdisk_sync_stop(e->disk);
 	return ok_reply();
 }

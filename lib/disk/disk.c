@@ -1649,6 +1649,12 @@ bool cd_disk_being_written(const struct cdisk *d, uint64_t b)
 	return being_written(d, b);
 }
 
+bool cd_disk_local(const struct cdisk *d)
+{
+	return !d->sb.base[0] && !d->sb.mirror[0] &&
+	       !__atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE);
+}
+
 /* The next run from b of blocks that are absent (present == false) or
  * present and clean (present == true), and not being written. */
 static uint64_t run_end(const struct cdisk *d, uint64_t b, uint64_t end, bool present)

@@ -172,6 +172,10 @@ int cd_for_each_allocated(struct cdisk *d,
 
 /* Under the lock: a write's data is on its way to block b. */
 bool cd_disk_being_written(const struct cdisk *d, uint64_t b);
+/* No request to d can wait on the network: no base (nor primary) and no
+ * mirror, recorded or attached.  Without the lock: a mirror attached
+ * meanwhile is as if it came just after. */
+bool cd_disk_local(const struct cdisk *d);
 /* Under the lock: wait until no write or flush has a leg on the mirror
  * (new ones are not routed to it: the caller made it not live). */
 void cd_disk_drain_mirrored_locked(struct cdisk *d);

@@ -341,7 +341,7 @@ int cdisk_sync(struct cdisk *d, const struct cdisk_sync_opts *o,
 {
 	const struct cd_drain dirty = { &d->dirty, &d->syncing, cd_mark_clean };
 	struct cd_copy c = { .d = d, .o = o, .st = st, .drain = &dirty,
-			     .start_ms = cd_now_ms() };
+			     .start_ms = cd_now_ms(), .stop = o->stop };
 	struct cd_target *base = NULL;
 	uint64_t resent_before = 0;
 	int r;
@@ -449,7 +449,7 @@ int cdisk_pull(struct cdisk *d, const struct cdisk_sync_opts *o,
 	       struct cdisk_sync_stats *st)
 {
 	uint64_t per = SYNC_EXTENT >> d->block_shift ? SYNC_EXTENT >> d->block_shift : 1;
-	struct cd_copy c = { .d = d, .o = o, .st = st, .ops = &pull_ops,
+	struct cd_copy c = { .d = d, .o = o, .st = st, .ops = &pull_ops, .stop = o->stop,
 			     .start_ms = cd_now_ms(), .buf_bytes = SYNC_EXTENT,
 			     .batch_bytes = SYNC_PULL_BATCH, .pace_uri = d->sb.base,
 			     .depth = copy_depth(o, NULL) };

@@ -437,17 +437,6 @@ static void account(struct conn *c, struct cd_qbatch *b)
 	pthread_mutex_unlock(&c->lock);
 }
 
-/* A disk whose requests never wait on the network (no base, no mirror):
- * its reader may carry one out itself.  A base or a mirror that hangs
- * must hold up a worker, never the reader of a connection whose other
- * requests the overlay could answer. */
-static bool local_disk(const struct cd_export *e)
-{
-	const struct cdisk *d = e->disk;
-
-	return !d->sb.base[0] && !d->sb.mirror[0] && !__atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE);
-}
-
 static struct cd_qitem *take_last(struct cd_qbatch *b)
 {
 	struct cd_qitem *last = b->tail, *prev = NULL;
@@ -490,7 +479,10 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
-		struct cd_qitem *last = b.n && local_disk(c->nbd.exp) ? take_last(&b) : NULL;
+		/* Only a disk that never waits on the network: a base or a
+		 * mirror that hangs must hold up a worker, never the reader of
+		 * a connection whose other requests the overlay could answer. */
+		struct cd_qitem *last = b.n && cd_disk_local(c->nbd.exp->disk) ? take_last(&b) : NULL;
 		cd_queue_push(queue, &b);
 		if (last && !cd_queue_run_inline(queue, last)) {
 			cd_qbatch_add(&b, last);
@@ -771,7 +763,6 @@ static bool start_serving(struct conn *c)
 	struct cdisk_server *s = c->nbd.srv;
 	bool ro = false, ok;
 
-	name_user(c);
 	pthread_mutex_lock(&s->lock);
 	ok = cd_nbd_allowed(&c->nbd, c->nbd.exp, &ro) && (!ro || c->nbd.readonly);
 	c->serving = ok;

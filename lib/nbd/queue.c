@@ -572,9 +572,8 @@ static bool guests_quiet(struct cd_queue *q, uint64_t now, uint64_t *wake)
 /* The next request to carry out, or NULL with *wake the time a limit
  * lets one go (NEVER: none waits, or only for a completion).  A
  * background ticket comes back granted: there is nothing to run. */
-static struct cd_qitem *pick(struct cd_queue *q, uint64_t *wake)
+static struct cd_qitem *pick(struct cd_queue *q, uint64_t now, uint64_t *wake)
 {
-	uint64_t now = cd_now_ns();
 	struct cd_qflow *best = NULL;
 	size_t best_i = 0;
 
@@ -829,12 +828,14 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake)
 
 static void finished(struct cd_queue *q, struct cd_qflow *f)
 {
+	uint64_t now = cd_now_ns();
+
 	f->inflight--;
 	q->fg_busy--;
 	q->fg_inhand--;
-	q->fg_last_ns = cd_now_ns();
+	q->fg_last_ns = now;
 	cd_io_stats_depth(&f->stats, -1);
-	q->moved_ms = cd_now_ms();
+	q->moved_ms = now / 1000000;
 }
 
 static void *worker(void *arg)
@@ -844,13 +845,14 @@ static void *worker(void *arg)
 
 	pthread_mutex_lock(&q->lock);
 	for (;;) {
-		struct cd_qitem *it = pick(q, &wake);
+		uint64_t now = cd_now_ns();
+		struct cd_qitem *it = pick(q, now, &wake);
 		if (!it) {
 			if (!wait_for_work(q, wake))
 				break;
 			continue;
 		}
-		q->moved_ms = cd_now_ms();
+		q->moved_ms = now / 1000000;
 		/* More may be waiting and nobody is coming (or keeping time). */
 		unsigned more = q->len && q->idle > q->woken;
 		q->woken += more;

@@ -4,6 +4,7 @@
 
 #include <gnutls/gnutls.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/uio.h>
 
 #include "cdisk.h"
@@ -19,6 +20,10 @@ struct cd_sync_job {
 	struct cdisk_sync_opts opts;
 	struct cdisk_sync_stats stats;
 	struct cdisk_sync_progress progress;
+	/* Its own stop request (opts.stop): the disk's sync_stop is cleared
+	 * when a sync begins, so a stop asked before the thread got there
+	 * would be lost. */
+	volatile sig_atomic_t stop;
 	int result;
 	char error[512];
 };
