@@ -13,25 +13,17 @@
 # Usage: bench/multiuser.sh [SECONDS per job, default 10]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
-O=${O:-build}
 secs=${1:-10}
-"$top/scripts/install-deps.sh"
-make -s -C "$top" O="$O" all >/dev/null
-PATH="$top/$O/bin:$PATH"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
+bench_setup
 pids=()
 stop_all() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	wait 2>/dev/null || true
 	pids=()
 }
-cleanup() {
-	stop_all
-	rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$work"
-export CDISK_CONFIG=$work/cdisk.conf
+bench_cleanup() { stop_all; }
 conf() { # SCHEDULER
 	printf '[metadata]\nbackup_dir = none\n[serve]\nruntime_dir = %s/run\nscheduler = %s\n' \
 		"$work" "$1" >"$CDISK_CONFIG"
