@@ -174,7 +174,7 @@ fio_rate() {
 	wait "$deaf" || true
 }
 
-@test "[serve] scheduler and background_min_rate: bad values stop the start with their line (exit 2)" {
+@test "[serve] scheduler, background_min_rate and workers: bad values stop the start with their line (exit 2)" {
 	run_cdisk cdisk-create --size 16M d.cdisk
 	printf '[serve]\nscheduler = round-robin\n' >bad.conf
 	CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
@@ -185,4 +185,9 @@ fio_rate() {
 	printf '[serve]\nbackground_min_rate = fast\n' >bad.conf
 	CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
 	assert_error cdisk-serve "line 2: background_min_rate must be bytes per second"
+	for v in 0 257 many; do
+		printf '[serve]\nworkers = %s\n' "$v" >bad.conf
+		CDISK_CONFIG=bad.conf run_cdisk 2 cdisk-serve --export d=d.cdisk
+		assert_error cdisk-serve "line 2: workers must be a number of threads from 1 to 256"
+	done
 }

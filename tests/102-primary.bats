@@ -142,6 +142,29 @@ start_mirror() {
 	run_cdisk 0 qemu-io -f raw -r -c "read -P 0 10M 1M" -c "read -P 3 12345 999" p.raw
 }
 
+# max_in_flight LOG: the most writes nbdkit's log filter saw under way at once.
+max_in_flight() {
+	awk '/ Write id=/ && !/\.\.\.Write/ { if (++n > m) m = n }
+	     /\.\.\.Write id=.* return=/ { n-- } END { print m + 0 }' "$1"
+}
+
+@test "a primary 300 ms away gets as many writes at once as the guest sends, not as many as the server has workers" {
+	make_base p.raw 64M
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/p.sock" --filter=log --filter=delay \
+		file "$BATS_TEST_TMPDIR/p.raw" delay-write=300ms logfile="$BATS_TEST_TMPDIR/writes.log"
+	run_cdisk 0 cdisk-create --primary "nbd+unix:///?socket=$BATS_TEST_TMPDIR/p.sock" d.cdisk
+	# Four workers: were those waiting on the primary counted, four writes
+	# would be under way at once.
+	printf '[serve]\nruntime_dir = %s\nworkers = 4\n' "$BATS_TEST_TMPDIR/run" >>"$CDISK_CONFIG"
+	start_serve --export d=d.cdisk
+	run_cdisk 0 fio --name=w --ioengine=nbd --uri="$NBD" --rw=randwrite --bs=4k \
+		--size=64M --iodepth=16 --number_ios=48 --verify=crc32c --verify_fatal=1 \
+		--verify_state_save=0
+	assert_equal "$(max_in_flight "$BATS_TEST_TMPDIR/writes.log")" 16
+	# The extra workers leave once idle; the server goes on serving.
+	run_cdisk 0 nbdinfo --size "$NBD"
+}
+
 @test "an RBD primary with an iSCSI (tgtd) mirror: fio verifies, kill -9 mid-write loses nothing, the mirror equals the primary" {
 	use_server ceph
 	use_server tgt

@@ -100,6 +100,8 @@ static const struct number_key {
 } number_keys[] = {
 	{ "metadata", "backup_interval", offsetof(struct cd_config, backup_interval),
 	  1, 86400 * 7, "seconds" },
+	{ "serve", "workers", offsetof(struct cd_config, serve_workers), 1, 256,
+	  "a number of threads" },
 	{ "target", "timeout", offsetof(struct cd_config, timeout), 1, 3600, "seconds" },
 	{ "target", "retries", offsetof(struct cd_config, retries), 0, 20, "retries" },
 	{ "target", "connections", offsetof(struct cd_config, connections), 1, 256,

@@ -35,6 +35,7 @@ struct cd_config {
 	char runtime_dir[CDISK_MAX_URI + 1];  /* sockets of serving processes */
 	uint64_t background_min_rate;         /* bytes/s the engines always get */
 	bool serve_fifo;                      /* scheduler = fifo: no classes, no turns */
+	uint32_t serve_workers;               /* the queue's workers; 0: four per core */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;
 	/* [target] */

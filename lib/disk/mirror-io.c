@@ -160,6 +160,7 @@ bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count)
 static void leg_put_locked(struct cd_mirror *m, struct cd_leg *leg)
 {
 	if (--leg->refs == 0) {
+		pthread_cond_destroy(&leg->finished);
 		free(leg->buf);
 		free(leg);
 	}
@@ -212,9 +213,13 @@ static void *worker_main(void *arg)
 		else
 			m->outstanding--;
 		m->idle++;
-		pthread_cond_broadcast(&m->done);
-		if (!m->outstanding)
-			pthread_cond_broadcast(&m->wake);
+		/* Its sender only (with every waiter on one condition, each
+		 * leg done woke all the guest's writes in flight), and past
+		 * the lock, which the sender would otherwise wake to wait for.
+		 * This worker's reference keeps the leg until then. */
+		pthread_mutex_unlock(&m->lock);
+		pthread_cond_signal(&leg->finished);
+		pthread_mutex_lock(&m->lock);
 		leg_put_locked(m, leg);
 	}
 	pthread_mutex_unlock(&m->lock);
@@ -227,6 +232,7 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 {
 	struct cd_mirror *m = d->mirror;
 	struct cd_leg *leg = calloc(1, sizeof(*leg));
+	pthread_condattr_t attr;
 
 	if (!leg)
 		return NULL;
@@ -240,6 +246,10 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 		if (op == CD_LEG_WRITE)
 			memcpy(leg->buf, buf, len);
 	}
+	pthread_condattr_init(&attr);
+	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+	pthread_cond_init(&leg->finished, &attr);
+	pthread_condattr_destroy(&attr);
 	leg->op = op;
 	leg->len = len;
 	leg->off = off;
@@ -261,8 +271,8 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 		m->primary_outstanding++;
 	else
 		m->outstanding++;
-	pthread_cond_signal(&m->work);
 	pthread_mutex_unlock(&m->lock);
+	pthread_cond_signal(&m->work);
 	return leg;
 }
 
@@ -295,7 +305,7 @@ static int leg_wait(struct cdisk *d, struct cd_leg *leg, uint32_t timeout_ms,
 	}
 	pthread_mutex_lock(&m->lock);
 	while (!leg->done)
-		if (pthread_cond_timedwait(&m->done, &m->lock, &until) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&leg->finished, &m->lock, &until) == ETIMEDOUT)
 			break;
 	if (!leg->done)
 		r = cd_error(d->ctx, -ETIMEDOUT, "no answer from the %s in %u ms", who,
@@ -518,7 +528,6 @@ int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *wh
 int cd_mirror_init(struct cdisk *d)
 {
 	struct cd_mirror *m;
-	pthread_condattr_t attr;
 
 	if (d->mirror || d->readonly || !cd_mirror_attached(d))
 		return 0;
@@ -530,10 +539,6 @@ int cd_mirror_init(struct cdisk *d)
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->work, NULL);
 	pthread_cond_init(&m->wake, NULL);
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&m->done, &attr);
-	pthread_condattr_destroy(&attr);
 	d->mirror = m;
 	return 0;
 }
@@ -568,7 +573,6 @@ void cd_mirror_free(struct cdisk *d)
 	cd_bitmap_free(&m->claimed);
 	free(m->restore_hook);
 	pthread_cond_destroy(&m->work);
-	pthread_cond_destroy(&m->done);
 	pthread_cond_destroy(&m->wake);
 	pthread_mutex_destroy(&m->lock);
 	free(m);

@@ -39,6 +39,7 @@ struct cd_leg {
 	uint64_t off;
 	int result;
 	bool done;
+	pthread_cond_t finished;   /* done is set (CLOCK_MONOTONIC): its sender alone waits */
 	int refs;                  /* the sender's and the worker's */
 	char msg[CD_MIRROR_ERROR_MAX];
 };
@@ -46,7 +47,6 @@ struct cd_leg {
 struct cd_mirror {
 	pthread_mutex_t lock;
 	pthread_cond_t work;       /* a leg is queued, or stopping */
-	pthread_cond_t done;       /* a leg finished (CLOCK_MONOTONIC) */
 	pthread_cond_t wake;       /* the keeper: something changed */
 	struct cd_leg *head, *tail;
 	pthread_t workers[MIRROR_WORKERS];

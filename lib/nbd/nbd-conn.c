@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <netdb.h>
@@ -351,6 +352,41 @@ static int fill(struct conn *c, size_t want)
 	return 0;
 }
 
+/* Whatever one receive brings, added to what the buffer holds. */
+static int fill_some(struct conn *c)
+{
+	ssize_t n;
+
+	if (c->rpos) {
+		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
+		c->rlen -= c->rpos;
+		c->rpos = 0;
+	}
+	n = conn_recv_some(c, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
+	if (n < 0)
+		return -1;
+	c->rlen += (size_t)n;
+	return 0;
+}
+
+/* A TLS receive gives one record, and a client sends a request a record:
+ * more requests are to be had without waiting when GnuTLS holds some
+ * already, or a whole record waits in the socket (its 5-byte header
+ * names its length).  Without this, each request would be a batch of
+ * its own. */
+static bool tls_record_ready(struct conn *c)
+{
+	uint8_t h[5];
+	int avail = 0;
+
+	if (gnutls_record_check_pending(c->tls) > 0)
+		return true;
+	if (recv(c->fd, h, sizeof(h), MSG_PEEK | MSG_DONTWAIT) != (ssize_t)sizeof(h) ||
+	    ioctl(c->fd, FIONREAD, &avail) < 0)
+		return false;
+	return (size_t)avail >= sizeof(h) + ((size_t)h[3] << 8 | h[4]);
+}
+
 /* A write's payload: what the buffer holds, the rest straight from the
  * socket into the request's own buffer. */
 static int take_payload(struct conn *c, uint8_t *dst, size_t len)
@@ -371,9 +407,17 @@ static int parse_request(struct conn *c, struct request *q, bool block)
 {
 	const uint8_t *h;
 
-	if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE &&
-	    (!block || fill(c, CD_NBD_REQUEST_SIZE) < 0))
-		return block ? -1 : 0;
+	if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE && block) {
+		if (fill(c, CD_NBD_REQUEST_SIZE) < 0)
+			return -1;
+	} else if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE) {
+		if (!c->tls || !tls_record_ready(c))
+			return 0;
+		if (fill_some(c) < 0)
+			return -1;
+		if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE)
+			return 0;
+	}
 	h = c->rbuf + c->rpos;
 	q->extra = NULL;
 	if (cd_nbd_parse_request(h, &q->req) < 0)
@@ -463,6 +507,8 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 	int r = 1;
 
 	while (r >= 0 && (n = room(c)) > 0) {
+		bool local = cd_disk_local(c->nbd.exp->disk);
+
 		while (b.n < n) {
 			struct request *q = malloc(sizeof(*q));
 			r = q ? parse_request(c, q, b.n == 0) : -1;
@@ -476,13 +522,17 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			q->item.flow = c->flow;
 			q->item.bytes = weight(q);
 			q->item.run = run_request;
+			q->item.remote = !local;
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
 		/* Only a disk that never waits on the network: a base or a
 		 * mirror that hangs must hold up a worker, never the reader of
-		 * a connection whose other requests the overlay could answer. */
-		struct cd_qitem *last = b.n && cd_disk_local(c->nbd.exp->disk) ? take_last(&b) : NULL;
+		 * a connection whose other requests the overlay could answer.
+		 * Not with TLS either: there the reader's decrypting is what
+		 * limits the connection, and a worker on the other core can
+		 * encrypt the reply or write the file meanwhile. */
+		struct cd_qitem *last = b.n && local && !c->tls ? take_last(&b) : NULL;
 		cd_queue_push(queue, &b);
 		if (last && !cd_queue_run_inline(queue, last)) {
 			cd_qbatch_add(&b, last);
@@ -709,6 +759,10 @@ struct cd_queue *cd_server_queue(struct cdisk_server *s)
 	if (!s->queue) {
 		unsigned workers, max;
 		cd_queue_default_size(&workers, &max);
+		if (s->ctx->cfg.serve_workers) {
+			workers = s->ctx->cfg.serve_workers;
+			max = workers * 8 < 256 ? workers * 8 : 256;
+		}
 		if (cd_queue_new(s->ctx, workers, max, &q) == 0)
 			__atomic_store_n(&s->queue, q, __ATOMIC_RELEASE);
 	}

@@ -20,6 +20,13 @@
  * depth holds back is passed over, and one worker sleeps until the
  * earliest bucket refills (the "timer"); a completion frees depth.
  *
+ * The pool is sized for the cores, but a worker carrying out a request
+ * over the network (a disk on a primary, a mirror, a base) mostly waits:
+ * those do not count against it.  While requests wait and no worker is
+ * free, one more starts for each worker so waiting, up to the maximum;
+ * without that, a disk on a primary 1 ms away would have as many writes
+ * in flight as there are workers, whatever the guest's queue depth.
+ *
  * A worker can be stuck for long: in a read of a base that hangs, or
  * sending to a client that reads no replies.  When nothing has been
  * taken or finished for STALL_MS while requests wait, one more worker
@@ -96,6 +103,7 @@ struct cd_queue {
 	uint64_t fg_last_ns;         /* a guest's request last came or went */
 	unsigned len;                /* queued, all classes */
 	unsigned workers, base, max;
+	unsigned remote_busy;        /* workers carrying out a remote request */
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
 	uint64_t timer_at;           /* earliest deadline a worker sleeps to; NEVER: none */
@@ -619,6 +627,18 @@ static void grow_if_stuck(struct cd_queue *q)
 	}
 }
 
+/* Under q->lock: more workers while requests wait with no worker free
+ * to take them and some workers wait on the network (see the top). */
+static void grow_for_remote(struct cd_queue *q)
+{
+	unsigned started = 0;
+
+	while (q->remote_busy && q->idle <= q->woken && q->len > started &&
+	       q->workers < q->max && q->workers < q->base + q->remote_busy &&
+	       start_worker(q) == 0)
+		started++;
+}
+
 /* Under q->lock: how many idle workers to wake for n new requests, now
  * counted as woken.  The caller signals them after unlocking: a worker
  * woken while the lock is held would only wake to wait for it. */
@@ -665,6 +685,7 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	q->fg_busy += b->n;
 	q->fg_last_ns = now;
 	n = to_wake(q, b->n);
+	grow_for_remote(q);
 	grow_if_stuck(q);
 	pthread_mutex_unlock(&q->lock);
 	signal_workers(q, n);
@@ -861,10 +882,17 @@ static void *worker(void *arg)
 			continue;   /* granted: its caller carries it out */
 		}
 		struct cd_qflow *f = it->flow;
+		bool remote = it->remote;   /* the item is run's from here on */
+		if (remote) {
+			q->remote_busy++;
+			grow_for_remote(q);
+		}
 		pthread_mutex_unlock(&q->lock);
 		signal_workers(q, more);
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
+		if (remote)
+			q->remote_busy--;
 		finished(q, f);
 	}
 	q->workers--;
