@@ -81,3 +81,23 @@ int cd_mkdir_parents(char *path)
 	}
 	return 0;
 }
+
+static __thread const struct cd_wait_hook *wait_hook;
+static __thread unsigned wait_depth;
+
+void cd_wait_hook_set(const struct cd_wait_hook *hook)
+{
+	wait_hook = hook;
+}
+
+void cd_wait_begin(void)
+{
+	if (wait_depth++ == 0 && wait_hook)
+		wait_hook->begin(wait_hook->arg);
+}
+
+void cd_wait_end(void)
+{
+	if (--wait_depth == 0 && wait_hook)
+		wait_hook->end(wait_hook->arg);
+}

@@ -90,4 +90,17 @@ uint64_t cd_now_ns(void);   /* and in nanoseconds */
 
 bool cd_parse_bool(const char *value, bool *out);
 
+/* A thread's waits on a target (the network, or a base's file), told to
+ * whoever runs the thread: cdisk-serve's queue counts its workers that
+ * wait so and starts others meanwhile.  Per thread; nested waits count
+ * once; no hook, nothing told. */
+struct cd_wait_hook {
+	void (*begin)(void *arg);
+	void (*end)(void *arg);
+	void *arg;
+};
+void cd_wait_hook_set(const struct cd_wait_hook *hook);
+void cd_wait_begin(void);
+void cd_wait_end(void);
+
 #endif

@@ -338,7 +338,10 @@ int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 
 	if (r < 0 || len == 0)
 		return r;
-	return cd_dev_pread(t->top, buf, len, off);
+	cd_wait_begin();
+	r = cd_dev_pread(t->top, buf, len, off);
+	cd_wait_end();
+	return r;
 }
 
 int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
@@ -348,7 +351,10 @@ int cd_target_pwrite(struct cd_target *t, const void *buf, size_t len,
 
 	if (r < 0 || len == 0)
 		return r;
-	return cd_dev_pwrite(t->top, buf, len, off);
+	cd_wait_begin();
+	r = cd_dev_pwrite(t->top, buf, len, off);
+	cd_wait_end();
+	return r;
 }
 
 /* Pieces the kind can take together lie in one window (the layers below
@@ -380,18 +386,26 @@ int cd_target_pwrite_pieces(struct cd_target *t, const struct cd_piece *v, size_
 		r = check_writable(t, v[i].len, v[i].off);
 	if (r < 0 || n == 0)
 		return r;
+	cd_wait_begin();
 	if (one_window(t, v, n))
-		return cd_dev_pwrite_pieces(t->top, v, n);
-	for (size_t i = 0; i < n && r == 0; i++)
-		r = cd_target_pwrite(t, v[i].buf, v[i].len, v[i].off);
+		r = cd_dev_pwrite_pieces(t->top, v, n);
+	else
+		for (size_t i = 0; i < n && r == 0; i++)
+			r = cd_target_pwrite(t, v[i].buf, v[i].len, v[i].off);
+	cd_wait_end();
 	return r;
 }
 
 int cd_target_flush(struct cd_target *t)
 {
+	int r;
+
 	if (t->readonly || !t->can_flush)
 		return 0;
-	return cd_dev_flush(t->top);
+	cd_wait_begin();
+	r = cd_dev_flush(t->top);
+	cd_wait_end();
+	return r;
 }
 
 /* Zeros written in bounded pieces, for targets that cannot zero. */
@@ -420,13 +434,13 @@ int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
 
 	if (r < 0 || len == 0)
 		return r;
-	if (!t->can_zero || !t->ops->zero)
-		return write_zeros(t, len, off);
-	r = cd_dev_zero(t->top, len, off);
+	cd_wait_begin();
+	r = t->can_zero && t->ops->zero ? cd_dev_zero(t->top, len, off) : -EOPNOTSUPP;
 	if (r == -EOPNOTSUPP) {
 		t->can_zero = false;
-		return write_zeros(t, len, off);
+		r = write_zeros(t, len, off);
 	}
+	cd_wait_end();
 	return r;
 }
 
@@ -438,7 +452,9 @@ int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)
 
 	if (r < 0 || len == 0 || !t->can_trim || !t->ops->trim)
 		return r;
+	cd_wait_begin();
 	r = cd_dev_discard(t->top, len, off);
+	cd_wait_end();
 	if (r == -EOPNOTSUPP) {
 		t->can_trim = false;
 		return 0;

@@ -303,6 +303,8 @@ static int leg_wait(struct cdisk *d, struct cd_leg *leg, uint32_t timeout_ms,
 		until.tv_sec++;
 		until.tv_nsec -= 1000000000L;
 	}
+	/* Waiting on a leg is waiting on the network, as a target call is. */
+	cd_wait_begin();
 	pthread_mutex_lock(&m->lock);
 	while (!leg->done)
 		if (pthread_cond_timedwait(&leg->finished, &m->lock, &until) == ETIMEDOUT)
@@ -318,6 +320,7 @@ static int leg_wait(struct cdisk *d, struct cd_leg *leg, uint32_t timeout_ms,
 		memcpy(out, leg->buf, leg->len);
 	leg_put_locked(m, leg);
 	pthread_mutex_unlock(&m->lock);
+	cd_wait_end();
 	return r;
 }
 

@@ -352,8 +352,10 @@ static int fill(struct conn *c, size_t want)
 	return 0;
 }
 
-/* Whatever one receive brings, added to what the buffer holds. */
-static int fill_some(struct conn *c)
+/* One TLS record that has wholly come, added to what the buffer holds.
+ * A record with no data for us (a key update) gives nothing, and no
+ * second try: that one could wait for the client. */
+static int fill_record(struct conn *c)
 {
 	ssize_t n;
 
@@ -362,8 +364,10 @@ static int fill_some(struct conn *c)
 		c->rlen -= c->rpos;
 		c->rpos = 0;
 	}
-	n = conn_recv_some(c, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
-	if (n < 0)
+	n = gnutls_record_recv(c->tls, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
+	if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
+		return 0;
+	if (n <= 0)
 		return -1;
 	c->rlen += (size_t)n;
 	return 0;
@@ -401,9 +405,10 @@ static int take_payload(struct conn *c, uint8_t *dst, size_t len)
 }
 
 /* Parse one request, payload included.  Returns 1 for a request; 0 when
- * !block and the buffer holds no whole header; -1 when the client said
+ * !block and no whole header is to be had without waiting (with TLS, and
+ * more: a record that has wholly come is taken); -1 when the client said
  * goodbye or the stream cannot be followed. */
-static int parse_request(struct conn *c, struct request *q, bool block)
+static int parse_request(struct conn *c, struct request *q, bool block, bool more)
 {
 	const uint8_t *h;
 
@@ -411,9 +416,9 @@ static int parse_request(struct conn *c, struct request *q, bool block)
 		if (fill(c, CD_NBD_REQUEST_SIZE) < 0)
 			return -1;
 	} else if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE) {
-		if (!c->tls || !tls_record_ready(c))
+		if (!more || !c->tls || !tls_record_ready(c))
 			return 0;
-		if (fill_some(c) < 0)
+		if (fill_record(c) < 0)
 			return -1;
 		if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE)
 			return 0;
@@ -507,11 +512,14 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 	int r = 1;
 
 	while (r >= 0 && (n = room(c)) > 0) {
-		bool local = cd_disk_local(c->nbd.exp->disk);
+		size_t bytes = 0;
 
 		while (b.n < n) {
 			struct request *q = malloc(sizeof(*q));
-			r = q ? parse_request(c, q, b.n == 0) : -1;
+			/* Records go on being taken only while the batch is
+			 * small: large writes are better on their way to the
+			 * disk than held for the next one's payload. */
+			r = q ? parse_request(c, q, b.n == 0, bytes < RBUF_SIZE) : -1;
 			if (r <= 0) {
 				free(q);
 				break;
@@ -522,7 +530,7 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			q->item.flow = c->flow;
 			q->item.bytes = weight(q);
 			q->item.run = run_request;
-			q->item.remote = !local;
+			bytes += q->item.bytes;
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
@@ -532,7 +540,8 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 		 * Not with TLS either: there the reader's decrypting is what
 		 * limits the connection, and a worker on the other core can
 		 * encrypt the reply or write the file meanwhile. */
-		struct cd_qitem *last = b.n && local && !c->tls ? take_last(&b) : NULL;
+		struct cd_qitem *last = b.n && !c->tls && cd_disk_local(c->nbd.exp->disk)
+						? take_last(&b) : NULL;
 		cd_queue_push(queue, &b);
 		if (last && !cd_queue_run_inline(queue, last)) {
 			cd_qbatch_add(&b, last);

@@ -441,6 +441,55 @@ static void test_connections_limit(void **state)
 	teardown(&f);
 }
 
+/* A request that waits on a target, as the library tells its thread. */
+static void run_waiting(struct cd_qitem *qi)
+{
+	cd_wait_begin();
+	run_item(qi);
+	cd_wait_end();
+}
+
+static void push_many(struct cd_queue *q, struct cd_qflow *f, unsigned n,
+		      void (*run)(struct cd_qitem *))
+{
+	struct cd_qbatch b = { 0 };
+
+	pthread_mutex_lock(&lock);
+	order[0] = 0;
+	ran = running = most_running = 0;
+	pthread_mutex_unlock(&lock);
+	for (unsigned i = 0; i < n; i++) {
+		struct cd_qitem *it = make(f, CD_REQ_WRITE, "w", 4096);
+		it->run = run;
+		cd_qbatch_add(&b, it);
+	}
+	cd_queue_push(q, &b);
+	wait_ran(n);
+}
+
+static void test_waiting_workers_not_counted(void **state)
+{
+	struct cdisk_ctx *ctx = cdisk_ctx_new();
+	struct cd_queue *q = NULL;
+	struct cd_qflow *f = NULL;
+	char why[128];
+
+	(void)state;
+	assert_int_equal(cd_queue_new(ctx, 2, 32, &q), 0);
+	assert_int_equal(cd_queue_conn_in(q, "user:a", NULL, &f, why, sizeof(why)), 0);
+	/* Work that waits on nothing stays within the pool of two. */
+	nap_us = 20000;
+	push_many(q, f, 16, run_item);
+	assert_int_equal(most_running, 2);
+	/* Sixteen requests that wait on the network: all under way at once. */
+	nap_us = 500000;
+	push_many(q, f, 16, run_waiting);
+	assert_int_equal(most_running, 16);
+	nap_us = 0;
+	cd_queue_free(q);
+	cdisk_ctx_free(ctx);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -454,6 +503,7 @@ int main(void)
 		cmocka_unit_test(test_reconnect_no_fresh_burst),
 		cmocka_unit_test(test_far_deadline_holds_no_one_else),
 		cmocka_unit_test(test_connections_limit),
+		cmocka_unit_test(test_waiting_workers_not_counted),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

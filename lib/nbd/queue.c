@@ -20,12 +20,14 @@
  * depth holds back is passed over, and one worker sleeps until the
  * earliest bucket refills (the "timer"); a completion frees depth.
  *
- * The pool is sized for the cores, but a worker carrying out a request
- * over the network (a disk on a primary, a mirror, a base) mostly waits:
- * those do not count against it.  While requests wait and no worker is
- * free, one more starts for each worker so waiting, up to the maximum;
- * without that, a disk on a primary 1 ms away would have as many writes
- * in flight as there are workers, whatever the guest's queue depth.
+ * The pool is sized for the cores, but a worker waiting on a target (a
+ * disk's primary, its mirror, its base: the library tells, through the
+ * thread's wait hook) does not count against it while it waits.  While
+ * requests wait and no worker is free, one more starts for each worker so
+ * waiting, up to the maximum; without that, a disk on a primary 1 ms away
+ * would have as many writes in flight as there are workers, whatever the
+ * guest's queue depth.  An extra worker leaves once it has carried out
+ * nothing for EXTRA_IDLE_S, however often it is woken meanwhile.
  *
  * A worker can be stuck for long: in a read of a base that hangs, or
  * sending to a client that reads no replies.  When nothing has been
@@ -103,7 +105,8 @@ struct cd_queue {
 	uint64_t fg_last_ns;         /* a guest's request last came or went */
 	unsigned len;                /* queued, all classes */
 	unsigned workers, base, max;
-	unsigned remote_busy;        /* workers carrying out a remote request */
+	unsigned remote_busy;        /* workers waiting on a target */
+	struct cd_wait_hook wait_hook;   /* the workers' (remote_begin/end) */
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
 	uint64_t timer_at;           /* earliest deadline a worker sleeps to; NEVER: none */
@@ -133,6 +136,8 @@ void cd_queue_default_size(unsigned *workers, unsigned *max)
 
 static void *worker(void *arg);
 static void finished(struct cd_queue *q, struct cd_qflow *f);
+static void remote_begin(void *arg);
+static void remote_end(void *arg);
 
 /* Under q->lock. */
 static int start_worker(struct cd_queue *q)
@@ -179,6 +184,7 @@ int cd_queue_new(struct cdisk_ctx *ctx, unsigned workers, unsigned max,
 	pthread_condattr_destroy(&ca);
 	q->moved_ms = cd_now_ms();
 	q->timer_at = NEVER;
+	q->wait_hook = (struct cd_wait_hook){ remote_begin, remote_end, q };
 	pthread_mutex_lock(&q->lock);
 	while (q->workers < q->base && start_worker(q) == 0)
 		;
@@ -633,10 +639,28 @@ static void grow_for_remote(struct cd_queue *q)
 {
 	unsigned started = 0;
 
-	while (q->remote_busy && q->idle <= q->woken && q->len > started &&
-	       q->workers < q->max && q->workers < q->base + q->remote_busy &&
-	       start_worker(q) == 0)
+	while (q->remote_busy && q->len > q->idle + started && q->workers < q->max &&
+	       q->workers < q->base + q->remote_busy && start_worker(q) == 0)
 		started++;
+}
+
+static void remote_begin(void *arg)
+{
+	struct cd_queue *q = arg;
+
+	pthread_mutex_lock(&q->lock);
+	q->remote_busy++;
+	grow_for_remote(q);
+	pthread_mutex_unlock(&q->lock);
+}
+
+static void remote_end(void *arg)
+{
+	struct cd_queue *q = arg;
+
+	pthread_mutex_lock(&q->lock);
+	q->remote_busy--;
+	pthread_mutex_unlock(&q->lock);
 }
 
 /* Under q->lock: how many idle workers to wake for n new requests, now
@@ -815,14 +839,19 @@ void cd_queue_background_end(struct cd_queue *q, uint64_t bytes, int err, uint64
 /* Under q->lock: sleep until there may be work.  A worker whose deadline
  * (a limit's refill, the guests' quiet time) is earlier than any other
  * worker sleeps to keeps time; the others wait for a signal.  False when
- * this worker should leave. */
-static bool wait_for_work(struct cd_queue *q, uint64_t wake)
+ * this worker should leave: an extra one that has carried nothing out
+ * since busy_ns plus EXTRA_IDLE_S (a wake-up that finds nothing to do
+ * does not count, or taking turns, they would all stay). */
+static bool wait_for_work(struct cd_queue *q, uint64_t wake, uint64_t busy_ns)
 {
+	uint64_t leave_at = busy_ns + EXTRA_IDLE_S * 1000000000ull;
 	struct timespec ts;
 	bool timer = false;
 	int r = 0;
 
 	if (q->stop && !q->len)
+		return false;
+	if (q->workers > q->base && !q->len && cd_now_ns() >= leave_at)
 		return false;
 	q->idle++;
 	if (wake != NEVER && wake < q->timer_at) {
@@ -835,8 +864,8 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake)
 		if (q->timer_at == wake)
 			q->timer_at = NEVER;
 	} else if (q->workers > q->base) {
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_sec += EXTRA_IDLE_S;
+		ts.tv_sec = (time_t)(leave_at / 1000000000ull);
+		ts.tv_nsec = (long)(leave_at % 1000000000ull);
 		r = pthread_cond_timedwait(&q->work, &q->lock, &ts);
 	} else {
 		pthread_cond_wait(&q->work, &q->lock);
@@ -862,14 +891,15 @@ static void finished(struct cd_queue *q, struct cd_qflow *f)
 static void *worker(void *arg)
 {
 	struct cd_queue *q = arg;
-	uint64_t wake;
+	uint64_t wake, busy_ns = cd_now_ns();
 
+	cd_wait_hook_set(&q->wait_hook);
 	pthread_mutex_lock(&q->lock);
 	for (;;) {
 		uint64_t now = cd_now_ns();
 		struct cd_qitem *it = pick(q, now, &wake);
 		if (!it) {
-			if (!wait_for_work(q, wake))
+			if (!wait_for_work(q, wake, busy_ns))
 				break;
 			continue;
 		}
@@ -882,18 +912,12 @@ static void *worker(void *arg)
 			continue;   /* granted: its caller carries it out */
 		}
 		struct cd_qflow *f = it->flow;
-		bool remote = it->remote;   /* the item is run's from here on */
-		if (remote) {
-			q->remote_busy++;
-			grow_for_remote(q);
-		}
 		pthread_mutex_unlock(&q->lock);
 		signal_workers(q, more);
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
-		if (remote)
-			q->remote_busy--;
 		finished(q, f);
+		busy_ns = cd_now_ns();
 	}
 	q->workers--;
 	pthread_cond_broadcast(&q->gone);

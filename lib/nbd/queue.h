@@ -41,7 +41,6 @@ struct cd_qitem {
 	struct cd_qflow *flow;       /* its user's (cd_queue_conn_in) */
 	uint64_t bytes;              /* what it moves, for bandwidth limits */
 	uint64_t queued_ns;          /* when it was pushed (cd_queue_push) */
-	bool remote;                 /* may wait on the network (a base, a primary, a mirror) */
 	/* Carries the request out; the item is the callee's from then on. */
 	void (*run)(struct cd_qitem *item);
 };
