@@ -622,7 +622,7 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
  * a skip when it cannot be. */
 static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 {
-	struct entry *e, *old, *gone = NULL;
+	struct entry *e = NULL, *old, *gone = NULL;
 
 	pthread_mutex_lock(&p->lock);
 	old = find(p, f->export_name);
