@@ -83,6 +83,36 @@ BOB=(setpriv --reuid=1 --regid=100 --clear-groups)
 	assert_equal "$(json_get .ok)" true
 }
 
+@test "quota_size: an image put in the folder by hand past it is not served, until a reload raises the quota" {
+	pool_users "quota_size = 40M"
+	run_cdisk 0 cdisk-create --size 16M pool/alice/a.cdisk
+	start_users_pool
+	# cdisk-create straight into the folder knows no quota: the server
+	# checks what it picks up.
+	run_cdisk 0 cdisk-create --size 32M pool/alice/big.cdisk
+	ctl '{"command":"rescan"}'
+	assert_equal "$(json_get '.skipped[0].name')" alice/big
+	assert_equal "$(json_get '.skipped[0].reason')" \
+		"its 32 MiB would take the images of 'alice' served to 48 MiB, past their quota_size of 40 MiB"
+	grep -q "pool: not serving 'alice/big': its 32 MiB" "$BATS_TEST_TMPDIR/serve.log" ||
+		fail "no warning in the log: $(cat "$BATS_TEST_TMPDIR/serve.log")"
+	run_cdisk 1 "${ALICE[@]}" nbdinfo --size "$(nbd alice/big)"
+	# One that fits is served beside it.
+	run_cdisk 0 cdisk-create --size 8M pool/alice/small.cdisk
+	ctl '{"command":"rescan"}'
+	assert_equal "$(json_get '.skipped | length')" 1
+	run_cdisk 0 "${ALICE[@]}" nbdinfo --size "$(nbd alice/small)"
+	# A reload with room for it serves it, with no rescan asked.
+	pool_users "quota_size = 64M"
+	kill -HUP "$SERVE_PID"
+	for _ in $(seq 100); do
+		"${ALICE[@]}" nbdinfo --size "$(nbd alice/big)" >/dev/null 2>&1 && break
+		sleep 0.1
+	done
+	run_cdisk 0 "${ALICE[@]}" nbdinfo --size "$(nbd alice/big)"
+	assert_output 33554432
+}
+
 @test "a full filesystem under a served overlay is ENOSPC to the client, not EIO" {
 	SMALL_FS=$BATS_TEST_TMPDIR/small
 	mkdir "$SMALL_FS"

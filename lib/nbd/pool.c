@@ -530,6 +530,8 @@ void cd_pool_set_quotas(struct cd_pool *p, const struct cd_users *users)
 		u->size_limit = in ? in->quota_size : 0;
 	}
 	pthread_mutex_unlock(&p->lock);
+	/* Images left out for their user's quota_size may fit now. */
+	scan_later(p, SETTLE_MS);
 }
 
 /* A writable image of a user counts against their space quota. */
@@ -543,6 +545,39 @@ static int count_against_quota(struct cd_pool *p, const struct found *f, struct 
 	r = u ? cd_disk_set_quota(d, u->used) : cd_error(p->ctx, -ENOMEM, "out of memory");
 	pthread_mutex_unlock(&p->lock);
 	return r;
+}
+
+/* An image put in the folder by hand (cdisk-create, cp) is served only
+ * within its user's quota_size, as pool-create would have checked: the
+ * sizes of their writable images served already, and its own. */
+static int fits_size_quota(struct cd_pool *p, const struct found *f, struct cdisk *d)
+{
+	size_t ulen = strlen(f->user);
+	uint64_t limit = 0, total = 0;
+	struct cdisk_info info;
+	char a[32], b[32], c[32];
+
+	cdisk_get_info(d, &info);
+	pthread_mutex_lock(&p->lock);
+	for (struct pool_user *u = p->users; u; u = u->next)
+		if (!strcmp(u->used->name, f->user))
+			limit = u->size_limit;
+	for (struct entry *e = p->list; limit && e; e = e->next) {
+		struct cdisk_info served;
+
+		if (e->exp.readonly || strncmp(e->exp.name, f->user, ulen) ||
+		    e->exp.name[ulen] != '/' || !strcmp(e->exp.path, f->path))
+			continue;
+		cdisk_get_info(e->exp.disk, &served);
+		total += served.size;
+	}
+	pthread_mutex_unlock(&p->lock);
+	if (!limit || total + info.size <= limit)
+		return 0;
+	return cd_error(p->ctx, -EDQUOT, "its %s would take the images of '%s' served to %s, "
+			"past their quota_size of %s", cd_format_size(info.size, a, sizeof(a)),
+			f->user, cd_format_size(total + info.size, b, sizeof(b)),
+			cd_format_size(limit, c, sizeof(c)));
 }
 
 static int add_size(void *opaque, const struct cdisk_pool_image *img)
@@ -592,6 +627,8 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 		cdisk_close(d);
 		r = cd_error(p->ctx, -ELOOP, "it changed while it was opened");
 	}
+	if (r == 0 && !ro && (r = fits_size_quota(p, f, d)) < 0)
+		cdisk_close(d);
 	if (r == 0 && !ro && (r = count_against_quota(p, f, d)) < 0)
 		cdisk_close(d);
 	if (r == 0 && !ro && (r = cdisk_mirror_start(d)) < 0)
@@ -623,6 +660,7 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 {
 	struct entry *e = NULL, *old, *gone = NULL;
+	int r;
 
 	pthread_mutex_lock(&p->lock);
 	old = find(p, f->export_name);
@@ -640,7 +678,16 @@ static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 	pthread_mutex_unlock(&p->lock);
 	if (gone)
 		entry_free(gone);
-	if (open_image(p, f, &e) < 0) {
+	r = open_image(p, f, &e);
+	if (r == -EDQUOT) {
+		/* Not retried on a timer: a reload or a change in the folder
+		 * scans again. */
+		snprintf(f->skipped, sizeof(f->skipped), "%s", cdisk_ctx_error(p->ctx));
+		cd_log(p->ctx, CDISK_LOG_WARNING, "pool: not serving '%s': %s", f->export_name,
+		       f->skipped);
+		return;
+	}
+	if (r < 0) {
 		snprintf(f->skipped, sizeof(f->skipped), "%s", cdisk_ctx_error(p->ctx));
 		scan_later(p, RETRY_MS);
 		return;
