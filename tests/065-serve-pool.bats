@@ -153,6 +153,30 @@ qio_release() {
 	run_cdisk 1 nbdinfo --size "$(nbd bob/new)"
 }
 
+@test "pool: flush, sync-dry-run, sync-status and mirror-status reach a pool image; a server sync of one is refused" {
+	start_pool
+	run_cdisk 0 qemu-io -f raw -c 'write -P 7 0 1M' "$(nbd alice/a)"
+	ctl '{"command":"flush","export":"alice/a"}'
+	assert_equal "$(json_get .ok)" true
+	ctl '{"command":"flush"}'
+	assert_equal "$(json_get .ok)" true
+	ctl '{"command":"flush","export":"alice/none"}'
+	assert_equal "$(json_get .error)" "no export named 'alice/none'"
+	# cdisk-sync on a served pool image asks the server, which answers for it.
+	run_cdisk 2 cdisk-sync --dry-run --json pool/alice/a.cdisk
+	assert_error cdisk-sync "is in use by pid $SERVE_PID, which says: '$PWD/pool/alice/a.cdisk' has no base to sync to"
+	ctl '{"command":"sync-status","disk":"'"$PWD"'/pool/alice/a.cdisk"}'
+	assert_equal "$(json_get .running)" false
+	ctl '{"command":"mirror-status","disk":"'"$PWD"'/pool/alice/a.cdisk"}'
+	assert_equal "$(json_get .ok)" true
+	ctl '{"command":"sync","disk":"'"$PWD"'/pool/alice/a.cdisk"}'
+	assert_equal "$(json_get .ok) $(json_get .exit_code)" "false 8"
+	assert_equal "$(json_get .error)" "'$PWD/pool/alice/a.cdisk' is a pool image: the server does not sync those; sync it once its clients are gone"
+	# The image is held only while each request lasts: it can go.
+	ctl '{"command":"pool-delete","user":"alice","image":"a"}'
+	assert_equal "$(json_get .ok)" true
+}
+
 @test "pool: an image deleted while a client has it stays that client's; new opens fail" {
 	start_pool
 	qio_hold alice/a

@@ -183,21 +183,38 @@ static json_t *cmd_status(struct cdisk_server *s, json_t *req)
 	return r;
 }
 
+/* flush: one export by name (a pool's image too), or all of them. */
 static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
 {
 	const char *name = json_string_value(json_object_get(req, "export"));
+	struct cd_export **held = NULL;
+	size_t nheld = 0;
+	int r = 0;
 
-	for (size_t i = 0; i < s->nexports; i++) {
+	for (size_t i = 0; i < s->nexports && r == 0; i++) {
 		struct cd_export *e = &s->exports[i];
 		if (name && strcmp(e->name, name) != 0)
 			continue;
-		int r = cdisk_flush(e->disk);
-		if (r < 0)
-			return error_reply(r, "%s", cdisk_ctx_error(s->ctx));
-		if (name)
+		r = cdisk_flush(e->disk);
+		if (r == 0 && name)
 			return ok_reply();
 	}
-	return name ? error_reply(-ENOENT, "no export named '%s'", name) : ok_reply();
+	if (r == 0 && name) {
+		struct cd_export *e = s->pool ? cd_pool_get(s->pool, name) : NULL;
+
+		if (!e)
+			return error_reply(-ENOENT, "no export named '%s'", name);
+		r = cdisk_flush(e->disk);
+		cd_pool_put(e);
+	} else if (r == 0 && s->pool && cd_pool_hold_all(s->pool, &held, &nheld) == 0) {
+		for (size_t i = 0; i < nheld; i++) {
+			if (r == 0 && !held[i]->readonly)
+				r = cdisk_flush(held[i]->disk);
+			cd_pool_put(held[i]);
+		}
+		free(held);
+	}
+	return r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
 }
 
 static json_t *cmd_info(struct cdisk_server *s, json_t *req)
@@ -223,12 +240,16 @@ static json_t *cmd_info(struct cdisk_server *s, json_t *req)
 	return r;
 }
 
+/* The export serving the request's "disk", a pool's image held (give it
+ * back with cd_server_put_export). */
 static struct cd_export *export_of_request(struct cdisk_server *s, json_t *req,
 					   json_t **error)
 {
 	const char *disk = json_string_value(json_object_get(req, "disk"));
 	struct cd_export *e = disk ? export_for_disk(s, disk) : NULL;
 
+	if (!e && disk)
+		e = cd_pool_get_by_path(s->pool, disk);
 	if (!disk)
 		*error = error_reply(-EINVAL, "request needs \"disk\"");
 	else if (!e)
@@ -257,16 +278,19 @@ static struct cd_export *sync_request(struct cdisk_server *s, json_t *req,
 			     "verify", &verify, "if_healthy", &if_healthy,
 			     "target_delay_ms", &target_delay) < 0) {
 		*error = error_reply(-EINVAL, "bad sync options");
+		cd_server_put_export(e);
 		return NULL;
 	}
 	if (depth < 0 || depth > 256 || rate < 0 || max_seconds < 0 ||
 	    max_seconds > UINT32_MAX || min_dirty < 0 || offset < 0 || length < 0 ||
 	    target_delay < -1 || target_delay > 10000) {
 		*error = error_reply(-EINVAL, "sync options out of range");
+		cd_server_put_export(e);
 		return NULL;
 	}
 	if (strcmp(mode, "push") && strcmp(mode, "pull") && strcmp(mode, "close")) {
 		*error = error_reply(-EINVAL, "sync mode must be push, pull or close");
+		cd_server_put_export(e);
 		return NULL;
 	}
 	*mode_out = !strcmp(mode, "pull") ? CDISK_SYNC_PULL :
@@ -293,8 +317,15 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 
 	if (!e)
 		return err;
-	if (e->readonly)
-		return error_reply(-EROFS, "export '%s' is read-only", e->name);
+	if (e->pool || e->readonly) {
+		/* A pool's image may go while a job runs: the server does not
+		 * run them (yet); cdisk-sync does, once no one uses it. */
+		err = e->pool ? error_reply(-EAGAIN, "'%s' is a pool image: the server does not "
+					    "sync those; sync it once its clients are gone", e->path)
+			      : error_reply(-EROFS, "export '%s' is read-only", e->name);
+		cd_server_put_export(e);
+		return err;
+	}
 	switch (cd_control_start_job(s, e, mode, &opts)) {
 	case -EBUSY:
 		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
@@ -324,12 +355,16 @@ static json_t *cmd_sync_dry_run(struct cdisk_server *s, json_t *req)
 	running = e->sync.running;
 	pthread_mutex_unlock(&s->lock);
 	/* Jobs start only on this thread, so none can start meanwhile. */
-	if (running)
-		return error_reply(-EBUSY, "'%s': a sync is already running", e->path);
+	if (running) {
+		r = error_reply(-EBUSY, "'%s': a sync is already running", e->path);
+		cd_server_put_export(e);
+		return r;
+	}
 	opts.dry_run = true;
 	rc = mode == CDISK_SYNC_PULL ? cdisk_pull(e->disk, &opts, &st) :
 	     mode == CDISK_SYNC_CLOSE ? cdisk_sync_close(e->disk, &opts, &st) :
 	     cdisk_sync(e->disk, &opts, &st);
+	cd_server_put_export(e);
 	if (rc < 0)
 		return error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
 	r = ok_reply();
@@ -361,6 +396,7 @@ static json_t *cmd_sync_status(struct cdisk_server *s, json_t *req)
 			json_object_set_new(r, "error", json_string(e->sync.error));
 	}
 	pthread_mutex_unlock(&s->lock);
+	cd_server_put_export(e);
 	return r;
 }
 
@@ -376,6 +412,7 @@ static json_t *cmd_sync_stop(struct cdisk_server *s, json_t *req)
 		e->sync.stop = 1;
 	pthread_mutex_unlock(&s->lock);
 	cdisk_sync_stop(e->disk);
+	cd_server_put_export(e);
 	return ok_reply();
 }
 
@@ -462,10 +499,11 @@ static json_t *cmd_mirror(struct cdisk_server *s, json_t *req, const char *verb)
 	if (!e)
 		return err;
 	rc = mirror_verb(e, verb, req, &err);
+	if (rc == 0 && !err)
+		rc = cdisk_mirror_get_status(e->disk, &st);
+	cd_server_put_export(e);
 	if (err)
 		return err;
-	if (rc == 0)
-		rc = cdisk_mirror_get_status(e->disk, &st);
 	if (rc < 0)
 		return mirror_error(rc, cdisk_ctx_error(s->ctx));
 	r = ok_reply();
@@ -484,6 +522,7 @@ static json_t *cmd_verify_status(struct cdisk_server *s, json_t *req)
 	if (!e)
 		return err;
 	cd_verify_job_get(e->disk, &st);
+	cd_server_put_export(e);
 	if (!st.known) {
 		cdisk_verify_result_free(&st.res);
 		return mirror_error(-ENOENT, "no verify was asked for");
