@@ -189,6 +189,7 @@ static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
 	const char *name = json_string_value(json_object_get(req, "export"));
 	struct cd_export **held = NULL;
 	size_t nheld = 0;
+	json_t *reply;
 	int r = 0;
 
 	for (size_t i = 0; i < s->nexports && r == 0; i++) {
@@ -205,16 +206,19 @@ static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
 		if (!e)
 			return error_reply(-ENOENT, "no export named '%s'", name);
 		r = cdisk_flush(e->disk);
+		reply = r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
 		cd_pool_put(e);
-	} else if (r == 0 && s->pool && cd_pool_hold_all(s->pool, &held, &nheld) == 0) {
-		for (size_t i = 0; i < nheld; i++) {
-			if (r == 0 && !held[i]->readonly)
-				r = cdisk_flush(held[i]->disk);
-			cd_pool_put(held[i]);
-		}
-		free(held);
+		return reply;
 	}
-	return r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
+	if (r == 0 && s->pool && (r = cd_pool_hold_all(s->pool, &held, &nheld)) < 0)
+		return error_reply(r, "out of memory");
+	for (size_t i = 0; i < nheld && r == 0; i++)
+		r = cdisk_flush(held[i]->disk);
+	reply = r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
+	for (size_t i = 0; i < nheld; i++)
+		cd_pool_put(held[i]);
+	free(held);
+	return reply;
 }
 
 static json_t *cmd_info(struct cdisk_server *s, json_t *req)
@@ -364,11 +368,15 @@ static json_t *cmd_sync_dry_run(struct cdisk_server *s, json_t *req)
 	rc = mode == CDISK_SYNC_PULL ? cdisk_pull(e->disk, &opts, &st) :
 	     mode == CDISK_SYNC_CLOSE ? cdisk_sync_close(e->disk, &opts, &st) :
 	     cdisk_sync(e->disk, &opts, &st);
+	/* The message before the image is given back: its close would
+	 * overwrite it. */
+	if (rc < 0) {
+		r = error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
+	} else {
+		r = ok_reply();
+		json_object_set_new(r, "result", cd_control_stats_to_json(&st));
+	}
 	cd_server_put_export(e);
-	if (rc < 0)
-		return error_reply(rc, "%s", cdisk_ctx_error(s->ctx));
-	r = ok_reply();
-	json_object_set_new(r, "result", cd_control_stats_to_json(&st));
 	return r;
 }
 
@@ -501,11 +509,11 @@ static json_t *cmd_mirror(struct cdisk_server *s, json_t *req, const char *verb)
 	rc = mirror_verb(e, verb, req, &err);
 	if (rc == 0 && !err)
 		rc = cdisk_mirror_get_status(e->disk, &st);
+	if (!err && rc < 0)
+		err = mirror_error(rc, cdisk_ctx_error(s->ctx));
 	cd_server_put_export(e);
 	if (err)
 		return err;
-	if (rc < 0)
-		return mirror_error(rc, cdisk_ctx_error(s->ctx));
 	r = ok_reply();
 	json_object_set_new(r, "mirror", cd_control_mirror_to_json(&st));
 	return r;

@@ -44,6 +44,7 @@ struct entry {
 	struct cd_pool *pool;
 	dev_t dev;
 	ino_t ino;
+	uint64_t size;          /* its virtual size, for quota_size */
 	unsigned refs;          /* the list's, and each holder's (lock) */
 	bool seen;              /* by the scan under way */
 	struct entry *next;
@@ -549,35 +550,32 @@ static int count_against_quota(struct cd_pool *p, const struct found *f, struct 
 
 /* An image put in the folder by hand (cdisk-create, cp) is served only
  * within its user's quota_size, as pool-create would have checked: the
- * sizes of their writable images served already, and its own. */
-static int fits_size_quota(struct cd_pool *p, const struct found *f, struct cdisk *d)
+ * sizes of their writable images served already, and its own.  Decided
+ * before opening, from the size the walk read in its superblock and the
+ * sizes kept in the entries: opening it read-write would itself wake the
+ * folder's watch (IN_CLOSE_WRITE) and scan again, and no disk's lock is
+ * taken under the pool's.  False, with why, when it does not fit. */
+static bool fits_size_quota(struct cd_pool *p, const struct found *f, char *why, size_t len)
 {
 	size_t ulen = strlen(f->user);
 	uint64_t limit = 0, total = 0;
-	struct cdisk_info info;
 	char a[32], b[32], c[32];
 
-	cdisk_get_info(d, &info);
 	pthread_mutex_lock(&p->lock);
 	for (struct pool_user *u = p->users; u; u = u->next)
 		if (!strcmp(u->used->name, f->user))
 			limit = u->size_limit;
-	for (struct entry *e = p->list; limit && e; e = e->next) {
-		struct cdisk_info served;
-
-		if (e->exp.readonly || strncmp(e->exp.name, f->user, ulen) ||
-		    e->exp.name[ulen] != '/' || !strcmp(e->exp.path, f->path))
-			continue;
-		cdisk_get_info(e->exp.disk, &served);
-		total += served.size;
-	}
+	for (struct entry *e = p->list; limit && e; e = e->next)
+		if (!e->exp.readonly && !strncmp(e->exp.name, f->user, ulen) &&
+		    e->exp.name[ulen] == '/')
+			total += e->size;
 	pthread_mutex_unlock(&p->lock);
-	if (!limit || total + info.size <= limit)
-		return 0;
-	return cd_error(p->ctx, -EDQUOT, "its %s would take the images of '%s' served to %s, "
-			"past their quota_size of %s", cd_format_size(info.size, a, sizeof(a)),
-			f->user, cd_format_size(total + info.size, b, sizeof(b)),
-			cd_format_size(limit, c, sizeof(c)));
+	if (!limit || total + f->size <= limit)
+		return true;
+	snprintf(why, len, "its %s would take the images of '%s' served to %s, past their "
+		 "quota_size of %s", cd_format_size(f->size, a, sizeof(a)), f->user,
+		 cd_format_size(total + f->size, b, sizeof(b)), cd_format_size(limit, c, sizeof(c)));
+	return false;
 }
 
 static int add_size(void *opaque, const struct cdisk_pool_image *img)
@@ -627,8 +625,6 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 		cdisk_close(d);
 		r = cd_error(p->ctx, -ELOOP, "it changed while it was opened");
 	}
-	if (r == 0 && !ro && (r = fits_size_quota(p, f, d)) < 0)
-		cdisk_close(d);
 	if (r == 0 && !ro && (r = count_against_quota(p, f, d)) < 0)
 		cdisk_close(d);
 	if (r == 0 && !ro && (r = cdisk_mirror_start(d)) < 0)
@@ -650,6 +646,7 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 	e->pool = p;
 	e->dev = f->dev;
 	e->ino = f->ino;
+	e->size = cdisk_size(d);
 	e->refs = 1;
 	*out = e;
 	return 0;
@@ -678,15 +675,15 @@ static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 	pthread_mutex_unlock(&p->lock);
 	if (gone)
 		entry_free(gone);
-	r = open_image(p, f, &e);
-	if (r == -EDQUOT) {
+	if (!f->shared && !p->read_only &&
+	    !fits_size_quota(p, f, f->skipped, sizeof(f->skipped))) {
 		/* Not retried on a timer: a reload or a change in the folder
 		 * scans again. */
-		snprintf(f->skipped, sizeof(f->skipped), "%s", cdisk_ctx_error(p->ctx));
 		cd_log(p->ctx, CDISK_LOG_WARNING, "pool: not serving '%s': %s", f->export_name,
 		       f->skipped);
 		return;
 	}
+	r = open_image(p, f, &e);
 	if (r < 0) {
 		snprintf(f->skipped, sizeof(f->skipped), "%s", cdisk_ctx_error(p->ctx));
 		scan_later(p, RETRY_MS);
