@@ -153,7 +153,8 @@ qio_release() {
 	run_cdisk 1 nbdinfo --size "$(nbd bob/new)"
 }
 
-@test "pool: flush, sync-dry-run, sync-status and mirror-status reach a pool image; a server sync of one is refused" {
+@test "pool: flush, sync-dry-run, sync-status and the mirror verbs reach a pool image (its copy gated as background work); a server sync of one is refused" {
+	run_cdisk 0 cdisk-io pool/bob/b.cdisk w:0:1048576:7
 	start_pool
 	run_cdisk 0 qemu-io -f raw -c 'write -P 7 0 1M' "$(nbd alice/a)"
 	ctl '{"command":"flush","export":"alice/a"}'
@@ -172,6 +173,22 @@ qio_release() {
 	ctl '{"command":"sync","disk":"'"$PWD"'/pool/alice/a.cdisk"}'
 	assert_equal "$(json_get .ok) $(json_get .exit_code)" "false 8"
 	assert_equal "$(json_get .error)" "'$PWD/pool/alice/a.cdisk' is a pool image: the server does not sync those; sync it once its clients are gone"
+	# A mirror attached over the control socket to an image no client
+	# ever opened: its copy is background work of the server, counted so.
+	truncate -s 8M mirror.img
+	ctl '{"command":"mirror-attach","disk":"'"$PWD"'/pool/bob/b.cdisk","uri":"'"$PWD"'/mirror.img"}'
+	assert_equal "$(json_get .ok)" true
+	for _ in $(seq 100); do
+		ctl '{"command":"mirror-status","disk":"'"$PWD"'/pool/bob/b.cdisk"}'
+		[ "$(json_get .mirror.state)" = in-sync ] && break
+		sleep 0.1
+	done
+	assert_equal "$(json_get .mirror.state)" in-sync
+	ctl '{"command":"status","disk":"'"$PWD"'/pool/bob/b.cdisk"}'
+	assert_num "$(json_get '.exports[0].io.ops.background.bytes')" -ge 1048576
+	run_cdisk 0 patfile mirror.img r 0 1M 7
+	ctl '{"command":"mirror-detach","disk":"'"$PWD"'/pool/bob/b.cdisk"}'
+	assert_equal "$(json_get .ok)" true
 	# The image is held only while each request lasts: it can go.
 	ctl '{"command":"pool-delete","user":"alice","image":"a"}'
 	assert_equal "$(json_get .ok)" true

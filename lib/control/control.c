@@ -252,8 +252,10 @@ static struct cd_export *export_of_request(struct cdisk_server *s, json_t *req,
 	const char *disk = json_string_value(json_object_get(req, "disk"));
 	struct cd_export *e = disk ? export_for_disk(s, disk) : NULL;
 
-	if (!e && disk)
-		e = cd_pool_get_by_path(s->pool, disk);
+	/* A pool's image no client has opened yet gets its gate here: the
+	 * copies a verb starts (a mirror's) go through the queue too. */
+	if (!e && disk && (e = cd_pool_get_by_path(s->pool, disk)))
+		cd_export_gate(s, e);
 	if (!disk)
 		*error = error_reply(-EINVAL, "request needs \"disk\"");
 	else if (!e)
