@@ -183,42 +183,52 @@ static json_t *cmd_status(struct cdisk_server *s, json_t *req)
 	return r;
 }
 
-/* flush: one export by name (a pool's image too), or all of them. */
-static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
+static json_t *flush_reply(struct cdisk_server *s, int r)
 {
-	const char *name = json_string_value(json_object_get(req, "export"));
+	return r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
+}
+
+/* One export by name, a pool's image too (its message read before it is
+ * given back: its close would overwrite it). */
+static json_t *flush_one(struct cdisk_server *s, const char *name)
+{
+	struct cd_export *e = cd_server_find_export(s, name);
+	json_t *reply;
+
+	if (e)
+		return flush_reply(s, cdisk_flush(e->disk));
+	if (!s->pool || !(e = cd_pool_get(s->pool, name)))
+		return error_reply(-ENOENT, "no export named '%s'", name);
+	reply = flush_reply(s, cdisk_flush(e->disk));
+	cd_pool_put(e);
+	return reply;
+}
+
+static json_t *flush_all(struct cdisk_server *s)
+{
 	struct cd_export **held = NULL;
 	size_t nheld = 0;
 	json_t *reply;
 	int r = 0;
 
-	for (size_t i = 0; i < s->nexports && r == 0; i++) {
-		struct cd_export *e = &s->exports[i];
-		if (name && strcmp(e->name, name) != 0)
-			continue;
-		r = cdisk_flush(e->disk);
-		if (r == 0 && name)
-			return ok_reply();
-	}
-	if (r == 0 && name) {
-		struct cd_export *e = s->pool ? cd_pool_get(s->pool, name) : NULL;
-
-		if (!e)
-			return error_reply(-ENOENT, "no export named '%s'", name);
-		r = cdisk_flush(e->disk);
-		reply = r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
-		cd_pool_put(e);
-		return reply;
-	}
+	for (size_t i = 0; i < s->nexports && r == 0; i++)
+		r = cdisk_flush(s->exports[i].disk);
 	if (r == 0 && s->pool && (r = cd_pool_hold_all(s->pool, &held, &nheld)) < 0)
 		return error_reply(r, "out of memory");
 	for (size_t i = 0; i < nheld && r == 0; i++)
 		r = cdisk_flush(held[i]->disk);
-	reply = r < 0 ? error_reply(r, "%s", cdisk_ctx_error(s->ctx)) : ok_reply();
+	reply = flush_reply(s, r);
 	for (size_t i = 0; i < nheld; i++)
 		cd_pool_put(held[i]);
 	free(held);
 	return reply;
+}
+
+static json_t *cmd_flush(struct cdisk_server *s, json_t *req)
+{
+	const char *name = json_string_value(json_object_get(req, "export"));
+
+	return name ? flush_one(s, name) : flush_all(s);
 }
 
 static json_t *cmd_info(struct cdisk_server *s, json_t *req)
@@ -323,12 +333,14 @@ static json_t *cmd_sync(struct cdisk_server *s, json_t *req)
 
 	if (!e)
 		return err;
-	if (e->pool || e->readonly) {
-		/* A pool's image may go while a job runs: the server does not
-		 * run them (yet); cdisk-sync does, once no one uses it. */
-		err = e->pool ? error_reply(-EAGAIN, "'%s' is a pool image: the server does not "
-					    "sync those; sync it once its clients are gone", e->path)
-			      : error_reply(-EROFS, "export '%s' is read-only", e->name);
+	/* A pool's image may go while a job runs: the server runs none on
+	 * them (yet); cdisk-sync does, once no one uses it. */
+	if (e->pool)
+		err = error_reply(-EAGAIN, "'%s' is a pool image: the server does not sync "
+				  "those; sync it once its clients are gone", e->path);
+	else if (e->readonly)
+		err = error_reply(-EROFS, "export '%s' is read-only", e->name);
+	if (err) {
 		cd_server_put_export(e);
 		return err;
 	}

@@ -232,7 +232,6 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 {
 	struct cd_mirror *m = d->mirror;
 	struct cd_leg *leg = calloc(1, sizeof(*leg));
-	pthread_condattr_t attr;
 
 	if (!leg)
 		return NULL;
@@ -246,10 +245,7 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 		if (op == CD_LEG_WRITE)
 			memcpy(leg->buf, buf, len);
 	}
-	pthread_condattr_init(&attr);
-	pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-	pthread_cond_init(&leg->finished, &attr);
-	pthread_condattr_destroy(&attr);
+	pthread_cond_init(&leg->finished, &m->leg_attr);
 	leg->op = op;
 	leg->len = len;
 	leg->off = off;
@@ -542,6 +538,8 @@ int cd_mirror_init(struct cdisk *d)
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_cond_init(&m->work, NULL);
 	pthread_cond_init(&m->wake, NULL);
+	pthread_condattr_init(&m->leg_attr);
+	pthread_condattr_setclock(&m->leg_attr, CLOCK_MONOTONIC);
 	d->mirror = m;
 	return 0;
 }
@@ -577,6 +575,7 @@ void cd_mirror_free(struct cdisk *d)
 	free(m->restore_hook);
 	pthread_cond_destroy(&m->work);
 	pthread_cond_destroy(&m->wake);
+	pthread_condattr_destroy(&m->leg_attr);
 	pthread_mutex_destroy(&m->lock);
 	free(m);
 }

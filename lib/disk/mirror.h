@@ -48,6 +48,7 @@ struct cd_mirror {
 	pthread_mutex_t lock;
 	pthread_cond_t work;       /* a leg is queued, or stopping */
 	pthread_cond_t wake;       /* the keeper: something changed */
+	pthread_condattr_t leg_attr;   /* each leg's condition: CLOCK_MONOTONIC */
 	struct cd_leg *head, *tail;
 	pthread_t workers[MIRROR_WORKERS];
 	unsigned nworkers, idle;

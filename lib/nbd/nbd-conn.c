@@ -336,13 +336,19 @@ static ssize_t conn_recv_some(struct conn *c, void *buf, size_t len)
 }
 
 /* At least want unparsed bytes in the reader's buffer. */
-static int fill(struct conn *c, size_t want)
+/* What is unparsed to the front of the reader's buffer. */
+static void compact(struct conn *c)
 {
 	if (c->rpos) {
 		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
 		c->rlen -= c->rpos;
 		c->rpos = 0;
 	}
+}
+
+static int fill(struct conn *c, size_t want)
+{
+	compact(c);
 	while (c->rlen < want) {
 		ssize_t n = conn_recv_some(c, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
 		if (n < 0)
@@ -359,11 +365,7 @@ static int fill_record(struct conn *c)
 {
 	ssize_t n;
 
-	if (c->rpos) {
-		memmove(c->rbuf, c->rbuf + c->rpos, c->rlen - c->rpos);
-		c->rlen -= c->rpos;
-		c->rpos = 0;
-	}
+	compact(c);
 	n = gnutls_record_recv(c->tls, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
 	if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
 		return 0;
@@ -404,25 +406,31 @@ static int take_payload(struct conn *c, uint8_t *dst, size_t len)
 	return have < len ? conn_recv(c, dst + have, len - have) : 0;
 }
 
-/* Parse one request, payload included.  Returns 1 for a request; 0 when
- * !block and no whole header is to be had without waiting (with TLS, and
- * more: a record that has wholly come is taken); -1 when the client said
- * goodbye or the stream cannot be followed. */
+/* A whole request header in the buffer: 1; 0 when !block and none is to
+ * be had without waiting (with TLS, and more: a record that has wholly
+ * come is taken); -1 when the client said goodbye. */
+static int header_ready(struct conn *c, bool block, bool more)
+{
+	if (c->rlen - c->rpos >= CD_NBD_REQUEST_SIZE)
+		return 1;
+	if (block)
+		return fill(c, CD_NBD_REQUEST_SIZE) < 0 ? -1 : 1;
+	if (!more || !c->tls || !tls_record_ready(c))
+		return 0;
+	if (fill_record(c) < 0)
+		return -1;
+	return c->rlen - c->rpos >= CD_NBD_REQUEST_SIZE;
+}
+
+/* Parse one request, payload included.  Returns 1 for a request, 0 or -1
+ * as header_ready, -1 also when the stream cannot be followed. */
 static int parse_request(struct conn *c, struct request *q, bool block, bool more)
 {
 	const uint8_t *h;
+	int r = header_ready(c, block, more);
 
-	if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE && block) {
-		if (fill(c, CD_NBD_REQUEST_SIZE) < 0)
-			return -1;
-	} else if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE) {
-		if (!more || !c->tls || !tls_record_ready(c))
-			return 0;
-		if (fill_record(c) < 0)
-			return -1;
-		if (c->rlen - c->rpos < CD_NBD_REQUEST_SIZE)
-			return 0;
-	}
+	if (r <= 0)
+		return r;
 	h = c->rbuf + c->rpos;
 	q->extra = NULL;
 	if (cd_nbd_parse_request(h, &q->req) < 0)
@@ -767,11 +775,7 @@ struct cd_queue *cd_server_queue(struct cdisk_server *s)
 	pthread_mutex_lock(&s->lock);
 	if (!s->queue) {
 		unsigned workers, max;
-		cd_queue_default_size(&workers, &max);
-		if (s->ctx->cfg.serve_workers) {
-			workers = s->ctx->cfg.serve_workers;
-			max = workers * 8 < 256 ? workers * 8 : 256;
-		}
+		cd_queue_size(s->ctx->cfg.serve_workers, &workers, &max);
 		if (cd_queue_new(s->ctx, workers, max, &q) == 0)
 			__atomic_store_n(&s->queue, q, __ATOMIC_RELEASE);
 	}

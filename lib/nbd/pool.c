@@ -535,6 +535,22 @@ void cd_pool_set_quotas(struct cd_pool *p, const struct cd_users *users)
 	scan_later(p, SETTLE_MS);
 }
 
+/* Under the lock: the user's quota_size, 0 for none. */
+static uint64_t size_limit_locked(struct cd_pool *p, const char *user)
+{
+	for (struct pool_user *u = p->users; u; u = u->next)
+		if (!strcmp(u->used->name, user))
+			return u->size_limit;
+	return 0;
+}
+
+/* shared/ images, and every image of a read-only pool, are served
+ * read-only and count against no quota. */
+static bool image_read_only(const struct cd_pool *p, const struct found *f)
+{
+	return f->shared || p->read_only;
+}
+
 /* A writable image of a user counts against their space quota. */
 static int count_against_quota(struct cd_pool *p, const struct found *f, struct cdisk *d)
 {
@@ -558,13 +574,11 @@ static int count_against_quota(struct cd_pool *p, const struct found *f, struct 
 static bool fits_size_quota(struct cd_pool *p, const struct found *f, char *why, size_t len)
 {
 	size_t ulen = strlen(f->user);
-	uint64_t limit = 0, total = 0;
+	uint64_t limit, total = 0;
 	char a[32], b[32], c[32];
 
 	pthread_mutex_lock(&p->lock);
-	for (struct pool_user *u = p->users; u; u = u->next)
-		if (!strcmp(u->used->name, f->user))
-			limit = u->size_limit;
+	limit = size_limit_locked(p, f->user);
 	for (struct entry *e = p->list; limit && e; e = e->next)
 		if (!e->exp.readonly && !strncmp(e->exp.name, f->user, ulen) &&
 		    e->exp.name[ulen] == '/')
@@ -588,15 +602,12 @@ static int add_size(void *opaque, const struct cdisk_pool_image *img)
  * images' sizes within their quota_size. */
 static int check_size_quota(struct cd_pool *p, const char *user, uint64_t size)
 {
-	uint64_t limit = 0, total = 0;
-	struct pool_user *u;
+	uint64_t limit, total = 0;
 	char a[32], b[32], c[32];
 	int r;
 
 	pthread_mutex_lock(&p->lock);
-	for (u = p->users; u; u = u->next)
-		if (!strcmp(u->used->name, user))
-			limit = u->size_limit;
+	limit = size_limit_locked(p, user);
 	pthread_mutex_unlock(&p->lock);
 	if (!limit)
 		return 0;
@@ -615,7 +626,7 @@ static int check_size_quota(struct cd_pool *p, const char *user, uint64_t size)
 
 static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 {
-	bool ro = f->shared || p->read_only;
+	bool ro = image_read_only(p, f);
 	struct entry *e;
 	struct cdisk *d;
 	int r;
@@ -657,7 +668,6 @@ static int open_image(struct cd_pool *p, struct found *f, struct entry **out)
 static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 {
 	struct entry *e = NULL, *old, *gone = NULL;
-	int r;
 
 	pthread_mutex_lock(&p->lock);
 	old = find(p, f->export_name);
@@ -675,16 +685,14 @@ static void take(struct cd_pool *p, struct found *f, struct cd_pool_scan *res)
 	pthread_mutex_unlock(&p->lock);
 	if (gone)
 		entry_free(gone);
-	if (!f->shared && !p->read_only &&
-	    !fits_size_quota(p, f, f->skipped, sizeof(f->skipped))) {
+	if (!image_read_only(p, f) && !fits_size_quota(p, f, f->skipped, sizeof(f->skipped))) {
 		/* Not retried on a timer: a reload or a change in the folder
 		 * scans again. */
 		cd_log(p->ctx, CDISK_LOG_WARNING, "pool: not serving '%s': %s", f->export_name,
 		       f->skipped);
 		return;
 	}
-	r = open_image(p, f, &e);
-	if (r < 0) {
+	if (open_image(p, f, &e) < 0) {
 		snprintf(f->skipped, sizeof(f->skipped), "%s", cdisk_ctx_error(p->ctx));
 		scan_later(p, RETRY_MS);
 		return;

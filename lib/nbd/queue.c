@@ -122,7 +122,7 @@ struct bg_ticket {
 	bool granted;
 };
 
-void cd_queue_default_size(unsigned *workers, unsigned *max)
+void cd_queue_size(unsigned want, unsigned *workers, unsigned *max)
 {
 	long n = sysconf(_SC_NPROCESSORS_ONLN);
 
@@ -130,7 +130,7 @@ void cd_queue_default_size(unsigned *workers, unsigned *max)
 		n = 1;
 	/* Enough to keep the disk busy while some wait on a flush or on
 	 * the base; not so many that they fight for the cores. */
-	*workers = n * 4 < 8 ? 8 : n * 4 > 64 ? 64 : (unsigned)n * 4;
+	*workers = want ? want : n * 4 < 8 ? 8 : n * 4 > 64 ? 64 : (unsigned)n * 4;
 	*max = *workers * 8 > 256 ? 256 : *workers * 8;
 }
 
@@ -917,7 +917,7 @@ static void *worker(void *arg)
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
 		finished(q, f);
-		busy_ns = cd_now_ns();
+		busy_ns = q->fg_last_ns;   /* finished's clock */
 	}
 	q->workers--;
 	pthread_cond_broadcast(&q->gone);

@@ -58,8 +58,9 @@ struct cd_queue;
  * that reads no replies). */
 int cd_queue_new(struct cdisk_ctx *ctx, unsigned workers, unsigned max,
 		 struct cd_queue **out);
-/* Workers for this machine: a few per core. */
-void cd_queue_default_size(unsigned *workers, unsigned *max);
+/* Workers: those asked for ([serve] workers), or 0 for a few per core;
+ * and the most there may be. */
+void cd_queue_size(unsigned want, unsigned *workers, unsigned *max);
 void cd_qbatch_add(struct cd_qbatch *b, struct cd_qitem *item);
 /* Hands the batch to the scheduler and empties it.  Every item has its
  * flow. */
