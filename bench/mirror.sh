@@ -13,6 +13,9 @@
 # Then the time of the initial copy (cdisk-mirror attach; qemu's job until
 # ready; qemu-img convert of the same data) and of a resync of 64 MiB
 # written while the mirror was paused.
+# Then, for information (no target; issue 17), the same figures with the
+# storage of the patent: a Ceph RBD primary and a tgtd iSCSI LUN mirror,
+# on the test suite's servers (bench/common.sh), without a delay filter.
 # Usage: bench/mirror.sh [SECONDS per job, default 10] [ROUNDS, default 3]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,12 +27,23 @@ size=1G
 # qemu-storage-daemon is only the benchmark's.
 command -v qemu-storage-daemon >/dev/null ||
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-system-common >/dev/null
+# Its rbd and iscsi drivers: without them the RBD section has cdisk only.
+dpkg-query -W -f='${Status}' qemu-block-extra 2>/dev/null | grep -q "ok installed" ||
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q qemu-block-extra >/dev/null ||
+	echo "qemu-block-extra could not be installed" >&2
 make -s -C "$top" O="$O" all >/dev/null
 PATH="$top/$O/bin:$PATH"
+# shellcheck source=bench/common.sh disable=SC1091
+. "$top/bench/common.sh"
 work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+export CDISK_SERVERS=$work/servers
 pids=()
 cleanup() {
 	stop_all
+	if [ -d "$CDISK_SERVERS" ]; then
+		drop_pair
+		"$top/tests/servers.sh" stop-all || true
+	fi
 	rm -rf "$work"
 }
 stop_all() {
@@ -73,13 +87,16 @@ since() { echo "$(now) - $1" | bc -l; }
 
 start_cdisk() { # with_mirror
 	start_targets
+	serve_cdisk "$1" cdisk
+}
+serve_cdisk() { # with_mirror COPY-KEY: on $primary and $mirror
 	rm -f d.cdisk meta/* "$work/cdisk.sock"
 	cdisk-create -q --primary "$primary" d.cdisk
 	if [ "$1" = yes ]; then
 		local t0
 		t0=$(now)
 		cdisk-mirror attach -q d.cdisk "$mirror"
-		keep copy cdisk "$(since "$t0")"
+		keep copy "$2" "$(since "$t0")"
 	fi
 	cdisk-serve -q --socket "$work/cdisk.sock" d.cdisk 3>&- &
 	pids+=($!)
@@ -110,10 +127,13 @@ qmp_wait() {
 
 start_qemu() { # with_mirror
 	start_targets
+	serve_qemu "$1" qemu \
+		"driver=nbd,node-name=prim,server.type=unix,server.path=$work/p.sock" \
+		"driver=nbd,node-name=mirr,server.type=unix,server.path=$work/m.sock"
+}
+serve_qemu() { # with_mirror COPY-KEY PRIMARY-BLOCKDEV MIRROR-BLOCKDEV
 	rm -f "$work/qsd.sock" "$work/qmp.sock"
-	qemu-storage-daemon \
-		--blockdev "driver=nbd,node-name=prim,server.type=unix,server.path=$work/p.sock" \
-		--blockdev "driver=nbd,node-name=mirr,server.type=unix,server.path=$work/m.sock" \
+	qemu-storage-daemon --blockdev "$3" --blockdev "$4" \
 		--nbd-server "addr.type=unix,addr.path=$work/qsd.sock" \
 		--export type=nbd,id=e,node-name=prim,name=d,writable=on \
 		--chardev "socket,id=qmp,path=$work/qmp.sock,server=on,wait=off" \
@@ -131,7 +151,7 @@ start_qemu() { # with_mirror
 		"copy-mode": "write-blocking"}}')
 	case $reply in *'"error"'*) echo "blockdev-mirror: $reply" >&2; exit 1 ;; esac
 	qmp_wait BLOCK_JOB_READY
-	keep copy qemu "$(since "$t0")"
+	keep copy "$2" "$(since "$t0")"
 }
 
 run_job() { # name depth -> "iops latency-us"
@@ -155,20 +175,24 @@ median() { # VALUES...
 }
 ratio() { echo "$1 / $2" | bc -l; }
 
+measure() { # SETUP ROUND: start it, run both jobs, stop it
+	echo "round $2: $1" >&2
+	"start_${1%.*}" "${1#*.}"
+	read -r i l < <(run_job "$1-qd1-$2" 1)
+	keep iops "$1.qd1" "$i"
+	keep lat "$1.qd1" "$l"
+	read -r i _ < <(run_job "$1-qd16-$2" 16)
+	keep iops "$1.qd16" "$i"
+	stop_all
+}
 for round in $(seq "$rounds"); do
 	for setup in cdisk.no cdisk.yes qemu.no qemu.yes; do
-		echo "round $round: $setup" >&2
-		"start_${setup%.*}" "${setup#*.}"
-		read -r i l < <(run_job "$setup-qd1-$round" 1)
-		keep iops "$setup.qd1" "$i"
-		keep lat "$setup.qd1" "$l"
-		read -r i _ < <(run_job "$setup-qd16-$round" 16)
-		keep iops "$setup.qd16" "$i"
-		stop_all
+		measure "$setup" "$round"
 	done
 done
 
 m() { # ARRAY KEY
+	# shellcheck disable=SC2178 # a nameref, as in keep
 	declare -n a=$1
 	# shellcheck disable=SC2086 # the rounds' values, one word each
 	median ${a[$2]}
@@ -220,3 +244,147 @@ printf '%-44s %10.2f\n' "cdisk: initial copy (cdisk-mirror attach)" "$(m copy cd
 printf '%-44s %10.2f\n' "qemu: blockdev-mirror until ready" "$(m copy qemu)"
 printf '%-44s %10.2f\n' "qemu-img convert -W -m 8" "$(m copy convert)"
 printf '%-44s %10.2f\n' "cdisk: resync of 64 MiB written while paused" "$resync"
+
+# ---- For information (no target): an RBD primary with a tgtd mirror ----
+# The storage of the patent, on the test suite's servers (one monitor and
+# one memstore OSD; tgtd), on loopback without a delay: the primary a Ceph
+# RBD image of 1 GiB holding the same 256 MiB of data (rbd import of
+# data.raw: the rest never written), the mirror a LUN on a sparse 1 GiB
+# file; both fresh for every set-up and removed after it.  cdisk reaches
+# them as rbd:rbd/IMAGE (CEPH_CONF) and iscsi://127.0.0.1:PORT/IQN/1, qemu
+# with its rbd and iscsi drivers.  Each keeps its own librbd cache setting:
+# cdisk's writes back from the first write (rbd_cache_writethrough_until_
+# flush off), qemu's is its rbd driver's default with cache.direct=off.
+pairs=0 image='' tid=''
+start_pair() { # sets primary, mirror, image, iqn
+	pairs=$((pairs + 1))
+	image=mirror-$pairs
+	rbd import --no-progress data.raw "rbd/$image" >/dev/null
+	rm -f lun.img
+	truncate -s "$size" lun.img
+	tid=$pairs
+	iqn=iqn.2026-11.org.cdisk.bench:mirror-$pairs
+	"${adm[@]}" --op new --mode target --tid "$tid" -T "$iqn"
+	"${adm[@]}" --op new --mode logicalunit --tid "$tid" --lun 1 -b "$work/lun.img"
+	"${adm[@]}" --op bind --mode target --tid "$tid" -I ALL
+	primary=rbd:rbd/$image
+	mirror=iscsi://127.0.0.1:$TGT_PORT/$iqn/1
+}
+drop_pair() { # after stop_all: no client holds them
+	if [ -n "${tid:-}" ]; then
+		"${adm[@]}" --op delete --mode target --tid "$tid" --force || true
+		tid=
+	fi
+	rm -f lun.img
+	[ -n "${image:-}" ] || return 0
+	# A watch a killed client left lasts 5 s (servers.sh).
+	for _ in $(seq 8); do
+		timeout 20 rbd rm --no-progress "rbd/$image" 2>/dev/null && break
+		sleep 1
+	done
+	image=
+}
+start_rbd_cdisk() { # with_mirror
+	start_pair
+	serve_cdisk "$1" rbd_cdisk
+}
+qemu_rbd() { echo "driver=rbd,node-name=prim,pool=rbd,image=$image,conf=$CEPH_CONF"; }
+qemu_iscsi() {
+	echo "driver=iscsi,node-name=mirr,transport=tcp,portal=127.0.0.1:$TGT_PORT,target=$iqn,lun=1"
+}
+start_rbd_qemu() { # with_mirror
+	start_pair
+	serve_qemu "$1" rbd_qemu "$(qemu_rbd)" "$(qemu_iscsi)"
+}
+bench_servers tgt ceph 3>&-
+adm=(tgtadm -C "$TGT_CONTROL" --lld iscsi)
+
+# Can qemu-storage-daemon open both (its block-rbd and block-iscsi
+# modules)?  If not, why: its first complaint.
+qemu_why=
+start_pair
+rm -f "$work/probe.sock"
+qemu-storage-daemon --blockdev "$(qemu_rbd)" --blockdev "$(qemu_iscsi)" \
+	--chardev "socket,id=qmp,path=$work/probe.sock,server=on,wait=off" \
+	--monitor chardev=qmp 2>probe.err 3>&- &
+probe=$!
+pids+=("$probe")
+for _ in $(seq 400); do
+	[ -S "$work/probe.sock" ] && break
+	kill -0 "$probe" 2>/dev/null || break
+	sleep 0.05
+done
+[ -S "$work/probe.sock" ] || qemu_why=$(head -1 probe.err)
+[ -n "$qemu_why" ] || [ -S "$work/probe.sock" ] || qemu_why="qemu-storage-daemon did not start"
+stop_all
+drop_pair
+
+rbd_setups=(rbd_cdisk.no rbd_cdisk.yes)
+[ -n "$qemu_why" ] || rbd_setups+=(rbd_qemu.no rbd_qemu.yes)
+for round in $(seq "$rounds"); do
+	for setup in "${rbd_setups[@]}"; do
+		measure "$setup" "$round"
+		drop_pair
+	done
+done
+if [ -z "$qemu_why" ]; then
+	start_pair
+	t0=$(now)
+	qemu-img convert -n -f raw -O raw -W -m 8 "rbd:rbd/$image:conf=$CEPH_CONF" "$mirror"
+	keep copy rbd_convert "$(since "$t0")"
+	drop_pair
+fi
+
+echo
+echo "for information (no target): primary Ceph RBD, mirror tgtd iSCSI LUN (loopback, no delay)"
+echo "4 KiB random writes through NBD; librbd cache: cdisk's writes back, qemu's as its driver sets it"
+if [ -n "$qemu_why" ]; then
+	echo "qemu rows not available: $qemu_why"
+	printf '%-28s %12s %12s\n' "" "cdisk" "cdisk+mirror"
+	for qd in qd1 qd16; do
+		printf '%-28s %12.0f %12.0f\n' "IOPS, ${qd^^}" \
+			"$(m iops rbd_cdisk.no.$qd)" "$(m iops rbd_cdisk.yes.$qd)"
+	done
+	printf '%-28s %12.0f %12.0f\n' "QD1 latency (us)" \
+		"$(m lat rbd_cdisk.no.qd1)" "$(m lat rbd_cdisk.yes.qd1)"
+	echo
+	echo "the mirror's cost (mirrored / the same set-up unmirrored)"
+	printf '%-28s %12s\n' "" "cdisk"
+	for qd in qd1 qd16; do
+		printf '%-28s %11.2fx\n' "IOPS, ${qd^^}" \
+			"$(ratio "$(m iops rbd_cdisk.yes.$qd)" "$(m iops rbd_cdisk.no.$qd)")"
+	done
+	printf '%-28s %11.2fx\n' "QD1 latency" \
+		"$(ratio "$(m lat rbd_cdisk.yes.qd1)" "$(m lat rbd_cdisk.no.qd1)")"
+	echo
+	echo "copies (seconds; 1 GiB disk holding 256 MiB of data)"
+	printf '%-44s %10.2f\n' "cdisk: initial copy (cdisk-mirror attach)" "$(m copy rbd_cdisk)"
+	exit 0
+fi
+printf '%-28s %12s %12s %12s %12s\n' "" "cdisk" "cdisk+mirror" "qemu" "qemu+mirror"
+for qd in qd1 qd16; do
+	printf '%-28s %12.0f %12.0f %12.0f %12.0f\n' "IOPS, ${qd^^}" \
+		"$(m iops rbd_cdisk.no.$qd)" "$(m iops rbd_cdisk.yes.$qd)" \
+		"$(m iops rbd_qemu.no.$qd)" "$(m iops rbd_qemu.yes.$qd)"
+done
+printf '%-28s %12.0f %12.0f %12.0f %12.0f\n' "QD1 latency (us)" \
+	"$(m lat rbd_cdisk.no.qd1)" "$(m lat rbd_cdisk.yes.qd1)" \
+	"$(m lat rbd_qemu.no.qd1)" "$(m lat rbd_qemu.yes.qd1)"
+echo
+echo "the mirror's cost (mirrored / the same set-up unmirrored)"
+printf '%-28s %12s %12s %14s\n' "" "cdisk" "qemu" "cdisk vs qemu"
+for qd in qd1 qd16; do
+	c=$(ratio "$(m iops rbd_cdisk.yes.$qd)" "$(m iops rbd_cdisk.no.$qd)")
+	q=$(ratio "$(m iops rbd_qemu.yes.$qd)" "$(m iops rbd_qemu.no.$qd)")
+	printf '%-28s %11.2fx %11.2fx %13.2fx\n' "IOPS, ${qd^^}" "$c" "$q" \
+		"$(ratio "$(m iops rbd_cdisk.yes.$qd)" "$(m iops rbd_qemu.yes.$qd)")"
+done
+c=$(ratio "$(m lat rbd_cdisk.yes.qd1)" "$(m lat rbd_cdisk.no.qd1)")
+q=$(ratio "$(m lat rbd_qemu.yes.qd1)" "$(m lat rbd_qemu.no.qd1)")
+printf '%-28s %11.2fx %11.2fx %13.2fx\n' "QD1 latency" "$c" "$q" \
+	"$(ratio "$(m lat rbd_cdisk.yes.qd1)" "$(m lat rbd_qemu.yes.qd1)")"
+echo
+echo "copies (seconds; 1 GiB disk holding 256 MiB of data)"
+printf '%-44s %10.2f\n' "cdisk: initial copy (cdisk-mirror attach)" "$(m copy rbd_cdisk)"
+printf '%-44s %10.2f\n' "qemu: blockdev-mirror until ready" "$(m copy rbd_qemu)"
+printf '%-44s %10.2f\n' "qemu-img convert -W -m 8" "$(m copy rbd_convert)"
