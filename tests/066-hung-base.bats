@@ -178,6 +178,48 @@ the_base_hangs() {
 	run_cdisk 0 qemu-io -f raw -r -c "read -P 5 8M 512" "$NBD"
 }
 
+# read_beside_hang OFFSET: on one connection, a read of OFFSET (a block
+# the overlay lacks: it waits on the base, which hangs) and then a read
+# the overlay answers; the second must come back while the first waits.
+# cdisk-serve's reader answers small reads the page cache holds itself:
+# it must hand the first to a worker, not wait on the base.
+read_beside_hang() {
+	local i
+	rm -f conn.log
+	timeout 200 stdbuf -oL qemu-io -f raw -r -c "aio_read $1 4K" -c "read 0 4K" \
+		-c aio_flush "$NBD" >conn.log 2>&1 3>&- &
+	READER=$!
+	for i in $(seq 50); do
+		grep -q "^read 4096/4096 bytes at offset 0$" conn.log && break
+		sleep 0.1
+	done
+	grep -q "^read 4096/4096 bytes at offset 0$" conn.log ||
+		fail "the overlay's read waited on the hung base's: $(cat conn.log)"
+	kill -0 "$READER" 2>/dev/null || fail "the base's read did not wait: $(cat conn.log)"
+}
+
+@test "one connection: a read waiting on a hung base holds up no read the overlay answers" {
+	make_base base.img 16M
+	start_nbdkit_tcp file base.img
+	start_proxy "127.0.0.1:$NBDKIT_PORT"
+	run_cdisk 0 cdisk-create --base "nbd://127.0.0.1:$PROXY_PORT/" d.cdisk
+	run_cdisk 0 cdisk-io d.cdisk w:0:64K:3 f
+	start_serve --export d=d.cdisk
+	# While the base is being opened...
+	proxy_ctl pause
+	read_beside_hang 8M
+	proxy_ctl resume
+	wait "$READER" || fail "the base's read failed once it came back: $(cat conn.log)"
+	READER=
+	# ...and once it is open.
+	run_cdisk 0 qemu-io -f raw -r -c "read 12M 4K" "$NBD"
+	proxy_ctl pause
+	read_beside_hang 9M
+	proxy_ctl resume
+	wait "$READER" || fail "the base's read failed once it came back: $(cat conn.log)"
+	READER=
+}
+
 # Property 6 for the control socket: looking is for anyone who can open
 # it; flush, sync and stop only for root, the server's user and the
 # socket's group (SO_PEERCRED and SO_PEERGROUPS).

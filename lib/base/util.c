@@ -2,17 +2,44 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "cdisk.h"
 #include "util.h"
+
+static __thread bool nowait;
+
+void cd_nowait_set(bool on)
+{
+	nowait = on;
+}
+
+bool cd_nowait(void)
+{
+	return nowait;
+}
+
+static ssize_t pread_once(int fd, void *buf, size_t len, uint64_t off)
+{
+	struct iovec iov = { buf, len };
+	ssize_t n;
+
+	if (!nowait)
+		return pread(fd, buf, len, (off_t)off);
+	n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+	/* Not in the page cache, or a file system that cannot tell. */
+	if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP))
+		errno = CD_WOULD_WAIT;
+	return n;
+}
 
 int cd_pread_full(int fd, void *buf, size_t len, uint64_t off)
 {
 	uint8_t *p = buf;
 
 	while (len) {
-		ssize_t n = pread(fd, p, len, (off_t)off);
+		ssize_t n = pread_once(fd, p, len, off);
 		if (n < 0) {
 			if (errno == EINTR)
 				continue;

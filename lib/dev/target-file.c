@@ -52,6 +52,7 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 		goto fail;
 	}
 	t->can_flush = true;
+	t->local = true;
 	t->can_zero = true;
 	t->can_trim = !f->is_blockdev;
 	/* Small writes cost a local file next to nothing: scattered changes

@@ -338,6 +338,8 @@ int cd_target_pread(struct cd_target *t, void *buf, size_t len, uint64_t off)
 
 	if (r < 0 || len == 0)
 		return r;
+	if (cd_nowait() && !t->local)
+		return -CD_WOULD_WAIT;
 	cd_wait_begin();
 	r = cd_dev_pread(t->top, buf, len, off);
 	cd_wait_end();

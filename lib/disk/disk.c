@@ -545,6 +545,12 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 
 	*out = NULL;
 	pthread_mutex_lock(&d->base_lock);
+	/* Opening it, or waiting for another's open, crosses the network. */
+	if (cd_nowait() && !d->base && d->sb.base[0] &&
+	    (d->base_opening || cd_now_ms() >= d->base_retry_at)) {
+		pthread_mutex_unlock(&d->base_lock);
+		return -CD_WOULD_WAIT;
+	}
 	while (d->base_opening)
 		pthread_cond_wait(&d->base_opened, &d->base_lock);
 	if (d->base || !d->sb.base[0] || cd_now_ms() < d->base_retry_at) {
@@ -1265,7 +1271,7 @@ int cdisk_pread(struct cdisk *d, void *buf, size_t len, uint64_t off)
 	int r = check_io(d, len, off, false);
 
 	if (r == 0 && on_primary(d))
-		return read_primary(d, buf, len, off);
+		return cd_nowait() ? -CD_WOULD_WAIT : read_primary(d, buf, len, off);
 	while (r == 0 && b < end) {
 		uint8_t *p = (uint8_t *)buf + ((b << d->block_shift) - off);
 		uint64_t stop;
@@ -1647,6 +1653,11 @@ void cd_disk_drain_mirrored_locked(struct cdisk *d)
 bool cd_disk_being_written(const struct cdisk *d, uint64_t b)
 {
 	return being_written(d, b);
+}
+
+bool cd_disk_on_primary(const struct cdisk *d)
+{
+	return on_primary(d);
 }
 
 bool cd_disk_local(const struct cdisk *d)

@@ -176,6 +176,9 @@ bool cd_disk_being_written(const struct cdisk *d, uint64_t b);
  * mirror, recorded or attached.  Without the lock: a mirror attached
  * meanwhile is as if it came just after. */
 bool cd_disk_local(const struct cdisk *d);
+/* Its data lives on a primary (cdisk-create --primary): every read goes
+ * to the network, so none is worth trying without waiting (cd_nowait). */
+bool cd_disk_on_primary(const struct cdisk *d);
 /* Under the lock: wait until no write or flush has a leg on the mirror
  * (new ones are not routed to it: the caller made it not live). */
 void cd_disk_drain_mirrored_locked(struct cdisk *d);

@@ -466,6 +466,60 @@ static void run_request(struct cd_qitem *it)
 	cd_nbd_execute(&q->conn->nbd, &q->req);
 }
 
+/* A read the reader tries itself (answer_reads). */
+static bool try_read(struct cd_qitem *it)
+{
+	struct request *q = (struct request *)it;
+
+	return cd_nbd_try_read(&q->conn->nbd, &q->req);
+}
+
+/* Small reads that the page cache can answer are answered by the reader
+ * itself: handing one to a worker costs two context switches, more than
+ * the read (nbdkit's threads carry out what they read, for the same
+ * reason).  The rest of the batch goes to the workers first, so that
+ * writes are under way meanwhile; a read that would wait on the disk or
+ * the network (cd_nowait) goes to them after.  Reads of up to
+ * READ_HERE_ONE bytes, READ_HERE_BATCH in all, so that a burst of large
+ * reads still spreads over the cores.  False when the batch is the
+ * queue's as it was. */
+#define READ_HERE_ONE (64u * 1024)
+#define READ_HERE_BATCH (256u * 1024)
+
+static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
+{
+	struct cd_qbatch rest = { 0 }, later = { 0 };
+	struct cd_qitem *here[CONN_MAX_REQUESTS];
+	unsigned n = 0;
+	size_t bytes = 0;
+
+	if (cd_disk_on_primary(c->nbd.exp->disk) || !cd_queue_may_inline(queue, c->flow))
+		return false;
+	for (struct cd_qitem *it = b->head, *next; it; it = next) {
+		struct request *q = (struct request *)it;
+
+		next = it->next;
+		if (n < CONN_MAX_REQUESTS && q->req.type == NBD_CMD_READ &&
+		    q->req.length <= READ_HERE_ONE && bytes + q->req.length <= READ_HERE_BATCH) {
+			here[n++] = it;
+			bytes += q->req.length;
+		} else {
+			cd_qbatch_add(&rest, it);
+		}
+	}
+	if (!n) {
+		*b = rest;
+		return false;
+	}
+	cd_queue_push(queue, &rest);
+	for (unsigned i = 0; i < n; i++)
+		if (!cd_queue_run_here(queue, here[i], try_read))
+			cd_qbatch_add(&later, here[i]);
+	cd_queue_push(queue, &later);
+	*b = (struct cd_qbatch){ 0 };
+	return true;
+}
+
 /* Wait until the connection may have more in the queue; how many more
  * requests, 0 when it is closing. */
 static unsigned room(struct conn *c)
@@ -542,6 +596,8 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
+		if (answer_reads(c, queue, &b))
+			continue;
 		/* Only a disk that never waits on the network: a base or a
 		 * mirror that hangs must hold up a worker, never the reader of
 		 * a connection whose other requests the overlay could answer.

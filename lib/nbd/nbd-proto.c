@@ -628,11 +628,14 @@ static int do_read(struct cd_nbd_session *s, struct cd_nbd_req *q)
 
 	if (q->length > NBD_MAX_PAYLOAD)
 		return reply_error(s, q, -EINVAL, "read larger than 32 MiB");
-	buf = q->data = s->ops->buf_get(s, q->length);
+	/* A read tried without waiting keeps its buffer for the real one. */
+	buf = q->data = q->data ? q->data : s->ops->buf_get(s, q->length);
 	if (!buf)
 		return reply_error(s, q, -ENOMEM, "out of memory");
 	r = aligned(d, q->offset, q->length) ? cdisk_pread(d, buf, q->length, q->offset)
 					     : cdisk_pread_unaligned(d, buf, q->length, q->offset);
+	if (r == -CD_WOULD_WAIT && cd_nowait())
+		return r;
 	if (r < 0)
 		return reply_error(s, q, r, cdisk_ctx_error(s->srv->ctx));
 	if (s->structured) {
@@ -774,6 +777,16 @@ int cd_nbd_execute(struct cd_nbd_session *s, struct cd_nbd_req *q)
 	if (r < 0)
 		return reply_error(s, q, r, cdisk_ctx_error(s->srv->ctx));
 	return reply_ok(s, q);
+}
+
+bool cd_nbd_try_read(struct cd_nbd_session *s, struct cd_nbd_req *q)
+{
+	int r;
+
+	cd_nowait_set(true);
+	r = cd_nbd_execute(s, q);
+	cd_nowait_set(false);
+	return r != -CD_WOULD_WAIT;
 }
 
 /* ---- reading requests ---- */

@@ -78,5 +78,9 @@ bool cd_nbd_allowed(const struct cd_nbd_session *s, const struct cd_export *e,
 void cd_nbd_user_name(const struct cd_nbd_session *s, char *out, size_t len);
 /* Carry q out on s->exp and reply (which takes q). */
 int cd_nbd_execute(struct cd_nbd_session *s, struct cd_nbd_req *q);
+/* The same for a read that can be answered without waiting (the page
+ * cache, see cd_nowait): true when done and replied; false when it would
+ * wait, and q is the caller's still, for cd_nbd_execute. */
+bool cd_nbd_try_read(struct cd_nbd_session *s, struct cd_nbd_req *q);
 
 #endif

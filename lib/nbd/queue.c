@@ -716,21 +716,22 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	*b = (struct cd_qbatch){ 0 };
 }
 
-bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it)
+/* Under q->lock: only when a worker would take f's work at once anyway:
+ * nothing waits, and no limit of its user could hold it. */
+static bool may_inline_locked(struct cd_queue *q, struct cd_qflow *f)
+{
+	const struct cd_user_limits *l = &f->limits;
+
+	return !q->len && !q->fifo && !q->draining && !l->iops && !l->bytes_per_second &&
+	       !l->queue_depth;
+}
+
+/* Under q->lock: it is in hand, as a worker's would be. */
+static void in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
 {
 	struct cd_qflow *f = it->flow;
-	const struct cd_user_limits *l = &f->limits;
-	uint64_t now;
+	uint64_t now = cd_now_ns();
 
-	pthread_mutex_lock(&q->lock);
-	/* Only when a worker would take it at once anyway: nothing waits,
-	 * and no limit of its user could hold it. */
-	if (q->len || q->fifo || q->draining || l->iops || l->bytes_per_second ||
-	    l->queue_depth) {
-		pthread_mutex_unlock(&q->lock);
-		return false;
-	}
-	now = cd_now_ns();
 	it->queued_ns = now;
 	if (f->served < q->vnow)
 		f->served = q->vnow;
@@ -740,6 +741,59 @@ bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it)
 	q->fg_busy++;
 	q->fg_inhand++;
 	q->fg_last_ns = now;
+}
+
+/* Under q->lock: in_hand_locked undone, for an item that declined. */
+static void not_in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
+{
+	struct cd_qflow *f = it->flow;
+
+	f->served -= REQUEST_COST + it->bytes;
+	f->inflight--;
+	cd_io_stats_depth(&f->stats, -1);
+	q->fg_busy--;
+	q->fg_inhand--;
+}
+
+bool cd_queue_may_inline(struct cd_queue *q, struct cd_qflow *f)
+{
+	bool ok;
+
+	pthread_mutex_lock(&q->lock);
+	ok = may_inline_locked(q, f);
+	pthread_mutex_unlock(&q->lock);
+	return ok;
+}
+
+bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
+		       bool (*try_run)(struct cd_qitem *it))
+{
+	struct cd_qflow *f = it->flow;   /* it is gone once done */
+	bool done;
+
+	pthread_mutex_lock(&q->lock);
+	in_hand_locked(q, it);
+	pthread_mutex_unlock(&q->lock);
+	done = try_run(it);
+	pthread_mutex_lock(&q->lock);
+	if (done)
+		finished(q, f);
+	else
+		not_in_hand_locked(q, it);
+	pthread_mutex_unlock(&q->lock);
+	return done;
+}
+
+bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it)
+{
+	struct cd_qflow *f = it->flow;   /* it is gone once run */
+
+	pthread_mutex_lock(&q->lock);
+	if (!may_inline_locked(q, f)) {
+		pthread_mutex_unlock(&q->lock);
+		return false;
+	}
+	in_hand_locked(q, it);
 	pthread_mutex_unlock(&q->lock);
 	it->run(it);
 	pthread_mutex_lock(&q->lock);
