@@ -28,8 +28,10 @@ static ssize_t pread_once(int fd, void *buf, size_t len, uint64_t off)
 	if (!nowait)
 		return pread(fd, buf, len, (off_t)off);
 	n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
-	/* Not in the page cache, or a file system that cannot tell. */
-	if (n < 0 && (errno == EAGAIN || errno == EOPNOTSUPP))
+	/* Not in the page cache, a file system that cannot tell, or any
+	 * error: the worker's plain pread does it again and tells the real
+	 * one, rather than a guest getting an error of this path only. */
+	if (n < 0 && errno != EINTR)
 		errno = CD_WOULD_WAIT;
 	return n;
 }

@@ -105,10 +105,12 @@ void cd_wait_end(void);
 
 /* A thread that must not wait on a disk or the network, cdisk-serve's
  * reader answering a read from the page cache, sets this around the
- * call: cd_pread_full reads with RWF_NOWAIT, a target that is not a
- * local file is not asked, and either gives -CD_WOULD_WAIT instead of
- * waiting.  The reader then leaves the read to a worker.  (Not EAGAIN:
- * that one a target's retry layer would try again.) */
+ * call: cd_pread_full reads with RWF_NOWAIT and gives -CD_WOULD_WAIT for
+ * any error; a target that is not a file on a local file system is not
+ * asked; a disk's base that is not open yet, or a disk on a primary,
+ * gives it too.  The reader then leaves the read to a worker, whose
+ * plain read tells any real error.  (Not EAGAIN: that one a target's
+ * retry layer would try again.) */
 #define CD_WOULD_WAIT EINPROGRESS
 void cd_nowait_set(bool on);
 bool cd_nowait(void);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <sys/sysmacros.h>
 #include <unistd.h>
 
@@ -17,6 +18,32 @@ struct file_priv {
 	int fd;
 	bool is_blockdev;
 };
+
+/* A file on a network file system waits on the network like any target:
+ * cdisk-serve's reader must not try it (cd_nowait), whatever the kernel
+ * would say of RWF_NOWAIT there. */
+static bool on_local_fs(int fd)
+{
+	static const long network[] = {
+		0x6969,                 /* NFS */
+		0x517b, 0xfe534d42, (long)0xff534d42,   /* SMB, SMB2, CIFS */
+		0x65735546,             /* FUSE (sshfs, s3fs...) */
+		0x00c36400,             /* CephFS */
+		0x01021997,             /* 9P */
+		0x5346414f,             /* AFS */
+		0x0bd00bd0,             /* Lustre */
+		0x01161970,             /* GFS2 */
+		0x7461636f,             /* OCFS2 */
+	};
+	struct statfs fs;
+
+	if (fstatfs(fd, &fs) < 0)
+		return false;
+	for (size_t i = 0; i < sizeof(network) / sizeof(network[0]); i++)
+		if ((long)fs.f_type == network[i])
+			return false;
+	return true;
+}
 
 static int file_open(struct cd_target *t, const struct cd_uri *uri)
 {
@@ -52,7 +79,7 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 		goto fail;
 	}
 	t->can_flush = true;
-	t->local = true;
+	t->local = on_local_fs(f->fd);
 	t->can_zero = true;
 	t->can_trim = !f->is_blockdev;
 	/* Small writes cost a local file next to nothing: scattered changes
@@ -75,6 +102,9 @@ static int file_pread(struct cd_target *t, void *s, void *buf, size_t len,
 	int r = cd_pread_full(f->fd, buf, len, off);
 
 	(void)s;
+	/* A read that would wait is a worker's (cd_nowait), fstat included. */
+	if ((r == -CD_WOULD_WAIT || r == -ENODATA) && cd_nowait())
+		return -CD_WOULD_WAIT;
 	/* The file may have shrunk under us; what is gone reads as zeros,
 	 * as a hole would. */
 	if (r == -ENODATA) {

@@ -869,6 +869,8 @@ int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
 {
 	int r = cd_pread_full(d->fd, p, n, d->sb.data_offset + off);
 
+	if (r == -CD_WOULD_WAIT && cd_nowait())
+		return r;
 	if (r < 0)
 		return cd_error(d->ctx, r == -ENODATA ? -EUCLEAN : r,
 				"cannot read '%s' at %llu: %s", d->path,

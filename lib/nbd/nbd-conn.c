@@ -75,6 +75,8 @@ struct conn {
 	bool lost;              /* a send failed: replies are dropped */
 	uint8_t *rbuf;          /* the reader's, bytes rpos to rlen unparsed */
 	size_t rpos, rlen;
+	unsigned read_here_misses;      /* the reader's (answer_reads) */
+	uint64_t read_here_rest_until;
 	pthread_mutex_t lock;   /* the fields below */
 	pthread_cond_t changed; /* a request finished, or closing */
 	bool closing;           /* no more requests will be read */
@@ -478,44 +480,71 @@ static bool try_read(struct cd_qitem *it)
  * itself: handing one to a worker costs two context switches, more than
  * the read (nbdkit's threads carry out what they read, for the same
  * reason).  The rest of the batch goes to the workers first, so that
- * writes are under way meanwhile; a read that would wait on the disk or
- * the network (cd_nowait) goes to them after.  Reads of up to
+ * writes are under way meanwhile.  A read that would wait on the disk or
+ * the network (cd_nowait), or that the queue will not let run here
+ * (others wait, a limit), goes to them at once.  Reads of up to
  * READ_HERE_ONE bytes, READ_HERE_BATCH in all, so that a burst of large
- * reads still spreads over the cores.  False when the batch is the
- * queue's as it was. */
+ * reads still spreads over the cores.  After READ_HERE_MISSES of them in
+ * a row go to the workers anyway (a cold cache, a file system without
+ * RWF_NOWAIT, a busy queue), the reader stops trying for READ_HERE_REST_NS.
+ * False when the batch is the queue's as it was. */
 #define READ_HERE_ONE (64u * 1024)
 #define READ_HERE_BATCH (256u * 1024)
+#define READ_HERE_MISSES 32
+#define READ_HERE_REST_NS 1000000000ull
+
+static bool read_here(const struct request *q, size_t *bytes)
+{
+	if (q->req.type != NBD_CMD_READ || q->req.length > READ_HERE_ONE ||
+	    *bytes + q->req.length > READ_HERE_BATCH)
+		return false;
+	*bytes += q->req.length;
+	return true;
+}
+
+static void push_one(struct cd_queue *queue, struct cd_qitem *it)
+{
+	struct cd_qbatch one = { 0 };
+
+	cd_qbatch_add(&one, it);
+	cd_queue_push(queue, &one);
+}
 
 static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
 {
-	struct cd_qbatch rest = { 0 }, later = { 0 };
+	struct cd_qbatch rest = { 0 };
 	struct cd_qitem *here[CONN_MAX_REQUESTS];
 	unsigned n = 0;
 	size_t bytes = 0;
 
-	if (cd_disk_on_primary(c->nbd.exp->disk) || !cd_queue_may_inline(queue, c->flow))
+	if (c->read_here_rest_until && cd_now_ns() < c->read_here_rest_until)
+		return false;
+	c->read_here_rest_until = 0;
+	if (cd_disk_on_primary(c->nbd.exp->disk))
 		return false;
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
-		struct request *q = (struct request *)it;
-
 		next = it->next;
-		if (n < CONN_MAX_REQUESTS && q->req.type == NBD_CMD_READ &&
-		    q->req.length <= READ_HERE_ONE && bytes + q->req.length <= READ_HERE_BATCH) {
+		if (n < CONN_MAX_REQUESTS && read_here((struct request *)it, &bytes))
 			here[n++] = it;
-			bytes += q->req.length;
-		} else {
+		else
 			cd_qbatch_add(&rest, it);
-		}
 	}
 	if (!n) {
 		*b = rest;
 		return false;
 	}
 	cd_queue_push(queue, &rest);
-	for (unsigned i = 0; i < n; i++)
-		if (!cd_queue_run_here(queue, here[i], try_read))
-			cd_qbatch_add(&later, here[i]);
-	cd_queue_push(queue, &later);
+	for (unsigned i = 0; i < n; i++) {
+		if (!c->read_here_rest_until && cd_queue_run_here(queue, here[i], try_read)) {
+			c->read_here_misses = 0;
+			continue;
+		}
+		push_one(queue, here[i]);
+		if (++c->read_here_misses >= READ_HERE_MISSES) {
+			c->read_here_misses = 0;
+			c->read_here_rest_until = cd_now_ns() + READ_HERE_REST_NS;
+		}
+	}
 	*b = (struct cd_qbatch){ 0 };
 	return true;
 }
@@ -598,12 +627,13 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 		account(c, &b);
 		if (answer_reads(c, queue, &b))
 			continue;
-		/* Only a disk that never waits on the network: a base or a
+		/* Any request, the last of a batch without small reads, only
+		 * on a disk that never waits on the network: a base or a
 		 * mirror that hangs must hold up a worker, never the reader of
 		 * a connection whose other requests the overlay could answer.
-		 * Not with TLS either: there the reader's decrypting is what
+		 * Not with TLS either: there a write's decrypting is what
 		 * limits the connection, and a worker on the other core can
-		 * encrypt the reply or write the file meanwhile. */
+		 * write the file meanwhile. */
 		struct cd_qitem *last = b.n && !c->tls && cd_disk_local(c->nbd.exp->disk)
 						? take_last(&b) : NULL;
 		cd_queue_push(queue, &b);

@@ -467,6 +467,94 @@ static void push_many(struct cd_queue *q, struct cd_qflow *f, unsigned n,
 	wait_ran(n);
 }
 
+/* The reader's reads (cd_queue_run_here): run on the caller's thread when
+ * nothing but its own flow's work waits and no limit could hold them; a
+ * refusal or a decline leaves every count as it was, and the item can be
+ * pushed as any other. */
+static unsigned tries;
+static bool try_answers;
+
+static bool try_item(struct cd_qitem *qi)
+{
+	tries++;
+	if (!try_answers)
+		return false;
+	run_item(qi);
+	return true;
+}
+
+struct counts {
+	const char *user;
+	unsigned queued, inflight;
+};
+
+static void count_user(const struct cd_queue_user_view *v, void *arg)
+{
+	struct counts *c = arg;
+
+	if (strcmp(v->user, c->user) == 0) {
+		c->queued = v->queued;
+		c->inflight = v->inflight;
+	}
+}
+
+static struct counts counts_of(struct cd_queue *q, const char *user)
+{
+	struct counts c = { user, 99, 99 };
+
+	cd_queue_foreach_user(q, count_user, &c);
+	return c;
+}
+
+static void test_run_here(void **state)
+{
+	struct cd_user_limits l = { .iops = 1000 };
+	struct fixture f = setup(1, NULL);
+	struct cd_qflow *limited;
+	struct cd_qitem *it;
+	char why[128];
+
+	(void)state;
+	assert_int_equal(cd_queue_conn_in(f.q, "user:d", &l, &limited, why, sizeof(why)), 0);
+	block(f.q, f.b);
+	/* Only a's own work waits: the read runs here. */
+	push1(f.q, make(f.a, CD_REQ_WRITE, "a1", 4096));
+	tries = 0;
+	try_answers = true;
+	assert_true(cd_queue_run_here(f.q, make(f.a, CD_REQ_READ, "r1", 4096), try_item));
+	assert_int_equal(tries, 1);
+	assert_int_equal(counts_of(f.q, "user:a").inflight, 0);
+	/* It declines: nothing counted, and pushed it runs on a worker. */
+	try_answers = false;
+	it = make(f.a, CD_REQ_READ, "r2", 4096);
+	assert_false(cd_queue_run_here(f.q, it, try_item));
+	assert_int_equal(tries, 2);
+	assert_int_equal(counts_of(f.q, "user:a").inflight, 0);
+	assert_int_equal(counts_of(f.q, "user:a").queued, 1);
+	push1(f.q, it);
+	/* Another user's work waits: not even tried. */
+	push1(f.q, make(f.c, CD_REQ_WRITE, "c1", 4096));
+	try_answers = true;
+	it = make(f.a, CD_REQ_READ, "r3", 4096);
+	assert_false(cd_queue_run_here(f.q, it, try_item));
+	assert_int_equal(tries, 2);
+	push1(f.q, it);
+	unblock();
+	wait_ran(5);
+	/* r1 ran here, before the worker was free; the rest in its turn. */
+	assert_int_equal(strncmp(order, "r1 ", 3), 0);
+	/* A user with a limit goes through the queue, whatever waits. */
+	it = make(limited, CD_REQ_READ, "d1", 4096);
+	assert_false(cd_queue_run_here(f.q, it, try_item));
+	assert_int_equal(tries, 2);
+	push1(f.q, it);
+	wait_ran(6);
+	assert_int_equal(counts_of(f.q, "user:a").inflight, 0);
+	assert_int_equal(counts_of(f.q, "user:a").queued, 0);
+	cd_queue_conn_out(f.q, limited);
+	teardown(&f);
+}
+
 static void test_waiting_workers_not_counted(void **state)
 {
 	struct cdisk_ctx *ctx = cdisk_ctx_new();
@@ -504,6 +592,7 @@ int main(void)
 		cmocka_unit_test(test_far_deadline_holds_no_one_else),
 		cmocka_unit_test(test_connections_limit),
 		cmocka_unit_test(test_waiting_workers_not_counted),
+		cmocka_unit_test(test_run_here),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -136,6 +136,7 @@ void cd_queue_size(unsigned want, unsigned *workers, unsigned *max)
 
 static void *worker(void *arg);
 static void finished(struct cd_queue *q, struct cd_qflow *f);
+static void done_locked(struct cd_queue *q, struct cd_qflow *f);
 static void remote_begin(void *arg);
 static void remote_end(void *arg);
 
@@ -755,29 +756,29 @@ static void not_in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
 	q->fg_inhand--;
 }
 
-bool cd_queue_may_inline(struct cd_queue *q, struct cd_qflow *f)
-{
-	bool ok;
-
-	pthread_mutex_lock(&q->lock);
-	ok = may_inline_locked(q, f);
-	pthread_mutex_unlock(&q->lock);
-	return ok;
-}
-
 bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		       bool (*try_run)(struct cd_qitem *it))
 {
 	struct cd_qflow *f = it->flow;   /* it is gone once done */
+	const struct cd_user_limits *l = &f->limits;
 	bool done;
 
 	pthread_mutex_lock(&q->lock);
+	/* As may_inline_locked, but what waits may be this flow's own:
+	 * the rest of the caller's batch, pushed just before. */
+	if (q->len != f->queued || q->fifo || q->draining || l->iops ||
+	    l->bytes_per_second || l->queue_depth) {
+		pthread_mutex_unlock(&q->lock);
+		return false;
+	}
 	in_hand_locked(q, it);
 	pthread_mutex_unlock(&q->lock);
 	done = try_run(it);
 	pthread_mutex_lock(&q->lock);
 	if (done)
-		finished(q, f);
+		/* Not finished(): the reader's progress is no worker's, and
+		 * must not hide workers that are stuck (grow_if_stuck). */
+		done_locked(q, f);
 	else
 		not_in_hand_locked(q, it);
 	pthread_mutex_unlock(&q->lock);
@@ -930,16 +931,19 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake, uint64_t busy_ns)
 	return !(r == ETIMEDOUT && !timer && !q->len && q->workers > q->base);
 }
 
-static void finished(struct cd_queue *q, struct cd_qflow *f)
+static void done_locked(struct cd_queue *q, struct cd_qflow *f)
 {
-	uint64_t now = cd_now_ns();
-
 	f->inflight--;
 	q->fg_busy--;
 	q->fg_inhand--;
-	q->fg_last_ns = now;
+	q->fg_last_ns = cd_now_ns();
 	cd_io_stats_depth(&f->stats, -1);
-	q->moved_ms = now / 1000000;
+}
+
+static void finished(struct cd_queue *q, struct cd_qflow *f)
+{
+	done_locked(q, f);
+	q->moved_ms = q->fg_last_ns / 1000000;
 }
 
 static void *worker(void *arg)

@@ -71,12 +71,11 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
  * of a small request's cost.  False, and nothing done, otherwise.  Only
  * for requests that cannot wait on the network (nbd-conn.c). */
 bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it);
-/* The same in two steps, for items that may decline: may_inline says
- * whether f's items may be carried out on the caller's thread now;
- * run_here then carries one out through try_run, which returns false when
- * it would have to wait (and did nothing): the item is the caller's
- * again, to push. */
-bool cd_queue_may_inline(struct cd_queue *q, struct cd_qflow *f);
+/* The same for an item that may decline, and while the caller's own
+ * items wait in the queue (its batch's others, pushed first): try_run
+ * returns false when it would have to wait, and did nothing.  False,
+ * then or when the queue would not let it run here, and the item is the
+ * caller's again, to push. */
 bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		       bool (*try_run)(struct cd_qitem *it));
 /* When no request has finished for a while and work waits, start one
