@@ -225,9 +225,11 @@ U2=(setpriv --reuid=1 --regid=100 --clear-groups)
 	status
 	local u1='.users[] | select(.name == "user:u1") | .io' u2='.users[] | select(.name == "user:u2") | .io'
 	# 30 writes one at a time at 50/s, the first 5 from the burst: the
-	# other 25 wait about 20 ms each.
-	assert_num "$(json_get "$u1.limit_waits")" -ge 20
-	assert_num "$(json_get "$u1.limit_wait_ms | floor")" -ge 350
+	# other 25 wait about 20 ms each.  A stall of the machine refills the
+	# burst once more (5 fewer waits, 100 ms less), as seen once on a
+	# loaded CI run.
+	assert_num "$(json_get "$u1.limit_waits")" -ge 15
+	assert_num "$(json_get "$u1.limit_wait_ms | floor")" -ge 250
 	assert_equal "$(json_get "$u2.limit_waits")" 0
 	assert_equal "$(json_get "$u1.ops.write.requests")" 30
 	# A request's latency includes its wait.

@@ -323,6 +323,28 @@ static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int 
 	return 0;
 }
 
+/* The reader answering a batch of reads sends their replies together, in
+ * one sendmsg or one corked TLS write, rather than one a read: the
+ * client then takes fewer segments and records too.  While it holds the
+ * sending, workers' replies wait with them.  False when a worker sends
+ * already: it takes ours as they come. */
+static bool hold_replies(struct conn *c)
+{
+	bool mine;
+
+	pthread_mutex_lock(&c->send_lock);
+	mine = !c->sending;
+	c->sending = true;
+	pthread_mutex_unlock(&c->send_lock);
+	return mine;
+}
+
+static void send_held(struct conn *c)
+{
+	pthread_mutex_lock(&c->send_lock);
+	send_out(c);
+}
+
 /* ---- reading requests ---- */
 
 /* Some bytes, at least one, as many as have come (up to len). */
@@ -516,6 +538,7 @@ static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatc
 	struct cd_qitem *here[CONN_MAX_REQUESTS];
 	unsigned n = 0;
 	size_t bytes = 0;
+	bool held;
 
 	if (c->read_here_rest_until && cd_now_ns() < c->read_here_rest_until)
 		return false;
@@ -534,6 +557,7 @@ static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatc
 		return false;
 	}
 	cd_queue_push(queue, &rest);
+	held = hold_replies(c);
 	for (unsigned i = 0; i < n; i++) {
 		if (!c->read_here_rest_until && cd_queue_run_here(queue, here[i], try_read)) {
 			c->read_here_misses = 0;
@@ -545,6 +569,8 @@ static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatc
 			c->read_here_rest_until = cd_now_ns() + READ_HERE_REST_NS;
 		}
 	}
+	if (held)
+		send_held(c);
 	*b = (struct cd_qbatch){ 0 };
 	return true;
 }
