@@ -498,18 +498,23 @@ static bool try_read(struct cd_qitem *it)
 	return cd_nbd_try_read(&q->conn->nbd, &q->req);
 }
 
-/* Small reads that the page cache can answer are answered by the reader
- * itself: handing one to a worker costs two context switches, more than
- * the read (nbdkit's threads carry out what they read, for the same
- * reason).  The rest of the batch goes to the workers first, so that
- * writes are under way meanwhile.  A read that would wait on the disk or
- * the network (cd_nowait), or that the queue will not let run here
- * (others wait, a limit), goes to them at once.  Reads of up to
+/* What the reader does with a batch.  Small reads that the page cache
+ * can answer it answers itself: handing one to a worker costs two
+ * context switches, more than the read (nbdkit's threads carry out what
+ * they read, for the same reason).  So does it with the last of the
+ * other requests on a disk that never waits on the network, without TLS
+ * (there a write's decrypting limits the connection, and a worker on the
+ * other core can write the file meanwhile): a base or a mirror that
+ * hangs must hold up a worker, never the reader of a connection whose
+ * other requests the overlay could answer.  The rest goes to the workers
+ * first, so that it is under way meanwhile.  A read that would wait on
+ * the disk or the network (cd_nowait), or that the queue will not let
+ * run here (others wait, a limit), goes to them at once.  Reads of up to
  * READ_HERE_ONE bytes, READ_HERE_BATCH in all, so that a burst of large
  * reads still spreads over the cores.  After READ_HERE_MISSES of them in
- * a row go to the workers anyway (a cold cache, a file system without
- * RWF_NOWAIT, a busy queue), the reader stops trying for READ_HERE_REST_NS.
- * False when the batch is the queue's as it was. */
+ * a row went to the workers anyway (a cold cache, a file system without
+ * RWF_NOWAIT, a busy queue), the reader stops trying for
+ * READ_HERE_REST_NS. */
 #define READ_HERE_ONE (64u * 1024)
 #define READ_HERE_BATCH (256u * 1024)
 #define READ_HERE_MISSES 32
@@ -532,32 +537,20 @@ static void push_one(struct cd_queue *queue, struct cd_qitem *it)
 	cd_queue_push(queue, &one);
 }
 
-static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
+static bool reads_here(struct conn *c)
 {
-	struct cd_qbatch rest = { 0 };
-	struct cd_qitem *here[CONN_MAX_REQUESTS];
-	unsigned n = 0;
-	size_t bytes = 0;
-	bool held;
-
 	if (c->read_here_rest_until && cd_now_ns() < c->read_here_rest_until)
 		return false;
 	c->read_here_rest_until = 0;
-	if (cd_disk_on_primary(c->nbd.exp->disk))
-		return false;
-	for (struct cd_qitem *it = b->head, *next; it; it = next) {
-		next = it->next;
-		if (n < CONN_MAX_REQUESTS && read_here((struct request *)it, &bytes))
-			here[n++] = it;
-		else
-			cd_qbatch_add(&rest, it);
-	}
-	if (!n) {
-		*b = rest;
-		return false;
-	}
-	cd_queue_push(queue, &rest);
-	held = hold_replies(c);
+	return !cd_disk_on_primary(c->nbd.exp->disk);
+}
+
+/* The reads split off: their replies leave together. */
+static void answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qitem **here,
+			 unsigned n)
+{
+	bool held = hold_replies(c);
+
 	for (unsigned i = 0; i < n; i++) {
 		if (!c->read_here_rest_until && cd_queue_run_here(queue, here[i], try_read)) {
 			c->read_here_misses = 0;
@@ -571,8 +564,52 @@ static bool answer_reads(struct conn *c, struct cd_queue *queue, struct cd_qbatc
 	}
 	if (held)
 		send_held(c);
-	*b = (struct cd_qbatch){ 0 };
+}
+
+static struct cd_qitem *take_last(struct cd_qbatch *b)
+{
+	struct cd_qitem *last = b->tail, *prev = NULL;
+
+	for (struct cd_qitem *it = b->head; it != last; it = it->next)
+		prev = it;
+	if (prev)
+		prev->next = NULL;
+	else
+		b->head = NULL;
+	b->tail = prev;
+	b->n--;
+	return last;
+}
+
+static bool run_always(struct cd_qitem *it)
+{
+	run_request(it);
 	return true;
+}
+
+static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
+{
+	struct cd_qbatch rest = { 0 };
+	struct cd_qitem *here[CONN_MAX_REQUESTS], *last = NULL;
+	bool reads = reads_here(c);
+	unsigned n = 0;
+	size_t bytes = 0;
+
+	for (struct cd_qitem *it = b->head, *next; it; it = next) {
+		next = it->next;
+		if (reads && n < CONN_MAX_REQUESTS && read_here((struct request *)it, &bytes))
+			here[n++] = it;
+		else
+			cd_qbatch_add(&rest, it);
+	}
+	*b = (struct cd_qbatch){ 0 };
+	if (rest.n && !c->tls && cd_disk_local(c->nbd.exp->disk))
+		last = take_last(&rest);
+	cd_queue_push(queue, &rest);
+	if (n)
+		answer_reads(c, queue, here, n);
+	if (last && !cd_queue_run_here(queue, last, run_always))
+		push_one(queue, last);
 }
 
 /* Wait until the connection may have more in the queue; how many more
@@ -603,20 +640,6 @@ static void account(struct conn *c, struct cd_qbatch *b)
 	pthread_mutex_unlock(&c->lock);
 }
 
-static struct cd_qitem *take_last(struct cd_qbatch *b)
-{
-	struct cd_qitem *last = b->tail, *prev = NULL;
-
-	for (struct cd_qitem *it = b->head; it != last; it = it->next)
-		prev = it;
-	if (prev)
-		prev->next = NULL;
-	else
-		b->head = NULL;
-	b->tail = prev;
-	b->n--;
-	return last;
-}
 
 /* The reader: every whole request the buffer holds goes to the queue in
  * one push (one lock, few wake-ups); then it waits for more bytes.  A
@@ -651,22 +674,7 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			cd_qbatch_add(&b, &q->item);
 		}
 		account(c, &b);
-		if (answer_reads(c, queue, &b))
-			continue;
-		/* Any request, the last of a batch without small reads, only
-		 * on a disk that never waits on the network: a base or a
-		 * mirror that hangs must hold up a worker, never the reader of
-		 * a connection whose other requests the overlay could answer.
-		 * Not with TLS either: there a write's decrypting is what
-		 * limits the connection, and a worker on the other core can
-		 * write the file meanwhile. */
-		struct cd_qitem *last = b.n && !c->tls && cd_disk_local(c->nbd.exp->disk)
-						? take_last(&b) : NULL;
-		cd_queue_push(queue, &b);
-		if (last && !cd_queue_run_inline(queue, last)) {
-			cd_qbatch_add(&b, last);
-			cd_queue_push(queue, &b);
-		}
+		hand_out(c, queue, &b);
 	}
 	pthread_mutex_lock(&c->lock);
 	c->closing = true;

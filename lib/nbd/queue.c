@@ -717,16 +717,6 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	*b = (struct cd_qbatch){ 0 };
 }
 
-/* Under q->lock: only when a worker would take f's work at once anyway:
- * nothing waits, and no limit of its user could hold it. */
-static bool may_inline_locked(struct cd_queue *q, struct cd_qflow *f)
-{
-	const struct cd_user_limits *l = &f->limits;
-
-	return !q->len && !q->fifo && !q->draining && !l->iops && !l->bytes_per_second &&
-	       !l->queue_depth;
-}
-
 /* Under q->lock: it is in hand, as a worker's would be. */
 static void in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
 {
@@ -764,9 +754,11 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 	bool done;
 
 	pthread_mutex_lock(&q->lock);
-	/* As may_inline_locked, but what waits may be this flow's own:
-	 * the rest of the caller's batch, pushed just before. */
-	if (q->len != f->queued || q->fifo || q->draining || l->iops ||
+	/* Only when a worker would take it at once anyway: nothing waits
+	 * but this flow's own work (the rest of the caller's batch, pushed
+	 * just before) and background work, which comes after guests; and
+	 * no limit of its user could hold it. */
+	if (q->len != f->queued + q->bg.queued || q->fifo || q->draining || l->iops ||
 	    l->bytes_per_second || l->queue_depth) {
 		pthread_mutex_unlock(&q->lock);
 		return false;
@@ -785,23 +777,6 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 	return done;
 }
 
-bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it)
-{
-	struct cd_qflow *f = it->flow;   /* it is gone once run */
-
-	pthread_mutex_lock(&q->lock);
-	if (!may_inline_locked(q, f)) {
-		pthread_mutex_unlock(&q->lock);
-		return false;
-	}
-	in_hand_locked(q, it);
-	pthread_mutex_unlock(&q->lock);
-	it->run(it);
-	pthread_mutex_lock(&q->lock);
-	finished(q, f);
-	pthread_mutex_unlock(&q->lock);
-	return true;
-}
 
 void cd_queue_tick(struct cd_queue *q)
 {

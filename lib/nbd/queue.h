@@ -66,16 +66,13 @@ void cd_qbatch_add(struct cd_qbatch *b, struct cd_qitem *item);
  * flow. */
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
 /* Carry it out on the caller's thread, when a worker would take it at once
- * anyway (nothing waits, its user has no limit): a hand-over from the
- * reader to a worker is a context switch, which at queue depth 1 is most
- * of a small request's cost.  False, and nothing done, otherwise.  Only
- * for requests that cannot wait on the network (nbd-conn.c). */
-bool cd_queue_run_inline(struct cd_queue *q, struct cd_qitem *it);
-/* The same for an item that may decline, and while the caller's own
- * items wait in the queue (its batch's others, pushed first): try_run
- * returns false when it would have to wait, and did nothing.  False,
- * then or when the queue would not let it run here, and the item is the
- * caller's again, to push. */
+ * anyway: nothing waits but the caller's own flow's work (its batch's
+ * others, pushed first) and background work, and its user has no limit.
+ * A hand-over from the reader to a worker is a context switch, most of a
+ * small request's cost.  try_run returns false when it would have to
+ * wait, and did nothing.  False, then or when the queue would not let it
+ * run here, and the item is the caller's again, to push.  Only for
+ * requests that cannot wait on the network (nbd-conn.c). */
 bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		       bool (*try_run)(struct cd_qitem *it));
 /* When no request has finished for a while and work waits, start one
