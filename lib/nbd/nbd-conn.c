@@ -71,7 +71,8 @@ struct conn {
 	bool serving;           /* past the handshake (s->lock); nbd.exp stays */
 	pthread_mutex_t send_lock;  /* the four fields below */
 	struct request *out, *out_tail;  /* replies waiting to be sent */
-	bool sending;           /* a worker is sending them */
+	bool sending;           /* a worker is sending them, or the reader
+				 * holds them to send together (hold_replies) */
 	bool lost;              /* a send failed: replies are dropped */
 	uint8_t *rbuf;          /* the reader's, bytes rpos to rlen unparsed */
 	size_t rpos, rlen;
@@ -501,8 +502,8 @@ static bool try_read(struct cd_qitem *it)
 /* What the reader does with a batch.  Small reads that the page cache
  * can answer it answers itself: handing one to a worker costs two
  * context switches, more than the read (nbdkit's threads carry out what
- * they read, for the same reason).  So does it with the last of the
- * other requests on a disk that never waits on the network, without TLS
+ * they read, for the same reason).  So does it with a batch of one other
+ * request, on a disk that never waits on the network, without TLS
  * (there a write's decrypting limits the connection, and a worker on the
  * other core can write the file meanwhile): a base or a mirror that
  * hangs must hold up a worker, never the reader of a connection whose
@@ -592,18 +593,23 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 	struct cd_qbatch rest = { 0 };
 	struct cd_qitem *here[CONN_MAX_REQUESTS], *last = NULL;
 	bool reads = reads_here(c);
+	uint64_t now = cd_now_ns();
 	unsigned n = 0;
 	size_t bytes = 0;
 
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
 		next = it->next;
+		it->queued_ns = now;
 		if (reads && n < CONN_MAX_REQUESTS && read_here((struct request *)it, &bytes))
 			here[n++] = it;
 		else
 			cd_qbatch_add(&rest, it);
 	}
 	*b = (struct cd_qbatch){ 0 };
-	if (rest.n && !c->tls && cd_disk_local(c->nbd.exp->disk))
+	/* Only a batch of one: beside others, on a worker it runs at the
+	 * same time as they do, and the reader goes back to reading
+	 * sooner. */
+	if (rest.n == 1 && !n && !c->tls && cd_disk_local(c->nbd.exp->disk))
 		last = take_last(&rest);
 	cd_queue_push(queue, &rest);
 	if (n)

@@ -723,7 +723,10 @@ static void in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
 	struct cd_qflow *f = it->flow;
 	uint64_t now = cd_now_ns();
 
-	it->queued_ns = now;
+	/* Stamped when it came (nbd-conn.c), or now: its latency counts
+	 * its wait behind what the caller did first. */
+	if (!it->queued_ns)
+		it->queued_ns = now;
 	if (f->served < q->vnow)
 		f->served = q->vnow;
 	f->served += REQUEST_COST + it->bytes;
@@ -751,13 +754,15 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 {
 	struct cd_qflow *f = it->flow;   /* it is gone once done */
 	const struct cd_user_limits *l = &f->limits;
+	unsigned wake = 0;
 	bool done;
 
 	pthread_mutex_lock(&q->lock);
-	/* Only when a worker would take it at once anyway: nothing waits
-	 * but this flow's own work (the rest of the caller's batch, pushed
-	 * just before) and background work, which comes after guests; and
-	 * no limit of its user could hold it. */
+	/* Only when nothing waits but this flow's own work (the rest of
+	 * the caller's batch, pushed just before) and background work, and
+	 * no limit of its user could hold it.  Background work keeps its
+	 * guaranteed rate: that is spent by the workers, whom the caller
+	 * does not take, and the guests count as busy meanwhile. */
 	if (q->len != f->queued + q->bg.queued || q->fifo || q->draining || l->iops ||
 	    l->bytes_per_second || l->queue_depth) {
 		pthread_mutex_unlock(&q->lock);
@@ -767,13 +772,22 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 	pthread_mutex_unlock(&q->lock);
 	done = try_run(it);
 	pthread_mutex_lock(&q->lock);
-	if (done)
+	if (done) {
 		/* Not finished(): the reader's progress is no worker's, and
 		 * must not hide workers that are stuck (grow_if_stuck). */
 		done_locked(q, f);
-	else
+		/* Background work waiting for the guests to be quiet: no
+		 * worker finished anything to look again, so one must keep
+		 * the time. */
+		if (q->bg.queued && !q->fg_inhand && q->idle > q->woken) {
+			q->woken++;
+			wake = 1;
+		}
+	} else {
 		not_in_hand_locked(q, it);
+	}
 	pthread_mutex_unlock(&q->lock);
+	signal_workers(q, wake);
 	return done;
 }
 
