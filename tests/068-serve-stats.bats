@@ -225,18 +225,20 @@ U2=(setpriv --reuid=1 --regid=100 --clear-groups)
 	status
 	local u1='.users[] | select(.name == "user:u1") | .io' u2='.users[] | select(.name == "user:u2") | .io'
 	# 30 writes one at a time at 50/s, the first 5 from the burst: the
-	# other 25 wait about 20 ms each.  A stall of the machine refills the
-	# burst once more (5 fewer waits, 100 ms less), as seen once on a
-	# loaded CI run.
-	assert_num "$(json_get "$u1.limit_waits")" -ge 15
-	assert_num "$(json_get "$u1.limit_wait_ms | floor")" -ge 250
+	# other 25 wait about 20 ms each.  A stall refills the burst (5 fewer
+	# waits, 100 ms less each time): one request of this user was seen to
+	# take 0.1 to 0.9 s now and then, with the build of before 2026-12-02
+	# too (4 runs in 8), so the bounds leave room for two.  Counting
+	# broken gives 0.
+	assert_num "$(json_get "$u1.limit_waits")" -ge 10
+	assert_num "$(json_get "$u1.limit_wait_ms | floor")" -ge 150
 	assert_equal "$(json_get "$u2.limit_waits")" 0
 	assert_equal "$(json_get "$u1.ops.write.requests")" 30
 	# A request's latency includes its wait.
 	assert_num "$(json_get "$u1.ops.write.latency_us.p50")" -ge 10000
 	run_cdisk 0 cdisk-info --metrics --control "$CTL"
-	assert_line --regexp '^cdisk_user_limit_waits_total\{user="user:u1"\} (2[0-9]|30)$'
-	assert_line --regexp '^cdisk_user_limit_wait_seconds_total\{user="user:u1"\} (0\.[3-9]|[1-9])[0-9.]*$'
+	assert_line --regexp '^cdisk_user_limit_waits_total\{user="user:u1"\} ([12][0-9]|30)$'
+	assert_line --regexp '^cdisk_user_limit_wait_seconds_total\{user="user:u1"\} (0\.[1-9]|[1-9])[0-9.]*$'
 	assert_line 'cdisk_user_limit_waits_total{user="user:u2"} 0'
 	# 40 writes sent at once wait their turns: the depth shows, for the
 	# user and for the export, and falls back to 0.
