@@ -152,13 +152,19 @@ the_base_hangs() {
 	timeout 60 rbd -c "$CEPH_CONF" rm "rbd/$image" >/dev/null 2>&1 || true
 }
 
-@test "a sub-block write while the base hangs: other guest I/O is not held up" {
+# A served disk whose overlay holds its first 64 KiB, over an nbdkit base
+# reached through the tests' proxy (proxy_ctl pause hangs it).
+serve_over_proxied_base() {
 	make_base base.img 16M
 	start_nbdkit_tcp file base.img
 	start_proxy "127.0.0.1:$NBDKIT_PORT"
 	run_cdisk 0 cdisk-create --base "nbd://127.0.0.1:$PROXY_PORT/" d.cdisk
 	run_cdisk 0 cdisk-io d.cdisk w:0:64K:3 f
 	start_serve --export d=d.cdisk
+}
+
+@test "a sub-block write while the base hangs: other guest I/O is not held up" {
+	serve_over_proxied_base
 	proxy_ctl pause
 	# 512 bytes into a block the overlay lacks: it must read the base.
 	timeout 200 qemu-io -f raw -c "write -P 5 8M 512" "$NBD" >rmw.log 2>&1 3>&- &
@@ -199,12 +205,7 @@ read_beside_hang() {
 }
 
 @test "one connection: a read waiting on a hung base holds up no read the overlay answers" {
-	make_base base.img 16M
-	start_nbdkit_tcp file base.img
-	start_proxy "127.0.0.1:$NBDKIT_PORT"
-	run_cdisk 0 cdisk-create --base "nbd://127.0.0.1:$PROXY_PORT/" d.cdisk
-	run_cdisk 0 cdisk-io d.cdisk w:0:64K:3 f
-	start_serve --export d=d.cdisk
+	serve_over_proxied_base
 	# While the base is being opened...
 	proxy_ctl pause
 	read_beside_hang 8M
