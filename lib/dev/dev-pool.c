@@ -169,8 +169,13 @@ static int flush_every_session(struct pool *p)
 	p->flushing = true;
 	while (p->nidle != p->nsessions)
 		pthread_cond_wait(&p->cond, &p->lock);
+	/* Not across the flushes: `flushing` keeps every session in the
+	 * pool meanwhile, and a writer that only tries the lock
+	 * (cd_target_aio_write) must never wait for a hung server. */
+	pthread_mutex_unlock(&p->lock);
 	for (unsigned i = 0; i < p->nidle && r == 0; i++)
 		r = p->kind->flush(p->dev.t, p->idle[i]);
+	pthread_mutex_lock(&p->lock);
 	p->flushing = false;
 	pthread_cond_broadcast(&p->cond);
 	pthread_mutex_unlock(&p->lock);
@@ -305,6 +310,69 @@ int cd_dev_pool_open(struct cd_target *t, const struct cd_uri *u,
 	}
 	*out = &p->dev;
 	return 0;
+}
+
+/* ---- writes without waiting (target.h) ---- */
+
+/* The pool under t's stack, when every layer above would pass a whole
+ * request on as it is. */
+static struct pool *whole_way_down(struct cd_target *t)
+{
+	struct cd_dev *d = t->top;
+
+	while (d && d->next) {
+		if (!d->ops->passes_whole)
+			return NULL;
+		d = d->next;
+	}
+	return d && d->ops == &pool_ops ? pool_of(d) : NULL;
+}
+
+int cd_target_aio_write(struct cd_target *t, struct cd_target_aio *a, const void *buf,
+			size_t len, uint64_t off)
+{
+	struct pool *p = whole_way_down(t);
+	uint32_t align = t->align ? t->align : 1;
+	int r;
+
+	a->session = NULL;
+	if (!p || !p->kind->aio_write || t->readonly || len == 0 || len % align ||
+	    off % align || (t->max_request && len > t->max_request) ||
+	    off > t->size || len > t->size - off)
+		return -EAGAIN;
+	if (pthread_mutex_trylock(&p->lock) != 0)
+		return -EAGAIN;
+	if (!p->flushing && p->nidle)
+		a->session = p->idle[--p->nidle];
+	pthread_mutex_unlock(&p->lock);
+	if (!a->session)
+		return -EAGAIN;
+	a->sent_ms = cd_now_ms();
+	r = p->kind->aio_write(t, a->session, buf, len, off, &a->cookie);
+	if (r < 0) {
+		/* Refused before it left: the blocking way may send it, on
+		 * another session when this one died. */
+		cd_target_aio_end(t, a, r);
+		return -EAGAIN;
+	}
+	return 0;
+}
+
+int cd_target_aio_wait(struct cd_target *t, struct cd_target_aio *a, uint64_t deadline_ms)
+{
+	struct pool *p = whole_way_down(t);
+
+	return p->kind->aio_wait(t, a->session, a->cookie, deadline_ms);
+}
+
+void cd_target_aio_end(struct cd_target *t, struct cd_target_aio *a, int result)
+{
+	struct pool *p = whole_way_down(t);
+
+	if (!a->session)
+		return;
+	put(p, a->session, result > 0 ? -ETIMEDOUT : result);
+	a->session = NULL;
 }
 
 void cd_target_keep_session(struct cd_target *t, void *session)

@@ -136,6 +136,9 @@ static const struct cd_dev_ops retry_ops = {
 	.name = "retry", .pread = retry_pread, .pwrite = retry_pwrite,
 	.pwrite_pieces = retry_pieces, .zero = retry_zero, .discard = retry_discard,
 	.flush = retry_flush, .close = retry_close,
+	/* A write is never sent twice but when it never left, and an
+	 * asynchronous one leaves on a session that is there already. */
+	.passes_whole = true,
 };
 
 struct cd_dev *cd_dev_retry_new(struct cd_dev *next, unsigned retries)

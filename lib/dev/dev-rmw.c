@@ -176,7 +176,7 @@ static void rmw_close(struct cd_dev *d)
 static const struct cd_dev_ops rmw_ops = {
 	.name = "rmw", .pread = rmw_pread, .pwrite = rmw_pwrite,
 	.pwrite_pieces = rmw_pieces, .zero = rmw_zero, .discard = rmw_discard,
-	.caps = rmw_caps, .close = rmw_close,
+	.caps = rmw_caps, .close = rmw_close, .passes_whole = true,
 };
 
 struct cd_dev *cd_dev_rmw_new(struct cd_dev *next)

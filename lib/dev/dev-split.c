@@ -110,7 +110,7 @@ static void split_close(struct cd_dev *d)
 static const struct cd_dev_ops split_ops = {
 	.name = "split", .pread = split_pread, .pwrite = split_pwrite,
 	.pwrite_pieces = split_pieces, .zero = split_zero, .discard = split_discard,
-	.caps = split_caps, .close = split_close,
+	.caps = split_caps, .close = split_close, .passes_whole = true,
 };
 
 struct cd_dev *cd_dev_split_new(struct cd_dev *next)

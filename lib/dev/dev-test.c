@@ -13,6 +13,7 @@
 #include "dev.h"
 #include "target.h"
 #include "uri.h"
+#include "util.h"
 
 /* A memory kind: 512-byte sectors, requests of at most 4000 bytes (not a
  * multiple of a sector, so the split layer must round), sessions. */
@@ -326,6 +327,127 @@ static void test_tuned_and_other_tuning_not_shared(void **state)
 	unlink(path);
 }
 
+/* The same memory behind sessions that send without waiting: a write
+ * lands when waited for, unless the kind is told to hang or fail then. */
+struct aio_session {
+	const uint8_t *buf;
+	size_t len;
+	uint64_t off;
+};
+static int aio_connects, aio_drops, aio_outcome;   /* 1: hang */
+
+static int aio_connect(struct cd_target *t, void **s)
+{
+	(void)t;
+	*s = calloc(1, sizeof(struct aio_session));
+	aio_connects++;
+	return *s ? 0 : -ENOMEM;
+}
+
+static void aio_disconnect(struct cd_target *t, void *s)
+{
+	(void)t;
+	free(s);
+	aio_drops++;
+}
+
+static int aio_send(struct cd_target *t, void *s, const void *buf, size_t len,
+		    uint64_t off, int64_t *cookie)
+{
+	struct aio_session *a = s;
+
+	(void)t;
+	a->buf = buf;
+	a->len = len;
+	a->off = off;
+	*cookie = 1;
+	return 0;
+}
+
+static int aio_answer(struct cd_target *t, void *s, int64_t cookie, uint64_t deadline_ms)
+{
+	struct aio_session *a = s;
+
+	(void)cookie, (void)deadline_ms;
+	if (aio_outcome)
+		return aio_outcome > 0 ? 1 : cd_error(t->ctx, aio_outcome, "aio: injected");
+	memcpy(store + a->off, a->buf, a->len);
+	return 0;
+}
+
+static const struct cd_target_ops aio_ops = {
+	.name = "aio", .open = mem_open, .connect = aio_connect,
+	.disconnect = aio_disconnect, .pread = mem_pread, .pwrite = mem_pwrite,
+	.flush = mem_flush, .aio_write = aio_send, .aio_wait = aio_answer,
+	.close = mem_close,
+};
+
+static void test_aio_write_only_where_nothing_changes_it(void **state)
+{
+	struct cdisk_ctx ctx = { 0 };
+	struct cd_dev_hooks h = { .under_split = fault_new };
+	struct cd_target_aio a, b;
+	struct cd_uri u = { 0 };
+	struct cd_target *t, *hooked;
+	uint8_t buf[1024];
+
+	(void)state;
+	ctx.cfg.connections = 2;
+	assert_int_equal(cd_target_open_hooked(&ctx, "aio://", &u, &aio_ops, false, NULL,
+					       &t), 0);
+	memset(buf, 0x5a, sizeof(buf));
+	memset(store, 0, 4096);
+	/* No session yet: never one made here. */
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 1024), -EAGAIN);
+	assert_int_equal(aio_connects, 0);
+	assert_int_equal(cd_target_pwrite(t, buf, 512, 0), 0);
+	assert_int_equal(aio_connects, 1);
+	/* Sent, lands when answered, and the session goes back. */
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 1024), 0);
+	assert_int_equal(store[1024], 0);
+	assert_int_equal(cd_target_aio_wait(t, &a, cd_now_ms() + 1000), 0);
+	assert_int_equal(store[1024], 0x5a);
+	cd_target_aio_end(t, &a, 0);
+	/* The one idle session is lent: a second waits for nobody. */
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 2048), 0);
+	assert_int_equal(cd_target_aio_write(t, &b, buf, 512, 2560), -EAGAIN);
+	assert_int_equal(cd_target_aio_wait(t, &a, cd_now_ms() + 1000), 0);
+	cd_target_aio_end(t, &a, 0);
+	/* What a layer would change: not aligned, too long, past the end. */
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 100, 0), -EAGAIN);
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 100), -EAGAIN);
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 4096, 0), -EAGAIN);
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, sizeof(store)), -EAGAIN);
+	/* Given up on under way: the session is dropped, never lent again
+	 * for another request's answer.  An error the server answered
+	 * leaves it in use. */
+	aio_outcome = 1;
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 0), 0);
+	assert_int_equal(cd_target_aio_wait(t, &a, cd_now_ms()), 1);
+	cd_target_aio_end(t, &a, 1);
+	assert_int_equal(aio_drops, 1);
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 0), -EAGAIN);
+	assert_int_equal(cd_target_pwrite(t, buf, 512, 0), 0);
+	aio_outcome = -EIO;
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 0), 0);
+	assert_int_equal(cd_target_aio_wait(t, &a, cd_now_ms() + 1000), -EIO);
+	assert_non_null(strstr(cd_errbuf(), "aio: injected"));
+	cd_target_aio_end(t, &a, -EIO);
+	assert_int_equal(aio_drops, 1);
+	assert_int_equal(cd_target_aio_write(t, &a, buf, 512, 0), 0);
+	cd_target_aio_end(t, &a, 1);
+	assert_int_equal(aio_drops, 2);
+	aio_outcome = 0;
+	cd_target_close(t);
+	/* A layer that may change a request (a test's) keeps every write on
+	 * the blocking way. */
+	assert_int_equal(cd_target_open_hooked(&ctx, "aio://", &u, &aio_ops, false, &h,
+					       &hooked), 0);
+	assert_int_equal(cd_target_pwrite(hooked, buf, 512, 0), 0);
+	assert_int_equal(cd_target_aio_write(hooked, &a, buf, 512, 0), -EAGAIN);
+	cd_target_close(hooked);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -334,6 +456,7 @@ int main(void)
 		cmocka_unit_test(test_split_pieces_respect_align_and_max),
 		cmocka_unit_test(test_one_stack_per_uri),
 		cmocka_unit_test(test_tuned_and_other_tuning_not_shared),
+		cmocka_unit_test(test_aio_write_only_where_nothing_changes_it),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -45,6 +45,9 @@ struct cd_dev_ops {
 	int (*identity)(struct cd_dev *d, char *out, size_t len);
 	/* Frees this device only; cd_dev_close_stack walks down. */
 	void (*close)(struct cd_dev *d);
+	/* A request aligned to the bottom's align and within its max_request
+	 * goes down as it is: cd_target_aio_write may pass this layer by. */
+	bool passes_whole;
 };
 
 struct cd_dev {

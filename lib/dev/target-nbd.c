@@ -28,12 +28,13 @@ static int timed_out(struct cd_target *t, const char *what)
 			t->uri, t->timeout_ms / 1000);
 }
 
-/* Drive the handle until pred(h) holds, the handle dies, or time runs out. */
-static int run_until(struct cd_target *t, struct nbd_handle *h,
-		     int (*pred)(struct nbd_handle *, int64_t), int64_t arg,
-		     const char *what)
+/* Drive the handle until pred(h) holds (0), the handle dies, or time
+ * runs out (1, no message). */
+static int run_until_deadline(struct cd_target *t, struct nbd_handle *h,
+			      int (*pred)(struct nbd_handle *, int64_t), int64_t arg,
+			      const char *what, uint64_t deadline)
 {
-	uint64_t deadline = cd_now_ms() + t->timeout_ms;
+	bool looked = false;
 
 	for (;;) {
 		uint64_t now;
@@ -46,11 +47,23 @@ static int run_until(struct cd_target *t, struct nbd_handle *h,
 		if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
 			return nbd_fail(t, what, ECONNRESET);
 		now = cd_now_ms();
-		if (now >= deadline)
-			return timed_out(t, what);
-		if (nbd_poll(h, (int)(deadline - now)) < 0)
+		/* At the deadline, an answer already on the socket still
+		 * counts: one look without waiting first. */
+		if (now >= deadline && looked)
+			return 1;
+		looked = now >= deadline;
+		if (nbd_poll(h, looked ? 0 : (int)(deadline - now)) < 0)
 			return nbd_fail(t, what, ECONNRESET);
 	}
+}
+
+static int run_until(struct cd_target *t, struct nbd_handle *h,
+		     int (*pred)(struct nbd_handle *, int64_t), int64_t arg,
+		     const char *what)
+{
+	int r = run_until_deadline(t, h, pred, arg, what, cd_now_ms() + t->timeout_ms);
+
+	return r > 0 ? timed_out(t, what) : r;
 }
 
 static int is_ready(struct nbd_handle *h, int64_t unused)
@@ -151,6 +164,24 @@ static int nbd_write(struct cd_target *t, void *s, const void *buf, size_t len,
 			"cannot write");
 }
 
+static int nbd_write_async(struct cd_target *t, void *s, const void *buf, size_t len,
+			   uint64_t off, int64_t *cookie)
+{
+	(void)t;
+	*cookie = nbd_aio_pwrite(s, buf, len, off, NBD_NULL_COMPLETION, 0);
+	if (*cookie >= 0)
+		return 0;
+	/* Not sent: no message, the caller sends it the blocking way. */
+	if (nbd_aio_is_dead(s) || nbd_aio_is_closed(s))
+		return -ECONNRESET;
+	return nbd_get_errno() > 0 ? -nbd_get_errno() : -EIO;
+}
+
+static int nbd_wait_async(struct cd_target *t, void *s, int64_t cookie, uint64_t deadline_ms)
+{
+	return run_until_deadline(t, s, is_completed, cookie, "cannot write", deadline_ms);
+}
+
 /* Scattered writes, CD_PIECES_DEPTH in flight on the one connection. */
 static int nbd_write_pieces(struct cd_target *t, void *s, const struct cd_piece *v,
 			    size_t n)
@@ -239,6 +270,8 @@ const struct cd_target_ops cd_nbd_target_ops = {
 	.disconnect = nbd_disconnect,
 	.pread = nbd_read,
 	.pwrite = nbd_write,
+	.aio_write = nbd_write_async,
+	.aio_wait = nbd_wait_async,
 	.pwrite_pieces = nbd_write_pieces,
 	.flush = nbd_do_flush,
 	.zero = nbd_do_zero,

@@ -59,6 +59,13 @@ struct cd_target_ops {
 	/* What the storage is, as the kind can tell beyond the URI's text
 	 * (see cd_target_identity).  NULL: the kind cannot tell. */
 	int (*identity)(struct cd_target *t, void *s, char *out, size_t len);
+	/* Optional, for kinds with sessions: a write sent on s without
+	 * waiting for its answer (*cookie names it), and the wait for that
+	 * answer until deadline_ms (cd_now_ms): 0, a negative errno with the
+	 * message kept, or 1 when it is still under way. */
+	int (*aio_write)(struct cd_target *t, void *s, const void *buf, size_t len,
+			 uint64_t off, int64_t *cookie);
+	int (*aio_wait)(struct cd_target *t, void *s, int64_t cookie, uint64_t deadline_ms);
 	void (*close)(struct cd_target *t);
 };
 
@@ -125,6 +132,33 @@ int cd_target_flush(struct cd_target *t);
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off);
 void cd_target_close(struct cd_target *t);
+
+/* A write sent without waiting for its answer, so that one thread can
+ * have two under way (a mirrored write's two legs) with no hand-over to
+ * another thread.  Only where nothing would change the request on its
+ * way down (aligned, within max_request, layers that pass such requests
+ * as they are) and a session is idle now. */
+struct cd_target_aio {
+	void *session;
+	int64_t cookie;
+	uint64_t sent_ms;        /* cd_now_ms: the target's timeout counts from here */
+};
+/* 0: sent, or being sent (buf must stay until cd_target_aio_end).
+ * -EAGAIN: not this way; nothing was sent, and the caller takes the
+ * blocking one.  Never waits: no connecting, no waiting for a session
+ * or for the pool's lock. */
+int cd_target_aio_write(struct cd_target *t, struct cd_target_aio *a, const void *buf,
+			size_t len, uint64_t off);
+/* Until it is answered or deadline_ms (cd_now_ms) passes: 0, a negative
+ * errno with the message kept, or 1 when still under way (wait again, or
+ * end it as given up). */
+int cd_target_aio_wait(struct cd_target *t, struct cd_target_aio *a, uint64_t deadline_ms);
+/* The session back to the pool, or dropped after a broken connection or
+ * a timeout, or when given up on under way (result 1): a late answer
+ * must never be taken for another request's.  An error the server
+ * answered leaves it in use.  Not sent again: a write whose fate is
+ * unknown never is. */
+void cd_target_aio_end(struct cd_target *t, struct cd_target_aio *a, int result);
 /* One ping, never retried; *rtt_us is the request's own time, without
  * making a new connection.  -EAGAIN: the server answered busy. */
 int cd_target_ping(struct cd_target *t, uint64_t *rtt_us);

@@ -1109,6 +1109,20 @@ static int primary_io(struct cdisk *d, bool armed, enum cd_leg_op op, void *buf,
 	}
 }
 
+/* The armed primary's leg of a write or zeroing, sent (*leg) for
+ * cd_primary_wait. */
+static int primary_send(struct cdisk *d, enum cd_leg_op op, const void *buf, size_t len,
+			uint64_t off, struct cd_leg **leg)
+{
+	struct cd_target *t;
+	int r = get_base(d, &t);
+
+	if (r < 0)
+		return r;
+	*leg = cd_primary_send(d, t, op, buf, len, off);
+	return *leg ? 0 : -ENOMEM;
+}
+
 /* Under the lock: the primary failed a request (err) that the mirror
  * holds (on_mirror): fail over, and the request is done.  Otherwise the
  * error stands.  (A disk whose writes to the primary are forbidden, an
@@ -1136,7 +1150,7 @@ static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_
 		      uint64_t off)
 {
 	uint64_t first, count, gen;
-	struct cd_leg *leg = NULL;
+	struct cd_leg *leg = NULL, *pleg = NULL;
 	bool mirrored, armed, retry, retried = false;
 	int r, leg_r;
 
@@ -1144,6 +1158,7 @@ static int write_both(struct cdisk *d, enum cd_leg_op op, const void *buf, size_
 		return r;
 again:
 	leg_r = 0;
+	pleg = NULL;
 	mirrored = false;
 	block_range(d, len, off, &first, &count);
 	pthread_mutex_lock(&d->lock);
@@ -1153,10 +1168,19 @@ again:
 	pthread_mutex_unlock(&d->lock);
 	if (r != 0)
 		return r < 0 ? r : 0;
+	/* An armed primary's leg first: when it left from here, so may the
+	 * mirror's, both then waited for here.  Beside a primary called
+	 * inline (up to its own timeout), the mirror's leg is a worker's, so
+	 * that its session is not held meanwhile. */
+	if (on_primary(d) && armed)
+		r = primary_send(d, op, buf, len, off, &pleg);
 	if (mirrored)
-		leg = cd_mirror_send(d, op, buf, len, off);
+		leg = cd_mirror_send(d, !on_primary(d) || cd_leg_here(pleg), op, buf, len, off);
 	if (on_primary(d)) {
-		r = primary_io(d, armed, op, (void *)buf, len, off);
+		if (armed)
+			r = r < 0 ? r : cd_primary_wait(d, pleg, NULL);
+		else
+			r = primary_io(d, false, op, (void *)buf, len, off);
 	} else if (op == CD_LEG_WRITE) {
 		r = cd_pwrite_full(d->fd, buf, len, d->sb.data_offset + off);
 		if (r < 0)
@@ -1312,7 +1336,7 @@ static int flush_once(struct cdisk *d, bool *moved)
 	d->mirror_flushes += live;
 	pthread_mutex_unlock(&d->lock);
 	if (live)
-		leg = cd_mirror_send(d, CD_LEG_FLUSH, NULL, 0, 0);
+		leg = cd_mirror_send(d, false, CD_LEG_FLUSH, NULL, 0, 0);
 	/* The primary's flush runs beside the mirror's. */
 	if (on_primary(d) && !d->readonly)
 		primary_r = primary_io(d, armed, CD_LEG_FLUSH, NULL, 0, 0);
@@ -1477,7 +1501,8 @@ static int rmw_mirrored(struct cdisk *d, struct rmw_edges *e, uint8_t *tmp, uint
 		return r;
 	}
 	pthread_mutex_unlock(&d->lock);
-	leg = cd_mirror_send(d, CD_LEG_WRITE, tmp, (size_t)(end - first), first);
+	/* The disk's own leg is down already. */
+	leg = cd_mirror_send(d, true, CD_LEG_WRITE, tmp, (size_t)(end - first), first);
 	leg_r = leg ? cd_mirror_wait(d, leg) : -ENOMEM;
 	pthread_mutex_lock(&d->lock);
 	r = finish_write(d, b0, n, mirrored, 0, leg_r);

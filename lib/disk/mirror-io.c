@@ -167,6 +167,45 @@ static void leg_put_locked(struct cd_mirror *m, struct cd_leg *leg)
 	(void)m;
 }
 
+/* Under m->lock: the leg's end, for its sender. */
+static void leg_finished_locked(struct cd_mirror *m, struct cd_leg *leg, int r)
+{
+	leg->result = r;
+	if (r < 0)
+		snprintf(leg->msg, sizeof(leg->msg), "%s",
+			 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
+	leg->done = true;
+	if (leg->primary)
+		m->primary_outstanding--;
+	else
+		m->outstanding--;
+}
+
+/* A leg sent from its sender's thread, until the target's own timeout
+ * from its sending, as a blocking call would have waited: 0, an error
+ * (the session given back or dropped), or 1, still under way at
+ * until_ms (earlier than that). */
+static int leg_answer(struct cdisk *d, struct cd_leg *leg, uint64_t until_ms)
+{
+	struct cd_target *t = leg->t;
+	uint64_t target_ms = leg->aio.sent_ms + t->timeout_ms;
+	int r = cd_target_aio_wait(t, &leg->aio, until_ms < target_ms ? until_ms : target_ms);
+
+	if (r > 0 && until_ms < target_ms)
+		return 1;
+	if (r > 0)
+		r = cd_error(d->ctx, -ETIMEDOUT, "cannot write '%s': no answer within %u s",
+			     t->uri, t->timeout_ms / 1000);
+	cd_target_aio_end(t, &leg->aio, r);
+	return r;
+}
+
+/* A leg its sender gave up on: the rest of the target's time. */
+static int leg_take_over(struct cdisk *d, struct cd_leg *leg)
+{
+	return leg_answer(d, leg, UINT64_MAX);
+}
+
 static void *worker_main(void *arg)
 {
 	struct cdisk *d = arg;
@@ -191,7 +230,9 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&m->lock);
 
 		cd_errbuf()[0] = 0;
-		if (!t)
+		if (leg->here)
+			r = leg_take_over(d, leg);
+		else if (!t)
 			r = cd_error(d->ctx, -ENOTCONN, "the mirror is not open");
 		else if (leg->op == CD_LEG_WRITE)
 			r = cd_target_pwrite(t, leg->buf, leg->len, leg->off);
@@ -203,15 +244,7 @@ static void *worker_main(void *arg)
 			r = cd_target_flush(t);
 
 		pthread_mutex_lock(&m->lock);
-		leg->result = r;
-		if (r < 0)
-			snprintf(leg->msg, sizeof(leg->msg), "%s",
-				 cd_errbuf()[0] ? cd_errbuf() : strerror(-r));
-		leg->done = true;
-		if (leg->primary)
-			m->primary_outstanding--;
-		else
-			m->outstanding--;
+		leg_finished_locked(m, leg, r);
 		m->idle++;
 		/* Its sender only (with every waiter on one condition, each
 		 * leg done woke all the guest's writes in flight), and past
@@ -226,9 +259,37 @@ static void *worker_main(void *arg)
 	return NULL;
 }
 
+/* Under m->lock: to the workers, one more started when none is idle. */
+static void leg_queue_locked(struct cdisk *d, struct cd_leg *leg)
+{
+	struct cd_mirror *m = d->mirror;
+
+	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
+	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
+		m->nworkers++;
+		m->idle++;
+	}
+	leg->next = NULL;
+	if (m->tail)
+		m->tail->next = leg;
+	else
+		m->head = leg;
+	m->tail = leg;
+}
+
+/* A small write is sent from its sender's thread without waiting, where
+ * its target can (an idle NBD session) and the caller asks (here): both
+ * legs of a mirrored write then leave together and the sender waits for
+ * their answers itself, with no hand-over to a worker and back, which on
+ * a loaded host costs more than the write.  Up to what a socket's
+ * smallest send buffer takes at once: the rest would leave only when
+ * the sender waits for this leg, after the other. */
+#define LEG_HERE_MAX (16u << 10)
+
 /* t NULL: the mirror's stack, as it is now. */
 static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primary,
-			       enum cd_leg_op op, const void *buf, size_t len, uint64_t off)
+			       bool here, enum cd_leg_op op, const void *buf, size_t len,
+			       uint64_t off)
 {
 	struct cd_mirror *m = d->mirror;
 	struct cd_leg *leg = calloc(1, sizeof(*leg));
@@ -253,35 +314,61 @@ static struct cd_leg *leg_send(struct cdisk *d, struct cd_target *t, bool primar
 	leg->primary = primary;
 	pthread_mutex_lock(&m->lock);
 	leg->t = t ? t : m->t;
-	if (!m->idle && m->nworkers < MIRROR_WORKERS &&
-	    pthread_create(&m->workers[m->nworkers], NULL, worker_main, d) == 0) {
-		m->nworkers++;
-		m->idle++;
-	}
-	if (m->tail)
-		m->tail->next = leg;
-	else
-		m->head = leg;
-	m->tail = leg;
+	/* Counted before it leaves: a resync waits for it (the target stays
+	 * open until then too). */
 	if (primary)
 		m->primary_outstanding++;
 	else
 		m->outstanding++;
+	if (here && op == CD_LEG_WRITE && len <= LEG_HERE_MAX && leg->t) {
+		pthread_mutex_unlock(&m->lock);
+		if (cd_target_aio_write(leg->t, &leg->aio, leg->buf, len, off) == 0) {
+			leg->here = true;
+			return leg;
+		}
+		pthread_mutex_lock(&m->lock);
+	}
+	leg_queue_locked(d, leg);
 	pthread_mutex_unlock(&m->lock);
 	pthread_cond_signal(&m->work);
 	return leg;
 }
 
-struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
-			      size_t len, uint64_t off)
+struct cd_leg *cd_mirror_send(struct cdisk *d, bool here, enum cd_leg_op op,
+			      const void *buf, size_t len, uint64_t off)
 {
-	return leg_send(d, NULL, false, op, buf, len, off);
+	return leg_send(d, NULL, false, here, op, buf, len, off);
 }
 
 struct cd_leg *cd_primary_send(struct cdisk *d, struct cd_target *t, enum cd_leg_op op,
 			       const void *buf, size_t len, uint64_t off)
 {
-	return leg_send(d, t, true, op, buf, len, off);
+	return leg_send(d, t, true, true, op, buf, len, off);
+}
+
+bool cd_leg_here(const struct cd_leg *leg)
+{
+	return leg && leg->here;
+}
+
+/* A leg sent from here: its answer until deadline_ms, or, given up on,
+ * to a worker, who waits for it as long as a blocking call would. */
+static void leg_wait_here(struct cdisk *d, struct cd_leg *leg, uint64_t deadline_ms)
+{
+	struct cd_mirror *m = d->mirror;
+	/* The thread's message is the caller's until this leg fails (the
+	 * primary's, when the mirror's leg is waited for after it). */
+	int r = leg_answer(d, leg, deadline_ms);
+
+	pthread_mutex_lock(&m->lock);
+	if (r <= 0) {
+		leg_finished_locked(m, leg, r);
+		leg_put_locked(m, leg);    /* the worker's, none needed */
+	} else {
+		leg_queue_locked(d, leg);
+		pthread_cond_signal(&m->work);
+	}
+	pthread_mutex_unlock(&m->lock);
 }
 
 /* The leg's result within timeout_ms; a read's data into out. */
@@ -301,6 +388,8 @@ static int leg_wait(struct cdisk *d, struct cd_leg *leg, uint32_t timeout_ms,
 	}
 	/* Waiting on a leg is waiting on the network, as a target call is. */
 	cd_wait_begin();
+	if (leg->here)
+		leg_wait_here(d, leg, cd_now_ms() + timeout_ms);
 	pthread_mutex_lock(&m->lock);
 	while (!leg->done)
 		if (pthread_cond_timedwait(&leg->finished, &m->lock, &until) == ETIMEDOUT)

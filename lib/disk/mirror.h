@@ -19,6 +19,7 @@
 
 #include "bitmap.h"
 #include "format.h"
+#include "target.h"
 
 struct cdisk;
 struct cd_target;
@@ -37,6 +38,11 @@ struct cd_leg {
 	uint8_t *buf;
 	size_t len;
 	uint64_t off;
+	/* Sent by its sender without waiting (cd_target_aio_write), who
+	 * waits for it too; a worker takes it over only when the sender
+	 * gives up on it. */
+	bool here;
+	struct cd_target_aio aio;
 	int result;
 	bool done;
 	pthread_cond_t finished;   /* done is set (CLOCK_MONOTONIC): its sender alone waits */
@@ -91,9 +97,14 @@ bool cd_restore_active(const struct cdisk *d);
  * when not, its blocks then set out of sync. */
 bool cd_mirror_route_locked(struct cdisk *d, uint64_t first, uint64_t count);
 /* Without the lock: send the mirror's leg (buf is copied). NULL only when
- * out of memory: the caller then treats the leg as failed. */
-struct cd_leg *cd_mirror_send(struct cdisk *d, enum cd_leg_op op, const void *buf,
-			      size_t len, uint64_t off);
+ * out of memory: the caller then treats the leg as failed.  here: the
+ * caller's own leg does not wait long (a local file, or a leg sent from
+ * here too, cd_leg_here), so a small write may leave from this thread
+ * and be waited for here. */
+struct cd_leg *cd_mirror_send(struct cdisk *d, bool here, enum cd_leg_op op,
+			      const void *buf, size_t len, uint64_t off);
+/* The leg left from its sender's thread (its waiting needs no worker). */
+bool cd_leg_here(const struct cd_leg *leg);
 /* Without the lock: its result, waiting at most the mirror timeout
  * (-ETIMEDOUT past it).  The leg is the callee's after this. */
 int cd_mirror_wait(struct cdisk *d, struct cd_leg *leg);
