@@ -108,6 +108,33 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	assert_usage_error cdisk-serve "--tls-verify-peer needs --tls-certificates"
 }
 
+# The cipher a client's connection uses, as libnbd reports it.
+cipher_of() {
+	LIBNBD_DEBUG=1 nbdinfo --size "$1" 2>&1 |
+		sed -n 's/.*connection is using TLS: cipher \([A-Z0-9-]*\).*/\1/p' | head -1
+}
+
+@test "TLS: AES-128-GCM unless [serve] tls_priority says otherwise; a bad one is named" {
+	local uri="nbds://127.0.0.1:$PORT/d?tls-certificates=$PKI/anon"
+	# libnbd asks for GnuTLS's NORMAL (AES-256-GCM first); the server's
+	# choice wins.
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI"
+	assert_equal "$(cipher_of "$uri")" AES-128-GCM
+	stop_serve
+	printf '[serve]\nruntime_dir = %s\ntls_priority = NORMAL:-CIPHER-ALL:+AES-256-GCM\n' \
+		"$BATS_TEST_TMPDIR/run" >>"$CDISK_CONFIG"
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI"
+	assert_equal "$(cipher_of "$uri")" AES-256-GCM
+	qemu_tls "$PKI/anon"
+	run_cdisk 0 qemu-io --object "$QOBJ" --image-opts "$QIMG" \
+		-c 'write -P 7 0 1M' -c 'read -P 7 0 1M'
+	stop_serve
+	sed -i 's/^tls_priority = .*/tls_priority = NORMAL:+NO-SUCH-CIPHER/' "$CDISK_CONFIG"
+	run_cdisk 2 cdisk-serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" \
+		--tls-certificates "$PKI"
+	assert_error cdisk-serve "\\[serve\\] tls_priority 'NORMAL:\\+NO-SUCH-CIPHER': not a GnuTLS priority string \\(at '\\+NO-SUCH-CIPHER'\\)"
+}
+
 @test "per-export access: certificate names over TLS, users on the unix socket" {
 	run_cdisk cdisk-create --size 16M open.cdisk
 	run_cdisk cdisk-create --size 16M b.cdisk

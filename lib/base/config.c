@@ -77,6 +77,7 @@ static const struct text_key {
 	{ sec, key, offsetof(struct cd_config, field), \
 	  sizeof(((struct cd_config *)0)->field), is_path }
 	TEXT("serve", "runtime_dir", runtime_dir, true),
+	TEXT("serve", "tls_priority", tls_priority, false),
 	TEXT("iscsi", "initiator", iscsi_initiator, false),
 	TEXT("iscsi", "chap_secret_file", iscsi_secret_file, true),
 	TEXT("rbd", "conf", rbd_conf, true),

@@ -36,6 +36,7 @@ struct cd_config {
 	uint64_t background_min_rate;         /* bytes/s the engines always get */
 	bool serve_fifo;                      /* scheduler = fifo: no classes, no turns */
 	uint32_t serve_workers;               /* the queue's workers; 0: four per core */
+	char tls_priority[256];               /* GnuTLS priority; "": CD_TLS_PRIORITY */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;
 	/* [target] */
