@@ -10,6 +10,8 @@
 # same over TCP with TLS (X.509, certificates made here), cdisk-serve next
 # to nbdkit --tls=require.  Each server runs ROUNDS times, the servers
 # taking turns; the tables show the medians and cdisk's ratio to each.
+# The TLS table names the cipher each server chose (cdisk puts AES-128-GCM
+# first: cdisk-serve(1), --tls-verify-peer).
 # Usage: bench/serve.sh [SECONDS per job, default 10] [ROUNDS, default 3]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
@@ -173,7 +175,7 @@ for job in seqwrite rewrite randwrite randread; do
 done
 
 "$top/tests/make-certs.sh" "$pki" >/dev/null 2>&1
-declare -A tls
+declare -A tls cipher
 bench_tls() { # SERVER ROUND
 	local server=$1 m i
 	if [ "$server" = nbdkit_tls ]; then
@@ -181,6 +183,9 @@ bench_tls() { # SERVER ROUND
 	else
 		"start_$server"
 	fi
+	# Each server's own choice of cipher, as fio's libnbd gets it.
+	cipher[$server]=$(LIBNBD_DEBUG=1 nbdinfo --size "$uri" 2>&1 |
+		sed -n 's/.*connection is using TLS: cipher \([A-Z0-9-]*\).*/\1/p' | head -1)
 	read -r _ m < <(run_job "$server-seqwrite-$2" write 1M 4)
 	keep tls "$server.seqwrite" "$m"
 	if [ "$server" = nbdkit_tls ]; then
@@ -201,6 +206,8 @@ for round in $(seq "$rounds"); do
 done
 echo
 printf '%-38s %12s %12s %14s\n' "over TCP with TLS" cdisk nbdkit "vs nbdkit"
+printf '%-38s %12s %12s\n' "cipher (each server's choice)" "${cipher[cdisk_tls]:-?}" \
+	"${cipher[nbdkit_tls]:-?}"
 for job in seqwrite seqread randread; do
 	case $job in
 	seqwrite) label="1 MiB seq. write, QD4, fresh (MiB/s)" ;;
