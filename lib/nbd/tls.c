@@ -6,6 +6,7 @@
 #include <gnutls/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <sys/stat.h>
 
 #include "cdisk.h"
@@ -16,21 +17,18 @@
 /* GnuTLS's NORMAL with AES-128-GCM first, chosen by the server: TLS
  * 1.3's mandatory cipher, and a quarter cheaper than AES-256-GCM (which
  * NORMAL puts first) for both ends of a connection that moves GiB/s.
- * The same ciphers, groups and key exchanges as NORMAL, only in another
- * order; X25519 first among the groups, as clients send their key share
- * for it (NORMAL's P-256 first would cost them a retry with the server
+ * The same ciphers, groups and key exchanges as NORMAL (the rest added
+ * back by "ALL", whatever this GnuTLS has), only in another order; X25519
+ * first among the groups, as clients send their key share for it
+ * (NORMAL's P-256 first would cost them a retry with the server
  * choosing).  [serve] tls_priority replaces it. */
 #define CD_TLS_PRIORITY "NORMAL:%SERVER_PRECEDENCE:-CIPHER-ALL:+AES-128-GCM:" \
-	"+AES-256-GCM:+CHACHA20-POLY1305:+AES-128-CCM:+AES-256-CCM:+AES-128-CBC:" \
-	"+AES-256-CBC:-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:" \
-	"+GROUP-SECP521R1:+GROUP-X448:+GROUP-FFDHE2048:+GROUP-FFDHE3072:" \
-	"+GROUP-FFDHE4096:+GROUP-FFDHE6144:+GROUP-FFDHE8192"
+	"+CIPHER-ALL:-GROUP-ALL:+GROUP-X25519:+GROUP-ALL"
 /* As nbdkit and QEMU offer PSK: their clients ask for these.  With the
  * default, first: a TLS 1.2 client that offers both keeps its PSK
  * identity (its user name) under the server's order. */
 #define PSK_KEY_EXCHANGE ":+ECDHE-PSK:+DHE-PSK:+PSK"
-#define PSK_KEY_EXCHANGE_FIRST ":-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:+ECDHE-ECDSA:" \
-	"+ECDHE-RSA:+RSA:+DHE-RSA"
+#define PSK_KEY_EXCHANGE_FIRST ":-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:+KX-ALL"
 
 struct cd_tls {
 	gnutls_certificate_credentials_t creds;   /* NULL: keys only */
@@ -52,27 +50,42 @@ static int file_in(struct cdisk_ctx *ctx, const char *dir, const char *name, cha
 	return 0;
 }
 
+/* The string adds a PSK key exchange ("+PSK", "+ECDHE-PSK", any case). */
+static bool adds_psk(const char *priority)
+{
+	const char *tok = priority;
+
+	while (tok) {
+		size_t len = strcspn(tok, ":");
+
+		if (len > 4 && tok[0] == '+' && !strncasecmp(tok + len - 3, "PSK", 3))
+			return true;
+		tok = tok[len] ? tok + len + 1 : NULL;
+	}
+	return false;
+}
+
 /* The configured priority (psk: with PSK's key exchanges, unless the
- * administrator's string names them already). */
+ * administrator's string adds them itself). */
 static int priority_init(struct cdisk_ctx *ctx, bool psk, gnutls_priority_t *out)
 {
 	const char *own = ctx->cfg.tls_priority, *more = "";
+	const char *whose = own[0] ? "[serve] tls_priority" : "the default TLS priority";
 	char text[sizeof(ctx->cfg.tls_priority) + sizeof(CD_TLS_PRIORITY) +
 		  sizeof(PSK_KEY_EXCHANGE_FIRST)];
 	const char *where = NULL;
 	int g;
 
 	if (psk)
-		more = !own[0] ? PSK_KEY_EXCHANGE_FIRST : strstr(own, "PSK") ? "" :
+		more = !own[0] ? PSK_KEY_EXCHANGE_FIRST : adds_psk(own) ? "" :
 			PSK_KEY_EXCHANGE;
 	snprintf(text, sizeof(text), "%s%s", own[0] ? own : CD_TLS_PRIORITY, more);
 	g = gnutls_priority_init(out, text, &where);
 	if (g == GNUTLS_E_INVALID_REQUEST)
-		return cd_error(ctx, -EINVAL, "[serve] tls_priority '%s': not a GnuTLS "
-				"priority string (at '%s')", text, where ? where : "");
+		return cd_error(ctx, -EINVAL, "%s '%s': not a GnuTLS priority string (at "
+				"'%s')", whose, text, where ? where : "");
 	if (g < 0)
-		return cd_error(ctx, -EINVAL, "[serve] tls_priority '%s': %s", text,
-				gnutls_strerror(g));
+		return cd_error(ctx, -EINVAL, "%s '%s': %s", whose, text, gnutls_strerror(g));
 	return 0;
 }
 
