@@ -502,16 +502,12 @@ static bool try_read(struct cd_qitem *it)
 /* What the reader does with a batch.  Small reads that the page cache
  * can answer it answers itself: handing one to a worker costs two
  * context switches, more than the read (nbdkit's threads carry out what
- * they read, for the same reason).  So does it with small writes (up to
- * READ_HERE_ONE bytes, READ_HERE_BATCH of a batch) and with a batch of
- * one other request, on a disk that never waits on the network, without
- * TLS (there a write's decrypting limits the connection, and a worker on
- * the other core can write the file meanwhile): a base or a mirror that
+ * they read, for the same reason).  So does it with a batch of one other
+ * request, on a disk that never waits on the network, without TLS
+ * (there a write's decrypting limits the connection, and a worker on the
+ * other core can write the file meanwhile): a base or a mirror that
  * hangs must hold up a worker, never the reader of a connection whose
- * other requests the overlay could answer.  Measured with 10 and 50
- * clients (one user) on disks without a base, the writes here gave about
- * 15% more IOPS at 10 and 25% at 50, with a p99 of 6 ms instead of 29 ms
- * there.  The rest goes to the workers
+ * other requests the overlay could answer.  The rest goes to the workers
  * first, so that it is under way meanwhile.  A read that would wait on
  * the disk or the network (cd_nowait), or that the queue will not let
  * run here (others wait, a limit), goes to them at once.  Reads of up to
@@ -529,17 +525,6 @@ static bool read_here(const struct request *q, size_t *bytes)
 {
 	if (q->req.type != NBD_CMD_READ || q->req.length > READ_HERE_ONE ||
 	    *bytes + q->req.length > READ_HERE_BATCH)
-		return false;
-	*bytes += q->req.length;
-	return true;
-}
-
-/* Not with FUA: each would be its own journal commit in a row here,
- * where on the workers they overlap and share one. */
-static bool write_here(const struct request *q, size_t *bytes)
-{
-	if (q->req.type != NBD_CMD_WRITE || q->req.flags & NBD_CMD_FLAG_FUA ||
-	    q->req.length > READ_HERE_ONE || *bytes + q->req.length > READ_HERE_BATCH)
 		return false;
 	*bytes += q->req.length;
 	return true;
@@ -603,69 +588,34 @@ static bool run_always(struct cd_qitem *it)
 	return true;
 }
 
-/* The requests other than reads that the reader carries out, after the
- * batch's reads.  The disk is looked at again before each: a mirror
- * attached meanwhile would have the reader wait on the network.  Once
- * one may not run here, it and the rest go to the workers together. */
-static void run_inline(struct conn *c, struct cd_queue *queue, struct cd_qitem **todo,
-		       unsigned n)
-{
-	struct cd_qbatch rest = { 0 };
-	unsigned i;
-
-	for (i = 0; i < n; i++)
-		if (!cd_disk_local(c->nbd.exp->disk) ||
-		    !cd_queue_run_here(queue, todo[i], run_always))
-			break;
-	for (; i < n; i++)
-		cd_qbatch_add(&rest, todo[i]);
-	if (rest.n)
-		cd_queue_push(queue, &rest);
-}
-
-/* A flush among them: the writes go to the workers with it, or the
- * reader would wait for its journal commit (under the disk's lock) before
- * its next batch. */
-static bool has_flush(const struct cd_qbatch *b)
-{
-	for (const struct cd_qitem *it = b->head; it; it = it->next)
-		if (((const struct request *)it)->req.type == NBD_CMD_FLUSH)
-			return true;
-	return false;
-}
-
 static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
 {
 	struct cd_qbatch rest = { 0 };
-	struct cd_qitem *here[CONN_MAX_REQUESTS], *todo[CONN_MAX_REQUESTS];
-	bool reads = reads_here(c), local = !c->tls && cd_disk_local(c->nbd.exp->disk);
-	bool writes = local && !has_flush(b);
+	struct cd_qitem *here[CONN_MAX_REQUESTS], *last = NULL;
+	bool reads = reads_here(c);
 	uint64_t now = cd_now_ns();
-	unsigned n = 0, nw = 0;
-	size_t bytes = 0, wbytes = 0;
+	unsigned n = 0;
+	size_t bytes = 0;
 
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
-		struct request *q = (struct request *)it;
-
 		next = it->next;
 		it->queued_ns = now;
-		if (reads && n < CONN_MAX_REQUESTS && read_here(q, &bytes))
+		if (reads && n < CONN_MAX_REQUESTS && read_here((struct request *)it, &bytes))
 			here[n++] = it;
-		else if (writes && nw < CONN_MAX_REQUESTS && write_here(q, &wbytes))
-			todo[nw++] = it;
 		else
 			cd_qbatch_add(&rest, it);
 	}
 	*b = (struct cd_qbatch){ 0 };
-	/* Anything else only in a batch of one (a flush, a zeroing, a large
-	 * write): beside others, on a worker it runs at the same time as
-	 * they do, and the reader goes back to reading sooner. */
-	if (rest.n == 1 && !n && !nw && local)
-		todo[nw++] = take_last(&rest);
+	/* Only a batch of one: beside others, on a worker it runs at the
+	 * same time as they do, and the reader goes back to reading
+	 * sooner. */
+	if (rest.n == 1 && !n && !c->tls && cd_disk_local(c->nbd.exp->disk))
+		last = take_last(&rest);
 	cd_queue_push(queue, &rest);
 	if (n)
 		answer_reads(c, queue, here, n);
-	run_inline(c, queue, todo, nw);
+	if (last && !cd_queue_run_here(queue, last, run_always))
+		push_one(queue, last);
 }
 
 /* Wait until the connection may have more in the queue; how many more
