@@ -347,6 +347,7 @@ int cd_target_aio_write(struct cd_target *t, struct cd_target_aio *a, const void
 	pthread_mutex_unlock(&p->lock);
 	if (!a->session)
 		return -EAGAIN;
+	a->pool = p;
 	a->sent_ms = cd_now_ms();
 	r = p->kind->aio_write(t, a->session, buf, len, off, &a->cookie);
 	if (r < 0) {
@@ -360,15 +361,16 @@ int cd_target_aio_write(struct cd_target *t, struct cd_target_aio *a, const void
 
 int cd_target_aio_wait(struct cd_target *t, struct cd_target_aio *a, uint64_t deadline_ms)
 {
-	struct pool *p = whole_way_down(t);
+	struct pool *p = a->pool;
 
 	return p->kind->aio_wait(t, a->session, a->cookie, deadline_ms);
 }
 
 void cd_target_aio_end(struct cd_target *t, struct cd_target_aio *a, int result)
 {
-	struct pool *p = whole_way_down(t);
+	struct pool *p = a->pool;
 
+	(void)t;   /* the pool was found at sending */
 	if (!a->session)
 		return;
 	put(p, a->session, result > 0 ? -ETIMEDOUT : result);

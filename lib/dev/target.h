@@ -139,6 +139,7 @@ void cd_target_close(struct cd_target *t);
  * way down (aligned, within max_request, layers that pass such requests
  * as they are) and a session is idle now. */
 struct cd_target_aio {
+	void *pool;              /* the stack's bottom, found once at sending */
 	void *session;
 	int64_t cookie;
 	uint64_t sent_ms;        /* cd_now_ms: the target's timeout counts from here */
