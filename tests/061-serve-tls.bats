@@ -55,6 +55,17 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	cmp -n 8388608 w.img copy.img
 }
 
+@test "TLS: fio verifies writes of every size, many in flight, records split anywhere" {
+	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI"
+	# Sizes from 4 KiB to 1 MiB at depth 16: records of every length
+	# follow each other, so the server's reads of the socket end in every
+	# place of a record (lib/nbd/tls.c, the wire).
+	run_cdisk 0 fio --name=tlsv --ioengine=nbd \
+		--uri="nbds://127.0.0.1:$PORT/d?tls-verify-peer=false" \
+		--rw=randwrite --bsrange=4k-1M --iodepth=16 --size=48M \
+		--verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0
+}
+
 @test "TLS: --tls-verify-peer takes only clients with a certificate from the CA" {
 	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI" \
 		--tls-verify-peer

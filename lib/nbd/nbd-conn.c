@@ -8,7 +8,6 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <netdb.h>
@@ -400,24 +399,6 @@ static int fill_record(struct conn *c)
 	return 0;
 }
 
-/* A TLS receive gives one record, and a client sends a request a record:
- * more requests are to be had without waiting when GnuTLS holds some
- * already, or a whole record waits in the socket (its 5-byte header
- * names its length).  Without this, each request would be a batch of
- * its own. */
-static bool tls_record_ready(struct conn *c)
-{
-	uint8_t h[5];
-	int avail = 0;
-
-	if (gnutls_record_check_pending(c->tls) > 0)
-		return true;
-	if (recv(c->fd, h, sizeof(h), MSG_PEEK | MSG_DONTWAIT) != (ssize_t)sizeof(h) ||
-	    ioctl(c->fd, FIONREAD, &avail) < 0)
-		return false;
-	return (size_t)avail >= sizeof(h) + ((size_t)h[3] << 8 | h[4]);
-}
-
 /* A write's payload: what the buffer holds, the rest straight from the
  * socket into the request's own buffer. */
 static int take_payload(struct conn *c, uint8_t *dst, size_t len)
@@ -440,7 +421,7 @@ static int header_ready(struct conn *c, bool block, bool more)
 		return 1;
 	if (block)
 		return fill(c, CD_NBD_REQUEST_SIZE) < 0 ? -1 : 1;
-	if (!more || !c->tls || !tls_record_ready(c))
+	if (!more || !c->tls || !cd_tls_record_ready(c->tls))
 		return 0;
 	if (fill_record(c) < 0)
 		return -1;

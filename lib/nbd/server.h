@@ -123,6 +123,7 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 		  size_t peer_len, bool *psk, char *why, size_t len);
 void cd_tls_close(gnutls_session_t s);
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
+bool cd_tls_record_ready(gnutls_session_t s);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);

@@ -4,9 +4,13 @@
  * from a psktool file (--tls-psk), the PSK identity naming the user. */
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include "cdisk.h"
@@ -27,6 +31,8 @@
 /* As nbdkit and QEMU offer PSK: their clients ask for these.  With the
  * default, first: a TLS 1.2 client that offers both keeps its PSK
  * identity (its user name) under the server's order. */
+/* TLS's largest plaintext record (RFC 8446, 5.1). */
+#define TLS_RECORD_MAX 16384
 #define PSK_KEY_EXCHANGE ":+ECDHE-PSK:+DHE-PSK:+PSK"
 #define PSK_KEY_EXCHANGE_FIRST ":-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:+KX-ALL"
 
@@ -222,6 +228,108 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 	gnutls_x509_crt_deinit(crt);
 }
 
+/*
+ * What GnuTLS reads from the socket after the handshake.  GnuTLS asks for
+ * a record's 5-byte header, then for its body: two receives a record, 130
+ * a mebibyte of writes, and two a small request.  The wire receives the
+ * body GnuTLS asks for and, in the same call, up to WIRE_STAGE bytes more
+ * into its own buffer, from which the next header (or the next few small
+ * records) is served: one receive a large record, and one for many small
+ * ones.  The stage is small so that little is copied twice.
+ */
+#define WIRE_STAGE 1024
+
+struct tls_wire {
+	gnutls_session_t s;
+	int fd;
+	size_t pos, len;
+	uint8_t stage[WIRE_STAGE];
+};
+
+static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
+{
+	struct tls_wire *w = p;
+	struct iovec iov[2] = { { data, size }, { w->stage, sizeof(w->stage) } };
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 2 };
+	ssize_t n;
+
+	if (w->pos < w->len) {
+		n = (ssize_t)(w->len - w->pos < size ? w->len - w->pos : size);
+		memcpy(data, w->stage + w->pos, (size_t)n);
+		w->pos += (size_t)n;
+		return n;
+	}
+	n = recvmsg(w->fd, &m, 0);
+	if (n < 0) {
+		gnutls_transport_set_errno(w->s, errno);
+		return -1;
+	}
+	if ((size_t)n <= size)
+		return n;
+	w->pos = 0;
+	w->len = (size_t)n - size;
+	return (ssize_t)size;
+}
+
+static int wire_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
+{
+	struct tls_wire *w = p;
+	struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
+	int n;
+
+	if (w->pos < w->len)
+		return 1;
+	n = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
+	if (n < 0)
+		gnutls_transport_set_errno(w->s, errno);
+	return n;
+}
+
+static struct tls_wire *wire_of(gnutls_session_t s)
+{
+	gnutls_transport_ptr_t recv_ptr, send_ptr;
+
+	gnutls_transport_get_ptr2(s, &recv_ptr, &send_ptr);
+	return recv_ptr;
+}
+
+/* Sending stays GnuTLS's own, on the descriptor. */
+static int wire_attach(gnutls_session_t s, int fd)
+{
+	struct tls_wire *w = calloc(1, sizeof(*w));
+
+	if (!w)
+		return -ENOMEM;
+	w->s = s;
+	w->fd = fd;
+	gnutls_transport_set_ptr2(s, w, (gnutls_transport_ptr_t)(intptr_t)fd);
+	gnutls_transport_set_pull_function(s, wire_pull);
+	gnutls_transport_set_pull_timeout_function(s, wire_pull_timeout);
+	return 0;
+}
+
+/* A whole record is to be had without waiting: GnuTLS holds decrypted
+ * data, or the stage and the socket hold a record's header and as many
+ * bytes as it names. */
+bool cd_tls_record_ready(gnutls_session_t s)
+{
+	struct tls_wire *w = wire_of(s);
+	size_t staged = w->len - w->pos, from_stage = staged < 5 ? staged : 5;
+	uint8_t h[5];
+	int avail = 0;
+
+	if (gnutls_record_check_pending(s) > 0)
+		return true;
+	memcpy(h, w->stage + w->pos, from_stage);
+	if (from_stage < sizeof(h) &&
+	    recv(w->fd, h + from_stage, sizeof(h) - from_stage, MSG_PEEK | MSG_DONTWAIT) !=
+		    (ssize_t)(sizeof(h) - from_stage))
+		return false;
+	if (ioctl(w->fd, FIONREAD, &avail) < 0)
+		return false;
+	return staged + (size_t)avail >= sizeof(h) + ((size_t)h[3] << 8 | h[4]);
+}
+
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
 		  size_t peer_len, bool *psk, char *why, size_t len)
 {
@@ -254,8 +362,7 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 		const char *name = gnutls_psk_server_get_username(s);
 		snprintf(peer_name, peer_len, "%s", name ? name : "");
 		*psk = true;
-		*out = s;
-		return 0;
+		goto attach;
 	}
 	if (t->verify_peer) {
 		g = gnutls_certificate_verify_peers3(s, NULL, &status);
@@ -278,6 +385,12 @@ int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_na
 		peer_common_name(s, peer_name, peer_len);
 	else
 		peer_name[0] = '\0';
+attach:
+	if (wire_attach(s, fd) < 0) {
+		gnutls_deinit(s);
+		snprintf(why, len, "out of memory");
+		return -ENOMEM;
+	}
 	*out = s;
 	return 0;
 fail:
@@ -300,6 +413,7 @@ void cd_tls_close(gnutls_session_t s)
 		return;
 	/* Say goodbye without waiting for the client's answer. */
 	gnutls_bye(s, GNUTLS_SHUT_WR);
+	free(wire_of(s));
 	gnutls_deinit(s);
 }
 
@@ -321,28 +435,59 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 	return 0;
 }
 
-/* One reply, header and payload, in as few records as GnuTLS likes. */
+static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
+{
+	while (left) {
+		ssize_t g = gnutls_record_send(s, p, left);
+
+		if (g == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (g < 0)
+			return g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO;
+		p += g;
+		left -= (size_t)g;
+	}
+	return 0;
+}
+
+/*
+ * Replies (one, or several that piled up) in full records: whatever
+ * starts a record is gathered into one buffer, and a payload's whole
+ * records in the middle are encrypted from where they lie.  Corking
+ * instead copied every byte into GnuTLS's cork buffer first: a tenth of
+ * the server's time on 1 MiB reads.
+ */
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n)
 {
-	ssize_t g;
+	uint8_t record[TLS_RECORD_MAX];
+	size_t max = gnutls_record_get_max_size(s), fill = 0;
+	int r = 0;
 
-	gnutls_record_cork(s);
-	for (int i = 0; i < n; i++) {
+	if (max > sizeof(record))
+		max = sizeof(record);
+	for (int i = 0; r == 0 && i < n; i++) {
 		const uint8_t *p = iov[i].iov_base;
 		size_t left = iov[i].iov_len;
 
-		while (left) {
-			g = gnutls_record_send(s, p, left);
-			if (g == GNUTLS_E_INTERRUPTED)
-				continue;
-			if (g < 0)
-				return -EIO;
-			p += g;
-			left -= (size_t)g;
+		while (r == 0 && left) {
+			size_t take = left < max - fill ? left : max - fill;
+
+			if (!fill && left >= max) {
+				take = left - left % max;
+				r = send_all(s, p, take);
+			} else {
+				memcpy(record + fill, p, take);
+				fill += take;
+				if (fill == max) {
+					r = send_all(s, record, fill);
+					fill = 0;
+				}
+			}
+			p += take;
+			left -= take;
 		}
 	}
-	do
-		g = gnutls_record_uncork(s, GNUTLS_RECORD_WAIT);
-	while (g == GNUTLS_E_INTERRUPTED);
-	return g < 0 ? (g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO) : 0;
+	if (r == 0 && fill)
+		r = send_all(s, record, fill);
+	return r;
 }
