@@ -3,6 +3,7 @@
  * and ca-cert.pem for checking clients' certificates; and pre-shared keys
  * from a psktool file (--tls-psk), the PSK identity naming the user. */
 #include <gnutls/gnutls.h>
+#include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <poll.h>
 #include <stdio.h>
@@ -151,7 +152,8 @@ struct psk_ask {
 	char missing[CD_USER_NAME_MAX + 1];   /* an identity without a key */
 };
 
-/* GnuTLS asks for the key of the identity the client sent.  The key file
+/* GnuTLS asks for the key of the identity the client sent (during the
+ * handshake only: the session's pointer is the wire's afterwards).  The key file
  * of the moment answers, so that a reload takes effect at the next
  * handshake. */
 static int psk_key(gnutls_session_t session, const char *name, gnutls_datum_t *key)
@@ -240,8 +242,8 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 #define WIRE_STAGE 1024
 
 struct tls_wire {
-	gnutls_session_t s;
 	int fd;
+	bool timed_out;              /* the last receive's EAGAIN was the socket's */
 	size_t pos, len;
 	uint8_t stage[WIRE_STAGE];
 };
@@ -259,9 +261,11 @@ static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
 		w->pos += (size_t)n;
 		return n;
 	}
+	/* errno is this thread's own, and GnuTLS reads it; the session's
+	 * error slot is shared with the senders. */
 	n = recvmsg(w->fd, &m, 0);
 	if (n < 0) {
-		gnutls_transport_set_errno(w->s, errno);
+		w->timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
 		return -1;
 	}
 	if ((size_t)n <= size)
@@ -275,32 +279,31 @@ static int wire_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
 {
 	struct tls_wire *w = p;
 	struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
-	int n;
 
 	if (w->pos < w->len)
 		return 1;
-	n = poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
-	if (n < 0)
-		gnutls_transport_set_errno(w->s, errno);
-	return n;
+	return poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
 }
 
+/* The session's pointer is free after the handshake (psk_ask's before). */
 static struct tls_wire *wire_of(gnutls_session_t s)
 {
-	gnutls_transport_ptr_t recv_ptr, send_ptr;
-
-	gnutls_transport_get_ptr2(s, &recv_ptr, &send_ptr);
-	return recv_ptr;
+	return gnutls_session_get_ptr(s);
 }
 
-/* Sending stays GnuTLS's own, on the descriptor. */
+/* Sending stays GnuTLS's own, on the descriptor.  Not where the kernel
+ * took the records over (kTLS): GnuTLS then receives on the descriptor
+ * itself, as an int. */
 static int wire_attach(gnutls_session_t s, int fd)
 {
-	struct tls_wire *w = calloc(1, sizeof(*w));
+	struct tls_wire *w;
 
+	if (gnutls_transport_is_ktls_enabled(s))
+		return 0;
+	w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
-	w->s = s;
+	gnutls_session_set_ptr(s, w);
 	w->fd = fd;
 	gnutls_transport_set_ptr2(s, w, (gnutls_transport_ptr_t)(intptr_t)fd);
 	gnutls_transport_set_pull_function(s, wire_pull);
@@ -314,18 +317,20 @@ static int wire_attach(gnutls_session_t s, int fd)
 bool cd_tls_record_ready(gnutls_session_t s)
 {
 	struct tls_wire *w = wire_of(s);
-	size_t staged = w->len - w->pos, from_stage = staged < 5 ? staged : 5;
+	int fd = w ? w->fd : gnutls_transport_get_int(s);
+	size_t staged = w ? w->len - w->pos : 0, from_stage = staged < 5 ? staged : 5;
 	uint8_t h[5];
 	int avail = 0;
 
 	if (gnutls_record_check_pending(s) > 0)
 		return true;
-	memcpy(h, w->stage + w->pos, from_stage);
+	if (from_stage)
+		memcpy(h, w->stage + w->pos, from_stage);
 	if (from_stage < sizeof(h) &&
-	    recv(w->fd, h + from_stage, sizeof(h) - from_stage, MSG_PEEK | MSG_DONTWAIT) !=
+	    recv(fd, h + from_stage, sizeof(h) - from_stage, MSG_PEEK | MSG_DONTWAIT) !=
 		    (ssize_t)(sizeof(h) - from_stage))
 		return false;
-	if (ioctl(w->fd, FIONREAD, &avail) < 0)
+	if (ioctl(fd, FIONREAD, &avail) < 0)
 		return false;
 	return staged + (size_t)avail >= sizeof(h) + ((size_t)h[3] << 8 | h[4]);
 }
@@ -422,8 +427,18 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 	uint8_t *p = buf;
 
 	while (len) {
-		ssize_t n = gnutls_record_recv(s, p, len);
+		struct tls_wire *w = wire_of(s);
+		ssize_t n;
+
+		if (w)
+			w->timed_out = false;
+		n = gnutls_record_recv(s, p, len);
 		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		/* Also what a record without data gives (a TLS 1.3 key
+		 * update, which libnbd and QEMU send every 2^24 records):
+		 * only the socket's own timeout ends the wait. */
+		if (n == GNUTLS_E_AGAIN && w && !w->timed_out)
 			continue;
 		if (n == GNUTLS_E_AGAIN)
 			return -ETIMEDOUT;
