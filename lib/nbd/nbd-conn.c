@@ -628,6 +628,15 @@ static void account(struct conn *c, struct cd_qbatch *b)
 }
 
 
+/* Over in a few microseconds, as a rule: the queue lets one worker carry
+ * several of these rather than wake one each (queue.c, WAKE_COST_NS). */
+static bool quick(struct conn *c, const struct request *q)
+{
+	return (q->req.type == NBD_CMD_READ || q->req.type == NBD_CMD_WRITE) &&
+	       !(q->req.flags & NBD_CMD_FLAG_FUA) && q->req.length <= READ_HERE_ONE &&
+	       cd_disk_local(c->nbd.exp->disk);
+}
+
 /* The reader: every whole request the buffer holds goes to the queue in
  * one push (one lock, few wake-ups); then it waits for more bytes.  A
  * client that sends faster than the disk takes, or reads no replies, is
@@ -657,6 +666,7 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 			q->item.flow = c->flow;
 			q->item.bytes = weight(q);
 			q->item.run = run_request;
+			q->item.quick = quick(c, q);
 			bytes += q->item.bytes;
 			cd_qbatch_add(&b, &q->item);
 		}

@@ -578,6 +578,65 @@ static void test_waiting_workers_not_counted(void **state)
 	cdisk_ctx_free(ctx);
 }
 
+/* A first item that holds its worker, and seven behind it: how many of
+ * those other workers carried while it held. */
+static unsigned ran_beside_one_held(struct fixture *f, bool quick, bool push_later)
+{
+	struct cd_qbatch b = { 0 };
+	struct cd_qitem *first = calloc(1, sizeof(*first));
+	unsigned beside;
+
+	pthread_mutex_lock(&lock);
+	ran = running = most_running = 0;
+	order[0] = 0;
+	released = blocking = false;
+	pthread_mutex_unlock(&lock);
+	first->cls = CD_REQ_WRITE;
+	first->flow = f->a;
+	first->run = run_blocker;
+	first->quick = quick;
+	cd_qbatch_add(&b, first);
+	for (unsigned i = 0; i < 7; i++) {
+		struct cd_qitem *it = make(f->a, CD_REQ_WRITE, "q", 4096);
+
+		it->quick = quick;
+		cd_qbatch_add(&b, it);
+	}
+	cd_queue_push(f->q, &b);
+	usleep(50000);
+	if (push_later) {
+		struct cd_qitem *it = make(f->a, CD_REQ_WRITE, "q", 4096);
+
+		it->quick = quick;
+		push1(f->q, it);
+		usleep(50000);
+	}
+	pthread_mutex_lock(&lock);
+	beside = ran;
+	pthread_mutex_unlock(&lock);
+	unblock();
+	wait_ran(7 + push_later);
+	return beside;
+}
+
+static void test_quick_work_stays_on_one_worker(void **state)
+{
+	struct fixture f = setup(4, NULL);
+
+	(void)state;
+	usleep(20000);   /* the workers asleep, as a server's between requests */
+	/* Small local writes: waking a worker for each would cost more than
+	 * carrying them one after the other, so nobody else is woken. */
+	assert_int_equal(ran_beside_one_held(&f, true, false), 0);
+	/* But once nothing was taken for a while, a worker is held up (a
+	 * write the kernel throttles): the next push wakes the others. */
+	assert_int_equal(ran_beside_one_held(&f, true, true), 8);
+	/* Work that is not quick (a flush, a remote disk's) is shared: the
+	 * three other workers carry the seven meanwhile. */
+	assert_int_equal(ran_beside_one_held(&f, false, false), 7);
+	teardown(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -593,6 +652,7 @@ int main(void)
 		cmocka_unit_test(test_connections_limit),
 		cmocka_unit_test(test_waiting_workers_not_counted),
 		cmocka_unit_test(test_run_here),
+		cmocka_unit_test(test_quick_work_stays_on_one_worker),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

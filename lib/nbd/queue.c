@@ -109,6 +109,7 @@ struct cd_queue {
 	struct cd_wait_hook wait_hook;   /* the workers' (remote_begin/end) */
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
+	uint64_t run_ns;             /* a foreground run, on average (EWMA) */
 	uint64_t timer_at;           /* earliest deadline a worker sleeps to; NEVER: none */
 	uint64_t moved_ms;           /* last time a request was taken or done */
 	bool fifo;                   /* [serve] scheduler = fifo: arrival order only */
@@ -664,16 +665,35 @@ static void remote_end(void *arg)
 	pthread_mutex_unlock(&q->lock);
 }
 
+/*
+ * Waking a worker costs more than a local 4 KiB write (a context switch
+ * and, on a virtual machine, an interrupt between cores: 10 to 30 us
+ * against 5).  Work is shared out only when the queued requests would
+ * take one worker longer than that, by the runs' average; otherwise the
+ * worker that is woken, or that took one, carries the rest after it.
+ */
+#define WAKE_COST_NS 50000u
+
+static bool worth_sharing(const struct cd_queue *q, unsigned quick, unsigned n)
+{
+	return quick < n || (uint64_t)n * q->run_ns >= WAKE_COST_NS;
+}
+
+static void count_run(struct cd_queue *q, uint64_t ns)
+{
+	q->run_ns = q->run_ns + ns / 8 - q->run_ns / 8;
+}
+
 /* Under q->lock: how many idle workers to wake for n new requests, now
  * counted as woken.  The caller signals them after unlocking: a worker
  * woken while the lock is held would only wake to wait for it. */
-static unsigned to_wake(struct cd_queue *q, unsigned n)
+static unsigned to_wake(struct cd_queue *q, unsigned quick, unsigned n)
 {
 	unsigned wake;
 
 	if (q->idle <= q->woken)
 		return 0;
-	wake = (n + 1) / 2;
+	wake = worth_sharing(q, quick, n) ? (n + 1) / 2 : 1;
 	if (wake > q->idle - q->woken)
 		wake = q->idle - q->woken;
 	q->woken += wake;
@@ -689,19 +709,24 @@ static void signal_workers(struct cd_queue *q, unsigned n)
 void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 {
 	uint64_t now;
-	unsigned n;
+	unsigned n, quick = 0;
 
 	if (!b->n)
 		return;
 	pthread_mutex_lock(&q->lock);
 	/* Under the lock: a bucket's clock never runs backwards. */
 	now = cd_now_ns();
+	/* Guests' work already waits and no worker took anything for a
+	 * while: the one carrying quick work is held up (a write the kernel
+	 * throttles), so the new work is shared whatever it is. */
+	bool held_up = q->len > q->bg.queued && now / 1000000 > q->moved_ms + 1;
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
 		struct cd_qflow *f = it->flow;
 		next = it->next;
 		it->queued_ns = now;
 		list_add(&f->list[it->cls == CD_REQ_READ ? CD_REQ_READ : CD_REQ_WRITE], it);
 		f->queued++;
+		quick += it->quick;
 		cd_io_stats_depth(&f->stats, 1);
 		activate(q, f);
 		held_from(q, f, now);
@@ -709,7 +734,7 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	q->len += b->n;
 	q->fg_busy += b->n;
 	q->fg_last_ns = now;
-	n = to_wake(q, b->n);
+	n = to_wake(q, held_up ? 0 : quick, b->n);
 	grow_for_remote(q);
 	grow_if_stuck(q);
 	pthread_mutex_unlock(&q->lock);
@@ -848,7 +873,7 @@ int cd_queue_background_begin(struct cd_queue *q, uint64_t bytes, uint64_t *t0,
 	q->bg.queued++;
 	q->len++;
 	cd_io_stats_depth(&q->bg.stats, 1);
-	signal_workers(q, to_wake(q, 1));
+	signal_workers(q, to_wake(q, 0, 1));
 	grow_if_stuck(q);
 	while (!t.granted) {
 		/* A stopped copy (--max-time, sync-stop) must not wait for
@@ -951,19 +976,24 @@ static void *worker(void *arg)
 			continue;
 		}
 		q->moved_ms = now / 1000000;
-		/* More may be waiting and nobody is coming (or keeping time). */
-		unsigned more = q->len && q->idle > q->woken;
+		/* More may be waiting and nobody is coming (or keeping time),
+		 * and it is worth a wake-up. */
+		unsigned more = q->len && q->idle > q->woken &&
+				(!it->quick || worth_sharing(q, q->len, q->len));
 		q->woken += more;
 		if (it->cls == CD_REQ_BACKGROUND) {
 			signal_workers(q, more);
 			continue;   /* granted: its caller carries it out */
 		}
 		struct cd_qflow *f = it->flow;
+		bool quick = it->quick;   /* it is gone once run */
 		pthread_mutex_unlock(&q->lock);
 		signal_workers(q, more);
 		it->run(it);
 		pthread_mutex_lock(&q->lock);
 		finished(q, f);
+		if (quick)
+			count_run(q, q->fg_last_ns - now);
 		busy_ns = q->fg_last_ns;   /* finished's clock */
 	}
 	q->workers--;

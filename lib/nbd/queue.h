@@ -41,6 +41,7 @@ struct cd_qitem {
 	struct cd_qflow *flow;       /* its user's (cd_queue_conn_in) */
 	uint64_t bytes;              /* what it moves, for bandwidth limits */
 	uint64_t queued_ns;          /* when it was pushed (cd_queue_push) */
+	bool quick;                  /* a small read or write of a local file */
 	/* Carries the request out; the item is the callee's from then on. */
 	void (*run)(struct cd_qitem *item);
 };
