@@ -109,7 +109,8 @@ struct cd_queue {
 	struct cd_wait_hook wait_hook;   /* the workers' (remote_begin/end) */
 	unsigned idle;               /* waiting on work */
 	unsigned woken;              /* signalled, not yet running */
-	uint64_t run_ns;             /* a foreground run, on average (EWMA) */
+	uint64_t run_ns;             /* a quick run, on average (EWMA) */
+	unsigned quick_queued;       /* quick items among len */
 	uint64_t timer_at;           /* earliest deadline a worker sleeps to; NEVER: none */
 	uint64_t moved_ms;           /* last time a request was taken or done */
 	bool fifo;                   /* [serve] scheduler = fifo: arrival order only */
@@ -518,6 +519,7 @@ static struct cd_qitem *take_from(struct cd_queue *q, struct cd_qflow *f, size_t
 	f->inflight++;
 	q->fg_inhand++;
 	q->len--;
+	q->quick_queued -= it->quick;
 	if (!f->queued)
 		deactivate(q, i);
 	else
@@ -679,6 +681,18 @@ static bool worth_sharing(const struct cd_queue *q, unsigned quick, unsigned n)
 	return quick < n || (uint64_t)n * q->run_ns >= WAKE_COST_NS;
 }
 
+/* Under q->lock: guests' work waits and no worker took anything for
+ * HELD_UP_MS: the one carrying quick work is held up (a write the
+ * kernel throttles, a file system that hangs), so what waits is shared
+ * out whatever it is: at the next push, or at the next tick. */
+#define HELD_UP_MS 2
+#define TICK_BUSY_MS 5
+
+static bool carrier_held_up(const struct cd_queue *q, uint64_t now_ms)
+{
+	return q->len > q->bg.queued && now_ms >= q->moved_ms + HELD_UP_MS;
+}
+
 static void count_run(struct cd_queue *q, uint64_t ns)
 {
 	q->run_ns = q->run_ns + ns / 8 - q->run_ns / 8;
@@ -716,10 +730,7 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	pthread_mutex_lock(&q->lock);
 	/* Under the lock: a bucket's clock never runs backwards. */
 	now = cd_now_ns();
-	/* Guests' work already waits and no worker took anything for a
-	 * while: the one carrying quick work is held up (a write the kernel
-	 * throttles), so the new work is shared whatever it is. */
-	bool held_up = q->len > q->bg.queued && now / 1000000 > q->moved_ms + 1;
+	bool held_up = carrier_held_up(q, now / 1000000);
 	for (struct cd_qitem *it = b->head, *next; it; it = next) {
 		struct cd_qflow *f = it->flow;
 		next = it->next;
@@ -732,6 +743,7 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 		held_from(q, f, now);
 	}
 	q->len += b->n;
+	q->quick_queued += quick;
 	q->fg_busy += b->n;
 	q->fg_last_ns = now;
 	n = to_wake(q, held_up ? 0 : quick, b->n);
@@ -817,11 +829,22 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 }
 
 
-void cd_queue_tick(struct cd_queue *q)
+int cd_queue_tick(struct cd_queue *q)
 {
+	uint64_t now_ms = cd_now_ms();
+	unsigned wake = 0;
+	bool busy;
+
 	pthread_mutex_lock(&q->lock);
+	if (carrier_held_up(q, now_ms) && q->idle > q->woken) {
+		wake = q->len < q->idle - q->woken ? q->len : q->idle - q->woken;
+		q->woken += wake;
+	}
 	grow_if_stuck(q);
+	busy = q->fg_busy || now_ms < q->fg_last_ns / 1000000 + 1000;
 	pthread_mutex_unlock(&q->lock);
+	signal_workers(q, wake);
+	return busy ? TICK_BUSY_MS : -1;
 }
 
 unsigned cd_queue_workers(struct cd_queue *q)
@@ -979,7 +1002,7 @@ static void *worker(void *arg)
 		/* More may be waiting and nobody is coming (or keeping time),
 		 * and it is worth a wake-up. */
 		unsigned more = q->len && q->idle > q->woken &&
-				(!it->quick || worth_sharing(q, q->len, q->len));
+				(!it->quick || worth_sharing(q, q->quick_queued, q->len));
 		q->woken += more;
 		if (it->cls == CD_REQ_BACKGROUND) {
 			signal_workers(q, more);

@@ -76,9 +76,12 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
  * requests that cannot wait on the network (nbd-conn.c). */
 bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		       bool (*try_run)(struct cd_qitem *it));
-/* When no request has finished for a while and work waits, start one
- * more worker (up to max).  Called at every push and by the accept loop. */
-void cd_queue_tick(struct cd_queue *q);
+/* From the accept loop: when no request has finished for a while and
+ * work waits, start one more worker (up to max; pushes do it too); when
+ * quick work waits behind a worker that is held up, wake the others.
+ * Returns how soon it wants to be called again (ms): soon while guests
+ * are busy, -1 (a second is fine) when they are quiet. */
+int cd_queue_tick(struct cd_queue *q);
 unsigned cd_queue_workers(struct cd_queue *q);
 /* The server stops: what is queued goes without waiting for limits. */
 void cd_queue_drain(struct cd_queue *q);

@@ -404,6 +404,8 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 	/* The array of fixed exports no longer moves. */
 	for (size_t i = 0; i < s->nexports; i++)
 		cd_export_gate(s, &s->exports[i]);
+	int tick_ms = -1;
+
 	for (;;) {
 		struct pollfd p[CD_ARRAY_SIZE(s->listen) + 4];
 		size_t n = 0, first_listener, reload = 0, pool = 0;
@@ -423,13 +425,14 @@ int cdisk_server_run(struct cdisk_server *s, int stop_fd)
 		first_listener = n;
 		for (size_t i = 0; i < s->nlisten; i++)
 			p[n++] = (struct pollfd){ .fd = s->listen[i].fd, .events = POLLIN };
+		if (tick_ms >= 0 && (timeout < 0 || timeout > tick_ms))
+			timeout = tick_ms;
 		if (poll(p, n, timeout < 0 || timeout > 1000 ? 1000 : timeout) < 0 &&
 		    errno != EINTR)
 			break;
 		cd_conn_reap(s, false);
 		struct cd_queue *queue = __atomic_load_n(&s->queue, __ATOMIC_ACQUIRE);
-		if (queue)
-			cd_queue_tick(queue);
+		tick_ms = queue ? cd_queue_tick(queue) : -1;
 		if (p[0].revents)
 			break;
 		if (s->control_fd >= 0 && p[1].revents & POLLIN)
