@@ -10,7 +10,7 @@ bench_setup() {
 	"$top/scripts/install-deps.sh"
 	make -s -C "$top" O="$O" all "${@/#/$O/}" >/dev/null
 	PATH="$top/$O/tests:$top/$O/bin:$PATH"
-	work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+	work=$(mktemp -d "${BENCH_DIR:-/tmp}/cdisk-bench.XXXXXX")
 	export CDISK_SERVERS=$work/servers
 	trap bench_stop EXIT
 	cd "$work"

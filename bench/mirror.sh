@@ -35,7 +35,7 @@ make -s -C "$top" O="$O" all >/dev/null
 PATH="$top/$O/bin:$PATH"
 # shellcheck source=bench/common.sh disable=SC1091
 . "$top/bench/common.sh"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/cdisk-bench.XXXXXX")
 export CDISK_SERVERS=$work/servers
 pids=()
 cleanup() {

@@ -8,7 +8,7 @@ O=${O:-build}
 command -v qemu-img >/dev/null || apt-get install -y -qq qemu-utils >/dev/null
 make -s -C "$top" O="$O" all "$O/tests/cdisk-io" >/dev/null
 PATH="$top/$O/bin:$top/$O/tests:$PATH"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/cdisk-bench.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 median_ms() { # command...

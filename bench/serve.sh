@@ -21,7 +21,7 @@ rounds=${2:-3}
 "$top/scripts/install-deps.sh"
 make -s -C "$top" O="$O" all >/dev/null
 PATH="$top/$O/bin:$PATH"
-work=$(mktemp -d /tmp/cdisk-bench.XXXXXX)
+work=$(mktemp -d "${BENCH_DIR:-/tmp}/cdisk-bench.XXXXXX")
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
