@@ -29,11 +29,11 @@
  * choosing).  [serve] tls_priority replaces it. */
 #define CD_TLS_PRIORITY "NORMAL:%SERVER_PRECEDENCE:-CIPHER-ALL:+AES-128-GCM:" \
 	"+CIPHER-ALL:-GROUP-ALL:+GROUP-X25519:+GROUP-ALL"
+/* TLS's largest plaintext record (RFC 8446, 5.1). */
+#define TLS_RECORD_MAX 16384
 /* As nbdkit and QEMU offer PSK: their clients ask for these.  With the
  * default, first: a TLS 1.2 client that offers both keeps its PSK
  * identity (its user name) under the server's order. */
-/* TLS's largest plaintext record (RFC 8446, 5.1). */
-#define TLS_RECORD_MAX 16384
 #define PSK_KEY_EXCHANGE ":+ECDHE-PSK:+DHE-PSK:+PSK"
 #define PSK_KEY_EXCHANGE_FIRST ":-KX-ALL:+ECDHE-PSK:+DHE-PSK:+PSK:+KX-ALL"
 
@@ -424,10 +424,10 @@ void cd_tls_close(gnutls_session_t s)
 
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 {
+	struct tls_wire *w = wire_of(s);
 	uint8_t *p = buf;
 
 	while (len) {
-		struct tls_wire *w = wire_of(s);
 		ssize_t n;
 
 		if (w)
