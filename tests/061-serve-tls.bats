@@ -66,6 +66,24 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 		--verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0
 }
 
+@test "TLS: key updates that clients ask for while replies are being encrypted break nothing" {
+	start_serve --export d=d.cdisk --tls-certificates "$PKI"
+	# Four clients, each in its own 8 MiB of the export, with 16 requests
+	# in flight and a key update asked for every second (TLS 1.3): the
+	# server's reader takes it while workers encrypt replies.  Without
+	# the wire's lock (lib/nbd/tls.c) every client broke within 4 s.
+	local i pids=()
+	for i in 1 2 3 4; do
+		timeout 60 tls-keyupdate "$SERVE_SOCK" d 5 "$i" >"ku$i.out" 2>&1 &
+		pids+=($!)
+	done
+	for i in 1 2 3 4; do
+		wait "${pids[$((i - 1))]}" || fail "client $i: $(cat "ku$i.out")"
+		grep -q '^ok: .* [1-9][0-9]* key updates$' "ku$i.out" ||
+			fail "client $i asked for no key update: $(cat "ku$i.out")"
+	done
+}
+
 @test "TLS: --tls-verify-peer takes only clients with a certificate from the CA" {
 	start_serve --export d=d.cdisk --tcp "127.0.0.1:$PORT" --tls-certificates "$PKI" \
 		--tls-verify-peer

@@ -209,7 +209,7 @@ static const char *peer_name(int fd, char *out, size_t len)
  * worker that finds another sending leaves its reply to it and goes on
  * to other work: a client that reads no replies holds one worker, not
  * all of those with a reply for it; and replies that pile up meanwhile
- * leave in one sendmsg (or one corked TLS write). */
+ * leave in one sendmsg (or, with TLS, in full records). */
 
 #define SEND_BATCH 64   /* replies in one sendmsg, at most 3 iovecs each */
 
@@ -324,7 +324,7 @@ static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int 
 }
 
 /* The reader answering a batch of reads sends their replies together, in
- * one sendmsg or one corked TLS write, rather than one a read: the
+ * one sendmsg or in full TLS records, rather than one a read: the
  * client then takes fewer segments and records too.  While it holds the
  * sending, workers' replies wait with them.  False when a worker sends
  * already: it takes ours as they come. */
@@ -351,9 +351,8 @@ static void send_held(struct conn *c)
 static ssize_t conn_recv_some(struct conn *c, void *buf, size_t len)
 {
 	for (;;) {
-		ssize_t n = c->tls ? gnutls_record_recv(c->tls, buf, len) : recv(c->fd, buf, len, 0);
-		if (c->tls ? n == GNUTLS_E_INTERRUPTED || n == GNUTLS_E_AGAIN
-			   : n < 0 && errno == EINTR)
+		ssize_t n = c->tls ? cd_tls_recv_some(c->tls, buf, len, true) : recv(c->fd, buf, len, 0);
+		if (!c->tls && n < 0 && errno == EINTR)
 			continue;
 		return n > 0 ? n : -1;
 	}
@@ -382,18 +381,15 @@ static int fill(struct conn *c, size_t want)
 	return 0;
 }
 
-/* One TLS record that has wholly come, added to what the buffer holds.
- * A record with no data for us (a key update) gives nothing, and no
- * second try: that one could wait for the client. */
+/* One TLS record that has wholly come, added to what the buffer holds;
+ * none when none has. */
 static int fill_record(struct conn *c)
 {
 	ssize_t n;
 
 	compact(c);
-	n = gnutls_record_recv(c->tls, c->rbuf + c->rlen, RBUF_SIZE - c->rlen);
-	if (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED)
-		return 0;
-	if (n <= 0)
+	n = cd_tls_recv_some(c->tls, c->rbuf + c->rlen, RBUF_SIZE - c->rlen, false);
+	if (n < 0)
 		return -1;
 	c->rlen += (size_t)n;
 	return 0;
@@ -421,7 +417,7 @@ static int header_ready(struct conn *c, bool block, bool more)
 		return 1;
 	if (block)
 		return fill(c, CD_NBD_REQUEST_SIZE) < 0 ? -1 : 1;
-	if (!more || !c->tls || !cd_tls_record_ready(c->tls))
+	if (!more || !c->tls)
 		return 0;
 	if (fill_record(c) < 0)
 		return -1;

@@ -122,8 +122,12 @@ void cd_tls_free(struct cd_tls *t);
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
 		  size_t peer_len, bool *psk, char *why, size_t len);
 void cd_tls_close(gnutls_session_t s);
+/* Receives are one thread's, sends one thread's at a time.  All of len,
+ * or a negative errno. */
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
-bool cd_tls_record_ready(gnutls_session_t s);
+/* Some bytes (at most len); without wait, 0 when no record has wholly
+ * come.  A negative errno: -ECONNRESET when the client went. */
+ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait);
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);

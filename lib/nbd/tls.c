@@ -6,11 +6,11 @@
 #include <gnutls/socket.h>
 #include <gnutls/x509.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 
@@ -231,19 +231,33 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 }
 
 /*
- * What GnuTLS reads from the socket after the handshake.  GnuTLS asks for
- * a record's 5-byte header, then for its body: two receives a record, 130
- * a mebibyte of writes, and two a small request.  The wire receives the
- * body GnuTLS asks for and, in the same call, up to WIRE_STAGE bytes more
- * into its own buffer, from which the next header (or the next few small
- * records) is served: one receive a large record, and one for many small
- * ones.  The stage is small so that little is copied twice.
+ * What GnuTLS reads from the socket after the handshake, and the lock on
+ * the session's keys.
+ *
+ * GnuTLS asks for a record's 5-byte header, then for its body: two
+ * receives a record, 130 a mebibyte of writes, and two a small request.
+ * The wire receives the body GnuTLS asks for and, in the same call, up to
+ * WIRE_STAGE bytes more into its own buffer, from which the next header
+ * (or the next few small records) is served: one receive a large record,
+ * and one for many small ones.  The stage is small so that little is
+ * copied twice.
+ *
+ * One thread receives and workers send, one at a time, as GnuTLS allows;
+ * but a TLS 1.3 key update that the receiver takes changes the keys the
+ * sender encrypts with (a client asking for one broke the replies being
+ * sent).  So decrypting and encrypting take turns under the wire's lock.
+ * The receiver never waits for the network under it: its receives do not
+ * wait (a record that has not wholly come stays in GnuTLS's buffer, and
+ * the receiver polls outside the lock).  A sender may wait under it for a
+ * client that reads no replies, within the send timeout: that client's
+ * requests then wait too, and no other connection's.
  */
 #define WIRE_STAGE 1024
 
 struct tls_wire {
+	pthread_mutex_t lock;        /* one of gnutls_record_recv and _send */
 	int fd;
-	bool timed_out;              /* the last receive's EAGAIN was the socket's */
+	bool pulls;                  /* records come through wire_pull (not kTLS) */
 	size_t pos, len;
 	uint8_t stage[WIRE_STAGE];
 };
@@ -261,28 +275,15 @@ static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
 		w->pos += (size_t)n;
 		return n;
 	}
-	/* errno is this thread's own, and GnuTLS reads it; the session's
-	 * error slot is shared with the senders. */
-	n = recvmsg(w->fd, &m, 0);
-	if (n < 0) {
-		w->timed_out = errno == EAGAIN || errno == EWOULDBLOCK;
-		return -1;
-	}
-	if ((size_t)n <= size)
+	/* errno is this thread's own, and GnuTLS reads it (EAGAIN: the
+	 * record has not wholly come); the session's error slot is shared
+	 * with the senders. */
+	n = recvmsg(w->fd, &m, MSG_DONTWAIT);
+	if (n < 0 || (size_t)n <= size)
 		return n;
 	w->pos = 0;
 	w->len = (size_t)n - size;
 	return (ssize_t)size;
-}
-
-static int wire_pull_timeout(gnutls_transport_ptr_t p, unsigned ms)
-{
-	struct tls_wire *w = p;
-	struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
-
-	if (w->pos < w->len)
-		return 1;
-	return poll(&pfd, 1, ms == GNUTLS_INDEFINITE_TIMEOUT ? -1 : (int)ms);
 }
 
 /* The session's pointer is free after the handshake (psk_ask's before). */
@@ -291,48 +292,47 @@ static struct tls_wire *wire_of(gnutls_session_t s)
 	return gnutls_session_get_ptr(s);
 }
 
-/* Sending stays GnuTLS's own, on the descriptor.  Not where the kernel
- * took the records over (kTLS): GnuTLS then receives on the descriptor
- * itself, as an int. */
+/* Sending stays GnuTLS's own, on the descriptor.  Where the kernel took
+ * the records over (kTLS), GnuTLS receives on the descriptor itself, and
+ * takes no key updates. */
 static int wire_attach(gnutls_session_t s, int fd)
 {
-	struct tls_wire *w;
+	struct tls_wire *w = calloc(1, sizeof(*w));
 
-	if (gnutls_transport_is_ktls_enabled(s))
-		return 0;
-	w = calloc(1, sizeof(*w));
 	if (!w)
 		return -ENOMEM;
-	gnutls_session_set_ptr(s, w);
+	pthread_mutexattr_t spin;
+
+	/* Turns last microseconds: waiting a little beats sleeping. */
+	pthread_mutexattr_init(&spin);
+	pthread_mutexattr_settype(&spin, PTHREAD_MUTEX_ADAPTIVE_NP);
+	pthread_mutex_init(&w->lock, &spin);
+	pthread_mutexattr_destroy(&spin);
 	w->fd = fd;
+	gnutls_session_set_ptr(s, w);
+	if (gnutls_transport_is_ktls_enabled(s))
+		return 0;
+	w->pulls = true;
 	gnutls_transport_set_ptr2(s, w, (gnutls_transport_ptr_t)(intptr_t)fd);
 	gnutls_transport_set_pull_function(s, wire_pull);
-	gnutls_transport_set_pull_timeout_function(s, wire_pull_timeout);
 	return 0;
 }
 
-/* A whole record is to be had without waiting: GnuTLS holds decrypted
- * data, or the stage and the socket hold a record's header and as many
- * bytes as it names. */
-bool cd_tls_record_ready(gnutls_session_t s)
+/* Wait for more of a record, within the socket's receive timeout. */
+static int wire_wait(struct tls_wire *w)
 {
-	struct tls_wire *w = wire_of(s);
-	int fd = w ? w->fd : gnutls_transport_get_int(s);
-	size_t staged = w ? w->len - w->pos : 0, from_stage = staged < 5 ? staged : 5;
-	uint8_t h[5];
-	int avail = 0;
+	struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
+	struct timeval tv = { 0 };
+	socklen_t tv_len = sizeof(tv);
+	int ms = -1, n;
 
-	if (gnutls_record_check_pending(s) > 0)
-		return true;
-	if (from_stage)
-		memcpy(h, w->stage + w->pos, from_stage);
-	if (from_stage < sizeof(h) &&
-	    recv(fd, h + from_stage, sizeof(h) - from_stage, MSG_PEEK | MSG_DONTWAIT) !=
-		    (ssize_t)(sizeof(h) - from_stage))
-		return false;
-	if (ioctl(fd, FIONREAD, &avail) < 0)
-		return false;
-	return staged + (size_t)avail >= sizeof(h) + ((size_t)h[3] << 8 | h[4]);
+	if (getsockopt(w->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tv_len) == 0 &&
+	    (tv.tv_sec || tv.tv_usec))
+		ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
+	do
+		n = poll(&pfd, 1, ms);
+	while (n < 0 && errno == EINTR);
+	return n == 0 ? -ETIMEDOUT : 0;
 }
 
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
@@ -414,36 +414,67 @@ fail_early:
 
 void cd_tls_close(gnutls_session_t s)
 {
+	struct tls_wire *w;
+
 	if (!s)
 		return;
+	w = wire_of(s);
 	/* Say goodbye without waiting for the client's answer. */
 	gnutls_bye(s, GNUTLS_SHUT_WR);
-	free(wire_of(s));
 	gnutls_deinit(s);
+	if (w) {
+		pthread_mutex_destroy(&w->lock);
+		free(w);
+	}
+}
+
+ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait)
+{
+	struct tls_wire *w = wire_of(s);
+
+	/* kTLS's receives wait: only what GnuTLS holds is taken at once. */
+	if (!w->pulls && !wait && gnutls_record_check_pending(s) == 0)
+		return 0;
+	for (;;) {
+		ssize_t n;
+
+		if (!w->pulls) {
+			n = gnutls_record_recv(s, buf, len);
+		} else {
+			pthread_mutex_lock(&w->lock);
+			n = gnutls_record_recv(s, buf, len);
+			pthread_mutex_unlock(&w->lock);
+		}
+		if (n > 0)
+			return n;
+		if (n == 0)
+			return -ECONNRESET;
+		if (n == GNUTLS_E_INTERRUPTED)
+			continue;
+		if (n != GNUTLS_E_AGAIN)
+			return -EIO;
+		/* Without kTLS: a record has not wholly come, or one without
+		 * data (a key update) came. */
+		if (!w->pulls)
+			return wait ? -ETIMEDOUT : 0;
+		if (!wait)
+			return 0;
+		if (w->pos < w->len || gnutls_record_check_pending(s) > 0)
+			continue;
+		if (wire_wait(w) < 0)
+			return -ETIMEDOUT;
+	}
 }
 
 int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 {
-	struct tls_wire *w = wire_of(s);
 	uint8_t *p = buf;
 
 	while (len) {
-		ssize_t n;
+		ssize_t n = cd_tls_recv_some(s, p, len, true);
 
-		if (w)
-			w->timed_out = false;
-		n = gnutls_record_recv(s, p, len);
-		if (n == GNUTLS_E_INTERRUPTED)
-			continue;
-		/* Also what a record without data gives (a TLS 1.3 key
-		 * update, which libnbd and QEMU send every 2^24 records):
-		 * only the socket's own timeout ends the wait. */
-		if (n == GNUTLS_E_AGAIN && w && !w->timed_out)
-			continue;
-		if (n == GNUTLS_E_AGAIN)
-			return -ETIMEDOUT;
-		if (n <= 0)
-			return n == 0 ? -ECONNRESET : -EIO;
+		if (n < 0)
+			return (int)n;
 		p += n;
 		len -= (size_t)n;
 	}
@@ -452,9 +483,14 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 
 static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 {
-	while (left) {
-		ssize_t g = gnutls_record_send(s, p, left);
+	struct tls_wire *w = wire_of(s);
 
+	while (left) {
+		ssize_t g;
+
+		pthread_mutex_lock(&w->lock);
+		g = gnutls_record_send(s, p, left);
+		pthread_mutex_unlock(&w->lock);
 		if (g == GNUTLS_E_INTERRUPTED)
 			continue;
 		if (g < 0)

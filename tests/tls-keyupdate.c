@@ -1,0 +1,337 @@
+/* tls-keyupdate: an NBD client over TLS 1.3 that asks the server for key
+ * updates while many requests are in flight, and checks every byte read
+ * back.  A key update the server takes while one of its workers is
+ * encrypting a reply must leave the reply readable.  Not installed.
+ *
+ *   tls-keyupdate SOCKET EXPORT SECONDS [REGION]
+ *
+ * SOCKET is cdisk-serve's unix socket (where TLS is the client's choice).
+ * The client works in the export's REGIONth 8 MiB (0 by default), so
+ * that several can check one export at once.
+ * Writes and reads of 4 KiB to 128 KiB go out in batches of 16 in
+ * flight, reads never overlapping a write of their batch; a key update
+ * (asking the server for its own) goes out in the middle of a batch,
+ * once a second.  Prints one line: the
+ * requests, bytes and key updates done, or what failed; exits 0 when
+ * everything read back is what was written, 1 otherwise. */
+#include <gnutls/gnutls.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "nbd.h"
+
+#define SLOT (128u * 1024)      /* the largest request; one per slot */
+#define SLOTS 64u
+#define BATCH 16
+/* GnuTLS takes at most one key update a second from its peer. */
+#define KEY_UPDATE_NS 1100000000ull
+/* Replies to reads that the client has not taken yet fit in the
+ * sockets' buffers: the server may stop reading while it cannot send. */
+#define BATCH_READ_MAX (96u * 1024)
+
+static int fd;
+static gnutls_session_t tls;
+static gnutls_certificate_credentials_t creds;
+/* The client's own session is one sender and one receiver at a time, as
+ * GnuTLS allows, and takes a record only once it has begun to come, so
+ * that the sender never waits for the server: this lock is the client's,
+ * the server's side is what is tested. */
+static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t *shadow;         /* what the export holds, slot by slot */
+static bool *written;
+static uint64_t region;          /* where slot 0 is */
+
+static void put_be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static void put_be32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (24 - 8 * i)); }
+static void put_be64(uint8_t *p, uint64_t v) { for (int i = 0; i < 8; i++) p[i] = (uint8_t)(v >> (56 - 8 * i)); }
+static uint32_t get_be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3]; }
+static uint64_t get_be64(const uint8_t *p) { return (uint64_t)get_be32(p) << 32 | get_be32(p + 4); }
+
+static __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("FAIL: ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	printf("\n");
+	exit(1);
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t);
+	return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
+}
+
+/* Plain bytes before STARTTLS, records after. */
+static void put(const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n;
+
+		if (!tls) {
+			n = send(fd, p, len, MSG_NOSIGNAL);
+		} else {
+			pthread_mutex_lock(&tls_lock);
+			n = gnutls_record_send(tls, p, len);
+			pthread_mutex_unlock(&tls_lock);
+		}
+		if (tls && (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED))
+			continue;
+		if (n <= 0)
+			die("send: %s", tls ? gnutls_strerror((int)n) : "connection closed");
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static void get(void *buf, size_t len)
+{
+	uint8_t *p = buf;
+
+	while (len) {
+		ssize_t n;
+
+		if (!tls) {
+			n = recv(fd, p, len, 0);
+		} else {
+			struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+			if (!gnutls_record_check_pending(tls) && poll(&pfd, 1, 30000) != 1)
+				die("no reply for 30 s");
+			pthread_mutex_lock(&tls_lock);
+			n = gnutls_record_recv(tls, p, len);
+			pthread_mutex_unlock(&tls_lock);
+		}
+		if (tls && (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED))
+			continue;
+		if (n <= 0)
+			die("receive: %s", tls ? gnutls_strerror((int)n) : "connection closed");
+		p += n;
+		len -= (size_t)n;
+	}
+}
+
+static void option(uint32_t opt, const void *data, uint32_t len)
+{
+	uint8_t h[16];
+
+	put_be64(h, NBD_IHAVEOPT);
+	put_be32(h + 8, opt);
+	put_be32(h + 12, len);
+	put(h, sizeof(h));
+	if (len)
+		put(data, len);
+}
+
+/* The type of the option's final reply. */
+static uint32_t option_reply(void)
+{
+	for (;;) {
+		uint8_t h[20], skip[1024];
+		uint32_t type, len;
+
+		get(h, sizeof(h));
+		if (get_be64(h) != NBD_REP_MAGIC)
+			die("option reply without its magic");
+		type = get_be32(h + 12);
+		len = get_be32(h + 16);
+		while (len) {
+			uint32_t n = len < sizeof(skip) ? len : sizeof(skip);
+			get(skip, n);
+			len -= n;
+		}
+		if (type != NBD_REP_INFO)
+			return type;
+	}
+}
+
+static void start(const char *path, const char *export)
+{
+	struct sockaddr_un a = { .sun_family = AF_UNIX };
+	uint8_t hello[18], flags[4], go[4 + NBD_MAX_STRING + 2];
+	size_t name_len = strlen(export);
+	int g;
+
+	snprintf(a.sun_path, sizeof(a.sun_path), "%s", path);
+	fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		die("cannot connect to '%s'", path);
+	get(hello, sizeof(hello));
+	put_be32(flags, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
+	put(flags, sizeof(flags));
+	option(NBD_OPT_STARTTLS, NULL, 0);
+	if (option_reply() != NBD_REP_ACK)
+		die("STARTTLS refused");
+	if (gnutls_certificate_allocate_credentials(&creds) < 0 ||
+	    gnutls_init(&tls, GNUTLS_CLIENT) < 0 ||
+	    gnutls_priority_set_direct(tls, "NORMAL:-VERS-ALL:+VERS-TLS1.3", NULL) < 0 ||
+	    gnutls_credentials_set(tls, GNUTLS_CRD_CERTIFICATE, creds) < 0)
+		die("cannot set up TLS");
+	gnutls_transport_set_int(tls, fd);
+	do
+		g = gnutls_handshake(tls);
+	while (g < 0 && !gnutls_error_is_fatal(g));
+	if (g < 0)
+		die("TLS handshake: %s", gnutls_strerror(g));
+	if (name_len > NBD_MAX_STRING)
+		die("export name too long");
+	put_be32(go, (uint32_t)name_len);
+	memcpy(go + 4, export, name_len);
+	put_be16(go + 4 + name_len, 0);
+	option(NBD_OPT_GO, go, (uint32_t)(4 + name_len + 2));
+	if (option_reply() != NBD_REP_ACK)
+		die("cannot open export '%s'", export);
+}
+
+struct req {
+	uint16_t type;
+	uint32_t slot, len;
+};
+
+static void request(uint16_t type, uint64_t handle, uint32_t slot, uint32_t len)
+{
+	uint8_t h[28];
+
+	put_be32(h, NBD_REQUEST_MAGIC);
+	put_be16(h + 4, 0);
+	put_be16(h + 6, type);
+	put_be64(h + 8, handle);
+	put_be64(h + 16, region + (uint64_t)slot * SLOT);
+	put_be32(h + 24, len);
+	put(h, sizeof(h));
+	if (type == NBD_CMD_WRITE)
+		put(shadow + (size_t)slot * SLOT, len);
+}
+
+static void reply(const struct req *reqs, uint8_t *buf)
+{
+	uint8_t h[16];
+	uint64_t handle;
+	const struct req *q;
+
+	get(h, sizeof(h));
+	handle = get_be64(h + 8);
+	if (get_be32(h) != NBD_SIMPLE_REPLY_MAGIC || handle >= BATCH)
+		die("reply without its magic or with a handle not asked for");
+	if (get_be32(h + 4))
+		die("request failed: NBD error %u", get_be32(h + 4));
+	q = &reqs[handle];
+	if (q->type != NBD_CMD_READ)
+		return;
+	get(buf, q->len);
+	if (memcmp(buf, shadow + (size_t)q->slot * SLOT, q->len))
+		die("read of slot %u (%u bytes) differs from what was written", q->slot, q->len);
+}
+
+struct batch {
+	const struct req *reqs;
+	uint8_t *buf;
+};
+
+static void *replies(void *arg)
+{
+	struct batch *b = arg;
+
+	for (int i = 0; i < BATCH; i++)
+		reply(b->reqs, b->buf);
+	return NULL;
+}
+
+int main(int argc, char **argv)
+{
+	uint64_t end, next_update, requests = 0, bytes = 0, updates = 0;
+	struct req reqs[BATCH];
+	uint8_t *buf;
+
+	if (argc != 4 && argc != 5) {
+		fprintf(stderr, "usage: tls-keyupdate SOCKET EXPORT SECONDS [REGION]\n");
+		return 2;
+	}
+	region = argc == 5 ? (uint64_t)atoi(argv[4]) * SLOTS * SLOT : 0;
+	signal(SIGPIPE, SIG_IGN);
+	srandom((unsigned)getpid());
+	shadow = calloc(SLOTS, SLOT);
+	written = calloc(SLOTS, sizeof(*written));
+	buf = malloc(SLOT);
+	if (!shadow || !written || !buf)
+		die("out of memory");
+	start(argv[1], argv[2]);
+	end = now_ns() + (uint64_t)atoi(argv[3]) * 1000000000ull;
+	next_update = now_ns();
+	while (now_ns() < end) {
+		bool busy[SLOTS] = { false };
+		uint32_t read_bytes = 0;
+		struct batch b = { reqs, buf };
+		pthread_t receiver;
+
+		for (int i = 0; i < BATCH; i++) {
+			struct req *q = &reqs[i];
+
+			do
+				q->slot = (uint32_t)random() % SLOTS;
+			while (busy[q->slot]);
+			busy[q->slot] = true;
+			/* A slot's first write fills it: the export's bytes
+			 * before are not known. */
+			q->len = !written[q->slot] ? SLOT : 4096u * (1 + (uint32_t)random() % (SLOT / 4096));
+			q->type = written[q->slot] && random() % 2 && read_bytes + q->len <= BATCH_READ_MAX
+					  ? NBD_CMD_READ : NBD_CMD_WRITE;
+			if (q->type == NBD_CMD_READ)
+				read_bytes += q->len;
+			if (q->type == NBD_CMD_WRITE) {
+				for (uint32_t k = 0; k < q->len; k += 4)
+					put_be32(shadow + (size_t)q->slot * SLOT + k, (uint32_t)random());
+				written[q->slot] = true;
+			}
+		}
+		if (pthread_create(&receiver, NULL, replies, &b))
+			die("cannot start a thread");
+		for (int i = 0; i < BATCH; i++) {
+			struct req *q = &reqs[i];
+
+			request(q->type, (uint64_t)i, q->slot, q->len);
+			bytes += q->len;
+			if (i == BATCH / 2 && now_ns() >= next_update) {
+				int g;
+
+				pthread_mutex_lock(&tls_lock);
+				g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
+				pthread_mutex_unlock(&tls_lock);
+				if (g < 0)
+					die("key update: %s", gnutls_strerror(g));
+				updates++;
+				next_update = now_ns() + KEY_UPDATE_NS;
+			}
+		}
+		pthread_join(receiver, NULL);
+		requests += BATCH;
+	}
+	printf("ok: %llu requests, %llu MiB, %llu key updates\n", (unsigned long long)requests,
+	       (unsigned long long)(bytes >> 20), (unsigned long long)updates);
+	gnutls_bye(tls, GNUTLS_SHUT_WR);
+	gnutls_deinit(tls);
+	gnutls_certificate_free_credentials(creds);
+	close(fd);
+	free(buf);
+	free(written);
+	free(shadow);
+	return 0;
+}
