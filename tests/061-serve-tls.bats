@@ -69,12 +69,12 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 @test "TLS: key updates that clients ask for while replies are being encrypted break nothing" {
 	start_serve --export d=d.cdisk --tls-certificates "$PKI"
 	# Four clients, each in its own 8 MiB of the export, with 16 requests
-	# in flight and a key update asked for every second (TLS 1.3): the
-	# server's reader takes it while workers encrypt replies.  Without
+	# in flight and five key updates asked for a second (TLS 1.3): the
+	# server's reader takes them while workers encrypt replies.  Without
 	# the wire's lock (lib/nbd/tls.c) every client broke within 4 s.
 	local i pids=()
 	for i in 1 2 3 4; do
-		timeout 60 tls-keyupdate "$SERVE_SOCK" d 5 "$i" >"ku$i.out" 2>&1 &
+		timeout 60 tls-client "$SERVE_SOCK" d keyupdate 5 "$i" >"ku$i.out" 2>&1 &
 		pids+=($!)
 	done
 	for i in 1 2 3 4; do
@@ -82,6 +82,16 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 		grep -q '^ok: .* [1-9][0-9]* key updates$' "ku$i.out" ||
 			fail "client $i asked for no key update: $(cat "ku$i.out")"
 	done
+}
+
+@test "TLS: a client that sends all its requests before reading any reply is served" {
+	start_serve --export d=d.cdisk --tls-certificates "$PKI"
+	# Eight 1 MiB reads, then eight 1 MiB writes, from one thread that
+	# blocks: the replies to the reads fill the socket, and the server
+	# must go on taking the writes meanwhile (no lock held while a reply
+	# waits to be sent).
+	run_cdisk 0 tls-client "$SERVE_SOCK" d write-unread
+	assert_output --partial "ok: 16 requests"
 }
 
 @test "TLS: --tls-verify-peer takes only clients with a certificate from the CA" {

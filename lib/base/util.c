@@ -1,7 +1,9 @@
 /* Small helpers: whole-buffer I/O, zero tests, clocks. */
 #include <stdio.h>
 #include <stdlib.h>
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -20,6 +22,15 @@ bool cd_nowait(void)
 	return nowait;
 }
 
+/* Memory is all a read of it waits for: tmpfs refuses RWF_NOWAIT (before
+ * Linux 6.6), and its reads would otherwise all go to a worker. */
+static bool in_memory(int fd)
+{
+	struct statfs fs;
+
+	return fstatfs(fd, &fs) == 0 && (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC);
+}
+
 static ssize_t pread_once(int fd, void *buf, size_t len, uint64_t off)
 {
 	struct iovec iov = { buf, len };
@@ -28,6 +39,8 @@ static ssize_t pread_once(int fd, void *buf, size_t len, uint64_t off)
 	if (!nowait)
 		return pread(fd, buf, len, (off_t)off);
 	n = preadv2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
+	if (n < 0 && errno == EOPNOTSUPP && in_memory(fd))
+		n = pread(fd, buf, len, (off_t)off);
 	/* Not in the page cache, a file system that cannot tell, or any
 	 * error: the worker's plain pread does it again and tells the real
 	 * one, rather than a guest getting an error of this path only. */

@@ -420,6 +420,34 @@ static void test_primary_in_place(void **state)
 	assert_int_equal(cdisk_close(d), 0);
 }
 
+/* Requests that cannot wait on the network run without waking another
+ * worker (nbd-conn.c, quick): whole-block writes to an overlay never touch
+ * its base; anything else may, until the base is known to be a file. */
+static void test_quick_requests(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 1 << 20, 4096, false);
+
+	assert_true(cd_disk_quick(d, false, 100, 10));
+	assert_true(cd_disk_quick(d, true, 100, 10));
+	assert_int_equal(cdisk_close(d), 0);
+	assert_int_equal(unlink(f->disk), 0);
+
+	make_base(f, 1 << 20);
+	d = create_open(f, 1 << 20, 4096, true);
+	assert_int_equal(cdisk_close(d), 0);
+	/* As cdisk-serve opens it: the base on first need. */
+	assert_int_equal(cdisk_open(f->ctx, f->disk, CDISK_OPEN_NO_BASE, &d), 0);
+	assert_true(cd_disk_quick(d, true, 8192, 8192));
+	assert_false(cd_disk_quick(d, true, 8192, 4000));
+	assert_false(cd_disk_quick(d, true, 100, 4096));
+	assert_false(cd_disk_quick(d, false, 8192, 4096));
+	expect(d, 0, 4096, 1);          /* opens the base: a file here */
+	assert_true(cd_disk_quick(d, false, 8192, 4096));
+	assert_true(cd_disk_quick(d, true, 100, 10));
+	assert_int_equal(cdisk_close(d), 0);
+}
+
 static void test_errors_are_kept_per_thread(void **state)
 {
 	struct fixture *f = *state;
@@ -453,6 +481,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_create_is_idempotent_and_safe, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_primary_in_place, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_quick_requests, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors_are_kept_per_thread, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -584,7 +584,7 @@ static int get_base(struct cdisk *d, struct cd_target **out)
 		t = d->base;
 		r = t ? 0 : cd_error(d->ctx, -EIO, "'%s' is failing over", d->path);
 	} else {
-		d->base = t;
+		cd_disk_set_base(d, t);
 		d->base_error = r;
 		if (r < 0) {
 			snprintf(d->base_error_msg, sizeof(d->base_error_msg), "%s",
@@ -1691,6 +1691,23 @@ bool cd_disk_local(const struct cdisk *d)
 {
 	return !d->sb.base[0] && !d->sb.mirror[0] &&
 	       !__atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE);
+}
+
+bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len)
+{
+	uint64_t mask = d->block_size - 1;
+
+	if (d->sb.mirror[0] || __atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE))
+		return false;
+	if (!d->sb.base[0] || __atomic_load_n(&d->base_local, __ATOMIC_ACQUIRE))
+		return true;
+	return write && !on_primary(d) && !(off & mask) && !(len & mask);
+}
+
+void cd_disk_set_base(struct cdisk *d, struct cd_target *t)
+{
+	d->base = t;
+	__atomic_store_n(&d->base_local, t && t->local, __ATOMIC_RELEASE);
 }
 
 /* The next run from b of blocks that are absent (present == false) or

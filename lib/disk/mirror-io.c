@@ -586,7 +586,7 @@ int cd_failover_locked(struct cdisk *d, uint64_t gen, bool force, const char *wh
 		return r;
 	}
 	former = d->base;
-	d->base = m->t;
+	cd_disk_set_base(d, m->t);
 	d->base_error = 0;
 	d->base_retry_at = 0;
 	d->primary_gen++;

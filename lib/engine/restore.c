@@ -238,7 +238,7 @@ static int switch_roles_locked(struct cdisk *d, char *left, size_t left_len)
 	former = d->base;
 	m->t = keep ? former : NULL;
 	pthread_mutex_unlock(&m->lock);
-	d->base = aux;
+	cd_disk_set_base(d, aux);
 	d->base_error = 0;
 	d->base_retry_at = 0;
 	/* A write begun before the switch that the auxiliary did not take is

@@ -586,7 +586,8 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 	/* Only a batch of one: beside others, on a worker it runs at the
 	 * same time as they do, and the reader goes back to reading
 	 * sooner. */
-	if (rest.n == 1 && !n && !c->tls && cd_disk_local(c->nbd.exp->disk))
+	if (rest.n == 1 && !n && !c->tls &&
+	    (rest.head->quick || cd_disk_local(c->nbd.exp->disk)))
 		last = take_last(&rest);
 	cd_queue_push(queue, &rest);
 	if (n)
@@ -630,7 +631,8 @@ static bool quick(struct conn *c, const struct request *q)
 {
 	return (q->req.type == NBD_CMD_READ || q->req.type == NBD_CMD_WRITE) &&
 	       !(q->req.flags & NBD_CMD_FLAG_FUA) && q->req.length <= READ_HERE_ONE &&
-	       cd_disk_local(c->nbd.exp->disk);
+	       cd_disk_quick(c->nbd.exp->disk, q->req.type == NBD_CMD_WRITE, q->req.offset,
+			     q->req.length);
 }
 
 /* The reader: every whole request the buffer holds goes to the queue in

@@ -231,8 +231,8 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 }
 
 /*
- * What GnuTLS reads from the socket after the handshake, and the lock on
- * the session's keys.
+ * What GnuTLS reads from the socket after the handshake and writes to it,
+ * and the lock on the session's keys.
  *
  * GnuTLS asks for a record's 5-byte header, then for its body: two
  * receives a record, 130 a mebibyte of writes, and two a small request.
@@ -245,19 +245,26 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
  * One thread receives and workers send, one at a time, as GnuTLS allows;
  * but a TLS 1.3 key update that the receiver takes changes the keys the
  * sender encrypts with (a client asking for one broke the replies being
- * sent).  So decrypting and encrypting take turns under the wire's lock.
- * The receiver never waits for the network under it: its receives do not
- * wait (a record that has not wholly come stays in GnuTLS's buffer, and
- * the receiver polls outside the lock).  A sender may wait under it for a
- * client that reads no replies, within the send timeout: that client's
- * requests then wait too, and no other connection's.
+ * sent).  So decrypting and encrypting take turns under the wire's lock,
+ * and neither waits for the network under it: receives and sends do not
+ * wait (a record not wholly come stays in GnuTLS's buffer, one not wholly
+ * sent in its send buffer), and the thread polls outside the lock.
+ *
+ * A key update must not be taken while a record is half sent: GnuTLS
+ * would count the rest of that record as the key update it owes in
+ * answer, and send the data twice.  So the receiver, about to take one
+ * (key_update_hook), waits for the stalled send to finish; meanwhile
+ * everything else is received as usual, so a client that writes before
+ * it reads its replies is not stalled.
  */
 #define WIRE_STAGE 1024
 
 struct tls_wire {
 	pthread_mutex_t lock;        /* one of gnutls_record_recv and _send */
+	pthread_cond_t sent;         /* a stalled send finished (lock) */
+	bool send_stalled;           /* a record is half sent (lock) */
 	int fd;
-	bool pulls;                  /* records come through wire_pull (not kTLS) */
+	bool pulls, pushes;          /* through the wire (not kTLS) */
 	size_t pos, len;
 	uint8_t stage[WIRE_STAGE];
 };
@@ -286,53 +293,83 @@ static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
 	return (ssize_t)size;
 }
 
+static ssize_t wire_push(gnutls_transport_ptr_t p, const giovec_t *iov, int n)
+{
+	struct tls_wire *w = p;
+	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+
+	return sendmsg(w->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
 /* The session's pointer is free after the handshake (psk_ask's before). */
 static struct tls_wire *wire_of(gnutls_session_t s)
 {
 	return gnutls_session_get_ptr(s);
 }
 
-/* Sending stays GnuTLS's own, on the descriptor.  Where the kernel took
- * the records over (kTLS), GnuTLS receives on the descriptor itself, and
- * takes no key updates. */
+/* Under the wire's lock, in gnutls_record_recv: a key update from the
+ * client is about to be taken. */
+static int key_update_hook(gnutls_session_t s, unsigned type, unsigned when,
+			   unsigned incoming, const gnutls_datum_t *msg)
+{
+	struct tls_wire *w = wire_of(s);
+
+	(void)type;
+	(void)msg;
+	if (incoming && when == GNUTLS_HOOK_PRE)
+		while (w->send_stalled)
+			pthread_cond_wait(&w->sent, &w->lock);
+	return 0;
+}
+
+/* Where the kernel took the records over (kTLS), GnuTLS uses the
+ * descriptor itself in that direction; received key updates then end the
+ * connection (GnuTLS 3.7 cannot take them there). */
 static int wire_attach(gnutls_session_t s, int fd)
 {
 	struct tls_wire *w = calloc(1, sizeof(*w));
+	pthread_mutexattr_t spin;
+	int ktls = (int)gnutls_transport_is_ktls_enabled(s);
 
 	if (!w)
 		return -ENOMEM;
-	pthread_mutexattr_t spin;
-
 	/* Turns last microseconds: waiting a little beats sleeping. */
 	pthread_mutexattr_init(&spin);
 	pthread_mutexattr_settype(&spin, PTHREAD_MUTEX_ADAPTIVE_NP);
 	pthread_mutex_init(&w->lock, &spin);
 	pthread_mutexattr_destroy(&spin);
+	pthread_cond_init(&w->sent, NULL);
 	w->fd = fd;
+	w->pulls = !(ktls & GNUTLS_KTLS_RECV);
+	w->pushes = !(ktls & GNUTLS_KTLS_SEND);
 	gnutls_session_set_ptr(s, w);
-	if (gnutls_transport_is_ktls_enabled(s))
-		return 0;
-	w->pulls = true;
-	gnutls_transport_set_ptr2(s, w, (gnutls_transport_ptr_t)(intptr_t)fd);
-	gnutls_transport_set_pull_function(s, wire_pull);
+	gnutls_transport_set_ptr2(s, w->pulls ? w : (gnutls_transport_ptr_t)(intptr_t)fd,
+				  w->pushes ? w : (gnutls_transport_ptr_t)(intptr_t)fd);
+	if (w->pulls)
+		gnutls_transport_set_pull_function(s, wire_pull);
+	if (w->pushes)
+		gnutls_transport_set_vec_push_function(s, wire_push);
+	gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_KEY_UPDATE, GNUTLS_HOOK_PRE,
+					   key_update_hook);
 	return 0;
 }
 
-/* Wait for more of a record, within the socket's receive timeout. */
-static int wire_wait(struct tls_wire *w)
+/* Wait until fd is readable (POLLIN) or writable, within the socket's
+ * timeout for that direction. */
+static int wire_wait(struct tls_wire *w, short events)
 {
-	struct pollfd pfd = { .fd = w->fd, .events = POLLIN };
+	struct pollfd pfd = { .fd = w->fd, .events = events };
 	struct timeval tv = { 0 };
 	socklen_t tv_len = sizeof(tv);
 	int ms = -1, n;
 
-	if (getsockopt(w->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, &tv_len) == 0 &&
-	    (tv.tv_sec || tv.tv_usec))
+	if (getsockopt(w->fd, SOL_SOCKET, events == POLLIN ? SO_RCVTIMEO : SO_SNDTIMEO, &tv,
+		       &tv_len) == 0 && (tv.tv_sec || tv.tv_usec))
 		ms = (int)(tv.tv_sec * 1000 + tv.tv_usec / 1000);
 	do
 		n = poll(&pfd, 1, ms);
 	while (n < 0 && errno == EINTR);
-	return n == 0 ? -ETIMEDOUT : 0;
+	return n > 0 ? 0 : n == 0 ? -ETIMEDOUT : -errno;
 }
 
 int cd_tls_accept(struct cd_tls *t, int fd, gnutls_session_t *out, char *peer_name,
@@ -423,6 +460,7 @@ void cd_tls_close(gnutls_session_t s)
 	gnutls_bye(s, GNUTLS_SHUT_WR);
 	gnutls_deinit(s);
 	if (w) {
+		pthread_cond_destroy(&w->sent);
 		pthread_mutex_destroy(&w->lock);
 		free(w);
 	}
@@ -437,6 +475,7 @@ ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait)
 		return 0;
 	for (;;) {
 		ssize_t n;
+		int r;
 
 		if (!w->pulls) {
 			n = gnutls_record_recv(s, buf, len);
@@ -461,8 +500,9 @@ ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait)
 			return 0;
 		if (w->pos < w->len || gnutls_record_check_pending(s) > 0)
 			continue;
-		if (wire_wait(w) < 0)
-			return -ETIMEDOUT;
+		r = wire_wait(w, POLLIN);
+		if (r < 0)
+			return r;
 	}
 }
 
@@ -481,24 +521,41 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 	return 0;
 }
 
+/* A record half sent waits outside the lock, and is sent on with the same
+ * arguments, as GnuTLS asks. */
 static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 {
 	struct tls_wire *w = wire_of(s);
+	int r = 0;
 
-	while (left) {
+	while (left && r == 0) {
 		ssize_t g;
 
 		pthread_mutex_lock(&w->lock);
 		g = gnutls_record_send(s, p, left);
+		w->send_stalled = w->pushes && (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED);
+		if (!w->send_stalled)
+			pthread_cond_broadcast(&w->sent);
 		pthread_mutex_unlock(&w->lock);
 		if (g == GNUTLS_E_INTERRUPTED)
 			continue;
-		if (g < 0)
-			return g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO;
-		p += g;
-		left -= (size_t)g;
+		if (g == GNUTLS_E_AGAIN && w->pushes)
+			r = wire_wait(w, POLLOUT);
+		else if (g < 0)
+			r = g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO;
+		else {
+			p += g;
+			left -= (size_t)g;
+		}
 	}
-	return 0;
+	if (r < 0) {
+		/* The connection is lost; a key update waiting goes on. */
+		pthread_mutex_lock(&w->lock);
+		w->send_stalled = false;
+		pthread_cond_broadcast(&w->sent);
+		pthread_mutex_unlock(&w->lock);
+	}
+	return r;
 }
 
 /*

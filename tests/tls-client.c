@@ -1,23 +1,34 @@
-/* tls-keyupdate: an NBD client over TLS 1.3 that asks the server for key
- * updates while many requests are in flight, and checks every byte read
- * back.  A key update the server takes while one of its workers is
- * encrypting a reply must leave the reply readable.  Not installed.
+/* tls-client: NBD clients over TLS 1.3 that cdisk-serve must get right.
+ * Not installed.
  *
- *   tls-keyupdate SOCKET EXPORT SECONDS [REGION]
+ *   tls-client SOCKET EXPORT keyupdate SECONDS [REGION]
+ *   tls-client SOCKET EXPORT write-unread
  *
  * SOCKET is cdisk-serve's unix socket (where TLS is the client's choice).
- * The client works in the export's REGIONth 8 MiB (0 by default), so
- * that several can check one export at once.
- * Writes and reads of 4 KiB to 128 KiB go out in batches of 16 in
- * flight, reads never overlapping a write of their batch; a key update
- * (asking the server for its own) goes out in the middle of a batch,
- * once a second.  Prints one line: the
- * requests, bytes and key updates done, or what failed; exits 0 when
- * everything read back is what was written, 1 otherwise. */
+ *
+ * keyupdate asks the server for key updates while many requests are in
+ * flight, and checks every byte read back: a key update the server takes
+ * while one of its workers is encrypting a reply must leave the reply
+ * readable.  Writes and reads of 4 KiB to 128 KiB go out in batches of 16
+ * in flight, reads never overlapping a write of their batch; a key update
+ * (asking the server for its own) goes out in the middle of a batch, five
+ * a second (GnuTLS takes 8 a second).  The client works in the export's
+ * REGIONth 8 MiB (0 by default), so that several can check one export at
+ * once.
+ *
+ * write-unread, in one thread that blocks, sends eight 1 MiB reads, then
+ * eight 1 MiB writes, and only then reads the replies: the server must go
+ * on taking requests while it cannot send (within its limits of requests
+ * in hand).
+ *
+ * Prints one line: what was done, or what failed; exits 0 when everything
+ * read back is what was written, 1 otherwise. */
 #include <gnutls/gnutls.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -31,23 +42,25 @@
 
 #include "nbd.h"
 
+/* Seconds a send or a reply may take. */
+#define IO_TIMEOUT 20
 #define SLOT (128u * 1024)      /* the largest request; one per slot */
 #define SLOTS 64u
 #define BATCH 16
-/* GnuTLS takes at most one key update a second from its peer. */
-#define KEY_UPDATE_NS 1100000000ull
-/* Replies to reads that the client has not taken yet fit in the
- * sockets' buffers: the server may stop reading while it cannot send. */
-#define BATCH_READ_MAX (96u * 1024)
+/* GnuTLS takes at most 8 key updates a second from its peer. */
+#define KEY_UPDATE_NS 200000000ull
+/* Every PAUSE_EVERY-th batch, the replies wait PAUSE_US before they are
+ * read: the server's sends stall meanwhile, with key updates coming. */
+#define PAUSE_EVERY 4
+#define PAUSE_US 20000
 
 static int fd;
 static gnutls_session_t tls;
 static gnutls_certificate_credentials_t creds;
-/* The client's own session is one sender and one receiver at a time, as
- * GnuTLS allows, and takes a record only once it has begun to come, so
- * that the sender never waits for the server: this lock is the client's,
- * the server's side is what is tested. */
+/* The client's own session takes turns as the server's does (this lock is
+ * the client's: the server's side is what is tested). */
 static pthread_mutex_t tls_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool blocking = true;    /* write-unread's one thread blocks */
 static uint8_t *shadow;         /* what the export holds, slot by slot */
 static bool *written;
 static uint64_t region;          /* where slot 0 is */
@@ -67,7 +80,9 @@ static __attribute__((noreturn, format(printf, 1, 2))) void die(const char *fmt,
 	vprintf(fmt, ap);
 	va_end(ap);
 	printf("\n");
-	exit(1);
+	/* Another thread may be in GnuTLS: no exit handlers. */
+	fflush(stdout);
+	_exit(1);
 }
 
 static uint64_t now_ns(void)
@@ -79,6 +94,17 @@ static uint64_t now_ns(void)
 }
 
 /* Plain bytes before STARTTLS, records after. */
+/* Until fd is ready for events; a failure after IO_TIMEOUT. */
+static void wait_for(short events)
+{
+	struct pollfd pfd = { .fd = fd, .events = events };
+
+	if (poll(&pfd, 1, IO_TIMEOUT * 1000) != 1)
+		die("%s: no progress for %d s", events == POLLIN ? "receive" : "send", IO_TIMEOUT);
+}
+
+/* Plain bytes before STARTTLS, records after.  Without blocking, the
+ * client's own lock is never held while it waits for the server. */
 static void put(const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
@@ -93,8 +119,14 @@ static void put(const void *buf, size_t len)
 			n = gnutls_record_send(tls, p, len);
 			pthread_mutex_unlock(&tls_lock);
 		}
-		if (tls && (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED))
+		if (tls && n == GNUTLS_E_INTERRUPTED)
 			continue;
+		if (tls && n == GNUTLS_E_AGAIN && !blocking) {
+			wait_for(POLLOUT);      /* then the same arguments again */
+			continue;
+		}
+		if (n == GNUTLS_E_AGAIN || (!tls && n < 0 && errno == EAGAIN))
+			die("send: no progress for %d s", IO_TIMEOUT);
 		if (n <= 0)
 			die("send: %s", tls ? gnutls_strerror((int)n) : "connection closed");
 		p += n;
@@ -112,16 +144,18 @@ static void get(void *buf, size_t len)
 		if (!tls) {
 			n = recv(fd, p, len, 0);
 		} else {
-			struct pollfd pfd = { .fd = fd, .events = POLLIN };
-
-			if (!gnutls_record_check_pending(tls) && poll(&pfd, 1, 30000) != 1)
-				die("no reply for 30 s");
 			pthread_mutex_lock(&tls_lock);
 			n = gnutls_record_recv(tls, p, len);
 			pthread_mutex_unlock(&tls_lock);
 		}
-		if (tls && (n == GNUTLS_E_AGAIN || n == GNUTLS_E_INTERRUPTED))
+		if (tls && n == GNUTLS_E_INTERRUPTED)
 			continue;
+		/* Also what a key update gives. */
+		if (tls && n == GNUTLS_E_AGAIN) {
+			if (!blocking && !gnutls_record_check_pending(tls))
+				wait_for(POLLIN);
+			continue;
+		}
 		if (n <= 0)
 			die("receive: %s", tls ? gnutls_strerror((int)n) : "connection closed");
 		p += n;
@@ -174,6 +208,8 @@ static void start(const char *path, const char *export)
 	fd = socket(AF_UNIX, SOCK_STREAM, 0);
 	if (fd < 0 || connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
 		die("cannot connect to '%s'", path);
+	struct timeval tv = { .tv_sec = IO_TIMEOUT };
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
 	get(hello, sizeof(hello));
 	put_be32(flags, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 	put(flags, sizeof(flags));
@@ -191,6 +227,8 @@ static void start(const char *path, const char *export)
 	while (g < 0 && !gnutls_error_is_fatal(g));
 	if (g < 0)
 		die("TLS handshake: %s", gnutls_strerror(g));
+	if (!blocking && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
+		die("cannot make the socket non-blocking");
 	if (name_len > NBD_MAX_STRING)
 		die("export name too long");
 	put_be32(go, (uint32_t)name_len);
@@ -244,42 +282,40 @@ static void reply(const struct req *reqs, uint8_t *buf)
 struct batch {
 	const struct req *reqs;
 	uint8_t *buf;
+	bool pause;
 };
 
 static void *replies(void *arg)
 {
 	struct batch *b = arg;
 
+	if (b->pause)
+		usleep(PAUSE_US);
 	for (int i = 0; i < BATCH; i++)
 		reply(b->reqs, b->buf);
 	return NULL;
 }
 
-int main(int argc, char **argv)
+static int keyupdate(const char *path, const char *export, int seconds, int region_no)
 {
 	uint64_t end, next_update, requests = 0, bytes = 0, updates = 0;
 	struct req reqs[BATCH];
 	uint8_t *buf;
 
-	if (argc != 4 && argc != 5) {
-		fprintf(stderr, "usage: tls-keyupdate SOCKET EXPORT SECONDS [REGION]\n");
-		return 2;
-	}
-	region = argc == 5 ? (uint64_t)atoi(argv[4]) * SLOTS * SLOT : 0;
-	signal(SIGPIPE, SIG_IGN);
+	region = (uint64_t)region_no * SLOTS * SLOT;
 	srandom((unsigned)getpid());
+	blocking = false;
 	shadow = calloc(SLOTS, SLOT);
 	written = calloc(SLOTS, sizeof(*written));
 	buf = malloc(SLOT);
 	if (!shadow || !written || !buf)
 		die("out of memory");
-	start(argv[1], argv[2]);
-	end = now_ns() + (uint64_t)atoi(argv[3]) * 1000000000ull;
+	start(path, export);
+	end = now_ns() + (uint64_t)seconds * 1000000000ull;
 	next_update = now_ns();
 	while (now_ns() < end) {
 		bool busy[SLOTS] = { false };
-		uint32_t read_bytes = 0;
-		struct batch b = { reqs, buf };
+		struct batch b = { reqs, buf, requests / BATCH % PAUSE_EVERY == 0 };
 		pthread_t receiver;
 
 		for (int i = 0; i < BATCH; i++) {
@@ -292,10 +328,7 @@ int main(int argc, char **argv)
 			/* A slot's first write fills it: the export's bytes
 			 * before are not known. */
 			q->len = !written[q->slot] ? SLOT : 4096u * (1 + (uint32_t)random() % (SLOT / 4096));
-			q->type = written[q->slot] && random() % 2 && read_bytes + q->len <= BATCH_READ_MAX
-					  ? NBD_CMD_READ : NBD_CMD_WRITE;
-			if (q->type == NBD_CMD_READ)
-				read_bytes += q->len;
+			q->type = written[q->slot] && random() % 2 ? NBD_CMD_READ : NBD_CMD_WRITE;
 			if (q->type == NBD_CMD_WRITE) {
 				for (uint32_t k = 0; k < q->len; k += 4)
 					put_be32(shadow + (size_t)q->slot * SLOT + k, (uint32_t)random());
@@ -312,9 +345,14 @@ int main(int argc, char **argv)
 			if (i == BATCH / 2 && now_ns() >= next_update) {
 				int g;
 
-				pthread_mutex_lock(&tls_lock);
-				g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
-				pthread_mutex_unlock(&tls_lock);
+				for (;;) {
+					pthread_mutex_lock(&tls_lock);
+					g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
+					pthread_mutex_unlock(&tls_lock);
+					if (g != GNUTLS_E_AGAIN && g != GNUTLS_E_INTERRUPTED)
+						break;
+					wait_for(POLLOUT);
+				}
 				if (g < 0)
 					die("key update: %s", gnutls_strerror(g));
 				updates++;
@@ -334,4 +372,53 @@ int main(int argc, char **argv)
 	free(written);
 	free(shadow);
 	return 0;
+}
+
+/* Requests go out before any reply is read, in one thread. */
+static int write_unread(const char *path, const char *export)
+{
+	struct req reqs[BATCH];
+	uint8_t *buf;
+
+	/* Reads of the first 8 MiB (never written: zeros), writes of the
+	 * next 8, one read back at the end. */
+	shadow = calloc(2 * SLOTS, SLOT);
+	written = calloc(SLOTS, sizeof(*written));
+	buf = malloc(1u << 20);
+	if (!shadow || !written || !buf)
+		die("out of memory");
+	for (size_t k = SLOTS * SLOT; k < 2 * SLOTS * SLOT; k += 4)
+		put_be32(shadow + k, (uint32_t)random());
+	start(path, export);
+	for (int i = 0; i < BATCH; i++) {
+		reqs[i] = (struct req){ i < BATCH / 2 ? NBD_CMD_READ : NBD_CMD_WRITE,
+					(uint32_t)i * 8, 1u << 20 };
+		request(reqs[i].type, (uint64_t)i, reqs[i].slot, reqs[i].len);
+	}
+	for (int i = 0; i < BATCH; i++)
+		reply(reqs, buf);
+	reqs[0] = (struct req){ NBD_CMD_READ, (BATCH - 1) * 8, 1u << 20 };
+	request(NBD_CMD_READ, 0, reqs[0].slot, reqs[0].len);
+	reply(reqs, buf);
+	printf("ok: %d requests of 1 MiB sent before any reply was read\n", BATCH);
+	gnutls_bye(tls, GNUTLS_SHUT_WR);
+	gnutls_deinit(tls);
+	gnutls_certificate_free_credentials(creds);
+	close(fd);
+	free(buf);
+	free(written);
+	free(shadow);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	signal(SIGPIPE, SIG_IGN);
+	if (argc >= 5 && argc <= 6 && !strcmp(argv[3], "keyupdate"))
+		return keyupdate(argv[1], argv[2], atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 0);
+	if (argc == 4 && !strcmp(argv[3], "write-unread"))
+		return write_unread(argv[1], argv[2]);
+	fprintf(stderr, "usage: tls-client SOCKET EXPORT keyupdate SECONDS [REGION]\n"
+			"       tls-client SOCKET EXPORT write-unread\n");
+	return 2;
 }
