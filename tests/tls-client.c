@@ -16,10 +16,10 @@
  * REGIONth 8 MiB (0 by default), so that several can check one export at
  * once.
  *
- * write-unread, in one thread that blocks, sends eight 1 MiB reads, then
- * eight 1 MiB writes, and only then reads the replies: the server must go
- * on taking requests while it cannot send (within its limits of requests
- * in hand).
+ * write-unread, in one thread that blocks, sends eight 1 MiB reads, a key
+ * update asking for the server's, then eight 1 MiB writes, and only then
+ * reads the replies: the server must go on taking requests while it
+ * cannot send (within its limits of requests in hand).
  *
  * Prints one line: what was done, or what failed; exits 0 when everything
  * read back is what was written, 1 otherwise. */
@@ -394,13 +394,20 @@ static int write_unread(const char *path, const char *export)
 		reqs[i] = (struct req){ i < BATCH / 2 ? NBD_CMD_READ : NBD_CMD_WRITE,
 					(uint32_t)i * 8, 1u << 20 };
 		request(reqs[i].type, (uint64_t)i, reqs[i].slot, reqs[i].len);
+		/* With the replies to the reads stuck, a key update asking
+		 * for the server's: it must still take the writes. */
+		if (i == BATCH / 2 - 1) {
+			int g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
+			if (g < 0)
+				die("key update: %s", gnutls_strerror(g));
+		}
 	}
 	for (int i = 0; i < BATCH; i++)
 		reply(reqs, buf);
 	reqs[0] = (struct req){ NBD_CMD_READ, (BATCH - 1) * 8, 1u << 20 };
 	request(NBD_CMD_READ, 0, reqs[0].slot, reqs[0].len);
 	reply(reqs, buf);
-	printf("ok: %d requests of 1 MiB sent before any reply was read\n", BATCH);
+	printf("ok: %d requests of 1 MiB and a key update sent before any reply was read\n", BATCH);
 	gnutls_bye(tls, GNUTLS_SHUT_WR);
 	gnutls_deinit(tls);
 	gnutls_certificate_free_credentials(creds);

@@ -80,6 +80,7 @@ static int file_open(struct cd_target *t, const struct cd_uri *uri)
 	}
 	t->can_flush = true;
 	t->local = on_local_fs(f->fd);
+	t->local_file = t->local && !f->is_blockdev;
 	t->can_zero = true;
 	t->can_trim = !f->is_blockdev;
 	/* Small writes cost a local file next to nothing: scattered changes

@@ -94,6 +94,8 @@ struct cd_target {
 	bool can_trim;
 	bool flush_every_session;  /* flush only covers its own connection */
 	bool local;                /* a file here: no network (cd_nowait) */
+	bool local_file;           /* a regular file here, not a device (whose
+				    * path, iSCSI or multipath, may hang) */
 	uint32_t retry_after;      /* seconds a busy server last asked for; 0: none */
 	uint64_t resent;           /* requests sent again after a cut or timeout */
 	pthread_mutex_t rmw_lock[CD_RMW_STRIPES];

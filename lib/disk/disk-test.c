@@ -446,6 +446,15 @@ static void test_quick_requests(void **state)
 	assert_true(cd_disk_quick(d, false, 8192, 4096));
 	assert_true(cd_disk_quick(d, true, 100, 10));
 	assert_int_equal(cdisk_close(d), 0);
+	assert_int_equal(unlink(f->disk), 0);
+
+	/* A primary's data is all on it: nothing is quick, whatever it is. */
+	struct cdisk_create_opts o = { .primary = f->base };
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	assert_false(cd_disk_quick(d, true, 8192, 8192));
+	assert_false(cd_disk_quick(d, false, 8192, 4096));
+	assert_int_equal(cdisk_close(d), 0);
 }
 
 static void test_errors_are_kept_per_thread(void **state)

@@ -1697,17 +1697,17 @@ bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len
 {
 	uint64_t mask = d->block_size - 1;
 
-	if (d->sb.mirror[0] || __atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE))
+	if (d->sb.mirror[0] || __atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE) || on_primary(d))
 		return false;
 	if (!d->sb.base[0] || __atomic_load_n(&d->base_local, __ATOMIC_ACQUIRE))
 		return true;
-	return write && !on_primary(d) && !(off & mask) && !(len & mask);
+	return write && !(off & mask) && !(len & mask);
 }
 
 void cd_disk_set_base(struct cdisk *d, struct cd_target *t)
 {
 	d->base = t;
-	__atomic_store_n(&d->base_local, t && t->local, __ATOMIC_RELEASE);
+	__atomic_store_n(&d->base_local, t && t->local_file, __ATOMIC_RELEASE);
 }
 
 /* The next run from b of blocks that are absent (present == false) or

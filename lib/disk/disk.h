@@ -124,7 +124,7 @@ struct cdisk {
 	bool base_opening;            /* a thread is opening it, no lock held */
 	uint64_t base_opening_since;  /* cd_now_ms() */
 	struct cd_target *base;
-	bool base_local;          /* base is a file here (atomic: read without a lock) */
+	bool base_local;          /* base is a regular file here (atomic: no lock) */
 	int base_error;
 	uint64_t base_retry_at;   /* cd_now_ms() */
 	char base_error_msg[512];
@@ -177,9 +177,10 @@ bool cd_disk_being_written(const struct cdisk *d, uint64_t b);
  * mirror, recorded or attached.  Without the lock: a mirror attached
  * meanwhile is as if it came just after. */
 bool cd_disk_local(const struct cdisk *d);
-/* This request cannot wait on the network: the disk is local; or, without
- * a mirror, its base is a file here (once opened), or it writes whole
- * blocks of an overlay, which never touch the base. */
+/* This request cannot wait on the network: the disk is local; or, an
+ * overlay without a mirror, its base is a regular file here (once opened:
+ * not a device, whose path may hang), or it writes whole blocks, which
+ * never touch the base. */
 bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len);
 /* Under base_lock: the base (or primary) requests go to from now on. */
 void cd_disk_set_base(struct cdisk *d, struct cd_target *t);

@@ -246,27 +246,24 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
  * but a TLS 1.3 key update that the receiver takes changes the keys the
  * sender encrypts with (a client asking for one broke the replies being
  * sent).  So decrypting and encrypting take turns under the wire's lock,
- * and neither waits for the network under it: receives and sends do not
- * wait (a record not wholly come stays in GnuTLS's buffer, one not wholly
- * sent in its send buffer), and the thread polls outside the lock.
- *
- * A key update must not be taken while a record is half sent: GnuTLS
- * would count the rest of that record as the key update it owes in
- * answer, and send the data twice.  So the receiver, about to take one
- * (key_update_hook), waits for the stalled send to finish; meanwhile
- * everything else is received as usual, so a client that writes before
- * it reads its replies is not stalled.
+ * and neither waits for the network under it: the wire receives without
+ * waiting (a record not wholly come stays in GnuTLS's buffer), and what
+ * the socket does not take at once of a record GnuTLS sends waits in the
+ * wire's own buffer, flushed before the next record, polling outside the
+ * lock.  GnuTLS never has a record half sent: were a key update asking
+ * for ours taken then, GnuTLS would count the rest of that record as the
+ * update it owes in answer, and send the data twice.
  */
 #define WIRE_STAGE 1024
 
 struct tls_wire {
 	pthread_mutex_t lock;        /* one of gnutls_record_recv and _send */
-	pthread_cond_t sent;         /* a stalled send finished (lock) */
-	bool send_stalled;           /* a record is half sent (lock) */
 	int fd;
 	bool pulls, pushes;          /* through the wire (not kTLS) */
-	size_t pos, len;
+	size_t pos, len;             /* the stage's unread bytes */
 	uint8_t stage[WIRE_STAGE];
+	uint8_t *out;                /* sent records the socket has not taken */
+	size_t out_pos, out_len, out_cap;
 };
 
 static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
@@ -293,33 +290,72 @@ static ssize_t wire_pull(gnutls_transport_ptr_t p, void *data, size_t size)
 	return (ssize_t)size;
 }
 
+/* Takes the whole record, always: what the socket does not take at once
+ * waits in the wire's buffer (under the lock, as GnuTLS calls it). */
 static ssize_t wire_push(gnutls_transport_ptr_t p, const giovec_t *iov, int n)
 {
 	struct tls_wire *w = p;
 	struct msghdr m = { .msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n };
+	size_t total = 0, skip;
+	ssize_t sent = 0;
 
-	return sendmsg(w->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	if (w->out_pos == w->out_len) {
+		w->out_pos = w->out_len = 0;
+		sent = sendmsg(w->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+			return -1;
+		if (sent < 0)
+			sent = 0;
+	}
+	if ((size_t)sent == total)
+		return sent;
+	if (w->out_len + total - (size_t)sent > w->out_cap) {
+		size_t cap = w->out_len + total - (size_t)sent + TLS_RECORD_MAX;
+		uint8_t *more = realloc(w->out, cap);
+
+		if (!more) {
+			errno = ENOMEM;
+			return -1;
+		}
+		w->out = more;
+		w->out_cap = cap;
+	}
+	skip = (size_t)sent;
+	for (int i = 0; i < n; i++) {
+		size_t from = skip < iov[i].iov_len ? skip : iov[i].iov_len;
+
+		memcpy(w->out + w->out_len, (uint8_t *)iov[i].iov_base + from,
+		       iov[i].iov_len - from);
+		w->out_len += iov[i].iov_len - from;
+		skip -= from;
+	}
+	return (ssize_t)total;
+}
+
+/* Under the lock: 0 once the wire's buffer is empty, 1 while the socket
+ * takes no more, or a negative errno. */
+static int wire_flush(struct tls_wire *w)
+{
+	while (w->out_pos < w->out_len) {
+		ssize_t n = send(w->fd, w->out + w->out_pos, w->out_len - w->out_pos,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return errno == EAGAIN || errno == EWOULDBLOCK ? 1 : -errno;
+		w->out_pos += (size_t)n;
+	}
+	w->out_pos = w->out_len = 0;
+	return 0;
 }
 
 /* The session's pointer is free after the handshake (psk_ask's before). */
 static struct tls_wire *wire_of(gnutls_session_t s)
 {
 	return gnutls_session_get_ptr(s);
-}
-
-/* Under the wire's lock, in gnutls_record_recv: a key update from the
- * client is about to be taken. */
-static int key_update_hook(gnutls_session_t s, unsigned type, unsigned when,
-			   unsigned incoming, const gnutls_datum_t *msg)
-{
-	struct tls_wire *w = wire_of(s);
-
-	(void)type;
-	(void)msg;
-	if (incoming && when == GNUTLS_HOOK_PRE)
-		while (w->send_stalled)
-			pthread_cond_wait(&w->sent, &w->lock);
-	return 0;
 }
 
 /* Where the kernel took the records over (kTLS), GnuTLS uses the
@@ -338,7 +374,6 @@ static int wire_attach(gnutls_session_t s, int fd)
 	pthread_mutexattr_settype(&spin, PTHREAD_MUTEX_ADAPTIVE_NP);
 	pthread_mutex_init(&w->lock, &spin);
 	pthread_mutexattr_destroy(&spin);
-	pthread_cond_init(&w->sent, NULL);
 	w->fd = fd;
 	w->pulls = !(ktls & GNUTLS_KTLS_RECV);
 	w->pushes = !(ktls & GNUTLS_KTLS_SEND);
@@ -349,8 +384,6 @@ static int wire_attach(gnutls_session_t s, int fd)
 		gnutls_transport_set_pull_function(s, wire_pull);
 	if (w->pushes)
 		gnutls_transport_set_vec_push_function(s, wire_push);
-	gnutls_handshake_set_hook_function(s, GNUTLS_HANDSHAKE_KEY_UPDATE, GNUTLS_HOOK_PRE,
-					   key_update_hook);
 	return 0;
 }
 
@@ -456,12 +489,15 @@ void cd_tls_close(gnutls_session_t s)
 	if (!s)
 		return;
 	w = wire_of(s);
-	/* Say goodbye without waiting for the client's answer. */
+	/* Say goodbye without waiting for the client's answer (nor for the
+	 * socket to take it). */
 	gnutls_bye(s, GNUTLS_SHUT_WR);
+	if (w)
+		wire_flush(w);
 	gnutls_deinit(s);
 	if (w) {
-		pthread_cond_destroy(&w->sent);
 		pthread_mutex_destroy(&w->lock);
+		free(w->out);
 		free(w);
 	}
 }
@@ -521,40 +557,40 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 	return 0;
 }
 
-/* A record half sent waits outside the lock, and is sent on with the same
- * arguments, as GnuTLS asks. */
+/* Every byte on its way to the socket once this returns; the wire's lock
+ * is let go between records, so that the reader takes its turns. */
 static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 {
 	struct tls_wire *w = wire_of(s);
 	int r = 0;
 
-	while (left && r == 0) {
+	pthread_mutex_lock(&w->lock);
+	while (r == 0 && (left || w->out_pos < w->out_len)) {
 		ssize_t g;
 
-		pthread_mutex_lock(&w->lock);
+		if (w->out_pos < w->out_len) {
+			r = wire_flush(w);
+			if (r == 1) {
+				pthread_mutex_unlock(&w->lock);
+				r = wire_wait(w, POLLOUT);
+				pthread_mutex_lock(&w->lock);
+			}
+			continue;
+		}
 		g = gnutls_record_send(s, p, left);
-		w->send_stalled = w->pushes && (g == GNUTLS_E_AGAIN || g == GNUTLS_E_INTERRUPTED);
-		if (!w->send_stalled)
-			pthread_cond_broadcast(&w->sent);
-		pthread_mutex_unlock(&w->lock);
 		if (g == GNUTLS_E_INTERRUPTED)
 			continue;
-		if (g == GNUTLS_E_AGAIN && w->pushes)
-			r = wire_wait(w, POLLOUT);
-		else if (g < 0)
+		if (g < 0) {
+			/* Without the wire (kTLS), the socket's send timeout. */
 			r = g == GNUTLS_E_AGAIN ? -ETIMEDOUT : -EIO;
-		else {
-			p += g;
-			left -= (size_t)g;
+			break;
 		}
-	}
-	if (r < 0) {
-		/* The connection is lost; a key update waiting goes on. */
-		pthread_mutex_lock(&w->lock);
-		w->send_stalled = false;
-		pthread_cond_broadcast(&w->sent);
+		p += g;
+		left -= (size_t)g;
 		pthread_mutex_unlock(&w->lock);
+		pthread_mutex_lock(&w->lock);
 	}
+	pthread_mutex_unlock(&w->lock);
 	return r;
 }
 
