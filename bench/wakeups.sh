@@ -26,6 +26,12 @@ sock=$work/s.sock
 pid=
 bench_cleanup() { [ -z "$pid" ] || kill "$pid" 2>/dev/null || true; wait 2>/dev/null || true; }
 
+wait_for() { # socket
+	for _ in $(seq 400); do [ -S "$1" ] && return 0; sleep 0.05; done
+	echo "no server on $1" >&2
+	exit 1
+}
+
 start() { # SERVER
 	rm -f d.cdisk d.raw "$sock"
 	truncate -s 1G d.raw
