@@ -394,10 +394,14 @@ static int write_unread(const char *path, const char *export)
 		reqs[i] = (struct req){ i < BATCH / 2 ? NBD_CMD_READ : NBD_CMD_WRITE,
 					(uint32_t)i * 8, 1u << 20 };
 		request(reqs[i].type, (uint64_t)i, reqs[i].slot, reqs[i].len);
-		/* With the replies to the reads stuck, a key update asking
-		 * for the server's: it must still take the writes. */
+		/* Once the replies to the reads are stuck, a key update
+		 * asking for the server's: it must still take the writes. */
 		if (i == BATCH / 2 - 1) {
-			int g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
+			int g;
+
+			wait_for(POLLIN);
+			usleep(100000);
+			g = gnutls_session_key_update(tls, GNUTLS_KU_PEER);
 			if (g < 0)
 				die("key update: %s", gnutls_strerror(g));
 		}

@@ -7,6 +7,7 @@
 #include <gnutls/x509.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,8 +259,10 @@ static void peer_common_name(gnutls_session_t s, char *out, size_t len)
 
 struct tls_wire {
 	pthread_mutex_t lock;        /* one of gnutls_record_recv and _send */
+	unsigned waiting;            /* threads waiting for the lock (atomic) */
 	int fd;
 	bool pulls, pushes;          /* through the wire (not kTLS) */
+	bool broken;                 /* a push failed: the stream cannot go on */
 	size_t pos, len;             /* the stage's unread bytes */
 	uint8_t stage[WIRE_STAGE];
 	uint8_t *out;                /* sent records the socket has not taken */
@@ -299,13 +302,19 @@ static ssize_t wire_push(gnutls_transport_ptr_t p, const giovec_t *iov, int n)
 	size_t total = 0, skip;
 	ssize_t sent = 0;
 
+	if (w->broken) {
+		errno = EPIPE;
+		return -1;
+	}
 	for (int i = 0; i < n; i++)
 		total += iov[i].iov_len;
 	if (w->out_pos == w->out_len) {
 		w->out_pos = w->out_len = 0;
 		sent = sendmsg(w->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+		if (sent < 0 && errno != EAGAIN && errno != EWOULDBLOCK) {
+			w->broken = true;
 			return -1;
+		}
 		if (sent < 0)
 			sent = 0;
 	}
@@ -316,6 +325,9 @@ static ssize_t wire_push(gnutls_transport_ptr_t p, const giovec_t *iov, int n)
 		uint8_t *more = realloc(w->out, cap);
 
 		if (!more) {
+			/* Part of the record may be on the wire: GnuTLS would
+			 * send it again. */
+			w->broken = true;
 			errno = ENOMEM;
 			return -1;
 		}
@@ -332,6 +344,27 @@ static ssize_t wire_push(gnutls_transport_ptr_t p, const giovec_t *iov, int n)
 		skip -= from;
 	}
 	return (ssize_t)total;
+}
+
+/* Turns, which the lock alone does not give: a thread that let it go and
+ * takes it again at once nearly always beats one woken to take it.  So
+ * one that finds another waiting lets it in first (a record each). */
+#define TURN_YIELDS 64
+
+static void wire_lock(struct tls_wire *w)
+{
+	for (int i = 0; i < TURN_YIELDS && __atomic_load_n(&w->waiting, __ATOMIC_ACQUIRE); i++)
+		sched_yield();
+	if (pthread_mutex_trylock(&w->lock) == 0)
+		return;
+	__atomic_add_fetch(&w->waiting, 1, __ATOMIC_ACQ_REL);
+	pthread_mutex_lock(&w->lock);
+	__atomic_sub_fetch(&w->waiting, 1, __ATOMIC_ACQ_REL);
+}
+
+static void wire_unlock(struct tls_wire *w)
+{
+	pthread_mutex_unlock(&w->lock);
 }
 
 /* Under the lock: 0 once the wire's buffer is empty, 1 while the socket
@@ -516,9 +549,9 @@ ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait)
 		if (!w->pulls) {
 			n = gnutls_record_recv(s, buf, len);
 		} else {
-			pthread_mutex_lock(&w->lock);
+			wire_lock(w);
 			n = gnutls_record_recv(s, buf, len);
-			pthread_mutex_unlock(&w->lock);
+			wire_unlock(w);
 		}
 		if (n > 0)
 			return n;
@@ -562,22 +595,27 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 {
 	struct tls_wire *w = wire_of(s);
+	size_t max = gnutls_record_get_max_size(s);
 	int r = 0;
 
-	pthread_mutex_lock(&w->lock);
+	/* kTLS's sends are the kernel's, and wait there: not under the lock. */
+	if (w->pushes)
+		wire_lock(w);
 	while (r == 0 && (left || w->out_pos < w->out_len)) {
 		ssize_t g;
 
 		if (w->out_pos < w->out_len) {
 			r = wire_flush(w);
 			if (r == 1) {
-				pthread_mutex_unlock(&w->lock);
+				wire_unlock(w);
 				r = wire_wait(w, POLLOUT);
-				pthread_mutex_lock(&w->lock);
+				wire_lock(w);
 			}
 			continue;
 		}
-		g = gnutls_record_send(s, p, left);
+		/* One record a call: GnuTLS copies all it is given when it
+		 * owes a key update first. */
+		g = gnutls_record_send(s, p, left < max ? left : max);
 		if (g == GNUTLS_E_INTERRUPTED)
 			continue;
 		if (g < 0) {
@@ -587,10 +625,13 @@ static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 		}
 		p += g;
 		left -= (size_t)g;
-		pthread_mutex_unlock(&w->lock);
-		pthread_mutex_lock(&w->lock);
+		if (w->pushes && left) {
+			wire_unlock(w);
+			wire_lock(w);
+		}
 	}
-	pthread_mutex_unlock(&w->lock);
+	if (w->pushes)
+		wire_unlock(w);
 	return r;
 }
 
