@@ -296,6 +296,19 @@ static void *replies(void *arg)
 	return NULL;
 }
 
+/* Goodbye, and everything freed (ASan checks the test tools too). */
+static int finish(uint8_t *buf)
+{
+	gnutls_bye(tls, GNUTLS_SHUT_WR);
+	gnutls_deinit(tls);
+	gnutls_certificate_free_credentials(creds);
+	close(fd);
+	free(buf);
+	free(written);
+	free(shadow);
+	return 0;
+}
+
 static int keyupdate(const char *path, const char *export, int seconds, int region_no)
 {
 	uint64_t end, next_update, requests = 0, bytes = 0, updates = 0;
@@ -364,14 +377,7 @@ static int keyupdate(const char *path, const char *export, int seconds, int regi
 	}
 	printf("ok: %llu requests, %llu MiB, %llu key updates\n", (unsigned long long)requests,
 	       (unsigned long long)(bytes >> 20), (unsigned long long)updates);
-	gnutls_bye(tls, GNUTLS_SHUT_WR);
-	gnutls_deinit(tls);
-	gnutls_certificate_free_credentials(creds);
-	close(fd);
-	free(buf);
-	free(written);
-	free(shadow);
-	return 0;
+	return finish(buf);
 }
 
 /* Requests go out before any reply is read, in one thread. */
@@ -412,14 +418,7 @@ static int write_unread(const char *path, const char *export)
 	request(NBD_CMD_READ, 0, reqs[0].slot, reqs[0].len);
 	reply(reqs, buf);
 	printf("ok: %d requests of 1 MiB and a key update sent before any reply was read\n", BATCH);
-	gnutls_bye(tls, GNUTLS_SHUT_WR);
-	gnutls_deinit(tls);
-	gnutls_certificate_free_credentials(creds);
-	close(fd);
-	free(buf);
-	free(written);
-	free(shadow);
-	return 0;
+	return finish(buf);
 }
 
 int main(int argc, char **argv)
