@@ -270,10 +270,13 @@ slow_target() {
 	truncate -s 64M a.raw
 	quick_timeouts 5 0
 	run_cdisk 0 cdisk-create --primary "file://$PWD/p.raw" d.cdisk
-	slow_target 20000000
+	# Slow enough (16 s) that the cut lands mid-copy on a loaded machine.
+	slow_target 4000000
 	start_serve --export d=d.cdisk
 	run_cdisk 0 cdisk-restore --background --to "$target" d.cdisk
 	sleep 1
+	run_cdisk 9 cdisk-mirror status --json d.cdisk
+	assert_equal "$(json_get .state)" copying
 	# The target's server goes away: connections cut, new ones refused.
 	proxy_ctl refuse on
 	proxy_ctl cut
@@ -281,6 +284,7 @@ slow_target() {
 	assert_error cdisk-restore "restore target '$(re_quote "$target")' is not answering: .* left, sent by the server when it answers again"
 	run_cdisk 0 qemu-io -f raw -c 'write -P 0x33 20M 1M' -c flush "$NBD"
 	proxy_ctl refuse off
+	proxy_ctl rate 0
 	run_cdisk 0 cdisk-restore --to "$target" d.cdisk
 	assert_output "'d.cdisk': restored: '$target' holds the whole disk and is its mirror, in sync"
 	stop_serve
