@@ -421,8 +421,9 @@ static void test_primary_in_place(void **state)
 }
 
 /* Requests that cannot wait on the network run without waking another
- * worker (nbd-conn.c, quick): whole-block writes to an overlay never touch
- * its base; anything else may, until the base is known to be a file. */
+ * worker (nbd-conn.c, quick): whole-block writes to an overlay, and any
+ * request on blocks it holds, never touch its base; anything else may,
+ * until the base is known to be a file. */
 static void test_quick_requests(void **state)
 {
 	struct fixture *f = *state;
@@ -442,6 +443,12 @@ static void test_quick_requests(void **state)
 	assert_false(cd_disk_quick(d, true, 8192, 4000));
 	assert_false(cd_disk_quick(d, true, 100, 4096));
 	assert_false(cd_disk_quick(d, false, 8192, 4096));
+	/* Once a block is in the overlay, nothing on it needs the base. */
+	put(d, 8192, 4096, 2);
+	assert_true(cd_disk_quick(d, false, 8192, 4096));
+	assert_true(cd_disk_quick(d, true, 8200, 100));
+	assert_false(cd_disk_quick(d, true, 8200, 4096));
+	assert_false(cd_disk_quick(d, false, 4096, 8192));
 	expect(d, 0, 4096, 1);          /* opens the base: a file here */
 	assert_true(cd_disk_quick(d, false, 8192, 4096));
 	assert_true(cd_disk_quick(d, true, 100, 10));

@@ -1693,7 +1693,24 @@ bool cd_disk_local(const struct cdisk *d)
 	       !__atomic_load_n(&d->mirror, __ATOMIC_ACQUIRE);
 }
 
-bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len)
+/* Every block of [off, off + len) is here: a request on them never needs
+ * the base.  Blocks leave only by a discard, which would then come first:
+ * a request it overtakes in the queue may wait on the base after all, as
+ * any request not judged quick does. */
+static bool all_present(struct cdisk *d, uint64_t off, uint64_t len)
+{
+	uint64_t b = off / d->block_size;
+	uint64_t end = len ? (off + len - 1) / d->block_size + 1 : b;
+	bool here = true;
+
+	pthread_mutex_lock(&d->lock);
+	for (; here && b < end && b < d->nblocks; b++)
+		here = cd_bitmap_get(&d->present, b);
+	pthread_mutex_unlock(&d->lock);
+	return here;
+}
+
+bool cd_disk_quick(struct cdisk *d, bool write, uint64_t off, uint64_t len)
 {
 	uint64_t mask = d->block_size - 1;
 
@@ -1701,7 +1718,9 @@ bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len
 		return false;
 	if (!d->sb.base[0] || __atomic_load_n(&d->base_local, __ATOMIC_ACQUIRE))
 		return true;
-	return write && !(off & mask) && !(len & mask);
+	if (write && !(off & mask) && !(len & mask))
+		return true;
+	return all_present(d, off, len);
 }
 
 void cd_disk_set_base(struct cdisk *d, struct cd_target *t)

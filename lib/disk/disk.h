@@ -179,9 +179,9 @@ bool cd_disk_being_written(const struct cdisk *d, uint64_t b);
 bool cd_disk_local(const struct cdisk *d);
 /* This request cannot wait on the network: the disk is local; or, an
  * overlay without a mirror, its base is a regular file here (once opened:
- * not a device, whose path may hang), or it writes whole blocks, which
- * never touch the base. */
-bool cd_disk_quick(const struct cdisk *d, bool write, uint64_t off, uint64_t len);
+ * not a device, whose path may hang), or it writes whole blocks, or all
+ * its blocks are in the overlay: neither touches the base. */
+bool cd_disk_quick(struct cdisk *d, bool write, uint64_t off, uint64_t len);
 /* Under base_lock: the base (or primary) requests go to from now on. */
 void cd_disk_set_base(struct cdisk *d, struct cd_target *t);
 /* Its data lives on a primary (cdisk-create --primary): every read goes
