@@ -271,6 +271,20 @@ wait_recv_q() {
 	stop_serve TERM
 }
 
+@test "a client that sends all its requests before reading any reply is served" {
+	run_cdisk 0 cdisk-create --size 64M d.cdisk
+	start_serve --export d=d.cdisk
+	# One thread that blocks sends 24 reads of 64 KiB (the connection's
+	# reader answers such reads itself, up to 256 KiB a batch), then 8
+	# writes, and only then reads: the replies fill the socket, and the
+	# reader must go on taking the writes (a worker sends what the
+	# socket did not take).
+	run_cdisk 0 tls-client "$SERVE_SOCK" d write-unread 64 plain
+	assert_output "ok: 32 requests of 64 KiB sent before any reply was read"
+	run_cdisk 0 tls-client "$SERVE_SOCK" d write-unread 1024 plain
+	assert_output "ok: 16 requests of 1024 KiB sent before any reply was read"
+}
+
 @test "a read-only export refuses writes with EPERM" {
 	run_cdisk 0 cdisk-create --size 16M d.cdisk
 	start_serve --read-only d.cdisk

@@ -92,6 +92,10 @@ qemu_tls() {  # the options QEMU tools need for TLS with client folder $1
 	# waits to be sent).
 	run_cdisk 0 tls-client "$SERVE_SOCK" d write-unread
 	assert_output --partial "ok: 16 requests"
+	# Reads of 64 KiB, which the connection's reader answers itself: it
+	# must not wait for the client to take them.
+	run_cdisk 0 tls-client "$SERVE_SOCK" d write-unread 64
+	assert_output --partial "ok: 32 requests of 64 KiB and a key update"
 }
 
 @test "TLS: --tls-verify-peer takes only clients with a certificate from the CA" {

@@ -2,7 +2,7 @@
  * Not installed.
  *
  *   tls-client SOCKET EXPORT keyupdate SECONDS [REGION]
- *   tls-client SOCKET EXPORT write-unread
+ *   tls-client SOCKET EXPORT write-unread [KIB [plain]]
  *
  * SOCKET is cdisk-serve's unix socket (where TLS is the client's choice).
  *
@@ -19,7 +19,10 @@
  * write-unread, in one thread that blocks, sends eight 1 MiB reads, a key
  * update asking for the server's, then eight 1 MiB writes, and only then
  * reads the replies: the server must go on taking requests while it
- * cannot send (within its limits of requests in hand).
+ * cannot send (within its limits of requests in hand).  With KIB below
+ * 1024, 24 reads and 8 writes of that size: reads small enough that the
+ * server's reader answers them itself.  With plain, no TLS at all (and
+ * no key update).
  *
  * Prints one line: what was done, or what failed; exits 0 when everything
  * read back is what was written, 1 otherwise. */
@@ -64,6 +67,7 @@ static bool blocking = true;    /* write-unread's one thread blocks */
 static uint8_t *shadow;         /* what the export holds, slot by slot */
 static bool *written;
 static uint64_t region;          /* where slot 0 is */
+static unsigned handles = BATCH;  /* requests in flight at most */
 
 static void put_be16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static void put_be32(uint8_t *p, uint32_t v) { for (int i = 0; i < 4; i++) p[i] = (uint8_t)(v >> (24 - 8 * i)); }
@@ -197,7 +201,7 @@ static uint32_t option_reply(void)
 	}
 }
 
-static void start(const char *path, const char *export)
+static void start(const char *path, const char *export, bool plain)
 {
 	struct sockaddr_un a = { .sun_family = AF_UNIX };
 	uint8_t hello[18], flags[4], go[4 + NBD_MAX_STRING + 2];
@@ -213,6 +217,8 @@ static void start(const char *path, const char *export)
 	get(hello, sizeof(hello));
 	put_be32(flags, NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES);
 	put(flags, sizeof(flags));
+	if (plain)
+		goto go;
 	option(NBD_OPT_STARTTLS, NULL, 0);
 	if (option_reply() != NBD_REP_ACK)
 		die("STARTTLS refused");
@@ -229,6 +235,7 @@ static void start(const char *path, const char *export)
 		die("TLS handshake: %s", gnutls_strerror(g));
 	if (!blocking && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0)
 		die("cannot make the socket non-blocking");
+go:
 	if (name_len > NBD_MAX_STRING)
 		die("export name too long");
 	put_be32(go, (uint32_t)name_len);
@@ -267,7 +274,7 @@ static void reply(const struct req *reqs, uint8_t *buf)
 
 	get(h, sizeof(h));
 	handle = get_be64(h + 8);
-	if (get_be32(h) != NBD_SIMPLE_REPLY_MAGIC || handle >= BATCH)
+	if (get_be32(h) != NBD_SIMPLE_REPLY_MAGIC || handle >= handles)
 		die("reply without its magic or with a handle not asked for");
 	if (get_be32(h + 4))
 		die("request failed: NBD error %u", get_be32(h + 4));
@@ -299,9 +306,11 @@ static void *replies(void *arg)
 /* Goodbye, and everything freed (ASan checks the test tools too). */
 static int finish(uint8_t *buf)
 {
-	gnutls_bye(tls, GNUTLS_SHUT_WR);
-	gnutls_deinit(tls);
-	gnutls_certificate_free_credentials(creds);
+	if (tls) {
+		gnutls_bye(tls, GNUTLS_SHUT_WR);
+		gnutls_deinit(tls);
+		gnutls_certificate_free_credentials(creds);
+	}
 	close(fd);
 	free(buf);
 	free(written);
@@ -323,7 +332,7 @@ static int keyupdate(const char *path, const char *export, int seconds, int regi
 	buf = malloc(SLOT);
 	if (!shadow || !written || !buf)
 		die("out of memory");
-	start(path, export);
+	start(path, export, false);
 	end = now_ns() + (uint64_t)seconds * 1000000000ull;
 	next_update = now_ns();
 	while (now_ns() < end) {
@@ -380,29 +389,34 @@ static int keyupdate(const char *path, const char *export, int seconds, int regi
 	return finish(buf);
 }
 
-/* Requests go out before any reply is read, in one thread. */
-static int write_unread(const char *path, const char *export)
+/* Requests go out before any reply is read, in one thread: reads of
+ * slots never written (zeros), then writes of the second half. */
+static int write_unread(const char *path, const char *export, uint32_t len, bool plain)
 {
-	struct req reqs[BATCH];
+	int nreads = len >= (1u << 20) ? BATCH / 2 : 24, n = nreads + 8;
+	uint32_t stride = (len + SLOT - 1) / SLOT;
+	struct req reqs[32];
 	uint8_t *buf;
 
-	/* Reads of the first 8 MiB (never written: zeros), writes of the
-	 * next 8, one read back at the end. */
+	handles = (unsigned)n;
 	shadow = calloc(2 * SLOTS, SLOT);
 	written = calloc(SLOTS, sizeof(*written));
-	buf = malloc(1u << 20);
-	if (!shadow || !written || !buf)
-		die("out of memory");
+	buf = malloc(len);
+	if (!shadow || !written || !buf || stride * (uint32_t)nreads > SLOTS ||
+	    stride * (uint32_t)(n - nreads) > SLOTS)
+		die("out of memory, or reads too large");
 	for (size_t k = SLOTS * SLOT; k < 2 * SLOTS * SLOT; k += 4)
 		put_be32(shadow + k, (uint32_t)random());
-	start(path, export);
-	for (int i = 0; i < BATCH; i++) {
-		reqs[i] = (struct req){ i < BATCH / 2 ? NBD_CMD_READ : NBD_CMD_WRITE,
-					(uint32_t)i * 8, 1u << 20 };
+	start(path, export, plain);
+	for (int i = 0; i < n; i++) {
+		reqs[i] = (struct req){ i < nreads ? NBD_CMD_READ : NBD_CMD_WRITE,
+					i < nreads ? (uint32_t)i * stride
+						   : SLOTS + (uint32_t)(i - nreads) * stride,
+					len };
 		request(reqs[i].type, (uint64_t)i, reqs[i].slot, reqs[i].len);
 		/* Once the replies to the reads are stuck, a key update
 		 * asking for the server's: it must still take the writes. */
-		if (i == BATCH / 2 - 1) {
+		if (i == nreads - 1 && !plain) {
 			int g;
 
 			wait_for(POLLIN);
@@ -412,12 +426,13 @@ static int write_unread(const char *path, const char *export)
 				die("key update: %s", gnutls_strerror(g));
 		}
 	}
-	for (int i = 0; i < BATCH; i++)
+	for (int i = 0; i < n; i++)
 		reply(reqs, buf);
-	reqs[0] = (struct req){ NBD_CMD_READ, (BATCH - 1) * 8, 1u << 20 };
+	reqs[0] = (struct req){ NBD_CMD_READ, reqs[n - 1].slot, len };
 	request(NBD_CMD_READ, 0, reqs[0].slot, reqs[0].len);
 	reply(reqs, buf);
-	printf("ok: %d requests of 1 MiB and a key update sent before any reply was read\n", BATCH);
+	printf("ok: %d requests of %u KiB%s sent before any reply was read\n", n, len >> 10,
+	       plain ? "" : " and a key update");
 	return finish(buf);
 }
 
@@ -426,9 +441,12 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	if (argc >= 5 && argc <= 6 && !strcmp(argv[3], "keyupdate"))
 		return keyupdate(argv[1], argv[2], atoi(argv[4]), argc == 6 ? atoi(argv[5]) : 0);
-	if (argc == 4 && !strcmp(argv[3], "write-unread"))
-		return write_unread(argv[1], argv[2]);
+	if (argc >= 4 && argc <= 6 && !strcmp(argv[3], "write-unread") &&
+	    (argc < 5 || (atoi(argv[4]) >= 4 && atoi(argv[4]) <= 1024)) &&
+	    (argc < 6 || !strcmp(argv[5], "plain")))
+		return write_unread(argv[1], argv[2], argc >= 5 ? (uint32_t)atoi(argv[4]) << 10 : 1u << 20,
+				    argc == 6);
 	fprintf(stderr, "usage: tls-client SOCKET EXPORT keyupdate SECONDS [REGION]\n"
-			"       tls-client SOCKET EXPORT write-unread\n");
+			"       tls-client SOCKET EXPORT write-unread [KIB [plain]]\n");
 	return 2;
 }

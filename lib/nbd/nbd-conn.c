@@ -68,11 +68,15 @@ struct conn {
 	bool finished;          /* its reader is done with it: it may be freed (s->lock) */
 	struct conn *next_pending;  /* waiting for a reader (readers.lock) */
 	bool serving;           /* past the handshake (s->lock); nbd.exp stays */
-	pthread_mutex_t send_lock;  /* the four fields below */
+	pthread_mutex_t send_lock;  /* the five fields below */
 	struct request *out, *out_tail;  /* replies waiting to be sent */
 	bool sending;           /* a worker is sending them, or the reader
-				 * holds them to send together (hold_replies) */
+				 * holds them to send together (hold_replies),
+				 * or a worker has the sender to run */
+	bool owed;              /* TLS keeps records the socket did not take */
 	bool lost;              /* a send failed: replies are dropped */
+	struct cd_qitem sender; /* what the reader could not send (send_out) */
+	bool sender_queued;     /* a worker has it to run (c->lock) */
 	uint8_t *rbuf;          /* the reader's, bytes rpos to rlen unparsed */
 	size_t rpos, rlen;
 	unsigned read_here_misses;      /* the reader's (answer_reads) */
@@ -187,6 +191,29 @@ static int conn_send_iov(struct conn *c, struct iovec *iov, int n)
 	return c->tls ? cd_tls_send_iov(c->tls, iov, n) : send_iov(c->fd, iov, n);
 }
 
+/* What the socket takes now: how many bytes, or a negative errno; *more
+ * when not all went (with TLS: or the session keeps some of it). */
+static ssize_t conn_send_some(struct conn *c, struct iovec *iov, int n, bool *more)
+{
+	struct msghdr msg = { .msg_iov = iov, .msg_iovlen = (size_t)n };
+	size_t total = 0;
+	ssize_t w;
+
+	if (c->tls)
+		return cd_tls_send_some(c->tls, iov, n, more);
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	do
+		w = sendmsg(c->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+	while (w < 0 && errno == EINTR);
+	if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+		return -errno;
+	if (w < 0)
+		w = 0;
+	*more = (size_t)w < total;
+	return w;
+}
+
 /* "127.0.0.1:5555" for TCP, "on a unix socket" otherwise: for the log. */
 static const char *peer_name(int fd, char *out, size_t len)
 {
@@ -251,40 +278,162 @@ static int send_list(struct conn *c, struct request *list)
 	return r;
 }
 
+/* Drops the first len bytes of q's reply, which have gone. */
+static void reply_advance(struct request *q, size_t len)
+{
+	int i = 0;
+
+	while (i < q->niov && len >= q->iov[i].iov_len)
+		len -= q->iov[i++].iov_len;
+	memmove(q->iov, q->iov + i, (size_t)(q->niov - i) * sizeof(*q->iov));
+	q->niov -= i;
+	if (len) {
+		q->iov[0].iov_base = (uint8_t *)q->iov[0].iov_base + len;
+		q->iov[0].iov_len -= len;
+	}
+}
+
+/* send_list without waiting: the replies that went wholly are cut from
+ * the front of *list and returned in *gone; the first of the others, if
+ * any, has its reply moved past what of it went.  *more when not all
+ * went (or TLS keeps some of it). */
+static int send_list_some(struct conn *c, struct request **list, struct request **gone,
+			  bool *more)
+{
+	struct request **gone_tail = gone;
+
+	*gone = NULL;
+	*more = false;
+	while (*list && !*more) {
+		struct iovec iov[SEND_BATCH * 3];
+		int n = 0, k = 0;
+		ssize_t w;
+
+		for (struct request *q = *list; q && k < SEND_BATCH; q = q->next_out, k++) {
+			memcpy(iov + n, q->iov, (size_t)q->niov * sizeof(*iov));
+			n += q->niov;
+		}
+		w = conn_send_some(c, iov, n, more);
+		if (w < 0)
+			return (int)w;
+		while (*list) {
+			struct request *q = *list;
+			size_t len = 0;
+
+			for (int i = 0; i < q->niov; i++)
+				len += q->iov[i].iov_len;
+			if ((size_t)w < len) {
+				reply_advance(q, (size_t)w);
+				break;
+			}
+			w -= (ssize_t)len;
+			*list = q->next_out;
+			q->next_out = NULL;
+			*gone_tail = q;
+			gone_tail = &q->next_out;
+		}
+	}
+	return 0;
+}
+
+static void send_later(struct cd_qitem *it);
+
 /* Under c->send_lock, which it releases: send what waits until nothing
- * does. */
-static void send_out(struct conn *c)
+ * does.  Without wait (the reader, which must go on reading: a client
+ * may send all its requests before it reads a reply), only what the
+ * socket takes now; a worker sends the rest (send_later), and until it
+ * has, the replies of others wait for it too, in order. */
+static void send_out(struct conn *c, bool wait)
 {
 	unsigned n = 0;
 	size_t bytes = 0;
-	bool lost = false;
+	bool lost = false, more = false;
 
 	c->sending = true;
-	while (c->out) {
-		struct request *list = c->out;
+	while (c->out || c->owed) {
+		struct request *list = c->out, *gone = NULL;
+		int r = 0;
+
 		c->out = c->out_tail = NULL;
+		c->owed = false;
 		lost = c->lost;
 		pthread_mutex_unlock(&c->send_lock);
-		if (!lost && send_list(c, list) < 0) {
+		if (lost)
+			gone = list, list = NULL;
+		else if (!wait)
+			r = send_list_some(c, &list, &gone, &more);
+		else if (list)
+			r = send_list(c, list), gone = list, list = NULL;
+		else if (c->tls)
+			r = cd_tls_send_iov(c->tls, NULL, 0);
+		if (r < 0) {
 			lost = true;
+			more = false;
 			/* The reader, in recv, learns it at once. */
 			shutdown(c->fd, SHUT_RDWR);
+			for (struct request *q = list, *next; q; q = next) {
+				next = q->next_out;
+				q->next_out = gone;
+				gone = q;
+			}
+			list = NULL;
 		}
-		while (list) {
-			struct request *next = list->next_out;
+		while (gone) {
+			struct request *next = gone->next_out;
 			n++;
-			bytes += weight(list);
-			request_free(c, list);
-			list = next;
+			bytes += weight(gone);
+			request_free(c, gone);
+			gone = next;
 		}
 		pthread_mutex_lock(&c->send_lock);
 		if (lost)
 			c->lost = true;
+		if (more) {
+			struct request *tail = list;
+
+			/* Back in front of what came meanwhile. */
+			while (tail && tail->next_out)
+				tail = tail->next_out;
+			if (tail) {
+				tail->next_out = c->out;
+				if (!c->out)
+					c->out_tail = tail;
+				c->out = list;
+			}
+			c->owed = true;
+			break;
+		}
 	}
-	c->sending = false;
+	c->sending = more;
 	pthread_mutex_unlock(&c->send_lock);
+	if (more) {
+		/* The connection stays until the sender has run; the sender
+		 * is not a request, and takes no room from them. */
+		pthread_mutex_lock(&c->lock);
+		c->sender_queued = true;
+		pthread_mutex_unlock(&c->lock);
+		c->sender.run = send_later;
+		cd_queue_chore(cd_server_queue(c->nbd.srv), &c->sender);
+	}
 	requests_done(c, n, bytes, lost);
 }
+
+/* A worker sends what the reader could not. */
+static void send_later(struct cd_qitem *it)
+{
+	struct conn *c = (struct conn *)((char *)it - offsetof(struct conn, sender));
+
+	pthread_mutex_lock(&c->send_lock);
+	send_out(c, true);
+	pthread_mutex_lock(&c->lock);
+	c->sender_queued = false;
+	pthread_cond_broadcast(&c->changed);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* The connection whose requests this thread reads, if it is a reader:
+ * it never waits for a client to take replies. */
+static __thread struct conn *reading;
 
 /* Takes q: its reply, iov (q->data by reference, the rest copied), is
  * sent by this worker or by the one sending already. */
@@ -319,7 +468,7 @@ static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int 
 		pthread_mutex_unlock(&c->send_lock);
 		return 0;
 	}
-	send_out(c);
+	send_out(c, reading != c);
 	return 0;
 }
 
@@ -342,7 +491,7 @@ static bool hold_replies(struct conn *c)
 static void send_held(struct conn *c)
 {
 	pthread_mutex_lock(&c->send_lock);
-	send_out(c);
+	send_out(c, false);
 }
 
 /* ---- reading requests ---- */
@@ -645,6 +794,7 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 	unsigned n;
 	int r = 1;
 
+	reading = c;
 	while (r >= 0 && (n = room(c)) > 0) {
 		size_t bytes = 0;
 
@@ -671,9 +821,10 @@ static void read_requests(struct conn *c, struct cd_queue *queue)
 		account(c, &b);
 		hand_out(c, queue, &b);
 	}
+	reading = NULL;
 	pthread_mutex_lock(&c->lock);
 	c->closing = true;
-	while (c->inflight)
+	while (c->inflight || c->sender_queued)
 		pthread_cond_wait(&c->changed, &c->lock);
 	pthread_mutex_unlock(&c->lock);
 }

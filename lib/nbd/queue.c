@@ -95,6 +95,7 @@ struct cd_queue {
 	struct cd_qflow **active;    /* users with foreground work queued */
 	size_t nactive, cap_active;
 	uint64_t vnow;               /* served counter of the last flow served */
+	struct qlist chores;         /* cd_queue_chore's: before any request */
 	struct cd_qflow bg;          /* the engines' work */
 	unsigned bg_max;             /* background in hand at most */
 	uint64_t bg_rate;            /* its guaranteed bytes per second */
@@ -754,6 +755,25 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b)
 	*b = (struct cd_qbatch){ 0 };
 }
 
+void cd_queue_chore(struct cd_queue *q, struct cd_qitem *it)
+{
+	bool wake = false;
+
+	pthread_mutex_lock(&q->lock);
+	list_add(&q->chores, it);
+	/* Woken workers take chores first; a new one only when every
+	 * worker is carrying something out. */
+	if (q->idle > q->woken) {
+		q->woken++;
+		wake = true;
+	} else if (!q->idle && q->workers < q->max) {
+		start_worker(q);
+	}
+	pthread_mutex_unlock(&q->lock);
+	if (wake)
+		pthread_cond_signal(&q->work);
+}
+
 /* Under q->lock: it is in hand, as a worker's would be. */
 static void in_hand_locked(struct cd_queue *q, struct cd_qitem *it)
 {
@@ -941,9 +961,9 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake, uint64_t busy_ns)
 	bool timer = false;
 	int r = 0;
 
-	if (q->stop && !q->len)
+	if (q->stop && !q->len && !q->chores.n)
 		return false;
-	if (q->workers > q->base && !q->len && cd_now_ns() >= leave_at)
+	if (q->workers > q->base && !q->len && !q->chores.n && cd_now_ns() >= leave_at)
 		return false;
 	q->idle++;
 	if (wake != NEVER && wake < q->timer_at) {
@@ -965,7 +985,7 @@ static bool wait_for_work(struct cd_queue *q, uint64_t wake, uint64_t busy_ns)
 	q->idle--;
 	if (q->woken)
 		q->woken--;
-	return !(r == ETIMEDOUT && !timer && !q->len && q->workers > q->base);
+	return !(r == ETIMEDOUT && !timer && !q->len && !q->chores.n && q->workers > q->base);
 }
 
 static void done_locked(struct cd_queue *q, struct cd_qflow *f)
@@ -992,7 +1012,16 @@ static void *worker(void *arg)
 	pthread_mutex_lock(&q->lock);
 	for (;;) {
 		uint64_t now = cd_now_ns();
-		struct cd_qitem *it = pick(q, now, &wake);
+		struct cd_qitem *it;
+
+		if (q->chores.n) {
+			it = list_take(&q->chores);
+			pthread_mutex_unlock(&q->lock);
+			it->run(it);
+			pthread_mutex_lock(&q->lock);
+			continue;
+		}
+		it = pick(q, now, &wake);
 		if (!it) {
 			if (!wait_for_work(q, wake, busy_ns))
 				break;

@@ -76,6 +76,11 @@ void cd_queue_push(struct cd_queue *q, struct cd_qbatch *b);
  * requests that cannot wait on the network (nbd-conn.c). */
 bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		       bool (*try_run)(struct cd_qitem *it));
+/* A connection's own work that a worker does before any request, outside
+ * scheduling, limits and statistics: a reader hands over the sending of
+ * replies that the client takes slowly (nbd-conn.c).  A worker is woken,
+ * or started when none is idle. */
+void cd_queue_chore(struct cd_queue *q, struct cd_qitem *it);
 /* From the accept loop: when no request has finished for a while and
  * work waits, start one more worker (up to max; pushes do it too); when
  * quick work waits behind a worker that is held up, wake the others.

@@ -128,7 +128,13 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len);
 /* Some bytes (at most len); without wait, 0 when no record has wholly
  * come.  A negative errno: -ECONNRESET when the client went. */
 ssize_t cd_tls_recv_some(gnutls_session_t s, void *buf, size_t len, bool wait);
+/* All of it on its way to the socket, or a negative errno; with n == 0,
+ * what cd_tls_send_some left with the session. */
 int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n);
+/* What the socket takes now, without waiting (with kTLS, none): the
+ * bytes taken, or a negative errno; *more when the rest of iov, or some
+ * of what was taken, is not on the socket yet: cd_tls_send_iov sends it. */
+ssize_t cd_tls_send_some(gnutls_session_t s, const struct iovec *iov, int n, bool *more);
 
 struct cd_export *cd_server_find_export(struct cdisk_server *s, const char *name);
 /* The export by name, fixed or from the pool, held until put: a pool's

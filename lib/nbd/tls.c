@@ -590,12 +590,15 @@ int cd_tls_recv(gnutls_session_t s, void *buf, size_t len)
 	return 0;
 }
 
-/* Every byte on its way to the socket once this returns; the wire's lock
- * is let go between records, so that the reader takes its turns. */
-static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
+/* Every byte on its way to the socket once this returns, or without
+ * wait, what goes without waiting: records are taken until the socket
+ * takes no more of the wire's buffer.  How many bytes were taken, or a
+ * negative errno.  The wire's lock is let go between records, so that
+ * the reader takes its turns. */
+static ssize_t send_all(gnutls_session_t s, const uint8_t *p, size_t left, bool wait)
 {
 	struct tls_wire *w = wire_of(s);
-	size_t max = gnutls_record_get_max_size(s);
+	size_t max = gnutls_record_get_max_size(s), taken = 0;
 	int r = 0;
 
 	/* kTLS's sends are the kernel's, and wait there: not under the lock. */
@@ -606,6 +609,8 @@ static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 
 		if (w->out_pos < w->out_len) {
 			r = wire_flush(w);
+			if (r == 1 && !wait)
+				break;
 			if (r == 1) {
 				wire_unlock(w);
 				r = wire_wait(w, POLLOUT);
@@ -625,6 +630,7 @@ static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 		}
 		p += g;
 		left -= (size_t)g;
+		taken += (size_t)g;
 		if (w->pushes && left) {
 			wire_unlock(w);
 			wire_lock(w);
@@ -632,7 +638,7 @@ static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
 	}
 	if (w->pushes)
 		wire_unlock(w);
-	return r;
+	return r < 0 ? r : (ssize_t)taken;
 }
 
 /*
@@ -640,39 +646,91 @@ static int send_all(gnutls_session_t s, const uint8_t *p, size_t left)
  * starts a record is gathered into one buffer, and a payload's whole
  * records in the middle are encrypted from where they lie.  Corking
  * instead copied every byte into GnuTLS's cork buffer first: a tenth of
- * the server's time on 1 MiB reads.
+ * the server's time on 1 MiB reads.  How many bytes were taken: without
+ * wait, it stops once the socket takes no more, where a record ends.
  */
-int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n)
+static ssize_t send_iov(gnutls_session_t s, const struct iovec *iov, int n, bool wait)
 {
 	uint8_t record[TLS_RECORD_MAX];
-	size_t max = gnutls_record_get_max_size(s), fill = 0;
-	int r = 0;
+	size_t max = gnutls_record_get_max_size(s), fill = 0, taken = 0;
+	ssize_t g;
 
 	if (max > sizeof(record))
 		max = sizeof(record);
-	for (int i = 0; r == 0 && i < n; i++) {
+	for (int i = 0; i < n; i++) {
 		const uint8_t *p = iov[i].iov_base;
 		size_t left = iov[i].iov_len;
 
-		while (r == 0 && left) {
-			size_t take = left < max - fill ? left : max - fill;
+		while (left) {
+			size_t want;
 
 			if (!fill && left >= max) {
-				take = left - left % max;
-				r = send_all(s, p, take);
+				want = left - left % max;
+				g = send_all(s, p, want, wait);
+				if (g > 0) {
+					p += g;
+					left -= (size_t)g;
+				}
 			} else {
+				size_t take = left < max - fill ? left : max - fill;
+
 				memcpy(record + fill, p, take);
 				fill += take;
-				if (fill == max) {
-					r = send_all(s, record, fill);
-					fill = 0;
-				}
+				p += take;
+				left -= take;
+				if (fill < max)
+					continue;
+				want = fill;
+				fill = 0;
+				g = send_all(s, record, want, wait);
 			}
-			p += take;
-			left -= take;
+			if (g < 0)
+				return g;
+			taken += (size_t)g;
+			if ((size_t)g < want)
+				return (ssize_t)taken;
 		}
 	}
-	if (r == 0 && fill)
-		r = send_all(s, record, fill);
+	if (fill) {
+		g = send_all(s, record, fill, wait);
+		if (g < 0)
+			return g;
+		taken += (size_t)g;
+	}
+	return (ssize_t)taken;
+}
+
+int cd_tls_send_iov(gnutls_session_t s, const struct iovec *iov, int n)
+{
+	ssize_t r;
+
+	/* Nothing to send: what the wire keeps from cd_tls_send_some. */
+	if (!n)
+		return (int)send_all(s, NULL, 0, true);
+	r = send_iov(s, iov, n, true);
+	return r < 0 ? (int)r : 0;
+}
+
+ssize_t cd_tls_send_some(gnutls_session_t s, const struct iovec *iov, int n, bool *more)
+{
+	struct tls_wire *w = wire_of(s);
+	size_t total = 0;
+	ssize_t r;
+
+	/* kTLS sends wait in the kernel: all of it is left to the caller's
+	 * cd_tls_send_iov. */
+	if (!w->pushes) {
+		*more = true;
+		return 0;
+	}
+	r = send_iov(s, iov, n, false);
+	for (int i = 0; i < n; i++)
+		total += iov[i].iov_len;
+	*more = r >= 0 && (size_t)r < total;
+	if (r >= 0 && !*more && w->pushes) {
+		wire_lock(w);
+		*more = w->out_pos < w->out_len;
+		wire_unlock(w);
+	}
 	return r;
 }
