@@ -7,6 +7,9 @@
 #   qemu         qemu-storage-daemon exporting the primary over NBD,
 #                without and with blockdev-mirror copy-mode=write-blocking
 #                to the mirror (the job ready first)
+#   direct       no mirror software: fio writes to the primary alone, then
+#                to both targets at once; the ratio is this machine's
+#                ceiling for any mirror's cost (the targets share its cores)
 # fio writes 4 KiB at random through NBD at QD1 and QD16; each set-up runs
 # ROUNDS times, taking turns, and the tables show medians: IOPS, QD1
 # latency, and each mirror's cost against its own unmirrored set-up.
@@ -154,11 +157,26 @@ serve_qemu() { # with_mirror COPY-KEY PRIMARY-BLOCKDEV MIRROR-BLOCKDEV
 	keep copy "$2" "$(since "$t0")"
 }
 
+# The machine's ceiling for any mirror of these targets: fio itself
+# writing to the primary alone, then to both targets at once (a job
+# each, the slower one's figures).  Both targets and the client share
+# the cores, so on a small machine the targets alone cannot do twice
+# the work at the same rate: no mirror's cost can beat this ratio here.
+start_direct() { # both
+	start_targets
+	uri=$primary
+	[ "$1" = yes ] && uri2=$mirror
+	return 0
+}
+
 run_job() { # name depth -> "iops latency-us"
-	fio --output-format=json --output="$1.json" --name="$1" --ioengine=nbd \
-		--uri="$uri" --rw=randwrite --bs=4k --iodepth="$2" --size="$size" \
-		--time_based --runtime="$secs" --ramp_time=1 >/dev/null
-	jq -r '.jobs[0].write | [.iops, (.clat_ns.mean / 1000)] | @tsv' "$1.json"
+	local jobs=(--name="$1" --uri="$uri")
+	[ -z "$uri2" ] || jobs+=(--name="$1-mirror" --uri="$uri2")
+	fio --output-format=json --output="$1.json" --ioengine=nbd \
+		--rw=randwrite --bs=4k --iodepth="$2" --size="$size" \
+		--time_based --runtime="$secs" --ramp_time=1 "${jobs[@]}" >/dev/null
+	jq -r '[.jobs[].write] | [(map(.iops) | min),
+		(map(.clat_ns.mean) | max / 1000)] | @tsv' "$1.json"
 }
 
 # Values of every round are kept as "v1 v2 v3"; the tables show medians.
@@ -177,6 +195,7 @@ ratio() { echo "$1 / $2" | bc -l; }
 
 measure() { # SETUP ROUND: start it, run both jobs, stop it
 	echo "round $2: $1" >&2
+	uri2=
 	"start_${1%.*}" "${1#*.}"
 	read -r i l < <(run_job "$1-qd1-$2" 1)
 	keep iops "$1.qd1" "$i"
@@ -186,7 +205,7 @@ measure() { # SETUP ROUND: start it, run both jobs, stop it
 	stop_all
 }
 for round in $(seq "$rounds"); do
-	for setup in cdisk.no cdisk.yes qemu.no qemu.yes; do
+	for setup in cdisk.no cdisk.yes qemu.no qemu.yes direct.no direct.yes; do
 		measure "$setup" "$round"
 	done
 done
@@ -222,6 +241,15 @@ c=$(ratio "$(m lat cdisk.yes.qd1)" "$(m lat cdisk.no.qd1)")
 q=$(ratio "$(m lat qemu.yes.qd1)" "$(m lat qemu.no.qd1)")
 printf '%-28s %11.2fx %11.2fx %13.2fx\n' "QD1 latency" "$c" "$q" \
 	"$(ratio "$(m lat cdisk.yes.qd1)" "$(m lat qemu.yes.qd1)")"
+echo
+echo "this machine's ceiling: fio straight to both targets at once / to the primary alone"
+printf '%-28s %12s %12s %12s\n' "" "alone" "both" "ceiling"
+for qd in qd1 qd16; do
+	printf '%-28s %12.0f %12.0f %11.2fx\n' "IOPS, ${qd^^}" "$(m iops direct.no.$qd)" \
+		"$(m iops direct.yes.$qd)" "$(ratio "$(m iops direct.yes.$qd)" "$(m iops direct.no.$qd)")"
+done
+printf '%-28s %12.0f %12.0f %11.2fx\n' "QD1 latency (us)" "$(m lat direct.no.qd1)" \
+	"$(m lat direct.yes.qd1)" "$(ratio "$(m lat direct.yes.qd1)" "$(m lat direct.no.qd1)")"
 
 # The copies: 256 MiB of data in a 1 GiB disk, the rest never written.
 start_targets
