@@ -165,6 +165,39 @@ max_in_flight() {
 	run_cdisk 0 nbdinfo --size "$NBD"
 }
 
+# bytes_read LOG: the bytes nbdkit's log filter saw read.
+bytes_read() {
+	local n=0 count
+	for count in $(sed -n 's/.* Read id=.* count=\(0x[0-9a-f]*\) .*/\1/p' "$1"); do
+		n=$((n + count))
+	done
+	echo "$n"
+}
+
+@test "attach reads only what a thin primary holds; where it has holes, the mirror's old data is zeroed" {
+	# 64 MiB with 3 MiB of data; the mirror full of another pattern.
+	truncate -s 64M p.raw
+	patfile p.raw w 8M 2M 3
+	patfile p.raw w 40M 1M 4
+	start_mirror
+	M_PID=$NBDKIT_PID
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/p.sock" --filter=log file "$BATS_TEST_TMPDIR/p.raw" \
+		logfile="$BATS_TEST_TMPDIR/p.log"
+	P_PID=$NBDKIT_PID
+	NBDKIT_PID=
+	run_cdisk 0 cdisk-create --primary "nbd+unix:///?socket=$BATS_TEST_TMPDIR/p.sock" d.cdisk
+	run_cdisk 0 cdisk-mirror attach d.cdisk "$MIRROR"
+	run_cdisk 0 cmp p.raw "$MIRROR_IMG"
+	# The copy's extents are 4 MiB: three hold data, the last because
+	# cdisk-create wrote its last block back (the writability check,
+	# which read it first).  A copy that read everything would read 64.
+	assert_num "$(bytes_read "$BATS_TEST_TMPDIR/p.log")" -le $(((12 << 20) + 4096))
+	assert_num "$(bytes_read "$BATS_TEST_TMPDIR/p.log")" -ge $((3 << 20))
+	run_cdisk 0 cdisk-mirror status --json d.cdisk
+	assert_equal "$(json_get .state)" in-sync
+	stop_two
+}
+
 @test "an RBD primary with an iSCSI (tgtd) mirror: fio verifies, kill -9 mid-write loses nothing, the mirror equals the primary" {
 	use_server ceph
 	use_server tgt

@@ -140,6 +140,22 @@ static int pool_zero(struct cd_dev *d, size_t len, uint64_t off)
 	return r;
 }
 
+static int pool_zero_span(struct cd_dev *d, uint64_t off, uint64_t len, uint64_t *span)
+{
+	struct pool *p = pool_of(d);
+	void *s;
+	int r;
+
+	if (!p->kind->zero_span)
+		return -EOPNOTSUPP;
+	r = get(p, &s);
+	if (r < 0)
+		return r;
+	r = p->kind->zero_span(d->t, s, off, len, span);
+	put(p, s, r);
+	return r;
+}
+
 static int pool_discard(struct cd_dev *d, size_t len, uint64_t off)
 {
 	struct pool *p = pool_of(d);
@@ -277,6 +293,7 @@ static void pool_close(struct cd_dev *d)
 static const struct cd_dev_ops pool_ops = {
 	.name = "pool", .pread = pool_pread, .pwrite = pool_pwrite,
 	.pwrite_pieces = pool_pieces, .zero = pool_zero, .discard = pool_discard,
+	.zero_span = pool_zero_span,
 	.flush = pool_flush, .size = pool_size, .caps = pool_caps,
 	.ping = pool_ping, .identity = pool_identity, .close = pool_close,
 };

@@ -56,6 +56,12 @@ int cd_dev_discard(struct cd_dev *d, size_t len, uint64_t off)
 	return d->ops->discard ? d->ops->discard(d, len, off) : -EOPNOTSUPP;
 }
 
+int cd_dev_zero_span(struct cd_dev *d, uint64_t off, uint64_t len, uint64_t *span)
+{
+	BELOW(d, zero_span);
+	return d->ops->zero_span ? d->ops->zero_span(d, off, len, span) : -EOPNOTSUPP;
+}
+
 int cd_dev_flush(struct cd_dev *d)
 {
 	BELOW(d, flush);

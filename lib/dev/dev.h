@@ -37,6 +37,8 @@ struct cd_dev_ops {
 	/* -EOPNOTSUPP: the face stops discarding; the data stays. */
 	int (*discard)(struct cd_dev *d, size_t len, uint64_t off);
 	int (*flush)(struct cd_dev *d);
+	/* -EOPNOTSUPP: nothing is known to read as zeros. */
+	int (*zero_span)(struct cd_dev *d, uint64_t off, uint64_t len, uint64_t *span);
 	uint64_t (*size)(struct cd_dev *d);
 	void (*caps)(struct cd_dev *d, struct cd_dev_caps *c);
 	/* One ping, never sent twice; *rtt_us without making a connection. */
@@ -69,6 +71,7 @@ int cd_dev_pieces_through(struct cd_dev *d, const struct cd_piece *v, size_t n,
 int cd_dev_zero(struct cd_dev *d, size_t len, uint64_t off);
 int cd_dev_discard(struct cd_dev *d, size_t len, uint64_t off);
 int cd_dev_flush(struct cd_dev *d);
+int cd_dev_zero_span(struct cd_dev *d, uint64_t off, uint64_t len, uint64_t *span);
 uint64_t cd_dev_size(struct cd_dev *d);
 void cd_dev_caps(struct cd_dev *d, struct cd_dev_caps *c);
 int cd_dev_ping(struct cd_dev *d, uint64_t *rtt_us);

@@ -162,6 +162,29 @@ static int file_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
 			(unsigned long long)off, strerror(errno));
 }
 
+/* A regular file's holes read as zeros (file_zero makes them); a
+ * device's are not known. */
+static int file_zero_span(struct cd_target *t, void *s, uint64_t off, uint64_t len,
+			  uint64_t *span)
+{
+	struct file_priv *f = t->priv;
+	off_t data;
+
+	(void)s;
+	*span = 0;
+	if (f->is_blockdev)
+		return -EOPNOTSUPP;
+	data = lseek(f->fd, (off_t)off, SEEK_DATA);
+	if (data < 0 && errno == ENXIO)
+		*span = len;        /* no data from off to the end */
+	else if (data < 0)
+		return errno == EINVAL ? -EOPNOTSUPP : cd_error(t->ctx, -errno,
+				"cannot look for data in '%s': %s", t->uri, strerror(errno));
+	else
+		*span = (uint64_t)data - off < len ? (uint64_t)data - off : len;
+	return 0;
+}
+
 /* A block device is the device it names (st_rdev), whichever node or
  * /dev/disk/by-* link reached it; anything else is its inode on its
  * file system, whichever path or link reached it. */
@@ -222,5 +245,6 @@ const struct cd_target_ops cd_file_target_ops = {
 	.zero = file_zero,
 	.trim = file_zero,
 	.identity = file_identity,
+	.zero_span = file_zero_span,
 	.close = file_close,
 };

@@ -94,6 +94,11 @@ static int nbd_connect(struct cd_target *t, void **session)
 
 	if (!h)
 		return nbd_fail(t, "cannot reach", ENOMEM);
+	/* Where the server says what reads as zeros, copies skip it. */
+	if (nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0) {
+		r = nbd_fail(t, "cannot reach", ENOMEM);
+		goto fail;
+	}
 	if (nbd_aio_connect_uri(h, t->uri) < 0) {
 		r = nbd_fail(t, "cannot reach", ECONNREFUSED);
 		/* A unix socket that is not there is a server that is not there. */
@@ -258,6 +263,53 @@ static int nbd_do_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
 			"cannot discard");
 }
 
+/* base:allocation's answer: the zeros from the start of the range, until
+ * the first extent that may hold data. */
+struct zero_walk {
+	uint64_t span;
+	bool data;
+};
+
+static int add_zero_extents(void *arg, const char *context, uint64_t off,
+			    uint32_t *entries, size_t n, int *error)
+{
+	struct zero_walk *z = arg;
+
+	(void)off;
+	(void)error;
+	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+		return 0;
+	for (size_t i = 0; i + 1 < n && !z->data; i += 2) {
+		if (entries[i + 1] & LIBNBD_STATE_ZERO)
+			z->span += entries[i];
+		else
+			z->data = true;
+	}
+	return 0;
+}
+
+static int nbd_zero_span(struct cd_target *t, void *s, uint64_t off, uint64_t len,
+			 uint64_t *span)
+{
+	struct zero_walk z = { 0 };
+	int r;
+
+	*span = 0;
+	if (nbd_can_meta_context(s, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1)
+		return -EOPNOTSUPP;
+	/* The protocol's lengths are 32 bits. */
+	if (len > (1u << 30))
+		len = 1u << 30;
+	r = wait_for(t, s, nbd_aio_block_status(s, len, off,
+						(nbd_extent_callback){ .callback = add_zero_extents,
+								       .user_data = &z },
+						NBD_NULL_COMPLETION, 0),
+		     "cannot ask for the zeros of");
+	if (r == 0)
+		*span = z.span < len ? z.span : len;
+	return r;
+}
+
 /* No identity: NBD names an export, and the name is the server's choice
  * for this listener ("" is common); libnbd's canonical export name and
  * description are that name again, so two servers of other disks can
@@ -276,4 +328,5 @@ const struct cd_target_ops cd_nbd_target_ops = {
 	.flush = nbd_do_flush,
 	.zero = nbd_do_zero,
 	.trim = nbd_do_trim,
+	.zero_span = nbd_zero_span,
 };

@@ -446,6 +446,25 @@ int cd_target_zero(struct cd_target *t, size_t len, uint64_t off)
 	return r;
 }
 
+int cd_target_zero_span(struct cd_target *t, uint64_t off, uint64_t len, uint64_t *span)
+{
+	int r = check_range(t, (size_t)len, off);
+
+	*span = 0;
+	if (r < 0 || len == 0 || !t->ops->zero_span)
+		return r;
+	if (cd_nowait() && !t->local)
+		return -CD_WOULD_WAIT;
+	cd_wait_begin();
+	r = cd_dev_zero_span(t->top, off, len, span);
+	cd_wait_end();
+	if (r == -EOPNOTSUPP)
+		r = 0;
+	if (*span > len)
+		*span = len;
+	return r;
+}
+
 /* Discarded ranges read back as unknown data; a caller that needs zeros
  * zeroes.  Targets that cannot discard simply keep the data. */
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off)

@@ -66,6 +66,11 @@ struct cd_target_ops {
 	int (*aio_write)(struct cd_target *t, void *s, const void *buf, size_t len,
 			 uint64_t off, int64_t *cookie);
 	int (*aio_wait)(struct cd_target *t, void *s, int64_t cookie, uint64_t deadline_ms);
+	/* Optional: how many bytes from off (*span, at most len) the
+	 * storage says read as zeros, without reading them (a file's hole,
+	 * NBD's base:allocation); 0 where it has data or cannot tell. */
+	int (*zero_span)(struct cd_target *t, void *s, uint64_t off, uint64_t len,
+			 uint64_t *span);
 	void (*close)(struct cd_target *t);
 };
 
@@ -133,6 +138,9 @@ int cd_target_pwrite_pieces(struct cd_target *t, const struct cd_piece *v, size_
 int cd_target_flush(struct cd_target *t);
 int cd_target_zero(struct cd_target *t, size_t len, uint64_t off);
 int cd_target_trim(struct cd_target *t, size_t len, uint64_t off);
+/* How many bytes from off are known to read as zeros (*span; 0 when the
+ * kind cannot tell), so that a copy need not read them. */
+int cd_target_zero_span(struct cd_target *t, uint64_t off, uint64_t len, uint64_t *span);
 void cd_target_close(struct cd_target *t);
 
 /* A write sent without waiting for its answer, so that one thread can

@@ -864,6 +864,41 @@ static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 	return cd_target_pread(base, buf, have, off);
 }
 
+int cd_disk_zero_span(struct cdisk *d, uint64_t off, uint64_t len, uint64_t *span)
+{
+	uint64_t first = off >> d->block_shift, end = (off + len) >> d->block_shift;
+	struct cd_target *base;
+	uint64_t have;
+	int r;
+
+	*span = 0;
+	if (!on_primary(d)) {
+		uint64_t present;
+
+		pthread_mutex_lock(&d->lock);
+		present = cd_bitmap_find(&d->present, first, true);
+		pthread_mutex_unlock(&d->lock);
+		if (present < end)
+			end = present;
+		len = (end - first) << d->block_shift;
+		if (!len || !d->sb.base[0]) {
+			*span = len;
+			return 0;
+		}
+	}
+	r = get_base(d, &base);
+	if (r < 0)
+		return r;
+	/* A base shorter than the disk reads as zeros past its end. */
+	have = off >= base->size ? 0 : base->size - off < len ? base->size - off : len;
+	if (have && (r = cd_target_zero_span(base, off, have, span)) < 0)
+		return r;
+	if (*span == have)
+		*span = len;
+	*span &= ~(((uint64_t)1 << d->block_shift) - 1);
+	return 0;
+}
+
 /* Read n bytes of present blocks from the data area. */
 int cd_read_present(struct cdisk *d, uint8_t *p, size_t n, uint64_t off)
 {

@@ -190,6 +190,10 @@ bool cd_disk_on_primary(const struct cdisk *d);
 /* Under the lock: wait until no write or flush has a leg on the mirror
  * (new ones are not routed to it: the caller made it not live). */
 void cd_disk_drain_mirrored_locked(struct cdisk *d);
+/* How many bytes from off (whole blocks) the disk is known to read as
+ * zeros without reading them (*span, at most len): blocks the overlay
+ * lacks over no base, or over a base (or primary) that says so. */
+int cd_disk_zero_span(struct cdisk *d, uint64_t off, uint64_t len, uint64_t *span);
 /* The base, opened now if need be (no lock held; see get_base). */
 int cd_disk_get_base(struct cdisk *d, struct cd_target **out);
 /* A file path made absolute, other URIs as given (create.c). */

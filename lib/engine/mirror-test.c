@@ -78,6 +78,49 @@ static void test_attach_copies_the_whole_disk(void **state)
 	assert_int_equal(cdisk_close(d), 0);
 }
 
+/* A thin base: what the copy need not read.  Holes of the base (file
+ * SEEK_DATA), and past its end, read as zeros unless the overlay holds
+ * the block; the copy then zeroes the mirror there without reading. */
+static void test_zero_spans_are_not_read(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk_create_opts o = { .size = SIZE, .block_size = BS, .base = f->base };
+	uint8_t data[64 << 10];
+	struct cdisk_sync_stats st;
+	struct cdisk *d;
+	uint64_t span;
+	int fd;
+
+	fd = open(f->base, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, SIZE / 2), 0);
+	pattern_fill(data, sizeof(data), 1 << 20, 1);
+	assert_int_equal(cd_pwrite_full(fd, data, sizeof(data), 1 << 20), 0);
+	close(fd);
+	assert_int_equal(cdisk_create(f->ctx, f->disk, &o), 0);
+	assert_int_equal(cdisk_open(f->ctx, f->disk, 0, &d), 0);
+	write_at(d, 4 << 20, BS, 2);
+
+	assert_int_equal(cd_disk_zero_span(d, 0, 1 << 20, &span), 0);
+	assert_int_equal(span, 1 << 20);
+	assert_int_equal(cd_disk_zero_span(d, 0, 2 << 20, &span), 0);
+	assert_int_equal(span, 1 << 20);
+	assert_int_equal(cd_disk_zero_span(d, 1 << 20, 64 << 10, &span), 0);
+	assert_int_equal(span, 0);
+	/* The overlay's block is data, whatever the base holds there. */
+	assert_int_equal(cd_disk_zero_span(d, (4 << 20) - 2 * BS, 64 << 10, &span), 0);
+	assert_int_equal(span, 2 * BS);
+	/* Past the base's end. */
+	assert_int_equal(cd_disk_zero_span(d, SIZE / 2, SIZE / 2, &span), 0);
+	assert_int_equal(span, SIZE / 2);
+
+	make_file(f->mirror, SIZE, 9);
+	assert_int_equal(cdisk_mirror_attach(d, f->mirror), 0);
+	copy(d, &st);
+	assert_int_equal(differing(d, f->mirror), 0);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
 static void test_writes_in_sync_reach_both(void **state)
 {
 	struct fixture *f = *state;
@@ -182,6 +225,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_attach_copies_the_whole_disk, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_zero_spans_are_not_read, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_writes_in_sync_reach_both, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_paused_mirror_gets_only_what_was_written,
 						setup, teardown),

@@ -144,11 +144,15 @@ static int mirror_move(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t
 {
 	struct cdisk *d = c->d;
 	struct cd_target *t = c->job;
-	uint64_t off = x->first << d->block_shift;
+	uint64_t off = x->first << d->block_shift, span;
 	size_t len = (size_t)(x->count << d->block_shift);
 	bool zero;
-	int r = cdisk_pread(d, buf, len, off);
+	int r;
 
+	/* What the disk is known to read as zeros is not read (a thin disk
+	 * is mostly holes); a failure to tell is no failure: it is read. */
+	zero = cd_disk_zero_span(d, off, len, &span) == 0 && span == len;
+	r = zero ? 0 : cdisk_pread(d, buf, len, off);
 	if (r < 0) {
 		pthread_mutex_lock(&d->lock);
 		if (d->mirror)
@@ -158,7 +162,7 @@ static int mirror_move(struct cd_copy *c, struct cd_extent *x, size_t n, uint8_t
 	}
 	if (!cd_copy_throttle(c, len))
 		return r;
-	zero = all_zero(buf, len);
+	zero = zero || all_zero(buf, len);
 	r = zero ? cd_target_zero(t, len, off) : cd_target_pwrite(t, buf, len, off);
 	if (r == 0) {
 		cd_copy_count(c, x, n, 1, zero, len);
