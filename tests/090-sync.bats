@@ -15,6 +15,17 @@ teardown() {
 	stop_nbdkit
 }
 
+# wait_sending PID LOG: until the cdisk-sync -v -v PID, its stderr in LOG,
+# has the disk and its base open and starts sending.
+wait_sending() {
+	for _ in $(seq 600); do
+		grep -q "bytes to send" "$2" && return 0
+		kill -0 "$1" 2>/dev/null || fail "the sync ended before sending: $(cat "$2")"
+		sleep 0.05
+	done
+	fail "the sync did not start sending within 30 s: $(cat "$2")"
+}
+
 # Scattered changes: whole blocks, runs, zeroes, odd corners.
 scatter() {
 	run_cdisk cdisk-io "$1" w:0:4K:2 w:1M:1M:3 w:5M:4K:4 w:7M:12K:5 z:9M:1M \
@@ -121,9 +132,11 @@ dirty_bytes() {
 	start_nbdkit_unix "$sock" --filter=delay file base.raw wdelay=300ms
 	run_cdisk cdisk-create --base "nbd+unix:///?socket=$sock" d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:32M:9 f
-	timeout 60 cdisk-sync --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
+	timeout 60 cdisk-sync -v -v --depth 2 d.cdisk 2>"$BATS_TEST_TMPDIR/err" 3>&- &
 	local pid=$! rc=0
-	sleep 1
+	# Killed once it is sending (32 MiB at 300 ms a write take seconds),
+	# not at a time: a slow start would have it find the server gone.
+	wait_sending "$pid" "$BATS_TEST_TMPDIR/err"
 	stop_nbdkit
 	wait "$pid" || rc=$?
 	[ "$rc" -ne 0 ] || fail "the sync did not notice"
@@ -139,9 +152,10 @@ dirty_bytes() {
 	make_base base.raw 64M
 	run_cdisk cdisk-create --base base.raw d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
-	timeout 60 cdisk-sync --rate 16M --depth 1 d.cdisk 3>&- 2>/dev/null &
+	timeout 60 cdisk-sync -v -v --rate 16M --depth 1 d.cdisk 3>&- 2>first.err &
 	local pid=$!
-	sleep 0.5
+	# The first holds the disk once it sends (4 s of it at 16 MiB/s).
+	wait_sending "$pid" first.err
 	run_cdisk 4 cdisk-sync d.cdisk
 	assert_error cdisk-sync "busy|in use"
 	kill -INT "$pid"
@@ -153,9 +167,11 @@ dirty_bytes() {
 	make_base base.raw 64M
 	run_cdisk cdisk-create --base base.raw d.cdisk
 	run_cdisk cdisk-io d.cdisk w:0:64M:8 f
-	timeout 60 cdisk-sync --rate 16M --depth 2 d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/err" &
+	timeout 60 cdisk-sync -v -v --rate 16M --depth 2 d.cdisk 3>&- 2>"$BATS_TEST_TMPDIR/err" &
 	local pid=$! rc=0
-	sleep 1
+	# Half a second into sending (of 4 s), whatever its start took.
+	wait_sending "$pid" "$BATS_TEST_TMPDIR/err"
+	sleep 0.5
 	kill -INT "$pid"
 	wait "$pid" || rc=$?
 	[ "$rc" -eq 8 ] || fail "exit $rc: $(cat "$BATS_TEST_TMPDIR/err")"
@@ -169,16 +185,21 @@ dirty_bytes() {
 @test "sync: kill -9 at random moments never leaves a false 'clean' record" {
 	make_base base.raw 32M
 	run_cdisk cdisk-create --base base.raw d.cdisk
+	# The check after each kill and the next round's writes are one
+	# cdisk-io, the check first.
+	local check=()
 	for round in $(seq 1 12); do
-		run_cdisk cdisk-io d.cdisk "w:$(((round * 3 % 29) << 20)):3M:$((round + 10))" \
+		run_cdisk cdisk-io d.cdisk "${check[@]}" \
+			"w:$(((round * 3 % 29) << 20)):3M:$((round + 10))" \
 			"w:$(((round * 7 % 31) << 20)):4K:$((round + 30))" f
 		cdisk-sync --rate 32M --depth 4 d.cdisk 3>&- 2>/dev/null &
 		local pid=$!
 		sleep "0.$((RANDOM % 4))$((RANDOM % 10))"
 		kill -9 "$pid" 2>/dev/null || true
 		wait "$pid" 2>/dev/null || true
-		run_cdisk cdisk-io d.cdisk check-clean
+		check=(check-clean)
 	done
+	run_cdisk cdisk-io d.cdisk check-clean
 	run_cdisk cdisk-sync d.cdisk
 	assert_equal "$(dirty_bytes d.cdisk)" 0
 	assert_base_equals_disk d.cdisk "$PWD/base.raw"
