@@ -94,6 +94,10 @@ static int nbd_connect(struct cd_target *t, void **session)
 
 	if (!h)
 		return nbd_fail(t, "cannot reach", ENOMEM);
+	/* Every read's result is checked before its buffer is used, so
+	 * libnbd's zeroing of each buffer first is only cost: a quarter of
+	 * a mirror's initial copy, in perf. */
+	nbd_set_pread_initialize(h, false);
 	/* Where the server says what reads as zeros, copies skip it. */
 	if (nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0) {
 		r = nbd_fail(t, "cannot reach", ENOMEM);
