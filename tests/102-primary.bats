@@ -195,6 +195,18 @@ bytes_read() {
 	assert_num "$(bytes_read "$BATS_TEST_TMPDIR/p.log")" -ge $((3 << 20))
 	run_cdisk 0 cdisk-mirror status --json d.cdisk
 	assert_equal "$(json_get .state)" in-sync
+	# A server without structured replies cannot say: all of it is read.
+	run_cdisk 0 cdisk-mirror detach d.cdisk
+	kill -9 "$P_PID"
+	wait "$P_PID" 2>/dev/null || true
+	patfile "$MIRROR_IMG" w 0 64M 99
+	start_nbdkit_unix "$BATS_TEST_TMPDIR/p.sock" --no-sr --filter=log \
+		file "$BATS_TEST_TMPDIR/p.raw" logfile="$BATS_TEST_TMPDIR/p2.log"
+	P_PID=$NBDKIT_PID
+	NBDKIT_PID=
+	run_cdisk 0 cdisk-mirror attach d.cdisk "$MIRROR"
+	run_cdisk 0 cmp p.raw "$MIRROR_IMG"
+	assert_num "$(bytes_read "$BATS_TEST_TMPDIR/p2.log")" -ge $((64 << 20))
 	stop_two
 }
 

@@ -272,6 +272,7 @@ static int nbd_do_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
 struct zero_walk {
 	uint64_t span;
 	bool data;
+	bool seen;      /* one answer a context; a second is ignored */
 };
 
 static int add_zero_extents(void *arg, const char *context, uint64_t off,
@@ -281,8 +282,9 @@ static int add_zero_extents(void *arg, const char *context, uint64_t off,
 
 	(void)off;
 	(void)error;
-	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0)
+	if (strcmp(context, LIBNBD_CONTEXT_BASE_ALLOCATION) != 0 || z->seen)
 		return 0;
+	z->seen = true;
 	for (size_t i = 0; i + 1 < n && !z->data; i += 2) {
 		if (entries[i + 1] & LIBNBD_STATE_ZERO)
 			z->span += entries[i];

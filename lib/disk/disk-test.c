@@ -464,6 +464,29 @@ static void test_quick_requests(void **state)
 	assert_int_equal(cdisk_close(d), 0);
 }
 
+/* Block status of present blocks: a hole in the data area that ends
+ * inside a block leaves that block data, not zeros (a client that skips
+ * zeros, qemu-img convert or a copy over NBD, would lose it). */
+static void test_status_holes_end_on_blocks(void **state)
+{
+	struct fixture *f = *state;
+	struct cdisk *d = create_open(f, 1 << 20, 64 << 10, false);
+	struct cdisk_extent ext[4];
+	size_t n;
+
+	put(d, 0, 128 << 10, 3);
+	assert_int_equal(cdisk_flush(d), 0);
+	assert_int_equal(fallocate(d->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+				   (off_t)d->sb.data_offset, 96 << 10), 0);
+	assert_int_equal(cdisk_block_status(d, 0, 128 << 10, ext, 4, &n), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(ext[0].length, 64 << 10);
+	assert_true(ext[0].zero);
+	assert_int_equal(ext[1].length, 64 << 10);
+	assert_false(ext[1].zero);
+	assert_int_equal(cdisk_close(d), 0);
+}
+
 static void test_errors_are_kept_per_thread(void **state)
 {
 	struct fixture *f = *state;
@@ -498,6 +521,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_info_counts, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_primary_in_place, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_quick_requests, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_status_holes_end_on_blocks, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_errors_are_kept_per_thread, setup, teardown),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

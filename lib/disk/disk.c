@@ -889,7 +889,10 @@ int cd_disk_zero_span(struct cdisk *d, uint64_t off, uint64_t len, uint64_t *spa
 	r = get_base(d, &base);
 	if (r < 0)
 		return r;
-	/* A base shorter than the disk reads as zeros past its end. */
+	/* A base shorter than the disk reads as zeros past its end; a
+	 * primary cannot be read there (it shrank: the read fails). */
+	if (on_primary(d) && (off > base->size || len > base->size - off))
+		return 0;
 	have = off >= base->size ? 0 : base->size - off < len ? base->size - off : len;
 	if (have && (r = cd_target_zero_span(base, off, have, span)) < 0)
 		return r;
@@ -1650,12 +1653,17 @@ static int status_locked(struct cdisk *d, uint64_t off, uint64_t len,
 		if (present) {
 			off_t pos = (off_t)(d->sb.data_offset + off);
 			off_t data = lseek(d->fd, pos, SEEK_DATA);
-			if (data < 0 || (uint64_t)data > d->sb.data_offset + off) {
-				/* A hole from here to the next data. */
+			/* Only whole blocks of hole are zeros: the block where
+			 * the data begins is data (the data area's holes need
+			 * not end on a block: a file system's blocks may be
+			 * smaller, or the file was made sparse by hand). */
+			uint64_t hole_end = data >= 0 ? ((uint64_t)data - d->sb.data_offset) &
+							  ~((uint64_t)d->block_size - 1)
+					  : errno == ENXIO ? UINT64_MAX : off;
+			if (hole_end > off) {
 				zero = true;
-				if (data >= 0 && (uint64_t)data - d->sb.data_offset < stop)
-					stop = cd_round_up((uint64_t)data - d->sb.data_offset,
-							   d->block_size);
+				if (hole_end < stop)
+					stop = hole_end;
 			} else {
 				off_t hole = lseek(d->fd, pos, SEEK_HOLE);
 				if (hole > pos && (uint64_t)hole - d->sb.data_offset < stop)
