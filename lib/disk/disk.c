@@ -840,10 +840,17 @@ static int check_io(struct cdisk *d, size_t len, uint64_t off, bool write)
 	return 0;
 }
 
+/* How much of [off, off + len) the base holds: a base shorter than the
+ * disk reads as zeros past its end. */
+static uint64_t base_holds(const struct cd_target *base, uint64_t off, uint64_t len)
+{
+	return off >= base->size ? 0 : base->size - off < len ? base->size - off : len;
+}
+
 static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 {
 	struct cd_target *base;
-	size_t have = len;
+	size_t have;
 	int r;
 
 	if (!d->sb.base[0]) {
@@ -853,11 +860,7 @@ static int read_base(struct cdisk *d, uint8_t *buf, size_t len, uint64_t off)
 	r = get_base(d, &base);
 	if (r < 0)
 		return r;
-	/* A base shorter than the disk reads as zeros past its end. */
-	if (off >= base->size)
-		have = 0;
-	else if (base->size - off < len)
-		have = (size_t)(base->size - off);
+	have = (size_t)base_holds(base, off, len);
 	memset(buf + have, 0, len - have);
 	if (!have)
 		return 0;
@@ -889,11 +892,11 @@ int cd_disk_zero_span(struct cdisk *d, uint64_t off, uint64_t len, uint64_t *spa
 	r = get_base(d, &base);
 	if (r < 0)
 		return r;
-	/* A base shorter than the disk reads as zeros past its end; a
-	 * primary cannot be read there (it shrank: the read fails). */
-	if (on_primary(d) && (off > base->size || len > base->size - off))
+	have = base_holds(base, off, len);
+	/* Past a primary's end nothing is known: it shrank, and a read
+	 * there fails. */
+	if (on_primary(d) && have < len)
 		return 0;
-	have = off >= base->size ? 0 : base->size - off < len ? base->size - off : len;
 	if (have && (r = cd_target_zero_span(base, off, have, span)) < 0)
 		return r;
 	if (*span == have)
