@@ -38,7 +38,7 @@ JANSSON_LIBS := $(shell $(PKG_CONFIG) --libs jansson 2>/dev/null || echo -ljanss
 CMOCKA_LIBS := $(shell $(PKG_CONFIG) --libs cmocka 2>/dev/null || echo -lcmocka)
 INIH_LIBS := $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
 TARGET_LIBS := $(shell $(PKG_CONFIG) --libs libnbd libiscsi libcurl gnutls 2>/dev/null || \
-	echo -lnbd -liscsi -lcurl -lgnutls) -lrbd -lrados
+	echo -lnbd -liscsi -lcurl -lgnutls)
 EXT2FS_LIBS := $(shell $(PKG_CONFIG) --libs ext2fs com_err 2>/dev/null || echo -lext2fs -lcom_err)
 LIB_LIBS := -lm -lpthread $(INIH_LIBS) $(JANSSON_LIBS) $(TARGET_LIBS) $(EXT2FS_LIBS)
 

@@ -137,3 +137,29 @@ new_image() {
 	assert_error target-io "cannot reach 'rbd:rbd/x'"
 	[ "$SECONDS" -lt 20 ] || fail "took $SECONDS s"
 }
+
+@test "rbd: Ceph's libraries are loaded for rbd: URIs only; without them, one line" {
+	# Linked in, they cost every program Ceph's start-up, and a host
+	# without Ceph's packages could run no cdisk program at all.
+	run ldd "$CDISK_BUILD/lib/libcdisk.so.0"
+	refute_output --regexp 'librbd|librados'
+	new_image 8M
+	local lib hide
+	lib=$(readlink -f "$(ldconfig -p | awk '$1 == "librbd.so.1" { print $NF; exit }')")
+	[ -f "$lib" ] || fail "no librbd.so.1 found"
+	# A host where librbd cannot be loaded: an empty file in its place,
+	# in a mount namespace of this test's own.
+	hide="mount --bind /dev/null '$lib'"
+	run_cdisk 1 unshare --mount sh -ec "$hide; exec cdisk-create --base '$URI' d.cdisk"
+	assert_error cdisk-create "cannot open '$URI': cannot load Ceph's client library \(package librbd1\): .*librbd\.so\.1"
+	assert_not_exists d.cdisk
+	# Every other kind still works there.
+	truncate -s 8M base.raw
+	run_cdisk unshare --mount sh -ec "$hide; cdisk-create -q --base base.raw d.cdisk; \
+		cdisk-io d.cdisk w:0:1M:7 r:0:1M:7"
+	# And where it can, rbd: URIs are served as before.
+	rm -f d.cdisk
+	run_cdisk cdisk-create -q --base "$URI" d.cdisk
+	run_cdisk cdisk-info d.cdisk
+	assert_output --partial "$URI"
+}

@@ -3,6 +3,7 @@
  * pool: one image handle is shared.  Ceph's own settings apply as Ceph
  * users know them (ceph.conf, CEPH_CONF, CEPH_ARGS), and cdisk's [rbd]
  * keys name the configuration file, the client id and the keyring. */
+#include <dlfcn.h>
 #include <jansson.h>
 #include <netdb.h>
 #include <rados/librados.h>
@@ -17,6 +18,86 @@
 #include "target.h"
 #include "uri.h"
 #include "util.h"
+
+/* librados and librbd are loaded when the first rbd: URI is used, not
+ * with libcdisk: they bring Ceph's whole client along (libceph-common,
+ * boost, ICU), some 55 ms of start-up for every program that never
+ * touches Ceph, and a host without Ceph's packages can still use every
+ * other kind.  The headers give each call its type. */
+#define RADOS_CALLS(X) \
+	X(rados_buffer_free) X(rados_cluster_fsid) X(rados_conf_get) \
+	X(rados_conf_parse_env) X(rados_conf_read_file) X(rados_conf_set) \
+	X(rados_connect) X(rados_create) X(rados_create_write_op) X(rados_exec) \
+	X(rados_ioctx_create) X(rados_ioctx_create2) X(rados_ioctx_destroy) \
+	X(rados_ioctx_get_id) X(rados_ioctx_get_namespace) \
+	X(rados_ioctx_selfmanaged_snap_set_write_ctx) X(rados_ioctx_set_namespace) \
+	X(rados_mon_command) X(rados_osd_command) X(rados_release_write_op) \
+	X(rados_shutdown) X(rados_stat) X(rados_write_op_operate) \
+	X(rados_write_op_write)
+#define RBD_CALLS(X) \
+	X(rbd_aio_create_completion) X(rbd_aio_get_return_value) X(rbd_aio_release) \
+	X(rbd_aio_wait_for_complete) X(rbd_aio_write2) X(rbd_close) X(rbd_create) \
+	X(rbd_discard) X(rbd_flush) X(rbd_get_block_name_prefix) \
+	X(rbd_get_data_pool_id) X(rbd_get_features) X(rbd_get_id) \
+	X(rbd_get_old_format) X(rbd_get_parent) X(rbd_get_stripe_count) \
+	X(rbd_get_stripe_unit) X(rbd_invalidate_cache) \
+	X(rbd_linked_image_spec_cleanup) X(rbd_open) X(rbd_open_read_only) \
+	X(rbd_read2) X(rbd_snap_get_id) X(rbd_snap_spec_cleanup) X(rbd_stat) \
+	X(rbd_update_unwatch) X(rbd_update_watch) X(rbd_write2) X(rbd_write_zeroes)
+
+static struct {
+#define CEPH_FIELD(name) __typeof__(name) *name;
+	RADOS_CALLS(CEPH_FIELD)
+	RBD_CALLS(CEPH_FIELD)
+#undef CEPH_FIELD
+} ceph;
+static pthread_once_t ceph_once = PTHREAD_ONCE_INIT;
+static char ceph_missing[256];   /* why they could not be loaded */
+
+/* Each call by name; false with ceph_missing set when one is not there
+ * (a library older than these headers). */
+static bool ceph_symbol(void *lib, const char *name, void *field, size_t size)
+{
+	void *sym = dlsym(lib, name);
+
+	if (!sym) {
+		snprintf(ceph_missing, sizeof(ceph_missing), "no '%s' in it", name);
+		return false;
+	}
+	memcpy(field, &sym, size);
+	return true;
+}
+
+static void ceph_load(void)
+{
+	/* Never closed: librados's threads and static destructors. */
+	void *rados = dlopen("librados.so.2", RTLD_NOW | RTLD_LOCAL);
+	void *rbd = rados ? dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL) : NULL;
+
+	if (!rbd) {
+		snprintf(ceph_missing, sizeof(ceph_missing), "%s", dlerror());
+		return;
+	}
+#define CEPH_SYM(lib, name) \
+	if (!ceph_symbol(lib, #name, &ceph.name, sizeof(ceph.name))) \
+		return;
+#define RADOS_SYM(name) CEPH_SYM(rados, name)
+#define RBD_SYM(name) CEPH_SYM(rbd, name)
+	RADOS_CALLS(RADOS_SYM)
+	RBD_CALLS(RBD_SYM)
+#undef RBD_SYM
+#undef RADOS_SYM
+#undef CEPH_SYM
+}
+
+static int ceph_ready(struct cdisk_ctx *ctx, const char *uri)
+{
+	pthread_once(&ceph_once, ceph_load);
+	if (!ceph_missing[0])
+		return 0;
+	return cd_error(ctx, -ENOPKG, "cannot open '%s': cannot load Ceph's client "
+			"library (package librbd1): %s", uri, ceph_missing);
+}
 
 struct rbd_priv {
 	rados_t cluster;
@@ -56,7 +137,7 @@ static int header_name(struct rbd_priv *p)
 
 	if (p->header[0])
 		return 0;
-	r = rbd_get_id(p->image, id, sizeof(id));
+	r = ceph.rbd_get_id(p->image, id, sizeof(id));
 	if (r == 0)
 		snprintf(p->header, sizeof(p->header), "rbd_header.%s", id);
 	return r;
@@ -66,8 +147,8 @@ static int header_name(struct rbd_priv *p)
  * otherwise; cdisk's messages are its own, one line each. */
 static void quiet_log(rados_t cluster)
 {
-	rados_conf_set(cluster, "log_to_stderr", "false");
-	rados_conf_set(cluster, "err_to_stderr", "false");
+	ceph.rados_conf_set(cluster, "log_to_stderr", "false");
+	ceph.rados_conf_set(cluster, "err_to_stderr", "false");
 }
 
 /* With no configuration file read and no monitor named (CEPH_ARGS can
@@ -80,7 +161,7 @@ static int check_monitors_named(struct cdisk_ctx *ctx, const char *uri, rados_t 
 	char mon[256] = "";
 	int err;
 
-	if (rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) == 0 && mon[0])
+	if (ceph.rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) == 0 && mon[0])
 		return 0;
 	err = access(path, R_OK) < 0 ? -errno : -ENOENT;
 	return cd_error(ctx, err, "cannot reach '%s': no Ceph configuration: '%s': %s "
@@ -97,7 +178,7 @@ static int check_monitor_names(struct cdisk_ctx *ctx, const char *uri, rados_t c
 	char mon[1024] = "", *save = NULL, *missing = NULL;
 	bool found = false;
 
-	if (rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) < 0)
+	if (ceph.rados_conf_get(cluster, "mon_host", mon, sizeof(mon)) < 0)
 		return 0;
 	for (char *tok = strtok_r(mon, "[], ;\t", &save); tok;
 	     tok = strtok_r(NULL, "[], ;\t", &save)) {
@@ -135,19 +216,22 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	char seconds[16];
 	rados_t cluster;
 	bool conf_read;
-	int r = rados_create(&cluster, cfg->rbd_id[0] ? cfg->rbd_id : NULL);
+	int r = ceph_ready(ctx, uri);
 
+	if (r < 0)
+		return r;
+	r = ceph.rados_create(&cluster, cfg->rbd_id[0] ? cfg->rbd_id : NULL);
 	if (r < 0)
 		return cd_error(ctx, r, "cannot reach '%s': %s", uri, strerror(-r));
 	quiet_log(cluster);
-	r = rados_conf_read_file(cluster, cfg->rbd_conf[0] ? cfg->rbd_conf : NULL);
+	r = ceph.rados_conf_read_file(cluster, cfg->rbd_conf[0] ? cfg->rbd_conf : NULL);
 	conf_read = r == 0;
 	if (r < 0 && cfg->rbd_conf[0]) {
 		r = cd_error(ctx, r, "cannot read the Ceph configuration '%s': %s",
 			     cfg->rbd_conf, strerror(-r));
 		goto fail;
 	}
-	r = rados_conf_parse_env(cluster, NULL);
+	r = ceph.rados_conf_parse_env(cluster, NULL);
 	if (r < 0) {
 		r = cd_error(ctx, r, "cannot use CEPH_ARGS: %s", strerror(-r));
 		goto fail;
@@ -158,17 +242,17 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	if (r < 0)
 		goto fail;
 	if (cfg->rbd_keyring[0])
-		rados_conf_set(cluster, "keyring", cfg->rbd_keyring);
+		ceph.rados_conf_set(cluster, "keyring", cfg->rbd_keyring);
 	snprintf(seconds, sizeof(seconds), "%u", timeout_s);
-	rados_conf_set(cluster, "client_mount_timeout", seconds);
-	rados_conf_set(cluster, "rados_mon_op_timeout", seconds);
-	rados_conf_set(cluster, "rados_osd_op_timeout", seconds);
+	ceph.rados_conf_set(cluster, "client_mount_timeout", seconds);
+	ceph.rados_conf_set(cluster, "rados_mon_op_timeout", seconds);
+	ceph.rados_conf_set(cluster, "rados_osd_op_timeout", seconds);
 	/* Every durable point cdisk relies on is a flush it sends, so librbd's
 	 * cache may take writes before the first one. */
-	rados_conf_set(cluster, "rbd_cache_writethrough_until_flush", "false");
+	ceph.rados_conf_set(cluster, "rbd_cache_writethrough_until_flush", "false");
 	/* Again: the configuration file may have turned the log back on. */
 	quiet_log(cluster);
-	r = rados_connect(cluster);
+	r = ceph.rados_connect(cluster);
 	if (r == -ETIMEDOUT || r == -EINTR) {
 		/* No monitor answered: unreachable (exit 3), like a refusal. */
 		r = cd_error(ctx, -EHOSTUNREACH, "cannot reach '%s': no monitor answered "
@@ -190,20 +274,20 @@ static int cluster_connect(struct cdisk_ctx *ctx, const char *uri, uint32_t time
 	*out = cluster;
 	return 0;
 fail:
-	rados_shutdown(cluster);
+	ceph.rados_shutdown(cluster);
 	return r;
 }
 
 static int open_pool(struct cdisk_ctx *ctx, const char *uri, rados_t cluster,
 		     const struct cd_uri *u, rados_ioctx_t *io)
 {
-	int r = rados_ioctx_create(cluster, u->pool, io);
+	int r = ceph.rados_ioctx_create(cluster, u->pool, io);
 
 	if (r < 0)
 		return cd_error(ctx, r, "cannot open '%s': %s", uri,
 				r == -ENOENT ? "no such pool" : strerror(-r));
 	if (u->ns)
-		rados_ioctx_set_namespace(*io, u->ns);
+		ceph.rados_ioctx_set_namespace(*io, u->ns);
 	return 0;
 }
 
@@ -226,21 +310,21 @@ static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
 	/* A snapshot never changes: it is read-only whatever was asked. */
 	if (u->snap)
 		t->readonly = true;
-	r = t->readonly ? rbd_open_read_only(p->io, u->target, &p->image, u->snap)
-			: rbd_open(p->io, u->target, &p->image, NULL);
+	r = t->readonly ? ceph.rbd_open_read_only(p->io, u->target, &p->image, u->snap)
+			: ceph.rbd_open(p->io, u->target, &p->image, NULL);
 	if (r < 0) {
 		r = cd_error(t->ctx, r, "cannot open '%s': %s", t->uri,
 			     r == -ENOENT ? (u->snap ? "no such image or snapshot"
 						     : "no such image") : strerror(-r));
 		goto fail;
 	}
-	r = rbd_stat(p->image, &info, sizeof(info));
+	r = ceph.rbd_stat(p->image, &info, sizeof(info));
 	if (r < 0) {
 		r = cd_error(t->ctx, r, "cannot size '%s': %s", t->uri, strerror(-r));
 		goto fail;
 	}
 	if (u->snap) {
-		r = rbd_snap_get_id(p->image, u->snap, &p->snap_id);
+		r = ceph.rbd_snap_get_id(p->image, u->snap, &p->snap_id);
 		if (r < 0) {
 			r = cd_error(t->ctx, r, "cannot open '%s': %s", t->uri,
 				     strerror(-r));
@@ -248,7 +332,7 @@ static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
 		}
 		p->at_snap = true;
 	}
-	rbd_get_features(p->image, &features);
+	ceph.rbd_get_features(p->image, &features);
 	t->size = info.size;
 	p->object_size = info.obj_size;
 	p->header_changed = 1;
@@ -265,11 +349,11 @@ static int rbd_target_open(struct cd_target *t, const struct cd_uri *u)
 	return 0;
 fail:
 	if (p->image)
-		rbd_close(p->image);
+		ceph.rbd_close(p->image);
 	if (p->io)
-		rados_ioctx_destroy(p->io);
+		ceph.rados_ioctx_destroy(p->io);
 	if (p->cluster)
-		rados_shutdown(p->cluster);
+		ceph.rados_shutdown(p->cluster);
 	free(p);
 	return r;
 }
@@ -278,7 +362,7 @@ static int rbd_target_read(struct cd_target *t, void *s, void *buf, size_t len,
 		    uint64_t off)
 {
 	struct rbd_priv *p = t->priv;
-	ssize_t n = rbd_read2(p->image, off, len, buf, 0);
+	ssize_t n = ceph.rbd_read2(p->image, off, len, buf, 0);
 
 	(void)s;
 	if (n < 0)
@@ -292,7 +376,7 @@ static int rbd_target_write(struct cd_target *t, void *s, const void *buf, size_
 		     uint64_t off)
 {
 	struct rbd_priv *p = t->priv;
-	ssize_t n = rbd_write2(p->image, off, len, buf, 0);
+	ssize_t n = ceph.rbd_write2(p->image, off, len, buf, 0);
 
 	(void)s;
 	if (n < 0)
@@ -306,20 +390,20 @@ static int rbd_target_write(struct cd_target *t, void *s, const void *buf, size_
 static int rbd_do_flush(struct cd_target *t, void *s)
 {
 	struct rbd_priv *p = t->priv;
-	int r = rbd_flush(p->image);
+	int r = ceph.rbd_flush(p->image);
 
 	(void)s;
 	/* A read cache (rbd_cache_policy = writeback) may hold what the
 	 * direct writes replaced underneath it. */
 	if (r == 0 && __atomic_exchange_n(&p->direct_used, false, __ATOMIC_ACQ_REL))
-		r = rbd_invalidate_cache(p->image);
+		r = ceph.rbd_invalidate_cache(p->image);
 	return r < 0 ? rbd_fail(t, r, "flush", 0) : 0;
 }
 
 static int rbd_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
 {
 	struct rbd_priv *p = t->priv;
-	ssize_t n = rbd_write_zeroes(p->image, off, len, 0, 0);
+	ssize_t n = ceph.rbd_write_zeroes(p->image, off, len, 0, 0);
 
 	(void)s;
 	return n < 0 ? rbd_fail(t, (int)n, "zero", off) : 0;
@@ -328,7 +412,7 @@ static int rbd_zero(struct cd_target *t, void *s, size_t len, uint64_t off)
 static int rbd_trim(struct cd_target *t, void *s, size_t len, uint64_t off)
 {
 	struct rbd_priv *p = t->priv;
-	int r = rbd_discard(p->image, off, len);
+	int r = ceph.rbd_discard(p->image, off, len);
 
 	(void)s;
 	return r < 0 ? rbd_fail(t, r, "discard", off) : 0;
@@ -373,16 +457,16 @@ static bool image_allows_direct(struct rbd_priv *p)
 	uint8_t old;
 	int r;
 
-	if (rbd_get_old_format(p->image, &old) < 0 || old ||
-	    rbd_get_features(p->image, &features) < 0 || (features & refused) ||
-	    rbd_get_stripe_unit(p->image, &unit) < 0 || unit != p->object_size ||
-	    rbd_get_stripe_count(p->image, &count) < 0 || count != 1 ||
-	    rbd_get_block_name_prefix(p->image, p->prefix, sizeof(p->prefix)) < 0)
+	if (ceph.rbd_get_old_format(p->image, &old) < 0 || old ||
+	    ceph.rbd_get_features(p->image, &features) < 0 || (features & refused) ||
+	    ceph.rbd_get_stripe_unit(p->image, &unit) < 0 || unit != p->object_size ||
+	    ceph.rbd_get_stripe_count(p->image, &count) < 0 || count != 1 ||
+	    ceph.rbd_get_block_name_prefix(p->image, p->prefix, sizeof(p->prefix)) < 0)
 		return false;
-	r = rbd_get_parent(p->image, &parent, &parent_snap);
+	r = ceph.rbd_get_parent(p->image, &parent, &parent_snap);
 	if (r == 0) {
-		rbd_linked_image_spec_cleanup(&parent);
-		rbd_snap_spec_cleanup(&parent_snap);
+		ceph.rbd_linked_image_spec_cleanup(&parent);
+		ceph.rbd_snap_spec_cleanup(&parent_snap);
 	}
 	return r == -ENOENT;
 }
@@ -416,14 +500,14 @@ static int set_snap_context(struct rbd_priv *p)
 	int n = header_name(p);
 
 	if (n == 0)
-		n = rados_exec(p->io, p->header, "rbd", "get_snapcontext", NULL, 0,
+		n = ceph.rados_exec(p->io, p->header, "rbd", "get_snapcontext", NULL, 0,
 			       (char *)reply, sizeof(reply));
 	if (n >= 0)
 		n = cd_rbd_parse_snap_context(reply, (size_t)n, &seq, snaps,
 					      CD_ARRAY_SIZE(snaps), &count);
 	if (n < 0)
 		return n;
-	return rados_ioctx_selfmanaged_snap_set_write_ctx(p->data, seq, snaps, (int)count);
+	return ceph.rados_ioctx_selfmanaged_snap_set_write_ctx(p->data, seq, snaps, (int)count);
 }
 
 static void on_header_update(void *arg)
@@ -435,18 +519,18 @@ static void on_header_update(void *arg)
 
 static int open_data_pool(struct rbd_priv *p)
 {
-	int64_t pool = rbd_get_data_pool_id(p->image);
+	int64_t pool = ceph.rbd_get_data_pool_id(p->image);
 	char ns[256];
 	int r;
 
 	if (pool < 0)
 		return (int)pool;
-	r = rados_ioctx_create2(p->cluster, pool, &p->data);
+	r = ceph.rados_ioctx_create2(p->cluster, pool, &p->data);
 	if (r < 0)
 		return r;
-	r = rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
+	r = ceph.rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
 	if (r >= 0)
-		rados_ioctx_set_namespace(p->data, ns);
+		ceph.rados_ioctx_set_namespace(p->data, ns);
 	return r < 0 ? r : 0;
 }
 
@@ -458,7 +542,7 @@ static void check_header(struct cd_target *t, struct rbd_priv *p)
 
 	__atomic_store_n(&p->header_changed, 0, __ATOMIC_RELEASE);
 	if (!p->watching) {
-		r = rbd_update_watch(p->image, &p->watch, on_header_update, p);
+		r = ceph.rbd_update_watch(p->image, &p->watch, on_header_update, p);
 		p->watching = r == 0;
 	}
 	if (r == 0 && !p->data)
@@ -481,11 +565,11 @@ static int librbd_pieces(struct cd_target *t, const struct cd_piece *v, size_t n
 
 		for (; sent < k; sent++) {
 			const struct cd_piece *x = &v[from + sent];
-			int e = rbd_aio_create_completion(NULL, NULL, &c[sent]);
+			int e = ceph.rbd_aio_create_completion(NULL, NULL, &c[sent]);
 			if (e == 0) {
-				e = rbd_aio_write2(p->image, x->off, x->len, x->buf, c[sent], 0);
+				e = ceph.rbd_aio_write2(p->image, x->off, x->len, x->buf, c[sent], 0);
 				if (e < 0)
-					rbd_aio_release(c[sent]);
+					ceph.rbd_aio_release(c[sent]);
 			}
 			if (e < 0) {
 				r = r ? r : rbd_fail(t, e, "write", x->off);
@@ -495,9 +579,9 @@ static int librbd_pieces(struct cd_target *t, const struct cd_piece *v, size_t n
 		for (size_t i = 0; i < sent; i++) {
 			ssize_t e;
 
-			rbd_aio_wait_for_complete(c[i]);
-			e = rbd_aio_get_return_value(c[i]);
-			rbd_aio_release(c[i]);
+			ceph.rbd_aio_wait_for_complete(c[i]);
+			e = ceph.rbd_aio_get_return_value(c[i]);
+			ceph.rbd_aio_release(c[i]);
 			if (e < 0 && r == 0)
 				r = rbd_fail(t, (int)e, "write", v[from + i].off);
 		}
@@ -511,7 +595,7 @@ static int librbd_pieces(struct cd_target *t, const struct cd_piece *v, size_t n
 static int direct_pieces(struct cd_target *t, const struct cd_piece *v, size_t n)
 {
 	struct rbd_priv *p = t->priv;
-	rados_write_op_t op = rados_create_write_op();
+	rados_write_op_t op = ceph.rados_create_write_op();
 	char name[96];
 	int r;
 
@@ -520,9 +604,9 @@ static int direct_pieces(struct cd_target *t, const struct cd_piece *v, size_t n
 	snprintf(name, sizeof(name), "%s.%016llx", p->prefix,
 		 (unsigned long long)(v[0].off / p->object_size));
 	for (size_t i = 0; i < n; i++)
-		rados_write_op_write(op, v[i].buf, v[i].len, v[i].off % p->object_size);
-	r = rados_write_op_operate(op, p->data, name, NULL, 0);
-	rados_release_write_op(op);
+		ceph.rados_write_op_write(op, v[i].buf, v[i].len, v[i].off % p->object_size);
+	r = ceph.rados_write_op_operate(op, p->data, name, NULL, 0);
+	ceph.rados_release_write_op(op);
 	__atomic_store_n(&p->direct_used, true, __ATOMIC_RELEASE);
 	return r < 0 ? rbd_fail(t, r, "write", v[0].off) : 0;
 }
@@ -563,11 +647,11 @@ static int rbd_identity(struct cd_target *t, void *s, char *out, size_t len)
 	int r, n;
 
 	(void)s;
-	r = rados_cluster_fsid(p->cluster, fsid, sizeof(fsid));
+	r = ceph.rados_cluster_fsid(p->cluster, fsid, sizeof(fsid));
 	if (r >= 0)
-		r = rbd_get_id(p->image, id, sizeof(id));
+		r = ceph.rbd_get_id(p->image, id, sizeof(id));
 	if (r >= 0) {
-		r = rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
+		r = ceph.rados_ioctx_get_namespace(p->io, ns, sizeof(ns));
 		if (r >= 0)
 			ns[r < (int)sizeof(ns) ? r : (int)sizeof(ns) - 1] = '\0';
 	}
@@ -577,7 +661,7 @@ static int rbd_identity(struct cd_target *t, void *s, char *out, size_t len)
 	if (p->at_snap)
 		snprintf(snap, sizeof(snap), "@%llu", (unsigned long long)p->snap_id);
 	n = snprintf(out, len, "rbd:%s:%lld%s%s:%s%s", fsid,
-		     (long long)rados_ioctx_get_id(p->io), ns[0] ? "/" : "", ns, id, snap);
+		     (long long)ceph.rados_ioctx_get_id(p->io), ns[0] ? "/" : "", ns, id, snap);
 	if (n < 0 || (size_t)n >= len)
 		return cd_error(t->ctx, -ENAMETOOLONG, "'%s': identity does not fit in "
 				"%zu bytes", t->uri, len);
@@ -589,13 +673,13 @@ static void rbd_target_close(struct cd_target *t)
 	struct rbd_priv *p = t->priv;
 
 	if (p->watching)
-		rbd_update_unwatch(p->image, p->watch);
+		ceph.rbd_update_unwatch(p->image, p->watch);
 	if (p->data)
-		rados_ioctx_destroy(p->data);
+		ceph.rados_ioctx_destroy(p->data);
 	pthread_rwlock_destroy(&p->direct_lock);
-	rbd_close(p->image);
-	rados_ioctx_destroy(p->io);
-	rados_shutdown(p->cluster);
+	ceph.rbd_close(p->image);
+	ceph.rados_ioctx_destroy(p->io);
+	ceph.rados_shutdown(p->cluster);
 	free(p);
 }
 
@@ -610,7 +694,7 @@ static int rbd_ping(struct cd_target *t, void *s)
 
 	(void)s;
 	if (r == 0)
-		r = rados_stat(p->io, p->header, &size, &mtime);
+		r = ceph.rados_stat(p->io, p->header, &size, &mtime);
 	return r < 0 ? rbd_fail(t, r, "ping", 0) : 0;
 }
 
@@ -622,9 +706,9 @@ static int ceph_command(struct cd_target *t, int osd, const char *cmd, json_t **
 	size_t reply_len = 0, status_len = 0;
 	const char *argv[] = { cmd };
 	json_error_t err;
-	int r = osd < 0 ? rados_mon_command(p->cluster, argv, 1, "", 0, &reply, &reply_len,
+	int r = osd < 0 ? ceph.rados_mon_command(p->cluster, argv, 1, "", 0, &reply, &reply_len,
 					    &status, &status_len)
-			: rados_osd_command(p->cluster, osd, argv, 1, "", 0, &reply, &reply_len,
+			: ceph.rados_osd_command(p->cluster, osd, argv, 1, "", 0, &reply, &reply_len,
 					    &status, &status_len);
 
 	if (r < 0) {
@@ -639,8 +723,8 @@ static int ceph_command(struct cd_target *t, int osd, const char *cmd, json_t **
 		r = cd_error(t->ctx, -EPROTO, "'%s': the answer to %s is not JSON: %s",
 			     t->uri, cmd, err.text);
 out:
-	rados_buffer_free(reply);
-	rados_buffer_free(status);
+	ceph.rados_buffer_free(reply);
+	ceph.rados_buffer_free(status);
 	return r;
 }
 
@@ -766,13 +850,13 @@ int cd_rbd_create(struct cdisk_ctx *ctx, const struct cd_uri *u, uint64_t size)
 		return r;
 	r = open_pool(ctx, uri, cluster, u, &io);
 	if (r == 0) {
-		r = rbd_create(io, u->target, size, &order);
+		r = ceph.rbd_create(io, u->target, size, &order);
 		if (r < 0)
 			r = cd_error(ctx, r, "cannot create '%s': %s", uri,
 				     r == -EEXIST ? "it exists" : strerror(-r));
-		rados_ioctx_destroy(io);
+		ceph.rados_ioctx_destroy(io);
 	}
-	rados_shutdown(cluster);
+	ceph.rados_shutdown(cluster);
 	return r;
 }
 
