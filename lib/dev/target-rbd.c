@@ -68,19 +68,20 @@ static bool ceph_symbol(void *lib, const char *name, void *field, size_t size)
 	return true;
 }
 
-static void ceph_load(void)
+static void *ceph_open(void *unused)
 {
 	/* Never closed: librados's threads and static destructors. */
 	void *rados = dlopen("librados.so.2", RTLD_NOW | RTLD_LOCAL);
 	void *rbd = rados ? dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL) : NULL;
 
+	(void)unused;
 	if (!rbd) {
 		snprintf(ceph_missing, sizeof(ceph_missing), "%s", dlerror());
-		return;
+		return NULL;
 	}
 #define CEPH_SYM(lib, name) \
 	if (!ceph_symbol(lib, #name, &ceph.name, sizeof(ceph.name))) \
-		return;
+		return NULL;
 #define RADOS_SYM(name) CEPH_SYM(rados, name)
 #define RBD_SYM(name) CEPH_SYM(rbd, name)
 	RADOS_CALLS(RADOS_SYM)
@@ -88,6 +89,27 @@ static void ceph_load(void)
 #undef RBD_SYM
 #undef RADOS_SYM
 #undef CEPH_SYM
+	return NULL;
+}
+
+/* On a thread with a main thread's stack: Ceph's static constructors,
+ * which run inside dlopen, build their table of options on the stack,
+ * past the 256 KiB a server's worker has (under AddressSanitizer). */
+static void ceph_load(void)
+{
+	pthread_attr_t attr;
+	pthread_t thread;
+	int err;
+
+	pthread_attr_init(&attr);
+	pthread_attr_setstacksize(&attr, 8u << 20);
+	err = pthread_create(&thread, &attr, ceph_open, NULL);
+	pthread_attr_destroy(&attr);
+	if (err)
+		snprintf(ceph_missing, sizeof(ceph_missing), "cannot start a thread: %s",
+			 strerror(err));
+	else
+		pthread_join(thread, NULL);
 }
 
 static int ceph_ready(struct cdisk_ctx *ctx, const char *uri)
