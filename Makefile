@@ -40,7 +40,7 @@ INIH_LIBS := $(shell $(PKG_CONFIG) --libs inih 2>/dev/null || echo -linih)
 TARGET_LIBS := $(shell $(PKG_CONFIG) --libs libnbd libiscsi libcurl gnutls 2>/dev/null || \
 	echo -lnbd -liscsi -lcurl -lgnutls)
 EXT2FS_LIBS := $(shell $(PKG_CONFIG) --libs ext2fs com_err 2>/dev/null || echo -lext2fs -lcom_err)
-LIB_LIBS := -lm -lpthread $(INIH_LIBS) $(JANSSON_LIBS) $(TARGET_LIBS) $(EXT2FS_LIBS)
+LIB_LIBS := -lm -lpthread -ldl $(INIH_LIBS) $(JANSSON_LIBS) $(TARGET_LIBS) $(EXT2FS_LIBS)
 
 ifeq ($(V),1)
 Q :=

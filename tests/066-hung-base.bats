@@ -152,14 +152,14 @@ the_base_hangs() {
 	timeout 60 rbd -c "$CEPH_CONF" rm "rbd/$image" >/dev/null 2>&1 || true
 }
 
-# A served disk whose overlay holds its first 64 KiB, over an nbdkit base
+# A served disk whose overlay holds its first 256 KiB, over an nbdkit base
 # reached through the tests' proxy (proxy_ctl pause hangs it).
-serve_over_proxied_base() {
+serve_over_proxied_base() { # [CDISK-CREATE OPTIONS]
 	make_base base.img 16M
 	start_nbdkit_tcp file base.img
 	start_proxy "127.0.0.1:$NBDKIT_PORT"
-	run_cdisk 0 cdisk-create --base "nbd://127.0.0.1:$PROXY_PORT/" d.cdisk
-	run_cdisk 0 cdisk-io d.cdisk w:0:64K:3 f
+	run_cdisk 0 cdisk-create "$@" --base "nbd://127.0.0.1:$PROXY_PORT/" d.cdisk
+	run_cdisk 0 cdisk-io d.cdisk w:0:256K:3 f
 	start_serve --export d=d.cdisk
 }
 
@@ -190,9 +190,17 @@ serve_over_proxied_base() {
 # cdisk-serve's reader answers small reads the page cache holds itself:
 # it must hand the first to a worker, not wait on the base.
 read_beside_hang() {
-	local i
+	beside_hang -r "aio_read $1 4K"
+}
+
+# beside_hang [-r] QEMU-IO-COMMAND [QEMU-IO-COMMAND]: the same with
+# another first request (and what qemu-io does before the second).
+beside_hang() {
+	local i ro=
+	[ "$1" = -r ] && { ro=-r; shift; }
 	rm -f conn.log
-	timeout 200 stdbuf -oL qemu-io -f raw -r -c "aio_read $1 4K" -c "read 0 4K" \
+	# Writeback: qemu-io's default, writethrough, sends writes with FUA.
+	timeout 200 stdbuf -oL qemu-io -f raw -t writeback $ro -c "$1" ${2:+-c "$2"} -c "read 0 4K" \
 		-c aio_flush "$NBD" >conn.log 2>&1 3>&- &
 	READER=$!
 	for i in $(seq 50); do
@@ -201,7 +209,7 @@ read_beside_hang() {
 	done
 	grep -q "^read 4096/4096 bytes at offset 0$" conn.log ||
 		fail "the overlay's read waited on the hung base's: $(cat conn.log)"
-	kill -0 "$READER" 2>/dev/null || fail "the base's read did not wait: $(cat conn.log)"
+	kill -0 "$READER" 2>/dev/null || fail "the request on the base did not wait: $(cat conn.log)"
 }
 
 @test "one connection: a read waiting on a hung base holds up no read the overlay answers" {
@@ -219,6 +227,22 @@ read_beside_hang() {
 	proxy_ctl resume
 	wait "$READER" || fail "the base's read failed once it came back: $(cat conn.log)"
 	READER=
+}
+
+# The reader carries a lone large write itself when it needs nothing
+# remote (nbd-conn.c, run_alone_here): one whose edge blocks the overlay
+# lacks must read them from the base, and so goes to a worker.  Blocks
+# of 256 KiB, as NBD clients align to 64 KiB at most: a write aligned to
+# that, not to the blocks, is merged with the base's edges by the server.
+@test "one connection: a large write waiting on a hung base holds up no read the overlay answers" {
+	serve_over_proxied_base --block-size 256K
+	run_cdisk 0 qemu-io -f raw -r -c "read 12M 4K" "$NBD"
+	proxy_ctl pause
+	beside_hang "aio_write -P 5 $((8 * 1048576 + 65536)) 1M" "sleep 500"
+	proxy_ctl resume
+	wait "$READER" || fail "the write failed once the base came back: $(cat conn.log)"
+	READER=
+	run_cdisk 0 qemu-io -f raw -r -c "read -P 5 $((8 * 1048576 + 65536)) 1M" "$NBD"
 }
 
 # Property 6 for the control socket: looking is for anyone who can open

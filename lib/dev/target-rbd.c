@@ -21,7 +21,7 @@
 
 /* librados and librbd are loaded when the first rbd: URI is used, not
  * with libcdisk: they bring Ceph's whole client along (libceph-common,
- * boost, ICU), some 55 ms of start-up for every program that never
+ * boost, ICU), some 44 ms of start-up for every program that never
  * touches Ceph, and a host without Ceph's packages can still use every
  * other kind.  The headers give each call its type. */
 #define RADOS_CALLS(X) \
@@ -51,36 +51,48 @@ static struct {
 	RBD_CALLS(CEPH_FIELD)
 #undef CEPH_FIELD
 } ceph;
-static pthread_once_t ceph_once = PTHREAD_ONCE_INIT;
-static char ceph_missing[256];   /* why they could not be loaded */
+/* Loaded once for good; a failure is tried again at the next open, so
+ * that a server started before Ceph's packages were installed does not
+ * need a restart.  The lock is held while loading: the first open waits
+ * for it, the others for the first. */
+static pthread_mutex_t ceph_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool ceph_loaded;
 
-/* Each call by name; false with ceph_missing set when one is not there
- * (a library older than these headers). */
-static bool ceph_symbol(void *lib, const char *name, void *field, size_t size)
+struct ceph_loading {
+	bool ok;
+	char why[256];
+};
+
+/* Each call by name; false with why set when one is not there (a
+ * library older than these headers). */
+static bool ceph_symbol(struct ceph_loading *l, void *lib, const char *name, void *field,
+			size_t size)
 {
 	void *sym = dlsym(lib, name);
 
 	if (!sym) {
-		snprintf(ceph_missing, sizeof(ceph_missing), "no '%s' in it", name);
+		snprintf(l->why, sizeof(l->why), "no '%s' in it", name);
 		return false;
 	}
 	memcpy(field, &sym, size);
 	return true;
 }
 
-static void *ceph_open(void *unused)
+static void *ceph_open(void *arg)
 {
+	struct ceph_loading *l = arg;
 	/* Never closed: librados's threads and static destructors. */
 	void *rados = dlopen("librados.so.2", RTLD_NOW | RTLD_LOCAL);
 	void *rbd = rados ? dlopen("librbd.so.1", RTLD_NOW | RTLD_LOCAL) : NULL;
 
-	(void)unused;
 	if (!rbd) {
-		snprintf(ceph_missing, sizeof(ceph_missing), "%s", dlerror());
+		const char *e = dlerror();
+
+		snprintf(l->why, sizeof(l->why), "%s", e && *e ? e : "not found");
 		return NULL;
 	}
 #define CEPH_SYM(lib, name) \
-	if (!ceph_symbol(lib, #name, &ceph.name, sizeof(ceph.name))) \
+	if (!ceph_symbol(l, lib, #name, &ceph.name, sizeof(ceph.name))) \
 		return NULL;
 #define RADOS_SYM(name) CEPH_SYM(rados, name)
 #define RBD_SYM(name) CEPH_SYM(rbd, name)
@@ -89,13 +101,14 @@ static void *ceph_open(void *unused)
 #undef RBD_SYM
 #undef RADOS_SYM
 #undef CEPH_SYM
+	l->ok = true;
 	return NULL;
 }
 
 /* On a thread with a main thread's stack: Ceph's static constructors,
  * which run inside dlopen, build their table of options on the stack,
  * past the 256 KiB a server's worker has (under AddressSanitizer). */
-static void ceph_load(void)
+static void ceph_load(struct ceph_loading *l)
 {
 	pthread_attr_t attr;
 	pthread_t thread;
@@ -103,22 +116,29 @@ static void ceph_load(void)
 
 	pthread_attr_init(&attr);
 	pthread_attr_setstacksize(&attr, 8u << 20);
-	err = pthread_create(&thread, &attr, ceph_open, NULL);
+	err = pthread_create(&thread, &attr, ceph_open, l);
 	pthread_attr_destroy(&attr);
 	if (err)
-		snprintf(ceph_missing, sizeof(ceph_missing), "cannot start a thread: %s",
-			 strerror(err));
+		snprintf(l->why, sizeof(l->why), "cannot start a thread: %s", strerror(err));
 	else
 		pthread_join(thread, NULL);
 }
 
 static int ceph_ready(struct cdisk_ctx *ctx, const char *uri)
 {
-	pthread_once(&ceph_once, ceph_load);
-	if (!ceph_missing[0])
+	struct ceph_loading l = { 0 };
+
+	pthread_mutex_lock(&ceph_lock);
+	if (!ceph_loaded) {
+		ceph_load(&l);
+		ceph_loaded = l.ok;
+	}
+	l.ok = ceph_loaded;
+	pthread_mutex_unlock(&ceph_lock);
+	if (l.ok)
 		return 0;
 	return cd_error(ctx, -ENOPKG, "cannot open '%s': cannot load Ceph's client "
-			"library (package librbd1): %s", uri, ceph_missing);
+			"library (package librbd1): %s", uri, l.why);
 }
 
 struct rbd_priv {

@@ -81,6 +81,7 @@ struct conn {
 	size_t rpos, rlen;
 	unsigned read_here_misses;      /* the reader's (answer_reads) */
 	uint64_t read_here_rest_until;
+	uint64_t write_here_rest_until; /* the reader's (hand_out) */
 	pthread_mutex_t lock;   /* the fields below */
 	pthread_cond_t changed; /* a request finished, or closing */
 	bool closing;           /* no more requests will be read */
@@ -712,22 +713,39 @@ static struct cd_qitem *take_last(struct cd_qbatch *b)
  * into the page cache from another core's, it cost 342 µs of CPU a MiB
  * against 264 here (perf stat, fresh 1 MiB writes at depth 4).  Past a
  * few MiB it is out of cache either way, and the reader had better go
- * back to reading. */
+ * back to reading.  One that took longer than WRITE_HERE_SLOW_NS (the
+ * kernel throttling writers while the page cache is full of dirty pages,
+ * beside a sync say) held up the connection's next requests meanwhile:
+ * such writes go to the workers for WRITE_HERE_REST_NS. */
 #define WRITE_HERE_MAX (2u << 20)
+#define WRITE_HERE_SLOW_NS 5000000ull
+#define WRITE_HERE_REST_NS 1000000000ull
+
+static bool large_write_here(struct conn *c, const struct request *q)
+{
+	if (q->req.type != NBD_CMD_WRITE || (q->req.flags & NBD_CMD_FLAG_FUA) ||
+	    q->req.length > WRITE_HERE_MAX)
+		return false;
+	if (c->write_here_rest_until && cd_now_ns() < c->write_here_rest_until)
+		return false;
+	c->write_here_rest_until = 0;
+	return cd_disk_quick(c->nbd.exp->disk, true, q->req.offset, q->req.length);
+}
 
 /* A lone request the reader may carry out itself rather than wake a
  * worker: one that never waits on the network.  Over TLS none: there
  * decrypting the next record is the reader's share of the work (measured:
- * large writes were slower carried here). */
-static bool run_alone_here(struct conn *c, const struct request *q)
+ * large writes were slower carried here).  *timed: a large write, whose
+ * time decides whether the next ones are carried here too. */
+static bool run_alone_here(struct conn *c, const struct request *q, bool *timed)
 {
+	*timed = false;
 	if (c->tls)
 		return false;
 	if (q->item.quick || cd_disk_local(c->nbd.exp->disk))
 		return true;
-	return q->req.type == NBD_CMD_WRITE && !(q->req.flags & NBD_CMD_FLAG_FUA) &&
-	       q->req.length <= WRITE_HERE_MAX &&
-	       cd_disk_quick(c->nbd.exp->disk, true, q->req.offset, q->req.length);
+	*timed = large_write_here(c, q);
+	return *timed;
 }
 
 static bool run_always(struct cd_qitem *it)
@@ -740,7 +758,7 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 {
 	struct cd_qbatch rest = { 0 };
 	struct cd_qitem *here[CONN_MAX_REQUESTS], *last = NULL;
-	bool reads = reads_here(c);
+	bool reads = reads_here(c), timed = false;
 	uint64_t now = cd_now_ns();
 	unsigned n = 0;
 	size_t bytes = 0;
@@ -757,13 +775,17 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 	/* Only a batch of one: beside others, on a worker it runs at the
 	 * same time as they do, and the reader goes back to reading
 	 * sooner. */
-	if (rest.n == 1 && !n && run_alone_here(c, (struct request *)rest.head))
+	if (rest.n == 1 && !n && run_alone_here(c, (struct request *)rest.head, &timed))
 		last = take_last(&rest);
 	cd_queue_push(queue, &rest);
 	if (n)
 		answer_reads(c, queue, here, n);
-	if (last && !cd_queue_run_here(queue, last, run_always))
+	if (!last)
+		return;
+	if (!cd_queue_run_here(queue, last, run_always))
 		push_one(queue, last);
+	else if (timed && cd_now_ns() - now > WRITE_HERE_SLOW_NS)
+		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
 }
 
 /* Wait until the connection may have more in the queue; how many more
