@@ -835,8 +835,10 @@ bool cd_queue_run_here(struct cd_queue *q, struct cd_qitem *it,
 		done_locked(q, f);
 		/* Background work waiting for the guests to be quiet: no
 		 * worker finished anything to look again, so one must keep
-		 * the time. */
-		if (q->bg.queued && !q->fg_inhand && q->idle > q->woken) {
+		 * the time, unless one keeps it already (and wakes in time
+		 * to look again): not a wake-up for every request. */
+		if (q->bg.queued && !q->fg_inhand && q->idle > q->woken &&
+		    q->timer_at > q->fg_last_ns + GUESTS_QUIET_NS) {
 			q->woken++;
 			wake = 1;
 		}
