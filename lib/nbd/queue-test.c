@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "ctx.h"
@@ -229,7 +230,8 @@ static void *background(void *arg)
 
 	assert_int_equal(cd_queue_background_begin(a->q, 65536, &t0, NULL, NULL), 0);
 	pthread_mutex_lock(&lock);
-	strcat(order, order[0] ? " bg" : "bg");
+	if (strlen(order) + 4 < sizeof(order))
+		strcat(order, order[0] ? " bg" : "bg");
 	ran++;
 	pthread_cond_broadcast(&cond);
 	pthread_mutex_unlock(&lock);
@@ -660,6 +662,55 @@ static void test_quick_work_stays_on_one_worker(void **state)
 	teardown(&f);
 }
 
+static long voluntary_switches(void)
+{
+	struct rusage u;
+
+	getrusage(RUSAGE_SELF, &u);   /* every thread's */
+	return u.ru_nvcsw;
+}
+
+/* The reader's requests while background work waits for the guests to be
+ * quiet: one worker keeps that time, not one woken per request. */
+static void test_run_here_beside_background_wakes_no_one(void **state)
+{
+	struct fixture f = setup_asleep();
+	struct bg_arg arg = { f.q };
+	unsigned requests = 0;
+	uint64_t until;
+	long before = 0;
+	pthread_t th[2];
+
+	(void)state;
+	cd_queue_set_background_min_rate(f.q, 1);
+	try_answers = true;
+	assert_true(cd_queue_run_here(f.q, make(f.a, CD_REQ_READ, "r", 4096), try_item));
+	/* Two tickets while the guests are busy: one spends the bucket's
+	 * first crumb, the other waits for their quiet. */
+	for (int i = 0; i < 2; i++)
+		pthread_create(&th[i], NULL, background, &arg);
+	until = cd_now_ns() + 2000000000ull;
+	while (cd_now_ns() < until) {
+		if (!before && bg_queued(f.q) == 1) {
+			usleep(20000);   /* the woken workers are asleep again */
+			before = voluntary_switches();
+			until = cd_now_ns() + 200000000ull;
+		}
+		assert_true(cd_queue_run_here(f.q, make(f.a, CD_REQ_READ, "r", 4096), try_item));
+		requests += before != 0;
+	}
+	long switched = voluntary_switches() - before;
+	assert_true(before != 0);
+	assert_int_equal(bg_queued(f.q), 1);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);   /* the second once they are quiet */
+	/* A worker keeping 50 ms and the ticket's 50 ms poll: a handful. */
+	if (switched > 100)
+		fail_msg("%ld context switches for %u requests", switched, requests);
+	assert_true(requests > 1000);
+	teardown(&f);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -676,6 +727,7 @@ int main(void)
 		cmocka_unit_test(test_waiting_workers_not_counted),
 		cmocka_unit_test(test_run_here),
 		cmocka_unit_test(test_quick_work_stays_on_one_worker),
+		cmocka_unit_test(test_run_here_beside_background_wakes_no_one),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
