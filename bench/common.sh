@@ -31,3 +31,24 @@ bench_servers() {
 	for f in "$CDISK_SERVERS"/*.env; do . "$f"; done
 	export CEPH_CONF
 }
+
+# Values of every round are kept as "v1 v2 v3" (keep ARRAY KEY VALUE) and
+# the tables show medians (m ARRAY KEY): one round's noise, on a shared
+# machine, would decide nothing.
+keep() { # ARRAY KEY VALUE
+	declare -n a=$1
+	a[$2]="${a[$2]:-} $3"
+	unset -n a
+}
+median() { # VALUES...
+	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
+		print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+m() { # ARRAY KEY
+	# shellcheck disable=SC2178 # a nameref, as in keep
+	declare -n a=$1
+	# shellcheck disable=SC2086 # the rounds' values, one word each
+	median ${a[$2]}
+	unset -n a
+}
+ratio() { echo "$1 / $2" | bc -l; }

@@ -180,19 +180,8 @@ run_job() { # name depth -> "iops latency-us"
 		(map(.clat_ns.mean) | max / 1000)] | @tsv' "$1.json"
 }
 
-# Values of every round are kept as "v1 v2 v3"; the tables show medians.
 # shellcheck disable=SC2034 # used through keep's namerefs
 declare -A iops lat copy
-keep() { # ARRAY KEY VALUE
-	declare -n a=$1
-	a[$2]="${a[$2]:-} $3"
-	unset -n a
-}
-median() { # VALUES...
-	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-		print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-ratio() { echo "$1 / $2" | bc -l; }
 
 measure() { # SETUP ROUND: start it, run both jobs, stop it
 	echo "round $2: $1" >&2
@@ -211,13 +200,6 @@ for round in $(seq "$rounds"); do
 	done
 done
 
-m() { # ARRAY KEY
-	# shellcheck disable=SC2178 # a nameref, as in keep
-	declare -n a=$1
-	# shellcheck disable=SC2086 # the rounds' values, one word each
-	median ${a[$2]}
-	unset -n a
-}
 echo
 echo "4 KiB random writes through NBD; primary and mirror: nbdkit, 1 ms a write"
 printf '%-28s %12s %12s %12s %12s\n' "" "cdisk" "cdisk+mirror" "qemu" "qemu+mirror"

@@ -10,10 +10,13 @@
 # Then the foreground's p99 on one export with and without a sync of
 # another served disk running (1 GiB dirty, pushed to a raw base), with
 # cdisk-serve's scheduler ("fair", the default) and without it ("fifo").
-# Usage: bench/multiuser.sh [SECONDS per job, default 10]
+# Every job runs ROUNDS times, the servers taking turns; the tables show
+# medians.
+# Usage: bench/multiuser.sh [SECONDS per job, default 10] [ROUNDS, default 3]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
 secs=${1:-10}
+rounds=${2:-3}
 # shellcheck source=bench/common.sh
 . "$top/bench/common.sh"
 bench_setup
@@ -95,26 +98,29 @@ clients() {
 		 | max / 1000)] | @tsv' "$2"
 }
 
+# shellcheck disable=SC2034 # used through keep's namerefs
 declare -A iops p99
-for n in 1 10 50; do
-	for server in cdisk nbdkit qsd; do
-		echo "$n clients: $server" >&2
-		fresh
-		"start_$server"
-		read -r iops[$server.$n] p99[$server.$n] < <(clients "$n" "$server-$n.json")
-		stop_all
+for round in $(seq "$rounds"); do
+	for n in 1 10 50; do
+		for server in cdisk nbdkit qsd; do
+			echo "round $round, $n clients: $server" >&2
+			fresh
+			"start_$server"
+			read -r i p < <(clients "$n" "$server-$n-$round.json")
+			keep iops "$server.$n" "$i"
+			keep p99 "$server.$n" "$p"
+			stop_all
+		done
 	done
 done
 
-ratio() { echo "$1 / $2" | bc -l; }
 printf '%-10s %10s %10s %10s %9s %9s %11s %11s %11s\n' clients "cdisk" "nbdkit" "qsd" \
 	"vs nbdkit" "vs qsd" "cdisk p99" "nbdkit p99" "qsd p99"
 for n in 1 10 50; do
+	c=$(m iops "cdisk.$n") k=$(m iops "nbdkit.$n") q=$(m iops "qsd.$n")
 	printf '%-10s %10.0f %10.0f %10.0f %8.2fx %8.2fx %9.0fus %9.0fus %9.0fus\n' "$n" \
-		"${iops[cdisk.$n]}" "${iops[nbdkit.$n]}" "${iops[qsd.$n]}" \
-		"$(ratio "${iops[cdisk.$n]}" "${iops[nbdkit.$n]}")" \
-		"$(ratio "${iops[cdisk.$n]}" "${iops[qsd.$n]}")" \
-		"${p99[cdisk.$n]}" "${p99[nbdkit.$n]}" "${p99[qsd.$n]}"
+		"$c" "$k" "$q" "$(ratio "$c" "$k")" "$(ratio "$c" "$q")" \
+		"$(m p99 "cdisk.$n")" "$(m p99 "nbdkit.$n")" "$(m p99 "qsd.$n")"
 done
 
 # The foreground beside a sync.  bg.cdisk holds 1 GiB written since its
@@ -128,26 +134,35 @@ fg_p99() { # OUT -> p99 µs of the foreground
 		.write.clat_ns.percentile["99.000000"]] | max / 1000' "$1"
 }
 
-declare -A quiet busy synced
-for sched in fair fifo; do
-	echo "background sync: scheduler = $sched" >&2
-	conf "$sched"
-	rm -f ./*.cdisk base.raw "$sock"
-	truncate -s 2G base.raw
-	cdisk-create -q --base base.raw bg.cdisk
-	cdisk-create -q --size 256M fg.cdisk
-	cdisk-serve -q --socket "$sock" --export fg=fg.cdisk --export bg=bg.cdisk 3>&- &
-	pids+=($!)
-	wait_for "$sock"
-	fio --name=dirty --ioengine=nbd --uri="nbd+unix:///bg?socket=$sock" --rw=write \
-		--bs=1M --iodepth=8 --size=1G >/dev/null
-	quiet[$sched]=$(fg_p99 "quiet-$sched.json")
-	cdisk-sync -q --max-time "$((secs + 1))" bg.cdisk 2>/dev/null &
-	local_sync=$!
-	busy[$sched]=$(fg_p99 "busy-$sched.json")
-	wait "$local_sync" || true
-	synced[$sched]=$(cdisk-info --json bg.cdisk | jq '1073741824 - .blocks_dirty * .block_size')
-	stop_all
+# The ratio is each round's own (alone and beside the sync measured one
+# after the other), then the median of those.
+# shellcheck disable=SC2034 # used through keep's namerefs
+declare -A quiet busy slowdown synced
+for round in $(seq "$rounds"); do
+	for sched in fair fifo; do
+		echo "round $round, background sync: scheduler = $sched" >&2
+		conf "$sched"
+		rm -f ./*.cdisk base.raw "$sock"
+		truncate -s 2G base.raw
+		cdisk-create -q --base base.raw bg.cdisk
+		cdisk-create -q --size 256M fg.cdisk
+		cdisk-serve -q --socket "$sock" --export fg=fg.cdisk --export bg=bg.cdisk 3>&- &
+		pids+=($!)
+		wait_for "$sock"
+		fio --name=dirty --ioengine=nbd --uri="nbd+unix:///bg?socket=$sock" --rw=write \
+			--bs=1M --iodepth=8 --size=1G >/dev/null
+		q=$(fg_p99 "quiet-$sched-$round.json")
+		cdisk-sync -q --max-time "$((secs + 1))" bg.cdisk 2>/dev/null &
+		local_sync=$!
+		b=$(fg_p99 "busy-$sched-$round.json")
+		wait "$local_sync" || true
+		keep quiet "$sched" "$q"
+		keep busy "$sched" "$b"
+		keep slowdown "$sched" "$(ratio "$b" "$q")"
+		keep synced "$sched" "$(cdisk-info --json bg.cdisk |
+			jq '(1073741824 - .blocks_dirty * .block_size) / 1048576')"
+		stop_all
+	done
 done
 
 echo
@@ -155,6 +170,6 @@ printf '%-34s %12s %12s %8s %16s\n' "foreground 4 KiB QD4 (p99)" "alone" "beside
 	"sync moved"
 for sched in fair fifo; do
 	printf '%-34s %10.0fus %10.0fus %7.2fx %13.0f MiB\n' "scheduler = $sched" \
-		"${quiet[$sched]}" "${busy[$sched]}" "$(ratio "${busy[$sched]}" "${quiet[$sched]}")" \
-		"$(echo "${synced[$sched]} / 1048576" | bc -l)"
+		"$(m quiet "$sched")" "$(m busy "$sched")" "$(m slowdown "$sched")" \
+		"$(m synced "$sched")"
 done

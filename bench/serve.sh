@@ -121,16 +121,6 @@ sparse() {
 # Values of every round are kept as "v1 v2 v3"; the tables show medians.
 # shellcheck disable=SC2034 # used through keep's and the table's namerefs
 declare -A iops mibs
-keep() { # ARRAY KEY VALUE
-	declare -n a=$1
-	a[$2]="${a[$2]:-} $3"
-	unset -n a
-}
-median() { # VALUES...
-	printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END {
-		print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-ratio() { echo "$1 / $2" | bc -l; }
 
 bench_plain() { # SERVER ROUND
 	local server=$1 job i m
