@@ -206,3 +206,46 @@ fds() { ls "/proc/$SERVE_PID/fd" | wc -l; }
 	[ $((rss1 - rss0)) -lt 2048 ] || fail "RSS grew by $((rss1 - rss0)) KiB"
 	stop_serve
 }
+
+# The server's voluntary context switches, all threads.
+server_switches() {
+	cat /proc/"$SERVE_PID"/task/*/status 2>/dev/null |
+		awk '/^voluntary_ctxt_switches/ { n += $2 } END { print n }'
+}
+
+# switches_per_request SPIN: serve a disk with [serve] spin = SPIN, run
+# 4 KiB random reads at depth 1 for 3 s, print the server's voluntary
+# context switches per request (times 100).
+switches_per_request() {
+	printf '[serve]\nruntime_dir = %s\nspin = %s\n' "$BATS_TEST_TMPDIR/run" "$1" >>"$CDISK_CONFIG"
+	start_serve --export d=d.cdisk
+	local before after n
+	before=$(server_switches)
+	timeout 60 fio --output-format=json --output=fio.json --name=r --ioengine=nbd \
+		--uri="$NBD" --rw=randread --bs=4k --iodepth=1 --size=16M --time_based \
+		--runtime=3 >/dev/null 2>&1 || fail "fio failed: $(cat fio.json)"
+	after=$(server_switches)
+	n=$(sed -n '/^{/,$p' fio.json | jq '.jobs[0].read.total_ios')
+	stop_serve
+	sed -i '/^\[serve\]/,$d' "$CDISK_CONFIG"
+	echo $(((after - before) * 100 / n))
+}
+
+@test "[serve] spin: a reader waits for its client on the CPU, not asleep; 0 turns it off; bad values refused" {
+	run_cdisk 0 cdisk-create -q --size 16M d.cdisk
+	local off on
+	off=$(switches_per_request 0)
+	on=$(switches_per_request 1000)
+	echo "context switches per 100 requests: spin 0: $off, spin 1000 us: $on"
+	# Asleep between requests, the reader is woken for each one.
+	[ "$off" -ge 50 ] || fail "with spin = 0, only $off switches per 100 requests"
+	if [ "$(nproc)" -ge 2 ]; then
+		[ "$on" -le 20 ] || fail "with spin = 1000 us, $on switches per 100 requests"
+	else
+		# One core: the reader would take it from the client; it sleeps.
+		[ "$on" -ge 50 ] || fail "one core, spin = 1000 us: only $on switches per 100"
+	fi
+	printf '[serve]\nspin = 1001\n' >>"$CDISK_CONFIG"
+	run_cdisk 2 cdisk-serve --export d=d.cdisk
+	assert_error cdisk-serve "line [0-9]+: spin must be microseconds from 0 to 1000$"
+}

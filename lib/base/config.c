@@ -60,6 +60,7 @@ void cd_config_defaults(struct cd_config *cfg)
 	cfg->mirror_timeout_ms = CD_DEFAULT_MIRROR_TIMEOUT_MS;
 	cfg->failover_timeout_ms = CD_DEFAULT_FAILOVER_TIMEOUT_MS;
 	cfg->background_min_rate = CD_DEFAULT_BACKGROUND_MIN_RATE;
+	cfg->serve_spin_us = CD_DEFAULT_SERVE_SPIN_US;
 }
 
 struct parse_state {
@@ -103,6 +104,7 @@ static const struct number_key {
 	  1, 86400 * 7, "seconds" },
 	{ "serve", "workers", offsetof(struct cd_config, serve_workers), 1, 256,
 	  "a number of threads" },
+	{ "serve", "spin", offsetof(struct cd_config, serve_spin_us), 0, 1000, "microseconds" },
 	{ "target", "timeout", offsetof(struct cd_config, timeout), 1, 3600, "seconds" },
 	{ "target", "retries", offsetof(struct cd_config, retries), 0, 20, "retries" },
 	{ "target", "connections", offsetof(struct cd_config, connections), 1, 256,

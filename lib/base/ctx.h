@@ -22,6 +22,9 @@
  * few GiB within minutes, little enough that a guest on a small disk
  * notices none of it. */
 #define CD_DEFAULT_BACKGROUND_MIN_RATE (8ull << 20)
+/* How long a connection's reader waits for its client on the CPU before
+ * it sleeps (nbd-conn.c, spin_for_bytes), in microseconds. */
+#define CD_DEFAULT_SERVE_SPIN_US 30
 
 struct cd_probe_config {
 	unsigned pings, depth;
@@ -36,6 +39,7 @@ struct cd_config {
 	uint64_t background_min_rate;         /* bytes/s the engines always get */
 	bool serve_fifo;                      /* scheduler = fifo: no classes, no turns */
 	uint32_t serve_workers;               /* the queue's workers; 0: four per core */
+	uint32_t serve_spin_us;               /* a reader's wait on the CPU; 0: none */
 	char tls_priority[256];               /* GnuTLS priority; "": CD_TLS_PRIORITY */
 	uint32_t backup_interval;             /* seconds */
 	bool auto_repair;

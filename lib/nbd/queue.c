@@ -877,6 +877,16 @@ unsigned cd_queue_workers(struct cd_queue *q)
 	return n;
 }
 
+bool cd_queue_background_idle(struct cd_queue *q)
+{
+	bool idle;
+
+	pthread_mutex_lock(&q->lock);
+	idle = !q->bg.queued && !q->bg.inflight;
+	pthread_mutex_unlock(&q->lock);
+	return idle;
+}
+
 /* Under q->lock: a ticket given up takes no turn. */
 static void withdraw(struct cd_queue *q, struct cd_qitem *it)
 {
