@@ -192,6 +192,46 @@ static json_t *sync_options(enum cdisk_sync_mode mode, const struct cdisk_sync_o
 			 "target_delay_ms", (json_int_t)o->target_delay_ms);
 }
 
+/* The longest the owner may take over one request to a target: the
+ * configured timeout, every retry, and 10 s for the rest. */
+static uint64_t request_bound_ms(const struct cdisk_ctx *ctx)
+{
+	return ((uint64_t)ctx->cfg.timeout * (ctx->cfg.retries + 1u) + 10u) * 1000u;
+}
+
+/* When the client gives up on an owner's sync that should have stopped
+ * (--max-time passed, or the client was interrupted) and has not: the
+ * owner finishes the requests in flight first, which takes at most
+ * request_bound_ms; past that, a server that is stopped, or stuck, must
+ * not hold a cron job for ever.  UINT64_MAX while nothing asks it to
+ * stop. */
+static uint64_t give_up_at(struct cdisk_ctx *ctx, const struct cdisk_sync_opts *o,
+			   uint64_t started, uint64_t *stop_asked)
+{
+	if (!*stop_asked && o->stop && *o->stop)
+		*stop_asked = cd_now_ms();
+	uint64_t stop = o->max_seconds ? started + o->max_seconds * 1000ull : UINT64_MAX;
+	if (*stop_asked && *stop_asked < stop)
+		stop = *stop_asked;
+	return stop == UINT64_MAX ? stop : stop + request_bound_ms(ctx);
+}
+
+static int owner_did_not_stop(struct cdisk_ctx *ctx, const char *path, unsigned pid,
+			      const char *sock)
+{
+	json_t *ignored = NULL;
+
+	/* Asked once more, whatever came of the first: it may stop yet. */
+	if (owner_call(ctx, sock, path, pid,
+		       json_pack("{s:s, s:s}", "command", "sync-stop", "disk", path),
+		       &ignored) == 0)
+		json_decref(ignored);
+	return cd_error(ctx, -ETIMEDOUT,
+			"'%s': pid %u did not end its sync in time (the last request's "
+			"timeouts past the time to stop); it was asked to stop and may "
+			"still be running", path, pid);
+}
+
 int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 			 enum cdisk_sync_mode mode, const struct cdisk_sync_opts *o,
 			 struct cdisk_sync_stats *st)
@@ -228,6 +268,7 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		return 0;
 	}
 	json_decref(reply);
+	uint64_t started = cd_now_ms(), stop_asked = 0;
 	for (bool stop_sent = false;;) {
 		uint64_t asked = cd_now_ms();
 		bool running;
@@ -238,13 +279,21 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		 * syncing: giving up would leave its sync running with no one
 		 * waiting for it. */
 		while ((r == -ETIMEDOUT || r == -EAGAIN) &&
-		       cd_now_ms() - asked < OWNER_PATIENCE_MS) {
+		       cd_now_ms() - asked < OWNER_PATIENCE_MS &&
+		       cd_now_ms() < give_up_at(ctx, o, started, &stop_asked)) {
 			usleep(500 * 1000);
 			r = sync_status(ctx, sock, path, pid, &reply);
 		}
+		if ((r == -ETIMEDOUT || r == -EAGAIN) &&
+		    cd_now_ms() >= give_up_at(ctx, o, started, &stop_asked))
+			return owner_did_not_stop(ctx, path, pid, sock);
 		if (r < 0)
 			return r;
 		running = json_is_true(json_object_get(reply, "running"));
+		if (running && cd_now_ms() >= give_up_at(ctx, o, started, &stop_asked)) {
+			json_decref(reply);
+			return owner_did_not_stop(ctx, path, pid, sock);
+		}
 		if (running && o->stop && *o->stop && !stop_sent) {
 			json_t *ignored = NULL;
 			stop_sent = owner_call(ctx, sock, path, pid,
@@ -289,7 +338,7 @@ static const char *const mirror_commands[] = {
  * other verbs answer at once. */
 static int mirror_deadline_ms(struct cdisk_ctx *ctx, enum cdisk_mirror_verb verb)
 {
-	uint64_t ms = ((uint64_t)ctx->cfg.timeout * (ctx->cfg.retries + 1u) + 10u) * 1000u;
+	uint64_t ms = request_bound_ms(ctx);
 
 	if (verb != CDISK_MIRROR_ATTACH || ms < CONTROL_TIMEOUT_MS)
 		return CONTROL_TIMEOUT_MS;
