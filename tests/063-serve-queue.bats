@@ -214,8 +214,9 @@ server_switches() {
 }
 
 # switches_per_request SPIN: serve a disk with [serve] spin = SPIN, run
-# 4 KiB random reads at depth 1 for 3 s, print the server's voluntary
-# context switches per request (times 100).
+# 4 KiB random reads at depth 1 for 3 s; SWITCHES: the server's voluntary
+# context switches per 100 requests.  Not in a subshell: teardown must
+# see SERVE_PID if it fails.
 switches_per_request() {
 	printf '[serve]\nruntime_dir = %s\nspin = %s\n' "$BATS_TEST_TMPDIR/run" "$1" >>"$CDISK_CONFIG"
 	start_serve --export d=d.cdisk
@@ -228,14 +229,16 @@ switches_per_request() {
 	n=$(sed -n '/^{/,$p' fio.json | jq '.jobs[0].read.total_ios')
 	stop_serve
 	sed -i '/^\[serve\]/,$d' "$CDISK_CONFIG"
-	echo $(((after - before) * 100 / n))
+	SWITCHES=$(((after - before) * 100 / n))
 }
 
 @test "[serve] spin: a reader waits for its client on the CPU, not asleep; 0 turns it off; bad values refused" {
 	run_cdisk 0 cdisk-create -q --size 16M d.cdisk
 	local off on
-	off=$(switches_per_request 0)
-	on=$(switches_per_request 1000)
+	switches_per_request 0
+	off=$SWITCHES
+	switches_per_request 1000
+	on=$SWITCHES
 	echo "context switches per 100 requests: spin 0: $off, spin 1000 us: $on"
 	# Asleep between requests, the reader is woken for each one.
 	[ "$off" -ge 50 ] || fail "with spin = 0, only $off switches per 100 requests"

@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <linux/magic.h>
+#include <sched.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/uio.h>
@@ -142,4 +143,15 @@ void cd_wait_end(void)
 {
 	if (--wait_depth == 0 && wait_hook)
 		wait_hook->end(wait_hook->arg);
+}
+
+unsigned cd_cpus(void)
+{
+	cpu_set_t set;
+	long n;
+
+	if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0)
+		return (unsigned)CPU_COUNT(&set);
+	n = sysconf(_SC_NPROCESSORS_ONLN);
+	return n > 0 ? (unsigned)n : 1;
 }

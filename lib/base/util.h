@@ -87,6 +87,9 @@ int cd_mkdir_parents(char *path);
 uint64_t cd_now_ms(void);
 uint64_t cd_now_us(void);   /* the same clock, in microseconds */
 uint64_t cd_now_ns(void);   /* and in nanoseconds */
+/* The cores this process may run on (its affinity, as nproc counts), at
+ * least 1. */
+unsigned cd_cpus(void);
 
 bool cd_parse_bool(const char *value, bool *out);
 

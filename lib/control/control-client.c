@@ -201,19 +201,31 @@ static uint64_t request_bound_ms(const struct cdisk_ctx *ctx)
 
 /* When the client gives up on an owner's sync that should have stopped
  * (--max-time passed, or the client was interrupted) and has not: the
- * owner finishes the requests in flight first, which takes at most
- * request_bound_ms; past that, a server that is stopped, or stuck, must
- * not hold a cron job for ever.  UINT64_MAX while nothing asks it to
- * stop. */
-static uint64_t give_up_at(struct cdisk_ctx *ctx, const struct cdisk_sync_opts *o,
-			   uint64_t started, uint64_t *stop_asked)
+ * owner finishes the requests in flight and flushes the target first,
+ * which takes at most twice request_bound_ms (by this host's
+ * configuration, which the server on it reads too), after a health
+ * check (--if-healthy) of at most the probe's time; past that, a server
+ * that is stopped, or stuck, must not hold a cron job for ever.
+ * UINT64_MAX while nothing asks it to stop, and always for a sync that
+ * verifies (--verify, --close): reading back is not cut short by a stop,
+ * and may rightly take long. */
+static uint64_t give_up_at(struct cdisk_ctx *ctx, enum cdisk_sync_mode mode,
+			   const struct cdisk_sync_opts *o, uint64_t started,
+			   uint64_t *stop_asked)
 {
+	if (o->verify || mode == CDISK_SYNC_CLOSE)
+		return UINT64_MAX;
 	if (!*stop_asked && o->stop && *o->stop)
 		*stop_asked = cd_now_ms();
 	uint64_t stop = o->max_seconds ? started + o->max_seconds * 1000ull : UINT64_MAX;
 	if (*stop_asked && *stop_asked < stop)
 		stop = *stop_asked;
-	return stop == UINT64_MAX ? stop : stop + request_bound_ms(ctx);
+	if (stop == UINT64_MAX)
+		return stop;
+	stop += 2 * request_bound_ms(ctx);
+	if (o->if_healthy)
+		stop += ctx->cfg.probe.max_seconds * 1000ull;
+	return stop;
 }
 
 static int owner_did_not_stop(struct cdisk_ctx *ctx, const char *path, unsigned pid,
@@ -280,17 +292,17 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 		 * waiting for it. */
 		while ((r == -ETIMEDOUT || r == -EAGAIN) &&
 		       cd_now_ms() - asked < OWNER_PATIENCE_MS &&
-		       cd_now_ms() < give_up_at(ctx, o, started, &stop_asked)) {
+		       cd_now_ms() < give_up_at(ctx, mode, o, started, &stop_asked)) {
 			usleep(500 * 1000);
 			r = sync_status(ctx, sock, path, pid, &reply);
 		}
 		if ((r == -ETIMEDOUT || r == -EAGAIN) &&
-		    cd_now_ms() >= give_up_at(ctx, o, started, &stop_asked))
+		    cd_now_ms() >= give_up_at(ctx, mode, o, started, &stop_asked))
 			return owner_did_not_stop(ctx, path, pid, sock);
 		if (r < 0)
 			return r;
 		running = json_is_true(json_object_get(reply, "running"));
-		if (running && cd_now_ms() >= give_up_at(ctx, o, started, &stop_asked)) {
+		if (running && cd_now_ms() >= give_up_at(ctx, mode, o, started, &stop_asked)) {
 			json_decref(reply);
 			return owner_did_not_stop(ctx, path, pid, sock);
 		}

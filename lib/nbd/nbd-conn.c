@@ -535,13 +535,15 @@ static void send_held(struct conn *c)
 #define SPIN_MISSES 8
 #define SPIN_REST_NS 100000000ull
 
+/* A place among the spinning readers, taken before the queue's lock is:
+ * readers that could not spin anyway take no lock. */
 static bool spin_begin(struct conn *c, uint64_t now)
 {
 	struct cd_readers *r = c->nbd.srv->readers;
 	struct cd_queue *q = __atomic_load_n(&c->nbd.srv->queue, __ATOMIC_ACQUIRE);
 
 	if (c->tls || !c->nbd.srv->ctx->cfg.serve_spin_us || now < c->spin_rest_until || !r ||
-	    !q || !cd_queue_background_idle(q))
+	    !q)
 		return false;
 	unsigned n = atomic_load_explicit(&r->spinning, memory_order_relaxed);
 	do {
@@ -550,7 +552,10 @@ static bool spin_begin(struct conn *c, uint64_t now)
 	} while (!atomic_compare_exchange_weak_explicit(&r->spinning, &n, n + 1,
 							 memory_order_relaxed,
 							 memory_order_relaxed));
-	return true;
+	if (cd_queue_background_idle(q))
+		return true;
+	atomic_fetch_sub_explicit(&r->spinning, 1, memory_order_relaxed);
+	return false;
 }
 
 /* Bytes that came while spinning, 0 if none, -1 when the connection is
@@ -559,12 +564,14 @@ static ssize_t spin_for_bytes(struct conn *c, void *buf, size_t len)
 {
 	uint64_t now = cd_now_ns(), end = now + c->nbd.srv->ctx->cfg.serve_spin_us * 1000ull;
 	ssize_t n;
+	int err = 0;
 
 	if (!spin_begin(c, now))
 		return 0;
 	do {
 		n = recv(c->fd, buf, len, MSG_DONTWAIT);
-		if (n >= 0 || (errno != EAGAIN && errno != EINTR))
+		err = n < 0 ? errno : 0;
+		if (n >= 0 || (err != EAGAIN && err != EINTR))
 			break;
 		cpu_relax();
 	} while (cd_now_ns() < end);
@@ -573,7 +580,7 @@ static ssize_t spin_for_bytes(struct conn *c, void *buf, size_t len)
 		c->spin_misses = 0;
 		return n;
 	}
-	if (n == 0 || (errno != EAGAIN && errno != EINTR))
+	if (n == 0 || (err != EAGAIN && err != EINTR))
 		return -1;   /* said goodbye, or gone */
 	if (++c->spin_misses >= SPIN_MISSES) {
 		c->spin_misses = 0;
@@ -1322,8 +1329,7 @@ static struct cd_readers *readers_of(struct cdisk_server *s)
 	pthread_mutex_init(&r->lock, NULL);
 	pthread_cond_init(&r->work, NULL);
 	pthread_cond_init(&r->gone, NULL);
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-	r->max_spinning = cpus > 1 ? (unsigned)cpus / 2 : 0;
+	r->max_spinning = cd_cpus() / 2;
 	s->readers = r;
 	return r;
 }

@@ -127,13 +127,11 @@ struct bg_ticket {
 
 void cd_queue_size(unsigned want, unsigned *workers, unsigned *max)
 {
-	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned n = cd_cpus();
 
-	if (n < 1)
-		n = 1;
 	/* Enough to keep the disk busy while some wait on a flush or on
 	 * the base; not so many that they fight for the cores. */
-	*workers = want ? want : n * 4 < 8 ? 8 : n * 4 > 64 ? 64 : (unsigned)n * 4;
+	*workers = want ? want : n * 4 < 8 ? 8 : n * 4 > 64 ? 64 : n * 4;
 	*max = *workers * 8 > 256 ? 256 : *workers * 8;
 }
 
