@@ -15,6 +15,9 @@
 # Usage: bench/serve.sh [SECONDS per job, default 10] [ROUNDS, default 3]
 set -euo pipefail
 top=$(cd "$(dirname "$0")/.." && pwd)
+# The rounds' helpers only (keep, m, ratio): this script sets up its own.
+# shellcheck source=bench/common.sh
+. "$top/bench/common.sh"
 O=${O:-build}
 secs=${1:-10}
 rounds=${2:-3}
