@@ -296,16 +296,19 @@ int cdisk_sync_via_owner(struct cdisk_ctx *ctx, const char *path,
 			usleep(500 * 1000);
 			r = sync_status(ctx, sock, path, pid, &reply);
 		}
-		if ((r == -ETIMEDOUT || r == -EAGAIN) &&
-		    cd_now_ms() >= give_up_at(ctx, mode, o, started, &stop_asked))
-			return owner_did_not_stop(ctx, path, pid, sock);
-		if (r < 0)
+		bool unanswered = r == -ETIMEDOUT || r == -EAGAIN;
+		if (r < 0 && !unanswered)
 			return r;
-		running = json_is_true(json_object_get(reply, "running"));
-		if (running && cd_now_ms() >= give_up_at(ctx, mode, o, started, &stop_asked)) {
-			json_decref(reply);
+		running = !unanswered && json_is_true(json_object_get(reply, "running"));
+		/* Still at it, or not saying, past the time it had to stop. */
+		if ((unanswered || running) &&
+		    cd_now_ms() >= give_up_at(ctx, mode, o, started, &stop_asked)) {
+			if (!unanswered)
+				json_decref(reply);
 			return owner_did_not_stop(ctx, path, pid, sock);
 		}
+		if (unanswered)
+			return r;
 		if (running && o->stop && *o->stop && !stop_sent) {
 			json_t *ignored = NULL;
 			stop_sent = owner_call(ctx, sock, path, pid,
