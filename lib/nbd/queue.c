@@ -1038,10 +1038,15 @@ static void *worker(void *arg)
 			continue;
 		}
 		q->moved_ms = now / 1000000;
-		/* More may be waiting and nobody is coming (or keeping time),
-		 * and it is worth a wake-up. */
-		unsigned more = q->len && q->idle > q->woken &&
-				(!it->quick || worth_sharing(q, q->quick_queued, q->len));
+		/* More of the guests' work may be waiting and nobody is
+		 * coming, and it is worth a wake-up.  Not for background
+		 * tickets: one that may go now was just granted, and the
+		 * others wait for a time that the timer keeps (woken for
+		 * them, every worker woke the next one for nothing: four
+		 * times the wake-ups beside a sync). */
+		unsigned guests = q->len - q->bg.queued;
+		unsigned more = guests && q->idle > q->woken &&
+				(!it->quick || worth_sharing(q, q->quick_queued, guests));
 		q->woken += more;
 		if (it->cls == CD_REQ_BACKGROUND) {
 			signal_workers(q, more);
