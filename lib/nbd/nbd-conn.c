@@ -522,9 +522,11 @@ static void send_held(struct conn *c)
  * SPIN_MISSES waits in vain in a row it rests for SPIN_REST_NS: a client
  * that thinks between requests), only without TLS (its reader waits for
  * whole records), for *[serve] spin* microseconds (CD_DEFAULT_SERVE_SPIN_US;
- * 0: never), never while background work is under way (a sync's
+ * 0: never), never while background work is carried out (a sync's
  * copying needs the cores, and its guests' latency beside it is what the
- * scheduler keeps), and never more readers at once than half the cores,
+ * scheduler keeps; while its tickets only wait for their turn, the
+ * guests get a third more requests done beside it), and never more
+ * readers at once than half the cores,
  * none on one: spinning readers must not take the CPU from the workers,
  * the other readers or the VMs. */
 #if defined(__x86_64__) || defined(__i386__)

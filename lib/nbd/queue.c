@@ -880,7 +880,7 @@ bool cd_queue_background_idle(struct cd_queue *q)
 	bool idle;
 
 	pthread_mutex_lock(&q->lock);
-	idle = !q->bg.queued && !q->bg.inflight;
+	idle = !q->bg.inflight;
 	pthread_mutex_unlock(&q->lock);
 	return idle;
 }

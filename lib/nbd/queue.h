@@ -88,8 +88,9 @@ void cd_queue_chore(struct cd_queue *q, struct cd_qitem *it);
  * are busy, -1 (a second is fine) when they are quiet. */
 int cd_queue_tick(struct cd_queue *q);
 unsigned cd_queue_workers(struct cd_queue *q);
-/* No background work waits or is carried out: a reader may spend the
- * CPU waiting for its client (nbd-conn.c, spin_for_bytes). */
+/* No background work is being carried out (tickets may wait for their
+ * turn): a reader may spend the CPU waiting for its client (nbd-conn.c,
+ * spin_for_bytes). */
 bool cd_queue_background_idle(struct cd_queue *q);
 /* The server stops: what is queued goes without waiting for limits. */
 void cd_queue_drain(struct cd_queue *q);
