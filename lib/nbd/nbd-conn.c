@@ -728,7 +728,8 @@ static bool try_read(struct cd_qitem *it)
  * can answer it answers itself: handing one to a worker costs two
  * context switches, more than the read (nbdkit's threads carry out what
  * they read, for the same reason).  So does it with a batch of one other
- * request, on a disk that never waits on the network, without TLS
+ * request, or of a few quick ones (carry_here), on a disk that never
+ * waits on the network, without TLS
  * (there a write's decrypting limits the connection, and a worker on the
  * other core can write the file meanwhile): a base or a mirror that
  * hangs must hold up a worker, never the reader of a connection whose
@@ -852,9 +853,45 @@ static bool run_always(struct cd_qitem *it)
 	return true;
 }
 
+/* A few quick requests (local writes of up to 64 KiB, not FUA) the reader
+ * carries out too, without TLS: handed to a worker, each cost a wake-up
+ * that took longer than the write (10 clients at depth 4: 120k IOPS and
+ * 11.7 µs of CPU a request, against 198k and 6.8 µs carried here).
+ * Beside a sync they stay level: what once held them up there was the
+ * workers waking each other for background tickets (queue.c).  Writes
+ * that the kernel throttles (a page cache full of dirty pages) go to the
+ * workers for a while, as large ones do. */
+#define QUICK_HERE_MAX 4
+
+static bool carry_here(struct conn *c, const struct cd_qbatch *b)
+{
+	if (c->tls || !b->n || b->n > QUICK_HERE_MAX)
+		return false;
+	if (c->write_here_rest_until && cd_now_ns() < c->write_here_rest_until)
+		return false;
+	for (const struct cd_qitem *it = b->head; it; it = it->next)
+		if (!it->quick)
+			return false;
+	return true;
+}
+
+static void run_carried(struct conn *c, struct cd_queue *queue, struct cd_qbatch *carry)
+{
+	uint64_t t0 = cd_now_ns();
+
+	for (struct cd_qitem *it = carry->head, *next; it; it = next) {
+		next = it->next;
+		it->next = NULL;
+		if (!cd_queue_run_here(queue, it, run_always))
+			push_one(queue, it);
+	}
+	if (carry->n && cd_now_ns() - t0 > WRITE_HERE_SLOW_NS)
+		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
+}
+
 static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
 {
-	struct cd_qbatch rest = { 0 };
+	struct cd_qbatch rest = { 0 }, carry = { 0 };
 	struct cd_qitem *here[CONN_MAX_REQUESTS], *last = NULL;
 	bool reads = reads_here(c), timed = false;
 	uint64_t now = cd_now_ns();
@@ -870,14 +907,19 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 			cd_qbatch_add(&rest, it);
 	}
 	*b = (struct cd_qbatch){ 0 };
-	/* Only a batch of one: beside others, on a worker it runs at the
-	 * same time as they do, and the reader goes back to reading
-	 * sooner. */
-	if (rest.n == 1 && !n && run_alone_here(c, (struct request *)rest.head, &timed))
+	/* A longer one only alone: beside others, on a worker it runs at
+	 * the same time as they do, and the reader goes back to reading
+	 * sooner.  A few quick ones take less than waking a worker. */
+	if (rest.n == 1 && !n && run_alone_here(c, (struct request *)rest.head, &timed)) {
 		last = take_last(&rest);
+	} else if (carry_here(c, &rest)) {
+		carry = rest;
+		rest = (struct cd_qbatch){ 0 };
+	}
 	cd_queue_push(queue, &rest);
 	if (n)
 		answer_reads(c, queue, here, n);
+	run_carried(c, queue, &carry);
 	if (!last)
 		return;
 	if (!cd_queue_run_here(queue, last, run_always))
