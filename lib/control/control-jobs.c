@@ -36,6 +36,7 @@ static void *sync_thread(void *opaque)
 	struct cdisk_sync_stats st;
 	int r;
 
+	pthread_setname_np(pthread_self(), "cdisk-sync");
 	free(js);
 	switch (e->sync.mode) {
 	case CDISK_SYNC_PULL:
@@ -145,6 +146,7 @@ static void *policy_thread(void *opaque)
 {
 	struct cdisk_server *s = opaque;
 
+	pthread_setname_np(pthread_self(), "cdisk-timer");
 	pthread_mutex_lock(&s->lock);
 	while (!s->policy_stop) {
 		struct timespec ts;

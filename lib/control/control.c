@@ -894,6 +894,7 @@ static void *control_thread(void *opaque)
 	char *line = malloc(CONTROL_MAX_LINE);
 	int r;
 
+	pthread_setname_np(pthread_self(), "cdisk-control");
 	if (line) {
 		struct timeval tv = { .tv_sec = CONTROL_TIMEOUT_MS / 1000 };
 

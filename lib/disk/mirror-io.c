@@ -211,6 +211,7 @@ static void *worker_main(void *arg)
 	struct cdisk *d = arg;
 	struct cd_mirror *m = d->mirror;
 
+	pthread_setname_np(pthread_self(), "cdisk-mirror");
 	pthread_mutex_lock(&m->lock);
 	for (;;) {
 		struct cd_leg *leg;

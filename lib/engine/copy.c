@@ -318,6 +318,7 @@ static void *mover(void *opaque)
 	struct cd_copy *c = opaque;
 	uint8_t *buf = malloc(c->buf_bytes);
 
+	pthread_setname_np(pthread_self(), "cdisk-mover");
 	for (;;) {
 		struct cd_extent *x;
 		size_t n;

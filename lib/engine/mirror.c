@@ -660,6 +660,7 @@ static void *keeper_main(void *arg)
 	struct cdisk *d = arg;
 	struct cd_mirror *m = d->mirror;
 
+	pthread_setname_np(pthread_self(), "cdisk-keeper");
 	pthread_mutex_lock(&m->lock);
 	while (!m->stopping) {
 		struct timespec until;

@@ -869,21 +869,35 @@ static bool carry_here(struct conn *c, const struct cd_qbatch *b)
 		return false;
 	if (c->write_here_rest_until && cd_now_ns() < c->write_here_rest_until)
 		return false;
+	/* Writes only: a quick read that is not answered here waits on the
+	 * disk (reads_here rests), and reads that wait go to the workers
+	 * side by side. */
 	for (const struct cd_qitem *it = b->head; it; it = it->next)
-		if (!it->quick)
+		if (!it->quick || ((const struct request *)it)->req.type != NBD_CMD_WRITE)
 			return false;
 	return true;
 }
 
+/* Those the queue will not let run here (others wait, a limit) go to the
+ * workers in one push, as the batch would have. */
 static void run_carried(struct conn *c, struct cd_queue *queue, struct cd_qbatch *carry)
 {
 	uint64_t t0 = cd_now_ns();
+	struct cd_qitem *it = carry->head, *next;
 
-	for (struct cd_qitem *it = carry->head, *next; it; it = next) {
-		next = it->next;
-		it->next = NULL;
+	for (; it; it = next) {
+		next = it->next;   /* it is gone once run */
 		if (!cd_queue_run_here(queue, it, run_always))
-			push_one(queue, it);
+			break;
+	}
+	if (it) {
+		struct cd_qbatch rest = { 0 };
+
+		for (; it; it = next) {
+			next = it->next;
+			cd_qbatch_add(&rest, it);
+		}
+		cd_queue_push(queue, &rest);
 	}
 	if (carry->n && cd_now_ns() - t0 > WRITE_HERE_SLOW_NS)
 		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
@@ -1334,6 +1348,9 @@ static void *connection(void *arg)
 static void *reader(void *arg)
 {
 	struct cd_readers *r = arg;
+
+	/* For top -H, ps -L and perf, and the tests that count switches. */
+	pthread_setname_np(pthread_self(), "cdisk-reader");
 
 	pthread_mutex_lock(&r->lock);
 	for (;;) {
