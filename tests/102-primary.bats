@@ -212,6 +212,11 @@ bytes_read() {
 
 @test "an RBD primary with an iSCSI (tgtd) mirror: fio verifies, kill -9 mid-write loses nothing, the mirror equals the primary" {
 	use_server ceph
+	# The killed server's exclusive lock on the image lasts until its
+	# watch times out (5 s here, tests/servers.sh): the new server's
+	# first write waits that long, which the default failover timeout
+	# (5 s) would take for a lost primary.
+	printf '[mirror]\nfailover_timeout = 20000\n' >>"$CDISK_CONFIG"
 	use_server tgt
 	export CEPH_CONF
 	image=primary-$(printf '%s' "$BATS_TEST_TMPDIR" | md5sum | cut -c1-8)
