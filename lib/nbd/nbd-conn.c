@@ -820,14 +820,27 @@ static struct cd_qitem *take_last(struct cd_qbatch *b)
 #define WRITE_HERE_SLOW_NS 5000000ull
 #define WRITE_HERE_REST_NS 1000000000ull
 
-static bool large_write_here(struct conn *c, const struct request *q)
+/* Not within the rest after a slow write carried here. */
+static bool writes_here(struct conn *c)
 {
-	if (q->req.type != NBD_CMD_WRITE || (q->req.flags & NBD_CMD_FLAG_FUA) ||
-	    q->req.length > WRITE_HERE_MAX)
-		return false;
 	if (c->write_here_rest_until && cd_now_ns() < c->write_here_rest_until)
 		return false;
 	c->write_here_rest_until = 0;
+	return true;
+}
+
+/* Writes carried here since t0 took too long: the next ones rest. */
+static void rest_if_slow(struct conn *c, uint64_t t0)
+{
+	if (cd_now_ns() - t0 > WRITE_HERE_SLOW_NS)
+		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
+}
+
+static bool large_write_here(struct conn *c, const struct request *q)
+{
+	if (q->req.type != NBD_CMD_WRITE || (q->req.flags & NBD_CMD_FLAG_FUA) ||
+	    q->req.length > WRITE_HERE_MAX || !writes_here(c))
+		return false;
 	return cd_disk_quick(c->nbd.exp->disk, true, q->req.offset, q->req.length);
 }
 
@@ -865,9 +878,7 @@ static bool run_always(struct cd_qitem *it)
 
 static bool carry_here(struct conn *c, const struct cd_qbatch *b)
 {
-	if (c->tls || !b->n || b->n > QUICK_HERE_MAX)
-		return false;
-	if (c->write_here_rest_until && cd_now_ns() < c->write_here_rest_until)
+	if (c->tls || !b->n || b->n > QUICK_HERE_MAX || !writes_here(c))
 		return false;
 	/* Writes only: a quick read that is not answered here waits on the
 	 * disk (reads_here rests), and reads that wait go to the workers
@@ -899,8 +910,8 @@ static void run_carried(struct conn *c, struct cd_queue *queue, struct cd_qbatch
 		}
 		cd_queue_push(queue, &rest);
 	}
-	if (carry->n && cd_now_ns() - t0 > WRITE_HERE_SLOW_NS)
-		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
+	if (carry->n)
+		rest_if_slow(c, t0);
 }
 
 static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b)
@@ -938,8 +949,8 @@ static void hand_out(struct conn *c, struct cd_queue *queue, struct cd_qbatch *b
 		return;
 	if (!cd_queue_run_here(queue, last, run_always))
 		push_one(queue, last);
-	else if (timed && cd_now_ns() - now > WRITE_HERE_SLOW_NS)
-		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
+	else if (timed)
+		rest_if_slow(c, now);
 }
 
 /* Wait until the connection may have more in the queue; how many more
