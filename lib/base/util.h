@@ -77,7 +77,8 @@ static inline uint32_t cd_popcount64(uint64_t v)
 }
 
 /* Whole-buffer I/O that retries short transfers and EINTR.  Return 0 or
- * -errno; a read past the end of file returns -ENODATA. */
+ * -errno; a read past the end of file returns -ENODATA.  Writes go in
+ * pieces of at most 64 KiB (util.c says why). */
 int cd_pread_full(int fd, void *buf, size_t len, uint64_t off);
 int cd_pwrite_full(int fd, const void *buf, size_t len, uint64_t off);
 bool cd_is_zero(const void *buf, size_t len);
