@@ -107,6 +107,9 @@ stop_all() {
 }
 
 run_job() { # name rw bs depth -> "iops mibs"
+	# What the last job left dirty is written back first: the next job,
+	# often another server's, would otherwise pay for it.
+	sync
 	fio --output-format=json --output="$1.json" --name="$1" --ioengine=nbd \
 		--uri="$uri" --rw="$2" --bs="$3" --iodepth="$4" --size="$size" \
 		--time_based --runtime="$secs" --ramp_time=1 >/dev/null

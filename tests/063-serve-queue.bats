@@ -218,9 +218,9 @@ server_switches() {
 	echo "$n"
 }
 
-# switches_per_request SPIN [RW DEPTH [THREADS]]: serve a disk with
-# [serve] spin = SPIN, run 4 KiB random reads (or RW) at depth 1 (or
-# DEPTH) for 3 s; SWITCHES: the server's voluntary context switches per
+# switches_per_request SPIN [RW DEPTH [THREADS [BS]]]: serve a disk with
+# [serve] spin = SPIN, run 4 KiB (or BS) random reads (or RW) at depth 1
+# (or DEPTH) for 3 s; SWITCHES: the server's voluntary context switches per
 # 100 requests, or only those of the threads named THREADS.  Not in a
 # subshell: teardown must see SERVE_PID if it fails.
 switches_per_request() {
@@ -229,7 +229,7 @@ switches_per_request() {
 	local before after n
 	before=$(server_switches "${4:-}")
 	timeout 60 fio --output-format=json --output=fio.json --name=r --ioengine=nbd \
-		--uri="$NBD" --rw="${2:-randread}" --bs=4k --iodepth="${3:-1}" --size=16M \
+		--uri="$NBD" --rw="${2:-randread}" --bs="${5:-4k}" --iodepth="${3:-1}" --size=16M \
 		--time_based --runtime=3 >/dev/null 2>&1 || fail "fio failed: $(cat fio.json)"
 	after=$(server_switches "${4:-}")
 	[ -z "${4:-}" ] || grep -qx "${4:-}" /proc/"$SERVE_PID"/task/*/comm ||
@@ -268,4 +268,18 @@ switches_per_request() {
 	switches_per_request 0 randwrite 4 cdisk-worker
 	echo "the workers' context switches per 100 writes at depth 4: $SWITCHES"
 	[ "$SWITCHES" -le 10 ] || fail "$SWITCHES switches per 100 writes: handed to workers"
+}
+
+@test "a lone large write is carried out by the reader; one with more sent behind it goes to a worker" {
+	run_cdisk 0 cdisk-create -q --size 16M d.cdisk
+	local alone behind
+	switches_per_request 0 write 1 cdisk-worker 1M
+	alone=$SWITCHES
+	switches_per_request 0 write 4 cdisk-worker 1M
+	behind=$SWITCHES
+	echo "the workers' context switches per 100 1 MiB writes: depth 1: $alone, depth 4: $behind"
+	# Alone, a worker's wake-up would cost more than it saves.
+	[ "$alone" -le 10 ] || fail "$alone switches per 100 lone writes: handed to workers"
+	# Behind, the reader receives the next payload while a worker writes.
+	[ "$behind" -ge 50 ] || fail "$behind switches per 100 writes at depth 4: carried by the reader"
 }

@@ -83,6 +83,7 @@ struct conn {
 	unsigned read_here_misses;      /* the reader's (answer_reads) */
 	uint64_t read_here_rest_until;
 	uint64_t write_here_rest_until; /* the reader's (hand_out) */
+	uint64_t large_here_rest_until;
 	unsigned spin_misses;           /* the reader's (spin_for_bytes) */
 	uint64_t spin_rest_until;
 	pthread_mutex_t lock;   /* the fields below */
@@ -452,6 +453,8 @@ static void send_later(struct cd_qitem *it)
  * it never waits for a client to take replies. */
 static __thread struct conn *reading;
 
+static void before_reply_here(struct conn *c, const struct request *q);
+
 /* Takes q: its reply, iov (q->data by reference, the rest copied), is
  * sent by this worker or by the one sending already. */
 static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int n)
@@ -473,6 +476,8 @@ static int send_reply(struct conn *c, struct request *q, struct iovec *iov, int 
 	}
 	q->niov = n;
 	q->next_out = NULL;
+	if (reading == c)
+		before_reply_here(c, q);
 	pthread_mutex_lock(&c->send_lock);
 	if (!p)
 		c->lost = true;
@@ -836,10 +841,36 @@ static void rest_if_slow(struct conn *c, uint64_t t0)
 		c->write_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
 }
 
+/* A client that sends its next request while a large write is carried
+ * out here (a deeper queue) would have its payload received only after
+ * the write: its large writes go to the workers for WRITE_HERE_REST_NS,
+ * and the reader receives meanwhile (1 MiB writes at depth 4: 2,183 to
+ * 2,232 MiB/s carried here, 2,298 to 2,389 on the workers; nbdkit 2,326
+ * to 2,435).  Told before the reply goes: after it, a client at depth 1
+ * sends its next too.  The payload's end cannot tell: the client writes
+ * the next request only once the reader has made room for it. */
+static bool large_here(struct conn *c)
+{
+	if (c->large_here_rest_until && cd_now_ns() < c->large_here_rest_until)
+		return false;
+	c->large_here_rest_until = 0;
+	return true;
+}
+
+static void before_reply_here(struct conn *c, const struct request *q)
+{
+	uint8_t byte;
+
+	if (q->req.type != NBD_CMD_WRITE || q->req.length <= READ_HERE_ONE)
+		return;
+	if (c->rpos < c->rlen || recv(c->fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0)
+		c->large_here_rest_until = cd_now_ns() + WRITE_HERE_REST_NS;
+}
+
 static bool large_write_here(struct conn *c, const struct request *q)
 {
 	if (q->req.type != NBD_CMD_WRITE || (q->req.flags & NBD_CMD_FLAG_FUA) ||
-	    q->req.length > WRITE_HERE_MAX || !writes_here(c))
+	    q->req.length > WRITE_HERE_MAX || !writes_here(c) || !large_here(c))
 		return false;
 	return cd_disk_quick(c->nbd.exp->disk, true, q->req.offset, q->req.length);
 }
@@ -854,8 +885,11 @@ static bool run_alone_here(struct conn *c, const struct request *q, bool *timed)
 	*timed = false;
 	if (c->tls)
 		return false;
-	if (q->item.quick || cd_disk_local(c->nbd.exp->disk))
+	if (q->item.quick)
 		return true;
+	if (cd_disk_local(c->nbd.exp->disk))
+		return q->req.type != NBD_CMD_WRITE || q->req.length <= READ_HERE_ONE ||
+		       large_here(c);
 	*timed = large_write_here(c, q);
 	return *timed;
 }
